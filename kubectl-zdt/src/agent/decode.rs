@@ -1,0 +1,164 @@
+//! Wire `Event` → `Observation`. Pure: the clock, the node name and the kernel's reason names
+//! are passed in.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use thiserror::Error;
+use zdt_common::{Event, kind, rst_reason};
+
+use super::clock::Clock;
+use crate::observation::{Kind, NodeName, Observation};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {len} bytes, expected {expected}")]
+    Size { len: usize, expected: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u16),
+    #[error("unknown address family {0}")]
+    Family(u16),
+}
+
+/// Everything decoding needs besides the event.
+pub struct Decoder {
+    pub node: NodeName,
+    pub clock: Clock,
+    /// `enum sk_rst_reason` names read from this kernel's tracepoint format.
+    pub rst_reasons: BTreeMap<u32, String>,
+}
+
+/// Reads an `Event` from ring-buffer bytes without assuming alignment.
+pub fn parse(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let expected = size_of::<Event>();
+    if bytes.len() < expected {
+        return Err(DecodeError::Size {
+            len: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: Event is repr(C) POD (every bit pattern valid) and the length was checked.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+pub fn ip_of(family: u16, addr: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            addr[0], addr[1], addr[2], addr[3],
+        ))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*addr))),
+        f => Err(DecodeError::Family(f)),
+    }
+}
+
+impl Decoder {
+    pub fn rst_reason_name(&self, reason: u32) -> String {
+        self.rst_reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| reason.to_string())
+    }
+
+    /// The observation kind and reason an event (or counter key) stands for.
+    pub fn classify(&self, kind: u16, reason: u32) -> Result<(Kind, String), DecodeError> {
+        match kind {
+            kind::RESET_SENT if reason == rst_reason::NO_SOCKET => {
+                Ok((Kind::Refused, self.rst_reason_name(reason)))
+            }
+            kind::RESET_SENT => Ok((Kind::Reset, self.rst_reason_name(reason))),
+            k => Err(DecodeError::Kind(k)),
+        }
+    }
+
+    pub fn decode(&self, ev: &Event) -> Result<Observation, DecodeError> {
+        let (kind, reason) = self.classify(ev.kind, ev.reason)?;
+        let mut o = Observation::new(kind, self.clock.to_wall(ev.ts_ns), self.node.clone());
+        o.ip = Some(ip_of(ev.family, &ev.addr)?);
+        o.port = Some(ev.port);
+        o.peer_ip = Some(ip_of(ev.family, &ev.peer_addr)?);
+        o.peer_port = Some(ev.peer_port);
+        o.reason = Some(reason);
+        o.uncertainty_ns = Some(self.clock.uncertainty_ns);
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        Decoder {
+            node: NodeName("node-a".into()),
+            clock: Clock {
+                offset_ns: 1_795_310_205_000_000_000,
+                uncertainty_ns: 250,
+            },
+            rst_reasons: [
+                (1, "NO_SOCKET".to_owned()),
+                (11, "TCP_ABORT_ON_CLOSE".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn event(reason: u32) -> Event {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[198, 18, 1, 2]);
+        let mut peer = [0u8; 16];
+        peer[..4].copy_from_slice(&[198, 18, 0, 1]);
+        Event {
+            ts_ns: 660_197_146,
+            sk: 0,
+            cgroup_id: 0,
+            kind: kind::RESET_SENT,
+            family: AF_INET,
+            reason,
+            addr,
+            peer_addr: peer,
+            port: 8080,
+            peer_port: 40312,
+            state: 0,
+            tgid: 0,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn a_no_socket_reset_is_a_refused_connection_of_the_refusing_pod() {
+        let o = decoder().decode(&event(1)).unwrap();
+        assert_eq!(
+            o.to_json_line(),
+            r#"{"kind":"refused","time":"2026-11-22T01:16:45.660197146Z","node":"node-a","ip":"198.18.1.2","port":8080,"peer_ip":"198.18.0.1","peer_port":40312,"reason":"NO_SOCKET","uncertainty_ns":250}"#
+        );
+    }
+
+    #[test]
+    fn an_abort_on_close_is_a_reset_and_unknown_reasons_stay_numeric() {
+        let d = decoder();
+        assert_eq!(d.decode(&event(11)).unwrap().kind, Kind::Reset);
+        assert_eq!(d.decode(&event(99)).unwrap().reason.as_deref(), Some("99"));
+    }
+
+    #[test]
+    fn bytes_round_trip_and_short_or_odd_records_are_errors() {
+        let ev = event(1);
+        // SAFETY: Event is POD; viewing it as bytes is what the ring buffer does.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<Event>()) };
+        assert_eq!(parse(bytes).unwrap(), ev);
+        assert!(matches!(parse(&bytes[..10]), Err(DecodeError::Size { .. })));
+        let mut odd = ev;
+        odd.family = 7;
+        assert_eq!(decoder().decode(&odd), Err(DecodeError::Family(7)));
+        odd = ev;
+        odd.kind = 999;
+        assert_eq!(decoder().decode(&odd), Err(DecodeError::Kind(999)));
+    }
+}

@@ -1,0 +1,314 @@
+//! Start-up checks: each missing privilege or kernel feature becomes one line naming the problem
+//! and the fix, before anything is loaded.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use thiserror::Error;
+use zdt_common::tracepoint::{LAYOUTS, Layout};
+
+/// Where tracefs is normally mounted, and the legacy debugfs location.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+const TRACEFS_LEGACY: &str = "/sys/kernel/debug/tracing";
+const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Capability bits (include/uapi/linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, Error)]
+pub enum PreflightError {
+    #[error(
+        "missing capabilities {missing}: the agent loads eBPF programs; run it as root (sudo) or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+    )]
+    Privileges { missing: String },
+    #[error(
+        "this kernel has no BTF ({BTF_VMLINUX} is missing): kubectl-zdt needs Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf,
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}): run `mount -t tracefs nodev {TRACEFS}` (in a pod, mount the host's {TRACEFS})"
+    )]
+    NoTracefs(String),
+    #[error(
+        "tracepoint {category}:{name} does not exist on this kernel ({path}): kubectl-zdt needs Linux >= 6.10 for tcp_send_reset with a reset reason"
+    )]
+    MissingTracepoint {
+        category: &'static str,
+        name: &'static str,
+        path: String,
+    },
+    #[error(
+        "tracepoint {category}:{name} has an unexpected layout (field {field}: {found}, expected offset {offset} size {size}); this kernel is not supported yet, please report it with the contents of {path}"
+    )]
+    Layout {
+        category: &'static str,
+        name: &'static str,
+        field: &'static str,
+        found: String,
+        offset: usize,
+        size: usize,
+        path: String,
+    },
+}
+
+/// What the checks learnt about this kernel.
+#[derive(Debug, Default, Clone)]
+pub struct KernelInfo {
+    pub tracefs: String,
+    pub kernel_release: String,
+    /// `enum sk_rst_reason` names as this kernel prints them, read from the format file.
+    pub rst_reasons: BTreeMap<u32, String>,
+    /// Whether bpffs is mounted (only needed for pinning; a warning otherwise).
+    pub bpffs: bool,
+}
+
+/// Runs every check, mounting tracefs and bpffs when they are missing and mounting is allowed.
+pub fn check() -> Result<KernelInfo, PreflightError> {
+    check_privileges()?;
+    if !Path::new(BTF_VMLINUX).exists() {
+        return Err(PreflightError::NoBtf);
+    }
+    let tracefs = tracefs()?;
+    let mut rst_reasons = BTreeMap::new();
+    for layout in LAYOUTS {
+        let format = check_layout(&tracefs, layout)?;
+        if layout.name == "tcp_send_reset" {
+            rst_reasons = symbolic_values(&format, "REC->reason");
+        }
+    }
+    raise_memlock();
+    Ok(KernelInfo {
+        tracefs,
+        kernel_release: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        rst_reasons,
+        bpffs: bpffs(),
+    })
+}
+
+fn check_privileges() -> Result<(), PreflightError> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| !has(*bit))
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::Privileges {
+            missing: missing.join(", "),
+        })
+    }
+}
+
+fn tracefs() -> Result<String, PreflightError> {
+    for dir in [TRACEFS, TRACEFS_LEGACY] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(dir.to_owned());
+        }
+    }
+    nix::mount::mount(
+        Some("nodev"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| PreflightError::NoTracefs(e.desc().to_owned()))?;
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(TRACEFS.to_owned())
+}
+
+fn bpffs() -> bool {
+    let mounted = fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"));
+    if mounted {
+        return true;
+    }
+    match nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "bpffs is not mounted at {BPFFS} and mounting it failed ({e}); maps cannot be pinned"
+            );
+            false
+        }
+    }
+}
+
+/// Kernels ≥5.11 account BPF memory to the memory cgroup; older ones need RLIMIT_MEMLOCK raised.
+/// Without CAP_SYS_RESOURCE raising it fails, which only matters on those older kernels.
+fn raise_memlock() {
+    let r = nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+        nix::sys::resource::RLIM_INFINITY,
+        nix::sys::resource::RLIM_INFINITY,
+    );
+    if let Err(e) = r {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11 with memcg accounting"
+        );
+    }
+}
+
+/// Compares the fields a program reads with the kernel's format file; returns the file.
+fn check_layout(tracefs: &str, layout: &Layout) -> Result<String, PreflightError> {
+    let path = format!(
+        "{tracefs}/events/{}/{}/format",
+        layout.category, layout.name
+    );
+    let format = fs::read_to_string(&path).map_err(|_| PreflightError::MissingTracepoint {
+        category: layout.category,
+        name: layout.name,
+        path: path.clone(),
+    })?;
+    let fields = parse_format_fields(&format);
+    for &(field, offset, size) in layout.fields {
+        let found = fields.get(field).copied();
+        if found != Some((offset, size)) {
+            return Err(PreflightError::Layout {
+                category: layout.category,
+                name: layout.name,
+                field,
+                found: match found {
+                    Some((o, s)) => format!("offset {o} size {s}"),
+                    None => "absent".to_owned(),
+                },
+                offset,
+                size,
+                path,
+            });
+        }
+    }
+    Ok(format)
+}
+
+/// Parses `field:<type> <name>[<n>];\toffset:<o>;\tsize:<s>;` lines into name → (offset, size).
+pub fn parse_format_fields(format: &str) -> BTreeMap<String, (usize, usize)> {
+    let mut out = BTreeMap::new();
+    for line in format.lines() {
+        let mut name = None;
+        let mut offset = None;
+        let mut size = None;
+        for part in line.split(';') {
+            let part = part.trim();
+            if let Some(decl) = part.strip_prefix("field:") {
+                let last = decl.split_whitespace().last().unwrap_or("");
+                name = Some(last.split('[').next().unwrap_or(last).to_owned());
+            } else if let Some(v) = part.strip_prefix("offset:") {
+                offset = v.parse().ok();
+            } else if let Some(v) = part.strip_prefix("size:") {
+                size = v.parse().ok();
+            }
+        }
+        if let (Some(n), Some(o), Some(s)) = (name, offset, size) {
+            out.insert(n, (o, s));
+        }
+    }
+    out
+}
+
+/// Extracts `__print_symbolic(<expr>, { 0, "A" }, { 1, "B" }, …)` from a format file's print fmt.
+pub fn symbolic_values(format: &str, expr: &str) -> BTreeMap<u32, String> {
+    let mut out = BTreeMap::new();
+    let Some(start) = format.find(&format!("__print_symbolic({expr},")) else {
+        return out;
+    };
+    let rest = &format[start..];
+    let end = rest.find("})").map_or(rest.len(), |e| e + 1);
+    for entry in rest[..end].split('{').skip(1) {
+        let entry = entry.trim_end_matches(|c: char| c == '}' || c == ',' || c.is_whitespace());
+        if let Some((num, name)) = entry.split_once(',')
+            && let Ok(n) = num.trim().parse::<u32>()
+        {
+            out.insert(
+                n,
+                name.trim()
+                    .trim_matches('}')
+                    .trim()
+                    .trim_matches('"')
+                    .to_owned(),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEND_RESET: &str = "name: tcp_send_reset\nID: 1\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\n\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;\n\nprint fmt: \"r=%s\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }, { 11, \"TCP_ABORT_ON_CLOSE\" })\n";
+
+    #[test]
+    fn format_fields_are_parsed_with_array_names_stripped() {
+        let f = parse_format_fields(SEND_RESET);
+        assert_eq!(f.get("saddr"), Some(&(32, 28)));
+        assert_eq!(f.get("reason"), Some(&(28, 4)));
+        assert_eq!(f.get("skaddr"), Some(&(16, 8)));
+    }
+
+    #[test]
+    fn reset_reasons_come_from_the_kernels_own_print_format() {
+        let r = symbolic_values(SEND_RESET, "REC->reason");
+        assert_eq!(r.get(&1).map(String::as_str), Some("NO_SOCKET"));
+        assert_eq!(r.get(&11).map(String::as_str), Some("TCP_ABORT_ON_CLOSE"));
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn a_moved_field_is_a_layout_error_not_garbage() {
+        let dir = std::env::temp_dir().join(format!("zdt-preflight-{}", std::process::id()));
+        let events = dir.join("events/tcp/tcp_send_reset");
+        fs::create_dir_all(&events).unwrap();
+        let layout = &zdt_common::tracepoint::tcp_send_reset::LAYOUT;
+        fs::write(events.join("format"), SEND_RESET).unwrap();
+        let ok = check_layout(dir.to_str().unwrap(), layout);
+        fs::write(
+            events.join("format"),
+            SEND_RESET.replace("offset:28;", "offset:32;"),
+        )
+        .unwrap();
+        let moved = check_layout(dir.to_str().unwrap(), layout);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = moved.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PreflightError::Layout {
+                    field: "reason",
+                    offset: 28,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}

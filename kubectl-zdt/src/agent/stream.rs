@@ -1,0 +1,237 @@
+//! The agent's run loop: drain the ring buffer (on a batched wake-up or a short poll), decode,
+//! send; every second, turn per-key losses into aggregated observations so totals stay exact.
+
+use std::{collections::HashMap, future::Future, os::fd::AsFd as _, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use jiff::Timestamp;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc::Sender,
+};
+use zdt_common::{CounterKey, maps};
+
+use super::{
+    AgentConfig,
+    clock::Clock,
+    decode::{self, Decoder},
+    loader::{Attached, KernelMaps, Probes},
+    preflight::{self, KernelInfo},
+};
+use crate::observation::{Kind, Observation, SCHEMA_VERSION};
+
+/// A started agent: probes attached, ready to stream.
+pub struct Agent {
+    attached: Option<Attached>,
+    events: RingBuf<MapData>,
+    maps: KernelMaps,
+    decoder: Decoder,
+    kernel: KernelInfo,
+    config: AgentConfig,
+    /// Per key, lost events already reported as aggregated observations.
+    lost_reported: HashMap<CounterKey, u64>,
+    lost_total_reported: u64,
+    last_loss_check: Timestamp,
+    decode_errors: u64,
+}
+
+impl Agent {
+    /// Runs the start-up checks, loads and attaches the probes.
+    pub fn start(config: &AgentConfig) -> anyhow::Result<Self> {
+        let kernel = preflight::check()?;
+        let Probes {
+            attached,
+            events,
+            maps,
+        } = Probes::load(&config.watch, config.wakeup_every)?;
+        let decoder = Decoder {
+            node: config.node.clone(),
+            clock: Clock::measure(),
+            rst_reasons: kernel.rst_reasons.clone(),
+        };
+        Ok(Self {
+            attached: Some(attached),
+            events,
+            maps,
+            decoder,
+            kernel,
+            config: config.clone(),
+            lost_reported: HashMap::new(),
+            lost_total_reported: 0,
+            last_loss_check: Timestamp::now(),
+            decode_errors: 0,
+        })
+    }
+
+    /// The `agent_start` line: schema, kernel, probes, filter and clock.
+    pub fn hello(&self) -> Observation {
+        let programs: Vec<String> = self
+            .attached
+            .as_ref()
+            .map(|a| a.programs().into_iter().map(|(n, _)| n).collect())
+            .unwrap_or_default();
+        let mut o = Observation::new(Kind::AgentStart, Timestamp::now(), self.config.node.clone())
+            .with_extra("schema", SCHEMA_VERSION)
+            .with_extra("version", env!("CARGO_PKG_VERSION"))
+            .with_extra("kernel", self.kernel.kernel_release.clone())
+            .with_extra("probes", programs)
+            .with_extra(
+                "watch",
+                self.config
+                    .watch
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )
+            .with_extra("clock", "CLOCK_MONOTONIC+offset");
+        o.uncertainty_ns = Some(self.decoder.clock.uncertainty_ns);
+        o
+    }
+
+    /// Streams observations into `tx` until `shutdown` completes (or the receiver is gone), then
+    /// detaches the probes, drains what is left and reports any loss.
+    pub async fn run(
+        mut self,
+        tx: Sender<Observation>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        if tx.send(self.hello()).await.is_err() {
+            return Ok(());
+        }
+        let owned = self
+            .events
+            .as_fd()
+            .try_clone_to_owned()
+            .context("failed to duplicate the ring buffer fd")?;
+        // SAFETY: `owned` is a valid fd owned by the AsyncFd for its whole life; an OwnedFd
+        // always returns the same raw fd.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }.map_err(|e| {
+                anyhow::anyhow!("failed to register the ring buffer with the runtime: {e}")
+            })?;
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            let open = tokio::select! {
+                guard = fd.readable() => {
+                    let mut guard = guard.context("ring buffer poll failed")?;
+                    guard.clear_ready();
+                    self.drain(&tx).await
+                }
+                _ = poll.tick() => self.drain(&tx).await,
+                _ = housekeeping.tick() => self.housekeeping(&tx).await,
+                () = &mut shutdown => break,
+            };
+            if !open {
+                return Ok(());
+            }
+        }
+        // Detach first: after this no event can be counted without also being in the ring
+        // buffer or the loss map, so the final drain and loss report are exact.
+        drop(self.attached.take());
+        if self.drain(&tx).await {
+            self.report_loss(&tx).await;
+        }
+        if self.decode_errors > 0 {
+            tracing::warn!("{} kernel events could not be decoded", self.decode_errors);
+        }
+        Ok(())
+    }
+
+    /// Sends everything in the ring buffer; false when the receiver is gone.
+    async fn drain(&mut self, tx: &Sender<Observation>) -> bool {
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < 1024 {
+                let Some(item) = self.events.next() else {
+                    break;
+                };
+                match decode::parse(&item).and_then(|ev| self.decoder.decode(&ev)) {
+                    Ok(o) => batch.push(o),
+                    Err(e) => {
+                        self.decode_errors += 1;
+                        tracing::debug!("undecodable kernel event: {e}");
+                    }
+                }
+            }
+            let more = batch.len() == 1024;
+            for o in batch {
+                if tx.send(o).await.is_err() {
+                    return false;
+                }
+            }
+            if !more {
+                return true;
+            }
+        }
+    }
+
+    async fn housekeeping(&mut self, tx: &Sender<Observation>) -> bool {
+        let clock = Clock::measure();
+        let moved = (clock.offset_ns - self.decoder.clock.offset_ns).unsigned_abs();
+        if moved > 1_000_000 {
+            let mut o =
+                Observation::new(Kind::ClockSync, Timestamp::now(), self.config.node.clone())
+                    .with_extra(
+                        "offset_change_ns",
+                        i64::try_from(clock.offset_ns - self.decoder.clock.offset_ns)
+                            .unwrap_or(i64::MAX),
+                    );
+            o.uncertainty_ns = Some(clock.uncertainty_ns);
+            if tx.send(o).await.is_err() {
+                return false;
+            }
+        }
+        self.decoder.clock = clock;
+        self.report_loss(tx).await
+    }
+
+    /// When the ring buffer dropped events since the last check, sends one `loss` line and, per
+    /// key, an aggregated line of the lost kind with `count`, so totals per pod stay exact.
+    async fn report_loss(&mut self, tx: &Sender<Observation>) -> bool {
+        let now = Timestamp::now();
+        let lost_total = self.maps.stat(maps::STAT_RINGBUF_LOST);
+        let counters_full = self.maps.stat(maps::STAT_COUNTERS_FULL);
+        if counters_full > 0 {
+            tracing::warn!("{counters_full} events could not be counted: the counter map is full");
+        }
+        if lost_total == self.lost_total_reported {
+            return true;
+        }
+        let window_start = self.last_loss_check;
+        self.last_loss_check = now;
+        let mut out = Vec::new();
+        let mut loss = Observation::new(Kind::Loss, now, self.config.node.clone());
+        loss.count = Some(lost_total - self.lost_total_reported);
+        loss.reason = Some("RINGBUF_FULL".to_owned());
+        out.push(loss.with_extra("since", crate::observation::format_time(window_start)));
+        self.lost_total_reported = lost_total;
+        for (key, total) in KernelMaps::totals(&self.maps.lost) {
+            let reported = self.lost_reported.entry(key).or_insert(0);
+            if total <= *reported {
+                continue;
+            }
+            let delta = total - *reported;
+            *reported = total;
+            let Ok((kind, reason)) = self.decoder.classify(key.kind, key.reason) else {
+                continue;
+            };
+            let mut o = Observation::new(kind, now, self.config.node.clone());
+            o.ip = decode::ip_of(key.family, &key.addr).ok();
+            o.port = Some(key.port);
+            o.reason = Some(reason);
+            o.count = Some(delta);
+            out.push(o.with_extra("lost_since", crate::observation::format_time(window_start)));
+        }
+        for o in out {
+            if tx.send(o).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}

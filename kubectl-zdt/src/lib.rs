@@ -1,0 +1,11 @@
+//! kubectl-zdt measures the race between a terminating pod and kube-proxy on every node.
+//!
+//! Data flows through the modules in this order: `agent` (kernel probes → observations),
+//! `observation` (the wire contract), then the CLI commands that collect and report.
+
+pub mod agent;
+pub mod cli;
+pub mod demo;
+pub mod logging;
+pub mod observation;
+pub mod testbed;

@@ -1,0 +1,19 @@
+//! `kubectl-zdt`: the kubectl plugin and, as `kubectl-zdt agent`, the node agent.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use kubectl_zdt::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    kubectl_zdt::logging::init(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) if kubectl_zdt::logging::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kubectl-zdt: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Network namespaces that delete themselves, and running code inside them.
+
+use std::{
+    fs::File,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+use anyhow::{Context as _, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!("failed to run {program} (is it installed? `./x setup` installs it)")
+        })?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A named network namespace (`ip netns add`), deleted when dropped.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Netns {
+    /// Creates `zdt<pid>-<seq>-<role>` so concurrent runs never collide.
+    pub fn create(role: &str) -> anyhow::Result<Self> {
+        let name = format!(
+            "zdt{}-{}-{role}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs `f` on a new thread that has entered the namespace; sockets it creates live there.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<NsThread<T>> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("failed to open {path}"))?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = thread::Builder::new()
+            .name(format!("ns-{}", self.name))
+            .spawn(move || {
+                // setns affects only this thread: the network namespace is per task.
+                match setns(&file, CloneFlags::CLONE_NEWNET) {
+                    Ok(()) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Some(f())
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        None
+                    }
+                }
+            })
+            .context("failed to spawn a thread")?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(NsThread {
+                handle,
+                ns: self.name.clone(),
+            }),
+            Ok(Err(e)) => bail!("failed to enter network namespace {}: {e}", self.name),
+            Err(_) => bail!("thread for namespace {} died", self.name),
+        }
+    }
+
+    /// Runs `f` inside the namespace and waits for its result.
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.spawn(f)?.join()
+    }
+}
+
+/// A thread running inside a network namespace.
+pub struct NsThread<T> {
+    handle: thread::JoinHandle<Option<T>>,
+    ns: String,
+}
+
+impl<T> NsThread<T> {
+    pub fn join(self) -> anyhow::Result<T> {
+        match self.handle.join() {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => bail!("thread could not enter namespace {}", self.ns),
+            Err(_) => bail!("code in namespace {} panicked", self.ns),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            tracing::warn!("failed to delete network namespace {}: {e:#}", self.name);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! One node: a namespace with a bridge for its pods, routed links to client namespaces, and
+//! kube-proxy's iptables rules for Services.
+//!
+//! Pods sit on the bridge (198.18.0.0/24, fd00:7a64::/64) like a CNI bridge plugin would put
+//! them. Clients are routed through the node (198.18.<n>.0/24), so their traffic to a ClusterIP
+//! is DNAT'ed in the node's PREROUTING and the replies come back through the node's conntrack,
+//! exactly as for a client on another node (no br_netfilter needed).
+
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    kube_proxy::{self, ServicePort},
+    netns::Netns,
+};
+
+pub const POD_CIDR_V4: &str = "198.18.0.0/24";
+const BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const BRIDGE_V6: &str = "fd00:7a64::1";
+
+/// A pod: its own network namespace on the node's bridge.
+#[derive(Debug)]
+pub struct PodHandle {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+}
+
+/// A client: a namespace routed through the node.
+#[derive(Debug)]
+pub struct ClientHandle {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+}
+
+/// The node namespace and what it owns. Namespaces are deleted when dropped.
+#[derive(Debug)]
+pub struct Node {
+    pub ns: Netns,
+    links: u8,
+}
+
+impl Node {
+    pub fn create() -> anyhow::Result<Self> {
+        let ns = Netns::create("node")?;
+        ns.exec("ip", &["link", "add", "br0", "type", "bridge"])?;
+        ns.exec(
+            "ip",
+            &["addr", "add", &format!("{BRIDGE_V4}/24"), "dev", "br0"],
+        )?;
+        ns.exec(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{BRIDGE_V6}/64"),
+                "dev",
+                "br0",
+                "nodad",
+            ],
+        )?;
+        ns.exec("ip", &["link", "set", "br0", "up"])?;
+        ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        let node = Self { ns, links: 0 };
+        node.iptables_restore(kube_proxy::PORTALS)?;
+        Ok(node)
+    }
+
+    /// Adds a pod with the next free address on the bridge.
+    pub fn add_pod(&mut self, name: &str) -> anyhow::Result<PodHandle> {
+        self.links += 1;
+        let i = self.links;
+        if i > 200 {
+            bail!("testbed node is full");
+        }
+        let ns = Netns::create(name)?;
+        let host = format!("hv{i}");
+        self.ns.exec(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ],
+        )?;
+        self.ns
+            .exec("ip", &["link", "set", &host, "master", "br0", "up"])?;
+        let ip = Ipv4Addr::new(198, 18, 0, 10 + i);
+        let ip6: Ipv6Addr = format!("fd00:7a64::{:x}", 0x10 + u16::from(i)).parse()?;
+        ns.exec("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.exec(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        ns.exec("ip", &["link", "set", "eth0", "up"])?;
+        ns.exec(
+            "ip",
+            &["route", "add", "default", "via", &BRIDGE_V4.to_string()],
+        )?;
+        ns.exec("ip", &["-6", "route", "add", "default", "via", BRIDGE_V6])?;
+        Ok(PodHandle {
+            name: name.to_owned(),
+            ns,
+            ip,
+            ip6,
+        })
+    }
+
+    /// Adds a client namespace on its own routed link.
+    pub fn add_client(&mut self, name: &str) -> anyhow::Result<ClientHandle> {
+        self.links += 1;
+        let i = self.links;
+        let ns = Netns::create(name)?;
+        let host = format!("hc{i}");
+        self.ns.exec(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ],
+        )?;
+        let gw = Ipv4Addr::new(198, 19, i, 1);
+        let ip = Ipv4Addr::new(198, 19, i, 2);
+        self.ns
+            .exec("ip", &["addr", "add", &format!("{gw}/24"), "dev", &host])?;
+        self.ns.exec("ip", &["link", "set", &host, "up"])?;
+        ns.exec("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.exec("ip", &["link", "set", "eth0", "up"])?;
+        ns.exec("ip", &["route", "add", "default", "via", &gw.to_string()])?;
+        Ok(ClientHandle { ns, ip })
+    }
+
+    /// Programs `svc` → `endpoints` the way kube-proxy's iptables mode does, in one transaction;
+    /// `stale` endpoints' chains are deleted.
+    pub fn set_endpoints(
+        &self,
+        svc: &ServicePort,
+        endpoints: &[SocketAddr],
+        stale: &[SocketAddr],
+    ) -> anyhow::Result<()> {
+        self.iptables_restore(&kube_proxy::restore_input(
+            svc,
+            endpoints,
+            stale,
+            POD_CIDR_V4,
+        ))
+    }
+
+    pub fn iptables_restore(&self, input: &str) -> anyhow::Result<()> {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns.name(),
+                "iptables-restore",
+                "-w",
+                "--noflush",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("failed to run iptables-restore (`./x setup` installs iptables)")?;
+        child
+            .stdin
+            .take()
+            .context("iptables-restore has no stdin")?
+            .write_all(input.as_bytes())
+            .context("failed to write to iptables-restore")?;
+        let out = child
+            .wait_with_output()
+            .context("iptables-restore failed")?;
+        if !out.status.success() {
+            bail!(
+                "iptables-restore failed: {}\ninput:\n{input}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A convenient ClusterIP for tests and the demo.
+pub fn cluster_ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 100, n))
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask <command>` (or `./x <command>` on a fresh machine, which first installs the
+//! pinned toolchain): setup, demo and test for kubectl-zdt.
+
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "kubectl-zdt project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: rust-src, bpf-linker for this toolchain's LLVM, Debian packages.
+    Setup,
+    /// Set up, build, and run the local rollout race demo (needs root).
+    Demo,
+    /// Set up, then run every check: fmt, clippy (userspace and eBPF), unit and root tests.
+    Test,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::command(),
+        Command::Demo => demo::run(),
+        Command::Test => test::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest.
+//!
+//! The privileged tests (real probes in this kernel, real traffic between network namespaces)
+//! run as root, one at a time (the probes see every namespace, so two tests' traffic would
+//! mix). Without root this fails: those tests are never skipped silently.
+
+use anyhow::bail;
+
+use crate::{cmd, setup};
+
+pub fn run() -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the tests load eBPF programs and create network namespaces: run `sudo ./x test`");
+    }
+    setup::run_all()?;
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "zdt-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    clippy_ebpf()?;
+    cmd::run(cmd::cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "zdt-ebpf",
+        "--lib",
+        "--bins",
+    ]))?;
+    cmd::run(cmd::cargo().args([
+        "test",
+        "--package",
+        "kubectl-zdt",
+        "--tests",
+        "--",
+        "--test-threads=1",
+    ]))?;
+    eprintln!("xtask test: all checks passed");
+    Ok(())
+}
+
+/// Clippy on the real bpf target. `-Z build-std` needs RUSTC_BOOTSTRAP, set for this one
+/// command with its own target dir so it never changes how the rest of the workspace builds.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let target_dir = cmd::root().join("target/ebpf-clippy");
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "clippy",
+                "--package",
+                "zdt-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .args(["--", "-D", "warnings"])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_CFG_BPF_TARGET_ARCH", "x86_64"),
+    )
+}

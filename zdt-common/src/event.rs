@@ -1,0 +1,115 @@
+//! The record every probe writes to the ring buffer, and the key of the exact counters.
+
+use core::mem::{offset_of, size_of};
+
+/// `Event::kind` values. Constants, not an enum: an out-of-range value from the kernel must be a
+/// decode error in userspace, never undefined behaviour.
+pub mod kind {
+    /// `tcp:tcp_send_reset`: this host sent a RST. `reason` is the kernel's `enum sk_rst_reason`;
+    /// `addr`/`port` is the side that sent it (for `NO_SOCKET` the address that refused).
+    pub const RESET_SENT: u16 = 1;
+}
+
+/// Values of the kernel's `enum sk_rst_reason` (include/net/rstreason.h), as reported by
+/// `tcp:tcp_send_reset`. Only the stable head of the enum is named here; userspace prints
+/// unknown values numerically.
+pub mod rst_reason {
+    pub const NOT_SPECIFIED: u32 = 0;
+    /// No socket for the segment: a SYN to a port without a listener (connection refused), or a
+    /// segment for a connection that no longer exists.
+    pub const NO_SOCKET: u32 = 1;
+}
+
+/// One observation from the kernel. Layout is asserted below; all padding is explicit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the probe fired.
+    pub ts_ns: u64,
+    /// Kernel address of the socket, if any (0 when the kernel had none, e.g. `NO_SOCKET`).
+    pub sk: u64,
+    /// cgroup v2 id of the current task (meaningless in softirq context).
+    pub cgroup_id: u64,
+    /// One of [`kind`].
+    pub kind: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// Kind-specific reason (`sk_rst_reason`, errno, signal number, …).
+    pub reason: u32,
+    /// The watched side's address; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+    /// The other side's address.
+    pub peer_addr: [u8; 16],
+    /// The watched side's port, host byte order.
+    pub port: u16,
+    /// The other side's port, host byte order.
+    pub peer_port: u16,
+    /// TCP state (`TCP_*`) of the socket, if known.
+    pub state: u32,
+    /// `bpf_get_current_pid_tgid() >> 32` (meaningless in softirq context).
+    pub tgid: u32,
+    /// Explicit padding to a multiple of 8.
+    pub _pad: u32,
+}
+
+const _: () = {
+    assert!(offset_of!(Event, ts_ns) == 0);
+    assert!(offset_of!(Event, sk) == 8);
+    assert!(offset_of!(Event, cgroup_id) == 16);
+    assert!(offset_of!(Event, kind) == 24);
+    assert!(offset_of!(Event, family) == 26);
+    assert!(offset_of!(Event, reason) == 28);
+    assert!(offset_of!(Event, addr) == 32);
+    assert!(offset_of!(Event, peer_addr) == 48);
+    assert!(offset_of!(Event, port) == 64);
+    assert!(offset_of!(Event, peer_port) == 66);
+    assert!(offset_of!(Event, state) == 68);
+    assert!(offset_of!(Event, tgid) == 72);
+    assert!(offset_of!(Event, _pad) == 76);
+    assert!(size_of::<Event>() == 80);
+};
+
+/// Key of the exact per-CPU counters: one count per (address, port, kind, reason).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub addr: [u8; 16],
+    pub family: u16,
+    pub port: u16,
+    pub kind: u16,
+    /// Explicit padding: implicit padding would hold stack garbage and split counts.
+    pub _pad: u16,
+    pub reason: u32,
+}
+
+const _: () = {
+    assert!(offset_of!(CounterKey, addr) == 0);
+    assert!(offset_of!(CounterKey, family) == 16);
+    assert!(offset_of!(CounterKey, port) == 18);
+    assert!(offset_of!(CounterKey, kind) == 20);
+    assert!(offset_of!(CounterKey, _pad) == 22);
+    assert!(offset_of!(CounterKey, reason) == 24);
+    assert!(size_of::<CounterKey>() == 28);
+};
+
+impl CounterKey {
+    /// The counter an event increments.
+    pub const fn of(event: &Event) -> Self {
+        Self {
+            addr: event.addr,
+            family: event.family,
+            port: event.port,
+            kind: event.kind,
+            _pad: 0,
+            reason: event.reason,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both types are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with
+    // every padding byte an explicit field (asserted above), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::CounterKey {}
+}

@@ -1,0 +1,12 @@
+//! Wire types shared by the eBPF programs (`zdt-ebpf`) and the node agent (`kubectl-zdt`).
+//!
+//! Everything here crosses the kernel boundary, so it is plain old data: `#[repr(C)]`, `Copy`,
+//! integers and byte arrays only (no `bool`, `Option` or enums), every padding byte explicit, and
+//! every layout asserted at compile time. Event kinds and reasons are `u16`/`u32` constants.
+#![no_std]
+
+pub mod event;
+pub mod maps;
+pub mod tracepoint;
+
+pub use event::{CounterKey, Event, kind, rst_reason};

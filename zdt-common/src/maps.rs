@@ -1,0 +1,35 @@
+//! Names and capacities of the maps the agent shares with its eBPF programs.
+
+/// Ring buffer carrying [`crate::Event`]s to userspace. 4 MiB holds about 40 000 events, i.e. a
+/// refused-connection storm of 200 000/s for 200 ms between two reader wake-ups.
+pub const EVENTS: &str = "ZDT_EVENTS";
+pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Exact per-CPU counts per [`crate::CounterKey`]; kept even when the ring buffer is full.
+pub const COUNTERS: &str = "ZDT_COUNTERS";
+pub const COUNTERS_MAX: u32 = 65_536;
+
+/// Per-CPU counts, per [`crate::CounterKey`], of the events the ring buffer had no room for.
+/// An event is either delivered or counted here, never both, so userspace can report exactly
+/// what was lost, per pod address and kind.
+pub const LOST: &str = "ZDT_LOST";
+
+/// Per-CPU array of internal health counters, indexed by the `STAT_*` constants.
+pub const STATS: &str = "ZDT_STATS";
+pub const STATS_LEN: u32 = 8;
+/// Events that could not be reserved in the ring buffer (reported as `loss` observations).
+pub const STAT_RINGBUF_LOST: u32 = 0;
+/// Counter updates that failed because [`COUNTERS`] was full.
+pub const STAT_COUNTERS_FULL: u32 = 1;
+/// Events submitted to the ring buffer.
+pub const STAT_EVENTS_SENT: u32 = 2;
+
+/// Longest-prefix-match tries of watched addresses (`--watch-cidr`, or pod IPs in a cluster).
+pub const WATCH_V4: &str = "ZDT_WATCH_V4";
+pub const WATCH_V6: &str = "ZDT_WATCH_V6";
+pub const WATCH_MAX: u32 = 16_384;
+
+/// Global set by the loader: 0 = report every address, 1 = only addresses in the watch tries.
+pub const GLOBAL_FILTER_ENABLED: &str = "ZDT_FILTER_ENABLED";
+/// Global set by the loader: wake the reader once every this many events (batched wake-ups).
+pub const GLOBAL_WAKEUP_EVERY: &str = "ZDT_WAKEUP_EVERY";

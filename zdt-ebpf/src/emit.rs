@@ -1,0 +1,85 @@
+//! Delivery of events: exact per-CPU counters first, then the ring buffer with batched wake-ups.
+//!
+//! Measured here (ENVIRONMENT.md): a ring-buffer submit with a wake-up costs ~2.1 µs, without one
+//! ~0.38 µs. So the reader is woken once every `ZDT_WAKEUP_EVERY` events and otherwise polls on a
+//! short timer; the counters stay exact when the ring buffer is full, and the reservation
+//! failures are counted so userspace reports them as `loss`.
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use zdt_common::{CounterKey, Event, maps};
+
+#[unsafe(no_mangle)]
+static ZDT_WAKEUP_EVERY: Global<u64> = Global::new(64);
+
+#[map(name = "ZDT_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
+
+#[map(name = "ZDT_COUNTERS")]
+static COUNTERS: PerCpuHashMap<CounterKey, u64> =
+    PerCpuHashMap::with_max_entries(maps::COUNTERS_MAX, BPF_F_NO_PREALLOC);
+
+#[map(name = "ZDT_LOST")]
+static LOST: PerCpuHashMap<CounterKey, u64> =
+    PerCpuHashMap::with_max_entries(maps::COUNTERS_MAX, BPF_F_NO_PREALLOC);
+
+#[map(name = "ZDT_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(maps::STATS_LEN, 0);
+
+#[inline(always)]
+fn bump_stat(index: u32) -> u64 {
+    match STATS.get_ptr_mut(index) {
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    }
+}
+
+/// Counts `event` exactly, then tries to hand it to userspace.
+#[inline(always)]
+pub fn emit(event: &Event) {
+    let key = CounterKey::of(event);
+    count(&COUNTERS, &key);
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            let sent = bump_stat(maps::STAT_EVENTS_SENT);
+            let every = ZDT_WAKEUP_EVERY.load();
+            let flags = if every <= 1 || sent.is_multiple_of(every) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags as u64);
+        }
+        None => {
+            bump_stat(maps::STAT_RINGBUF_LOST);
+            count(&LOST, &key);
+        }
+    }
+}
+
+#[inline(always)]
+fn count(map: &PerCpuHashMap<CounterKey, u64>, key: &CounterKey) {
+    // Per-CPU values: no atomics needed, userspace sums the CPUs.
+    if let Some(p) = map.get_ptr_mut(key) {
+        unsafe { *p += 1 };
+        return;
+    }
+    if map.insert(key, &1, BPF_NOEXIST as u64).is_err() {
+        // Either another CPU inserted the key between our lookup and insert (retry once), or
+        // the map is full (counted, so userspace can say so).
+        match map.get_ptr_mut(key) {
+            Some(p) => unsafe { *p += 1 },
+            None => {
+                bump_stat(maps::STAT_COUNTERS_FULL);
+            }
+        }
+    }
+}

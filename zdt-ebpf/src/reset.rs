@@ -1,0 +1,63 @@
+//! `tcp:tcp_send_reset`: this host answered a segment with a RST.
+//!
+//! With reason `NO_SOCKET` the kernel had no socket for the segment, which for a SYN means no
+//! listener: the client sees `connection refused`. Then `skaddr` is NULL and `saddr` is the
+//! refusing side (the pod). Any other reason is a reset of an existing connection by its local
+//! socket (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited).
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    programs::TracePointContext,
+};
+use zdt_common::{
+    Event, kind,
+    tracepoint::{sockaddr, tcp_send_reset as tp},
+};
+
+use crate::{emit::emit, watch};
+
+/// Reads the address family, port (host order) and address of a 28-byte sockaddr copy.
+#[inline(always)]
+fn read_sockaddr(ctx: &TracePointContext, at: usize) -> Result<(u16, u16, [u8; 16]), i32> {
+    let family: u16 = unsafe { ctx.read_at(at + sockaddr::FAMILY)? };
+    let port: u16 = u16::from_be(unsafe { ctx.read_at(at + sockaddr::PORT)? });
+    let mut addr = [0u8; 16];
+    match family {
+        watch::AF_INET => {
+            let v4: [u8; 4] = unsafe { ctx.read_at(at + sockaddr::V4)? };
+            addr[..4].copy_from_slice(&v4);
+        }
+        watch::AF_INET6 => addr = unsafe { ctx.read_at(at + sockaddr::V6)? },
+        _ => return Err(0),
+    }
+    Ok((family, port, addr))
+}
+
+pub fn on_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let (family, sport, saddr) = read_sockaddr(ctx, tp::SADDR)?;
+    let (_, dport, daddr) = read_sockaddr(ctx, tp::DADDR)?;
+    if !watch::is_watched(family, &saddr) {
+        return Ok(());
+    }
+    let reason: u32 = unsafe { ctx.read_at(tp::REASON)? };
+    let state: i32 = unsafe { ctx.read_at(tp::STATE)? };
+    let sk: u64 = unsafe { ctx.read_at(tp::SKADDR)? };
+    let event = Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sk,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        kind: kind::RESET_SENT,
+        family,
+        reason,
+        addr: saddr,
+        peer_addr: daddr,
+        port: sport,
+        peer_port: dport,
+        state: state as u32,
+        tgid: ctx.tgid(),
+        _pad: 0,
+    };
+    emit(&event);
+    Ok(())
+}

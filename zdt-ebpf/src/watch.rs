@@ -1,0 +1,40 @@
+//! Kernel-side filtering: the watched address tries and the switch that enables them.
+//!
+//! Unwatched traffic must cost one trie lookup and nothing else, so every handler asks
+//! [`is_watched`] before it touches a counter or the ring buffer.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{LpmTrie, lpm_trie::Key},
+};
+use zdt_common::maps;
+
+/// 1 when `--watch-cidr` (or the cluster's pod list) restricts what is reported.
+#[unsafe(no_mangle)]
+static ZDT_FILTER_ENABLED: Global<u32> = Global::new(0);
+
+#[map(name = "ZDT_WATCH_V4")]
+static WATCH_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(maps::WATCH_MAX, 0);
+
+#[map(name = "ZDT_WATCH_V6")]
+static WATCH_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(maps::WATCH_MAX, 0);
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Whether events about `addr` (IPv4 in the first 4 bytes) are reported.
+#[inline(always)]
+pub fn is_watched(family: u16, addr: &[u8; 16]) -> bool {
+    if ZDT_FILTER_ENABLED.load() == 0 {
+        return true;
+    }
+    match family {
+        AF_INET => {
+            let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+            WATCH_V4.get(&key).is_some()
+        }
+        AF_INET6 => WATCH_V6.get(&Key::new(128, *addr)).is_some(),
+        _ => false,
+    }
+}
