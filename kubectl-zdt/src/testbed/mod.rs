@@ -11,5 +11,5 @@ pub mod netns;
 pub mod node;
 pub mod tcp;
 
-pub use netns::{Netns, run};
+pub use netns::{Netns, run, veth_pair};
 pub use node::{ClientHandle, Node, PodHandle};
