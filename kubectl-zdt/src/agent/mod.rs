@@ -7,6 +7,7 @@
 //! - `decode`: wire `Event` → `Observation` (pure);
 //! - `stream`: drains the ring buffer, reconciles exact counters, reports loss.
 
+pub mod btf;
 pub mod clock;
 pub mod decode;
 pub mod loader;
@@ -39,6 +40,11 @@ pub struct AgentArgs {
     #[arg(long = "watch-cidr", value_name = "CIDR")]
     pub watch_cidr: Vec<IpNet>,
 
+    /// Also report listeners, signals, execs and exits of the processes in this network
+    /// namespace (repeatable; e.g. /run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long = "watch-netns", value_name = "PATH")]
+    pub watch_netns: Vec<std::path::PathBuf>,
+
     /// Node name written on every observation [default: the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -54,6 +60,8 @@ pub struct AgentArgs {
 pub struct AgentConfig {
     pub node: NodeName,
     pub watch: Vec<IpNet>,
+    /// Network namespaces (inode numbers) whose processes and listeners are reported.
+    pub watch_netns: Vec<u32>,
     pub wakeup_every: u64,
     /// How often the ring buffer is drained when no wake-up came.
     pub poll_interval: Duration,
@@ -64,10 +72,24 @@ impl AgentConfig {
         Self {
             node,
             watch,
+            watch_netns: Vec::new(),
             wakeup_every: 64,
             poll_interval: Duration::from_millis(50),
         }
     }
+}
+
+/// The inode number identifying the network namespace at `path` (what the kernel reports).
+pub fn netns_inode(path: &std::path::Path) -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "--watch-netns {}: no such network namespace (try /run/netns/NAME or /proc/PID/ns/net)",
+            path.display()
+        )
+    })?;
+    u32::try_from(meta.ino())
+        .with_context(|| format!("{}: inode does not fit 32 bits", path.display()))
 }
 
 /// The machine's hostname, used as the node name when standalone.
@@ -89,6 +111,9 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         args.watch_cidr,
     );
     config.wakeup_every = args.wakeup_every;
+    for path in &args.watch_netns {
+        config.watch_netns.push(netns_inode(path)?);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -16,7 +16,7 @@ use super::{
     AgentConfig,
     clock::Clock,
     decode::{self, Decoder},
-    loader::{Attached, KernelMaps, Probes},
+    loader::{Attached, KernelMaps, LoadSpec, Probes},
     preflight::{self, KernelInfo},
 };
 use crate::observation::{Kind, Observation, SCHEMA_VERSION};
@@ -44,7 +44,12 @@ impl Agent {
             attached,
             events,
             maps,
-        } = Probes::load(&config.watch, config.wakeup_every)?;
+        } = Probes::load(&LoadSpec {
+            watch: &config.watch,
+            watch_netns: &config.watch_netns,
+            wakeup_every: config.wakeup_every,
+            offsets: kernel.offsets,
+        })?;
         let decoder = Decoder {
             node: config.node.clone(),
             clock: Clock::measure(),
@@ -223,7 +228,7 @@ impl Agent {
             let mut o = Observation::new(kind, now, self.config.node.clone());
             o.ip = decode::ip_of(key.family, &key.addr).ok();
             o.port = Some(key.port);
-            o.reason = Some(reason);
+            o.reason = reason;
             o.count = Some(delta);
             out.push(o.with_extra("lost_since", crate::observation::format_time(window_start)));
         }
