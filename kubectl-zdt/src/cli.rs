@@ -27,11 +27,15 @@ pub enum Command {
     /// Run a rollout race on this machine (network namespaces, no cluster) and show what the
     /// kernel saw, without and with a preStop delay. Needs root.
     Demo(demo::DemoArgs),
+    /// The application the local testbed runs inside each pod (used by the demo and tests).
+    #[command(hide = true)]
+    TestbedApp(crate::testbed::app::AppArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => agent::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::TestbedApp(args) => crate::testbed::app::main(args),
     }
 }

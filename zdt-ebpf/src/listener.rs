@@ -34,7 +34,9 @@ pub fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let listen = tcp_state::LISTEN as i32;
     let k = if new == listen {
         kind::LISTEN_OPEN
-    } else if old == listen {
+    } else if old == listen && new == tcp_state::CLOSE as i32 {
+        // LISTEN → SYN_RECV is not a close: it is a child socket cloned from the listener
+        // (inet_csk_clone_lock copies the state, then sets SYN_RECV).
         kind::LISTEN_CLOSE
     } else {
         return Ok(());

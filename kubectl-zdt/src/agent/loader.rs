@@ -38,6 +38,7 @@ pub struct LoadSpec<'a> {
     /// Network namespace inode numbers.
     pub watch_netns: &'a [u32],
     pub wakeup_every: u64,
+    pub ringbuf_bytes: u32,
     pub offsets: KernelOffsets,
 }
 
@@ -75,6 +76,7 @@ impl Probes {
             .override_global(maps::GLOBAL_FILTER_ENABLED, &filter_enabled, true)
             .override_global(maps::GLOBAL_WAKEUP_EVERY, &spec.wakeup_every, true)
             .override_global(maps::GLOBAL_OFFSETS, &spec.offsets, true)
+            .map_max_entries(maps::EVENTS, spec.ringbuf_bytes)
             .load(OBJECT)
             .context("failed to load the eBPF programs into the kernel")?;
 

@@ -49,6 +49,11 @@ pub struct AgentArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// Size of the kernel→agent ring buffer in bytes (a power of two, at least 4096). When it
+    /// overflows, counts stay exact and the loss is reported.
+    #[arg(long, default_value_t = zdt_common::maps::EVENTS_BYTES, value_parser = parse_ringbuf_bytes)]
+    pub ringbuf_bytes: u32,
+
     /// Wake the reader once every N kernel events (batched wake-ups; the reader also polls
     /// every 50 ms).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
@@ -63,6 +68,7 @@ pub struct AgentConfig {
     /// Network namespaces (inode numbers) whose processes and listeners are reported.
     pub watch_netns: Vec<u32>,
     pub wakeup_every: u64,
+    pub ringbuf_bytes: u32,
     /// How often the ring buffer is drained when no wake-up came.
     pub poll_interval: Duration,
 }
@@ -74,9 +80,18 @@ impl AgentConfig {
             watch,
             watch_netns: Vec::new(),
             wakeup_every: 64,
+            ringbuf_bytes: zdt_common::maps::EVENTS_BYTES,
             poll_interval: Duration::from_millis(50),
         }
     }
+}
+
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two >= 4096"));
+    }
+    Ok(n)
 }
 
 /// The inode number identifying the network namespace at `path` (what the kernel reports).
@@ -111,6 +126,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         args.watch_cidr,
     );
     config.wakeup_every = args.wakeup_every;
+    config.ringbuf_bytes = args.ringbuf_bytes;
     for path in &args.watch_netns {
         config.watch_netns.push(netns_inode(path)?);
     }

@@ -48,6 +48,7 @@ impl Agent {
             watch: &config.watch,
             watch_netns: &config.watch_netns,
             wakeup_every: config.wakeup_every,
+            ringbuf_bytes: config.ringbuf_bytes,
             offsets: kernel.offsets,
         })?;
         let decoder = Decoder {

@@ -55,6 +55,11 @@ impl Netns {
         &self.name
     }
 
+    /// The bind mount that names it (`/run/netns/<name>`), for `--watch-netns`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
     /// Runs a command inside the namespace.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut full = vec!["netns", "exec", &self.name, program];
@@ -72,7 +77,7 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<NsThread<T>> {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         let file = File::open(&path).with_context(|| format!("failed to open {path}"))?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = thread::Builder::new()

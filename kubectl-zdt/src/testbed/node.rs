@@ -63,9 +63,16 @@ impl Node {
 
     /// Adds a pod with the next free address on the bridge.
     pub fn add_pod(&mut self, name: &str) -> anyhow::Result<PodHandle> {
+        let host = self.links + 1;
+        self.add_pod_at(name, host)
+    }
+
+    /// Adds a pod whose addresses end in `host` (198.18.0.<10+host>, fd00:7a64::<10+host>):
+    /// passing the host of a removed pod reuses its IP, as a new pod on a node can.
+    pub fn add_pod_at(&mut self, name: &str, host: u8) -> anyhow::Result<PodHandle> {
         self.links += 1;
         let i = self.links;
-        if i > 200 {
+        if i > 200 || host > 200 {
             bail!("testbed node is full");
         }
         let ns = Netns::create(name)?;
@@ -74,8 +81,8 @@ impl Node {
             ns.name()
         ))?;
         self.ns.ip(&format!("link set hv{i} master br0 up"))?;
-        let ip = Ipv4Addr::new(198, 18, 0, 10 + i);
-        let ip6: Ipv6Addr = format!("fd00:7a64::{:x}", 0x10 + u16::from(i)).parse()?;
+        let ip = Ipv4Addr::new(198, 18, 0, 10 + host);
+        let ip6: Ipv6Addr = format!("fd00:7a64::{:x}", 0x10 + u16::from(host)).parse()?;
         ns.ip("link set eth0 up")?;
         ns.ip(&format!("addr add {ip}/24 dev eth0"))?;
         ns.ip(&format!("-6 addr add {ip6}/64 dev eth0 nodad"))?;
@@ -106,6 +113,13 @@ impl Node {
         ns.ip(&format!("addr add {ip}/24 dev eth0"))?;
         ns.ip(&format!("route add default via {gw}"))?;
         Ok(ClientHandle { ns, ip })
+    }
+
+    /// Removes a pod's sandbox: its network namespace (and with it the veth pair). Returns the
+    /// CLOCK_MONOTONIC time the removal returned.
+    pub fn remove_pod(&self, pod: PodHandle) -> u64 {
+        drop(pod);
+        crate::agent::clock::Clock::monotonic_now_ns()
     }
 
     /// Programs `svc` → `endpoints` the way kube-proxy's iptables mode does, in one transaction;

@@ -94,3 +94,29 @@ pub fn total(obs: &[Observation], pred: impl Fn(&Observation) -> bool) -> u64 {
         .map(Observation::weight)
         .sum()
 }
+
+/// How far (ms, signed) an observation's wall time is from a CLOCK_MONOTONIC ground truth.
+pub fn off_ms(o: &Observation, truth_mono_ns: u64) -> f64 {
+    let clock = kubectl_zdt::agent::clock::Clock::measure();
+    let truth = clock.to_wall(truth_mono_ns);
+    (o.time - truth)
+        .total(jiff::Unit::Nanosecond)
+        .unwrap_or(f64::MAX)
+        / 1e6
+}
+
+/// The observations of `kind` in `obs`.
+pub fn of_kind(obs: &[Observation], kind: Kind) -> Vec<&Observation> {
+    obs.iter().filter(|o| o.kind == kind).collect()
+}
+
+/// The `netns` field of an observation.
+pub fn netns_of(o: &Observation) -> Option<u64> {
+    o.extra.get("netns").and_then(serde_json::Value::as_u64)
+}
+
+/// Inode of a network namespace path.
+pub fn inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).expect("netns path").ino()
+}
