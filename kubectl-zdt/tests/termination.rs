@@ -38,11 +38,7 @@ fn assert_near(what: &str, o: &Observation, truth: u64) {
     );
 }
 
-fn only<'a>(
-    obs: &'a [Observation],
-    kind: Kind,
-    pred: impl Fn(&Observation) -> bool,
-) -> &'a Observation {
+fn only(obs: &[Observation], kind: Kind, pred: impl Fn(&Observation) -> bool) -> &Observation {
     let found: Vec<_> = obs.iter().filter(|o| o.kind == kind && pred(o)).collect();
     assert_eq!(found.len(), 1, "expected exactly one {kind}: {found:#?}");
     found[0]
