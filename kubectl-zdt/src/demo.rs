@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use jiff::Timestamp;
 
 use crate::{
-    agent::{Agent, AgentConfig, clock::Clock, hostname, netns_inode},
+    agent::{Agent, AgentConfig, WatchedNetns, clock::Clock, hostname},
     observation::{Kind, NodeName, Observation},
     testbed::{
         Node,
@@ -124,7 +124,7 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
         .map(IpNet::from)
         .collect();
     let mut config = AgentConfig::new(NodeName(hostname()), watch);
-    config.watch_netns = vec![netns_inode(Path::new(&old.ns.path()))?];
+    config.watch_netns = vec![WatchedNetns::open(Path::new(&old.ns.path()))?];
     let agent = Agent::start(&config)?;
     let spec = PodSpec {
         port: 8080,

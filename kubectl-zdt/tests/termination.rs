@@ -73,14 +73,17 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
     let client = w.node.add_client("client").unwrap();
     let ep = SocketAddr::new(pod.ip.into(), 8080);
     w.node.set_endpoints(&w.svc, &[ep], &[]).unwrap();
-    let agent = AgentProcess::start(&[
-        "--watch-netns",
-        &pod.ns.path(),
-        "--watch-cidr",
-        &format!("{}/32", pod.ip),
-        "--watch-cidr",
-        &format!("{}/32", w.svc.cluster_ip),
-    ]);
+    let agent = AgentProcess::start_in(
+        Some(w.node.ns.name()),
+        &[
+            "--watch-netns",
+            &pod.ns.path(),
+            "--watch-cidr",
+            &format!("{}/32", pod.ip),
+            "--watch-cidr",
+            &format!("{}/32", w.svc.cluster_ip),
+        ],
+    );
     let spec = PodSpec {
         port: 8080,
         prestop_ms: 150,
@@ -95,7 +98,7 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
     );
 
     let delete = kubectl_zdt::agent::clock::Clock::monotonic_now_ns();
-    let truth: Truth = app_proc.terminate(&pod, &app(), delete).unwrap();
+    let mut truth: Truth = app_proc.terminate(&pod, &app(), delete).unwrap();
     let outcomes = client
         .ns
         .run_in(move || (0..N).map(|_| connect_once(target)).collect::<Vec<_>>())
@@ -106,9 +109,12 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
             .all(|r| r.as_ref().err().map(String::as_str) == Some("ECONNREFUSED")),
         "{outcomes:?}"
     );
+    let pod_ns = support::inode(&pod.ns.path());
+    let pod_ip = IpAddr::from(pod.ip);
+    truth.netns_gone = Some(w.node.remove_pod(pod));
+    std::thread::sleep(Duration::from_millis(300));
     let obs = agent.stop();
 
-    let pod_ns = support::inode(&pod.ns.path());
     let pid = u64::from(truth.app_pid);
     let pid_of = |o: &Observation| o.extra.get("pid").and_then(serde_json::Value::as_u64);
     // The app's exec (start) and the preStop hook's exec.
@@ -133,7 +139,11 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
     assert_near("listener closed", closed, truth.listen_closed);
     assert_eq!(netns_of(closed), Some(pod_ns));
     let exit = only(&obs, Kind::Exit, |o| pid_of(o) == Some(pid));
-    assert_near("exit", exit, truth.exit);
+    let (after, before) = (off_ms(exit, truth.exit), off_ms(exit, truth.reaped));
+    assert!(
+        after >= -BOUND_MS && before <= BOUND_MS,
+        "exit {after:+.3} ms after the app's last line, {before:+.3} ms from its reaping"
+    );
     let opened = only(&obs, Kind::ListenerOpen, |o| o.port == Some(8080));
     assert_eq!(
         opened.ip,
@@ -141,7 +151,6 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
         "the app listens on [::]"
     );
 
-    let pod_ip = IpAddr::from(pod.ip);
     assert_eq!(
         total(&obs, |o| o.kind == Kind::Refused
             && o.ip == Some(pod_ip)
@@ -158,7 +167,15 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
         "client side: one ECONNREFUSED per refused SYN, to the ClusterIP as dialled"
     );
     assert_eq!(total(&obs, |o| o.kind == Kind::Loss), 0);
-    drop(pod);
+
+    // The kernel tears a namespace down asynchronously after its last reference goes (RCU grace
+    // periods), so its veth disappears a little after `ip netns del` returned.
+    let gone = only(&obs, Kind::NetnsGone, |o| netns_of(o) == Some(pod_ns));
+    let after = off_ms(gone, truth.netns_gone.unwrap());
+    assert!(
+        (-BOUND_MS..250.0).contains(&after),
+        "netns_gone {after:+.3} ms after the namespace was deleted"
+    );
 }
 
 /// K clients send a request the app never reads; the app exits: each connection is reset with

@@ -11,6 +11,7 @@ pub mod btf;
 pub mod clock;
 pub mod decode;
 pub mod loader;
+pub mod netns_gone;
 pub mod preflight;
 pub mod stream;
 
@@ -60,13 +61,29 @@ pub struct AgentArgs {
     pub wakeup_every: u64,
 }
 
+/// A network namespace to watch: where it is named and the inode the kernel reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedNetns {
+    pub path: std::path::PathBuf,
+    pub inum: u32,
+}
+
+impl WatchedNetns {
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            inum: netns_inode(path)?,
+        })
+    }
+}
+
 /// What the agent needs to start, independent of how it was invoked.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node: NodeName,
     pub watch: Vec<IpNet>,
-    /// Network namespaces (inode numbers) whose processes and listeners are reported.
-    pub watch_netns: Vec<u32>,
+    /// Network namespaces whose processes and listeners are reported.
+    pub watch_netns: Vec<WatchedNetns>,
     pub wakeup_every: u64,
     pub ringbuf_bytes: u32,
     /// How often the ring buffer is drained when no wake-up came.
@@ -128,7 +145,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.wakeup_every = args.wakeup_every;
     config.ringbuf_bytes = args.ringbuf_bytes;
     for path in &args.watch_netns {
-        config.watch_netns.push(netns_inode(path)?);
+        config.watch_netns.push(WatchedNetns::open(path)?);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

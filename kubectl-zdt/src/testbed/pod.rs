@@ -40,8 +40,10 @@ pub struct Truth {
     pub sigterm: u64,
     /// The app's listener shutdown (LISTEN → CLOSE).
     pub listen_closed: u64,
-    /// The app's last line before exit().
+    /// The app's last line before exit(), and when the testbed reaped it: the kernel's exit lies
+    /// between (thread teardown and scheduling on a loaded machine can take milliseconds).
     pub exit: u64,
+    pub reaped: u64,
     /// `ip netns del` of the pod returned.
     pub netns_gone: Option<u64>,
     pub app_pid: u32,
@@ -144,6 +146,7 @@ impl PodProcess {
         truth.listen_closed = self.expect("closed")?;
         truth.exit = self.expect("exit")?;
         let status = self.child.wait().context("failed to reap the app")?;
+        truth.reaped = Clock::monotonic_now_ns();
         if !status.success() {
             bail!("the pod's app exited with {status}");
         }

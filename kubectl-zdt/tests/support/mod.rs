@@ -29,7 +29,21 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the agent and waits for its `agent_start` line (probes attached).
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        Self::start_in(None, args)
+    }
+
+    /// The same, with the agent in network namespace `netns` (the node's, as with hostNetwork).
+    pub fn start_in(netns: Option<&str>, args: &[&str]) -> Self {
+        let bin = env!("CARGO_BIN_EXE_kubectl-zdt");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(["agent", "--standalone"])
             .args(args)
             .stdin(Stdio::null())
