@@ -1,6 +1,7 @@
 //! `cargo xtask <command>` (or `./x <command>` on a fresh machine, which first installs the
 //! pinned toolchain): setup, demo and test for kubectl-zdt.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -25,6 +26,8 @@ enum Command {
     Demo,
     /// Set up, then run every check: fmt, clippy (userspace and eBPF), unit and root tests.
     Test,
+    /// Run every benchmark (kernel cost per event, agent overhead, correlation, dataplane).
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::command(),
         Command::Demo => demo::run(),
         Command::Test => test::run(),
+        Command::Bench => bench::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
