@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{agent, demo};
+use crate::{agent, analyze, demo};
 
 /// Measure the rollout race: how long after a pod stops listening every node still routes new
 /// connections to it, what errors that caused, and the preStop delay that would have prevented
@@ -27,11 +27,15 @@ pub enum Command {
     /// Run a rollout race on this machine (network namespaces, no cluster) and show what the
     /// kernel saw, without and with a preStop delay. Needs root.
     Demo(demo::DemoArgs),
+    /// Correlate observation streams (agent output, journal, captures) into the rollout report:
+    /// per pod the gap, the errors by cause, a verdict, and the preStop that prevents them.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => agent::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::Analyze(args) => analyze::main(args),
     }
 }
