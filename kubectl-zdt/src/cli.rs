@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{agent, demo};
+use crate::{agent, analyze, demo};
 
 /// Measure the rollout race: how long after a pod stops listening every node still routes new
 /// connections to it, what errors that caused, and the preStop delay that would have prevented
@@ -30,6 +30,9 @@ pub enum Command {
     /// The application the local testbed runs inside each pod (used by the demo and tests).
     #[command(hide = true)]
     TestbedApp(crate::testbed::app::AppArgs),
+    /// Correlate observation streams (agent output, journal, captures) into the rollout report:
+    /// per pod the gap, the errors by cause, a verdict, and the preStop that prevents them.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -37,5 +40,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::main(args),
         Command::Demo(args) => demo::main(args),
         Command::TestbedApp(args) => crate::testbed::app::main(args),
+        Command::Analyze(args) => analyze::main(args),
     }
 }
