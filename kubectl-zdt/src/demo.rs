@@ -51,6 +51,11 @@ pub struct DemoArgs {
 }
 
 pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "the demo creates network namespaces and loads eBPF programs: run it as root (`sudo kubectl-zdt demo`)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
