@@ -315,3 +315,50 @@ fn a_burst_larger_than_the_ring_buffer_keeps_counts_exact_and_reports_loss() {
         "every lost event is accounted for in an aggregated line"
     );
 }
+
+/// The pod's namespace is gone but the node still routes the ClusterIP to it (kube-proxy is
+/// late): clients' SYNs go unanswered. The agent counts exactly the SYN retransmissions the
+/// kernel made on those sockets (their own TCP_INFO is the ground truth), toward the ClusterIP
+/// as dialled.
+#[test]
+fn syns_to_a_pod_whose_namespace_is_gone_are_counted_as_retransmits() {
+    const CLIENTS: usize = 3;
+    let mut w = world();
+    let pod = w.node.add_pod("gone").unwrap();
+    let client = w.node.add_client("client").unwrap();
+    let ep = SocketAddr::new(pod.ip.into(), 8080);
+    w.node.set_endpoints(&w.svc, &[ep], &[]).unwrap();
+    w.node.remove_pod(pod);
+    let agent = AgentProcess::start(&["--watch-cidr", &format!("{}/32", w.svc.cluster_ip)]);
+    let target = SocketAddr::new(w.svc.cluster_ip, w.svc.port);
+    let results = client
+        .ns
+        .run_in(move || {
+            let threads: Vec<_> = (0..CLIENTS)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        kubectl_zdt::testbed::tcp::connect_counting_retransmits(
+                            target,
+                            Duration::from_millis(2500),
+                        )
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let obs = agent.stop();
+    assert!(results.iter().all(|(r, _)| r.is_err()), "{results:?}");
+    let truth: u64 = results.iter().map(|(_, n)| u64::from(*n)).sum();
+    assert!(
+        truth >= CLIENTS as u64,
+        "each SYN was retransmitted at least once in 2.5 s: {results:?}"
+    );
+    let seen = total(&obs, |o| {
+        o.kind == Kind::SynRetransmit && o.ip == Some(w.svc.cluster_ip) && o.port == Some(80)
+    });
+    assert_eq!(seen, truth, "{:#?}", of_kind(&obs, Kind::SynRetransmit));
+}

@@ -109,6 +109,8 @@ pub mod tcp_retransmit_skb {
     pub const DADDR: usize = 38;
     pub const SADDR_V6: usize = 42;
     pub const DADDR_V6: usize = 58;
+    /// Result of the retransmission (6.x): non-zero means nothing was sent.
+    pub const ERR: usize = 76;
     pub const LAYOUT: super::Layout = super::Layout {
         category: "tcp",
         name: "tcp_retransmit_skb",
@@ -122,6 +124,7 @@ pub mod tcp_retransmit_skb {
             ("daddr", DADDR, 4),
             ("saddr_v6", SADDR_V6, 16),
             ("daddr_v6", DADDR_V6, 16),
+            ("err", ERR, 4),
         ],
     };
 }

@@ -62,6 +62,11 @@ pub fn on_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
     if state != tcp_state::SYN_SENT as i32 {
         return Ok(());
     }
+    // A failed attempt sent nothing (and is not in the socket's tcpi_total_retrans).
+    let err: i32 = unsafe { ctx.read_at(rt::ERR)? };
+    if err != 0 {
+        return Ok(());
+    }
     let layout = AddrLayout {
         family: rt::FAMILY,
         saddr: rt::SADDR,
