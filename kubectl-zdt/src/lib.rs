@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod dataplane;
 pub mod demo;
 pub mod logging;
 pub mod observation;

@@ -7,6 +7,7 @@
 //! and fd00:7a64::/64).
 
 pub mod kube_proxy;
+pub mod kube_proxy_nft;
 pub mod netns;
 pub mod node;
 pub mod tcp;
