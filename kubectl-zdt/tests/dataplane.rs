@@ -121,17 +121,20 @@ fn cluster() -> Vec<ServiceRules> {
 /// report.
 struct Watch {
     rx: mpsc::Receiver<Observation>,
+    /// Keeps the stream open: the watcher holds it weakly, like in the agent.
+    _tx: mpsc::Sender<Observation>,
     rt: tokio::runtime::Runtime,
 }
 
 impl Watch {
     fn start(node: &Node) -> (Self, Observation) {
         let (tx, rx) = mpsc::channel(100_000);
+        let sink = watcher::Sink::new(&tx);
         node.ns
             .run_in(move || -> anyhow::Result<()> {
                 let node = NodeName("node-a".into());
-                let w = watcher::spawn(node.clone(), tx.clone())?;
-                flows::spawn(node, w.watched, Duration::from_millis(200), tx)?;
+                let w = watcher::spawn(node.clone(), sink.clone())?;
+                flows::spawn(node, w.watched, Duration::from_millis(200), sink)?;
                 Ok(())
             })
             .unwrap()
@@ -140,7 +143,7 @@ impl Watch {
             .enable_time()
             .build()
             .unwrap();
-        let mut w = Self { rx, rt };
+        let mut w = Self { rx, _tx: tx, rt };
         let first = w.within(Duration::from_secs(10)).remove(0);
         assert_eq!(first.kind, Kind::DataplaneMode);
         (w, first)
@@ -352,8 +355,10 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
         .min()
         .expect("flow_new for the new pod");
     assert!(last_to_a < first_to_b, "flows to A and B interleave");
+    // One connection a millisecond brackets the switch to a few ms; a loaded CI machine can
+    // stall the client for longer, which widens the bracket but does not make it wrong.
     assert!(
-        first_to_b.duration_since(last_to_a) < SignedDuration::from_millis(10),
+        first_to_b.duration_since(last_to_a) < SignedDuration::from_millis(30),
         "the client's connections bracket the switch only to {:?}",
         first_to_b.duration_since(last_to_a)
     );

@@ -23,12 +23,11 @@ use netlink_packet_netfilter::{
     conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple},
 };
 use netlink_sys::Socket;
-use tokio::sync::mpsc;
 
 use super::{
     model::{Backend, Protocol, ServiceAddr},
     nfnetlink,
-    watcher::Watched,
+    watcher::{Sink, Watched},
 };
 use crate::observation::{Kind, NodeName, Observation};
 
@@ -198,12 +197,7 @@ impl Aggregate {
 }
 
 /// Starts the conntrack NEW listener of the calling thread's network namespace.
-pub fn spawn(
-    node: NodeName,
-    watched: Watched,
-    every: Duration,
-    tx: mpsc::Sender<Observation>,
-) -> io::Result<()> {
+pub fn spawn(node: NodeName, watched: Watched, every: Duration, tx: Sink) -> io::Result<()> {
     let socket = nfnetlink::subscribe(NFNLGRP_CONNTRACK_NEW)?;
     thread::Builder::new()
         .name("zdt-conntrack".into())
@@ -211,13 +205,7 @@ pub fn spawn(
     Ok(())
 }
 
-fn run(
-    socket: &Socket,
-    node: &NodeName,
-    watched: &Watched,
-    every: Duration,
-    tx: &mpsc::Sender<Observation>,
-) {
+fn run(socket: &Socket, node: &NodeName, watched: &Watched, every: Duration, tx: &Sink) {
     let mut buf = vec![0u8; 1 << 16];
     let mut agg = Aggregate::default();
     let mut deadline: Option<Instant> = None;
@@ -265,7 +253,7 @@ fn run(
                 Err(_) => return,
             };
             for o in flushed {
-                if tx.blocking_send(o).is_err() {
+                if !tx.send(o) {
                     return;
                 }
             }

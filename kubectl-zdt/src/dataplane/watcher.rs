@@ -9,6 +9,7 @@ use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock, mpsc as std_mpsc},
     thread,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::{
     emit::{self, Stamp},
+    flows,
     model::{Backend, Backends},
     nf_monitor::{Commit, Monitor},
     source::{self, Mode, NF_TABLES_SOURCES, Source},
@@ -27,7 +29,40 @@ use crate::observation::{Kind, NodeName, Observation};
 /// filter flows.
 pub type Watched = Arc<RwLock<std::collections::HashSet<Backend>>>;
 
-/// Handle to the running watcher threads (they run until the observation receiver is dropped).
+/// Where the watcher's observations go. Holds the agent's channel weakly: once the agent drops
+/// its own sender at shutdown, the channel closes and these threads stop at their next send
+/// instead of keeping the stream open.
+#[derive(Clone, Debug)]
+pub struct Sink(mpsc::WeakSender<Observation>);
+
+impl Sink {
+    pub fn new(tx: &mpsc::Sender<Observation>) -> Self {
+        Self(tx.downgrade())
+    }
+
+    /// Sends from a blocking thread; false once the stream is closed.
+    pub fn send(&self, obs: Observation) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|tx| tx.blocking_send(obs).is_ok())
+    }
+}
+
+/// How often `flow_new` lines are flushed per (frontend, backend).
+pub const FLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts everything the agent reports about the dataplane in the calling thread's network
+/// namespace: the dataplane watcher and the conntrack flow listener.
+pub fn start(node: &NodeName, tx: &mpsc::Sender<Observation>) -> anyhow::Result<Watcher> {
+    let sink = Sink::new(tx);
+    let watcher = spawn(node.clone(), sink.clone())?;
+    flows::spawn(node.clone(), watcher.watched.clone(), FLOW_REPORT_INTERVAL, sink).context(
+        "failed to subscribe to conntrack events (NFNLGRP_CONNTRACK_NEW); the agent needs CAP_NET_ADMIN",
+    )?;
+    Ok(watcher)
+}
+
+/// Handle to the running watcher threads (they run until the observation stream closes).
 pub struct Watcher {
     pub modes: Vec<Mode>,
     pub watched: Watched,
@@ -36,7 +71,7 @@ pub struct Watcher {
 /// Starts watching the dataplanes of the calling thread's network namespace: detects the mode,
 /// reads the initial state, then emits `dataplane_added` / `dataplane_removed` into `tx`. The
 /// first observation is `dataplane_mode` with the detected modes and route counts.
-pub fn spawn(node: NodeName, tx: mpsc::Sender<Observation>) -> anyhow::Result<Watcher> {
+pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
     // Subscribe before the first read, so no commit falls between the two.
     let mut monitor = Monitor::open()
         .context("failed to subscribe to nf_tables notifications (NFNLGRP_NFTABLES); the agent needs CAP_NET_ADMIN")?;
@@ -71,7 +106,6 @@ pub fn spawn(node: NodeName, tx: mpsc::Sender<Observation>) -> anyhow::Result<Wa
             "kube-proxy's rules are in {modes:?}, which this agent does not watch yet: no dataplane changes will be reported"
         );
     }
-    tx.blocking_send(start).ok();
 
     let (commits_tx, commits_rx) = std_mpsc::channel::<Commit>();
     thread::Builder::new()
@@ -100,7 +134,13 @@ pub fn spawn(node: NodeName, tx: mpsc::Sender<Observation>) -> anyhow::Result<Wa
     };
     thread::Builder::new()
         .name("zdt-dataplane".into())
-        .spawn(move || reader.run(&commits_rx))
+        // The first line is sent from the reader thread: `spawn` may be called from async code,
+        // where a blocking send is not allowed.
+        .spawn(move || {
+            if reader.tx.send(start) {
+                reader.run(&commits_rx);
+            }
+        })
         .context("failed to start the dataplane reader thread")?;
     Ok(Watcher { modes, watched })
 }
@@ -109,7 +149,7 @@ struct Reader {
     node: NodeName,
     state: BTreeMap<Source, Backends>,
     watched: Watched,
-    tx: mpsc::Sender<Observation>,
+    tx: Sink,
 }
 
 impl Reader {
@@ -161,7 +201,7 @@ impl Reader {
                 detected: Timestamp::now(),
             };
             for obs in emit::observations(&self.node, src, &change, stamp) {
-                if self.tx.blocking_send(obs).is_err() {
+                if !self.tx.send(obs) {
                     return false;
                 }
             }
