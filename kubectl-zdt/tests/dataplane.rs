@@ -15,7 +15,7 @@ use std::{
 
 use jiff::{SignedDuration, Timestamp};
 use kubectl_zdt::{
-    dataplane::{flows, watcher},
+    dataplane::{Family, Mode, Source, flows, mirror::TableMirror, nl_dump, watcher},
     observation::{Kind, NodeName, Observation},
     testbed::{
         Node,
@@ -43,6 +43,7 @@ fn require_root() {
 /// How one kube-proxy mode programs the node.
 struct Dataplane {
     mode: &'static str,
+    source: Source,
     /// First sync after kube-proxy starts: everything.
     start: fn(&Node, &[ServiceRules]),
     /// A sync of Service `changed` whose endpoints `gone` left.
@@ -53,6 +54,10 @@ struct Dataplane {
 
 const IPTABLES_NFT: Dataplane = Dataplane {
     mode: "iptables-nft",
+    source: Source {
+        mode: Mode::IptablesNft,
+        family: Family::V4,
+    },
     start: |node, all| {
         node.iptables_restore(&kube_proxy::sync_input(all, &|_| true, &[], POD_CIDR))
             .unwrap()
@@ -76,6 +81,10 @@ const IPTABLES_NFT: Dataplane = Dataplane {
 
 const NFTABLES: Dataplane = Dataplane {
     mode: "nftables",
+    source: Source {
+        mode: Mode::Nftables,
+        family: Family::V4,
+    },
     start: |node, all| {
         node.nft_apply(&kube_proxy_nft::base_table(POD_CIDR, "198.18.100.0/24"))
             .unwrap();
@@ -382,6 +391,39 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
     );
     // The command interval agrees.
     assert!(removed[0].time >= when.0 && removed[0].time <= when.1 + ACCURACY);
+}
+
+/// The netlink mirror (what the watcher keeps) reads the same routes as the tools' own dumps
+/// (`iptables-nft-save` text, `nft -j` JSON) parsed by the text parsers.
+fn netlink_dump_reads_what_the_tools_print(dp: &Dataplane) {
+    require_root();
+    let node = Node::create().unwrap();
+    let mut all = cluster();
+    all[5].external_ips = vec!["198.18.99.5".parse().unwrap()];
+    all[6].internal_local = true;
+    (dp.start)(&node, &all);
+    let src = dp.source;
+    let (from_tools, from_netlink) = node
+        .ns
+        .run_in(move || {
+            let (family, table) = src.nf_table().unwrap();
+            let mut mirror = TableMirror::new(family, table);
+            nl_dump::dump(&mut mirror).unwrap();
+            (src.read().unwrap(), mirror.routes())
+        })
+        .unwrap();
+    assert_eq!(from_netlink.describe(), from_tools.describe());
+    assert!(from_tools.len() >= usize::from(SERVICES) * usize::from(PER_SERVICE));
+}
+
+#[test]
+fn iptables_nft_netlink_dump_reads_what_iptables_save_prints() {
+    netlink_dump_reads_what_the_tools_print(&IPTABLES_NFT);
+}
+
+#[test]
+fn nftables_netlink_dump_reads_what_nft_json_prints() {
+    netlink_dump_reads_what_the_tools_print(&NFTABLES);
 }
 
 #[test]

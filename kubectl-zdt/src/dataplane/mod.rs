@@ -9,10 +9,13 @@ pub mod chains;
 pub mod emit;
 pub mod flows;
 pub mod iptables;
+pub mod mirror;
 pub mod model;
 pub mod nf_monitor;
 pub mod nfnetlink;
 pub mod nft;
+pub mod nft_rule;
+pub mod nl_dump;
 pub mod source;
 pub mod watcher;
 

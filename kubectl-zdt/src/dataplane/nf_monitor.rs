@@ -7,26 +7,20 @@
 //! is received is the commit time (to the scheduling latency of this thread); the NEWGEN closes
 //! the batch.
 
-use std::{collections::BTreeSet, io};
+use std::io;
 
 use jiff::Timestamp;
-use netlink_packet_core::{NetlinkBuffer, NlasIterator};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::{
+    NetfilterMessage, NetfilterMessageInner,
+    nftables::{GenAttribute, NfTablesMessage},
+};
 use netlink_sys::Socket;
 
-use super::nfnetlink;
+use super::{mirror, nfnetlink};
 
 /// NFNLGRP_NFTABLES (include/uapi/linux/netfilter/nfnetlink.h).
 const NFNLGRP_NFTABLES: u32 = 7;
-/// NFNL_SUBSYS_NFTABLES: the high byte of an nf_tables message type.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWGEN: u8 = 15;
-/// NFTA_GEN_ID.
-const NFTA_GEN_ID: u16 = 1;
-/// Attribute 1 names the table in every table-scoped message (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE,
-/// NFTA_RULE_TABLE, NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, …).
-const NFTA_TABLE_ATTR: u16 = 1;
-/// struct nfgenmsg: family, version, res_id.
-const NFGENMSG_LEN: usize = 4;
 
 /// One committed nf_tables transaction (or several, when they arrived before the previous one
 /// was read).
@@ -34,11 +28,12 @@ const NFGENMSG_LEN: usize = 4;
 pub struct Commit {
     /// When the first notification of the transaction was received.
     pub time: Timestamp,
-    /// (NFPROTO family, table name) of every table the transaction touched.
-    pub tables: BTreeSet<(u8, String)>,
+    /// The notifications: (NFPROTO family, the changed object as the kernel describes it).
+    pub changes: Vec<(u8, NfTablesMessage)>,
     /// The generation the commit produced (NEWGEN), if its notification arrived.
     pub generation: Option<u32>,
-    /// Set when notifications were lost (socket buffer overrun): any table may have changed.
+    /// Set when notifications were lost or unreadable: any table may have changed in ways the
+    /// changes do not show, so mirrors must be read again.
     pub overrun: bool,
 }
 
@@ -46,34 +41,44 @@ impl Commit {
     pub fn touches(&self, table: (u8, &str)) -> bool {
         self.overrun
             || self
-                .tables
+                .changes
                 .iter()
-                .any(|(f, t)| *f == table.0 && t == table.1)
+                .any(|(f, m)| *f == table.0 && mirror::table_of(m) == Some(table.1))
     }
 }
 
 /// What one notification says.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Notice {
-    /// A change to an object in this table.
-    Table { family: u8, table: String },
+    /// A change to an nf_tables object.
+    Change {
+        family: u8,
+        message: NfTablesMessage,
+    },
     /// The end of a transaction.
     NewGen { generation: Option<u32> },
-    /// Not nf_tables, or no table named.
+    /// A message that could not be decoded: what changed is unknown.
+    Unreadable,
+    /// Not nf_tables.
     Other,
 }
 
-/// Splits one received datagram into notices. Malformed messages end the scan (the kernel
-/// never sends them; the rest of the datagram cannot be framed).
+/// Splits one received datagram into notices.
 pub fn scan(datagram: &[u8]) -> Vec<Notice> {
     let mut out = Vec::new();
     let mut rest = datagram;
     while !rest.is_empty() {
-        let Ok(msg) = NetlinkBuffer::new_checked(rest) else {
+        let Ok(header) = netlink_packet_core::NetlinkBuffer::new_checked(rest) else {
+            out.push(Notice::Unreadable);
             break;
         };
-        let len = msg.length() as usize;
-        out.push(notice(msg.message_type(), msg.payload()));
+        let len = header.length() as usize;
+        out.push(
+            match NetlinkMessage::<NetfilterMessage>::deserialize(rest) {
+                Ok(msg) => notice(msg),
+                Err(_) => Notice::Unreadable,
+            },
+        );
         // Messages are 4-byte aligned within a datagram.
         let next = (len + 3) & !3;
         if next == 0 || next > rest.len() {
@@ -84,32 +89,22 @@ pub fn scan(datagram: &[u8]) -> Vec<Notice> {
     out
 }
 
-fn notice(message_type: u16, payload: &[u8]) -> Notice {
-    if message_type >> 8 != NFNL_SUBSYS_NFTABLES || payload.len() < NFGENMSG_LEN {
+fn notice(msg: NetlinkMessage<NetfilterMessage>) -> Notice {
+    let NetlinkPayload::InnerMessage(NetfilterMessage { header, inner, .. }) = msg.payload else {
         return Notice::Other;
-    }
-    let family = payload[0];
-    let attrs = &payload[NFGENMSG_LEN..];
-    let first = |kind: u16| {
-        NlasIterator::new(attrs)
-            .map_while(Result::ok)
-            .find(|nla| nla.kind() == kind)
-            .map(|nla| nla.value().to_vec())
     };
-    // The low byte of the message type is the nf_tables command.
-    if (message_type & 0xff) as u8 == NFT_MSG_NEWGEN {
-        let generation = first(NFTA_GEN_ID)
-            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
-            .map(u32::from_be_bytes);
-        return Notice::NewGen { generation };
-    }
-    match first(NFTA_TABLE_ATTR) {
-        Some(name) => Notice::Table {
-            family,
-            // NLA_STRING values carry their NUL.
-            table: String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(&name)).into_owned(),
+    match inner {
+        NetfilterMessageInner::NfTables(NfTablesMessage::NewGen(g)) => Notice::NewGen {
+            generation: g.attributes.iter().find_map(|a| match a {
+                GenAttribute::Id(id) => Some(*id),
+                _ => None,
+            }),
         },
-        None => Notice::Other,
+        NetfilterMessageInner::NfTables(message) => Notice::Change {
+            family: u8::from(header.family),
+            message,
+        },
+        _ => Notice::Other,
     }
 }
 
@@ -123,8 +118,12 @@ impl Batcher {
     /// Feeds one notice received at `time`; returns the commit it completes.
     pub fn push(&mut self, notice: Notice, time: Timestamp) -> Option<Commit> {
         match notice {
-            Notice::Table { family, table } => {
-                self.open(time).tables.insert((family, table));
+            Notice::Change { family, message } => {
+                self.open(time).changes.push((family, message));
+                None
+            }
+            Notice::Unreadable => {
+                self.overrun(time);
                 None
             }
             Notice::NewGen { generation } => {
@@ -144,7 +143,7 @@ impl Batcher {
     fn open(&mut self, time: Timestamp) -> &mut Commit {
         self.pending.get_or_insert_with(|| Commit {
             time,
-            tables: BTreeSet::new(),
+            changes: Vec::new(),
             generation: None,
             overrun: false,
         })
@@ -204,24 +203,35 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::NetlinkHeader;
+    use netlink_packet_netfilter::{
+        NetfilterHeader, NetfilterProtoFamily,
+        nftables::{GenMessage, RuleAttribute, RuleMessage},
+    };
 
-    /// One netlink message: nlmsghdr, nfgenmsg, attributes.
-    fn message(cmd: u8, family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut payload = vec![family, 0, 0, 0];
-        for (kind, value) in attrs {
-            let len = 4 + value.len();
-            payload.extend_from_slice(&(len as u16).to_ne_bytes());
-            payload.extend_from_slice(&kind.to_ne_bytes());
-            payload.extend_from_slice(value);
-            payload.resize(payload.len().next_multiple_of(4), 0);
-        }
-        let len = 16 + payload.len();
-        let mut m = Vec::new();
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | u16::from(cmd)).to_ne_bytes());
-        m.extend_from_slice(&[0; 10]);
-        m.extend_from_slice(&payload);
-        m
+    /// One notification as the kernel frames it.
+    fn message(family: NetfilterProtoFamily, msg: NfTablesMessage) -> Vec<u8> {
+        let mut nl = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::from(NetfilterMessage::new(
+                NetfilterHeader::new(family, 0, 0),
+                msg,
+            )),
+        );
+        nl.finalize();
+        let mut buf = vec![0; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        buf
+    }
+
+    fn rule(chain: &str, handle: u64) -> NfTablesMessage {
+        NfTablesMessage::DeleteRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table("kube-proxy".into()),
+                RuleAttribute::Chain(chain.into()),
+                RuleAttribute::Handle(handle),
+            ],
+        })
     }
 
     fn t(s: &str) -> Timestamp {
@@ -230,10 +240,15 @@ mod tests {
 
     #[test]
     fn a_kube_proxy_sync_is_one_commit_stamped_at_its_first_notification() {
-        // `delete rule` (8) and `add rule` (6) in table ip kube-proxy, then NEWGEN 42.
-        let mut datagram = message(8, 2, &[(1, b"kube-proxy\0"), (2, b"service-X\0")]);
-        datagram.extend(message(6, 2, &[(1, b"kube-proxy\0")]));
-        datagram.extend(message(15, 0, &[(1, &42u32.to_be_bytes())]));
+        let v4 = NetfilterProtoFamily::IPv4;
+        let mut datagram = message(v4, rule("service-X", 56));
+        datagram.extend(message(v4, rule("service-X", 57)));
+        datagram.extend(message(
+            NetfilterProtoFamily::Unspec,
+            NfTablesMessage::NewGen(GenMessage {
+                attributes: vec![GenAttribute::Id(42)],
+            }),
+        ));
         let notices = scan(&datagram);
         assert_eq!(notices.len(), 3);
         let mut b = Batcher::default();
@@ -246,6 +261,7 @@ mod tests {
         let c = &commits[0];
         assert_eq!(c.time, t("2026-11-22T01:00:00.000000000Z"));
         assert_eq!(c.generation, Some(42));
+        assert_eq!(c.changes.len(), 2);
         assert!(c.touches((2, "kube-proxy")));
         assert!(!c.touches((2, "nat")));
         assert!(!c.touches((10, "kube-proxy")));
@@ -254,13 +270,6 @@ mod tests {
     #[test]
     fn a_generation_without_changes_is_no_commit() {
         let mut b = Batcher::default();
-        let n = scan(&message(15, 0, &[(1, &7u32.to_be_bytes())]));
-        assert_eq!(
-            n,
-            [Notice::NewGen {
-                generation: Some(7)
-            }]
-        );
         assert_eq!(
             b.push(
                 Notice::NewGen {
@@ -273,9 +282,9 @@ mod tests {
     }
 
     #[test]
-    fn an_overrun_commit_touches_every_table() {
+    fn an_unreadable_notification_makes_the_commit_touch_every_table() {
         let mut b = Batcher::default();
-        b.overrun(t("2026-11-22T01:00:00Z"));
+        b.push(Notice::Unreadable, t("2026-11-22T01:00:00Z"));
         let c = b
             .push(Notice::NewGen { generation: None }, Timestamp::now())
             .unwrap();

@@ -169,7 +169,7 @@ fn socket(ip: &str, port: Option<u64>) -> Option<SocketAddr> {
 /// `service-PFISGYVC-default/web/tcp/` → `default/web`; with a port name,
 /// `service-2QRHZV4L-default/kubernetes/tcp/https` → `default/kubernetes:https` (the names
 /// kube-proxy's iptables mode writes in its comments).
-fn service_name(chain: &str) -> Option<ServiceName> {
+pub fn service_name(chain: &str) -> Option<ServiceName> {
     let rest = chain
         .strip_prefix("service-")
         .or_else(|| chain.strip_prefix("external-"))?;

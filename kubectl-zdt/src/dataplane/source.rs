@@ -187,26 +187,6 @@ impl Source {
     }
 }
 
-/// Which of kube-proxy's modes this node's kernel holds rules for (normally one; a node
-/// switching modes can briefly hold two, kube-proxy cleans the other up on start).
-pub fn detect() -> Result<Vec<Mode>, ReadError> {
-    let mut modes = Vec::new();
-    for mode in [
-        Mode::Nftables,
-        Mode::IptablesNft,
-        Mode::IptablesLegacy,
-        Mode::Ipvs,
-    ] {
-        for family in [Family::V4, Family::V6] {
-            if (Source { mode, family }).present()? {
-                modes.push(mode);
-                break;
-            }
-        }
-    }
-    Ok(modes)
-}
-
 fn run(program: &'static str, args: &[&str]) -> Result<String, ReadError> {
     let out = Command::new(program)
         .args(args)

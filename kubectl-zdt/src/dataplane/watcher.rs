@@ -1,12 +1,12 @@
-//! The event-driven loop: a trigger arrives → read the touched dataplanes once → diff → emit.
+//! The event-driven loop: a commit arrives → apply its notifications to the mirrors of the
+//! tables it touched → routes → diff → emit.
 //!
 //! Two threads: the monitor blocks in `recv` on the nf_tables netlink group (no CPU between
-//! changes) and stamps each commit as it arrives; the reader dumps and diffs. Commits that
-//! arrive while a dump runs are read together by the next dump and stamped with their window
-//! (see `emit`).
+//! changes) and stamps each commit as it arrives; the reader applies and diffs. Commits that
+//! queue up while the reader works are applied together and stamped with their window (see
+//! `emit`). Each table is read in full only at start, and again if notifications were lost.
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, RwLock, mpsc as std_mpsc},
     thread,
     time::Duration,
@@ -19,9 +19,11 @@ use tokio::sync::mpsc;
 use super::{
     emit::{self, Stamp},
     flows,
+    mirror::TableMirror,
     model::{Backend, Backends},
     nf_monitor::{Commit, Monitor},
-    source::{self, Mode, NF_TABLES_SOURCES, Source},
+    nl_dump,
+    source::{Family, Mode, NF_TABLES_SOURCES, Source},
 };
 use crate::observation::{Kind, NodeName, Observation};
 
@@ -68,42 +70,56 @@ pub struct Watcher {
     pub watched: Watched,
 }
 
-/// Starts watching the dataplanes of the calling thread's network namespace: detects the mode,
-/// reads the initial state, then emits `dataplane_added` / `dataplane_removed` into `tx`. The
-/// first observation is `dataplane_mode` with the detected modes and route counts.
+/// One nf_tables-based dataplane: its mirror and the routes it held at the last commit.
+struct Plane {
+    source: Source,
+    mirror: TableMirror,
+    routes: Backends,
+}
+
+/// Starts watching the dataplanes of the calling thread's network namespace: reads each
+/// nf_tables table kube-proxy may use over netlink, detects the mode, then emits
+/// `dataplane_added` / `dataplane_removed` into `tx`. The first observation is `dataplane_mode`
+/// with the detected modes and route counts.
 pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
     // Subscribe before the first read, so no commit falls between the two.
     let mut monitor = Monitor::open()
         .context("failed to subscribe to nf_tables notifications (NFNLGRP_NFTABLES); the agent needs CAP_NET_ADMIN")?;
-    let modes = source::detect().context("failed to detect kube-proxy's mode")?;
-    let mut state = BTreeMap::new();
-    for src in NF_TABLES_SOURCES {
-        let routes = src
-            .read()
-            .with_context(|| format!("failed to read the {} dataplane", src.mode))?;
-        state.insert(src, routes);
+    let mut planes = Vec::new();
+    for source in NF_TABLES_SOURCES {
+        let Some((family, table)) = source.nf_table() else {
+            continue;
+        };
+        let mut mirror = TableMirror::new(family, table);
+        nl_dump::dump(&mut mirror)
+            .with_context(|| format!("failed to read nf_tables table {table} (family {family})"))?;
+        let routes = mirror.routes();
+        planes.push(Plane {
+            source,
+            mirror,
+            routes,
+        });
     }
+    let modes = detect(&planes)?;
     let watched = Watched::default();
-    publish(&watched, &state);
-    let mut start = Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
+    publish(&watched, &planes);
+    let start = Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
+        .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
         .with_extra(
             "modes",
             modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         )
-        .with_extra("routes", state.values().map(Backends::len).sum::<usize>())
+        .with_extra(
+            "routes",
+            planes.iter().map(|p| p.routes.len()).sum::<usize>(),
+        )
         .with_extra("triggers", vec!["nf_tables netlink (NFNLGRP_NFTABLES)"]);
-    if let Some(mode) = modes.first() {
-        start = start.with_extra("mode", mode.as_str());
-    } else {
-        start = start.with_extra("mode", "none");
-    }
-    if !modes.is_empty()
-        && modes
-            .iter()
-            .all(|m| !matches!(m, Mode::IptablesNft | Mode::Nftables))
+    if modes
+        .iter()
+        .any(|m| matches!(m, Mode::IptablesLegacy | Mode::Ipvs))
     {
         tracing::warn!(
-            "kube-proxy's rules are in {modes:?}, which this agent does not watch yet: no dataplane changes will be reported"
+            "kube-proxy's rules are (also) in {modes:?}; this agent watches only iptables-nft and nftables: changes there are not reported"
         );
     }
 
@@ -128,7 +144,7 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         .context("failed to start the nf_tables monitor thread")?;
     let reader = Reader {
         node,
-        state,
+        planes,
         watched: watched.clone(),
         tx,
     };
@@ -145,9 +161,32 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
     Ok(Watcher { modes, watched })
 }
 
+/// kube-proxy's mode(s) on this node: nf_tables tables holding its dispatch, then the modes
+/// this agent can only detect.
+fn detect(planes: &[Plane]) -> anyhow::Result<Vec<Mode>> {
+    let mut modes: Vec<Mode> = Vec::new();
+    for p in planes.iter().filter(|p| p.mirror.is_kube_proxy()) {
+        if !modes.contains(&p.source.mode) {
+            modes.push(p.source.mode);
+        }
+    }
+    for mode in [Mode::IptablesLegacy, Mode::Ipvs] {
+        for family in [Family::V4, Family::V6] {
+            if (Source { mode, family })
+                .present()
+                .with_context(|| format!("failed to check for kube-proxy's {mode} rules"))?
+            {
+                modes.push(mode);
+                break;
+            }
+        }
+    }
+    Ok(modes)
+}
+
 struct Reader {
     node: NodeName,
-    state: BTreeMap<Source, Backends>,
+    planes: Vec<Plane>,
     watched: Watched,
     tx: Sink,
 }
@@ -155,41 +194,45 @@ struct Reader {
 impl Reader {
     fn run(mut self, commits: &std_mpsc::Receiver<Commit>) {
         while let Ok(first) = commits.recv() {
-            // Everything committed before this dump starts is in it.
+            // Commits that queued up while the previous one was processed are applied together.
             let batch: Vec<Commit> = std::iter::once(first).chain(commits.try_iter()).collect();
-            if !self.read(&batch) {
+            if !self.apply(&batch) {
                 return;
             }
         }
     }
 
-    /// Reads every source the batch touched; false once nobody listens any more.
-    fn read(&mut self, batch: &[Commit]) -> bool {
-        let touched: Vec<Source> = NF_TABLES_SOURCES
-            .into_iter()
-            .filter(|s| {
-                s.nf_table()
-                    .is_some_and(|t| batch.iter().any(|c| c.touches(t)))
-            })
-            .collect();
+    /// Applies the batch to every mirror it touched and reports the route changes; false once
+    /// nobody listens any more.
+    fn apply(&mut self, batch: &[Commit]) -> bool {
         let first = batch
             .iter()
             .map(|c| c.time)
             .min()
             .unwrap_or_else(Timestamp::now);
         let last = batch.iter().map(|c| c.time).max().unwrap_or(first);
+        let overrun = batch.iter().any(|c| c.overrun);
         let mut changed = false;
-        for src in touched {
-            let next = match src.read() {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!("failed to read the {} dataplane: {e:#}", src.mode);
+        for plane in &mut self.planes {
+            let mut touched = false;
+            if overrun {
+                // Lost notifications: the mirror cannot be trusted, read the table again.
+                if let Err(e) = nl_dump::dump(&mut plane.mirror) {
+                    tracing::error!("failed to re-read the {} dataplane: {e}", plane.source.mode);
                     continue;
                 }
-            };
-            let prev = self.state.entry(src).or_default();
-            let change = prev.diff(&next);
-            *prev = next;
+                touched = true;
+            } else {
+                for (family, message) in batch.iter().flat_map(|c| &c.changes) {
+                    touched |= plane.mirror.apply(*family, message);
+                }
+            }
+            if !touched {
+                continue;
+            }
+            let next = plane.mirror.routes();
+            let change = plane.routes.diff(&next);
+            plane.routes = next;
             if change.is_empty() {
                 continue;
             }
@@ -200,23 +243,23 @@ impl Reader {
                 commits: u32::try_from(batch.len()).unwrap_or(u32::MAX),
                 detected: Timestamp::now(),
             };
-            for obs in emit::observations(&self.node, src, &change, stamp) {
+            for obs in emit::observations(&self.node, plane.source, &change, stamp) {
                 if !self.tx.send(obs) {
                     return false;
                 }
             }
         }
         if changed {
-            publish(&self.watched, &self.state);
+            publish(&self.watched, &self.planes);
         }
         true
     }
 }
 
-fn publish(watched: &Watched, state: &BTreeMap<Source, Backends>) {
-    let set = state
-        .values()
-        .flat_map(|b| b.iter().map(|(r, _)| r.backend))
+fn publish(watched: &Watched, planes: &[Plane]) {
+    let set = planes
+        .iter()
+        .flat_map(|p| p.routes.iter().map(|(r, _)| r.backend))
         .collect();
     if let Ok(mut w) = watched.write() {
         *w = set;
