@@ -7,6 +7,7 @@ pub mod agent;
 pub mod analyze;
 pub mod cli;
 pub mod correlate;
+pub mod dataplane;
 pub mod demo;
 pub mod logging;
 pub mod observation;

@@ -46,6 +46,8 @@ pub enum Kind {
     PodCreated,
     RolloutStart,
     RolloutEnd,
+    /// Which of kube-proxy's modes the node's dataplane uses (`mode`, `modes`), at agent start.
+    DataplaneMode,
 }
 
 impl Kind {
@@ -80,6 +82,7 @@ impl Kind {
         Kind::PodCreated,
         Kind::RolloutStart,
         Kind::RolloutEnd,
+        Kind::DataplaneMode,
     ];
 
     const NAMES: &[&'static str] = &[
@@ -107,6 +110,7 @@ impl Kind {
         "pod_created",
         "rollout_start",
         "rollout_end",
+        "dataplane_mode",
     ];
 }
 

@@ -59,6 +59,11 @@ pub struct AgentArgs {
     /// every 50 ms).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub wakeup_every: u64,
+
+    /// Do not watch kube-proxy's dataplane (by default every change of a Service's backends in
+    /// this node's iptables/nftables rules is reported as dataplane_added/dataplane_removed).
+    #[arg(long)]
+    pub no_dataplane: bool,
 }
 
 /// A network namespace to watch: where it is named and the inode the kernel reports.
@@ -88,6 +93,8 @@ pub struct AgentConfig {
     pub ringbuf_bytes: u32,
     /// How often the ring buffer is drained when no wake-up came.
     pub poll_interval: Duration,
+    /// Watch kube-proxy's dataplane and conntrack (see `crate::dataplane`).
+    pub dataplane: bool,
 }
 
 impl AgentConfig {
@@ -99,6 +106,7 @@ impl AgentConfig {
             wakeup_every: 64,
             ringbuf_bytes: zdt_common::maps::EVENTS_BYTES,
             poll_interval: Duration::from_millis(50),
+            dataplane: true,
         }
     }
 }
@@ -147,6 +155,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     for path in &args.watch_netns {
         config.watch_netns.push(WatchedNetns::open(path)?);
     }
+    config.dataplane = !args.no_dataplane;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -161,6 +170,10 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
 async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
     let agent = Agent::start(&config)?;
     let (tx, mut rx) = mpsc::channel::<Observation>(4096);
+    if config.dataplane {
+        crate::dataplane::watcher::start(&config.node, &tx)
+            .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
+    }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler cannot fail in a fresh runtime");

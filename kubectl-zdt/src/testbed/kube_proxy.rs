@@ -36,6 +36,35 @@ impl ServicePort {
     }
 }
 
+/// A Service port and what kube-proxy programs for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRules {
+    pub port: ServicePort,
+    pub endpoints: Vec<SocketAddr>,
+    /// `spec.externalIPs`: reached through KUBE-EXT-<hash>.
+    pub external_ips: Vec<std::net::IpAddr>,
+    /// `internalTrafficPolicy: Local`: the ClusterIP jumps to KUBE-SVL-<hash>, which holds only
+    /// this node's endpoints (here: all of `endpoints`).
+    pub internal_local: bool,
+}
+
+impl ServiceRules {
+    pub fn new(port: ServicePort, endpoints: Vec<SocketAddr>) -> Self {
+        Self {
+            port,
+            endpoints,
+            external_ips: Vec::new(),
+            internal_local: false,
+        }
+    }
+}
+
+impl ServicePort {
+    fn chain(&self, prefix: &str) -> String {
+        format!("{prefix}{}", hash(&format!("{}tcp", self.name)))
+    }
+}
+
 /// The `iptables-restore --noflush` input that sets `svc`'s endpoints to `endpoints` and deletes
 /// the chains of `stale` endpoints, as one atomic transaction.
 pub fn restore_input(
@@ -44,42 +73,129 @@ pub fn restore_input(
     stale: &[SocketAddr],
     pod_cidr: &str,
 ) -> String {
-    let svc_chain = svc.svc_chain();
-    let c = svc.comment();
+    let all = [ServiceRules::new(svc.clone(), endpoints.to_vec())];
+    let stale: Vec<_> = stale.iter().map(|ep| (svc.clone(), *ep)).collect();
+    sync_input(&all, &|_| true, &stale, pod_cidr)
+}
+
+/// One kube-proxy sync as `iptables-restore --noflush` input. Like kube-proxy since v1.28
+/// (minimal partial syncs), KUBE-SERVICES is rewritten with every Service that has endpoints,
+/// only the `changed` Services' KUBE-SVC/KUBE-SVL/KUBE-EXT/KUBE-SEP chains are rewritten, and the
+/// KUBE-SEP chains of `stale` endpoints are deleted. Declaring a chain (`:NAME - [0:0]`) flushes
+/// it, which is how kube-proxy replaces a chain's rules atomically.
+pub fn sync_input(
+    all: &[ServiceRules],
+    changed: &dyn Fn(&ServicePort) -> bool,
+    stale: &[(ServicePort, SocketAddr)],
+    pod_cidr: &str,
+) -> String {
     let mut s = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
-    let _ = writeln!(s, ":{svc_chain} - [0:0]");
-    for ep in endpoints.iter().chain(stale) {
+    let rewritten: Vec<&ServiceRules> = all.iter().filter(|r| changed(&r.port)).collect();
+    for r in &rewritten {
+        for chain in chains_of(r) {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+        for ep in &r.endpoints {
+            let _ = writeln!(s, ":{} - [0:0]", r.port.sep_chain(*ep));
+        }
+    }
+    for (svc, ep) in stale {
         let _ = writeln!(s, ":{} - [0:0]", svc.sep_chain(*ep));
     }
     s.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
+    for r in all.iter().filter(|r| !r.endpoints.is_empty()) {
+        frontend_rules(&mut s, r);
+    }
+    for r in rewritten {
+        service_rules(&mut s, r, pod_cidr);
+    }
+    for (svc, ep) in stale {
+        let _ = writeln!(s, "-X {}", svc.sep_chain(*ep));
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+fn chains_of(r: &ServiceRules) -> Vec<String> {
+    let mut chains = vec![r.port.svc_chain()];
+    if r.internal_local {
+        chains.push(r.port.chain("KUBE-SVL-"));
+    }
+    if !r.external_ips.is_empty() {
+        chains.push(r.port.chain("KUBE-EXT-"));
+    }
+    chains
+}
+
+/// The Service's lines in KUBE-SERVICES: its ClusterIP, then its external IPs.
+fn frontend_rules(s: &mut String, r: &ServiceRules) {
+    let svc = &r.port;
+    let c = svc.comment();
+    let cluster_target = if r.internal_local {
+        svc.chain("KUBE-SVL-")
+    } else {
+        svc.svc_chain()
+    };
     let _ = writeln!(
         s,
-        "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{c} cluster IP\" -m tcp --dport {} -j {svc_chain}",
+        "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{c} cluster IP\" -m tcp --dport {} -j {cluster_target}",
         svc.cluster_ip, svc.port
     );
+    for ip in &r.external_ips {
+        let _ = writeln!(
+            s,
+            "-A KUBE-SERVICES -d {ip}/32 -p tcp -m comment --comment \"{c} external IP\" -m tcp --dport {} -j {}",
+            svc.port,
+            svc.chain("KUBE-EXT-")
+        );
+    }
+}
+
+/// The Service's own chains: KUBE-SVC (and KUBE-SVL / KUBE-EXT) and one KUBE-SEP per endpoint.
+fn service_rules(s: &mut String, r: &ServiceRules, pod_cidr: &str) {
+    let svc = &r.port;
+    let svc_chain = svc.svc_chain();
+    let c = svc.comment();
+    if r.endpoints.is_empty() {
+        return;
+    }
+    if !r.external_ips.is_empty() {
+        let ext = svc.chain("KUBE-EXT-");
+        let _ = writeln!(
+            s,
+            "-A {ext} -m comment --comment \"masquerade traffic for {c} external destinations\" -j KUBE-MARK-MASQ"
+        );
+        let _ = writeln!(s, "-A {ext} -j {svc_chain}");
+    }
     let _ = writeln!(
         s,
         "-A {svc_chain} ! -s {pod_cidr} -d {}/32 -p tcp -m comment --comment \"{c} cluster IP\" -m tcp --dport {} -j KUBE-MARK-MASQ",
         svc.cluster_ip, svc.port
     );
-    let n = endpoints.len();
-    for (i, ep) in endpoints.iter().enumerate() {
-        let sep = svc.sep_chain(*ep);
-        let remaining = n - i;
-        if remaining > 1 {
-            let _ = writeln!(
-                s,
-                "-A {svc_chain} -m comment --comment \"{c} -> {ep}\" -m statistic --mode random --probability {:.11} -j {sep}",
-                1.0 / remaining as f64
-            );
-        } else {
-            let _ = writeln!(
-                s,
-                "-A {svc_chain} -m comment --comment \"{c} -> {ep}\" -j {sep}"
-            );
+    let mut chains = vec![svc_chain];
+    if r.internal_local {
+        chains.push(svc.chain("KUBE-SVL-"));
+    }
+    let n = r.endpoints.len();
+    for chain in &chains {
+        for (i, ep) in r.endpoints.iter().enumerate() {
+            let sep = svc.sep_chain(*ep);
+            let remaining = n - i;
+            if remaining > 1 {
+                let _ = writeln!(
+                    s,
+                    "-A {chain} -m comment --comment \"{c} -> {ep}\" -m statistic --mode random --probability {:.11} -j {sep}",
+                    1.0 / remaining as f64
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "-A {chain} -m comment --comment \"{c} -> {ep}\" -j {sep}"
+                );
+            }
         }
     }
-    for ep in endpoints {
+    for ep in &r.endpoints {
         let sep = svc.sep_chain(*ep);
         let _ = writeln!(
             s,
@@ -91,11 +207,6 @@ pub fn restore_input(
             "-A {sep} -p tcp -m comment --comment \"{c}\" -m tcp -j DNAT --to-destination {ep}"
         );
     }
-    for ep in stale {
-        let _ = writeln!(s, "-X {}", svc.sep_chain(*ep));
-    }
-    s.push_str("COMMIT\n");
-    s
 }
 
 /// The jumps from the built-in chains, installed once per node.
@@ -148,5 +259,48 @@ mod tests {
             ours.lines().filter(|l| l.starts_with("-A KUBE-S")).count(),
             8
         );
+    }
+
+    fn cluster(n_services: u8, per_service: u8) -> Vec<ServiceRules> {
+        (0..n_services)
+            .map(|i| {
+                let port = ServicePort {
+                    name: format!("ns{i}/svc{i}:http"),
+                    cluster_ip: format!("10.96.0.{i}").parse().unwrap(),
+                    port: 80,
+                };
+                let eps = (0..per_service)
+                    .map(|j| format!("10.244.{i}.{j}:8080").parse().unwrap())
+                    .collect();
+                let mut r = ServiceRules::new(port, eps);
+                r.external_ips = if i % 3 == 0 {
+                    vec![format!("192.0.2.{i}").parse().unwrap()]
+                } else {
+                    vec![]
+                };
+                r.internal_local = i % 4 == 1;
+                r
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn what_the_generator_writes_the_parser_reads_back(n in 1u8..12, per in 0u8..6) {
+            let all = cluster(n, per);
+            let text = sync_input(&all, &|_| true, &[], "10.244.0.0/16");
+            let parsed = crate::dataplane::iptables::parse(&text).unwrap();
+            let mut expected = std::collections::BTreeSet::new();
+            for r in &all {
+                let frontends = std::iter::once(r.port.cluster_ip).chain(r.external_ips.iter().copied());
+                for ip in frontends {
+                    for ep in &r.endpoints {
+                        expected.insert((SocketAddr::new(ip, r.port.port), *ep));
+                    }
+                }
+            }
+            let got: std::collections::BTreeSet<_> = parsed.iter().map(|(r, _)| (r.service.0, r.backend.0)).collect();
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 }

@@ -139,32 +139,43 @@ impl Node {
     }
 
     pub fn iptables_restore(&self, input: &str) -> anyhow::Result<()> {
+        self.pipe_into("iptables-restore", &["-w", "--noflush"], input)
+    }
+
+    /// The same through the legacy x_tables backend (kube-proxy on a node whose iptables is
+    /// `iptables-legacy`).
+    pub fn iptables_legacy_restore(&self, input: &str) -> anyhow::Result<()> {
+        self.pipe_into("iptables-legacy-restore", &["-w", "--noflush"], input)
+    }
+
+    /// Applies an nft script as one transaction, as kube-proxy's nftables mode does.
+    pub fn nft_apply(&self, input: &str) -> anyhow::Result<()> {
+        self.pipe_into("nft", &["-f", "-"], input)
+    }
+
+    /// Runs `program` inside the node namespace with `input` on its stdin.
+    fn pipe_into(&self, program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
         let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.ns.name(),
-                "iptables-restore",
-                "-w",
-                "--noflush",
-            ])
+            .args(["netns", "exec", self.ns.name(), program])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .context("failed to run iptables-restore (`./x setup` installs iptables)")?;
+            .with_context(|| format!("failed to run {program} (`./x setup` installs it)"))?;
         child
             .stdin
             .take()
-            .context("iptables-restore has no stdin")?
+            .with_context(|| format!("{program} has no stdin"))?
             .write_all(input.as_bytes())
-            .context("failed to write to iptables-restore")?;
+            .with_context(|| format!("failed to write to {program}"))?;
         let out = child
             .wait_with_output()
-            .context("iptables-restore failed")?;
+            .with_context(|| format!("{program} failed"))?;
         if !out.status.success() {
+            let head: String = input.lines().take(40).collect::<Vec<_>>().join("\n");
             bail!(
-                "iptables-restore failed: {}\ninput:\n{input}",
+                "{program} failed: {}\ninput (first 40 lines):\n{head}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }

@@ -1,0 +1,319 @@
+//! A mirror of one nf_tables table (iptables-nft's `nat`, or kube-proxy's `kube-proxy`), kept
+//! from the kernel's own messages: first a netlink dump, then every commit's notifications.
+//! Notifications carry the full objects (a NEWRULE has all its expressions, a NEWSETELEM its
+//! elements), so a change is applied without reading the table again: the cost of an endpoint
+//! change does not grow with the number of Services.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use netlink_packet_netfilter::nftables::{
+    ChainAttribute, DataAttribute, ListAttribute, NfTablesMessage, RuleAttribute, SetAttribute,
+    SetElementAttribute, SetElementList, TableAttribute,
+};
+
+use super::{
+    chains::{ChainGraph, Frontend},
+    model::{Backends, Protocol, ServiceAddr, ServiceName},
+    nft::service_name,
+    nft_rule::{self, Dnat, RuleFacts},
+};
+
+/// iptables' dispatch chain in the nat table.
+const KUBE_SERVICES: &str = "KUBE-SERVICES";
+/// kube-proxy's nftables-mode dispatch map.
+const SERVICE_IPS: &str = "service-ips";
+
+/// What a map element maps to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ElemData {
+    Value(Vec<u8>),
+    Chain(String),
+    None,
+}
+
+/// The parts of one table that routing depends on.
+#[derive(Debug)]
+pub struct TableMirror {
+    family: u8,
+    table: String,
+    rules: HashMap<(String, u64), RuleFacts>,
+    sets: HashMap<String, BTreeMap<Vec<u8>, ElemData>>,
+}
+
+impl TableMirror {
+    pub fn new(family: u8, table: &str) -> Self {
+        Self {
+            family,
+            table: table.to_owned(),
+            rules: HashMap::new(),
+            sets: HashMap::new(),
+        }
+    }
+
+    pub fn table(&self) -> (u8, &str) {
+        (self.family, &self.table)
+    }
+
+    /// Applies one message of `family` (a dump reply or a notification); other tables' messages
+    /// are ignored. Returns whether it concerned this table.
+    pub fn apply(&mut self, family: u8, msg: &NfTablesMessage) -> bool {
+        if family != self.family || table_of(msg) != Some(self.table.as_str()) {
+            return false;
+        }
+        match msg {
+            NfTablesMessage::NewRule(r) | NfTablesMessage::GetRule(r) => {
+                if let Some(key) = rule_key(&r.attributes) {
+                    let facts = r
+                        .attributes
+                        .iter()
+                        .find_map(|a| match a {
+                            RuleAttribute::Expressions(e) => Some(nft_rule::decode(e, family)),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    self.rules.insert(key, facts);
+                }
+            }
+            NfTablesMessage::DeleteRule(r) => {
+                if let Some(key) = rule_key(&r.attributes) {
+                    self.rules.remove(&key);
+                }
+            }
+            NfTablesMessage::DeleteChain(c) => {
+                if let Some(name) = c.attributes.iter().find_map(|a| match a {
+                    ChainAttribute::Name(n) => Some(n.as_str()),
+                    _ => None,
+                }) {
+                    self.rules.retain(|(chain, _), _| chain != name);
+                }
+            }
+            NfTablesMessage::NewSet(s) | NfTablesMessage::GetSet(s) => {
+                if let Some(name) = set_name(&s.attributes) {
+                    self.sets.entry(name.to_owned()).or_default();
+                }
+            }
+            NfTablesMessage::DeleteSet(s) => {
+                if let Some(name) = set_name(&s.attributes) {
+                    self.sets.remove(name);
+                }
+            }
+            NfTablesMessage::NewSetElement(m) | NfTablesMessage::GetSetElement(m) => {
+                self.elements(&m.attributes, true);
+            }
+            NfTablesMessage::DeleteSetElement(m) => self.elements(&m.attributes, false),
+            NfTablesMessage::DeleteTable(_) => {
+                self.rules.clear();
+                self.sets.clear();
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn elements(&mut self, list: &[SetElementList], add: bool) {
+        let Some(set) = list.iter().find_map(|a| match a {
+            SetElementList::Set(s) => Some(s.clone()),
+            _ => None,
+        }) else {
+            return;
+        };
+        let entries = self.sets.entry(set).or_default();
+        for a in list {
+            let SetElementList::Elements(elems) = a else {
+                continue;
+            };
+            for e in elems {
+                let ListAttribute::Element(attrs) = e else {
+                    continue;
+                };
+                let (mut key, mut data) = (None, ElemData::None);
+                for attr in attrs {
+                    match attr {
+                        SetElementAttribute::Key(DataAttribute::Value(k)) => key = Some(k.clone()),
+                        SetElementAttribute::Data(DataAttribute::Value(v)) => {
+                            data = ElemData::Value(v.clone());
+                        }
+                        SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
+                            if let Some(c) = nft_rule::verdict_chain(v) {
+                                data = ElemData::Chain(c);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(key) = key {
+                    if add {
+                        entries.insert(key, data);
+                    } else {
+                        entries.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Does the table hold kube-proxy's dispatch (rules in KUBE-SERVICES, or the `service-ips`
+    /// map)?
+    pub fn is_kube_proxy(&self) -> bool {
+        self.rules.keys().any(|(chain, _)| chain == KUBE_SERVICES)
+            || self.sets.contains_key(SERVICE_IPS)
+    }
+
+    /// The routes the mirrored table programs now.
+    pub fn routes(&self) -> Backends {
+        let mut graph = ChainGraph::default();
+        let mut frontends = Vec::new();
+        for ((chain, _), facts) in &self.rules {
+            for target in &facts.jumps {
+                graph.add_jump(chain, target);
+            }
+            for vmap in &facts.vmaps {
+                for data in self.sets.get(vmap).into_iter().flat_map(|s| s.values()) {
+                    if let ElemData::Chain(target) = data {
+                        graph.add_jump(chain, target);
+                    }
+                }
+            }
+            for dnat in &facts.dnat {
+                match dnat {
+                    Dnat::Addr(a) => graph.add_dnat(chain, *a),
+                    Dnat::Map {
+                        set,
+                        addr_word,
+                        port_word,
+                        v6,
+                    } => {
+                        for data in self.sets.get(set).into_iter().flat_map(|s| s.values()) {
+                            if let ElemData::Value(v) = data
+                                && let Some(a) =
+                                    nft_rule::map_element_target(v, *addr_word, *port_word, *v6)
+                            {
+                                graph.add_dnat(chain, a);
+                            }
+                        }
+                    }
+                }
+            }
+            if chain == KUBE_SERVICES {
+                frontends.extend(iptables_frontend(facts));
+            }
+        }
+        if let Some(map) = self.sets.get(SERVICE_IPS) {
+            for (key, data) in map {
+                if let (ElemData::Chain(chain), Some((service, protocol))) =
+                    (data, service_key(key))
+                {
+                    frontends.push(Frontend {
+                        service,
+                        protocol,
+                        chain,
+                        name: service_name(chain),
+                    });
+                }
+            }
+        }
+        graph.routes(frontends)
+    }
+}
+
+/// A KUBE-SERVICES rule that matches ClusterIP, protocol and port and jumps toward endpoints.
+fn iptables_frontend(facts: &RuleFacts) -> Option<Frontend<'_>> {
+    let chain = facts.jumps.iter().find(|j| {
+        ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-"]
+            .iter()
+            .any(|p| j.starts_with(p))
+    })?;
+    let protocol = Protocol::from_number(u16::from(facts.l4proto?))?;
+    let service = ServiceAddr(SocketAddr::new(facts.daddr?, facts.dport?));
+    let name = facts.comment.as_deref().map(|c| {
+        let name = [" cluster IP", " external IP", " loadbalancer IP"]
+            .iter()
+            .find_map(|s| c.strip_suffix(s))
+            .unwrap_or(c);
+        ServiceName::from(name)
+    });
+    Some(Frontend {
+        service,
+        protocol,
+        chain,
+        name,
+    })
+}
+
+/// A `service-ips` key: `ipv4_addr . inet_proto . inet_service`, each padded to 4 bytes (an
+/// IPv6 address takes 16).
+fn service_key(key: &[u8]) -> Option<(ServiceAddr, Protocol)> {
+    let (ip, rest): (IpAddr, &[u8]) = match key.len() {
+        12 => (
+            IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&key[..4]).ok()?)),
+            &key[4..],
+        ),
+        24 => (
+            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&key[..16]).ok()?)),
+            &key[16..],
+        ),
+        _ => return None,
+    };
+    let protocol = Protocol::from_number(u16::from(rest[0]))?;
+    let port = u16::from_be_bytes([rest[4], rest[5]]);
+    Some((ServiceAddr(SocketAddr::new(ip, port)), protocol))
+}
+
+fn rule_key(attrs: &[RuleAttribute]) -> Option<(String, u64)> {
+    let chain = attrs.iter().find_map(|a| match a {
+        RuleAttribute::Chain(c) => Some(c.clone()),
+        _ => None,
+    })?;
+    let handle = attrs.iter().find_map(|a| match a {
+        RuleAttribute::Handle(h) => Some(*h),
+        _ => None,
+    })?;
+    Some((chain, handle))
+}
+
+fn set_name(attrs: &[SetAttribute]) -> Option<&str> {
+    attrs.iter().find_map(|a| match a {
+        SetAttribute::Name(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+/// The table a message concerns.
+pub fn table_of(msg: &NfTablesMessage) -> Option<&str> {
+    match msg {
+        NfTablesMessage::NewTable(t)
+        | NfTablesMessage::GetTable(t)
+        | NfTablesMessage::DeleteTable(t) => t.attributes.iter().find_map(|a| match a {
+            TableAttribute::Name(n) => Some(n.as_str()),
+            _ => None,
+        }),
+        NfTablesMessage::NewChain(c)
+        | NfTablesMessage::GetChain(c)
+        | NfTablesMessage::DeleteChain(c) => c.attributes.iter().find_map(|a| match a {
+            ChainAttribute::Table(n) => Some(n.as_str()),
+            _ => None,
+        }),
+        NfTablesMessage::NewRule(r)
+        | NfTablesMessage::GetRule(r)
+        | NfTablesMessage::DeleteRule(r) => r.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Table(n) => Some(n.as_str()),
+            _ => None,
+        }),
+        NfTablesMessage::NewSet(s) | NfTablesMessage::GetSet(s) | NfTablesMessage::DeleteSet(s) => {
+            s.attributes.iter().find_map(|a| match a {
+                SetAttribute::Table(n) => Some(n.as_str()),
+                _ => None,
+            })
+        }
+        NfTablesMessage::NewSetElement(m)
+        | NfTablesMessage::GetSetElement(m)
+        | NfTablesMessage::DeleteSetElement(m) => m.attributes.iter().find_map(|a| match a {
+            SetElementList::Table(n) => Some(n.as_str()),
+            _ => None,
+        }),
+        _ => None,
+    }
+}

@@ -1,0 +1,23 @@
+//! The dataplane watcher: when did this node start and stop routing new connections of each
+//! Service to each backend? (See docs/dataplane.md.)
+//!
+//! Data flows: a trigger (`nf_monitor`: nf_tables commits) → one read of the touched
+//! dataplane (`source`: dump + the mode's parser, `iptables` / `nft`) → the pure model's diff
+//! (`model`) → observations (`emit`), orchestrated by `watcher`.
+
+pub mod chains;
+pub mod emit;
+pub mod flows;
+pub mod iptables;
+pub mod mirror;
+pub mod model;
+pub mod nf_monitor;
+pub mod nfnetlink;
+pub mod nft;
+pub mod nft_rule;
+pub mod nl_dump;
+pub mod source;
+pub mod watcher;
+
+pub use model::{Backend, Backends, Change, Protocol, Route, ServiceAddr};
+pub use source::{Family, Mode, Source};
