@@ -30,7 +30,7 @@ use crate::{
     agent::{Agent, AgentConfig, WatchedNetns, clock::Clock, hostname},
     observation::{Kind, NodeName, Observation},
     testbed::{
-        Node,
+        Node, netns,
         kube_proxy::ServicePort,
         node::cluster_ip,
         pod::{PodProcess, PodSpec, app_binary},
@@ -48,6 +48,14 @@ pub struct DemoArgs {
     /// preStop delay of the second run (ms); 0 runs only the first.
     #[arg(long, default_value_t = 1000)]
     pub prestop_ms: u64,
+
+    /// Also write every observation (JSON lines) to this file, for `kubectl zdt analyze`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
+
+    /// Also write the HTML report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -56,16 +64,33 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "the demo creates network namespaces and loads eBPF programs: run it as root (`sudo kubectl-zdt demo`)"
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
     println!("kubectl-zdt demo: a rollout race on this kernel (network namespaces, real probes)\n");
-    let first = runtime.block_on(race(0, args.propagation_ms))?;
-    let mut runs = vec![first];
+    let mut prestops = vec![0];
     if args.prestop_ms > 0 {
-        runs.push(runtime.block_on(race(args.prestop_ms, args.propagation_ms))?);
+        prestops.push(args.prestop_ms);
+    }
+    let mut runs = Vec::new();
+    let mut observations = Vec::new();
+    for (i, prestop_ms) in prestops.into_iter().enumerate() {
+        let propagation_ms = args.propagation_ms;
+        let node = Node::create()?;
+        let node_path = node.ns.path();
+        // The agent runs in the node's network namespace, as with hostNetwork: its dataplane
+        // watcher then sees this node's kube-proxy rules. Threads made on this thread (the
+        // runtime's) inherit the namespace.
+        let run = std::thread::spawn(move || -> anyhow::Result<(RaceResult, Vec<Observation>)> {
+            netns::enter(&node_path)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("failed to start the async runtime")?;
+            runtime.block_on(race(node, i + 1, prestop_ms, propagation_ms))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the demo run panicked"))??;
+        runs.push(run.0);
+        observations.extend(run.1);
     }
     println!("Summary");
     for r in &runs {
@@ -75,20 +100,25 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             r.kernel_refused,
             r.client_failed,
             r.attempts,
-            if r.client_failed == 0 {
-                "  ← zero downtime"
-            } else {
-                ""
-            }
+            if r.client_failed == 0 { "  ← zero downtime" } else { "" }
         );
     }
-    if let [no_prestop, ..] = runs.as_slice()
-        && no_prestop.kernel_refused > 0
-    {
-        println!(
-            "\nThe old pod stopped listening {} ms before the node stopped routing to it; a preStop delay longer than that closes the window.",
-            args.propagation_ms
-        );
+    let report = crate::correlate::correlate(&observations, &crate::correlate::Options::default());
+    println!("\nThe report `kubectl zdt analyze` makes of what the agent recorded:\n");
+    print!("{}", crate::report::render(&report, crate::report::Format::Table)?);
+    if let Some(path) = &args.record {
+        let mut text = String::new();
+        for o in &observations {
+            text.push_str(&o.to_json_line());
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("failed to write {}", path.display()))?;
+        println!("\nObservations written to {} (try `kubectl zdt analyze {} -o wide`).", path.display(), path.display());
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, crate::report::html::render(&report))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        println!("HTML report written to {}.", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -101,7 +131,22 @@ pub struct RaceResult {
     pub kernel_refused: u64,
 }
 
-async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult> {
+/// The pod lifecycle facts the demo's script knows as the control plane (a cluster's agents get
+/// them from the API watches): the pod is ready and owns its IP; it is being deleted.
+fn api(kind: Kind, node: &NodeName, pod: &str, uid: String, ip: IpAddr, at_mono: u64) -> Observation {
+    let mut o = Observation::new(kind, Clock::measure().to_wall(at_mono), node.clone());
+    o.pod = Some(format!("default/{pod}"));
+    o.pod_uid = Some(uid);
+    o.ip = Some(ip);
+    o.with_extra("workload", "deployment/web")
+}
+
+async fn race(
+    mut node: Node,
+    run: usize,
+    prestop_ms: u64,
+    propagation_ms: u64,
+) -> anyhow::Result<(RaceResult, Vec<Observation>)> {
     println!(
         "── Run: preStop {}, kube-proxy removes the old pod {propagation_ms} ms after deletion ──",
         if prestop_ms == 0 {
@@ -111,9 +156,9 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
         }
     );
     let app = app_binary(None)?;
-    let mut node = Node::create()?;
-    let old = node.add_pod("web-old")?;
-    let new = node.add_pod("web-new")?;
+    let (old_name, new_name) = (format!("web-{run}-old"), format!("web-{run}-new"));
+    let old = node.add_pod(&old_name)?;
+    let new = node.add_pod(&new_name)?;
     let client = node.add_client("client")?;
     let svc = ServicePort {
         name: "default/web".into(),
@@ -128,7 +173,8 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
         .into_iter()
         .map(IpNet::from)
         .collect();
-    let mut config = AgentConfig::new(NodeName(hostname()), watch);
+    let node_name = NodeName(hostname());
+    let mut config = AgentConfig::new(node_name.clone(), watch);
     config.watch_netns = vec![WatchedNetns::open(Path::new(&old.ns.path()))?];
     let agent = Agent::start(&config)?;
     let spec = PodSpec {
@@ -148,6 +194,8 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
     )?;
 
     let (tx, rx) = mpsc::channel::<Observation>(65536);
+    let dataplane_watcher = crate::dataplane::watcher::start(&node_name, &tx)
+        .context("failed to start the dataplane watcher")?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent.run(tx, async {
         let _ = stop_rx.await;
@@ -171,9 +219,16 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
     tokio::time::sleep(Duration::from_millis(300)).await;
     let deleted = Clock::monotonic_now_ns();
     println!(
-        "  +{:>5} ms  pod web-old deleted (a client connects to {target} every 5 ms)",
+        "  +{:>5} ms  pod {old_name} deleted (a client connects to {target} every 5 ms)",
         elapsed(deleted)
     );
+    let uid = |n: &str| format!("00000000-0000-4000-8000-{:012x}", run * 16 + n.len());
+    let mut script = vec![
+        api(Kind::PodReady, &node_name, &old_name, uid("old"), IpAddr::from(old.ip), t0),
+        api(Kind::PodReady, &node_name, &new_name, uid("new1"), IpAddr::from(new.ip), t0),
+        api(Kind::PodDeleting, &node_name, &old_name, uid("old"), IpAddr::from(old.ip), deleted)
+            .with_extra("grace_period_s", 30),
+    ];
     // The two sides of the race run in parallel, as the kubelet and kube-proxy do.
     let dataplane = async {
         tokio::time::sleep(Duration::from_millis(propagation_ms)).await;
@@ -197,9 +252,13 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
     stop.store(true, Ordering::SeqCst);
     client_thread.join()?;
     node.remove_pod(old);
+    // Let the dataplane watcher report the last commit, then stop everything.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(dataplane_watcher);
     let _ = stop_tx.send(());
     agent_task.await.context("agent task failed")??;
-    let kernel_refused = printer.await.context("printer failed")?;
+    let (kernel_refused, mut observations) = printer.await.context("printer failed")?;
+    observations.append(&mut script);
 
     let attempts = log.lock().map(|l| l.clone()).unwrap_or_default();
     let failed = attempts.iter().filter(|a| a.error.is_some()).count();
@@ -208,20 +267,25 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
         "  gap (rule removed − listener closed) = {gap_ms:+} ms; kernel: {kernel_refused} refused; client: {failed} of {} failed\n",
         attempts.len()
     );
-    Ok(RaceResult {
-        prestop_ms,
-        attempts: attempts.len(),
-        client_failed: failed,
-        kernel_refused,
-    })
+    Ok((
+        RaceResult {
+            prestop_ms,
+            attempts: attempts.len(),
+            client_failed: failed,
+            kernel_refused,
+        },
+        observations,
+    ))
 }
 
 /// Prints what the kernel reports as it arrives: termination marks one per line, refused SYNs
-/// and client errors once per 100 ms. Returns the number of refused SYNs.
-async fn print_live(mut rx: mpsc::Receiver<Observation>, t0: Timestamp) -> u64 {
+/// and client errors once per 100 ms. Returns the number of refused SYNs and every observation.
+async fn print_live(mut rx: mpsc::Receiver<Observation>, t0: Timestamp) -> (u64, Vec<Observation>) {
     let mut refused = 0u64;
+    let mut all = Vec::new();
     let mut buckets: BTreeMap<(Kind, i64), u64> = BTreeMap::new();
     while let Some(o) = rx.recv().await {
+        all.push(o.clone());
         let at = crate::observation::millis_between(o.time, t0).round() as i64;
         let what = match o.kind {
             Kind::Refused | Kind::ConnError => {
@@ -255,8 +319,16 @@ async fn print_live(mut rx: mpsc::Receiver<Observation>, t0: Timestamp) -> u64 {
                     )
                 }
             }
+            Kind::DataplaneRemoved | Kind::DataplaneAdded => format!(
+                "node dataplane ({}): {} {}:{} for {}",
+                o.extra.get("mode").and_then(|m| m.as_str()).unwrap_or("kube-proxy"),
+                if o.kind == Kind::DataplaneRemoved { "removed" } else { "added" },
+                o.ip.map(|i| i.to_string()).unwrap_or_default(),
+                o.port.unwrap_or(0),
+                o.service.as_deref().unwrap_or("?")
+            ),
             Kind::Exec => format!(
-                "exec {} in the pod",
+                "kernel: exec {} in the pod",
                 o.extra.get("comm").and_then(|c| c.as_str()).unwrap_or("?")
             ),
             Kind::Signal => format!(
@@ -268,7 +340,7 @@ async fn print_live(mut rx: mpsc::Receiver<Observation>, t0: Timestamp) -> u64 {
                 o.port.unwrap_or(0)
             ),
             Kind::Exit => format!(
-                "{} (pid {}) exited",
+                "kernel: {} (pid {}) exited",
                 o.extra
                     .get("comm")
                     .and_then(|c| c.as_str())
@@ -280,7 +352,7 @@ async fn print_live(mut rx: mpsc::Receiver<Observation>, t0: Timestamp) -> u64 {
             ),
             _ => continue,
         };
-        println!("  +{at:>5} ms  kernel: {what}");
+        println!("  +{at:>5} ms  {what}");
     }
-    refused
+    (refused, all)
 }

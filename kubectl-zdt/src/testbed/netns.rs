@@ -29,6 +29,14 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Moves the calling thread into the network namespace at `path` (threads it creates afterwards
+/// start there too).
+pub fn enter(path: &str) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("failed to open {path}"))?;
+    setns(&file, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("failed to enter network namespace {path}"))
+}
+
 /// A named network namespace (`ip netns add`), deleted when dropped.
 #[derive(Debug)]
 pub struct Netns {
