@@ -121,3 +121,48 @@ fn fast_exit_rollout_refusals_fall_in_the_first_old_pods_unsafe_window() {
     assert_eq!(advice.prestop_seconds, 2);
     assert_eq!(advice.p99_propagation_ms, 994.670);
 }
+
+#[test]
+fn slow_exit_rollout_has_measured_propagation_but_no_listener_mark_to_judge_the_gap() {
+    // `web` ignores SIGTERM and serves until SIGKILL at 5 s: no client errors were seen, and
+    // without the node agent the listener close is not in the capture.
+    let obs = convert("rollout-restart-nftables", "default/web");
+    let r = report(&obs);
+    assert_eq!(r.rollouts.len(), 1);
+    let rollout = &r.rollouts[0];
+    assert_eq!(rollout.workload, "deployment/web");
+    assert_eq!(rollout.pods.len(), 2);
+    for p in &rollout.pods {
+        assert!(
+            p.propagation_ms.is_some_and(|ms| ms > 0.0 && ms < 1_100.0),
+            "{:?}",
+            p.propagation_ms
+        );
+        assert_eq!(p.gap_ms, None);
+        assert_eq!(p.errors.total(), 0);
+        assert_eq!(p.verdict, Verdict::Inconclusive);
+        assert!(p.missing.contains(&"listen_closed".to_owned()));
+    }
+}
+
+#[test]
+fn advice_takes_the_p99_over_every_rollout_given() {
+    let mut obs = convert("rollout-restart-nftables", "default/web");
+    obs.extend(convert(
+        "rollout-restart-nftables-fast-exit",
+        "default/webfast",
+    ));
+    let r = report(&obs);
+    assert_eq!(r.rollouts.len(), 2);
+    let advice = r.advice.expect("advice");
+    assert_eq!(advice.propagation_samples, 4);
+    let largest = r
+        .rollouts
+        .iter()
+        .flat_map(|ro| &ro.pods)
+        .filter_map(|p| p.propagation_ms)
+        .fold(0.0, f64::max);
+    // Nearest-rank p99 of 4 samples is the largest.
+    assert_eq!(advice.p99_propagation_ms, largest);
+    assert_eq!(advice.patches.len(), 2);
+}

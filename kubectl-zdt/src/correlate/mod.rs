@@ -115,7 +115,13 @@ pub fn correlate(obs: &[Observation], options: &Options) -> Report {
     Report {
         api_version: API_VERSION,
         kind: REPORT_KIND,
-        rollouts: grouped.into_iter().map(|(r, _)| r).collect(),
+        rollouts: grouped
+            .into_iter()
+            .map(|(mut r, g)| {
+                r.pods = g.into_iter().map(|f| f.report).collect();
+                r
+            })
+            .collect(),
         advice,
         advice_unavailable,
         nodes: node_summaries,

@@ -295,7 +295,8 @@ fn summarize(g: &[Finished]) -> Rollout {
         namespace: first.namespace.clone(),
         start: start.to_timestamp(),
         end: end.to_timestamp(),
-        pods: g.iter().map(|p| p.report.clone()).collect(),
+        // Filled by the caller once the advice has read the pods: no copy of 1 000-node tables.
+        pods: Vec::new(),
         max_gap_ms: worst.map(|(gap, _)| gap),
         worst_pod: worst.map(|(_, p)| label_of(&p.report)),
         worst_node: worst.and_then(|(_, p)| p.report.worst_node.clone()),
