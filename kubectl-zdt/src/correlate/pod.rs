@@ -352,9 +352,10 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
     let node = j
         .worst_node
         .map_or_else(|| "a node".to_owned(), |n| format!("node {n}"));
+    // Sub-0.05 ms uncertainties (tens of ns from the clock conversion) would print as ±0.
     let pm = |unc: i64| {
-        if unc > 0 {
-            format!(" (±{} ms)", ms(unc))
+        if unc >= 50_000 {
+            format!(" (±{:.1} ms)", ms(unc))
         } else {
             String::new()
         }

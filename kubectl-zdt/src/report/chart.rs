@@ -175,9 +175,10 @@ pub fn render(r: &Rollout, width: usize) -> String {
             let line: String = errs.iter().map(|(c, _)| *c).collect();
             let _ = writeln!(
                 out,
-                "{:>label_w$}  {line}  {} errors",
+                "{:>label_w$}  {line}  {} error{}",
                 "errors",
-                p.errors.total()
+                p.errors.total(),
+                if p.errors.total() == 1 { "" } else { "s" }
             );
         }
     }
