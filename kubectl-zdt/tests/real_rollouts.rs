@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use kubectl_zdt::correlate::{
-    self, Basis, Options, Report, Verdict, client_log,
+    self, Basis, Options, Report, Verdict, client_log, iptables_samples,
     k8s_watch::{self, EndpointSlice, EndpointSliceWatch, Pod, PodWatch},
     nft_monitor::{self, NftMonitor},
 };
@@ -44,6 +44,13 @@ fn convert(dir: &str, client_service: &str) -> Vec<Observation> {
         for (t, line) in nft_monitor::read_stamped(&read(&nft)).unwrap() {
             out.extend(m.on_line(t, line));
         }
+    }
+    let iptables = d.join("iptables-nat-kube-chains-every-50ms.txt");
+    if iptables.exists() {
+        out.extend(iptables_samples::changes(
+            &iptables_samples::read(&read(&iptables)).unwrap(),
+            &vm,
+        ));
     }
     let client = d.join("client-requests.jsonl");
     if client.exists() {
@@ -165,4 +172,31 @@ fn advice_takes_the_p99_over_every_rollout_given() {
     // Nearest-rank p99 of 4 samples is the largest.
     assert_eq!(advice.p99_propagation_ms, largest);
     assert_eq!(advice.patches.len(), 2);
+}
+
+#[test]
+fn iptables_samples_carry_their_50_ms_spacing_into_the_removal_marks() {
+    // kube-proxy's iptables mode sampled every ~50 ms: each removal is known to half a sample
+    // interval, and the report says so instead of pretending to know it to the nanosecond.
+    let obs = convert("rollout-restart-iptables", "default/web");
+    let r = report(&obs);
+    assert_eq!(r.rollouts.len(), 1);
+    let pods = &r.rollouts[0].pods;
+    assert_eq!(pods.len(), 2);
+    for p in pods {
+        let removed = p.dataplane[0].removed.as_ref().expect("a sampled removal");
+        assert!(
+            (20.0..=40.0).contains(&removed.uncertainty_ms),
+            "{}",
+            removed.uncertainty_ms
+        );
+        // The fixture's README: removed 0.36–1.03 s after the deletion was seen.
+        let prop = p.propagation_ms.unwrap();
+        assert!((300.0..=1_100.0).contains(&prop), "{prop}");
+        assert_eq!(
+            p.verdict,
+            Verdict::Inconclusive,
+            "no listener mark without the node agent"
+        );
+    }
 }
