@@ -46,6 +46,9 @@ pub enum Kind {
     PodCreated,
     RolloutStart,
     RolloutEnd,
+    /// The API reported a container terminated (`state.terminated`): the exit happened between
+    /// `finishedAt` (1 s precision) and the receipt, carried as the time ± `uncertainty_ns`.
+    ContainerTerminated,
 }
 
 impl Kind {
@@ -80,6 +83,7 @@ impl Kind {
         Kind::PodCreated,
         Kind::RolloutStart,
         Kind::RolloutEnd,
+        Kind::ContainerTerminated,
     ];
 
     const NAMES: &[&'static str] = &[
@@ -107,6 +111,7 @@ impl Kind {
         "pod_created",
         "rollout_start",
         "rollout_end",
+        "container_terminated",
     ];
 }
 

@@ -85,7 +85,7 @@ fn the_table_shows_the_verdict_the_chart_and_a_ready_patch() {
     );
     let wide = stdout(&analyze(&["-o", "wide", real.to_str().unwrap()], None));
     assert!(
-        wide.contains("LISTEN CLOSED") && wide.contains("NODES\n  vm  33 observations"),
+        wide.contains("LISTEN CLOSED") && wide.contains("NODES\n  vm  35 observations"),
         "{wide}"
     );
 }

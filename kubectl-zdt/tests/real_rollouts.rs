@@ -87,7 +87,7 @@ fn report(obs: &[Observation]) -> Report {
 }
 
 #[test]
-fn fast_exit_rollout_refusals_fall_in_the_first_old_pods_unsafe_window() {
+fn fast_exit_rollout_refusals_fall_in_the_first_old_pods_unsafe_window_and_both_old_pods_had_one() {
     let obs = convert("rollout-restart-nftables-fast-exit", "default/webfast");
     golden_stream("real-nftables-fast-exit.jsonl", &obs);
     let r = report(&obs);
@@ -116,12 +116,25 @@ fn fast_exit_rollout_refusals_fall_in_the_first_old_pods_unsafe_window() {
     assert_eq!(first.gap_basis, Basis::LowerBound);
     assert_eq!(first.gap_ms, Some(993.346));
 
-    // The second old pod had an equally long window, but the client was stuck in its 1 s
-    // connect timeout through it: no errors, and no listener mark to bound the gap.
+    // The second old pod: no client errors (the client sat in its 1 s connect timeout through
+    // that time), but the API saw its container terminated by 1795310206.396426920, and the
+    // rule still sent it new connections until 1795310206.653542967.
     let second = pod("default/webfast-7759c99476-2lcjd");
     assert_eq!(second.errors.total(), 0);
     assert_eq!(second.propagation_ms, Some(388.021));
-    assert_eq!(second.verdict, Verdict::Inconclusive);
+    assert_eq!(second.gap_basis, Basis::LowerBound);
+    assert_eq!(second.gap_ms, Some(257.116));
+    assert_eq!(second.verdict, Verdict::Unsafe);
+    let exit = second
+        .marks
+        .exit
+        .as_ref()
+        .expect("exit bracketed by the API");
+    assert_eq!(
+        exit.source,
+        kubectl_zdt::observation::Kind::ContainerTerminated
+    );
+    assert_eq!(exit.uncertainty_ms, 198.213);
     assert_eq!(rollout.unattributed_errors, 0);
 
     let advice = r.advice.expect("advice");

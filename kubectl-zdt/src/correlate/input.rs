@@ -21,7 +21,7 @@ pub enum LineProblem {
         "missing field \"{0}\"; every observation has \"kind\", \"time\" (RFC 3339) and \"node\""
     )]
     MissingField(&'static str),
-    #[error("unknown kind {0:?}; expected one of {KINDS}")]
+    #[error("unknown kind {0:?}; expected one of {list}", list = kind_names())]
     UnknownKind(String),
     #[error("field \"{field}\" {problem}")]
     WrongType {
@@ -30,9 +30,13 @@ pub enum LineProblem {
     },
 }
 
-const KINDS: &str = "refused, reset, conn_error, syn_retransmit, listener_open, listener_closed, signal, exec, exit, \
-netns_gone, dataplane_added, dataplane_removed, flow_new, loss, agent_start, clock_sync, pod_deleting, \
-endpoint_terminating, endpoint_removed, endpoint_ready, pod_ready, pod_created, rollout_start, rollout_end";
+fn kind_names() -> String {
+    Kind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A problem and where: 1-based line number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
