@@ -217,4 +217,21 @@ mod tests {
         let o = parse_line(&entry).unwrap().unwrap();
         assert_eq!(o.kind, Kind::Refused);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_is_read_or_rejected_never_a_panic(line in ".{0,200}") {
+            let _ = parse_line(&line);
+        }
+
+        #[test]
+        fn any_json_object_with_the_common_fields_gets_a_precise_answer(
+            kind in "[a-z_]{0,12}", time in ".{0,30}", port in proptest::prelude::any::<i64>()
+        ) {
+            let line = serde_json::json!({"kind": kind, "time": time, "node": "a", "port": port}).to_string();
+            if let Err(p) = parse_line(&line) {
+                proptest::prop_assert!(!matches!(p, LineProblem::NotJson(_)), "{line}: {p}");
+            }
+        }
+    }
 }
