@@ -156,17 +156,9 @@ pub(crate) fn draft(
     for &i in &errors {
         let o = &obs[i];
         let class = attribution::class(o);
-        let cause = attribution::cause(class, o.port, times[i], &d.window);
-        let unc = o.uncertainty_ns.unwrap_or(0);
-        d.add_error(
-            class,
-            cause,
-            Fuzzy {
-                t: times[i],
-                unc_ns: unc,
-            },
-            o.weight(),
-        );
+        let at = attribution::instant(o, times[i]);
+        let cause = attribution::cause(class, o.port, at.t, &d.window);
+        d.add_error(class, cause, at, o.weight());
     }
     d.tl.errors = errors;
     d
