@@ -367,7 +367,11 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
             String::new()
         }
     };
-    let mut in_window = plural(e.unsafe_window, "refused connection", "refused connections");
+    let mut in_window = if race_errors == 0 {
+        "no client error was observed in that window".to_owned()
+    } else {
+        plural(e.unsafe_window, "refused connection", "refused connections")
+    };
     if e.after_netns_gone > 0 {
         in_window.push_str(&format!(
             " and {} after the pod's network was gone",
