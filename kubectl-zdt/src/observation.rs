@@ -48,6 +48,9 @@ pub enum Kind {
     RolloutEnd,
     /// Which of kube-proxy's modes the node's dataplane uses (`mode`, `modes`), at agent start.
     DataplaneMode,
+    /// The API reported a container terminated (`state.terminated`): the exit happened between
+    /// `finishedAt` (1 s precision) and the receipt, carried as the time ± `uncertainty_ns`.
+    ContainerTerminated,
 }
 
 impl Kind {
@@ -83,6 +86,7 @@ impl Kind {
         Kind::RolloutStart,
         Kind::RolloutEnd,
         Kind::DataplaneMode,
+        Kind::ContainerTerminated,
     ];
 
     const NAMES: &[&'static str] = &[
@@ -111,6 +115,7 @@ impl Kind {
         "rollout_start",
         "rollout_end",
         "dataplane_mode",
+        "container_terminated",
     ];
 }
 

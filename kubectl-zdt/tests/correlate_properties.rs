@@ -8,6 +8,7 @@ use kubectl_zdt::{
         time::WallNs,
     },
     observation::{Kind, NodeName, Observation},
+    report::{self, Format},
 };
 use proptest::prelude::*;
 
@@ -78,7 +79,13 @@ proptest! {
 
     #[test]
     fn the_report_never_depends_on_input_order(
-        (obs, shuffled) in plans().prop_flat_map(|(nodes, pods)| {
+        (obs, shuffled) in (plans(), prop::collection::vec(any::<bool>(), 4)).prop_flat_map(|((nodes, mut pods), reuse)| {
+            // Some pods get the address of the pod before them, as a CNI hands out freed IPs.
+            for i in 1..pods.len() {
+                if reuse[i] {
+                    pods[i].ip = pods[i - 1].ip;
+                }
+            }
             let obs = observe(nodes, &pods);
             (Just(obs.clone()), Just(obs).prop_shuffle())
         })
@@ -128,6 +135,66 @@ proptest! {
             for p in &ro.pods {
                 prop_assert!(p.gap_ms.is_none_or(|g| g <= 0.0), "{:?} still has gap {:?} with preStop {d} ms", p.pod, p.gap_ms);
                 prop_assert_eq!(p.errors.unsafe_window, 0);
+            }
+        }
+    }
+}
+
+/// Any observation at all: random kind, time, node, address, pod, reason, count.
+fn any_observation() -> impl Strategy<Value = Observation> {
+    (
+        prop::sample::select(Kind::ALL.to_vec()),
+        -5_000i64..5_000,
+        0usize..3,
+        prop::option::of(0u8..4),
+        prop::option::of(prop::sample::select(vec![80u16, 8080])),
+        prop::option::of(0usize..3),
+        prop::option::of(prop::sample::select(vec![
+            "NO_SOCKET",
+            "ECONNREFUSED",
+            "ETIMEDOUT",
+            "SIGTERM",
+            "preStop",
+        ])),
+        prop::option::of(0u64..50),
+        prop::option::of(0u64..100_000_000),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(kind, ms, node, ip, port, pod, reason, count, unc, service)| {
+                let mut o = Observation::new(
+                    kind,
+                    T0.plus_ns(ms * 1_000_000).to_timestamp(),
+                    NodeName(format!("n{node}")),
+                );
+                o.ip = ip.map(|i| format!("10.0.0.{i}").parse().unwrap());
+                o.port = port;
+                o.pod = pod.map(|p| format!("default/web-5d8f7c9b6d-p{p:04}"));
+                o.pod_uid = pod.filter(|p| p % 2 == 0).map(|p| format!("uid-{p}"));
+                o.reason = reason.map(str::to_owned);
+                o.count = count;
+                o.uncertainty_ns = unc;
+                o.service = service.then(|| "default/web".to_owned());
+                o
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_mix_of_observations_is_correlated_and_rendered_without_a_panic(obs in prop::collection::vec(any_observation(), 0..60)) {
+        let report = run(&obs);
+        for format in [Format::Table, Format::Wide, Format::Json, Format::Yaml] {
+            prop_assert!(report::render(&report, format).is_ok());
+        }
+        prop_assert!(report::html::render(&report).ends_with("</html>\n"));
+        for p in report.rollouts.iter().flat_map(|r| &r.pods) {
+            // A gap is never made up: it needs a dataplane removal (or routed flow) and a
+            // listener close, exit or refused connection.
+            if p.gap_ms.is_some() {
+                prop_assert!(p.dataplane.iter().any(|d| d.removed.is_some() || d.last_flow.is_some()));
             }
         }
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use kubectl_zdt::correlate::{
-    self, Basis, Options, Report, Verdict, client_log,
+    self, Basis, Options, Report, Verdict, client_log, iptables_samples,
     k8s_watch::{self, EndpointSlice, EndpointSliceWatch, Pod, PodWatch},
     nft_monitor::{self, NftMonitor},
 };
@@ -45,6 +45,13 @@ fn convert(dir: &str, client_service: &str) -> Vec<Observation> {
             out.extend(m.on_line(t, line));
         }
     }
+    let iptables = d.join("iptables-nat-kube-chains-every-50ms.txt");
+    if iptables.exists() {
+        out.extend(iptables_samples::changes(
+            &iptables_samples::read(&read(&iptables)).unwrap(),
+            &vm,
+        ));
+    }
     let client = d.join("client-requests.jsonl");
     if client.exists() {
         out.extend(
@@ -80,7 +87,7 @@ fn report(obs: &[Observation]) -> Report {
 }
 
 #[test]
-fn fast_exit_rollout_refusals_fall_in_the_first_old_pods_unsafe_window() {
+fn fast_exit_rollout_refusals_fall_in_the_first_old_pods_unsafe_window_and_both_old_pods_had_one() {
     let obs = convert("rollout-restart-nftables-fast-exit", "default/webfast");
     golden_stream("real-nftables-fast-exit.jsonl", &obs);
     let r = report(&obs);
@@ -109,15 +116,100 @@ fn fast_exit_rollout_refusals_fall_in_the_first_old_pods_unsafe_window() {
     assert_eq!(first.gap_basis, Basis::LowerBound);
     assert_eq!(first.gap_ms, Some(993.346));
 
-    // The second old pod had an equally long window, but the client was stuck in its 1 s
-    // connect timeout through it: no errors, and no listener mark to bound the gap.
+    // The second old pod: no client errors (the client sat in its 1 s connect timeout through
+    // that time), but the API saw its container terminated by 1795310206.396426920, and the
+    // rule still sent it new connections until 1795310206.653542967.
     let second = pod("default/webfast-7759c99476-2lcjd");
     assert_eq!(second.errors.total(), 0);
     assert_eq!(second.propagation_ms, Some(388.021));
-    assert_eq!(second.verdict, Verdict::Inconclusive);
+    assert_eq!(second.gap_basis, Basis::LowerBound);
+    assert_eq!(second.gap_ms, Some(257.116));
+    assert_eq!(second.verdict, Verdict::Unsafe);
+    let exit = second
+        .marks
+        .exit
+        .as_ref()
+        .expect("exit bracketed by the API");
+    assert_eq!(
+        exit.source,
+        kubectl_zdt::observation::Kind::ContainerTerminated
+    );
+    assert_eq!(exit.uncertainty_ms, 198.213);
     assert_eq!(rollout.unattributed_errors, 0);
 
     let advice = r.advice.expect("advice");
     assert_eq!(advice.prestop_seconds, 2);
     assert_eq!(advice.p99_propagation_ms, 994.670);
+}
+
+#[test]
+fn slow_exit_rollout_has_measured_propagation_but_no_listener_mark_to_judge_the_gap() {
+    // `web` ignores SIGTERM and serves until SIGKILL at 5 s: no client errors were seen, and
+    // without the node agent the listener close is not in the capture.
+    let obs = convert("rollout-restart-nftables", "default/web");
+    let r = report(&obs);
+    assert_eq!(r.rollouts.len(), 1);
+    let rollout = &r.rollouts[0];
+    assert_eq!(rollout.workload, "deployment/web");
+    assert_eq!(rollout.pods.len(), 2);
+    for p in &rollout.pods {
+        assert!(
+            p.propagation_ms.is_some_and(|ms| ms > 0.0 && ms < 1_100.0),
+            "{:?}",
+            p.propagation_ms
+        );
+        assert_eq!(p.gap_ms, None);
+        assert_eq!(p.errors.total(), 0);
+        assert_eq!(p.verdict, Verdict::Inconclusive);
+        assert!(p.missing.contains(&"listen_closed".to_owned()));
+    }
+}
+
+#[test]
+fn advice_takes_the_p99_over_every_rollout_given() {
+    let mut obs = convert("rollout-restart-nftables", "default/web");
+    obs.extend(convert(
+        "rollout-restart-nftables-fast-exit",
+        "default/webfast",
+    ));
+    let r = report(&obs);
+    assert_eq!(r.rollouts.len(), 2);
+    let advice = r.advice.expect("advice");
+    assert_eq!(advice.propagation_samples, 4);
+    let largest = r
+        .rollouts
+        .iter()
+        .flat_map(|ro| &ro.pods)
+        .filter_map(|p| p.propagation_ms)
+        .fold(0.0, f64::max);
+    // Nearest-rank p99 of 4 samples is the largest.
+    assert_eq!(advice.p99_propagation_ms, largest);
+    assert_eq!(advice.patches.len(), 2);
+}
+
+#[test]
+fn iptables_samples_carry_their_50_ms_spacing_into_the_removal_marks() {
+    // kube-proxy's iptables mode sampled every ~50 ms: each removal is known to half a sample
+    // interval, and the report says so instead of pretending to know it to the nanosecond.
+    let obs = convert("rollout-restart-iptables", "default/web");
+    let r = report(&obs);
+    assert_eq!(r.rollouts.len(), 1);
+    let pods = &r.rollouts[0].pods;
+    assert_eq!(pods.len(), 2);
+    for p in pods {
+        let removed = p.dataplane[0].removed.as_ref().expect("a sampled removal");
+        assert!(
+            (20.0..=40.0).contains(&removed.uncertainty_ms),
+            "{}",
+            removed.uncertainty_ms
+        );
+        // The fixture's README: removed 0.36–1.03 s after the deletion was seen.
+        let prop = p.propagation_ms.unwrap();
+        assert!((300.0..=1_100.0).contains(&prop), "{prop}");
+        assert_eq!(
+            p.verdict,
+            Verdict::Inconclusive,
+            "no listener mark without the node agent"
+        );
+    }
 }

@@ -73,10 +73,11 @@ pub(crate) fn advise(pods: &[&Finished], margin_ns: i64) -> Result<Advice, Strin
         format!(", largest gap to close {} ms", ms(n))
     });
     let reason = format!(
-        "preStop {prestop_s} s = max(p99 propagation {} ms over {} pods{needed_part}) + margin {} ms, rounded up to whole seconds; \
+        "preStop {prestop_s} s = max(p99 propagation {} ms over {} pod{}{needed_part}) + margin {} ms, rounded up to whole seconds; \
          terminationGracePeriodSeconds {grace_s} = {grace_why}",
         ms(p99),
         props.len(),
+        if props.len() == 1 { "" } else { "s" },
         ms(margin_ns),
     );
     Ok(Advice {

@@ -52,6 +52,30 @@ impl Fuzzy {
     }
 }
 
+/// When an error happened. Lines the agent aggregated after its ring buffer overflowed carry
+/// `lost_since`: their events happened between then and the line's time, so they are placed in
+/// the middle of that interval with half of it as uncertainty.
+pub(crate) fn instant(o: &Observation, t: WallNs) -> Fuzzy {
+    let own = o.uncertainty_ns.unwrap_or(0);
+    let since = o
+        .extra
+        .get("lost_since")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map(WallNs::from_timestamp)
+        .filter(|s| *s <= t);
+    match since {
+        Some(s) => {
+            let half = (t - s) / 2;
+            Fuzzy {
+                t: s.plus_ns(half),
+                unc_ns: own.saturating_add(u64::try_from(half).unwrap_or(0)),
+            }
+        }
+        None => Fuzzy { t, unc_ns: own },
+    }
+}
+
 /// What attribution needs to know about one pod.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct PodWindow {
@@ -202,6 +226,28 @@ mod tests {
         assert_eq!(
             cause(ErrorClass::Refused, None, at(0), &w),
             Cause::Undetermined
+        );
+    }
+
+    #[test]
+    fn events_the_agent_lost_are_placed_mid_interval_with_its_half_width() {
+        let t = at(1_000);
+        let mut o = Observation::new(
+            Kind::Refused,
+            t.to_timestamp(),
+            crate::observation::NodeName("vm".into()),
+        );
+        o = o.with_extra(
+            "lost_since",
+            crate::observation::format_time(at(0).to_timestamp()),
+        );
+        o.uncertainty_ns = Some(40);
+        assert_eq!(
+            instant(&o, t),
+            Fuzzy {
+                t: at(500),
+                unc_ns: 500_000_040
+            }
         );
     }
 }

@@ -21,7 +21,7 @@ pub enum LineProblem {
         "missing field \"{0}\"; every observation has \"kind\", \"time\" (RFC 3339) and \"node\""
     )]
     MissingField(&'static str),
-    #[error("unknown kind {0:?}; expected one of {KINDS}")]
+    #[error("unknown kind {0:?}; expected one of {list}", list = kind_names())]
     UnknownKind(String),
     #[error("field \"{field}\" {problem}")]
     WrongType {
@@ -30,9 +30,13 @@ pub enum LineProblem {
     },
 }
 
-const KINDS: &str = "refused, reset, conn_error, syn_retransmit, listener_open, listener_closed, signal, exec, exit, \
-netns_gone, dataplane_added, dataplane_removed, flow_new, loss, agent_start, clock_sync, pod_deleting, \
-endpoint_terminating, endpoint_removed, endpoint_ready, pod_ready, pod_created, rollout_start, rollout_end";
+fn kind_names() -> String {
+    Kind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A problem and where: 1-based line number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,5 +216,22 @@ mod tests {
         let entry = serde_json::json!({"__REALTIME_TIMESTAMP": "1", "MESSAGE": GOOD}).to_string();
         let o = parse_line(&entry).unwrap().unwrap();
         assert_eq!(o.kind, Kind::Refused);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_is_read_or_rejected_never_a_panic(line in ".{0,200}") {
+            let _ = parse_line(&line);
+        }
+
+        #[test]
+        fn any_json_object_with_the_common_fields_gets_a_precise_answer(
+            kind in "[a-z_]{0,12}", time in ".{0,30}", port in proptest::prelude::any::<i64>()
+        ) {
+            let line = serde_json::json!({"kind": kind, "time": time, "node": "a", "port": port}).to_string();
+            if let Err(p) = parse_line(&line) {
+                proptest::prop_assert!(!matches!(p, LineProblem::NotJson(_)), "{line}: {p}");
+            }
+        }
     }
 }

@@ -69,6 +69,26 @@ pub struct PodStatus {
     #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
     pub conditions: Vec<Condition>,
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub state: ContainerState,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ContainerState {
+    pub terminated: Option<Terminated>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Terminated {
+    pub finished_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -147,13 +167,46 @@ fn is_ready(p: &Pod) -> bool {
         .any(|c| c.kind == "Ready" && c.status == "True")
 }
 
-/// Pod watch → `pod_ready` (first seen ready, claims the IP) and `pod_deleting` (first seen
-/// with a deletionTimestamp: T_delete).
+/// When every container of the pod had terminated, as far as the API can tell: after the
+/// latest `finishedAt` (whole seconds, so the exit is at or after it) and before `received`.
+/// Stamped at the middle of that interval with half its width as uncertainty.
+fn terminated_between(p: &Pod, received: Timestamp) -> Option<(Timestamp, u64)> {
+    let statuses = &p.status.container_statuses;
+    if statuses.is_empty() {
+        return None;
+    }
+    let mut latest: Option<Timestamp> = None;
+    for c in statuses {
+        let finished: Timestamp = c
+            .state
+            .terminated
+            .as_ref()?
+            .finished_at
+            .as_deref()?
+            .parse()
+            .ok()?;
+        latest = Some(latest.map_or(finished, |l| l.max(finished)));
+    }
+    let from = latest?.as_nanosecond();
+    let to = received.as_nanosecond();
+    // A finishedAt after the receipt means the kubelet's clock is ahead of the observer's: keep
+    // the receipt, with the 1 s of finishedAt's precision as uncertainty.
+    if from > to {
+        return Some((received, 1_000_000_000));
+    }
+    let mid = Timestamp::from_nanosecond(from + (to - from) / 2).ok()?;
+    Some((mid, u64::try_from((to - from) / 2).ok()?))
+}
+
+/// Pod watch → `pod_ready` (first seen ready, claims the IP), `pod_deleting` (first seen with a
+/// deletionTimestamp: T_delete) and `container_terminated` (every container terminated: an
+/// upper bound of T_exit when no node agent saw the exit).
 #[derive(Debug)]
 pub struct PodWatch {
     observer: NodeName,
     ready: HashSet<String>,
     deleting: HashSet<String>,
+    terminated: HashSet<String>,
 }
 
 impl PodWatch {
@@ -163,6 +216,7 @@ impl PodWatch {
             observer,
             ready: HashSet::new(),
             deleting: HashSet::new(),
+            terminated: HashSet::new(),
         }
     }
 
@@ -204,6 +258,14 @@ impl PodWatch {
             if let Some(n) = &p.spec.node_name {
                 o = o.with_extra("pod_node", n.clone());
             }
+            out.push(o);
+        }
+        if let Some((t, unc)) = terminated_between(p, received)
+            && self.terminated.insert(m.uid.clone())
+        {
+            let mut o = base(Kind::ContainerTerminated);
+            o.time = t;
+            o.uncertainty_ns = Some(unc);
             out.push(o);
         }
         out

@@ -50,6 +50,8 @@ pub(crate) struct Timeline {
     pub prestop: Option<RawMark>,
     pub sigterm: Option<RawMark>,
     pub listen_closed: Option<RawMark>,
+    /// The last process exit the node agent saw; failing that, the API's report that every
+    /// container terminated (source `container_terminated`, with its wide uncertainty).
     pub exit: Option<RawMark>,
     pub netns_gone: Option<RawMark>,
     pub dp: BTreeMap<NodeId, NodeDp>,
@@ -109,6 +111,7 @@ pub(crate) fn build(
     members: &[usize],
 ) -> Timeline {
     let mut tl = Timeline::default();
+    let mut api_exit = None;
     // First the metadata, since the listener close must be matched against the Service port.
     for &i in members {
         let o = &obs[i];
@@ -159,6 +162,7 @@ pub(crate) fn build(
                 keep_last(&mut tl.listen_closed, m)
             }
             Kind::Exit => keep_last(&mut tl.exit, m),
+            Kind::ContainerTerminated => keep_last(&mut api_exit, m),
             Kind::NetnsGone => keep_first(&mut tl.netns_gone, m),
             Kind::DataplaneRemoved => keep_last(&mut tl.dp.entry(m.node).or_default().removed, m),
             Kind::DataplaneAdded => keep_last(&mut tl.dp.entry(m.node).or_default().added, m),
@@ -168,6 +172,9 @@ pub(crate) fn build(
             }
             _ => {}
         }
+    }
+    if tl.exit.is_none() {
+        tl.exit = api_exit;
     }
     tl
 }

@@ -6,7 +6,7 @@
 //! (min/max folds, so input order never matters) → `clock` (per-node uncertainty, never
 //! reordering) → `pod` + `attribution` (gap, errors by cause, verdict) → `rollout` (grouping,
 //! client errors seen only on a Service) → `advice` (preStop and grace period).
-//! `input` reads observation streams with line numbers; `k8s_watch`, `nft_monitor` and
+//! `input` reads observation streams with line numbers; `k8s_watch`, `nft_monitor`, `iptables_samples` and
 //! `client_log` turn raw captures (API watch events, `nft monitor`, a client's failures) into
 //! observations.
 
@@ -16,6 +16,7 @@ pub mod client_log;
 mod clock;
 mod identity;
 pub mod input;
+pub mod iptables_samples;
 pub mod k8s_watch;
 mod marks;
 pub mod model;
@@ -115,7 +116,13 @@ pub fn correlate(obs: &[Observation], options: &Options) -> Report {
     Report {
         api_version: API_VERSION,
         kind: REPORT_KIND,
-        rollouts: grouped.into_iter().map(|(r, _)| r).collect(),
+        rollouts: grouped
+            .into_iter()
+            .map(|(mut r, g)| {
+                r.pods = g.into_iter().map(|f| f.report).collect();
+                r
+            })
+            .collect(),
         advice,
         advice_unavailable,
         nodes: node_summaries,

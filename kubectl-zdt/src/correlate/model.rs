@@ -14,8 +14,10 @@ pub const REPORT_KIND: &str = "RolloutReport";
 
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Report {
+    /// `zdt.dev/v1`: spelled like a Kubernetes object's; every other field is snake_case like
+    /// the observation stream's.
+    #[serde(rename = "apiVersion")]
     pub api_version: &'static str,
     pub kind: &'static str,
     pub rollouts: Vec<Rollout>,

@@ -16,7 +16,7 @@ use super::{
     nodes::Nodes,
     time::{WallNs, ms, ms_u},
 };
-use crate::observation::{NodeName, Observation};
+use crate::observation::{Kind, NodeName, Observation};
 
 #[derive(Clone, Debug)]
 pub(crate) struct PodDraft {
@@ -103,21 +103,30 @@ pub(crate) fn draft(
     times: &[WallNs],
     clocks: &NodeClocks,
 ) -> PodDraft {
-    let term_start = [
+    // The exit only starts the termination when nothing earlier was seen: an exit known from
+    // the API is only bracketed, and its early edge would reach back before the deletion.
+    let starts = [
         tl.delete,
         tl.ep_terminating,
         tl.prestop,
         tl.sigterm,
         tl.listen_closed,
-        tl.exit,
-    ]
-    .into_iter()
-    .flatten()
-    .map(|m| Fuzzy {
-        t: m.t,
-        unc_ns: clocks.unc(&m),
-    })
-    .min_by_key(|f| (f.t.0 - i64::try_from(f.unc_ns).unwrap_or(0), f.unc_ns));
+    ];
+    let term_start = starts
+        .into_iter()
+        .flatten()
+        .chain(
+            starts
+                .iter()
+                .all(Option::is_none)
+                .then_some(tl.exit)
+                .flatten(),
+        )
+        .map(|m| Fuzzy {
+            t: m.t,
+            unc_ns: clocks.unc(&m),
+        })
+        .min_by_key(|f| (f.t.0 - i64::try_from(f.unc_ns).unwrap_or(0), f.unc_ns));
     let window_end = tl
         .dp
         .values()
@@ -147,17 +156,9 @@ pub(crate) fn draft(
     for &i in &errors {
         let o = &obs[i];
         let class = attribution::class(o);
-        let cause = attribution::cause(class, o.port, times[i], &d.window);
-        let unc = o.uncertainty_ns.unwrap_or(0);
-        d.add_error(
-            class,
-            cause,
-            Fuzzy {
-                t: times[i],
-                unc_ns: unc,
-            },
-            o.weight(),
-        );
+        let at = attribution::instant(o, times[i]);
+        let cause = attribution::cause(class, o.port, at.t, &d.window);
+        d.add_error(class, cause, at, o.weight());
     }
     d.tl.errors = errors;
     d
@@ -213,10 +214,15 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
     let (listen, listen_measured) = match d.window.listen_closed {
         Some(l) => (Some(l), true),
         None => {
+            // As bounds, the latest instant each could be: the listener was closed by then.
             let bound = [d.window.exit, d.first_refused]
                 .into_iter()
                 .flatten()
-                .min_by_key(|f| (f.t, f.unc_ns));
+                .map(|f| Fuzzy {
+                    t: f.t.plus_ns(i64::try_from(f.unc_ns).unwrap_or(0)),
+                    unc_ns: 0,
+                })
+                .min_by_key(|f| f.t);
             (bound, false)
         }
     };
@@ -289,8 +295,9 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
     let facts = PodFacts {
         propagation_ns: prop_ns.map(|p| p + i64::try_from(prop_unc).unwrap_or(0)),
         needed_ns: gap_ns.map(|g| g + gap_unc_i + prestop_ran),
+        // Only the agent's exit is precise enough to measure a drain.
         drain_ns: match (tl.sigterm, tl.exit) {
-            (Some(s), Some(e)) => Some((e.t - s.t).max(0)),
+            (Some(s), Some(e)) if e.kind == Kind::Exit => Some((e.t - s.t).max(0)),
             _ => None,
         },
     };
@@ -352,14 +359,19 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
     let node = j
         .worst_node
         .map_or_else(|| "a node".to_owned(), |n| format!("node {n}"));
+    // Sub-0.05 ms uncertainties (tens of ns from the clock conversion) would print as ±0.
     let pm = |unc: i64| {
-        if unc > 0 {
-            format!(" (±{} ms)", ms(unc))
+        if unc >= 50_000 {
+            format!(" (±{:.1} ms)", ms(unc))
         } else {
             String::new()
         }
     };
-    let mut in_window = plural(e.unsafe_window, "refused connection", "refused connections");
+    let mut in_window = if race_errors == 0 {
+        "no client error was observed in that window".to_owned()
+    } else {
+        plural(e.unsafe_window, "refused connection", "refused connections")
+    };
     if e.after_netns_gone > 0 {
         in_window.push_str(&format!(
             " and {} after the pod's network was gone",

@@ -48,6 +48,7 @@ pub(crate) fn attribute_service_errors(
         let o = &obs[i];
         let service = o.service.as_deref().unwrap_or_default();
         let class = attribution::class(o);
+        let at = attribution::instant(o, times[i]);
         let candidates: Vec<(usize, Cause)> = by_service
             .get(service)
             .into_iter()
@@ -55,21 +56,17 @@ pub(crate) fn attribute_service_errors(
             .map(|&p| {
                 (
                     p,
-                    attribution::cause(class, o.port, times[i], &drafts[p].window),
+                    attribution::cause(class, o.port, at.t, &drafts[p].window),
                 )
             })
             .filter(|(_, c)| !matches!(c, Cause::Unrelated | Cause::Undetermined))
             .collect();
         if let [(p, cause)] = candidates[..] {
-            let at = Fuzzy {
-                t: times[i],
-                unc_ns: o.uncertainty_ns.unwrap_or(0),
-            };
             placed.push((p, class, cause, at, o.weight()));
         } else {
             left.push(Unattributed {
                 service: service.to_owned(),
-                t: times[i],
+                t: at.t,
                 count: o.weight(),
             });
         }
@@ -295,7 +292,8 @@ fn summarize(g: &[Finished]) -> Rollout {
         namespace: first.namespace.clone(),
         start: start.to_timestamp(),
         end: end.to_timestamp(),
-        pods: g.iter().map(|p| p.report.clone()).collect(),
+        // Filled by the caller once the advice has read the pods: no copy of 1 000-node tables.
+        pods: Vec::new(),
         max_gap_ms: worst.map(|(gap, _)| gap),
         worst_pod: worst.map(|(_, p)| label_of(&p.report)),
         worst_node: worst.and_then(|(_, p)| p.report.worst_node.clone()),

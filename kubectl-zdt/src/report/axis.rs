@@ -100,7 +100,8 @@ impl Axis {
         let mut t = (self.from_ms / step).ceil() * step;
         let mut out = Vec::new();
         while t <= self.to_ms {
-            out.push(t);
+            // `-0` is still zero.
+            out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
             t += step;
         }
         out

@@ -11,9 +11,11 @@ use crate::correlate::{Cause, Mark, PodReport, Rollout, RoutingState};
 
 const DENSITY: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 const LABEL_MAX: usize = 28;
+/// Marks this uncertain are drawn in lower case.
+const BRACKETED_MS: f64 = 50.0;
 
 pub const LEGEND: &str = "D deleted  T endpoint terminating  R endpoint removed  P preStop  S SIGTERM  L listener closed  \
-X exit  N netns gone  █ unsafe window  ▁…█ nodes removing the pod  × refused in window  ! reset at exit  ○ timeout  · other error";
+X exit  N netns gone  (lower case: known to ±50 ms or worse)  █ unsafe window  ▁…█ nodes removing the pod  × refused in window  ! reset at exit  ○ timeout  · other error";
 
 /// The letter each mark is drawn with, painted in this order (the listener close last: the
 /// window starts there).
@@ -115,7 +117,12 @@ pub fn render(r: &Rollout, width: usize) -> String {
         }
         for (ch, m) in letters(p) {
             if let Some(m) = m {
-                row[axis.column(m.time, width)] = ch;
+                // A mark only bracketed (e.g. an exit known from the API) is drawn in lower case.
+                row[axis.column(m.time, width)] = if m.uncertainty_ms >= BRACKETED_MS {
+                    ch.to_ascii_lowercase()
+                } else {
+                    ch
+                };
             }
         }
         let mut label: String = pod_label(p).chars().take(label_w).collect();
@@ -175,9 +182,10 @@ pub fn render(r: &Rollout, width: usize) -> String {
             let line: String = errs.iter().map(|(c, _)| *c).collect();
             let _ = writeln!(
                 out,
-                "{:>label_w$}  {line}  {} errors",
+                "{:>label_w$}  {line}  {} error{}",
                 "errors",
-                p.errors.total()
+                p.errors.total(),
+                if p.errors.total() == 1 { "" } else { "s" }
             );
         }
     }
