@@ -30,8 +30,9 @@ use crate::{
     agent::{Agent, AgentConfig, WatchedNetns, clock::Clock, hostname},
     observation::{Kind, NodeName, Observation},
     testbed::{
-        Node, netns,
+        Node,
         kube_proxy::ServicePort,
+        netns,
         node::cluster_ip,
         pod::{PodProcess, PodSpec, app_binary},
         tcp::{Attempt, connect_loop},
@@ -100,20 +101,32 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             r.kernel_refused,
             r.client_failed,
             r.attempts,
-            if r.client_failed == 0 { "  ← zero downtime" } else { "" }
+            if r.client_failed == 0 {
+                "  ← zero downtime"
+            } else {
+                ""
+            }
         );
     }
     let report = crate::correlate::correlate(&observations, &crate::correlate::Options::default());
     println!("\nThe report `kubectl zdt analyze` makes of what the agent recorded:\n");
-    print!("{}", crate::report::render(&report, crate::report::Format::Table)?);
+    print!(
+        "{}",
+        crate::report::render(&report, crate::report::Format::Table)?
+    );
     if let Some(path) = &args.record {
         let mut text = String::new();
         for o in &observations {
             text.push_str(&o.to_json_line());
             text.push('\n');
         }
-        std::fs::write(path, text).with_context(|| format!("failed to write {}", path.display()))?;
-        println!("\nObservations written to {} (try `kubectl zdt analyze {} -o wide`).", path.display(), path.display());
+        std::fs::write(path, text)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        println!(
+            "\nObservations written to {} (try `kubectl zdt analyze {} -o wide`).",
+            path.display(),
+            path.display()
+        );
     }
     if let Some(path) = &args.html {
         std::fs::write(path, crate::report::html::render(&report))
@@ -133,7 +146,14 @@ pub struct RaceResult {
 
 /// The pod lifecycle facts the demo's script knows as the control plane (a cluster's agents get
 /// them from the API watches): the pod is ready and owns its IP; it is being deleted.
-fn api(kind: Kind, node: &NodeName, pod: &str, uid: String, ip: IpAddr, at_mono: u64) -> Observation {
+fn api(
+    kind: Kind,
+    node: &NodeName,
+    pod: &str,
+    uid: String,
+    ip: IpAddr,
+    at_mono: u64,
+) -> Observation {
     let mut o = Observation::new(kind, Clock::measure().to_wall(at_mono), node.clone());
     o.pod = Some(format!("default/{pod}"));
     o.pod_uid = Some(uid);
@@ -176,7 +196,7 @@ async fn race(
     let node_name = NodeName(hostname());
     let mut config = AgentConfig::new(node_name.clone(), watch);
     config.watch_netns = vec![WatchedNetns::open(Path::new(&old.ns.path()))?];
-    let agent = Agent::start(&config)?;
+    let mut agent = Agent::start(&config)?;
     let spec = PodSpec {
         port: 8080,
         prestop_ms,
@@ -196,12 +216,20 @@ async fn race(
     let (tx, rx) = mpsc::channel::<Observation>(65536);
     let dataplane_watcher = crate::dataplane::watcher::start(&node_name, &tx)
         .context("failed to start the dataplane watcher")?;
+    agent.set_frontends(dataplane_watcher.frontends.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent.run(tx, async {
         let _ = stop_rx.await;
     }));
     let t0 = Clock::monotonic_now_ns();
-    let printer = tokio::spawn(print_live(rx, Clock::measure().to_wall(t0)));
+    let uid = |n: &str| format!("00000000-0000-4000-8000-{:012x}", run * 16 + n.len());
+    // What the agent's pod map does in a cluster: a namespace is a pod.
+    let owner = PodOfNetns {
+        netns: u64::from(config.watch_netns[0].inum),
+        pod: format!("default/{old_name}"),
+        uid: uid("old"),
+    };
+    let printer = tokio::spawn(print_live(rx, Clock::measure().to_wall(t0), owner));
 
     let stop = Arc::new(AtomicBool::new(false));
     let log: Arc<Mutex<Vec<Attempt>>> = Arc::default();
@@ -222,12 +250,32 @@ async fn race(
         "  +{:>5} ms  pod {old_name} deleted (a client connects to {target} every 5 ms)",
         elapsed(deleted)
     );
-    let uid = |n: &str| format!("00000000-0000-4000-8000-{:012x}", run * 16 + n.len());
     let mut script = vec![
-        api(Kind::PodReady, &node_name, &old_name, uid("old"), IpAddr::from(old.ip), t0),
-        api(Kind::PodReady, &node_name, &new_name, uid("new1"), IpAddr::from(new.ip), t0),
-        api(Kind::PodDeleting, &node_name, &old_name, uid("old"), IpAddr::from(old.ip), deleted)
-            .with_extra("grace_period_s", 30),
+        api(
+            Kind::PodReady,
+            &node_name,
+            &old_name,
+            uid("old"),
+            IpAddr::from(old.ip),
+            t0,
+        ),
+        api(
+            Kind::PodReady,
+            &node_name,
+            &new_name,
+            uid("new1"),
+            IpAddr::from(new.ip),
+            t0,
+        ),
+        api(
+            Kind::PodDeleting,
+            &node_name,
+            &old_name,
+            uid("old"),
+            IpAddr::from(old.ip),
+            deleted,
+        )
+        .with_extra("grace_period_s", 30),
     ];
     // The two sides of the race run in parallel, as the kubelet and kube-proxy do.
     let dataplane = async {
@@ -280,11 +328,28 @@ async fn race(
 
 /// Prints what the kernel reports as it arrives: termination marks one per line, refused SYNs
 /// and client errors once per 100 ms. Returns the number of refused SYNs and every observation.
-async fn print_live(mut rx: mpsc::Receiver<Observation>, t0: Timestamp) -> (u64, Vec<Observation>) {
+/// Which pod a network namespace belongs to.
+struct PodOfNetns {
+    netns: u64,
+    pod: String,
+    uid: String,
+}
+
+async fn print_live(
+    mut rx: mpsc::Receiver<Observation>,
+    t0: Timestamp,
+    owner: PodOfNetns,
+) -> (u64, Vec<Observation>) {
     let mut refused = 0u64;
     let mut all = Vec::new();
     let mut buckets: BTreeMap<(Kind, i64), u64> = BTreeMap::new();
-    while let Some(o) = rx.recv().await {
+    while let Some(mut o) = rx.recv().await {
+        if o.pod.is_none()
+            && o.extra.get("netns").and_then(serde_json::Value::as_u64) == Some(owner.netns)
+        {
+            o.pod = Some(owner.pod.clone());
+            o.pod_uid = Some(owner.uid.clone());
+        }
         all.push(o.clone());
         let at = crate::observation::millis_between(o.time, t0).round() as i64;
         let what = match o.kind {
@@ -321,8 +386,15 @@ async fn print_live(mut rx: mpsc::Receiver<Observation>, t0: Timestamp) -> (u64,
             }
             Kind::DataplaneRemoved | Kind::DataplaneAdded => format!(
                 "node dataplane ({}): {} {}:{} for {}",
-                o.extra.get("mode").and_then(|m| m.as_str()).unwrap_or("kube-proxy"),
-                if o.kind == Kind::DataplaneRemoved { "removed" } else { "added" },
+                o.extra
+                    .get("mode")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("kube-proxy"),
+                if o.kind == Kind::DataplaneRemoved {
+                    "removed"
+                } else {
+                    "added"
+                },
                 o.ip.map(|i| i.to_string()).unwrap_or_default(),
                 o.port.unwrap_or(0),
                 o.service.as_deref().unwrap_or("?")

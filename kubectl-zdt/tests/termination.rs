@@ -145,11 +145,8 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
         "exit {after:+.3} ms after the app's last line, {before:+.3} ms from its reaping"
     );
     let opened = only(&obs, Kind::ListenerOpen, |o| o.port == Some(8080));
-    assert_eq!(
-        opened.ip,
-        Some("::".parse().unwrap()),
-        "the app listens on [::]"
-    );
+    assert_eq!(opened.ip, None, "a listener on [::] names no pod address");
+    assert_eq!(opened.extra.get("bind"), Some(&serde_json::json!("::")));
 
     assert_eq!(
         total(&obs, |o| o.kind == Kind::Refused
@@ -157,14 +154,18 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
             && o.port == Some(8080)),
         N as u64
     );
+    // The agent knows the node's Service frontends from its dataplane watcher, so a client's
+    // error toward the ClusterIP names the Service (as dialled) and no pod address.
+    let frontend = SocketAddr::new(w.svc.cluster_ip, w.svc.port).to_string();
     let client_errors = total(&obs, |o| {
         o.kind == Kind::ConnError
             && o.reason.as_deref() == Some("ECONNREFUSED")
-            && o.ip == Some(w.svc.cluster_ip)
+            && o.service.as_deref() == Some(frontend.as_str())
+            && o.ip.is_none()
     });
     assert_eq!(
         client_errors, N as u64,
-        "client side: one ECONNREFUSED per refused SYN, to the ClusterIP as dialled"
+        "client side: one ECONNREFUSED per refused SYN, toward the Service as dialled"
     );
     assert_eq!(total(&obs, |o| o.kind == Kind::Loss), 0);
 
@@ -329,7 +330,10 @@ fn syns_to_a_pod_whose_namespace_is_gone_are_counted_as_retransmits() {
     let ep = SocketAddr::new(pod.ip.into(), 8080);
     w.node.set_endpoints(&w.svc, &[ep], &[]).unwrap();
     w.node.remove_pod(pod);
-    let agent = AgentProcess::start(&["--watch-cidr", &format!("{}/32", w.svc.cluster_ip)]);
+    let agent = AgentProcess::start_in(
+        Some(w.node.ns.name()),
+        &["--watch-cidr", &format!("{}/32", w.svc.cluster_ip)],
+    );
     let target = SocketAddr::new(w.svc.cluster_ip, w.svc.port);
     let results = client
         .ns
@@ -357,8 +361,9 @@ fn syns_to_a_pod_whose_namespace_is_gone_are_counted_as_retransmits() {
         truth >= CLIENTS as u64,
         "each SYN was retransmitted at least once in 2.5 s: {results:?}"
     );
+    let frontend = target.to_string();
     let seen = total(&obs, |o| {
-        o.kind == Kind::SynRetransmit && o.ip == Some(w.svc.cluster_ip) && o.port == Some(80)
+        o.kind == Kind::SynRetransmit && o.service.as_deref() == Some(frontend.as_str())
     });
     assert_eq!(seen, truth, "{:#?}", of_kind(&obs, Kind::SynRetransmit));
 }

@@ -102,8 +102,14 @@ impl Decoder {
                 }
             }
             Kind::ListenerOpen | Kind::ListenerClosed => {
-                o.ip = Some(ip_of(ev.family, &ev.addr)?);
+                // A listener on 0.0.0.0 / :: is not an address of the pod: it is in `bind`,
+                // and the pod is known by the `netns` of the socket.
+                let bind = ip_of(ev.family, &ev.addr)?;
+                if !bind.is_unspecified() {
+                    o.ip = Some(bind);
+                }
                 o.port = Some(ev.port);
+                o = o.with_extra("bind", bind.to_string());
                 o = o.with_extra("pid", ev.tgid);
             }
             _ => {

@@ -168,11 +168,13 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
 /// Streams observations as JSON lines on stdout until SIGINT/SIGTERM, then drains what the
 /// kernel still holds and exits.
 async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
-    let agent = Agent::start(&config)?;
+    let mut agent = Agent::start(&config)?;
     let (tx, mut rx) = mpsc::channel::<Observation>(4096);
+    agent.announce(&tx).await;
     if config.dataplane {
-        crate::dataplane::watcher::start(&config.node, &tx)
+        let watcher = crate::dataplane::watcher::start(&config.node, &tx)
             .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
+        agent.set_frontends(watcher.frontends.clone());
     }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

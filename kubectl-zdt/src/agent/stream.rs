@@ -44,6 +44,9 @@ pub struct Agent {
     lost_total_reported: u64,
     last_loss_check: Timestamp,
     decode_errors: u64,
+    /// Service frontends this node routes (from the dataplane watcher), if it runs.
+    frontends: Option<crate::dataplane::watcher::Frontends>,
+    announced: bool,
 }
 
 impl Agent {
@@ -81,7 +84,30 @@ impl Agent {
             lost_total_reported: 0,
             last_loss_check: Timestamp::now(),
             decode_errors: 0,
+            frontends: None,
+            announced: false,
         })
+    }
+
+    /// Client errors toward one of these frontends are about a Service: the dialled address goes
+    /// to `service` and `ip`/`port` (the backend) stay empty, as the contract defines them.
+    pub fn set_frontends(&mut self, frontends: crate::dataplane::watcher::Frontends) {
+        self.frontends = Some(frontends);
+    }
+
+    fn tag_service(&self, o: &mut Observation) {
+        if !matches!(o.kind, Kind::ConnError | Kind::SynRetransmit) {
+            return;
+        }
+        let (Some(ip), Some(port), Some(f)) = (o.ip, o.port, &self.frontends) else {
+            return;
+        };
+        let dialled = std::net::SocketAddr::new(ip, port);
+        if f.read().is_ok_and(|set| set.contains(&dialled)) {
+            o.service = Some(dialled.to_string());
+            o.ip = None;
+            o.port = None;
+        }
     }
 
     /// The `agent_start` line: schema, kernel, probes, filter and clock.
@@ -109,6 +135,16 @@ impl Agent {
         o
     }
 
+    /// Sends the `agent_start` line, which must come first in the stream: call it before
+    /// starting anything else that writes to `tx`. False when the receiver is gone.
+    pub async fn announce(&mut self, tx: &Sender<Observation>) -> bool {
+        if self.announced {
+            return true;
+        }
+        self.announced = true;
+        tx.send(self.hello()).await.is_ok()
+    }
+
     /// Streams observations into `tx` until `shutdown` completes (or the receiver is gone), then
     /// detaches the probes, drains what is left and reports any loss.
     pub async fn run(
@@ -116,7 +152,7 @@ impl Agent {
         tx: Sender<Observation>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        if tx.send(self.hello()).await.is_err() {
+        if !self.announce(&tx).await {
             return Ok(());
         }
         let gone_stop = Arc::new(AtomicBool::new(false));
@@ -218,6 +254,9 @@ impl Agent {
                 }
             }
             let more = batch.len() == 1024;
+            for o in &mut batch {
+                self.tag_service(o);
+            }
             for o in batch {
                 if tx.send(o).await.is_err() {
                     return false;

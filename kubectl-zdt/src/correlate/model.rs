@@ -204,6 +204,17 @@ impl ErrorCounts {
             + self.undetermined
     }
 
+    /// The count of one cause.
+    pub fn get(&self, cause: Cause) -> u64 {
+        match cause {
+            Cause::UnsafeWindow => self.unsafe_window,
+            Cause::AtExit => self.at_exit,
+            Cause::AfterNetnsGone => self.after_netns_gone,
+            Cause::Unrelated => self.unrelated,
+            Cause::Undetermined => self.undetermined,
+        }
+    }
+
     pub fn add(&mut self, cause: Cause, n: u64) {
         let slot = match cause {
             Cause::UnsafeWindow => &mut self.unsafe_window,

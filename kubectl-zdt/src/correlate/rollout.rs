@@ -71,8 +71,19 @@ pub(crate) fn attribute_service_errors(
             });
         }
     }
+    // A client's error and the pod's own record of it (a refused SYN, a reset) are one failed
+    // connection seen from two ends: client errors only add what the pod side did not see
+    // (timeouts, above all), so nothing is counted twice.
+    let mut seen_by_pod: HashMap<(usize, Cause), u64> = HashMap::new();
     for (p, class, cause, at, n) in placed {
-        drafts[p].add_error(class, cause, at, n);
+        let credit = seen_by_pod
+            .entry((p, cause))
+            .or_insert_with(|| drafts[p].errors.get(cause));
+        let covered = n.min(*credit);
+        *credit -= covered;
+        if n > covered {
+            drafts[p].add_error(class, cause, at, n - covered);
+        }
     }
     left
 }

@@ -31,6 +31,10 @@ use crate::observation::{Kind, NodeName, Observation};
 /// filter flows.
 pub type Watched = Arc<RwLock<std::collections::HashSet<Backend>>>;
 
+/// The Service frontends (ClusterIP:port, …) this node's dataplane routes, for telling a
+/// client's error toward a Service from one toward a pod.
+pub type Frontends = Arc<RwLock<std::collections::HashSet<std::net::SocketAddr>>>;
+
 /// Where the watcher's observations go. Holds the agent's channel weakly: once the agent drops
 /// its own sender at shutdown, the channel closes and these threads stop at their next send
 /// instead of keeping the stream open.
@@ -68,6 +72,7 @@ pub fn start(node: &NodeName, tx: &mpsc::Sender<Observation>) -> anyhow::Result<
 pub struct Watcher {
     pub modes: Vec<Mode>,
     pub watched: Watched,
+    pub frontends: Frontends,
 }
 
 /// One nf_tables-based dataplane: its mirror and the routes it held at the last commit.
@@ -103,6 +108,8 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
     let modes = detect(&planes)?;
     let watched = Watched::default();
     publish(&watched, &planes);
+    let frontends = Frontends::default();
+    publish_frontends(&frontends, &planes);
     let start = Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
         .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
         .with_extra(
@@ -146,6 +153,7 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         node,
         planes,
         watched: watched.clone(),
+        frontends: frontends.clone(),
         tx,
     };
     thread::Builder::new()
@@ -158,7 +166,11 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
             }
         })
         .context("failed to start the dataplane reader thread")?;
-    Ok(Watcher { modes, watched })
+    Ok(Watcher {
+        modes,
+        watched,
+        frontends,
+    })
 }
 
 /// kube-proxy's mode(s) on this node: nf_tables tables holding its dispatch, then the modes
@@ -188,6 +200,7 @@ struct Reader {
     node: NodeName,
     planes: Vec<Plane>,
     watched: Watched,
+    frontends: Frontends,
     tx: Sink,
 }
 
@@ -251,6 +264,7 @@ impl Reader {
         }
         if changed {
             publish(&self.watched, &self.planes);
+            publish_frontends(&self.frontends, &self.planes);
         }
         true
     }
@@ -263,5 +277,15 @@ fn publish(watched: &Watched, planes: &[Plane]) {
         .collect();
     if let Ok(mut w) = watched.write() {
         *w = set;
+    }
+}
+
+fn publish_frontends(frontends: &Frontends, planes: &[Plane]) {
+    let set = planes
+        .iter()
+        .flat_map(|p| p.routes.iter().map(|(r, _)| r.service.0))
+        .collect();
+    if let Ok(mut f) = frontends.write() {
+        *f = set;
     }
 }
