@@ -372,15 +372,15 @@ async fn print_live(
                 };
                 if o.kind == Kind::Refused {
                     format!(
-                        "pod refused a SYN on {} ({})",
+                        "kernel: pod refused a SYN on {} ({})",
                         addr(o.ip, o.port),
                         o.reason.as_deref().unwrap_or("")
                     )
                 } else {
                     format!(
-                        "client got {} from {}",
+                        "kernel: client got {} from {}",
                         o.reason.as_deref().unwrap_or(""),
-                        addr(o.ip, o.port)
+                        o.service.clone().unwrap_or_else(|| addr(o.ip, o.port))
                     )
                 }
             }
@@ -404,11 +404,11 @@ async fn print_live(
                 o.extra.get("comm").and_then(|c| c.as_str()).unwrap_or("?")
             ),
             Kind::Signal => format!(
-                "{} delivered to the app",
+                "kernel: {} delivered to the app",
                 o.reason.as_deref().unwrap_or("signal")
             ),
             Kind::ListenerClosed => format!(
-                "the app closed its listener on port {}",
+                "kernel: the app closed its listener on port {}",
                 o.port.unwrap_or(0)
             ),
             Kind::Exit => format!(
