@@ -216,7 +216,7 @@ async fn race(
     let (tx, rx) = mpsc::channel::<Observation>(65536);
     let dataplane_watcher = crate::dataplane::watcher::start(&node_name, &tx)
         .context("failed to start the dataplane watcher")?;
-    agent.set_frontends(dataplane_watcher.frontends.clone());
+    agent.use_dataplane(&dataplane_watcher);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent.run(tx, async {
         let _ = stop_rx.await;

@@ -155,13 +155,15 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
         N as u64
     );
     // The agent knows the node's Service frontends from its dataplane watcher, so a client's
-    // error toward the ClusterIP names the Service (as dialled) and no pod address.
+    // error toward the ClusterIP names the Service as dialled, and conntrack the pod it really
+    // went to.
     let frontend = SocketAddr::new(w.svc.cluster_ip, w.svc.port).to_string();
     let client_errors = total(&obs, |o| {
         o.kind == Kind::ConnError
             && o.reason.as_deref() == Some("ECONNREFUSED")
             && o.service.as_deref() == Some(frontend.as_str())
-            && o.ip.is_none()
+            && o.ip == Some(pod_ip)
+            && o.port == Some(8080)
     });
     assert_eq!(
         client_errors, N as u64,

@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod clock;
+pub mod conntrack;
 pub mod decode;
 pub mod loader;
 pub mod netns_gone;
@@ -174,7 +175,7 @@ async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
     if config.dataplane {
         let watcher = crate::dataplane::watcher::start(&config.node, &tx)
             .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
-        agent.set_frontends(watcher.frontends.clone());
+        agent.use_dataplane(&watcher);
     }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -31,6 +31,9 @@ use super::{
 };
 use crate::observation::{Kind, Observation, SCHEMA_VERSION};
 
+/// How long a client error toward a Service waits for the conntrack event naming its backend.
+const BACKEND_WAIT: Duration = Duration::from_millis(250);
+
 /// A started agent: probes attached, ready to stream.
 pub struct Agent {
     attached: Option<Attached>,
@@ -46,6 +49,13 @@ pub struct Agent {
     decode_errors: u64,
     /// Service frontends this node routes (from the dataplane watcher), if it runs.
     frontends: Option<crate::dataplane::watcher::Frontends>,
+    /// Where recent DNAT'ed connections went, from conntrack NEW events.
+    dnat: Option<crate::dataplane::flows::Dnat>,
+    /// Asks conntrack about older (assured) connections the cache no longer holds.
+    conntrack: Option<super::conntrack::Conntrack>,
+    /// Client errors toward a Service whose backend is not known yet: the conntrack event that
+    /// names it and the kernel event race each other, so they wait up to `BACKEND_WAIT`.
+    pending: Vec<(Observation, std::time::Instant)>,
     announced: bool,
 }
 
@@ -85,29 +95,62 @@ impl Agent {
             last_loss_check: Timestamp::now(),
             decode_errors: 0,
             frontends: None,
+            dnat: None,
+            conntrack: None,
+            pending: Vec::new(),
             announced: false,
         })
     }
 
     /// Client errors toward one of these frontends are about a Service: the dialled address goes
     /// to `service` and `ip`/`port` (the backend) stay empty, as the contract defines them.
-    pub fn set_frontends(&mut self, frontends: crate::dataplane::watcher::Frontends) {
-        self.frontends = Some(frontends);
+    /// Conntrack then tells which backend the connection really went to (`ip`/`port`).
+    pub fn use_dataplane(&mut self, watcher: &crate::dataplane::watcher::Watcher) {
+        self.frontends = Some(watcher.frontends.clone());
+        self.dnat = Some(watcher.dnat.clone());
+        match super::conntrack::Conntrack::open() {
+            Ok(c) => self.conntrack = Some(c),
+            Err(e) => tracing::warn!(
+                "client errors toward Services will not name their backend pod: conntrack query socket: {e}"
+            ),
+        }
     }
 
-    fn tag_service(&self, o: &mut Observation) {
+    /// Tags a client error toward a Service; false when its backend is not known (yet).
+    fn tag_service(&mut self, o: &mut Observation) -> bool {
         if !matches!(o.kind, Kind::ConnError | Kind::SynRetransmit) {
-            return;
+            return true;
         }
-        let (Some(ip), Some(port), Some(f)) = (o.ip, o.port, &self.frontends) else {
-            return;
+        let dialled = match (&o.service, o.ip, o.port) {
+            // Already tagged, waiting for its backend.
+            (Some(s), None, None) => match s.parse() {
+                Ok(d) => d,
+                Err(_) => return true,
+            },
+            (None, Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port),
+            _ => return true,
         };
-        let dialled = std::net::SocketAddr::new(ip, port);
-        if f.read().is_ok_and(|set| set.contains(&dialled)) {
-            o.service = Some(dialled.to_string());
-            o.ip = None;
-            o.port = None;
+        let Some(f) = &self.frontends else {
+            return true;
+        };
+        if !f.read().is_ok_and(|set| set.contains(&dialled)) {
+            return true;
         }
+        o.service = Some(dialled.to_string());
+        let client = o
+            .peer_ip
+            .zip(o.peer_port)
+            .map(|(i, p)| std::net::SocketAddr::new(i, p));
+        let cached = |c| {
+            self.dnat
+                .as_ref()
+                .and_then(|d| d.lock().ok()?.backend_of(c, dialled))
+        };
+        let backend = client
+            .and_then(|c| cached(c).or_else(|| self.conntrack.as_mut()?.backend_of(c, dialled)));
+        o.ip = backend.map(|b| b.ip());
+        o.port = backend.map(|b| b.port());
+        backend.is_some()
     }
 
     /// The `agent_start` line: schema, kernel, probes, filter and clock.
@@ -196,6 +239,13 @@ impl Agent {
         // buffer or the loss map, so the final drain and loss report are exact.
         drop(self.attached.take());
         if self.drain(&tx).await {
+            tokio::time::sleep(BACKEND_WAIT).await;
+            let open = self.drain(&tx).await;
+            for (o, _) in std::mem::take(&mut self.pending) {
+                if !open || tx.send(o).await.is_err() {
+                    break;
+                }
+            }
             self.report_loss(&tx).await;
         }
         if self.decode_errors > 0 {
@@ -254,10 +304,25 @@ impl Agent {
                 }
             }
             let more = batch.len() == 1024;
-            for o in &mut batch {
-                self.tag_service(o);
+            let now = std::time::Instant::now();
+            let mut ready = Vec::with_capacity(batch.len());
+            // Earlier client errors first: their backend may have arrived since.
+            let waiting = std::mem::take(&mut self.pending);
+            for (mut o, since) in waiting {
+                if self.tag_service(&mut o) || now - since >= BACKEND_WAIT {
+                    ready.push(o);
+                } else {
+                    self.pending.push((o, since));
+                }
             }
-            for o in batch {
+            for mut o in batch {
+                if self.tag_service(&mut o) {
+                    ready.push(o);
+                } else {
+                    self.pending.push((o, now));
+                }
+            }
+            for o in ready {
                 if tx.send(o).await.is_err() {
                     return false;
                 }

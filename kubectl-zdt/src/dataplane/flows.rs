@@ -42,6 +42,8 @@ const MAX_PENDING: usize = 200_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
     pub protocol: Protocol,
+    /// Original direction source: the client.
+    pub client: SocketAddr,
     /// Original direction: where the client sent it (the Service frontend).
     pub frontend: SocketAddr,
     /// Reply direction source: who answers (the backend, after DNAT).
@@ -89,10 +91,11 @@ fn flow_of(attrs: &[ConntrackAttribute]) -> Option<Flow> {
             _ => {}
         }
     }
-    let (proto, _src, dst) = orig?;
+    let (proto, src, dst) = orig?;
     let (_, reply_src, _) = reply?;
     Some(Flow {
         protocol: Protocol::from_number(proto)?,
+        client: src,
         frontend: dst,
         backend: reply_src,
     })
@@ -196,16 +199,64 @@ impl Aggregate {
     }
 }
 
+/// The backends recent DNAT'ed connections went to, by (client, frontend): a client's error
+/// toward a ClusterIP names the pod it really reached. Conntrack itself cannot be asked later:
+/// it drops a connection reset before it was assured (a refused one) at once.
+#[derive(Debug, Default)]
+pub struct DnatCache {
+    map: std::collections::HashMap<(SocketAddr, SocketAddr), SocketAddr>,
+    order: std::collections::VecDeque<(SocketAddr, SocketAddr)>,
+}
+
+/// Connections remembered; the oldest are forgotten first (a few seconds of a busy node).
+const DNAT_CACHE: usize = 65_536;
+
+impl DnatCache {
+    pub fn record(&mut self, flow: &Flow) {
+        if !flow.dnatted() {
+            return;
+        }
+        let key = (flow.client, flow.frontend);
+        if self.map.insert(key, flow.backend).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > DNAT_CACHE
+                && let Some(old) = self.order.pop_front()
+            {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    pub fn backend_of(&self, client: SocketAddr, frontend: SocketAddr) -> Option<SocketAddr> {
+        self.map.get(&(client, frontend)).copied()
+    }
+}
+
+pub type Dnat = std::sync::Arc<std::sync::Mutex<DnatCache>>;
+
 /// Starts the conntrack NEW listener of the calling thread's network namespace.
-pub fn spawn(node: NodeName, watched: Watched, every: Duration, tx: Sink) -> io::Result<()> {
+pub fn spawn(
+    node: NodeName,
+    watched: Watched,
+    dnat: Dnat,
+    every: Duration,
+    tx: Sink,
+) -> io::Result<()> {
     let socket = nfnetlink::subscribe(NFNLGRP_CONNTRACK_NEW)?;
     thread::Builder::new()
         .name("zdt-conntrack".into())
-        .spawn(move || run(&socket, &node, &watched, every, &tx))?;
+        .spawn(move || run(&socket, &node, &watched, &dnat, every, &tx))?;
     Ok(())
 }
 
-fn run(socket: &Socket, node: &NodeName, watched: &Watched, every: Duration, tx: &Sink) {
+fn run(
+    socket: &Socket,
+    node: &NodeName,
+    watched: &Watched,
+    dnat: &Dnat,
+    every: Duration,
+    tx: &Sink,
+) {
     let mut buf = vec![0u8; 1 << 16];
     let mut agg = Aggregate::default();
     let mut deadline: Option<Instant> = None;
@@ -220,6 +271,11 @@ fn run(socket: &Socket, node: &NodeName, watched: &Watched, every: Duration, tx:
             Ok(n) => {
                 let time = Timestamp::now();
                 let flows = decode(&buf[..n]);
+                if let Ok(mut d) = dnat.lock() {
+                    for f in &flows {
+                        d.record(f);
+                    }
+                }
                 if let Ok(w) = watched.read() {
                     for f in flows {
                         agg.record(f, time, &w);

@@ -62,7 +62,14 @@ pub const FLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 pub fn start(node: &NodeName, tx: &mpsc::Sender<Observation>) -> anyhow::Result<Watcher> {
     let sink = Sink::new(tx);
     let watcher = spawn(node.clone(), sink.clone())?;
-    flows::spawn(node.clone(), watcher.watched.clone(), FLOW_REPORT_INTERVAL, sink).context(
+    flows::spawn(
+        node.clone(),
+        watcher.watched.clone(),
+        watcher.dnat.clone(),
+        FLOW_REPORT_INTERVAL,
+        sink,
+    )
+    .context(
         "failed to subscribe to conntrack events (NFNLGRP_CONNTRACK_NEW); the agent needs CAP_NET_ADMIN",
     )?;
     Ok(watcher)
@@ -73,6 +80,8 @@ pub struct Watcher {
     pub modes: Vec<Mode>,
     pub watched: Watched,
     pub frontends: Frontends,
+    /// Where recent DNAT'ed connections went (fed by the conntrack listener).
+    pub dnat: flows::Dnat,
 }
 
 /// One nf_tables-based dataplane: its mirror and the routes it held at the last commit.
@@ -170,6 +179,7 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         modes,
         watched,
         frontends,
+        dnat: flows::Dnat::default(),
     })
 }
 

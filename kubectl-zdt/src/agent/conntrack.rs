@@ -1,0 +1,92 @@
+//! Which backend a client's failed connection really went to: kube-proxy DNAT'ed it, so the
+//! client's socket only knows the ClusterIP it dialled. Conntrack knows both ends: a GET of the
+//! original tuple (client → ClusterIP) returns the reply tuple, whose source is the pod. The
+//! entry outlives the failure (a refused connection's entry stays in CLOSE for 10 s), and the
+//! lookup is one netlink round trip in the node's namespace, where the DNAT happened (this is
+//! what Coroot calls the actual destination).
+
+use std::{net::SocketAddr, time::Duration};
+
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
+    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple},
+};
+use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
+
+use crate::dataplane::{flows, nfnetlink};
+
+/// A conntrack query socket.
+pub struct Conntrack {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Conntrack {
+    pub fn open() -> std::io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        sock.connect(&NlAddr::new(0, 0))?;
+        // A lookup must never stall the agent's stream.
+        nfnetlink::set_receive_timeout(&sock, Some(Duration::from_millis(20)))?;
+        Ok(Self { sock, seq: 0 })
+    }
+
+    /// The backend (pod IP:port) of the TCP connection `client` → `dialled`, if conntrack still
+    /// has it and it was DNAT'ed.
+    pub fn backend_of(&mut self, client: SocketAddr, dialled: SocketAddr) -> Option<SocketAddr> {
+        self.seq = self.seq.wrapping_add(1);
+        let family = if client.is_ipv4() {
+            NetfilterProtoFamily::IPv4
+        } else {
+            NetfilterProtoFamily::IPv6
+        };
+        let orig = vec![
+            Tuple::Ip(vec![
+                IPTuple::SourceAddress(client.ip()),
+                IPTuple::DestinationAddress(dialled.ip()),
+            ]),
+            Tuple::Proto(vec![
+                ProtoTuple::Protocol(Protocol::Tcp),
+                ProtoTuple::SourcePort(client.port()),
+                ProtoTuple::DestinationPort(dialled.port()),
+            ]),
+        ];
+        let msg = NetfilterMessage::new(
+            NetfilterHeader::new(family, 0, 0),
+            ConntrackMessage::Get(vec![ConntrackAttribute::CtaTupleOrig(orig)]),
+        );
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        if let Err(e) = self.sock.send(&buf, 0) {
+            tracing::debug!("conntrack query for {client} → {dialled} failed: {e}");
+            return None;
+        }
+        let reply = match self.sock.recv_from_full() {
+            Ok((reply, _)) => reply,
+            Err(e) => {
+                tracing::debug!("no conntrack answer for {client} → {dialled}: {e}");
+                return None;
+            }
+        };
+        let found = flows::decode(&reply)
+            .into_iter()
+            .find(|f| f.frontend == dialled && f.dnatted())
+            .map(|f| f.backend);
+        if found.is_none() {
+            let errno = reply
+                .get(16..20)
+                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            tracing::debug!(
+                "conntrack has no DNAT'ed entry for {client} → {dialled} ({} bytes, error {errno:?})",
+                reply.len()
+            );
+        }
+        found
+    }
+}
