@@ -143,7 +143,7 @@ impl Watch {
             .run_in(move || -> anyhow::Result<()> {
                 let node = NodeName("node-a".into());
                 let w = watcher::spawn(node.clone(), sink.clone())?;
-                flows::spawn(node, w.watched, Duration::from_millis(200), sink)?;
+                flows::spawn(node, w.watched, w.dnat, Duration::from_millis(200), sink)?;
                 Ok(())
             })
             .unwrap()
