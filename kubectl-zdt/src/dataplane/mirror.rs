@@ -317,3 +317,87 @@ pub fn table_of(msg: &NfTablesMessage) -> Option<&str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::nf_monitor::{Batcher, Notice, scan},
+        testbed::{kube_proxy::ServicePort, kube_proxy_nl},
+    };
+
+    fn web() -> ServicePort {
+        ServicePort {
+            name: "default/web".into(),
+            cluster_ip: "10.96.114.246".parse().unwrap(),
+            port: 80,
+        }
+    }
+
+    /// Feeds kernel-framed notifications through the monitor's decoder into a mirror.
+    fn feed(mirror: &mut TableMirror, changes: &[NfTablesMessage]) {
+        let mut batcher = Batcher::default();
+        for n in scan(&kube_proxy_nl::datagram(changes, 1)) {
+            if let Some(c) = batcher.push(n, jiff::Timestamp::now()) {
+                for (family, m) in &c.changes {
+                    mirror.apply(*family, m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_v1_36_rollout_step_seen_as_notifications_replaces_the_pods() {
+        let mut m = TableMirror::new(2, "kube-proxy");
+        let old = [
+            "10.244.0.36:8080".parse().unwrap(),
+            "10.244.0.37:8080".parse().unwrap(),
+        ];
+        feed(
+            &mut m,
+            &kube_proxy_nl::add_service(&web(), 56, "__map0", &old),
+        );
+        assert_eq!(
+            m.routes().describe(),
+            [
+                "10.96.114.246:80 tcp -> 10.244.0.36:8080 (default/web)",
+                "10.96.114.246:80 tcp -> 10.244.0.37:8080 (default/web)",
+            ]
+        );
+        assert!(m.is_kube_proxy());
+        let new = [
+            "10.244.0.37:8080".parse().unwrap(),
+            "10.244.0.38:8080".parse().unwrap(),
+        ];
+        feed(
+            &mut m,
+            &kube_proxy_nl::resync_service(&web(), (56, "__map0"), (61, "__map1"), &new),
+        );
+        assert_eq!(
+            m.routes().describe(),
+            [
+                "10.96.114.246:80 tcp -> 10.244.0.37:8080 (default/web)",
+                "10.96.114.246:80 tcp -> 10.244.0.38:8080 (default/web)",
+            ]
+        );
+    }
+
+    #[test]
+    fn another_tables_notifications_change_nothing() {
+        let mut m = TableMirror::new(2, "nat");
+        let eps = ["10.244.0.36:8080".parse().unwrap()];
+        feed(
+            &mut m,
+            &kube_proxy_nl::add_service(&web(), 56, "__map0", &eps),
+        );
+        assert!(m.routes().is_empty());
+        assert!(!m.is_kube_proxy());
+    }
+
+    #[test]
+    fn notices_other_than_nf_tables_are_skipped() {
+        assert!(matches!(scan(&[]).as_slice(), []));
+        let mut b = Batcher::default();
+        assert_eq!(b.push(Notice::Other, jiff::Timestamp::now()), None);
+    }
+}
