@@ -26,6 +26,14 @@ const KUBE_SERVICES: &str = "KUBE-SERVICES";
 /// kube-proxy's nftables-mode dispatch map.
 const SERVICE_IPS: &str = "service-ips";
 
+/// Sets whose elements can change a route: the dispatch map and anonymous maps (`__mapN`,
+/// `__setN`, what `numgen … map { … }` and `vmap { … }` compile to). kube-proxy's other named
+/// sets (`hairpin-connections` with one element per endpoint, `cluster-ips`, …) only mark or
+/// filter packets; not mirroring them saves most of the memory on a large node.
+pub fn routes_through(set: &str) -> bool {
+    set == SERVICE_IPS || set.starts_with("__")
+}
+
 /// What a map element maps to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum ElemData {
@@ -91,7 +99,7 @@ impl TableMirror {
                 }
             }
             NfTablesMessage::NewSet(s) | NfTablesMessage::GetSet(s) => {
-                if let Some(name) = set_name(&s.attributes) {
+                if let Some(name) = set_name(&s.attributes).filter(|n| routes_through(n)) {
                     self.sets.entry(name.to_owned()).or_default();
                 }
             }
@@ -120,6 +128,9 @@ impl TableMirror {
         }) else {
             return;
         };
+        if !routes_through(&set) {
+            return;
+        }
         let entries = self.sets.entry(set).or_default();
         for a in list {
             let SetElementList::Elements(elems) = a else {
