@@ -103,17 +103,7 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
     let modes = detect(&planes)?;
     let watched = Watched::default();
     publish(&watched, &planes);
-    let start = Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
-        .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
-        .with_extra(
-            "modes",
-            modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-        )
-        .with_extra(
-            "routes",
-            planes.iter().map(|p| p.routes.len()).sum::<usize>(),
-        )
-        .with_extra("triggers", vec!["nf_tables netlink (NFNLGRP_NFTABLES)"]);
+    let start = mode_line(&node, &modes, &planes);
     if modes
         .iter()
         .any(|m| matches!(m, Mode::IptablesLegacy | Mode::Ipvs))
@@ -144,6 +134,7 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         .context("failed to start the nf_tables monitor thread")?;
     let reader = Reader {
         node,
+        modes: modes.clone(),
         planes,
         watched: watched.clone(),
         tx,
@@ -161,15 +152,36 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
     Ok(Watcher { modes, watched })
 }
 
-/// kube-proxy's mode(s) on this node: nf_tables tables holding its dispatch, then the modes
-/// this agent can only detect.
-fn detect(planes: &[Plane]) -> anyhow::Result<Vec<Mode>> {
+/// The `dataplane_mode` line: the first detected mode is the one shown as `mode`.
+fn mode_line(node: &NodeName, modes: &[Mode], planes: &[Plane]) -> Observation {
+    Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
+        .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
+        .with_extra(
+            "modes",
+            modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        )
+        .with_extra(
+            "routes",
+            planes.iter().map(|p| p.routes.len()).sum::<usize>(),
+        )
+        .with_extra("triggers", vec!["nf_tables netlink (NFNLGRP_NFTABLES)"])
+}
+
+/// The nf_tables-based modes whose tables hold kube-proxy's dispatch now.
+fn nf_modes(planes: &[Plane]) -> Vec<Mode> {
     let mut modes: Vec<Mode> = Vec::new();
     for p in planes.iter().filter(|p| p.mirror.is_kube_proxy()) {
         if !modes.contains(&p.source.mode) {
             modes.push(p.source.mode);
         }
     }
+    modes
+}
+
+/// kube-proxy's mode(s) on this node: nf_tables tables holding its dispatch, then the modes
+/// this agent can only detect.
+fn detect(planes: &[Plane]) -> anyhow::Result<Vec<Mode>> {
+    let mut modes = nf_modes(planes);
     for mode in [Mode::IptablesLegacy, Mode::Ipvs] {
         for family in [Family::V4, Family::V6] {
             if (Source { mode, family })
@@ -187,6 +199,9 @@ fn detect(planes: &[Plane]) -> anyhow::Result<Vec<Mode>> {
 struct Reader {
     node: NodeName,
     planes: Vec<Plane>,
+    /// The modes last reported; a new `dataplane_mode` line is sent when kube-proxy's tables
+    /// appear or go (kube-proxy started after the agent, or switched modes).
+    modes: Vec<Mode>,
     watched: Watched,
     tx: Sink,
 }
@@ -251,6 +266,21 @@ impl Reader {
         }
         if changed {
             publish(&self.watched, &self.planes);
+        }
+        let mut modes = nf_modes(&self.planes);
+        modes.extend(
+            self.modes
+                .iter()
+                .filter(|m| matches!(m, Mode::IptablesLegacy | Mode::Ipvs)),
+        );
+        if modes != self.modes {
+            self.modes = modes;
+            if !self
+                .tx
+                .send(mode_line(&self.node, &self.modes, &self.planes))
+            {
+                return false;
+            }
         }
         true
     }
