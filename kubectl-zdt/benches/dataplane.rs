@@ -96,7 +96,8 @@ fn endpoint_change(c: &mut Criterion) {
         );
         feed(&mut mirror, &kube_proxy_nl::datagram(&msgs, i));
     }
-    let mut routes = mirror.routes();
+    let mut routes = kubectl_zdt::dataplane::Backends::new();
+    mirror.update(&mut routes);
     let held = LIVE.load(Ordering::Relaxed) - before;
     eprintln!(
         "state for {SERVICES} Services / {} routes: {:.1} MiB of heap (mirror + routes)",
@@ -130,9 +131,7 @@ fn endpoint_change(c: &mut Criterion) {
             flip = !flip;
             let t0 = jiff::Timestamp::now();
             feed(&mut mirror, if flip { &to_b } else { &to_a });
-            let next = mirror.routes();
-            let change = routes.diff(&next);
-            routes = next;
+            let change = mirror.update(&mut routes);
             let stamp = emit::Stamp {
                 first: t0,
                 last: t0,

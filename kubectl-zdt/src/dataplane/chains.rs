@@ -48,10 +48,8 @@ impl<'a> ChainGraph<'a> {
         backends
     }
 
-    /// The DNAT destinations reachable from `start`. kube-proxy's chains are at most three deep
-    /// (external → service → endpoint); the visited set also stops cycles in hand-made rules.
-    pub fn reachable_dnats(&self, start: &'a str) -> Vec<SocketAddr> {
-        let mut out = Vec::new();
+    /// The chains reachable from `start` (itself included).
+    pub fn reachable_chains(&self, start: &'a str) -> Vec<&'a str> {
         // A handful of chains per frontend: a vector beats hashing here (this runs for every
         // frontend on every commit).
         let mut seen: Vec<&str> = Vec::new();
@@ -61,14 +59,22 @@ impl<'a> ChainGraph<'a> {
                 continue;
             }
             seen.push(chain);
-            if let Some(addrs) = self.dnat.get(chain) {
-                out.extend_from_slice(addrs);
-            }
             if let Some(next) = self.next.get(chain) {
                 stack.extend(next.iter().copied());
             }
         }
-        out
+        seen
+    }
+
+    /// The DNAT destinations reachable from `start`. kube-proxy's chains are at most three deep
+    /// (external → service → endpoint); the visited set also stops cycles in hand-made rules.
+    pub fn reachable_dnats(&self, start: &'a str) -> Vec<SocketAddr> {
+        self.reachable_chains(start)
+            .into_iter()
+            .filter_map(|c| self.dnat.get(c))
+            .flatten()
+            .copied()
+            .collect()
     }
 }
 

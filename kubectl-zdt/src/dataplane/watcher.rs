@@ -93,7 +93,8 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         let mut mirror = TableMirror::new(family, table);
         nl_dump::dump(&mut mirror)
             .with_context(|| format!("failed to read nf_tables table {table} (family {family})"))?;
-        let routes = mirror.routes();
+        let mut routes = Backends::new();
+        mirror.update(&mut routes);
         planes.push(Plane {
             source,
             mirror,
@@ -245,9 +246,7 @@ impl Reader {
             if !touched {
                 continue;
             }
-            let next = plane.mirror.routes();
-            let change = plane.routes.diff(&next);
-            plane.routes = next;
+            let change = plane.mirror.update(&mut plane.routes);
             if change.is_empty() {
                 continue;
             }
