@@ -15,7 +15,6 @@ use netlink_packet_netfilter::nftables::{
 };
 
 use super::{
-    chains::{ChainGraph, Frontend},
     model::{Backend, Backends, Change, Protocol, Route, RouteChange, ServiceAddr, ServiceName},
     nft::service_name,
     nft_rule::{self, Dnat, RuleFacts},
@@ -212,14 +211,23 @@ impl TableMirror {
 
     /// The routes the mirrored table programs now.
     pub fn routes(&self) -> Backends {
-        let (graph, frontends) = self.graph();
-        graph.routes(frontends)
+        let index = Index::new(self);
+        let mut routes = Backends::new();
+        for e in index.entries() {
+            let name = e.name();
+            for chain in index.reachable_chains(e.chain) {
+                for backend in index.dnats(chain) {
+                    routes.insert(e.route(Backend(backend)), name.clone());
+                }
+            }
+        }
+        routes
     }
 
     /// Brings `routes` (this table's routes at the previous call) up to date and returns what
-    /// changed. Only the frontends that reach a chain or map changed since then are recomputed:
-    /// an endpoint change of one Service costs the same with 10 or 10 000 Services, but for the
-    /// graph walk.
+    /// changed. Only the frontends that reach a chain or map changed since then are recomputed,
+    /// and maps are decoded only for them: an endpoint change of one Service costs about the same
+    /// with 10 or 10 000 Services, but for walking the frontends' chains.
     pub fn update(&mut self, routes: &mut Backends) -> Change {
         let dirty = std::mem::take(&mut self.dirty);
         if dirty.all {
@@ -228,7 +236,7 @@ impl TableMirror {
             *routes = next;
             return change;
         }
-        let (graph, frontends) = self.graph();
+        let index = Index::new(self);
         let mut touched: std::collections::HashSet<&str> =
             dirty.chains.iter().map(String::as_str).collect();
         for ((chain, _), facts) in &self.rules {
@@ -242,124 +250,180 @@ impl TableMirror {
             }
         }
         let mut change = Change::default();
-        for f in frontends {
-            if !graph
-                .reachable_chains(f.chain)
-                .iter()
-                .any(|c| touched.contains(c))
-            {
+        for e in index.entries() {
+            let reach = index.reachable_chains(e.chain);
+            if !reach.iter().any(|c| touched.contains(c)) {
                 continue;
             }
-            let old = routes.backends_of(f.service, f.protocol);
-            let new: Vec<Backend> = graph
-                .reachable_dnats(f.chain)
-                .into_iter()
+            let name = e.name();
+            let old = routes.backends_of(e.service, e.protocol);
+            let new: Vec<Backend> = reach
+                .iter()
+                .flat_map(|c| index.dnats(c))
                 .map(Backend)
                 .collect();
-            let route = |backend| Route {
-                service: f.service,
-                protocol: f.protocol,
-                backend,
-            };
             for b in old.iter().filter(|b| !new.contains(b)) {
-                routes.remove(&route(*b));
+                routes.remove(&e.route(*b));
                 change.removed.push(RouteChange {
-                    route: route(*b),
-                    name: f.name.clone(),
+                    route: e.route(*b),
+                    name: name.clone(),
                 });
             }
             for b in new.iter().filter(|b| !old.contains(b)) {
-                if routes.contains(&route(*b)) {
-                    continue;
+                if !routes.contains(&e.route(*b)) {
+                    routes.insert(e.route(*b), name.clone());
+                    change.added.push(RouteChange {
+                        route: e.route(*b),
+                        name: name.clone(),
+                    });
                 }
-                routes.insert(route(*b), f.name.clone());
-                change.added.push(RouteChange {
-                    route: route(*b),
-                    name: f.name.clone(),
-                });
             }
         }
         change
     }
+}
 
-    /// The jump graph and the frontends of the mirrored table.
-    fn graph(&self) -> (ChainGraph<'_>, Vec<Frontend<'_>>) {
-        let mut graph = ChainGraph::default();
-        let mut frontends = Vec::new();
-        for ((chain, _), facts) in &self.rules {
-            for target in &facts.jumps {
-                graph.add_jump(chain, target);
+/// The mirror's rules by chain, borrowed: what a walk from a frontend needs, without decoding
+/// any map it does not reach.
+struct Index<'a> {
+    mirror: &'a TableMirror,
+    by_chain: HashMap<&'a str, Vec<&'a RuleFacts>>,
+}
+
+/// A frontend: where the dispatch (a KUBE-SERVICES rule, a `service-ips` element) sends it.
+struct Entry<'a> {
+    service: ServiceAddr,
+    protocol: Protocol,
+    chain: &'a str,
+    /// The iptables comment, when the frontend is a KUBE-SERVICES rule.
+    comment: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    fn route(&self, backend: Backend) -> Route {
+        Route {
+            service: self.service,
+            protocol: self.protocol,
+            backend,
+        }
+    }
+
+    fn name(&self) -> Option<ServiceName> {
+        match self.comment {
+            Some(c) => {
+                let name = [" cluster IP", " external IP", " loadbalancer IP"]
+                    .iter()
+                    .find_map(|s| c.strip_suffix(s))
+                    .unwrap_or(c);
+                Some(ServiceName::from(name))
             }
-            for vmap in &facts.vmaps {
-                for data in self.sets.get(vmap).into_iter().flat_map(|s| s.values()) {
-                    if let ElemData::Chain(target) = data {
-                        graph.add_jump(chain, target);
-                    }
+            None => service_name(self.chain),
+        }
+    }
+}
+
+impl<'a> Index<'a> {
+    fn new(mirror: &'a TableMirror) -> Self {
+        let mut by_chain: HashMap<&str, Vec<&RuleFacts>> = HashMap::new();
+        for ((chain, _), facts) in &mirror.rules {
+            by_chain.entry(chain).or_default().push(facts);
+        }
+        Self { mirror, by_chain }
+    }
+
+    fn entries(&self) -> Vec<Entry<'a>> {
+        let mut out: Vec<Entry<'a>> = self
+            .by_chain
+            .get(KUBE_SERVICES)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| iptables_frontend(f))
+            .collect();
+        if let Some(map) = self.mirror.sets.get(SERVICE_IPS) {
+            for (key, data) in map {
+                if let (ElemData::Chain(chain), Some((service, protocol))) =
+                    (data, service_key(key))
+                {
+                    out.push(Entry {
+                        service,
+                        protocol,
+                        chain,
+                        comment: None,
+                    });
                 }
             }
+        }
+        out
+    }
+
+    fn elements(&self, set: &str) -> impl Iterator<Item = &'a ElemData> + use<'a> {
+        self.mirror
+            .sets
+            .get(set)
+            .into_iter()
+            .flat_map(|s| s.values())
+    }
+
+    /// The chains reachable from `start` (itself included) through jumps and verdict maps.
+    fn reachable_chains(&self, start: &'a str) -> Vec<&'a str> {
+        // A handful of chains per frontend: a vector beats hashing.
+        let mut seen: Vec<&'a str> = Vec::new();
+        let mut stack = vec![start];
+        while let Some(chain) = stack.pop() {
+            if seen.contains(&chain) {
+                continue;
+            }
+            seen.push(chain);
+            for facts in self.by_chain.get(chain).into_iter().flatten() {
+                stack.extend(facts.jumps.iter().map(String::as_str));
+                for vmap in &facts.vmaps {
+                    stack.extend(self.elements(vmap).filter_map(|d| match d {
+                        ElemData::Chain(c) => Some(c.as_str()),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+        seen
+    }
+
+    /// The DNAT destinations of one chain's rules.
+    fn dnats(&self, chain: &str) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for facts in self.by_chain.get(chain).into_iter().flatten() {
             for dnat in &facts.dnat {
                 match dnat {
-                    Dnat::Addr(a) => graph.add_dnat(chain, *a),
+                    Dnat::Addr(a) => out.push(*a),
                     Dnat::Map {
                         set,
                         addr_word,
                         port_word,
                         v6,
-                    } => {
-                        for data in self.sets.get(set).into_iter().flat_map(|s| s.values()) {
-                            if let ElemData::Value(v) = data
-                                && let Some(a) =
-                                    nft_rule::map_element_target(v, *addr_word, *port_word, *v6)
-                            {
-                                graph.add_dnat(chain, a);
-                            }
+                    } => out.extend(self.elements(set).filter_map(|d| match d {
+                        ElemData::Value(v) => {
+                            nft_rule::map_element_target(v, *addr_word, *port_word, *v6)
                         }
-                    }
-                }
-            }
-            if chain == KUBE_SERVICES {
-                frontends.extend(iptables_frontend(facts));
-            }
-        }
-        if let Some(map) = self.sets.get(SERVICE_IPS) {
-            for (key, data) in map {
-                if let (ElemData::Chain(chain), Some((service, protocol))) =
-                    (data, service_key(key))
-                {
-                    frontends.push(Frontend {
-                        service,
-                        protocol,
-                        chain,
-                        name: service_name(chain),
-                    });
+                        _ => None,
+                    })),
                 }
             }
         }
-        (graph, frontends)
+        out
     }
 }
 
 /// A KUBE-SERVICES rule that matches ClusterIP, protocol and port and jumps toward endpoints.
-fn iptables_frontend(facts: &RuleFacts) -> Option<Frontend<'_>> {
+fn iptables_frontend(facts: &RuleFacts) -> Option<Entry<'_>> {
     let chain = facts.jumps.iter().find(|j| {
         ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-"]
             .iter()
             .any(|p| j.starts_with(p))
     })?;
-    let protocol = Protocol::from_number(u16::from(facts.l4proto?))?;
-    let service = ServiceAddr(SocketAddr::new(facts.daddr?, facts.dport?));
-    let name = facts.comment.as_deref().map(|c| {
-        let name = [" cluster IP", " external IP", " loadbalancer IP"]
-            .iter()
-            .find_map(|s| c.strip_suffix(s))
-            .unwrap_or(c);
-        ServiceName::from(name)
-    });
-    Some(Frontend {
-        service,
-        protocol,
+    Some(Entry {
+        service: ServiceAddr(SocketAddr::new(facts.daddr?, facts.dport?)),
+        protocol: Protocol::from_number(u16::from(facts.l4proto?))?,
         chain,
-        name,
+        comment: facts.comment.as_deref(),
     })
 }
 
