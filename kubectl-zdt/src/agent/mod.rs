@@ -111,9 +111,9 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
 /// kernel still holds and exits.
 async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
     let agent = Agent::start(&config)?;
-    let (tx, mut rx) = mpsc::channel::<Observation>(4096);
+    let (mut tx, mut rx) = mpsc::channel::<Observation>(4096);
     if config.dataplane {
-        crate::dataplane::watcher::start(&config.node, &tx)
+        tx = crate::dataplane::watcher::start_after_first_line(&config.node, tx)
             .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
     }
     let shutdown = async {
