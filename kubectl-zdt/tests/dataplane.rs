@@ -416,6 +416,38 @@ fn netlink_dump_reads_what_the_tools_print(dp: &Dataplane) {
     assert!(from_tools.len() >= usize::from(SERVICES) * usize::from(PER_SERVICE));
 }
 
+/// The agent starts before kube-proxy: `dataplane_mode` says none, then the mode once
+/// kube-proxy's first sync lands, followed by every route as added.
+fn mode_is_reported_when_kube_proxy_starts_after_the_agent(dp: &Dataplane) {
+    require_root();
+    let node = Node::create().unwrap();
+    let (mut watch, start) = Watch::start(&node);
+    assert_eq!(start.extra["mode"], "none", "{}", start.to_json_line());
+    let all = cluster();
+    (dp.start)(&node, &all);
+    let obs = watch.within(SETTLE);
+    let mode = obs
+        .iter()
+        .find(|o| o.kind == Kind::DataplaneMode)
+        .expect("a dataplane_mode line once kube-proxy's rules appear");
+    assert_eq!(mode.extra["mode"], dp.mode, "{}", mode.to_json_line());
+    let added = obs
+        .iter()
+        .filter(|o| o.kind == Kind::DataplaneAdded)
+        .count();
+    assert_eq!(added, usize::from(SERVICES) * usize::from(PER_SERVICE));
+}
+
+#[test]
+fn iptables_nft_mode_is_reported_when_kube_proxy_starts_after_the_agent() {
+    mode_is_reported_when_kube_proxy_starts_after_the_agent(&IPTABLES_NFT);
+}
+
+#[test]
+fn nftables_mode_is_reported_when_kube_proxy_starts_after_the_agent() {
+    mode_is_reported_when_kube_proxy_starts_after_the_agent(&NFTABLES);
+}
+
 #[test]
 fn iptables_nft_netlink_dump_reads_what_iptables_save_prints() {
     netlink_dump_reads_what_the_tools_print(&IPTABLES_NFT);

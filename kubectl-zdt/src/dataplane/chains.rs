@@ -2,10 +2,7 @@
 //! go to which others. Both iptables and nftables modes of kube-proxy route a frontend through a
 //! few chains (service → endpoint) before the DNAT; a route exists when a DNAT is reachable.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-};
+use std::{collections::HashMap, net::SocketAddr};
 
 use super::model::{Backend, Backends, Protocol, Route, ServiceAddr, ServiceName};
 
@@ -51,24 +48,33 @@ impl<'a> ChainGraph<'a> {
         backends
     }
 
-    /// The DNAT destinations reachable from `start`. kube-proxy's chains are at most three deep
-    /// (external → service → endpoint); the visited set also stops cycles in hand-made rules.
-    pub fn reachable_dnats(&self, start: &'a str) -> Vec<SocketAddr> {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
+    /// The chains reachable from `start` (itself included).
+    pub fn reachable_chains(&self, start: &'a str) -> Vec<&'a str> {
+        // A handful of chains per frontend: a vector beats hashing here (this runs for every
+        // frontend on every commit).
+        let mut seen: Vec<&str> = Vec::new();
         let mut stack = vec![start];
         while let Some(chain) = stack.pop() {
-            if !seen.insert(chain) {
+            if seen.contains(&chain) {
                 continue;
             }
-            if let Some(addrs) = self.dnat.get(chain) {
-                out.extend_from_slice(addrs);
-            }
+            seen.push(chain);
             if let Some(next) = self.next.get(chain) {
                 stack.extend(next.iter().copied());
             }
         }
-        out
+        seen
+    }
+
+    /// The DNAT destinations reachable from `start`. kube-proxy's chains are at most three deep
+    /// (external → service → endpoint); the visited set also stops cycles in hand-made rules.
+    pub fn reachable_dnats(&self, start: &'a str) -> Vec<SocketAddr> {
+        self.reachable_chains(start)
+            .into_iter()
+            .filter_map(|c| self.dnat.get(c))
+            .flatten()
+            .copied()
+            .collect()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod chains;
 pub mod emit;
 pub mod flows;
 pub mod iptables;
+pub mod ipvs;
 pub mod mirror;
 pub mod model;
 pub mod nf_monitor;

@@ -10,7 +10,7 @@
 use std::{
     collections::{BTreeMap, btree_map},
     fmt,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -97,6 +97,28 @@ impl Backends {
 
     pub fn insert(&mut self, route: Route, name: Option<ServiceName>) {
         self.routes.insert(route, name);
+    }
+
+    pub fn remove(&mut self, route: &Route) {
+        self.routes.remove(route);
+    }
+
+    /// The backends `service` routes `protocol` connections to.
+    pub fn backends_of(&self, service: ServiceAddr, protocol: Protocol) -> Vec<Backend> {
+        let lo = Route {
+            service,
+            protocol,
+            backend: Backend(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)),
+        };
+        let hi = Route {
+            service,
+            protocol,
+            backend: Backend(SocketAddr::new(
+                std::net::Ipv6Addr::from(u128::MAX).into(),
+                u16::MAX,
+            )),
+        };
+        self.routes.range(lo..=hi).map(|(r, _)| r.backend).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -249,6 +271,23 @@ mod tests {
         // Same route, the name is only a label.
         b.insert(route("10.96.114.246:80", "10.244.0.36:8080"), None);
         assert!(a.diff(&b).is_empty());
+    }
+
+    #[test]
+    fn backends_of_a_service_are_found_among_others() {
+        let b = state(&[
+            ("10.96.0.10:53", "10.244.0.5:53"),
+            ("10.96.0.10:53", "[fd00::5]:53"),
+            ("10.96.0.11:53", "10.244.0.6:53"),
+        ]);
+        let svc = ServiceAddr("10.96.0.10:53".parse().unwrap());
+        let got: Vec<String> = b
+            .backends_of(svc, Protocol::Tcp)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, ["10.244.0.5:53", "[fd00::5]:53"]);
+        assert!(b.backends_of(svc, Protocol::Udp).is_empty());
     }
 
     #[test]

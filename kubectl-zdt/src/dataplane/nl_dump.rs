@@ -16,7 +16,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::mirror::TableMirror;
+use super::mirror::{self, TableMirror};
 
 /// Replaces `mirror`'s content with the table as the kernel holds it now. A table that does not
 /// exist reads as empty.
@@ -27,9 +27,11 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    let mut rx = vec![0u8; 1 << 20];
     let mut sets = Vec::new();
     request(
         &socket,
+        &mut rx,
         family,
         NfTablesMessage::GetSet(SetMessage {
             attributes: vec![SetAttribute::Table(table.clone())],
@@ -44,9 +46,12 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
             mirror.apply(family, &msg);
         },
     )?;
-    for set in sets {
+    // Only the sets routing depends on (see `mirror`): a large node has tens of thousands of
+    // anonymous maps but no other set whose elements matter.
+    for set in sets.into_iter().filter(|s| mirror::routes_through(s)) {
         request(
             &socket,
+            &mut rx,
             family,
             NfTablesMessage::GetSetElement(SetElementMessage {
                 attributes: vec![
@@ -61,6 +66,7 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
     }
     request(
         &socket,
+        &mut rx,
         family,
         NfTablesMessage::GetRule(RuleMessage {
             attributes: vec![RuleAttribute::Table(table.clone())],
@@ -76,6 +82,7 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
 /// table) is an empty reply.
 fn request(
     socket: &Socket,
+    rx: &mut [u8],
     family: u8,
     msg: NfTablesMessage,
     mut each: impl FnMut(NfTablesMessage),
@@ -93,7 +100,6 @@ fn request(
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf);
     socket.send(&buf, 0)?;
-    let mut rx = vec![0u8; 1 << 20];
     loop {
         let n = socket.recv(&mut &mut rx[..], 0)?;
         let mut rest = &rx[..n];

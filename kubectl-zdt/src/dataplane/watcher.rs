@@ -75,6 +75,50 @@ pub fn start(node: &NodeName, tx: &mpsc::Sender<Observation>) -> anyhow::Result<
     Ok(watcher)
 }
 
+/// Starts the dataplane watcher for an agent whose stream is `out`, keeping the agent's first
+/// line (`agent_start`) first: returns the sender the agent must write to; its first line is
+/// forwarded, then the dataplane's lines and the agent's are merged into `out`. The stream
+/// closes when the agent drops the returned sender (the watcher holds its side weakly).
+pub fn start_after_first_line(
+    node: &NodeName,
+    out: mpsc::Sender<Observation>,
+) -> anyhow::Result<mpsc::Sender<Observation>> {
+    let (dataplane_tx, mut dataplane_rx) = mpsc::channel::<Observation>(4096);
+    start(node, &dataplane_tx)?;
+    let (agent_tx, mut agent_rx) = mpsc::channel::<Observation>(4096);
+    tokio::spawn(async move {
+        // The only strong sender of the dataplane channel: it closes when this task ends.
+        let _dataplane_open = dataplane_tx;
+        let Some(first) = agent_rx.recv().await else {
+            return;
+        };
+        if out.send(first).await.is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                biased;
+                o = agent_rx.recv() => match o {
+                    Some(o) => o,
+                    // The agent is done: so is the stream (ending this task closes the
+                    // dataplane channel, which stops the watcher threads at their next send).
+                    None => return,
+                },
+                Some(o) = dataplane_rx.recv() => o,
+            };
+            if out.send(next).await.is_err() {
+                return;
+            }
+        }
+        #[allow(
+            unreachable_code,
+            reason = "keeps the dataplane channel open until the agent ends"
+        )]
+        drop(dataplane_tx);
+    });
+    Ok(agent_tx)
+}
+
 /// Handle to the running watcher threads (they run until the observation stream closes).
 pub struct Watcher {
     pub modes: Vec<Mode>,
@@ -107,7 +151,8 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         let mut mirror = TableMirror::new(family, table);
         nl_dump::dump(&mut mirror)
             .with_context(|| format!("failed to read nf_tables table {table} (family {family})"))?;
-        let routes = mirror.routes();
+        let mut routes = Backends::new();
+        mirror.update(&mut routes);
         planes.push(Plane {
             source,
             mirror,
@@ -119,17 +164,7 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
     publish(&watched, &planes);
     let frontends = Frontends::default();
     publish_frontends(&frontends, &planes);
-    let start = Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
-        .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
-        .with_extra(
-            "modes",
-            modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-        )
-        .with_extra(
-            "routes",
-            planes.iter().map(|p| p.routes.len()).sum::<usize>(),
-        )
-        .with_extra("triggers", vec!["nf_tables netlink (NFNLGRP_NFTABLES)"]);
+    let start = mode_line(&node, &modes, &planes);
     if modes
         .iter()
         .any(|m| matches!(m, Mode::IptablesLegacy | Mode::Ipvs))
@@ -160,6 +195,7 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         .context("failed to start the nf_tables monitor thread")?;
     let reader = Reader {
         node,
+        modes: modes.clone(),
         planes,
         watched: watched.clone(),
         frontends: frontends.clone(),
@@ -183,15 +219,36 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
     })
 }
 
-/// kube-proxy's mode(s) on this node: nf_tables tables holding its dispatch, then the modes
-/// this agent can only detect.
-fn detect(planes: &[Plane]) -> anyhow::Result<Vec<Mode>> {
+/// The `dataplane_mode` line: the first detected mode is the one shown as `mode`.
+fn mode_line(node: &NodeName, modes: &[Mode], planes: &[Plane]) -> Observation {
+    Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
+        .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
+        .with_extra(
+            "modes",
+            modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        )
+        .with_extra(
+            "routes",
+            planes.iter().map(|p| p.routes.len()).sum::<usize>(),
+        )
+        .with_extra("triggers", vec!["nf_tables netlink (NFNLGRP_NFTABLES)"])
+}
+
+/// The nf_tables-based modes whose tables hold kube-proxy's dispatch now.
+fn nf_modes(planes: &[Plane]) -> Vec<Mode> {
     let mut modes: Vec<Mode> = Vec::new();
     for p in planes.iter().filter(|p| p.mirror.is_kube_proxy()) {
         if !modes.contains(&p.source.mode) {
             modes.push(p.source.mode);
         }
     }
+    modes
+}
+
+/// kube-proxy's mode(s) on this node: nf_tables tables holding its dispatch, then the modes
+/// this agent can only detect.
+fn detect(planes: &[Plane]) -> anyhow::Result<Vec<Mode>> {
+    let mut modes = nf_modes(planes);
     for mode in [Mode::IptablesLegacy, Mode::Ipvs] {
         for family in [Family::V4, Family::V6] {
             if (Source { mode, family })
@@ -209,6 +266,9 @@ fn detect(planes: &[Plane]) -> anyhow::Result<Vec<Mode>> {
 struct Reader {
     node: NodeName,
     planes: Vec<Plane>,
+    /// The modes last reported; a new `dataplane_mode` line is sent when kube-proxy's tables
+    /// appear or go (kube-proxy started after the agent, or switched modes).
+    modes: Vec<Mode>,
     watched: Watched,
     frontends: Frontends,
     tx: Sink,
@@ -253,9 +313,7 @@ impl Reader {
             if !touched {
                 continue;
             }
-            let next = plane.mirror.routes();
-            let change = plane.routes.diff(&next);
-            plane.routes = next;
+            let change = plane.mirror.update(&mut plane.routes);
             if change.is_empty() {
                 continue;
             }
@@ -275,6 +333,21 @@ impl Reader {
         if changed {
             publish(&self.watched, &self.planes);
             publish_frontends(&self.frontends, &self.planes);
+        }
+        let mut modes = nf_modes(&self.planes);
+        modes.extend(
+            self.modes
+                .iter()
+                .filter(|m| matches!(m, Mode::IptablesLegacy | Mode::Ipvs)),
+        );
+        if modes != self.modes {
+            self.modes = modes;
+            if !self
+                .tx
+                .send(mode_line(&self.node, &self.modes, &self.planes))
+            {
+                return false;
+            }
         }
         true
     }

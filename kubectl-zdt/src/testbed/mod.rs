@@ -9,6 +9,7 @@
 pub mod app;
 pub mod kube_proxy;
 pub mod kube_proxy_nft;
+pub mod kube_proxy_nl;
 pub mod netns;
 pub mod node;
 pub mod pod;

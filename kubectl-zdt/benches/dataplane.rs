@@ -1,0 +1,247 @@
+//! The dataplane watcher at 10 000 Services / 50 000 backends (figures in BENCHMARKS.md).
+//!
+//! - `endpoint_change_10k`: one endpoint change of one Service, from the kernel-framed
+//!   notification bytes to the emitted observations (decode → mirror → routes → diff → emit),
+//!   with the mirror holding 10 000 Services;
+//! - `iptables_save_parse_10k`: the text parser on a 10 000-Service nat table (used for
+//!   iptables-legacy and in tests, not on the nf_tables path);
+//! - the heap held by the watcher's state is printed once (counting allocator).
+//!
+//! Live end-to-end figures (a real kernel programmed with 10 000 Services) come from
+//! `ZDT_LIVE=1 cargo bench --bench dataplane -- live` as root.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    hint::black_box,
+    net::SocketAddr,
+    sync::atomic::{AtomicIsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kubectl_zdt::{
+    dataplane::{Family, Mode, Source, emit, iptables, mirror::TableMirror, nf_monitor},
+    observation::{Kind, NodeName},
+    testbed::{
+        kube_proxy::{self, ServicePort, ServiceRules},
+        kube_proxy_nl,
+    },
+};
+
+/// Counts live heap bytes, to measure what the watcher's state holds.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const SERVICES: u32 = 10_000;
+const PER_SERVICE: u32 = 5;
+
+fn service(i: u32) -> ServicePort {
+    ServicePort {
+        name: format!("ns{i}/svc{i}"),
+        cluster_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a60_0000 + i)),
+        port: 80,
+    }
+}
+
+fn endpoints(i: u32, shift: u32) -> Vec<SocketAddr> {
+    (0..PER_SERVICE)
+        .map(|j| {
+            let n = 0x0af4_0000 + i * PER_SERVICE + j + shift;
+            SocketAddr::new(std::net::Ipv4Addr::from(n).into(), 8080)
+        })
+        .collect()
+}
+
+fn feed(mirror: &mut TableMirror, bytes: &[u8]) -> usize {
+    let mut batcher = nf_monitor::Batcher::default();
+    let mut n = 0;
+    for notice in nf_monitor::scan(bytes) {
+        if let Some(c) = batcher.push(notice, jiff::Timestamp::now()) {
+            for (family, m) in &c.changes {
+                mirror.apply(*family, m);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn endpoint_change(c: &mut Criterion) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut mirror = TableMirror::new(2, "kube-proxy");
+    for i in 0..SERVICES {
+        let msgs = kube_proxy_nl::add_service(
+            &service(i),
+            u64::from(i) * 2,
+            &format!("__map{i}"),
+            &endpoints(i, 0),
+        );
+        feed(&mut mirror, &kube_proxy_nl::datagram(&msgs, i));
+    }
+    let mut routes = kubectl_zdt::dataplane::Backends::new();
+    mirror.update(&mut routes);
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    eprintln!(
+        "state for {SERVICES} Services / {} routes: {:.1} MiB of heap (mirror + routes)",
+        routes.len(),
+        held as f64 / (1024.0 * 1024.0)
+    );
+    assert_eq!(routes.len(), (SERVICES * PER_SERVICE) as usize);
+
+    // Service 4242 alternates between two endpoint sets: every iteration is a real change
+    // (one endpoint removed, one added).
+    let svc = service(4242);
+    let a = endpoints(4242, 0);
+    let mut b = a.clone();
+    b[4] = "198.51.100.7:8080".parse().unwrap();
+    let to_b = kube_proxy_nl::datagram(
+        &kube_proxy_nl::resync_service(&svc, (8484, "__map4242"), (900_001, "__mapb"), &b),
+        1,
+    );
+    let to_a = kube_proxy_nl::datagram(
+        &kube_proxy_nl::resync_service(&svc, (900_001, "__mapb"), (8484, "__map4242"), &a),
+        2,
+    );
+    let node = NodeName("bench".into());
+    let src = Source {
+        mode: Mode::Nftables,
+        family: Family::V4,
+    };
+    let mut flip = false;
+    c.bench_function("endpoint_change_10k", |bench| {
+        bench.iter(|| {
+            flip = !flip;
+            let t0 = jiff::Timestamp::now();
+            feed(&mut mirror, if flip { &to_b } else { &to_a });
+            let change = mirror.update(&mut routes);
+            let stamp = emit::Stamp {
+                first: t0,
+                last: t0,
+                commits: 1,
+                detected: jiff::Timestamp::now(),
+            };
+            let obs = emit::observations(&node, src, &change, stamp);
+            assert_eq!(obs.len(), 2);
+            assert!(obs.iter().any(|o| o.kind == Kind::DataplaneRemoved));
+            black_box(obs)
+        });
+    });
+}
+
+fn iptables_save_parse(c: &mut Criterion) {
+    let all: Vec<ServiceRules> = (0..SERVICES)
+        .map(|i| ServiceRules::new(service(i), endpoints(i, 0)))
+        .collect();
+    let text = kube_proxy::sync_input(&all, &|_| true, &[], "10.244.0.0/16");
+    c.bench_function("iptables_save_parse_10k", |bench| {
+        bench.iter(|| {
+            let b = iptables::parse(black_box(&text)).unwrap();
+            assert_eq!(b.len(), (SERVICES * PER_SERVICE) as usize);
+            b
+        });
+    });
+}
+
+/// As root with ZDT_LIVE=1: programs a real node namespace with 10 000 Services in nftables
+/// mode, runs the watcher, and measures commit → observation for single endpoint changes.
+fn live(c: &mut Criterion) {
+    if std::env::var_os("ZDT_LIVE").is_none() {
+        return;
+    }
+    use kubectl_zdt::{
+        dataplane::watcher,
+        testbed::{Node, kube_proxy_nft},
+    };
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the live benchmark needs root"
+    );
+    let node = Node::create().unwrap();
+    let mut script = kube_proxy_nft::base_table("10.244.0.0/16", "10.96.0.0/12");
+    for i in 0..SERVICES {
+        script.push_str(&kube_proxy_nft::sync_service(
+            &service(i),
+            &endpoints(i, 0),
+            &[],
+        ));
+    }
+    let t = Instant::now();
+    node.nft_apply(&script).unwrap();
+    eprintln!("programmed {SERVICES} Services in {:?}", t.elapsed());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 20);
+    let sink = watcher::Sink::new(&tx);
+    let t = Instant::now();
+    let rss0 = rss_kib();
+    node.ns
+        .run_in(move || watcher::spawn(NodeName("bench".into()), sink).map(|_| ()))
+        .unwrap()
+        .unwrap();
+    let first = rx.blocking_recv().unwrap();
+    eprintln!(
+        "watcher start (netlink dump of the table): {:?}; RSS +{} KiB; {}",
+        t.elapsed(),
+        rss_kib() - rss0,
+        first.to_json_line()
+    );
+    let svc = service(4242);
+    let a = endpoints(4242, 0);
+    let mut b = a.clone();
+    b[4] = "198.51.100.7:8080".parse().unwrap();
+    let mut flip = false;
+    let mut group = c.benchmark_group("live");
+    group.sample_size(10);
+    group.bench_function(
+        "nftables_endpoint_change_10k_commit_to_observation",
+        |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    flip = !flip;
+                    let (eps, gone) = if flip { (&b, a[4]) } else { (&a, b[4]) };
+                    node.nft_apply(&kube_proxy_nft::sync_service(&svc, eps, &[gone]))
+                        .unwrap();
+                    for _ in 0..2 {
+                        let o = rx.blocking_recv().unwrap();
+                        let ns = o.extra["detect_ns"].as_u64().unwrap();
+                        total += Duration::from_nanos(ns) / 2;
+                    }
+                }
+                total
+            });
+        },
+    );
+    group.finish();
+    drop(tx);
+}
+
+fn rss_kib() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+criterion_group!(benches, endpoint_change, iptables_save_parse, live);
+criterion_main!(benches);
