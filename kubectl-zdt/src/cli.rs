@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{agent, demo};
+use crate::{
+    agent,
+    cluster::{self, connect::KubeArgs},
+    demo,
+};
 
 /// Measure the rollout race: how long after a pod stops listening every node still routes new
 /// connections to it, what errors that caused, and the preStop delay that would have prevented
@@ -15,6 +19,9 @@ pub struct Cli {
     /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -27,11 +34,21 @@ pub enum Command {
     /// Run a rollout race on this machine (network namespaces, no cluster) and show what the
     /// kernel saw, without and with a preStop delay. Needs root.
     Demo(demo::DemoArgs),
+    /// Install the node agents (server-side apply of the embedded manifests) and wait until
+    /// every node's agent is ready.
+    Install(cluster::install::InstallArgs),
+    /// Remove everything `install` created.
+    Uninstall(cluster::install::UninstallArgs),
+    /// Per node: agent version, kernel, BTF, probes, loss counters, clock offset.
+    Status(cluster::status::StatusArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => agent::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::Install(args) => cluster::install::main(&cli.kube, &args),
+        Command::Uninstall(args) => cluster::install::uninstall_main(&cli.kube, &args),
+        Command::Status(args) => cluster::status::main(&cli.kube, &args),
     }
 }

@@ -13,6 +13,8 @@ use aya::{
 use ipnet::IpNet;
 use zdt_common::{CounterKey, maps};
 
+use super::filter::WatchFilter;
+
 /// The eBPF object built by build.rs from the `zdt-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zdt"));
 
@@ -25,6 +27,8 @@ pub struct Probes {
     pub attached: Attached,
     pub events: RingBuf<MapData>,
     pub maps: KernelMaps,
+    /// The watch tries, for run-time updates (cluster mode).
+    pub filter: WatchFilter,
 }
 
 /// The programs, attached for as long as this lives.
@@ -40,14 +44,15 @@ pub struct KernelMaps {
 }
 
 impl Probes {
-    /// Loads and attaches every program; `watch` non-empty turns on kernel-side filtering.
-    pub fn load(watch: &[IpNet], wakeup_every: u64) -> anyhow::Result<Self> {
+    /// Loads and attaches every program; `filter` turns on kernel-side filtering (only the
+    /// addresses in `watch`, and those added later through [`WatchFilter`], are reported).
+    pub fn load(watch: &[IpNet], filter: bool, wakeup_every: u64) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!(
                 "this binary was built without its eBPF programs (ZDT_SKIP_EBPF=1); rebuild it with `cargo build --release`"
             );
         }
-        let filter_enabled: u32 = u32::from(!watch.is_empty());
+        let filter_enabled: u32 = u32::from(filter);
         let mut ebpf = EbpfLoader::new()
             .override_global(maps::GLOBAL_FILTER_ENABLED, &filter_enabled, true)
             .override_global(maps::GLOBAL_WAKEUP_EVERY, &wakeup_every, true)
@@ -76,10 +81,16 @@ impl Probes {
             lost: PerCpuHashMap::try_from(take(&mut ebpf, maps::LOST)?)?,
             stats: PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?,
         };
+        let filter = WatchFilter::new(
+            LpmTrie::try_from(take(&mut ebpf, maps::WATCH_V4)?)?,
+            LpmTrie::try_from(take(&mut ebpf, maps::WATCH_V6)?)?,
+            watch,
+        );
         Ok(Self {
             attached: Attached(ebpf),
             events,
             maps,
+            filter,
         })
     }
 }

@@ -16,6 +16,7 @@ use super::{
     AgentConfig,
     clock::Clock,
     decode::{self, Decoder},
+    filter::WatchFilter,
     loader::{Attached, KernelMaps, Probes},
     preflight::{self, KernelInfo},
 };
@@ -34,6 +35,7 @@ pub struct Agent {
     lost_total_reported: u64,
     last_loss_check: Timestamp,
     decode_errors: u64,
+    filter: Option<WatchFilter>,
 }
 
 impl Agent {
@@ -44,7 +46,8 @@ impl Agent {
             attached,
             events,
             maps,
-        } = Probes::load(&config.watch, config.wakeup_every)?;
+            filter,
+        } = Probes::load(&config.watch, config.filter, config.wakeup_every)?;
         let decoder = Decoder {
             node: config.node.clone(),
             clock: Clock::measure(),
@@ -61,7 +64,13 @@ impl Agent {
             lost_total_reported: 0,
             last_loss_check: Timestamp::now(),
             decode_errors: 0,
+            filter: Some(filter),
         })
+    }
+
+    /// The kernel watch filter, for run-time updates (cluster mode); `None` once taken.
+    pub fn take_filter(&mut self) -> Option<WatchFilter> {
+        self.filter.take()
     }
 
     /// The `agent_start` line: schema, kernel, probes, filter and clock.
