@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    agent,
+    agent, analyze,
     cluster::{self, connect::KubeArgs},
     demo,
 };
@@ -41,6 +41,9 @@ pub enum Command {
     Uninstall(cluster::install::UninstallArgs),
     /// Per node: agent version, kernel, BTF, probes, loss counters, clock offset.
     Status(cluster::status::StatusArgs),
+    /// Correlate observation streams (agent output, journal, captures) into the rollout report:
+    /// per pod the gap, the errors by cause, a verdict, and the preStop that prevents them.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -50,5 +53,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Install(args) => cluster::install::main(&cli.kube, &args),
         Command::Uninstall(args) => cluster::install::uninstall_main(&cli.kube, &args),
         Command::Status(args) => cluster::status::main(&cli.kube, &args),
+        Command::Analyze(args) => analyze::main(args),
     }
 }

@@ -4,9 +4,12 @@
 //! `observation` (the wire contract), then the CLI commands that collect and report.
 
 pub mod agent;
+pub mod analyze;
 pub mod cli;
 pub mod cluster;
+pub mod correlate;
 pub mod demo;
 pub mod logging;
 pub mod observation;
+pub mod report;
 pub mod testbed;

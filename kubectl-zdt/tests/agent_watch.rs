@@ -106,7 +106,7 @@ struct Running {
 
 fn start_agent(server: &ApiServer, ttl: Duration) -> Running {
     let filter = Arc::new(Mutex::new(BTreeSet::new()));
-    let pods = Arc::new(Mutex::new(PodIndex::new(NodeName("vm".into()), ttl)));
+    let pods = Arc::new(Mutex::new(PodIndex::new(ttl)));
     let gauges = Arc::new(Gauges::default());
     let (tx, rx) = mpsc::channel(1024);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -236,6 +236,12 @@ fn expected() -> Vec<(Kind, String, String)> {
     let new_a = ("10.244.0.48", "default/webfast-5554fb959f-97tzf");
     let new_b = ("10.244.0.49", "default/webfast-5554fb959f-jcf48");
     let mut e: Vec<(Kind, String, String)> = [
+        // The initial state, as first seen (the converter's semantics: ready pods claim their
+        // address).
+        (Kind::PodReady, old_a),
+        (Kind::EndpointReady, old_a),
+        (Kind::PodReady, old_b),
+        (Kind::EndpointReady, old_b),
         (Kind::PodReady, new_a),
         (Kind::EndpointReady, new_a),
         (Kind::PodDeleting, old_a),

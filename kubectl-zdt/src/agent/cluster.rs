@@ -68,10 +68,7 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
         .context("the kernel watch filter is missing from the loaded probes")?;
     gauges.ready.store(true, Ordering::Relaxed);
 
-    let pods = Arc::new(Mutex::new(PodIndex::new(
-        config.node.clone(),
-        TOMBSTONE_TTL,
-    )));
+    let pods = Arc::new(Mutex::new(PodIndex::new(TOMBSTONE_TTL)));
     let (tx, mut rx) = mpsc::channel::<Observation>(4096);
     let kernel = tokio::spawn(agent.run(tx.clone(), termination()));
     let watch = ApiWatch {

@@ -9,15 +9,14 @@
 //! - `filter`: run-time updates of the kernel watch filter;
 //!
 //! Cluster mode (`cluster`) adds: `api_watch` (kube-runtime watches of this node's pods,
-//! EndpointSlices, Services) over `pods` (address → pod, with tombstones) and `endpoints`
-//! (slice diffs → API observations); `journal` (numbered, resumable) and `serve` (the
-//! 127.0.0.1 HTTP endpoint reached through port-forward).
+//! EndpointSlices, Services, converted by `correlate::k8s_watch`) over `pods` (address → pod,
+//! with tombstones); `journal` (numbered, resumable) and `serve` (the 127.0.0.1 HTTP endpoint
+//! reached through port-forward).
 
 pub mod api_watch;
 pub mod clock;
 pub mod cluster;
 pub mod decode;
-pub mod endpoints;
 pub mod filter;
 pub mod journal;
 pub mod loader;

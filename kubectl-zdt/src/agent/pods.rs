@@ -1,7 +1,7 @@
 //! Which pod an address belongs to, on this node, including pods that are gone: a deleted pod
 //! stays as a tombstone for the whole rollout (`ttl`), so a refused SYN or a reset that the
-//! kernel reports after the pod object vanished is still attributed to it. Also turns pod
-//! updates into API-level observations (`pod_deleting`, `pod_ready`) and filter changes.
+//! kernel reports after the pod object vanished is still attributed to it. Its changes are
+//! kernel filter updates; the API-level observations come from `correlate::k8s_watch`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::observation::{Kind, NodeName, Observation};
+use crate::observation::Observation;
 
 /// A pod's identity as written on observations.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,15 +28,12 @@ struct Entry {
     pod: PodRef,
     ips: Vec<IpAddr>,
     first_seen: Timestamp,
-    deleting: bool,
-    ready: bool,
     gone_at: Option<Timestamp>,
 }
 
-/// What an update changed.
+/// Kernel filter changes an update implies.
 #[derive(Debug, Default, PartialEq)]
 pub struct Changes {
-    pub observations: Vec<Observation>,
     /// Addresses to start reporting in the kernel.
     pub watch: Vec<IpNet>,
     /// Addresses to stop reporting.
@@ -46,16 +43,9 @@ pub struct Changes {
 /// Pods on this node by UID and by address.
 #[derive(Debug)]
 pub struct PodIndex {
-    node: NodeName,
     ttl: Duration,
     by_uid: BTreeMap<String, Entry>,
     by_ip: HashMap<IpAddr, Vec<String>>,
-    /// Whether the first full list was seen: before it, pods are recorded without observations
-    /// (their past is not known).
-    pub synced: bool,
-    /// A relist after a watch gap is in progress: what it reveals happened at some time during
-    /// the gap, so its observations carry `seen: "relist"` (their time is an upper bound).
-    pub relisting: bool,
 }
 
 fn host(ip: IpAddr) -> IpNet {
@@ -63,26 +53,12 @@ fn host(ip: IpAddr) -> IpNet {
 }
 
 impl PodIndex {
-    pub fn new(node: NodeName, ttl: Duration) -> Self {
+    pub fn new(ttl: Duration) -> Self {
         Self {
-            node,
             ttl,
             by_uid: BTreeMap::new(),
             by_ip: HashMap::new(),
-            synced: false,
-            relisting: false,
         }
-    }
-
-    fn observation(&self, kind: Kind, now: Timestamp, e: &Entry) -> Observation {
-        let mut o = Observation::new(kind, now, self.node.clone());
-        o.ip = e.ips.first().copied();
-        o.pod = Some(e.pod.pod.clone());
-        o.pod_uid = Some(e.pod.uid.clone());
-        if self.relisting {
-            o = o.with_extra("seen", "relist");
-        }
-        o
     }
 
     /// A pod was added or changed (`now`: when the watch delivered it).
@@ -103,10 +79,6 @@ impl PodIndex {
                 .map(|ips| ips.iter().filter_map(|i| i.ip.parse().ok()).collect())
                 .unwrap_or_default()
         };
-        let deleting = pod.metadata.deletion_timestamp.is_some();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         let pod_ref = PodRef {
             pod: format!(
                 "{}/{}",
@@ -127,90 +99,41 @@ impl PodIndex {
             pod: pod_ref,
             ips: Vec::new(),
             first_seen: now,
-            deleting: false,
-            ready: false,
             gone_at: None,
         });
         if !ips.is_empty() {
             entry.ips = ips;
         }
         entry.gone_at = None;
-        if self.synced {
-            if deleting && !entry.deleting {
-                let mut o = self.observation(Kind::PodDeleting, now, &entry);
-                if let Some(t) = &pod.metadata.deletion_timestamp {
-                    o = o.with_extra("deletion_timestamp", t.0.to_string());
-                }
-                if let Some(g) = pod.metadata.deletion_grace_period_seconds {
-                    o = o.with_extra("grace_period_seconds", g);
-                }
-                changes.observations.push(o);
-            }
-            if ready && !entry.ready && !deleting {
-                changes
-                    .observations
-                    .push(self.observation(Kind::PodReady, now, &entry));
-            }
-        }
-        entry.deleting = deleting;
-        entry.ready = ready;
         self.by_uid.insert(uid, entry);
         changes
     }
 
-    /// A pod object is gone. It becomes a tombstone; if its deletion was never seen (a watch
-    /// gap, a forced delete), `pod_deleting` is reported now, marked `seen: "deleted"`.
+    /// A pod object is gone: it becomes a tombstone, still attributed and watched for the TTL.
     pub fn delete(&mut self, pod: &Pod, now: Timestamp) -> Changes {
-        let mut changes = Changes::default();
-        let Some(uid) = pod.metadata.uid.as_deref() else {
-            return changes;
-        };
-        if self
-            .by_uid
-            .get(uid)
-            .is_some_and(|e| e.gone_at.is_none() && !e.deleting)
+        let changes = self.apply(pod, now);
+        if let Some(e) = pod
+            .metadata
+            .uid
+            .as_deref()
+            .and_then(|u| self.by_uid.get_mut(u))
         {
-            // Make sure the tombstone carries the last known addresses.
-            changes = self.apply(pod, now);
-            if let Some(e) = self.by_uid.get(uid)
-                && !e.deleting
-                && self.synced
-            {
-                let mut o = self.observation(Kind::PodDeleting, now, e);
-                o.extra.insert("seen".to_owned(), "deleted".into());
-                changes.observations.push(o);
-            }
-        }
-        if let Some(e) = self.by_uid.get_mut(uid) {
-            e.deleting = true;
-            e.gone_at.get_or_insert(now);
+            e.gone_at = Some(now);
         }
         changes
     }
 
-    /// Pods known but absent from a full relist were deleted while the watch was down.
-    pub fn resync(&mut self, present: &[String], now: Timestamp) -> Changes {
-        let missing: Vec<Entry> = self
-            .by_uid
-            .iter()
-            .filter(|(uid, e)| e.gone_at.is_none() && !present.contains(uid))
-            .map(|(_, e)| e.clone())
-            .collect();
-        let mut changes = Changes::default();
-        for e in missing {
-            if !e.deleting && self.synced {
-                changes
-                    .observations
-                    .push(self.observation(Kind::PodDeleting, now, &e));
-            }
-            if let Some(entry) = self.by_uid.get_mut(&e.pod.uid) {
-                entry.deleting = true;
-                entry.gone_at = Some(now);
+    /// Live pods not in `present` (a full relist) were deleted while the watch was down: they
+    /// become tombstones. Returns their UIDs.
+    pub fn resync(&mut self, present: &[String], now: Timestamp) -> Vec<String> {
+        let mut gone = Vec::new();
+        for (uid, e) in &mut self.by_uid {
+            if e.gone_at.is_none() && !present.contains(uid) {
+                e.gone_at = Some(now);
+                gone.push(uid.clone());
             }
         }
-        self.synced = true;
-        self.relisting = false;
-        changes
+        gone
     }
 
     /// Drops tombstones older than the TTL and stops watching addresses no pod holds any more.

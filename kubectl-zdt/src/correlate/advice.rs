@@ -1,0 +1,157 @@
+//! The preStop delay and grace period that would have prevented the observed window errors.
+//!
+//! With a preStop of D the kubelet sends SIGTERM D later (KEP-3960's `sleep` action, or
+//! `exec: sleep`), so every pod's listener closes D − (preStop it already had) later and its gap
+//! shrinks by as much; and since the hook cannot start before the deletion, a D above the
+//! propagation delay makes the gap ≤ 0 whatever the application does on SIGTERM. D is therefore
+//! the larger of the p99 propagation delay over every rollout given and the largest gap any pod
+//! actually needed closed, plus a stated margin, rounded up to whole seconds (the unit of
+//! `preStop.sleep.seconds`). terminationGracePeriodSeconds counts from the deletion and includes
+//! the preStop, so it must cover D plus the drain observed between SIGTERM and exit.
+
+use super::{
+    model::{Advice, Patch},
+    rollout::Finished,
+    time::ms,
+};
+
+const NS_PER_S: i64 = 1_000_000_000;
+/// Kubernetes' default terminationGracePeriodSeconds, assumed when the pods did not say theirs.
+const DEFAULT_GRACE_S: u64 = 30;
+
+fn ceil_seconds(ns: i64) -> u64 {
+    u64::try_from(ns.max(0))
+        .unwrap_or(0)
+        .div_ceil(NS_PER_S as u64)
+}
+
+/// Nearest-rank percentile of sorted samples.
+pub(crate) fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+pub(crate) fn advise(pods: &[&Finished], margin_ns: i64) -> Result<Advice, String> {
+    let mut props: Vec<i64> = pods.iter().filter_map(|p| p.facts.propagation_ns).collect();
+    props.sort_unstable();
+    let Some(p99) = percentile(&props, 99.0) else {
+        return Err(
+            "no pod has both a deletion and a dataplane removal, so the propagation delay (and the preStop it calls for) \
+             is unknown; run the node agents and the API watch during a rollout"
+                .to_owned(),
+        );
+    };
+    let needed = pods.iter().filter_map(|p| p.facts.needed_ns).max();
+    let base = p99.max(needed.unwrap_or(0)).max(0);
+    let prestop_s = ceil_seconds(base + margin_ns);
+    let drain = pods.iter().filter_map(|p| p.facts.drain_ns).max();
+    let current_grace = pods.iter().filter_map(|p| p.grace_period_s).max();
+    let prestop_ns = i64::try_from(prestop_s).unwrap_or(0) * NS_PER_S;
+    let (grace_s, grace_why) = match (drain, current_grace) {
+        (Some(d), _) => (
+            ceil_seconds(prestop_ns + d + margin_ns),
+            format!(
+                "preStop + the slowest observed drain (SIGTERM → exit) {} ms + margin",
+                ms(d)
+            ),
+        ),
+        (None, Some(g)) => (
+            prestop_s + g,
+            format!("preStop + the {g} s the pods had for draining so far (drain not observed)"),
+        ),
+        (None, None) => (
+            prestop_s + DEFAULT_GRACE_S,
+            format!(
+                "preStop + the default {DEFAULT_GRACE_S} s (neither drain nor the pods' grace period observed)"
+            ),
+        ),
+    };
+    let needed_part = needed.map_or(String::new(), |n| {
+        format!(", largest gap to close {} ms", ms(n))
+    });
+    let reason = format!(
+        "preStop {prestop_s} s = max(p99 propagation {} ms over {} pods{needed_part}) + margin {} ms, rounded up to whole seconds; \
+         terminationGracePeriodSeconds {grace_s} = {grace_why}",
+        ms(p99),
+        props.len(),
+        ms(margin_ns),
+    );
+    Ok(Advice {
+        prestop_seconds: prestop_s,
+        termination_grace_period_seconds: grace_s,
+        margin_ms: ms(margin_ns),
+        p99_propagation_ms: ms(p99),
+        propagation_samples: props.len(),
+        largest_needed_ms: needed.map(ms),
+        drain_ms: drain.map(ms),
+        reason,
+        patches: patches(pods, prestop_s, grace_s),
+    })
+}
+
+/// One `kubectl patch` per workload controller seen. With the container's name a strategic
+/// merge patch touches only that container's preStop; without it a JSON patch sets the first
+/// container's `lifecycle` (replacing any postStart it had, which the note says).
+fn patches(pods: &[&Finished], prestop_s: u64, grace_s: u64) -> Vec<Patch> {
+    let mut seen: Vec<(Option<&str>, &str, Option<&str>)> = pods
+        .iter()
+        .filter(|p| {
+            p.workload.starts_with("deployment/")
+                || p.workload.starts_with("statefulset/")
+                || p.workload.starts_with("daemonset/")
+        })
+        .map(|p| {
+            (
+                p.namespace.as_deref(),
+                p.workload.as_str(),
+                p.container.as_deref(),
+            )
+        })
+        .collect();
+    seen.sort();
+    seen.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    seen.into_iter()
+        .map(|(ns, workload, container)| {
+            let ns_flag = ns.map_or(String::new(), |ns| format!(" -n {ns}"));
+            let command = match container {
+                Some(c) => format!(
+                    "kubectl patch {workload}{ns_flag} --type=strategic -p \
+                     '{{\"spec\":{{\"template\":{{\"spec\":{{\"terminationGracePeriodSeconds\":{grace_s},\"containers\":[{{\"name\":\"{c}\",\"lifecycle\":{{\"preStop\":{{\"sleep\":{{\"seconds\":{prestop_s}}}}}}}}}]}}}}}}}}'"
+                ),
+                None => format!(
+                    "kubectl patch {workload}{ns_flag} --type=json -p \
+                     '[{{\"op\":\"add\",\"path\":\"/spec/template/spec/terminationGracePeriodSeconds\",\"value\":{grace_s}}},\
+                     {{\"op\":\"add\",\"path\":\"/spec/template/spec/containers/0/lifecycle\",\"value\":{{\"preStop\":{{\"sleep\":{{\"seconds\":{prestop_s}}}}}}}}}]'  \
+                     # container name not observed: sets the first container's lifecycle"
+                ),
+            };
+            Patch {
+                workload: ns.map_or_else(|| workload.to_owned(), |ns| format!("{workload} -n {ns}")),
+                command,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_of_a_hundred_samples_is_the_ninety_ninth() {
+        let s: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&s, 99.0), Some(99));
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        assert_eq!(percentile(&[], 99.0), None);
+    }
+
+    #[test]
+    fn whole_seconds_round_up() {
+        assert_eq!(ceil_seconds(1_030_000_000 + 500_000_000), 2);
+        assert_eq!(ceil_seconds(2_000_000_000), 2);
+        assert_eq!(ceil_seconds(-5), 0);
+    }
+}

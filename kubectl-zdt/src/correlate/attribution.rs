@@ -1,0 +1,207 @@
+//! Which cure each error calls for (DOMAIN.md: errors split by cause).
+//!
+//! - A refused SYN (RST for `NO_SOCKET` on the pod, `ECONNREFUSED` on a client) means a node
+//!   routed a new connection to a pod with no listener: inside the unsafe window a preStop
+//!   delay cures it.
+//! - A reset of an established connection while the pod exits (`TCP_ABORT_ON_CLOSE`,
+//!   `ECONNRESET`) is cured by draining (close idle keep-alives after SIGTERM), not by preStop.
+//! - A SYN nobody answers (`ETIMEDOUT`, retransmitted SYN) after the pod's network namespace is
+//!   gone is a timeout: the address no longer exists.
+
+use super::{model::Cause, time::WallNs};
+use crate::observation::{Kind, Observation};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorClass {
+    Refused,
+    Reset,
+    Timeout,
+    Other,
+}
+
+pub(crate) fn class(o: &Observation) -> ErrorClass {
+    match o.kind {
+        Kind::Refused => ErrorClass::Refused,
+        Kind::Reset => ErrorClass::Reset,
+        Kind::SynRetransmit => ErrorClass::Timeout,
+        Kind::ConnError => match o.reason.as_deref() {
+            Some("ECONNREFUSED") => ErrorClass::Refused,
+            Some("ECONNRESET" | "EPIPE") => ErrorClass::Reset,
+            Some("ETIMEDOUT" | "EHOSTUNREACH" | "ENETUNREACH" | "EHOSTDOWN") => ErrorClass::Timeout,
+            _ => ErrorClass::Other,
+        },
+        _ => ErrorClass::Other,
+    }
+}
+
+/// An instant with its uncertainty in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fuzzy {
+    pub t: WallNs,
+    pub unc_ns: u64,
+}
+
+impl Fuzzy {
+    fn earliest(self) -> WallNs {
+        self.t
+            .plus_ns(-(i64::try_from(self.unc_ns).unwrap_or(i64::MAX)))
+    }
+    fn latest(self) -> WallNs {
+        self.t
+            .plus_ns(i64::try_from(self.unc_ns).unwrap_or(i64::MAX))
+    }
+}
+
+/// What attribution needs to know about one pod.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PodWindow {
+    /// The earliest termination mark (deletion, endpoint terminating, preStop, SIGTERM,
+    /// listener close, exit).
+    pub term_start: Option<Fuzzy>,
+    pub listen_closed: Option<Fuzzy>,
+    pub exit: Option<Fuzzy>,
+    pub netns_gone: Option<Fuzzy>,
+    /// The last node's dataplane removal.
+    pub window_end: Option<Fuzzy>,
+    pub port: Option<u16>,
+}
+
+pub(crate) fn cause(class: ErrorClass, port: Option<u16>, t: WallNs, w: &PodWindow) -> Cause {
+    if class == ErrorClass::Other {
+        return Cause::Unrelated;
+    }
+    if let (Some(p), Some(q)) = (port, w.port)
+        && p != q
+    {
+        return Cause::Unrelated;
+    }
+    let Some(start) = w.term_start else {
+        return Cause::Undetermined;
+    };
+    if t < start.earliest() {
+        return Cause::Unrelated;
+    }
+    let before_end = w.window_end.is_none_or(|e| t <= e.latest());
+    match class {
+        ErrorClass::Refused => {
+            let after_close = w.listen_closed.is_none_or(|l| t >= l.earliest());
+            if after_close && before_end {
+                Cause::UnsafeWindow
+            } else {
+                Cause::Unrelated
+            }
+        }
+        ErrorClass::Reset => {
+            if w.netns_gone.is_none_or(|n| t <= n.latest()) {
+                Cause::AtExit
+            } else {
+                Cause::Unrelated
+            }
+        }
+        // Retransmitted SYNs follow their flow's conntrack entry, which outlives the rule
+        // removal: no window end applies, only "the address was gone".
+        ErrorClass::Timeout => {
+            let gone = match (w.netns_gone, w.exit) {
+                (Some(n), _) => t >= n.earliest(),
+                (None, Some(e)) => t >= e.earliest(),
+                (None, None) => true,
+            };
+            if gone {
+                Cause::AfterNetnsGone
+            } else {
+                Cause::Unrelated
+            }
+        }
+        ErrorClass::Other => Cause::Unrelated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn at(ms: i64) -> WallNs {
+        WallNs(100 * S + ms * 1_000_000)
+    }
+
+    fn exact(ms: i64) -> Option<Fuzzy> {
+        Some(Fuzzy {
+            t: at(ms),
+            unc_ns: 0,
+        })
+    }
+
+    fn window() -> PodWindow {
+        PodWindow {
+            term_start: exact(0),
+            listen_closed: exact(10),
+            exit: exact(20),
+            netns_gone: exact(300),
+            window_end: exact(600),
+            port: Some(8080),
+        }
+    }
+
+    #[test]
+    fn a_refusal_between_listener_close_and_the_last_removal_is_in_the_unsafe_window() {
+        assert_eq!(
+            cause(ErrorClass::Refused, Some(8080), at(200), &window()),
+            Cause::UnsafeWindow
+        );
+    }
+
+    #[test]
+    fn a_refusal_after_every_node_stopped_routing_is_unrelated() {
+        assert_eq!(
+            cause(ErrorClass::Refused, Some(8080), at(700), &window()),
+            Cause::Unrelated
+        );
+    }
+
+    #[test]
+    fn a_refusal_on_another_port_is_unrelated() {
+        assert_eq!(
+            cause(ErrorClass::Refused, Some(9090), at(200), &window()),
+            Cause::Unrelated
+        );
+    }
+
+    #[test]
+    fn a_reset_while_the_pod_exits_calls_for_draining() {
+        assert_eq!(
+            cause(ErrorClass::Reset, None, at(20), &window()),
+            Cause::AtExit
+        );
+    }
+
+    #[test]
+    fn a_timeout_after_the_namespace_is_gone_is_its_own_cause() {
+        assert_eq!(
+            cause(ErrorClass::Timeout, None, at(400), &window()),
+            Cause::AfterNetnsGone
+        );
+        assert_eq!(
+            cause(ErrorClass::Timeout, None, at(100), &window()),
+            Cause::Unrelated
+        );
+    }
+
+    #[test]
+    fn errors_before_the_termination_began_are_unrelated() {
+        assert_eq!(
+            cause(ErrorClass::Refused, None, at(-5), &window()),
+            Cause::Unrelated
+        );
+    }
+
+    #[test]
+    fn without_any_termination_mark_no_cause_is_invented() {
+        let w = PodWindow::default();
+        assert_eq!(
+            cause(ErrorClass::Refused, None, at(0), &w),
+            Cause::Undetermined
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! How far each node's clock can be trusted against the others.
+//!
+//! Each observation carries its own conversion uncertainty (`uncertainty_ns`). On top of that a
+//! node's clock can be skewed against the rest (NTP off, offset re-measured). Two kinds of
+//! evidence widen a node's uncertainty here:
+//! - `clock_sync` lines: the agent's monotonic → wall offset moved by `offset_change_ns`;
+//! - causality: kube-proxy on node n cannot remove a pod before the EndpointSlice marked it
+//!   terminating, and the kubelet cannot signal or run preStop before the deletion. A mark
+//!   stamped earlier than its cause (seen on another node) means node n's clock is behind by
+//!   at least the difference.
+//!
+//! The times themselves are never shifted: reordering on a guess would hide exactly the race
+//! being measured. The report shows them as stamped, with the wider uncertainty and a warning.
+
+use super::{
+    marks::{RawMark, Timeline},
+    nodes::{NodeId, Nodes},
+    time::ms,
+};
+use crate::observation::{Kind, Observation};
+
+#[derive(Debug, Default)]
+pub(crate) struct NodeClocks {
+    /// Extra uncertainty (ns) every mark of the node carries.
+    pub extra_ns: Vec<u64>,
+    pub warnings: Vec<String>,
+}
+
+impl NodeClocks {
+    pub fn unc(&self, m: &RawMark) -> u64 {
+        m.unc_ns.saturating_add(self.extra_ns[m.node])
+    }
+}
+
+/// `effect` cannot precede `cause`; if it does across two nodes, the effect's node is behind.
+fn check(cause: Option<RawMark>, effect: Option<RawMark>, behind: &mut [u64]) {
+    if let (Some(c), Some(e)) = (cause, effect)
+        && c.node != e.node
+        && e.t < c.t
+    {
+        let by = u64::try_from(c.t - e.t).unwrap_or(0);
+        behind[e.node] = behind[e.node].max(by);
+    }
+}
+
+pub(crate) fn assess(
+    obs: &[Observation],
+    node_of: &[NodeId],
+    nodes: &Nodes,
+    timelines: &[Timeline],
+) -> NodeClocks {
+    let mut offset_moves = vec![0u64; nodes.names.len()];
+    for (o, &n) in obs.iter().zip(node_of) {
+        if o.kind == Kind::ClockSync
+            && let Some(change) = o.extra.get("offset_change_ns").and_then(|v| v.as_i64())
+        {
+            offset_moves[n] = offset_moves[n].max(change.unsigned_abs());
+        }
+    }
+    let mut behind = vec![0u64; nodes.names.len()];
+    for tl in timelines {
+        let api_cause = tl.ep_terminating.or(tl.delete);
+        for dp in tl.dp.values() {
+            check(api_cause, dp.removed, &mut behind);
+        }
+        check(tl.delete, tl.prestop, &mut behind);
+        check(tl.delete, tl.sigterm, &mut behind);
+    }
+    let mut warnings = Vec::new();
+    for (n, &b) in behind.iter().enumerate() {
+        if b > 0 {
+            warnings.push(format!(
+                "node {}: its clock runs at least {} ms behind (it stamped effects before their causes seen on other nodes); \
+                 its marks carry ±{} ms more and keep their stamped order; check NTP on that node",
+                nodes.names[n],
+                ms(i64::try_from(b).unwrap_or(i64::MAX)),
+                ms(i64::try_from(b).unwrap_or(i64::MAX)),
+            ));
+        }
+    }
+    let extra_ns = offset_moves
+        .iter()
+        .zip(&behind)
+        .map(|(a, b)| a.saturating_add(*b))
+        .collect();
+    NodeClocks { extra_ns, warnings }
+}

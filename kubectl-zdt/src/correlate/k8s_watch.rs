@@ -1,0 +1,359 @@
+//! Kubernetes watch events → API-level observations (`pod_deleting`, `pod_ready`,
+//! `endpoint_ready`, `endpoint_terminating`, `endpoint_removed`).
+//!
+//! Input is parsed watch events (`{"type": "MODIFIED", "object": {...}}`, what `?watch=1` and
+//! kube-rs' watcher deliver) with the instant they were received; the observation time is that
+//! receipt time, because the API's own fields have 1 s precision (`deletionTimestamp` is even
+//! `now + grace period`). Stateful: a mark is emitted on the transition, once per pod.
+//! The cluster agent feeds the same types from its watches; the tests feed recorded streams.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use jiff::Timestamp;
+use serde::Deserialize;
+
+use crate::observation::{Kind, NodeName, Observation};
+
+/// One watch event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WatchEvent<T> {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub object: T,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub deletion_timestamp: Option<String>,
+    pub deletion_grace_period_seconds: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Pod {
+    pub metadata: ObjectMeta,
+    pub spec: PodSpec,
+    pub status: PodStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodSpec {
+    pub node_name: Option<String>,
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Container {
+    pub name: String,
+    pub ports: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<String>,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointSlice {
+    pub metadata: ObjectMeta,
+    pub endpoints: Option<Vec<Endpoint>>,
+    pub ports: Option<Vec<EndpointPort>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Endpoint {
+    pub addresses: Vec<String>,
+    pub conditions: EndpointConditions,
+    pub target_ref: Option<TargetRef>,
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointConditions {
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TargetRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointPort {
+    pub port: Option<u16>,
+    pub protocol: Option<String>,
+}
+
+/// The Deployment behind a pod: its ReplicaSet is named `<deployment>-<pod-template-hash>`.
+fn workload(meta: &ObjectMeta) -> Option<String> {
+    let owner = meta.owner_references.first()?;
+    match owner.kind.as_str() {
+        "ReplicaSet" => match meta.labels.get("pod-template-hash") {
+            Some(hash) => owner
+                .name
+                .strip_suffix(&format!("-{hash}"))
+                .map(|d| format!("deployment/{d}")),
+            None => Some(format!("replicaset/{}", owner.name)),
+        },
+        "StatefulSet" | "DaemonSet" | "Job" => Some(format!(
+            "{}/{}",
+            owner.kind.to_ascii_lowercase(),
+            owner.name
+        )),
+        _ => None,
+    }
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .conditions
+        .iter()
+        .any(|c| c.kind == "Ready" && c.status == "True")
+}
+
+/// Pod watch → `pod_ready` (first seen ready, claims the IP) and `pod_deleting` (first seen
+/// with a deletionTimestamp: T_delete).
+#[derive(Debug)]
+pub struct PodWatch {
+    observer: NodeName,
+    ready: HashSet<String>,
+    deleting: HashSet<String>,
+}
+
+impl PodWatch {
+    /// `observer` is the node whose clock stamps the receipt times.
+    pub fn new(observer: NodeName) -> Self {
+        Self {
+            observer,
+            ready: HashSet::new(),
+            deleting: HashSet::new(),
+        }
+    }
+
+    pub fn on_event(&mut self, received: Timestamp, event: &WatchEvent<Pod>) -> Vec<Observation> {
+        let p = &event.object;
+        let m = &p.metadata;
+        let mut out = Vec::new();
+        let base = |kind| {
+            let mut o = Observation::new(kind, received, self.observer.clone());
+            o.pod = Some(format!("{}/{}", m.namespace, m.name));
+            o.pod_uid = Some(m.uid.clone());
+            o.ip = p.status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+            o
+        };
+        if event.kind != "DELETED"
+            && is_ready(p)
+            && m.deletion_timestamp.is_none()
+            && self.ready.insert(m.uid.clone())
+        {
+            out.push(base(Kind::PodReady));
+        }
+        if m.deletion_timestamp.is_some() && self.deleting.insert(m.uid.clone()) {
+            let mut o = base(Kind::PodDeleting);
+            if let Some(g) = m.deletion_grace_period_seconds {
+                o = o.with_extra("grace_period_s", g);
+            }
+            if let Some(w) = workload(m) {
+                o = o.with_extra("workload", w);
+            }
+            let serving = p
+                .spec
+                .containers
+                .iter()
+                .find(|c| !c.ports.is_empty())
+                .or(p.spec.containers.first());
+            if let Some(c) = serving {
+                o = o.with_extra("container", c.name.clone());
+            }
+            if let Some(n) = &p.spec.node_name {
+                o = o.with_extra("pod_node", n.clone());
+            }
+            out.push(o);
+        }
+        out
+    }
+}
+
+/// What the watch last knew about one endpoint.
+#[derive(Debug, Clone)]
+struct Known {
+    ip: Option<std::net::IpAddr>,
+    pod: Option<String>,
+    pod_uid: Option<String>,
+    terminating: bool,
+    ready: bool,
+}
+
+/// EndpointSlice watch → `endpoint_ready`, `endpoint_terminating` (T_ep_terminating) and
+/// `endpoint_removed` (T_ep_removed), with the Service (`namespace/name`) and target port.
+#[derive(Debug)]
+pub struct EndpointSliceWatch {
+    observer: NodeName,
+    /// Per slice (namespace/name), its endpoints by target UID (or address without one).
+    slices: HashMap<String, BTreeMap<String, Known>>,
+}
+
+impl EndpointSliceWatch {
+    pub fn new(observer: NodeName) -> Self {
+        Self {
+            observer,
+            slices: HashMap::new(),
+        }
+    }
+
+    pub fn on_event(
+        &mut self,
+        received: Timestamp,
+        event: &WatchEvent<EndpointSlice>,
+    ) -> Vec<Observation> {
+        let s = &event.object;
+        let m = &s.metadata;
+        let service = m
+            .labels
+            .get("kubernetes.io/service-name")
+            .map(|svc| format!("{}/{svc}", m.namespace));
+        let port = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+            .and_then(|p| p.port);
+        let mut now: BTreeMap<String, Known> = BTreeMap::new();
+        if event.kind != "DELETED" {
+            for e in s.endpoints.iter().flatten() {
+                let ip = e.addresses.first().and_then(|a| a.parse().ok());
+                let key = e
+                    .target_ref
+                    .as_ref()
+                    .map(|t| t.uid.clone())
+                    .or_else(|| e.addresses.first().cloned())
+                    .unwrap_or_default();
+                now.insert(
+                    key,
+                    Known {
+                        ip,
+                        pod: e
+                            .target_ref
+                            .as_ref()
+                            .map(|t| format!("{}/{}", t.namespace, t.name)),
+                        pod_uid: e
+                            .target_ref
+                            .as_ref()
+                            .map(|t| t.uid.clone())
+                            .filter(|u| !u.is_empty()),
+                        terminating: e.conditions.terminating == Some(true),
+                        ready: e.conditions.ready == Some(true),
+                    },
+                );
+            }
+        }
+        let slice_key = format!("{}/{}", m.namespace, m.name);
+        let before = self.slices.remove(&slice_key).unwrap_or_default();
+        let obs = |kind, k: &Known| {
+            let mut o = Observation::new(kind, received, self.observer.clone());
+            o.ip = k.ip;
+            o.port = port;
+            o.pod = k.pod.clone();
+            o.pod_uid = k.pod_uid.clone();
+            o.service = service.clone();
+            o
+        };
+        let mut out = Vec::new();
+        for (key, k) in &now {
+            let prev = before.get(key);
+            if k.ready && prev.is_none_or(|p| !p.ready) {
+                out.push(obs(Kind::EndpointReady, k));
+            }
+            if k.terminating && prev.is_none_or(|p| !p.terminating) {
+                out.push(obs(Kind::EndpointTerminating, k));
+            }
+        }
+        for (key, k) in &before {
+            if !now.contains_key(key) {
+                out.push(obs(Kind::EndpointRemoved, k));
+            }
+        }
+        if event.kind != "DELETED" {
+            self.slices.insert(slice_key, now);
+        }
+        out
+    }
+}
+
+/// A recorded watch line: `{"received_ns": <realtime ns>, "event": <watch event>}` (the
+/// format of the kube-proxy-v1.36 fixtures).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Recorded<T> {
+    pub received_ns: i128,
+    pub event: WatchEvent<T>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "line {line}: not a recorded watch event ({source}); expected {{\"received_ns\": N, \"event\": {{\"type\": …, \"object\": …}}}}"
+    )]
+    Line {
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error("line {line}: received_ns {ns} is not a time")]
+    Time { line: usize, ns: i128 },
+}
+
+/// Parses a recorded watch stream into (receipt time, event) pairs.
+pub fn read_recorded<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<Vec<(Timestamp, WatchEvent<T>)>, RecordError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let r: Recorded<T> = serde_json::from_str(l).map_err(|source| RecordError::Line {
+                line: i + 1,
+                source,
+            })?;
+            let t = Timestamp::from_nanosecond(r.received_ns).map_err(|_| RecordError::Time {
+                line: i + 1,
+                ns: r.received_ns,
+            })?;
+            Ok((t, r.event))
+        })
+        .collect()
+}

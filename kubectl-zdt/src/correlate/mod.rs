@@ -1,0 +1,127 @@
+//! The correlation engine: observations from many nodes and from the API in; per rollout and per
+//! pod the timeline marks, the gap, the errors by cause, a verdict and the advice out.
+//!
+//! Pure: no I/O, no clock, no async. The data flows through the submodules in this order:
+//! `nodes` (who reported) → `identity` (which pod each line is about, by UID not IP) → `marks`
+//! (min/max folds, so input order never matters) → `clock` (per-node uncertainty, never
+//! reordering) → `pod` + `attribution` (gap, errors by cause, verdict) → `rollout` (grouping,
+//! client errors seen only on a Service) → `advice` (preStop and grace period).
+//! `input` reads observation streams with line numbers; `k8s_watch`, `nft_monitor` and
+//! `client_log` turn raw captures (API watch events, `nft monitor`, a client's failures) into
+//! observations.
+
+mod advice;
+mod attribution;
+pub mod client_log;
+mod clock;
+mod identity;
+pub mod input;
+pub mod k8s_watch;
+mod marks;
+pub mod model;
+pub mod nft_monitor;
+mod nodes;
+mod pod;
+mod rollout;
+pub mod time;
+
+use std::collections::BTreeMap;
+
+pub use model::*;
+
+use crate::observation::{Kind, Observation};
+use time::{WallNs, ms_u};
+
+/// Tunables of the analysis.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Safety margin added to the advised preStop and grace period.
+    pub margin_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { margin_ms: 500 }
+    }
+}
+
+/// Correlates a set of observations (any order, any number of nodes and rollouts).
+pub fn correlate(obs: &[Observation], options: &Options) -> Report {
+    let times: Vec<WallNs> = obs.iter().map(|o| WallNs::from_timestamp(o.time)).collect();
+    let (nodes, node_of) = nodes::Nodes::index(obs);
+    let assignment = identity::assign(obs, &times);
+    let timelines: Vec<marks::Timeline> = assignment
+        .members
+        .iter()
+        .map(|m| marks::build(obs, &times, &node_of, m))
+        .collect();
+    let clocks = clock::assess(obs, &node_of, &nodes, &timelines);
+    let mut drafts: Vec<pod::PodDraft> = assignment
+        .pods
+        .into_iter()
+        .zip(timelines)
+        .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks))
+        .collect();
+    let unattributed =
+        rollout::attribute_service_errors(obs, &times, &assignment.service_level, &mut drafts);
+
+    let finished: Vec<rollout::Finished> = drafts
+        .iter()
+        .filter(|d| d.tl.is_terminating() || d.errors.total() > 0)
+        .map(|d| {
+            let (report, facts) = pod::finish(d, &nodes, &clocks);
+            rollout::Finished::new(d, report, facts)
+        })
+        .collect();
+
+    let mut warnings = clocks.warnings.clone();
+    let grouped = rollout::group(finished, &unattributed, &mut warnings);
+    let all: Vec<&rollout::Finished> = grouped.iter().flat_map(|(_, g)| g.iter()).collect();
+    let margin_ns = i64::try_from(options.margin_ms)
+        .unwrap_or(i64::MAX / 4)
+        .saturating_mul(1_000_000);
+    let (advice, advice_unavailable) = match advice::advise(&all, margin_ns) {
+        Ok(a) => (Some(a), None),
+        Err(why) => (None, Some(why)),
+    };
+
+    let mut per_node: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    for (o, &n) in obs.iter().zip(&node_of) {
+        let e = per_node.entry(n).or_default();
+        e.0 += 1;
+        if o.kind == Kind::Loss {
+            e.1 += o.weight();
+        }
+    }
+    let node_summaries: Vec<NodeSummary> = per_node
+        .into_iter()
+        .map(|(n, (count, lost))| NodeSummary {
+            node: nodes.names[n].clone(),
+            observations: count,
+            clock_uncertainty_ms: ms_u(clocks.extra_ns[n]),
+            lost_events: lost,
+        })
+        .collect();
+    for s in &node_summaries {
+        if s.lost_events > 0 {
+            warnings.push(format!(
+                "node {}: its agent could not deliver {} events (ring buffer full); their counts are in the aggregated lines, their exact times are not",
+                s.node, s.lost_events
+            ));
+        }
+    }
+
+    Report {
+        api_version: API_VERSION,
+        kind: REPORT_KIND,
+        rollouts: grouped.into_iter().map(|(r, _)| r).collect(),
+        advice,
+        advice_unavailable,
+        nodes: node_summaries,
+        input: InputSummary {
+            observations: obs.len() as u64,
+            rejected_lines: Vec::new(),
+        },
+        warnings,
+    }
+}

@@ -1,0 +1,307 @@
+//! The report the engine produces: what `-o json` / `-o yaml` print (schema `zdt.dev/v1`,
+//! kind `RolloutReport`, documented in docs/report-schema.md). Additions are compatible;
+//! renames are breaking and bump [`API_VERSION`].
+
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+use serde::{Serialize, Serializer};
+
+use crate::observation::{Kind, NodeName, format_time};
+
+pub const API_VERSION: &str = "zdt.dev/v1";
+pub const REPORT_KIND: &str = "RolloutReport";
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub rollouts: Vec<Rollout>,
+    /// Absent when nothing in the input allows sizing a preStop (no dataplane removal seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<Advice>,
+    /// Why there is no advice, when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice_unavailable: Option<String>,
+    pub nodes: Vec<NodeSummary>,
+    pub input: InputSummary,
+    pub warnings: Vec<String>,
+}
+
+/// One workload's pods terminated close together in time.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rollout {
+    /// `deployment/web`, `pod/web-0`, or `unknown` when no pod name was observed.
+    pub workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(serialize_with = "ser_time")]
+    pub start: Timestamp,
+    #[serde(serialize_with = "ser_time")]
+    pub end: Timestamp,
+    pub duration_ms: f64,
+    pub pods: Vec<PodReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_gap_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_node: Option<NodeName>,
+    /// Sum over the pods plus the errors tied to the workload's Service but to no single pod.
+    pub errors: ErrorCounts,
+    /// Service-level errors (a client saw them on a ClusterIP) that fit no pod or several.
+    pub unattributed_errors: u64,
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+/// One pod's timeline and what follows from it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodReport {
+    /// `namespace/name`, when any observation named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub marks: Marks,
+    /// One entry per node known to the input, in node-name order; a node with nothing for this
+    /// pod is `unknown`, never zero.
+    pub dataplane: Vec<NodeRouting>,
+    /// max over nodes of T_dp_removed − T_delete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation_ms: Option<f64>,
+    pub propagation_basis: Basis,
+    /// max over nodes of T_dp_removed − T_listen_closed; positive = unsafe window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap_ms: Option<f64>,
+    /// How `gap_ms` was obtained.
+    pub gap_basis: Basis,
+    /// Half-width of the interval the true gap lies in (both ends' clock uncertainty).
+    pub gap_uncertainty_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsafe_window: Option<Window>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_node: Option<NodeName>,
+    pub errors: ErrorCounts,
+    pub verdict: Verdict,
+    pub reason: String,
+    /// Marks the input did not contain, by name (e.g. `listen_closed`).
+    pub missing: Vec<String>,
+    /// Error instants for the chart (not part of the schema).
+    #[serde(skip)]
+    pub error_marks: Vec<ErrorMark>,
+}
+
+/// The timeline marks (DOMAIN.md), each with its source and clock uncertainty.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Marks {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ep_terminating: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ep_removed: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prestop: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigterm: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_closed: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_gone: Option<Mark>,
+}
+
+/// One instant with where it came from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mark {
+    #[serde(serialize_with = "ser_time")]
+    pub time: Timestamp,
+    pub uncertainty_ms: f64,
+    /// The observation kind it was read from.
+    pub source: Kind,
+    /// The node whose clock stamped it.
+    pub node: NodeName,
+}
+
+/// A node's routing of new connections to one pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeRouting {
+    pub node: NodeName,
+    pub state: RoutingState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_flow: Option<Mark>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingState {
+    /// The node reported removing the pod from its dataplane.
+    Removed,
+    /// The node re-added the pod after its last removal (or never removed it but routed flows).
+    StillRouting,
+    /// The node reported nothing about this pod.
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// Both ends observed on every node that exists in the input.
+    Measured,
+    /// An end was bounded rather than observed (listener close bounded by exit or by the first
+    /// refused connection, or a node did not report): the true value is at least this.
+    LowerBound,
+    /// Not enough marks to say anything.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Window {
+    #[serde(serialize_with = "ser_time")]
+    pub start: Timestamp,
+    #[serde(serialize_with = "ser_time")]
+    pub end: Timestamp,
+    pub duration_ms: f64,
+}
+
+/// Errors by cause (DOMAIN.md): which cure applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    /// New connections refused between listener close and the last node's removal: a preStop
+    /// delay cures them.
+    pub unsafe_window: u64,
+    /// Established connections reset while the pod exited: graceful draining cures them.
+    pub at_exit: u64,
+    /// SYNs that went unanswered because the pod's network namespace was gone: timeouts.
+    pub after_netns_gone: u64,
+    /// Errors outside the pod's termination (before deletion, after every node stopped routing,
+    /// other ports or errnos).
+    pub unrelated: u64,
+    /// Errors on a pod whose termination marks are missing, so no cause can be given.
+    pub undetermined: u64,
+}
+
+impl ErrorCounts {
+    pub fn total(&self) -> u64 {
+        self.unsafe_window
+            + self.at_exit
+            + self.after_netns_gone
+            + self.unrelated
+            + self.undetermined
+    }
+
+    pub fn add(&mut self, cause: Cause, n: u64) {
+        let slot = match cause {
+            Cause::UnsafeWindow => &mut self.unsafe_window,
+            Cause::AtExit => &mut self.at_exit,
+            Cause::AfterNetnsGone => &mut self.after_netns_gone,
+            Cause::Unrelated => &mut self.unrelated,
+            Cause::Undetermined => &mut self.undetermined,
+        };
+        *slot += n;
+    }
+
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        self.unsafe_window += other.unsafe_window;
+        self.at_exit += other.at_exit;
+        self.after_netns_gone += other.after_netns_gone;
+        self.unrelated += other.unrelated;
+        self.undetermined += other.undetermined;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    UnsafeWindow,
+    AtExit,
+    AfterNetnsGone,
+    Unrelated,
+    Undetermined,
+}
+
+/// One error (or an aggregated line of them) placed on the time axis.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErrorMark {
+    pub time: Timestamp,
+    pub cause: Cause,
+    pub count: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Safe,
+    /// Not enough marks, or the gap is within the clock uncertainty.
+    Inconclusive,
+    Unsafe,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Safe => "safe",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Unsafe => "unsafe",
+        }
+    }
+}
+
+/// The preStop and grace period that would have prevented the observed errors.
+#[derive(Clone, Debug, Serialize)]
+pub struct Advice {
+    pub prestop_seconds: u64,
+    pub termination_grace_period_seconds: u64,
+    pub margin_ms: f64,
+    /// p99 (nearest rank) of the pods' propagation delays over all rollouts given.
+    pub p99_propagation_ms: f64,
+    pub propagation_samples: usize,
+    /// The largest preStop any observed gap needed (gap + uncertainty + the preStop it ran with).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest_needed_ms: Option<f64>,
+    /// Observed SIGTERM → exit of the slowest pod, when both were observed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_ms: Option<f64>,
+    pub reason: String,
+    pub patches: Vec<Patch>,
+}
+
+/// A ready `kubectl patch` for one workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct Patch {
+    pub workload: String,
+    pub command: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeSummary {
+    pub node: NodeName,
+    pub observations: u64,
+    /// Extra clock uncertainty this node's marks carry (offset moves, causality violations).
+    pub clock_uncertainty_ms: f64,
+    /// Events the node's agent reported it could not deliver.
+    pub lost_events: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct InputSummary {
+    pub observations: u64,
+    /// Lines that could not be read, as `FILE:LINE: problem` (filled by the command).
+    pub rejected_lines: Vec<String>,
+}
+
+fn ser_time<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*t))
+}

@@ -1,0 +1,457 @@
+//! One pod's report: its marks, each node's routing, the gap and the verdict.
+//!
+//! Built in two steps because errors a client saw on a ClusterIP can only be tied to a pod once
+//! every pod's window is known: [`draft`] folds the pod's own observations, then service-level
+//! errors are added, then [`finish`] derives the gap and the verdict.
+
+use super::{
+    attribution::{self, ErrorClass, Fuzzy, PodWindow},
+    clock::NodeClocks,
+    identity::PodIdent,
+    marks::{RawMark, Timeline},
+    model::{
+        Basis, Cause, ErrorCounts, ErrorMark, Mark, Marks, NodeRouting, PodReport, RoutingState,
+        Verdict, Window,
+    },
+    nodes::Nodes,
+    time::{WallNs, ms, ms_u},
+};
+use crate::observation::{NodeName, Observation};
+
+#[derive(Clone, Debug)]
+pub(crate) struct PodDraft {
+    pub ident: PodIdent,
+    pub tl: Timeline,
+    pub window: PodWindow,
+    pub errors: ErrorCounts,
+    pub error_marks: Vec<ErrorMark>,
+    /// The first refused connection inside the window: the listener was closed by then.
+    pub first_refused: Option<Fuzzy>,
+}
+
+impl PodDraft {
+    pub fn add_error(&mut self, class: ErrorClass, cause: Cause, at: Fuzzy, count: u64) {
+        self.errors.add(cause, count);
+        self.error_marks.push(ErrorMark {
+            time: at.t.to_timestamp(),
+            cause,
+            count,
+        });
+        if class == ErrorClass::Refused
+            && cause == Cause::UnsafeWindow
+            && self
+                .first_refused
+                .is_none_or(|f| (at.t, at.unc_ns) < (f.t, f.unc_ns))
+        {
+            self.first_refused = Some(at);
+        }
+    }
+}
+
+/// What the advice needs from a finished pod.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PodFacts {
+    /// Upper edge of the propagation delay (value + uncertainty).
+    pub propagation_ns: Option<i64>,
+    /// preStop length this pod needed for gap + uncertainty ≤ 0.
+    pub needed_ns: Option<i64>,
+    /// SIGTERM → exit.
+    pub drain_ns: Option<i64>,
+}
+
+pub(crate) fn label(ident: &PodIdent) -> String {
+    match (&ident.name, &ident.ip, &ident.uid) {
+        (Some(n), _, _) => n.clone(),
+        (None, Some(ip), _) => format!("pod at {ip}"),
+        (None, None, Some(uid)) => format!("pod {uid}"),
+        (None, None, None) => "unnamed pod".to_owned(),
+    }
+}
+
+fn fuzzy(m: Option<RawMark>, clocks: &NodeClocks) -> Option<Fuzzy> {
+    m.map(|m| Fuzzy {
+        t: m.t,
+        unc_ns: clocks.unc(&m),
+    })
+}
+
+/// A node's end of routing: its removal, or a later flow it still routed (conntrack, a stale
+/// rule) — whichever came last.
+fn node_end(d: &super::marks::NodeDp) -> Option<RawMark> {
+    match (d.removed, d.last_flow) {
+        (Some(r), Some(f)) if f.t > r.t => Some(f),
+        (Some(r), _) => Some(r),
+        (None, f) => f,
+    }
+}
+
+fn routing_state(d: &super::marks::NodeDp) -> RoutingState {
+    match (d.removed, d.added) {
+        (Some(r), Some(a)) if a.t > r.t => RoutingState::StillRouting,
+        (Some(_), _) => RoutingState::Removed,
+        (None, Some(_)) => RoutingState::StillRouting,
+        (None, None) => RoutingState::Unknown,
+    }
+}
+
+pub(crate) fn draft(
+    ident: PodIdent,
+    tl: Timeline,
+    obs: &[Observation],
+    times: &[WallNs],
+    clocks: &NodeClocks,
+) -> PodDraft {
+    let term_start = [
+        tl.delete,
+        tl.ep_terminating,
+        tl.prestop,
+        tl.sigterm,
+        tl.listen_closed,
+        tl.exit,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|m| Fuzzy {
+        t: m.t,
+        unc_ns: clocks.unc(&m),
+    })
+    .min_by_key(|f| (f.t.0 - i64::try_from(f.unc_ns).unwrap_or(0), f.unc_ns));
+    let window_end = tl
+        .dp
+        .values()
+        .filter_map(node_end)
+        .map(|m| Fuzzy {
+            t: m.t,
+            unc_ns: clocks.unc(&m),
+        })
+        .max_by_key(|f| (f.t, f.unc_ns));
+    let window = PodWindow {
+        term_start,
+        listen_closed: fuzzy(tl.listen_closed, clocks),
+        exit: fuzzy(tl.exit, clocks),
+        netns_gone: fuzzy(tl.netns_gone, clocks),
+        window_end,
+        port: tl.port,
+    };
+    let mut d = PodDraft {
+        ident,
+        window,
+        errors: ErrorCounts::default(),
+        error_marks: Vec::new(),
+        first_refused: None,
+        tl,
+    };
+    let errors = std::mem::take(&mut d.tl.errors);
+    for &i in &errors {
+        let o = &obs[i];
+        let class = attribution::class(o);
+        let cause = attribution::cause(class, o.port, times[i], &d.window);
+        let unc = o.uncertainty_ns.unwrap_or(0);
+        d.add_error(
+            class,
+            cause,
+            Fuzzy {
+                t: times[i],
+                unc_ns: unc,
+            },
+            o.weight(),
+        );
+    }
+    d.tl.errors = errors;
+    d
+}
+
+fn to_mark(m: Option<RawMark>, clocks: &NodeClocks, nodes: &Nodes) -> Option<Mark> {
+    m.map(|m| Mark {
+        time: m.t.to_timestamp(),
+        uncertainty_ms: ms_u(clocks.unc(&m)),
+        source: m.kind,
+        node: nodes.names[m.node].clone(),
+    })
+}
+
+pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodReport, PodFacts) {
+    let tl = &d.tl;
+    let mark = |m| to_mark(m, clocks, nodes);
+    let marks = Marks {
+        delete: mark(tl.delete),
+        ep_terminating: mark(tl.ep_terminating),
+        ep_removed: mark(tl.ep_removed),
+        prestop: mark(tl.prestop),
+        sigterm: mark(tl.sigterm),
+        listen_closed: mark(tl.listen_closed),
+        exit: mark(tl.exit),
+        netns_gone: mark(tl.netns_gone),
+    };
+
+    let mut dataplane = Vec::with_capacity(nodes.reporting.len());
+    let mut incomplete = nodes.reporting.is_empty();
+    let mut worst: Option<RawMark> = None;
+    for &n in &nodes.reporting {
+        let dp = tl.dp.get(&n).copied().unwrap_or_default();
+        let state = routing_state(&dp);
+        incomplete |= state != RoutingState::Removed;
+        if let Some(end) = node_end(&dp)
+            && worst.is_none_or(|w| (end.t, end.node) > (w.t, w.node))
+        {
+            worst = Some(end);
+        }
+        dataplane.push(NodeRouting {
+            node: nodes.names[n].clone(),
+            state,
+            removed: mark(dp.removed),
+            last_flow: mark(dp.last_flow),
+        });
+    }
+    let worst_node: Option<NodeName> = worst.map(|w| nodes.names[w.node].clone());
+    let end = d.window.window_end;
+
+    // The listener close: observed, or bounded from above by the exit (closing every socket)
+    // and by the first refused connection (nothing listened any more).
+    let (listen, listen_measured) = match d.window.listen_closed {
+        Some(l) => (Some(l), true),
+        None => {
+            let bound = [d.window.exit, d.first_refused]
+                .into_iter()
+                .flatten()
+                .min_by_key(|f| (f.t, f.unc_ns));
+            (bound, false)
+        }
+    };
+    let lower = |measured: bool| {
+        if measured && !incomplete {
+            Basis::Measured
+        } else {
+            Basis::LowerBound
+        }
+    };
+    let (gap_ns, gap_unc, gap_basis) = match (end, listen) {
+        (Some(e), Some(l)) => (Some(e.t - l.t), e.unc_ns + l.unc_ns, lower(listen_measured)),
+        _ => (None, 0, Basis::Unknown),
+    };
+    let delete = fuzzy(tl.delete, clocks);
+    let (prop_ns, prop_unc, propagation_basis) = match (end, delete) {
+        (Some(e), Some(del)) => (Some(e.t - del.t), e.unc_ns + del.unc_ns, lower(true)),
+        _ => (None, 0, Basis::Unknown),
+    };
+    let unsafe_window = match (gap_ns, listen, end) {
+        (Some(g), Some(l), Some(e)) if g > 0 => Some(Window {
+            start: l.t.to_timestamp(),
+            end: e.t.to_timestamp(),
+            duration_ms: ms(g),
+        }),
+        _ => None,
+    };
+
+    let mut missing = Vec::new();
+    for (name, m) in [
+        ("delete", tl.delete),
+        ("ep_terminating", tl.ep_terminating),
+        ("ep_removed", tl.ep_removed),
+        ("prestop", tl.prestop),
+        ("sigterm", tl.sigterm),
+        ("listen_closed", tl.listen_closed),
+        ("exit", tl.exit),
+        ("netns_gone", tl.netns_gone),
+    ] {
+        if m.is_none() {
+            missing.push(name.to_owned());
+        }
+    }
+    if end.is_none() {
+        missing.push("dp_removed".to_owned());
+    }
+
+    let unknown_nodes = dataplane
+        .iter()
+        .filter(|r| r.state != RoutingState::Removed)
+        .count();
+    let gap_unc_i = i64::try_from(gap_unc).unwrap_or(i64::MAX);
+    let (verdict, reason) = verdict(&Judged {
+        gap_ns,
+        gap_unc: gap_unc_i,
+        gap_basis,
+        listen_measured,
+        errors: d.errors,
+        worst_node: worst_node.as_ref(),
+        unknown_nodes,
+        total_nodes: dataplane.len(),
+        has_end: end.is_some(),
+        terminating: tl.is_terminating(),
+    });
+
+    let prestop_ran = match (tl.prestop, tl.sigterm) {
+        (Some(p), Some(s)) => (s.t - p.t).max(0),
+        _ => 0,
+    };
+    let facts = PodFacts {
+        propagation_ns: prop_ns.map(|p| p + i64::try_from(prop_unc).unwrap_or(0)),
+        needed_ns: gap_ns.map(|g| g + gap_unc_i + prestop_ran),
+        drain_ns: match (tl.sigterm, tl.exit) {
+            (Some(s), Some(e)) => Some((e.t - s.t).max(0)),
+            _ => None,
+        },
+    };
+    let mut error_marks = d.error_marks.clone();
+    error_marks.sort_by_key(|e| (e.time, e.cause, e.count));
+    let report = PodReport {
+        pod: d.ident.name.clone(),
+        pod_uid: d.ident.uid.clone(),
+        ip: d.ident.ip,
+        port: tl.port,
+        service: tl.service.clone(),
+        marks,
+        dataplane,
+        propagation_ms: prop_ns.map(ms),
+        propagation_basis,
+        gap_ms: gap_ns.map(ms),
+        gap_basis,
+        gap_uncertainty_ms: ms_u(gap_unc),
+        unsafe_window,
+        worst_node,
+        errors: d.errors,
+        verdict,
+        reason,
+        missing,
+        error_marks,
+    };
+    (report, facts)
+}
+
+struct Judged<'a> {
+    gap_ns: Option<i64>,
+    gap_unc: i64,
+    gap_basis: Basis,
+    listen_measured: bool,
+    errors: ErrorCounts,
+    worst_node: Option<&'a NodeName>,
+    unknown_nodes: usize,
+    total_nodes: usize,
+    has_end: bool,
+    terminating: bool,
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The verdict and its reason in one sentence.
+fn verdict(j: &Judged<'_>) -> (Verdict, String) {
+    let e = &j.errors;
+    let race_errors = e.unsafe_window + e.after_netns_gone;
+    let drain_note = if e.at_exit > 0 {
+        format!(
+            "; {} at exit need graceful draining, not preStop",
+            plural(e.at_exit, "reset", "resets")
+        )
+    } else {
+        String::new()
+    };
+    let node = j
+        .worst_node
+        .map_or_else(|| "a node".to_owned(), |n| format!("node {n}"));
+    let pm = |unc: i64| {
+        if unc > 0 {
+            format!(" (±{} ms)", ms(unc))
+        } else {
+            String::new()
+        }
+    };
+    let mut in_window = plural(e.unsafe_window, "refused connection", "refused connections");
+    if e.after_netns_gone > 0 {
+        in_window.push_str(&format!(
+            " and {} after the pod's network was gone",
+            plural(e.after_netns_gone, "timeout", "timeouts")
+        ));
+    }
+    let bound = if j.gap_basis == Basis::LowerBound {
+        "at least "
+    } else {
+        ""
+    };
+    if !j.terminating {
+        return if e.total() > 0 {
+            (
+                Verdict::Inconclusive,
+                format!(
+                    "{} to this address but no deletion, listener or dataplane marks, so they cannot be tied to a rollout",
+                    plural(e.total(), "error", "errors")
+                ),
+            )
+        } else {
+            (
+                Verdict::Inconclusive,
+                "no termination marks observed".to_owned(),
+            )
+        };
+    }
+    match j.gap_ns {
+        Some(g) if g - j.gap_unc > 0 => (
+            Verdict::Unsafe,
+            format!(
+                "{node} kept routing new connections to it for {bound}{} ms{} after it stopped listening: {in_window}{drain_note}",
+                ms(g),
+                pm(j.gap_unc),
+            ),
+        ),
+        _ if race_errors > 0 => (
+            Verdict::Unsafe,
+            format!(
+                "{in_window} while nodes still routed to the terminating pod{}{drain_note}",
+                match j.gap_ns {
+                    Some(g) => format!(" (gap {} ms{})", ms(g), pm(j.gap_unc)),
+                    None => String::new(),
+                }
+            ),
+        ),
+        Some(g) if g + j.gap_unc <= 0 && j.gap_basis == Basis::Measured => (
+            Verdict::Safe,
+            format!(
+                "every node stopped routing {} ms{} before the pod stopped listening{drain_note}",
+                ms(-g),
+                pm(j.gap_unc)
+            ),
+        ),
+        Some(g) if g + j.gap_unc <= 0 => (
+            Verdict::Inconclusive,
+            if j.unknown_nodes > 0 {
+                format!(
+                    "gap {} ms on the nodes that reported, but {} of {} nodes reported no removal{drain_note}",
+                    ms(g),
+                    j.unknown_nodes,
+                    j.total_nodes
+                )
+            } else {
+                format!(
+                    "gap at least {} ms: the listener close was not observed, only bounded by {}{drain_note}",
+                    ms(g),
+                    if j.listen_measured {
+                        "the listener"
+                    } else {
+                        "the exit"
+                    }
+                )
+            },
+        ),
+        Some(g) => (
+            Verdict::Inconclusive,
+            format!(
+                "gap {} ms is within the clock uncertainty ±{} ms{drain_note}",
+                ms(g),
+                ms(j.gap_unc)
+            ),
+        ),
+        None if !j.has_end => (
+            Verdict::Inconclusive,
+            format!(
+                "no node reported removing the pod from its dataplane, so the gap is unknown{drain_note}"
+            ),
+        ),
+        None => (
+            Verdict::Inconclusive,
+            format!(
+                "the listener close was not observed (nor exit, nor a refused connection), so the gap is unknown{drain_note}"
+            ),
+        ),
+    }
+}

@@ -1,0 +1,316 @@
+//! Pods grouped into rollouts, and client errors that name only a Service tied to a pod.
+//!
+//! A rollout is one workload's pods terminated close together: `kubectl rollout restart` (or a
+//! scale-down, an eviction wave) deletes pods seconds apart, so pods of one workload whose
+//! deletions are more than [`ROLLOUT_SPLIT_NS`] apart belong to different rollouts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{
+    attribution::{self, Fuzzy},
+    identity::PodIdent,
+    model::{Cause, ErrorCounts, PodReport, Rollout, Verdict},
+    pod::{PodDraft, PodFacts, label},
+    time::{WallNs, ms},
+};
+use crate::observation::Observation;
+
+/// Ten minutes without a deletion in a workload ends its rollout.
+pub(crate) const ROLLOUT_SPLIT_NS: i64 = 600 * 1_000_000_000;
+
+/// A service-level error no single pod explains.
+#[derive(Clone, Debug)]
+pub(crate) struct Unattributed {
+    pub service: String,
+    pub t: WallNs,
+    pub count: u64,
+}
+
+/// Ties each error seen on a Service (a client connecting to a ClusterIP does not know which
+/// backend kube-proxy chose) to the one pod of that Service whose termination explains it.
+/// With zero or several candidates the error stays unattributed: guessing would move errors
+/// between pods' verdicts.
+pub(crate) fn attribute_service_errors(
+    obs: &[Observation],
+    times: &[WallNs],
+    indices: &[usize],
+    drafts: &mut [PodDraft],
+) -> Vec<Unattributed> {
+    let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (p, d) in drafts.iter().enumerate() {
+        if let Some(s) = &d.tl.service {
+            by_service.entry(s.as_str()).or_default().push(p);
+        }
+    }
+    let mut placed: Vec<(usize, attribution::ErrorClass, Cause, Fuzzy, u64)> = Vec::new();
+    let mut left = Vec::new();
+    for &i in indices {
+        let o = &obs[i];
+        let service = o.service.as_deref().unwrap_or_default();
+        let class = attribution::class(o);
+        let candidates: Vec<(usize, Cause)> = by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(|&p| {
+                (
+                    p,
+                    attribution::cause(class, o.port, times[i], &drafts[p].window),
+                )
+            })
+            .filter(|(_, c)| !matches!(c, Cause::Unrelated | Cause::Undetermined))
+            .collect();
+        if let [(p, cause)] = candidates[..] {
+            let at = Fuzzy {
+                t: times[i],
+                unc_ns: o.uncertainty_ns.unwrap_or(0),
+            };
+            placed.push((p, class, cause, at, o.weight()));
+        } else {
+            left.push(Unattributed {
+                service: service.to_owned(),
+                t: times[i],
+                count: o.weight(),
+            });
+        }
+    }
+    for (p, class, cause, at, n) in placed {
+        drafts[p].add_error(class, cause, at, n);
+    }
+    left
+}
+
+/// `deployment/<name>` for pods named `<name>-<pod-template-hash>-<5 chars>`, the ReplicaSet
+/// naming the Deployment controller uses; otherwise the pod itself.
+fn workload_of(ident: &PodIdent, declared: Option<&str>) -> (Option<String>, String) {
+    let Some(full) = &ident.name else {
+        return (None, declared.unwrap_or("unknown").to_owned());
+    };
+    let (ns, name) = full
+        .split_once('/')
+        .map_or((None, full.as_str()), |(ns, n)| (Some(ns.to_owned()), n));
+    if let Some(w) = declared {
+        return (ns, w.to_owned());
+    }
+    let parts: Vec<&str> = name.rsplitn(3, '-').collect();
+    let alnum = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    match parts[..] {
+        [suffix, hash, base]
+            if suffix.len() == 5
+                && (6..=10).contains(&hash.len())
+                && alnum(suffix)
+                && alnum(hash) =>
+        {
+            (ns, format!("deployment/{base}"))
+        }
+        _ => (ns, format!("pod/{name}")),
+    }
+}
+
+pub(crate) struct Finished {
+    pub report: PodReport,
+    pub facts: PodFacts,
+    pub namespace: Option<String>,
+    pub workload: String,
+    pub container: Option<String>,
+    pub grace_period_s: Option<u64>,
+    /// Instant used to order and group pods: deletion, else the first thing seen.
+    pub anchor: WallNs,
+    pub span: (WallNs, WallNs),
+}
+
+impl Finished {
+    pub fn new(draft: &PodDraft, report: PodReport, facts: PodFacts) -> Self {
+        let (namespace, workload) = workload_of(&draft.ident, draft.tl.workload.as_deref());
+        let tl = &draft.tl;
+        let mut instants: Vec<WallNs> = [
+            tl.delete,
+            tl.ep_terminating,
+            tl.ep_removed,
+            tl.prestop,
+            tl.sigterm,
+            tl.listen_closed,
+            tl.exit,
+            tl.netns_gone,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|m| m.t)
+        .chain(
+            tl.dp
+                .values()
+                .flat_map(|d| [d.removed, d.last_flow])
+                .flatten()
+                .map(|m| m.t),
+        )
+        .collect();
+        instants.extend(
+            report
+                .error_marks
+                .iter()
+                .map(|e| WallNs::from_timestamp(e.time)),
+        );
+        let first = instants.iter().min().copied().unwrap_or(WallNs(0));
+        let last = instants.iter().max().copied().unwrap_or(WallNs(0));
+        Self {
+            anchor: tl.delete.map_or(first, |m| m.t),
+            span: (first, last),
+            namespace,
+            workload,
+            container: tl.container.clone(),
+            grace_period_s: tl.grace_period_s,
+            report,
+            facts,
+        }
+    }
+}
+
+/// Groups finished pods into rollouts and adds the service-level errors no pod explained.
+pub(crate) fn group(
+    mut pods: Vec<Finished>,
+    unattributed: &[Unattributed],
+    warnings: &mut Vec<String>,
+) -> Vec<(Rollout, Vec<Finished>)> {
+    pods.sort_by(|a, b| {
+        (
+            &a.workload,
+            a.anchor,
+            &a.report.pod,
+            &a.report.pod_uid,
+            a.report.ip,
+        )
+            .cmp(&(
+                &b.workload,
+                b.anchor,
+                &b.report.pod,
+                &b.report.pod_uid,
+                b.report.ip,
+            ))
+    });
+    let mut groups: Vec<Vec<Finished>> = Vec::new();
+    for p in pods {
+        let split = groups.last().and_then(|g| g.last()).is_none_or(|prev| {
+            prev.workload != p.workload || p.anchor - prev.anchor > ROLLOUT_SPLIT_NS
+        });
+        if split {
+            groups.push(vec![p]);
+        } else if let Some(g) = groups.last_mut() {
+            g.push(p);
+        }
+    }
+    let mut leftover: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut out: Vec<(Rollout, Vec<Finished>)> =
+        groups.into_iter().map(|g| (summarize(&g), g)).collect();
+    for u in unattributed {
+        let home = out.iter_mut().find(|(_, g)| {
+            let start = g.iter().map(|p| p.span.0).min().unwrap_or(WallNs(0));
+            let end = g.iter().map(|p| p.span.1).max().unwrap_or(WallNs(0));
+            g.iter()
+                .any(|p| p.report.service.as_deref() == Some(u.service.as_str()))
+                && start <= u.t
+                && u.t <= end
+        });
+        match home {
+            Some((r, _)) => {
+                r.unattributed_errors += u.count;
+            }
+            None => *leftover.entry(u.service.as_str()).or_default() += u.count,
+        }
+    }
+    for (service, n) in leftover {
+        let service = if service.is_empty() {
+            "(no service)"
+        } else {
+            service
+        };
+        warnings.push(format!(
+            "{n} client errors on service {service} happened outside every observed rollout of it and are not counted"
+        ));
+    }
+    for (r, _) in &mut out {
+        if r.unattributed_errors > 0 {
+            r.reason.push_str(&format!(
+                "; {} client errors on the Service fit no single pod's window",
+                r.unattributed_errors
+            ));
+        }
+    }
+    out.sort_by_key(|(r, _)| (r.start, r.workload.clone()));
+    out
+}
+
+fn summarize(g: &[Finished]) -> Rollout {
+    let first = &g[0];
+    let start = g.iter().map(|p| p.span.0).min().unwrap_or(WallNs(0));
+    let end = g.iter().map(|p| p.span.1).max().unwrap_or(WallNs(0));
+    let mut errors = ErrorCounts::default();
+    for p in g {
+        errors.merge(&p.report.errors);
+    }
+    let worst = g
+        .iter()
+        .filter_map(|p| p.report.gap_ms.map(|gap| (gap, p)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let verdict = g
+        .iter()
+        .map(|p| p.report.verdict)
+        .max()
+        .unwrap_or(Verdict::Inconclusive);
+    let n = g.len();
+    let count = |v: Verdict| g.iter().filter(|p| p.report.verdict == v).count();
+    let reason = match (verdict, worst) {
+        (Verdict::Unsafe, Some((gap, p))) if gap > 0.0 => format!(
+            "{} of {n} pods had an unsafe window; the worst, {}, {}",
+            count(Verdict::Unsafe),
+            p.report.pod.clone().unwrap_or_else(|| label_of(&p.report)),
+            p.report.reason
+        ),
+        (Verdict::Unsafe, _) => format!(
+            "{} of {n} pods lost connections while terminating ({} errors a preStop delay would have prevented)",
+            count(Verdict::Unsafe),
+            errors.unsafe_window + errors.after_netns_gone
+        ),
+        (Verdict::Safe, worst) => format!(
+            "all {n} pods: every node stopped routing before the pod stopped listening{}",
+            worst.map_or(String::new(), |(gap, _)| format!(" (largest gap {gap} ms)"))
+        ),
+        (Verdict::Inconclusive, _) => {
+            let p = g
+                .iter()
+                .find(|p| p.report.verdict == Verdict::Inconclusive)
+                .unwrap_or(first);
+            format!(
+                "{} of {n} pods cannot be judged; e.g. {}: {}",
+                count(Verdict::Inconclusive),
+                label_of(&p.report),
+                p.report.reason
+            )
+        }
+    };
+    Rollout {
+        workload: first.workload.clone(),
+        namespace: first.namespace.clone(),
+        start: start.to_timestamp(),
+        end: end.to_timestamp(),
+        pods: g.iter().map(|p| p.report.clone()).collect(),
+        max_gap_ms: worst.map(|(gap, _)| gap),
+        worst_pod: worst.map(|(_, p)| label_of(&p.report)),
+        worst_node: worst.and_then(|(_, p)| p.report.worst_node.clone()),
+        errors,
+        unattributed_errors: 0,
+        verdict,
+        reason,
+        duration_ms: ms(end - start),
+    }
+}
+
+fn label_of(p: &PodReport) -> String {
+    label(&PodIdent {
+        uid: p.pod_uid.clone(),
+        name: p.pod.clone(),
+        ip: p.ip,
+    })
+}

@@ -1,0 +1,186 @@
+//! The timeline as a terminal picture: one row per pod on a shared time axis (0 = the first
+//! deletion), its marks as letters and the unsafe window as a solid bar; below it, how many
+//! nodes removed the pod from their dataplane in each column; below that, its errors by cause.
+
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+
+use super::{axis::Axis, rows::pod_label};
+use crate::correlate::{Cause, Mark, PodReport, Rollout, RoutingState};
+
+const DENSITY: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+const LABEL_MAX: usize = 28;
+
+pub const LEGEND: &str = "D deleted  T endpoint terminating  R endpoint removed  P preStop  S SIGTERM  L listener closed  \
+X exit  N netns gone  █ unsafe window  ▁…█ nodes removing the pod  × refused in window  ! reset at exit  ○ timeout  · other error";
+
+/// The letter each mark is drawn with, painted in this order (the listener close last: the
+/// window starts there).
+fn letters(p: &PodReport) -> [(char, Option<&Mark>); 8] {
+    let m = &p.marks;
+    [
+        ('R', m.ep_removed.as_ref()),
+        ('T', m.ep_terminating.as_ref()),
+        ('D', m.delete.as_ref()),
+        ('P', m.prestop.as_ref()),
+        ('S', m.sigterm.as_ref()),
+        ('X', m.exit.as_ref()),
+        ('N', m.netns_gone.as_ref()),
+        ('L', m.listen_closed.as_ref()),
+    ]
+}
+
+/// The span a pod's row draws as its life line.
+fn life(p: &PodReport) -> Option<(Timestamp, Timestamp)> {
+    let mut all: Vec<Timestamp> = letters(p)
+        .iter()
+        .filter_map(|(_, m)| m.map(|m| m.time))
+        .collect();
+    all.extend(
+        p.dataplane
+            .iter()
+            .filter_map(|d| d.removed.as_ref().map(|m| m.time)),
+    );
+    Some((*all.iter().min()?, *all.iter().max()?))
+}
+
+fn cause_glyph(c: Cause) -> char {
+    match c {
+        Cause::UnsafeWindow => '×',
+        Cause::AtExit => '!',
+        Cause::AfterNetnsGone => '○',
+        Cause::Unrelated | Cause::Undetermined => '·',
+    }
+}
+
+/// The chart for one rollout, `width` columns of time axis.
+pub fn render(r: &Rollout, width: usize) -> String {
+    let width = width.max(20);
+    let axis = Axis::of(r);
+    let label_w = r
+        .pods
+        .iter()
+        .map(|p| pod_label(p).chars().count())
+        .max()
+        .unwrap_or(8)
+        .clamp(8, LABEL_MAX);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "TIMELINE  0 ms = {} ({})",
+        if r.pods.iter().any(|p| p.marks.delete.is_some()) {
+            "first deletion seen"
+        } else {
+            "first observation"
+        },
+        crate::observation::format_time(axis.origin.to_timestamp())
+    );
+
+    // Tick labels, then the axis line.
+    let ticks = axis.ticks(6);
+    let mut labels = vec![' '; width + 12];
+    let mut line = vec!['─'; width];
+    for t in &ticks {
+        let col = (axis.fraction_of_ms(*t) * (width - 1) as f64).round() as usize;
+        line[col.min(width - 1)] = '┼';
+        let text = format!("{t:.0}");
+        if col + text.len() <= labels.len()
+            && labels[col..col + text.len()].iter().all(|c| *c == ' ')
+        {
+            for (i, ch) in text.chars().enumerate() {
+                labels[col + i] = ch;
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:label_w$}  {} ms",
+        "",
+        labels.iter().collect::<String>().trim_end()
+    );
+    let _ = writeln!(out, "{:label_w$}  {}", "", line.iter().collect::<String>());
+
+    for p in &r.pods {
+        let mut row = vec![' '; width];
+        if let Some((a, b)) = life(p) {
+            for c in &mut row[axis.column(a, width)..=axis.column(b, width)] {
+                *c = '─';
+            }
+        }
+        if let Some(w) = &p.unsafe_window {
+            for c in &mut row[axis.column(w.start, width)..=axis.column(w.end, width)] {
+                *c = '█';
+            }
+        }
+        for (ch, m) in letters(p) {
+            if let Some(m) = m {
+                row[axis.column(m.time, width)] = ch;
+            }
+        }
+        let mut label: String = pod_label(p).chars().take(label_w).collect();
+        if pod_label(p).chars().count() > label_w {
+            label.pop();
+            label.push('…');
+        }
+        let _ = writeln!(
+            out,
+            "{label:label_w$}  {}  {}",
+            row.iter().collect::<String>(),
+            p.verdict.as_str()
+        );
+
+        let mut per_col = vec![0usize; width];
+        for d in &p.dataplane {
+            if let Some(m) = &d.removed {
+                per_col[axis.column(m.time, width)] += 1;
+            }
+        }
+        let most = per_col.iter().copied().max().unwrap_or(0);
+        let removed = p
+            .dataplane
+            .iter()
+            .filter(|d| d.state == RoutingState::Removed)
+            .count();
+        let unknown = p
+            .dataplane
+            .iter()
+            .filter(|d| d.state == RoutingState::Unknown)
+            .count();
+        let dp: String = per_col
+            .iter()
+            .map(|&n| {
+                if n == 0 {
+                    ' '
+                } else {
+                    DENSITY[((n * 8).div_ceil(most)).clamp(1, 8) - 1]
+                }
+            })
+            .collect();
+        let mut note = format!("{removed}/{} nodes removed", p.dataplane.len());
+        if unknown > 0 {
+            let _ = write!(note, ", {unknown} unknown");
+        }
+        let _ = writeln!(out, "{:>label_w$}  {dp}  {note}", "dataplane");
+
+        if !p.error_marks.is_empty() {
+            let mut errs = vec![(' ', 0u64); width];
+            for e in &p.error_marks {
+                let slot = &mut errs[axis.column(e.time, width)];
+                // The column shows the cause with the most errors in it.
+                if e.count > slot.1 || slot.0 == ' ' {
+                    *slot = (cause_glyph(e.cause), e.count.max(slot.1));
+                }
+            }
+            let line: String = errs.iter().map(|(c, _)| *c).collect();
+            let _ = writeln!(
+                out,
+                "{:>label_w$}  {line}  {} errors",
+                "errors",
+                p.errors.total()
+            );
+        }
+    }
+    let _ = writeln!(out, "{LEGEND}");
+    out
+}

@@ -1,0 +1,285 @@
+//! `--html FILE`: one self-contained page (inline CSS and SVG, no script, no network) with the
+//! timeline chart of each rollout and the same tables as `-o wide`, viewable offline.
+
+use std::fmt::Write as _;
+
+use super::{axis::Axis, rows};
+use crate::{
+    correlate::{Cause, PodReport, Report, Rollout, Verdict},
+    observation::format_time,
+};
+
+const CHART_W: f64 = 1000.0;
+const LABEL_W: f64 = 230.0;
+const ROW_H: f64 = 58.0;
+const TOP: f64 = 34.0;
+
+/// Text for HTML element content and attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn verdict_class(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Safe => "safe",
+        Verdict::Inconclusive => "inconclusive",
+        Verdict::Unsafe => "unsafe",
+    }
+}
+
+fn cause_color(c: Cause) -> &'static str {
+    match c {
+        Cause::UnsafeWindow => "#d62728",
+        Cause::AtExit => "#ff7f0e",
+        Cause::AfterNetnsGone => "#9467bd",
+        Cause::Unrelated | Cause::Undetermined => "#7f7f7f",
+    }
+}
+
+fn pod_svg(out: &mut String, p: &PodReport, axis: &Axis, y: f64) {
+    let x = |t| LABEL_W + axis.fraction(t) * CHART_W;
+    let _ = write!(
+        out,
+        r#"<text x="4" y="{:.1}" class="label">{}</text><text x="4" y="{:.1}" class="sub {}">{}</text>"#,
+        y + 14.0,
+        esc(&rows::pod_label(p)),
+        y + 28.0,
+        verdict_class(p.verdict),
+        esc(&format!(
+            "{} · gap {}",
+            p.verdict.as_str(),
+            rows::ms_cell(p.gap_ms, p.gap_basis, p.gap_uncertainty_ms)
+        ))
+    );
+    let marks = [
+        ("D", &p.marks.delete),
+        ("T", &p.marks.ep_terminating),
+        ("R", &p.marks.ep_removed),
+        ("P", &p.marks.prestop),
+        ("S", &p.marks.sigterm),
+        ("X", &p.marks.exit),
+        ("N", &p.marks.netns_gone),
+        ("L", &p.marks.listen_closed),
+    ];
+    let times: Vec<_> = marks
+        .iter()
+        .filter_map(|(_, m)| m.as_ref().map(|m| m.time))
+        .chain(
+            p.dataplane
+                .iter()
+                .filter_map(|d| d.removed.as_ref().map(|m| m.time)),
+        )
+        .collect();
+    if let (Some(a), Some(b)) = (times.iter().min(), times.iter().max()) {
+        let _ = write!(
+            out,
+            r##"<line x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#999" stroke-width="2"/>"##,
+            x(*a),
+            x(*b),
+            y + 12.0,
+            y + 12.0
+        );
+    }
+    if let Some(w) = &p.unsafe_window {
+        let _ = write!(
+            out,
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="14" class="window"><title>unsafe window {} ms</title></rect>"#,
+            x(w.start),
+            y + 5.0,
+            (x(w.end) - x(w.start)).max(1.5),
+            w.duration_ms
+        );
+    }
+    for (letter, m) in marks {
+        if let Some(m) = m {
+            let _ = write!(
+                out,
+                r#"<line x1="{0:.1}" x2="{0:.1}" y1="{1:.1}" y2="{2:.1}" class="mark"/><text x="{0:.1}" y="{3:.1}" class="letter"><title>{4} {5} ±{6} ms ({7} on {8})</title>{4}</text>"#,
+                x(m.time),
+                y + 2.0,
+                y + 22.0,
+                y + 1.0,
+                letter,
+                format_time(m.time),
+                m.uncertainty_ms,
+                m.source,
+                esc(&m.node.0)
+            );
+        }
+    }
+    for d in &p.dataplane {
+        if let Some(m) = &d.removed {
+            let _ = write!(
+                out,
+                r#"<path d="M{0:.1},{1:.1} l-4,7 h8 z" class="dp"><title>{2}: removed {3}</title></path>"#,
+                x(m.time),
+                y + 28.0,
+                esc(&d.node.0),
+                format_time(m.time)
+            );
+        }
+    }
+    for e in &p.error_marks {
+        let _ = write!(
+            out,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"><title>{} × {:?}</title></circle>"#,
+            x(e.time),
+            y + 45.0,
+            cause_color(e.cause),
+            e.count,
+            e.cause
+        );
+    }
+}
+
+fn rollout_svg(out: &mut String, r: &Rollout) {
+    let axis = Axis::of(r);
+    let h = TOP + ROW_H * r.pods.len() as f64 + 10.0;
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{h:.0}" viewBox="0 0 {:.0} {h:.0}" role="img">"#,
+        LABEL_W + CHART_W + 20.0,
+        LABEL_W + CHART_W + 20.0
+    );
+    for t in axis.ticks(10) {
+        let xx = LABEL_W + axis.fraction_of_ms(t) * CHART_W;
+        let _ = write!(
+            out,
+            r#"<line x1="{xx:.1}" x2="{xx:.1}" y1="{:.1}" y2="{h:.1}" class="grid"/><text x="{xx:.1}" y="14" class="tick">{t:.0} ms</text>"#,
+            TOP - 12.0
+        );
+    }
+    for (i, p) in r.pods.iter().enumerate() {
+        pod_svg(out, p, &axis, TOP + ROW_H * i as f64);
+    }
+    out.push_str("</svg>");
+}
+
+fn table(out: &mut String, headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    out.push_str("<div class=\"scroll\"><table><thead><tr>");
+    for h in headers {
+        let _ = write!(out, "<th>{}</th>", esc(h));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for row in rows {
+        out.push_str("<tr>");
+        for c in row {
+            let _ = write!(out, "<td>{}</td>", esc(&c));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}\
+h1{font-size:22px}h2{font-size:18px;margin-top:28px}\
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}\
+th{background:#f0f0f0}.safe{color:#2ca02c}.unsafe{color:#d62728}.inconclusive{color:#b8860b}\
+svg{border:1px solid #ddd;background:#fcfcfc;margin:8px 0}.label{font-size:13px;font-weight:600}.sub{font-size:11px}\
+.tick{font-size:10px;fill:#666;text-anchor:middle}.grid{stroke:#e5e5e5}.mark{stroke:#333;stroke-width:1.5}\
+.letter{font-size:9px;text-anchor:middle;fill:#333}.window{fill:#d62728;fill-opacity:.45}.dp{fill:#1f77b4}\
+code{background:#f4f4f4;padding:2px 4px;display:block;white-space:pre-wrap;word-break:break-all;margin:4px 0}\
+.legend{font-size:12px;color:#555}.scroll{overflow-x:auto}";
+
+/// The whole page.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>kubectl zdt report</title><style>{STYLE}</style></head><body>\
+         <h1>Rollout race report</h1><p>{} rollouts, {} observations from {} nodes. Schema {} {}.</p>",
+        report.rollouts.len(),
+        report.input.observations,
+        report.nodes.len(),
+        report.api_version,
+        report.kind
+    );
+    for r in &report.rollouts {
+        let _ = write!(
+            out,
+            "<h2>{} <span class=\"{}\">{}</span></h2><p>{} · {:.0} ms · {}</p>",
+            esc(&rows::rollout_title(r)),
+            verdict_class(r.verdict),
+            r.verdict.as_str(),
+            format_time(r.start),
+            r.duration_ms,
+            esc(&r.reason)
+        );
+        rollout_svg(&mut out, r);
+        let _ = write!(
+            out,
+            "<p class=\"legend\">D deleted · T endpoint terminating · R endpoint removed · P preStop · S SIGTERM · L listener closed · X exit · N netns gone · \
+             red bar: unsafe window · blue ▲: a node removed the pod · dots: errors (red refused in window, orange reset at exit, purple timeout, grey other). 0 ms = first deletion seen.</p>"
+        );
+        table(
+            &mut out,
+            &rows::headers(true),
+            r.pods.iter().map(|p| rows::pod_row(p, true)),
+        );
+        out.push_str("<ul>");
+        for p in &r.pods {
+            let _ = write!(
+                out,
+                "<li><b>{}</b> <span class=\"{}\">{}</span>: {}</li>",
+                esc(&rows::pod_label(p)),
+                verdict_class(p.verdict),
+                p.verdict.as_str(),
+                esc(&p.reason)
+            );
+        }
+        out.push_str("</ul>");
+    }
+    let advice = rows::advice_lines(report);
+    if !advice.is_empty() {
+        out.push_str("<h2>Advice</h2>");
+        for l in advice {
+            let _ = write!(out, "<code>{}</code>", esc(&l));
+        }
+    }
+    if !report.warnings.is_empty() {
+        out.push_str("<h2>Warnings</h2><ul>");
+        for w in &report.warnings {
+            let _ = write!(out, "<li>{}</li>", esc(w));
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("<h2>Nodes</h2>");
+    table(
+        &mut out,
+        &["NODE", "OBSERVATIONS", "CLOCK ± ms", "LOST EVENTS"],
+        report.nodes.iter().map(|n| {
+            vec![
+                n.node.to_string(),
+                n.observations.to_string(),
+                n.clock_uncertainty_ms.to_string(),
+                n.lost_events.to_string(),
+            ]
+        }),
+    );
+    out.push_str("</body></html>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_input_cannot_break_out_of_the_page() {
+        assert_eq!(
+            esc("<script>\"a\"&'b'"),
+            "&lt;script&gt;&quot;a&quot;&amp;&#39;b&#39;"
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The cells the terminal tables and the HTML tables both show.
+
+use crate::correlate::{Basis, Mark, PodReport, Report, Rollout, RoutingState};
+
+/// A duration: `unknown`, `≥993.3 ms` (lower bound), `+588.0 ms ±0.1`.
+pub(crate) fn ms_cell(v: Option<f64>, basis: Basis, unc_ms: f64) -> String {
+    match v {
+        None => "unknown".to_owned(),
+        Some(v) => {
+            let bound = if basis == Basis::LowerBound {
+                "≥"
+            } else {
+                ""
+            };
+            let unc = if unc_ms >= 0.05 {
+                format!(" ±{unc_ms:.1}")
+            } else {
+                String::new()
+            };
+            format!("{bound}{v:+.1} ms{unc}")
+        }
+    }
+}
+
+/// The pod's name within its rollout (namespace dropped), or its address.
+pub(crate) fn pod_label(p: &PodReport) -> String {
+    match (&p.pod, p.ip) {
+        (Some(name), _) => name
+            .split_once('/')
+            .map_or(name.as_str(), |(_, n)| n)
+            .to_owned(),
+        (None, Some(ip)) => format!("({ip})"),
+        (None, None) => p.pod_uid.clone().unwrap_or_else(|| "(unnamed)".to_owned()),
+    }
+}
+
+fn offset(from: Option<&Mark>, to: Option<&Mark>) -> String {
+    match (from, to) {
+        (Some(f), Some(t)) => {
+            let ms = t.time.duration_since(f.time).as_secs_f64() * 1e3;
+            format!("{ms:+.1}")
+        }
+        (None, Some(_)) => "seen".to_owned(),
+        _ => "—".to_owned(),
+    }
+}
+
+pub(crate) fn headers(wide: bool) -> Vec<&'static str> {
+    let mut h = vec!["POD", "IP", "PROPAGATION", "GAP", "WORST NODE"];
+    if wide {
+        h.extend([
+            "NODES REMOVED",
+            "EP TERM",
+            "SIGTERM",
+            "LISTEN CLOSED",
+            "EXIT",
+            "NETNS GONE",
+        ]);
+    }
+    h.extend([
+        "REFUSED IN WINDOW",
+        "RESET AT EXIT",
+        "TIMEOUT",
+        "OTHER",
+        "VERDICT",
+    ]);
+    if wide {
+        h.push("MISSING");
+    }
+    h
+}
+
+pub(crate) fn pod_row(p: &PodReport, wide: bool) -> Vec<String> {
+    let mut row = vec![
+        pod_label(p),
+        p.ip.map_or_else(|| "—".to_owned(), |ip| ip.to_string()),
+        ms_cell(p.propagation_ms, p.propagation_basis, 0.0),
+        ms_cell(p.gap_ms, p.gap_basis, p.gap_uncertainty_ms),
+        p.worst_node
+            .as_ref()
+            .map_or_else(|| "—".to_owned(), |n| n.to_string()),
+    ];
+    if wide {
+        let m = &p.marks;
+        let d = m.delete.as_ref();
+        let removed = p
+            .dataplane
+            .iter()
+            .filter(|r| r.state == RoutingState::Removed)
+            .count();
+        row.extend([
+            format!("{removed}/{}", p.dataplane.len()),
+            offset(d, m.ep_terminating.as_ref()),
+            offset(d, m.sigterm.as_ref()),
+            offset(d, m.listen_closed.as_ref()),
+            offset(d, m.exit.as_ref()),
+            offset(d, m.netns_gone.as_ref()),
+        ]);
+    }
+    let e = &p.errors;
+    row.extend([
+        e.unsafe_window.to_string(),
+        e.at_exit.to_string(),
+        e.after_netns_gone.to_string(),
+        (e.unrelated + e.undetermined).to_string(),
+        p.verdict.as_str().to_owned(),
+    ]);
+    if wide {
+        row.push(if p.missing.is_empty() {
+            "—".to_owned()
+        } else {
+            p.missing.join(", ")
+        });
+    }
+    row
+}
+
+/// `deployment/web -n default`.
+pub(crate) fn rollout_title(r: &Rollout) -> String {
+    match &r.namespace {
+        Some(ns) => format!("{} -n {ns}", r.workload),
+        None => r.workload.clone(),
+    }
+}
+
+/// The advice (or why there is none), as lines.
+pub(crate) fn advice_lines(report: &Report) -> Vec<String> {
+    match (&report.advice, &report.advice_unavailable) {
+        (Some(a), _) => {
+            let mut lines = vec![
+                format!(
+                    "preStop sleep {} s, terminationGracePeriodSeconds {}",
+                    a.prestop_seconds, a.termination_grace_period_seconds
+                ),
+                a.reason.clone(),
+            ];
+            lines.extend(a.patches.iter().map(|p| p.command.clone()));
+            lines
+        }
+        (None, Some(why)) => vec![format!("no advice: {why}")],
+        (None, None) => Vec::new(),
+    }
+}
