@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     agent, analyze,
     cluster::{self, connect::KubeArgs},
-    demo,
+    demo, traffic,
 };
 
 /// Measure the rollout race: how long after a pod stops listening every node still routes new
@@ -41,6 +41,12 @@ pub enum Command {
     Uninstall(cluster::install::UninstallArgs),
     /// Per node: agent version, kernel, BTF, probes, loss counters, clock offset.
     Status(cluster::status::StatusArgs),
+    /// Follow the next rollout of a workload (or start one with --restart) on every node, then
+    /// print the report.
+    Trace(cluster::trace::TraceArgs),
+    /// The in-cluster request loop `trace --traffic` runs (one line per failed request).
+    #[command(hide = true)]
+    Traffic(traffic::TrafficArgs),
     /// Correlate observation streams (agent output, journal, captures) into the rollout report:
     /// per pod the gap, the errors by cause, a verdict, and the preStop that prevents them.
     Analyze(analyze::AnalyzeArgs),
@@ -53,6 +59,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Install(args) => cluster::install::main(&cli.kube, &args),
         Command::Uninstall(args) => cluster::install::uninstall_main(&cli.kube, &args),
         Command::Status(args) => cluster::status::main(&cli.kube, &args),
+        Command::Trace(args) => cluster::trace::main(&cli.kube, &args),
+        Command::Traffic(args) => traffic::main(args),
         Command::Analyze(args) => analyze::main(args),
     }
 }

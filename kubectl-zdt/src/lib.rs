@@ -13,3 +13,4 @@ pub mod logging;
 pub mod observation;
 pub mod report;
 pub mod testbed;
+pub mod traffic;

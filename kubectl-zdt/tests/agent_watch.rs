@@ -12,79 +12,17 @@ use std::{
 };
 
 use ipnet::IpNet;
-use kube_double::{apiserver::ApiServer, rbac};
+use kube_double::{
+    apiserver::ApiServer,
+    fixture::{play, recorded_events, split_recording},
+    rbac,
+};
 use kubectl_zdt::{
     agent::{api_watch::ApiWatch, pods::PodIndex, serve::Gauges},
     observation::{Kind, NodeName, Observation},
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
-
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/kube-proxy-v1.36/rollout-restart-nftables-fast-exit"
-);
-
-/// (received_ns, type, object) of both streams, in the order the real host received them.
-fn recorded_events() -> Vec<(u64, String, Value)> {
-    let mut events = Vec::new();
-    for file in ["pods-watch.jsonl", "endpointslices-watch.jsonl"] {
-        let text = std::fs::read_to_string(format!("{FIXTURE}/{file}")).unwrap();
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            events.push((
-                v["received_ns"].as_u64().unwrap(),
-                v["event"]["type"].as_str().unwrap().to_owned(),
-                v["event"]["object"].clone(),
-            ));
-        }
-    }
-    events.sort_by_key(|e| e.0);
-    events
-}
-
-/// The recording's initial state (each stream's leading ADDED events: what its initial list
-/// returned) and the changes that followed.
-fn split_recording() -> (Vec<Value>, Vec<(u64, String, Value)>) {
-    let events = recorded_events();
-    let mut initial = Vec::new();
-    let mut rest = Vec::new();
-    let mut changed_kinds = BTreeSet::new();
-    for e in events {
-        let kind = e.2["kind"].as_str().unwrap_or_default().to_owned();
-        if e.1 == "ADDED" && !changed_kinds.contains(&kind) {
-            initial.push(e.2);
-        } else {
-            changed_kinds.insert(kind);
-            rest.push(e);
-        }
-    }
-    (initial, rest)
-}
-
-fn play(server: &ApiServer, kind: &str, object: &Value) {
-    let m = &object["metadata"];
-    if kind == "DELETED" {
-        let group = if object["kind"] == "Pod" {
-            ""
-        } else {
-            "discovery.k8s.io"
-        };
-        let resource = if object["kind"] == "Pod" {
-            "pods"
-        } else {
-            "endpointslices"
-        };
-        server.remove(
-            group,
-            resource,
-            m["namespace"].as_str().unwrap(),
-            m["name"].as_str().unwrap(),
-        );
-    } else {
-        server.put(object.clone());
-    }
-}
 
 async fn wait_until(what: &str, cond: impl Fn() -> bool) {
     for _ in 0..600 {

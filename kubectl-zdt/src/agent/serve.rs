@@ -5,8 +5,9 @@
 //! - `GET /readyz`: 200 once the probes are attached (the DaemonSet's readiness probe);
 //! - `GET /status`: [`AgentStatus`] as JSON;
 //! - `GET /observations?from=N[&follow=true]`: the journal from sequence number N as JSON lines
-//!   (header `x-zdt-first-seq`); with `follow`, new lines as they come. A reader that asks for
-//!   evicted lines first gets one `loss` line (`reason` `JOURNAL_EVICTED`) with their count.
+//!   (header `x-zdt-first-seq`: the number of the first journal line sent); with `follow`, new
+//!   lines as they come. A reader that asks for evicted lines first gets one `loss` line
+//!   (`reason` [`JOURNAL_EVICTED`]) with their count, which is not a journal line.
 
 use std::{
     convert::Infallible,
@@ -27,6 +28,9 @@ use tokio::net::TcpListener;
 
 use super::{clock::Clock, journal::Journal};
 use crate::observation::{Kind, NodeName, Observation};
+
+/// `reason` of the `loss` line that stands for evicted journal lines.
+pub const JOURNAL_EVICTED: &str = "JOURNAL_EVICTED";
 
 /// Header carrying the sequence number of the first line of an `/observations` response.
 pub const FIRST_SEQ_HEADER: &str = "x-zdt-first-seq";
@@ -183,8 +187,8 @@ impl Endpoint {
     fn observations(&self, from: u64, follow: bool) -> Response<Body> {
         let journal = self.journal.clone();
         let node = self.node.clone();
-        let first = self.journal.read(from, 0);
-        let header = first.first.saturating_sub(first.evicted);
+        // The number of the first journal line sent (after the JOURNAL_EVICTED line, if any).
+        let header = self.journal.read(from, 0).first;
         let stream = futures::stream::unfold(Some(from), move |next| {
             let journal = journal.clone();
             let node = node.clone();
@@ -202,7 +206,7 @@ impl Endpoint {
                 if read.evicted > 0 {
                     let mut loss = Observation::new(Kind::Loss, Timestamp::now(), node);
                     loss.count = Some(read.evicted);
-                    loss.reason = Some("JOURNAL_EVICTED".to_owned());
+                    loss.reason = Some(JOURNAL_EVICTED.to_owned());
                     chunk.push_str(&loss.to_json_line());
                     chunk.push('\n');
                 }

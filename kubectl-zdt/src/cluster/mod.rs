@@ -6,13 +6,18 @@
 //! - `manifests`: the manifests compiled into the binary, with the image set;
 //! - `install`: server-side apply, wait with a progress bar, per-node reasons; `uninstall`;
 //! - `agents`: find the agent pods and talk HTTP to each through port-forward;
-//! - `status`: one row per node.
+//! - `status`: one row per node;
+//! - `trace`: follow (or start) a rollout with every agent's stream, optional in-cluster
+//!   traffic (`workload`: what is traced; `collect`: the resumable streams), then the report.
 
 pub mod agents;
+pub mod collect;
 pub mod connect;
 pub mod install;
 pub mod manifests;
 pub mod status;
+pub mod trace;
+pub mod workload;
 
 use thiserror::Error;
 
@@ -61,6 +66,35 @@ pub enum Error {
     },
     #[error("timed out after {seconds} s waiting for the agents:\n{detail}")]
     NotReady { seconds: u64, detail: String },
+    #[error(
+        "{workload} not found in namespace {namespace} (use -n NAMESPACE, or check `kubectl get {workload} -n {namespace}`)"
+    )]
+    WorkloadNotFound { workload: String, namespace: String },
+    #[error(
+        "no Service in namespace {namespace} selects the pods of {workload} (labels {labels}): trace follows the endpoints of a Service; create one, e.g. `kubectl expose {workload} -n {namespace} --port 80 --target-port 8080`"
+    )]
+    NoService {
+        workload: String,
+        namespace: String,
+        labels: String,
+    },
+    #[error("the agents are not ready on {count} node(s); run `kubectl zdt status`:\n{detail}")]
+    AgentsNotReady { count: usize, detail: String },
+    #[error(
+        "the rollout of {workload} did not complete within {seconds} s: {detail} (see `kubectl rollout status {workload} -n {namespace}`)"
+    )]
+    RolloutStuck {
+        workload: String,
+        namespace: String,
+        seconds: u64,
+        detail: String,
+    },
+    #[error("the traffic pod {pod} did not start within {seconds} s: {reason}")]
+    TrafficNotStarted {
+        pod: String,
+        seconds: u64,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

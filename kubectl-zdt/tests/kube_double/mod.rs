@@ -5,4 +5,5 @@
 )]
 
 pub mod apiserver;
+pub mod fixture;
 pub mod rbac;
