@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     agent, analyze,
     cluster::{self, connect::KubeArgs},
-    demo, traffic,
+    demo, sample, traffic,
 };
 
 /// Measure the rollout race: how long after a pod stops listening every node still routes new
@@ -47,6 +47,9 @@ pub enum Command {
     /// The in-cluster request loop `trace --traffic` runs (one line per failed request).
     #[command(hide = true)]
     Traffic(traffic::TrafficArgs),
+    /// The sample HTTP server the e2e harness deploys (exits or drains on SIGTERM).
+    #[command(hide = true)]
+    SampleApp(sample::SampleArgs),
     /// Correlate observation streams (agent output, journal, captures) into the rollout report:
     /// per pod the gap, the errors by cause, a verdict, and the preStop that prevents them.
     Analyze(analyze::AnalyzeArgs),
@@ -61,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => cluster::status::main(&cli.kube, &args),
         Command::Trace(args) => cluster::trace::main(&cli.kube, &args),
         Command::Traffic(args) => traffic::main(args),
+        Command::SampleApp(args) => sample::main(args),
         Command::Analyze(args) => analyze::main(args),
     }
 }

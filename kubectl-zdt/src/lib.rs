@@ -12,5 +12,6 @@ pub mod demo;
 pub mod logging;
 pub mod observation;
 pub mod report;
+pub mod sample;
 pub mod testbed;
 pub mod traffic;

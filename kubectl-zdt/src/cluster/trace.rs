@@ -496,10 +496,11 @@ pub fn main(kube: &KubeArgs, args: &TraceArgs) -> anyhow::Result<ExitCode> {
     let text = report::render(&traced.report, args.output)?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
-    if let Some(line) = reconcile(&traced) {
-        writeln!(out, "{line}")?;
-    }
     out.flush()?;
+    // On stderr, so `-o json` stays one JSON document.
+    if let Some(line) = reconcile(&traced) {
+        eprintln!("{line}");
+    }
     if let Some(path) = &args.html {
         std::fs::write(path, report::html::render(&traced.report))?;
     }
