@@ -50,6 +50,9 @@ pub enum Command {
     /// The sample HTTP server the e2e harness deploys (exits or drains on SIGTERM).
     #[command(hide = true)]
     SampleApp(sample::SampleArgs),
+    /// The application the local testbed runs inside each pod (used by the demo and tests).
+    #[command(hide = true)]
+    TestbedApp(crate::testbed::app::AppArgs),
     /// Correlate observation streams (agent output, journal, captures) into the rollout report:
     /// per pod the gap, the errors by cause, a verdict, and the preStop that prevents them.
     Analyze(analyze::AnalyzeArgs),
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(args) => cluster::trace::main(&cli.kube, &args),
         Command::Traffic(args) => traffic::main(args),
         Command::SampleApp(args) => sample::main(args),
+        Command::TestbedApp(args) => crate::testbed::app::main(args),
         Command::Analyze(args) => analyze::main(args),
     }
 }

@@ -9,7 +9,8 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    path::Path,
     process::ExitCode,
     sync::{
         Arc, Mutex,
@@ -23,14 +24,17 @@ use clap::Args;
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
+use jiff::Timestamp;
+
 use crate::{
-    agent::{Agent, AgentConfig, clock::Clock, hostname},
+    agent::{Agent, AgentConfig, WatchedNetns, clock::Clock, hostname},
     observation::{Kind, NodeName, Observation},
     testbed::{
         Node,
         kube_proxy::ServicePort,
         node::cluster_ip,
-        tcp::{Attempt, Server, connect_loop},
+        pod::{PodProcess, PodSpec, app_binary},
+        tcp::{Attempt, connect_loop},
     },
 };
 
@@ -47,6 +51,11 @@ pub struct DemoArgs {
 }
 
 pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "the demo creates network namespaces and loads eBPF programs: run it as root (`sudo kubectl-zdt demo`)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -101,6 +110,7 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
             format!("sleep {prestop_ms} ms")
         }
     );
+    let app = app_binary(None)?;
     let mut node = Node::create()?;
     let old = node.add_pod("web-old")?;
     let new = node.add_pod("web-new")?;
@@ -112,47 +122,38 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
     };
     let old_ep = SocketAddr::new(old.ip.into(), 8080);
     let new_ep = SocketAddr::new(new.ip.into(), 8080);
-    let mut old_server = Server::start(&old.ns, old_ep)?;
-    let _new_server = Server::start(&new.ns, new_ep)?;
     node.set_endpoints(&svc, &[old_ep], &[])?;
 
-    let watch: Vec<IpNet> = vec![
-        IpNet::from(std::net::IpAddr::from(old.ip)),
-        IpNet::from(std::net::IpAddr::from(new.ip)),
-    ];
-    let agent = Agent::start(&AgentConfig::new(NodeName(hostname()), watch))?;
-    let (tx, mut rx) = mpsc::channel::<Observation>(65536);
+    let watch: Vec<IpNet> = [IpAddr::from(old.ip), IpAddr::from(new.ip), svc.cluster_ip]
+        .into_iter()
+        .map(IpNet::from)
+        .collect();
+    let mut config = AgentConfig::new(NodeName(hostname()), watch);
+    config.watch_netns = vec![WatchedNetns::open(Path::new(&old.ns.path()))?];
+    let agent = Agent::start(&config)?;
+    let spec = PodSpec {
+        port: 8080,
+        prestop_ms,
+        drain_ms: 0,
+        hold: false,
+    };
+    let old_app = PodProcess::start(&old, &app, spec.clone())?;
+    let _new_app = PodProcess::start(
+        &new,
+        &app,
+        PodSpec {
+            prestop_ms: 0,
+            ..spec
+        },
+    )?;
+
+    let (tx, rx) = mpsc::channel::<Observation>(65536);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent.run(tx, async {
         let _ = stop_rx.await;
     }));
     let t0 = Clock::monotonic_now_ns();
-    let clock = Clock::measure();
-    let printer = tokio::spawn(async move {
-        // Refused SYNs are printed per 100 ms bucket, not per line.
-        let mut refused = 0u64;
-        let mut buckets: BTreeMap<i64, u64> = BTreeMap::new();
-        while let Some(o) = rx.recv().await {
-            if o.kind == Kind::Refused {
-                let at = (o.time - clock.to_wall(t0)).get_milliseconds();
-                let n = o.weight();
-                refused += n;
-                let b = buckets.entry(at / 100).or_insert(0);
-                if *b == 0 {
-                    println!(
-                        "  +{:>5} ms  kernel: refused {}:{} ← {}  ({})",
-                        at,
-                        o.ip.map(|i| i.to_string()).unwrap_or_default(),
-                        o.port.unwrap_or(0),
-                        o.peer_ip.map(|i| i.to_string()).unwrap_or_default(),
-                        o.reason.as_deref().unwrap_or("")
-                    );
-                }
-                *b += n;
-            }
-        }
-        (refused, buckets)
-    });
+    let printer = tokio::spawn(print_live(rx, Clock::measure().to_wall(t0)));
 
     let stop = Arc::new(AtomicBool::new(false));
     let log: Arc<Mutex<Vec<Attempt>>> = Arc::default();
@@ -165,60 +166,121 @@ async fn race(prestop_ms: u64, propagation_ms: u64) -> anyhow::Result<RaceResult
         stop.clone(),
         log.clone(),
     )?;
-    let elapsed = |t: u64| (t.saturating_sub(t0)) / 1_000_000;
+    let elapsed = move |t: u64| (t.saturating_sub(t0)) / 1_000_000;
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let deleted = Clock::monotonic_now_ns();
     println!(
-        "  +{:>5} ms  pod web-old deleted (client connects to {target} every 5 ms)",
+        "  +{:>5} ms  pod web-old deleted (a client connects to {target} every 5 ms)",
         elapsed(deleted)
     );
     // The two sides of the race run in parallel, as the kubelet and kube-proxy do.
     let dataplane = async {
         tokio::time::sleep(Duration::from_millis(propagation_ms)).await;
         let r = node.set_endpoints(&svc, &[new_ep], &[old_ep]);
-        (r, Clock::monotonic_now_ns())
-    };
-    let kubelet = async {
-        if prestop_ms > 0 {
-            println!(
-                "  +{:>5} ms  kubelet: preStop sleep {prestop_ms} ms",
-                elapsed(Clock::monotonic_now_ns())
-            );
-            tokio::time::sleep(Duration::from_millis(prestop_ms)).await;
-        }
-        let closed = old_server.close();
+        let at = Clock::monotonic_now_ns();
         println!(
-            "  +{:>5} ms  kubelet: SIGTERM → web-old closed its listener {old_ep}",
-            elapsed(closed)
+            "  +{:>5} ms  kube-proxy: rule to {old_ep} replaced by {new_ep}",
+            elapsed(at)
         );
-        closed
+        (r, at)
     };
-    let ((programmed, dp_at), closed_at) = tokio::join!(dataplane, kubelet);
+    let kubelet = tokio::task::spawn_blocking(move || {
+        let truth = old_app.terminate(&old, &app, deleted);
+        (truth, old)
+    });
+    let ((programmed, dp_at), joined) = tokio::join!(dataplane, kubelet);
     programmed?;
-    println!(
-        "  +{:>5} ms  kube-proxy: rule to {old_ep} replaced by {new_ep}",
-        elapsed(dp_at)
-    );
+    let (truth, old) = joined.context("kubelet task failed")?;
+    let truth = truth?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     client_thread.join()?;
+    node.remove_pod(old);
     let _ = stop_tx.send(());
     agent_task.await.context("agent task failed")??;
-    let (kernel_refused, _) = printer.await.context("printer failed")?;
+    let kernel_refused = printer.await.context("printer failed")?;
 
     let attempts = log.lock().map(|l| l.clone()).unwrap_or_default();
-    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.error.is_some()).collect();
-    let gap_ms = (dp_at as i64 - closed_at as i64) / 1_000_000;
+    let failed = attempts.iter().filter(|a| a.error.is_some()).count();
+    let gap_ms = (dp_at as i64 - truth.listen_closed as i64) / 1_000_000;
     println!(
-        "  gap (rule removed − listener closed) = {gap_ms:+} ms; kernel: {kernel_refused} refused; client: {} of {} failed\n",
-        failed.len(),
+        "  gap (rule removed − listener closed) = {gap_ms:+} ms; kernel: {kernel_refused} refused; client: {failed} of {} failed\n",
         attempts.len()
     );
     Ok(RaceResult {
         prestop_ms,
         attempts: attempts.len(),
-        client_failed: failed.len(),
+        client_failed: failed,
         kernel_refused,
     })
+}
+
+/// Prints what the kernel reports as it arrives: termination marks one per line, refused SYNs
+/// and client errors once per 100 ms. Returns the number of refused SYNs.
+async fn print_live(mut rx: mpsc::Receiver<Observation>, t0: Timestamp) -> u64 {
+    let mut refused = 0u64;
+    let mut buckets: BTreeMap<(Kind, i64), u64> = BTreeMap::new();
+    while let Some(o) = rx.recv().await {
+        let at = crate::observation::millis_between(o.time, t0).round() as i64;
+        let what = match o.kind {
+            Kind::Refused | Kind::ConnError => {
+                let n = o.weight();
+                if o.kind == Kind::Refused {
+                    refused += n;
+                }
+                let b = buckets.entry((o.kind, at / 100)).or_insert(0);
+                *b += n;
+                if *b > n {
+                    continue;
+                }
+                let addr = |ip: Option<IpAddr>, port: Option<u16>| {
+                    format!(
+                        "{}:{}",
+                        ip.map(|i| i.to_string()).unwrap_or_default(),
+                        port.unwrap_or(0)
+                    )
+                };
+                if o.kind == Kind::Refused {
+                    format!(
+                        "pod refused a SYN on {} ({})",
+                        addr(o.ip, o.port),
+                        o.reason.as_deref().unwrap_or("")
+                    )
+                } else {
+                    format!(
+                        "client got {} from {}",
+                        o.reason.as_deref().unwrap_or(""),
+                        addr(o.ip, o.port)
+                    )
+                }
+            }
+            Kind::Exec => format!(
+                "exec {} in the pod",
+                o.extra.get("comm").and_then(|c| c.as_str()).unwrap_or("?")
+            ),
+            Kind::Signal => format!(
+                "{} delivered to the app",
+                o.reason.as_deref().unwrap_or("signal")
+            ),
+            Kind::ListenerClosed => format!(
+                "the app closed its listener on port {}",
+                o.port.unwrap_or(0)
+            ),
+            Kind::Exit => format!(
+                "{} (pid {}) exited",
+                o.extra
+                    .get("comm")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("a process"),
+                o.extra
+                    .get("pid")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0)
+            ),
+            _ => continue,
+        };
+        println!("  +{at:>5} ms  kernel: {what}");
+    }
+    refused
 }

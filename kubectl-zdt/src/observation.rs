@@ -205,6 +205,13 @@ impl Observation {
     }
 }
 
+/// `a − b` in milliseconds (negative when `a` is earlier). Note that jiff's
+/// `Span::get_milliseconds` is only the millisecond *component* of a span; this is the total.
+pub fn millis_between(a: Timestamp, b: Timestamp) -> f64 {
+    let ns = a.as_nanosecond() - b.as_nanosecond();
+    ns as f64 / 1e6
+}
+
 /// RFC 3339 UTC with exactly nine fractional digits, e.g. `2026-11-22T01:16:45.660197146Z`.
 pub fn format_time(t: Timestamp) -> String {
     format!("{t:.9}")

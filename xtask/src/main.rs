@@ -1,6 +1,7 @@
 //! `cargo xtask <command>` (or `./x <command>` on a fresh machine, which first installs the
 //! pinned toolchain): setup, demo and test for kubectl-zdt.
 
+mod bench;
 mod cmd;
 mod demo;
 mod e2e;
@@ -31,6 +32,8 @@ enum Command {
     Image(image::ImageArgs),
     /// On a real cluster: image, load, install, trace two sample rollouts, check, clean up.
     E2e(e2e::E2eArgs),
+    /// Run every benchmark (kernel cost per event, agent overhead, correlation, dataplane).
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Image(args) => image::run(&args),
         Command::E2e(args) => e2e::run(&args),
+        Command::Bench => bench::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,8 @@
 //! - bpf-linker, built from crates.io against the pinned rustc's own libLLVM (no system LLVM):
 //!   bpf-linker must use the same LLVM major as rustc or linking fails with "Invalid record".
 //!   It is rebuilt only when the installed one does not load that LLVM;
-//! - the Debian packages the tests and the demo drive (iproute2, iptables, nftables, conntrack).
+//! - the Debian packages the tests and the demo drive (iproute2, iptables, nftables, conntrack,
+//!   and chromium for the HTML report's render test).
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -20,6 +21,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("conntrack", "conntrack"),
     ("procps", "sysctl"),
+    // The HTML report's render test takes a headless screenshot.
+    ("chromium", "chromium"),
 ];
 
 pub fn run_all() -> anyhow::Result<()> {

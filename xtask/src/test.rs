@@ -64,7 +64,6 @@ fn clippy_ebpf() -> anyhow::Result<()> {
             .arg("--target-dir")
             .arg(target_dir)
             .args(["--", "-D", "warnings"])
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env("CARGO_CFG_BPF_TARGET_ARCH", "x86_64"),
+            .env("RUSTC_BOOTSTRAP", "1"),
     )
 }

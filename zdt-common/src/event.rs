@@ -8,6 +8,30 @@ pub mod kind {
     /// `tcp:tcp_send_reset`: this host sent a RST. `reason` is the kernel's `enum sk_rst_reason`;
     /// `addr`/`port` is the side that sent it (for `NO_SOCKET` the address that refused).
     pub const RESET_SENT: u16 = 1;
+    /// `sock:inet_sock_set_state` to `TCP_LISTEN`: a listener opened (`addr:port` bound).
+    pub const LISTEN_OPEN: u16 = 2;
+    /// `sock:inet_sock_set_state` from `TCP_LISTEN`: a listener closed.
+    pub const LISTEN_CLOSE: u16 = 3;
+    /// `sock:inet_sk_error_report`: an error delivered to a socket; `reason` is the errno,
+    /// `addr:port` the destination as dialled, `peer_addr:peer_port` the local (client) side.
+    pub const SOCK_ERROR: u16 = 4;
+    /// `tcp:tcp_retransmit_skb` in `SYN_SENT`: a connect that is timing out; `addr:port` is the
+    /// destination as dialled.
+    pub const SYN_RETRANSMIT: u16 = 5;
+    /// `tp_btf/signal_generate`: `reason` = signal number, `tgid` = target process, `netns` =
+    /// the target's network namespace.
+    pub const SIGNAL: u16 = 6;
+    /// `sched:sched_process_exec` in a watched network namespace; `comm` is the new program.
+    pub const EXEC: u16 = 7;
+    /// `sched:sched_process_exit` of a whole process (`group_dead`) in a watched namespace.
+    pub const EXIT: u16 = 8;
+}
+
+/// TCP states (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const SYN_SENT: u32 = 2;
+    pub const CLOSE: u32 = 7;
+    pub const LISTEN: u32 = 10;
 }
 
 /// Values of the kernel's `enum sk_rst_reason` (include/net/rstreason.h), as reported by
@@ -46,10 +70,14 @@ pub struct Event {
     pub peer_port: u16,
     /// TCP state (`TCP_*`) of the socket, if known.
     pub state: u32,
-    /// `bpf_get_current_pid_tgid() >> 32` (meaningless in softirq context).
+    /// Process id (`bpf_get_current_pid_tgid() >> 32`, or the signal's target); meaningless in
+    /// softirq context.
     pub tgid: u32,
-    /// Explicit padding to a multiple of 8.
-    pub _pad: u32,
+    /// Inode number of the network namespace the event belongs to (0 when unknown): tells an old
+    /// pod from a new one that reuses its IP.
+    pub netns: u32,
+    /// Task name (`comm`), NUL-padded, for process events.
+    pub comm: [u8; 16],
 }
 
 const _: () = {
@@ -65,9 +93,32 @@ const _: () = {
     assert!(offset_of!(Event, peer_port) == 66);
     assert!(offset_of!(Event, state) == 68);
     assert!(offset_of!(Event, tgid) == 72);
-    assert!(offset_of!(Event, _pad) == 76);
-    assert!(size_of::<Event>() == 80);
+    assert!(offset_of!(Event, netns) == 76);
+    assert!(offset_of!(Event, comm) == 80);
+    assert!(size_of::<Event>() == 96);
 };
+
+impl Event {
+    /// An event of `kind` at `ts_ns` with every other field zero.
+    pub const fn new(kind: u16, ts_ns: u64) -> Self {
+        Self {
+            ts_ns,
+            sk: 0,
+            cgroup_id: 0,
+            kind,
+            family: 0,
+            reason: 0,
+            addr: [0; 16],
+            peer_addr: [0; 16],
+            port: 0,
+            peer_port: 0,
+            state: 0,
+            tgid: 0,
+            netns: 0,
+            comm: [0; 16],
+        }
+    }
+}
 
 /// Key of the exact per-CPU counters: one count per (address, port, kind, reason).
 #[repr(C)]
@@ -106,10 +157,36 @@ impl CounterKey {
     }
 }
 
+/// Offsets of kernel struct members the programs follow, resolved by the agent from the running
+/// kernel's BTF and set as a load-time global (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock`: `__sk_common.skc_net.net` (`struct net *`).
+    pub sock_net: u32,
+    /// `struct net`: `ns.inum`.
+    pub net_inum: u32,
+    /// `struct sk_buff`: `dev` (`struct net_device *`).
+    pub skb_dev: u32,
+    /// `struct net_device`: `nd_net.net`.
+    pub netdev_net: u32,
+    /// `struct task_struct`: `nsproxy`.
+    pub task_nsproxy: u32,
+    /// `struct nsproxy`: `net_ns`.
+    pub nsproxy_net: u32,
+    /// `struct task_struct`: `tgid`.
+    pub task_tgid: u32,
+    /// 1 once the loader filled the offsets in; programs read no pointer chains before that.
+    pub valid: u32,
+}
+
+const _: () = assert!(size_of::<KernelOffsets>() == 32);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both types are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with
     // every padding byte an explicit field (asserted above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }

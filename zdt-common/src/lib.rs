@@ -9,4 +9,4 @@ pub mod event;
 pub mod maps;
 pub mod tracepoint;
 
-pub use event::{CounterKey, Event, kind, rst_reason};
+pub use event::{CounterKey, Event, KernelOffsets, kind, rst_reason, tcp_state};

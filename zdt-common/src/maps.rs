@@ -29,6 +29,13 @@ pub const WATCH_V4: &str = "ZDT_WATCH_V4";
 pub const WATCH_V6: &str = "ZDT_WATCH_V6";
 pub const WATCH_MAX: u32 = 16_384;
 
+/// Watched network namespaces (inode numbers): pods whose listeners bind 0.0.0.0, and whose
+/// processes' signals, execs and exits are reported.
+pub const WATCH_NETNS: &str = "ZDT_WATCH_NETNS";
+
+/// Global set by the loader: [`crate::KernelOffsets`] resolved from the kernel's BTF.
+pub const GLOBAL_OFFSETS: &str = "ZDT_OFFSETS";
+
 /// Global set by the loader: 0 = report every address, 1 = only addresses in the watch tries.
 pub const GLOBAL_FILTER_ENABLED: &str = "ZDT_FILTER_ENABLED";
 /// Global set by the loader: wake the reader once every this many events (batched wake-ups).

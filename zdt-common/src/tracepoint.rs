@@ -16,6 +16,7 @@ pub struct Layout {
 
 /// `tcp:tcp_send_reset` (kernel ≥6.10 layout with `reason`).
 pub mod tcp_send_reset {
+    pub const SKBADDR: usize = 8;
     pub const SKADDR: usize = 16;
     pub const STATE: usize = 24;
     pub const REASON: usize = 28;
@@ -27,12 +28,114 @@ pub mod tcp_send_reset {
         category: "tcp",
         name: "tcp_send_reset",
         fields: &[
+            ("skbaddr", SKBADDR, 8),
             ("skaddr", SKADDR, 8),
             ("state", STATE, 4),
             ("reason", REASON, 4),
             ("saddr", SADDR, 28),
             ("daddr", DADDR, 28),
         ],
+    };
+}
+
+/// `sock:inet_sock_set_state` (ports in host order).
+pub mod inet_sock_set_state {
+    pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "sock",
+        name: "inet_sock_set_state",
+        fields: &[
+            ("skaddr", SKADDR, 8),
+            ("oldstate", OLDSTATE, 4),
+            ("newstate", NEWSTATE, 4),
+            ("sport", SPORT, 2),
+            ("dport", DPORT, 2),
+            ("family", FAMILY, 2),
+            ("protocol", PROTOCOL, 2),
+            ("saddr", SADDR, 4),
+            ("daddr", DADDR, 4),
+            ("saddr_v6", SADDR_V6, 16),
+            ("daddr_v6", DADDR_V6, 16),
+        ],
+    };
+}
+
+/// `sock:inet_sk_error_report` (ports in host order; fires with error 0 too).
+pub mod inet_sk_error_report {
+    pub const ERROR: usize = 8;
+    pub const SPORT: usize = 12;
+    pub const DPORT: usize = 14;
+    pub const FAMILY: usize = 16;
+    pub const PROTOCOL: usize = 18;
+    pub const SADDR: usize = 20;
+    pub const DADDR: usize = 24;
+    pub const SADDR_V6: usize = 28;
+    pub const DADDR_V6: usize = 44;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "sock",
+        name: "inet_sk_error_report",
+        fields: &[
+            ("error", ERROR, 4),
+            ("sport", SPORT, 2),
+            ("dport", DPORT, 2),
+            ("family", FAMILY, 2),
+            ("protocol", PROTOCOL, 2),
+            ("saddr", SADDR, 4),
+            ("daddr", DADDR, 4),
+            ("saddr_v6", SADDR_V6, 16),
+            ("daddr_v6", DADDR_V6, 16),
+        ],
+    };
+}
+
+/// `tcp:tcp_retransmit_skb` (ports in host order).
+pub mod tcp_retransmit_skb {
+    pub const SKADDR: usize = 16;
+    pub const STATE: usize = 24;
+    pub const SPORT: usize = 28;
+    pub const DPORT: usize = 30;
+    pub const FAMILY: usize = 32;
+    pub const SADDR: usize = 34;
+    pub const DADDR: usize = 38;
+    pub const SADDR_V6: usize = 42;
+    pub const DADDR_V6: usize = 58;
+    /// Result of the retransmission (6.x): non-zero means nothing was sent.
+    pub const ERR: usize = 76;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        fields: &[
+            ("skaddr", SKADDR, 8),
+            ("state", STATE, 4),
+            ("sport", SPORT, 2),
+            ("dport", DPORT, 2),
+            ("family", FAMILY, 2),
+            ("saddr", SADDR, 4),
+            ("daddr", DADDR, 4),
+            ("saddr_v6", SADDR_V6, 16),
+            ("daddr_v6", DADDR_V6, 16),
+            ("err", ERR, 4),
+        ],
+    };
+}
+
+/// `sched:sched_process_exit` (6.x layout with `group_dead`).
+pub mod sched_process_exit {
+    pub const GROUP_DEAD: usize = 32;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "sched",
+        name: "sched_process_exit",
+        fields: &[("group_dead", GROUP_DEAD, 1)],
     };
 }
 
@@ -45,4 +148,10 @@ pub mod sockaddr {
 }
 
 /// Every tracepoint layout the programs depend on, checked at load time.
-pub const LAYOUTS: &[Layout] = &[tcp_send_reset::LAYOUT];
+pub const LAYOUTS: &[Layout] = &[
+    tcp_send_reset::LAYOUT,
+    inet_sock_set_state::LAYOUT,
+    inet_sk_error_report::LAYOUT,
+    tcp_retransmit_skb::LAYOUT,
+    sched_process_exit::LAYOUT,
+];

@@ -4,15 +4,65 @@
 #![no_std]
 #![no_main]
 
+mod client;
 mod emit;
+mod kernel;
+mod listener;
+mod process;
+mod record;
 mod reset;
 mod watch;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     match reset::on_send_reset(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    match listener::on_set_state(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "sock", name = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    match client::on_error_report(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    match client::on_retransmit(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    match process::on_exec(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    match process::on_exit(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+    match process::on_signal(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! With reason `NO_SOCKET` the kernel had no socket for the segment, which for a SYN means no
 //! listener: the client sees `connection refused`. Then `skaddr` is NULL and `saddr` is the
-//! refusing side (the pod). Any other reason is a reset of an existing connection by its local
-//! socket (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited).
+//! refusing side (the pod); its network namespace is the one of the device the segment arrived
+//! on. Any other reason is a reset of an existing connection by its local socket
+//! (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -15,7 +16,7 @@ use zdt_common::{
     tracepoint::{sockaddr, tcp_send_reset as tp},
 };
 
-use crate::{emit::emit, watch};
+use crate::{emit::emit, kernel, watch};
 
 /// Reads the address family, port (host order) and address of a 28-byte sockaddr copy.
 #[inline(always)]
@@ -36,28 +37,35 @@ fn read_sockaddr(ctx: &TracePointContext, at: usize) -> Result<(u16, u16, [u8; 1
 
 pub fn on_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let (family, sport, saddr) = read_sockaddr(ctx, tp::SADDR)?;
-    let (_, dport, daddr) = read_sockaddr(ctx, tp::DADDR)?;
-    if !watch::is_watched(family, &saddr) {
+    let sk: u64 = unsafe { ctx.read_at(tp::SKADDR)? };
+    let addr_watched = watch::is_watched(family, &saddr);
+    let netns = if addr_watched || watch::filtering() {
+        if sk != 0 {
+            kernel::netns_of_sock(sk)
+        } else {
+            let skb: u64 = unsafe { ctx.read_at(tp::SKBADDR)? };
+            kernel::netns_of_skb(skb)
+        }
+    } else {
+        0
+    };
+    if !addr_watched && !watch::is_watched_netns(netns) {
         return Ok(());
     }
-    let reason: u32 = unsafe { ctx.read_at(tp::REASON)? };
+    let (_, dport, daddr) = read_sockaddr(ctx, tp::DADDR)?;
     let state: i32 = unsafe { ctx.read_at(tp::STATE)? };
-    let sk: u64 = unsafe { ctx.read_at(tp::SKADDR)? };
-    let event = Event {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        sk,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        kind: kind::RESET_SENT,
-        family,
-        reason,
-        addr: saddr,
-        peer_addr: daddr,
-        port: sport,
-        peer_port: dport,
-        state: state as u32,
-        tgid: ctx.tgid(),
-        _pad: 0,
-    };
+    let mut event = Event::new(kind::RESET_SENT, unsafe { bpf_ktime_get_ns() });
+    event.sk = sk;
+    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    event.family = family;
+    event.reason = unsafe { ctx.read_at(tp::REASON)? };
+    event.addr = saddr;
+    event.peer_addr = daddr;
+    event.port = sport;
+    event.peer_port = dport;
+    event.state = state as u32;
+    event.tgid = ctx.tgid();
+    event.netns = netns;
     emit(&event);
     Ok(())
 }

@@ -6,7 +6,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{LpmTrie, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, lpm_trie::Key},
 };
 use zdt_common::maps;
 
@@ -19,6 +19,9 @@ static WATCH_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(maps::WATCH_MA
 
 #[map(name = "ZDT_WATCH_V6")]
 static WATCH_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(maps::WATCH_MAX, 0);
+
+#[map(name = "ZDT_WATCH_NETNS")]
+static WATCH_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(maps::WATCH_MAX, 0);
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -37,4 +40,18 @@ pub fn is_watched(family: u16, addr: &[u8; 16]) -> bool {
         AF_INET6 => WATCH_V6.get(&Key::new(128, *addr)).is_some(),
         _ => false,
     }
+}
+
+/// Whether events in network namespace `inum` are reported. Process events (signals, execs,
+/// exits) are only ever reported for watched namespaces, even with filtering off: every exec
+/// of the node would otherwise flood the stream.
+#[inline(always)]
+pub fn is_watched_netns(inum: u32) -> bool {
+    inum != 0 && unsafe { WATCH_NETNS.get(&inum) }.is_some()
+}
+
+/// Whether filtering is on (false: every address is reported).
+#[inline(always)]
+pub fn filtering() -> bool {
+    ZDT_FILTER_ENABLED.load() != 0
 }

@@ -64,28 +64,82 @@ impl Decoder {
             .unwrap_or_else(|| reason.to_string())
     }
 
-    /// The observation kind and reason an event (or counter key) stands for.
-    pub fn classify(&self, kind: u16, reason: u32) -> Result<(Kind, String), DecodeError> {
-        match kind {
+    /// The observation kind and reason an event (or counter key) stands for; `None` reason for
+    /// kinds that have none.
+    pub fn classify(&self, kind: u16, reason: u32) -> Result<(Kind, Option<String>), DecodeError> {
+        Ok(match kind {
             kind::RESET_SENT if reason == rst_reason::NO_SOCKET => {
-                Ok((Kind::Refused, self.rst_reason_name(reason)))
+                (Kind::Refused, Some(self.rst_reason_name(reason)))
             }
-            kind::RESET_SENT => Ok((Kind::Reset, self.rst_reason_name(reason))),
-            k => Err(DecodeError::Kind(k)),
-        }
+            kind::RESET_SENT => (Kind::Reset, Some(self.rst_reason_name(reason))),
+            kind::LISTEN_OPEN => (Kind::ListenerOpen, None),
+            kind::LISTEN_CLOSE => (Kind::ListenerClosed, None),
+            kind::SOCK_ERROR => (Kind::ConnError, Some(errno_name(reason))),
+            kind::SYN_RETRANSMIT => (Kind::SynRetransmit, None),
+            kind::SIGNAL => (Kind::Signal, Some(signal_name(reason))),
+            kind::EXEC => (Kind::Exec, None),
+            kind::EXIT => (Kind::Exit, None),
+            k => return Err(DecodeError::Kind(k)),
+        })
     }
 
     pub fn decode(&self, ev: &Event) -> Result<Observation, DecodeError> {
         let (kind, reason) = self.classify(ev.kind, ev.reason)?;
         let mut o = Observation::new(kind, self.clock.to_wall(ev.ts_ns), self.node.clone());
-        o.ip = Some(ip_of(ev.family, &ev.addr)?);
-        o.port = Some(ev.port);
-        o.peer_ip = Some(ip_of(ev.family, &ev.peer_addr)?);
-        o.peer_port = Some(ev.peer_port);
-        o.reason = Some(reason);
+        o.reason = reason;
         o.uncertainty_ns = Some(self.clock.uncertainty_ns);
+        match kind {
+            Kind::Signal | Kind::Exec | Kind::Exit => {
+                o = o
+                    .with_extra("pid", ev.tgid)
+                    .with_extra("comm", comm(&ev.comm));
+                if kind == Kind::Signal {
+                    // For a signal, comm is the sender's and `state` its pid.
+                    o.extra.remove("comm");
+                    o = o
+                        .with_extra("sender", comm(&ev.comm))
+                        .with_extra("sender_pid", ev.state);
+                }
+            }
+            Kind::ListenerOpen | Kind::ListenerClosed => {
+                o.ip = Some(ip_of(ev.family, &ev.addr)?);
+                o.port = Some(ev.port);
+                o = o.with_extra("pid", ev.tgid);
+            }
+            _ => {
+                o.ip = Some(ip_of(ev.family, &ev.addr)?);
+                o.port = Some(ev.port);
+                o.peer_ip = Some(ip_of(ev.family, &ev.peer_addr)?);
+                o.peer_port = Some(ev.peer_port);
+            }
+        }
+        if ev.netns != 0 {
+            o = o.with_extra("netns", ev.netns);
+        }
         Ok(o)
     }
+}
+
+/// `ECONNREFUSED` for 111, …; unknown numbers as `E<n>`.
+pub fn errno_name(errno: u32) -> String {
+    let e = nix::errno::Errno::from_raw(i32::try_from(errno).unwrap_or(i32::MAX));
+    match e {
+        nix::errno::Errno::UnknownErrno => format!("E{errno}"),
+        e => format!("{e:?}"),
+    }
+}
+
+/// `SIGTERM` for 15, …; unknown numbers as `SIG<n>`.
+pub fn signal_name(sig: u32) -> String {
+    i32::try_from(sig)
+        .ok()
+        .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+        .map_or_else(|| format!("SIG{sig}"), |s| s.as_str().to_owned())
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
 #[cfg(test)]
@@ -126,7 +180,8 @@ mod tests {
             peer_port: 40312,
             state: 0,
             tgid: 0,
-            _pad: 0,
+            netns: 0,
+            comm: [0; 16],
         }
     }
 
@@ -144,6 +199,30 @@ mod tests {
         let d = decoder();
         assert_eq!(d.decode(&event(11)).unwrap().kind, Kind::Reset);
         assert_eq!(d.decode(&event(99)).unwrap().reason.as_deref(), Some("99"));
+    }
+
+    #[test]
+    fn client_errors_and_signals_get_their_kernel_names() {
+        let d = decoder();
+        let mut ev = event(111);
+        ev.kind = kind::SOCK_ERROR;
+        let o = d.decode(&ev).unwrap();
+        assert_eq!(
+            (o.kind, o.reason.as_deref()),
+            (Kind::ConnError, Some("ECONNREFUSED"))
+        );
+        ev.kind = kind::SIGNAL;
+        ev.reason = 15;
+        ev.tgid = 4242;
+        ev.netns = 4026532000;
+        ev.comm[..7].copy_from_slice(b"kubelet");
+        let o = d.decode(&ev).unwrap();
+        assert_eq!(
+            o.to_json_line(),
+            r#"{"kind":"signal","time":"2026-11-22T01:16:45.660197146Z","node":"node-a","reason":"SIGTERM","uncertainty_ns":250,"netns":4026532000,"pid":4242,"sender":"kubelet","sender_pid":0}"#
+        );
+        assert_eq!(errno_name(4095), "E4095");
+        assert_eq!(signal_name(99), "SIG99");
     }
 
     #[test]

@@ -6,12 +6,14 @@ use std::net::IpAddr;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
-    programs::TracePoint,
+    Btf, Ebpf, EbpfLoader,
+    maps::{
+        HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
+    programs::{BtfTracePoint, TracePoint},
 };
 use ipnet::IpNet;
-use zdt_common::{CounterKey, maps};
+use zdt_common::{CounterKey, KernelOffsets, maps};
 
 use super::filter::WatchFilter;
 
@@ -19,7 +21,30 @@ use super::filter::WatchFilter;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zdt"));
 
 /// Every program in the object: (function name, tracepoint category, tracepoint name).
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[("tcp_send_reset", "tcp", "tcp_send_reset")];
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
+    ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+/// BTF tracepoints: (function name, kernel tracepoint). `signal_generate` needs the task
+/// pointer of the target, which only the BTF flavour passes.
+pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("signal_generate", "signal_generate")];
+
+/// What to load: the watch filter and the kernel facts preflight found.
+pub struct LoadSpec<'a> {
+    pub watch: &'a [IpNet],
+    /// Network namespace inode numbers.
+    pub watch_netns: &'a [u32],
+    pub wakeup_every: u64,
+    pub ringbuf_bytes: u32,
+    pub offsets: KernelOffsets,
+    /// Filter even with empty watch lists (nothing is reported until addresses are added).
+    pub filter: bool,
+}
 
 /// The loaded, attached probes and the maps userspace reads.
 pub struct Probes {
@@ -44,22 +69,38 @@ pub struct KernelMaps {
 }
 
 impl Probes {
-    /// Loads and attaches every program; `filter` turns on kernel-side filtering (only the
-    /// addresses in `watch`, and those added later through [`WatchFilter`], are reported).
-    pub fn load(watch: &[IpNet], filter: bool, wakeup_every: u64) -> anyhow::Result<Self> {
+    /// Loads and attaches every program. Kernel-side filtering is on when a watch list is
+    /// non-empty or `spec.filter` asks for it (cluster mode: addresses are added later through
+    /// [`WatchFilter`]).
+    pub fn load(spec: &LoadSpec<'_>) -> anyhow::Result<Self> {
+        let watch = spec.watch;
         if OBJECT.is_empty() {
             bail!(
                 "this binary was built without its eBPF programs (ZDT_SKIP_EBPF=1); rebuild it with `cargo build --release`"
             );
         }
-        let filter_enabled: u32 = u32::from(filter);
+        let filter_enabled: u32 =
+            u32::from(spec.filter || !watch.is_empty() || !spec.watch_netns.is_empty());
         let mut ebpf = EbpfLoader::new()
             .override_global(maps::GLOBAL_FILTER_ENABLED, &filter_enabled, true)
-            .override_global(maps::GLOBAL_WAKEUP_EVERY, &wakeup_every, true)
+            .override_global(maps::GLOBAL_WAKEUP_EVERY, &spec.wakeup_every, true)
+            .override_global(maps::GLOBAL_OFFSETS, &spec.offsets, true)
+            .map_max_entries(maps::EVENTS, spec.ringbuf_bytes)
             .load(OBJECT)
             .context("failed to load the eBPF programs into the kernel")?;
 
         fill_watch(&mut ebpf, watch)?;
+        {
+            let mut netns: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+                ebpf.map_mut(maps::WATCH_NETNS)
+                    .ok_or_else(|| anyhow!("map {} missing", maps::WATCH_NETNS))?,
+            )?;
+            for inum in spec.watch_netns {
+                netns
+                    .insert(inum, &1, 0)
+                    .with_context(|| format!("failed to watch network namespace {inum}"))?;
+            }
+        }
 
         for (prog, category, name) in TRACEPOINTS {
             let program: &mut TracePoint = ebpf
@@ -73,6 +114,23 @@ impl Probes {
             program
                 .attach(category, name)
                 .with_context(|| format!("failed to attach to tracepoint {category}:{name}"))?;
+        }
+
+        if !BTF_TRACEPOINTS.is_empty() {
+            let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
+            for (prog, function) in BTF_TRACEPOINTS {
+                let program: &mut BtfTracePoint = ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+                    .try_into()
+                    .with_context(|| format!("program {prog} is not a BTF tracepoint program"))?;
+                program
+                    .load(function, &btf)
+                    .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
+                program
+                    .attach()
+                    .with_context(|| format!("failed to attach to BTF tracepoint {function}"))?;
+            }
         }
 
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;

@@ -14,12 +14,14 @@
 //! reached through port-forward).
 
 pub mod api_watch;
+pub mod btf;
 pub mod clock;
 pub mod cluster;
 pub mod decode;
 pub mod filter;
 pub mod journal;
 pub mod loader;
+pub mod netns_gone;
 pub mod pods;
 pub mod preflight;
 pub mod serve;
@@ -61,9 +63,19 @@ pub struct AgentArgs {
     #[arg(long = "watch-cidr", value_name = "CIDR")]
     pub watch_cidr: Vec<IpNet>,
 
+    /// Also report listeners, signals, execs and exits of the processes in this network
+    /// namespace (repeatable; e.g. /run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long = "watch-netns", value_name = "PATH")]
+    pub watch_netns: Vec<std::path::PathBuf>,
+
     /// Node name written on every observation [default: the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Size of the kernel→agent ring buffer in bytes (a power of two, at least 4096). When it
+    /// overflows, counts stay exact and the loss is reported.
+    #[arg(long, default_value_t = zdt_common::maps::EVENTS_BYTES, value_parser = parse_ringbuf_bytes)]
+    pub ringbuf_bytes: u32,
 
     /// Wake the reader once every N kernel events (batched wake-ups; the reader also polls
     /// every 50 ms).
@@ -71,15 +83,34 @@ pub struct AgentArgs {
     pub wakeup_every: u64,
 }
 
+/// A network namespace to watch: where it is named and the inode the kernel reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedNetns {
+    pub path: std::path::PathBuf,
+    pub inum: u32,
+}
+
+impl WatchedNetns {
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            inum: netns_inode(path)?,
+        })
+    }
+}
+
 /// What the agent needs to start, independent of how it was invoked.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node: NodeName,
     pub watch: Vec<IpNet>,
-    /// Report only watched addresses. Standalone: on when `watch` is non-empty. Cluster mode:
-    /// always on, starting empty; pod addresses are added at run time.
+    /// Report only watched addresses even when `watch` and `watch_netns` are empty (cluster
+    /// mode: pod addresses are added at run time).
     pub filter: bool,
+    /// Network namespaces whose processes and listeners are reported.
+    pub watch_netns: Vec<WatchedNetns>,
     pub wakeup_every: u64,
+    pub ringbuf_bytes: u32,
     /// How often the ring buffer is drained when no wake-up came.
     pub poll_interval: Duration,
 }
@@ -88,12 +119,35 @@ impl AgentConfig {
     pub fn new(node: NodeName, watch: Vec<IpNet>) -> Self {
         Self {
             node,
-            filter: !watch.is_empty(),
+            filter: false,
             watch,
+            watch_netns: Vec::new(),
             wakeup_every: 64,
+            ringbuf_bytes: zdt_common::maps::EVENTS_BYTES,
             poll_interval: Duration::from_millis(50),
         }
     }
+}
+
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two >= 4096"));
+    }
+    Ok(n)
+}
+
+/// The inode number identifying the network namespace at `path` (what the kernel reports).
+pub fn netns_inode(path: &std::path::Path) -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "--watch-netns {}: no such network namespace (try /run/netns/NAME or /proc/PID/ns/net)",
+            path.display()
+        )
+    })?;
+    u32::try_from(meta.ino())
+        .with_context(|| format!("{}: inode does not fit 32 bits", path.display()))
 }
 
 /// The machine's hostname, used as the node name when standalone.
@@ -110,6 +164,10 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         args.watch_cidr,
     );
     config.wakeup_every = args.wakeup_every;
+    config.ringbuf_bytes = args.ringbuf_bytes;
+    for path in &args.watch_netns {
+        config.watch_netns.push(WatchedNetns::open(path)?);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -4,7 +4,12 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use thiserror::Error;
-use zdt_common::tracepoint::{LAYOUTS, Layout};
+use zdt_common::{
+    KernelOffsets,
+    tracepoint::{LAYOUTS, Layout},
+};
+
+use super::btf::Btf;
 
 /// Where tracefs is normally mounted, and the legacy debugfs location.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -28,6 +33,10 @@ pub enum PreflightError {
         "this kernel has no BTF ({BTF_VMLINUX} is missing): kubectl-zdt needs Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
+    #[error(
+        "cannot read this kernel's BTF ({0}): the probes need struct offsets from /sys/kernel/btf/vmlinux"
+    )]
+    Btf(String),
     #[error(
         "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}): run `mount -t tracefs nodev {TRACEFS}` (in a pod, mount the host's {TRACEFS})"
     )]
@@ -63,6 +72,8 @@ pub struct KernelInfo {
     pub rst_reasons: BTreeMap<u32, String>,
     /// Whether bpffs is mounted (only needed for pinning; a warning otherwise).
     pub bpffs: bool,
+    /// Struct offsets the programs follow, from this kernel's BTF.
+    pub offsets: KernelOffsets,
 }
 
 /// Runs every check, mounting tracefs and bpffs when they are missing and mounting is allowed.
@@ -71,6 +82,7 @@ pub fn check() -> Result<KernelInfo, PreflightError> {
     if !Path::new(BTF_VMLINUX).exists() {
         return Err(PreflightError::NoBtf);
     }
+    let offsets = kernel_offsets()?;
     let tracefs = tracefs()?;
     let mut rst_reasons = BTreeMap::new();
     for layout in LAYOUTS {
@@ -87,6 +99,27 @@ pub fn check() -> Result<KernelInfo, PreflightError> {
             .unwrap_or_default(),
         rst_reasons,
         bpffs: bpffs(),
+        offsets,
+    })
+}
+
+/// Resolves the struct members the programs follow from this kernel's BTF.
+pub fn kernel_offsets() -> Result<KernelOffsets, PreflightError> {
+    let data = fs::read(BTF_VMLINUX).map_err(|e| PreflightError::Btf(e.to_string()))?;
+    let btf = Btf::parse(&data).map_err(|e| PreflightError::Btf(e.to_string()))?;
+    let off = |s: &str, path: &[&str]| {
+        btf.offset(s, path)
+            .map_err(|e| PreflightError::Btf(e.to_string()))
+    };
+    Ok(KernelOffsets {
+        sock_net: off("sock", &["__sk_common", "skc_net", "net"])?,
+        net_inum: off("net", &["ns", "inum"])?,
+        skb_dev: off("sk_buff", &["dev"])?,
+        netdev_net: off("net_device", &["nd_net", "net"])?,
+        task_nsproxy: off("task_struct", &["nsproxy"])?,
+        nsproxy_net: off("nsproxy", &["net_ns"])?,
+        task_tgid: off("task_struct", &["tgid"])?,
+        valid: 1,
     })
 }
 
@@ -264,7 +297,7 @@ pub fn symbolic_values(format: &str, expr: &str) -> BTreeMap<u32, String> {
 mod tests {
     use super::*;
 
-    const SEND_RESET: &str = "name: tcp_send_reset\nID: 1\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\n\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;\n\nprint fmt: \"r=%s\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }, { 11, \"TCP_ABORT_ON_CLOSE\" })\n";
+    const SEND_RESET: &str = "name: tcp_send_reset\nID: 1\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\n\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;\n\nprint fmt: \"r=%s\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }, { 11, \"TCP_ABORT_ON_CLOSE\" })\n";
 
     #[test]
     fn format_fields_are_parsed_with_array_names_stripped() {
@@ -280,6 +313,16 @@ mod tests {
         assert_eq!(r.get(&1).map(String::as_str), Some("NO_SOCKET"));
         assert_eq!(r.get(&11).map(String::as_str), Some("TCP_ABORT_ON_CLOSE"));
         assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn every_layout_the_programs_read_matches_this_kernel() {
+        // Needs tracefs (root); CI runs as root on the target kernel, so this fails loudly
+        // rather than skipping if the kernel changes a record.
+        let tracefs = tracefs().expect("tracefs");
+        for layout in LAYOUTS {
+            check_layout(&tracefs, layout).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     #[test]

@@ -1,7 +1,16 @@
 //! The agent's run loop: drain the ring buffer (on a batched wake-up or a short poll), decode,
 //! send; every second, turn per-key losses into aggregated observations so totals stay exact.
 
-use std::{collections::HashMap, future::Future, os::fd::AsFd as _, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    os::fd::AsFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -17,7 +26,8 @@ use super::{
     clock::Clock,
     decode::{self, Decoder},
     filter::WatchFilter,
-    loader::{Attached, KernelMaps, Probes},
+    loader::{Attached, KernelMaps, LoadSpec, Probes},
+    netns_gone::NetnsGoneWatcher,
     preflight::{self, KernelInfo},
 };
 use crate::observation::{Kind, Observation, SCHEMA_VERSION};
@@ -47,7 +57,18 @@ impl Agent {
             events,
             maps,
             filter,
-        } = Probes::load(&config.watch, config.filter, config.wakeup_every)?;
+        } = Probes::load(&LoadSpec {
+            watch: &config.watch,
+            watch_netns: &config
+                .watch_netns
+                .iter()
+                .map(|n| n.inum)
+                .collect::<Vec<_>>(),
+            wakeup_every: config.wakeup_every,
+            ringbuf_bytes: config.ringbuf_bytes,
+            offsets: kernel.offsets,
+            filter: config.filter,
+        })?;
         let decoder = Decoder {
             node: config.node.clone(),
             clock: Clock::measure(),
@@ -108,6 +129,8 @@ impl Agent {
         if tx.send(self.hello()).await.is_err() {
             return Ok(());
         }
+        let gone_stop = Arc::new(AtomicBool::new(false));
+        let gone = self.start_netns_gone(&tx, gone_stop.clone());
         let owned = self
             .events
             .as_fd()
@@ -139,6 +162,10 @@ impl Agent {
                 return Ok(());
             }
         }
+        gone_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = gone {
+            let _ = t.await;
+        }
         // Detach first: after this no event can be counted without also being in the ring
         // buffer or the loss map, so the final drain and loss report are exact.
         drop(self.attached.take());
@@ -149,6 +176,39 @@ impl Agent {
             tracing::warn!("{} kernel events could not be decoded", self.decode_errors);
         }
         Ok(())
+    }
+
+    /// Watches the removal of the watched namespaces (`netns_gone`) on a blocking thread. A
+    /// namespace with no veth peer in the agent's namespace cannot be observed: say so, go on.
+    fn start_netns_gone(
+        &self,
+        tx: &Sender<Observation>,
+        stop: Arc<AtomicBool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if self.config.watch_netns.is_empty() {
+            return None;
+        }
+        let mut watcher = match NetnsGoneWatcher::new() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("netns_gone will not be reported: {e:#}");
+                return None;
+            }
+        };
+        for ns in &self.config.watch_netns {
+            if let Err(e) = watcher.watch(&ns.path, ns.inum) {
+                tracing::debug!(
+                    "netns_gone will not be reported for {}: {e:#} (run the agent in the node's network namespace)",
+                    ns.path.display()
+                );
+            }
+        }
+        let (node, tx) = (self.config.node.clone(), tx.clone());
+        Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = watcher.run(node, tx, stop) {
+                tracing::warn!("netns_gone watcher stopped: {e:#}");
+            }
+        }))
     }
 
     /// Sends everything in the ring buffer; false when the receiver is gone.
@@ -232,7 +292,7 @@ impl Agent {
             let mut o = Observation::new(kind, now, self.config.node.clone());
             o.ip = decode::ip_of(key.family, &key.addr).ok();
             o.port = Some(key.port);
-            o.reason = Some(reason);
+            o.reason = reason;
             o.count = Some(delta);
             out.push(o.with_extra("lost_since", crate::observation::format_time(window_start)));
         }

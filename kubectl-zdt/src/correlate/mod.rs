@@ -23,6 +23,7 @@ pub mod nft_monitor;
 mod nodes;
 mod pod;
 mod rollout;
+pub mod simulate;
 pub mod time;
 
 use std::collections::BTreeMap;

@@ -76,12 +76,14 @@ fn fuzzy(m: Option<RawMark>, clocks: &NodeClocks) -> Option<Fuzzy> {
 }
 
 /// A node's end of routing: its removal, or a later flow it still routed (conntrack, a stale
-/// rule) — whichever came last.
-fn node_end(d: &super::marks::NodeDp) -> Option<RawMark> {
+/// rule) — whichever came last. Without a removal, a flow routed after the termination began
+/// bounds the end from below; one from before says nothing about the end.
+fn node_end(d: &super::marks::NodeDp, term_start: Option<Fuzzy>) -> Option<RawMark> {
     match (d.removed, d.last_flow) {
         (Some(r), Some(f)) if f.t > r.t => Some(f),
         (Some(r), _) => Some(r),
-        (None, f) => f,
+        (None, Some(f)) if term_start.is_some_and(|s| f.t >= s.t) => Some(f),
+        (None, _) => None,
     }
 }
 
@@ -119,7 +121,7 @@ pub(crate) fn draft(
     let window_end = tl
         .dp
         .values()
-        .filter_map(node_end)
+        .filter_map(|d| node_end(d, term_start))
         .map(|m| Fuzzy {
             t: m.t,
             unc_ns: clocks.unc(&m),
@@ -191,7 +193,7 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
         let dp = tl.dp.get(&n).copied().unwrap_or_default();
         let state = routing_state(&dp);
         incomplete |= state != RoutingState::Removed;
-        if let Some(end) = node_end(&dp)
+        if let Some(end) = node_end(&dp, d.window.term_start)
             && worst.is_none_or(|w| (end.t, end.node) > (w.t, w.node))
         {
             worst = Some(end);

@@ -6,10 +6,12 @@
 //! stays on addresses of namespaces the testbed created (198.18.0.0/15, the benchmarking range,
 //! and fd00:7a64::/64).
 
+pub mod app;
 pub mod kube_proxy;
 pub mod netns;
 pub mod node;
+pub mod pod;
 pub mod tcp;
 
-pub use netns::{Netns, run};
+pub use netns::{Netns, run, veth_pair};
 pub use node::{ClientHandle, Node, PodHandle};

@@ -55,6 +55,11 @@ impl Netns {
         &self.name
     }
 
+    /// The bind mount that names it (`/run/netns/<name>`), for `--watch-netns`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
     /// Runs a command inside the namespace.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut full = vec!["netns", "exec", &self.name, program];
@@ -62,12 +67,17 @@ impl Netns {
         run("ip", &full)
     }
 
+    /// Runs `ip <args>` inside the namespace; `args` is split on whitespace.
+    pub fn ip(&self, args: &str) -> anyhow::Result<String> {
+        self.exec("ip", &args.split_whitespace().collect::<Vec<_>>())
+    }
+
     /// Runs `f` on a new thread that has entered the namespace; sockets it creates live there.
     pub fn spawn<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<NsThread<T>> {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         let file = File::open(&path).with_context(|| format!("failed to open {path}"))?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = thread::Builder::new()
@@ -123,6 +133,41 @@ impl<T> NsThread<T> {
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
+}
+
+/// Joins `a` and `b` with a veth pair named `eth0` on both sides, with the given addresses
+/// (`ip/prefix`, IPv4 or IPv6), and brings both ends up.
+pub fn veth_pair(a: &Netns, b: &Netns, addrs_a: &[&str], addrs_b: &[&str]) -> anyhow::Result<()> {
+    a.exec(
+        "ip",
+        &[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            b.name(),
+        ],
+    )?;
+    // Links up before addresses: an IPv6 address added to a down link joins its
+    // solicited-node multicast group late, and the first SYN then waits for a retransmit (1 s).
+    for ns in [a, b] {
+        ns.exec("ip", &["link", "set", "eth0", "up"])?;
+    }
+    for (ns, addrs) in [(a, addrs_a), (b, addrs_b)] {
+        for addr in addrs {
+            let mut args = vec!["addr", "add", addr, "dev", "eth0"];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ns.exec("ip", &args)?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Netns {

@@ -49,24 +49,11 @@ pub struct Node {
 impl Node {
     pub fn create() -> anyhow::Result<Self> {
         let ns = Netns::create("node")?;
-        ns.exec("ip", &["link", "add", "br0", "type", "bridge"])?;
-        ns.exec(
-            "ip",
-            &["addr", "add", &format!("{BRIDGE_V4}/24"), "dev", "br0"],
-        )?;
-        ns.exec(
-            "ip",
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{BRIDGE_V6}/64"),
-                "dev",
-                "br0",
-                "nodad",
-            ],
-        )?;
-        ns.exec("ip", &["link", "set", "br0", "up"])?;
+        // Links up before addresses (see netns::veth_pair).
+        ns.ip("link add br0 type bridge")?;
+        ns.ip("link set br0 up")?;
+        ns.ip(&format!("addr add {BRIDGE_V4}/24 dev br0"))?;
+        ns.ip(&format!("-6 addr add {BRIDGE_V6}/64 dev br0 nodad"))?;
         ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
         let node = Self { ns, links: 0 };
@@ -76,51 +63,31 @@ impl Node {
 
     /// Adds a pod with the next free address on the bridge.
     pub fn add_pod(&mut self, name: &str) -> anyhow::Result<PodHandle> {
+        let host = self.links + 1;
+        self.add_pod_at(name, host)
+    }
+
+    /// Adds a pod whose addresses end in `host` (198.18.0.<10+host>, fd00:7a64::<10+host>):
+    /// passing the host of a removed pod reuses its IP, as a new pod on a node can.
+    pub fn add_pod_at(&mut self, name: &str, host: u8) -> anyhow::Result<PodHandle> {
         self.links += 1;
         let i = self.links;
-        if i > 200 {
+        if i > 200 || host > 200 {
             bail!("testbed node is full");
         }
         let ns = Netns::create(name)?;
-        let host = format!("hv{i}");
-        self.ns.exec(
-            "ip",
-            &[
-                "link",
-                "add",
-                &host,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ],
-        )?;
-        self.ns
-            .exec("ip", &["link", "set", &host, "master", "br0", "up"])?;
-        let ip = Ipv4Addr::new(198, 18, 0, 10 + i);
-        let ip6: Ipv6Addr = format!("fd00:7a64::{:x}", 0x10 + u16::from(i)).parse()?;
-        ns.exec("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        ns.exec(
-            "ip",
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )?;
-        ns.exec("ip", &["link", "set", "eth0", "up"])?;
-        ns.exec(
-            "ip",
-            &["route", "add", "default", "via", &BRIDGE_V4.to_string()],
-        )?;
-        ns.exec("ip", &["-6", "route", "add", "default", "via", BRIDGE_V6])?;
+        self.ns.ip(&format!(
+            "link add hv{i} type veth peer name eth0 netns {}",
+            ns.name()
+        ))?;
+        self.ns.ip(&format!("link set hv{i} master br0 up"))?;
+        let ip = Ipv4Addr::new(198, 18, 0, 10 + host);
+        let ip6: Ipv6Addr = format!("fd00:7a64::{:x}", 0x10 + u16::from(host)).parse()?;
+        ns.ip("link set eth0 up")?;
+        ns.ip(&format!("addr add {ip}/24 dev eth0"))?;
+        ns.ip(&format!("-6 addr add {ip6}/64 dev eth0 nodad"))?;
+        ns.ip(&format!("route add default via {BRIDGE_V4}"))?;
+        ns.ip(&format!("-6 route add default via {BRIDGE_V6}"))?;
         Ok(PodHandle {
             name: name.to_owned(),
             ns,
@@ -134,31 +101,25 @@ impl Node {
         self.links += 1;
         let i = self.links;
         let ns = Netns::create(name)?;
-        let host = format!("hc{i}");
-        self.ns.exec(
-            "ip",
-            &[
-                "link",
-                "add",
-                &host,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ],
-        )?;
         let gw = Ipv4Addr::new(198, 19, i, 1);
         let ip = Ipv4Addr::new(198, 19, i, 2);
-        self.ns
-            .exec("ip", &["addr", "add", &format!("{gw}/24"), "dev", &host])?;
-        self.ns.exec("ip", &["link", "set", &host, "up"])?;
-        ns.exec("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        ns.exec("ip", &["link", "set", "eth0", "up"])?;
-        ns.exec("ip", &["route", "add", "default", "via", &gw.to_string()])?;
+        self.ns.ip(&format!(
+            "link add hc{i} type veth peer name eth0 netns {}",
+            ns.name()
+        ))?;
+        self.ns.ip(&format!("link set hc{i} up"))?;
+        self.ns.ip(&format!("addr add {gw}/24 dev hc{i}"))?;
+        ns.ip("link set eth0 up")?;
+        ns.ip(&format!("addr add {ip}/24 dev eth0"))?;
+        ns.ip(&format!("route add default via {gw}"))?;
         Ok(ClientHandle { ns, ip })
+    }
+
+    /// Removes a pod's sandbox: its network namespace (and with it the veth pair). Returns the
+    /// CLOCK_MONOTONIC time the removal returned.
+    pub fn remove_pod(&self, pod: PodHandle) -> u64 {
+        drop(pod);
+        crate::agent::clock::Clock::monotonic_now_ns()
     }
 
     /// Programs `svc` → `endpoints` the way kube-proxy's iptables mode does, in one transaction;

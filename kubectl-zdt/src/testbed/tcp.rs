@@ -148,3 +148,106 @@ pub fn errno_name(e: &std::io::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+/// Connects with a non-blocking socket and waits up to `timeout`, then reports the outcome and
+/// how many SYN retransmissions the kernel made (`tcpi_total_retrans`): the ground truth for
+/// `syn_retransmit` observations.
+pub fn connect_counting_retransmits(
+    target: SocketAddr,
+    timeout: Duration,
+) -> (Result<(), String>, u32) {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let family = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return (Err(errno_name(&std::io::Error::last_os_error())), 0);
+    }
+    // SAFETY: raw is a fresh, valid socket fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let stream = TcpStream::from(fd);
+    let (addr, len) = sockaddr_of(target);
+    // SAFETY: addr/len describe a valid sockaddr for this family.
+    let rc = unsafe { libc::connect(stream.as_raw_fd(), (&raw const addr).cast(), len) };
+    let mut result = Ok(());
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            let mut pfd = libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+            result = if n == 0 {
+                Err("ETIMEDOUT".to_owned())
+            } else {
+                match stream.take_error() {
+                    Ok(None) => Ok(()),
+                    Ok(Some(e)) | Err(e) => Err(errno_name(&e)),
+                }
+            };
+        } else {
+            result = Err(errno_name(&e));
+        }
+    }
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut ilen = size_of::<libc::tcp_info>() as libc::socklen_t;
+    unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut ilen,
+        )
+    };
+    (result, info.tcpi_total_retrans)
+}
+
+fn sockaddr_of(target: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data, large enough for either family.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match target {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            (storage, size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            (storage, size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The application the testbed runs in each pod (`kubectl-zdt testbed-app`, hidden): a real
+//! process in the pod's network namespace, so SIGTERM, the listener close and the exit are the
+//! kernel events a real pod produces. It prints ground truth on stdout, one line per mark:
+//! `ready|sigterm|closed|exit <CLOCK_MONOTONIC ns>`.
+//!
+//! On SIGTERM it keeps serving for `--drain-ms`, then closes its listener and exits. With
+//! `--hold` it never answers: accepted connections stay open unread until exit, so clients
+//! that sent data are reset (`TCP_ABORT_ON_CLOSE`), like a server killed mid-request.
+
+use std::{
+    io::Write as _,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::agent::clock::Clock;
+
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    /// Port to listen on, on [::] (dual-stack, like most servers binding every address).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Keep serving this long after SIGTERM before closing the listener (graceful drain).
+    #[arg(long, default_value_t = 0)]
+    pub drain_ms: u64,
+    /// Hold accepted connections open, unread and unanswered, until exit.
+    #[arg(long)]
+    pub hold: bool,
+    /// Instead of serving: print `start <ns>`, sleep this long and exit (a preStop hook).
+    #[arg(long)]
+    pub prestop_sleep_ms: Option<u64>,
+}
+
+fn mark(what: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{what} {}", Clock::monotonic_now_ns());
+    let _ = out.flush();
+}
+
+pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ms) = args.prestop_sleep_ms {
+        mark("start");
+        std::thread::sleep(Duration::from_millis(ms));
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Block SIGTERM before any thread exists so only the sigwait below receives it.
+    let mut term = SigSet::empty();
+    term.add(Signal::SIGTERM);
+    term.thread_block().context("failed to block SIGTERM")?;
+
+    let addr = SocketAddr::from(([0u16; 8], args.port));
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("failed to listen on {addr}"))?;
+    let fd = listener.as_raw_fd();
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let held2 = held.clone();
+    let hold = args.hold;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { break };
+            if hold {
+                if let Ok(mut h) = held2.lock() {
+                    h.push(s);
+                }
+            } else {
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nok\n");
+            }
+        }
+        drop(listener);
+    });
+    mark("ready");
+    term.wait().context("sigwait failed")?;
+    mark("sigterm");
+    std::thread::sleep(Duration::from_millis(args.drain_ms));
+    // shutdown() on a listening socket moves it LISTEN → CLOSE at once (tcp_disconnect), which
+    // is what the kernel reports; the accept loop then ends and drops the socket.
+    // SAFETY: fd belongs to the listener, which is only dropped after accept fails.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    mark("closed");
+    mark("exit");
+    // Held connections are reset by the exit itself (unread data → TCP_ABORT_ON_CLOSE).
+    std::process::exit(0);
+}

@@ -1,0 +1,164 @@
+//! Golden scenarios: the classic rollout cases as observation streams
+//! (tests/fixtures/correlate/<case>.jsonl, what agents and the API watch would write), each
+//! correlated and checked for the facts that matter, and the whole JSON report compared with
+//! tests/fixtures/correlate/<case>.report.json (`ZDT_BLESS=1` rewrites those after a deliberate
+//! change; review the diff).
+
+use std::path::{Path, PathBuf};
+
+use kubectl_zdt::correlate::{
+    self, Basis, Options, PodReport, Report, RoutingState, Verdict, input,
+};
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/correlate")
+}
+
+fn analyze(case: &str) -> Report {
+    let text = std::fs::read_to_string(dir().join(format!("{case}.jsonl"))).unwrap();
+    let (obs, problems) = input::parse_all(&text);
+    assert!(problems.is_empty(), "{case}: {problems:?}");
+    let report = correlate::correlate(&obs, &Options::default());
+    let json = serde_json::to_string_pretty(&report).unwrap() + "\n";
+    let golden = dir().join(format!("{case}.report.json"));
+    if std::env::var_os("ZDT_BLESS").is_some() {
+        std::fs::write(&golden, &json).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+    assert_eq!(
+        json,
+        expected,
+        "{case}: report differs from {} (ZDT_BLESS=1 to accept)",
+        golden.display()
+    );
+    report
+}
+
+fn only_pod(r: &Report) -> &PodReport {
+    assert_eq!(r.rollouts.len(), 1);
+    assert_eq!(r.rollouts[0].pods.len(), 1, "{:#?}", r.rollouts[0].pods);
+    &r.rollouts[0].pods[0]
+}
+
+#[test]
+fn no_prestop_pod_closes_at_sigterm_and_node_b_routes_to_it_for_588_ms() {
+    let r = analyze("no-prestop");
+    let p = only_pod(&r);
+    assert_eq!(p.gap_ms, Some(588.0));
+    assert_eq!(p.gap_basis, Basis::Measured);
+    assert_eq!(p.propagation_ms, Some(620.0));
+    assert_eq!(p.worst_node.as_ref().map(|n| n.0.as_str()), Some("node-b"));
+    // 4 single refusals + one aggregated line of 5, all between 32 ms and 620 ms.
+    assert_eq!(p.errors.unsafe_window, 9);
+    // Two retransmitted SYNs after the namespace went away at 400 ms.
+    assert_eq!(p.errors.after_netns_gone, 2);
+    assert_eq!(p.verdict, Verdict::Unsafe);
+    let w = p.unsafe_window.as_ref().expect("window");
+    assert_eq!(w.duration_ms, 588.0);
+    let advice = r.advice.as_ref().unwrap();
+    // p99 of one propagation (620 ms + 0.06 ms uncertainty) + 500 ms margin → 2 s.
+    assert_eq!(advice.prestop_seconds, 2);
+    // Drain SIGTERM → exit was 5 ms: 2 s + 5 ms + 0.5 s → 3 s.
+    assert_eq!(advice.termination_grace_period_seconds, 3);
+    assert!(
+        advice.patches[0].command.contains(r#""name":"app""#),
+        "{}",
+        advice.patches[0].command
+    );
+}
+
+#[test]
+fn a_long_enough_prestop_leaves_no_window_errors_and_shows_resets_at_exit_apart() {
+    let r = analyze("prestop-long-enough");
+    let p = only_pod(&r);
+    assert_eq!(p.gap_ms, Some(-1405.0));
+    assert_eq!(p.verdict, Verdict::Safe);
+    assert_eq!(p.errors.unsafe_window, 0);
+    assert_eq!(p.errors.at_exit, 3);
+    assert!(
+        p.reason.contains("3 resets at exit need graceful draining"),
+        "{}",
+        p.reason
+    );
+    assert!(p.marks.prestop.is_some());
+    // The new pod of the rollout is not terminating and has no errors: not in the report.
+    assert_eq!(r.rollouts[0].verdict, Verdict::Safe);
+}
+
+#[test]
+fn one_slow_node_sets_the_gap_and_the_advice() {
+    let r = analyze("slow-node");
+    let p = only_pod(&r);
+    assert_eq!(p.worst_node.as_ref().map(|n| n.0.as_str()), Some("node-c"));
+    assert_eq!(p.gap_ms, Some(2378.0));
+    assert_eq!(p.errors.unsafe_window, 3);
+    assert_eq!(
+        p.errors.after_netns_gone, 1,
+        "the ETIMEDOUT after the netns was gone"
+    );
+    let advice = r.advice.as_ref().unwrap();
+    // p99 propagation 3.4 s (above the 2.378 s gap + the 1 s preStop it had) + 0.5 s → 4 s.
+    assert_eq!(advice.prestop_seconds, 4);
+}
+
+#[test]
+fn a_reused_ip_does_not_merge_the_new_pod_into_the_old_one() {
+    let r = analyze("ip-reuse");
+    let pods: Vec<&PodReport> = r.rollouts.iter().flat_map(|ro| &ro.pods).collect();
+    assert_eq!(pods.len(), 2);
+    let old = pods
+        .iter()
+        .find(|p| p.pod.as_deref() == Some("default/web-7d4b9c8f6d-abcde"))
+        .unwrap();
+    let new = pods
+        .iter()
+        .find(|p| p.pod.as_deref() == Some("default/web-7d4b9c8f6d-zzzzz"))
+        .unwrap();
+    assert_eq!(old.ip, new.ip);
+    assert_eq!(old.errors.unsafe_window, 2);
+    assert_eq!(old.gap_ms, Some(570.0));
+    // The refusal 6 s later belongs to the new pod, whose termination is not in the input.
+    assert_eq!(new.errors.undetermined, 1);
+    assert_eq!(new.verdict, Verdict::Inconclusive);
+    assert_eq!(new.gap_ms, None);
+}
+
+#[test]
+fn a_silent_node_is_unknown_not_zero_and_the_gap_is_only_a_lower_bound() {
+    let r = analyze("silent-node");
+    let p = only_pod(&r);
+    let c = p.dataplane.iter().find(|d| d.node.0 == "node-c").unwrap();
+    assert_eq!(c.state, RoutingState::Unknown);
+    assert!(c.removed.is_none());
+    assert_eq!(p.gap_basis, Basis::LowerBound);
+    assert_eq!(p.gap_ms, Some(-902.0));
+    assert_eq!(p.verdict, Verdict::Inconclusive);
+    assert!(
+        p.reason.contains("1 of 3 nodes reported no removal"),
+        "{}",
+        p.reason
+    );
+}
+
+#[test]
+fn clock_skew_widens_the_uncertainty_and_keeps_the_stamped_order() {
+    let r = analyze("clock-skew");
+    let p = only_pod(&r);
+    let b = p.dataplane.iter().find(|d| d.node.0 == "node-b").unwrap();
+    let removed = b.removed.as_ref().unwrap();
+    // Stamped 242 ms before the deletion: kept as stamped, with ±250 ms more.
+    assert_eq!(removed.time.to_string(), "2026-11-22T02:59:59.758Z");
+    assert_eq!(removed.uncertainty_ms, 250.0);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.starts_with("node node-b: its clock runs at least 250 ms behind")),
+        "{:?}",
+        r.warnings
+    );
+    // node-c's offset moved by 3 ms: its removal, the latest, carries it.
+    assert_eq!(p.worst_node.as_ref().map(|n| n.0.as_str()), Some("node-c"));
+    assert_eq!(p.gap_ms, Some(448.0));
+    assert_eq!(p.gap_uncertainty_ms, 3.0);
+    assert_eq!(p.verdict, Verdict::Unsafe);
+}

@@ -1,0 +1,136 @@
+//! Shared by the privileged integration tests: root check, the agent as a child process.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, channel},
+    time::Duration,
+};
+
+use kubectl_zdt::observation::{Kind, Observation};
+
+/// These tests load eBPF programs and create network namespaces. Without root they fail, loudly:
+/// a silently skipped kernel test is a test that cannot fail.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (eBPF + network namespaces): run `sudo ./x test`"
+    );
+}
+
+/// `kubectl-zdt agent --standalone` as a child; killed on drop if still running.
+pub struct AgentProcess {
+    child: Child,
+    lines: Receiver<String>,
+    pub seen: Vec<Observation>,
+}
+
+impl AgentProcess {
+    /// Starts the agent and waits for its `agent_start` line (probes attached).
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_in(None, args)
+    }
+
+    /// The same, with the agent in network namespace `netns` (the node's, as with hostNetwork).
+    pub fn start_in(netns: Option<&str>, args: &[&str]) -> Self {
+        let bin = env!("CARGO_BIN_EXE_kubectl-zdt");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .args(["agent", "--standalone"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("failed to start kubectl-zdt agent");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let first = agent
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the agent printed nothing within 30 s");
+        let hello: Observation =
+            serde_json::from_str(&first).expect("agent_start is an observation");
+        assert_eq!(hello.kind, Kind::AgentStart, "first line: {first}");
+        agent.seen.push(hello);
+        agent
+    }
+
+    /// Stops the agent with SIGINT (it drains the kernel's buffers first) and returns every
+    /// observation it printed.
+    pub fn stop(mut self) -> Vec<Observation> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT the agent");
+        let status = self.child.wait().expect("wait for the agent");
+        assert!(status.success(), "agent exited with {status}");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            let o: Observation = serde_json::from_str(&line).unwrap_or_else(|e| {
+                panic!("agent printed a line that is not an observation ({e}): {line}")
+            });
+            self.seen.push(o);
+        }
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of `count` (1 when absent) over observations matching `pred`.
+pub fn total(obs: &[Observation], pred: impl Fn(&Observation) -> bool) -> u64 {
+    obs.iter()
+        .filter(|o| pred(o))
+        .map(Observation::weight)
+        .sum()
+}
+
+/// How far (ms, signed) an observation's wall time is from a CLOCK_MONOTONIC ground truth.
+pub fn off_ms(o: &Observation, truth_mono_ns: u64) -> f64 {
+    let clock = kubectl_zdt::agent::clock::Clock::measure();
+    let truth = clock.to_wall(truth_mono_ns);
+    (o.time - truth)
+        .total(jiff::Unit::Nanosecond)
+        .unwrap_or(f64::MAX)
+        / 1e6
+}
+
+/// The observations of `kind` in `obs`.
+pub fn of_kind(obs: &[Observation], kind: Kind) -> Vec<&Observation> {
+    obs.iter().filter(|o| o.kind == kind).collect()
+}
+
+/// The `netns` field of an observation.
+pub fn netns_of(o: &Observation) -> Option<u64> {
+    o.extra.get("netns").and_then(serde_json::Value::as_u64)
+}
+
+/// Inode of a network namespace path.
+pub fn inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).expect("netns path").ino()
+}

@@ -1,0 +1,78 @@
+//! Following kernel pointers (sock → net, sk_buff → net_device → net, task → nsproxy → net) at
+//! offsets the agent resolved from this kernel's BTF and set in `ZDT_OFFSETS`.
+
+use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+use zdt_common::KernelOffsets;
+
+#[unsafe(no_mangle)]
+static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    sock_net: 0,
+    net_inum: 0,
+    skb_dev: 0,
+    netdev_net: 0,
+    task_nsproxy: 0,
+    nsproxy_net: 0,
+    task_tgid: 0,
+    valid: 0,
+});
+
+#[inline(always)]
+fn read_ptr(base: u64, offset: u32) -> Option<u64> {
+    if base == 0 {
+        return None;
+    }
+    let p: u64 = unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const u64).ok()? };
+    (p != 0).then_some(p)
+}
+
+#[inline(always)]
+fn net_inum(net: u64, o: &KernelOffsets) -> u32 {
+    if net == 0 {
+        return 0;
+    }
+    unsafe { bpf_probe_read_kernel((net + u64::from(o.net_inum)) as *const u32) }.unwrap_or(0)
+}
+
+/// Network namespace inode of a `struct sock *` (0 when unknown).
+#[inline(always)]
+pub fn netns_of_sock(sk: u64) -> u32 {
+    let o = ZDT_OFFSETS.load();
+    if o.valid == 0 {
+        return 0;
+    }
+    read_ptr(sk, o.sock_net).map_or(0, |net| net_inum(net, &o))
+}
+
+/// Network namespace inode of a `struct sk_buff *` through its device (0 when unknown).
+#[inline(always)]
+pub fn netns_of_skb(skb: u64) -> u32 {
+    let o = ZDT_OFFSETS.load();
+    if o.valid == 0 {
+        return 0;
+    }
+    read_ptr(skb, o.skb_dev)
+        .and_then(|dev| read_ptr(dev, o.netdev_net))
+        .map_or(0, |net| net_inum(net, &o))
+}
+
+/// Network namespace inode of a `struct task_struct *` (0 when exiting or unknown).
+#[inline(always)]
+pub fn netns_of_task(task: u64) -> u32 {
+    let o = ZDT_OFFSETS.load();
+    if o.valid == 0 {
+        return 0;
+    }
+    read_ptr(task, o.task_nsproxy)
+        .and_then(|ns| read_ptr(ns, o.nsproxy_net))
+        .map_or(0, |net| net_inum(net, &o))
+}
+
+/// Process id (`tgid`) of a `struct task_struct *`.
+#[inline(always)]
+pub fn tgid_of_task(task: u64) -> u32 {
+    let o = ZDT_OFFSETS.load();
+    if o.valid == 0 || task == 0 {
+        return 0;
+    }
+    unsafe { bpf_probe_read_kernel((task + u64::from(o.task_tgid)) as *const u32) }.unwrap_or(0)
+}

@@ -1,0 +1,76 @@
+//! The pod's processes: signals sent to them, programs they exec (a preStop hook), and their
+//! exits. Only for watched network namespaces: each costs a few pointer reads and one lookup.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns,
+    },
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use zdt_common::{Event, kind, tracepoint::sched_process_exit as exit_tp};
+
+use crate::{emit::emit, kernel, watch};
+
+const SIGINT: i32 = 2;
+const SIGQUIT: i32 = 3;
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+
+/// `tp_btf/signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task,
+/// int group, int result)`: the task pointer gives the target's namespace, which the classic
+/// tracepoint (run in the sender's context, with only a pid) cannot.
+pub fn on_signal(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sig: i32 = ctx.arg(0);
+    if !matches!(sig, SIGTERM | SIGKILL | SIGINT | SIGQUIT) {
+        return Ok(());
+    }
+    let task: u64 = ctx.arg(2);
+    let netns = kernel::netns_of_task(task);
+    if !watch::is_watched_netns(netns) {
+        return Ok(());
+    }
+    let mut event = Event::new(kind::SIGNAL, unsafe { bpf_ktime_get_ns() });
+    event.reason = sig as u32;
+    event.tgid = kernel::tgid_of_task(task);
+    event.netns = netns;
+    // The sender: who delivered the signal (kubelet/runtime, or the app itself).
+    event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    event.state = ctx.tgid();
+    emit(&event);
+    Ok(())
+}
+
+#[inline(always)]
+fn current_netns() -> u32 {
+    kernel::netns_of_task(unsafe { bpf_get_current_task() })
+}
+
+fn process_event(ctx: &TracePointContext, k: u16, reason: u32) -> Result<(), i32> {
+    let netns = current_netns();
+    if !watch::is_watched_netns(netns) {
+        return Ok(());
+    }
+    let mut event = Event::new(k, unsafe { bpf_ktime_get_ns() });
+    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    event.reason = reason;
+    event.tgid = ctx.tgid();
+    event.netns = netns;
+    event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit(&event);
+    Ok(())
+}
+
+/// `sched:sched_process_exec`: runs in the new program's context, so `comm` is its name.
+pub fn on_exec(ctx: &TracePointContext) -> Result<(), i32> {
+    process_event(ctx, kind::EXEC, 0)
+}
+
+/// `sched:sched_process_exit`: only the last thread of a process (`group_dead`) counts.
+pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let group_dead: u8 = unsafe { ctx.read_at(exit_tp::GROUP_DEAD)? };
+    if group_dead == 0 {
+        return Ok(());
+    }
+    process_event(ctx, kind::EXIT, 0)
+}
