@@ -44,6 +44,11 @@ pub enum Command {
     /// Follow the next rollout of a workload (or start one with --restart) on every node, then
     /// print the report.
     Trace(cluster::trace::TraceArgs),
+    /// Print a shell completion script, e.g. `kubectl-zdt completion bash > /etc/bash_completion.d/kubectl-zdt`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The in-cluster request loop `trace --traffic` runs (one line per failed request).
     #[command(hide = true)]
     Traffic(traffic::TrafficArgs),
@@ -67,6 +72,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => cluster::status::main(&cli.kube, &args),
         Command::Trace(args) => cluster::trace::main(&cli.kube, &args),
         Command::Traffic(args) => traffic::main(args),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "kubectl-zdt", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::SampleApp(args) => sample::main(args),
         Command::TestbedApp(args) => crate::testbed::app::main(args),
         Command::Analyze(args) => analyze::main(args),

@@ -389,3 +389,99 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs the real binary against the double; returns (exit code, stderr).
+async fn cli(kubeconfig: std::path::PathBuf, args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_says_what_is_wrong_in_one_line_and_exits_non_zero() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    let kubeconfig = server.kubeconfig(dir.path(), "user");
+    let (code, stderr) = cli(kubeconfig.clone(), &["status"]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr.trim(),
+        "kubectl-zdt: kubectl-zdt's agents are not installed (no pods labelled app.kubernetes.io/name=zdt-agent in namespace zdt-system): run `kubectl zdt install`"
+    );
+    let (code, stderr) = cli(
+        kubeconfig.clone(),
+        &["trace", "deployment/nope", "-n", "shop"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("kubectl-zdt: "))
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("deployment/nope not found in namespace shop"),
+        "{stderr}"
+    );
+    let (code, stderr) = cli(kubeconfig, &["trace", "pod/x"]).await;
+    assert_eq!(
+        code,
+        Some(2),
+        "a usage error, as clap reports them: {stderr}"
+    );
+    let (code, stderr) = cli(dir.path().join("missing"), &["status"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.starts_with("kubectl-zdt: failed to load the kubeconfig"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn install_dry_run_prints_the_objects_for_gitops_without_touching_the_cluster() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    let kubeconfig = server.kubeconfig(dir.path(), "admin");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "install",
+                "--dry-run",
+                "-o",
+                "yaml",
+                "--image",
+                "registry.local/zdt:v9",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let kinds = yaml.lines().filter(|l| l.starts_with("kind: ")).count();
+    assert_eq!(kinds, 7, "{yaml}");
+    assert!(yaml.contains("image: registry.local/zdt:v9"));
+    assert!(server.calls().is_empty(), "a dry run makes no API call");
+}
