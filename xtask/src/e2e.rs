@@ -183,6 +183,8 @@ struct Seen {
     kernel_refused: u64,
     kernel_reset: u64,
     verdict: String,
+    /// Marks the report says are missing, per pod (why a gap could not be computed).
+    missing: Vec<String>,
 }
 
 fn seen(report: &Value, saved: &str, workload: &str) -> anyhow::Result<Seen> {
@@ -202,6 +204,19 @@ fn seen(report: &Value, saved: &str, workload: &str) -> anyhow::Result<Seen> {
         max_gap_ms: rollout["max_gap_ms"].as_f64(),
         pods: rollout["pods"].as_array().map_or(0, Vec::len),
         verdict: rollout["verdict"].as_str().unwrap_or_default().to_owned(),
+        missing: rollout["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["missing"].as_array().is_some_and(|m| !m.is_empty()))
+            .map(|p| {
+                format!(
+                    "{}: missing {}",
+                    p["pod"].as_str().unwrap_or("?"),
+                    p["missing"]
+                )
+            })
+            .collect(),
         ..Seen::default()
     };
     for line in saved.lines() {
@@ -272,6 +287,14 @@ fn trace(cluster: &Cluster, workload: &str, rps: u32, out: &Path) -> anyhow::Res
     Ok(s)
 }
 
+fn missing(s: &Seen) -> String {
+    if s.missing.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", s.missing.join("; "))
+    }
+}
+
 /// Both old replicas of a sample must be in the report, else nothing below is meaningful.
 fn check_pods(workload: &str, s: &Seen, files: &str) -> anyhow::Result<()> {
     if s.pods < 2 {
@@ -292,8 +315,9 @@ fn check_fast_exit(s: &Seen, out: &Path) -> anyhow::Result<()> {
     match s.max_gap_ms {
         Some(g) if g > 0.0 => {}
         other => bail!(
-            "fast-exit: expected a positive gap (the app exits at SIGTERM while kube-proxy still routes to it), the report says max_gap_ms={other:?}, verdict {:?} {files}",
-            s.verdict
+            "fast-exit: expected a positive gap (the app exits at SIGTERM while kube-proxy still routes to it), the report says max_gap_ms={other:?}, verdict {:?}{} {files}",
+            s.verdict,
+            missing(s)
         ),
     }
     if s.client_failed == 0 {
@@ -326,8 +350,9 @@ fn check_graceful(s: &Seen, out: &Path) -> anyhow::Result<()> {
     match s.max_gap_ms {
         Some(g) if g <= 0.0 => {}
         other => bail!(
-            "graceful: expected gap <= 0 (preStop sleep 5 s, then drain), the report says max_gap_ms={other:?}, verdict {:?} {files}",
-            s.verdict
+            "graceful: expected gap <= 0 (preStop sleep 5 s, then drain), the report says max_gap_ms={other:?}, verdict {:?}{} {files}",
+            s.verdict,
+            missing(s)
         ),
     }
     if s.client_failed != 0 || s.kernel_refused != 0 {
