@@ -210,3 +210,43 @@ impl Progress {
         self.observed && self.updated >= self.desired && self.available >= self.desired && no_old
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(generation: i64, status: Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "generation": generation},
+            "spec": {"replicas": 2}, "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_deployment_is_complete_only_once_its_old_replicas_are_gone() {
+        let kind = WorkloadKind::Deployment;
+        let rolling = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
+        assert!(
+            !Progress::of(kind, &rolling).complete(kind, &rolling),
+            "an old replica remains"
+        );
+        let stale = deployment(
+            3,
+            serde_json::json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
+        assert!(
+            !Progress::of(kind, &stale).complete(kind, &stale),
+            "the controller has not seen generation 3"
+        );
+        let done = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
+        assert!(Progress::of(kind, &done).complete(kind, &done));
+    }
+}
