@@ -21,30 +21,29 @@
 //! by calling [`ApiServer::put`] and [`ApiServer::remove`].
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use super::{
+    portforward::relay,
+    request::{Body, Selectors, Target, full, merge, parse_path, query_of, status},
+    store::{Event, State, kind_of, put, remove, resource_of},
+};
 use bytes::Bytes;
-use futures::{SinkExt as _, StreamExt as _};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use futures::StreamExt as _;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::{Request, Response, StatusCode, body::Frame, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::broadcast,
-};
+use tokio::{net::TcpListener, sync::broadcast};
 use tokio_tungstenite::{
     WebSocketStream,
-    tungstenite::{Message, handshake::derive_accept_key, protocol::Role},
+    tungstenite::{handshake::derive_accept_key, protocol::Role},
 };
-
-type Body = BoxBody<Bytes, Infallible>;
 
 /// A request as the authorizer sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,37 +68,6 @@ impl Call {
             .unwrap_or_default();
         format!("{} {}/{}{sub}", self.verb, self.group, self.resource)
     }
-}
-
-#[derive(Clone, Debug)]
-struct Stored {
-    /// (group, resource) e.g. ("", "pods"), ("apps", "daemonsets").
-    key: (String, String),
-    object: Value,
-}
-
-#[derive(Clone, Debug)]
-struct Event {
-    rv: u64,
-    key: (String, String),
-    kind: &'static str,
-    object: Value,
-}
-
-#[derive(Default)]
-struct State {
-    rv: u64,
-    /// Events before this version are forgotten: a watch from an older version gets 410.
-    compacted: u64,
-    /// (group, resource, namespace, name) → object.
-    objects: BTreeMap<(String, String, String, String), Stored>,
-    log: Vec<Event>,
-    calls: Vec<Call>,
-    /// Pod name → where its port-forward connects.
-    forwards: HashMap<String, SocketAddr>,
-    logs: HashMap<String, String>,
-    /// While set, every request is answered 503 (an API server restarting).
-    down: bool,
 }
 
 /// The test double. Dropping it stops the server.
@@ -287,245 +255,6 @@ pub struct EventView {
     pub kind: &'static str,
     pub resource: String,
     pub object: Value,
-}
-
-/// (group, plural) of an object from its apiVersion and kind.
-pub fn resource_of(object: &Value) -> (String, String) {
-    let api_version = object["apiVersion"].as_str().unwrap_or_default();
-    let group = api_version
-        .rsplit_once('/')
-        .map(|(g, _)| g.to_owned())
-        .unwrap_or_default();
-    let kind = object["kind"].as_str().unwrap_or_default().to_lowercase();
-    let plural = match kind.as_str() {
-        "endpointslice" => "endpointslices".to_owned(),
-        k if k.ends_with('s') => format!("{k}es"),
-        k => format!("{k}s"),
-    };
-    (group, plural)
-}
-
-fn kind_of(resource: &str) -> &'static str {
-    match resource {
-        "pods" => "Pod",
-        "services" => "Service",
-        "nodes" => "Node",
-        "namespaces" => "Namespace",
-        "endpointslices" => "EndpointSlice",
-        "daemonsets" => "DaemonSet",
-        "deployments" => "Deployment",
-        "statefulsets" => "StatefulSet",
-        "replicasets" => "ReplicaSet",
-        "serviceaccounts" => "ServiceAccount",
-        "clusterroles" => "ClusterRole",
-        "clusterrolebindings" => "ClusterRoleBinding",
-        "roles" => "Role",
-        _ => "Unknown",
-    }
-}
-
-fn put(
-    state: &Mutex<State>,
-    events: &broadcast::Sender<Event>,
-    key: (String, String),
-    mut object: Value,
-) -> u64 {
-    let mut s = state.lock().unwrap();
-    s.rv += 1;
-    let rv = s.rv;
-    let ns = object["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let name = object["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let id = (key.0.clone(), key.1.clone(), ns, name.clone());
-    let existed = s.objects.contains_key(&id);
-    object["metadata"]["resourceVersion"] = json!(rv.to_string());
-    if object["metadata"]["uid"].is_null() {
-        object["metadata"]["uid"] = json!(format!("uid-{}-{name}-{rv}", key.1));
-    }
-    if object["metadata"]["creationTimestamp"].is_null() {
-        object["metadata"]["creationTimestamp"] = json!("2026-11-22T01:00:00Z");
-    }
-    s.objects.insert(
-        id,
-        Stored {
-            key: key.clone(),
-            object: object.clone(),
-        },
-    );
-    let event = Event {
-        rv,
-        key,
-        kind: if existed { "MODIFIED" } else { "ADDED" },
-        object,
-    };
-    s.log.push(event.clone());
-    let _ = events.send(event);
-    rv
-}
-
-fn remove(
-    state: &Mutex<State>,
-    events: &broadcast::Sender<Event>,
-    key: (String, String),
-    namespace: &str,
-    name: &str,
-) -> Option<Value> {
-    let mut s = state.lock().unwrap();
-    let id = (
-        key.0.clone(),
-        key.1.clone(),
-        namespace.to_owned(),
-        name.to_owned(),
-    );
-    let mut stored = s.objects.remove(&id)?;
-    s.rv += 1;
-    let rv = s.rv;
-    stored.object["metadata"]["resourceVersion"] = json!(rv.to_string());
-    let event = Event {
-        rv,
-        key,
-        kind: "DELETED",
-        object: stored.object.clone(),
-    };
-    s.log.push(event.clone());
-    let _ = events.send(event);
-    Some(stored.object)
-}
-
-/// Label and field selectors of a request.
-#[derive(Default, Debug)]
-struct Selectors {
-    labels: Vec<(String, String)>,
-    fields: Vec<(String, String)>,
-}
-
-impl Selectors {
-    fn parse(query: &HashMap<String, String>) -> Self {
-        let pairs = |s: Option<&String>| -> Vec<(String, String)> {
-            s.map(|s| {
-                s.split(',')
-                    .filter_map(|p| p.split_once('='))
-                    .map(|(k, v)| (k.trim_end_matches('=').to_owned(), v.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
-        };
-        Self {
-            labels: pairs(query.get("labelSelector")),
-            fields: pairs(query.get("fieldSelector")),
-        }
-    }
-
-    fn matches(&self, object: &Value) -> bool {
-        let labels_ok = self
-            .labels
-            .iter()
-            .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v));
-        let fields_ok = self.fields.iter().all(|(k, v)| {
-            let actual = match k.as_str() {
-                "metadata.name" => &object["metadata"]["name"],
-                "metadata.namespace" => &object["metadata"]["namespace"],
-                "spec.nodeName" => &object["spec"]["nodeName"],
-                _ => return false,
-            };
-            actual.as_str().unwrap_or_default() == v
-        });
-        labels_ok && fields_ok
-    }
-}
-
-/// A parsed request path.
-#[derive(Clone, Debug)]
-struct Target {
-    group: String,
-    resource: String,
-    namespace: Option<String>,
-    name: Option<String>,
-    subresource: Option<String>,
-}
-
-fn parse_path(path: &str) -> Option<Target> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, rest) = match parts.as_slice() {
-        ["api", "v1", rest @ ..] => (String::new(), rest),
-        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
-        _ => return None,
-    };
-    let (namespace, rest) = match rest {
-        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
-        rest => (None, rest),
-    };
-    let s = |x: &&str| (*x).to_owned();
-    match rest {
-        [resource] => Some(Target {
-            group,
-            resource: s(resource),
-            namespace,
-            name: None,
-            subresource: None,
-        }),
-        [resource, name] => Some(Target {
-            group,
-            resource: s(resource),
-            namespace,
-            name: Some(s(name)),
-            subresource: None,
-        }),
-        [resource, name, sub] => Some(Target {
-            group,
-            resource: s(resource),
-            namespace,
-            name: Some(s(name)),
-            subresource: Some(s(sub)),
-        }),
-        _ => None,
-    }
-}
-
-fn query_of(uri: &hyper::Uri) -> HashMap<String, String> {
-    uri.query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn full(status: StatusCode, body: Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).boxed())
-        .unwrap()
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": message, "reason": reason, "code": code})
 }
 
 #[derive(Clone)]
@@ -934,88 +663,6 @@ impl Shared {
             .header("sec-websocket-protocol", "v4.channel.k8s.io")
             .body(Full::new(Bytes::new()).boxed())
             .unwrap()
-    }
-}
-
-/// The v4 port-forward framing: channel 0 carries data, channel 1 errors; each starts with the
-/// port number (little-endian), then data frames are prefixed with their channel byte.
-async fn relay<S>(ws: WebSocketStream<S>, addr: SocketAddr, port: u16)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sink, mut stream) = ws.split();
-    let p = port.to_le_bytes();
-    for ch in [0u8, 1u8] {
-        if sink
-            .send(Message::binary(vec![ch, p[0], p[1]]))
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-    let tcp = match TcpStream::connect(addr).await {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = sink
-                .send(Message::binary(
-                    [
-                        &[1u8][..],
-                        format!("error forwarding port {port} to pod: {e}").as_bytes(),
-                    ]
-                    .concat(),
-                ))
-                .await;
-            let _ = sink.send(Message::Close(None)).await;
-            return;
-        }
-    };
-    let (mut rd, mut wr) = tcp.into_split();
-    let to_pod = async move {
-        while let Some(Ok(msg)) = stream.next().await {
-            match msg {
-                Message::Binary(b) if b.len() > 1 && b[0] == 0 => {
-                    if wr.write_all(&b[1..]).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-        let _ = wr.shutdown().await;
-    };
-    let from_pod = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let frame = [&[0u8][..], &buf[..n]].concat();
-                    if sink.send(Message::binary(frame)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = sink.send(Message::Close(None)).await;
-    };
-    tokio::join!(to_pod, from_pod);
-}
-
-/// JSON merge (RFC 7386), which is also how the double applies server-side apply patches.
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
     }
 }
 

@@ -6,4 +6,7 @@
 
 pub mod apiserver;
 pub mod fixture;
+mod portforward;
 pub mod rbac;
+mod request;
+mod store;
