@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{agent, analyze, demo};
+use crate::{
+    agent, analyze,
+    cluster::{self, connect::KubeArgs},
+    demo, sample, traffic,
+};
 
 /// Measure the rollout race: how long after a pod stops listening every node still routes new
 /// connections to it, what errors that caused, and the preStop delay that would have prevented
@@ -15,6 +19,9 @@ pub struct Cli {
     /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -27,6 +34,27 @@ pub enum Command {
     /// Run a rollout race on this machine (network namespaces, no cluster) and show what the
     /// kernel saw, without and with a preStop delay. Needs root.
     Demo(demo::DemoArgs),
+    /// Install the node agents (server-side apply of the embedded manifests) and wait until
+    /// every node's agent is ready.
+    Install(cluster::install::InstallArgs),
+    /// Remove everything `install` created.
+    Uninstall(cluster::install::UninstallArgs),
+    /// Per node: agent version, kernel, BTF, probes, loss counters, clock offset.
+    Status(cluster::status::StatusArgs),
+    /// Follow the next rollout of a workload (or start one with --restart) on every node, then
+    /// print the report.
+    Trace(cluster::trace::TraceArgs),
+    /// Print a shell completion script, e.g. `kubectl-zdt completion bash > /etc/bash_completion.d/kubectl-zdt`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The in-cluster request loop `trace --traffic` runs (one line per failed request).
+    #[command(hide = true)]
+    Traffic(traffic::TrafficArgs),
+    /// The sample HTTP server the e2e harness deploys (exits or drains on SIGTERM).
+    #[command(hide = true)]
+    SampleApp(sample::SampleArgs),
     /// The application the local testbed runs inside each pod (used by the demo and tests).
     #[command(hide = true)]
     TestbedApp(crate::testbed::app::AppArgs),
@@ -39,6 +67,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => agent::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::Install(args) => cluster::install::main(&cli.kube, &args),
+        Command::Uninstall(args) => cluster::install::uninstall_main(&cli.kube, &args),
+        Command::Status(args) => cluster::status::main(&cli.kube, &args),
+        Command::Trace(args) => cluster::trace::main(&cli.kube, &args),
+        Command::Traffic(args) => traffic::main(args),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "kubectl-zdt", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SampleApp(args) => sample::main(args),
         Command::TestbedApp(args) => crate::testbed::app::main(args),
         Command::Analyze(args) => analyze::main(args),
     }

@@ -6,10 +6,13 @@
 pub mod agent;
 pub mod analyze;
 pub mod cli;
+pub mod cluster;
 pub mod correlate;
 pub mod dataplane;
 pub mod demo;
 pub mod logging;
 pub mod observation;
 pub mod report;
+pub mod sample;
 pub mod testbed;
+pub mod traffic;

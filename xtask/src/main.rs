@@ -4,6 +4,8 @@
 mod bench;
 mod cmd;
 mod demo;
+mod e2e;
+mod image;
 mod setup;
 mod test;
 
@@ -26,6 +28,10 @@ enum Command {
     Demo,
     /// Set up, then run every check: fmt, clippy (userspace and eBPF), unit and root tests.
     Test,
+    /// Build the agent image (static binary) as an OCI archive, without a container engine.
+    Image(image::ImageArgs),
+    /// On a real cluster: image, load, install, trace two sample rollouts, check, clean up.
+    E2e(e2e::E2eArgs),
     /// Run every benchmark (kernel cost per event, agent overhead, correlation, dataplane).
     Bench,
 }
@@ -36,6 +42,8 @@ fn main() -> ExitCode {
         Command::Setup => setup::command(),
         Command::Demo => demo::run(),
         Command::Test => test::run(),
+        Command::Image(args) => image::run(&args),
+        Command::E2e(args) => e2e::run(&args),
         Command::Bench => bench::run(),
     };
     match result {

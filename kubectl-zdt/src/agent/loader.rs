@@ -15,6 +15,8 @@ use aya::{
 use ipnet::IpNet;
 use zdt_common::{CounterKey, KernelOffsets, maps};
 
+use super::filter::WatchFilter;
+
 /// The eBPF object built by build.rs from the `zdt-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zdt"));
 
@@ -40,6 +42,8 @@ pub struct LoadSpec<'a> {
     pub wakeup_every: u64,
     pub ringbuf_bytes: u32,
     pub offsets: KernelOffsets,
+    /// Filter even with empty watch lists (nothing is reported until addresses are added).
+    pub filter: bool,
 }
 
 /// The loaded, attached probes and the maps userspace reads.
@@ -48,6 +52,8 @@ pub struct Probes {
     pub attached: Attached,
     pub events: RingBuf<MapData>,
     pub maps: KernelMaps,
+    /// The watch tries, for run-time updates (cluster mode).
+    pub filter: WatchFilter,
 }
 
 /// The programs, attached for as long as this lives.
@@ -63,7 +69,9 @@ pub struct KernelMaps {
 }
 
 impl Probes {
-    /// Loads and attaches every program; a non-empty watch list turns on kernel-side filtering.
+    /// Loads and attaches every program. Kernel-side filtering is on when a watch list is
+    /// non-empty or `spec.filter` asks for it (cluster mode: addresses are added later through
+    /// [`WatchFilter`]).
     pub fn load(spec: &LoadSpec<'_>) -> anyhow::Result<Self> {
         let watch = spec.watch;
         if OBJECT.is_empty() {
@@ -71,7 +79,8 @@ impl Probes {
                 "this binary was built without its eBPF programs (ZDT_SKIP_EBPF=1); rebuild it with `cargo build --release`"
             );
         }
-        let filter_enabled: u32 = u32::from(!watch.is_empty() || !spec.watch_netns.is_empty());
+        let filter_enabled: u32 =
+            u32::from(spec.filter || !watch.is_empty() || !spec.watch_netns.is_empty());
         let mut ebpf = EbpfLoader::new()
             .override_global(maps::GLOBAL_FILTER_ENABLED, &filter_enabled, true)
             .override_global(maps::GLOBAL_WAKEUP_EVERY, &spec.wakeup_every, true)
@@ -130,10 +139,16 @@ impl Probes {
             lost: PerCpuHashMap::try_from(take(&mut ebpf, maps::LOST)?)?,
             stats: PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?,
         };
+        let filter = WatchFilter::new(
+            LpmTrie::try_from(take(&mut ebpf, maps::WATCH_V4)?)?,
+            LpmTrie::try_from(take(&mut ebpf, maps::WATCH_V6)?)?,
+            watch,
+        );
         Ok(Self {
             attached: Attached(ebpf),
             events,
             maps,
+            filter,
         })
     }
 }

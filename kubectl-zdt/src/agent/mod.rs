@@ -5,15 +5,27 @@
 //! - `loader`: owns the `aya::Ebpf` object, attaches the programs, hands out typed map handles;
 //! - `clock`: monotonic → wall-clock conversion with a stated uncertainty;
 //! - `decode`: wire `Event` → `Observation` (pure);
-//! - `stream`: drains the ring buffer, reconciles exact counters, reports loss.
+//! - `stream`: drains the ring buffer, reconciles exact counters, reports loss;
+//! - `filter`: run-time updates of the kernel watch filter;
+//!
+//! Cluster mode (`cluster`) adds: `api_watch` (kube-runtime watches of this node's pods,
+//! EndpointSlices, Services, converted by `correlate::k8s_watch`) over `pods` (address → pod,
+//! with tombstones); `journal` (numbered, resumable) and `serve` (the 127.0.0.1 HTTP endpoint
+//! reached through port-forward).
 
+pub mod api_watch;
 pub mod btf;
 pub mod clock;
+pub mod cluster;
 pub mod conntrack;
 pub mod decode;
+pub mod filter;
+pub mod journal;
 pub mod loader;
 pub mod netns_gone;
+pub mod pods;
 pub mod preflight;
+pub mod serve;
 pub mod stream;
 
 use std::{
@@ -22,7 +34,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Args;
 use ipnet::IpNet;
 use tokio::sync::mpsc;
@@ -36,6 +48,16 @@ pub struct AgentArgs {
     /// Run without Kubernetes: print observations as JSON lines on stdout.
     #[arg(long)]
     pub standalone: bool,
+
+    /// Cluster mode: serve status and the observation stream on this loopback address (the
+    /// CLI reaches it through the API server's port-forward).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9476",
+        conflicts_with = "standalone"
+    )]
+    pub listen: std::net::SocketAddr,
 
     /// Only report traffic of these addresses (repeatable; e.g. 10.244.0.0/16, fd00::/64).
     /// Filtered in the kernel: other traffic costs one map lookup and is never copied out.
@@ -88,6 +110,9 @@ impl WatchedNetns {
 pub struct AgentConfig {
     pub node: NodeName,
     pub watch: Vec<IpNet>,
+    /// Report only watched addresses even when `watch` and `watch_netns` are empty (cluster
+    /// mode: pod addresses are added at run time).
+    pub filter: bool,
     /// Network namespaces whose processes and listeners are reported.
     pub watch_netns: Vec<WatchedNetns>,
     pub wakeup_every: u64,
@@ -102,6 +127,7 @@ impl AgentConfig {
     pub fn new(node: NodeName, watch: Vec<IpNet>) -> Self {
         Self {
             node,
+            filter: false,
             watch,
             watch_netns: Vec::new(),
             wakeup_every: 64,
@@ -142,11 +168,6 @@ pub fn hostname() -> String {
 }
 
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    if !args.standalone {
-        bail!(
-            "only standalone mode is available in this build; run `kubectl-zdt agent --standalone`"
-        );
-    }
     let mut config = AgentConfig::new(
         NodeName(args.node_name.unwrap_or_else(hostname)),
         args.watch_cidr,
@@ -162,7 +183,11 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    runtime.block_on(run_standalone(config))?;
+    if args.standalone {
+        runtime.block_on(run_standalone(config))?;
+    } else {
+        runtime.block_on(cluster::run(config, args.listen))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -25,6 +25,7 @@ use super::{
     AgentConfig,
     clock::Clock,
     decode::{self, Decoder},
+    filter::WatchFilter,
     loader::{Attached, KernelMaps, LoadSpec, Probes},
     netns_gone::NetnsGoneWatcher,
     preflight::{self, KernelInfo},
@@ -57,6 +58,7 @@ pub struct Agent {
     /// names it and the kernel event race each other, so they wait up to `BACKEND_WAIT`.
     pending: Vec<(Observation, std::time::Instant)>,
     announced: bool,
+    filter: Option<WatchFilter>,
 }
 
 impl Agent {
@@ -67,6 +69,7 @@ impl Agent {
             attached,
             events,
             maps,
+            filter,
         } = Probes::load(&LoadSpec {
             watch: &config.watch,
             watch_netns: &config
@@ -77,6 +80,7 @@ impl Agent {
             wakeup_every: config.wakeup_every,
             ringbuf_bytes: config.ringbuf_bytes,
             offsets: kernel.offsets,
+            filter: config.filter,
         })?;
         let decoder = Decoder {
             node: config.node.clone(),
@@ -99,7 +103,13 @@ impl Agent {
             conntrack: None,
             pending: Vec::new(),
             announced: false,
+            filter: Some(filter),
         })
+    }
+
+    /// The kernel watch filter, for run-time updates (cluster mode); `None` once taken.
+    pub fn take_filter(&mut self) -> Option<WatchFilter> {
+        self.filter.take()
     }
 
     /// Client errors toward one of these frontends are about a Service: the dialled address goes

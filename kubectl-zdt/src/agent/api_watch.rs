@@ -1,0 +1,328 @@
+//! The agent's Kubernetes watches (kube-runtime `watcher`s composed as one stream): pods on its
+//! own node, EndpointSlices and Services. Objects become API-level observations through the
+//! same converter `kubectl zdt analyze` uses on recorded streams (`correlate::k8s_watch`);
+//! this module adds what a live watch needs around it:
+//!
+//! - resume and relist: the watcher resumes from the last resourceVersion after a disconnect
+//!   and relists after 410 Gone; a relist is diffed against the last known state, so an object
+//!   deleted while the watch was down is still reported, once, marked `seen: "relist"` (its
+//!   time is when the agent found out: an upper bound);
+//! - scope: each agent reports the pods and endpoints on its own node, so every transition is
+//!   reported once in the cluster, stamped by the clock of the node it concerns;
+//! - the pod index (tombstones) and the kernel filter follow the pods.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    future::Future,
+    net::IpAddr,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use futures::{StreamExt as _, stream};
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Client, ResourceExt as _,
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::mpsc::Sender;
+
+use super::{
+    filter::AddressFilter,
+    pods::{Changes, PodIndex},
+    serve::Gauges,
+};
+use crate::{
+    correlate::k8s_watch::{self, EndpointSliceWatch, PodWatch, WatchEvent},
+    observation::{NodeName, Observation},
+};
+
+/// How long a deleted pod's address stays attributed and watched: longer than any sane
+/// terminationGracePeriodSeconds plus kube-proxy's propagation.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+
+enum Update {
+    Pod(Box<watcher::Event<Pod>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    /// Services only feed the reflector store.
+    Service,
+    Failed(watcher::Error),
+}
+
+/// A kube-rs object as the converter's watch event (the converter reads the API's JSON).
+fn event<T: Serialize, U: DeserializeOwned>(kind: &str, object: &T) -> Option<WatchEvent<U>> {
+    let object = serde_json::to_value(object)
+        .and_then(serde_json::from_value)
+        .inspect_err(|e| tracing::warn!("an object from the API did not convert: {e}"))
+        .ok()?;
+    Some(WatchEvent {
+        kind: kind.to_owned(),
+        object,
+    })
+}
+
+/// One watched kind: the converter, the last known objects (for relist diffs) and the relist
+/// in progress.
+struct Tracked<K, C> {
+    converter: C,
+    known: BTreeMap<String, K>,
+    relist: Option<BTreeSet<String>>,
+    synced: bool,
+    /// A relist after a gap is in progress: its observations get `seen: "relist"`.
+    relisting: bool,
+    /// Addresses of endpoints on this node (slices only).
+    mine: HashSet<IpAddr>,
+}
+
+impl<K: Clone + kube::Resource, C> Tracked<K, C> {
+    fn new(converter: C) -> Self {
+        Self {
+            converter,
+            known: BTreeMap::new(),
+            relist: None,
+            synced: false,
+            relisting: false,
+            mine: HashSet::new(),
+        }
+    }
+
+    fn key(object: &K) -> String {
+        format!(
+            "{}/{}",
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        )
+    }
+
+    /// Turns a watcher event into (type, object) changes for the converter: a relist's
+    /// objects are MODIFIED, and those it no longer holds are DELETED.
+    fn changes(&mut self, e: watcher::Event<K>) -> Vec<(&'static str, K)> {
+        match e {
+            watcher::Event::Init => {
+                self.relist = Some(BTreeSet::new());
+                self.relisting = self.synced;
+                Vec::new()
+            }
+            watcher::Event::InitApply(o) => {
+                if let Some(seen) = self.relist.as_mut() {
+                    seen.insert(Self::key(&o));
+                }
+                self.known.insert(Self::key(&o), o.clone());
+                vec![("MODIFIED", o)]
+            }
+            watcher::Event::InitDone => {
+                let seen = self.relist.take().unwrap_or_default();
+                let gone: Vec<String> = self
+                    .known
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                gone.iter()
+                    .filter_map(|k| self.known.remove(k))
+                    .map(|o| ("DELETED", o))
+                    .collect()
+            }
+            watcher::Event::Apply(o) => {
+                self.known.insert(Self::key(&o), o.clone());
+                vec![("MODIFIED", o)]
+            }
+            watcher::Event::Delete(o) => {
+                self.known.remove(&Self::key(&o));
+                vec![("DELETED", o)]
+            }
+        }
+    }
+
+    /// Marks observations from a relist and ends the relist once it is done.
+    fn finish(&mut self, done: bool, observations: &mut [Observation]) {
+        if self.relisting {
+            for o in observations.iter_mut() {
+                o.extra.insert("seen".to_owned(), "relist".into());
+            }
+        }
+        if done {
+            self.synced = true;
+            self.relisting = false;
+        }
+    }
+}
+
+/// The watches and the state they keep.
+pub struct ApiWatch {
+    pub client: Client,
+    pub node: NodeName,
+    pub pods: Arc<Mutex<PodIndex>>,
+    pub gauges: Arc<Gauges>,
+}
+
+impl ApiWatch {
+    /// Watches until `shutdown` or until the receiver is gone, sending API observations to `tx`
+    /// and keeping `filter` equal to the addresses of this node's pods (tombstones included).
+    pub async fn run(
+        self,
+        mut filter: impl AddressFilter,
+        tx: Sender<Observation>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let on_this_node =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
+        let (services, services_writer) = reflector::store();
+        let mut updates = stream::select_all([
+            watcher(Api::<Pod>::all(self.client.clone()), on_this_node)
+                .default_backoff()
+                .map(|r| r.map_or_else(Update::Failed, |e| Update::Pod(Box::new(e))))
+                .boxed(),
+            watcher(
+                Api::<EndpointSlice>::all(self.client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .map(|r| r.map_or_else(Update::Failed, |e| Update::Slice(Box::new(e))))
+            .boxed(),
+            watcher(
+                Api::<Service>::all(self.client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(services_writer)
+            .map(|r| r.map_or_else(Update::Failed, |_| Update::Service))
+            .boxed(),
+        ]);
+        let mut pods = Tracked::<Pod, _>::new(PodWatch::new(self.node.clone()));
+        let mut slices =
+            Tracked::<EndpointSlice, _>::new(EndpointSliceWatch::new(self.node.clone()));
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        tokio::pin!(shutdown);
+        loop {
+            let now = Timestamp::now();
+            let mut changes = Changes::default();
+            let observations = tokio::select! {
+                () = &mut shutdown => return,
+                _ = expiry.tick() => {
+                    changes = self.lock().expire(now);
+                    Vec::new()
+                }
+                update = updates.next() => match update {
+                    None => return,
+                    Some(Update::Pod(e)) => self.on_pods(&mut pods, *e, now, &mut changes),
+                    Some(Update::Slice(e)) => self.on_slices(&mut slices, *e, now),
+                    Some(Update::Service) => Vec::new(),
+                    Some(Update::Failed(e)) => {
+                        tracing::warn!("Kubernetes watch failed (retrying with backoff): {e}");
+                        Vec::new()
+                    }
+                },
+            };
+            self.update_filter(&mut filter, &changes);
+            self.gauges
+                .api_synced
+                .store(pods.synced && slices.synced, Ordering::Relaxed);
+            for mut o in observations {
+                if let Some(service) = o.service.as_deref()
+                    && let Some((ns, name)) = service.split_once('/')
+                    && let Some(svc) = services.get(&reflector::ObjectRef::new(name).within(ns))
+                    && let Some(ip) = svc.spec.as_ref().and_then(|s| s.cluster_ip.clone())
+                {
+                    o = o.with_extra("cluster_ip", ip);
+                }
+                if tx.send(o).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PodIndex> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update_filter(&self, filter: &mut impl AddressFilter, changes: &Changes) {
+        for net in &changes.watch {
+            if let Err(e) = filter.add(*net) {
+                tracing::warn!("{e}");
+            }
+        }
+        for net in &changes.unwatch {
+            if let Err(e) = filter.remove(*net) {
+                tracing::warn!("{e}");
+            }
+        }
+        self.gauges
+            .watched_addresses
+            .store(filter.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .pods_known
+            .store(self.lock().len() as u64, Ordering::Relaxed);
+    }
+
+    fn on_pods(
+        &self,
+        pods: &mut Tracked<Pod, PodWatch>,
+        e: watcher::Event<Pod>,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Vec<Observation> {
+        let done = matches!(e, watcher::Event::InitDone);
+        let mut out = Vec::new();
+        let mut index = self.lock();
+        for (kind, mut pod) in pods.changes(e) {
+            let c = if kind == "DELETED" {
+                // A pod deleted without our seeing its deletionTimestamp (a watch gap, a
+                // forced delete) is still `pod_deleting`, now.
+                if pod.metadata.deletion_timestamp.is_none() {
+                    pod.metadata.deletion_timestamp = Some(Time(now));
+                }
+                index.delete(&pod, now)
+            } else {
+                index.apply(&pod, now)
+            };
+            changes.watch.extend(c.watch);
+            changes.unwatch.extend(c.unwatch);
+            if let Some(ev) = event::<_, k8s_watch::Pod>(kind, &pod) {
+                out.extend(pods.converter.on_event(now, &ev));
+            }
+        }
+        drop(index);
+        pods.finish(done, &mut out);
+        out
+    }
+
+    fn on_slices(
+        &self,
+        slices: &mut Tracked<EndpointSlice, EndpointSliceWatch>,
+        e: watcher::Event<EndpointSlice>,
+        now: Timestamp,
+    ) -> Vec<Observation> {
+        let done = matches!(e, watcher::Event::InitDone);
+        let mut out = Vec::new();
+        for (kind, slice) in slices.changes(e) {
+            // The EndpointSlice controller writes each endpoint's node: that, not the order in
+            // which the pod and slice watches deliver, decides which agent reports it.
+            let here = slice
+                .endpoints
+                .iter()
+                .filter(|ep| ep.node_name.as_deref() == Some(self.node.0.as_str()))
+                .flat_map(|ep| ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
+            slices.mine.extend(here);
+            if let Some(ev) = event::<_, k8s_watch::EndpointSlice>(kind, &slice) {
+                out.extend(slices.converter.on_event(now, &ev));
+            }
+        }
+        let index = self.lock();
+        out.retain(|o| {
+            o.ip.is_some_and(|ip| slices.mine.contains(&ip) || index.holds(ip))
+        });
+        drop(index);
+        slices.finish(done, &mut out);
+        out
+    }
+}

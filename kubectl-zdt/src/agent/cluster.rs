@@ -1,0 +1,101 @@
+//! Cluster mode (the DaemonSet's `kubectl-zdt agent --listen 127.0.0.1:9476`): the kernel
+//! probes with the filter on and empty, the API watches feeding it with this node's pod
+//! addresses, every observation attributed to its pod (tombstones included), journaled and
+//! served on the node's loopback.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::Ordering},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{net::TcpListener, sync::mpsc};
+
+use super::{
+    Agent, AgentConfig,
+    api_watch::{ApiWatch, TOMBSTONE_TTL},
+    journal::{self, Journal},
+    pods::PodIndex,
+    serve::{Endpoint, Gauges},
+};
+use crate::observation::Observation;
+
+/// Resolves on SIGINT or SIGTERM (the kubelet stopping the pod).
+pub async fn termination() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Binds the endpoint, refusing anything but a loopback address: the stream is only for
+/// clients that came through the API server's port-forward (docs/security.md).
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
+    if !listen.ip().is_loopback() {
+        bail!(
+            "--listen {listen}: the agent serves only on the node's loopback (e.g. 127.0.0.1:9476); clients reach it through `kubectl port-forward`"
+        );
+    }
+    TcpListener::bind(listen).await.with_context(|| {
+        format!("failed to listen on {listen} (is another agent running on this node?)")
+    })
+}
+
+pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = bind(listen).await?;
+    let client = kube::Client::try_default()
+        .await
+        .context("failed to reach the Kubernetes API from the agent (in-cluster config)")?;
+    let journal = Journal::new(journal::CAPACITY);
+    let gauges = Arc::new(Gauges::default());
+    let endpoint = Endpoint {
+        node: config.node.clone(),
+        journal: journal.clone(),
+        gauges: gauges.clone(),
+    };
+    let server = tokio::spawn(endpoint.serve(listener));
+
+    // Filtering on from the start: only this node's pod addresses, added as they appear.
+    config.filter = true;
+    let mut agent = Agent::start(&config)?;
+    let filter = agent
+        .take_filter()
+        .context("the kernel watch filter is missing from the loaded probes")?;
+    gauges.ready.store(true, Ordering::Relaxed);
+
+    let pods = Arc::new(Mutex::new(PodIndex::new(TOMBSTONE_TTL)));
+    let (tx, mut rx) = mpsc::channel::<Observation>(4096);
+    agent.announce(&tx).await;
+    // The node's kube-proxy dataplane (hostNetwork: this is the node's namespace): when each
+    // backend stops being routed, and which pod a client's error toward a Service reached.
+    let _dataplane = if config.dataplane {
+        let watcher = crate::dataplane::watcher::start(&config.node, &tx)
+            .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
+        agent.use_dataplane(&watcher);
+        Some(watcher)
+    } else {
+        None
+    };
+    let kernel = tokio::spawn(agent.run(tx.clone(), termination()));
+    let watch = ApiWatch {
+        client,
+        node: config.node.clone(),
+        pods: pods.clone(),
+        gauges,
+    };
+    let api = tokio::spawn(watch.run(filter, tx, termination()));
+    while let Some(mut o) = rx.recv().await {
+        pods.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attribute(&mut o);
+        journal.push(&o);
+    }
+    server.abort();
+    api.await.context("the API watch task failed")?;
+    kernel.await.context("the kernel probe task failed")?
+}

@@ -1,0 +1,240 @@
+//! The agent's HTTP endpoint, on the node's 127.0.0.1 only: the CLI reaches it through the API
+//! server's port-forward, so Kubernetes RBAC (`pods/portforward` in the agent namespace)
+//! decides who reads it and nothing listens on the pod network.
+//!
+//! - `GET /readyz`: 200 once the probes are attached (the DaemonSet's readiness probe);
+//! - `GET /status`: [`AgentStatus`] as JSON;
+//! - `GET /observations?from=N[&follow=true]`: the journal from sequence number N as JSON lines
+//!   (header `x-zdt-first-seq`: the number of the first journal line sent); with `follow`, new
+//!   lines as they come. A reader that asks for evicted lines first gets one `loss` line
+//!   (`reason` [`JOURNAL_EVICTED`]) with their count, which is not a journal line.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{Request, Response, StatusCode, body::Frame, service::service_fn};
+use hyper_util::rt::TokioIo;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use super::{clock::Clock, journal::Journal};
+use crate::observation::{Kind, NodeName, Observation};
+
+/// `reason` of the `loss` line that stands for evicted journal lines.
+pub const JOURNAL_EVICTED: &str = "JOURNAL_EVICTED";
+
+/// Header carrying the sequence number of the first line of an `/observations` response.
+pub const FIRST_SEQ_HEADER: &str = "x-zdt-first-seq";
+
+/// What `GET /status` returns (and `kubectl zdt status` shows per node).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node: NodeName,
+    pub version: String,
+    pub schema: String,
+    pub kernel: String,
+    /// `/sys/kernel/btf/vmlinux` present.
+    pub btf: bool,
+    /// Attached eBPF programs.
+    pub probes: Vec<String>,
+    /// Pod addresses the kernel filter currently reports.
+    pub watched_addresses: u64,
+    /// Pods on this node the agent knows (including tombstones of deleted ones).
+    pub pods_known: u64,
+    /// Whether the API watches are synced (cluster mode).
+    pub api_synced: bool,
+    /// Events the kernel could not deliver, summed over `loss` observations.
+    pub kernel_loss: u64,
+    /// Observations in the journal so far.
+    pub observations: u64,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC on this node and the half-width of that measurement.
+    pub mono_to_wall_offset_ns: i128,
+    pub clock_uncertainty_ns: u64,
+    /// The agent's wall clock when it answered (the CLI compares it with its own).
+    #[serde(with = "time_rfc3339")]
+    pub time: Timestamp,
+}
+
+mod time_rfc3339 {
+    use jiff::Timestamp;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::observation::format_time(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Live counters the status page reads, updated by the parts of the agent that own them.
+#[derive(Default, Debug)]
+pub struct Gauges {
+    pub ready: AtomicBool,
+    pub api_synced: AtomicBool,
+    pub watched_addresses: AtomicU64,
+    pub pods_known: AtomicU64,
+}
+
+/// Everything the endpoint serves from.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub node: NodeName,
+    pub journal: Arc<Journal>,
+    pub gauges: Arc<Gauges>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+impl Endpoint {
+    pub fn status(&self) -> AgentStatus {
+        let hello = self.journal.hello();
+        let extra = |key: &str| hello.as_ref().and_then(|h| h.extra.get(key)).cloned();
+        let clock = Clock::measure();
+        AgentStatus {
+            node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            schema: crate::observation::SCHEMA_VERSION.to_owned(),
+            kernel: extra("kernel")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(kernel_release),
+            btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+            probes: extra("probes")
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+            watched_addresses: self.gauges.watched_addresses.load(Ordering::Relaxed),
+            pods_known: self.gauges.pods_known.load(Ordering::Relaxed),
+            api_synced: self.gauges.api_synced.load(Ordering::Relaxed),
+            kernel_loss: self.journal.kernel_loss(),
+            observations: self.journal.next_seq(),
+            mono_to_wall_offset_ns: clock.offset_ns,
+            clock_uncertainty_ns: clock.uncertainty_ns,
+            time: Timestamp::now(),
+        }
+    }
+
+    /// Serves until the listener fails or the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accepting a connection on the status endpoint failed: {e}");
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(&req)) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!("status endpoint connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
+        let query = req.uri().query().unwrap_or_default();
+        let param = |name: &str| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_owned())
+        };
+        match req.uri().path() {
+            "/readyz" if self.gauges.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ok\n"),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "probes not attached yet\n"),
+            "/status" => Response::builder()
+                .header("content-type", "application/json")
+                .body(
+                    Full::new(Bytes::from(
+                        serde_json::to_vec(&self.status()).unwrap_or_default(),
+                    ))
+                    .boxed(),
+                )
+                .unwrap_or_default(),
+            "/observations" => {
+                let from = param("from").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let follow = param("follow").as_deref() == Some("true");
+                self.observations(from, follow)
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /status, /observations, /readyz\n",
+            ),
+        }
+    }
+
+    fn observations(&self, from: u64, follow: bool) -> Response<Body> {
+        let journal = self.journal.clone();
+        let node = self.node.clone();
+        // The number of the first journal line sent (after the JOURNAL_EVICTED line, if any).
+        let header = self.journal.read(from, 0).first;
+        let stream = futures::stream::unfold(Some(from), move |next| {
+            let journal = journal.clone();
+            let node = node.clone();
+            async move {
+                let next = next?;
+                let mut read = journal.read(next, 4096);
+                if read.lines.is_empty() && read.evicted == 0 {
+                    if !follow {
+                        return None;
+                    }
+                    journal.wait_for(next).await;
+                    read = journal.read(next, 4096);
+                }
+                let mut chunk = String::new();
+                if read.evicted > 0 {
+                    let mut loss = Observation::new(Kind::Loss, Timestamp::now(), node);
+                    loss.count = Some(read.evicted);
+                    loss.reason = Some(JOURNAL_EVICTED.to_owned());
+                    chunk.push_str(&loss.to_json_line());
+                    chunk.push('\n');
+                }
+                for line in &read.lines {
+                    chunk.push_str(line);
+                    chunk.push('\n');
+                }
+                let after = read.first + read.lines.len() as u64;
+                Some((Bytes::from(chunk), Some(after)))
+            }
+        })
+        .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        Response::builder()
+            .header("content-type", "application/x-ndjson")
+            .header(FIRST_SEQ_HEADER, header.to_string())
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap_or_default()
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,272 @@
+//! `kubectl zdt install` / `uninstall`: server-side apply of the embedded manifests, then a
+//! progress bar until every node's agent is ready, with a reason per node when one cannot start.
+
+use std::{collections::BTreeMap, io::Write as _, process::ExitCode, time::Duration};
+
+use clap::{Args, ValueEnum};
+use futures::{StreamExt as _, future::Either, stream};
+use indicatif::{ProgressBar, ProgressStyle};
+use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams},
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
+
+use super::{
+    AGENT_SELECTOR, DAEMONSET, Error, NAMESPACE, Result,
+    agents::{self, AgentPod},
+    connect::KubeArgs,
+    manifests::{self, Manifest},
+};
+
+/// The field manager our server-side applies are recorded under.
+pub const FIELD_MANAGER: &str = "kubectl-zdt";
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The agent image [default: ghcr.io/kubectl-zdt/kubectl-zdt:v<this version>].
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Apply nothing; print the objects (with -o yaml|json) for GitOps.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Output format of --dry-run.
+    #[arg(short = 'o', long, value_enum, default_value_t = ManifestFormat::Yaml)]
+    pub output: ManifestFormat,
+
+    /// How long to wait for every agent to be ready, e.g. 90s, 5m.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Return once applied, without waiting for the agents.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ManifestFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {}
+
+/// `90s`, `5m`, `1h30m` (and ISO 8601 `PT90S`).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 90s or 5m: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
+}
+
+/// Applies every object with server-side apply (field manager `kubectl-zdt`, forced: the
+/// manifests are ours).
+pub async fn apply(client: &Client, objects: &[Manifest]) -> Result<Vec<String>> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut applied = Vec::new();
+    for m in objects {
+        let api = api_for(client, m);
+        api.patch(m.name(), &params, &Patch::Apply(&m.object))
+            .await
+            .map_err(Error::api(format!("apply {}", m.display())))?;
+        applied.push(m.display());
+    }
+    Ok(applied)
+}
+
+fn api_for(client: &Client, m: &Manifest) -> Api<DynamicObject> {
+    match m.namespace().filter(|_| m.namespaced) {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &m.resource),
+        None => Api::all_with(client.clone(), &m.resource),
+    }
+}
+
+/// Deletes every object the manifests define, last first; returns what existed.
+pub async fn delete(client: &Client, objects: &[Manifest]) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for m in objects.iter().rev() {
+        match api_for(client, m)
+            .delete(m.name(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => removed.push(m.display()),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::api(format!("delete {}", m.display()))(e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Agents' state while waiting.
+#[derive(Debug, Default)]
+struct Progress {
+    desired: Option<i32>,
+    pods: Vec<AgentPod>,
+}
+
+impl Progress {
+    fn ready(&self) -> usize {
+        self.pods.iter().filter(|p| p.ready).count()
+    }
+
+    fn done(&self) -> bool {
+        self.desired
+            .is_some_and(|d| d > 0 && usize::try_from(d).is_ok_and(|d| self.ready() >= d))
+    }
+
+    fn problems(&self) -> BTreeMap<String, String> {
+        self.pods
+            .iter()
+            .filter_map(|p| p.problem.clone().map(|why| (p.node.clone(), why)))
+            .collect()
+    }
+}
+
+/// Watches the DaemonSet and its pods until every scheduled agent is ready; on timeout, the
+/// error lists each node that is not ready and why.
+pub async fn wait_ready(
+    client: &Client,
+    timeout: Duration,
+    bar: &ProgressBar,
+) -> Result<Vec<AgentPod>> {
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let (store, writer) = reflector::store();
+    let ds_events = watcher(
+        ds,
+        watcher::Config::default().fields(&format!("metadata.name={DAEMONSET}")),
+    )
+    .default_backoff()
+    .applied_objects()
+    .map(Either::Left)
+    .boxed();
+    let pod_events = watcher(pods, watcher::Config::default().labels(AGENT_SELECTOR))
+        .default_backoff()
+        // Every event, InitDone included: the store only holds an initial list once it is done.
+        .reflect(writer)
+        .map(Either::Right)
+        .boxed();
+    let mut events = stream::select(ds_events, pod_events);
+    let mut progress = Progress::default();
+    let mut shown = BTreeMap::new();
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { break };
+                match event {
+                    Either::Left(Ok(ds)) => {
+                        progress.desired = ds.status.as_ref().map(|s| s.desired_number_scheduled);
+                    }
+                    Either::Right(Ok(_)) => {
+                        progress.pods = store.state().iter().map(|p| agents::agent_pod(p)).collect();
+                        progress.pods.sort_by(|a, b| a.node.cmp(&b.node));
+                    }
+                    Either::Left(Err(e)) | Either::Right(Err(e)) => {
+                        tracing::warn!("watching the agents failed (retrying): {e}");
+                    }
+                }
+                bar.set_length(progress.desired.and_then(|d| u64::try_from(d).ok()).unwrap_or(0));
+                bar.set_position(progress.ready() as u64);
+                for (node, why) in progress.problems() {
+                    if shown.get(&node) != Some(&why) {
+                        bar.println(format!("node {node}: {why}"));
+                        shown.insert(node, why);
+                    }
+                }
+                if progress.done() {
+                    bar.finish_with_message("every agent is ready");
+                    return Ok(progress.pods);
+                }
+            }
+            () = &mut deadline => break,
+        }
+    }
+    bar.abandon();
+    let mut detail: Vec<String> = progress
+        .problems()
+        .into_iter()
+        .map(|(node, why)| format!("  node {node}: {why}"))
+        .collect();
+    if progress.desired.unwrap_or(0) == 0 {
+        detail.push(format!(
+            "  the DaemonSet {NAMESPACE}/{DAEMONSET} has no node to run on yet (check `kubectl -n {NAMESPACE} describe daemonset {DAEMONSET}`)"
+        ));
+    }
+    Err(Error::NotReady {
+        seconds: timeout.as_secs(),
+        detail: detail.join("\n"),
+    })
+}
+
+pub fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} agents ready {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+pub async fn install(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<AgentPod>> {
+    let image = args.image.clone().unwrap_or_else(manifests::default_image);
+    let objects = manifests::objects(&image)?;
+    let cluster = kube.connect().await?;
+    for name in apply(&cluster.client, &objects).await? {
+        eprintln!("{name} applied (server-side)");
+    }
+    if args.no_wait {
+        return Ok(Vec::new());
+    }
+    let bar = progress_bar();
+    wait_ready(&cluster.client, args.timeout, &bar).await
+}
+
+pub fn main(kube: &KubeArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
+    if args.dry_run {
+        let image = args.image.clone().unwrap_or_else(manifests::default_image);
+        let objects = manifests::objects(&image)?;
+        let text = match args.output {
+            ManifestFormat::Yaml => manifests::to_yaml(&objects),
+            ManifestFormat::Json => {
+                let list: Vec<_> = objects.iter().map(|m| &m.object).collect();
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "apiVersion": "v1", "kind": "List", "items": list
+                }))? + "\n"
+            }
+        };
+        std::io::stdout().write_all(text.as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let agents = super::runtime()?.block_on(install(kube, args))?;
+    if !agents.is_empty() {
+        eprintln!(
+            "kubectl-zdt agents ready on {} node(s); next: `kubectl zdt status`",
+            agents.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn uninstall(kube: &KubeArgs) -> Result<Vec<String>> {
+    let objects = manifests::objects(&manifests::default_image())?;
+    let cluster = kube.connect().await?;
+    delete(&cluster.client, &objects).await
+}
+
+pub fn uninstall_main(kube: &KubeArgs, _args: &UninstallArgs) -> anyhow::Result<ExitCode> {
+    let removed = super::runtime()?.block_on(uninstall(kube))?;
+    if removed.is_empty() {
+        eprintln!("nothing to remove: kubectl-zdt is not installed");
+    }
+    for name in removed {
+        eprintln!("{name} deleted");
+    }
+    Ok(ExitCode::SUCCESS)
+}

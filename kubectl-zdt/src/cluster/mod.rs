@@ -1,0 +1,118 @@
+//! The CLI's side of a cluster: kubectl-style connection flags, the embedded `deploy/`
+//! manifests, `install`/`uninstall`, and `status` through the API server's port-forward to each
+//! node agent's 127.0.0.1 endpoint.
+//!
+//! - `connect`: `--kubeconfig`/`--context`/`-n`/`-A` → a `kube::Client`;
+//! - `manifests`: the manifests compiled into the binary, with the image set;
+//! - `install`: server-side apply, wait with a progress bar, per-node reasons; `uninstall`;
+//! - `agents`: find the agent pods and talk HTTP to each through port-forward;
+//! - `status`: one row per node;
+//! - `trace`: follow (or start) a rollout with every agent's stream, optional in-cluster
+//!   traffic (`workload`: what is traced; `collect`: the resumable streams), then the report.
+
+pub mod agents;
+pub mod collect;
+pub mod connect;
+pub mod install;
+pub mod manifests;
+pub mod status;
+pub mod trace;
+pub mod workload;
+
+use thiserror::Error;
+
+/// Namespace, labels and port shared by the manifests and the code that finds the agents.
+pub const NAMESPACE: &str = "zdt-system";
+pub const DAEMONSET: &str = "zdt-agent";
+/// Label every object `install` creates carries (`uninstall` relies on the list, not on it).
+pub const PART_OF: &str = "app.kubernetes.io/part-of=kubectl-zdt";
+/// Selects the agent pods.
+pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=zdt-agent";
+/// The agent's HTTP endpoint on the node's loopback (see docs/security.md).
+pub const AGENT_PORT: u16 = 9476;
+
+/// What can go wrong between the CLI and a cluster. Each message names the fix.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("failed to load the kubeconfig{}: {source}", path.as_deref().map(|p| format!(" {p}")).unwrap_or_default())]
+    Kubeconfig {
+        path: Option<String>,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes configuration found (no kubeconfig, not in a cluster): pass --kubeconfig FILE or set KUBECONFIG"
+    )]
+    NoConfig(#[source] kube::config::InferConfigError),
+    #[error("failed to create the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("the embedded manifest {file} is invalid: {reason}")]
+    Manifest { file: &'static str, reason: String },
+    #[error("the Kubernetes API call `{call}` failed: {source}")]
+    Api {
+        call: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "kubectl-zdt's agents are not installed (no pods labelled {AGENT_SELECTOR} in namespace {NAMESPACE}): run `kubectl zdt install`"
+    )]
+    NotInstalled,
+    #[error("the agent on node {node} ({pod}) is not reachable through port-forward: {reason}")]
+    AgentUnreachable {
+        node: String,
+        pod: String,
+        reason: String,
+    },
+    #[error("timed out after {seconds} s waiting for the agents:\n{detail}")]
+    NotReady { seconds: u64, detail: String },
+    #[error(
+        "{workload} not found in namespace {namespace} (use -n NAMESPACE, or check `kubectl get {workload} -n {namespace}`)"
+    )]
+    WorkloadNotFound { workload: String, namespace: String },
+    #[error(
+        "no Service in namespace {namespace} selects the pods of {workload} (labels {labels}): trace follows the endpoints of a Service; create one, e.g. `kubectl expose {workload} -n {namespace} --port 80 --target-port 8080`"
+    )]
+    NoService {
+        workload: String,
+        namespace: String,
+        labels: String,
+    },
+    #[error("the agents are not ready on {count} node(s); run `kubectl zdt status`:\n{detail}")]
+    AgentsNotReady { count: usize, detail: String },
+    #[error(
+        "the rollout of {workload} did not complete within {seconds} s: {detail} (see `kubectl rollout status {workload} -n {namespace}`)"
+    )]
+    RolloutStuck {
+        workload: String,
+        namespace: String,
+        seconds: u64,
+        detail: String,
+    },
+    #[error("the traffic pod {pod} did not start within {seconds} s: {reason}")]
+    TrafficNotStarted {
+        pod: String,
+        seconds: u64,
+        reason: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a failed API call with a short description of it.
+    pub fn api(call: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let call = call.into();
+        move |source| Self::Api { call, source }
+    }
+}
+
+/// The async runtime the cluster commands run on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}

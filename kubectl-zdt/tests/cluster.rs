@@ -1,0 +1,487 @@
+//! `kubectl zdt install | status | uninstall` against the scripted API server (a test double,
+//! tests/kube_double/apiserver.rs), with the agents' endpoints served on 127.0.0.1 and reached
+//! through the double's port-forward, as the CLI reaches real agents through the API server.
+
+mod kube_double;
+
+use std::{sync::Arc, time::Duration};
+
+use kube_double::{apiserver::ApiServer, rbac};
+use kubectl_zdt::{
+    agent::{
+        journal::Journal,
+        serve::{Endpoint, Gauges},
+    },
+    cluster::{
+        self, NAMESPACE,
+        connect::KubeArgs,
+        install::{self, InstallArgs},
+        status,
+    },
+    observation::{Kind, NodeName, Observation},
+};
+use serde_json::{Value, json};
+
+fn agent_pod(node: &str, ready: bool, container_status: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("zdt-agent-{node}"), "namespace": NAMESPACE,
+                     "labels": {"app.kubernetes.io/name": "zdt-agent", "app.kubernetes.io/part-of": "kubectl-zdt"}},
+        "spec": {"nodeName": node, "hostNetwork": true, "containers": [{"name": "agent", "image": "x"}]},
+        "status": {"phase": "Running",
+                   "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                   "containerStatuses": [container_status]}
+    })
+}
+
+fn running() -> Value {
+    json!({"name": "agent", "ready": true, "restartCount": 0, "image": "x", "imageID": "",
+           "state": {"running": {"startedAt": "2026-11-22T01:00:00Z"}}})
+}
+
+/// What the kubelet reports for an agent that exited at start with one line on stderr.
+fn crash_looping(last_line: &str) -> Value {
+    json!({"name": "agent", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
+           "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+           "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": last_line}}})
+}
+
+/// Plays the DaemonSet controller and the kubelets: once the DaemonSet is applied, one agent
+/// pod per node, with the state the test wants.
+fn script_daemonset(server: &Arc<ApiServer>, pods: Vec<(Duration, Value)>) {
+    let server = server.clone();
+    let mut changes = server.changes();
+    tokio::spawn(async move {
+        loop {
+            let Ok(change) = changes.recv().await else {
+                return;
+            };
+            if change.resource == "daemonsets" && change.kind == "ADDED" {
+                break;
+            }
+        }
+        let mut ds = server
+            .get("apps", "daemonsets", NAMESPACE, "zdt-agent")
+            .unwrap();
+        let nodes = pods
+            .iter()
+            .map(|(_, p)| p["spec"]["nodeName"].to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        ds["status"] = json!({"desiredNumberScheduled": nodes, "currentNumberScheduled": nodes,
+                              "numberMisscheduled": 0, "numberReady": 0});
+        server.put(ds);
+        for (delay, pod) in pods {
+            tokio::time::sleep(delay).await;
+            server.put(pod);
+        }
+    });
+}
+
+fn args(server: &ApiServer, dir: &std::path::Path, token: &str) -> KubeArgs {
+    KubeArgs {
+        kubeconfig: Some(server.kubeconfig(dir, token)),
+        ..KubeArgs::default()
+    }
+}
+
+fn install_args(image: &str, timeout: Duration) -> InstallArgs {
+    InstallArgs {
+        image: Some(image.to_owned()),
+        dry_run: false,
+        output: install::ManifestFormat::Yaml,
+        timeout,
+        no_wait: false,
+    }
+}
+
+#[tokio::test]
+async fn install_applies_every_manifest_server_side_and_waits_for_the_agent_that_recovers() {
+    let dir = tempdir();
+    let server = Arc::new(ApiServer::start().await);
+    script_daemonset(
+        &server,
+        vec![
+            (Duration::ZERO, agent_pod("node-a", true, running())),
+            (
+                Duration::ZERO,
+                agent_pod(
+                    "node-b",
+                    false,
+                    json!({"name": "agent", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                "state": {"waiting": {"reason": "ContainerCreating"}}}),
+                ),
+            ),
+            (
+                Duration::from_millis(300),
+                agent_pod("node-b", true, running()),
+            ),
+        ],
+    );
+    let kube = args(&server, dir.path(), "admin");
+    let agents = install::install(
+        &kube,
+        &install_args("registry.local/zdt:e2e-1", Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    let nodes: Vec<_> = agents.iter().map(|a| (a.node.as_str(), a.ready)).collect();
+    assert_eq!(nodes, [("node-a", true), ("node-b", true)]);
+
+    // Every object was applied with server-side apply (PATCH apply-patch+yaml), and the agent
+    // image is the one asked for.
+    let applies: Vec<String> = server
+        .calls()
+        .iter()
+        .filter(|c| c.verb == "patch")
+        .map(|c| format!("{}/{}", c.resource, c.name.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        applies,
+        [
+            "namespaces/zdt-system",
+            "serviceaccounts/zdt-agent",
+            "clusterroles/zdt-agent",
+            "clusterrolebindings/zdt-agent",
+            "roles/zdt-user",
+            "clusterroles/zdt-user",
+            "daemonsets/zdt-agent"
+        ]
+    );
+    let ds = server
+        .get("apps", "daemonsets", NAMESPACE, "zdt-agent")
+        .unwrap();
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.local/zdt:e2e-1"
+    );
+}
+
+#[tokio::test]
+async fn install_names_each_node_whose_agent_cannot_start_and_why() {
+    let dir = tempdir();
+    let server = Arc::new(ApiServer::start().await);
+    let no_btf = "kubectl-zdt: this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): kubectl-zdt needs Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y";
+    script_daemonset(
+        &server,
+        vec![
+            (Duration::ZERO, agent_pod("node-a", true, running())),
+            (
+                Duration::ZERO,
+                agent_pod(
+                    "node-old",
+                    false,
+                    crash_looping(&format!("some earlier log\n{no_btf}\n")),
+                ),
+            ),
+        ],
+    );
+    let kube = args(&server, dir.path(), "admin");
+    let err = install::install(
+        &kube,
+        &install_args("registry.local/zdt:e2e-1", Duration::from_secs(2)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, cluster::Error::NotReady { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("node node-old: agent cannot start: {no_btf}")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("node-a"),
+        "the ready node is not blamed: {text}"
+    );
+}
+
+#[tokio::test]
+async fn uninstall_removes_everything_install_created_and_then_finds_nothing() {
+    let dir = tempdir();
+    let server = Arc::new(ApiServer::start().await);
+    let kube = args(&server, dir.path(), "admin");
+    let mut no_wait = install_args("registry.local/zdt:e2e-1", Duration::from_secs(1));
+    no_wait.no_wait = true;
+    install::install(&kube, &no_wait).await.unwrap();
+    let removed = install::uninstall(&kube).await.unwrap();
+    assert_eq!(
+        removed,
+        [
+            "daemonset/zdt-agent",
+            "clusterrole/zdt-user",
+            "role/zdt-user",
+            "clusterrolebinding/zdt-agent",
+            "clusterrole/zdt-agent",
+            "serviceaccount/zdt-agent",
+            "namespace/zdt-system"
+        ]
+    );
+    for (group, resource) in [
+        ("", "namespaces"),
+        ("", "serviceaccounts"),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("apps", "daemonsets"),
+    ] {
+        assert!(
+            server.list(group, resource).is_empty(),
+            "{resource} left behind"
+        );
+    }
+    assert!(install::uninstall(&kube).await.unwrap().is_empty());
+}
+
+/// An agent endpoint as the DaemonSet runs it, with a few observations journaled.
+async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
+    let journal = Journal::new(100);
+    let gauges = Arc::new(Gauges::default());
+    gauges
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    gauges
+        .watched_addresses
+        .store(3, std::sync::atomic::Ordering::Relaxed);
+    let t = jiff::Timestamp::now();
+    journal.push(
+        &Observation::new(Kind::AgentStart, t, NodeName(node.into()))
+            .with_extra("kernel", "6.18.0-zdt")
+            .with_extra("probes", vec!["tcp_send_reset"]),
+    );
+    let mut loss = Observation::new(Kind::Loss, t, NodeName(node.into()));
+    loss.count = Some(5);
+    journal.push(&loss);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = Endpoint {
+        node: NodeName(node.into()),
+        journal: journal.clone(),
+        gauges,
+    };
+    tokio::spawn(endpoint.serve(listener));
+    (addr, journal)
+}
+
+#[tokio::test]
+async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_rbac() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    for node in ["node-a", "node-b"] {
+        let (addr, _) = serve_agent(node).await;
+        server.forward(&format!("zdt-agent-{node}"), addr);
+        server.put(agent_pod(node, true, running()));
+    }
+    server.put(agent_pod(
+        "node-c",
+        false,
+        crash_looping("kubectl-zdt: tracepoint tcp:tcp_send_reset does not exist on this kernel"),
+    ));
+    let kube = args(&server, dir.path(), "user");
+    let rows = status::collect(&kube).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in &rows[..2] {
+        let agent = row.agent.as_ref().unwrap_or_else(|| panic!("{row:?}"));
+        assert_eq!(agent.node.0, row.node);
+        assert_eq!(agent.kernel, "6.18.0-zdt");
+        assert_eq!(agent.probes, ["tcp_send_reset"]);
+        assert_eq!(
+            (
+                agent.kernel_loss,
+                agent.watched_addresses,
+                agent.observations
+            ),
+            (5, 3, 2)
+        );
+        // Same machine, same clock: the measured offset is within its own uncertainty.
+        let (offset, uncertainty) = (
+            row.clock_offset_ms.unwrap(),
+            row.clock_offset_uncertainty_ms.unwrap(),
+        );
+        assert!(
+            offset.abs() <= uncertainty + 1.0,
+            "{offset} ± {uncertainty}"
+        );
+    }
+    assert!(
+        rows[2]
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("tcp_send_reset does not exist"),
+        "{:?}",
+        rows[2]
+    );
+    let table = status::render_table(&rows);
+    assert!(
+        table.contains("node-a") && table.contains("6.18.0-zdt") && table.contains("tracepoint"),
+        "{table}"
+    );
+
+    // Every call `status` made is allowed by the Role users are given (docs/security.md).
+    let calls = server.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.subresource.as_deref() == Some("portforward"))
+    );
+    for call in &calls {
+        assert_eq!(call.namespace.as_deref(), Some(NAMESPACE), "{call:?}");
+    }
+    rbac::assert_all_allowed("Role", "zdt-user", &calls);
+}
+
+#[tokio::test]
+async fn status_without_agents_says_to_install_them() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    let err = status::collect(&args(&server, dir.path(), "user"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, cluster::Error::NotInstalled), "{err}");
+    assert!(err.to_string().contains("run `kubectl zdt install`"));
+}
+
+#[tokio::test]
+async fn an_agent_pod_whose_port_forward_fails_is_a_row_not_a_crash() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    // Ready pod, but nothing listens where its port-forward leads.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    server.forward("zdt-agent-node-a", closed);
+    server.put(agent_pod("node-a", true, running()));
+    let rows = status::collect(&args(&server, dir.path(), "user"))
+        .await
+        .unwrap();
+    let problem = rows[0].problem.as_deref().unwrap();
+    assert!(
+        problem.contains("node-a") && problem.contains("port-forward"),
+        "{problem}"
+    );
+}
+
+fn tempdir() -> TempDir {
+    let path = std::env::temp_dir().join(format!(
+        "zdt-cluster-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&path).unwrap();
+    TempDir(path)
+}
+
+/// Removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the real binary against the double; returns (exit code, stderr).
+async fn cli(kubeconfig: std::path::PathBuf, args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_says_what_is_wrong_in_one_line_and_exits_non_zero() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    let kubeconfig = server.kubeconfig(dir.path(), "user");
+    let (code, stderr) = cli(kubeconfig.clone(), &["status"]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr.trim(),
+        "kubectl-zdt: kubectl-zdt's agents are not installed (no pods labelled app.kubernetes.io/name=zdt-agent in namespace zdt-system): run `kubectl zdt install`"
+    );
+    let (code, stderr) = cli(
+        kubeconfig.clone(),
+        &["trace", "deployment/nope", "-n", "shop"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("kubectl-zdt: "))
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("deployment/nope not found in namespace shop"),
+        "{stderr}"
+    );
+    let (code, stderr) = cli(kubeconfig, &["trace", "pod/x"]).await;
+    assert_eq!(
+        code,
+        Some(2),
+        "a usage error, as clap reports them: {stderr}"
+    );
+    let (code, stderr) = cli(dir.path().join("missing"), &["status"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.starts_with("kubectl-zdt: failed to load the kubeconfig"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn install_dry_run_prints_the_objects_for_gitops_without_touching_the_cluster() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    let kubeconfig = server.kubeconfig(dir.path(), "admin");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "install",
+                "--dry-run",
+                "-o",
+                "yaml",
+                "--image",
+                "registry.local/zdt:v9",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let kinds = yaml.lines().filter(|l| l.starts_with("kind: ")).count();
+    assert_eq!(kinds, 7, "{yaml}");
+    assert!(yaml.contains("image: registry.local/zdt:v9"));
+    assert!(server.calls().is_empty(), "a dry run makes no API call");
+}
