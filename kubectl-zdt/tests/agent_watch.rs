@@ -190,6 +190,9 @@ fn expected() -> Vec<(Kind, String, String)> {
         (Kind::PodDeleting, old_b),
         (Kind::EndpointTerminating, old_b),
         (Kind::EndpointRemoved, old_b),
+        // The API's container status: every container of the old pods terminated.
+        (Kind::ContainerTerminated, old_a),
+        (Kind::ContainerTerminated, old_b),
     ]
     .into_iter()
     .map(|(k, (ip, pod))| (k, ip.to_owned(), pod.to_owned()))
