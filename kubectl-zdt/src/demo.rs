@@ -283,7 +283,7 @@ async fn race(
         let r = node.set_endpoints(&svc, &[new_ep], &[old_ep]);
         let at = Clock::monotonic_now_ns();
         println!(
-            "  +{:>5} ms  kube-proxy: rule to {old_ep} replaced by {new_ep}",
+            "  +{:>5} ms  testbed kube-proxy: iptables-restore replacing {old_ep} by {new_ep} returned",
             elapsed(at)
         );
         (r, at)
