@@ -320,6 +320,64 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flow(client: &str, frontend: &str, backend: &str) -> Flow {
+        Flow {
+            protocol: Protocol::Tcp,
+            client: client.parse().unwrap(),
+            frontend: frontend.parse().unwrap(),
+            backend: backend.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_dnat_cache_names_the_pod_a_client_reached_and_forgets_the_oldest_first() {
+        let mut cache = DnatCache::default();
+        let svc: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        cache.record(&flow(
+            "10.244.1.5:40000",
+            "10.96.0.10:80",
+            "10.244.0.7:8080",
+        ));
+        // A connection straight to a pod was not DNAT'ed: nothing to remember.
+        cache.record(&flow(
+            "10.244.1.5:40001",
+            "10.244.0.7:8080",
+            "10.244.0.7:8080",
+        ));
+        assert_eq!(
+            cache.backend_of("10.244.1.5:40000".parse().unwrap(), svc),
+            Some("10.244.0.7:8080".parse().unwrap())
+        );
+        assert_eq!(
+            cache.backend_of(
+                "10.244.1.5:40001".parse().unwrap(),
+                "10.244.0.7:8080".parse().unwrap()
+            ),
+            None
+        );
+        assert_eq!(
+            cache.backend_of("10.244.1.5:40002".parse().unwrap(), svc),
+            None
+        );
+        for port in 0..DNAT_CACHE as u32 {
+            let client = SocketAddr::new("10.244.2.1".parse().unwrap(), 1);
+            let frontend = SocketAddr::new("10.96.0.11".parse().unwrap(), (port % 60_000) as u16);
+            let c = SocketAddr::new(client.ip(), (port / 60_000 + 1) as u16);
+            cache.record(&Flow {
+                protocol: Protocol::Tcp,
+                client: c,
+                frontend,
+                backend: "10.244.0.8:80".parse().unwrap(),
+            });
+        }
+        assert_eq!(cache.map.len(), DNAT_CACHE, "bounded");
+        assert_eq!(
+            cache.backend_of("10.244.1.5:40000".parse().unwrap(), svc),
+            None,
+            "the oldest went first"
+        );
+    }
     use netlink_packet_core::NetlinkHeader;
     use netlink_packet_netfilter::{
         NetfilterHeader, NetfilterProtoFamily, conntrack::Protocol as CtProto,
