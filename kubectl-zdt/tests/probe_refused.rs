@@ -10,7 +10,7 @@ use kubectl_zdt::{
     observation::Kind,
     testbed::{Netns, tcp::connect_once, veth_pair},
 };
-use support::{AgentProcess, require_root, total};
+use support::{AgentProcess, assert_all_refused, require_root, total};
 
 const N: usize = 25;
 const M: usize = 7;
@@ -55,20 +55,8 @@ fn scenario(
             (a, b)
         })
         .unwrap();
-    assert!(
-        outcomes
-            .0
-            .iter()
-            .all(|r| r.as_ref().err().map(String::as_str) == Some("ECONNREFUSED")),
-        "{outcomes:?}"
-    );
-    assert!(
-        outcomes
-            .1
-            .iter()
-            .all(|r| r.as_ref().err().map(String::as_str) == Some("ECONNREFUSED")),
-        "{outcomes:?}"
-    );
+    assert_all_refused(&outcomes.0);
+    assert_all_refused(&outcomes.1);
     (agent.stop(), client_ip, pod_ip, other_ip)
 }
 

@@ -21,7 +21,7 @@ use kubectl_zdt::{
         tcp::connect_once,
     },
 };
-use support::{AgentProcess, netns_of, of_kind, off_ms, require_root, total};
+use support::{AgentProcess, assert_all_refused, netns_of, of_kind, off_ms, require_root, total};
 
 /// Timing bound of the issue: each mark within 2 ms of ground truth.
 const BOUND_MS: f64 = 2.0;
@@ -103,12 +103,7 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
         .ns
         .run_in(move || (0..N).map(|_| connect_once(target)).collect::<Vec<_>>())
         .unwrap();
-    assert!(
-        outcomes
-            .iter()
-            .all(|r| r.as_ref().err().map(String::as_str) == Some("ECONNREFUSED")),
-        "{outcomes:?}"
-    );
+    assert_all_refused(&outcomes);
     let pod_ns = support::inode(&pod.ns.path());
     let pod_ip = IpAddr::from(pod.ip);
     truth.netns_gone = Some(w.node.remove_pod(pod));

@@ -39,15 +39,13 @@ pub fn on_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let (family, sport, saddr) = read_sockaddr(ctx, tp::SADDR)?;
     let sk: u64 = unsafe { ctx.read_at(tp::SKADDR)? };
     let addr_watched = watch::is_watched(family, &saddr);
-    let netns = if addr_watched || watch::filtering() {
-        if sk != 0 {
-            kernel::netns_of_sock(sk)
-        } else {
-            let skb: u64 = unsafe { ctx.read_at(tp::SKBADDR)? };
-            kernel::netns_of_skb(skb)
-        }
+    // The namespace is needed either way: as a filter when the address is not watched, and to
+    // tell a pod from a new one that reuses its IP when it is.
+    let netns = if sk != 0 {
+        kernel::netns_of_sock(sk)
     } else {
-        0
+        let skb: u64 = unsafe { ctx.read_at(tp::SKBADDR)? };
+        kernel::netns_of_skb(skb)
     };
     if !addr_watched && !watch::is_watched_netns(netns) {
         return Ok(());

@@ -75,50 +75,6 @@ pub fn start(node: &NodeName, tx: &mpsc::Sender<Observation>) -> anyhow::Result<
     Ok(watcher)
 }
 
-/// Starts the dataplane watcher for an agent whose stream is `out`, keeping the agent's first
-/// line (`agent_start`) first: returns the sender the agent must write to; its first line is
-/// forwarded, then the dataplane's lines and the agent's are merged into `out`. The stream
-/// closes when the agent drops the returned sender (the watcher holds its side weakly).
-pub fn start_after_first_line(
-    node: &NodeName,
-    out: mpsc::Sender<Observation>,
-) -> anyhow::Result<mpsc::Sender<Observation>> {
-    let (dataplane_tx, mut dataplane_rx) = mpsc::channel::<Observation>(4096);
-    start(node, &dataplane_tx)?;
-    let (agent_tx, mut agent_rx) = mpsc::channel::<Observation>(4096);
-    tokio::spawn(async move {
-        // The only strong sender of the dataplane channel: it closes when this task ends.
-        let _dataplane_open = dataplane_tx;
-        let Some(first) = agent_rx.recv().await else {
-            return;
-        };
-        if out.send(first).await.is_err() {
-            return;
-        }
-        loop {
-            let next = tokio::select! {
-                biased;
-                o = agent_rx.recv() => match o {
-                    Some(o) => o,
-                    // The agent is done: so is the stream (ending this task closes the
-                    // dataplane channel, which stops the watcher threads at their next send).
-                    None => return,
-                },
-                Some(o) = dataplane_rx.recv() => o,
-            };
-            if out.send(next).await.is_err() {
-                return;
-            }
-        }
-        #[allow(
-            unreachable_code,
-            reason = "keeps the dataplane channel open until the agent ends"
-        )]
-        drop(dataplane_tx);
-    });
-    Ok(agent_tx)
-}
-
 /// Handle to the running watcher threads (they run until the observation stream closes).
 pub struct Watcher {
     pub modes: Vec<Mode>,

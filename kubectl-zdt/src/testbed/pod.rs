@@ -7,7 +7,6 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -167,16 +166,4 @@ pub fn app_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         Some(p) => Ok(p),
         None => std::env::current_exe().context("cannot find this executable"),
     }
-}
-
-/// Waits up to `timeout` for `cond`, polling every millisecond.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    cond()
 }

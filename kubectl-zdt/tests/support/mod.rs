@@ -134,3 +134,13 @@ pub fn inode(path: &str) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(path).expect("netns path").ino()
 }
+
+/// Every connection attempt was refused (`ECONNREFUSED`).
+pub fn assert_all_refused(outcomes: &[Result<(), String>]) {
+    assert!(
+        outcomes
+            .iter()
+            .all(|r| r.as_ref().err().map(String::as_str) == Some("ECONNREFUSED")),
+        "{outcomes:?}"
+    );
+}
