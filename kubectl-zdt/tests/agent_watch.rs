@@ -6,19 +6,17 @@
 mod kube_double;
 
 use std::{
-    collections::BTreeSet,
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use ipnet::IpNet;
 use kube_double::{
     apiserver::ApiServer,
     fixture::{play, recorded_events, split_recording},
     rbac,
 };
 use kubectl_zdt::{
-    agent::{api_watch::ApiWatch, pods::PodIndex, serve::Gauges},
+    agent::{api_watch::ApiWatch, filter::Recorded, pods::PodIndex, serve::Gauges},
     observation::{Kind, NodeName, Observation},
 };
 use serde_json::Value;
@@ -35,7 +33,7 @@ async fn wait_until(what: &str, cond: impl Fn() -> bool) {
 }
 
 struct Running {
-    filter: Arc<Mutex<BTreeSet<IpNet>>>,
+    filter: Arc<Mutex<Recorded>>,
     pods: Arc<Mutex<PodIndex>>,
     gauges: Arc<Gauges>,
     rx: mpsc::Receiver<Observation>,
@@ -43,7 +41,7 @@ struct Running {
 }
 
 fn start_agent(server: &ApiServer, ttl: Duration) -> Running {
-    let filter = Arc::new(Mutex::new(BTreeSet::new()));
+    let filter = Arc::new(Mutex::new(Recorded::default()));
     let pods = Arc::new(Mutex::new(PodIndex::new(ttl)));
     let gauges = Arc::new(Gauges::default());
     let (tx, rx) = mpsc::channel(1024);
@@ -53,6 +51,7 @@ fn start_agent(server: &ApiServer, ttl: Duration) -> Running {
         node: NodeName("vm".into()),
         pods: pods.clone(),
         gauges: gauges.clone(),
+        netns: None,
     };
     tokio::spawn(watch.run(filter.clone(), tx, async move {
         let _ = stopped.await;
@@ -225,6 +224,7 @@ async fn a_real_rollout_yields_each_api_mark_once_per_pod_and_feeds_the_kernel_f
         .filter
         .lock()
         .unwrap()
+        .addresses
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -310,7 +310,10 @@ async fn a_tombstone_expires_and_its_address_leaves_the_filter() {
     }
     let agent = start_agent(&server, Duration::from_millis(500));
     let f = agent.filter.clone();
-    wait_until("the old pods are watched", || f.lock().unwrap().len() == 2).await;
+    wait_until("the old pods are watched", || {
+        f.lock().unwrap().addresses.len() == 2
+    })
+    .await;
     let gone = events
         .iter()
         .find(|e| e.1 == "DELETED")
@@ -320,12 +323,14 @@ async fn a_tombstone_expires_and_its_address_leaves_the_filter() {
     wait_until("the tombstone expired", || {
         !f.lock()
             .unwrap()
+            .addresses
             .contains(&"10.244.0.47/32".parse().unwrap())
     })
     .await;
     assert!(
         f.lock()
             .unwrap()
+            .addresses
             .contains(&"10.244.0.46/32".parse().unwrap())
     );
 }

@@ -242,6 +242,9 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
     gauges
         .watched_addresses
         .store(3, std::sync::atomic::Ordering::Relaxed);
+    gauges
+        .watched_netns
+        .store(2, std::sync::atomic::Ordering::Relaxed);
     let t = jiff::Timestamp::now();
     journal.push(
         &Observation::new(Kind::AgentStart, t, NodeName(node.into()))
@@ -251,6 +254,11 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
     let mut loss = Observation::new(Kind::Loss, t, NodeName(node.into()));
     loss.count = Some(5);
     journal.push(&loss);
+    journal.push(
+        &Observation::new(Kind::DataplaneMode, t, NodeName(node.into()))
+            .with_extra("mode", "iptables-nft")
+            .with_extra("modes", vec!["iptables-nft"]),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let endpoint = Endpoint {
@@ -288,10 +296,12 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
             (
                 agent.kernel_loss,
                 agent.watched_addresses,
+                agent.watched_netns,
                 agent.observations
             ),
-            (5, 3, 2)
+            (5, 3, 2, 3)
         );
+        assert_eq!(agent.dataplane_mode.as_deref(), Some("iptables-nft"));
         // Same machine, same clock: the measured offset is within its own uncertainty.
         let (offset, uncertainty) = (
             row.clock_offset_ms.unwrap(),
@@ -313,7 +323,11 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
     );
     let table = status::render_table(&rows);
     assert!(
-        table.contains("node-a") && table.contains("6.18.0-zdt") && table.contains("tracepoint"),
+        table.contains("node-a")
+            && table.contains("6.18.0-zdt")
+            && table.contains("iptables-nft")
+            && table.contains("3 ips, 2 netns")
+            && table.contains("tracepoint"),
         "{table}"
     );
 

@@ -20,7 +20,14 @@ use kubectl_zdt::{
     agent::serve::AgentStatus,
     cluster::agents,
     observation::{Kind, Observation},
-    testbed::{Netns, tcp::connect_once, veth_pair},
+    testbed::{
+        Netns,
+        netns::run,
+        node::PodHandle,
+        pod::{PodProcess, PodSpec},
+        tcp::connect_once,
+        veth_pair,
+    },
 };
 use serde_json::json;
 use support::{require_root, total};
@@ -39,6 +46,61 @@ fn get(port: u16, path: &str) -> Option<String> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// Reads the agent's journal through the double's port-forward, the way the CLI does, until
+/// `done` holds for it.
+async fn journal(
+    server: &ApiServer,
+    port: u16,
+    done: impl Fn(&[Observation]) -> bool,
+) -> Vec<Observation> {
+    server.forward(
+        &format!("zdt-agent-{NODE}"),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+    let agent = agents::AgentPod {
+        pod: format!("zdt-agent-{NODE}"),
+        node: NODE.to_owned(),
+        ready: true,
+        problem: None,
+    };
+    let user = server.client("user");
+    let mut obs: Vec<Observation> = Vec::new();
+    for _ in 0..100 {
+        if let Ok(body) = agents::get_bytes(&user, &agent, "/observations?from=0").await {
+            obs = String::from_utf8_lossy(&body)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+        }
+        if done(&obs) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    obs
+}
+
+/// `kubectl-zdt agent` in cluster mode on a free loopback port, against the double.
+fn start_agent(kubeconfig: &std::path::Path) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Child(
+        Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .args(["agent", "--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .env("NODE_NAME", NODE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    (child, port)
 }
 
 fn status(port: u16) -> Option<AgentStatus> {
@@ -91,22 +153,7 @@ async fn the_agent_attributes_refused_connections_to_its_pods_even_after_they_ar
                    "conditions": [{"type": "Ready", "status": "True"}]}
     }));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _agent = Child(
-        Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
-            .args(["agent", "--listen", &format!("127.0.0.1:{port}")])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("NODE_NAME", NODE)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let (_agent, port) = start_agent(&kubeconfig);
     wait_for("the agent watches the pod's address", || {
         status(port).is_some_and(|s| s.api_synced && s.watched_addresses == 1)
     });
@@ -138,30 +185,10 @@ async fn the_agent_attributes_refused_connections_to_its_pods_even_after_they_ar
     refused_burst(4);
 
     // Read the journal the way the CLI does: port-forward through the API server.
-    server.forward(
-        &format!("zdt-agent-{NODE}"),
-        SocketAddr::from(([127, 0, 0, 1], port)),
-    );
-    let agent = agents::AgentPod {
-        pod: format!("zdt-agent-{NODE}"),
-        node: NODE.to_owned(),
-        ready: true,
-        problem: None,
-    };
-    let user = server.client("user");
-    let mut obs: Vec<Observation> = Vec::new();
-    for _ in 0..100 {
-        if let Ok(body) = agents::get_bytes(&user, &agent, "/observations?from=0").await {
-            obs = String::from_utf8_lossy(&body)
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-        }
-        if total(&obs, |o| o.kind == Kind::Refused) >= 9 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let obs = journal(&server, port, |obs| {
+        total(obs, |o| o.kind == Kind::Refused) >= 9
+    })
+    .await;
     let pod_ip = pod_ip.parse().unwrap();
     assert_eq!(
         total(&obs, |o| o.kind == Kind::Refused && o.ip == Some(pod_ip)),
@@ -184,5 +211,183 @@ async fn the_agent_attributes_refused_connections_to_its_pods_even_after_they_ar
             .any(|o| o.kind == Kind::PodDeleting && o.pod_uid.as_deref() == Some("uid-web-1"))
     );
     assert_eq!(obs[0].kind, Kind::AgentStart);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The cgroup v2 hierarchy (`/sys/fs/cgroup` or, on hybrid hosts, `/sys/fs/cgroup/unified`).
+fn cgroup2_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let root = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| std::path::PathBuf::from(f[1]));
+    root.expect(
+        "this test needs a cgroup v2 hierarchy (mount -t cgroup2 none /sys/fs/cgroup/unified)",
+    )
+}
+
+/// A container's cgroup as the kubelet (systemd driver) and containerd lay it out, removed
+/// (innermost first) when dropped.
+struct PodCgroup(Vec<std::path::PathBuf>);
+
+impl PodCgroup {
+    fn create(uid: &str) -> Self {
+        let root = cgroup2_root();
+        let pod = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+        let parts = [
+            "kubepods.slice",
+            "kubepods-besteffort.slice",
+            &pod,
+            "cri-containerd-0123abcd.scope",
+        ];
+        let mut dirs = Vec::new();
+        let mut dir = root;
+        for p in parts {
+            dir = dir.join(p);
+            std::fs::create_dir_all(&dir).unwrap();
+            dirs.push(dir.clone());
+        }
+        Self(dirs)
+    }
+
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.0.last().unwrap().join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // Only the pod's own directories: the kubepods slices may hold a real node's pods.
+        for d in self.0.iter().rev().take(2) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_finds_each_pods_network_namespace_and_reports_its_termination_marks() {
+    require_root();
+    let server = ApiServer::start().await;
+    let dir = std::env::temp_dir().join(format!("zdt-node-ns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = server.kubeconfig(&dir, "agent");
+    let app = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-zdt"));
+
+    // A pod as a CNI plugin leaves it: its own namespace, with a veth whose node side is in the
+    // agent's namespace (the node's, hostNetwork). No address on the node side: no traffic
+    // leaves the test's namespaces.
+    let client = Netns::create("client").unwrap();
+    let ns = Netns::create("pod").unwrap();
+    veth_pair(&client, &ns, &["198.18.72.1/24"], &["198.18.72.2/24"]).unwrap();
+    let node_side = format!("zdt{}n", std::process::id() % 1_000_000);
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            &node_side,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "netns",
+            ns.name(),
+        ],
+    )
+    .unwrap();
+    let pod = PodHandle {
+        name: "web-2".into(),
+        ns,
+        ip: "198.18.72.2".parse().unwrap(),
+        ip6: "fd00:7a64::72".parse().unwrap(),
+    };
+    let uid = "5f1b2c3d-0000-4a4a-9b9b-0123456789ab";
+    let spec = PodSpec {
+        port: 8080,
+        prestop_ms: 150,
+        ..PodSpec::default()
+    };
+    let app_process = PodProcess::start(&pod, app, spec).unwrap();
+    let cgroup = PodCgroup::create(uid);
+    cgroup.enter(app_process.pid());
+    server.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-2", "namespace": "default", "uid": uid},
+        "spec": {"nodeName": NODE, "containers": [{"name": "web", "ports": [{"containerPort": 8080}]}]},
+        "status": {"phase": "Running", "podIP": "198.18.72.2", "podIPs": [{"ip": "198.18.72.2"}],
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }));
+
+    let (_agent, port) = start_agent(&kubeconfig);
+    wait_for("the agent watches the pod's network namespace", || {
+        status(port)
+            .is_some_and(|s| s.api_synced && s.watched_addresses == 1 && s.watched_netns == 1)
+    });
+
+    // The kubelet's order: the API deletion, preStop, SIGTERM, the app closes and exits, the
+    // sandbox (namespace) goes.
+    server.remove("", "pods", "default", "web-2");
+    let truth = app_process
+        .terminate(
+            &pod,
+            app,
+            kubectl_zdt::agent::clock::Clock::monotonic_now_ns(),
+        )
+        .unwrap();
+    drop(pod);
+    drop(client);
+    let obs = journal(&server, port, |obs| {
+        obs.iter().any(|o| o.kind == Kind::NetnsGone)
+    })
+    .await;
+
+    let mine = |kind: Kind| -> Vec<&Observation> {
+        obs.iter()
+            .filter(|o| o.kind == kind && o.pod.as_deref() == Some("default/web-2"))
+            .filter(|o| o.pod_uid.as_deref() == Some(uid))
+            .collect()
+    };
+    let pid = |o: &Observation| o.extra.get("pid").and_then(serde_json::Value::as_u64);
+    let prestop = truth.prestop_pid.map(u64::from);
+    assert!(
+        mine(Kind::Exec).iter().any(|o| pid(o) == prestop),
+        "the preStop exec, attributed by namespace: {obs:#?}"
+    );
+    assert!(
+        mine(Kind::Signal)
+            .iter()
+            .any(|o| o.reason.as_deref() == Some("SIGTERM")
+                && pid(o) == Some(u64::from(truth.app_pid))),
+        "SIGTERM to the app: {obs:#?}"
+    );
+    assert!(
+        mine(Kind::ListenerClosed)
+            .iter()
+            .any(|o| o.port == Some(8080)),
+        "the wildcard listener's close: {obs:#?}"
+    );
+    assert!(
+        mine(Kind::Exit)
+            .iter()
+            .any(|o| pid(o) == Some(u64::from(truth.app_pid))),
+        "the app's exit: {obs:#?}"
+    );
+    assert_eq!(mine(Kind::NetnsGone).len(), 1, "{obs:#?}");
+    // Only the pod's processes: the node's own (this test's `ip` commands, the agent) are in
+    // namespaces the agent never watches.
+    let unattributed: Vec<_> = obs
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.kind,
+                Kind::Exec | Kind::Exit | Kind::Signal | Kind::ListenerOpen | Kind::ListenerClosed
+            )
+        })
+        .filter(|o| o.pod.is_none())
+        .collect();
+    assert!(unattributed.is_empty(), "{unattributed:#?}");
+    drop(cgroup);
     let _ = std::fs::remove_dir_all(dir);
 }

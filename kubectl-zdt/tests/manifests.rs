@@ -141,7 +141,11 @@ fn the_agent_container_drops_everything_and_adds_only_what_the_probes_need() {
         Some(true),
         "the node's dataplane is in the host netns"
     );
-    assert_ne!(pod.host_pid, Some(true));
+    assert_eq!(
+        pod.host_pid,
+        Some(true),
+        "pods' network namespaces are found through their processes"
+    );
     assert_eq!(pod.service_account_name.as_deref(), Some("zdt-agent"));
     let tolerations = pod.tolerations.unwrap();
     assert!(
@@ -157,7 +161,10 @@ fn the_agent_container_drops_everything_and_adds_only_what_the_probes_need() {
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     let caps = sc.capabilities.unwrap();
     assert_eq!(caps.drop.unwrap(), ["ALL"]);
-    assert_eq!(caps.add.unwrap(), ["BPF", "PERFMON", "NET_ADMIN"]);
+    assert_eq!(
+        caps.add.unwrap(),
+        ["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"]
+    );
     let mounts = c.volume_mounts.clone().unwrap();
     assert!(
         mounts.iter().all(|m| m.read_only == Some(true)),

@@ -89,8 +89,9 @@ async fn start_agent(server: &ApiServer) {
         node: NodeName("vm".into()),
         pods: Arc::new(Mutex::new(PodIndex::new(Duration::from_secs(600)))),
         gauges,
+        netns: None,
     };
-    let filter = Arc::new(Mutex::new(BTreeSet::new()));
+    let filter = kubectl_zdt::agent::filter::Recorded::default();
     tokio::spawn(watch.run(filter, tx, std::future::pending()));
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {

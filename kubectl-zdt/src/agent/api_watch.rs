@@ -37,6 +37,8 @@ use tokio::sync::mpsc::Sender;
 
 use super::{
     filter::AddressFilter,
+    netns_gone::NetnsGone,
+    pod_netns::PodNetns,
     pods::{Changes, PodIndex},
     serve::Gauges,
 };
@@ -162,13 +164,22 @@ pub struct ApiWatch {
     pub node: NodeName,
     pub pods: Arc<Mutex<PodIndex>>,
     pub gauges: Arc<Gauges>,
+    /// Finds each pod's network namespace and registers it for `netns_gone` (None: addresses
+    /// only, e.g. without hostPID).
+    pub netns: Option<PodNamespaces>,
+}
+
+/// How pods' network namespaces are found and their removal watched.
+pub struct PodNamespaces {
+    pub resolver: PodNetns,
+    pub gone: Option<NetnsGone>,
 }
 
 impl ApiWatch {
     /// Watches until `shutdown` or until the receiver is gone, sending API observations to `tx`
     /// and keeping `filter` equal to the addresses of this node's pods (tombstones included).
     pub async fn run(
-        self,
+        mut self,
         mut filter: impl AddressFilter,
         tx: Sender<Observation>,
         shutdown: impl Future<Output = ()>,
@@ -222,6 +233,7 @@ impl ApiWatch {
                     }
                 },
             };
+            self.resolve_netns(&mut filter, &changes);
             self.update_filter(&mut filter, &changes);
             self.gauges
                 .api_synced
@@ -245,6 +257,49 @@ impl ApiWatch {
         self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Watches the namespaces of pods found since the last call (their processes may start
+    /// after the pod object appears: asked again on every update and every second until found)
+    /// and stops watching those whose tombstone expired.
+    fn resolve_netns(&mut self, filter: &mut impl AddressFilter, changes: &Changes) {
+        let Some(ns) = self.netns.as_mut() else {
+            return;
+        };
+        for inum in &changes.unwatch_netns {
+            if let Err(e) = filter.remove_netns(*inum) {
+                tracing::warn!("{e}");
+            }
+            if let Some(gone) = &ns.gone {
+                gone.forget(*inum);
+            }
+        }
+        let unresolved = self
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unresolved();
+        if unresolved.is_empty() {
+            return;
+        }
+        for (uid, found) in ns.resolver.find(&unresolved) {
+            if !self
+                .pods
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_netns(&uid, found.inum)
+            {
+                continue;
+            }
+            if let Err(e) = filter.add_netns(found.inum) {
+                tracing::warn!("{e}");
+            }
+            if let Some(gone) = &ns.gone
+                && let Err(e) = gone.watch(&found.path, found.inum)
+            {
+                tracing::debug!("netns_gone will not be reported for pod {uid}: {e:#}");
+            }
+        }
+    }
+
     fn update_filter(&self, filter: &mut impl AddressFilter, changes: &Changes) {
         for net in &changes.watch {
             if let Err(e) = filter.add(*net) {
@@ -259,6 +314,9 @@ impl ApiWatch {
         self.gauges
             .watched_addresses
             .store(filter.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .watched_netns
+            .store(filter.netns_len() as u64, Ordering::Relaxed);
         self.gauges
             .pods_known
             .store(self.lock().len() as u64, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! Cluster mode (the DaemonSet's `kubectl-zdt agent --listen 127.0.0.1:9476`): the kernel
 //! probes with the filter on and empty, the API watches feeding it with this node's pod
-//! addresses, every observation attributed to its pod (tombstones included), journaled and
-//! served on the node's loopback.
+//! addresses and network namespaces, every observation attributed to its pod (tombstones
+//! included), journaled and served on the node's loopback.
 
 use std::{
     net::SocketAddr,
@@ -13,8 +13,9 @@ use tokio::{net::TcpListener, sync::mpsc};
 
 use super::{
     Agent, AgentConfig,
-    api_watch::{ApiWatch, TOMBSTONE_TTL},
+    api_watch::{ApiWatch, PodNamespaces, TOMBSTONE_TTL},
     journal::{self, Journal},
+    pod_netns::PodNetns,
     pods::PodIndex,
     serve::{Endpoint, Gauges},
 };
@@ -81,12 +82,23 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
     } else {
         None
     };
+    // Each pod's network namespace (hostPID): its listeners on wildcard addresses, its
+    // processes' signals, execs and exits, and the namespace's removal.
+    let gone = agent
+        .netns_gone()
+        .inspect_err(|e| tracing::warn!("netns_gone will not be reported: {e:#}"))
+        .ok();
+    let netns = PodNamespaces {
+        resolver: PodNetns::new("/proc"),
+        gone,
+    };
     let kernel = tokio::spawn(agent.run(tx.clone(), termination()));
     let watch = ApiWatch {
         client,
         node: config.node.clone(),
         pods: pods.clone(),
         gauges,
+        netns: Some(netns),
     };
     let api = tokio::spawn(watch.run(filter, tx, termination()));
     while let Some(mut o) = rx.recv().await {

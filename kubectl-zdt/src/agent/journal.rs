@@ -31,6 +31,8 @@ struct Inner {
     hello: Option<Observation>,
     /// Sum of `count` over `loss` observations (events the kernel could not deliver).
     kernel_loss: u64,
+    /// `mode` of the latest `dataplane_mode` observation.
+    dataplane_mode: Option<String>,
 }
 
 /// What a read returned.
@@ -66,6 +68,13 @@ impl Journal {
             match o.kind {
                 Kind::AgentStart if inner.hello.is_none() => inner.hello = Some(o.clone()),
                 Kind::Loss => inner.kernel_loss += o.weight(),
+                Kind::DataplaneMode => {
+                    inner.dataplane_mode = o
+                        .extra
+                        .get("mode")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_owned);
+                }
                 _ => {}
             }
             inner.lines.push_back(line);
@@ -113,6 +122,11 @@ impl Journal {
 
     pub fn kernel_loss(&self) -> u64 {
         self.lock().kernel_loss
+    }
+
+    /// The dataplane mode the agent detected, once reported.
+    pub fn dataplane_mode(&self) -> Option<String> {
+        self.lock().dataplane_mode.clone()
     }
 }
 

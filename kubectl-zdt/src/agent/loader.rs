@@ -142,7 +142,9 @@ impl Probes {
         let filter = WatchFilter::new(
             LpmTrie::try_from(take(&mut ebpf, maps::WATCH_V4)?)?,
             LpmTrie::try_from(take(&mut ebpf, maps::WATCH_V6)?)?,
+            BpfHashMap::try_from(take(&mut ebpf, maps::WATCH_NETNS)?)?,
             watch,
+            spec.watch_netns,
         );
         Ok(Self {
             attached: Attached(ebpf),

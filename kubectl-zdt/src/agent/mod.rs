@@ -23,6 +23,7 @@ pub mod filter;
 pub mod journal;
 pub mod loader;
 pub mod netns_gone;
+pub mod pod_netns;
 pub mod pods;
 pub mod preflight;
 pub mod serve;

@@ -14,7 +14,7 @@ use std::{
     os::fd::AsRawFd as _,
     path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -46,8 +46,18 @@ struct Peer {
 /// Watches for the removal of the node-side veths of watched namespaces.
 pub struct NetnsGoneWatcher {
     events: Socket,
+    registry: NetnsGone,
+}
+
+/// Where namespaces are registered, also while the watcher runs (cluster mode: pods come and
+/// go); cheap to clone.
+#[derive(Clone)]
+pub struct NetnsGone(Arc<Mutex<Registry>>);
+
+struct Registry {
     requests: Socket,
     seq: u32,
+    /// Node-side veths by interface index.
     peers: HashMap<u32, Peer>,
 }
 
@@ -116,20 +126,63 @@ impl NetnsGoneWatcher {
             .context("failed to connect an rtnetlink socket")?;
         Ok(Self {
             events,
-            requests,
-            seq: 1,
-            peers: HashMap::new(),
+            registry: NetnsGone(Arc::new(Mutex::new(Registry {
+                requests,
+                seq: 1,
+                peers: HashMap::new(),
+            }))),
         })
     }
 
+    /// A handle to register namespaces while [`run`](Self::run) is running.
+    pub fn registry(&self) -> NetnsGone {
+        self.registry.clone()
+    }
+
+    /// Starts watching the namespace at `path` (inode `inum`), see [`NetnsGone::watch`].
+    pub fn watch(&mut self, path: &Path, inum: u32) -> anyhow::Result<usize> {
+        self.registry.watch(path, inum)
+    }
+}
+
+impl NetnsGone {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts watching the namespace at `path` (inode `inum`): records the node-side veths whose
+    /// peer lives there. Errors when it has none in this namespace. The namespace only needs to
+    /// be open during the call: nothing here keeps it alive.
+    pub fn watch(&self, path: &Path, inum: u32) -> anyhow::Result<usize> {
+        self.lock().watch(path, inum)
+    }
+
+    /// Stops watching namespace `inum` (its pod's tombstone expired).
+    pub fn forget(&self, inum: u32) {
+        self.lock().peers.retain(|_, p| p.netns != inum);
+    }
+
+    /// Namespaces currently watched.
+    pub fn len(&self) -> usize {
+        let reg = self.lock();
+        let mut ns: Vec<u32> = reg.peers.values().map(|p| p.netns).collect();
+        ns.sort_unstable();
+        ns.dedup();
+        ns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().peers.is_empty()
+    }
+}
+
+impl Registry {
     fn next_seq(&mut self) -> u32 {
         self.seq += 1;
         self.seq
     }
 
-    /// Starts watching the namespace at `path` (inode `inum`): records the node-side veths whose
-    /// peer lives there. Errors when it has none in this namespace.
-    pub fn watch(&mut self, path: &Path, inum: u32) -> anyhow::Result<usize> {
+    fn watch(&mut self, path: &Path, inum: u32) -> anyhow::Result<usize> {
         // The dump first: listing a veth makes the kernel assign its peer namespace an id.
         let mut links = Vec::new();
         let seq = self.next_seq();
@@ -198,18 +251,20 @@ impl NetnsGoneWatcher {
         }
         Ok(found)
     }
+}
 
-    /// Reports `netns_gone` into `tx` until `stop` is set or the receiver is gone. Blocking: run
-    /// it on its own thread.
+impl NetnsGoneWatcher {
+    /// Reports `netns_gone` into `tx` until `stop` is set or the receiver is gone; with
+    /// `keep_running` false also once every watched namespace is gone. Blocking: run it on its
+    /// own thread.
     pub fn run(
         self,
         node: NodeName,
         tx: Sender<Observation>,
         stop: Arc<AtomicBool>,
+        keep_running: bool,
     ) -> anyhow::Result<()> {
-        let Self {
-            events, mut peers, ..
-        } = self;
+        let Self { events, registry } = self;
         // A receive timeout lets the thread notice `stop`.
         let tv = libc::timeval {
             tv_sec: 0,
@@ -225,7 +280,7 @@ impl NetnsGoneWatcher {
                 size_of::<libc::timeval>() as u32,
             )
         };
-        while !stop.load(Ordering::Relaxed) && !peers.is_empty() {
+        while !stop.load(Ordering::Relaxed) && (keep_running || !registry.is_empty()) {
             let buf = match events.recv_from_full() {
                 Ok((buf, _)) => buf,
                 Err(e)
@@ -246,11 +301,15 @@ impl NetnsGoneWatcher {
                     break;
                 };
                 let len = msg.header.length as usize;
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) = msg.payload
-                    && let Some(peer) = peers.remove(&l.header.index)
-                {
+                let removed = match msg.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                        registry.lock().peers.remove(&l.header.index)
+                    }
+                    _ => None,
+                };
+                if let Some(peer) = removed {
                     // One namespace may have several veths: report it once.
-                    peers.retain(|_, p| p.netns != peer.netns);
+                    registry.forget(peer.netns);
                     let o = Observation::new(Kind::NetnsGone, received, node.clone())
                         .with_extra("netns", peer.netns)
                         .with_extra("ifname", peer.ifname);

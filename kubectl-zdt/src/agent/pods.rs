@@ -27,6 +27,8 @@ pub struct PodRef {
 struct Entry {
     pod: PodRef,
     ips: Vec<IpAddr>,
+    /// The pod's network namespace (inode), once found (`agent::pod_netns`).
+    netns: Option<u32>,
     first_seen: Timestamp,
     gone_at: Option<Timestamp>,
 }
@@ -38,14 +40,17 @@ pub struct Changes {
     pub watch: Vec<IpNet>,
     /// Addresses to stop reporting.
     pub unwatch: Vec<IpNet>,
+    /// Network namespaces to stop reporting (their pod's tombstone expired).
+    pub unwatch_netns: Vec<u32>,
 }
 
-/// Pods on this node by UID and by address.
+/// Pods on this node by UID, by address and by network namespace.
 #[derive(Debug)]
 pub struct PodIndex {
     ttl: Duration,
     by_uid: BTreeMap<String, Entry>,
     by_ip: HashMap<IpAddr, Vec<String>>,
+    by_netns: HashMap<u32, String>,
 }
 
 fn host(ip: IpAddr) -> IpNet {
@@ -58,6 +63,7 @@ impl PodIndex {
             ttl,
             by_uid: BTreeMap::new(),
             by_ip: HashMap::new(),
+            by_netns: HashMap::new(),
         }
     }
 
@@ -98,6 +104,7 @@ impl PodIndex {
         let mut entry = previous.clone().unwrap_or(Entry {
             pod: pod_ref,
             ips: Vec::new(),
+            netns: None,
             first_seen: now,
             gone_at: None,
         });
@@ -150,6 +157,12 @@ impl PodIndex {
             let Some(e) = self.by_uid.remove(&uid) else {
                 continue;
             };
+            if let Some(inum) = e.netns
+                && self.by_netns.get(&inum) == Some(&uid)
+            {
+                self.by_netns.remove(&inum);
+                changes.unwatch_netns.push(inum);
+            }
             for ip in e.ips {
                 if let Some(owners) = self.by_ip.get_mut(&ip) {
                     owners.retain(|u| *u != uid);
@@ -176,17 +189,48 @@ impl PodIndex {
             .map(|e| &e.pod)
     }
 
-    /// Fills `pod`/`pod_uid` of a kernel observation from its address.
+    /// Fills `pod`/`pod_uid` of a kernel observation from its address, or else from its
+    /// network namespace (listeners on wildcard addresses, signals, execs, exits, netns_gone).
     pub fn attribute(&self, o: &mut Observation) {
         if o.pod.is_some() {
             return;
         }
-        if let Some(ip) = o.ip
-            && let Some(p) = self.lookup(ip, o.time)
-        {
+        let by_ip = o.ip.and_then(|ip| self.lookup(ip, o.time));
+        let by_netns = || {
+            let inum = u32::try_from(o.extra.get("netns")?.as_u64()?).ok()?;
+            Some(&self.by_uid.get(self.by_netns.get(&inum)?)?.pod)
+        };
+        if let Some(p) = by_ip.or_else(by_netns) {
             o.pod = Some(p.pod.clone());
             o.pod_uid = Some(p.uid.clone());
         }
+    }
+
+    /// Live pods with their own network (not hostNetwork) whose namespace is not known yet.
+    pub fn unresolved(&self) -> Vec<String> {
+        self.by_uid
+            .iter()
+            .filter(|(_, e)| e.netns.is_none() && e.gone_at.is_none() && !e.ips.is_empty())
+            .map(|(uid, _)| uid.clone())
+            .collect()
+    }
+
+    /// Records pod `uid`'s network namespace; false when the pod is unknown or already had it.
+    pub fn set_netns(&mut self, uid: &str, inum: u32) -> bool {
+        let Some(e) = self.by_uid.get_mut(uid) else {
+            return false;
+        };
+        if e.netns == Some(inum) {
+            return false;
+        }
+        e.netns = Some(inum);
+        self.by_netns.insert(inum, uid.to_owned());
+        true
+    }
+
+    /// Network namespaces known (tombstones included).
+    pub fn netns_len(&self) -> usize {
+        self.by_netns.len()
     }
 
     /// Pods known, tombstones included.

@@ -48,6 +48,13 @@ pub struct AgentStatus {
     pub probes: Vec<String>,
     /// Pod addresses the kernel filter currently reports.
     pub watched_addresses: u64,
+    /// Pod network namespaces the kernel filter currently reports (their listeners and
+    /// processes).
+    #[serde(default)]
+    pub watched_netns: u64,
+    /// The kube-proxy mode detected in this node's dataplane (`iptables-nft`, `nftables`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_mode: Option<String>,
     /// Pods on this node the agent knows (including tombstones of deleted ones).
     pub pods_known: u64,
     /// Whether the API watches are synced (cluster mode).
@@ -85,6 +92,7 @@ pub struct Gauges {
     pub ready: AtomicBool,
     pub api_synced: AtomicBool,
     pub watched_addresses: AtomicU64,
+    pub watched_netns: AtomicU64,
     pub pods_known: AtomicU64,
 }
 
@@ -115,6 +123,8 @@ impl Endpoint {
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default(),
             watched_addresses: self.gauges.watched_addresses.load(Ordering::Relaxed),
+            watched_netns: self.gauges.watched_netns.load(Ordering::Relaxed),
+            dataplane_mode: self.journal.dataplane_mode(),
             pods_known: self.gauges.pods_known.load(Ordering::Relaxed),
             api_synced: self.gauges.api_synced.load(Ordering::Relaxed),
             kernel_loss: self.journal.kernel_loss(),

@@ -27,7 +27,7 @@ use super::{
     decode::{self, Decoder},
     filter::WatchFilter,
     loader::{Attached, KernelMaps, LoadSpec, Probes},
-    netns_gone::NetnsGoneWatcher,
+    netns_gone::{NetnsGone, NetnsGoneWatcher},
     preflight::{self, KernelInfo},
 };
 use crate::observation::{Kind, Observation, SCHEMA_VERSION};
@@ -59,6 +59,9 @@ pub struct Agent {
     pending: Vec<(Observation, std::time::Instant)>,
     announced: bool,
     filter: Option<WatchFilter>,
+    /// Created early when namespaces are registered at run time (cluster mode); then it runs
+    /// until shutdown even while nothing is watched.
+    netns_gone: Option<NetnsGoneWatcher>,
 }
 
 impl Agent {
@@ -104,7 +107,19 @@ impl Agent {
             pending: Vec::new(),
             announced: false,
             filter: Some(filter),
+            netns_gone: None,
         })
+    }
+
+    /// Where to register pod network namespaces at run time for `netns_gone` (cluster mode).
+    pub fn netns_gone(&mut self) -> anyhow::Result<NetnsGone> {
+        if let Some(w) = &self.netns_gone {
+            return Ok(w.registry());
+        }
+        let w = NetnsGoneWatcher::new()?;
+        let registry = w.registry();
+        self.netns_gone = Some(w);
+        Ok(registry)
     }
 
     /// The kernel watch filter, for run-time updates (cluster mode); `None` once taken.
@@ -267,14 +282,19 @@ impl Agent {
     /// Watches the removal of the watched namespaces (`netns_gone`) on a blocking thread. A
     /// namespace with no veth peer in the agent's namespace cannot be observed: say so, go on.
     fn start_netns_gone(
-        &self,
+        &mut self,
         tx: &Sender<Observation>,
         stop: Arc<AtomicBool>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        if self.config.watch_netns.is_empty() {
+        let keep_running = self.netns_gone.is_some();
+        if self.config.watch_netns.is_empty() && !keep_running {
             return None;
         }
-        let mut watcher = match NetnsGoneWatcher::new() {
+        let mut watcher = match self
+            .netns_gone
+            .take()
+            .map_or_else(NetnsGoneWatcher::new, Ok)
+        {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!("netns_gone will not be reported: {e:#}");
@@ -291,7 +311,7 @@ impl Agent {
         }
         let (node, tx) = (self.config.node.clone(), tx.clone());
         Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = watcher.run(node, tx, stop) {
+            if let Err(e) = watcher.run(node, tx, stop, keep_running) {
                 tracing::warn!("netns_gone watcher stopped: {e:#}");
             }
         }))

@@ -1,5 +1,5 @@
-//! `kubectl zdt status`: per node, what its agent reports (version, kernel, BTF, probes, loss,
-//! clock), asked through port-forward.
+//! `kubectl zdt status`: per node, what its agent reports (version, kernel, BTF, probes,
+//! dataplane mode, what it watches, loss, clock), asked through port-forward.
 
 use std::{io::Write as _, process::ExitCode, time::Instant};
 
@@ -93,6 +93,7 @@ pub fn render_table(rows: &[NodeStatus]) -> String {
         "KERNEL",
         "BTF",
         "PROBES",
+        "DATAPLANE",
         "WATCHED",
         "LOSS",
         "CLOCK OFFSET",
@@ -107,8 +108,9 @@ pub fn render_table(rows: &[NodeStatus]) -> String {
             a.map(|a| a.kernel.clone()).unwrap_or_default(),
             a.map(|a| if a.btf { "yes" } else { "no" }.to_owned())
                 .unwrap_or_default(),
-            a.map(|a| a.probes.join(",")).unwrap_or_default(),
-            a.map(|a| a.watched_addresses.to_string())
+            a.map(|a| a.probes.len().to_string()).unwrap_or_default(),
+            a.and_then(|a| a.dataplane_mode.clone()).unwrap_or_default(),
+            a.map(|a| format!("{} ips, {} netns", a.watched_addresses, a.watched_netns))
                 .unwrap_or_default(),
             a.map(|a| a.kernel_loss.to_string()).unwrap_or_default(),
             match (r.clock_offset_ms, r.clock_offset_uncertainty_ms) {
