@@ -303,6 +303,10 @@ async fn history_lists_every_nodes_journal_finds_the_rollouts_and_filters_narrow
         found[0].errors,
         weight_of(&c.r1, Kind::Refused) + weight_of(&c.r1, Kind::SynRetransmit)
     );
+    // (Shown with --nocapture: the README's examples.)
+    let mut only = args();
+    only.rollouts = true;
+    eprintln!("{}", history::render(&all, &only).unwrap());
     assert!(text.contains("ROLLOUTS"), "{text}");
     assert!(
         text.contains("kubectl zdt history --report --workload deployment/web -n shop --from "),
@@ -315,6 +319,7 @@ async fn history_lists_every_nodes_journal_finds_the_rollouts_and_filters_narrow
     let pod = history::collect(&kube(&c.server, &c.dir, Some("shop")), &a, Timestamp::now())
         .await
         .unwrap();
+    eprintln!("{}", history::render(&pod, &a).unwrap());
     let nodes: BTreeSet<&str> = pod.observations.iter().map(|o| o.node.0.as_str()).collect();
     assert_eq!(nodes, ["node-a", "node-b", "node-c"].into());
     assert!(
@@ -493,6 +498,8 @@ async fn the_report_of_history_is_what_analyze_makes_of_the_exported_lines() {
     let r1 = history::collect(&kube(&c.server, &c.dir, Some("shop")), &a, Timestamp::now())
         .await
         .unwrap();
+    a.report = true;
+    eprintln!("{}", history::render(&r1, &a).unwrap());
     let from_history = correlate::correlate(&r1.observations, &Options::default());
     let from_recording = correlate::correlate(&c.r1, &Options::default());
     let key = |r: &correlate::Report| {
