@@ -79,6 +79,8 @@ pub struct Config {
     pub segment_bytes: Option<u64>,
     /// A segment is closed once its records span this long.
     pub segment_span: Duration,
+    /// See [`Limits::write_chunk`] (crash test only; 0 in production).
+    pub write_chunk: usize,
 }
 
 impl Config {
@@ -93,6 +95,7 @@ impl Config {
             sync_interval: Duration::from_secs(10),
             segment_bytes: None,
             segment_span: Duration::from_secs(3600),
+            write_chunk: 0,
         }
     }
 
@@ -103,6 +106,7 @@ impl Config {
                 .segment_bytes
                 .unwrap_or((budget / 16).clamp(64 << 10, 16 << 20)),
             segment_span_ns: i64::try_from(self.segment_span.as_nanos()).unwrap_or(i64::MAX),
+            write_chunk: self.write_chunk,
         }
     }
 }

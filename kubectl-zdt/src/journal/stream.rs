@@ -60,6 +60,9 @@ pub struct Limits {
     pub segment_bytes: u64,
     /// ...or once its records span this long (so age limits free space in steps of it).
     pub segment_span_ns: i64,
+    /// Write each block in pieces of this many bytes (0: one `write(2)`). Only the crash test
+    /// sets it, so that its kills land inside blocks and leave torn tails to recover from.
+    pub write_chunk: usize,
 }
 
 /// What recovery found when the stream was opened.
@@ -190,7 +193,15 @@ impl Stream {
             .last_mut()
             .expect("a stream always has a segment");
         meta.offset = tail.bytes;
-        if let Err(e) = self.active.write_all(&block) {
+        let chunk = if self.limits.write_chunk == 0 {
+            block.len()
+        } else {
+            self.limits.write_chunk
+        };
+        let written = block
+            .chunks(chunk)
+            .try_for_each(|piece| self.active.write_all(piece));
+        if let Err(e) = written {
             // A partial write (disk full) must not stay between this block and the next.
             let _ = self.active.set_len(tail.bytes);
             return Err(Error::io(&tail.path)(e));

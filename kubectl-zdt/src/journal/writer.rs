@@ -1,5 +1,6 @@
 //! `kubectl-zdt journal-writer` (hidden): appends numbered observations to a journal as fast as
 //! it can and, after each flush, prints `flushed N` (every line numbered below N is written).
+//! It first prints `start N CUT`: the number it resumes at and the bytes recovery cut off.
 //! The crash test (tests/journal_crash.rs) kills it with SIGKILL at random instants and checks
 //! that every flushed line survived intact and that the next writer resumes after them.
 
@@ -23,6 +24,9 @@ pub struct WriterArgs {
     /// Segment size in bytes (small: rotations happen under the kill too).
     #[arg(long, default_value_t = 64 << 10)]
     pub segment_bytes: u64,
+    /// Write each block in pieces of this many bytes (0: one write), so kills tear blocks.
+    #[arg(long, default_value_t = 0)]
+    pub write_chunk: usize,
     /// Stop after this many lines (the test kills the writer long before).
     #[arg(long, default_value_t = u64::MAX)]
     pub max: u64,
@@ -31,14 +35,17 @@ pub struct WriterArgs {
 pub fn main(args: WriterArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::new(&args.dir);
     config.segment_bytes = Some(args.segment_bytes);
+    config.write_chunk = args.write_chunk;
     config.max_bytes = 1 << 40;
     config.max_age = Duration::from_secs(100 * 365 * 24 * 3600);
     // Only explicit flushes: the test knows exactly what was written.
     config.flush_interval = Duration::from_secs(3600);
     let mut journal = Journal::open(config).context("failed to open the journal")?;
-    let mut n = journal.stream(StreamKind::Marks).next_seq();
+    let marks = journal.stream(StreamKind::Marks);
+    let mut n = marks.next_seq();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "start {n}")?;
+    // Where appending resumes, and how many bytes of a torn last write recovery cut off.
+    writeln!(out, "start {n} {}", marks.recovery.truncated_bytes)?;
     out.flush()?;
     let node = NodeName("crash-test".to_owned());
     for _ in 0..args.max {
