@@ -44,6 +44,9 @@ pub enum Command {
     /// Follow the next rollout of a workload (or start one with --restart) on every node, then
     /// print the report.
     Trace(cluster::trace::TraceArgs),
+    /// Query the node journals: what happened on every node in a time window (--since 2h,
+    /// --from/--to), the rollouts found in it, or with --report the correlation report of each.
+    History(cluster::history::HistoryArgs),
     /// Print a shell completion script, e.g. `kubectl-zdt completion bash > /etc/bash_completion.d/kubectl-zdt`.
     Completion {
         #[arg(value_enum)]
@@ -61,6 +64,9 @@ pub enum Command {
     /// Correlate observation streams (agent output, journal, captures) into the rollout report:
     /// per pod the gap, the errors by cause, a verdict, and the preStop that prevents them.
     Analyze(analyze::AnalyzeArgs),
+    /// Appends numbered lines to a journal until killed (the crash test's victim).
+    #[command(hide = true)]
+    JournalWriter(crate::journal::writer::WriterArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -71,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Uninstall(args) => cluster::install::uninstall_main(&cli.kube, &args),
         Command::Status(args) => cluster::status::main(&cli.kube, &args),
         Command::Trace(args) => cluster::trace::main(&cli.kube, &args),
+        Command::History(args) => cluster::history::main(&cli.kube, &args),
         Command::Traffic(args) => traffic::main(args),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -80,5 +87,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SampleApp(args) => sample::main(args),
         Command::TestbedApp(args) => crate::testbed::app::main(args),
         Command::Analyze(args) => analyze::main(args),
+        Command::JournalWriter(args) => crate::journal::writer::main(args),
     }
 }

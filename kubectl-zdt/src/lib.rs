@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod correlate;
 pub mod dataplane;
 pub mod demo;
+pub mod history;
+pub mod journal;
 pub mod logging;
 pub mod observation;
 pub mod report;

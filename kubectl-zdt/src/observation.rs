@@ -214,6 +214,11 @@ impl Observation {
     }
 }
 
+/// Observations as the stream carries them: one JSON line each (what `analyze` reads).
+pub fn to_json_lines(obs: &[Observation]) -> String {
+    obs.iter().map(|o| o.to_json_line() + "\n").collect()
+}
+
 /// `a − b` in milliseconds (negative when `a` is earlier). Note that jiff's
 /// `Span::get_milliseconds` is only the millisecond *component* of a span; this is the total.
 pub fn millis_between(a: Timestamp, b: Timestamp) -> f64 {

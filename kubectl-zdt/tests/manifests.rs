@@ -166,24 +166,65 @@ fn the_agent_container_drops_everything_and_adds_only_what_the_probes_need() {
         ["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"]
     );
     let mounts = c.volume_mounts.clone().unwrap();
-    assert!(
-        mounts.iter().all(|m| m.read_only == Some(true)),
-        "every host mount is read-only"
+    let writable: Vec<&str> = mounts
+        .iter()
+        .filter(|m| m.read_only != Some(true))
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(
+        writable,
+        ["/var/lib/kubectl-zdt"],
+        "every host mount is read-only but the journal's"
     );
-    let mut paths: Vec<_> = pod
-        .volumes
-        .unwrap()
+    let volumes = pod.volumes.unwrap();
+    let mut paths: Vec<_> = volumes
         .iter()
         .map(|v| v.host_path.clone().unwrap().path)
         .collect();
     paths.sort();
-    assert_eq!(paths, ["/sys/kernel/btf", "/sys/kernel/tracing"]);
-    // The endpoint is on the node's loopback only, where the readiness probe looks for it.
+    assert_eq!(
+        paths,
+        [
+            "/sys/kernel/btf",
+            "/sys/kernel/tracing",
+            "/var/lib/kubectl-zdt"
+        ]
+    );
+    let journal = volumes.iter().find(|v| v.name == "journal").unwrap();
+    assert_eq!(
+        journal.host_path.as_ref().unwrap().type_.as_deref(),
+        Some("DirectoryOrCreate")
+    );
+    // The endpoint is on the node's loopback only, where the readiness probe looks for it; the
+    // journal is on, in the hostPath, with the documented bounds.
     let args = c.args.clone().unwrap();
     assert_eq!(
         args,
-        ["agent", "--listen", &format!("127.0.0.1:{AGENT_PORT}")]
+        [
+            "agent",
+            "--listen",
+            &format!("127.0.0.1:{AGENT_PORT}"),
+            "--journal-dir",
+            "/var/lib/kubectl-zdt",
+            "--journal-max-bytes",
+            "256Mi",
+            "--journal-max-age",
+            "7d"
+        ]
     );
+    // The manifest's arguments are ones the agent accepts, with the defaults it documents.
+    let cli = <kubectl_zdt::cli::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("kubectl-zdt").chain(args.iter().map(String::as_str)),
+    )
+    .unwrap();
+    let kubectl_zdt::cli::Command::Agent(agent) = cli.command else {
+        panic!("not the agent");
+    };
+    assert_eq!(
+        agent.journal_max_bytes,
+        kubectl_zdt::journal::DEFAULT_MAX_BYTES
+    );
+    assert_eq!(agent.journal_max_age, kubectl_zdt::journal::DEFAULT_MAX_AGE);
     let probe = c.readiness_probe.clone().unwrap().http_get.unwrap();
     assert_eq!(probe.host.as_deref(), Some("127.0.0.1"));
     assert!(

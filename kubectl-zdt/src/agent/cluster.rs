@@ -53,6 +53,11 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
         .await
         .context("failed to reach the Kubernetes API from the agent (in-cluster config)")?;
     let journal = Journal::new(journal::CAPACITY);
+    let disk = super::open_journal(&config)?;
+    let ticker = disk.clone().map(|d| {
+        journal.attach_disk(d.clone());
+        tokio::spawn(super::tick_journal(d))
+    });
     let gauges = Arc::new(Gauges::default());
     let endpoint = Endpoint {
         node: config.node.clone(),
@@ -108,6 +113,12 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
         journal.push(&o);
     }
     server.abort();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(d) = disk {
+        d.close();
+    }
     api.await.context("the API watch task failed")?;
     kernel.await.context("the kernel probe task failed")?
 }

@@ -2,10 +2,14 @@
 //! reconnects (a port-forward that broke, a CLI restarted) resumes exactly where it stopped.
 //! Bounded: when full the oldest lines go, and a reader asking for them is told how many it
 //! missed instead of silently skipping them.
+//!
+//! With a disk journal attached ([`Journal::attach_disk`], `--journal-dir`), every line pushed
+//! here is also appended there (crate::journal), which outlives the process and serves
+//! `GET /history`.
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use tokio::sync::Notify;
@@ -20,6 +24,7 @@ pub const CAPACITY: usize = 500_000;
 pub struct Journal {
     inner: Mutex<Inner>,
     grew: Notify,
+    disk: OnceLock<Arc<crate::journal::Shared>>,
 }
 
 #[derive(Default)]
@@ -53,7 +58,18 @@ impl Journal {
                 ..Inner::default()
             }),
             grew: Notify::new(),
+            disk: OnceLock::new(),
         })
+    }
+
+    /// From now on every pushed line is also appended to `disk`. A second call is ignored.
+    pub fn attach_disk(&self, disk: Arc<crate::journal::Shared>) {
+        let _ = self.disk.set(disk);
+    }
+
+    /// The disk journal, when one is attached.
+    pub fn disk(&self) -> Option<&Arc<crate::journal::Shared>> {
+        self.disk.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -63,6 +79,9 @@ impl Journal {
 
     pub fn push(&self, o: &Observation) {
         let line: Arc<str> = o.to_json_line().into();
+        if let Some(disk) = self.disk.get() {
+            disk.append_line(o, &line);
+        }
         {
             let mut inner = self.lock();
             match o.kind {

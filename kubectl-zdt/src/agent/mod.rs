@@ -88,6 +88,20 @@ pub struct AgentArgs {
     /// this node's iptables/nftables rules is reported as dataplane_added/dataplane_removed).
     #[arg(long)]
     pub no_dataplane: bool,
+
+    /// Keep every observation in a crash-safe journal in this directory (a hostPath in the
+    /// DaemonSet), queried by `kubectl zdt history`. Off unless given.
+    #[arg(long, value_name = "DIR")]
+    pub journal_dir: Option<std::path::PathBuf>,
+
+    /// Bytes the journal may use on disk (oldest whole segments are deleted past it; half is
+    /// reserved for termination, API and dataplane marks, so error storms cannot evict them).
+    #[arg(long, value_name = "BYTES", default_value = "256Mi", value_parser = crate::journal::parse_bytes)]
+    pub journal_max_bytes: u64,
+
+    /// Age past which journal segments are deleted, e.g. 7d, 36h.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = crate::journal::parse_age)]
+    pub journal_max_age: Duration,
 }
 
 /// A network namespace to watch: where it is named and the inode the kernel reports.
@@ -122,6 +136,8 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// Watch kube-proxy's dataplane and conntrack (see `crate::dataplane`).
     pub dataplane: bool,
+    /// Keep the disk journal (crate::journal) with this configuration.
+    pub journal: Option<crate::journal::Config>,
 }
 
 impl AgentConfig {
@@ -135,6 +151,7 @@ impl AgentConfig {
             ringbuf_bytes: zdt_common::maps::EVENTS_BYTES,
             poll_interval: Duration::from_millis(50),
             dataplane: true,
+            journal: None,
         }
     }
 }
@@ -179,6 +196,12 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         config.watch_netns.push(WatchedNetns::open(path)?);
     }
     config.dataplane = !args.no_dataplane;
+    config.journal = args.journal_dir.map(|dir| {
+        let mut j = crate::journal::Config::new(dir);
+        j.max_bytes = args.journal_max_bytes;
+        j.max_age = args.journal_max_age;
+        j
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -211,12 +234,19 @@ async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
             _ = term.recv() => {},
         }
     };
+    let disk = open_journal(&config)?;
+    let ticker = disk.clone().map(|d| tokio::spawn(tick_journal(d)));
     let producer = tokio::spawn(agent.run(tx, shutdown));
+    let journal = disk.clone();
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let stdout = std::io::stdout();
         let mut out = BufWriter::new(stdout.lock());
         while let Some(obs) = rx.blocking_recv() {
-            writeln!(out, "{}", obs.to_json_line()).context("failed to write to stdout")?;
+            let line = obs.to_json_line();
+            if let Some(j) = &journal {
+                j.append_line(&obs, &line);
+            }
+            writeln!(out, "{line}").context("failed to write to stdout")?;
             if rx.is_empty() {
                 out.flush().context("failed to write to stdout")?;
             }
@@ -225,5 +255,42 @@ async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
     });
     let produced = producer.await.context("agent task failed")?;
     writer.await.context("writer task failed")??;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(d) = disk {
+        d.close();
+    }
     produced
+}
+
+/// Opens the disk journal when `--journal-dir` was given (recovering a torn last write).
+pub fn open_journal(
+    config: &AgentConfig,
+) -> anyhow::Result<Option<std::sync::Arc<crate::journal::Shared>>> {
+    let Some(j) = &config.journal else {
+        return Ok(None);
+    };
+    let journal = crate::journal::Journal::open(j.clone()).with_context(|| {
+        format!(
+            "failed to open the journal in {} (check --journal-dir is a writable directory)",
+            j.dir.display()
+        )
+    })?;
+    Ok(Some(std::sync::Arc::new(crate::journal::Shared::new(
+        journal,
+    ))))
+}
+
+/// Flushes, folds and enforces the journal's limits four times a second.
+pub async fn tick_journal(disk: std::sync::Arc<crate::journal::Shared>) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let d = disk.clone();
+        if tokio::task::spawn_blocking(move || d.tick()).await.is_err() {
+            return;
+        }
+    }
 }

@@ -8,6 +8,10 @@
 //!   (header `x-zdt-first-seq`: the number of the first journal line sent); with `follow`, new
 //!   lines as they come. A reader that asks for evicted lines first gets one `loss` line
 //!   (`reason` [`JOURNAL_EVICTED`]) with their count, which is not a journal line.
+//! - `GET /history?since=RFC3339&until=RFC3339[&namespace=NS][&pod=NS/NAME][&ip=IP][&workload=KIND/NAME]`:
+//!   the disk journal's lines in that window, time-ordered, streamed (crate::journal::query
+//!   says what each filter matches). Lines the journal could not read back (damaged blocks)
+//!   end the answer as one `loss` line with `reason` [`JOURNAL_UNREADABLE`] and their count.
 
 use std::{
     convert::Infallible,
@@ -27,10 +31,16 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use super::{clock::Clock, journal::Journal};
-use crate::observation::{Kind, NodeName, Observation};
+use crate::{
+    journal::HistoryQuery,
+    observation::{Kind, NodeName, Observation},
+};
 
 /// `reason` of the `loss` line that stands for evicted journal lines.
 pub const JOURNAL_EVICTED: &str = "JOURNAL_EVICTED";
+
+/// `reason` of the `loss` line that stands for journal lines a history query could not read.
+pub const JOURNAL_UNREADABLE: &str = "JOURNAL_UNREADABLE";
 
 /// Header carrying the sequence number of the first line of an `/observations` response.
 pub const FIRST_SEQ_HEADER: &str = "x-zdt-first-seq";
@@ -187,11 +197,62 @@ impl Endpoint {
                 let follow = param("follow").as_deref() == Some("true");
                 self.observations(from, follow)
             }
+            "/history" => self.history(query),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /status, /observations, /readyz\n",
+                "not found: try /status, /observations, /history, /readyz\n",
             ),
         }
+    }
+
+    /// `GET /history`: the query runs on a blocking thread and streams chunks of lines.
+    fn history(&self, query: &str) -> Response<Body> {
+        let Some(disk) = self.journal.disk().cloned() else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "this agent keeps no journal: it runs without --journal-dir (see `kubectl zdt install`)\n",
+            );
+        };
+        let query = match HistoryQuery::from_query_string(query) {
+            Ok(q) => q,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        tokio::task::spawn_blocking(move || {
+            let reader = disk.lock().query(&query);
+            let mut reader = match reader {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("history query failed: {e}");
+                    return;
+                }
+            };
+            while let Some(chunk) = reader.next_chunk(64 << 10) {
+                if tx.blocking_send(Bytes::from(chunk)).is_err() {
+                    return;
+                }
+            }
+            if reader.unreadable_records > 0 {
+                tracing::warn!(
+                    "history: unreadable journal blocks: {:?}",
+                    reader.unreadable
+                );
+                let mut loss = Observation::new(Kind::Loss, Timestamp::now(), node);
+                loss.count = Some(reader.unreadable_records);
+                loss.reason = Some(JOURNAL_UNREADABLE.to_owned());
+                let _ = tx.blocking_send(Bytes::from(loss.to_json_line() + "\n"));
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        Response::builder()
+            .header("content-type", "application/x-ndjson")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap_or_default()
     }
 
     fn observations(&self, from: u64, follow: bool) -> Response<Body> {
@@ -237,8 +298,8 @@ impl Endpoint {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     r
 }

@@ -157,10 +157,20 @@ pub async fn get(client: &Client, agent: &AgentPod, path: &str) -> Result<Respon
         Ok(Ok(r)) => r,
     };
     if !response.status().is_success() {
-        return Err(unreachable(format!(
-            "GET {path} answered {}",
-            response.status()
-        )));
+        // The agent says why in its body's first line (e.g. "keeps no journal").
+        let status = response.status();
+        let body = tokio::time::timeout(RESPONSE_TIMEOUT, response.into_body().collect()).await;
+        let said = body
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+            .and_then(|s| s.lines().next().map(str::to_owned))
+            .filter(|s| !s.is_empty());
+        let path = path.split('?').next().unwrap_or(path);
+        return Err(unreachable(match said {
+            Some(s) => format!("GET {path} answered {status}: {s}"),
+            None => format!("GET {path} answered {status}"),
+        }));
     }
     Ok(response)
 }

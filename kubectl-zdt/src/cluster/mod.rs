@@ -8,11 +8,13 @@
 //! - `agents`: find the agent pods and talk HTTP to each through port-forward;
 //! - `status`: one row per node;
 //! - `trace`: follow (or start) a rollout with every agent's stream, optional in-cluster
-//!   traffic (`workload`: what is traced; `collect`: the resumable streams), then the report.
+//!   traffic (`workload`: what is traced; `collect`: the resumable streams), then the report;
+//! - `history`: the node journals' `GET /history`, and `kubectl zdt history`.
 
 pub mod agents;
 pub mod collect;
 pub mod connect;
+pub mod history;
 pub mod install;
 pub mod manifests;
 pub mod status;

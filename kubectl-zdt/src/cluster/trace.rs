@@ -505,12 +505,10 @@ pub fn main(kube: &KubeArgs, args: &TraceArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, report::html::render(&traced.report))?;
     }
     if let Some(path) = &args.save {
-        let lines: String = traced
-            .observations
-            .iter()
-            .map(|o| o.to_json_line() + "\n")
-            .collect();
-        std::fs::write(path, lines)?;
+        std::fs::write(
+            path,
+            crate::observation::to_json_lines(&traced.observations),
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

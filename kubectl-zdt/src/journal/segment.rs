@@ -1,0 +1,345 @@
+//! The segment file format (docs/journal.md): a 16-byte file header, then blocks appended one
+//! `write(2)` each. A block is one flush of a stream: a 44-byte header (lengths, record count,
+//! first sequence number, time range) and an LZ4-compressed payload of records, covered by one
+//! CRC-32. A block whose header or CRC does not check is where the valid data ends.
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    os::unix::fs::FileExt as _,
+    path::Path,
+};
+
+use super::{Error, Result};
+
+/// `ZDTJRNL` and the format version.
+pub const FILE_MAGIC: [u8; 8] = *b"ZDTJRNL\x01";
+pub const FILE_HEADER_LEN: u64 = 16;
+/// `ZBLK`, little-endian.
+const BLOCK_MAGIC: u32 = u32::from_le_bytes(*b"ZBLK");
+pub const BLOCK_HEADER_LEN: usize = 44;
+/// No block is larger than this (raw or compressed): a header announcing more is damage.
+pub const MAX_BLOCK_BYTES: u32 = 64 << 20;
+/// Per record in the raw payload: time (i64) and line length (u32).
+const RECORD_HEADER_LEN: usize = 12;
+
+/// Where a block is and what it holds, as its header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockMeta {
+    /// Offset of the block header in its segment file.
+    pub offset: u64,
+    pub payload_len: u32,
+    pub raw_len: u32,
+    pub count: u32,
+    /// Sequence number of the block's first record in its stream.
+    pub first_seq: u64,
+    /// Earliest and latest record time, nanoseconds since the Unix epoch.
+    pub min_time: i64,
+    pub max_time: i64,
+}
+
+impl BlockMeta {
+    /// Bytes the block occupies in the file.
+    pub fn bytes(&self) -> u64 {
+        BLOCK_HEADER_LEN as u64 + u64::from(self.payload_len)
+    }
+
+    pub fn end(&self) -> u64 {
+        self.offset + self.bytes()
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.count)
+    }
+}
+
+/// One record: its time and its observation line (JSON, no newline).
+pub type Record = (i64, Vec<u8>);
+
+/// The file header of a new segment.
+pub fn file_header() -> [u8; FILE_HEADER_LEN as usize] {
+    let mut h = [0u8; FILE_HEADER_LEN as usize];
+    h[..8].copy_from_slice(&FILE_MAGIC);
+    h
+}
+
+/// Encodes records (already in time order) as one block (its `offset` is left 0: the caller
+/// places it).
+pub fn encode(records: &[Record], first_seq: u64) -> (Vec<u8>, BlockMeta) {
+    let raw_len: usize = records
+        .iter()
+        .map(|(_, l)| RECORD_HEADER_LEN + l.len())
+        .sum();
+    let mut raw = Vec::with_capacity(raw_len);
+    let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
+    for (t, line) in records {
+        raw.extend_from_slice(&t.to_le_bytes());
+        raw.extend_from_slice(&(line.len() as u32).to_le_bytes());
+        raw.extend_from_slice(line);
+        min_time = min_time.min(*t);
+        max_time = max_time.max(*t);
+    }
+    let payload = lz4_flex::block::compress(&raw);
+    let meta = BlockMeta {
+        offset: 0,
+        payload_len: payload.len() as u32,
+        raw_len: raw.len() as u32,
+        count: records.len() as u32,
+        first_seq,
+        min_time,
+        max_time,
+    };
+    let mut block = Vec::with_capacity(BLOCK_HEADER_LEN + payload.len());
+    block.extend_from_slice(&BLOCK_MAGIC.to_le_bytes());
+    block.extend_from_slice(&meta.payload_len.to_le_bytes());
+    block.extend_from_slice(&meta.raw_len.to_le_bytes());
+    block.extend_from_slice(&meta.count.to_le_bytes());
+    block.extend_from_slice(&meta.first_seq.to_le_bytes());
+    block.extend_from_slice(&meta.min_time.to_le_bytes());
+    block.extend_from_slice(&meta.max_time.to_le_bytes());
+    let crc = checksum(&block, &payload);
+    block.extend_from_slice(&crc.to_le_bytes());
+    block.extend_from_slice(&payload);
+    (block, meta)
+}
+
+fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header[..40]);
+    h.update(payload);
+    h.finalize()
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Parses a block header at `offset`; `None` when it is not one (torn, overwritten, garbage).
+fn header(b: &[u8], offset: u64) -> Option<(BlockMeta, u32)> {
+    if b.len() < BLOCK_HEADER_LEN || u32_at(b, 0) != BLOCK_MAGIC {
+        return None;
+    }
+    let meta = BlockMeta {
+        offset,
+        payload_len: u32_at(b, 4),
+        raw_len: u32_at(b, 8),
+        count: u32_at(b, 12),
+        first_seq: u64_at(b, 16),
+        min_time: u64_at(b, 24) as i64,
+        max_time: u64_at(b, 32) as i64,
+    };
+    let sane = meta.payload_len <= MAX_BLOCK_BYTES
+        && meta.raw_len <= MAX_BLOCK_BYTES
+        && meta.count > 0
+        && meta.min_time <= meta.max_time
+        && (meta.count as usize) * RECORD_HEADER_LEN <= meta.raw_len as usize;
+    sane.then_some((meta, u32_at(b, 40)))
+}
+
+/// What scanning a segment found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub blocks: Vec<BlockMeta>,
+    /// Length of the valid prefix (file header + whole, checked blocks).
+    pub valid_len: u64,
+    /// The file is longer than its valid prefix (a torn or damaged tail).
+    pub damaged: bool,
+}
+
+/// Reads a whole segment and checks every block's CRC: the recovery scan of the tail segment.
+pub fn scan_full(path: &Path) -> Result<Scan> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(Error::io(path))?;
+    let mut scan = Scan::default();
+    if bytes.len() < FILE_HEADER_LEN as usize || bytes[..8] != FILE_MAGIC {
+        scan.damaged = !bytes.is_empty();
+        return Ok(scan);
+    }
+    let mut at = FILE_HEADER_LEN as usize;
+    scan.valid_len = FILE_HEADER_LEN;
+    while let Some((meta, crc)) = header(&bytes[at..], at as u64) {
+        let end = at + meta.bytes() as usize;
+        if end > bytes.len() || checksum(&bytes[at..], &bytes[at + BLOCK_HEADER_LEN..end]) != crc {
+            break;
+        }
+        scan.blocks.push(meta);
+        at = end;
+        scan.valid_len = end as u64;
+    }
+    scan.damaged = scan.valid_len < bytes.len() as u64;
+    Ok(scan)
+}
+
+/// Walks a sealed segment's block headers without reading payloads (their CRC is checked when a
+/// query reads them). Stops at the first header that does not parse or runs past the end.
+pub fn scan_headers(path: &Path) -> Result<Scan> {
+    let file = File::open(path).map_err(Error::io(path))?;
+    let len = file.metadata().map_err(Error::io(path))?.len();
+    let mut scan = Scan::default();
+    let mut magic = [0u8; 8];
+    if len < FILE_HEADER_LEN || file.read_exact_at(&mut magic, 0).is_err() || magic != FILE_MAGIC {
+        scan.damaged = len > 0;
+        return Ok(scan);
+    }
+    let mut at = FILE_HEADER_LEN;
+    scan.valid_len = at;
+    let mut buf = [0u8; BLOCK_HEADER_LEN];
+    while at + BLOCK_HEADER_LEN as u64 <= len {
+        if file.read_exact_at(&mut buf, at).is_err() {
+            break;
+        }
+        let Some((meta, _)) = header(&buf, at) else {
+            break;
+        };
+        if meta.end() > len {
+            break;
+        }
+        scan.blocks.push(meta);
+        at = meta.end();
+        scan.valid_len = at;
+    }
+    scan.damaged = scan.valid_len < len;
+    Ok(scan)
+}
+
+/// Reads one block back, checks its CRC and returns its records in stored (time) order.
+pub fn read_block(file: &File, meta: &BlockMeta) -> std::result::Result<Vec<Record>, String> {
+    let mut bytes = vec![0u8; meta.bytes() as usize];
+    file.read_exact_at(&mut bytes, meta.offset)
+        .map_err(|e| format!("read failed: {e}"))?;
+    let Some((found, crc)) = header(&bytes, meta.offset) else {
+        return Err("block header damaged".to_owned());
+    };
+    if found != *meta {
+        return Err("block header changed".to_owned());
+    }
+    let payload = &bytes[BLOCK_HEADER_LEN..];
+    if checksum(&bytes, payload) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    let raw = lz4_flex::block::decompress(payload, meta.raw_len as usize)
+        .map_err(|e| format!("undecodable payload: {e}"))?;
+    let mut records = Vec::with_capacity(meta.count as usize);
+    let mut at = 0;
+    while at + RECORD_HEADER_LEN <= raw.len() {
+        let t = u64_at(&raw, at) as i64;
+        let len = u32_at(&raw, at + 8) as usize;
+        let start = at + RECORD_HEADER_LEN;
+        let Some(line) = raw.get(start..start + len) else {
+            return Err("record runs past the block".to_owned());
+        };
+        records.push((t, line.to_vec()));
+        at = start + len;
+    }
+    if records.len() != meta.count as usize || at != raw.len() {
+        return Err("record count does not match the header".to_owned());
+    }
+    Ok(records)
+}
+
+/// Creates a segment file holding only its header.
+pub fn create(path: &Path) -> Result<File> {
+    let mut file = File::options()
+        .create_new(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(Error::io(path))?;
+    file.write_all(&file_header()).map_err(Error::io(path))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(n: usize, t0: i64) -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                (
+                    t0 + i as i64,
+                    format!(r#"{{"kind":"exec","n":{i}}}"#).into_bytes(),
+                )
+            })
+            .collect()
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("zdt-seg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_block_round_trips_and_its_header_says_what_it_holds() {
+        let recs = records(100, 1_000);
+        let (bytes, mut meta) = encode(&recs, 7);
+        meta.offset = FILE_HEADER_LEN;
+        assert_eq!(meta.bytes(), bytes.len() as u64);
+        assert_eq!((meta.count, meta.first_seq, meta.next_seq()), (100, 7, 107));
+        assert_eq!((meta.min_time, meta.max_time), (1_000, 1_099));
+        let d = dir("roundtrip");
+        let path = d.join("0.seg");
+        let mut f = create(&path).unwrap();
+        f.write_all(&bytes).unwrap();
+        assert_eq!(read_block(&f, &meta).unwrap(), recs);
+        let scan = scan_full(&path).unwrap();
+        assert_eq!(scan.blocks, [meta]);
+        assert!(!scan.damaged);
+        assert_eq!(scan_headers(&path).unwrap().blocks, [meta]);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// Every possible torn write of the last block (the file cut at any byte) and every
+    /// single-bit flip in it leaves exactly the blocks before it.
+    #[test]
+    fn a_torn_or_flipped_last_block_is_cut_off_and_the_earlier_blocks_stay() {
+        let d = dir("torn");
+        let path = d.join("0.seg");
+        let (first, mut m1) = encode(&records(20, 0), 0);
+        m1.offset = FILE_HEADER_LEN;
+        let (second, _) = encode(&records(20, 100), 20);
+        let mut whole = file_header().to_vec();
+        whole.extend_from_slice(&first);
+        whole.extend_from_slice(&second);
+        for cut in m1.end() as usize..whole.len() {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let scan = scan_full(&path).unwrap();
+            assert_eq!(scan.blocks, [m1], "cut at {cut}");
+            assert_eq!(scan.valid_len, m1.end());
+            assert_eq!(scan.damaged, cut > m1.end() as usize);
+        }
+        for byte in m1.end() as usize..whole.len() {
+            for bit in [0u8, 3, 7] {
+                let mut bad = whole.clone();
+                bad[byte] ^= 1 << bit;
+                std::fs::write(&path, &bad).unwrap();
+                let scan = scan_full(&path).unwrap();
+                assert_eq!(scan.blocks, [m1], "bit {bit} of byte {byte}");
+                assert!(scan.damaged);
+            }
+        }
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_file_without_the_header_holds_nothing() {
+        let d = dir("nohdr");
+        let path = d.join("0.seg");
+        std::fs::write(&path, b"ZDTJ").unwrap();
+        let scan = scan_full(&path).unwrap();
+        assert!(scan.blocks.is_empty() && scan.damaged && scan.valid_len == 0);
+        std::fs::write(&path, b"").unwrap();
+        assert!(!scan_full(&path).unwrap().damaged);
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
