@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     agent, analyze,
     cluster::{self, connect::KubeArgs},
-    demo, sample, traffic,
+    demo, recommend, sample, traffic,
 };
 
 /// Measure the rollout race: how long after a pod stops listening every node still routes new
@@ -61,6 +61,10 @@ pub enum Command {
     /// Correlate observation streams (agent output, journal, captures) into the rollout report:
     /// per pod the gap, the errors by cause, a verdict, and the preStop that prevents them.
     Analyze(analyze::AnalyzeArgs),
+    /// Per workload, from the history of its rollouts: the propagation-delay distribution, the
+    /// preStop and terminationGracePeriodSeconds that cover it (margin stated), and whether the
+    /// current settings are unsafe or waste time; `-o yaml` prints ready patches.
+    Recommend(recommend::RecommendArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -80,5 +84,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SampleApp(args) => sample::main(args),
         Command::TestbedApp(args) => crate::testbed::app::main(args),
         Command::Analyze(args) => analyze::main(args),
+        Command::Recommend(args) => recommend::main(&cli.kube, &args),
     }
 }

@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod logging;
 pub mod observation;
+pub mod recommend;
 pub mod report;
 pub mod sample;
 pub mod testbed;

@@ -46,7 +46,11 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: AgentConfig,
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let listener = bind(listen).await?;
     let client = kube::Client::try_default()
         .await
@@ -59,6 +63,12 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
         gauges: gauges.clone(),
     };
     let server = tokio::spawn(endpoint.serve(listener));
+    // The loopback endpoint serves /metrics too; this one records settled pods without a
+    // scrape, and serves /metrics beyond the loopback only when asked to.
+    let metrics_server = match metrics_listen {
+        Some(addr) => super::serve_metrics(addr, gauges.clone()).await?,
+        None => tokio::spawn(super::keep_settling(gauges.clone())),
+    };
 
     // Filtering on from the start: only this node's pod addresses, added as they appear.
     config.filter = true;
@@ -86,7 +96,7 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
         client,
         node: config.node.clone(),
         pods: pods.clone(),
-        gauges,
+        gauges: gauges.clone(),
     };
     let api = tokio::spawn(watch.run(filter, tx, termination()));
     while let Some(mut o) = rx.recv().await {
@@ -94,8 +104,10 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
             .unwrap_or_else(|p| p.into_inner())
             .attribute(&mut o);
         journal.push(&o);
+        gauges.metrics.observe(&o);
     }
     server.abort();
+    metrics_server.abort();
     api.await.context("the API watch task failed")?;
     kernel.await.context("the kernel probe task failed")?
 }
