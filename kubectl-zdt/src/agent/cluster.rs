@@ -49,14 +49,17 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
 pub async fn run(
     mut config: AgentConfig,
     listen: SocketAddr,
-    metrics_listen: Option<SocketAddr>,
+    metrics: super::metrics::MetricsConfig,
 ) -> anyhow::Result<()> {
     let listener = bind(listen).await?;
     let client = kube::Client::try_default()
         .await
         .context("failed to reach the Kubernetes API from the agent (in-cluster config)")?;
     let journal = Journal::new(journal::CAPACITY);
-    let gauges = Arc::new(Gauges::default());
+    let gauges = Arc::new(Gauges {
+        metrics: super::metrics::Metrics::new(super::metrics::Scope::OwnPods, metrics.settle),
+        ..Gauges::default()
+    });
     let endpoint = Endpoint {
         node: config.node.clone(),
         journal: journal.clone(),
@@ -65,7 +68,7 @@ pub async fn run(
     let server = tokio::spawn(endpoint.serve(listener));
     // The loopback endpoint serves /metrics too; this one records settled pods without a
     // scrape, and serves /metrics beyond the loopback only when asked to.
-    let metrics_server = match metrics_listen {
+    let metrics_server = match metrics.listen {
         Some(addr) => super::serve_metrics(addr, gauges.clone()).await?,
         None => tokio::spawn(super::keep_settling(gauges.clone())),
     };

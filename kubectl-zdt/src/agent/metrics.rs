@@ -44,6 +44,15 @@ const WINDOW_LINES: usize = 50_000;
 /// The content type of the OpenMetrics text exposition prometheus-client writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// What the agent's flags ask of the metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsConfig {
+    /// `--metrics-listen`: also serve `/metrics` (only) here.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `--metrics-settle-ms`.
+    pub settle: Duration,
+}
+
 /// Which observations can feed the per-pod histograms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {

@@ -91,6 +91,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// A terminated pod's figures enter the histograms once nothing new was observed about it
+    /// for this long, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, hide = true)]
+    pub metrics_settle_ms: u64,
+
     /// Do not watch kube-proxy's dataplane (by default every change of a Service's backends in
     /// this node's iptables/nftables rules is reported as dataplane_added/dataplane_removed).
     #[arg(long)]
@@ -191,10 +196,14 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
+    let metrics = metrics::MetricsConfig {
+        listen: args.metrics_listen,
+        settle: Duration::from_millis(args.metrics_settle_ms),
+    };
     if args.standalone {
-        runtime.block_on(run_standalone(config, args.metrics_listen))?;
+        runtime.block_on(run_standalone(config, metrics))?;
     } else {
-        runtime.block_on(cluster::run(config, args.listen, args.metrics_listen))?;
+        runtime.block_on(cluster::run(config, args.listen, metrics))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -230,12 +239,12 @@ pub async fn keep_settling(gauges: std::sync::Arc<serve::Gauges>) {
 /// kernel still holds and exits.
 async fn run_standalone(
     config: AgentConfig,
-    metrics_listen: Option<std::net::SocketAddr>,
+    metrics: metrics::MetricsConfig,
 ) -> anyhow::Result<()> {
-    let (gauges, metrics_server) = match metrics_listen {
+    let (gauges, metrics_server) = match metrics.listen {
         Some(listen) => {
             let gauges = std::sync::Arc::new(serve::Gauges {
-                metrics: metrics::Metrics::new(metrics::Scope::Everything, metrics::SETTLE),
+                metrics: metrics::Metrics::new(metrics::Scope::Everything, metrics.settle),
                 ..serve::Gauges::default()
             });
             let server = serve_metrics(listen, gauges.clone()).await?;
