@@ -239,3 +239,48 @@ fn a_pod_still_terminating_is_not_recorded_until_it_settles() {
     assert_eq!(metrics.correlations(), runs);
     assert!(text.contains("zdt_pods_measured_total 2"), "{text}");
 }
+
+/// The opt-in monitoring manifests agree with each other and with the agent's flags.
+#[test]
+fn the_podmonitor_scrapes_the_port_the_daemonset_patch_opens_with_flags_the_agent_takes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring");
+    let yaml = |f: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        serde_yaml::from_str(&text).unwrap()
+    };
+    let patch = yaml("daemonset-metrics.patch.yaml");
+    let monitor = yaml("podmonitor.yaml");
+    let container = &patch["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "agent");
+    let port = &container["ports"][0];
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], port["name"]);
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "zdt-agent"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let cli = <kubectl_zdt::cli::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("kubectl-zdt").chain(args),
+    )
+    .unwrap();
+    let kubectl_zdt::cli::Command::Agent(agent) = cli.command else {
+        panic!("not the agent");
+    };
+    let listen = agent.metrics_listen.expect("--metrics-listen");
+    assert_eq!(
+        Some(listen.port()),
+        port["containerPort"].as_u64().map(|p| p as u16)
+    );
+    assert_eq!(
+        agent.listen.to_string(),
+        "127.0.0.1:9476",
+        "the stream stays on the loopback"
+    );
+}

@@ -326,10 +326,11 @@ pub fn advise_workload(
         let how = if observed { " (observed)" } else { "" };
         unsafe_why.push(if window_errors > 0 {
             format!(
-                "preStop {}{how} is shorter than the {} the slowest pods needed: {window_errors} connections failed in the unsafe window over {} rollouts",
+                "preStop {}{how} is shorter than the {} the slowest pods needed: {window_errors} connections failed in the unsafe window over {} rollout{}",
                 secs(c),
                 secs(need_ns),
-                w.rollouts
+                w.rollouts,
+                if w.rollouts == 1 { "" } else { "s" }
             )
         } else {
             format!(
