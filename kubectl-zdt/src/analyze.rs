@@ -11,6 +11,7 @@ use clap::Args;
 
 use crate::{
     correlate::{self, Options, input},
+    observation::Observation,
     report::{self, Format},
 };
 
@@ -49,10 +50,13 @@ fn read_source(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
+/// Every observation in `files` (`-` is standard input), with the unreadable lines reported on
+/// stderr (the first few one by one) and returned as `FILE:LINE: problem`; an error when no
+/// line at all could be read.
+pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<(Vec<Observation>, Vec<String>)> {
     let mut observations = Vec::new();
     let mut rejected = Vec::new();
-    for path in &args.files {
+    for path in files {
         let text = read_source(path)?;
         let (obs, problems) = input::parse_all(&text);
         observations.extend(obs);
@@ -79,13 +83,18 @@ pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     if observations.is_empty() {
         bail!(
             "no observation could be read from {}; expected JSON lines as written by `kubectl zdt agent` (see docs/observations.md)",
-            args.files
+            files
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
     }
+    Ok((observations, rejected))
+}
+
+pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
+    let (observations, rejected) = read_streams(&args.files)?;
     let mut report = correlate::correlate(
         &observations,
         &Options {

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     agent, analyze,
     cluster::{self, connect::KubeArgs},
-    demo, sample, traffic,
+    demo, recommend, sample, traffic,
 };
 
 /// Measure the rollout race: how long after a pod stops listening every node still routes new
@@ -67,6 +67,10 @@ pub enum Command {
     /// Appends numbered lines to a journal until killed (the crash test's victim).
     #[command(hide = true)]
     JournalWriter(crate::journal::writer::WriterArgs),
+    /// Per workload, from the history of its rollouts: the propagation-delay distribution, the
+    /// preStop and terminationGracePeriodSeconds that cover it (margin stated), and whether the
+    /// current settings are unsafe or waste time; `-o yaml` prints ready patches.
+    Recommend(recommend::RecommendArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -88,5 +92,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TestbedApp(args) => crate::testbed::app::main(args),
         Command::Analyze(args) => analyze::main(args),
         Command::JournalWriter(args) => crate::journal::writer::main(args),
+        Command::Recommend(args) => recommend::main(&cli.kube, &args),
     }
 }

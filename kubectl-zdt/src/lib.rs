@@ -14,6 +14,7 @@ pub mod history;
 pub mod journal;
 pub mod logging;
 pub mod observation;
+pub mod recommend;
 pub mod report;
 pub mod sample;
 pub mod testbed;

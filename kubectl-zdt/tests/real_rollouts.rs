@@ -2,67 +2,13 @@
 //! the raw watch streams, `nft monitor` output and a client's failures, converted by the library
 //! adapters and correlated.
 
-use std::path::{Path, PathBuf};
+mod recorded;
 
-use kubectl_zdt::correlate::{
-    self, Basis, Options, Report, Verdict, client_log, iptables_samples,
-    k8s_watch::{self, EndpointSlice, EndpointSliceWatch, Pod, PodWatch},
-    nft_monitor::{self, NftMonitor},
-};
-use kubectl_zdt::observation::{NodeName, Observation};
+use std::path::Path;
 
-fn fixture(dir: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/kube-proxy-v1.36")
-        .join(dir)
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// Everything in one recorded rollout folder as one observation stream (all on node `vm`'s
-/// clock, as recorded).
-fn convert(dir: &str, client_service: &str) -> Vec<Observation> {
-    let d = fixture(dir);
-    let vm = NodeName("vm".into());
-    let mut out = Vec::new();
-    let mut pods = PodWatch::new(vm.clone());
-    for (t, e) in k8s_watch::read_recorded::<Pod>(&read(&d.join("pods-watch.jsonl"))).unwrap() {
-        out.extend(pods.on_event(t, &e));
-    }
-    let mut slices = EndpointSliceWatch::new(vm.clone());
-    for (t, e) in
-        k8s_watch::read_recorded::<EndpointSlice>(&read(&d.join("endpointslices-watch.jsonl")))
-            .unwrap()
-    {
-        out.extend(slices.on_event(t, &e));
-    }
-    let nft = d.join("nft-monitor-ruleset.txt");
-    if nft.exists() {
-        let mut m = NftMonitor::new(vm.clone());
-        for (t, line) in nft_monitor::read_stamped(&read(&nft)).unwrap() {
-            out.extend(m.on_line(t, line));
-        }
-    }
-    let iptables = d.join("iptables-nat-kube-chains-every-50ms.txt");
-    if iptables.exists() {
-        out.extend(iptables_samples::changes(
-            &iptables_samples::read(&read(&iptables)).unwrap(),
-            &vm,
-        ));
-    }
-    let client = d.join("client-requests.jsonl");
-    if client.exists() {
-        out.extend(
-            client_log::read(&read(&client), &vm, client_service)
-                .unwrap()
-                .observations,
-        );
-    }
-    out.sort_by_key(|o| o.time);
-    out
-}
+use kubectl_zdt::correlate::{self, Basis, Options, Report, Verdict};
+use kubectl_zdt::observation::Observation;
+use recorded::{convert, read};
 
 /// The converted stream is committed (tests/fixtures/correlate/real-*.jsonl) so `kubectl zdt
 /// analyze` can be run on it; this keeps it in step with the adapters. `ZDT_BLESS=1` rewrites it.

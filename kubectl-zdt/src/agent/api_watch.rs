@@ -228,6 +228,7 @@ impl ApiWatch {
                     Some(Update::Slice(e)) => self.on_slices(&mut slices, *e, now),
                     Some(Update::Service) => Vec::new(),
                     Some(Update::Failed(e)) => {
+                        self.gauges.metrics.watch_failed();
                         tracing::warn!("Kubernetes watch failed (retrying with backoff): {e}");
                         Vec::new()
                     }
@@ -317,6 +318,9 @@ impl ApiWatch {
         self.gauges
             .watched_netns
             .store(filter.netns_len() as u64, Ordering::Relaxed);
+        self.gauges
+            .metrics
+            .set_watched_addresses(filter.len() as u64);
         self.gauges
             .pods_known
             .store(self.lock().len() as u64, Ordering::Relaxed);

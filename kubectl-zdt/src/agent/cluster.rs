@@ -47,7 +47,11 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: AgentConfig,
+    listen: SocketAddr,
+    metrics: super::metrics::MetricsConfig,
+) -> anyhow::Result<()> {
     let listener = bind(listen).await?;
     let client = kube::Client::try_default()
         .await
@@ -58,13 +62,22 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
         journal.attach_disk(d.clone());
         tokio::spawn(super::tick_journal(d))
     });
-    let gauges = Arc::new(Gauges::default());
+    let gauges = Arc::new(Gauges {
+        metrics: super::metrics::Metrics::new(super::metrics::Scope::OwnPods, metrics.settle),
+        ..Gauges::default()
+    });
     let endpoint = Endpoint {
         node: config.node.clone(),
         journal: journal.clone(),
         gauges: gauges.clone(),
     };
     let server = tokio::spawn(endpoint.serve(listener));
+    // The loopback endpoint serves /metrics too; this one records settled pods without a
+    // scrape, and serves /metrics beyond the loopback only when asked to.
+    let metrics_server = match metrics.listen {
+        Some(addr) => super::serve_metrics(addr, gauges.clone()).await?,
+        None => tokio::spawn(super::keep_settling(gauges.clone())),
+    };
 
     // Filtering on from the start: only this node's pod addresses, added as they appear.
     config.filter = true;
@@ -102,7 +115,7 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
         client,
         node: config.node.clone(),
         pods: pods.clone(),
-        gauges,
+        gauges: gauges.clone(),
         netns: Some(netns),
     };
     let api = tokio::spawn(watch.run(filter, tx, termination()));
@@ -111,8 +124,10 @@ pub async fn run(mut config: AgentConfig, listen: SocketAddr) -> anyhow::Result<
             .unwrap_or_else(|p| p.into_inner())
             .attribute(&mut o);
         journal.push(&o);
+        gauges.metrics.observe(&o);
     }
     server.abort();
+    metrics_server.abort();
     if let Some(t) = ticker {
         t.abort();
     }

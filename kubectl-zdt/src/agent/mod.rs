@@ -11,7 +11,7 @@
 //! Cluster mode (`cluster`) adds: `api_watch` (kube-runtime watches of this node's pods,
 //! EndpointSlices, Services, converted by `correlate::k8s_watch`) over `pods` (address → pod,
 //! with tombstones); `journal` (numbered, resumable) and `serve` (the 127.0.0.1 HTTP endpoint
-//! reached through port-forward).
+//! reached through port-forward). Both modes can feed `metrics` (Prometheus, docs/metrics.md).
 
 pub mod api_watch;
 pub mod btf;
@@ -22,6 +22,7 @@ pub mod decode;
 pub mod filter;
 pub mod journal;
 pub mod loader;
+pub mod metrics;
 pub mod netns_gone;
 pub mod pod_netns;
 pub mod pods;
@@ -83,6 +84,18 @@ pub struct AgentArgs {
     /// every 50 ms).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub wakeup_every: u64,
+
+    /// Also serve the Prometheus metrics (`GET /metrics`, nothing else) on this address, e.g.
+    /// 0.0.0.0:9464 for a PodMonitor. Off by default: in cluster mode /metrics is on the
+    /// loopback endpoint, reached through port-forward. With hostNetwork an address other than
+    /// the loopback is reachable from the node's network (docs/security.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// A terminated pod's figures enter the histograms once nothing new was observed about it
+    /// for this long, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, hide = true)]
+    pub metrics_settle_ms: u64,
 
     /// Do not watch kube-proxy's dataplane (by default every change of a Service's backends in
     /// this node's iptables/nftables rules is reported as dataplane_added/dataplane_removed).
@@ -207,17 +220,62 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
+    let metrics = metrics::MetricsConfig {
+        listen: args.metrics_listen,
+        settle: Duration::from_millis(args.metrics_settle_ms),
+    };
     if args.standalone {
-        runtime.block_on(run_standalone(config))?;
+        runtime.block_on(run_standalone(config, metrics))?;
     } else {
-        runtime.block_on(cluster::run(config, args.listen))?;
+        runtime.block_on(cluster::run(config, args.listen, metrics))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Binds `--metrics-listen` and serves `/metrics` there; the returned task also records settled
+/// pods every few seconds, so the histograms move without a scrape.
+pub async fn serve_metrics(
+    listen: std::net::SocketAddr,
+    gauges: std::sync::Arc<serve::Gauges>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--metrics-listen {listen}: failed to listen (port in use?)"))?;
+    Ok(tokio::spawn(async move {
+        tokio::join!(
+            serve::serve_metrics(listener, gauges.clone()),
+            keep_settling(gauges)
+        );
+    }))
+}
+
+/// Records the pods whose timelines settled, every few seconds, so the histograms move
+/// without a scrape.
+pub async fn keep_settling(gauges: std::sync::Arc<serve::Gauges>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        gauges.metrics.settle(jiff::Timestamp::now());
+    }
+}
+
 /// Streams observations as JSON lines on stdout until SIGINT/SIGTERM, then drains what the
 /// kernel still holds and exits.
-async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
+async fn run_standalone(
+    config: AgentConfig,
+    metrics: metrics::MetricsConfig,
+) -> anyhow::Result<()> {
+    let (gauges, metrics_server) = match metrics.listen {
+        Some(listen) => {
+            let gauges = std::sync::Arc::new(serve::Gauges {
+                metrics: metrics::Metrics::new(metrics::Scope::Everything, metrics.settle),
+                ..serve::Gauges::default()
+            });
+            let server = serve_metrics(listen, gauges.clone()).await?;
+            (Some(gauges), Some(server))
+        }
+        None => (None, None),
+    };
     let mut agent = Agent::start(&config)?;
     let (tx, mut rx) = mpsc::channel::<Observation>(4096);
     agent.announce(&tx).await;
@@ -246,6 +304,9 @@ async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
             if let Some(j) = &journal {
                 j.append_line(&obs, &line);
             }
+            if let Some(g) = &gauges {
+                g.metrics.observe(&obs);
+            }
             writeln!(out, "{line}").context("failed to write to stdout")?;
             if rx.is_empty() {
                 out.flush().context("failed to write to stdout")?;
@@ -260,6 +321,9 @@ async fn run_standalone(config: AgentConfig) -> anyhow::Result<()> {
     }
     if let Some(d) = disk {
         d.close();
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
     }
     produced
 }

@@ -14,7 +14,7 @@
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 /// A pod's namespace as found in `/proc`.
@@ -128,6 +128,8 @@ impl PodNetns {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn wanted(uids: &[&str]) -> Vec<(String, [String; 2])> {

@@ -4,6 +4,7 @@
 //!
 //! - `GET /readyz`: 200 once the probes are attached (the DaemonSet's readiness probe);
 //! - `GET /status`: [`AgentStatus`] as JSON;
+//! - `GET /metrics`: the Prometheus metrics (docs/metrics.md);
 //! - `GET /observations?from=N[&follow=true]`: the journal from sequence number N as JSON lines
 //!   (header `x-zdt-first-seq`: the number of the first journal line sent); with `follow`, new
 //!   lines as they come. A reader that asks for evicted lines first gets one `loss` line
@@ -96,7 +97,8 @@ mod time_rfc3339 {
     }
 }
 
-/// Live counters the status page reads, updated by the parts of the agent that own them.
+/// Live counters the status page reads, updated by the parts of the agent that own them, and
+/// the Prometheus metrics (`GET /metrics`) fed from the same observations as the journal.
 #[derive(Default, Debug)]
 pub struct Gauges {
     pub ready: AtomicBool,
@@ -104,6 +106,62 @@ pub struct Gauges {
     pub watched_addresses: AtomicU64,
     pub watched_netns: AtomicU64,
     pub pods_known: AtomicU64,
+    pub metrics: super::metrics::Metrics,
+}
+
+impl Gauges {
+    /// `GET /metrics`: the OpenMetrics text.
+    pub fn metrics_response(&self) -> Response<Body> {
+        let text = self
+            .metrics
+            .scrape(Timestamp::now(), self.api_synced.load(Ordering::Relaxed));
+        Response::builder()
+            .header("content-type", super::metrics::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(text)).boxed())
+            .unwrap_or_default()
+    }
+}
+
+/// Serves HTTP/1 on `listener` with `handle` until the listener fails or the task is dropped.
+pub async fn serve_http<F>(listener: TcpListener, handle: F)
+where
+    F: Fn(&Request<hyper::body::Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("accepting a connection on the agent's endpoint failed: {e}");
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = handle(&req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("agent endpoint connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Only `GET /metrics`: what `--metrics-listen` serves (possibly beyond the loopback, so
+/// nothing else).
+pub async fn serve_metrics(listener: TcpListener, gauges: Arc<Gauges>) {
+    serve_http(listener, move |req: &Request<hyper::body::Incoming>| {
+        if req.uri().path() == "/metrics" {
+            gauges.metrics_response()
+        } else {
+            text(StatusCode::NOT_FOUND, "not found: try /metrics\n")
+        }
+    })
+    .await;
 }
 
 /// Everything the endpoint serves from.
@@ -147,28 +205,10 @@ impl Endpoint {
 
     /// Serves until the listener fails or the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("accepting a connection on the status endpoint failed: {e}");
-                    continue;
-                }
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(&req)) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!("status endpoint connection ended: {e}");
-                }
-            });
-        }
+        serve_http(listener, move |req: &Request<hyper::body::Incoming>| {
+            self.handle(req)
+        })
+        .await;
     }
 
     fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
@@ -192,6 +232,7 @@ impl Endpoint {
                     .boxed(),
                 )
                 .unwrap_or_default(),
+            "/metrics" => self.gauges.metrics_response(),
             "/observations" => {
                 let from = param("from").and_then(|v| v.parse().ok()).unwrap_or(0);
                 let follow = param("follow").as_deref() == Some("true");
@@ -200,7 +241,7 @@ impl Endpoint {
             "/history" => self.history(query),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /status, /observations, /history, /readyz\n",
+                "not found: try /status, /observations, /history, /metrics, /readyz\n",
             ),
         }
     }

@@ -10,8 +10,7 @@
 //! the preStop, so it must cover D plus the drain observed between SIGTERM and exit.
 
 use super::{
-    model::{Advice, Patch},
-    rollout::Finished,
+    model::{Advice, ErrorCounts, Patch, Verdict},
     time::ms,
 };
 
@@ -25,8 +24,8 @@ fn ceil_seconds(ns: i64) -> u64 {
         .div_ceil(NS_PER_S as u64)
 }
 
-/// Nearest-rank percentile of sorted samples.
-pub(crate) fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
+/// Nearest-rank percentile of sorted samples (for fewer than 100 samples, p99 is the largest).
+pub fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
     if sorted.is_empty() {
         return None;
     }
@@ -34,8 +33,39 @@ pub(crate) fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-pub(crate) fn advise(pods: &[&Finished], margin_ns: i64) -> Result<Advice, String> {
-    let mut props: Vec<i64> = pods.iter().filter_map(|p| p.facts.propagation_ns).collect();
+/// One terminated pod as the advice sees it: the figures it is sized from and the workload it
+/// patches. `kubectl zdt recommend` groups these by workload and advises each group apart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodEvidence {
+    /// `namespace/name`, when any observation named it.
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    /// `deployment/web`, `pod/web-0`, or `unknown` (as [`super::Rollout::workload`]).
+    pub workload: String,
+    /// Index of the pod's rollout in [`super::Report::rollouts`].
+    pub rollout: usize,
+    /// The container serving the Service's port, when the API watch said it.
+    pub container: Option<String>,
+    /// terminationGracePeriodSeconds the pod was deleted with.
+    pub grace_period_s: Option<u64>,
+    /// Upper edge of the propagation delay (value + uncertainty), ns.
+    pub propagation_ns: Option<i64>,
+    /// preStop length this pod needed for gap + uncertainty ≤ 0, ns.
+    pub needed_ns: Option<i64>,
+    /// SIGTERM → exit, ns (only from the node agent's exit, precise enough to size a drain).
+    pub drain_ns: Option<i64>,
+    /// preStop exec → SIGTERM: the preStop the pod actually ran with, ns.
+    pub prestop_ran_ns: Option<i64>,
+    /// The pod's SIGTERM was observed (with no preStop mark: it ran without a preStop).
+    pub sigterm_seen: bool,
+    pub errors: ErrorCounts,
+    pub verdict: Verdict,
+}
+
+/// The preStop and grace period for `pods` (any subset of one report's pods), or why there is
+/// none.
+pub fn advise(pods: &[&PodEvidence], margin_ns: i64) -> Result<Advice, String> {
+    let mut props: Vec<i64> = pods.iter().filter_map(|p| p.propagation_ns).collect();
     props.sort_unstable();
     let Some(p99) = percentile(&props, 99.0) else {
         return Err(
@@ -44,10 +74,10 @@ pub(crate) fn advise(pods: &[&Finished], margin_ns: i64) -> Result<Advice, Strin
                 .to_owned(),
         );
     };
-    let needed = pods.iter().filter_map(|p| p.facts.needed_ns).max();
+    let needed = pods.iter().filter_map(|p| p.needed_ns).max();
     let base = p99.max(needed.unwrap_or(0)).max(0);
     let prestop_s = ceil_seconds(base + margin_ns);
-    let drain = pods.iter().filter_map(|p| p.facts.drain_ns).max();
+    let drain = pods.iter().filter_map(|p| p.drain_ns).max();
     let current_grace = pods.iter().filter_map(|p| p.grace_period_s).max();
     let prestop_ns = i64::try_from(prestop_s).unwrap_or(0) * NS_PER_S;
     let (grace_s, grace_why) = match (drain, current_grace) {
@@ -96,7 +126,7 @@ pub(crate) fn advise(pods: &[&Finished], margin_ns: i64) -> Result<Advice, Strin
 /// One `kubectl patch` per workload controller seen. With the container's name a strategic
 /// merge patch touches only that container's preStop; without it a JSON patch sets the first
 /// container's `lifecycle` (replacing any postStart it had, which the note says).
-fn patches(pods: &[&Finished], prestop_s: u64, grace_s: u64) -> Vec<Patch> {
+fn patches(pods: &[&PodEvidence], prestop_s: u64, grace_s: u64) -> Vec<Patch> {
     let mut seen: Vec<(Option<&str>, &str, Option<&str>)> = pods
         .iter()
         .filter(|p| {

@@ -29,7 +29,9 @@ pub mod time;
 
 use std::collections::BTreeMap;
 
+pub use advice::{PodEvidence, advise, percentile};
 pub use model::*;
+pub use rollout::workload_of_pod;
 
 use crate::observation::{Kind, Observation};
 use time::{WallNs, ms_u};
@@ -41,6 +43,15 @@ pub struct Options {
     pub margin_ms: u64,
 }
 
+impl Options {
+    /// The margin in nanoseconds.
+    pub fn margin_ns(&self) -> i64 {
+        i64::try_from(self.margin_ms)
+            .unwrap_or(i64::MAX / 4)
+            .saturating_mul(1_000_000)
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self { margin_ms: 500 }
@@ -49,6 +60,15 @@ impl Default for Options {
 
 /// Correlates a set of observations (any order, any number of nodes and rollouts).
 pub fn correlate(obs: &[Observation], options: &Options) -> Report {
+    correlate_with_evidence(obs, options).0
+}
+
+/// [`correlate`], plus each reported pod's [`PodEvidence`] (in the order of the rollouts and
+/// their pods), so the advice can be recomputed for any group of pods, e.g. per workload.
+pub fn correlate_with_evidence(
+    obs: &[Observation],
+    options: &Options,
+) -> (Report, Vec<PodEvidence>) {
     let times: Vec<WallNs> = obs.iter().map(|o| WallNs::from_timestamp(o.time)).collect();
     let (nodes, node_of) = nodes::Nodes::index(obs);
     let assignment = identity::assign(obs, &times);
@@ -78,11 +98,13 @@ pub fn correlate(obs: &[Observation], options: &Options) -> Report {
 
     let mut warnings = clocks.warnings.clone();
     let grouped = rollout::group(finished, &unattributed, &mut warnings);
-    let all: Vec<&rollout::Finished> = grouped.iter().flat_map(|(_, g)| g.iter()).collect();
-    let margin_ns = i64::try_from(options.margin_ms)
-        .unwrap_or(i64::MAX / 4)
-        .saturating_mul(1_000_000);
-    let (advice, advice_unavailable) = match advice::advise(&all, margin_ns) {
+    let evidence: Vec<PodEvidence> = grouped
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, g))| g.iter().map(move |f| f.evidence(i)))
+        .collect();
+    let all: Vec<&PodEvidence> = evidence.iter().collect();
+    let (advice, advice_unavailable) = match advice::advise(&all, options.margin_ns()) {
         Ok(a) => (Some(a), None),
         Err(why) => (None, Some(why)),
     };
@@ -113,7 +135,7 @@ pub fn correlate(obs: &[Observation], options: &Options) -> Report {
         }
     }
 
-    Report {
+    let report = Report {
         api_version: API_VERSION,
         kind: REPORT_KIND,
         rollouts: grouped
@@ -131,5 +153,6 @@ pub fn correlate(obs: &[Observation], options: &Options) -> Report {
             rejected_lines: Vec::new(),
         },
         warnings,
-    }
+    };
+    (report, evidence)
 }

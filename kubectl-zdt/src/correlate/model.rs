@@ -123,6 +123,24 @@ pub struct Marks {
     pub netns_gone: Option<Mark>,
 }
 
+impl Marks {
+    /// The marks that were observed, in timeline order (delete … netns_gone).
+    pub fn iter(&self) -> impl Iterator<Item = &Mark> {
+        [
+            &self.delete,
+            &self.ep_terminating,
+            &self.ep_removed,
+            &self.prestop,
+            &self.sigterm,
+            &self.listen_closed,
+            &self.exit,
+            &self.netns_gone,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// One instant with where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Mark {

@@ -57,6 +57,8 @@ pub(crate) struct PodFacts {
     pub needed_ns: Option<i64>,
     /// SIGTERM → exit.
     pub drain_ns: Option<i64>,
+    /// preStop exec → SIGTERM, when both were seen.
+    pub prestop_ran_ns: Option<i64>,
 }
 
 pub(crate) fn label(ident: &PodIdent) -> String {
@@ -288,10 +290,11 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
         terminating: tl.is_terminating(),
     });
 
-    let prestop_ran = match (tl.prestop, tl.sigterm) {
-        (Some(p), Some(s)) => (s.t - p.t).max(0),
-        _ => 0,
+    let prestop_ran_ns = match (tl.prestop, tl.sigterm) {
+        (Some(p), Some(s)) => Some((s.t - p.t).max(0)),
+        _ => None,
     };
+    let prestop_ran = prestop_ran_ns.unwrap_or(0);
     let facts = PodFacts {
         propagation_ns: prop_ns.map(|p| p + i64::try_from(prop_unc).unwrap_or(0)),
         needed_ns: gap_ns.map(|g| g + gap_unc_i + prestop_ran),
@@ -300,6 +303,7 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
             (Some(s), Some(e)) if e.kind == Kind::Exit => Some((e.t - s.t).max(0)),
             _ => None,
         },
+        prestop_ran_ns,
     };
     let mut error_marks = d.error_marks.clone();
     error_marks.sort_by_key(|e| (e.time, e.cause, e.count));

@@ -88,6 +88,18 @@ pub(crate) fn attribute_service_errors(
     left
 }
 
+/// The namespace and workload of the pod `namespace/name` as the report names them, from the
+/// workload an observation declared (`workload` of `pod_deleting`) or else from the pod's name.
+pub fn workload_of_pod(pod: &str, declared: Option<&str>) -> (Option<String>, String) {
+    workload_of(
+        &PodIdent {
+            name: Some(pod.to_owned()),
+            ..PodIdent::default()
+        },
+        declared,
+    )
+}
+
 /// `deployment/<name>` for pods named `<name>-<pod-template-hash>-<5 chars>`, the ReplicaSet
 /// naming the Deployment controller uses; otherwise the pod itself.
 fn workload_of(ident: &PodIdent, declared: Option<&str>) -> (Option<String>, String) {
@@ -131,6 +143,25 @@ pub(crate) struct Finished {
 }
 
 impl Finished {
+    /// What the advice reads from this pod, which belongs to rollout number `rollout`.
+    pub fn evidence(&self, rollout: usize) -> super::PodEvidence {
+        super::PodEvidence {
+            pod: self.report.pod.clone(),
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+            rollout,
+            container: self.container.clone(),
+            grace_period_s: self.grace_period_s,
+            propagation_ns: self.facts.propagation_ns,
+            needed_ns: self.facts.needed_ns,
+            drain_ns: self.facts.drain_ns,
+            prestop_ran_ns: self.facts.prestop_ran_ns,
+            sigterm_seen: self.report.marks.sigterm.is_some(),
+            errors: self.report.errors,
+            verdict: self.report.verdict,
+        }
+    }
+
     pub fn new(draft: &PodDraft, report: PodReport, facts: PodFacts) -> Self {
         let (namespace, workload) = workload_of(&draft.ident, draft.tl.workload.as_deref());
         let tl = &draft.tl;

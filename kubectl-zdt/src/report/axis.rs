@@ -17,22 +17,7 @@ pub(crate) struct Axis {
 pub(crate) fn instants(r: &Rollout) -> Vec<Timestamp> {
     let mut out = Vec::new();
     for p in &r.pods {
-        let m = &p.marks;
-        for mark in [
-            &m.delete,
-            &m.ep_terminating,
-            &m.ep_removed,
-            &m.prestop,
-            &m.sigterm,
-            &m.listen_closed,
-            &m.exit,
-            &m.netns_gone,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            out.push(mark.time);
-        }
+        out.extend(p.marks.iter().map(|m| m.time));
         for d in &p.dataplane {
             out.extend(d.removed.iter().chain(&d.last_flow).map(|m| m.time));
         }

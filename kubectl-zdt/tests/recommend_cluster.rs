@@ -1,0 +1,185 @@
+//! `kubectl zdt recommend` against the scripted API server (tests/kube_double): the workloads'
+//! current settings come from the API, the history of three recorded v1.36 rollouts from the
+//! node agent's `GET /history` through the double's port-forward; a workload that does not
+//! exist is one line and a failure.
+
+mod kube_double;
+mod recorded;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use kube_double::{apiserver::ApiServer, rbac};
+use kubectl_zdt::{agent::serve::serve_http, cluster::NAMESPACE};
+use recorded::{ROLLOUTS, convert};
+use serde_json::{Value, json};
+
+/// The agent of node `vm`: answers `/history` with the recorded rollouts and keeps the queries.
+async fn history_agent(server: &ApiServer) -> Arc<Mutex<Vec<String>>> {
+    let lines: String = ROLLOUTS
+        .iter()
+        .flat_map(|(d, s)| convert(d, s))
+        .map(|o| o.to_json_line() + "\n")
+        .collect();
+    let queries = Arc::new(Mutex::new(Vec::new()));
+    let seen = queries.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server.forward("zdt-agent-vm", listener.local_addr().unwrap());
+    tokio::spawn(serve_http(
+        listener,
+        move |req: &hyper::Request<hyper::body::Incoming>| {
+            seen.lock().unwrap().push(req.uri().to_string());
+            let body = if req.uri().path() == "/history" {
+                lines.clone()
+            } else {
+                String::new()
+            };
+            hyper::Response::new(Full::new(Bytes::from(body)).boxed())
+        },
+    ));
+    server.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "zdt-agent-vm", "namespace": NAMESPACE,
+                     "labels": {"app.kubernetes.io/name": "zdt-agent"}},
+        "spec": {"nodeName": "vm", "hostNetwork": true, "containers": [{"name": "agent"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    }));
+    queries
+}
+
+fn deployment(name: &str, container: Value, grace: u64) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default", "generation": 2},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"terminationGracePeriodSeconds": grace, "containers": [container]}}}
+    })
+}
+
+/// Runs the real binary against the double; (exit code, stdout, stderr).
+async fn cli(kubeconfig: PathBuf, args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("recommend")
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn settings_from_the_api_and_history_from_the_agents_give_each_workload_its_verdict() {
+    let dir = std::env::temp_dir().join(format!("zdt-recommend-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = ApiServer::start().await;
+    let queries = history_agent(&server).await;
+    // web: a 30 s `exec sleep` where ~1 s is needed; webfast: no preStop at all.
+    server.put(deployment(
+        "web",
+        json!({"name": "web", "image": "nginx", "ports": [{"containerPort": 80}],
+               "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 30"]}}}}),
+        60,
+    ));
+    server.put(deployment(
+        "webfast",
+        json!({"name": "httpd", "image": "httpd", "ports": [{"containerPort": 8080}]}),
+        5,
+    ));
+    let kubeconfig = server.kubeconfig(&dir, "user");
+
+    let (code, out, err) = cli(
+        kubeconfig.clone(),
+        &["-n", "default", "-o", "json", "--min-samples", "2"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let web = &v["workloads"][0];
+    assert_eq!(web["workload"], "deployment/web");
+    assert_eq!(
+        (web["rollouts"].as_u64(), web["pods"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(web["current"]["source"], "api");
+    assert_eq!(web["current"]["prestop"]["seconds"], 30.0);
+    assert_eq!(web["verdict"], "wasteful", "{web:#}");
+    let advised = web["advised"]["prestop_seconds"].as_u64().unwrap();
+    // 4 pods in the rollout each wait 30 s − the advice too long.
+    assert_eq!(
+        web["wasted_seconds_per_rollout"].as_f64().unwrap(),
+        (30 - advised) as f64 * 4.0
+    );
+    let fast = &v["workloads"][1];
+    assert_eq!(fast["workload"], "deployment/webfast");
+    assert_eq!(fast["current"]["prestop"]["kind"], "none");
+    assert_eq!(fast["current"]["termination_grace_period_seconds"], 5);
+    assert_eq!(fast["verdict"], "unsafe", "{fast:#}");
+    assert!(
+        fast["reason"]
+            .as_str()
+            .unwrap()
+            .contains("13 connections failed in the unsafe window"),
+        "{fast:#}"
+    );
+
+    // The whole window is asked of the agent, unfiltered (dataplane lines name no workload).
+    let asked = queries.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].starts_with("/history?since=") && asked[0].contains("&until="),
+        "{asked:?}"
+    );
+
+    // The patch keeps web's preStop in the shape it has (a shell running sleep).
+    let (code, out, err) = cli(
+        kubeconfig.clone(),
+        &["deployment/web", "-n", "default", "-o", "yaml"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let patch: Value =
+        serde::Deserialize::deserialize(serde_yaml::Deserializer::from_str(&out).next().unwrap())
+            .unwrap();
+    let container = &patch["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "web");
+    assert_eq!(
+        container["lifecycle"]["preStop"]["exec"]["command"],
+        json!(["/bin/sh", "-c", format!("sleep {advised}")])
+    );
+
+    // Every call is allowed by what users are given: the Role in zdt-system (agents,
+    // port-forward) and the ClusterRole elsewhere (the workloads).
+    for call in server.calls() {
+        let (kind, name) = if call.namespace.as_deref() == Some(NAMESPACE) {
+            ("Role", "zdt-user")
+        } else {
+            ("ClusterRole", "zdt-user")
+        };
+        rbac::assert_all_allowed(kind, name, std::slice::from_ref(&call));
+    }
+
+    let (code, out, err) = cli(kubeconfig, &["deployment/nope", "-n", "default"]).await;
+    assert_eq!(code, Some(1));
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("kubectl-zdt: deployment/nope not found in namespace default"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
