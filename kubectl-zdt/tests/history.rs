@@ -150,9 +150,10 @@ async fn record_live_rollout(server: &Arc<ApiServer>, journal: Arc<Journal>) {
         node: NodeName("vm".into()),
         pods: Arc::new(Mutex::new(PodIndex::new(Duration::from_secs(600)))),
         gauges: Arc::new(Gauges::default()),
+        netns: None,
     };
     tokio::spawn(watch.run(
-        Arc::new(Mutex::new(BTreeSet::new())),
+        kubectl_zdt::agent::filter::Recorded::default(),
         tx,
         std::future::pending(),
     ));
