@@ -645,3 +645,58 @@ async fn no_agents_and_bad_times_are_one_line_each() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `recommend` reads the same journals (`GET /history` of every real agent endpoint, through
+/// the double's port-forward): every workload whose rollouts `history` found is sized, from
+/// the same pods, and the advice covers the slowest pod's measured need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommend_sizes_the_rollouts_found_in_the_agents_journals() {
+    let c = cluster("recommend").await;
+    let mut kube = kube(&c.server, &c.dir, None);
+    kube.all_namespaces = true;
+    let args = kubectl_zdt::recommend::RecommendArgs {
+        workload: None,
+        from_file: Vec::new(),
+        since: Some(jiff::SignedDuration::from_hours(4)),
+        output: kubectl_zdt::recommend::Format::Json,
+        margin_ms: 500,
+        min_samples: 1,
+        waste_threshold_ms: 2_000,
+    };
+    let answer = kubectl_zdt::recommend::from_cluster(&kube, &args)
+        .await
+        .unwrap();
+    let all = history::collect(&kube, &args_since(4), Timestamp::now())
+        .await
+        .unwrap();
+    let found = kubectl_zdt::history::rollouts::find(&all.observations, Duration::from_secs(600));
+    let web = answer
+        .workloads
+        .iter()
+        .find(|r| r.workload == "deployment/web")
+        .unwrap_or_else(|| panic!("{answer:#?}"));
+    let web_pods: usize = found
+        .iter()
+        .filter(|r| r.workload == "deployment/web")
+        .map(|r| r.pods.len())
+        .sum();
+    assert_eq!(web.pods, web_pods, "{web:#?}");
+    assert_eq!(web.propagation.samples, web_pods, "{web:#?}");
+    let need = web
+        .largest_needed_ms
+        .into_iter()
+        .chain(web.propagation.max_ms)
+        .fold(0.0, f64::max);
+    assert!(need > 0.0, "{web:#?}");
+    let advised = web.advised.as_ref().unwrap_or_else(|| panic!("{web:#?}"));
+    assert!(
+        advised.prestop_seconds as f64 * 1e3 >= need + 500.0,
+        "{advised:?} for a need of {need} ms"
+    );
+}
+
+fn args_since(hours: u32) -> HistoryArgs {
+    let mut a = args();
+    a.since = Some(format!("{hours}h"));
+    a
+}

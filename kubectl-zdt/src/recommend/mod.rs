@@ -23,6 +23,7 @@ pub use advise::{
     recommend,
 };
 pub use render::Format;
+pub use source::from_cluster;
 
 use crate::cluster::{connect::KubeArgs, workload::WorkloadRef};
 

@@ -55,7 +55,8 @@ fn no_rollout(key: WorkloadKey) -> WorkloadEvidence {
     }
 }
 
-pub(super) async fn from_cluster(
+/// The answer from the agents' journals and the workloads' current settings in the API.
+pub async fn from_cluster(
     kube: &KubeArgs,
     args: &RecommendArgs,
 ) -> anyhow::Result<Recommendations> {
