@@ -17,7 +17,7 @@ use std::{
 use criterion::{BatchSize, Criterion, criterion_group};
 use jiff::Timestamp;
 use kubectl_zdt::{
-    journal::{Config, HistoryQuery, Journal},
+    journal::{Config, HistoryQuery, Journal, StreamKind},
     observation::{Kind, NodeName, Observation, format_time},
 };
 
@@ -178,6 +178,15 @@ fn figures(dir: &Path) {
         start.elapsed().as_secs_f64() * 1e3,
         j.bytes() as f64 / 1048576.0
     );
+    // Per second: 14 marks; 100 flow_new and 2 folded refused lines are counters.
+    let per_line = |kind, lines: u64| j.stream(kind).bytes() as f64 / lines as f64;
+    println!(
+        "on disk per line: marks {:.1} bytes ({} lines), counters {:.1} bytes ({} lines)",
+        per_line(StreamKind::Marks, 86_400 * 14),
+        86_400 * 14,
+        per_line(StreamKind::Counters, 86_400 * 102),
+        86_400 * 102
+    );
     let pod_day = HistoryQuery {
         pod: Some(pod(1234).0),
         ..HistoryQuery::default()
@@ -238,6 +247,30 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    // The agent's own path: its in-memory journal already serialized each line.
+    let serialized: Vec<(Observation, String)> = lines
+        .iter()
+        .map(|o| (o.clone(), o.to_json_line()))
+        .collect();
+    g.bench_function("day mix, lines already serialized (agent)", |b| {
+        b.iter_batched(
+            || {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Journal::open(config(&scratch)).unwrap()
+            },
+            |mut j| {
+                for (n, (o, line)) in serialized.iter().enumerate() {
+                    j.append_line(o, line).unwrap();
+                    if n % 116 == 115 {
+                        j.tick(o.time).unwrap();
+                    }
+                }
+                j.flush().unwrap();
+                j
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
 
     let dir = day();

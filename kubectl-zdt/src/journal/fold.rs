@@ -62,8 +62,14 @@ fn same_key(a: &Observation, b: &Observation) -> bool {
         && a.service == b.service
 }
 
+/// A closed fold: the line to store and, for a single event whose JSON the caller already had,
+/// that JSON (nothing to serialize again).
+pub type Closed = (Observation, Option<String>);
+
 struct Fold {
     first: Observation,
+    /// The first event's JSON, when the caller had it.
+    line: Option<String>,
     count: u64,
     events: u64,
     /// Earliest and latest event time (for `flow_new`, of its `first_time` and `time`).
@@ -83,8 +89,9 @@ fn first_time(o: &Observation) -> Option<&str> {
 }
 
 impl Fold {
-    fn new(o: &Observation) -> Self {
+    fn new(o: &Observation, line: Option<&str>) -> Self {
         Self {
+            line: line.map(str::to_owned),
             count: o.weight(),
             events: 1,
             min: o.time,
@@ -115,9 +122,9 @@ impl Fold {
         }
     }
 
-    fn finish(self) -> Observation {
+    fn finish(self) -> Closed {
         if self.events == 1 {
-            return self.first;
+            return (self.first, self.line);
         }
         let mut o = self.first;
         o.count = Some(self.count);
@@ -133,7 +140,7 @@ impl Fold {
             o.extra
                 .insert("last_time".to_owned(), format_time(self.max).into());
         }
-        o
+        (o, None)
     }
 }
 
@@ -168,7 +175,7 @@ impl Folder {
         }
     }
 
-    fn close(&mut self, f: Fold, out: &mut Vec<Observation>) {
+    fn close(&mut self, f: Fold, out: &mut Vec<Closed>) {
         self.len -= 1;
         if let Some(ip) = f.first.ip
             && let Some(n) = self.ips.get_mut(&ip)
@@ -191,11 +198,11 @@ impl Folder {
 
     /// Takes a counter observation; emits the fold it closed (its key's, when its interval is
     /// over).
-    pub fn add(&mut self, o: &Observation, out: &mut Vec<Observation>) {
+    pub fn add(&mut self, o: &Observation, line: Option<&str>, out: &mut Vec<Closed>) {
         // Lines the agent already aggregated after a ring-buffer overflow carry their own
         // interval (`lost_since`): they are rare and stay as they are.
         if o.extra.contains_key("lost_since") {
-            out.push(o.clone());
+            out.push((o.clone(), line.map(str::to_owned)));
             return;
         }
         let h = key_hash(o);
@@ -206,19 +213,19 @@ impl Folder {
                 bucket[i].add(o);
                 return;
             }
-            let closed = std::mem::replace(&mut bucket[i], Fold::new(o));
+            let closed = std::mem::replace(&mut bucket[i], Fold::new(o, line));
             // The new fold has the same key: the per-address and per-pod counts stay.
             out.push(closed.finish());
             return;
         }
-        bucket.push(Fold::new(o));
+        bucket.push(Fold::new(o, line));
         self.track(o);
         if self.len > MAX_OPEN {
             self.drain(out);
         }
     }
 
-    fn close_where(&mut self, out: &mut Vec<Observation>, pred: impl Fn(&Fold) -> bool) {
+    fn close_where(&mut self, out: &mut Vec<Closed>, pred: impl Fn(&Fold) -> bool) {
         let mut closed = Vec::new();
         self.open.retain(|_, bucket| {
             let mut i = 0;
@@ -237,7 +244,7 @@ impl Folder {
     }
 
     /// Before a termination mark is stored: closes the folds of the same pod or address.
-    pub fn before_mark(&mut self, mark: &Observation, out: &mut Vec<Observation>) {
+    pub fn before_mark(&mut self, mark: &Observation, out: &mut Vec<Closed>) {
         if !closes_folds(mark.kind) {
             return;
         }
@@ -252,13 +259,13 @@ impl Folder {
     }
 
     /// Closes every fold whose interval has passed at `now`.
-    pub fn close_due(&mut self, now: Timestamp, out: &mut Vec<Observation>) {
+    pub fn close_due(&mut self, now: Timestamp, out: &mut Vec<Closed>) {
         let (interval, now) = (self.interval_ns, now.as_nanosecond());
         self.close_where(out, |f| now - f.opened.as_nanosecond() >= interval);
     }
 
     /// Closes everything (shutdown).
-    pub fn drain(&mut self, out: &mut Vec<Observation>) {
+    pub fn drain(&mut self, out: &mut Vec<Closed>) {
         self.close_where(out, |_| true);
     }
 }
@@ -267,6 +274,16 @@ impl Folder {
 mod tests {
     use super::*;
     use crate::observation::NodeName;
+
+    impl Folder {
+        fn add_obs(&mut self, o: &Observation, out: &mut Vec<Closed>) {
+            self.add(o, None, out);
+        }
+    }
+
+    fn lines(out: Vec<Closed>) -> Vec<Observation> {
+        out.into_iter().map(|(o, _)| o).collect()
+    }
 
     fn at(ms: i64) -> Timestamp {
         Timestamp::from_millisecond(1_790_000_000_000 + ms).unwrap()
@@ -288,9 +305,10 @@ mod tests {
         let mut out = Vec::new();
         // 5 000 refusals over 2.5 s, one every 0.5 ms.
         for i in 0..5_000 {
-            f.add(&refused(i / 2, 40_000 + (i % 100) as u16), &mut out);
+            f.add_obs(&refused(i / 2, 40_000 + (i % 100) as u16), &mut out);
         }
         f.drain(&mut out);
+        let out = lines(out);
         assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(out.iter().map(Observation::weight).sum::<u64>(), 5_000);
         assert_eq!(out[0].time, at(0));
@@ -303,24 +321,25 @@ mod tests {
     fn a_single_event_is_stored_as_it_came() {
         let mut f = Folder::new(std::time::Duration::from_secs(1));
         let mut out = Vec::new();
-        f.add(&refused(0, 1), &mut out);
+        f.add_obs(&refused(0, 1), &mut out);
         f.close_due(at(999), &mut out);
         assert!(out.is_empty(), "still open before its interval ends");
         f.close_due(at(1_000), &mut out);
-        assert_eq!(out, [refused(0, 1)]);
+        assert_eq!(lines(out), [refused(0, 1)]);
     }
 
     #[test]
     fn the_listener_closing_splits_the_fold_so_no_line_spans_it() {
         let mut f = Folder::new(std::time::Duration::from_secs(1));
         let mut out = Vec::new();
-        f.add(&refused(0, 1), &mut out);
-        f.add(&refused(10, 2), &mut out);
+        f.add_obs(&refused(0, 1), &mut out);
+        f.add_obs(&refused(10, 2), &mut out);
         let mut close = Observation::new(Kind::ListenerClosed, at(20), NodeName("n".into()));
         close.ip = Some("10.244.0.5".parse().unwrap());
         f.before_mark(&close, &mut out);
-        f.add(&refused(30, 3), &mut out);
+        f.add_obs(&refused(30, 3), &mut out);
         f.drain(&mut out);
+        let out = lines(out);
         let weights: Vec<u64> = out.iter().map(Observation::weight).collect();
         assert_eq!(weights, [2, 1]);
         assert_eq!(out[1].time, at(30));
@@ -335,9 +354,10 @@ mod tests {
             o.ip = Some("10.244.0.5".parse().unwrap());
             o.count = Some(n);
             o = o.with_extra("first_time", format_time(at(first)));
-            f.add(&o, &mut out);
+            f.add_obs(&o, &mut out);
         }
         f.drain(&mut out);
+        let out = lines(out);
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].time, out[0].count), (at(400), Some(5)));
         assert_eq!(out[0].extra["first_time"], format_time(at(0)));

@@ -172,7 +172,7 @@ pub struct Journal {
     counter_buf: Vec<segment::Record>,
     buffered: usize,
     folder: fold::Folder,
-    folded: Vec<Observation>,
+    folded: Vec<fold::Closed>,
     last_flush: Instant,
     last_sync: Instant,
 }
@@ -228,11 +228,13 @@ impl Journal {
         self.marks.bytes() + self.counters.bytes()
     }
 
-    /// Appends one observation (`line` is its JSON, as the agent already serialized it).
+    /// Appends one observation (`line` is its JSON, as the agent already serialized it; empty:
+    /// serialize it here when it is stored).
     /// Written within `flush_interval`; counters are folded first.
     pub fn append_line(&mut self, o: &Observation, line: &str) -> Result<()> {
         if fold::is_counter(o.kind) {
-            self.folder.add(o, &mut self.folded);
+            self.folder
+                .add(o, (!line.is_empty()).then_some(line), &mut self.folded);
         } else {
             self.folder.before_mark(o, &mut self.folded);
             self.buffer(StreamKind::Marks, nanos(o.time), line.as_bytes().to_vec());
@@ -264,12 +266,9 @@ impl Journal {
     }
 
     fn take_folded(&mut self) {
-        for o in std::mem::take(&mut self.folded) {
-            self.buffer(
-                StreamKind::Counters,
-                nanos(o.time),
-                o.to_json_line().into_bytes(),
-            );
+        for (o, line) in std::mem::take(&mut self.folded) {
+            let line = line.unwrap_or_else(|| o.to_json_line());
+            self.buffer(StreamKind::Counters, nanos(o.time), line.into_bytes());
         }
     }
 
