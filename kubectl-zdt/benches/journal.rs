@@ -17,7 +17,7 @@ use std::{
 use criterion::{BatchSize, Criterion, criterion_group};
 use jiff::Timestamp;
 use kubectl_zdt::{
-    journal::{Config, HistoryQuery, Journal},
+    journal::{Config, HistoryQuery, Journal, StreamKind},
     observation::{Kind, NodeName, Observation, format_time},
 };
 
@@ -178,13 +178,28 @@ fn figures(dir: &Path) {
         start.elapsed().as_secs_f64() * 1e3,
         j.bytes() as f64 / 1048576.0
     );
+    // Per second: 14 marks; 100 flow_new and 2 folded refused lines are counters.
+    let per_line = |kind, lines: u64| j.stream(kind).bytes() as f64 / lines as f64;
+    println!(
+        "on disk per line: marks {:.1} bytes ({} lines), counters {:.1} bytes ({} lines)",
+        per_line(StreamKind::Marks, 86_400 * 14),
+        86_400 * 14,
+        per_line(StreamKind::Counters, 86_400 * 102),
+        86_400 * 102
+    );
     let pod_day = HistoryQuery {
         pod: Some(pod(1234).0),
+        ..HistoryQuery::default()
+    };
+    let workload_day = HistoryQuery {
+        workload: Some("deployment/web-7".into()),
+        namespace: Some("shop".into()),
         ..HistoryQuery::default()
     };
     for (what, q) in [
         ("full day, no filter", HistoryQuery::default()),
         ("full day, --pod (one of 2 000)", pod_day),
+        ("full day, --workload -n (one of 40)", workload_day),
     ] {
         let start = Instant::now();
         let (lines, bytes) = run(&mut j, &q);
@@ -217,8 +232,13 @@ fn bench(c: &mut Criterion) {
                     Journal::open(config(&scratch)).unwrap()
                 },
                 |mut j| {
-                    for o in input {
+                    // As the agent: every line appended, the folds closed every (simulated)
+                    // second by the tick.
+                    for (n, o) in input.iter().enumerate() {
                         j.append(o).unwrap();
+                        if n % 116 == 115 {
+                            j.tick(o.time).unwrap();
+                        }
                     }
                     j.flush().unwrap();
                     j
@@ -227,6 +247,30 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    // The agent's own path: its in-memory journal already serialized each line.
+    let serialized: Vec<(Observation, String)> = lines
+        .iter()
+        .map(|o| (o.clone(), o.to_json_line()))
+        .collect();
+    g.bench_function("day mix, lines already serialized (agent)", |b| {
+        b.iter_batched(
+            || {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Journal::open(config(&scratch)).unwrap()
+            },
+            |mut j| {
+                for (n, (o, line)) in serialized.iter().enumerate() {
+                    j.append_line(o, line).unwrap();
+                    if n % 116 == 115 {
+                        j.tick(o.time).unwrap();
+                    }
+                }
+                j.flush().unwrap();
+                j
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
 
     let dir = day();
@@ -240,12 +284,6 @@ fn bench(c: &mut Criterion) {
     let mut q = window(14, 1);
     q.pod = Some(pod(1234).0);
     g.bench_function("1 h window, --pod", |b| b.iter(|| run(&mut j, &q)));
-    let mut q = window(0, 24);
-    q.workload = Some("deployment/web-7".into());
-    q.namespace = Some("shop".into());
-    g.bench_function("full day, --workload (1 of 40)", |b| {
-        b.iter(|| run(&mut j, &q))
-    });
     g.finish();
 }
 

@@ -195,6 +195,7 @@ fn args() -> HistoryArgs {
         ip: Vec::new(),
         workload: None,
         nodes: Vec::new(),
+        journal_dir: None,
         output: Format::Table,
         report: false,
         html: None,

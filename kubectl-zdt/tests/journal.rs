@@ -12,7 +12,7 @@ use std::{
 
 use jiff::Timestamp;
 use kubectl_zdt::{
-    journal::{Config, HistoryQuery, Journal, StreamKind},
+    journal::{Config, HistoryQuery, Journal, ReadOnly, StreamKind},
     observation::{Kind, NodeName, Observation},
 };
 
@@ -383,5 +383,76 @@ fn folded_counters_keep_exact_totals_and_marks_stay_verbatim() {
     assert_eq!(marks, written);
     // Time-ordered.
     assert!(lines.windows(2).all(|w| w[0].time <= w[1].time));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_journal_directory_is_read_in_place_without_changing_it() {
+    let dir = tempdir("readonly");
+    let mut j = Journal::open(Config::new(&dir)).unwrap();
+    for n in 0..1_000 {
+        j.append(&mark(n as i64, n)).unwrap();
+    }
+    j.flush().unwrap();
+    // An agent in the middle of its next write: a torn block at the end.
+    let tail = j
+        .stream(StreamKind::Marks)
+        .segments()
+        .last()
+        .unwrap()
+        .path
+        .clone();
+    drop(j);
+    let mut torn = std::fs::read(&tail).unwrap();
+    torn.extend_from_slice(b"ZBLK\x10\x00\x00\x00partial");
+    std::fs::write(&tail, &torn).unwrap();
+
+    let ro = ReadOnly::open(&dir).unwrap();
+    let lines: Vec<u64> = ro
+        .query(&HistoryQuery::default())
+        .map(|(_, l)| {
+            serde_json::from_slice::<Observation>(&l).unwrap().extra["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(lines, (0..1_000).collect::<Vec<u64>>());
+    assert_eq!(
+        std::fs::read(&tail).unwrap(),
+        torn,
+        "reading changed nothing"
+    );
+
+    // The command reads it without a cluster; a directory that is no journal is one line.
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .args(["history", "--journal-dir"])
+        .arg(&dir)
+        .args([
+            "--from",
+            &at(0).to_string(),
+            "--to",
+            &at(500).to_string(),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["kind"], "History");
+    assert_eq!(doc["observations"].as_array().unwrap().len(), 500);
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .args(["history", "--journal-dir", "/proc/self"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "kubectl-zdt: /proc/self holds no journal (expected the marks/ and counters/ folders `kubectl-zdt agent --journal-dir` writes)\n"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

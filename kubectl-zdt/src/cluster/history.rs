@@ -177,6 +177,11 @@ pub struct HistoryArgs {
     #[arg(long = "node", value_name = "NODE")]
     pub nodes: Vec<String>,
 
+    /// Read this journal directory instead of asking the agents (on a node, or a copy; e.g.
+    /// what `kubectl-zdt agent --standalone --journal-dir DIR` wrote). No cluster needed.
+    #[arg(long, value_name = "DIR", conflicts_with = "nodes")]
+    pub journal_dir: Option<PathBuf>,
+
     /// Output format: table, wide, json or yaml.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -255,12 +260,34 @@ pub async fn collect(
         now,
     )
     .map_err(anyhow::Error::msg)?;
-    let cluster = kube.connect().await?;
     let namespace = if kube.all_namespaces {
         None
     } else {
         kube.namespace.as_deref()
     };
+    if let Some(dir) = &args.journal_dir {
+        let query = query_of(args, window, namespace, "default");
+        let journal = crate::journal::ReadOnly::open(dir)?;
+        let mut observations = Vec::new();
+        let mut reader = journal.query(&query);
+        while let Some((_, line)) = reader.next_record() {
+            match serde_json::from_slice::<Observation>(&line) {
+                Ok(o) => observations.push(o),
+                Err(e) => tracing::warn!("{}: unreadable journal line: {e}", dir.display()),
+            }
+        }
+        let failures = reader
+            .unreadable
+            .iter()
+            .map(|b| format!("unreadable journal block {b}"))
+            .collect();
+        return Ok(Collected {
+            window,
+            observations,
+            failures,
+        });
+    }
+    let cluster = kube.connect().await?;
     let query = query_of(args, window, namespace, &cluster.namespace);
     let nodes = (!args.nodes.is_empty()).then_some(args.nodes.as_slice());
     let mut observations = Vec::new();

@@ -44,80 +44,76 @@ fn closes_folds(kind: Kind) -> bool {
 /// memory without bound).
 const MAX_OPEN: usize = 100_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    kind: Kind,
-    pod: Option<String>,
-    ip: Option<IpAddr>,
-    port: Option<u16>,
-    reason: Option<String>,
-    service: Option<String>,
+/// Hash of the fold key (kind, pod, ip, port, reason, service), so an event finds its fold
+/// without building an owned key: the agent folds at the rate of a storm.
+fn key_hash(o: &Observation) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (o.kind, &o.pod, o.ip, o.port, &o.reason, &o.service).hash(&mut h);
+    h.finish()
 }
 
-impl Key {
-    fn of(o: &Observation) -> Self {
-        Self {
-            kind: o.kind,
-            pod: o.pod.clone(),
-            ip: o.ip,
-            port: o.port,
-            reason: o.reason.clone(),
-            service: o.service.clone(),
-        }
-    }
+fn same_key(a: &Observation, b: &Observation) -> bool {
+    a.kind == b.kind
+        && a.ip == b.ip
+        && a.port == b.port
+        && a.pod == b.pod
+        && a.reason == b.reason
+        && a.service == b.service
 }
+
+/// A closed fold: the line to store and, for a single event whose JSON the caller already had,
+/// that JSON (nothing to serialize again).
+pub type Closed = (Observation, Option<String>);
 
 struct Fold {
     first: Observation,
+    /// The first event's JSON, when the caller had it.
+    line: Option<String>,
     count: u64,
     events: u64,
     /// Earliest and latest event time (for `flow_new`, of its `first_time` and `time`).
     min: Timestamp,
     max: Timestamp,
+    /// The earliest `first_time` of folded `flow_new` lines, as written (RFC 3339 with nine
+    /// fractional digits, so text order is time order).
+    min_first: Option<String>,
     peer_ip: Option<IpAddr>,
     peer_port: Option<u16>,
     /// Opened at (the first event's time): closed once the interval has passed.
     opened: Timestamp,
 }
 
-fn flow_first(o: &Observation) -> Timestamp {
-    o.extra
-        .get("first_time")
-        .and_then(|v| v.as_str())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(o.time)
-        .min(o.time)
+fn first_time(o: &Observation) -> Option<&str> {
+    o.extra.get("first_time").and_then(|v| v.as_str())
 }
 
 impl Fold {
-    fn new(o: Observation) -> Self {
-        let min = if o.kind == Kind::FlowNew {
-            flow_first(&o)
-        } else {
-            o.time
-        };
+    fn new(o: &Observation, line: Option<&str>) -> Self {
         Self {
+            line: line.map(str::to_owned),
             count: o.weight(),
             events: 1,
-            min,
+            min: o.time,
             max: o.time,
+            min_first: first_time(o).map(str::to_owned),
             peer_ip: o.peer_ip,
             peer_port: o.peer_port,
             opened: o.time,
-            first: o,
+            first: o.clone(),
         }
     }
 
     fn add(&mut self, o: &Observation) {
         self.count += o.weight();
         self.events += 1;
-        let lo = if o.kind == Kind::FlowNew {
-            flow_first(o)
-        } else {
-            o.time
-        };
-        self.min = self.min.min(lo);
+        self.min = self.min.min(o.time);
         self.max = self.max.max(o.time);
+        if let Some(f) = first_time(o)
+            && self.min_first.as_deref().is_none_or(|m| f < m)
+        {
+            self.min_first = Some(f.to_owned());
+        }
         if self.peer_ip != o.peer_ip {
             self.peer_ip = None;
         }
@@ -126,9 +122,9 @@ impl Fold {
         }
     }
 
-    fn finish(self) -> Observation {
+    fn finish(self) -> Closed {
         if self.events == 1 {
-            return self.first;
+            return (self.first, self.line);
         }
         let mut o = self.first;
         o.count = Some(self.count);
@@ -136,21 +132,26 @@ impl Fold {
         o.peer_port = self.peer_port;
         if o.kind == Kind::FlowNew {
             o.time = self.max;
-            o.extra
-                .insert("first_time".to_owned(), format_time(self.min).into());
+            let first = self.min_first.unwrap_or_else(|| format_time(self.min));
+            let first = first.min(format_time(self.min));
+            o.extra.insert("first_time".to_owned(), first.into());
         } else {
             o.time = self.min;
             o.extra
                 .insert("last_time".to_owned(), format_time(self.max).into());
         }
-        o
+        (o, None)
     }
 }
 
-/// The open folds.
+/// The open folds, and how many of them each address and pod has (so a mark about a pod
+/// without open folds costs one lookup).
 pub struct Folder {
     interval_ns: i128,
-    open: HashMap<Key, Fold>,
+    open: HashMap<u64, Vec<Fold>>,
+    len: usize,
+    ips: HashMap<IpAddr, u32>,
+    pods: HashMap<String, u32>,
 }
 
 impl Folder {
@@ -158,74 +159,114 @@ impl Folder {
         Self {
             interval_ns: interval.as_nanos() as i128,
             open: HashMap::new(),
+            len: 0,
+            ips: HashMap::new(),
+            pods: HashMap::new(),
         }
     }
 
-    fn due(&self, f: &Fold, now: Timestamp) -> bool {
-        now.as_nanosecond() - f.opened.as_nanosecond() >= self.interval_ns
+    fn track(&mut self, o: &Observation) {
+        self.len += 1;
+        if let Some(ip) = o.ip {
+            *self.ips.entry(ip).or_default() += 1;
+        }
+        if let Some(p) = &o.pod {
+            *self.pods.entry(p.clone()).or_default() += 1;
+        }
     }
 
-    /// Takes a counter observation; returns the folds it closed (at most one: its key's, when
-    /// its interval is over).
-    pub fn add(&mut self, o: Observation, out: &mut Vec<Observation>) {
+    fn close(&mut self, f: Fold, out: &mut Vec<Closed>) {
+        self.len -= 1;
+        if let Some(ip) = f.first.ip
+            && let Some(n) = self.ips.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.ips.remove(&ip);
+            }
+        }
+        if let Some(p) = &f.first.pod
+            && let Some(n) = self.pods.get_mut(p)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.pods.remove(p);
+            }
+        }
+        out.push(f.finish());
+    }
+
+    /// Takes a counter observation; emits the fold it closed (its key's, when its interval is
+    /// over).
+    pub fn add(&mut self, o: &Observation, line: Option<&str>, out: &mut Vec<Closed>) {
         // Lines the agent already aggregated after a ring-buffer overflow carry their own
         // interval (`lost_since`): they are rare and stay as they are.
         if o.extra.contains_key("lost_since") {
-            out.push(o);
+            out.push((o.clone(), line.map(str::to_owned)));
             return;
         }
-        let key = Key::of(&o);
-        match self.open.get_mut(&key) {
-            Some(f) if o.time.as_nanosecond() - f.opened.as_nanosecond() < self.interval_ns => {
-                f.add(&o);
+        let h = key_hash(o);
+        let interval = self.interval_ns;
+        let bucket = self.open.entry(h).or_default();
+        if let Some(i) = bucket.iter().position(|f| same_key(&f.first, o)) {
+            if o.time.as_nanosecond() - bucket[i].opened.as_nanosecond() < interval {
+                bucket[i].add(o);
+                return;
             }
-            Some(_) => {
-                let closed = self.open.insert(key, Fold::new(o));
-                out.extend(closed.map(Fold::finish));
-            }
-            None => {
-                if self.open.len() >= MAX_OPEN {
-                    self.drain(out);
+            let closed = std::mem::replace(&mut bucket[i], Fold::new(o, line));
+            // The new fold has the same key: the per-address and per-pod counts stay.
+            out.push(closed.finish());
+            return;
+        }
+        bucket.push(Fold::new(o, line));
+        self.track(o);
+        if self.len > MAX_OPEN {
+            self.drain(out);
+        }
+    }
+
+    fn close_where(&mut self, out: &mut Vec<Closed>, pred: impl Fn(&Fold) -> bool) {
+        let mut closed = Vec::new();
+        self.open.retain(|_, bucket| {
+            let mut i = 0;
+            while i < bucket.len() {
+                if pred(&bucket[i]) {
+                    closed.push(bucket.swap_remove(i));
+                } else {
+                    i += 1;
                 }
-                self.open.insert(key, Fold::new(o));
             }
+            !bucket.is_empty()
+        });
+        for f in closed {
+            self.close(f, out);
         }
     }
 
     /// Before a termination mark is stored: closes the folds of the same pod or address.
-    pub fn before_mark(&mut self, mark: &Observation, out: &mut Vec<Observation>) {
-        if !closes_folds(mark.kind) || (mark.pod.is_none() && mark.ip.is_none()) {
+    pub fn before_mark(&mut self, mark: &Observation, out: &mut Vec<Closed>) {
+        if !closes_folds(mark.kind) {
             return;
         }
-        let touched = |k: &Key| {
-            (mark.pod.is_some() && k.pod == mark.pod) || (mark.ip.is_some() && k.ip == mark.ip)
-        };
-        let keys: Vec<Key> = self.open.keys().filter(|k| touched(k)).cloned().collect();
-        for k in keys {
-            if let Some(f) = self.open.remove(&k) {
-                out.push(f.finish());
-            }
+        let by_ip = mark.ip.is_some_and(|ip| self.ips.contains_key(&ip));
+        let by_pod = mark.pod.as_ref().is_some_and(|p| self.pods.contains_key(p));
+        if !by_ip && !by_pod {
+            return;
         }
+        self.close_where(out, |f| {
+            (by_pod && f.first.pod == mark.pod) || (by_ip && f.first.ip == mark.ip)
+        });
     }
 
     /// Closes every fold whose interval has passed at `now`.
-    pub fn close_due(&mut self, now: Timestamp, out: &mut Vec<Observation>) {
-        let due: Vec<Key> = self
-            .open
-            .iter()
-            .filter(|(_, f)| self.due(f, now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in due {
-            if let Some(f) = self.open.remove(&k) {
-                out.push(f.finish());
-            }
-        }
+    pub fn close_due(&mut self, now: Timestamp, out: &mut Vec<Closed>) {
+        let (interval, now) = (self.interval_ns, now.as_nanosecond());
+        self.close_where(out, |f| now - f.opened.as_nanosecond() >= interval);
     }
 
     /// Closes everything (shutdown).
-    pub fn drain(&mut self, out: &mut Vec<Observation>) {
-        out.extend(self.open.drain().map(|(_, f)| f.finish()));
+    pub fn drain(&mut self, out: &mut Vec<Closed>) {
+        self.close_where(out, |_| true);
     }
 }
 
@@ -233,6 +274,16 @@ impl Folder {
 mod tests {
     use super::*;
     use crate::observation::NodeName;
+
+    impl Folder {
+        fn add_obs(&mut self, o: &Observation, out: &mut Vec<Closed>) {
+            self.add(o, None, out);
+        }
+    }
+
+    fn lines(out: Vec<Closed>) -> Vec<Observation> {
+        out.into_iter().map(|(o, _)| o).collect()
+    }
 
     fn at(ms: i64) -> Timestamp {
         Timestamp::from_millisecond(1_790_000_000_000 + ms).unwrap()
@@ -254,9 +305,10 @@ mod tests {
         let mut out = Vec::new();
         // 5 000 refusals over 2.5 s, one every 0.5 ms.
         for i in 0..5_000 {
-            f.add(refused(i / 2, 40_000 + (i % 100) as u16), &mut out);
+            f.add_obs(&refused(i / 2, 40_000 + (i % 100) as u16), &mut out);
         }
         f.drain(&mut out);
+        let out = lines(out);
         assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(out.iter().map(Observation::weight).sum::<u64>(), 5_000);
         assert_eq!(out[0].time, at(0));
@@ -269,24 +321,25 @@ mod tests {
     fn a_single_event_is_stored_as_it_came() {
         let mut f = Folder::new(std::time::Duration::from_secs(1));
         let mut out = Vec::new();
-        f.add(refused(0, 1), &mut out);
+        f.add_obs(&refused(0, 1), &mut out);
         f.close_due(at(999), &mut out);
         assert!(out.is_empty(), "still open before its interval ends");
         f.close_due(at(1_000), &mut out);
-        assert_eq!(out, [refused(0, 1)]);
+        assert_eq!(lines(out), [refused(0, 1)]);
     }
 
     #[test]
     fn the_listener_closing_splits_the_fold_so_no_line_spans_it() {
         let mut f = Folder::new(std::time::Duration::from_secs(1));
         let mut out = Vec::new();
-        f.add(refused(0, 1), &mut out);
-        f.add(refused(10, 2), &mut out);
+        f.add_obs(&refused(0, 1), &mut out);
+        f.add_obs(&refused(10, 2), &mut out);
         let mut close = Observation::new(Kind::ListenerClosed, at(20), NodeName("n".into()));
         close.ip = Some("10.244.0.5".parse().unwrap());
         f.before_mark(&close, &mut out);
-        f.add(refused(30, 3), &mut out);
+        f.add_obs(&refused(30, 3), &mut out);
         f.drain(&mut out);
+        let out = lines(out);
         let weights: Vec<u64> = out.iter().map(Observation::weight).collect();
         assert_eq!(weights, [2, 1]);
         assert_eq!(out[1].time, at(30));
@@ -301,9 +354,10 @@ mod tests {
             o.ip = Some("10.244.0.5".parse().unwrap());
             o.count = Some(n);
             o = o.with_extra("first_time", format_time(at(first)));
-            f.add(o, &mut out);
+            f.add_obs(&o, &mut out);
         }
         f.drain(&mut out);
+        let out = lines(out);
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].time, out[0].count), (at(400), Some(5)));
         assert_eq!(out[0].extra["first_time"], format_time(at(0)));

@@ -40,6 +40,10 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
+        "{0} holds no journal (expected the marks/ and counters/ folders `kubectl-zdt agent --journal-dir` writes)"
+    )]
+    NotAJournal(PathBuf),
+    #[error(
         "--journal-max-bytes {0}: too small for a journal (at least 1 MiB; the default is 256 MiB)"
     )]
     TooSmall(u64),
@@ -168,7 +172,7 @@ pub struct Journal {
     counter_buf: Vec<segment::Record>,
     buffered: usize,
     folder: fold::Folder,
-    folded: Vec<Observation>,
+    folded: Vec<fold::Closed>,
     last_flush: Instant,
     last_sync: Instant,
 }
@@ -224,24 +228,33 @@ impl Journal {
         self.marks.bytes() + self.counters.bytes()
     }
 
-    /// Appends one observation (`line` is its JSON, as the agent already serialized it).
+    /// Appends one observation (`line` is its JSON, as the agent already serialized it; empty:
+    /// serialize it here when it is stored).
     /// Written within `flush_interval`; counters are folded first.
     pub fn append_line(&mut self, o: &Observation, line: &str) -> Result<()> {
         if fold::is_counter(o.kind) {
-            self.folder.add(o.clone(), &mut self.folded);
+            self.folder
+                .add(o, (!line.is_empty()).then_some(line), &mut self.folded);
         } else {
             self.folder.before_mark(o, &mut self.folded);
             self.buffer(StreamKind::Marks, nanos(o.time), line.as_bytes().to_vec());
         }
-        self.take_folded();
+        if !self.folded.is_empty() {
+            self.take_folded();
+        }
         if self.last_flush.elapsed() >= self.config.flush_interval || self.buffered > MAX_BUFFERED {
             self.flush()?;
         }
         Ok(())
     }
 
+    /// Appends one observation, serializing it only if it is stored as it is (a mark).
     pub fn append(&mut self, o: &Observation) -> Result<()> {
-        self.append_line(o, &o.to_json_line())
+        if fold::is_counter(o.kind) {
+            self.append_line(o, "")
+        } else {
+            self.append_line(o, &o.to_json_line())
+        }
     }
 
     fn buffer(&mut self, kind: StreamKind, t: i64, line: Vec<u8>) {
@@ -253,12 +266,9 @@ impl Journal {
     }
 
     fn take_folded(&mut self) {
-        for o in std::mem::take(&mut self.folded) {
-            self.buffer(
-                StreamKind::Counters,
-                nanos(o.time),
-                o.to_json_line().into_bytes(),
-            );
+        for (o, line) in std::mem::take(&mut self.folded) {
+            let line = line.unwrap_or_else(|| o.to_json_line());
+            self.buffer(StreamKind::Counters, nanos(o.time), line.into_bytes());
         }
     }
 
@@ -344,6 +354,36 @@ impl Journal {
         self.marks.blocks_between(since, until, &mut blocks);
         self.counters.blocks_between(since, until, &mut blocks);
         Ok(Reader::new(blocks, query.clone()))
+    }
+}
+
+/// A journal directory opened for reading only: an agent may be appending to it, so nothing
+/// is cut or written (a torn last block is simply not read). `kubectl zdt history
+/// --journal-dir` reads a node's journal this way.
+pub struct ReadOnly {
+    marks: Vec<stream::Segment>,
+    counters: Vec<stream::Segment>,
+}
+
+impl ReadOnly {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let (m, c) = (dir.join("marks"), dir.join("counters"));
+        if !m.is_dir() || !c.is_dir() {
+            return Err(Error::NotAJournal(dir.to_owned()));
+        }
+        Ok(Self {
+            marks: stream::scan(&m)?.0,
+            counters: stream::scan(&c)?.0,
+        })
+    }
+
+    /// A reader over the query's window, in time order.
+    pub fn query(&self, query: &HistoryQuery) -> Reader {
+        let (since, until) = query.window_ns();
+        let mut blocks = Vec::new();
+        stream::blocks_between(&self.marks, since, until, &mut blocks);
+        stream::blocks_between(&self.counters, since, until, &mut blocks);
+        Reader::new(blocks, query.clone())
     }
 }
 

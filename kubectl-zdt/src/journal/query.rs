@@ -62,6 +62,25 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Tests stored lines against a query. A cheap substring search rules most lines out before
+/// any parsing: every filter needs some text of its value in the line.
+pub struct Matcher {
+    query: HistoryQuery,
+    finders: Vec<memchr::memmem::Finder<'static>>,
+}
+
+impl Matcher {
+    pub fn matches_line(&self, line: &[u8]) -> bool {
+        if self.query.is_unfiltered() {
+            return true;
+        }
+        if self.finders.iter().any(|f| f.find(line).is_none()) {
+            return false;
+        }
+        serde_json::from_slice::<Fields<'_>>(line).is_ok_and(|f| self.query.matches(&f))
+    }
+}
+
 /// Whether `name` is what the controller `kind/base` names its pods.
 pub fn pod_of_workload(kind: &str, base: &str, name: &str) -> bool {
     let alnum = |s: &str| {
@@ -147,31 +166,34 @@ impl HistoryQuery {
         true
     }
 
-    /// Whether a stored line (JSON bytes) matches. A cheap substring test rules most lines out
-    /// before any parsing: every filter needs some text of its value in the line.
-    pub fn matches_line(&self, line: &[u8]) -> bool {
-        if self.is_unfiltered() {
-            return true;
-        }
-        let needles = [
-            self.pod.as_deref(),
-            self.namespace.as_deref(),
+    /// The line matcher of this query (its substring searchers built once).
+    pub fn matcher(&self) -> Matcher {
+        let mut needles: Vec<String> = [
+            self.pod.clone(),
+            self.namespace.clone(),
             self.workload
                 .as_deref()
                 .and_then(|w| w.split_once('/'))
-                .map(|(_, n)| n),
-        ];
-        for n in needles.into_iter().flatten() {
-            if memchr::memmem::find(line, n.as_bytes()).is_none() {
-                return false;
-            }
+                .map(|(_, n)| n.to_owned()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let [ip] = self.ips[..] {
+            needles.push(ip.to_string());
         }
-        if let [ip] = self.ips[..]
-            && memchr::memmem::find(line, ip.to_string().as_bytes()).is_none()
-        {
-            return false;
+        Matcher {
+            query: self.clone(),
+            finders: needles
+                .iter()
+                .map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned())
+                .collect(),
         }
-        serde_json::from_slice::<Fields<'_>>(line).is_ok_and(|f| self.matches(&f))
+    }
+
+    /// Whether a stored line (JSON bytes) matches (see [`Matcher`]).
+    pub fn matches_line(&self, line: &[u8]) -> bool {
+        self.matcher().matches_line(line)
     }
 
     /// The query string of `GET /history`.

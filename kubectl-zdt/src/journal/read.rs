@@ -11,13 +11,17 @@ use std::{
     sync::Arc,
 };
 
-use super::{query::HistoryQuery, segment, stream::BlockRef};
+use super::{
+    query::{HistoryQuery, Matcher},
+    segment,
+    stream::BlockRef,
+};
 
 /// Streams the matching lines of a set of blocks in time order.
 pub struct Reader {
     blocks: Vec<BlockRef>,
     next: usize,
-    query: HistoryQuery,
+    matcher: Matcher,
     window: (i64, i64),
     /// (time, arrival order, line).
     heap: BinaryHeap<Reverse<(i64, u64, Vec<u8>)>>,
@@ -36,7 +40,7 @@ impl Reader {
             blocks,
             next: 0,
             window: query.window_ns(),
-            query,
+            matcher: query.matcher(),
             heap: BinaryHeap::new(),
             arrivals: 0,
             files: HashMap::new(),
@@ -50,16 +54,16 @@ impl Reader {
             .files
             .entry(b.path.clone())
             .or_insert_with(|| File::open(&b.path).ok());
-        let records = match file {
-            Some(f) => segment::read_block(f, &b.meta),
+        let raw = match file {
+            Some(f) => segment::read_raw(f, &b.meta),
             None => Err("segment deleted".to_owned()),
         };
-        match records {
-            Ok(records) => {
+        match raw {
+            Ok(raw) => {
                 let (since, until) = self.window;
-                for (t, line) in records {
-                    if t >= since && t < until && self.query.matches_line(&line) {
-                        self.heap.push(Reverse((t, self.arrivals, line)));
+                for (t, line) in segment::records(&raw) {
+                    if t >= since && t < until && self.matcher.matches_line(line) {
+                        self.heap.push(Reverse((t, self.arrivals, line.to_vec())));
                         self.arrivals += 1;
                     }
                 }

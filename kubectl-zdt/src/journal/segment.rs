@@ -212,6 +212,29 @@ pub fn scan_headers(path: &Path) -> Result<Scan> {
 
 /// Reads one block back, checks its CRC and returns its records in stored (time) order.
 pub fn read_block(file: &File, meta: &BlockMeta) -> std::result::Result<Vec<Record>, String> {
+    let raw = read_raw(file, meta)?;
+    Ok(records(&raw).map(|(t, l)| (t, l.to_vec())).collect())
+}
+
+/// The records of a decoded payload, borrowed.
+pub fn records(raw: &[u8]) -> impl Iterator<Item = (i64, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at + RECORD_HEADER_LEN > raw.len() {
+            return None;
+        }
+        let t = u64_at(raw, at) as i64;
+        let len = u32_at(raw, at + 8) as usize;
+        let start = at + RECORD_HEADER_LEN;
+        let line = raw.get(start..start + len)?;
+        at = start + len;
+        Some((t, line))
+    })
+}
+
+/// Reads one block back, checks its CRC and record structure, and returns the decompressed
+/// payload (iterate it with [`records`]).
+pub fn read_raw(file: &File, meta: &BlockMeta) -> std::result::Result<Vec<u8>, String> {
     let mut bytes = vec![0u8; meta.bytes() as usize];
     file.read_exact_at(&mut bytes, meta.offset)
         .map_err(|e| format!("read failed: {e}"))?;
@@ -227,22 +250,15 @@ pub fn read_block(file: &File, meta: &BlockMeta) -> std::result::Result<Vec<Reco
     }
     let raw = lz4_flex::block::decompress(payload, meta.raw_len as usize)
         .map_err(|e| format!("undecodable payload: {e}"))?;
-    let mut records = Vec::with_capacity(meta.count as usize);
-    let mut at = 0;
+    let (mut at, mut n) = (0, 0usize);
     while at + RECORD_HEADER_LEN <= raw.len() {
-        let t = u64_at(&raw, at) as i64;
-        let len = u32_at(&raw, at + 8) as usize;
-        let start = at + RECORD_HEADER_LEN;
-        let Some(line) = raw.get(start..start + len) else {
-            return Err("record runs past the block".to_owned());
-        };
-        records.push((t, line.to_vec()));
-        at = start + len;
+        at += RECORD_HEADER_LEN + u32_at(&raw, at + 8) as usize;
+        n += 1;
     }
-    if records.len() != meta.count as usize || at != raw.len() {
+    if n != meta.count as usize || at != raw.len() {
         return Err("record count does not match the header".to_owned());
     }
-    Ok(records)
+    Ok(raw)
 }
 
 /// Creates a segment file holding only its header.

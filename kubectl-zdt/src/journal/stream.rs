@@ -90,51 +90,7 @@ impl Stream {
     /// Opens (creating if needed) the stream in `dir`, recovering its tail.
     pub fn open(dir: &Path, limits: Limits) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        let mut found: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
-            let entry = entry.map_err(Error::io(dir))?;
-            let name = entry.file_name();
-            let Some(seq) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(SUFFIX))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            found.push((seq, entry.path()));
-        }
-        found.sort();
-        let mut recovery = Recovery::default();
-        let mut segments = Vec::with_capacity(found.len());
-        let last = found.len().saturating_sub(1);
-        for (i, (first_seq, path)) in found.into_iter().enumerate() {
-            let scan = if i == last {
-                segment::scan_full(&path)?
-            } else {
-                segment::scan_headers(&path)?
-            };
-            if scan.damaged {
-                if i == last {
-                    recovery.truncated_bytes = std::fs::metadata(&path)
-                        .map_err(Error::io(&path))?
-                        .len()
-                        .saturating_sub(scan.valid_len);
-                } else {
-                    tracing::warn!(
-                        "journal segment {} is damaged after {} bytes; the blocks before are kept",
-                        path.display(),
-                        scan.valid_len
-                    );
-                    recovery.damaged_segments.push(path.clone());
-                }
-            }
-            segments.push(Segment {
-                path: path.into(),
-                first_seq,
-                blocks: scan.blocks,
-                bytes: scan.valid_len,
-            });
-        }
+        let (mut segments, recovery) = scan(dir)?;
         let active = match segments.last_mut() {
             Some(tail) => reopen_tail(tail)?,
             None => {
@@ -262,24 +218,7 @@ impl Stream {
 
     /// The blocks that may hold records in `[since, until)`, skipping whole segments first.
     pub fn blocks_between(&self, since: i64, until: i64, out: &mut Vec<BlockRef>) {
-        for s in &self.segments {
-            let overlaps = match (s.min_time(), s.max_time()) {
-                (Some(lo), Some(hi)) => hi >= since && lo < until,
-                _ => false,
-            };
-            if !overlaps {
-                continue;
-            }
-            out.extend(
-                s.blocks
-                    .iter()
-                    .filter(|b| b.max_time >= since && b.min_time < until)
-                    .map(|b| BlockRef {
-                        path: s.path.clone(),
-                        meta: *b,
-                    }),
-            );
-        }
+        blocks_between(&self.segments, since, until, out);
     }
 
     /// The blocks holding records with sequence numbers ≥ `from`.
@@ -297,6 +236,81 @@ impl Stream {
             })
             .collect()
     }
+}
+
+/// The blocks of `segments` that may hold records in `[since, until)`.
+pub fn blocks_between(segments: &[Segment], since: i64, until: i64, out: &mut Vec<BlockRef>) {
+    for s in segments {
+        let overlaps = match (s.min_time(), s.max_time()) {
+            (Some(lo), Some(hi)) => hi >= since && lo < until,
+            _ => false,
+        };
+        if !overlaps {
+            continue;
+        }
+        out.extend(
+            s.blocks
+                .iter()
+                .filter(|b| b.max_time >= since && b.min_time < until)
+                .map(|b| BlockRef {
+                    path: s.path.clone(),
+                    meta: *b,
+                }),
+        );
+    }
+}
+
+/// Indexes the segments of the stream in `dir` without changing anything: the tail is read and
+/// checked block by block (`recovery` says what a writer would cut), older segments by their
+/// headers. The read-only view of `kubectl zdt history --journal-dir`, and the first step of
+/// [`Stream::open`].
+pub fn scan(dir: &Path) -> Result<(Vec<Segment>, Recovery)> {
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let entry = entry.map_err(Error::io(dir))?;
+        let name = entry.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        found.push((seq, entry.path()));
+    }
+    found.sort();
+    let mut recovery = Recovery::default();
+    let mut segments = Vec::with_capacity(found.len());
+    let last = found.len().saturating_sub(1);
+    for (i, (first_seq, path)) in found.into_iter().enumerate() {
+        let scan = if i == last {
+            segment::scan_full(&path)?
+        } else {
+            segment::scan_headers(&path)?
+        };
+        if scan.damaged {
+            if i == last {
+                recovery.truncated_bytes = std::fs::metadata(&path)
+                    .map_err(Error::io(&path))?
+                    .len()
+                    .saturating_sub(scan.valid_len);
+            } else {
+                tracing::warn!(
+                    "journal segment {} is damaged after {} bytes; the blocks before are kept",
+                    path.display(),
+                    scan.valid_len
+                );
+                recovery.damaged_segments.push(path.clone());
+            }
+        }
+        segments.push(Segment {
+            path: path.into(),
+            first_seq,
+            blocks: scan.blocks,
+            bytes: scan.valid_len,
+        });
+    }
+    Ok((segments, recovery))
 }
 
 /// Cuts the tail segment to its valid prefix (rewriting the file header if even that was torn)
