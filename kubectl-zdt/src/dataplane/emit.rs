@@ -3,7 +3,7 @@
 use jiff::{SignedDuration, Timestamp};
 
 use super::{
-    model::{Change, RouteChange},
+    model::{Change, RouteChange, Via},
     source::Source,
 };
 use crate::observation::{Kind, NodeName, Observation};
@@ -51,6 +51,9 @@ pub fn observations(
         if stamp.commits > 1 {
             o = o.with_extra("commits", stamp.commits);
         }
+        if c.route.via == Via::NodePort {
+            o = o.with_extra("frontend", Via::NodePort.as_str());
+        }
         if let Some(name) = &c.name {
             o = o.with_extra("service_name", &**name);
         }
@@ -68,7 +71,7 @@ pub fn observations(
 mod tests {
     use super::*;
     use crate::dataplane::{
-        model::{Backend, Protocol, Route, ServiceAddr},
+        model::{Backend, Protocol, Route, ServiceAddr, Via},
         source::{Family, Mode},
     };
 
@@ -84,6 +87,7 @@ mod tests {
                     service: ServiceAddr("10.96.114.246:80".parse().unwrap()),
                     protocol: Protocol::Tcp,
                     backend: Backend("10.244.0.36:8080".parse().unwrap()),
+                    via: Via::ServiceIp,
                 },
                 name: Some("default/web".into()),
             }],

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use netlink_packet_core::{NetlinkBuffer, NlaBuffer, NlasIterator};
 use thiserror::Error;
 
-use super::model::{Backend, Backends, Protocol, Route, ServiceAddr};
+use super::model::{Backend, Backends, Protocol, Route, ServiceAddr, Via};
 
 /// struct genlmsghdr: cmd, version, reserved.
 const GENL_HDR_LEN: usize = 4;
@@ -168,6 +168,7 @@ pub fn routes(servers: &[(VirtualServer, Vec<RealServer>)]) -> Backends {
                     service: vs.service,
                     protocol: vs.protocol,
                     backend: rs.backend,
+                    via: Via::ServiceIp,
                 },
                 None,
             );
