@@ -191,7 +191,7 @@ fn live(c: &mut Criterion) {
     let t = Instant::now();
     let rss0 = rss_kib();
     node.ns
-        .run_in(move || watcher::spawn(NodeName("bench".into()), sink).map(|_| ()))
+        .run_in(move || watcher::spawn(NodeName("bench".into()), sink, None).map(|_| ()))
         .unwrap()
         .unwrap();
     let first = rx.blocking_recv().unwrap();

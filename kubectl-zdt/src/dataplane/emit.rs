@@ -26,7 +26,7 @@ pub struct Stamp {
 ///
 /// The time is the commit's, not the diff's. When several commits were read by one dump, each
 /// change happened in one of them: the time is the middle of [first, last] and `uncertainty_ns`
-/// its half-width.
+/// its half-width. The same holds for a window in which triggers were lost.
 pub fn observations(
     node: &NodeName,
     source: Source,
@@ -41,7 +41,7 @@ pub fn observations(
         o.ip = Some(c.route.backend.0.ip());
         o.port = Some(c.route.backend.0.port());
         o.service = Some(c.route.service.to_string());
-        if stamp.commits > 1 {
+        if half > SignedDuration::ZERO {
             o.uncertainty_ns = Some(half.as_nanos().unsigned_abs() as u64);
         }
         let mut o = o

@@ -164,3 +164,27 @@ pub fn read_routes(family: Family) -> Result<xtables::Nat, ReadError> {
     xtables::parse(family, &table.info, table.entries())
         .map_err(|source| ReadError::Parse { family, source })
 }
+
+/// An x_tables table replace, as the agent's eBPF trigger reported it
+/// (`zdt_common::kind::TABLE_REPLACE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableReplace {
+    /// The syscall's exit: the new table was in effect.
+    pub time: jiff::Timestamp,
+    /// The syscall's entry: the old table was still in effect before it.
+    pub entered: jiff::Timestamp,
+    pub family: Family,
+    /// `nat`, `filter`, …
+    pub table: String,
+    /// The writer's network namespace (inode).
+    pub netns: u32,
+    /// The writer (kube-proxy's `iptables-legacy-restore`).
+    pub pid: u32,
+}
+
+impl TableReplace {
+    /// Whether it can change Service routes: only the `nat` table holds kube-proxy's DNAT.
+    pub fn concerns_nat(&self) -> bool {
+        self.table == NAT
+    }
+}
