@@ -17,11 +17,12 @@ use jiff::{SignedDuration, Timestamp};
 use kubectl_zdt::{
     agent::{Agent, AgentConfig},
     dataplane::{
-        Backends, Family, Mode, Source, flows, legacy, mirror::TableMirror, nl_dump, watcher,
+        Backends, Family, Mode, Source, flows, ipvs, legacy, mirror::TableMirror, nl_dump, watcher,
     },
     observation::{Kind, NodeName, Observation},
     testbed::{
         Node,
+        agent::RunningAgent,
         kube_proxy::{self, ServicePort, ServiceRules},
         kube_proxy_nft, tcp,
     },
@@ -195,33 +196,6 @@ struct Watch {
     _agent: Option<RunningAgent>,
 }
 
-/// An in-process agent (probes loaded and attached) running until dropped.
-struct RunningAgent {
-    _rt: tokio::runtime::Runtime,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl RunningAgent {
-    fn run(agent: Agent) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        // Its own observations (agent_start; nothing else passes its filter) are not looked at.
-        let (tx, mut rx) = mpsc::channel(1024);
-        rt.spawn(async move { while rx.recv().await.is_some() {} });
-        rt.spawn(agent.run(tx, async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            _rt: rt,
-            _stop: stop,
-        }
-    }
-}
-
 impl Watch {
     fn start(node: &Node, dp: &Dataplane) -> (Self, Observation) {
         let (tx, rx) = mpsc::channel(100_000);
@@ -264,7 +238,7 @@ impl Watch {
             rx,
             _tx: tx,
             rt,
-            _agent: agent.map(RunningAgent::run),
+            _agent: agent.map(|a| RunningAgent::run(a).unwrap()),
         };
         let first = w.within(Duration::from_secs(10)).remove(0);
         assert_eq!(first.kind, Kind::DataplaneMode);
@@ -737,4 +711,43 @@ fn nftables_last_endpoints_leaving_are_each_reported() {
 #[test]
 fn nftables_removal_time_matches_the_last_flow_routed_to_the_old_pod() {
     removal_time_matches_the_last_flow_routed_to_the_old_pod(&NFTABLES);
+}
+
+/// IPVS over generic netlink where the kernel has it; where it does not (this project's kernel:
+/// CONFIG_IP_VS unset), the controller has no family "IPVS", there is no /proc/net/ip_vs, and
+/// the watcher neither polls nor claims an IPVS trigger.
+#[test]
+fn ipvs_is_read_where_the_kernel_has_it_and_absent_otherwise() {
+    require_root();
+    let node = Node::create().unwrap();
+    let found = node
+        .ns
+        .run_in(|| {
+            ipvs::Live::open()
+                .unwrap()
+                .map(|mut kernel| ipvs::read(&mut kernel).unwrap())
+        })
+        .unwrap();
+    match found {
+        Some(state) => {
+            // A fresh namespace has no virtual servers.
+            assert_eq!(state, ipvs::Ipvs::default());
+        }
+        None => {
+            eprintln!(
+                "no IPVS in this kernel: the generic-netlink controller answers ENOENT for the family \"IPVS\""
+            );
+            assert!(!std::path::Path::new("/proc/net/ip_vs").exists());
+            let (mut watch, start) = Watch::start(&node, &NFTABLES);
+            let triggers = start.extra["triggers"].as_array().unwrap();
+            assert!(
+                triggers
+                    .iter()
+                    .all(|t| !t.as_str().unwrap().contains("IPVS")),
+                "{}",
+                start.to_json_line()
+            );
+            assert!(watch.within(Duration::from_millis(300)).is_empty());
+        }
+    }
 }

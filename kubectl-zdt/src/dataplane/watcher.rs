@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::{
     emit::{self, Stamp},
-    flows,
+    flows, ipvs,
     legacy::{self, TableReplace},
     mirror::TableMirror,
     model::{Backend, Backends, Via},
@@ -69,6 +69,8 @@ pub enum Trigger {
     /// x_tables replaces may have been lost between `since` and `now` (the agent's ring buffer
     /// was full): the legacy tables are read again.
     Lost { since: Timestamp, now: Timestamp },
+    /// Time to read IPVS again (it announces no change; see `ipvs::POLL`).
+    Tick,
 }
 
 /// Arms the iptables-legacy trigger for the network namespace with this inode (the agent's
@@ -148,6 +150,36 @@ impl LegacyPlane {
     }
 }
 
+/// IPVS, read again on every tick: the routes at the last read and when it was made.
+struct IpvsPlane {
+    kernel: ipvs::Live,
+    state: ipvs::Ipvs,
+    read_at: Timestamp,
+}
+
+impl IpvsPlane {
+    /// `None` when the kernel has no IPVS.
+    fn open() -> anyhow::Result<Option<Self>> {
+        let Some(mut kernel) = ipvs::Live::open().context("failed to look for IPVS")? else {
+            return Ok(None);
+        };
+        let read_at = Timestamp::now();
+        let state = ipvs::read(&mut kernel).context("failed to read IPVS")?;
+        Ok(Some(Self {
+            kernel,
+            state,
+            read_at,
+        }))
+    }
+
+    fn source() -> Source {
+        Source {
+            mode: Mode::Ipvs,
+            family: Family::V4,
+        }
+    }
+}
+
 /// The inode of the calling thread's network namespace, as the kernel reports it.
 fn own_netns() -> anyhow::Result<u32> {
     crate::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))
@@ -187,29 +219,37 @@ pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmLegacy<'_>>) -> anyhow::Re
         .into_iter()
         .map(LegacyPlane::read)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let ipvs = Source {
-        mode: Mode::Ipvs,
-        family: Family::V4,
-    }
-    .present()
-    .context("failed to check for kube-proxy's IPVS rules")?;
-    let modes = detect(&planes, &legacy, ipvs);
+    let ipvs = IpvsPlane::open().unwrap_or_else(|e| {
+        tracing::warn!("IPVS changes will not be reported: {e:#}");
+        None
+    });
+    let modes = detect(&planes, &legacy, ipvs.as_ref());
     let watched = Watched::default();
     let frontends = Frontends::default();
-    publish(&watched, &frontends, &planes, &legacy);
-    let start = mode_line(&node, &modes, &planes, &legacy, legacy_armed);
+    publish(&watched, &frontends, &planes, &legacy, ipvs.as_ref());
+    let start = mode_line(&node, &modes, &planes, &legacy, legacy_armed, ipvs.as_ref());
     if modes.contains(&Mode::IptablesLegacy) && !legacy_armed {
         tracing::warn!(
             "kube-proxy's rules are (also) in iptables-legacy, but this agent has no x_tables trigger (no syscall tracepoints): changes there are not reported"
         );
     }
-    if ipvs {
-        tracing::warn!(
-            "kube-proxy's rules are (also) in IPVS; this agent does not watch IPVS: changes there are not reported"
-        );
-    }
 
     let (triggers, triggers_rx) = std_mpsc::channel::<Trigger>();
+    if ipvs.is_some() {
+        // IPVS announces nothing: read it again on a timer, only on kernels that have it.
+        let ticks = triggers.clone();
+        thread::Builder::new()
+            .name("zdt-ipvs-tick".into())
+            .spawn(move || {
+                loop {
+                    thread::sleep(ipvs::POLL);
+                    if ticks.send(Trigger::Tick).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("failed to start the IPVS timer thread")?;
+    }
     let commits = triggers.clone();
     thread::Builder::new()
         .name("zdt-nf-monitor".into())
@@ -268,10 +308,14 @@ fn mode_line(
     planes: &[Plane],
     legacy: &[LegacyPlane],
     legacy_armed: bool,
+    ipvs: Option<&IpvsPlane>,
 ) -> Observation {
     let mut triggers = vec!["nf_tables netlink (NFNLGRP_NFTABLES)"];
     if legacy_armed {
         triggers.push("x_tables replace (syscalls:sys_exit_setsockopt, IPT_SO_SET_REPLACE)");
+    }
+    if ipvs.is_some() {
+        triggers.push("IPVS re-read every 100 ms (IPVS sends no notifications)");
     }
     Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
         .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
@@ -282,14 +326,15 @@ fn mode_line(
         .with_extra(
             "routes",
             planes.iter().map(|p| p.routes.len()).sum::<usize>()
-                + legacy.iter().map(|p| p.routes.len()).sum::<usize>(),
+                + legacy.iter().map(|p| p.routes.len()).sum::<usize>()
+                + ipvs.map_or(0, |p| p.state.routes.len()),
         )
         .with_extra("triggers", triggers)
 }
 
 /// kube-proxy's mode(s) on this node: the tables holding its dispatch (nf_tables, then
-/// x_tables), then IPVS, which this agent can only detect.
-fn detect(planes: &[Plane], legacy: &[LegacyPlane], ipvs: bool) -> Vec<Mode> {
+/// x_tables), then IPVS virtual servers.
+fn detect(planes: &[Plane], legacy: &[LegacyPlane], ipvs: Option<&IpvsPlane>) -> Vec<Mode> {
     let mut modes: Vec<Mode> = Vec::new();
     for p in planes.iter().filter(|p| p.mirror.is_kube_proxy()) {
         if !modes.contains(&p.source.mode) {
@@ -299,7 +344,7 @@ fn detect(planes: &[Plane], legacy: &[LegacyPlane], ipvs: bool) -> Vec<Mode> {
     if legacy.iter().any(|p| p.kube_proxy) {
         modes.push(Mode::IptablesLegacy);
     }
-    if ipvs {
+    if ipvs.is_some_and(|p| p.state.servers > 0) {
         modes.push(Mode::Ipvs);
     }
     modes
@@ -310,7 +355,7 @@ struct Reader {
     planes: Vec<Plane>,
     legacy: Vec<LegacyPlane>,
     legacy_armed: bool,
-    ipvs: bool,
+    ipvs: Option<IpvsPlane>,
     /// The namespace read: replaces elsewhere are not this node's dataplane.
     netns: u32,
     /// The modes last reported; a new `dataplane_mode` line is sent when kube-proxy's tables
@@ -396,10 +441,22 @@ impl Reader {
                 None => return false,
             }
         }
-        if changed {
-            publish(&self.watched, &self.frontends, &self.planes, &self.legacy);
+        if batch.iter().any(|t| matches!(t, Trigger::Tick)) {
+            match self.reread_ipvs() {
+                Some(c) => changed |= c,
+                None => return false,
+            }
         }
-        let modes = detect(&self.planes, &self.legacy, self.ipvs);
+        if changed {
+            publish(
+                &self.watched,
+                &self.frontends,
+                &self.planes,
+                &self.legacy,
+                self.ipvs.as_ref(),
+            );
+        }
+        let modes = detect(&self.planes, &self.legacy, self.ipvs.as_ref());
         if modes != self.modes {
             self.modes = modes;
             let line = mode_line(
@@ -408,6 +465,7 @@ impl Reader {
                 &self.planes,
                 &self.legacy,
                 self.legacy_armed,
+                self.ipvs.as_ref(),
             );
             if !self.tx.send(line) {
                 return false;
@@ -464,6 +522,40 @@ impl Reader {
         Some(changed)
     }
 
+    /// Reads IPVS again; what changed since the previous read is stamped with the interval
+    /// between the two reads. Whether routes changed, `None` once nobody listens.
+    fn reread_ipvs(&mut self) -> Option<bool> {
+        let Some(plane) = &mut self.ipvs else {
+            return Some(false);
+        };
+        let started = Timestamp::now();
+        let state = match ipvs::read(&mut plane.kernel) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Some(false);
+            }
+        };
+        let change = plane.state.routes.diff(&state.routes);
+        let stamp = Stamp {
+            first: plane.read_at,
+            last: Timestamp::now(),
+            commits: 1,
+            detected: Timestamp::now(),
+        };
+        plane.state = state;
+        plane.read_at = started;
+        if change.is_empty() {
+            return Some(false);
+        }
+        for obs in emit::observations(&self.node, IpvsPlane::source(), &change, stamp) {
+            if !self.tx.send(obs) {
+                return None;
+            }
+        }
+        Some(true)
+    }
+
     /// Reads the legacy nat table of `self.legacy[i]` again after a replace; whether routes
     /// changed, `None` once nobody listens.
     fn reread_legacy(&mut self, i: usize, stamp: Stamp) -> Option<bool> {
@@ -498,23 +590,33 @@ impl Reader {
 fn all_routes<'a>(
     planes: &'a [Plane],
     legacy: &'a [LegacyPlane],
+    ipvs: Option<&'a IpvsPlane>,
 ) -> impl Iterator<Item = &'a super::model::Route> {
     planes
         .iter()
         .map(|p| &p.routes)
         .chain(legacy.iter().map(|p| &p.routes))
+        .chain(ipvs.map(|p| &p.state.routes))
         .flat_map(|r| r.iter().map(|(route, _)| route))
 }
 
 /// Publishes the backends (for the conntrack listener) and the frontends (for client errors).
-fn publish(watched: &Watched, frontends: &Frontends, planes: &[Plane], legacy: &[LegacyPlane]) {
-    let set = all_routes(planes, legacy).map(|r| r.backend).collect();
+fn publish(
+    watched: &Watched,
+    frontends: &Frontends,
+    planes: &[Plane],
+    legacy: &[LegacyPlane],
+    ipvs: Option<&IpvsPlane>,
+) {
+    let set = all_routes(planes, legacy, ipvs)
+        .map(|r| r.backend)
+        .collect();
     if let Ok(mut w) = watched.write() {
         *w = set;
     }
     let local = local_addresses();
     let mut set = std::collections::HashSet::new();
-    for r in all_routes(planes, legacy) {
+    for r in all_routes(planes, legacy, ipvs) {
         let addr = r.service.0;
         if r.via == Via::NodePort && addr.ip().is_unspecified() {
             // Every local address of the node (but loopback) of that family.
