@@ -186,12 +186,38 @@ fn live(c: &mut Criterion) {
     let t = Instant::now();
     node.nft_apply(&script).unwrap();
     eprintln!("programmed {SERVICES} Services in {:?}", t.elapsed());
+    // Where a start's time goes: the table read over netlink (kernel / decode / apply to the
+    // mirror), then computing every route.
+    let phases = node
+        .ns
+        .run_in(|| {
+            let mut mirror = kubectl_zdt::dataplane::mirror::TableMirror::new(2, "kube-proxy");
+            let t = Instant::now();
+            let stats = kubectl_zdt::dataplane::nl_dump::dump(&mut mirror).unwrap();
+            let dumped = t.elapsed();
+            let t = Instant::now();
+            let mut routes = kubectl_zdt::dataplane::Backends::new();
+            mirror.update(&mut routes);
+            (stats, dumped, t.elapsed(), routes.len())
+        })
+        .unwrap();
+    eprintln!(
+        "start phases: dump {:?} ({} requests, {} messages; in recv {:?}, decoding {:?}, applying {:?}), routes {:?} ({} routes)",
+        phases.1,
+        phases.0.requests,
+        phases.0.messages,
+        phases.0.kernel,
+        phases.0.decode,
+        phases.0.apply,
+        phases.2,
+        phases.3
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 20);
     let sink = watcher::Sink::new(&tx);
     let t = Instant::now();
     let rss0 = rss_kib();
     node.ns
-        .run_in(move || watcher::spawn(NodeName("bench".into()), sink).map(|_| ()))
+        .run_in(move || watcher::spawn(NodeName("bench".into()), sink, None).map(|_| ()))
         .unwrap()
         .unwrap();
     let first = rx.blocking_recv().unwrap();
@@ -202,34 +228,175 @@ fn live(c: &mut Criterion) {
         first.to_json_line()
     );
     let svc = service(4242);
+    bench_endpoint_flips(
+        c,
+        "nftables_endpoint_change_10k_commit_to_observation",
+        &mut rx,
+        |eps, gone| {
+            node.nft_apply(&kube_proxy_nft::sync_service(&svc, eps, &[gone]))
+                .unwrap();
+        },
+    );
+    drop(tx);
+}
+
+/// As root with ZDT_LIVE=1: the same 10 000 Services in kube-proxy's iptables mode on the
+/// legacy x_tables backend, watched through the agent's eBPF trigger: the costs of one table
+/// read (GET_ENTRIES, parse), the state's memory, and replace (syscall exit) → observation for
+/// single endpoint changes.
+fn live_legacy(c: &mut Criterion) {
+    if std::env::var_os("ZDT_LIVE").is_none() {
+        return;
+    }
+    use kubectl_zdt::{
+        agent::{Agent, AgentConfig},
+        dataplane::{Family, legacy, watcher, xtables},
+        testbed::Node,
+    };
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the live benchmark needs root"
+    );
+    let node = Node::create().unwrap();
+    let mut all: Vec<ServiceRules> = (0..SERVICES)
+        .map(|i| ServiceRules::new(service(i), endpoints(i, 0)))
+        .collect();
+    node.iptables_legacy_restore(kube_proxy::PORTALS).unwrap();
+    let t = Instant::now();
+    node.iptables_legacy_restore(&kube_proxy::sync_input(
+        &all,
+        &|_| true,
+        &[],
+        "10.244.0.0/16",
+    ))
+    .unwrap();
+    eprintln!(
+        "programmed {SERVICES} Services with iptables-legacy-restore in {:?}",
+        t.elapsed()
+    );
+    let (reads, parses, size, held) = node
+        .ns
+        .run_in(|| {
+            let (mut reads, mut parses, mut size, mut held) = (Vec::new(), Vec::new(), 0, 0);
+            for _ in 0..5 {
+                let t = Instant::now();
+                let table = legacy::read_nat(Family::V4).unwrap().unwrap();
+                reads.push(t.elapsed());
+                size = table.entries().len();
+                let before = LIVE.load(Ordering::Relaxed);
+                let t = Instant::now();
+                let nat = xtables::parse(Family::V4, &table.info, table.entries()).unwrap();
+                parses.push(t.elapsed());
+                drop(table);
+                held = LIVE.load(Ordering::Relaxed) - before;
+                assert_eq!(nat.routes.len(), (SERVICES * PER_SERVICE) as usize);
+            }
+            (reads, parses, size, held)
+        })
+        .unwrap();
+    eprintln!(
+        "legacy nat table: {:.1} MiB of entries; GET_ENTRIES {reads:?}; parse {parses:?}; routes kept {:.1} MiB of heap",
+        size as f64 / (1024.0 * 1024.0),
+        held as f64 / (1024.0 * 1024.0)
+    );
+
+    let mut config = AgentConfig::new(NodeName("bench".into()), Vec::new());
+    config.filter = true;
+    let agent = Agent::start(&config).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 20);
+    let sink = watcher::Sink::new(&tx);
+    let rss0 = rss_kib();
+    let t = Instant::now();
+    let agent = node
+        .ns
+        .run_in(move || {
+            let mut agent = agent;
+            let w = watcher::spawn(
+                NodeName("bench".into()),
+                sink,
+                Some(&mut |inum| agent.arm_table_replace(inum)),
+            )
+            .unwrap();
+            agent.use_dataplane(&w);
+            agent
+        })
+        .unwrap();
+    let first = rx.blocking_recv().unwrap();
+    eprintln!(
+        "watcher start (x_tables read): {:?}; RSS +{} KiB after the start; {}",
+        t.elapsed(),
+        rss_kib() - rss0,
+        first.to_json_line()
+    );
+    let running = kubectl_zdt::testbed::agent::RunningAgent::run(agent).unwrap();
+
+    bench_endpoint_flips(
+        c,
+        "iptables_legacy_endpoint_change_10k_replace_to_observation",
+        &mut rx,
+        |eps, gone| {
+            all[4242].endpoints = eps.to_vec();
+            let svc = all[4242].port.clone();
+            let input = kube_proxy::sync_input(
+                &all,
+                &|p| *p == svc,
+                &[(svc.clone(), gone)],
+                "10.244.0.0/16",
+            );
+            node.iptables_legacy_restore(&input).unwrap();
+        },
+    );
+    eprintln!("RSS after the changes: +{} KiB", rss_kib() - rss0);
+    drop(running);
+    drop(tx);
+}
+
+/// Service 4242 alternates between two endpoint sets, one endpoint swapped: `apply(endpoints,
+/// gone)` programs a set in the kernel; a change's time is its lines' `detect_ns` (trigger →
+/// line emitted).
+fn bench_endpoint_flips(
+    c: &mut Criterion,
+    name: &str,
+    rx: &mut tokio::sync::mpsc::Receiver<kubectl_zdt::observation::Observation>,
+    mut apply: impl FnMut(&[SocketAddr], SocketAddr),
+) {
     let a = endpoints(4242, 0);
     let mut b = a.clone();
     b[4] = "198.51.100.7:8080".parse().unwrap();
     let mut flip = false;
     let mut group = c.benchmark_group("live");
     group.sample_size(10);
-    group.bench_function(
-        "nftables_endpoint_change_10k_commit_to_observation",
-        |bench| {
-            bench.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    flip = !flip;
-                    let (eps, gone) = if flip { (&b, a[4]) } else { (&a, b[4]) };
-                    node.nft_apply(&kube_proxy_nft::sync_service(&svc, eps, &[gone]))
-                        .unwrap();
-                    for _ in 0..2 {
-                        let o = rx.blocking_recv().unwrap();
-                        let ns = o.extra["detect_ns"].as_u64().unwrap();
-                        total += Duration::from_nanos(ns) / 2;
-                    }
-                }
-                total
-            });
-        },
-    );
+    // Every iteration is a real kernel write (seconds with iptables-legacy-restore at this
+    // size): the same number of them per sample.
+    group.sampling_mode(criterion::SamplingMode::Flat);
+    group.warm_up_time(Duration::from_secs(1));
+    group.bench_function(name, |bench| {
+        bench.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                flip = !flip;
+                let (eps, gone) = if flip { (&b, a[4]) } else { (&a, b[4]) };
+                apply(eps, gone);
+                total += detect_of_one_change(rx);
+            }
+            total
+        });
+    });
     group.finish();
-    drop(tx);
+}
+
+/// One endpoint swapped is two lines (removed, added): the mean of their `detect_ns` (trigger
+/// → line emitted).
+fn detect_of_one_change(
+    rx: &mut tokio::sync::mpsc::Receiver<kubectl_zdt::observation::Observation>,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..2 {
+        let o = rx.blocking_recv().unwrap();
+        let ns = o.extra["detect_ns"].as_u64().unwrap();
+        total += Duration::from_nanos(ns) / 2;
+    }
+    total
 }
 
 fn rss_kib() -> i64 {
@@ -243,5 +410,11 @@ fn rss_kib() -> i64 {
         .unwrap_or(0)
 }
 
-criterion_group!(benches, endpoint_change, iptables_save_parse, live);
+criterion_group!(
+    benches,
+    endpoint_change,
+    iptables_save_parse,
+    live,
+    live_legacy
+);
 criterion_main!(benches);

@@ -214,8 +214,12 @@ async fn race(
     )?;
 
     let (tx, rx) = mpsc::channel::<Observation>(65536);
-    let dataplane_watcher = crate::dataplane::watcher::start(&node_name, &tx)
-        .context("failed to start the dataplane watcher")?;
+    let dataplane_watcher = crate::dataplane::watcher::start(
+        &node_name,
+        &tx,
+        Some(&mut |inum| agent.arm_table_replace(inum)),
+    )
+    .context("failed to start the dataplane watcher")?;
     agent.use_dataplane(&dataplane_watcher);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent.run(tx, async {

@@ -1,7 +1,7 @@
 //! The dataplane watcher against real rules in this kernel: a node namespace programmed the way
-//! kube-proxy programs it (iptables-nft and nftables modes), one backend removed at a scripted
-//! time among many Services. Needs root (network namespaces, nf_tables); CI runs it as root with
-//! --test-threads=1.
+//! kube-proxy programs it (iptables-nft, iptables-legacy and nftables modes), one backend removed
+//! at a scripted time among many Services. Needs root (network namespaces, nf_tables, x_tables,
+//! eBPF for the iptables-legacy trigger); CI runs it as root with --test-threads=1.
 //!
 //! Truth comes from two places: the interval in which the rule-writing command ran, and, in the
 //! flow scenarios, the kernel's own routing decisions: conntrack NEW events of a client that
@@ -15,10 +15,14 @@ use std::{
 
 use jiff::{SignedDuration, Timestamp};
 use kubectl_zdt::{
-    dataplane::{Family, Mode, Source, flows, mirror::TableMirror, nl_dump, watcher},
+    agent::{Agent, AgentConfig},
+    dataplane::{
+        Backends, Family, Mode, Source, flows, ipvs, legacy, mirror::TableMirror, nl_dump, watcher,
+    },
     observation::{Kind, NodeName, Observation},
     testbed::{
         Node,
+        agent::RunningAgent,
         kube_proxy::{self, ServicePort, ServiceRules},
         kube_proxy_nft, tcp,
     },
@@ -36,14 +40,22 @@ const SETTLE: Duration = Duration::from_millis(500);
 fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "these tests create network namespaces and nf_tables rules: run them as root (`sudo ./x test`)"
+        "these tests create network namespaces, nf_tables and x_tables rules and load eBPF programs: run them as root (`sudo ./x test`)"
     );
 }
+
+/// The node's address NodePort traffic is accepted on (its bridge).
+const NODE_IP: &str = "198.18.0.1";
 
 /// How one kube-proxy mode programs the node.
 struct Dataplane {
     mode: &'static str,
     source: Source,
+    /// x_tables has no notifications: the watcher needs the agent's eBPF trigger.
+    needs_agent: bool,
+    /// What the watcher reads from the kernel at start (its netlink mirror, or the x_tables
+    /// blob), in the node's namespace.
+    read_kernel: fn(Source) -> Backends,
     /// First sync after kube-proxy starts: everything.
     start: fn(&Node, &[ServiceRules]),
     /// A sync of Service `changed` whose endpoints `gone` left.
@@ -52,31 +64,72 @@ struct Dataplane {
     resync: fn(&Node, &[ServiceRules]),
 }
 
+fn netlink_mirror(src: Source) -> Backends {
+    let (family, table) = src.nf_table().unwrap();
+    let mut mirror = TableMirror::new(family, table);
+    nl_dump::dump(&mut mirror).unwrap();
+    mirror.routes()
+}
+
+/// How iptables rules get into the kernel: `iptables-restore` (nft) or `iptables-legacy-restore`.
+type Restore = fn(&Node, &str) -> anyhow::Result<()>;
+
+/// kube-proxy's full sync: every Service rewritten.
+fn restore_all(node: &Node, all: &[ServiceRules], restore: Restore) {
+    restore(node, &kube_proxy::sync_input(all, &|_| true, &[], POD_CIDR)).unwrap();
+}
+
+/// A partial sync of Service `changed` whose endpoints `gone` left.
+fn restore_changed(
+    node: &Node,
+    all: &[ServiceRules],
+    changed: usize,
+    gone: &[SocketAddr],
+    restore: Restore,
+) {
+    let svc = &all[changed].port;
+    let stale: Vec<_> = gone.iter().map(|ep| (svc.clone(), *ep)).collect();
+    restore(
+        node,
+        &kube_proxy::sync_input(all, &|s| s == svc, &stale, POD_CIDR),
+    )
+    .unwrap();
+}
+
 const IPTABLES_NFT: Dataplane = Dataplane {
     mode: "iptables-nft",
     source: Source {
         mode: Mode::IptablesNft,
         family: Family::V4,
     },
+    needs_agent: false,
+    read_kernel: netlink_mirror,
+    start: |node, all| restore_all(node, all, Node::iptables_restore),
+    sync: |node, all, changed, gone| {
+        restore_changed(node, all, changed, gone, Node::iptables_restore)
+    },
+    resync: |node, all| restore_all(node, all, Node::iptables_restore),
+};
+
+/// kube-proxy on a node whose iptables is `iptables-legacy`: the same restore input, through
+/// x_tables. The portal jumps (PREROUTING/OUTPUT → KUBE-SERVICES) are installed in the legacy
+/// nat table too, so connections are DNAT'ed there.
+const IPTABLES_LEGACY: Dataplane = Dataplane {
+    mode: "iptables-legacy",
+    source: Source {
+        mode: Mode::IptablesLegacy,
+        family: Family::V4,
+    },
+    needs_agent: true,
+    read_kernel: |src| legacy::read_routes(src.family).unwrap().routes,
     start: |node, all| {
-        node.iptables_restore(&kube_proxy::sync_input(all, &|_| true, &[], POD_CIDR))
-            .unwrap()
+        node.iptables_legacy_restore(kube_proxy::PORTALS).unwrap();
+        restore_all(node, all, Node::iptables_legacy_restore);
     },
     sync: |node, all, changed, gone| {
-        let svc = &all[changed].port;
-        let stale: Vec<_> = gone.iter().map(|ep| (svc.clone(), *ep)).collect();
-        node.iptables_restore(&kube_proxy::sync_input(
-            all,
-            &|s| s == svc,
-            &stale,
-            POD_CIDR,
-        ))
-        .unwrap();
+        restore_changed(node, all, changed, gone, Node::iptables_legacy_restore)
     },
-    resync: |node, all| {
-        node.iptables_restore(&kube_proxy::sync_input(all, &|_| true, &[], POD_CIDR))
-            .unwrap()
-    },
+    resync: |node, all| restore_all(node, all, Node::iptables_legacy_restore),
 };
 
 const NFTABLES: Dataplane = Dataplane {
@@ -85,9 +138,12 @@ const NFTABLES: Dataplane = Dataplane {
         mode: Mode::Nftables,
         family: Family::V4,
     },
+    needs_agent: false,
+    read_kernel: netlink_mirror,
     start: |node, all| {
-        node.nft_apply(&kube_proxy_nft::base_table(POD_CIDR, "198.18.100.0/24"))
-            .unwrap();
+        let mut base = kube_proxy_nft::base_table(POD_CIDR, "198.18.100.0/24");
+        base.push_str(&kube_proxy_nft::nodeport_ips(&[NODE_IP.parse().unwrap()]));
+        node.nft_apply(&base).unwrap();
         nft_resync(node, all);
     },
     sync: |node, all, changed, gone| {
@@ -99,10 +155,13 @@ const NFTABLES: Dataplane = Dataplane {
 };
 
 fn nft_resync(node: &Node, all: &[ServiceRules]) {
-    let script: String = all
-        .iter()
-        .map(|r| kube_proxy_nft::sync_service(&r.port, &r.endpoints, &[]))
-        .collect();
+    let mut script = String::new();
+    for r in all {
+        script.push_str(&kube_proxy_nft::sync_service(&r.port, &r.endpoints, &[]));
+        if let Some(port) = r.node_port.filter(|_| !r.endpoints.is_empty()) {
+            script.push_str(&kube_proxy_nft::sync_nodeport(&r.port, port));
+        }
+    }
     node.nft_apply(&script).unwrap();
 }
 
@@ -133,18 +192,41 @@ struct Watch {
     /// Keeps the stream open: the watcher holds it weakly, like in the agent.
     _tx: mpsc::Sender<Observation>,
     rt: tokio::runtime::Runtime,
+    /// The agent, when the mode needs its eBPF trigger: its kernel events go to the watcher.
+    _agent: Option<RunningAgent>,
 }
 
 impl Watch {
-    fn start(node: &Node) -> (Self, Observation) {
+    fn start(node: &Node, dp: &Dataplane) -> (Self, Observation) {
         let (tx, rx) = mpsc::channel(100_000);
         let sink = watcher::Sink::new(&tx);
-        node.ns
-            .run_in(move || -> anyhow::Result<()> {
+        let agent = dp.needs_agent.then(|| {
+            let mut config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
+            // Report no address: only the dataplane trigger matters here.
+            config.filter = true;
+            Agent::start(&config).expect(
+                "the iptables-legacy trigger is an eBPF program: the agent must load (root, BTF)",
+            )
+        });
+        let agent = node
+            .ns
+            .run_in(move || -> anyhow::Result<Option<Agent>> {
                 let node = NodeName("node-a".into());
-                let w = watcher::spawn(node.clone(), sink.clone())?;
+                let mut agent = agent;
+                let w = match &mut agent {
+                    Some(a) => {
+                        let w = watcher::spawn(
+                            node.clone(),
+                            sink.clone(),
+                            Some(&mut |inum| a.arm_table_replace(inum)),
+                        )?;
+                        a.use_dataplane(&w);
+                        w
+                    }
+                    None => watcher::spawn(node.clone(), sink.clone(), None)?,
+                };
                 flows::spawn(node, w.watched, w.dnat, Duration::from_millis(200), sink)?;
-                Ok(())
+                Ok(agent)
             })
             .unwrap()
             .unwrap();
@@ -152,7 +234,12 @@ impl Watch {
             .enable_time()
             .build()
             .unwrap();
-        let mut w = Self { rx, _tx: tx, rt };
+        let mut w = Self {
+            rx,
+            _tx: tx,
+            rt,
+            _agent: agent.map(|a| RunningAgent::run(a).unwrap()),
+        };
         let first = w.within(Duration::from_secs(10)).remove(0);
         assert_eq!(first.kind, Kind::DataplaneMode);
         (w, first)
@@ -236,7 +323,7 @@ fn one_backend_removed_then_resync_then_readded(dp: &Dataplane) {
     let node = Node::create().unwrap();
     let mut all = cluster();
     (dp.start)(&node, &all);
-    let (mut watch, start) = Watch::start(&node);
+    let (mut watch, start) = Watch::start(&node, dp);
     assert_eq!(start.extra["mode"], dp.mode, "{}", start.to_json_line());
     assert_eq!(
         start.extra["routes"],
@@ -272,7 +359,7 @@ fn unrelated_service_changes_cause_no_false_removal(dp: &Dataplane) {
     let node = Node::create().unwrap();
     let mut all = cluster();
     (dp.start)(&node, &all);
-    let (mut watch, _) = Watch::start(&node);
+    let (mut watch, _) = Watch::start(&node, dp);
     let new_ep: SocketAddr = "198.18.0.250:8080".parse().unwrap();
     all[3].endpoints.push(new_ep);
     let svc = all[3].port.clone();
@@ -292,7 +379,7 @@ fn last_endpoints_leaving_are_each_reported(dp: &Dataplane) {
     let node = Node::create().unwrap();
     let mut all = cluster();
     (dp.start)(&node, &all);
-    let (mut watch, _) = Watch::start(&node);
+    let (mut watch, _) = Watch::start(&node, dp);
     let gone = std::mem::take(&mut all[2].endpoints);
     let svc = all[2].port.clone();
     let when = timed(|| (dp.sync)(&node, &all, 2, &gone));
@@ -324,7 +411,7 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
     all.push(ServiceRules::new(svc.clone(), vec![a]));
     let web = all.len() - 1;
     (dp.start)(&node, &all);
-    let (mut watch, _) = Watch::start(&node);
+    let (mut watch, _) = Watch::start(&node, dp);
 
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -393,27 +480,50 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
     assert!(removed[0].time >= when.0 && removed[0].time <= when.1 + ACCURACY);
 }
 
-/// The netlink mirror (what the watcher keeps) reads the same routes as the tools' own dumps
-/// (`iptables-nft-save` text, `nft -j` JSON) parsed by the text parsers.
-fn netlink_dump_reads_what_the_tools_print(dp: &Dataplane) {
+/// What the watcher reads from the kernel (the netlink mirror, the x_tables blob) holds the same
+/// routes as the tools' own dumps (`iptables-nft-save` / `iptables-legacy-save` text, `nft -j`
+/// JSON) parsed by the text parsers, node ports, external IPs and local traffic policy included.
+fn kernel_read_matches_what_the_tools_print(dp: &Dataplane) {
     require_root();
     let node = Node::create().unwrap();
     let mut all = cluster();
-    all[5].external_ips = vec!["198.18.99.5".parse().unwrap()];
-    all[6].internal_local = true;
+    if dp.source.mode != Mode::Nftables {
+        // The nftables generator writes ClusterIPs and node ports only.
+        all[5].external_ips = vec!["198.18.99.5".parse().unwrap()];
+        all[6].internal_local = true;
+    }
+    all[8].node_port = Some(30_080);
     (dp.start)(&node, &all);
-    let src = dp.source;
-    let (from_tools, from_netlink) = node
+    let (src, read_kernel) = (dp.source, dp.read_kernel);
+    let (from_tools, from_kernel) = node
         .ns
-        .run_in(move || {
-            let (family, table) = src.nf_table().unwrap();
-            let mut mirror = TableMirror::new(family, table);
-            nl_dump::dump(&mut mirror).unwrap();
-            (src.read().unwrap(), mirror.routes())
-        })
+        .run_in(move || (src.read().unwrap(), read_kernel(src)))
         .unwrap();
-    assert_eq!(from_netlink.describe(), from_tools.describe());
+    assert_eq!(from_kernel.describe(), from_tools.describe());
     assert!(from_tools.len() >= usize::from(SERVICES) * usize::from(PER_SERVICE));
+    // The node port: every endpoint of svc8 behind the node's address (nftables: the
+    // `nodeport-ips` element) or every local address (iptables: `--dst-type LOCAL`).
+    let node_ports: Vec<String> = from_kernel
+        .describe()
+        .into_iter()
+        .filter(|l| l.starts_with("nodeport "))
+        .collect();
+    let addr = if dp.source.mode == Mode::Nftables {
+        NODE_IP
+    } else {
+        "0.0.0.0"
+    };
+    assert_eq!(
+        node_ports.len(),
+        usize::from(PER_SERVICE),
+        "{node_ports:#?}"
+    );
+    for (line, ep) in node_ports.iter().zip(&all[8].endpoints) {
+        assert_eq!(
+            line,
+            &format!("nodeport {addr}:30080 tcp -> {ep} (ns8/svc8)")
+        );
+    }
 }
 
 /// The agent starts before kube-proxy: `dataplane_mode` says none, then the mode once
@@ -421,7 +531,7 @@ fn netlink_dump_reads_what_the_tools_print(dp: &Dataplane) {
 fn mode_is_reported_when_kube_proxy_starts_after_the_agent(dp: &Dataplane) {
     require_root();
     let node = Node::create().unwrap();
-    let (mut watch, start) = Watch::start(&node);
+    let (mut watch, start) = Watch::start(&node, dp);
     assert_eq!(start.extra["mode"], "none", "{}", start.to_json_line());
     let all = cluster();
     (dp.start)(&node, &all);
@@ -450,12 +560,117 @@ fn nftables_mode_is_reported_when_kube_proxy_starts_after_the_agent() {
 
 #[test]
 fn iptables_nft_netlink_dump_reads_what_iptables_save_prints() {
-    netlink_dump_reads_what_the_tools_print(&IPTABLES_NFT);
+    kernel_read_matches_what_the_tools_print(&IPTABLES_NFT);
 }
 
 #[test]
 fn nftables_netlink_dump_reads_what_nft_json_prints() {
-    netlink_dump_reads_what_the_tools_print(&NFTABLES);
+    kernel_read_matches_what_the_tools_print(&NFTABLES);
+}
+
+#[test]
+fn iptables_legacy_table_blob_reads_what_iptables_legacy_save_prints() {
+    kernel_read_matches_what_the_tools_print(&IPTABLES_LEGACY);
+}
+
+/// x_tables changes are stamped with the trigger's time, not the time the table was read:
+/// replaces handed to the watcher with known times (as the agent does with the kernel's
+/// `sys_exit_setsockopt` time) are what the lines carry; a lost trigger is stamped with the
+/// window of the loss and its half-width as uncertainty.
+#[test]
+fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
+    require_root();
+    let node = Node::create().unwrap();
+    let mut all = cluster();
+    (IPTABLES_LEGACY.start)(&node, &all);
+    let (tx, mut rx) = mpsc::channel(1000);
+    let sink = watcher::Sink::new(&tx);
+    // No agent: the test is the trigger.
+    let w = node
+        .ns
+        .run_in(move || watcher::spawn(NodeName("node-a".into()), sink, None))
+        .unwrap()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut next = || {
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+            .expect("the watcher reported nothing")
+            .unwrap()
+    };
+    let start = next();
+    assert_eq!(
+        start.extra["mode"],
+        "iptables-legacy",
+        "{}",
+        start.to_json_line()
+    );
+    // Not armed: the line does not claim the x_tables trigger.
+    assert_eq!(start.extra["triggers"].as_array().unwrap().len(), 1);
+
+    let gone = all[4].endpoints.remove(0);
+    (IPTABLES_LEGACY.sync)(&node, &all, 4, &[gone]);
+    let exit = Timestamp::now() - SignedDuration::from_secs(1);
+    let replace = |table: &str, time: Timestamp| {
+        watcher::Trigger::TableReplace(legacy::TableReplace {
+            time,
+            entered: time - SignedDuration::from_millis(2),
+            family: Family::V4,
+            table: table.into(),
+            netns: w.netns,
+            pid: 1,
+        })
+    };
+    // kube-proxy restores filter then nat: only nat is read.
+    w.triggers
+        .send(replace("filter", exit - SignedDuration::from_millis(1)))
+        .unwrap();
+    w.triggers.send(replace("nat", exit)).unwrap();
+    let o = next();
+    assert_eq!(o.kind, Kind::DataplaneRemoved, "{}", o.to_json_line());
+    assert_eq!(o.ip, Some(gone.ip()));
+    assert_eq!(o.time, exit, "{}", o.to_json_line());
+    assert_eq!(o.uncertainty_ns, None);
+
+    all[4].endpoints.push(gone);
+    (IPTABLES_LEGACY.sync)(&node, &all, 4, &[]);
+    let since = Timestamp::now() - SignedDuration::from_millis(800);
+    let now = since + SignedDuration::from_millis(600);
+    w.triggers
+        .send(watcher::Trigger::Lost { since, now })
+        .unwrap();
+    let o = next();
+    assert_eq!(o.kind, Kind::DataplaneAdded, "{}", o.to_json_line());
+    assert_eq!(o.time, since + SignedDuration::from_millis(300));
+    assert_eq!(o.uncertainty_ns, Some(300_000_000));
+    drop(tx);
+}
+
+#[test]
+fn iptables_legacy_mode_is_reported_when_kube_proxy_starts_after_the_agent() {
+    mode_is_reported_when_kube_proxy_starts_after_the_agent(&IPTABLES_LEGACY);
+}
+
+#[test]
+fn iptables_legacy_one_backend_removed_among_many_services_then_resync_then_readded() {
+    one_backend_removed_then_resync_then_readded(&IPTABLES_LEGACY);
+}
+
+#[test]
+fn iptables_legacy_unrelated_service_changes_cause_no_false_removal() {
+    unrelated_service_changes_cause_no_false_removal(&IPTABLES_LEGACY);
+}
+
+#[test]
+fn iptables_legacy_last_endpoints_leaving_are_each_reported() {
+    last_endpoints_leaving_are_each_reported(&IPTABLES_LEGACY);
+}
+
+#[test]
+fn iptables_legacy_removal_time_matches_the_last_flow_routed_to_the_old_pod() {
+    removal_time_matches_the_last_flow_routed_to_the_old_pod(&IPTABLES_LEGACY);
 }
 
 #[test]
@@ -496,4 +711,43 @@ fn nftables_last_endpoints_leaving_are_each_reported() {
 #[test]
 fn nftables_removal_time_matches_the_last_flow_routed_to_the_old_pod() {
     removal_time_matches_the_last_flow_routed_to_the_old_pod(&NFTABLES);
+}
+
+/// IPVS over generic netlink where the kernel has it; where it does not (this project's kernel:
+/// CONFIG_IP_VS unset), the controller has no family "IPVS", there is no /proc/net/ip_vs, and
+/// the watcher neither polls nor claims an IPVS trigger.
+#[test]
+fn ipvs_is_read_where_the_kernel_has_it_and_absent_otherwise() {
+    require_root();
+    let node = Node::create().unwrap();
+    let found = node
+        .ns
+        .run_in(|| {
+            ipvs::Live::open()
+                .unwrap()
+                .map(|mut kernel| ipvs::read(&mut kernel).unwrap())
+        })
+        .unwrap();
+    match found {
+        Some(state) => {
+            // A fresh namespace has no virtual servers.
+            assert_eq!(state, ipvs::Ipvs::default());
+        }
+        None => {
+            eprintln!(
+                "no IPVS in this kernel: the generic-netlink controller answers ENOENT for the family \"IPVS\""
+            );
+            assert!(!std::path::Path::new("/proc/net/ip_vs").exists());
+            let (mut watch, start) = Watch::start(&node, &NFTABLES);
+            let triggers = start.extra["triggers"].as_array().unwrap();
+            assert!(
+                triggers
+                    .iter()
+                    .all(|t| !t.as_str().unwrap().contains("IPVS")),
+                "{}",
+                start.to_json_line()
+            );
+            assert!(watch.within(Duration::from_millis(300)).is_empty());
+        }
+    }
 }

@@ -25,6 +25,22 @@ pub mod kind {
     pub const EXEC: u16 = 7;
     /// `sched:sched_process_exit` of a whole process (`group_dead`) in a watched namespace.
     pub const EXIT: u16 = 8;
+    /// `syscalls:sys_exit_setsockopt` of a successful `IPT_SO_SET_REPLACE` /
+    /// `IP6T_SO_SET_REPLACE`: an x_tables (iptables-legacy) table was replaced in a namespace of
+    /// [`crate::maps::DATAPLANE_NETNS`]. `ts_ns` is the syscall's exit (the new table is in
+    /// effect), `sk` its entry, `reason` the level (`SOL_IP` 0 / `SOL_IPV6` 41), `family`
+    /// `AF_INET`/`AF_INET6`, `comm` the table's name (`nat`, `filter`, …), `tgid` the writer and
+    /// `netns` its namespace.
+    pub const TABLE_REPLACE: u16 = 9;
+}
+
+/// `setsockopt` levels and the option that replaces an x_tables table
+/// (include/uapi/linux/netfilter_ipv4/ip_tables.h, `netfilter_ipv6/ip6_tables.h`).
+pub mod xt {
+    pub const SOL_IP: u32 = 0;
+    pub const SOL_IPV6: u32 = 41;
+    /// IPT_SO_SET_REPLACE = IP6T_SO_SET_REPLACE = IPT_BASE_CTL (64).
+    pub const SO_SET_REPLACE: u32 = 64;
 }
 
 /// TCP states (include/net/tcp_states.h).
@@ -157,6 +173,28 @@ impl CounterKey {
     }
 }
 
+/// A table replace in flight: what `sys_enter_setsockopt` saw, kept per thread
+/// (`bpf_get_current_pid_tgid`) until its `sys_exit_setsockopt` says whether it succeeded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingReplace {
+    /// `bpf_ktime_get_ns()` at the syscall's entry.
+    pub enter_ns: u64,
+    pub netns: u32,
+    /// `SOL_IP` or `SOL_IPV6`.
+    pub level: u32,
+    /// The first 16 bytes of `struct ipt_replace.name` (the table).
+    pub table: [u8; 16],
+}
+
+const _: () = {
+    assert!(offset_of!(PendingReplace, enter_ns) == 0);
+    assert!(offset_of!(PendingReplace, netns) == 8);
+    assert!(offset_of!(PendingReplace, level) == 12);
+    assert!(offset_of!(PendingReplace, table) == 16);
+    assert!(size_of::<PendingReplace>() == 32);
+};
+
 /// Offsets of kernel struct members the programs follow, resolved by the agent from the running
 /// kernel's BTF and set as a load-time global (Rust eBPF has no CO-RE relocations).
 #[repr(C)]
@@ -184,9 +222,10 @@ const _: () = assert!(size_of::<KernelOffsets>() == 32);
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: both types are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with
+    // SAFETY: these types are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with
     // every padding byte an explicit field (asserted above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::PendingReplace {}
 }

@@ -9,4 +9,6 @@ pub mod event;
 pub mod maps;
 pub mod tracepoint;
 
-pub use event::{CounterKey, Event, KernelOffsets, kind, rst_reason, tcp_state};
+pub use event::{
+    CounterKey, Event, KernelOffsets, PendingReplace, kind, rst_reason, tcp_state, xt,
+};

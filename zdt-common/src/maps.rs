@@ -40,3 +40,13 @@ pub const GLOBAL_OFFSETS: &str = "ZDT_OFFSETS";
 pub const GLOBAL_FILTER_ENABLED: &str = "ZDT_FILTER_ENABLED";
 /// Global set by the loader: wake the reader once every this many events (batched wake-ups).
 pub const GLOBAL_WAKEUP_EVERY: &str = "ZDT_WAKEUP_EVERY";
+
+/// Network namespaces (inode numbers) whose x_tables replaces are reported
+/// ([`crate::kind::TABLE_REPLACE`]): where the dataplane watcher reads kube-proxy's rules.
+pub const DATAPLANE_NETNS: &str = "ZDT_DATAPLANE_NETNS";
+pub const DATAPLANE_NETNS_MAX: u32 = 64;
+
+/// Table replaces in flight, per thread ([`crate::PendingReplace`]). An LRU map: a thread killed
+/// inside the syscall never reaches its exit, and its entry must not pin a slot forever.
+pub const TABLE_WRITERS: &str = "ZDT_TABLE_WRITERS";
+pub const TABLE_WRITERS_MAX: u32 = 1024;

@@ -139,6 +139,32 @@ pub mod sched_process_exit {
     };
 }
 
+/// `syscalls:sys_enter_setsockopt`: every argument is stored as a `long` (8 bytes).
+pub mod sys_enter_setsockopt {
+    pub const LEVEL: usize = 24;
+    pub const OPTNAME: usize = 32;
+    pub const OPTVAL: usize = 40;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "syscalls",
+        name: "sys_enter_setsockopt",
+        fields: &[
+            ("level", LEVEL, 8),
+            ("optname", OPTNAME, 8),
+            ("optval", OPTVAL, 8),
+        ],
+    };
+}
+
+/// `syscalls:sys_exit_setsockopt`.
+pub mod sys_exit_setsockopt {
+    pub const RET: usize = 16;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "syscalls",
+        name: "sys_exit_setsockopt",
+        fields: &[("ret", RET, 8)],
+    };
+}
+
 /// Offsets inside the 28-byte sockaddr copies of `tcp_send_reset`.
 pub mod sockaddr {
     pub const FAMILY: usize = 0;
@@ -146,6 +172,12 @@ pub mod sockaddr {
     pub const V4: usize = 4;
     pub const V6: usize = 8;
 }
+
+/// Tracepoints only the iptables-legacy trigger needs (syscall tracepoints exist only with
+/// CONFIG_FTRACE_SYSCALLS): checked when present; without them the agent runs and says that
+/// iptables-legacy changes are not watched.
+pub const OPTIONAL_LAYOUTS: &[Layout] =
+    &[sys_enter_setsockopt::LAYOUT, sys_exit_setsockopt::LAYOUT];
 
 /// Every tracepoint layout the programs depend on, checked at load time.
 pub const LAYOUTS: &[Layout] = &[

@@ -44,6 +44,17 @@ fn bump_stat(index: u32) -> u64 {
 /// Counts `event` exactly, then tries to hand it to userspace.
 #[inline(always)]
 pub fn emit(event: &Event) {
+    deliver(event, false);
+}
+
+/// The same, waking the reader at once (for rare events the agent acts on).
+#[inline(always)]
+pub fn emit_now(event: &Event) {
+    deliver(event, true);
+}
+
+#[inline(always)]
+fn deliver(event: &Event, wake: bool) {
     let key = CounterKey::of(event);
     count(&COUNTERS, &key);
     match EVENTS.reserve::<Event>(0) {
@@ -51,7 +62,7 @@ pub fn emit(event: &Event) {
             entry.write(*event);
             let sent = bump_stat(maps::STAT_EVENTS_SENT);
             let every = ZDT_WAKEUP_EVERY.load();
-            let flags = if every <= 1 || sent.is_multiple_of(every) {
+            let flags = if wake || every <= 1 || sent.is_multiple_of(every) {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP

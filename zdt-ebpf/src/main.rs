@@ -5,6 +5,7 @@
 #![no_main]
 
 mod client;
+mod dataplane;
 mod emit;
 mod kernel;
 mod listener;
@@ -56,6 +57,20 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     match process::on_exit(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_setsockopt")]
+pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
+    match dataplane::on_enter(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_setsockopt")]
+pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
+    match dataplane::on_exit(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }

@@ -93,8 +93,12 @@ pub async fn run(
     // The node's kube-proxy dataplane (hostNetwork: this is the node's namespace): when each
     // backend stops being routed, and which pod a client's error toward a Service reached.
     let _dataplane = if config.dataplane {
-        let watcher = crate::dataplane::watcher::start(&config.node, &tx)
-            .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
+        let watcher = crate::dataplane::watcher::start(
+            &config.node,
+            &tx,
+            Some(&mut |inum| agent.arm_table_replace(inum)),
+        )
+        .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
         agent.use_dataplane(&watcher);
         Some(watcher)
     } else {

@@ -10,7 +10,10 @@ use thiserror::Error;
 use zdt_common::{Event, kind, rst_reason};
 
 use super::clock::Clock;
-use crate::observation::{Kind, NodeName, Observation};
+use crate::{
+    dataplane::{Family, legacy::TableReplace},
+    observation::{Kind, NodeName, Observation},
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -80,6 +83,27 @@ impl Decoder {
             kind::EXEC => (Kind::Exec, None),
             kind::EXIT => (Kind::Exit, None),
             k => return Err(DecodeError::Kind(k)),
+        })
+    }
+
+    /// An x_tables replace (`kind::TABLE_REPLACE`): a trigger for the dataplane watcher, not an
+    /// observation. Times are converted like every kernel time.
+    pub fn table_replace(&self, ev: &Event) -> Result<TableReplace, DecodeError> {
+        if ev.kind != kind::TABLE_REPLACE {
+            return Err(DecodeError::Kind(ev.kind));
+        }
+        let family = match ev.family {
+            AF_INET => Family::V4,
+            AF_INET6 => Family::V6,
+            f => return Err(DecodeError::Family(f)),
+        };
+        Ok(TableReplace {
+            time: self.clock.to_wall(ev.ts_ns),
+            entered: self.clock.to_wall(ev.sk),
+            family,
+            table: comm(&ev.comm),
+            netns: ev.netns,
+            pid: ev.tgid,
         })
     }
 
@@ -245,5 +269,26 @@ mod tests {
         odd = ev;
         odd.kind = 999;
         assert_eq!(decoder().decode(&odd), Err(DecodeError::Kind(999)));
+    }
+
+    #[test]
+    fn a_table_replace_is_a_trigger_stamped_at_the_syscall_exit() {
+        let mut ev = Event::new(kind::TABLE_REPLACE, 660_197_146);
+        ev.sk = 659_000_000;
+        ev.family = AF_INET;
+        ev.reason = zdt_common::xt::SOL_IP;
+        ev.comm[..3].copy_from_slice(b"nat");
+        ev.netns = 4026531840;
+        ev.tgid = 77;
+        let d = decoder();
+        let t = d.table_replace(&ev).unwrap();
+        assert_eq!(t.time.to_string(), "2026-11-22T01:16:45.660197146Z");
+        assert_eq!(t.entered.to_string(), "2026-11-22T01:16:45.659Z");
+        assert_eq!((t.family, t.table.as_str(), t.pid), (Family::V4, "nat", 77));
+        assert!(t.concerns_nat());
+        // Not an observation kind: it never reaches the stream by mistake.
+        assert_eq!(d.decode(&ev), Err(DecodeError::Kind(kind::TABLE_REPLACE)));
+        ev.family = 7;
+        assert_eq!(d.table_replace(&ev), Err(DecodeError::Family(7)));
     }
 }

@@ -30,6 +30,12 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
 
+/// The iptables-legacy trigger's programs (attached when the kernel has syscall tracepoints).
+pub const TABLE_REPLACE_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_setsockopt", "syscalls", "sys_enter_setsockopt"),
+    ("sys_exit_setsockopt", "syscalls", "sys_exit_setsockopt"),
+];
+
 /// BTF tracepoints: (function name, kernel tracepoint). `signal_generate` needs the task
 /// pointer of the target, which only the BTF flavour passes.
 pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("signal_generate", "signal_generate")];
@@ -44,6 +50,8 @@ pub struct LoadSpec<'a> {
     pub offsets: KernelOffsets,
     /// Filter even with empty watch lists (nothing is reported until addresses are added).
     pub filter: bool,
+    /// Attach the iptables-legacy trigger (preflight found its tracepoints).
+    pub table_replace: bool,
 }
 
 /// The loaded, attached probes and the maps userspace reads.
@@ -54,6 +62,20 @@ pub struct Probes {
     pub maps: KernelMaps,
     /// The watch tries, for run-time updates (cluster mode).
     pub filter: WatchFilter,
+    /// Where x_tables replaces are reported from; `None` when the trigger is not attached.
+    pub dataplane_netns: Option<DataplaneNetns>,
+}
+
+/// The network namespaces whose x_tables (iptables-legacy) replaces the kernel reports.
+pub struct DataplaneNetns(BpfHashMap<MapData, u32, u8>);
+
+impl DataplaneNetns {
+    /// Reports table replaces in the namespace with inode `inum` from now on.
+    pub fn watch(&mut self, inum: u32) -> anyhow::Result<()> {
+        self.0.insert(&inum, &1u8, 0).with_context(|| {
+            format!("failed to watch iptables-legacy changes in network namespace {inum}")
+        })
+    }
 }
 
 /// The programs, attached for as long as this lives.
@@ -102,7 +124,12 @@ impl Probes {
             }
         }
 
-        for (prog, category, name) in TRACEPOINTS {
+        let optional = if spec.table_replace {
+            TABLE_REPLACE_TRACEPOINTS
+        } else {
+            &[]
+        };
+        for (prog, category, name) in TRACEPOINTS.iter().chain(optional) {
             let program: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
@@ -146,11 +173,20 @@ impl Probes {
             watch,
             spec.watch_netns,
         );
+        let dataplane_netns = if spec.table_replace {
+            Some(DataplaneNetns(BpfHashMap::try_from(take(
+                &mut ebpf,
+                maps::DATAPLANE_NETNS,
+            )?)?))
+        } else {
+            None
+        };
         Ok(Self {
             attached: Attached(ebpf),
             events,
             maps,
             filter,
+            dataplane_netns,
         })
     }
 }

@@ -280,8 +280,12 @@ async fn run_standalone(
     let (tx, mut rx) = mpsc::channel::<Observation>(4096);
     agent.announce(&tx).await;
     if config.dataplane {
-        let watcher = crate::dataplane::watcher::start(&config.node, &tx)
-            .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
+        let watcher = crate::dataplane::watcher::start(
+            &config.node,
+            &tx,
+            Some(&mut |inum| agent.arm_table_replace(inum)),
+        )
+        .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
         agent.use_dataplane(&watcher);
     }
     let shutdown = async {

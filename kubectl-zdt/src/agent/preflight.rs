@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 use thiserror::Error;
 use zdt_common::{
     KernelOffsets,
-    tracepoint::{LAYOUTS, Layout},
+    tracepoint::{LAYOUTS, Layout, OPTIONAL_LAYOUTS},
 };
 
 use super::btf::Btf;
@@ -74,6 +74,9 @@ pub struct KernelInfo {
     pub bpffs: bool,
     /// Struct offsets the programs follow, from this kernel's BTF.
     pub offsets: KernelOffsets,
+    /// Whether the syscall tracepoints of the iptables-legacy trigger exist with the layout the
+    /// programs read (`OPTIONAL_LAYOUTS`).
+    pub table_replace: bool,
 }
 
 /// Runs every check, mounting tracefs and bpffs when they are missing and mounting is allowed.
@@ -91,8 +94,19 @@ pub fn check() -> Result<KernelInfo, PreflightError> {
             rst_reasons = symbolic_values(&format, "REC->reason");
         }
     }
+    let table_replace =
+        OPTIONAL_LAYOUTS
+            .iter()
+            .all(|layout| match check_layout(&tracefs, layout) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!("iptables-legacy rule changes will not be watched: {e}");
+                    false
+                }
+            });
     raise_memlock();
     Ok(KernelInfo {
+        table_replace,
         tracefs,
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())

@@ -26,11 +26,14 @@ use super::{
     clock::Clock,
     decode::{self, Decoder},
     filter::WatchFilter,
-    loader::{Attached, KernelMaps, LoadSpec, Probes},
+    loader::{Attached, DataplaneNetns, KernelMaps, LoadSpec, Probes},
     netns_gone::{NetnsGone, NetnsGoneWatcher},
     preflight::{self, KernelInfo},
 };
-use crate::observation::{Kind, Observation, SCHEMA_VERSION};
+use crate::{
+    dataplane::watcher::Trigger,
+    observation::{Kind, Observation, SCHEMA_VERSION},
+};
 
 /// How long a client error toward a Service waits for the conntrack event naming its backend.
 const BACKEND_WAIT: Duration = Duration::from_millis(250);
@@ -62,6 +65,10 @@ pub struct Agent {
     /// Created early when namespaces are registered at run time (cluster mode); then it runs
     /// until shutdown even while nothing is watched.
     netns_gone: Option<NetnsGoneWatcher>,
+    /// Where x_tables replaces are reported from (the iptables-legacy trigger), if attached.
+    dataplane_netns: Option<DataplaneNetns>,
+    /// The dataplane watcher's triggers: x_tables replaces go there, not into the stream.
+    triggers: Option<std::sync::mpsc::Sender<Trigger>>,
 }
 
 impl Agent {
@@ -73,6 +80,7 @@ impl Agent {
             events,
             maps,
             filter,
+            dataplane_netns,
         } = Probes::load(&LoadSpec {
             watch: &config.watch,
             watch_netns: &config
@@ -84,6 +92,7 @@ impl Agent {
             ringbuf_bytes: config.ringbuf_bytes,
             offsets: kernel.offsets,
             filter: config.filter,
+            table_replace: kernel.table_replace,
         })?;
         let decoder = Decoder {
             node: config.node.clone(),
@@ -108,6 +117,8 @@ impl Agent {
             announced: false,
             filter: Some(filter),
             netns_gone: None,
+            dataplane_netns,
+            triggers: None,
         })
     }
 
@@ -122,6 +133,16 @@ impl Agent {
         Ok(registry)
     }
 
+    /// Arms the iptables-legacy trigger for the network namespace with inode `inum`: x_tables
+    /// replaces there are reported to the dataplane watcher from now on. `Ok(false)` when the
+    /// kernel has no syscall tracepoints (preflight said so).
+    pub fn arm_table_replace(&mut self, inum: u32) -> anyhow::Result<bool> {
+        match &mut self.dataplane_netns {
+            Some(map) => map.watch(inum).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// The kernel watch filter, for run-time updates (cluster mode); `None` once taken.
     pub fn take_filter(&mut self) -> Option<WatchFilter> {
         self.filter.take()
@@ -133,6 +154,7 @@ impl Agent {
     pub fn use_dataplane(&mut self, watcher: &crate::dataplane::watcher::Watcher) {
         self.frontends = Some(watcher.frontends.clone());
         self.dnat = Some(watcher.dnat.clone());
+        self.triggers = Some(watcher.triggers.clone());
         match super::conntrack::Conntrack::open() {
             Ok(c) => self.conntrack = Some(c),
             Err(e) => tracing::warn!(
@@ -325,7 +347,15 @@ impl Agent {
                 let Some(item) = self.events.next() else {
                     break;
                 };
-                match decode::parse(&item).and_then(|ev| self.decoder.decode(&ev)) {
+                let event = decode::parse(&item);
+                drop(item);
+                if let Ok(ev) = &event
+                    && ev.kind == zdt_common::kind::TABLE_REPLACE
+                {
+                    self.table_replaced(ev);
+                    continue;
+                }
+                match event.and_then(|ev| self.decoder.decode(&ev)) {
                     Ok(o) => batch.push(o),
                     Err(e) => {
                         self.decode_errors += 1;
@@ -359,6 +389,21 @@ impl Agent {
             }
             if !more {
                 return true;
+            }
+        }
+    }
+
+    /// Hands an x_tables replace to the dataplane watcher (it is a trigger, not an observation).
+    fn table_replaced(&mut self, ev: &zdt_common::Event) {
+        match self.decoder.table_replace(ev) {
+            Ok(r) => {
+                if let Some(t) = &self.triggers {
+                    let _ = t.send(Trigger::TableReplace(r));
+                }
+            }
+            Err(e) => {
+                self.decode_errors += 1;
+                tracing::debug!("undecodable table replace: {e}");
             }
         }
     }
@@ -410,6 +455,17 @@ impl Agent {
             }
             let delta = total - *reported;
             *reported = total;
+            if key.kind == zdt_common::kind::TABLE_REPLACE {
+                // A lost trigger: the watcher reads the legacy tables again, stamping what
+                // changed with the window the loss happened in.
+                if let Some(t) = &self.triggers {
+                    let _ = t.send(Trigger::Lost {
+                        since: window_start,
+                        now,
+                    });
+                }
+                continue;
+            }
             let Ok((kind, reason)) = self.decoder.classify(key.kind, key.reason) else {
                 continue;
             };

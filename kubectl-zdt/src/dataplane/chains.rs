@@ -2,18 +2,131 @@
 //! go to which others. Both iptables and nftables modes of kube-proxy route a frontend through a
 //! few chains (service → endpoint) before the DNAT; a route exists when a DNAT is reachable.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
-use super::model::{Backend, Backends, Protocol, Route, ServiceAddr, ServiceName};
+use super::{
+    model::{Backend, Backends, Protocol, Route, ServiceAddr, ServiceName, Via},
+    source::Family,
+};
 
 /// Where kube-proxy's rules start routing one Service frontend: the chain its dispatch
-/// (KUBE-SERVICES rule, `service-ips` element) jumps to.
+/// (KUBE-SERVICES or KUBE-NODEPORTS rule, `service-ips` or `service-nodeports` element) jumps to.
 #[derive(Debug)]
 pub struct Frontend<'a> {
     pub service: ServiceAddr,
     pub protocol: Protocol,
     pub chain: &'a str,
     pub name: Option<ServiceName>,
+    pub via: Via,
+}
+
+/// kube-proxy's iptables-mode dispatch chain: one rule per Service IP and port.
+pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
+/// Its NodePort dispatch chain, jumped to from the end of KUBE-SERVICES for the node's own
+/// addresses: one rule per node port.
+pub const KUBE_NODEPORTS: &str = "KUBE-NODEPORTS";
+
+/// Chains whose jumps lead toward endpoints (KUBE-XLB is the pre-1.24 name of KUBE-EXT for
+/// externalTrafficPolicy Local). Jumps to anything else (KUBE-MARK-MASQ, KUBE-MARK-DROP,
+/// RETURN) never DNAT.
+pub fn routes_toward_endpoints(chain: &str) -> bool {
+    [
+        "KUBE-SVC-",
+        "KUBE-SVL-",
+        "KUBE-EXT-",
+        "KUBE-FW-",
+        "KUBE-XLB-",
+        "KUBE-SEP-",
+    ]
+    .iter()
+    .any(|p| chain.starts_with(p))
+}
+
+/// Suffixes kube-proxy appends to the Service port name in KUBE-SERVICES comments.
+const FRONTEND_SUFFIXES: &[&str] = &[" cluster IP", " external IP", " loadbalancer IP"];
+
+/// `ns/name:port cluster IP` → `ns/name:port` (KUBE-NODEPORTS comments carry the bare name).
+pub fn name_of_comment(comment: &str) -> ServiceName {
+    let name = FRONTEND_SUFFIXES
+        .iter()
+        .find_map(|s| comment.strip_suffix(s))
+        .unwrap_or(comment);
+    ServiceName::from(name)
+}
+
+/// A jump in an iptables-mode chain, as every reader of that mode (the `iptables-save` text, the
+/// nf_tables mirror, the x_tables blob) sees it: enough to find kube-proxy's frontends.
+#[derive(Clone, Copy, Debug)]
+pub struct DispatchRule<'a> {
+    pub chain: &'a str,
+    /// `-d <ip>/32` (or /128), not negated.
+    pub daddr: Option<IpAddr>,
+    /// `-p <proto>`, not negated.
+    pub protocol: Option<Protocol>,
+    /// `--dport <port>` (a single port, not negated).
+    pub dport: Option<u16>,
+    pub target: &'a str,
+    pub comment: Option<&'a str>,
+}
+
+/// The frontends of kube-proxy's iptables mode (pkg/proxy/iptables/proxier.go):
+/// - `-A KUBE-SERVICES -d <IP> -p <proto> --dport <port> -j KUBE-SVC|SVL|EXT|FW-<hash>` for
+///   ClusterIPs, external and load-balancer IPs;
+/// - `-A KUBE-NODEPORTS -p <proto> --dport <nodePort> -j KUBE-EXT-<hash>` (KUBE-SVC / KUBE-XLB
+///   before v1.24), reached from the last rule of KUBE-SERVICES: `-m addrtype --dst-type LOCAL`
+///   (every local address but loopback; reported as the unspecified address) or, with
+///   `--nodeport-addresses`, one `-d <nodeIP> -j KUBE-NODEPORTS` rule per address.
+pub fn frontends<'a>(rules: &[DispatchRule<'a>], family: Family) -> Vec<Frontend<'a>> {
+    let any: IpAddr = match family {
+        Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+        Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let mut nodeport_addrs: Vec<IpAddr> = Vec::new();
+    for r in rules
+        .iter()
+        .filter(|r| r.chain == KUBE_SERVICES && r.target == KUBE_NODEPORTS)
+    {
+        let addr = r.daddr.unwrap_or(any);
+        if !nodeport_addrs.contains(&addr) {
+            nodeport_addrs.push(addr);
+        }
+    }
+    let mut out = Vec::new();
+    for r in rules.iter().filter(|r| routes_toward_endpoints(r.target)) {
+        let (Some(protocol), Some(port)) = (r.protocol, r.dport) else {
+            continue;
+        };
+        let name = r.comment.map(name_of_comment);
+        match r.chain {
+            KUBE_SERVICES => {
+                if let Some(ip) = r.daddr {
+                    out.push(Frontend {
+                        service: ServiceAddr(SocketAddr::new(ip, port)),
+                        protocol,
+                        chain: r.target,
+                        name,
+                        via: Via::ServiceIp,
+                    });
+                }
+            }
+            KUBE_NODEPORTS => {
+                for ip in &nodeport_addrs {
+                    out.push(Frontend {
+                        service: ServiceAddr(SocketAddr::new(*ip, port)),
+                        protocol,
+                        chain: r.target,
+                        name: name.clone(),
+                        via: Via::NodePort,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Chains of one rule set, borrowed from the parsed dump.
@@ -41,6 +154,7 @@ impl<'a> ChainGraph<'a> {
                     service: f.service,
                     protocol: f.protocol,
                     backend: Backend(backend),
+                    via: f.via,
                 };
                 backends.insert(route, f.name.clone());
             }

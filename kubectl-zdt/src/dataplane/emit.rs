@@ -3,7 +3,7 @@
 use jiff::{SignedDuration, Timestamp};
 
 use super::{
-    model::{Change, RouteChange},
+    model::{Change, RouteChange, Via},
     source::Source,
 };
 use crate::observation::{Kind, NodeName, Observation};
@@ -26,7 +26,7 @@ pub struct Stamp {
 ///
 /// The time is the commit's, not the diff's. When several commits were read by one dump, each
 /// change happened in one of them: the time is the middle of [first, last] and `uncertainty_ns`
-/// its half-width.
+/// its half-width. The same holds for a window in which triggers were lost.
 pub fn observations(
     node: &NodeName,
     source: Source,
@@ -41,7 +41,7 @@ pub fn observations(
         o.ip = Some(c.route.backend.0.ip());
         o.port = Some(c.route.backend.0.port());
         o.service = Some(c.route.service.to_string());
-        if stamp.commits > 1 {
+        if half > SignedDuration::ZERO {
             o.uncertainty_ns = Some(half.as_nanos().unsigned_abs() as u64);
         }
         let mut o = o
@@ -50,6 +50,9 @@ pub fn observations(
             .with_extra("detect_ns", u64::try_from(lag).unwrap_or(u64::MAX));
         if stamp.commits > 1 {
             o = o.with_extra("commits", stamp.commits);
+        }
+        if c.route.via == Via::NodePort {
+            o = o.with_extra("frontend", Via::NodePort.as_str());
         }
         if let Some(name) = &c.name {
             o = o.with_extra("service_name", &**name);
@@ -68,7 +71,7 @@ pub fn observations(
 mod tests {
     use super::*;
     use crate::dataplane::{
-        model::{Backend, Protocol, Route, ServiceAddr},
+        model::{Backend, Protocol, Route, ServiceAddr, Via},
         source::{Family, Mode},
     };
 
@@ -84,6 +87,7 @@ mod tests {
                     service: ServiceAddr("10.96.114.246:80".parse().unwrap()),
                     protocol: Protocol::Tcp,
                     backend: Backend("10.244.0.36:8080".parse().unwrap()),
+                    via: Via::ServiceIp,
                 },
                 name: Some("default/web".into()),
             }],

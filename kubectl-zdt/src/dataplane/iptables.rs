@@ -19,8 +19,9 @@ use std::net::{IpAddr, SocketAddr};
 use thiserror::Error;
 
 use super::{
-    chains::{ChainGraph, Frontend},
-    model::{Backends, Protocol, ServiceAddr, ServiceName},
+    chains::{ChainGraph, DispatchRule, KUBE_NODEPORTS, KUBE_SERVICES, routes_toward_endpoints},
+    model::{Backends, Protocol},
+    source::Family,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -43,29 +44,19 @@ struct Rule<'a> {
     comment: Option<String>,
 }
 
-/// Chains whose jumps lead toward endpoints. Jumps to anything else (KUBE-MARK-MASQ,
-/// KUBE-MARK-DROP, RETURN) never DNAT.
-fn routes_toward_endpoints(chain: &str) -> bool {
-    [
-        "KUBE-SVC-",
-        "KUBE-SVL-",
-        "KUBE-EXT-",
-        "KUBE-FW-",
-        "KUBE-SEP-",
-    ]
-    .iter()
-    .any(|p| chain.starts_with(p))
+/// A parsed jump whose comment is owned by the parse (the graph borrows the text).
+struct Jump<'a> {
+    chain: &'a str,
+    rule: Rule<'a>,
+    target: &'a str,
 }
 
-/// Suffixes kube-proxy appends to the Service port name in KUBE-SERVICES comments.
-const FRONTEND_SUFFIXES: &[&str] = &[" cluster IP", " external IP", " loadbalancer IP"];
-
-/// Parses the nat table of `iptables-save` output into the routes it programs. Other tables in
-/// the text are ignored; so are rules that are not kube-proxy's.
+/// Parses the nat table of `iptables-save` (or `ip6tables-save`) output into the routes it
+/// programs. Other tables in the text are ignored; so are rules that are not kube-proxy's.
 pub fn parse(text: &str) -> Result<Backends, ParseError> {
     let mut in_nat = false;
     let mut graph = ChainGraph::default();
-    let mut frontends = Vec::new();
+    let mut jumps = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         if let Some(table) = line.strip_prefix('*') {
@@ -81,7 +72,7 @@ pub fn parse(text: &str) -> Result<Backends, ParseError> {
         let Some((chain, args)) = rest.split_once(' ') else {
             continue;
         };
-        if chain != "KUBE-SERVICES" && !routes_toward_endpoints(chain) {
+        if chain != KUBE_SERVICES && chain != KUBE_NODEPORTS && !routes_toward_endpoints(chain) {
             continue;
         }
         let rule = parse_rule(args, line_no)?;
@@ -93,42 +84,52 @@ pub fn parse(text: &str) -> Result<Backends, ParseError> {
             graph.add_dnat(chain, addr);
             continue;
         }
-        let Some(target) = rule.jump.filter(|t| routes_toward_endpoints(t)) else {
+        let Some(target) = rule
+            .jump
+            .filter(|t| routes_toward_endpoints(t) || *t == KUBE_NODEPORTS)
+        else {
             continue;
         };
-        if chain == "KUBE-SERVICES" {
-            if let Some(frontend) = frontend_of(&rule) {
-                let name = rule.comment.as_deref().map(service_name);
-                frontends.push(Frontend {
-                    service: frontend.0,
-                    protocol: frontend.1,
-                    chain: target,
-                    name,
-                });
-            }
-        } else {
-            graph.add_jump(chain, target);
-        }
+        graph.add_jump(chain, target);
+        jumps.push(Jump {
+            chain,
+            rule,
+            target,
+        });
     }
-    Ok(graph.routes(frontends))
+    let rules: Vec<DispatchRule<'_>> = jumps
+        .iter()
+        .map(|j| DispatchRule {
+            chain: j.chain,
+            daddr: host_addr(&j.rule),
+            protocol: j.rule.protocol.and_then(Protocol::parse),
+            dport: j.rule.dport.and_then(|p| p.parse().ok()),
+            target: j.target,
+            comment: j.rule.comment.as_deref(),
+        })
+        .collect();
+    // ip6tables-save output has IPv6 destinations; the family only matters for node ports
+    // that match every local address.
+    let family = if rules.iter().any(|r| r.daddr.is_some_and(|a| a.is_ipv6())) {
+        Family::V6
+    } else {
+        Family::V4
+    };
+    Ok(graph.routes(super::chains::frontends(&rules, family)))
 }
 
-fn frontend_of(rule: &Rule<'_>) -> Option<(ServiceAddr, Protocol)> {
+/// `-d 10.96.0.1/32` (or a bare address), not negated: a single destination address.
+fn host_addr(rule: &Rule<'_>) -> Option<IpAddr> {
     if rule.dest_negated {
         return None;
     }
-    let ip: IpAddr = rule.dest?.split('/').next()?.parse().ok()?;
-    let port: u16 = rule.dport?.parse().ok()?;
-    let protocol = Protocol::parse(rule.protocol?)?;
-    Some((ServiceAddr(SocketAddr::new(ip, port)), protocol))
-}
-
-fn service_name(comment: &str) -> ServiceName {
-    let name = FRONTEND_SUFFIXES
-        .iter()
-        .find_map(|s| comment.strip_suffix(s))
-        .unwrap_or(comment);
-    ServiceName::from(name)
+    let (ip, prefix) = match rule.dest?.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (rule.dest?, None),
+    };
+    let ip: IpAddr = ip.parse().ok()?;
+    let full = if ip.is_ipv4() { "32" } else { "128" };
+    prefix.is_none_or(|p| p == full).then_some(ip)
 }
 
 /// `10.244.0.33:8080` or `[fd00::10]:8080`. kube-proxy always writes the port.

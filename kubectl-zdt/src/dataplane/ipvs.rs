@@ -1,23 +1,47 @@
 //! kube-proxy's IPVS mode: virtual servers (one per Service frontend) and their real servers
-//! (endpoints), as the IPVS generic-netlink family returns them (`IPVS_CMD_GET_SERVICE` /
-//! `IPVS_CMD_GET_DEST` dump replies; include/uapi/linux/ip_vs.h).
+//! (endpoints), read over the IPVS generic-netlink family (`IPVS_CMD_GET_SERVICE` /
+//! `IPVS_CMD_GET_DEST` dumps; include/uapi/linux/ip_vs.h), the way `ipvsadm -Ln` reads them.
+//!
+//! IPVS has no multicast group: the kernel announces no change. The watcher therefore reads
+//! IPVS again every [`POLL`] (only when the kernel has IPVS at all) and stamps what changed with
+//! the interval between the previous read and this one: time resolution = the interval.
 //!
 //! UNVERIFIED LIVE: IPVS is not compiled into the kernel this project is built and tested on
-//! (CONFIG_IP_VS unset), so this parser is tested on constructed messages only, and nothing reads
-//! IPVS from a running kernel yet (IPVS sends no change notifications; a reader would have to
-//! re-dump on a timer). kube-proxy drains a terminating endpoint by setting its real server's
-//! weight to 0 before deleting it: a weight-0 real server receives no new connections, so it is
-//! not a route.
+//! (CONFIG_IP_VS unset: no /proc/net/ip_vs, no modules, and the generic-netlink controller
+//! answers ENOENT for the family "IPVS"), so this code is tested on constructed messages only,
+//! through the same decoding the live reader uses (`decode_datagram`). kube-proxy drains a
+//! terminating endpoint by setting its real server's weight to 0 before deleting it: a weight-0
+//! real server receives no new connections, so it is not a route.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
-use netlink_packet_core::{NetlinkBuffer, NlaBuffer, NlasIterator};
+use netlink_packet_core::{
+    DecodeError, Emitable, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NlaBuffer, NlasIterator, ParseableParametrized,
+};
+use netlink_packet_generic::{
+    GenlFamily, GenlHeader, GenlMessage,
+    ctrl::{GenlCtrl, GenlCtrlCmd, nlas::GenlCtrlAttrs},
+};
+use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_GENERIC};
 use thiserror::Error;
 
-use super::model::{Backend, Backends, Protocol, Route, ServiceAddr};
+use super::model::{Backend, Backends, Protocol, Route, ServiceAddr, Via};
 
-/// struct genlmsghdr: cmd, version, reserved.
-const GENL_HDR_LEN: usize = 4;
+/// How often IPVS is read again: the time resolution of IPVS changes.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// The generic-netlink family and its version (IPVS_GENL_NAME, IPVS_GENL_VERSION).
+const FAMILY: &str = "IPVS";
+const VERSION: u8 = 1;
+const IPVS_CMD_NEW_SERVICE: u8 = 1;
+const IPVS_CMD_GET_SERVICE: u8 = 4;
+const IPVS_CMD_NEW_DEST: u8 = 5;
+const IPVS_CMD_GET_DEST: u8 = 8;
 const IPVS_CMD_ATTR_SERVICE: u16 = 1;
 const IPVS_CMD_ATTR_DEST: u16 = 2;
 const IPVS_SVC_ATTR_AF: u16 = 1;
@@ -28,8 +52,10 @@ const IPVS_DEST_ATTR_ADDR: u16 = 1;
 const IPVS_DEST_ATTR_PORT: u16 = 2;
 const IPVS_DEST_ATTR_WEIGHT: u16 = 4;
 const IPVS_DEST_ATTR_ADDR_FAMILY: u16 = 11;
+const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-/// The nested flag in an attribute type.
+/// NLA_F_NESTED, and the mask of an attribute's type.
+const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -38,6 +64,14 @@ pub enum ParseError {
     Framing,
     #[error("IPVS {what} attribute missing or malformed")]
     Attribute { what: &'static str },
+}
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("IPVS generic netlink: {0}")]
+    Io(#[from] io::Error),
+    #[error("IPVS reply could not be read: {0}")]
+    Parse(#[from] ParseError),
 }
 
 /// A virtual server (Service frontend).
@@ -54,12 +88,149 @@ pub struct RealServer {
     pub weight: u32,
 }
 
-/// The attributes of a genl message (after nlmsghdr and genlmsghdr).
-fn genl_attrs(message: &[u8]) -> Result<&[u8], ParseError> {
-    let nl = NetlinkBuffer::new_checked(message).map_err(|_| ParseError::Framing)?;
-    nl.payload().get(GENL_HDR_LEN..).ok_or(ParseError::Framing)
+/// A real server as a dump reply carries it: kernels before 4.17 send no address family of
+/// its own (it is then the virtual server's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawDest {
+    addr: [u8; 16],
+    family: Option<u16>,
+    port: u16,
+    weight: u32,
 }
 
+impl RawDest {
+    fn resolve(self, service_af: u16) -> Result<RealServer, ParseError> {
+        let ip = inet_addr(&self.addr, self.family.unwrap_or(service_af)).ok_or(
+            ParseError::Attribute {
+                what: "destination address",
+            },
+        )?;
+        Ok(RealServer {
+            backend: Backend(SocketAddr::new(ip, self.port)),
+            weight: self.weight,
+        })
+    }
+}
+
+/// The IPVS family's messages, as far as kube-proxy's routes need them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpvsMessage {
+    /// `IPVS_CMD_GET_SERVICE` dump request.
+    GetServices,
+    /// `IPVS_CMD_GET_DEST` dump request for one virtual server.
+    GetDests(VirtualServer),
+    /// `IPVS_CMD_NEW_SERVICE`, a dump reply; `None` for firewall-mark services (no address),
+    /// which kube-proxy does not create.
+    Service(Option<VirtualServer>),
+    /// `IPVS_CMD_NEW_DEST`, a dump reply.
+    Dest(RawDest),
+    /// Any other command.
+    Other(u8),
+}
+
+impl GenlFamily for IpvsMessage {
+    fn family_name() -> &'static str {
+        FAMILY
+    }
+
+    fn command(&self) -> u8 {
+        match self {
+            Self::GetServices => IPVS_CMD_GET_SERVICE,
+            Self::GetDests(_) => IPVS_CMD_GET_DEST,
+            Self::Service(_) => IPVS_CMD_NEW_SERVICE,
+            Self::Dest(_) => IPVS_CMD_NEW_DEST,
+            Self::Other(c) => *c,
+        }
+    }
+
+    fn version(&self) -> u8 {
+        VERSION
+    }
+}
+
+/// One attribute: length, type, value, padded to 4 bytes.
+fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(4 + value.len() + 3);
+    a.extend_from_slice(
+        &u16::try_from(4 + value.len())
+            .unwrap_or(u16::MAX)
+            .to_ne_bytes(),
+    );
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(value);
+    a.resize(a.len().next_multiple_of(4), 0);
+    a
+}
+
+fn family_of(ip: IpAddr) -> u16 {
+    if ip.is_ipv4() { AF_INET } else { AF_INET6 }
+}
+
+fn addr16(ip: IpAddr) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => a[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => a = v6.octets(),
+    }
+    a
+}
+
+/// The nested `IPVS_CMD_ATTR_SERVICE` that names a virtual server.
+fn service_attr(vs: &VirtualServer) -> Vec<u8> {
+    let ip = vs.service.0.ip();
+    let mut inner = nla(IPVS_SVC_ATTR_AF, &family_of(ip).to_ne_bytes());
+    inner.extend(nla(
+        IPVS_SVC_ATTR_PROTOCOL,
+        &(match vs.protocol {
+            Protocol::Tcp => 6u16,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        })
+        .to_ne_bytes(),
+    ));
+    inner.extend(nla(IPVS_SVC_ATTR_ADDR, &addr16(ip)));
+    inner.extend(nla(IPVS_SVC_ATTR_PORT, &vs.service.0.port().to_be_bytes()));
+    nla(IPVS_CMD_ATTR_SERVICE | NLA_F_NESTED, &inner)
+}
+
+impl IpvsMessage {
+    fn attributes(&self) -> Vec<u8> {
+        match self {
+            Self::GetDests(vs) => service_attr(vs),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Emitable for IpvsMessage {
+    fn buffer_len(&self) -> usize {
+        self.attributes().len()
+    }
+
+    fn emit(&self, buffer: &mut [u8]) {
+        let attrs = self.attributes();
+        buffer[..attrs.len()].copy_from_slice(&attrs);
+    }
+}
+
+impl ParseableParametrized<[u8], GenlHeader> for IpvsMessage {
+    fn parse_with_param(buf: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
+        let parsed = match header.cmd {
+            IPVS_CMD_NEW_SERVICE => parse_service(buf).map(Self::Service),
+            IPVS_CMD_NEW_DEST => parse_dest(buf).map(Self::Dest),
+            IPVS_CMD_GET_SERVICE => Ok(Self::GetServices),
+            IPVS_CMD_GET_DEST => nested(buf, IPVS_CMD_ATTR_SERVICE)
+                .ok_or(ParseError::Attribute { what: "service" })
+                .and_then(|_| parse_service(buf))
+                .and_then(|vs| vs.ok_or(ParseError::Attribute { what: "service" }))
+                .map(Self::GetDests),
+            c => Ok(Self::Other(c)),
+        };
+        parsed.map_err(|e| DecodeError::from(e.to_string()))
+    }
+}
+
+/// The value of the first attribute of `kind` in `attrs`.
 fn nested(attrs: &[u8], kind: u16) -> Option<&[u8]> {
     NlasIterator::new(attrs)
         .map_while(Result::ok)
@@ -97,10 +268,9 @@ fn inet_addr(v: &[u8], af: u16) -> Option<IpAddr> {
     }
 }
 
-/// One `IPVS_CMD_NEW_SERVICE` message (a GET_SERVICE dump reply). Firewall-mark services (no
-/// address) are not kube-proxy's and read as `None`.
-pub fn parse_service(message: &[u8]) -> Result<Option<VirtualServer>, ParseError> {
-    let attrs = genl_attrs(message)?;
+/// The attributes of an `IPVS_CMD_NEW_SERVICE` message. Firewall-mark services (no address)
+/// read as `None`.
+fn parse_service(attrs: &[u8]) -> Result<Option<VirtualServer>, ParseError> {
     let svc =
         nested(attrs, IPVS_CMD_ATTR_SERVICE).ok_or(ParseError::Attribute { what: "service" })?;
     let af = nested(svc, IPVS_SVC_ATTR_AF)
@@ -126,34 +296,118 @@ pub fn parse_service(message: &[u8]) -> Result<Option<VirtualServer>, ParseError
     }))
 }
 
-/// One `IPVS_CMD_NEW_DEST` message (a GET_DEST dump reply for one virtual server of family
-/// `service_af`).
-pub fn parse_dest(message: &[u8], service_af: u16) -> Result<RealServer, ParseError> {
-    let attrs = genl_attrs(message)?;
+/// The attributes of an `IPVS_CMD_NEW_DEST` message.
+fn parse_dest(attrs: &[u8]) -> Result<RawDest, ParseError> {
     let dest = nested(attrs, IPVS_CMD_ATTR_DEST).ok_or(ParseError::Attribute {
         what: "destination",
     })?;
-    // Since Linux 4.17 a destination may have its own family (IPv4 real servers behind an IPv6
-    // virtual server); older kernels omit it.
-    let af = nested(dest, IPVS_DEST_ATTR_ADDR_FAMILY)
-        .and_then(u16_ne)
-        .unwrap_or(service_af);
-    let ip = nested(dest, IPVS_DEST_ATTR_ADDR)
-        .and_then(|a| inet_addr(a, af))
+    let addr = nested(dest, IPVS_DEST_ATTR_ADDR)
+        .and_then(|a| <[u8; 16]>::try_from(a.get(..16)?).ok())
         .ok_or(ParseError::Attribute {
             what: "destination address",
         })?;
-    let port = nested(dest, IPVS_DEST_ATTR_PORT)
-        .and_then(be16)
-        .ok_or(ParseError::Attribute {
-            what: "destination port",
-        })?;
-    let weight = nested(dest, IPVS_DEST_ATTR_WEIGHT)
-        .and_then(u32_ne)
-        .ok_or(ParseError::Attribute { what: "weight" })?;
-    Ok(RealServer {
-        backend: Backend(SocketAddr::new(ip, port)),
-        weight,
+    Ok(RawDest {
+        addr,
+        // Since Linux 4.17 a destination may have its own family (IPv4 real servers behind an
+        // IPv6 virtual server).
+        family: nested(dest, IPVS_DEST_ATTR_ADDR_FAMILY).and_then(u16_ne),
+        port: nested(dest, IPVS_DEST_ATTR_PORT)
+            .and_then(be16)
+            .ok_or(ParseError::Attribute {
+                what: "destination port",
+            })?,
+        weight: nested(dest, IPVS_DEST_ATTR_WEIGHT)
+            .and_then(u32_ne)
+            .ok_or(ParseError::Attribute { what: "weight" })?,
+    })
+}
+
+/// One dump request as the kernel expects it.
+pub fn encode_request(request: &IpvsMessage, family_id: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(GenlMessage::new(
+            GenlHeader {
+                cmd: request.command(),
+                version: VERSION,
+            },
+            request.clone(),
+            family_id,
+        )),
+    );
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
+}
+
+/// Decodes one datagram of dump replies: the IPVS messages in it, and whether NLMSG_DONE ended
+/// the dump. A kernel error reply is returned as the I/O error it stands for.
+pub fn decode_datagram(bytes: &[u8]) -> Result<(Vec<IpvsMessage>, bool), ReadError> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let msg = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(rest)
+            .map_err(|_| ParseError::Framing)?;
+        let len = (msg.header.length as usize).next_multiple_of(4);
+        match msg.payload {
+            NetlinkPayload::Done(_) => return Ok((out, true)),
+            NetlinkPayload::Error(e) => {
+                if let Some(code) = e.code {
+                    return Err(io::Error::from_raw_os_error(-code.get()).into());
+                }
+            }
+            NetlinkPayload::InnerMessage(m) => out.push(m.payload),
+            _ => {}
+        }
+        if len == 0 || len > rest.len() {
+            break;
+        }
+        rest = &rest[len..];
+    }
+    Ok((out, false))
+}
+
+/// Where dump requests go: the kernel (`Live`) or, in tests, constructed replies.
+pub trait Transport {
+    /// Sends one dump request and returns every reply until NLMSG_DONE.
+    fn dump(&mut self, request: &IpvsMessage) -> Result<Vec<IpvsMessage>, ReadError>;
+}
+
+/// What IPVS holds for kube-proxy.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ipvs {
+    /// Virtual servers (kube-proxy's IPVS mode is in use when there are any).
+    pub servers: usize,
+    pub routes: Backends,
+}
+
+/// Reads every virtual server and its real servers: one GET_SERVICE dump, then one GET_DEST
+/// dump per virtual server.
+pub fn read(t: &mut impl Transport) -> Result<Ipvs, ReadError> {
+    let mut servers = Vec::new();
+    for reply in t.dump(&IpvsMessage::GetServices)? {
+        if let IpvsMessage::Service(Some(vs)) = reply {
+            servers.push(vs);
+        }
+    }
+    let mut all = Vec::new();
+    for vs in &servers {
+        let af = family_of(vs.service.0.ip());
+        let mut reals = Vec::new();
+        for reply in t.dump(&IpvsMessage::GetDests(*vs))? {
+            if let IpvsMessage::Dest(d) = reply {
+                reals.push(d.resolve(af)?);
+            }
+        }
+        all.push((*vs, reals));
+    }
+    Ok(Ipvs {
+        servers: servers.len(),
+        routes: routes(&all),
     })
 }
 
@@ -168,6 +422,7 @@ pub fn routes(servers: &[(VirtualServer, Vec<RealServer>)]) -> Backends {
                     service: vs.service,
                     protocol: vs.protocol,
                     backend: rs.backend,
+                    via: Via::ServiceIp,
                 },
                 None,
             );
@@ -176,86 +431,232 @@ pub fn routes(servers: &[(VirtualServer, Vec<RealServer>)]) -> Backends {
     b
 }
 
+/// The kernel's IPVS over a generic-netlink socket of the calling thread's network namespace.
+pub struct Live {
+    socket: Socket,
+    family_id: u16,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Live {
+    /// Resolves the IPVS family; `None` when the kernel has no IPVS (the controller answers
+    /// ENOENT, as on a kernel without CONFIG_IP_VS).
+    pub fn open() -> io::Result<Option<Self>> {
+        let mut socket = Socket::new(NETLINK_GENERIC)?;
+        socket.bind_auto()?;
+        socket.connect(&NlAddr::new(0, 0))?;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        let mut msg = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(GenlMessage::from_payload(GenlCtrl {
+                cmd: GenlCtrlCmd::GetFamily,
+                nlas: vec![GenlCtrlAttrs::FamilyName(FAMILY.to_owned())],
+            })),
+        );
+        msg.finalize();
+        let mut req = vec![0; msg.buffer_len()];
+        msg.serialize(&mut req);
+        socket.send(&req, 0)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&buf[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let family_id = match reply.payload {
+            NetlinkPayload::InnerMessage(m) => m.payload.nlas.iter().find_map(|a| match a {
+                GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                _ => None,
+            }),
+            NetlinkPayload::Error(e) => match e.code {
+                Some(code) if code.get() == -libc::ENOENT => return Ok(None),
+                Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
+                None => None,
+            },
+            _ => None,
+        };
+        let family_id = family_id.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "no family id in the reply")
+        })?;
+        Ok(Some(Self {
+            socket,
+            family_id,
+            seq: 0,
+            buf,
+        }))
+    }
+}
+
+impl Transport for Live {
+    fn dump(&mut self, request: &IpvsMessage) -> Result<Vec<IpvsMessage>, ReadError> {
+        self.seq = self.seq.wrapping_add(1);
+        self.socket
+            .send(&encode_request(request, self.family_id, self.seq), 0)?;
+        let mut out = Vec::new();
+        loop {
+            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            let (messages, done) = decode_datagram(&self.buf[..n])?;
+            out.extend(messages);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&kind.to_ne_bytes());
-        a.extend_from_slice(value);
-        a.resize(a.len().next_multiple_of(4), 0);
-        a
-    }
-
-    /// nlmsghdr + genlmsghdr(cmd) + attributes, as the kernel sends a dump reply.
-    fn message(cmd: u8, attrs: &[u8]) -> Vec<u8> {
+    /// A kernel-framed dump reply: nlmsghdr + genlmsghdr(cmd) + attributes.
+    fn reply(cmd: u8, attrs: &[u8]) -> Vec<u8> {
         let len = 16 + 4 + attrs.len();
         let mut m = Vec::new();
         m.extend_from_slice(&(len as u32).to_ne_bytes());
         m.extend_from_slice(&0x1cu16.to_ne_bytes()); // the IPVS family id, assigned at run time
-        m.extend_from_slice(&[0; 10]);
-        m.extend_from_slice(&[cmd, 1, 0, 0]);
+        m.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&[cmd, VERSION, 0, 0]);
         m.extend_from_slice(attrs);
         m
     }
 
-    fn addr16(ip: [u8; 4]) -> Vec<u8> {
-        let mut a = ip.to_vec();
-        a.resize(16, 0);
-        a
+    fn done() -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&20u32.to_ne_bytes());
+        m.extend_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&[0; 12]);
+        m
     }
 
-    fn service_msg() -> Vec<u8> {
-        let mut svc = attr(IPVS_SVC_ATTR_AF, &2u16.to_ne_bytes());
-        svc.extend(attr(IPVS_SVC_ATTR_PROTOCOL, &6u16.to_ne_bytes()));
-        svc.extend(attr(IPVS_SVC_ATTR_ADDR, &addr16([10, 96, 114, 246])));
-        svc.extend(attr(IPVS_SVC_ATTR_PORT, &80u16.to_be_bytes()));
-        svc.extend(attr(6, b"rr\0"));
-        message(1, &attr(IPVS_CMD_ATTR_SERVICE | 0x8000, &svc))
+    fn web() -> VirtualServer {
+        VirtualServer {
+            service: ServiceAddr("10.96.114.246:80".parse().unwrap()),
+            protocol: Protocol::Tcp,
+        }
     }
 
-    fn dest_msg(ip: [u8; 4], weight: u32) -> Vec<u8> {
-        let mut d = attr(IPVS_DEST_ATTR_ADDR, &addr16(ip));
-        d.extend(attr(IPVS_DEST_ATTR_PORT, &8080u16.to_be_bytes()));
-        d.extend(attr(3, &0u32.to_ne_bytes()));
-        d.extend(attr(IPVS_DEST_ATTR_WEIGHT, &weight.to_ne_bytes()));
-        d.extend(attr(IPVS_DEST_ATTR_ADDR_FAMILY, &2u16.to_ne_bytes()));
-        message(5, &attr(IPVS_CMD_ATTR_DEST | 0x8000, &d))
+    fn service_reply(vs: &VirtualServer) -> Vec<u8> {
+        // What the kernel adds besides what names the service: the scheduler, flags, …
+        let mut attrs = service_attr(vs);
+        let mut with_sched = attrs[4..].to_vec();
+        with_sched.extend(nla(6, b"rr\0"));
+        attrs = nla(IPVS_CMD_ATTR_SERVICE | NLA_F_NESTED, &with_sched);
+        reply(IPVS_CMD_NEW_SERVICE, &attrs)
+    }
+
+    fn dest_reply(ip: [u8; 4], weight: u32, family: Option<u16>) -> Vec<u8> {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&ip);
+        let mut d = nla(IPVS_DEST_ATTR_ADDR, &a);
+        d.extend(nla(IPVS_DEST_ATTR_PORT, &8080u16.to_be_bytes()));
+        d.extend(nla(3, &0u32.to_ne_bytes()));
+        d.extend(nla(IPVS_DEST_ATTR_WEIGHT, &weight.to_ne_bytes()));
+        if let Some(f) = family {
+            d.extend(nla(IPVS_DEST_ATTR_ADDR_FAMILY, &f.to_ne_bytes()));
+        }
+        reply(
+            IPVS_CMD_NEW_DEST,
+            &nla(IPVS_CMD_ATTR_DEST | NLA_F_NESTED, &d),
+        )
+    }
+
+    /// A kernel stand-in: answers each request (decoded from the bytes `Live` would send) with
+    /// datagrams decoded by `decode_datagram`, as `Live` decodes the kernel's.
+    struct Recorded {
+        services: Vec<u8>,
+        dests: Vec<(VirtualServer, Vec<u8>)>,
+        requests: Vec<IpvsMessage>,
+    }
+
+    impl Transport for Recorded {
+        fn dump(&mut self, request: &IpvsMessage) -> Result<Vec<IpvsMessage>, ReadError> {
+            let bytes = encode_request(request, 0x1c, 1);
+            let sent = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(&bytes).unwrap();
+            assert_eq!(sent.header.flags, NLM_F_REQUEST | NLM_F_DUMP);
+            let NetlinkPayload::InnerMessage(m) = sent.payload else {
+                panic!("not a request: {sent:?}");
+            };
+            self.requests.push(m.payload.clone());
+            let datagram = match &m.payload {
+                IpvsMessage::GetServices => self.services.clone(),
+                IpvsMessage::GetDests(vs) => self
+                    .dests
+                    .iter()
+                    .find(|(v, _)| v == vs)
+                    .map(|(_, d)| d.clone())
+                    .unwrap_or_else(done),
+                other => panic!("unexpected request {other:?}"),
+            };
+            let (messages, finished) = decode_datagram(&datagram)?;
+            assert!(finished, "the dump must end with NLMSG_DONE");
+            Ok(messages)
+        }
     }
 
     #[test]
     fn a_draining_real_server_is_no_longer_a_route() {
-        let vs = parse_service(&service_msg()).unwrap().unwrap();
-        assert_eq!(vs.service.to_string(), "10.96.114.246:80");
-        let old = parse_dest(&dest_msg([10, 244, 0, 36], 0), 2).unwrap();
-        let new = parse_dest(&dest_msg([10, 244, 0, 38], 1), 2).unwrap();
-        assert_eq!(old.backend.to_string(), "10.244.0.36:8080");
-        let b = routes(&[(vs, vec![old, new])]);
+        let mut services = service_reply(&web());
+        services.extend(done());
+        let mut dests = dest_reply([10, 244, 0, 36], 0, Some(AF_INET));
+        dests.extend(dest_reply([10, 244, 0, 38], 1, None));
+        dests.extend(done());
+        let mut kernel = Recorded {
+            services,
+            dests: vec![(web(), dests)],
+            requests: Vec::new(),
+        };
+        let ipvs = read(&mut kernel).unwrap();
+        assert_eq!(ipvs.servers, 1);
         assert_eq!(
-            b.describe(),
+            ipvs.routes.describe(),
             ["10.96.114.246:80 tcp -> 10.244.0.38:8080 (-)"]
+        );
+        assert_eq!(
+            kernel.requests,
+            [IpvsMessage::GetServices, IpvsMessage::GetDests(web())]
         );
     }
 
     #[test]
-    fn a_message_without_a_destination_is_one_clear_error() {
-        let err = parse_dest(&service_msg(), 2).unwrap_err();
+    fn no_virtual_servers_is_no_ipvs_mode() {
+        let mut kernel = Recorded {
+            services: done(),
+            dests: Vec::new(),
+            requests: Vec::new(),
+        };
+        assert_eq!(read(&mut kernel).unwrap(), Ipvs::default());
+    }
+
+    #[test]
+    fn a_kernel_error_and_a_message_without_a_destination_are_one_clear_error() {
+        let mut err = Vec::new();
+        err.extend_from_slice(&36u32.to_ne_bytes());
+        err.extend_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+        err.extend_from_slice(&[0; 10]);
+        err.extend_from_slice(&(-libc::EPERM).to_ne_bytes());
+        err.extend_from_slice(&[0; 16]);
+        match decode_datagram(&err) {
+            Err(ReadError::Io(e)) => assert_eq!(e.raw_os_error(), Some(libc::EPERM)),
+            other => panic!("{other:?}"),
+        }
+        let bad = reply(IPVS_CMD_NEW_DEST, &nla(IPVS_CMD_ATTR_SERVICE, &[]));
+        assert!(matches!(decode_datagram(&bad), Err(ReadError::Parse(_))));
         assert_eq!(
-            err,
-            ParseError::Attribute {
+            parse_dest(&nla(IPVS_CMD_ATTR_SERVICE, &[])),
+            Err(ParseError::Attribute {
                 what: "destination"
-            }
+            })
         );
-        assert_eq!(parse_dest(&[1, 2, 3], 2).unwrap_err(), ParseError::Framing);
     }
 
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = decode_datagram(&bytes);
             let _ = parse_service(&bytes);
-            let _ = parse_dest(&bytes, 2);
+            let _ = parse_dest(&bytes);
         }
     }
 }

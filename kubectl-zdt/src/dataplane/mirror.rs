@@ -15,22 +15,32 @@ use netlink_packet_netfilter::nftables::{
 };
 
 use super::{
-    model::{Backend, Backends, Change, Protocol, Route, RouteChange, ServiceAddr, ServiceName},
+    chains::{DispatchRule, Frontend, KUBE_NODEPORTS, KUBE_SERVICES, routes_toward_endpoints},
+    model::{Backend, Backends, Change, Protocol, Route, RouteChange, ServiceAddr, Via},
     nft::service_name,
     nft_rule::{self, Dnat, RuleFacts},
+    source::Family,
 };
 
-/// iptables' dispatch chain in the nat table.
-const KUBE_SERVICES: &str = "KUBE-SERVICES";
 /// kube-proxy's nftables-mode dispatch map.
 const SERVICE_IPS: &str = "service-ips";
+/// Its NodePort dispatch: `inet_proto . inet_service : goto external-…`, matched only for
+/// destinations in `nodeport-ips` (`ip daddr @nodeport-ips meta l4proto . th dport vmap
+/// @service-nodeports`).
+const SERVICE_NODEPORTS: &str = "service-nodeports";
+const NODEPORT_IPS: &str = "nodeport-ips";
 
-/// Sets whose elements can change a route: the dispatch map and anonymous maps (`__mapN`,
+/// Sets whose elements can change a route: the dispatch maps and anonymous maps (`__mapN`,
 /// `__setN`, what `numgen … map { … }` and `vmap { … }` compile to). kube-proxy's other named
 /// sets (`hairpin-connections` with one element per endpoint, `cluster-ips`, …) only mark or
 /// filter packets; not mirroring them saves most of the memory on a large node.
 pub fn routes_through(set: &str) -> bool {
-    set == SERVICE_IPS || set.starts_with("__")
+    is_dispatch_set(set) || set.starts_with("__")
+}
+
+/// Sets every frontend depends on: a change recomputes them all.
+fn is_dispatch_set(set: &str) -> bool {
+    [SERVICE_IPS, SERVICE_NODEPORTS, NODEPORT_IPS].contains(&set)
 }
 
 /// What a map element maps to.
@@ -77,6 +87,15 @@ impl TableMirror {
 
     pub fn table(&self) -> (u8, &str) {
         (self.family, &self.table)
+    }
+
+    /// The address family of the table.
+    pub fn family(&self) -> Family {
+        if self.family == Family::V6.nfproto() {
+            Family::V6
+        } else {
+            Family::V4
+        }
     }
 
     /// Applies one message of `family` (a dump reply or a notification); other tables' messages
@@ -194,7 +213,7 @@ impl TableMirror {
     }
 
     fn touch_chain(&mut self, chain: &str) {
-        if chain == KUBE_SERVICES {
+        if chain == KUBE_SERVICES || chain == KUBE_NODEPORTS {
             self.dirty.all = true;
         } else {
             self.dirty.chains.insert(chain.to_owned());
@@ -202,7 +221,7 @@ impl TableMirror {
     }
 
     fn touch_set(&mut self, set: &str) {
-        if set == SERVICE_IPS {
+        if is_dispatch_set(set) {
             self.dirty.all = true;
         } else {
             self.dirty.sets.insert(set.to_owned());
@@ -214,10 +233,9 @@ impl TableMirror {
         let index = Index::new(self);
         let mut routes = Backends::new();
         for e in index.entries() {
-            let name = e.name();
             for chain in index.reachable_chains(e.chain) {
                 for backend in index.dnats(chain) {
-                    routes.insert(e.route(Backend(backend)), name.clone());
+                    routes.insert(route_of(&e, Backend(backend)), e.name.clone());
                 }
             }
         }
@@ -255,25 +273,25 @@ impl TableMirror {
             if !reach.iter().any(|c| touched.contains(c)) {
                 continue;
             }
-            let name = e.name();
-            let old = routes.backends_of(e.service, e.protocol);
+            let name = &e.name;
+            let old = routes.backends_of(e.service, e.protocol, e.via);
             let new: Vec<Backend> = reach
                 .iter()
                 .flat_map(|c| index.dnats(c))
                 .map(Backend)
                 .collect();
             for b in old.iter().filter(|b| !new.contains(b)) {
-                routes.remove(&e.route(*b));
+                routes.remove(&route_of(&e, *b));
                 change.removed.push(RouteChange {
-                    route: e.route(*b),
+                    route: route_of(&e, *b),
                     name: name.clone(),
                 });
             }
             for b in new.iter().filter(|b| !old.contains(b)) {
-                if !routes.contains(&e.route(*b)) {
-                    routes.insert(e.route(*b), name.clone());
+                if !routes.contains(&route_of(&e, *b)) {
+                    routes.insert(route_of(&e, *b), name.clone());
                     change.added.push(RouteChange {
-                        route: e.route(*b),
+                        route: route_of(&e, *b),
                         name: name.clone(),
                     });
                 }
@@ -290,35 +308,12 @@ struct Index<'a> {
     by_chain: HashMap<&'a str, Vec<&'a RuleFacts>>,
 }
 
-/// A frontend: where the dispatch (a KUBE-SERVICES rule, a `service-ips` element) sends it.
-struct Entry<'a> {
-    service: ServiceAddr,
-    protocol: Protocol,
-    chain: &'a str,
-    /// The iptables comment, when the frontend is a KUBE-SERVICES rule.
-    comment: Option<&'a str>,
-}
-
-impl Entry<'_> {
-    fn route(&self, backend: Backend) -> Route {
-        Route {
-            service: self.service,
-            protocol: self.protocol,
-            backend,
-        }
-    }
-
-    fn name(&self) -> Option<ServiceName> {
-        match self.comment {
-            Some(c) => {
-                let name = [" cluster IP", " external IP", " loadbalancer IP"]
-                    .iter()
-                    .find_map(|s| c.strip_suffix(s))
-                    .unwrap_or(c);
-                Some(ServiceName::from(name))
-            }
-            None => service_name(self.chain),
-        }
+fn route_of(f: &Frontend<'_>, backend: Backend) -> Route {
+    Route {
+        service: f.service,
+        protocol: f.protocol,
+        backend,
+        via: f.via,
     }
 }
 
@@ -331,24 +326,59 @@ impl<'a> Index<'a> {
         Self { mirror, by_chain }
     }
 
-    fn entries(&self) -> Vec<Entry<'a>> {
-        let mut out: Vec<Entry<'a>> = self
-            .by_chain
-            .get(KUBE_SERVICES)
-            .into_iter()
-            .flatten()
-            .filter_map(|f| iptables_frontend(f))
-            .collect();
+    /// Every frontend: iptables-nft's KUBE-SERVICES and KUBE-NODEPORTS rules, the nftables
+    /// mode's `service-ips` elements and its node ports (`service-nodeports` elements on each
+    /// address of `nodeport-ips`).
+    fn entries(&self) -> Vec<Frontend<'a>> {
+        let mut rules = Vec::new();
+        for chain in [KUBE_SERVICES, KUBE_NODEPORTS] {
+            for f in self.by_chain.get(chain).into_iter().flatten() {
+                if let Some(target) = f
+                    .jumps
+                    .iter()
+                    .find(|j| routes_toward_endpoints(j) || *j == KUBE_NODEPORTS)
+                {
+                    rules.push(DispatchRule {
+                        chain,
+                        daddr: f.daddr,
+                        protocol: f.l4proto.and_then(|p| Protocol::from_number(u16::from(p))),
+                        dport: f.dport,
+                        target,
+                        comment: f.comment.as_deref(),
+                    });
+                }
+            }
+        }
+        let mut out = super::chains::frontends(&rules, self.mirror.family());
         if let Some(map) = self.mirror.sets.get(SERVICE_IPS) {
             for (key, data) in map {
                 if let (ElemData::Chain(chain), Some((service, protocol))) =
                     (data, service_key(key))
                 {
-                    out.push(Entry {
+                    out.push(Frontend {
                         service,
                         protocol,
                         chain,
-                        comment: None,
+                        name: service_name(chain),
+                        via: Via::ServiceIp,
+                    });
+                }
+            }
+        }
+        let nodeport_ips = self.mirror.sets.get(NODEPORT_IPS);
+        if let (Some(ports), Some(ips)) = (self.mirror.sets.get(SERVICE_NODEPORTS), nodeport_ips) {
+            for (key, data) in ports {
+                let (ElemData::Chain(chain), Some((protocol, port))) = (data, nodeport_key(key))
+                else {
+                    continue;
+                };
+                for ip in ips.keys().filter_map(|k| ip_of_key(k)) {
+                    out.push(Frontend {
+                        service: ServiceAddr(SocketAddr::new(ip, port)),
+                        protocol,
+                        chain,
+                        name: service_name(chain),
+                        via: Via::NodePort,
                     });
                 }
             }
@@ -412,19 +442,22 @@ impl<'a> Index<'a> {
     }
 }
 
-/// A KUBE-SERVICES rule that matches ClusterIP, protocol and port and jumps toward endpoints.
-fn iptables_frontend(facts: &RuleFacts) -> Option<Entry<'_>> {
-    let chain = facts.jumps.iter().find(|j| {
-        ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-"]
-            .iter()
-            .any(|p| j.starts_with(p))
-    })?;
-    Some(Entry {
-        service: ServiceAddr(SocketAddr::new(facts.daddr?, facts.dport?)),
-        protocol: Protocol::from_number(u16::from(facts.l4proto?))?,
-        chain,
-        comment: facts.comment.as_deref(),
-    })
+/// A `service-nodeports` key: `inet_proto . inet_service`, each padded to 4 bytes.
+fn nodeport_key(key: &[u8]) -> Option<(Protocol, u16)> {
+    if key.len() != 8 {
+        return None;
+    }
+    let protocol = Protocol::from_number(u16::from(key[0]))?;
+    Some((protocol, u16::from_be_bytes([key[4], key[5]])))
+}
+
+/// A `nodeport-ips` key: one address.
+fn ip_of_key(key: &[u8]) -> Option<IpAddr> {
+    match key.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(key).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(key).ok()?))),
+        _ => None,
+    }
 }
 
 /// A `service-ips` key: `ipv4_addr . inet_proto . inet_service`, each padded to 4 bytes (an

@@ -10,6 +10,7 @@ pub mod emit;
 pub mod flows;
 pub mod iptables;
 pub mod ipvs;
+pub mod legacy;
 pub mod mirror;
 pub mod model;
 pub mod nf_monitor;
@@ -19,6 +20,7 @@ pub mod nft_rule;
 pub mod nl_dump;
 pub mod source;
 pub mod watcher;
+pub mod xtables;
 
-pub use model::{Backend, Backends, Change, Protocol, Route, ServiceAddr};
+pub use model::{Backend, Backends, Change, Protocol, Route, ServiceAddr, Via};
 pub use source::{Family, Mode, Source};

@@ -72,12 +72,34 @@ impl Protocol {
     }
 }
 
+/// How a frontend is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Via {
+    /// A Service IP: ClusterIP, external IP or load-balancer IP (KUBE-SERVICES, `service-ips`).
+    #[default]
+    ServiceIp,
+    /// A node port (KUBE-NODEPORTS, `service-nodeports`): the address is one the node accepts
+    /// NodePort traffic on, or unspecified (`0.0.0.0` / `::`) for every local address, which is
+    /// what kube-proxy's iptables mode matches by default (`-m addrtype --dst-type LOCAL`).
+    NodePort,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServiceIp => "service_ip",
+            Self::NodePort => "nodeport",
+        }
+    }
+}
+
 /// One route: new `protocol` connections to `service` go (with some probability) to `backend`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Route {
     pub service: ServiceAddr,
     pub protocol: Protocol,
     pub backend: Backend,
+    pub via: Via,
 }
 
 /// kube-proxy's name for the Service port (`namespace/name` or `namespace/name:port`), when the
@@ -103,12 +125,13 @@ impl Backends {
         self.routes.remove(route);
     }
 
-    /// The backends `service` routes `protocol` connections to.
-    pub fn backends_of(&self, service: ServiceAddr, protocol: Protocol) -> Vec<Backend> {
+    /// The backends `service` routes `protocol` connections to when reached `via`.
+    pub fn backends_of(&self, service: ServiceAddr, protocol: Protocol, via: Via) -> Vec<Backend> {
         let lo = Route {
             service,
             protocol,
             backend: Backend(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)),
+            via: Via::ServiceIp,
         };
         let hi = Route {
             service,
@@ -117,8 +140,13 @@ impl Backends {
                 std::net::Ipv6Addr::from(u128::MAX).into(),
                 u16::MAX,
             )),
+            via: Via::NodePort,
         };
-        self.routes.range(lo..=hi).map(|(r, _)| r.backend).collect()
+        self.routes
+            .range(lo..=hi)
+            .filter(|(r, _)| r.via == via)
+            .map(|(r, _)| r.backend)
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -142,12 +170,18 @@ impl Backends {
         self.routes.keys().any(|r| r.backend == backend)
     }
 
-    /// One line per route, `frontend proto -> backend (name)`, for messages and tests.
+    /// One line per route, `frontend proto -> backend (name)` (`nodeport frontend …` for node
+    /// ports), for messages and tests.
     pub fn describe(&self) -> Vec<String> {
         self.iter()
             .map(|(r, n)| {
                 format!(
-                    "{} {} -> {} ({})",
+                    "{}{} {} -> {} ({})",
+                    if r.via == Via::NodePort {
+                        "nodeport "
+                    } else {
+                        ""
+                    },
                     r.service,
                     r.protocol.as_str(),
                     r.backend,
@@ -235,6 +269,7 @@ mod tests {
             service: ServiceAddr(svc.parse().unwrap()),
             protocol: Protocol::Tcp,
             backend: Backend(backend.parse().unwrap()),
+            via: Via::ServiceIp,
         }
     }
 
@@ -282,12 +317,13 @@ mod tests {
         ]);
         let svc = ServiceAddr("10.96.0.10:53".parse().unwrap());
         let got: Vec<String> = b
-            .backends_of(svc, Protocol::Tcp)
+            .backends_of(svc, Protocol::Tcp, Via::ServiceIp)
             .iter()
             .map(ToString::to_string)
             .collect();
         assert_eq!(got, ["10.244.0.5:53", "[fd00::5]:53"]);
-        assert!(b.backends_of(svc, Protocol::Udp).is_empty());
+        assert!(b.backends_of(svc, Protocol::Udp, Via::ServiceIp).is_empty());
+        assert!(b.backends_of(svc, Protocol::Tcp, Via::NodePort).is_empty());
     }
 
     #[test]

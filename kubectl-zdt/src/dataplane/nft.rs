@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use super::{
     chains::{ChainGraph, Frontend},
-    model::{Backends, Protocol, ServiceAddr, ServiceName},
+    model::{Backends, Protocol, ServiceAddr, ServiceName, Via},
 };
 
 #[derive(Debug, Error)]
@@ -31,15 +31,20 @@ pub enum ParseError {
 
 /// The verdict map kube-proxy sends ClusterIP, external IP and load-balancer IP traffic through.
 const SERVICE_MAP: &str = "service-ips";
+/// The verdict map of node ports (`proto . port : goto external-…`), for the addresses in
+/// `nodeport-ips`.
+const NODEPORT_MAP: &str = "service-nodeports";
+const NODEPORT_IPS: &str = "nodeport-ips";
 
 #[derive(Deserialize)]
 struct Document {
     nftables: Vec<Item>,
 }
 
-/// One object of the `nftables` array; only maps and rules matter, the rest is skipped.
+/// One object of the `nftables` array; only sets, maps and rules matter, the rest is skipped.
 #[derive(Deserialize)]
 struct Item {
+    set: Option<MapObject>,
     map: Option<MapObject>,
     rule: Option<RuleObject>,
 }
@@ -63,9 +68,21 @@ pub fn parse(json: &str) -> Result<Backends, ParseError> {
     let doc: Document = serde_json::from_str(json)?;
     let mut frontends = Vec::new();
     let mut graph = ChainGraph::default();
+    let mut nodeport_ips: Vec<IpAddr> = Vec::new();
+    let mut nodeports = Vec::new();
     for item in &doc.nftables {
         if let Some(map) = item.map.as_ref().filter(|m| m.name == SERVICE_MAP) {
             frontends.extend(map.elem.iter().filter_map(frontend_of));
+        }
+        if let Some(map) = item.map.as_ref().filter(|m| m.name == NODEPORT_MAP) {
+            nodeports.extend(map.elem.iter().filter_map(nodeport_of));
+        }
+        if let Some(set) = item.set.as_ref().filter(|s| s.name == NODEPORT_IPS) {
+            nodeport_ips.extend(
+                set.elem
+                    .iter()
+                    .filter_map(|e| e.as_str()?.parse::<IpAddr>().ok()),
+            );
         }
         if let Some(rule) = &item.rule {
             for expr in &rule.expr {
@@ -73,31 +90,62 @@ pub fn parse(json: &str) -> Result<Backends, ParseError> {
             }
         }
     }
+    for (protocol, port, chain) in nodeports {
+        for ip in &nodeport_ips {
+            frontends.push(Frontend {
+                service: ServiceAddr(SocketAddr::new(*ip, port)),
+                protocol,
+                chain,
+                name: service_name(chain),
+                via: Via::NodePort,
+            });
+        }
+    }
     Ok(graph.routes(frontends))
 }
 
-/// A `service-ips` element: `[{"concat": [ip, proto, port]}, {"goto": {"target": chain}}]`.
-fn frontend_of(elem: &Value) -> Option<Frontend<'_>> {
+/// A verdict map element `[{"concat": [key parts…]}, {"goto": {"target": chain}}]`: the key's
+/// parts and the chain.
+fn verdict_element(elem: &Value) -> Option<(&[Value], &str)> {
     let [key, verdict] = elem.as_array()?.as_slice() else {
         return None;
     };
-    let [ip, proto, port] = key.get("concat")?.as_array()?.as_slice() else {
-        return None;
-    };
-    let ip: IpAddr = ip.as_str()?.parse().ok()?;
-    let port = u16::try_from(port.as_u64()?).ok()?;
-    let protocol = Protocol::parse(proto.as_str()?)?;
+    let parts = key.get("concat")?.as_array()?;
     let target = verdict
         .get("goto")
         .or_else(|| verdict.get("jump"))?
         .get("target")?
         .as_str()?;
+    Some((parts, target))
+}
+
+/// A `service-ips` element: `ip . proto . port : goto chain`.
+fn frontend_of(elem: &Value) -> Option<Frontend<'_>> {
+    let (parts, target) = verdict_element(elem)?;
+    let [ip, proto, port] = parts else {
+        return None;
+    };
+    let ip: IpAddr = ip.as_str()?.parse().ok()?;
+    let port = u16::try_from(port.as_u64()?).ok()?;
+    let protocol = Protocol::parse(proto.as_str()?)?;
     Some(Frontend {
         service: ServiceAddr(SocketAddr::new(ip, port)),
         protocol,
         chain: target,
         name: service_name(target),
+        via: Via::ServiceIp,
     })
+}
+
+/// A `service-nodeports` element: `proto . port : goto chain`.
+fn nodeport_of(elem: &Value) -> Option<(Protocol, u16, &str)> {
+    let (parts, target) = verdict_element(elem)?;
+    let [proto, port] = parts else {
+        return None;
+    };
+    let port = u16::try_from(port.as_u64()?).ok()?;
+    let protocol = Protocol::parse(proto.as_str()?)?;
+    Some((protocol, port, target))
 }
 
 /// Walks one expression tree of a rule in `chain` for DNAT destinations and jumps.

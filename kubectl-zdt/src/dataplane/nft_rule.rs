@@ -366,7 +366,7 @@ fn nat_target(
 /// (rev 1): flags u32, min_addr 16 bytes, max_addr 16 bytes, min_proto be16 at 36; rev 0,
 /// `nf_nat_ipv4_multi_range_compat`: rangesize u32, flags u32, min_ip at 8, max_ip, min port
 /// be16 at 16.
-fn xt_dnat(info: &[u8], rev: u32, family: u8) -> Option<SocketAddr> {
+pub(crate) fn xt_dnat(info: &[u8], rev: u32, family: u8) -> Option<SocketAddr> {
     let (ip, port) = if rev == 0 {
         (ip_of(info.get(8..12)?)?, info.get(16..18)?)
     } else if family == NFPROTO_IPV6 {

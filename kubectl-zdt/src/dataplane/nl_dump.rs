@@ -2,7 +2,10 @@
 //! elements), the way `nft list table` does, into a `TableMirror`. Used once at start and again
 //! if notifications were lost.
 
-use std::io;
+use std::{
+    io,
+    time::{Duration, Instant},
+};
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -18,9 +21,25 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::mirror::{self, TableMirror};
 
+/// Where the time of one table read went (for the start-up benchmark).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DumpStats {
+    /// Dump requests sent (one for the sets, one per mirrored set's elements, one for rules).
+    pub requests: usize,
+    /// Messages received.
+    pub messages: usize,
+    /// Waiting in `recv` (the kernel building the dump).
+    pub kernel: Duration,
+    /// Decoding the messages (netlink-packet-netfilter).
+    pub decode: Duration,
+    /// Applying them to the mirror.
+    pub apply: Duration,
+}
+
 /// Replaces `mirror`'s content with the table as the kernel holds it now. A table that does not
 /// exist reads as empty.
-pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
+pub fn dump(mirror: &mut TableMirror) -> io::Result<DumpStats> {
+    let mut stats = DumpStats::default();
     let (family, table) = mirror.table();
     let table = table.to_owned();
     *mirror = TableMirror::new(family, &table);
@@ -32,6 +51,7 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
     request(
         &socket,
         &mut rx,
+        &mut stats,
         family,
         NfTablesMessage::GetSet(SetMessage {
             attributes: vec![SetAttribute::Table(table.clone())],
@@ -52,6 +72,7 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
         request(
             &socket,
             &mut rx,
+            &mut stats,
             family,
             NfTablesMessage::GetSetElement(SetElementMessage {
                 attributes: vec![
@@ -67,6 +88,7 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
     request(
         &socket,
         &mut rx,
+        &mut stats,
         family,
         NfTablesMessage::GetRule(RuleMessage {
             attributes: vec![RuleAttribute::Table(table.clone())],
@@ -75,7 +97,7 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
             mirror.apply(family, &msg);
         },
     )?;
-    Ok(())
+    Ok(stats)
 }
 
 /// Sends one dump request and feeds every reply to `each` until NLMSG_DONE. ENOENT (no such
@@ -83,6 +105,7 @@ pub fn dump(mirror: &mut TableMirror) -> io::Result<()> {
 fn request(
     socket: &Socket,
     rx: &mut [u8],
+    stats: &mut DumpStats,
     family: u8,
     msg: NfTablesMessage,
     mut each: impl FnMut(NfTablesMessage),
@@ -100,13 +123,19 @@ fn request(
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf);
     socket.send(&buf, 0)?;
+    stats.requests += 1;
     loop {
+        let t = Instant::now();
         let n = socket.recv(&mut &mut rx[..], 0)?;
+        stats.kernel += t.elapsed();
         let mut rest = &rx[..n];
         while !rest.is_empty() {
+            let t = Instant::now();
             let reply = NetlinkMessage::<NetfilterMessage>::deserialize(rest).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("nf_tables dump: {e}"))
             })?;
+            stats.decode += t.elapsed();
+            stats.messages += 1;
             let len = (reply.header.length as usize + 3) & !3;
             match reply.payload {
                 NetlinkPayload::Done(_) => return Ok(()),
@@ -120,7 +149,11 @@ fn request(
                 NetlinkPayload::InnerMessage(NetfilterMessage {
                     inner: NetfilterMessageInner::NfTables(m),
                     ..
-                }) => each(m),
+                }) => {
+                    let t = Instant::now();
+                    each(m);
+                    stats.apply += t.elapsed();
+                }
                 _ => {}
             }
             if len == 0 || len > rest.len() {

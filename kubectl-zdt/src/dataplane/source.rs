@@ -3,7 +3,7 @@
 //! One `Source` is one mode in one address family: kube-proxy programs IPv4 and IPv6 separately
 //! (`iptables`/`ip6tables`, tables `ip kube-proxy`/`ip6 kube-proxy`).
 
-use std::{fmt, fs, path::Path, process::Command};
+use std::{fmt, path::Path, process::Command};
 
 use thiserror::Error;
 
@@ -169,17 +169,9 @@ impl Source {
                 Ok(run(self.program(), &["-t", "nat"])?.contains(":KUBE-SERVICES "))
             }
             // Running iptables-legacy-save would load the legacy nat table into the kernel:
-            // look at the tables x_tables already has instead.
-            Mode::IptablesLegacy => {
-                let names = match self.family {
-                    Family::V4 => "/proc/net/ip_tables_names",
-                    Family::V6 => "/proc/net/ip6_tables_names",
-                };
-                let has_nat = fs::read_to_string(names)
-                    .map(|s| s.lines().any(|l| l == "nat"))
-                    .unwrap_or(false);
-                Ok(has_nat && run(self.program(), &["-t", "nat"])?.contains(":KUBE-SERVICES "))
-            }
+            // look at the tables x_tables already has first (see `legacy`).
+            Mode::IptablesLegacy => Ok(super::legacy::nat_exists(self.family)
+                && run(self.program(), &["-t", "nat"])?.contains(":KUBE-SERVICES ")),
             Mode::Nftables => self.nft_table_exists(),
             // /proc/net/ip_vs exists once the ip_vs module is loaded (CONFIG_IP_VS).
             Mode::Ipvs => Ok(Path::new("/proc/net/ip_vs").exists()),

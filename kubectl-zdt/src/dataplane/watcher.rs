@@ -1,10 +1,13 @@
-//! The event-driven loop: a commit arrives → apply its notifications to the mirrors of the
-//! tables it touched → routes → diff → emit.
+//! The event-driven loop: a trigger arrives → bring the touched dataplane up to date → routes →
+//! diff → emit.
 //!
-//! Two threads: the monitor blocks in `recv` on the nf_tables netlink group (no CPU between
-//! changes) and stamps each commit as it arrives; the reader applies and diffs. Commits that
-//! queue up while the reader works are applied together and stamped with their window (see
-//! `emit`). Each table is read in full only at start, and again if notifications were lost.
+//! Triggers: nf_tables commits (the monitor thread blocks in `recv` on the nf_tables netlink
+//! group, no CPU between changes, and stamps each commit as it arrives), x_tables table
+//! replaces (reported by the agent's eBPF program on `sys_exit_setsockopt`, stamped with the
+//! syscall's exit) and, for IPVS, timed reads. The reader applies and diffs; triggers that queue
+//! up while it works are handled together and stamped with their window (see `emit`). Each
+//! nf_tables table is read in full only at start, and again if notifications were lost; the
+//! legacy nat table is read once per replace.
 
 use std::{
     sync::{Arc, RwLock, mpsc as std_mpsc},
@@ -18,9 +21,10 @@ use tokio::sync::mpsc;
 
 use super::{
     emit::{self, Stamp},
-    flows,
+    flows, ipvs,
+    legacy::{self, TableReplace},
     mirror::TableMirror,
-    model::{Backend, Backends},
+    model::{Backend, Backends, Via},
     nf_monitor::{Commit, Monitor},
     nl_dump,
     source::{Family, Mode, NF_TABLES_SOURCES, Source},
@@ -31,8 +35,9 @@ use crate::observation::{Kind, NodeName, Observation};
 /// filter flows.
 pub type Watched = Arc<RwLock<std::collections::HashSet<Backend>>>;
 
-/// The Service frontends (ClusterIP:port, …) this node's dataplane routes, for telling a
-/// client's error toward a Service from one toward a pod.
+/// The Service frontends (ClusterIP:port, NodeIP:nodePort, …) this node's dataplane routes,
+/// for telling a client's error toward a Service from one toward a pod. Node ports that match
+/// every local address are listed once per local address of the node.
 pub type Frontends = Arc<RwLock<std::collections::HashSet<std::net::SocketAddr>>>;
 
 /// Where the watcher's observations go. Holds the agent's channel weakly: once the agent drops
@@ -54,14 +59,38 @@ impl Sink {
     }
 }
 
+/// What makes the reader look at the dataplane again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// nf_tables transaction(s) (iptables-nft, nftables).
+    Commit(Commit),
+    /// An x_tables table was replaced (iptables-legacy).
+    TableReplace(TableReplace),
+    /// x_tables replaces may have been lost between `since` and `now` (the agent's ring buffer
+    /// was full): the legacy tables are read again.
+    Lost { since: Timestamp, now: Timestamp },
+    /// Time to read IPVS again (it announces no change; see `ipvs::POLL`).
+    Tick,
+}
+
+/// Arms the iptables-legacy trigger for the network namespace with this inode (the agent's
+/// eBPF program then reports x_tables replaces there); `Ok(false)` when the kernel has no
+/// syscall tracepoints.
+pub type ArmLegacy<'a> = &'a mut dyn FnMut(u32) -> anyhow::Result<bool>;
+
 /// How often `flow_new` lines are flushed per (frontend, backend).
 pub const FLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts everything the agent reports about the dataplane in the calling thread's network
-/// namespace: the dataplane watcher and the conntrack flow listener.
-pub fn start(node: &NodeName, tx: &mpsc::Sender<Observation>) -> anyhow::Result<Watcher> {
+/// namespace: the dataplane watcher and the conntrack flow listener. `arm` arms the agent's
+/// iptables-legacy trigger (None: legacy changes are not watched).
+pub fn start(
+    node: &NodeName,
+    tx: &mpsc::Sender<Observation>,
+    arm: Option<ArmLegacy<'_>>,
+) -> anyhow::Result<Watcher> {
     let sink = Sink::new(tx);
-    let watcher = spawn(node.clone(), sink.clone())?;
+    let watcher = spawn(node.clone(), sink.clone(), arm)?;
     flows::spawn(
         node.clone(),
         watcher.watched.clone(),
@@ -82,6 +111,10 @@ pub struct Watcher {
     pub frontends: Frontends,
     /// Where recent DNAT'ed connections went (fed by the conntrack listener).
     pub dnat: flows::Dnat,
+    /// Where the agent sends x_tables replaces (and their losses).
+    pub triggers: std_mpsc::Sender<Trigger>,
+    /// The network namespace (inode) the watcher reads.
+    pub netns: u32,
 }
 
 /// One nf_tables-based dataplane: its mirror and the routes it held at the last commit.
@@ -91,14 +124,81 @@ struct Plane {
     routes: Backends,
 }
 
+/// The legacy x_tables nat table of one family: the routes it held at the last read.
+struct LegacyPlane {
+    family: Family,
+    routes: Backends,
+    /// It holds kube-proxy's KUBE-SERVICES chain.
+    kube_proxy: bool,
+}
+
+impl LegacyPlane {
+    fn read(family: Family) -> anyhow::Result<Self> {
+        let nat = legacy::read_routes(family)?;
+        Ok(Self {
+            family,
+            routes: nat.routes,
+            kube_proxy: nat.kube_services,
+        })
+    }
+
+    fn source(&self) -> Source {
+        Source {
+            mode: Mode::IptablesLegacy,
+            family: self.family,
+        }
+    }
+}
+
+/// IPVS, read again on every tick: the routes at the last read and when it was made.
+struct IpvsPlane {
+    kernel: ipvs::Live,
+    state: ipvs::Ipvs,
+    read_at: Timestamp,
+}
+
+impl IpvsPlane {
+    /// `None` when the kernel has no IPVS.
+    fn open() -> anyhow::Result<Option<Self>> {
+        let Some(mut kernel) = ipvs::Live::open().context("failed to look for IPVS")? else {
+            return Ok(None);
+        };
+        let read_at = Timestamp::now();
+        let state = ipvs::read(&mut kernel).context("failed to read IPVS")?;
+        Ok(Some(Self {
+            kernel,
+            state,
+            read_at,
+        }))
+    }
+
+    fn source() -> Source {
+        Source {
+            mode: Mode::Ipvs,
+            family: Family::V4,
+        }
+    }
+}
+
+/// The inode of the calling thread's network namespace, as the kernel reports it.
+fn own_netns() -> anyhow::Result<u32> {
+    crate::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))
+}
+
 /// Starts watching the dataplanes of the calling thread's network namespace: reads each
-/// nf_tables table kube-proxy may use over netlink, detects the mode, then emits
-/// `dataplane_added` / `dataplane_removed` into `tx`. The first observation is `dataplane_mode`
-/// with the detected modes and route counts.
-pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
-    // Subscribe before the first read, so no commit falls between the two.
+/// nf_tables table kube-proxy may use over netlink and the legacy nat tables, detects the mode,
+/// then emits `dataplane_added` / `dataplane_removed` into `tx`. The first observation is
+/// `dataplane_mode` with the detected modes and route counts.
+pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmLegacy<'_>>) -> anyhow::Result<Watcher> {
+    // Subscribe (and arm the legacy trigger) before the first read, so no change falls between
+    // the two.
     let mut monitor = Monitor::open()
         .context("failed to subscribe to nf_tables notifications (NFNLGRP_NFTABLES); the agent needs CAP_NET_ADMIN")?;
+    let netns = own_netns()?;
+    let legacy_armed = match arm {
+        Some(arm) => arm(netns)?,
+        None => false,
+    };
     let mut planes = Vec::new();
     for source in NF_TABLES_SOURCES {
         let Some((family, table)) = source.nf_table() else {
@@ -115,29 +215,49 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
             routes,
         });
     }
-    let modes = detect(&planes)?;
+    let legacy = [Family::V4, Family::V6]
+        .into_iter()
+        .map(LegacyPlane::read)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ipvs = IpvsPlane::open().unwrap_or_else(|e| {
+        tracing::warn!("IPVS changes will not be reported: {e:#}");
+        None
+    });
+    let modes = detect(&planes, &legacy, ipvs.as_ref());
     let watched = Watched::default();
-    publish(&watched, &planes);
     let frontends = Frontends::default();
-    publish_frontends(&frontends, &planes);
-    let start = mode_line(&node, &modes, &planes);
-    if modes
-        .iter()
-        .any(|m| matches!(m, Mode::IptablesLegacy | Mode::Ipvs))
-    {
+    publish(&watched, &frontends, &planes, &legacy, ipvs.as_ref());
+    let start = mode_line(&node, &modes, &planes, &legacy, legacy_armed, ipvs.as_ref());
+    if modes.contains(&Mode::IptablesLegacy) && !legacy_armed {
         tracing::warn!(
-            "kube-proxy's rules are (also) in {modes:?}; this agent watches only iptables-nft and nftables: changes there are not reported"
+            "kube-proxy's rules are (also) in iptables-legacy, but this agent has no x_tables trigger (no syscall tracepoints): changes there are not reported"
         );
     }
 
-    let (commits_tx, commits_rx) = std_mpsc::channel::<Commit>();
+    let (triggers, triggers_rx) = std_mpsc::channel::<Trigger>();
+    if ipvs.is_some() {
+        // IPVS announces nothing: read it again on a timer, only on kernels that have it.
+        let ticks = triggers.clone();
+        thread::Builder::new()
+            .name("zdt-ipvs-tick".into())
+            .spawn(move || {
+                loop {
+                    thread::sleep(ipvs::POLL);
+                    if ticks.send(Trigger::Tick).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("failed to start the IPVS timer thread")?;
+    }
+    let commits = triggers.clone();
     thread::Builder::new()
         .name("zdt-nf-monitor".into())
         .spawn(move || {
             loop {
                 match monitor.next_commit() {
                     Ok(commit) => {
-                        if commits_tx.send(commit).is_err() {
+                        if commits.send(Trigger::Commit(commit)).is_err() {
                             return;
                         }
                     }
@@ -153,6 +273,10 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         node,
         modes: modes.clone(),
         planes,
+        legacy,
+        legacy_armed,
+        ipvs,
+        netns,
         watched: watched.clone(),
         frontends: frontends.clone(),
         tx,
@@ -163,7 +287,7 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         // where a blocking send is not allowed.
         .spawn(move || {
             if reader.tx.send(start) {
-                reader.run(&commits_rx);
+                reader.run(&triggers_rx);
             }
         })
         .context("failed to start the dataplane reader thread")?;
@@ -172,11 +296,27 @@ pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
         watched,
         frontends,
         dnat: flows::Dnat::default(),
+        triggers,
+        netns,
     })
 }
 
 /// The `dataplane_mode` line: the first detected mode is the one shown as `mode`.
-fn mode_line(node: &NodeName, modes: &[Mode], planes: &[Plane]) -> Observation {
+fn mode_line(
+    node: &NodeName,
+    modes: &[Mode],
+    planes: &[Plane],
+    legacy: &[LegacyPlane],
+    legacy_armed: bool,
+    ipvs: Option<&IpvsPlane>,
+) -> Observation {
+    let mut triggers = vec!["nf_tables netlink (NFNLGRP_NFTABLES)"];
+    if legacy_armed {
+        triggers.push("x_tables replace (syscalls:sys_exit_setsockopt, IPT_SO_SET_REPLACE)");
+    }
+    if ipvs.is_some() {
+        triggers.push("IPVS re-read every 100 ms (IPVS sends no notifications)");
+    }
     Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
         .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
         .with_extra(
@@ -185,43 +325,39 @@ fn mode_line(node: &NodeName, modes: &[Mode], planes: &[Plane]) -> Observation {
         )
         .with_extra(
             "routes",
-            planes.iter().map(|p| p.routes.len()).sum::<usize>(),
+            planes.iter().map(|p| p.routes.len()).sum::<usize>()
+                + legacy.iter().map(|p| p.routes.len()).sum::<usize>()
+                + ipvs.map_or(0, |p| p.state.routes.len()),
         )
-        .with_extra("triggers", vec!["nf_tables netlink (NFNLGRP_NFTABLES)"])
+        .with_extra("triggers", triggers)
 }
 
-/// The nf_tables-based modes whose tables hold kube-proxy's dispatch now.
-fn nf_modes(planes: &[Plane]) -> Vec<Mode> {
+/// kube-proxy's mode(s) on this node: the tables holding its dispatch (nf_tables, then
+/// x_tables), then IPVS virtual servers.
+fn detect(planes: &[Plane], legacy: &[LegacyPlane], ipvs: Option<&IpvsPlane>) -> Vec<Mode> {
     let mut modes: Vec<Mode> = Vec::new();
     for p in planes.iter().filter(|p| p.mirror.is_kube_proxy()) {
         if !modes.contains(&p.source.mode) {
             modes.push(p.source.mode);
         }
     }
-    modes
-}
-
-/// kube-proxy's mode(s) on this node: nf_tables tables holding its dispatch, then the modes
-/// this agent can only detect.
-fn detect(planes: &[Plane]) -> anyhow::Result<Vec<Mode>> {
-    let mut modes = nf_modes(planes);
-    for mode in [Mode::IptablesLegacy, Mode::Ipvs] {
-        for family in [Family::V4, Family::V6] {
-            if (Source { mode, family })
-                .present()
-                .with_context(|| format!("failed to check for kube-proxy's {mode} rules"))?
-            {
-                modes.push(mode);
-                break;
-            }
-        }
+    if legacy.iter().any(|p| p.kube_proxy) {
+        modes.push(Mode::IptablesLegacy);
     }
-    Ok(modes)
+    if ipvs.is_some_and(|p| p.state.servers > 0) {
+        modes.push(Mode::Ipvs);
+    }
+    modes
 }
 
 struct Reader {
     node: NodeName,
     planes: Vec<Plane>,
+    legacy: Vec<LegacyPlane>,
+    legacy_armed: bool,
+    ipvs: Option<IpvsPlane>,
+    /// The namespace read: replaces elsewhere are not this node's dataplane.
+    netns: u32,
     /// The modes last reported; a new `dataplane_mode` line is sent when kube-proxy's tables
     /// appear or go (kube-proxy started after the agent, or switched modes).
     modes: Vec<Mode>,
@@ -230,20 +366,117 @@ struct Reader {
     tx: Sink,
 }
 
+/// The times a batch of triggers covers, for one dataplane.
+#[derive(Default)]
+struct Window {
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+    triggers: u32,
+}
+
+impl Window {
+    fn add(&mut self, first: Timestamp, last: Timestamp) {
+        self.first = Some(self.first.map_or(first, |f| f.min(first)));
+        self.last = Some(self.last.map_or(last, |l| l.max(last)));
+        self.triggers += 1;
+    }
+
+    fn stamp(&self) -> Option<Stamp> {
+        Some(Stamp {
+            first: self.first?,
+            last: self.last?,
+            commits: self.triggers,
+            detected: Timestamp::now(),
+        })
+    }
+}
+
 impl Reader {
-    fn run(mut self, commits: &std_mpsc::Receiver<Commit>) {
-        while let Ok(first) = commits.recv() {
-            // Commits that queued up while the previous one was processed are applied together.
-            let batch: Vec<Commit> = std::iter::once(first).chain(commits.try_iter()).collect();
+    fn run(mut self, triggers: &std_mpsc::Receiver<Trigger>) {
+        while let Ok(first) = triggers.recv() {
+            // Triggers that queued up while the previous ones were handled go together.
+            let batch: Vec<Trigger> = std::iter::once(first).chain(triggers.try_iter()).collect();
             if !self.apply(&batch) {
                 return;
             }
         }
     }
 
-    /// Applies the batch to every mirror it touched and reports the route changes; false once
-    /// nobody listens any more.
-    fn apply(&mut self, batch: &[Commit]) -> bool {
+    /// Brings every dataplane the batch touched up to date and reports the route changes;
+    /// false once nobody listens any more.
+    fn apply(&mut self, batch: &[Trigger]) -> bool {
+        let commits: Vec<&Commit> = batch
+            .iter()
+            .filter_map(|t| match t {
+                Trigger::Commit(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let mut changed = false;
+        if !commits.is_empty() {
+            match self.apply_commits(&commits) {
+                Some(c) => changed |= c,
+                None => return false,
+            }
+        }
+        for i in 0..self.legacy.len() {
+            let family = self.legacy[i].family;
+            let mut window = Window::default();
+            for t in batch {
+                match t {
+                    Trigger::TableReplace(r)
+                        if r.family == family && r.concerns_nat() && r.netns == self.netns =>
+                    {
+                        window.add(r.time, r.time);
+                    }
+                    Trigger::Lost { since, now } => window.add(*since, *now),
+                    _ => {}
+                }
+            }
+            let Some(stamp) = window.stamp() else {
+                continue;
+            };
+            match self.reread_legacy(i, stamp) {
+                Some(c) => changed |= c,
+                None => return false,
+            }
+        }
+        if batch.iter().any(|t| matches!(t, Trigger::Tick)) {
+            match self.reread_ipvs() {
+                Some(c) => changed |= c,
+                None => return false,
+            }
+        }
+        if changed {
+            publish(
+                &self.watched,
+                &self.frontends,
+                &self.planes,
+                &self.legacy,
+                self.ipvs.as_ref(),
+            );
+        }
+        let modes = detect(&self.planes, &self.legacy, self.ipvs.as_ref());
+        if modes != self.modes {
+            self.modes = modes;
+            let line = mode_line(
+                &self.node,
+                &self.modes,
+                &self.planes,
+                &self.legacy,
+                self.legacy_armed,
+                self.ipvs.as_ref(),
+            );
+            if !self.tx.send(line) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Applies nf_tables commits to every mirror they touched; whether routes changed, `None`
+    /// once nobody listens.
+    fn apply_commits(&mut self, batch: &[&Commit]) -> Option<bool> {
         let first = batch
             .iter()
             .map(|c| c.time)
@@ -282,49 +515,144 @@ impl Reader {
             };
             for obs in emit::observations(&self.node, plane.source, &change, stamp) {
                 if !self.tx.send(obs) {
-                    return false;
+                    return None;
                 }
             }
         }
-        if changed {
-            publish(&self.watched, &self.planes);
-            publish_frontends(&self.frontends, &self.planes);
+        Some(changed)
+    }
+
+    /// Reads IPVS again; what changed since the previous read is stamped with the interval
+    /// between the two reads. Whether routes changed, `None` once nobody listens.
+    fn reread_ipvs(&mut self) -> Option<bool> {
+        let Some(plane) = &mut self.ipvs else {
+            return Some(false);
+        };
+        let started = Timestamp::now();
+        let state = match ipvs::read(&mut plane.kernel) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Some(false);
+            }
+        };
+        let change = plane.state.routes.diff(&state.routes);
+        let stamp = Stamp {
+            first: plane.read_at,
+            last: Timestamp::now(),
+            commits: 1,
+            detected: Timestamp::now(),
+        };
+        plane.state = state;
+        plane.read_at = started;
+        if change.is_empty() {
+            return Some(false);
         }
-        let mut modes = nf_modes(&self.planes);
-        modes.extend(
-            self.modes
-                .iter()
-                .filter(|m| matches!(m, Mode::IptablesLegacy | Mode::Ipvs)),
-        );
-        if modes != self.modes {
-            self.modes = modes;
-            if !self
-                .tx
-                .send(mode_line(&self.node, &self.modes, &self.planes))
-            {
-                return false;
+        for obs in emit::observations(&self.node, IpvsPlane::source(), &change, stamp) {
+            if !self.tx.send(obs) {
+                return None;
             }
         }
-        true
+        Some(true)
+    }
+
+    /// Reads the legacy nat table of `self.legacy[i]` again after a replace; whether routes
+    /// changed, `None` once nobody listens.
+    fn reread_legacy(&mut self, i: usize, stamp: Stamp) -> Option<bool> {
+        let plane = &mut self.legacy[i];
+        let nat = match legacy::read_routes(plane.family) {
+            Ok(nat) => nat,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Some(false);
+            }
+        };
+        plane.kube_proxy = nat.kube_services;
+        let change = plane.routes.diff(&nat.routes);
+        plane.routes = nat.routes;
+        if change.is_empty() {
+            return Some(false);
+        }
+        let stamp = Stamp {
+            detected: Timestamp::now(),
+            ..stamp
+        };
+        for obs in emit::observations(&self.node, plane.source(), &change, stamp) {
+            if !self.tx.send(obs) {
+                return None;
+            }
+        }
+        Some(true)
     }
 }
 
-fn publish(watched: &Watched, planes: &[Plane]) {
-    let set = planes
+/// Every route of every dataplane.
+fn all_routes<'a>(
+    planes: &'a [Plane],
+    legacy: &'a [LegacyPlane],
+    ipvs: Option<&'a IpvsPlane>,
+) -> impl Iterator<Item = &'a super::model::Route> {
+    planes
         .iter()
-        .flat_map(|p| p.routes.iter().map(|(r, _)| r.backend))
+        .map(|p| &p.routes)
+        .chain(legacy.iter().map(|p| &p.routes))
+        .chain(ipvs.map(|p| &p.state.routes))
+        .flat_map(|r| r.iter().map(|(route, _)| route))
+}
+
+/// Publishes the backends (for the conntrack listener) and the frontends (for client errors).
+fn publish(
+    watched: &Watched,
+    frontends: &Frontends,
+    planes: &[Plane],
+    legacy: &[LegacyPlane],
+    ipvs: Option<&IpvsPlane>,
+) {
+    let set = all_routes(planes, legacy, ipvs)
+        .map(|r| r.backend)
         .collect();
     if let Ok(mut w) = watched.write() {
         *w = set;
     }
-}
-
-fn publish_frontends(frontends: &Frontends, planes: &[Plane]) {
-    let set = planes
-        .iter()
-        .flat_map(|p| p.routes.iter().map(|(r, _)| r.service.0))
-        .collect();
+    let local = local_addresses();
+    let mut set = std::collections::HashSet::new();
+    for r in all_routes(planes, legacy, ipvs) {
+        let addr = r.service.0;
+        if r.via == Via::NodePort && addr.ip().is_unspecified() {
+            // Every local address of the node (but loopback) of that family.
+            set.extend(
+                local
+                    .iter()
+                    .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
+                    .map(|ip| std::net::SocketAddr::new(*ip, addr.port())),
+            );
+        } else {
+            set.insert(addr);
+        }
+    }
     if let Ok(mut f) = frontends.write() {
         *f = set;
+    }
+}
+
+/// The addresses of this network namespace's interfaces, loopback excluded (kube-proxy's
+/// default node-port rule matches `--dst-type LOCAL` but not 127.0.0.0/8).
+fn local_addresses() -> Vec<std::net::IpAddr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter_map(|a| {
+                let sa = a.address?;
+                let ip: std::net::IpAddr = if let Some(v4) = sa.as_sockaddr_in() {
+                    v4.ip().into()
+                } else {
+                    sa.as_sockaddr_in6()?.ip().into()
+                };
+                (!ip.is_loopback()).then_some(ip)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot list the node's addresses for node ports: {e}");
+            Vec::new()
+        }
     }
 }

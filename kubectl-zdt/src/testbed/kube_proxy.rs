@@ -46,6 +46,8 @@ pub struct ServiceRules {
     /// `internalTrafficPolicy: Local`: the ClusterIP jumps to KUBE-SVL-<hash>, which holds only
     /// this node's endpoints (here: all of `endpoints`).
     pub internal_local: bool,
+    /// `type: NodePort`: the node port, reached through KUBE-NODEPORTS → KUBE-EXT-<hash>.
+    pub node_port: Option<u16>,
 }
 
 impl ServiceRules {
@@ -55,7 +57,13 @@ impl ServiceRules {
             endpoints,
             external_ips: Vec::new(),
             internal_local: false,
+            node_port: None,
         }
+    }
+
+    /// kube-proxy's `usesExternalTrafficChain`: external IPs or a node port.
+    fn uses_ext_chain(&self) -> bool {
+        !self.external_ips.is_empty() || self.node_port.is_some()
     }
 }
 
@@ -89,7 +97,9 @@ pub fn sync_input(
     stale: &[(ServicePort, SocketAddr)],
     pod_cidr: &str,
 ) -> String {
-    let mut s = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+    let mut s = String::from(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n",
+    );
     let rewritten: Vec<&ServiceRules> = all.iter().filter(|r| changed(&r.port)).collect();
     for r in &rewritten {
         for chain in chains_of(r) {
@@ -106,6 +116,19 @@ pub fn sync_input(
     for r in all.iter().filter(|r| !r.endpoints.is_empty()) {
         frontend_rules(&mut s, r);
     }
+    // The last rule of KUBE-SERVICES: node ports on every local address but loopback (the
+    // default without --nodeport-addresses), as iptables-save prints it.
+    s.push_str("-A KUBE-SERVICES ! -d 127.0.0.0/8 -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
+    for r in all.iter().filter(|r| !r.endpoints.is_empty()) {
+        if let Some(node_port) = r.node_port {
+            let _ = writeln!(
+                s,
+                "-A KUBE-NODEPORTS -p tcp -m comment --comment \"{}\" -m tcp --dport {node_port} -j {}",
+                r.port.comment(),
+                r.port.chain("KUBE-EXT-")
+            );
+        }
+    }
     for r in rewritten {
         service_rules(&mut s, r, pod_cidr);
     }
@@ -121,7 +144,7 @@ fn chains_of(r: &ServiceRules) -> Vec<String> {
     if r.internal_local {
         chains.push(r.port.chain("KUBE-SVL-"));
     }
-    if !r.external_ips.is_empty() {
+    if r.uses_ext_chain() {
         chains.push(r.port.chain("KUBE-EXT-"));
     }
     chains
@@ -159,7 +182,7 @@ fn service_rules(s: &mut String, r: &ServiceRules, pod_cidr: &str) {
     if r.endpoints.is_empty() {
         return;
     }
-    if !r.external_ips.is_empty() {
+    if r.uses_ext_chain() {
         let ext = svc.chain("KUBE-EXT-");
         let _ = writeln!(
             s,
@@ -255,9 +278,11 @@ mod tests {
                 "kube-proxy never wrote: {line}"
             );
         }
+        // 2 KUBE-SERVICES (the ClusterIP, the node ports), KUBE-SVC (masquerade + 2 endpoints),
+        // 2 × KUBE-SEP (masquerade + DNAT).
         assert_eq!(
             ours.lines().filter(|l| l.starts_with("-A KUBE-S")).count(),
-            8
+            9
         );
     }
 
@@ -279,6 +304,7 @@ mod tests {
                     vec![]
                 };
                 r.internal_local = i % 4 == 1;
+                r.node_port = (i % 2 == 0).then_some(30_000 + u16::from(i));
                 r
             })
             .collect()
@@ -292,10 +318,13 @@ mod tests {
             let parsed = crate::dataplane::iptables::parse(&text).unwrap();
             let mut expected = std::collections::BTreeSet::new();
             for r in &all {
-                let frontends = std::iter::once(r.port.cluster_ip).chain(r.external_ips.iter().copied());
-                for ip in frontends {
+                let frontends = std::iter::once(r.port.cluster_ip)
+                    .chain(r.external_ips.iter().copied())
+                    .map(|ip| SocketAddr::new(ip, r.port.port))
+                    .chain(r.node_port.map(|p| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), p)));
+                for frontend in frontends {
                     for ep in &r.endpoints {
-                        expected.insert((SocketAddr::new(ip, r.port.port), *ep));
+                        expected.insert((frontend, *ep));
                     }
                 }
             }

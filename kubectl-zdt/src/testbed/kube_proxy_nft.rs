@@ -13,10 +13,45 @@ use super::kube_proxy::ServicePort;
 
 /// `service-<8 chars of base32(sha256(base))>-<base>` with base `ns/name/tcp/port-name`.
 pub fn service_chain(svc: &ServicePort) -> String {
+    chain("service-", svc)
+}
+
+/// `external-<hash>-<base>`: where node ports (and external IPs) go before the service chain.
+pub fn external_chain(svc: &ServicePort) -> String {
+    chain("external-", svc)
+}
+
+fn chain(prefix: &str, svc: &ServicePort) -> String {
     let (ns_name, port_name) = svc.name.split_once(':').unwrap_or((&svc.name, ""));
     let base = format!("{ns_name}/tcp/{port_name}");
     let digest = Sha256::digest(base.as_bytes());
-    format!("service-{}-{base}", &BASE32.encode(&digest)[..8])
+    format!("{prefix}{}-{base}", &BASE32.encode(&digest)[..8])
+}
+
+/// The node's NodePort addresses (kube-proxy's nftables mode defaults to the node's primary
+/// IPs): the `nodeport-ips` elements.
+pub fn nodeport_ips(ips: &[std::net::IpAddr]) -> String {
+    ips.iter()
+        .map(|ip| format!("add element ip kube-proxy nodeport-ips {{ {ip} }}\n"))
+        .collect()
+}
+
+/// A Service's node port as the nftables mode commits it (pkg/proxy/nftables/proxier.go): the
+/// `service-nodeports` element `tcp . <nodePort> : goto external-…`, and the external chain,
+/// which marks the connection for masquerade (externalTrafficPolicy Cluster) and goes to the
+/// service chain. The mark is written the way v1.36 marks ClusterIP traffic in `services`
+/// (the v1.36 fixture has no node port, so the external chain's exact first rule is not
+/// recorded; the watcher only follows its jumps).
+pub fn sync_nodeport(svc: &ServicePort, node_port: u16) -> String {
+    let ext = external_chain(svc);
+    format!(
+        "add chain ip kube-proxy {ext}\n\
+flush chain ip kube-proxy {ext}\n\
+add rule ip kube-proxy {ext} meta mark set meta mark | 0x00004000\n\
+add rule ip kube-proxy {ext} goto {}\n\
+add element ip kube-proxy service-nodeports {{ tcp . {node_port} : goto {ext} }}\n",
+        service_chain(svc)
+    )
 }
 
 /// The table skeleton kube-proxy creates at start (everything but per-Service state), for a

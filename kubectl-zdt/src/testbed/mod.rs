@@ -6,6 +6,7 @@
 //! stays on addresses of namespaces the testbed created (198.18.0.0/15, the benchmarking range,
 //! and fd00:7a64::/64).
 
+pub mod agent;
 pub mod app;
 pub mod kube_proxy;
 pub mod kube_proxy_nft;
