@@ -1,7 +1,7 @@
 //! `kubectl zdt recommend` over a week of history and the agent's metrics sink:
 //!
 //! - recommend: 10 workloads × 5 rollouts × 20 pods (1 000 terminated pods) on 100 nodes, every
-//!   node reporting its flow and dataplane removal for every pod (≈ 212 000 observations): read
+//!   node reporting its flow and dataplane removal for every pod (312 000 observations): read
 //!   by the engine once, grouped, advised per workload;
 //! - metrics: the cost per observation of `Metrics::observe` on the agent's path, and of the
 //!   settle step that correlates one node's window (its own 50 pods' timelines).
