@@ -30,11 +30,12 @@ fn app() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kubectl-zdt"))
 }
 
-fn assert_near(what: &str, o: &Observation, truth: u64) {
-    let off = off_ms(o, truth);
+/// Within `BOUND_MS` of the ground-truth bracket [`from`, `to`].
+fn assert_within(what: &str, o: &Observation, from: u64, to: u64) {
+    let (after, before) = (off_ms(o, from), off_ms(o, to));
     assert!(
-        off.abs() <= BOUND_MS,
-        "{what} is {off:+.3} ms from ground truth: {o:?}"
+        after >= -BOUND_MS && before <= BOUND_MS,
+        "{what} {after:+.3} ms after the bracket's start, {before:+.3} ms from its end: {o:?}"
     );
 }
 
@@ -129,16 +130,18 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
     let sigterm = only(&obs, Kind::Signal, |o| {
         o.reason.as_deref() == Some("SIGTERM") && pid_of(o) == Some(pid)
     });
-    assert_near("SIGTERM", sigterm, truth.sigterm);
+    assert_within("SIGTERM", sigterm, truth.sigterm, truth.sigterm_returned);
     let closed = only(&obs, Kind::ListenerClosed, |o| o.port == Some(8080));
-    assert_near("listener closed", closed, truth.listen_closed);
+    assert_within(
+        "listener closed",
+        closed,
+        truth.listen_closing,
+        truth.listen_closed,
+    );
     assert_eq!(netns_of(closed), Some(pod_ns));
     let exit = only(&obs, Kind::Exit, |o| pid_of(o) == Some(pid));
-    let (after, before) = (off_ms(exit, truth.exit), off_ms(exit, truth.reaped));
-    assert!(
-        after >= -BOUND_MS && before <= BOUND_MS,
-        "exit {after:+.3} ms after the app's last line, {before:+.3} ms from its reaping"
-    );
+    // After the app's last line, before the testbed reaped it.
+    assert_within("exit", exit, truth.exit, truth.reaped);
     let opened = only(&obs, Kind::ListenerOpen, |o| o.port == Some(8080));
     assert_eq!(opened.ip, None, "a listener on [::] names no pod address");
     assert_eq!(opened.extra.get("bind"), Some(&serde_json::json!("::")));

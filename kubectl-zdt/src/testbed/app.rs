@@ -1,7 +1,7 @@
 //! The application the testbed runs in each pod (`kubectl-zdt testbed-app`, hidden): a real
 //! process in the pod's network namespace, so SIGTERM, the listener close and the exit are the
 //! kernel events a real pod produces. It prints ground truth on stdout, one line per mark:
-//! `ready|sigterm|closed|exit <CLOCK_MONOTONIC ns>`.
+//! `ready|sigterm|closing|closed|exit <CLOCK_MONOTONIC ns>`.
 //!
 //! On SIGTERM it keeps serving for `--drain-ms`, then closes its listener and exits. With
 //! `--hold` it never answers: accepted connections stay open unread until exit, so clients
@@ -81,6 +81,9 @@ pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
     std::thread::sleep(Duration::from_millis(args.drain_ms));
     // shutdown() on a listening socket moves it LISTEN → CLOSE at once (tcp_disconnect), which
     // is what the kernel reports; the accept loop then ends and drops the socket.
+    // `closing`/`closed` bracket the shutdown: the kernel's mark lies between, whatever the
+    // scheduler does to this process around the call.
+    mark("closing");
     // SAFETY: fd belongs to the listener, which is only dropped after accept fails.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     mark("closed");

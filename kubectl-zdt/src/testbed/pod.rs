@@ -35,9 +35,11 @@ pub struct Truth {
     /// and the hook program's own first line.
     pub prestop_spawned: Option<u64>,
     pub prestop: Option<u64>,
-    /// Just before kill(SIGTERM).
+    /// Just before kill(SIGTERM), and when it returned: the kernel's signal lies between.
     pub sigterm: u64,
-    /// The app's listener shutdown (LISTEN → CLOSE).
+    pub sigterm_returned: u64,
+    /// The app's listener shutdown (LISTEN → CLOSE) lies between these two.
+    pub listen_closing: u64,
     pub listen_closed: u64,
     /// The app's last line before exit(), and when the testbed reaped it: the kernel's exit lies
     /// between (thread teardown and scheduling on a loaded machine can take milliseconds).
@@ -141,7 +143,9 @@ impl PodProcess {
         truth.sigterm = Clock::monotonic_now_ns();
         nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM)
             .context("failed to send SIGTERM")?;
+        truth.sigterm_returned = Clock::monotonic_now_ns();
         self.expect("sigterm")?;
+        truth.listen_closing = self.expect("closing")?;
         truth.listen_closed = self.expect("closed")?;
         truth.exit = self.expect("exit")?;
         let status = self.child.wait().context("failed to reap the app")?;
