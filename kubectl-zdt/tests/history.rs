@@ -186,6 +186,23 @@ async fn record_live_rollout(server: &Arc<ApiServer>, journal: Arc<Journal>) {
     panic!("the agent did not record both deletions of the live rollout");
 }
 
+/// `kubectl-zdt --kubeconfig KUBECONFIG ARGS…` as a child, off the runtime's threads (the double
+/// it talks to runs on them).
+async fn cli(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    let kubeconfig = kubeconfig.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 fn args() -> HistoryArgs {
     HistoryArgs {
         since: Some("4h".into()),
@@ -438,29 +455,19 @@ async fn the_report_of_history_is_what_analyze_makes_of_the_exported_lines() {
     let c = cluster("report").await;
     let kubeconfig = c.server.kubeconfig(&c.dir, "user");
     let export = c.dir.join("export.jsonl");
-    let run = |args: Vec<String>| {
-        let kubeconfig = kubeconfig.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new(BIN)
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(args)
-                .output()
-                .unwrap()
-        })
-    };
-    let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let export_arg = export.to_str().unwrap().to_owned();
-    let exported = run(s(&[
-        "history",
-        "--since",
-        "4h",
-        "--rollouts",
-        "--export",
-        &export_arg,
-    ]))
-    .await
-    .unwrap();
+    let exported = cli(
+        &kubeconfig,
+        &[
+            "history",
+            "--since",
+            "4h",
+            "--rollouts",
+            "--export",
+            &export_arg,
+        ],
+    )
+    .await;
     assert!(
         exported.status.success(),
         "{}",
@@ -468,17 +475,17 @@ async fn the_report_of_history_is_what_analyze_makes_of_the_exported_lines() {
     );
     let listing = String::from_utf8(exported.stdout).unwrap();
     assert!(listing.contains("deployment/webfast"), "{listing}");
-    let reported = run(s(&["history", "--since", "4h", "--report", "-o", "json"]))
-        .await
-        .unwrap();
+    let reported = cli(
+        &kubeconfig,
+        &["history", "--since", "4h", "--report", "-o", "json"],
+    )
+    .await;
     assert!(
         reported.status.success(),
         "{}",
         String::from_utf8_lossy(&reported.stderr)
     );
-    let analyzed = run(s(&["analyze", &export_arg, "-o", "json"]))
-        .await
-        .unwrap();
+    let analyzed = cli(&kubeconfig, &["analyze", &export_arg, "-o", "json"]).await;
     assert!(
         analyzed.status.success(),
         "{}",
@@ -580,16 +587,7 @@ async fn an_unreachable_agent_is_named_the_others_answer_and_the_exit_is_non_zer
 
     // The command: node-a's lines on stdout, one line per failed node on stderr, exit 1.
     let kubeconfig = server.kubeconfig(&dir, "user");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["history", "--since", "1h"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = cli(&kubeconfig, &["history", "--since", "1h"]).await;
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("pod_deleting"), "{stdout}");
@@ -611,17 +609,6 @@ async fn no_agents_and_bad_times_are_one_line_each() {
     let dir = tempdir("errors");
     let server = Arc::new(ApiServer::start().await);
     let kubeconfig = server.kubeconfig(&dir, "user");
-    let run = |args: &'static [&'static str]| {
-        let kubeconfig = kubeconfig.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new(BIN)
-                .arg("--kubeconfig")
-                .arg(kubeconfig)
-                .args(args)
-                .output()
-                .unwrap()
-        })
-    };
     for (args, expected) in [
         (
             &["history"][..],
@@ -636,7 +623,7 @@ async fn no_agents_and_bad_times_are_one_line_each() {
             "kubectl-zdt: --since \"2 fortnights\": not a duration; use e.g. 90s, 30m, 2h or 7d",
         ),
     ] {
-        let out = run(args).await.unwrap();
+        let out = cli(&kubeconfig, args).await;
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert_eq!(
             String::from_utf8(out.stderr).unwrap(),

@@ -259,16 +259,19 @@ impl Endpoint {
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
         let node = self.node.clone();
+        // Flushing the buffer and taking the block list is quick; reading the blocks is not.
+        let reader = disk.lock().query(&query);
+        let mut reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the journal could not be read: {e}\n"),
+                );
+            }
+        };
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         tokio::task::spawn_blocking(move || {
-            let reader = disk.lock().query(&query);
-            let mut reader = match reader {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("history query failed: {e}");
-                    return;
-                }
-            };
             while let Some(chunk) = reader.next_chunk(64 << 10) {
                 if tx.blocking_send(Bytes::from(chunk)).is_err() {
                     return;

@@ -53,23 +53,52 @@ fn key_hash(o: &Observation) -> u64 {
     h.finish()
 }
 
-fn same_key(a: &Observation, b: &Observation) -> bool {
-    a.kind == b.kind
-        && a.ip == b.ip
-        && a.port == b.port
-        && a.pod == b.pod
-        && a.reason == b.reason
-        && a.service == b.service
+/// The fold key, owned.
+struct Key {
+    kind: Kind,
+    pod: Option<String>,
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    reason: Option<String>,
+    service: Option<String>,
 }
 
-/// A closed fold: the line to store and, for a single event whose JSON the caller already had,
-/// that JSON (nothing to serialize again).
-pub type Closed = (Observation, Option<String>);
+impl Key {
+    fn of(o: &Observation) -> Self {
+        Self {
+            kind: o.kind,
+            pod: o.pod.clone(),
+            ip: o.ip,
+            port: o.port,
+            reason: o.reason.clone(),
+            service: o.service.clone(),
+        }
+    }
+
+    fn matches(&self, o: &Observation) -> bool {
+        self.kind == o.kind
+            && self.ip == o.ip
+            && self.port == o.port
+            && self.pod == o.pod
+            && self.reason == o.reason
+            && self.service == o.service
+    }
+}
+
+/// A closed fold: the line to store (JSON) and its time.
+#[derive(Debug)]
+pub struct Closed {
+    pub time: Timestamp,
+    pub line: String,
+}
 
 struct Fold {
-    first: Observation,
-    /// The first event's JSON, when the caller had it.
-    line: Option<String>,
+    key: Key,
+    /// The first event's JSON: what is stored when nothing else folds in (most keys of a quiet
+    /// second), so a single event is never copied into a second observation.
+    line: String,
+    /// The first event, parsed back from `line` once a second event folds in.
+    first: Option<Observation>,
     count: u64,
     events: u64,
     /// Earliest and latest event time (for `flow_new`, of its `first_time` and `time`).
@@ -89,9 +118,11 @@ fn first_time(o: &Observation) -> Option<&str> {
 }
 
 impl Fold {
-    fn new(o: &Observation, line: Option<&str>) -> Self {
+    fn new(o: &Observation, line: String) -> Self {
         Self {
-            line: line.map(str::to_owned),
+            key: Key::of(o),
+            line,
+            first: None,
             count: o.weight(),
             events: 1,
             min: o.time,
@@ -100,11 +131,13 @@ impl Fold {
             peer_ip: o.peer_ip,
             peer_port: o.peer_port,
             opened: o.time,
-            first: o.clone(),
         }
     }
 
     fn add(&mut self, o: &Observation) {
+        if self.first.is_none() {
+            self.first = serde_json::from_str(&self.line).ok();
+        }
         self.count += o.weight();
         self.events += 1;
         self.min = self.min.min(o.time);
@@ -123,10 +156,12 @@ impl Fold {
     }
 
     fn finish(self) -> Closed {
-        if self.events == 1 {
-            return (self.first, self.line);
-        }
-        let mut o = self.first;
+        let Some(mut o) = self.first.filter(|_| self.events > 1) else {
+            return Closed {
+                time: self.opened,
+                line: self.line,
+            };
+        };
         o.count = Some(self.count);
         o.peer_ip = self.peer_ip;
         o.peer_port = self.peer_port;
@@ -140,7 +175,10 @@ impl Fold {
             o.extra
                 .insert("last_time".to_owned(), format_time(self.max).into());
         }
-        (o, None)
+        Closed {
+            time: o.time,
+            line: o.to_json_line(),
+        }
     }
 }
 
@@ -177,7 +215,7 @@ impl Folder {
 
     fn close(&mut self, f: Fold, out: &mut Vec<Closed>) {
         self.len -= 1;
-        if let Some(ip) = f.first.ip
+        if let Some(ip) = f.key.ip
             && let Some(n) = self.ips.get_mut(&ip)
         {
             *n -= 1;
@@ -185,7 +223,7 @@ impl Folder {
                 self.ips.remove(&ip);
             }
         }
-        if let Some(p) = &f.first.pod
+        if let Some(p) = &f.key.pod
             && let Some(n) = self.pods.get_mut(p)
         {
             *n -= 1;
@@ -196,29 +234,34 @@ impl Folder {
         out.push(f.finish());
     }
 
-    /// Takes a counter observation; emits the fold it closed (its key's, when its interval is
-    /// over).
+    /// Takes a counter observation (`line`: its JSON, when the caller already made it); emits
+    /// the fold it closed (its key's, when its interval is over). Events folded into an open
+    /// fold are never serialized.
     pub fn add(&mut self, o: &Observation, line: Option<&str>, out: &mut Vec<Closed>) {
+        let json = || line.map_or_else(|| o.to_json_line(), str::to_owned);
         // Lines the agent already aggregated after a ring-buffer overflow carry their own
         // interval (`lost_since`): they are rare and stay as they are.
         if o.extra.contains_key("lost_since") {
-            out.push((o.clone(), line.map(str::to_owned)));
+            out.push(Closed {
+                time: o.time,
+                line: json(),
+            });
             return;
         }
         let h = key_hash(o);
         let interval = self.interval_ns;
         let bucket = self.open.entry(h).or_default();
-        if let Some(i) = bucket.iter().position(|f| same_key(&f.first, o)) {
+        if let Some(i) = bucket.iter().position(|f| f.key.matches(o)) {
             if o.time.as_nanosecond() - bucket[i].opened.as_nanosecond() < interval {
                 bucket[i].add(o);
                 return;
             }
-            let closed = std::mem::replace(&mut bucket[i], Fold::new(o, line));
+            let closed = std::mem::replace(&mut bucket[i], Fold::new(o, json()));
             // The new fold has the same key: the per-address and per-pod counts stay.
             out.push(closed.finish());
             return;
         }
-        bucket.push(Fold::new(o, line));
+        bucket.push(Fold::new(o, json()));
         self.track(o);
         if self.len > MAX_OPEN {
             self.drain(out);
@@ -254,7 +297,7 @@ impl Folder {
             return;
         }
         self.close_where(out, |f| {
-            (by_pod && f.first.pod == mark.pod) || (by_ip && f.first.ip == mark.ip)
+            (by_pod && f.key.pod == mark.pod) || (by_ip && f.key.ip == mark.ip)
         });
     }
 
@@ -282,7 +325,13 @@ mod tests {
     }
 
     fn lines(out: Vec<Closed>) -> Vec<Observation> {
-        out.into_iter().map(|(o, _)| o).collect()
+        out.into_iter()
+            .map(|c| {
+                let o: Observation = serde_json::from_str(&c.line).unwrap();
+                assert_eq!(o.time, c.time);
+                o
+            })
+            .collect()
     }
 
     fn at(ms: i64) -> Timestamp {

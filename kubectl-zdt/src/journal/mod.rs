@@ -266,9 +266,8 @@ impl Journal {
     }
 
     fn take_folded(&mut self) {
-        for (o, line) in std::mem::take(&mut self.folded) {
-            let line = line.unwrap_or_else(|| o.to_json_line());
-            self.buffer(StreamKind::Counters, nanos(o.time), line.into_bytes());
+        for c in std::mem::take(&mut self.folded) {
+            self.buffer(StreamKind::Counters, nanos(c.time), c.line.into_bytes());
         }
     }
 
