@@ -401,6 +401,7 @@ pub fn parse(family: Family, info: &Info, blob: &[u8]) -> Result<Nat, ParseError
         let Some(&start) = ids.get(f.chain) else {
             continue;
         };
+        let name = f.name();
         // A handful of chains per frontend (external → service → endpoints).
         seen.clear();
         stack.clear();
@@ -419,7 +420,7 @@ pub fn parse(family: Family, info: &Info, blob: &[u8]) -> Result<Nat, ParseError
                         backend: Backend(*addr),
                         via: f.via,
                     },
-                    f.name.clone(),
+                    name.clone(),
                 );
             }
         }
