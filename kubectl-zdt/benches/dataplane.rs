@@ -3,12 +3,15 @@
 //! - `endpoint_change_10k`: one endpoint change of one Service, from the kernel-framed
 //!   notification bytes to the emitted observations (decode → mirror → routes → diff → emit),
 //!   with the mirror holding 10 000 Services;
-//! - `iptables_save_parse_10k`: the text parser on a 10 000-Service nat table (used for
-//!   iptables-legacy and in tests, not on the nf_tables path);
+//! - `set_elements_300_decode_*`: one `service-ips` set-element message of 300 elements decoded
+//!   by netlink-packet-netfilter and by the watcher's fast path (`nft_decode`);
+//! - `iptables_save_parse_10k`: the text parser on a 10 000-Service nat table (used in tests);
 //! - the heap held by the watcher's state is printed once (counting allocator).
 //!
 //! Live end-to-end figures (a real kernel programmed with 10 000 Services) come from
-//! `ZDT_LIVE=1 cargo bench --bench dataplane -- live` as root.
+//! `ZDT_LIVE=1 cargo bench --bench dataplane -- live` as root (`ZDT_LIVE=nftables` or
+//! `ZDT_LIVE=legacy` for one mode): the nftables start phases and per-change latency, and the
+//! iptables-legacy table read, parse, memory and per-change latency through the eBPF trigger.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -146,6 +149,48 @@ fn endpoint_change(c: &mut Criterion) {
     });
 }
 
+/// A set-element message as a dump of kube-proxy's `service-ips` map brings them (a few hundred
+/// elements each): decoded by netlink-packet-netfilter, and by the watcher's fast path.
+fn set_elements_decode(c: &mut Criterion) {
+    use netlink_packet_core::NetlinkMessage;
+    use netlink_packet_netfilter::{
+        NetfilterMessage, NetfilterProtoFamily,
+        nftables::{
+            DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
+            SetElementMessage, Verdict, VerdictAttribute,
+        },
+    };
+    let elements = (0..300u32)
+        .map(|i| {
+            let mut key = (0x0a60_0000 + i).to_be_bytes().to_vec();
+            key.extend_from_slice(&[6, 0, 0, 0, 0, 80, 0, 0]);
+            ListAttribute::Element(vec![
+                SetElementAttribute::Key(DataAttribute::Value(key)),
+                SetElementAttribute::Data(DataAttribute::Verdict(vec![
+                    VerdictAttribute::Code(Verdict::Goto),
+                    VerdictAttribute::Chain(format!("service-ABCDEFGH-ns{i}/svc{i}/tcp/")),
+                ])),
+            ])
+        })
+        .collect();
+    let bytes = kubectl_zdt::dataplane::nfnetlink::frame(
+        NetfilterProtoFamily::IPv4,
+        NfTablesMessage::NewSetElement(SetElementMessage {
+            attributes: vec![
+                SetElementList::Table("kube-proxy".into()),
+                SetElementList::Set("service-ips".into()),
+                SetElementList::Elements(elements),
+            ],
+        }),
+    );
+    c.bench_function("set_elements_300_decode_netlink_packet_netfilter", |b| {
+        b.iter(|| NetlinkMessage::<NetfilterMessage>::deserialize(black_box(&bytes)).unwrap());
+    });
+    c.bench_function("set_elements_300_decode_fast_path", |b| {
+        b.iter(|| kubectl_zdt::dataplane::nft_decode::deserialize(black_box(&bytes)).unwrap());
+    });
+}
+
 fn iptables_save_parse(c: &mut Criterion) {
     let all: Vec<ServiceRules> = (0..SERVICES)
         .map(|i| ServiceRules::new(service(i), endpoints(i, 0)))
@@ -162,8 +207,13 @@ fn iptables_save_parse(c: &mut Criterion) {
 
 /// As root with ZDT_LIVE=1: programs a real node namespace with 10 000 Services in nftables
 /// mode, runs the watcher, and measures commit → observation for single endpoint changes.
+/// `ZDT_LIVE=1` runs both live benchmarks, `ZDT_LIVE=nftables` or `ZDT_LIVE=legacy` one.
+fn live_wanted(which: &str) -> bool {
+    std::env::var("ZDT_LIVE").is_ok_and(|v| v == "1" || v == which)
+}
+
 fn live(c: &mut Criterion) {
-    if std::env::var_os("ZDT_LIVE").is_none() {
+    if !live_wanted("nftables") {
         return;
     }
     use kubectl_zdt::{
@@ -245,7 +295,7 @@ fn live(c: &mut Criterion) {
 /// read (GET_ENTRIES, parse), the state's memory, and replace (syscall exit) → observation for
 /// single endpoint changes.
 fn live_legacy(c: &mut Criterion) {
-    if std::env::var_os("ZDT_LIVE").is_none() {
+    if !live_wanted("legacy") {
         return;
     }
     use kubectl_zdt::{
@@ -279,15 +329,16 @@ fn live_legacy(c: &mut Criterion) {
         .run_in(|| {
             let (mut reads, mut parses, mut size, mut held) = (Vec::new(), Vec::new(), 0, 0);
             for _ in 0..5 {
+                let before = LIVE.load(Ordering::Relaxed);
                 let t = Instant::now();
                 let table = legacy::read_nat(Family::V4).unwrap().unwrap();
                 reads.push(t.elapsed());
                 size = table.entries().len();
-                let before = LIVE.load(Ordering::Relaxed);
                 let t = Instant::now();
                 let nat = xtables::parse(Family::V4, &table.info, table.entries()).unwrap();
                 parses.push(t.elapsed());
                 drop(table);
+                // What the watcher keeps between changes: the routes.
                 held = LIVE.load(Ordering::Relaxed) - before;
                 assert_eq!(nat.routes.len(), (SERVICES * PER_SERVICE) as usize);
             }
@@ -413,6 +464,7 @@ fn rss_kib() -> i64 {
 criterion_group!(
     benches,
     endpoint_change,
+    set_elements_decode,
     iptables_save_parse,
     live,
     live_legacy

@@ -162,3 +162,18 @@ fn clock_skew_widens_the_uncertainty_and_keeps_the_stamped_order() {
     assert_eq!(p.gap_uncertainty_ms, 3.0);
     assert_eq!(p.verdict, Verdict::Unsafe);
 }
+
+/// A node also reports the pod's node-port route (`frontend: nodeport`, the node's address as
+/// `service`): the pod is still known by the Service its clients dial, so errors toward that
+/// Service stay attributed to it.
+#[test]
+fn a_node_port_route_does_not_rename_the_pods_service() {
+    let text = std::fs::read_to_string(dir().join("no-prestop.jsonl")).unwrap();
+    let node_port = r#"{"kind":"dataplane_removed","time":"2026-11-22T03:00:00.350000000Z","node":"node-a","ip":"10.244.1.10","port":8080,"service":"0.0.0.0:30080","frontend":"nodeport","uncertainty_ns":60}"#;
+    let (obs, problems) = input::parse_all(&format!("{text}{node_port}\n"));
+    assert!(problems.is_empty(), "{problems:?}");
+    let with = correlate::correlate(&obs, &Options::default());
+    let without = analyze("no-prestop");
+    assert_eq!(only_pod(&with).service.as_deref(), Some("default/web"));
+    assert_eq!(only_pod(&with).errors, only_pod(&without).errors);
+}

@@ -7,6 +7,8 @@
 //! flow scenarios, the kernel's own routing decisions: conntrack NEW events of a client that
 //! connects every millisecond bracket the moment the node switched backends.
 
+mod support;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::AtomicBool},
@@ -750,4 +752,111 @@ fn ipvs_is_read_where_the_kernel_has_it_and_absent_otherwise() {
             assert!(watch.within(Duration::from_millis(300)).is_empty());
         }
     }
+}
+
+/// The whole agent (`kubectl-zdt agent --standalone` in the node's namespace) on an
+/// iptables-legacy node with a NodePort Service: it shows the mode and its trigger; a client
+/// dialling the node's address and node port while the pod does not listen gets ECONNREFUSED,
+/// which the agent tags with the frontend as dialled and the pod conntrack says it reached; when
+/// kube-proxy removes the endpoint, both its routes (ClusterIP and node port) are reported
+/// removed.
+#[test]
+fn iptables_legacy_node_port_errors_name_the_frontend_and_pod_and_removals_are_reported() {
+    const N: usize = 5;
+    require_root();
+    let mut node = Node::create().unwrap();
+    let pod = node.add_pod("web-1").unwrap();
+    let client = node.add_client("client").unwrap();
+    let [a, b, c, _] = client.ip.octets();
+    let node_addr = std::net::Ipv4Addr::new(a, b, c, 1);
+    let ep = SocketAddr::new(pod.ip.into(), 8080);
+    let mut all = cluster();
+    let mut web = ServiceRules::new(
+        ServicePort {
+            name: "default/web".into(),
+            cluster_ip: "198.18.100.200".parse().unwrap(),
+            port: 80,
+        },
+        vec![ep],
+    );
+    web.node_port = Some(30_080);
+    all.push(web);
+    let web = all.len() - 1;
+    (IPTABLES_LEGACY.start)(&node, &all);
+    let agent = support::AgentProcess::start_in(
+        Some(node.ns.name()),
+        &[
+            "--watch-cidr",
+            &format!("{node_addr}/32"),
+            "--watch-cidr",
+            &format!("{}/32", pod.ip),
+        ],
+    );
+    // The watcher has read the tables once the mode line is out; give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let target = SocketAddr::new(node_addr.into(), 30_080);
+    let outcomes = client
+        .ns
+        .run_in(move || {
+            (0..N)
+                .map(|_| tcp::connect_once(target))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    support::assert_all_refused(&outcomes);
+    all[web].endpoints.clear();
+    let when = timed(|| (IPTABLES_LEGACY.sync)(&node, &all, web, &[ep]));
+    std::thread::sleep(SETTLE);
+    let obs = agent.stop();
+
+    let mode = obs
+        .iter()
+        .find(|o| o.kind == Kind::DataplaneMode)
+        .expect("a dataplane_mode line");
+    assert_eq!(
+        mode.extra["mode"],
+        "iptables-legacy",
+        "{}",
+        mode.to_json_line()
+    );
+    assert!(
+        mode.extra["triggers"]
+            .to_string()
+            .contains("sys_exit_setsockopt"),
+        "{}",
+        mode.to_json_line()
+    );
+    let tagged = support::total(&obs, |o| {
+        o.kind == Kind::ConnError
+            && o.reason.as_deref() == Some("ECONNREFUSED")
+            && o.service.as_deref() == Some(target.to_string().as_str())
+            && o.ip == Some(pod.ip.into())
+            && o.port == Some(8080)
+    });
+    let errors: Vec<String> = obs
+        .iter()
+        .filter(|o| o.kind == Kind::ConnError)
+        .map(Observation::to_json_line)
+        .collect();
+    assert_eq!(tagged, N as u64, "{errors:#?}");
+    let removed: Vec<&Observation> = obs
+        .iter()
+        .filter(|o| o.kind == Kind::DataplaneRemoved)
+        .collect();
+    assert_eq!(removed.len(), 2, "{removed:#?}");
+    let svc = all[web].port.clone();
+    let cluster = removed
+        .iter()
+        .find(|o| o.extra.get("frontend").is_none())
+        .expect("the ClusterIP route");
+    assert_reports(cluster, Kind::DataplaneRemoved, &svc, ep, when);
+    let node_port = removed
+        .iter()
+        .find(|o| o.extra.get("frontend").is_some())
+        .expect("the node-port route");
+    assert_eq!(node_port.extra["frontend"], "nodeport");
+    assert_eq!(node_port.service.as_deref(), Some("0.0.0.0:30080"));
+    assert_eq!(node_port.ip, Some(pod.ip.into()));
+    assert_eq!(node_port.time, cluster.time);
+    assert_eq!(node_port.extra["mode"], "iptables-legacy");
 }

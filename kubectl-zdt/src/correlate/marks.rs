@@ -126,7 +126,10 @@ pub(crate) fn build(
             if let Some(p) = o.port {
                 tl.port = Some(tl.port.map_or(p, |cur| cur.min(p)));
             }
-            min_string(&mut tl.service, o.service.as_deref());
+            // A node-port route names the node's address, not the Service clients dial.
+            if o.extra.get("frontend").and_then(|v| v.as_str()) != Some("nodeport") {
+                min_string(&mut tl.service, o.service.as_deref());
+            }
         }
         min_string(
             &mut tl.workload,

@@ -19,8 +19,30 @@ pub struct Frontend<'a> {
     pub service: ServiceAddr,
     pub protocol: Protocol,
     pub chain: &'a str,
-    pub name: Option<ServiceName>,
+    pub label: Label<'a>,
     pub via: Via,
+}
+
+/// Where a frontend's Service port name comes from; made into a name only when a route of the
+/// frontend is reported (a commit touches a few frontends of thousands).
+#[derive(Clone, Copy, Debug)]
+pub enum Label<'a> {
+    /// An iptables rule's comment (`ns/name:port cluster IP`).
+    Comment(&'a str),
+    /// An nftables-mode chain name (`service-<hash>-ns/name/tcp/port`).
+    Chain(&'a str),
+    None,
+}
+
+impl Frontend<'_> {
+    /// kube-proxy's name for the Service port.
+    pub fn name(&self) -> Option<ServiceName> {
+        match self.label {
+            Label::Comment(c) => Some(name_of_comment(c)),
+            Label::Chain(c) => super::nft::service_name(c),
+            Label::None => None,
+        }
+    }
 }
 
 /// kube-proxy's iptables-mode dispatch chain: one rule per Service IP and port.
@@ -99,7 +121,7 @@ pub fn frontends<'a>(rules: &[DispatchRule<'a>], family: Family) -> Vec<Frontend
         let (Some(protocol), Some(port)) = (r.protocol, r.dport) else {
             continue;
         };
-        let name = r.comment.map(name_of_comment);
+        let label = r.comment.map_or(Label::None, Label::Comment);
         match r.chain {
             KUBE_SERVICES => {
                 if let Some(ip) = r.daddr {
@@ -107,7 +129,7 @@ pub fn frontends<'a>(rules: &[DispatchRule<'a>], family: Family) -> Vec<Frontend
                         service: ServiceAddr(SocketAddr::new(ip, port)),
                         protocol,
                         chain: r.target,
-                        name,
+                        label,
                         via: Via::ServiceIp,
                     });
                 }
@@ -118,7 +140,7 @@ pub fn frontends<'a>(rules: &[DispatchRule<'a>], family: Family) -> Vec<Frontend
                         service: ServiceAddr(SocketAddr::new(*ip, port)),
                         protocol,
                         chain: r.target,
-                        name: name.clone(),
+                        label,
                         via: Via::NodePort,
                     });
                 }
@@ -156,7 +178,7 @@ impl<'a> ChainGraph<'a> {
                     backend: Backend(backend),
                     via: f.via,
                 };
-                backends.insert(route, f.name.clone());
+                backends.insert(route, f.name());
             }
         }
         backends

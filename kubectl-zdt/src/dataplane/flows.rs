@@ -378,10 +378,7 @@ mod tests {
             "the oldest went first"
         );
     }
-    use netlink_packet_core::NetlinkHeader;
-    use netlink_packet_netfilter::{
-        NetfilterHeader, NetfilterProtoFamily, conntrack::Protocol as CtProto,
-    };
+    use netlink_packet_netfilter::{NetfilterProtoFamily, conntrack::Protocol as CtProto};
 
     /// A conntrack NEW event as the kernel sends it for a client → ClusterIP connection DNAT'ed
     /// to a pod.
@@ -408,17 +405,7 @@ mod tests {
             ConntrackAttribute::CtaTupleOrig(tuple(c, f)),
             ConntrackAttribute::CtaTupleReply(tuple(b, c)),
         ]);
-        let mut nl = NetlinkMessage::new(
-            NetlinkHeader::default(),
-            NetlinkPayload::from(NetfilterMessage::new(
-                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
-                msg,
-            )),
-        );
-        nl.finalize();
-        let mut buf = vec![0; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        buf
+        crate::dataplane::nfnetlink::frame(NetfilterProtoFamily::IPv4, msg)
     }
 
     fn watched(backends: &[&str]) -> HashSet<Backend> {

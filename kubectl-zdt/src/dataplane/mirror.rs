@@ -15,9 +15,10 @@ use netlink_packet_netfilter::nftables::{
 };
 
 use super::{
-    chains::{DispatchRule, Frontend, KUBE_NODEPORTS, KUBE_SERVICES, routes_toward_endpoints},
+    chains::{
+        DispatchRule, Frontend, KUBE_NODEPORTS, KUBE_SERVICES, Label, routes_toward_endpoints,
+    },
     model::{Backend, Backends, Change, Protocol, Route, RouteChange, ServiceAddr, Via},
-    nft::service_name,
     nft_rule::{self, Dnat, RuleFacts},
     source::Family,
 };
@@ -233,9 +234,10 @@ impl TableMirror {
         let index = Index::new(self);
         let mut routes = Backends::new();
         for e in index.entries() {
+            let name = e.name();
             for chain in index.reachable_chains(e.chain) {
                 for backend in index.dnats(chain) {
-                    routes.insert(route_of(&e, Backend(backend)), e.name.clone());
+                    routes.insert(route_of(&e, Backend(backend)), name.clone());
                 }
             }
         }
@@ -273,7 +275,7 @@ impl TableMirror {
             if !reach.iter().any(|c| touched.contains(c)) {
                 continue;
             }
-            let name = &e.name;
+            let name = e.name();
             let old = routes.backends_of(e.service, e.protocol, e.via);
             let new: Vec<Backend> = reach
                 .iter()
@@ -359,7 +361,7 @@ impl<'a> Index<'a> {
                         service,
                         protocol,
                         chain,
-                        name: service_name(chain),
+                        label: Label::Chain(chain),
                         via: Via::ServiceIp,
                     });
                 }
@@ -377,7 +379,7 @@ impl<'a> Index<'a> {
                         service: ServiceAddr(SocketAddr::new(ip, port)),
                         protocol,
                         chain,
-                        name: service_name(chain),
+                        label: Label::Chain(chain),
                         via: Via::NodePort,
                     });
                 }

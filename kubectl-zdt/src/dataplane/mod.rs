@@ -16,6 +16,7 @@ pub mod model;
 pub mod nf_monitor;
 pub mod nfnetlink;
 pub mod nft;
+pub mod nft_decode;
 pub mod nft_rule;
 pub mod nl_dump;
 pub mod source;

@@ -73,12 +73,10 @@ pub fn scan(datagram: &[u8]) -> Vec<Notice> {
             break;
         };
         let len = header.length() as usize;
-        out.push(
-            match NetlinkMessage::<NetfilterMessage>::deserialize(rest) {
-                Ok(msg) => notice(msg),
-                Err(_) => Notice::Unreadable,
-            },
-        );
+        out.push(match super::nft_decode::deserialize(rest) {
+            Ok(msg) => notice(msg),
+            Err(_) => Notice::Unreadable,
+        });
         // Messages are 4-byte aligned within a datagram.
         let next = (len + 3) & !3;
         if next == 0 || next > rest.len() {
@@ -203,25 +201,14 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::NetlinkHeader;
     use netlink_packet_netfilter::{
-        NetfilterHeader, NetfilterProtoFamily,
+        NetfilterProtoFamily,
         nftables::{GenMessage, RuleAttribute, RuleMessage},
     };
 
     /// One notification as the kernel frames it.
     fn message(family: NetfilterProtoFamily, msg: NfTablesMessage) -> Vec<u8> {
-        let mut nl = NetlinkMessage::new(
-            NetlinkHeader::default(),
-            NetlinkPayload::from(NetfilterMessage::new(
-                NetfilterHeader::new(family, 0, 0),
-                msg,
-            )),
-        );
-        nl.finalize();
-        let mut buf = vec![0; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        buf
+        crate::dataplane::nfnetlink::frame(family, msg)
     }
 
     fn rule(chain: &str, handle: u64) -> NfTablesMessage {

@@ -3,6 +3,10 @@
 
 use std::{io, os::fd::AsRawFd as _, time::Duration};
 
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 /// Opens a NETLINK_NETFILTER socket in the calling thread's network namespace and joins `group`
@@ -52,4 +56,20 @@ fn set_option<T>(socket: &Socket, name: libc::c_int, value: &T) -> io::Result<()
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// One netfilter message framed as the kernel sends it (nlmsghdr, nfgenmsg, attributes): for
+/// tests and benchmarks that feed the decoders without a kernel.
+pub fn frame(family: NetfilterProtoFamily, inner: impl Into<NetfilterMessageInner>) -> Vec<u8> {
+    let mut nl = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(NetfilterMessage::new(
+            NetfilterHeader::new(family, 0, 0),
+            inner,
+        )),
+    );
+    nl.finalize();
+    let mut buf = vec![0; nl.buffer_len()];
+    nl.serialize(&mut buf);
+    buf
 }

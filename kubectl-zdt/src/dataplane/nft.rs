@@ -19,7 +19,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::{
-    chains::{ChainGraph, Frontend},
+    chains::{ChainGraph, Frontend, Label},
     model::{Backends, Protocol, ServiceAddr, ServiceName, Via},
 };
 
@@ -96,7 +96,7 @@ pub fn parse(json: &str) -> Result<Backends, ParseError> {
                 service: ServiceAddr(SocketAddr::new(*ip, port)),
                 protocol,
                 chain,
-                name: service_name(chain),
+                label: Label::Chain(chain),
                 via: Via::NodePort,
             });
         }
@@ -132,7 +132,7 @@ fn frontend_of(elem: &Value) -> Option<Frontend<'_>> {
         service: ServiceAddr(SocketAddr::new(ip, port)),
         protocol,
         chain: target,
-        name: service_name(target),
+        label: Label::Chain(target),
         via: Via::ServiceIp,
     })
 }

@@ -131,7 +131,7 @@ fn request(
         let mut rest = &rx[..n];
         while !rest.is_empty() {
             let t = Instant::now();
-            let reply = NetlinkMessage::<NetfilterMessage>::deserialize(rest).map_err(|e| {
+            let reply = super::nft_decode::deserialize(rest).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("nf_tables dump: {e}"))
             })?;
             stats.decode += t.elapsed();

@@ -3,7 +3,7 @@
 //! One `Source` is one mode in one address family: kube-proxy programs IPv4 and IPv6 separately
 //! (`iptables`/`ip6tables`, tables `ip kube-proxy`/`ip6 kube-proxy`).
 
-use std::{fmt, path::Path, process::Command};
+use std::{fmt, process::Command};
 
 use thiserror::Error;
 
@@ -160,22 +160,6 @@ impl Source {
     fn nft_table_exists(self) -> Result<bool, ReadError> {
         let tables = run("nft", &["list", "tables", self.nft_family()])?;
         Ok(tables.lines().any(|l| l.trim().ends_with(" kube-proxy")))
-    }
-
-    /// Does this node hold kube-proxy's rules in this source now?
-    pub fn present(self) -> Result<bool, ReadError> {
-        match self.mode {
-            Mode::IptablesNft => {
-                Ok(run(self.program(), &["-t", "nat"])?.contains(":KUBE-SERVICES "))
-            }
-            // Running iptables-legacy-save would load the legacy nat table into the kernel:
-            // look at the tables x_tables already has first (see `legacy`).
-            Mode::IptablesLegacy => Ok(super::legacy::nat_exists(self.family)
-                && run(self.program(), &["-t", "nat"])?.contains(":KUBE-SERVICES ")),
-            Mode::Nftables => self.nft_table_exists(),
-            // /proc/net/ip_vs exists once the ip_vs module is loaded (CONFIG_IP_VS).
-            Mode::Ipvs => Ok(Path::new("/proc/net/ip_vs").exists()),
-        }
     }
 }
 

@@ -614,12 +614,22 @@ fn publish(
     if let Ok(mut w) = watched.write() {
         *w = set;
     }
-    let local = local_addresses();
+    let set = frontend_addrs(all_routes(planes, legacy, ipvs), &local_addresses());
+    if let Ok(mut f) = frontends.write() {
+        *f = set;
+    }
+}
+
+/// The addresses clients dial to reach the routes' frontends: a node port that matches every
+/// local address (unspecified) stands for each of `local` of its family.
+fn frontend_addrs<'a>(
+    routes: impl Iterator<Item = &'a super::model::Route>,
+    local: &[std::net::IpAddr],
+) -> std::collections::HashSet<std::net::SocketAddr> {
     let mut set = std::collections::HashSet::new();
-    for r in all_routes(planes, legacy, ipvs) {
+    for r in routes {
         let addr = r.service.0;
         if r.via == Via::NodePort && addr.ip().is_unspecified() {
-            // Every local address of the node (but loopback) of that family.
             set.extend(
                 local
                     .iter()
@@ -630,9 +640,7 @@ fn publish(
             set.insert(addr);
         }
     }
-    if let Ok(mut f) = frontends.write() {
-        *f = set;
-    }
+    set
 }
 
 /// The addresses of this network namespace's interfaces, loopback excluded (kube-proxy's
@@ -654,5 +662,49 @@ fn local_addresses() -> Vec<std::net::IpAddr> {
             tracing::warn!("cannot list the node's addresses for node ports: {e}");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::model::{Protocol, Route, ServiceAddr};
+
+    fn route(service: &str, via: Via) -> Route {
+        Route {
+            service: ServiceAddr(service.parse().unwrap()),
+            protocol: Protocol::Tcp,
+            backend: Backend("10.244.0.5:8080".parse().unwrap()),
+            via,
+        }
+    }
+
+    #[test]
+    fn a_node_port_on_every_local_address_is_dialled_on_each_of_them() {
+        let routes = [
+            route("10.96.0.10:80", Via::ServiceIp),
+            route("0.0.0.0:30080", Via::NodePort),
+            route("[::]:30443", Via::NodePort),
+            route("192.0.2.9:30081", Via::NodePort),
+        ];
+        let local: Vec<std::net::IpAddr> = ["192.0.2.2", "10.244.0.1", "fd00::2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let mut got: Vec<String> = frontend_addrs(routes.iter(), &local)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "10.244.0.1:30080",
+                "10.96.0.10:80",
+                "192.0.2.2:30080",
+                "192.0.2.9:30081",
+                "[fd00::2]:30443",
+            ]
+        );
     }
 }

@@ -22,8 +22,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use super::{
-    chains::{ChainGraph, DispatchRule},
-    model::{Backends, Protocol},
+    chains::{DispatchRule, KUBE_NODEPORTS, KUBE_SERVICES},
+    model::{Backend, Backends, Protocol, Route},
     nft_rule::xt_dnat,
     source::Family,
 };
@@ -143,7 +143,6 @@ const V6: Layout = Layout {
 /// One entry, reduced to what routing depends on.
 #[derive(Debug, Default)]
 struct Entry<'a> {
-    offset: usize,
     daddr: Option<IpAddr>,
     protocol: Option<Protocol>,
     dport: Option<u16>,
@@ -180,35 +179,21 @@ fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn entry<'a>(
-    blob: &'a [u8],
-    offset: usize,
+/// The IP part and matches of a dispatch entry: destination, protocol, port, comment.
+fn dispatch_facts<'a>(
+    e: &'a [u8],
     l: &Layout,
-    family: Family,
-) -> Result<(Entry<'a>, usize), ParseError> {
-    let bad = |what| ParseError::Entry { offset, what };
-    let e = blob.get(offset..).ok_or(bad("past the end"))?;
-    let target_offset = usize::from(ne_u16(e, l.target_offset).ok_or(bad("truncated header"))?);
-    let next_offset = usize::from(ne_u16(e, l.next_offset).ok_or(bad("truncated header"))?);
-    if target_offset < l.header || target_offset + XT_HEADER > next_offset {
-        return Err(bad("target outside the entry"));
-    }
-    if next_offset > e.len() {
-        return Err(bad("entry runs past the end of the table"));
-    }
-    let e = &e[..next_offset];
+    target_offset: usize,
+    out: &mut Entry<'a>,
+) -> Result<(), &'static str> {
     let flags = e[l.flags];
     let invflags = e[l.invflags];
-    let mut out = Entry {
-        offset,
-        ..Entry::default()
-    };
     let dst = &e[l.dst..l.dst + l.addr_len];
     let full_mask = e[l.dmsk..l.dmsk + l.addr_len].iter().all(|&b| b == 0xff);
     if full_mask && invflags & l.inv_dst == 0 {
         out.daddr = ip_of(dst);
     }
-    let proto = ne_u16(e, l.proto).ok_or(bad("truncated header"))?;
+    let proto = ne_u16(e, l.proto).ok_or("truncated header")?;
     let proto_on = l.proto_flag == 0 || flags & l.proto_flag != 0;
     if proto_on && invflags & l.inv_proto == 0 {
         out.protocol = Protocol::from_number(proto);
@@ -216,9 +201,9 @@ fn entry<'a>(
     // Matches, between the header and the target.
     let mut at = l.header;
     while at < target_offset {
-        let size = usize::from(ne_u16(e, at).ok_or(bad("truncated match"))?);
+        let size = usize::from(ne_u16(e, at).ok_or("truncated match")?);
         if size < XT_HEADER || at + size > target_offset {
-            return Err(bad("match size"));
+            return Err("match size");
         }
         let name = cstr(&e[at + XT_NAME.start..at + XT_NAME.end]).unwrap_or("");
         let data = &e[at + XT_HEADER..at + size];
@@ -254,6 +239,34 @@ fn entry<'a>(
             _ => {}
         }
         at += size;
+    }
+    Ok(())
+}
+
+/// Decodes the entry at `offset`; its IP part and matches only when `dispatch` (an entry of
+/// KUBE-SERVICES or KUBE-NODEPORTS, the only chains whose matches make frontends): most of a
+/// large table is endpoint chains, whose targets alone matter.
+fn entry<'a>(
+    blob: &'a [u8],
+    offset: usize,
+    l: &Layout,
+    family: Family,
+    dispatch: bool,
+) -> Result<(Entry<'a>, usize), ParseError> {
+    let bad = |what| ParseError::Entry { offset, what };
+    let e = blob.get(offset..).ok_or(bad("past the end"))?;
+    let target_offset = usize::from(ne_u16(e, l.target_offset).ok_or(bad("truncated header"))?);
+    let next_offset = usize::from(ne_u16(e, l.next_offset).ok_or(bad("truncated header"))?);
+    if target_offset < l.header || target_offset + XT_HEADER > next_offset {
+        return Err(bad("target outside the entry"));
+    }
+    if next_offset > e.len() {
+        return Err(bad("entry runs past the end of the table"));
+    }
+    let e = &e[..next_offset];
+    let mut out = Entry::default();
+    if dispatch {
+        dispatch_facts(e, l, target_offset, &mut out).map_err(bad)?;
     }
     let t = &e[target_offset..];
     let tsize = usize::from(ne_u16(t, 0).ok_or(bad("truncated target"))?);
@@ -296,6 +309,11 @@ pub struct Nat {
 
 /// Parses a GET_ENTRIES blob (the entries, without the 40-byte header) of a table of `family`
 /// described by `info` into the routes kube-proxy's chains in it program.
+///
+/// One pass over the entries: a large table (10 000 Services: ~290 000 entries, ~100 MB) is
+/// mostly endpoint chains, so chains are numbered as they come (a user chain is a contiguous run
+/// of entries) and only jumps, DNAT targets and the dispatch chains' matches are kept; jump
+/// offsets are resolved to chains afterwards by binary search over where chains start.
 pub fn parse(family: Family, info: &Info, blob: &[u8]) -> Result<Nat, ParseError> {
     let l = match family {
         Family::V4 => &V4,
@@ -305,58 +323,111 @@ pub fn parse(family: Family, info: &Info, blob: &[u8]) -> Result<Nat, ParseError
         .filter(|h| info.valid_hooks & (1 << h) != 0)
         .map(|h| info.hook_entry[h] as usize)
         .collect();
-    // Each entry and the chain it belongs to (None: a built-in chain or past the end).
-    let mut entries: Vec<(Entry<'_>, Option<&str>)> = Vec::new();
-    let mut chain: Option<&str> = None;
-    let mut kube_services = false;
+    // Where each run of entries starts, and the user chain it belongs to (None: a built-in chain
+    // or past the end); in offset order.
+    let mut regions: Vec<(usize, Option<u32>)> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    let mut current: Option<u32> = None;
+    let mut jumps: Vec<(u32, usize, Option<Entry<'_>>)> = Vec::new();
+    let mut dnats: Vec<(u32, std::net::SocketAddr)> = Vec::new();
     let mut offset = 0;
     while offset < blob.len() {
-        let (e, next) = entry(blob, offset, l, family)?;
         if hooks.contains(&offset) {
-            chain = None;
+            current = None;
+            regions.push((offset, None));
         }
+        let dispatch =
+            current.is_some_and(|c| [KUBE_SERVICES, KUBE_NODEPORTS].contains(&names[c as usize]));
+        let (e, next) = entry(blob, offset, l, family, dispatch)?;
         match e.target {
             Target::ChainHead(name) => {
-                kube_services |= name == super::chains::KUBE_SERVICES;
-                chain = Some(name);
+                let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                names.push(name);
+                current = Some(id);
+                // From the head on: a jump names the chain's first rule (libiptc) or its head.
+                regions.push((offset, Some(id)));
             }
-            Target::End => chain = None,
-            _ => entries.push((e, chain)),
+            Target::End => {
+                current = None;
+                regions.push((offset, None));
+            }
+            Target::Jump(to) => {
+                if let Some(c) = current {
+                    jumps.push((c, to, dispatch.then_some(e)));
+                }
+            }
+            Target::Dnat(addr) => {
+                if let Some(c) = current {
+                    dnats.push((c, addr));
+                }
+            }
+            Target::Other => {}
         }
         offset += next;
     }
-    let chain_at = |target: usize| -> Option<&str> {
-        let i = entries
-            .binary_search_by_key(&target, |(e, _)| e.offset)
-            .ok()?;
-        entries[i].1
+    let chain_at = |to: usize| -> Option<u32> {
+        let i = regions.partition_point(|(start, _)| *start <= to);
+        regions.get(i.checked_sub(1)?)?.1
     };
-    let mut graph = ChainGraph::default();
+    let mut next_chains: Vec<Vec<u32>> = vec![Vec::new(); names.len()];
+    let mut dnat_of: Vec<Vec<std::net::SocketAddr>> = vec![Vec::new(); names.len()];
+    for (c, addr) in dnats {
+        dnat_of[c as usize].push(addr);
+    }
     let mut dispatch = Vec::new();
-    for (e, chain) in &entries {
-        let Some(chain) = *chain else { continue };
-        match e.target {
-            Target::Dnat(addr) => graph.add_dnat(chain, addr),
-            Target::Jump(to) => {
-                let Some(target) = chain_at(to).filter(|t| *t != chain) else {
-                    continue;
-                };
-                graph.add_jump(chain, target);
-                dispatch.push(DispatchRule {
-                    chain,
-                    daddr: e.daddr,
-                    protocol: e.protocol,
-                    dport: e.dport,
-                    target,
-                    comment: e.comment,
-                });
+    // The dispatch rules' targets by name (frontends name their chain).
+    let mut ids: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for (from, to, facts) in &jumps {
+        let Some(target) = chain_at(*to).filter(|t| t != from) else {
+            continue;
+        };
+        next_chains[*from as usize].push(target);
+        if let Some(e) = facts {
+            ids.insert(names[target as usize], target);
+            dispatch.push(DispatchRule {
+                chain: names[*from as usize],
+                daddr: e.daddr,
+                protocol: e.protocol,
+                dport: e.dport,
+                target: names[target as usize],
+                comment: e.comment,
+            });
+        }
+    }
+    let mut routes = Backends::new();
+    let mut seen: Vec<u32> = Vec::new();
+    let mut stack: Vec<u32> = Vec::new();
+    for f in super::chains::frontends(&dispatch, family) {
+        let Some(&start) = ids.get(f.chain) else {
+            continue;
+        };
+        let name = f.name();
+        // A handful of chains per frontend (external → service → endpoints).
+        seen.clear();
+        stack.clear();
+        stack.push(start);
+        while let Some(c) = stack.pop() {
+            if seen.contains(&c) {
+                continue;
             }
-            _ => {}
+            seen.push(c);
+            stack.extend(&next_chains[c as usize]);
+            for addr in &dnat_of[c as usize] {
+                routes.insert(
+                    Route {
+                        service: f.service,
+                        protocol: f.protocol,
+                        backend: Backend(*addr),
+                        via: f.via,
+                    },
+                    name.clone(),
+                );
+            }
         }
     }
     Ok(Nat {
-        routes: graph.routes(super::chains::frontends(&dispatch, family)),
-        kube_services,
+        routes,
+        kube_services: names.contains(&KUBE_SERVICES),
     })
 }
 
