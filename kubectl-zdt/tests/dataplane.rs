@@ -277,7 +277,7 @@ fn timed(change: impl FnOnce()) -> (Timestamp, Timestamp) {
 }
 
 fn frontend(svc: &ServicePort) -> String {
-    format!("{}:{}", svc.cluster_ip, svc.port)
+    SocketAddr::new(svc.cluster_ip, svc.port).to_string()
 }
 
 fn assert_one(
@@ -929,5 +929,87 @@ fn iptables_legacy_table_is_read_without_cap_net_raw() {
     assert_eq!(
         nat.routes.len(),
         usize::from(SERVICES) * usize::from(PER_SERVICE)
+    );
+}
+
+/// IPv6 Services on an iptables-legacy node (`ip6tables-legacy-restore`, x_tables `ip6t_entry`
+/// layout, `IP6T_SO_SET_REPLACE` at SOL_IPV6): the blob reads what `ip6tables-legacy-save`
+/// prints, and an endpoint removed is reported at the replace.
+#[test]
+fn ip6tables_legacy_is_read_and_watched() {
+    require_root();
+    let node = Node::create().unwrap();
+    let mut all: Vec<ServiceRules> = (0..10u16)
+        .map(|i| {
+            let port = ServicePort {
+                name: format!("ns{i}/v6-{i}"),
+                cluster_ip: format!("fd00:7a64:100::{:x}", i + 1).parse().unwrap(),
+                port: 80,
+            };
+            let eps = (0..PER_SERVICE)
+                .map(|j| {
+                    format!("[fd00:7a64::{:x}]:8080", 0x100 + i * 8 + u16::from(j))
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            let mut r = ServiceRules::new(port, eps);
+            r.node_port = (i == 3).then_some(30_443);
+            r
+        })
+        .collect();
+    let restore = |all: &[ServiceRules], changed: &dyn Fn(&ServicePort) -> bool, stale| {
+        node.ip6tables_legacy_restore(&kube_proxy::sync_input(
+            all,
+            changed,
+            stale,
+            "fd00:7a64::/64",
+        ))
+        .unwrap();
+    };
+    node.ip6tables_legacy_restore(kube_proxy::PORTALS).unwrap();
+    restore(&all, &|_| true, &[]);
+    let src = Source {
+        mode: Mode::IptablesLegacy,
+        family: Family::V6,
+    };
+    let (from_tools, from_kernel) = node
+        .ns
+        .run_in(move || {
+            (
+                src.read().unwrap(),
+                legacy::read_routes(Family::V6).unwrap(),
+            )
+        })
+        .unwrap();
+    assert!(from_kernel.kube_services);
+    assert_eq!(from_kernel.routes.describe(), from_tools.describe());
+    // 10 ClusterIPs and one node port on every local address (`::`), 3 endpoints each.
+    assert_eq!(from_kernel.routes.len(), 11 * usize::from(PER_SERVICE));
+    assert!(
+        from_kernel
+            .routes
+            .describe()
+            .iter()
+            .any(|l| l.starts_with("nodeport [::]:30443 tcp -> [fd00:7a64::118]:8080"))
+    );
+
+    let (mut watch, start) = Watch::start(&node, &IPTABLES_LEGACY);
+    assert_eq!(
+        start.extra["mode"],
+        "iptables-legacy",
+        "{}",
+        start.to_json_line()
+    );
+    let gone = all[2].endpoints.remove(0);
+    let svc = all[2].port.clone();
+    let stale = [(svc.clone(), gone)];
+    let when = timed(|| restore(&all, &|p| *p == svc, &stale));
+    assert_one(
+        &watch.changes(SETTLE),
+        Kind::DataplaneRemoved,
+        &svc,
+        gone,
+        when,
     );
 }
