@@ -277,7 +277,7 @@ fn timed(change: impl FnOnce()) -> (Timestamp, Timestamp) {
 }
 
 fn frontend(svc: &ServicePort) -> String {
-    format!("{}:{}", svc.cluster_ip, svc.port)
+    SocketAddr::new(svc.cluster_ip, svc.port).to_string()
 }
 
 fn assert_one(
@@ -859,4 +859,157 @@ fn iptables_legacy_node_port_errors_name_the_frontend_and_pod_and_removals_are_r
     assert_eq!(node_port.ip, Some(pod.ip.into()));
     assert_eq!(node_port.time, cluster.time);
     assert_eq!(node_port.extra["mode"], "iptables-legacy");
+}
+
+/// Drops a capability from the calling thread's effective set (capabilities are per thread).
+fn drop_effective_capability(cap: u32) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words of each set.
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and data are what capget/capset expect for version 3.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
+            0
+        );
+        data[(cap / 32) as usize].effective &= !(1 << (cap % 32));
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+/// The DaemonSet grants BPF, PERFMON and NET_ADMIN, not NET_RAW (iptables' raw socket): the
+/// legacy table is read all the same.
+#[test]
+fn iptables_legacy_table_is_read_without_cap_net_raw() {
+    require_root();
+    let node = Node::create().unwrap();
+    (IPTABLES_LEGACY.start)(&node, &cluster());
+    let (raw_socket, nat) = node
+        .ns
+        .run_in(|| {
+            const CAP_NET_RAW: u32 = 13;
+            drop_effective_capability(CAP_NET_RAW);
+            // SAFETY: plain socket(2), closed right away.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            let raw_socket = if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                // SAFETY: fd was just returned by socket(2).
+                unsafe { libc::close(fd) };
+                Ok(())
+            };
+            (raw_socket, legacy::read_routes(Family::V4))
+        })
+        .unwrap();
+    assert_eq!(
+        raw_socket.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EPERM)),
+        "the capability was not dropped"
+    );
+    let nat = nat.unwrap();
+    assert!(nat.kube_services);
+    assert_eq!(
+        nat.routes.len(),
+        usize::from(SERVICES) * usize::from(PER_SERVICE)
+    );
+}
+
+/// IPv6 Services on an iptables-legacy node (`ip6tables-legacy-restore`, x_tables `ip6t_entry`
+/// layout, `IP6T_SO_SET_REPLACE` at SOL_IPV6): the blob reads what `ip6tables-legacy-save`
+/// prints, and an endpoint removed is reported at the replace.
+#[test]
+fn ip6tables_legacy_is_read_and_watched() {
+    require_root();
+    let node = Node::create().unwrap();
+    let mut all: Vec<ServiceRules> = (0..10u16)
+        .map(|i| {
+            let port = ServicePort {
+                name: format!("ns{i}/v6-{i}"),
+                cluster_ip: format!("fd00:7a64:100::{:x}", i + 1).parse().unwrap(),
+                port: 80,
+            };
+            let eps = (0..PER_SERVICE)
+                .map(|j| {
+                    format!("[fd00:7a64::{:x}]:8080", 0x100 + i * 8 + u16::from(j))
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            let mut r = ServiceRules::new(port, eps);
+            r.node_port = (i == 3).then_some(30_443);
+            r
+        })
+        .collect();
+    let restore = |all: &[ServiceRules], changed: &dyn Fn(&ServicePort) -> bool, stale| {
+        node.ip6tables_legacy_restore(&kube_proxy::sync_input(
+            all,
+            changed,
+            stale,
+            "fd00:7a64::/64",
+        ))
+        .unwrap();
+    };
+    node.ip6tables_legacy_restore(kube_proxy::PORTALS).unwrap();
+    restore(&all, &|_| true, &[]);
+    let src = Source {
+        mode: Mode::IptablesLegacy,
+        family: Family::V6,
+    };
+    let (from_tools, from_kernel) = node
+        .ns
+        .run_in(move || {
+            (
+                src.read().unwrap(),
+                legacy::read_routes(Family::V6).unwrap(),
+            )
+        })
+        .unwrap();
+    assert!(from_kernel.kube_services);
+    assert_eq!(from_kernel.routes.describe(), from_tools.describe());
+    // 10 ClusterIPs and one node port on every local address (`::`), 3 endpoints each.
+    assert_eq!(from_kernel.routes.len(), 11 * usize::from(PER_SERVICE));
+    assert!(
+        from_kernel
+            .routes
+            .describe()
+            .iter()
+            .any(|l| l.starts_with("nodeport [::]:30443 tcp -> [fd00:7a64::118]:8080"))
+    );
+
+    let (mut watch, start) = Watch::start(&node, &IPTABLES_LEGACY);
+    assert_eq!(
+        start.extra["mode"],
+        "iptables-legacy",
+        "{}",
+        start.to_json_line()
+    );
+    let gone = all[2].endpoints.remove(0);
+    let svc = all[2].port.clone();
+    let stale = [(svc.clone(), gone)];
+    let when = timed(|| restore(&all, &|p| *p == svc, &stale));
+    assert_one(
+        &watch.changes(SETTLE),
+        Kind::DataplaneRemoved,
+        &svc,
+        gone,
+        when,
+    );
 }

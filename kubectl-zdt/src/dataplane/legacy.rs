@@ -1,7 +1,10 @@
 //! kube-proxy's iptables mode on the legacy x_tables backend, read from the kernel: the `nat`
 //! table of the calling thread's network namespace through `getsockopt(IPT_SO_GET_INFO)` and
-//! `getsockopt(IPT_SO_GET_ENTRIES)` on a raw socket (what `iptables-legacy-save` does, without
-//! the binary: the agent image has no iptables), parsed by `xtables`.
+//! `getsockopt(IPT_SO_GET_ENTRIES)` (what `iptables-legacy-save` does, without the binary: the
+//! agent image has no iptables), parsed by `xtables`. libiptc asks on a raw socket, which needs
+//! CAP_NET_RAW; any IPv4/IPv6 socket reaches the same handler (`ip_getsockopt` →
+//! `nf_getsockopt`), which checks CAP_NET_ADMIN only, so a UDP socket is used: the agent keeps
+//! its capabilities (BPF, PERFMON, NET_ADMIN).
 //!
 //! x_tables sends no change notifications. The trigger is kube-proxy's own write: every
 //! `iptables-legacy-restore` replaces a table with one `setsockopt(IPT_SO_SET_REPLACE)`, which
@@ -29,7 +32,7 @@ const ATTEMPTS: usize = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error(
-        "failed to read the iptables-legacy {family:?} nat table (getsockopt on a raw socket needs CAP_NET_ADMIN): {source}"
+        "failed to read the iptables-legacy {family:?} nat table (getsockopt IPT_SO_GET_ENTRIES needs CAP_NET_ADMIN): {source}"
     )]
     Io { family: Family, source: io::Error },
     #[error("the iptables-legacy {family:?} nat table could not be parsed: {source}")]
@@ -74,19 +77,14 @@ impl Table {
     }
 }
 
-fn raw_socket(family: Family) -> io::Result<OwnedFd> {
+/// A UDP socket of the calling thread's network namespace (see the module comment).
+fn socket(family: Family) -> io::Result<OwnedFd> {
     let domain = match family {
         Family::V4 => libc::AF_INET,
         Family::V6 => libc::AF_INET6,
     };
     // SAFETY: plain socket(2); the fd is owned by the OwnedFd below.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_RAW,
-        )
-    };
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -129,7 +127,7 @@ pub fn read_nat(family: Family) -> Result<Option<Table>, ReadError> {
         return Ok(None);
     }
     let io = |source| ReadError::Io { family, source };
-    let fd = raw_socket(family).map_err(io)?;
+    let fd = socket(family).map_err(io)?;
     for _ in 0..ATTEMPTS {
         let mut info = [0u8; GET_INFO_LEN];
         info[..NAT.len()].copy_from_slice(NAT.as_bytes());

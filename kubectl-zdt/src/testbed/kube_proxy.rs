@@ -117,8 +117,16 @@ pub fn sync_input(
         frontend_rules(&mut s, r);
     }
     // The last rule of KUBE-SERVICES: node ports on every local address but loopback (the
-    // default without --nodeport-addresses), as iptables-save prints it.
-    s.push_str("-A KUBE-SERVICES ! -d 127.0.0.0/8 -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
+    // default without --nodeport-addresses), as iptables-save prints it (ip6tables: ::1/128).
+    let loopback = if all.iter().any(|r| r.port.cluster_ip.is_ipv6()) {
+        "::1/128"
+    } else {
+        "127.0.0.0/8"
+    };
+    let _ = writeln!(
+        s,
+        "-A KUBE-SERVICES ! -d {loopback} -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+    );
     for r in all.iter().filter(|r| !r.endpoints.is_empty()) {
         if let Some(node_port) = r.node_port {
             let _ = writeln!(
@@ -150,6 +158,12 @@ fn chains_of(r: &ServiceRules) -> Vec<String> {
     chains
 }
 
+/// One address as iptables-save prints it: `10.96.0.1/32`, `fd00::1/128`.
+fn host(ip: std::net::IpAddr) -> String {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    format!("{ip}/{len}")
+}
+
 /// The Service's lines in KUBE-SERVICES: its ClusterIP, then its external IPs.
 fn frontend_rules(s: &mut String, r: &ServiceRules) {
     let svc = &r.port;
@@ -161,13 +175,15 @@ fn frontend_rules(s: &mut String, r: &ServiceRules) {
     };
     let _ = writeln!(
         s,
-        "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{c} cluster IP\" -m tcp --dport {} -j {cluster_target}",
-        svc.cluster_ip, svc.port
+        "-A KUBE-SERVICES -d {} -p tcp -m comment --comment \"{c} cluster IP\" -m tcp --dport {} -j {cluster_target}",
+        host(svc.cluster_ip),
+        svc.port
     );
     for ip in &r.external_ips {
         let _ = writeln!(
             s,
-            "-A KUBE-SERVICES -d {ip}/32 -p tcp -m comment --comment \"{c} external IP\" -m tcp --dport {} -j {}",
+            "-A KUBE-SERVICES -d {} -p tcp -m comment --comment \"{c} external IP\" -m tcp --dport {} -j {}",
+            host(*ip),
             svc.port,
             svc.chain("KUBE-EXT-")
         );
@@ -192,8 +208,9 @@ fn service_rules(s: &mut String, r: &ServiceRules, pod_cidr: &str) {
     }
     let _ = writeln!(
         s,
-        "-A {svc_chain} ! -s {pod_cidr} -d {}/32 -p tcp -m comment --comment \"{c} cluster IP\" -m tcp --dport {} -j KUBE-MARK-MASQ",
-        svc.cluster_ip, svc.port
+        "-A {svc_chain} ! -s {pod_cidr} -d {} -p tcp -m comment --comment \"{c} cluster IP\" -m tcp --dport {} -j KUBE-MARK-MASQ",
+        host(svc.cluster_ip),
+        svc.port
     );
     let mut chains = vec![svc_chain];
     if r.internal_local {
@@ -222,8 +239,8 @@ fn service_rules(s: &mut String, r: &ServiceRules, pod_cidr: &str) {
         let sep = svc.sep_chain(*ep);
         let _ = writeln!(
             s,
-            "-A {sep} -s {}/32 -m comment --comment \"{c}\" -j KUBE-MARK-MASQ",
-            ep.ip()
+            "-A {sep} -s {} -m comment --comment \"{c}\" -j KUBE-MARK-MASQ",
+            host(ep.ip())
         );
         let _ = writeln!(
             s,

@@ -148,6 +148,11 @@ impl Node {
         self.pipe_into("iptables-legacy-restore", &["-w", "--noflush"], input)
     }
 
+    /// ip6tables through the legacy backend (kube-proxy's IPv6 rules on an iptables-legacy node).
+    pub fn ip6tables_legacy_restore(&self, input: &str) -> anyhow::Result<()> {
+        self.pipe_into("ip6tables-legacy-restore", &["-w", "--noflush"], input)
+    }
+
     /// Applies an nft script as one transaction, as kube-proxy's nftables mode does.
     pub fn nft_apply(&self, input: &str) -> anyhow::Result<()> {
         self.pipe_into("nft", &["-f", "-"], input)
