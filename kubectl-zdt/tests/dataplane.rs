@@ -1013,3 +1013,35 @@ fn ip6tables_legacy_is_read_and_watched() {
         when,
     );
 }
+
+/// The real v1.36 nat table (../shared/fixtures/kube-proxy-v1.36) loaded through
+/// iptables-legacy: the kernel's blob parses to what `iptables-legacy-save` prints, and that text
+/// is the fixture itself.
+#[test]
+fn iptables_legacy_reads_the_real_v1_36_table_as_iptables_legacy_save_prints_it() {
+    require_root();
+    let fixture = include_str!("fixtures/kube-proxy-v1.36/iptables-nft-nat.save");
+    let node = Node::create().unwrap();
+    node.iptables_legacy_restore(fixture).unwrap();
+    let (saved, from_kernel) = node
+        .ns
+        .run_in(|| {
+            let saved = kubectl_zdt::testbed::run("iptables-legacy-save", &["-t", "nat"]);
+            (saved, legacy::read_routes(Family::V4))
+        })
+        .unwrap();
+    let saved = saved.unwrap();
+    let rules = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(rules(&saved), rules(fixture));
+    let from_kernel = from_kernel.unwrap();
+    assert_eq!(
+        from_kernel.routes,
+        kubectl_zdt::dataplane::iptables::parse(&saved).unwrap()
+    );
+    assert_eq!(from_kernel.routes.len(), 3);
+}
