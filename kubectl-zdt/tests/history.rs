@@ -33,7 +33,7 @@ use kubectl_zdt::{
         serve::{Endpoint, Gauges},
     },
     cluster::{
-        self, NAMESPACE,
+        self,
         connect::KubeArgs,
         history::{self, HistoryArgs, HistoryQuery},
     },
@@ -41,7 +41,6 @@ use kubectl_zdt::{
     observation::{Kind, NodeName, Observation},
     report::Format,
 };
-use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-zdt");
 
@@ -50,16 +49,6 @@ fn tempdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn agent_pod(node: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("zdt-agent-{node}"), "namespace": NAMESPACE,
-                     "labels": {"app.kubernetes.io/name": "zdt-agent"}},
-        "spec": {"nodeName": node, "hostNetwork": true, "containers": [{"name": "agent"}]},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-    })
 }
 
 /// An agent's endpoint for `node` with a disk journal in `dir` (None: without --journal-dir).
@@ -76,7 +65,7 @@ async fn start_agent(server: &ApiServer, node: &str, dir: Option<&Path>) -> Arc<
     let gauges = Arc::new(Gauges::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     server.forward(&format!("zdt-agent-{node}"), listener.local_addr().unwrap());
-    server.put(agent_pod(node));
+    server.put(kube_double::agent_pod(node));
     let endpoint = Endpoint {
         node: NodeName(node.into()),
         journal: journal.clone(),
@@ -541,7 +530,7 @@ async fn an_unreachable_agent_is_named_the_others_answer_and_the_exit_is_non_zer
         .local_addr()
         .unwrap();
     server.forward("zdt-agent-node-c", closed); // nothing listens there any more
-    server.put(agent_pod("node-c"));
+    server.put(kube_double::agent_pod("node-c"));
 
     let got = history::collect(&kube(&server, &dir, None), &args(), Timestamp::now())
         .await

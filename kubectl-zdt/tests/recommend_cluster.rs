@@ -41,13 +41,7 @@ async fn history_agent(server: &ApiServer) -> Arc<Mutex<Vec<String>>> {
             hyper::Response::new(Full::new(Bytes::from(body)).boxed())
         },
     ));
-    server.put(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "zdt-agent-vm", "namespace": NAMESPACE,
-                     "labels": {"app.kubernetes.io/name": "zdt-agent"}},
-        "spec": {"nodeName": "vm", "hostNetwork": true, "containers": [{"name": "agent"}]},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-    }));
+    server.put(kube_double::agent_pod("vm"));
     queries
 }
 

@@ -62,13 +62,7 @@ fn cluster_objects(server: &ApiServer) {
                  "template": {"metadata": {"labels": {"app.kubernetes.io/name": "zdt-agent"}},
                               "spec": {"containers": [{"name": "agent", "image": "registry.local/zdt:e2e-1"}]}}}
     }));
-    server.put(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "zdt-agent-vm", "namespace": NAMESPACE,
-                     "labels": {"app.kubernetes.io/name": "zdt-agent"}},
-        "spec": {"nodeName": "vm", "hostNetwork": true, "containers": [{"name": "agent"}]},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-    }));
+    server.put(kube_double::agent_pod("vm"));
 }
 
 /// The node agent of node `vm` minus its kernel probes.
