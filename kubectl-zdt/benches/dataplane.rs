@@ -324,10 +324,11 @@ fn live_legacy(c: &mut Criterion) {
         "programmed {SERVICES} Services with iptables-legacy-restore in {:?}",
         t.elapsed()
     );
-    let (reads, parses, size, held) = node
+    let (reads, parses, size, held, writer_reads) = node
         .ns
         .run_in(|| {
             let (mut reads, mut parses, mut size, mut held) = (Vec::new(), Vec::new(), 0, 0);
+            let mut writer_reads = Vec::new();
             for _ in 0..5 {
                 let before = LIVE.load(Ordering::Relaxed);
                 let t = Instant::now();
@@ -337,16 +338,33 @@ fn live_legacy(c: &mut Criterion) {
                 let t = Instant::now();
                 let nat = xtables::parse(Family::V4, &table.info, table.entries()).unwrap();
                 parses.push(t.elapsed());
+                // The same table as a writer hands it to the kernel, read the way the watcher
+                // reads a writer (process_vm_readv, here of this process, in 1 MiB pieces).
+                let buffer = legacy::replace_buffer(&table.info, table.entries());
                 drop(table);
+                let begin = legacy::ReplaceBegin {
+                    entered_ns: 0,
+                    family: Family::V4,
+                    table: "nat".into(),
+                    netns: 0,
+                    pid: std::process::id(),
+                    buffer: buffer.as_ptr() as u64,
+                    len: u32::try_from(buffer.len()).unwrap(),
+                };
+                let t = Instant::now();
+                let from_writer = legacy::read_writer(&begin, &mut Vec::new()).unwrap();
+                writer_reads.push(t.elapsed());
+                assert_eq!(from_writer.nat, nat);
+                drop((buffer, from_writer));
                 // What the watcher keeps between changes: the routes.
                 held = LIVE.load(Ordering::Relaxed) - before;
                 assert_eq!(nat.routes.len(), (SERVICES * PER_SERVICE) as usize);
             }
-            (reads, parses, size, held)
+            (reads, parses, size, held, writer_reads)
         })
         .unwrap();
     eprintln!(
-        "legacy nat table: {:.1} MiB of entries; GET_ENTRIES {reads:?}; parse {parses:?}; routes kept {:.1} MiB of heap",
+        "legacy nat table: {:.1} MiB of entries; GET_ENTRIES {reads:?}; parse {parses:?}; read + parse from a writer's buffer {writer_reads:?}; routes kept {:.1} MiB of heap",
         size as f64 / (1024.0 * 1024.0),
         held as f64 / (1024.0 * 1024.0)
     );
@@ -397,7 +415,11 @@ fn live_legacy(c: &mut Criterion) {
             node.iptables_legacy_restore(&input).unwrap();
         },
     );
-    eprintln!("RSS after the changes: +{} KiB", rss_kib() - rss0);
+    eprintln!(
+        "RSS after the changes: +{} KiB; lines by where the new table was read from: {:?}",
+        rss_kib() - rss0,
+        READ_FROM.lock().unwrap()
+    );
     drop(running);
     drop(tx);
 }
@@ -436,6 +458,9 @@ fn bench_endpoint_flips(
     group.finish();
 }
 
+/// iptables-legacy lines by `read_from` (the writer's buffer or the kernel's table).
+static READ_FROM: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
 /// One endpoint swapped is two lines (removed, added): the mean of their `detect_ns` (trigger
 /// → line emitted).
 fn detect_of_one_change(
@@ -444,6 +469,13 @@ fn detect_of_one_change(
     let mut total = Duration::ZERO;
     for _ in 0..2 {
         let o = rx.blocking_recv().unwrap();
+        if let Some(from) = o.extra.get("read_from").and_then(|v| v.as_str()) {
+            let mut reads = READ_FROM.lock().unwrap();
+            match reads.iter_mut().find(|(f, _)| f == from) {
+                Some((_, n)) => *n += 1,
+                None => reads.push((from.to_owned(), 1)),
+            }
+        }
         let ns = o.extra["detect_ns"].as_u64().unwrap();
         total += Duration::from_nanos(ns) / 2;
     }

@@ -575,6 +575,30 @@ fn iptables_legacy_table_blob_reads_what_iptables_legacy_save_prints() {
     kernel_read_matches_what_the_tools_print(&IPTABLES_LEGACY);
 }
 
+/// The watcher alone in the node's namespace, with the test as its trigger: the watcher and a
+/// function returning its next observation (failing after 10 s without one).
+fn scripted_watcher(node: &Node) -> (watcher::Watcher, impl FnMut() -> Observation) {
+    let (tx, mut rx) = mpsc::channel(1000);
+    let sink = watcher::Sink::new(&tx);
+    let w = node
+        .ns
+        .run_in(move || watcher::spawn(NodeName("node-a".into()), sink, None))
+        .unwrap()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let next = move || {
+        // The stream stays open while the test runs.
+        let _keep = &tx;
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+            .expect("the watcher reported nothing")
+            .unwrap()
+    };
+    (w, next)
+}
+
 /// x_tables changes are stamped with the trigger's time, not the time the table was read:
 /// replaces handed to the watcher with known times (as the agent does with the kernel's
 /// `sys_exit_setsockopt` time) are what the lines carry; a lost trigger is stamped with the
@@ -585,23 +609,8 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     let node = Node::create().unwrap();
     let mut all = cluster();
     (IPTABLES_LEGACY.start)(&node, &all);
-    let (tx, mut rx) = mpsc::channel(1000);
-    let sink = watcher::Sink::new(&tx);
     // No agent: the test is the trigger.
-    let w = node
-        .ns
-        .run_in(move || watcher::spawn(NodeName("node-a".into()), sink, None))
-        .unwrap()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let mut next = || {
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
-            .expect("the watcher reported nothing")
-            .unwrap()
-    };
+    let (w, mut next) = scripted_watcher(&node);
     let start = next();
     assert_eq!(
         start.extra["mode"],
@@ -623,6 +632,8 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
             table: table.into(),
             netns: w.netns,
             pid: 1,
+            time_ns: 0,
+            entered_ns: 0,
         })
     };
     // kube-proxy restores filter then nat: only nat is read.
@@ -647,7 +658,137 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     assert_eq!(o.kind, Kind::DataplaneAdded, "{}", o.to_json_line());
     assert_eq!(o.time, since + SignedDuration::from_millis(300));
     assert_eq!(o.uncertainty_ns, Some(300_000_000));
-    drop(tx);
+}
+
+/// The writer path of iptables-legacy, with the test as the eBPF trigger and as the writer: a
+/// replace's begin points at a buffer of this process holding a new table that the kernel does
+/// NOT have, so a change reported from it can only come from reading the writer. Read before
+/// the replace's exit, it is used (`read_from: writer`); when the replace ended before the read
+/// could, the kernel's table is read instead (`read_from: kernel`).
+#[test]
+fn iptables_legacy_reads_the_new_table_from_the_writer_while_the_replace_runs() {
+    require_root();
+    let node = Node::create().unwrap();
+    let mut all = cluster();
+    (IPTABLES_LEGACY.start)(&node, &all);
+    // What kube-proxy would write with one backend gone, taken from the kernel ...
+    let gone = all[9].endpoints.remove(2);
+    (IPTABLES_LEGACY.sync)(&node, &all, 9, &[gone]);
+    let table = node
+        .ns
+        .run_in(|| legacy::read_nat(Family::V4).unwrap().unwrap())
+        .unwrap();
+    let writer = legacy::replace_buffer(&table.info, table.entries());
+    // ... and the kernel back at the old table.
+    all[9].endpoints.insert(2, gone);
+    (IPTABLES_LEGACY.sync)(&node, &all, 9, &[]);
+
+    // No agent: the test is the trigger.
+    let (w, mut next) = scripted_watcher(&node);
+    assert_eq!(next().kind, Kind::DataplaneMode);
+    let svc = all[9].port.clone();
+    let begin = |entered_ns| {
+        watcher::Trigger::ReplaceBegin(legacy::ReplaceBegin {
+            entered_ns,
+            family: Family::V4,
+            table: "nat".into(),
+            netns: w.netns,
+            pid: std::process::id(),
+            buffer: writer.as_ptr() as u64,
+            len: u32::try_from(writer.len()).unwrap(),
+        })
+    };
+    let end = |entered_ns, time_ns, time: Timestamp| {
+        watcher::Trigger::TableReplace(legacy::TableReplace {
+            time,
+            entered: time - SignedDuration::from_millis(1),
+            family: Family::V4,
+            table: "nat".into(),
+            netns: w.netns,
+            pid: std::process::id(),
+            time_ns,
+            entered_ns,
+        })
+    };
+
+    let entered_ns = legacy::monotonic_ns();
+    w.triggers.send(begin(entered_ns)).unwrap();
+    // The reader takes the begin on its own before the end arrives (a replace of a large table
+    // runs for hundreds of milliseconds in the kernel).
+    std::thread::sleep(Duration::from_millis(500));
+    let exit = Timestamp::now();
+    w.triggers
+        .send(end(entered_ns, entered_ns + 60_000_000_000, exit))
+        .unwrap();
+    let o = next();
+    assert_reports(&o, Kind::DataplaneRemoved, &svc, gone, (exit, exit));
+    assert_eq!(o.time, exit);
+    assert_eq!(o.extra["read_from"], "writer", "{}", o.to_json_line());
+
+    // A replace over before its table could be read from the writer: the kernel's table is the
+    // truth, and it still has the backend.
+    let entered_ns = legacy::monotonic_ns();
+    w.triggers.send(begin(entered_ns)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let exit = Timestamp::now();
+    w.triggers
+        .send(end(entered_ns, entered_ns + 1, exit))
+        .unwrap();
+    let o = next();
+    assert_reports(&o, Kind::DataplaneAdded, &svc, gone, (exit, exit));
+    assert_eq!(o.extra["read_from"], "kernel", "{}", o.to_json_line());
+}
+
+/// The writer path live: kube-proxy's real writer (`iptables-legacy-restore`, another process)
+/// replacing a table of 2 000 Services (~20 MB, a replace of tens of milliseconds in the kernel)
+/// and the agent's eBPF begin/exit pair. Every change is reported exactly, at the exit; the new
+/// table is read from the writer's buffer (`read_from: writer`) — asked of at least one of
+/// three changes, so a machine too loaded to win the race once in a while does not fail it, but
+/// a writer path that does not work (pointer, pid, permission) does.
+#[test]
+fn iptables_legacy_large_replaces_are_read_from_the_real_writer() {
+    require_root();
+    let node = Node::create().unwrap();
+    let mut all: Vec<ServiceRules> = (0..2_000u32)
+        .map(|i| {
+            let port = ServicePort {
+                name: format!("ns{i}/svc{i}"),
+                cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000 + i).into(),
+                port: 80,
+            };
+            let eps = (0..5)
+                .map(|j| {
+                    SocketAddr::new(
+                        std::net::Ipv4Addr::from(0x0af4_0000 + i * 5 + j).into(),
+                        8080,
+                    )
+                })
+                .collect();
+            ServiceRules::new(port, eps)
+        })
+        .collect();
+    (IPTABLES_LEGACY.start)(&node, &all);
+    let (mut watch, start) = Watch::start(&node, &IPTABLES_LEGACY);
+    assert_eq!(start.extra["routes"], 10_000, "{}", start.to_json_line());
+    let svc = all[1234].port.clone();
+    let mut from = Vec::new();
+    for round in 0..3 {
+        let gone = all[1234].endpoints.remove(round);
+        let when = timed(|| (IPTABLES_LEGACY.sync)(&node, &all, 1234, &[gone]));
+        let obs = watch.changes(SETTLE);
+        assert_one(&obs, Kind::DataplaneRemoved, &svc, gone, when);
+        from.push(obs[0].extra["read_from"].as_str().unwrap().to_owned());
+        all[1234].endpoints.insert(round, gone);
+        let when = timed(|| (IPTABLES_LEGACY.sync)(&node, &all, 1234, &[]));
+        let obs = watch.changes(SETTLE);
+        assert_one(&obs, Kind::DataplaneAdded, &svc, gone, when);
+        from.push(obs[0].extra["read_from"].as_str().unwrap().to_owned());
+    }
+    eprintln!("new tables read from: {from:?}");
+    assert!(
+        from.iter().any(|f| f == "writer"),
+        "no change was read from the writer's buffer: {from:?}"
+    );
 }
 
 #[test]

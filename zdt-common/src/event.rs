@@ -32,6 +32,12 @@ pub mod kind {
     /// `AF_INET`/`AF_INET6`, `comm` the table's name (`nat`, `filter`, …), `tgid` the writer and
     /// `netns` its namespace.
     pub const TABLE_REPLACE: u16 = 9;
+    /// `syscalls:sys_enter_setsockopt` of the same replaces: the writer is handing the kernel
+    /// its new table. `ts_ns` is the entry (the `sk` of the `TABLE_REPLACE` that follows, if it
+    /// succeeds), `sk` the writer's buffer (`optval`, a `struct ipt_replace`), `state` its length
+    /// (`optlen`); `reason`, `family`, `comm`, `tgid` and `netns` as for `TABLE_REPLACE`. The
+    /// buffer is the writer's until the syscall returns: the agent may read it meanwhile.
+    pub const TABLE_REPLACE_BEGIN: u16 = 10;
 }
 
 /// `setsockopt` levels and the option that replaces an x_tables table

@@ -144,6 +144,7 @@ pub mod sys_enter_setsockopt {
     pub const LEVEL: usize = 24;
     pub const OPTNAME: usize = 32;
     pub const OPTVAL: usize = 40;
+    pub const OPTLEN: usize = 48;
     pub const LAYOUT: super::Layout = super::Layout {
         category: "syscalls",
         name: "sys_enter_setsockopt",
@@ -151,6 +152,7 @@ pub mod sys_enter_setsockopt {
             ("level", LEVEL, 8),
             ("optname", OPTNAME, 8),
             ("optval", OPTVAL, 8),
+            ("optlen", OPTLEN, 8),
         ],
     };
 }

@@ -1,7 +1,9 @@
 //! The iptables-legacy trigger: x_tables has no change notifications, but every rule change is
 //! one `setsockopt(IPT_SO_SET_REPLACE)` (or `IP6T_…`) that hands the kernel a whole new table.
 //! The entry records the writer's thread, namespace and table name; the exit, if the replace
-//! succeeded, reports it with the exit time: the moment the new table was in effect. Only
+//! succeeded, reports it with the exit time: the moment the new table was in effect. The entry
+//! also reports where the writer's new table is, for the agent to read it while the kernel
+//! installs it (`kind::TABLE_REPLACE_BEGIN`). Only
 //! namespaces the dataplane watcher reads (`ZDT_DATAPLANE_NETNS`) are reported.
 
 use aya_ebpf::{
@@ -55,7 +57,28 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
         level,
         table,
     };
-    WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)
+    WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
+    // The agent may read the new table from the writer while the kernel installs it.
+    let optlen: u64 = unsafe { ctx.read_at(enter_tp::OPTLEN)? };
+    let mut event = Event::new(kind::TABLE_REPLACE_BEGIN, pending.enter_ns);
+    event.sk = optval;
+    event.state = optlen as u32;
+    fill(&mut event, &pending, ctx.tgid());
+    emit_now(&event);
+    Ok(())
+}
+
+/// The fields a replace's begin and end share.
+fn fill(event: &mut Event, pending: &PendingReplace, tgid: u32) {
+    event.reason = pending.level;
+    event.family = if pending.level == xt::SOL_IPV6 {
+        AF_INET6
+    } else {
+        AF_INET
+    };
+    event.comm = pending.table;
+    event.tgid = tgid;
+    event.netns = pending.netns;
 }
 
 /// `syscalls:sys_exit_setsockopt`: reports the replace its entry recorded, if it succeeded.
@@ -71,15 +94,7 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let mut event = Event::new(kind::TABLE_REPLACE, unsafe { bpf_ktime_get_ns() });
     event.sk = pending.enter_ns;
-    event.reason = pending.level;
-    event.family = if pending.level == xt::SOL_IPV6 {
-        AF_INET6
-    } else {
-        AF_INET
-    };
-    event.comm = pending.table;
-    event.tgid = ctx.tgid();
-    event.netns = pending.netns;
+    fill(&mut event, &pending, ctx.tgid());
     // Rare and awaited: wake the reader now rather than at the next batch.
     emit_now(&event);
     Ok(())

@@ -11,7 +11,10 @@ use zdt_common::{Event, kind, rst_reason};
 
 use super::clock::Clock;
 use crate::{
-    dataplane::{Family, legacy::TableReplace},
+    dataplane::{
+        Family,
+        legacy::{ReplaceBegin, TableReplace},
+    },
     observation::{Kind, NodeName, Observation},
 };
 
@@ -59,6 +62,18 @@ pub fn ip_of(family: u16, addr: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     }
 }
 
+/// The family of an x_tables replace event of kind `expected`.
+fn replace_family(ev: &Event, expected: u16) -> Result<Family, DecodeError> {
+    if ev.kind != expected {
+        return Err(DecodeError::Kind(ev.kind));
+    }
+    match ev.family {
+        AF_INET => Ok(Family::V4),
+        AF_INET6 => Ok(Family::V6),
+        f => Err(DecodeError::Family(f)),
+    }
+}
+
 impl Decoder {
     pub fn rst_reason_name(&self, reason: u32) -> String {
         self.rst_reasons
@@ -89,14 +104,7 @@ impl Decoder {
     /// An x_tables replace (`kind::TABLE_REPLACE`): a trigger for the dataplane watcher, not an
     /// observation. Times are converted like every kernel time.
     pub fn table_replace(&self, ev: &Event) -> Result<TableReplace, DecodeError> {
-        if ev.kind != kind::TABLE_REPLACE {
-            return Err(DecodeError::Kind(ev.kind));
-        }
-        let family = match ev.family {
-            AF_INET => Family::V4,
-            AF_INET6 => Family::V6,
-            f => return Err(DecodeError::Family(f)),
-        };
+        let family = replace_family(ev, kind::TABLE_REPLACE)?;
         Ok(TableReplace {
             time: self.clock.to_wall(ev.ts_ns),
             entered: self.clock.to_wall(ev.sk),
@@ -104,6 +112,23 @@ impl Decoder {
             table: comm(&ev.comm),
             netns: ev.netns,
             pid: ev.tgid,
+            time_ns: ev.ts_ns,
+            entered_ns: ev.sk,
+        })
+    }
+
+    /// The start of an x_tables replace (`kind::TABLE_REPLACE_BEGIN`): where the writer's new
+    /// table is, for the dataplane watcher.
+    pub fn replace_begin(&self, ev: &Event) -> Result<ReplaceBegin, DecodeError> {
+        let family = replace_family(ev, kind::TABLE_REPLACE_BEGIN)?;
+        Ok(ReplaceBegin {
+            entered_ns: ev.ts_ns,
+            family,
+            table: comm(&ev.comm),
+            netns: ev.netns,
+            pid: ev.tgid,
+            buffer: ev.sk,
+            len: ev.state,
         })
     }
 
@@ -288,7 +313,43 @@ mod tests {
         assert!(t.concerns_nat());
         // Not an observation kind: it never reaches the stream by mistake.
         assert_eq!(d.decode(&ev), Err(DecodeError::Kind(kind::TABLE_REPLACE)));
+        assert_eq!((t.time_ns, t.entered_ns), (660_197_146, 659_000_000));
         ev.family = 7;
         assert_eq!(d.table_replace(&ev), Err(DecodeError::Family(7)));
+    }
+
+    #[test]
+    fn a_replace_begin_says_where_the_writers_new_table_is() {
+        let mut ev = Event::new(kind::TABLE_REPLACE_BEGIN, 659_000_000);
+        ev.sk = 0x7f00_dead_b000;
+        ev.state = 96 + 13_384;
+        ev.family = AF_INET6;
+        ev.reason = zdt_common::xt::SOL_IPV6;
+        ev.comm[..3].copy_from_slice(b"nat");
+        ev.netns = 4026531840;
+        ev.tgid = 77;
+        let d = decoder();
+        let b = d.replace_begin(&ev).unwrap();
+        assert_eq!(
+            b,
+            ReplaceBegin {
+                entered_ns: 659_000_000,
+                family: Family::V6,
+                table: "nat".into(),
+                netns: 4026531840,
+                pid: 77,
+                buffer: 0x7f00_dead_b000,
+                len: 96 + 13_384,
+            }
+        );
+        assert!(b.concerns_nat());
+        assert_eq!(
+            d.decode(&ev),
+            Err(DecodeError::Kind(kind::TABLE_REPLACE_BEGIN))
+        );
+        assert_eq!(
+            d.table_replace(&ev),
+            Err(DecodeError::Kind(kind::TABLE_REPLACE_BEGIN))
+        );
     }
 }

@@ -350,7 +350,10 @@ impl Agent {
                 let event = decode::parse(&item);
                 drop(item);
                 if let Ok(ev) = &event
-                    && ev.kind == zdt_common::kind::TABLE_REPLACE
+                    && matches!(
+                        ev.kind,
+                        zdt_common::kind::TABLE_REPLACE | zdt_common::kind::TABLE_REPLACE_BEGIN
+                    )
                 {
                     self.table_replaced(ev);
                     continue;
@@ -395,10 +398,15 @@ impl Agent {
 
     /// Hands an x_tables replace to the dataplane watcher (it is a trigger, not an observation).
     fn table_replaced(&mut self, ev: &zdt_common::Event) {
-        match self.decoder.table_replace(ev) {
-            Ok(r) => {
+        let trigger = if ev.kind == zdt_common::kind::TABLE_REPLACE_BEGIN {
+            self.decoder.replace_begin(ev).map(Trigger::ReplaceBegin)
+        } else {
+            self.decoder.table_replace(ev).map(Trigger::TableReplace)
+        };
+        match trigger {
+            Ok(trigger) => {
                 if let Some(t) = &self.triggers {
-                    let _ = t.send(Trigger::TableReplace(r));
+                    let _ = t.send(trigger);
                 }
             }
             Err(e) => {

@@ -163,6 +163,193 @@ pub fn read_routes(family: Family) -> Result<xtables::Nat, ReadError> {
         .map_err(|source| ReadError::Parse { family, source })
 }
 
+/// `struct ipt_replace` / `ip6t_replace` before the entries: name[32], valid_hooks,
+/// num_entries, size, hook_entry[5], underflow[5], num_counters, counters (a pointer).
+pub const REPLACE_HEADER: usize = 96;
+/// How much of a writer's buffer is copied at a time: the parser reads each piece while it is
+/// still in the cache, and the agent never holds the table (~100 MB at 10 000 Services).
+pub const WRITER_CHUNK: usize = 1 << 20;
+
+/// A replace the agent's eBPF program saw begin (`zdt_common::kind::TABLE_REPLACE_BEGIN`): the
+/// writer is inside `setsockopt(IPT_SO_SET_REPLACE)` with its new table at `buffer`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplaceBegin {
+    /// `CLOCK_MONOTONIC` at the syscall's entry; with `pid`, names the replace (its
+    /// `TableReplace::entered_ns`).
+    pub entered_ns: u64,
+    pub family: Family,
+    pub table: String,
+    pub netns: u32,
+    pub pid: u32,
+    /// The writer's `optval`: its `struct ipt_replace`.
+    pub buffer: u64,
+    /// The writer's `optlen`.
+    pub len: u32,
+}
+
+impl ReplaceBegin {
+    pub fn concerns_nat(&self) -> bool {
+        self.table == NAT
+    }
+}
+
+/// The `struct ipt_replace` of a nat table with these entries, as libiptc hands it to the kernel
+/// (no counters asked back): what `read_writer` reads. For tests and benchmarks.
+pub fn replace_buffer(info: &Info, entries: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; REPLACE_HEADER];
+    buf[..NAT.len()].copy_from_slice(NAT.as_bytes());
+    buf[32..36].copy_from_slice(&info.valid_hooks.to_ne_bytes());
+    buf[36..40].copy_from_slice(&info.num_entries.to_ne_bytes());
+    buf[40..44].copy_from_slice(&info.size.to_ne_bytes());
+    for (i, h) in info.hook_entry.iter().enumerate() {
+        buf[44 + 4 * i..48 + 4 * i].copy_from_slice(&h.to_ne_bytes());
+    }
+    buf.extend_from_slice(entries);
+    buf
+}
+
+/// `process_vm_readv` of `buf.len()` bytes at `addr` in process `pid`; an error unless all of
+/// them were read (the writer's buffer is gone or was never there).
+fn read_remote(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: `local` describes `buf`, valid for writes of its length; `remote` is only read by
+    // the kernel, in the other process, which checks it.
+    let n = unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) };
+    match usize::try_from(n) {
+        Err(_) => Err(io::Error::last_os_error()),
+        Ok(n) if n == buf.len() => Ok(()),
+        Ok(n) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{n} of {} bytes", buf.len()),
+        )),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error(
+        "failed to read the iptables-legacy writer's new table from process {pid} (process_vm_readv needs CAP_SYS_PTRACE and the host PID namespace): {source}"
+    )]
+    Io { pid: u32, source: io::Error },
+    #[error("the iptables-legacy writer's buffer is not a {0:?} nat table replace")]
+    NotNat(Family),
+    #[error("the iptables-legacy writer's new table could not be parsed: {0}")]
+    Parse(#[from] xtables::ParseError),
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the eBPF programs' `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Tables up to this size are copied out of the writer whole, then parsed: the copy is over in
+/// milliseconds, long before the kernel is done with a replace of that size. Larger ones are
+/// parsed a chunk at a time as they are copied, so the agent never holds them.
+pub const WHOLE_COPY_MAX: usize = 32 << 20;
+
+/// The new table of a replace, read from its writer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WriterRead {
+    pub nat: xtables::Nat,
+    /// `CLOCK_MONOTONIC` when the last byte was copied: if that is before the syscall's exit,
+    /// the copy is of the table the kernel installed.
+    pub copied_ns: u64,
+}
+
+/// Reads the new table out of the writer's own `IPT_SO_SET_REPLACE` buffer while the kernel
+/// still works on the replace (the buffer is the writer's until the syscall returns) and parses
+/// it: the kernel's copy of a large table takes as long again to read back with GET_ENTRIES.
+/// Whether the copy was over before the syscall returned — and so is what the kernel installed —
+/// is for the caller to check (`copied_ns` against `TableReplace::time_ns`).
+pub fn read_writer(begin: &ReplaceBegin, chunk: &mut Vec<u8>) -> Result<WriterRead, WriterError> {
+    let pid = begin.pid;
+    let io = |source| WriterError::Io { pid, source };
+    let mut header = [0u8; REPLACE_HEADER];
+    read_remote(pid, begin.buffer, &mut header).map_err(io)?;
+    let u32_at = |at: usize| {
+        u32::from_ne_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let name_end = header[..32].iter().position(|&b| b == 0).unwrap_or(32);
+    let size = u32_at(40);
+    if &header[..name_end] != NAT.as_bytes()
+        || u64::from(begin.len) != REPLACE_HEADER as u64 + u64::from(size)
+    {
+        return Err(WriterError::NotNat(begin.family));
+    }
+    let mut hook_entry = [0u32; 5];
+    for (i, h) in hook_entry.iter_mut().enumerate() {
+        *h = u32_at(44 + 4 * i);
+    }
+    let info = Info {
+        valid_hooks: u32_at(32),
+        hook_entry,
+        num_entries: u32_at(36),
+        size,
+    };
+    if size as usize <= WHOLE_COPY_MAX {
+        let mut whole = vec![0u8; size as usize];
+        read_remote(pid, begin.buffer + REPLACE_HEADER as u64, &mut whole).map_err(io)?;
+        let copied_ns = monotonic_ns();
+        let nat = xtables::parse(begin.family, &info, &whole)?;
+        return Ok(WriterRead { nat, copied_ns });
+    }
+    // An entry is at most 64 KiB (next_offset is a u16): a chunk always holds a whole one.
+    read_entries(begin, &info, chunk, WRITER_CHUNK.max(1 << 17))
+}
+
+/// The entries of a writer's buffer, `capacity` bytes at a time.
+fn read_entries(
+    begin: &ReplaceBegin,
+    info: &Info,
+    chunk: &mut Vec<u8>,
+    capacity: usize,
+) -> Result<WriterRead, WriterError> {
+    let pid = begin.pid;
+    let io = |source| WriterError::Io { pid, source };
+    let mut parser = xtables::Parser::new(begin.family, info);
+    chunk.resize(capacity, 0);
+    let size = info.size as usize;
+    let (mut done, mut carry) = (0usize, 0usize);
+    while done < size {
+        let n = (capacity - carry).min(size - done);
+        if n == 0 {
+            // An entry larger than a chunk: the blob is not a table (next_offset is a u16).
+            return Err(xtables::ParseError::Entry {
+                offset: done - carry,
+                what: "entry larger than a read",
+            }
+            .into());
+        }
+        let at = begin.buffer + (REPLACE_HEADER + done) as u64;
+        read_remote(pid, at, &mut chunk[carry..carry + n]).map_err(io)?;
+        done += n;
+        let filled = carry + n;
+        let used = parser.feed(&chunk[..filled], done == size)?;
+        chunk.copy_within(used..filled, 0);
+        carry = filled - used;
+    }
+    let copied_ns = monotonic_ns();
+    Ok(WriterRead {
+        nat: parser.finish(),
+        copied_ns,
+    })
+}
+
 /// An x_tables table replace, as the agent's eBPF trigger reported it
 /// (`zdt_common::kind::TABLE_REPLACE`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,11 +365,98 @@ pub struct TableReplace {
     pub netns: u32,
     /// The writer (kube-proxy's `iptables-legacy-restore`).
     pub pid: u32,
+    /// `time` and `entered` as the kernel's `CLOCK_MONOTONIC`, to match a `ReplaceBegin` and to
+    /// compare with the end of a read of the writer's buffer.
+    pub time_ns: u64,
+    pub entered_ns: u64,
 }
 
 impl TableReplace {
     /// Whether it can change Service routes: only the `nat` table holds kube-proxy's DNAT.
     pub fn concerns_nat(&self) -> bool {
         self.table == NAT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &[u8] = include_bytes!("../../tests/fixtures/xtables/v1.36-nat.info");
+    const ENTRIES: &[u8] = include_bytes!("../../tests/fixtures/xtables/v1.36-nat.entries");
+
+    /// A `struct ipt_replace` of the real v1.36 nat table, named `name`.
+    fn replace_buffer(name: &str) -> Vec<u8> {
+        let info = xtables::parse_info(INFO).unwrap();
+        let mut buf = super::replace_buffer(&info, ENTRIES);
+        buf[..32].fill(0);
+        buf[..name.len()].copy_from_slice(name.as_bytes());
+        buf
+    }
+
+    fn begin_of(buf: &[u8]) -> ReplaceBegin {
+        ReplaceBegin {
+            entered_ns: 1,
+            family: Family::V4,
+            table: NAT.into(),
+            netns: 0,
+            pid: std::process::id(),
+            buffer: buf.as_ptr() as u64,
+            len: u32::try_from(buf.len()).unwrap(),
+        }
+    }
+
+    /// process_vm_readv of this very process (always allowed): the writer path reads, in
+    /// pieces of any size, the routes the kernel's own GET_ENTRIES copy of the table gives.
+    #[test]
+    fn a_writers_buffer_read_in_pieces_gives_the_tables_routes() {
+        let info = xtables::parse_info(INFO).unwrap();
+        let expected = xtables::parse(Family::V4, &info, ENTRIES).unwrap();
+        assert_eq!(expected.routes.len(), 3);
+        let buf = replace_buffer(NAT);
+        let mut chunk = Vec::new();
+        let before = monotonic_ns();
+        let whole = read_writer(&begin_of(&buf), &mut chunk).unwrap();
+        assert_eq!(whole.nat, expected);
+        assert!(whole.copied_ns >= before && whole.copied_ns <= monotonic_ns());
+        // Pieces smaller than the table, cutting entries anywhere (how tables larger than
+        // WHOLE_COPY_MAX are read).
+        for capacity in [700, 1000, 4093] {
+            let got = read_entries(&begin_of(&buf), &info, &mut chunk, capacity).unwrap();
+            assert_eq!(got.nat, expected, "in pieces of {capacity}");
+        }
+        // Pieces smaller than an entry: an error, not a loop.
+        let err = read_entries(&begin_of(&buf), &info, &mut chunk, 64).unwrap_err();
+        assert!(
+            err.to_string().contains("entry larger than a read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_is_not_the_writers_nat_replace_is_refused() {
+        let mut chunk = Vec::new();
+        let filter = replace_buffer("filter");
+        assert!(matches!(
+            read_writer(&begin_of(&filter), &mut chunk),
+            Err(WriterError::NotNat(Family::V4))
+        ));
+        // optlen disagrees with the header's size.
+        let buf = replace_buffer(NAT);
+        let mut begin = begin_of(&buf);
+        begin.len -= 1;
+        assert!(matches!(
+            read_writer(&begin, &mut chunk),
+            Err(WriterError::NotNat(_))
+        ));
+        // The writer's buffer is gone (unmapped address): an error naming the process.
+        let mut begin = begin_of(&buf);
+        begin.buffer = 8;
+        let err = read_writer(&begin, &mut chunk).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("process {}", std::process::id())),
+            "{err}"
+        );
     }
 }

@@ -22,12 +22,13 @@ use tokio::sync::mpsc;
 use super::{
     emit::{self, Stamp},
     flows, ipvs,
-    legacy::{self, TableReplace},
+    legacy::{self, ReplaceBegin, TableReplace},
     mirror::TableMirror,
     model::{Backend, Backends, Via},
     nf_monitor::{Commit, Monitor},
     nl_dump,
     source::{Family, Mode, NF_TABLES_SOURCES, Source},
+    xtables,
 };
 use crate::observation::{Kind, NodeName, Observation};
 
@@ -64,6 +65,9 @@ impl Sink {
 pub enum Trigger {
     /// nf_tables transaction(s) (iptables-nft, nftables).
     Commit(Commit),
+    /// An x_tables table replace began (iptables-legacy): the new table can be read from the
+    /// writer while the kernel installs it.
+    ReplaceBegin(ReplaceBegin),
     /// An x_tables table was replaced (iptables-legacy).
     TableReplace(TableReplace),
     /// x_tables replaces may have been lost between `since` and `now` (the agent's ring buffer
@@ -130,6 +134,32 @@ struct LegacyPlane {
     routes: Backends,
     /// It holds kube-proxy's KUBE-SERVICES chain.
     kube_proxy: bool,
+    /// The table a writer was installing, read from its buffer while the kernel worked.
+    prepared: Option<Prepared>,
+    /// Reused for the pieces of a writer's buffer.
+    chunk: Vec<u8>,
+}
+
+/// A table read from the writer of a replace in progress.
+struct Prepared {
+    /// The replace: its writer and entry time (`ReplaceBegin::entered_ns`).
+    pid: u32,
+    entered_ns: u64,
+    nat: xtables::Nat,
+    /// `CLOCK_MONOTONIC` when the copy was over: before the syscall's exit, the writer's buffer
+    /// was still the table the kernel installed.
+    copied_ns: u64,
+}
+
+impl Prepared {
+    fn is_for(&self, replace: &TableReplace) -> bool {
+        self.pid == replace.pid && self.entered_ns == replace.entered_ns
+    }
+
+    /// The table `replace` installed, if this was read from its writer before it returned.
+    fn installed_by(self, replace: &TableReplace) -> Option<xtables::Nat> {
+        (self.is_for(replace) && self.copied_ns < replace.time_ns).then_some(self.nat)
+    }
 }
 
 impl LegacyPlane {
@@ -139,6 +169,8 @@ impl LegacyPlane {
             family,
             routes: nat.routes,
             kube_proxy: nat.kube_services,
+            prepared: None,
+            chunk: Vec::new(),
         })
     }
 
@@ -146,6 +178,23 @@ impl LegacyPlane {
         Source {
             mode: Mode::IptablesLegacy,
             family: self.family,
+        }
+    }
+
+    /// Reads the table a replace is installing from its writer; a failure leaves the read to
+    /// the kernel's copy once the replace is over.
+    fn prepare(&mut self, begin: &ReplaceBegin) {
+        self.prepared = None;
+        match legacy::read_writer(begin, &mut self.chunk) {
+            Ok(read) => {
+                self.prepared = Some(Prepared {
+                    pid: begin.pid,
+                    entered_ns: begin.entered_ns,
+                    nat: read.nat,
+                    copied_ns: read.copied_ns,
+                });
+            }
+            Err(e) => tracing::debug!("{e}; the table is read from the kernel instead"),
         }
     }
 }
@@ -422,21 +471,52 @@ impl Reader {
         for i in 0..self.legacy.len() {
             let family = self.legacy[i].family;
             let mut window = Window::default();
+            let mut replaces = Vec::new();
+            let mut begin = None;
             for t in batch {
                 match t {
+                    Trigger::ReplaceBegin(b)
+                        if b.family == family && b.concerns_nat() && b.netns == self.netns =>
+                    {
+                        begin = Some(b);
+                    }
                     Trigger::TableReplace(r)
                         if r.family == family && r.concerns_nat() && r.netns == self.netns =>
                     {
                         window.add(r.time, r.time);
+                        replaces.push(r);
                     }
                     Trigger::Lost { since, now } => window.add(*since, *now),
                     _ => {}
                 }
             }
+            // A replace still in progress (its end is not in this batch): read the new table
+            // from the writer now, while the kernel installs it.
+            if let Some(b) = begin.filter(|b| {
+                !replaces
+                    .iter()
+                    .any(|r| r.pid == b.pid && r.entered_ns == b.entered_ns)
+            }) {
+                self.legacy[i].prepare(b);
+            }
             let Some(stamp) = window.stamp() else {
                 continue;
             };
-            match self.reread_legacy(i, stamp) {
+            // The table read from the writer is the one in effect if its replace is the only
+            // change in the window and the read was over before the syscall returned.
+            let plane = &mut self.legacy[i];
+            let nat = match plane.prepared.take() {
+                Some(p) if replaces.iter().any(|r| p.is_for(r)) => match replaces.as_slice() {
+                    [only] if window.triggers == 1 => p.installed_by(only),
+                    _ => None,
+                },
+                // Read for a replace still in progress.
+                other => {
+                    plane.prepared = other;
+                    None
+                }
+            };
+            match self.reread_legacy(i, stamp, nat) {
                 Some(c) => changed |= c,
                 None => return false,
             }
@@ -556,16 +636,25 @@ impl Reader {
         Some(true)
     }
 
-    /// Reads the legacy nat table of `self.legacy[i]` again after a replace; whether routes
+    /// Brings the legacy nat table of `self.legacy[i]` up to date after a replace, with the
+    /// table read from its writer (`installed`) or else read from the kernel; whether routes
     /// changed, `None` once nobody listens.
-    fn reread_legacy(&mut self, i: usize, stamp: Stamp) -> Option<bool> {
+    fn reread_legacy(
+        &mut self,
+        i: usize,
+        stamp: Stamp,
+        installed: Option<xtables::Nat>,
+    ) -> Option<bool> {
         let plane = &mut self.legacy[i];
-        let nat = match legacy::read_routes(plane.family) {
-            Ok(nat) => nat,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                return Some(false);
-            }
+        let (nat, read_from) = match installed {
+            Some(nat) => (nat, "writer"),
+            None => match legacy::read_routes(plane.family) {
+                Ok(nat) => (nat, "kernel"),
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    return Some(false);
+                }
+            },
         };
         plane.kube_proxy = nat.kube_services;
         let change = plane.routes.diff(&nat.routes);
@@ -578,7 +667,7 @@ impl Reader {
             ..stamp
         };
         for obs in emit::observations(&self.node, plane.source(), &change, stamp) {
-            if !self.tx.send(obs) {
+            if !self.tx.send(obs.with_extra("read_from", read_from)) {
                 return None;
             }
         }

@@ -243,18 +243,18 @@ fn dispatch_facts<'a>(
     Ok(())
 }
 
-/// Decodes the entry at `offset`; its IP part and matches only when `dispatch` (an entry of
-/// KUBE-SERVICES or KUBE-NODEPORTS, the only chains whose matches make frontends): most of a
-/// large table is endpoint chains, whose targets alone matter.
+/// Decodes the entry at the start of `e` (blob offset `offset`, for errors); its IP part and
+/// matches only when `dispatch` (an entry of KUBE-SERVICES or KUBE-NODEPORTS, the only chains
+/// whose matches make frontends): most of a large table is endpoint chains, whose targets alone
+/// matter.
 fn entry<'a>(
-    blob: &'a [u8],
+    e: &'a [u8],
     offset: usize,
     l: &Layout,
     family: Family,
     dispatch: bool,
 ) -> Result<(Entry<'a>, usize), ParseError> {
     let bad = |what| ParseError::Entry { offset, what };
-    let e = blob.get(offset..).ok_or(bad("past the end"))?;
     let target_offset = usize::from(ne_u16(e, l.target_offset).ok_or(bad("truncated header"))?);
     let next_offset = usize::from(ne_u16(e, l.next_offset).ok_or(bad("truncated header"))?);
     if target_offset < l.header || target_offset + XT_HEADER > next_offset {
@@ -307,128 +307,230 @@ pub struct Nat {
     pub kube_services: bool,
 }
 
-/// Parses a GET_ENTRIES blob (the entries, without the 40-byte header) of a table of `family`
-/// described by `info` into the routes kube-proxy's chains in it program.
+/// A dispatch rule's facts, owned (the bytes they came from may be gone by the end).
+struct Facts {
+    daddr: Option<IpAddr>,
+    protocol: Option<Protocol>,
+    dport: Option<u16>,
+    /// Range of the comment in `Parser::text`.
+    comment: Option<(u32, u32)>,
+}
+
+/// Parses the entries of a table blob fed in order, in pieces of any size: the whole
+/// GET_ENTRIES reply at once, or a writer's `IPT_SO_SET_REPLACE` buffer as it is copied out of
+/// the writer chunk by chunk (`legacy::read_writer`), which the same entry format describes.
 ///
 /// One pass over the entries: a large table (10 000 Services: ~290 000 entries, ~100 MB) is
 /// mostly endpoint chains, so chains are numbered as they come (a user chain is a contiguous run
 /// of entries) and only jumps, DNAT targets and the dispatch chains' matches are kept; jump
-/// offsets are resolved to chains afterwards by binary search over where chains start.
-pub fn parse(family: Family, info: &Info, blob: &[u8]) -> Result<Nat, ParseError> {
-    let l = match family {
-        Family::V4 => &V4,
-        Family::V6 => &V6,
-    };
-    let hooks: Vec<usize> = (0..HOOKS)
-        .filter(|h| info.valid_hooks & (1 << h) != 0)
-        .map(|h| info.hook_entry[h] as usize)
-        .collect();
-    // Where each run of entries starts, and the user chain it belongs to (None: a built-in chain
-    // or past the end); in offset order.
-    let mut regions: Vec<(usize, Option<u32>)> = Vec::new();
-    let mut names: Vec<&str> = Vec::new();
-    let mut current: Option<u32> = None;
-    let mut jumps: Vec<(u32, usize, Option<Entry<'_>>)> = Vec::new();
-    let mut dnats: Vec<(u32, std::net::SocketAddr)> = Vec::new();
-    let mut offset = 0;
-    while offset < blob.len() {
-        if hooks.contains(&offset) {
-            current = None;
-            regions.push((offset, None));
+/// offsets are resolved to chains at the end by binary search over where chains start.
+pub struct Parser {
+    family: Family,
+    l: &'static Layout,
+    hooks: Vec<usize>,
+    /// Blob offset of the next byte to be fed.
+    offset: usize,
+    /// Where each run of entries starts and the user chain it belongs to (None: a built-in
+    /// chain or past the end); in offset order.
+    regions: Vec<(usize, Option<u32>)>,
+    /// Chain names and comments, one string; `chains` are ranges in it.
+    text: String,
+    chains: Vec<(u32, u32)>,
+    current: Option<u32>,
+    /// Whether `current` is KUBE-SERVICES or KUBE-NODEPORTS.
+    in_dispatch: bool,
+    kube_services: bool,
+    jumps: Vec<(u32, usize)>,
+    dispatch_jumps: Vec<(u32, usize, Facts)>,
+    dnats: Vec<(u32, std::net::SocketAddr)>,
+}
+
+impl Parser {
+    pub fn new(family: Family, info: &Info) -> Self {
+        Self {
+            family,
+            l: match family {
+                Family::V4 => &V4,
+                Family::V6 => &V6,
+            },
+            hooks: (0..HOOKS)
+                .filter(|h| info.valid_hooks & (1 << h) != 0)
+                .map(|h| info.hook_entry[h] as usize)
+                .collect(),
+            offset: 0,
+            regions: Vec::new(),
+            text: String::new(),
+            chains: Vec::new(),
+            current: None,
+            in_dispatch: false,
+            kube_services: false,
+            jumps: Vec::new(),
+            dispatch_jumps: Vec::new(),
+            dnats: Vec::new(),
         }
-        let dispatch =
-            current.is_some_and(|c| [KUBE_SERVICES, KUBE_NODEPORTS].contains(&names[c as usize]));
-        let (e, next) = entry(blob, offset, l, family, dispatch)?;
-        match e.target {
-            Target::ChainHead(name) => {
-                let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
-                names.push(name);
-                current = Some(id);
-                // From the head on: a jump names the chain's first rule (libiptc) or its head.
-                regions.push((offset, Some(id)));
+    }
+
+    fn keep(&mut self, s: &str) -> (u32, u32) {
+        let start = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        self.text.push_str(s);
+        (start, u32::try_from(self.text.len()).unwrap_or(u32::MAX))
+    }
+
+    fn text(&self, (a, b): (u32, u32)) -> &str {
+        self.text.get(a as usize..b as usize).unwrap_or("")
+    }
+
+    fn chain_name(&self, id: u32) -> &str {
+        self.text(self.chains[id as usize])
+    }
+
+    /// Parses the whole entries of `bytes`, the continuation of what was fed before, and returns
+    /// how many bytes they took; the rest (the start of an entry) is to be fed again with what
+    /// follows it. `last`: `bytes` ends the blob, so an entry cut short is an error.
+    pub fn feed(&mut self, bytes: &[u8], last: bool) -> Result<usize, ParseError> {
+        let l = self.l;
+        let mut at = 0;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            if !last
+                && ne_u16(rest, l.next_offset).is_none_or(|next| usize::from(next) > rest.len())
+            {
+                break;
             }
-            Target::End => {
-                current = None;
-                regions.push((offset, None));
+            let offset = self.offset + at;
+            if self.hooks.contains(&offset) {
+                self.current = None;
+                self.in_dispatch = false;
+                self.regions.push((offset, None));
             }
-            Target::Jump(to) => {
-                if let Some(c) = current {
-                    jumps.push((c, to, dispatch.then_some(e)));
+            let (e, next) = entry(rest, offset, l, self.family, self.in_dispatch)?;
+            match e.target {
+                Target::ChainHead(name) => {
+                    let id = u32::try_from(self.chains.len()).unwrap_or(u32::MAX);
+                    let range = self.keep(name);
+                    self.chains.push(range);
+                    self.current = Some(id);
+                    self.in_dispatch = name == KUBE_SERVICES || name == KUBE_NODEPORTS;
+                    self.kube_services |= name == KUBE_SERVICES;
+                    // From the head on: a jump names the chain's first rule (libiptc) or its head.
+                    self.regions.push((offset, Some(id)));
                 }
-            }
-            Target::Dnat(addr) => {
-                if let Some(c) = current {
-                    dnats.push((c, addr));
+                Target::End => {
+                    self.current = None;
+                    self.in_dispatch = false;
+                    self.regions.push((offset, None));
                 }
+                Target::Jump(to) => {
+                    if let Some(c) = self.current {
+                        if self.in_dispatch {
+                            let comment = e.comment.map(|s| self.keep(s));
+                            self.dispatch_jumps.push((
+                                c,
+                                to,
+                                Facts {
+                                    daddr: e.daddr,
+                                    protocol: e.protocol,
+                                    dport: e.dport,
+                                    comment,
+                                },
+                            ));
+                        } else {
+                            self.jumps.push((c, to));
+                        }
+                    }
+                }
+                Target::Dnat(addr) => {
+                    if let Some(c) = self.current {
+                        self.dnats.push((c, addr));
+                    }
+                }
+                Target::Other => {}
             }
-            Target::Other => {}
+            at += next;
         }
-        offset += next;
+        self.offset += at;
+        Ok(at)
     }
-    let chain_at = |to: usize| -> Option<u32> {
-        let i = regions.partition_point(|(start, _)| *start <= to);
-        regions.get(i.checked_sub(1)?)?.1
-    };
-    let mut next_chains: Vec<Vec<u32>> = vec![Vec::new(); names.len()];
-    let mut dnat_of: Vec<Vec<std::net::SocketAddr>> = vec![Vec::new(); names.len()];
-    for (c, addr) in dnats {
-        dnat_of[c as usize].push(addr);
-    }
-    let mut dispatch = Vec::new();
-    // The dispatch rules' targets by name (frontends name their chain).
-    let mut ids: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-    for (from, to, facts) in &jumps {
-        let Some(target) = chain_at(*to).filter(|t| t != from) else {
-            continue;
+
+    /// The routes kube-proxy's chains in what was fed program.
+    pub fn finish(self) -> Nat {
+        let chain_at = |to: usize| -> Option<u32> {
+            let i = self.regions.partition_point(|(start, _)| *start <= to);
+            self.regions.get(i.checked_sub(1)?)?.1
         };
-        next_chains[*from as usize].push(target);
-        if let Some(e) = facts {
-            ids.insert(names[target as usize], target);
+        let n = self.chains.len();
+        let mut next_chains: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut dnat_of: Vec<Vec<std::net::SocketAddr>> = vec![Vec::new(); n];
+        for &(c, addr) in &self.dnats {
+            dnat_of[c as usize].push(addr);
+        }
+        for &(from, to) in &self.jumps {
+            if let Some(target) = chain_at(to).filter(|t| *t != from) {
+                next_chains[from as usize].push(target);
+            }
+        }
+        let mut dispatch = Vec::new();
+        // The dispatch rules' targets by name (frontends name their chain).
+        let mut ids: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        for (from, to, facts) in &self.dispatch_jumps {
+            let Some(target) = chain_at(*to).filter(|t| t != from) else {
+                continue;
+            };
+            next_chains[*from as usize].push(target);
+            ids.insert(self.chain_name(target), target);
             dispatch.push(DispatchRule {
-                chain: names[*from as usize],
-                daddr: e.daddr,
-                protocol: e.protocol,
-                dport: e.dport,
-                target: names[target as usize],
-                comment: e.comment,
+                chain: self.chain_name(*from),
+                daddr: facts.daddr,
+                protocol: facts.protocol,
+                dport: facts.dport,
+                target: self.chain_name(target),
+                comment: facts.comment.map(|r| self.text(r)),
             });
         }
-    }
-    let mut routes = Backends::new();
-    let mut seen: Vec<u32> = Vec::new();
-    let mut stack: Vec<u32> = Vec::new();
-    for f in super::chains::frontends(&dispatch, family) {
-        let Some(&start) = ids.get(f.chain) else {
-            continue;
-        };
-        let name = f.name();
-        // A handful of chains per frontend (external → service → endpoints).
-        seen.clear();
-        stack.clear();
-        stack.push(start);
-        while let Some(c) = stack.pop() {
-            if seen.contains(&c) {
+        let mut routes = Backends::new();
+        let mut seen: Vec<u32> = Vec::new();
+        let mut stack: Vec<u32> = Vec::new();
+        for f in super::chains::frontends(&dispatch, self.family) {
+            let Some(&start) = ids.get(f.chain) else {
                 continue;
-            }
-            seen.push(c);
-            stack.extend(&next_chains[c as usize]);
-            for addr in &dnat_of[c as usize] {
-                routes.insert(
-                    Route {
-                        service: f.service,
-                        protocol: f.protocol,
-                        backend: Backend(*addr),
-                        via: f.via,
-                    },
-                    name.clone(),
-                );
+            };
+            let name = f.name();
+            // A handful of chains per frontend (external → service → endpoints).
+            seen.clear();
+            stack.clear();
+            stack.push(start);
+            while let Some(c) = stack.pop() {
+                if seen.contains(&c) {
+                    continue;
+                }
+                seen.push(c);
+                stack.extend(&next_chains[c as usize]);
+                for addr in &dnat_of[c as usize] {
+                    routes.insert(
+                        Route {
+                            service: f.service,
+                            protocol: f.protocol,
+                            backend: Backend(*addr),
+                            via: f.via,
+                        },
+                        name.clone(),
+                    );
+                }
             }
         }
+        Nat {
+            routes,
+            kube_services: self.kube_services,
+        }
     }
-    Ok(Nat {
-        routes,
-        kube_services: names.contains(&KUBE_SERVICES),
-    })
+}
+
+/// Parses a whole GET_ENTRIES blob (the entries, without the 40-byte header) of a table of
+/// `family` described by `info` into the routes kube-proxy's chains in it program.
+pub fn parse(family: Family, info: &Info, blob: &[u8]) -> Result<Nat, ParseError> {
+    let mut parser = Parser::new(family, info);
+    parser.feed(blob, true)?;
+    Ok(parser.finish())
 }
 
 #[cfg(test)]
@@ -491,7 +593,49 @@ mod tests {
         assert!(parse(Family::V4, &info, &bad).is_err());
     }
 
+    /// Feeds `blob` cut at `cuts` (sorted offsets), as `legacy::read_writer` does: each piece is
+    /// what was left over plus the next bytes.
+    fn parse_in_pieces(info: &Info, blob: &[u8], cuts: &[usize]) -> Result<Nat, ParseError> {
+        let mut parser = Parser::new(Family::V4, info);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&blob.len())) {
+            let cut = cut.clamp(from, blob.len());
+            pending.extend_from_slice(&blob[from..cut]);
+            from = cut;
+            let used = parser.feed(&pending, cut == blob.len())?;
+            pending.drain(..used);
+        }
+        assert!(pending.is_empty());
+        Ok(parser.finish())
+    }
+
+    #[test]
+    fn pieces_cut_inside_entries_and_headers_parse_as_the_whole() {
+        let info = parse_info(INFO).unwrap();
+        let whole = parse(Family::V4, &info, ENTRIES).unwrap();
+        // Inside the first entry's header, on a boundary, one byte at a time at the end.
+        let mut cuts = vec![5, 112, 200, 1000, 1001];
+        cuts.extend(ENTRIES.len() - 300..ENTRIES.len());
+        assert_eq!(parse_in_pieces(&info, ENTRIES, &cuts).unwrap(), whole);
+        // A cut-short blob is still an error at the end, not a silent partial table.
+        let err = parse_in_pieces(&info, &ENTRIES[..ENTRIES.len() - 8], &[4000]).unwrap_err();
+        assert!(matches!(err, ParseError::Entry { .. }), "{err}");
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_cutting_into_pieces_parses_as_the_whole(
+            mut cuts in proptest::collection::vec(0usize..13_384, 0..40),
+        ) {
+            cuts.sort_unstable();
+            let info = parse_info(INFO).unwrap();
+            proptest::prop_assert_eq!(
+                parse_in_pieces(&info, ENTRIES, &cuts).unwrap(),
+                parse(Family::V4, &info, ENTRIES).unwrap()
+            );
+        }
+
         #[test]
         fn a_corrupted_kernel_blob_never_panics(
             flips in proptest::collection::vec((0usize..13_384, proptest::num::u8::ANY), 1..20),
