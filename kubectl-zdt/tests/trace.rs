@@ -65,8 +65,25 @@ fn cluster_objects(server: &ApiServer) {
     server.put(kube_double::agent_pod("vm"));
 }
 
-/// The node agent of node `vm` minus its kernel probes.
-async fn start_agent(server: &ApiServer) {
+/// When the agent marked `pod`'s deletion (`pod_deleting`), waiting for its journal to have it.
+async fn deletion_seen(journal: &Journal, pod: &str) -> jiff::Timestamp {
+    for _ in 0..1000 {
+        let mark = journal.read(0, usize::MAX).lines.iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["kind"] == "pod_deleting" && v["pod"] == pod)
+                .then(|| v["time"].as_str()?.parse().ok())
+                .flatten()
+        });
+        if let Some(t) = mark {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the agent never marked {pod}'s deletion");
+}
+
+/// The node agent of node `vm` minus its kernel probes; its in-memory journal.
+async fn start_agent(server: &ApiServer) -> Arc<Journal> {
     let journal = Journal::new(10_000);
     let gauges = Arc::new(Gauges::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -87,17 +104,20 @@ async fn start_agent(server: &ApiServer) {
     };
     let filter = kubectl_zdt::agent::filter::Recorded::default();
     tokio::spawn(watch.run(filter, tx, std::future::pending()));
+    let pushed = journal.clone();
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
-            journal.push(&o);
+            pushed.push(&o);
         }
     });
+    journal
 }
 
 /// Plays the Deployment controller, the kubelets and the EndpointSlice controller: on the
 /// restart, the recorded rollout; the traffic pod runs and logs what the real client logged.
-fn script_cluster(server: &Arc<ApiServer>) {
+fn script_cluster(server: &Arc<ApiServer>, journal: &Arc<Journal>) {
     let server = server.clone();
+    let journal = journal.clone();
     let mut changes = server.changes();
     tokio::spawn(async move {
         while let Ok(change) = changes.recv().await {
@@ -115,15 +135,33 @@ fn script_cluster(server: &Arc<ApiServer>) {
                 server.put(pod);
             }
             if restarted && change.object["metadata"]["generation"] == 1 {
-                let server = server.clone();
+                let (server, journal) = (server.clone(), journal.clone());
                 let mut d = change.object.clone();
                 tokio::spawn(async move {
                     d["metadata"]["generation"] = json!(2);
                     server.put(d.clone());
                     let (_, events) = split_recording();
-                    // The client's log, moved to the replay's time like the events.
-                    let shift = i128::from(jiff::Timestamp::now().as_nanosecond() as u64)
-                        - i128::from(events[0].0);
+                    let start = std::time::Instant::now();
+                    for (received, kind, object) in &events {
+                        // At the recorded pace, so the client's failures fall where they did.
+                        let due = Duration::from_nanos(received - events[0].0);
+                        tokio::time::sleep(due.saturating_sub(start.elapsed())).await;
+                        play(&server, kind, object);
+                    }
+                    // The client's log, moved to the replay's time as the agent saw it: the
+                    // first refusal came 1.3 ms after the recorder saw mbbl4's deletion, so the
+                    // lines keep their distance to the agent's own mark of that deletion (a
+                    // loaded machine delivers watch events late, and the agent stamps them on
+                    // arrival).
+                    let (recorded, _, _) = events
+                        .iter()
+                        .find(|(_, _, o)| {
+                            o["metadata"]["name"] == "webfast-7759c99476-mbbl4"
+                                && o["metadata"]["deletionTimestamp"].is_string()
+                        })
+                        .unwrap();
+                    let seen = deletion_seen(&journal, "default/webfast-7759c99476-mbbl4").await;
+                    let shift = seen.as_nanosecond() - i128::from(*recorded);
                     let log: String = client_log()
                         .lines()
                         .map(|l| {
@@ -135,13 +173,6 @@ fn script_cluster(server: &Arc<ApiServer>) {
                         })
                         .collect();
                     server.set_log("zdt-traffic-webfast", &log);
-                    let start = std::time::Instant::now();
-                    for (received, kind, object) in &events {
-                        // At the recorded pace, so the client's failures fall where they did.
-                        let due = Duration::from_nanos(received - events[0].0);
-                        tokio::time::sleep(due.saturating_sub(start.elapsed())).await;
-                        play(&server, kind, object);
-                    }
                     let mut done = deployment(2, 2, 2, 2);
                     done["spec"] = d["spec"].clone();
                     server.put(done);
@@ -207,8 +238,8 @@ async fn trace_restarts_the_rollout_collects_the_agents_stream_and_reconciles_th
     for object in &initial {
         play(&server, "ADDED", object);
     }
-    start_agent(&server).await;
-    script_cluster(&server);
+    let journal = start_agent(&server).await;
+    script_cluster(&server, &journal);
     let traced = run(&server, &dir, args(true, Some(50), Duration::from_secs(30)))
         .await
         .unwrap();
