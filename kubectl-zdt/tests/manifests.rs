@@ -159,6 +159,12 @@ fn the_agent_container_drops_everything_and_adds_only_what_the_probes_need() {
     assert_eq!(sc.privileged, Some(false));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
+    // The ptrace access checks on other pods' processes (their network namespace, the
+    // iptables-legacy writer's buffer) are denied by runtimes' default AppArmor profiles.
+    assert_eq!(
+        sc.app_armor_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("Unconfined")
+    );
     let caps = sc.capabilities.unwrap();
     assert_eq!(caps.drop.unwrap(), ["ALL"]);
     assert_eq!(
