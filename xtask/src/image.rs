@@ -43,8 +43,8 @@ pub fn default_tag() -> String {
     )
 }
 
-/// Builds the static binary (the eBPF programs embedded) and returns its path.
-pub fn build_binary() -> anyhow::Result<PathBuf> {
+/// Installs what a static musl build needs: the Rust target and musl's gcc wrapper.
+pub fn musl_prerequisites() -> anyhow::Result<()> {
     if cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
         .is_none_or(|t| !t.lines().any(|l| l.trim() == TARGET))
     {
@@ -59,6 +59,12 @@ pub fn build_binary() -> anyhow::Result<PathBuf> {
             bail!("musl-gcc is missing: install musl-tools (`sudo apt-get install musl-tools`)");
         }
     }
+    Ok(())
+}
+
+/// Builds the static binary (the eBPF programs embedded) and returns its path.
+pub fn build_binary() -> anyhow::Result<PathBuf> {
+    musl_prerequisites()?;
     cmd::run(Command::new("cargo").args([
         "build",
         "--release",

@@ -6,6 +6,7 @@ mod cmd;
 mod demo;
 mod e2e;
 mod image;
+mod ipvs_vm;
 mod setup;
 mod test;
 
@@ -34,6 +35,9 @@ enum Command {
     E2e(e2e::E2eArgs),
     /// Run every benchmark (kernel cost per event, agent overhead, correlation, dataplane).
     Bench,
+    /// Check the IPVS reader and watcher against a real kernel's IPVS in a QEMU guest (root;
+    /// fetches Debian's kernel and qemu; not part of `test`).
+    IpvsVm(ipvs_vm::IpvsVmArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Image(args) => image::run(&args),
         Command::E2e(args) => e2e::run(&args),
         Command::Bench => bench::run(),
+        Command::IpvsVm(args) => ipvs_vm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

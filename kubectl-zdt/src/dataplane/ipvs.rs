@@ -99,6 +99,11 @@ pub struct RawDest {
 }
 
 impl RawDest {
+    /// The real server's weight (0: draining).
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
     fn resolve(self, service_af: u16) -> Result<RealServer, ParseError> {
         let ip = inet_addr(&self.addr, self.family.unwrap_or(service_af)).ok_or(
             ParseError::Attribute {
@@ -177,6 +182,11 @@ fn addr16(ip: IpAddr) -> [u8; 16] {
 
 /// The nested `IPVS_CMD_ATTR_SERVICE` that names a virtual server.
 fn service_attr(vs: &VirtualServer) -> Vec<u8> {
+    nla(IPVS_CMD_ATTR_SERVICE | NLA_F_NESTED, &service_id(vs))
+}
+
+/// The attributes inside `IPVS_CMD_ATTR_SERVICE` that name a virtual server.
+fn service_id(vs: &VirtualServer) -> Vec<u8> {
     let ip = vs.service.0.ip();
     let mut inner = nla(IPVS_SVC_ATTR_AF, &family_of(ip).to_ne_bytes());
     inner.extend(nla(
@@ -190,7 +200,7 @@ fn service_attr(vs: &VirtualServer) -> Vec<u8> {
     ));
     inner.extend(nla(IPVS_SVC_ATTR_ADDR, &addr16(ip)));
     inner.extend(nla(IPVS_SVC_ATTR_PORT, &vs.service.0.port().to_be_bytes()));
-    nla(IPVS_CMD_ATTR_SERVICE | NLA_F_NESTED, &inner)
+    inner
 }
 
 impl IpvsMessage {
@@ -437,6 +447,8 @@ pub struct Live {
     family_id: u16,
     seq: u32,
     buf: Vec<u8>,
+    /// The raw dumps, while recording (see [`Live::record`]).
+    recorded: Option<Vec<Dump>>,
 }
 
 impl Live {
@@ -483,24 +495,243 @@ impl Live {
             family_id,
             seq: 0,
             buf,
+            recorded: None,
         }))
+    }
+
+    /// From now on, keeps every dump's request and reply datagrams as sent and received.
+    pub fn record(&mut self) {
+        self.recorded = Some(Vec::new());
+    }
+
+    /// The dumps kept since [`Live::record`] (recording goes on).
+    pub fn take_recorded(&mut self) -> Vec<Dump> {
+        self.recorded
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Makes one change to IPVS, as kube-proxy does (`ipvsadm -A/-a/-e/-d`), and waits for the
+    /// kernel's acknowledgement.
+    pub fn execute(&mut self, command: &Command) -> Result<(), ReadError> {
+        self.seq = self.seq.wrapping_add(1);
+        self.socket
+            .send(&encode_command(command, self.family_id, self.seq), 0)?;
+        let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        // The acknowledgement is an NLMSG_ERROR with code 0; an error code is returned as such.
+        decode_datagram(&self.buf[..n]).map(|_| ())
     }
 }
 
 impl Transport for Live {
     fn dump(&mut self, request: &IpvsMessage) -> Result<Vec<IpvsMessage>, ReadError> {
         self.seq = self.seq.wrapping_add(1);
-        self.socket
-            .send(&encode_request(request, self.family_id, self.seq), 0)?;
+        let bytes = encode_request(request, self.family_id, self.seq);
+        self.socket.send(&bytes, 0)?;
+        let mut record = self.recorded.is_some().then(|| Dump {
+            request: bytes,
+            replies: Vec::new(),
+        });
         let mut out = Vec::new();
         loop {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            if let Some(r) = &mut record {
+                r.replies.push(self.buf[..n].to_vec());
+            }
             let (messages, done) = decode_datagram(&self.buf[..n])?;
+            out.extend(messages);
+            if done {
+                if let (Some(all), Some(r)) = (&mut self.recorded, record) {
+                    all.push(r);
+                }
+                return Ok(out);
+            }
+        }
+    }
+}
+
+// Programming IPVS the way kube-proxy does. The agent never writes to IPVS: this is for the
+// check on a real kernel (`cargo xtask ipvs-vm`, examples/ipvs_guest.rs) that programs
+// kube-proxy's virtual and real servers and records what the kernel then dumps.
+
+const IPVS_CMD_SET_DEST: u8 = 6;
+const IPVS_CMD_DEL_DEST: u8 = 7;
+const IPVS_SVC_ATTR_SCHED_NAME: u16 = 6;
+const IPVS_SVC_ATTR_FLAGS: u16 = 7;
+const IPVS_SVC_ATTR_TIMEOUT: u16 = 8;
+const IPVS_SVC_ATTR_NETMASK: u16 = 9;
+const IPVS_DEST_ATTR_FWD_METHOD: u16 = 3;
+const IPVS_DEST_ATTR_U_THRESH: u16 = 5;
+const IPVS_DEST_ATTR_L_THRESH: u16 = 6;
+/// IP_VS_CONN_F_MASQ: kube-proxy's forwarding method (NAT).
+const IP_VS_CONN_F_MASQ: u32 = 0;
+const NLM_F_ACK: u16 = 4;
+
+/// One change kube-proxy's IPVS mode makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// A virtual server with this scheduler (`rr` by default in kube-proxy).
+    NewService(VirtualServer, &'static str),
+    /// A real server, masquerading (kube-proxy's forwarding method).
+    NewDest(VirtualServer, RealServer),
+    /// A new weight for a real server (0 = draining, for a terminating endpoint).
+    SetDest(VirtualServer, RealServer),
+    /// A real server removed.
+    DelDest(VirtualServer, Backend),
+}
+
+/// The nested `IPVS_CMD_ATTR_DEST` of a real server; with a weight it also carries what
+/// NEW_DEST/SET_DEST require (forwarding method, thresholds).
+fn dest_attr(backend: Backend, weight: Option<u32>) -> Vec<u8> {
+    let ip = backend.0.ip();
+    let mut d = nla(IPVS_DEST_ATTR_ADDR, &addr16(ip));
+    d.extend(nla(IPVS_DEST_ATTR_PORT, &backend.0.port().to_be_bytes()));
+    if let Some(weight) = weight {
+        d.extend(nla(
+            IPVS_DEST_ATTR_FWD_METHOD,
+            &IP_VS_CONN_F_MASQ.to_ne_bytes(),
+        ));
+        d.extend(nla(IPVS_DEST_ATTR_WEIGHT, &weight.to_ne_bytes()));
+        d.extend(nla(IPVS_DEST_ATTR_U_THRESH, &0u32.to_ne_bytes()));
+        d.extend(nla(IPVS_DEST_ATTR_L_THRESH, &0u32.to_ne_bytes()));
+    }
+    d.extend(nla(
+        IPVS_DEST_ATTR_ADDR_FAMILY,
+        &family_of(ip).to_ne_bytes(),
+    ));
+    nla(IPVS_CMD_ATTR_DEST | NLA_F_NESTED, &d)
+}
+
+/// One change as the kernel expects it: nlmsghdr (request, ack wanted), genlmsghdr, attributes.
+pub fn encode_command(command: &Command, family_id: u16, seq: u32) -> Vec<u8> {
+    let (cmd, attrs) = match command {
+        Command::NewService(vs, scheduler) => {
+            let mut svc = service_id(vs);
+            let mut name = scheduler.as_bytes().to_vec();
+            name.push(0);
+            svc.extend(nla(IPVS_SVC_ATTR_SCHED_NAME, &name));
+            // struct ip_vs_flags { flags, mask }: no flags set, all of them given.
+            let mut flags = 0u32.to_ne_bytes().to_vec();
+            flags.extend(u32::MAX.to_ne_bytes());
+            svc.extend(nla(IPVS_SVC_ATTR_FLAGS, &flags));
+            svc.extend(nla(IPVS_SVC_ATTR_TIMEOUT, &0u32.to_ne_bytes()));
+            let netmask: u32 = if vs.service.0.is_ipv4() {
+                u32::MAX
+            } else {
+                128
+            };
+            svc.extend(nla(IPVS_SVC_ATTR_NETMASK, &netmask.to_ne_bytes()));
+            (
+                IPVS_CMD_NEW_SERVICE,
+                nla(IPVS_CMD_ATTR_SERVICE | NLA_F_NESTED, &svc),
+            )
+        }
+        Command::NewDest(vs, rs) | Command::SetDest(vs, rs) => {
+            let mut a = service_attr(vs);
+            a.extend(dest_attr(rs.backend, Some(rs.weight)));
+            let cmd = if matches!(command, Command::NewDest(..)) {
+                IPVS_CMD_NEW_DEST
+            } else {
+                IPVS_CMD_SET_DEST
+            };
+            (cmd, a)
+        }
+        Command::DelDest(vs, backend) => {
+            let mut a = service_attr(vs);
+            a.extend(dest_attr(*backend, None));
+            (IPVS_CMD_DEL_DEST, a)
+        }
+    };
+    let len = 16 + 4 + attrs.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
+    m.extend_from_slice(&family_id.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[cmd, VERSION, 0, 0]);
+    m.extend_from_slice(&attrs);
+    m
+}
+
+/// One dump as it went over the socket: the request sent and every reply datagram received,
+/// up to the one holding NLMSG_DONE. Hex in JSON (the fixtures of tests/fixtures/ipvs).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Dump {
+    #[serde(with = "hex")]
+    pub request: Vec<u8>,
+    #[serde(with = "hex_list")]
+    pub replies: Vec<Vec<u8>>,
+}
+
+mod hex {
+    use data_encoding::HEXLOWER;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&HEXLOWER.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        HEXLOWER
+            .decode(String::deserialize(d)?.as_bytes())
+            .map_err(D::Error::custom)
+    }
+}
+
+mod hex_list {
+    use data_encoding::HEXLOWER;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| HEXLOWER.encode(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|h| HEXLOWER.decode(h.as_bytes()).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+/// Recorded dumps played back: each request is answered with the replies recorded for the
+/// same request (matched by what it asks for, not by sequence number or family id), decoded by
+/// `decode_datagram` exactly as [`Live`] decodes the kernel's.
+pub struct Replay<'a> {
+    dumps: &'a [Dump],
+}
+
+impl<'a> Replay<'a> {
+    pub fn new(dumps: &'a [Dump]) -> Self {
+        Self { dumps }
+    }
+}
+
+impl Transport for Replay<'_> {
+    fn dump(&mut self, request: &IpvsMessage) -> Result<Vec<IpvsMessage>, ReadError> {
+        let dump = self
+            .dumps
+            .iter()
+            .find(|d| {
+                decode_datagram(&d.request).is_ok_and(|(m, _)| m.as_slice() == [request.clone()])
+            })
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no recorded dump answers {request:?}"),
+                )
+            })?;
+        let mut out = Vec::new();
+        for datagram in &dump.replies {
+            let (messages, done) = decode_datagram(datagram)?;
             out.extend(messages);
             if done {
                 return Ok(out);
             }
         }
+        Err(ParseError::Framing.into())
     }
 }
 

@@ -1,0 +1,425 @@
+//! The IPVS check on a real kernel: runs as root inside the throwaway VM of `cargo xtask ipvs-vm`
+//! (a kernel with IPVS; its modules already loaded), never on a developer's machine.
+//!
+//! It programs IPVS the way kube-proxy's IPVS mode does (a dummy `kube-ipvs0` holding the
+//! ClusterIPs, one virtual server per ClusterIP:port and per NodeIP:nodePort, scheduler `rr`,
+//! masquerading real servers of weight 1; a terminating endpoint: weight 0, then deleted), reads
+//! it with the agent's own reader (`ipvs::Live` + `ipvs::read`) and runs the agent's dataplane
+//! watcher (`watcher::spawn`) against it. It prints one `CHECK ok|FAIL` line per check, one
+//! `FIXTURE <state> <json>` line per recorded state (the raw dump datagrams, for
+//! tests/fixtures/ipvs) and finally `IPVS-GUEST PASS` or `IPVS-GUEST FAIL`.
+
+use std::{
+    collections::HashSet, net::SocketAddr, process::ExitCode, sync::mpsc as std_mpsc, thread,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use kubectl_zdt::{
+    dataplane::{
+        ipvs::{self, Command, Dump, Live, RealServer, VirtualServer},
+        model::{Backend, Protocol, ServiceAddr},
+        watcher::{self, Sink},
+    },
+    observation::{Kind, NodeName, Observation},
+    testbed::netns::run,
+};
+use serde::Serialize;
+
+const NODE_IP: &str = "192.168.50.10";
+/// Ticks waited to conclude that the watcher reports nothing (it reads every `ipvs::POLL`).
+const QUIET_TICKS: u32 = 6;
+
+/// One recorded state of IPVS, as written to tests/fixtures/ipvs/<state>.json.
+#[derive(Serialize)]
+struct Fixture<'a> {
+    state: &'a str,
+    kernel: String,
+    recorded_at: String,
+    /// The routes programmed in this state (weight > 0), as `Backends::describe` writes them.
+    programmed: Vec<String>,
+    dumps: Vec<Dump>,
+}
+
+fn vs(addr: &str) -> VirtualServer {
+    VirtualServer {
+        service: ServiceAddr(addr.parse().expect("scenario address")),
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn rs(addr: &str, weight: u32) -> RealServer {
+    RealServer {
+        backend: Backend(addr.parse().expect("scenario address")),
+        weight,
+    }
+}
+
+/// kube-proxy's virtual servers and real servers for a few Services: `web` (ClusterIP and
+/// NodePort, three endpoints), `dns`, `api`, one IPv6 Service, and 20 more so the change
+/// happens among many virtual servers.
+fn scenario() -> Vec<(VirtualServer, Vec<RealServer>)> {
+    let web = || {
+        vec![
+            rs("10.244.1.11:8080", 1),
+            rs("10.244.1.12:8080", 1),
+            rs("10.244.1.13:8080", 1),
+        ]
+    };
+    let mut s = vec![
+        (vs("10.96.0.10:80"), web()),
+        (vs(&format!("{NODE_IP}:30080")), web()),
+        (
+            vs("10.96.0.20:53"),
+            vec![rs("10.244.2.21:53", 1), rs("10.244.2.22:53", 1)],
+        ),
+        (vs("10.96.0.30:443"), vec![rs("10.244.3.5:6443", 1)]),
+        (vs("[fd00:96::10]:80"), vec![rs("[fd00:244::11]:8080", 1)]),
+    ];
+    for i in 0..20u8 {
+        s.push((
+            vs(&format!("10.96.1.{}:80", i + 1)),
+            vec![
+                rs(&format!("10.244.4.{}:8080", 2 * i + 1), 1),
+                rs(&format!("10.244.4.{}:8080", 2 * i + 2), 1),
+            ],
+        ));
+    }
+    s
+}
+
+struct Check {
+    failed: bool,
+}
+
+impl Check {
+    fn that(&mut self, ok: bool, what: &str, detail: impl std::fmt::Display) {
+        println!("CHECK {} {what}: {detail}", if ok { "ok" } else { "FAIL" });
+        self.failed |= !ok;
+    }
+}
+
+fn record(
+    live: &mut Live,
+    state: &str,
+    programmed: &[(VirtualServer, Vec<RealServer>)],
+    check: &mut Check,
+) -> anyhow::Result<Duration> {
+    live.take_recorded();
+    let started = std::time::Instant::now();
+    let read = ipvs::read(live).context("failed to read IPVS")?;
+    let took = started.elapsed();
+    let expected = ipvs::routes(programmed).describe();
+    check.that(
+        read.routes.describe() == expected,
+        &format!("{state}: ipvs::read returns the programmed routes"),
+        format!(
+            "{} routes read, {} programmed, {} virtual servers, read in {took:?}",
+            read.routes.len(),
+            expected.len(),
+            read.servers
+        ),
+    );
+    let dumps = live.take_recorded();
+    let replayed = ipvs::read(&mut ipvs::Replay::new(&dumps)).context("failed to replay")?;
+    check.that(
+        replayed == read,
+        &format!("{state}: the recorded datagrams replay to the same read"),
+        format!("{} dumps", dumps.len()),
+    );
+    let fixture = Fixture {
+        state,
+        kernel: run("uname", &["-r"])?.trim().to_owned(),
+        recorded_at: Timestamp::now().to_string(),
+        programmed: expected,
+        dumps,
+    };
+    println!("FIXTURE {state} {}", serde_json::to_string(&fixture)?);
+    Ok(took)
+}
+
+/// Observations arriving within `ticks` IPVS intervals after the first one (or none at all).
+fn collect(rx: &std_mpsc::Receiver<Observation>, ticks: u32) -> Vec<Observation> {
+    let mut out = Vec::new();
+    while let Ok(o) = rx.recv_timeout(ipvs::POLL * ticks) {
+        out.push(o);
+    }
+    out
+}
+
+fn describe(obs: &[Observation]) -> String {
+    let lines: Vec<String> = obs
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {} -> {}:{} ±{:?}",
+                o.kind.as_str(),
+                o.service.as_deref().unwrap_or("-"),
+                o.ip.map_or("-".into(), |i| i.to_string()),
+                o.port.unwrap_or(0),
+                o.uncertainty_ns.map(Duration::from_nanos)
+            )
+        })
+        .collect();
+    format!("[{}]", lines.join(", "))
+}
+
+/// The change of `backend` happened between `before` and `after`: there must be one
+/// observation per service of `services` and each must carry a window containing [before,
+/// after]. The window runs from the start of the read that did not see the change to the end of
+/// the one that did: one interval plus a read, so its half-width is checked against
+/// `ipvs::POLL` + `read` (a read's duration, measured on this kernel: long under emulation).
+struct Change<'a> {
+    what: &'a str,
+    kind: Kind,
+    backend: SocketAddr,
+    services: &'a [SocketAddr],
+    between: (Timestamp, Timestamp),
+    read: Duration,
+}
+
+fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
+    let Change {
+        what,
+        kind,
+        backend,
+        services,
+        between: (before, after),
+        read,
+    } = *c;
+    let mut got: Vec<String> = obs
+        .iter()
+        .filter(|o| o.kind == kind && o.ip == Some(backend.ip()) && o.port == Some(backend.port()))
+        .filter_map(|o| o.service.clone())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = services.iter().map(ToString::to_string).collect();
+    want.sort();
+    check.that(
+        got == want && obs.len() == want.len(),
+        &format!(
+            "{what}: exactly one {} per virtual server of {backend}",
+            kind.as_str()
+        ),
+        describe(obs),
+    );
+    for o in obs {
+        let unc = jiff::SignedDuration::from_nanos(
+            i64::try_from(o.uncertainty_ns.unwrap_or(0)).unwrap_or(i64::MAX),
+        );
+        let (from, to) = (o.time - unc, o.time + unc);
+        check.that(
+            from <= before && after <= to,
+            &format!("{what}: the window holds the change"),
+            format!("change in [{before}, {after}], reported [{from}, {to}]"),
+        );
+        check.that(
+            o.uncertainty_ns
+                .is_some_and(|u| Duration::from_nanos(u) <= ipvs::POLL + read),
+            &format!(
+                "{what}: uncertainty within the {:?} interval + one read ({read:?})",
+                ipvs::POLL
+            ),
+            format!("{:?}", o.uncertainty_ns.map(Duration::from_nanos)),
+        );
+        check.that(
+            o.extra.get("mode").and_then(|m| m.as_str()) == Some("ipvs"),
+            &format!("{what}: reported as mode ipvs"),
+            format!("{:?}", o.extra.get("mode")),
+        );
+    }
+}
+
+fn guest() -> anyhow::Result<bool> {
+    let mut check = Check { failed: false };
+    run("ip", &["link", "set", "lo", "up"])?;
+    run("ip", &["link", "add", "kube-ipvs0", "type", "dummy"])?;
+    run("ip", &["link", "add", "node0", "type", "dummy"])?;
+    run("ip", &["link", "set", "node0", "up"])?;
+    run(
+        "ip",
+        &["addr", "add", &format!("{NODE_IP}/24"), "dev", "node0"],
+    )?;
+    let mut state = scenario();
+    for (v, _) in &state {
+        let ip = v.service.0.ip();
+        if ip.to_string() != NODE_IP {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            run(
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{ip}/{prefix}"),
+                    "dev",
+                    "kube-ipvs0",
+                ],
+            )?;
+        }
+    }
+    let mut live = Live::open()
+        .context("failed to open the IPVS generic-netlink family")?
+        .context("this kernel has no IPVS (is ip_vs loaded?)")?;
+    for (v, reals) in &state {
+        live.execute(&Command::NewService(*v, "rr"))
+            .with_context(|| format!("IPVS_CMD_NEW_SERVICE {}", v.service))?;
+        for r in reals {
+            live.execute(&Command::NewDest(*v, *r))
+                .with_context(|| format!("IPVS_CMD_NEW_DEST {} -> {}", v.service, r.backend))?;
+        }
+    }
+    live.record();
+    let mut read = record(&mut live, "initial", &state, &mut check)?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Observation>(1024);
+    let w = watcher::spawn(NodeName("ipvs-vm".into()), Sink::new(&tx), None)?;
+    let (obs_tx, obs) = std_mpsc::channel();
+    thread::spawn(move || {
+        while let Some(o) = rx.blocking_recv() {
+            if obs_tx.send(o).is_err() {
+                return;
+            }
+        }
+    });
+    let first = obs.recv_timeout(Duration::from_secs(10))?;
+    let total = ipvs::routes(&state).len();
+    check.that(
+        first.kind == Kind::DataplaneMode
+            && first.extra.get("mode").and_then(|m| m.as_str()) == Some("ipvs")
+            && first
+                .extra
+                .get("routes")
+                .and_then(serde_json::Value::as_u64)
+                == u64::try_from(total).ok(),
+        "the watcher detects IPVS mode with every programmed route",
+        format!(
+            "modes {:?}, mode {:?}, routes {:?} (programmed {total})",
+            w.modes,
+            first.extra.get("mode"),
+            first.extra.get("routes")
+        ),
+    );
+    let quiet = collect(&obs, QUIET_TICKS);
+    check.that(
+        quiet.is_empty(),
+        "unchanged IPVS after start: no event",
+        describe(&quiet),
+    );
+
+    // A terminating endpoint of `web`: kube-proxy sets its weight to 0 on every virtual server
+    // of the Service, then deletes the real server.
+    let gone: SocketAddr = "10.244.1.12:8080".parse()?;
+    let web: Vec<SocketAddr> = state
+        .iter()
+        .filter(|(_, r)| r.iter().any(|r| r.backend.0 == gone))
+        .map(|(v, _)| v.service.0)
+        .collect();
+    let set_weight = |state: &mut Vec<(VirtualServer, Vec<RealServer>)>, live: &mut Live, w| {
+        for (v, reals) in state.iter_mut() {
+            for r in reals.iter_mut().filter(|r| r.backend.0 == gone) {
+                r.weight = w;
+                live.execute(&Command::SetDest(*v, *r))?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let before = Timestamp::now();
+    set_weight(&mut state, &mut live, 0)?;
+    let after = Timestamp::now();
+    let drained = collect(&obs, QUIET_TICKS);
+    check_change(
+        &mut check,
+        &drained,
+        &Change {
+            what: "weight 0",
+            kind: Kind::DataplaneRemoved,
+            backend: gone,
+            services: &web,
+            between: (before, after),
+            read,
+        },
+    );
+    read = read.max(record(&mut live, "draining", &state, &mut check)?);
+
+    for (v, reals) in &mut state {
+        if let Some(i) = reals.iter().position(|r| r.backend.0 == gone) {
+            live.execute(&Command::DelDest(*v, reals[i].backend))?;
+            reals.remove(i);
+        }
+    }
+    let deleted = collect(&obs, QUIET_TICKS);
+    check.that(
+        deleted.is_empty(),
+        "deleting the drained real server: no event (it was no route already)",
+        describe(&deleted),
+    );
+    read = read.max(record(&mut live, "deleted", &state, &mut check)?);
+
+    let before = Timestamp::now();
+    for (v, reals) in &mut state {
+        if web.contains(&v.service.0) {
+            let r = rs(&gone.to_string(), 1);
+            live.execute(&Command::NewDest(*v, r))?;
+            reals.push(r);
+        }
+    }
+    let after = Timestamp::now();
+    let added = collect(&obs, QUIET_TICKS);
+    check_change(
+        &mut check,
+        &added,
+        &Change {
+            what: "re-added",
+            kind: Kind::DataplaneAdded,
+            backend: gone,
+            services: &web,
+            between: (before, after),
+            read,
+        },
+    );
+    record(&mut live, "readded", &state, &mut check)?;
+
+    let quiet = collect(&obs, 2 * QUIET_TICKS);
+    check.that(
+        quiet.is_empty(),
+        "unchanged IPVS: no event",
+        describe(&quiet),
+    );
+    let watched = w.watched.read().map_or(0, |w| w.len());
+    let reals: HashSet<Backend> = state
+        .iter()
+        .flat_map(|(_, r)| r)
+        .map(|r| r.backend)
+        .collect();
+    check.that(
+        watched == reals.len(),
+        "the watched backends are the real servers",
+        format!("{watched} watched"),
+    );
+    drop(tx);
+    Ok(!check.failed)
+}
+
+fn main() -> ExitCode {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!(
+            "ipvs_guest: must run as root inside the VM of `cargo xtask ipvs-vm` (it programs IPVS); run that command instead"
+        );
+        return ExitCode::from(2);
+    }
+    match guest() {
+        Ok(true) => {
+            println!("IPVS-GUEST PASS");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("IPVS-GUEST FAIL");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("IPVS-GUEST FAIL: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
