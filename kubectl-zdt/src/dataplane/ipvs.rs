@@ -6,10 +6,12 @@
 //! IPVS again every [`POLL`] (only when the kernel has IPVS at all) and stamps what changed with
 //! the interval between the previous read and this one: time resolution = the interval.
 //!
-//! UNVERIFIED LIVE: IPVS is not compiled into the kernel this project is built and tested on
-//! (CONFIG_IP_VS unset: no /proc/net/ip_vs, no modules, and the generic-netlink controller
-//! answers ENOENT for the family "IPVS"), so this code is tested on constructed messages only,
-//! through the same decoding the live reader uses (`decode_datagram`). kube-proxy drains a
+//! Verified on a real kernel: `cargo xtask ipvs-vm` boots Debian's 6.1 kernel (IPVS as modules)
+//! in a QEMU guest, programs kube-proxy-shaped virtual and real servers there ([`Command`]) and
+//! checks [`Live`]/[`read`] and the whole dataplane watcher against it (docs/dataplane.md, IPVS).
+//! The dumps it recorded ([`Dump`]) are replayed in CI ([`Replay`], tests/ipvs_recorded.rs)
+//! through the same `decode_datagram` the live reader uses. The kernel this project is built on
+//! has no IPVS (CONFIG_IP_VS unset, no modules). kube-proxy drains a
 //! terminating endpoint by setting its real server's weight to 0 before deleting it: a weight-0
 //! real server receives no new connections, so it is not a route.
 
