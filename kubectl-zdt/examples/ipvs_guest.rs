@@ -1,5 +1,5 @@
 //! The IPVS check on a real kernel: runs as root inside the throwaway VM of `cargo xtask ipvs-vm`
-//! (a kernel with IPVS; its modules already loaded), never on a developer's machine.
+//! (a kernel with IPVS; its modules already loaded), in a network namespace of its own.
 //!
 //! It programs IPVS the way kube-proxy's IPVS mode does (a dummy `kube-ipvs0` holding the
 //! ClusterIPs, one virtual server per ClusterIP:port and per NodeIP:nodePort, scheduler `rr`,
@@ -242,6 +242,11 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
 }
 
 fn guest() -> anyhow::Result<bool> {
+    // A network namespace of its own (IPVS is per namespace): the links, addresses and virtual
+    // servers it makes vanish with it, wherever it runs. Threads started later (the watcher's)
+    // inherit it.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("failed to create a network namespace (needs root)")?;
     let mut check = Check { failed: false };
     run("ip", &["link", "set", "lo", "up"])?;
     run("ip", &["link", "add", "kube-ipvs0", "type", "dummy"])?;

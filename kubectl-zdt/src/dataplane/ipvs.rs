@@ -884,6 +884,90 @@ mod tests {
         );
     }
 
+    /// The attributes after nlmsghdr + genlmsghdr of an encoded command, and its command byte.
+    fn command_parts(bytes: &[u8]) -> (u8, u16, &[u8]) {
+        let len = u32::from_ne_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len());
+        let flags = u16::from_ne_bytes(bytes[6..8].try_into().unwrap());
+        (bytes[16], flags, &bytes[20..])
+    }
+
+    #[test]
+    fn kube_proxys_changes_are_encoded_with_what_the_kernel_requires() {
+        let backend = RealServer {
+            backend: Backend("10.244.0.36:8080".parse().unwrap()),
+            weight: 0,
+        };
+        let set = encode_command(&Command::SetDest(web(), backend), 0x1c, 7);
+        let (cmd, flags, attrs) = command_parts(&set);
+        assert_eq!((cmd, flags), (IPVS_CMD_SET_DEST, NLM_F_REQUEST | NLM_F_ACK));
+        assert_eq!(parse_service(attrs), Ok(Some(web())));
+        let dest = parse_dest(attrs).unwrap();
+        assert_eq!(dest.resolve(AF_INET), Ok(backend));
+        let d = nested(attrs, IPVS_CMD_ATTR_DEST).unwrap();
+        for required in [
+            IPVS_DEST_ATTR_FWD_METHOD,
+            IPVS_DEST_ATTR_U_THRESH,
+            IPVS_DEST_ATTR_L_THRESH,
+        ] {
+            assert!(nested(d, required).is_some(), "attribute {required}");
+        }
+        assert_eq!(
+            nested(d, IPVS_DEST_ATTR_FWD_METHOD).and_then(u32_ne),
+            Some(IP_VS_CONN_F_MASQ)
+        );
+
+        let del = encode_command(&Command::DelDest(web(), backend.backend), 0x1c, 8);
+        let (cmd, _, attrs) = command_parts(&del);
+        assert_eq!(cmd, IPVS_CMD_DEL_DEST);
+        let d = nested(attrs, IPVS_CMD_ATTR_DEST).unwrap();
+        assert!(nested(d, IPVS_DEST_ATTR_WEIGHT).is_none());
+
+        let new = encode_command(&Command::NewService(web(), "rr"), 0x1c, 9);
+        let (cmd, _, attrs) = command_parts(&new);
+        assert_eq!(cmd, IPVS_CMD_NEW_SERVICE);
+        assert_eq!(parse_service(attrs), Ok(Some(web())));
+        let svc = nested(attrs, IPVS_CMD_ATTR_SERVICE).unwrap();
+        assert_eq!(nested(svc, IPVS_SVC_ATTR_SCHED_NAME), Some(&b"rr\0"[..]));
+        assert_eq!(
+            nested(svc, IPVS_SVC_ATTR_NETMASK).and_then(u32_ne),
+            Some(u32::MAX)
+        );
+        assert_eq!(nested(svc, IPVS_SVC_ATTR_FLAGS).map(<[u8]>::len), Some(8));
+        assert!(nested(svc, IPVS_SVC_ATTR_TIMEOUT).is_some());
+    }
+
+    #[test]
+    fn a_recorded_dump_serializes_as_hex_and_replays() {
+        let mut services = service_reply(&web());
+        services.extend(done());
+        let mut dests = dest_reply([10, 244, 0, 38], 1, Some(AF_INET));
+        dests.extend(done());
+        let dumps = vec![
+            Dump {
+                request: encode_request(&IpvsMessage::GetServices, 0x1c, 1),
+                replies: vec![services],
+            },
+            Dump {
+                request: encode_request(&IpvsMessage::GetDests(web()), 0x1c, 2),
+                replies: vec![dests],
+            },
+        ];
+        let json = serde_json::to_string(&dumps).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let hex = value[0]["request"].as_str().unwrap();
+        assert_eq!(hex.len(), 2 * dumps[0].request.len());
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
+        let back: Vec<Dump> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, dumps);
+        assert_eq!(
+            read(&mut Replay::new(&back)).unwrap().routes.describe(),
+            ["10.96.114.246:80 tcp -> 10.244.0.38:8080 (-)"]
+        );
+        // A request nothing was recorded for is an error, not an empty answer.
+        assert!(read(&mut Replay::new(&back[..1])).is_err());
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
