@@ -105,3 +105,16 @@ fn refused_connections_of_the_watched_ipv6_pod_are_reported_exactly() {
     );
     assert_exact(&obs, c, p, o);
 }
+
+/// The agent's first line says it is running: SIGINT right after it (a user's ^C, a test's stop,
+/// the kubelet's SIGTERM) stops it through its drain with a clean exit, never by the signal's
+/// default action — the handlers are in place before that line. Five times, each at once.
+#[test]
+fn an_agent_stopped_right_after_its_first_line_exits_cleanly() {
+    require_root();
+    for _ in 0..5 {
+        let agent = AgentProcess::start(&["--watch-cidr", "198.18.11.0/24"]);
+        let seen = agent.stop();
+        assert_eq!(seen[0].kind, Kind::AgentStart);
+    }
+}

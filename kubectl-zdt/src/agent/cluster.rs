@@ -21,16 +21,26 @@ use super::{
 };
 use crate::observation::Observation;
 
-/// Resolves on SIGINT or SIGTERM (the kubelet stopping the pod).
-pub async fn termination() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+/// Installs SIGINT and SIGTERM handlers now and returns what resolves on either (the kubelet
+/// stopping the pod, ^C). Installed when called, not when first awaited: a signal between the
+/// two would otherwise take the default action and kill the process without its drain.
+pub fn termination() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! {
+                    _ = i.recv() => {},
+                    _ = t.recv() => {},
+                }
+            }
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
+        }
     }
 }
 
@@ -89,6 +99,7 @@ pub async fn run(
 
     let pods = Arc::new(Mutex::new(PodIndex::new(TOMBSTONE_TTL)));
     let (tx, mut rx) = mpsc::channel::<Observation>(4096);
+    let (kernel_stop, api_stop) = (termination(), termination());
     agent.announce(&tx).await;
     // The node's kube-proxy dataplane (hostNetwork: this is the node's namespace): when each
     // backend stops being routed, and which pod a client's error toward a Service reached.
@@ -114,7 +125,7 @@ pub async fn run(
         resolver: PodNetns::new("/proc"),
         gone,
     };
-    let kernel = tokio::spawn(agent.run(tx.clone(), termination()));
+    let kernel = tokio::spawn(agent.run(tx.clone(), kernel_stop));
     let watch = ApiWatch {
         client,
         node: config.node.clone(),
@@ -122,7 +133,7 @@ pub async fn run(
         gauges: gauges.clone(),
         netns: Some(netns),
     };
-    let api = tokio::spawn(watch.run(filter, tx, termination()));
+    let api = tokio::spawn(watch.run(filter, tx, api_stop));
     while let Some(mut o) = rx.recv().await {
         pods.lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -278,6 +278,8 @@ async fn run_standalone(
     };
     let mut agent = Agent::start(&config)?;
     let (tx, mut rx) = mpsc::channel::<Observation>(4096);
+    // Before the first line: whoever reads it may stop the agent at once.
+    let shutdown = cluster::termination();
     agent.announce(&tx).await;
     if config.dataplane {
         let watcher = crate::dataplane::watcher::start(
@@ -288,14 +290,6 @@ async fn run_standalone(
         .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
         agent.use_dataplane(&watcher);
     }
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler cannot fail in a fresh runtime");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
-    };
     let disk = open_journal(&config)?;
     let ticker = disk.clone().map(|d| tokio::spawn(tick_journal(d)));
     let producer = tokio::spawn(agent.run(tx, shutdown));
