@@ -383,7 +383,7 @@ fn live_legacy(c: &mut Criterion) {
             let w = watcher::spawn(
                 NodeName("bench".into()),
                 sink,
-                Some(&mut |inum| agent.arm_table_replace(inum)),
+                Some(&mut |arm| agent.arm_dataplane(arm)),
             )
             .unwrap();
             agent.use_dataplane(&w);

@@ -217,7 +217,7 @@ async fn race(
     let dataplane_watcher = crate::dataplane::watcher::start(
         &node_name,
         &tx,
-        Some(&mut |inum| agent.arm_table_replace(inum)),
+        Some(&mut |arm| agent.arm_dataplane(arm)),
     )
     .context("failed to start the dataplane watcher")?;
     agent.use_dataplane(&dataplane_watcher);

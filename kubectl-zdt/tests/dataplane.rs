@@ -220,7 +220,7 @@ impl Watch {
                         let w = watcher::spawn(
                             node.clone(),
                             sink.clone(),
-                            Some(&mut |inum| a.arm_table_replace(inum)),
+                            Some(&mut |arm| a.arm_dataplane(arm)),
                         )?;
                         a.use_dataplane(&w);
                         w

@@ -38,6 +38,61 @@ pub mod kind {
     /// (`optlen`); `reason`, `family`, `comm`, `tgid` and `netns` as for `TABLE_REPLACE`. The
     /// buffer is the writer's until the syscall returns: the agent may read it meanwhile.
     pub const TABLE_REPLACE_BEGIN: u16 = 10;
+    /// `syscalls:sys_exit_sendto` / `sys_exit_sendmsg` of a generic-netlink datagram whose first
+    /// message is an IPVS change ([`crate::genl::is_ipvs_change`]) of the family id in
+    /// [`crate::maps::IPVS_FAMILY`], sent from a namespace of [`crate::maps::DATAPLANE_NETNS`],
+    /// the syscall having returned ≥ 0. The kernel applies a generic-netlink request inside the
+    /// send (netlink_unicast → genl_rcv → ip_vs_genl_set_cmd), so by the exit the change is in
+    /// effect, or it failed and the error is in the ack the writer reads next: a trigger to read
+    /// IPVS, not proof of a change. `ts_ns` is the exit, `sk` the entry, `reason` the IPVS
+    /// command, `tgid` the writer and `netns` its namespace.
+    pub const IPVS_CHANGE: u16 = 11;
+}
+
+/// The generic-netlink framing the IPVS trigger reads from a writer's buffer
+/// (include/uapi/linux/netlink.h, genetlink.h, ip_vs.h).
+pub mod genl {
+    /// `struct nlmsghdr`: len u32, type u16 (the generic-netlink family id), flags u16, seq u32,
+    /// pid u32; then `struct genlmsghdr`: cmd u8, version u8, reserved u16.
+    pub const NLMSG_HDRLEN: usize = 16;
+    pub const HEADERS_LEN: usize = NLMSG_HDRLEN + 4;
+    /// Offsets in the first [`HEADERS_LEN`] bytes.
+    pub const TYPE: usize = 4;
+    pub const CMD: usize = NLMSG_HDRLEN;
+
+    pub const IPVS_CMD_NEW_SERVICE: u8 = 1;
+    pub const IPVS_CMD_SET_SERVICE: u8 = 2;
+    pub const IPVS_CMD_DEL_SERVICE: u8 = 3;
+    pub const IPVS_CMD_NEW_DEST: u8 = 5;
+    pub const IPVS_CMD_SET_DEST: u8 = 6;
+    pub const IPVS_CMD_DEL_DEST: u8 = 7;
+    /// Deletes every virtual server (kube-proxy's cleanup, `ipvsadm -C`).
+    pub const IPVS_CMD_FLUSH: u8 = 17;
+
+    /// Whether an IPVS command changes virtual or real servers (the GET commands, daemon,
+    /// timeout and zeroing commands do not change routes).
+    #[inline(always)]
+    pub const fn is_ipvs_change(cmd: u8) -> bool {
+        matches!(
+            cmd,
+            IPVS_CMD_NEW_SERVICE
+                | IPVS_CMD_SET_SERVICE
+                | IPVS_CMD_DEL_SERVICE
+                | IPVS_CMD_NEW_DEST
+                | IPVS_CMD_SET_DEST
+                | IPVS_CMD_DEL_DEST
+                | IPVS_CMD_FLUSH
+        )
+    }
+
+    /// The IPVS command a datagram's first bytes carry, if its first message is of generic-netlink
+    /// family `family` (never 0: no family has that id) and changes IPVS.
+    #[inline(always)]
+    pub fn ipvs_change(headers: &[u8; HEADERS_LEN], family: u16) -> Option<u8> {
+        let kind = u16::from_ne_bytes([headers[TYPE], headers[TYPE + 1]]);
+        let cmd = headers[CMD];
+        (family != 0 && kind == family && is_ipvs_change(cmd)).then_some(cmd)
+    }
 }
 
 /// `setsockopt` levels and the option that replaces an x_tables table
@@ -226,6 +281,27 @@ pub struct KernelOffsets {
 
 const _: () = assert!(size_of::<KernelOffsets>() == 32);
 
+/// An IPVS change in flight: what `sys_enter_sendto`/`sendmsg` saw, kept per thread until the
+/// syscall's exit says whether the send succeeded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingIpvs {
+    /// `bpf_ktime_get_ns()` at the syscall's entry.
+    pub enter_ns: u64,
+    pub netns: u32,
+    /// The IPVS command (`genl::IPVS_CMD_*`).
+    pub cmd: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+
+const _: () = {
+    assert!(offset_of!(PendingIpvs, enter_ns) == 0);
+    assert!(offset_of!(PendingIpvs, netns) == 8);
+    assert!(offset_of!(PendingIpvs, cmd) == 12);
+    assert!(size_of::<PendingIpvs>() == 16);
+};
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: these types are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with
@@ -234,4 +310,33 @@ mod user {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::PendingReplace {}
+    unsafe impl aya::Pod for super::PendingIpvs {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::genl::*;
+
+    /// The first 20 bytes of a generic-netlink request: nlmsghdr then genlmsghdr.
+    fn headers(family: u16, cmd: u8) -> [u8; HEADERS_LEN] {
+        let mut h = [0u8; HEADERS_LEN];
+        h[..4].copy_from_slice(&64u32.to_ne_bytes());
+        h[4..6].copy_from_slice(&family.to_ne_bytes());
+        h[6..8].copy_from_slice(&5u16.to_ne_bytes());
+        h[16] = cmd;
+        h[17] = 1;
+        h
+    }
+
+    #[test]
+    fn only_route_changing_commands_of_the_armed_family_are_ipvs_changes() {
+        let changes = [1, 2, 3, 5, 6, 7, 17];
+        for cmd in 0..=u8::MAX {
+            let got = ipvs_change(&headers(0x1a, cmd), 0x1a);
+            assert_eq!(got, changes.contains(&cmd).then_some(cmd), "command {cmd}");
+            // Another family with the same command, or the trigger disarmed (family 0).
+            assert_eq!(ipvs_change(&headers(0x1b, cmd), 0x1a), None);
+            assert_eq!(ipvs_change(&headers(0, cmd), 0), None);
+        }
+    }
 }

@@ -41,8 +41,9 @@ pub const GLOBAL_FILTER_ENABLED: &str = "ZDT_FILTER_ENABLED";
 /// Global set by the loader: wake the reader once every this many events (batched wake-ups).
 pub const GLOBAL_WAKEUP_EVERY: &str = "ZDT_WAKEUP_EVERY";
 
-/// Network namespaces (inode numbers) whose x_tables replaces are reported
-/// ([`crate::kind::TABLE_REPLACE`]): where the dataplane watcher reads kube-proxy's rules.
+/// Network namespaces (inode numbers) whose x_tables replaces and IPVS changes are reported
+/// ([`crate::kind::TABLE_REPLACE`], [`crate::kind::IPVS_CHANGE`]): where the dataplane watcher
+/// reads kube-proxy's rules.
 pub const DATAPLANE_NETNS: &str = "ZDT_DATAPLANE_NETNS";
 pub const DATAPLANE_NETNS_MAX: u32 = 64;
 
@@ -50,3 +51,13 @@ pub const DATAPLANE_NETNS_MAX: u32 = 64;
 /// inside the syscall never reaches its exit, and its entry must not pin a slot forever.
 pub const TABLE_WRITERS: &str = "ZDT_TABLE_WRITERS";
 pub const TABLE_WRITERS_MAX: u32 = 1024;
+
+/// One-slot array: the generic-netlink family id of IPVS (resolved by the agent with
+/// CTRL_CMD_GETFAMILY where the kernel has IPVS); 0 = the IPVS trigger is disarmed, and every
+/// `sendto`/`sendmsg` of the node costs one array lookup.
+pub const IPVS_FAMILY: &str = "ZDT_IPVS_FAMILY";
+
+/// IPVS changes in flight, per thread ([`crate::PendingIpvs`]); LRU for the same reason as
+/// [`TABLE_WRITERS`].
+pub const IPVS_WRITERS: &str = "ZDT_IPVS_WRITERS";
+pub const IPVS_WRITERS_MAX: u32 = 1024;

@@ -167,6 +167,56 @@ pub mod sys_exit_setsockopt {
     };
 }
 
+/// `syscalls:sys_enter_sendto`: the IPVS trigger reads the datagram's first bytes.
+pub mod sys_enter_sendto {
+    pub const BUFF: usize = 24;
+    pub const LEN: usize = 32;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "syscalls",
+        name: "sys_enter_sendto",
+        fields: &[("buff", BUFF, 8), ("len", LEN, 8)],
+    };
+}
+
+/// `syscalls:sys_exit_sendto`.
+pub mod sys_exit_sendto {
+    pub const RET: usize = 16;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "syscalls",
+        name: "sys_exit_sendto",
+        fields: &[("ret", RET, 8)],
+    };
+}
+
+/// `syscalls:sys_enter_sendmsg`: `msg` is a `struct user_msghdr *` in the caller's memory.
+pub mod sys_enter_sendmsg {
+    pub const MSG: usize = 24;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "syscalls",
+        name: "sys_enter_sendmsg",
+        fields: &[("msg", MSG, 8)],
+    };
+}
+
+/// `syscalls:sys_exit_sendmsg`.
+pub mod sys_exit_sendmsg {
+    pub const RET: usize = 16;
+    pub const LAYOUT: super::Layout = super::Layout {
+        category: "syscalls",
+        name: "sys_exit_sendmsg",
+        fields: &[("ret", RET, 8)],
+    };
+}
+
+/// `struct user_msghdr` (64-bit): `msg_iov` at 16, `msg_iovlen` at 24; `struct iovec`:
+/// `iov_base` at 0, `iov_len` at 8. Userspace ABI, the same on every 64-bit kernel.
+pub mod user_msghdr {
+    pub const IOV: usize = 16;
+    pub const IOVLEN: usize = 24;
+    pub const IOV_BASE: usize = 0;
+    pub const IOV_LEN: usize = 8;
+}
+
 /// Offsets inside the 28-byte sockaddr copies of `tcp_send_reset`.
 pub mod sockaddr {
     pub const FAMILY: usize = 0;
@@ -175,11 +225,17 @@ pub mod sockaddr {
     pub const V6: usize = 8;
 }
 
-/// Tracepoints only the iptables-legacy trigger needs (syscall tracepoints exist only with
-/// CONFIG_FTRACE_SYSCALLS): checked when present; without them the agent runs and says that
-/// iptables-legacy changes are not watched.
-pub const OPTIONAL_LAYOUTS: &[Layout] =
-    &[sys_enter_setsockopt::LAYOUT, sys_exit_setsockopt::LAYOUT];
+/// Tracepoints only the iptables-legacy and IPVS triggers need (syscall tracepoints exist only
+/// with CONFIG_FTRACE_SYSCALLS): checked when present; without them the agent runs and says that
+/// iptables-legacy changes are not watched and IPVS is polled.
+pub const OPTIONAL_LAYOUTS: &[Layout] = &[
+    sys_enter_setsockopt::LAYOUT,
+    sys_exit_setsockopt::LAYOUT,
+    sys_enter_sendto::LAYOUT,
+    sys_exit_sendto::LAYOUT,
+    sys_enter_sendmsg::LAYOUT,
+    sys_exit_sendmsg::LAYOUT,
+];
 
 /// Every tracepoint layout the programs depend on, checked at load time.
 pub const LAYOUTS: &[Layout] = &[

@@ -5,6 +5,15 @@
 //! also reports where the writer's new table is, for the agent to read it while the kernel
 //! installs it (`kind::TABLE_REPLACE_BEGIN`). Only
 //! namespaces the dataplane watcher reads (`ZDT_DATAPLANE_NETNS`) are reported.
+//!
+//! The IPVS trigger: IPVS announces nothing either, but kube-proxy (moby/ipvs over
+//! vishvananda/netlink: one request per `sendto`) and ipvsadm/keepalived (libnl: `sendmsg`)
+//! change it with one generic-netlink request per datagram, which the kernel applies inside the
+//! send. The entry reads the datagram's first 20 bytes (`nlmsghdr` + `genlmsghdr`) and keeps
+//! the call if the message is of the IPVS family (its id set by the agent in
+//! `ZDT_IPVS_FAMILY`) with a command that changes virtual or real servers; the exit reports it
+//! (`kind::IPVS_CHANGE`) if the send returned ≥ 0. The socket's protocol is not checked: a
+//! non-netlink send whose first bytes look the same costs the agent one needless IPVS read.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -12,12 +21,15 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user,
     },
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use zdt_common::{
-    Event, PendingReplace, kind, maps,
-    tracepoint::{sys_enter_setsockopt as enter_tp, sys_exit_setsockopt as exit_tp},
+    Event, PendingIpvs, PendingReplace, genl, kind, maps,
+    tracepoint::{
+        sys_enter_sendmsg, sys_enter_sendto, sys_enter_setsockopt as enter_tp,
+        sys_exit_setsockopt as exit_tp, user_msghdr,
+    },
     xt,
 };
 
@@ -32,6 +44,13 @@ static DATAPLANE_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(maps::DATAP
 #[map(name = "ZDT_TABLE_WRITERS")]
 static WRITERS: LruHashMap<u64, PendingReplace> =
     LruHashMap::with_max_entries(maps::TABLE_WRITERS_MAX, 0);
+
+#[map(name = "ZDT_IPVS_FAMILY")]
+static IPVS_FAMILY: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "ZDT_IPVS_WRITERS")]
+static IPVS_WRITERS: LruHashMap<u64, PendingIpvs> =
+    LruHashMap::with_max_entries(maps::IPVS_WRITERS_MAX, 0);
 
 /// `syscalls:sys_enter_setsockopt`: every setsockopt of the node passes here, so the level and
 /// option are compared first; only a table replace costs a namespace lookup.
@@ -96,6 +115,101 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
     event.sk = pending.enter_ns;
     fill(&mut event, &pending, ctx.tgid());
     // Rare and awaited: wake the reader now rather than at the next batch.
+    emit_now(&event);
+    Ok(())
+}
+
+/// The IPVS family id the agent armed the trigger with; 0 while disarmed (no IPVS on this
+/// kernel, or no watcher yet).
+#[inline(always)]
+fn ipvs_family() -> u16 {
+    IPVS_FAMILY.get(0).map_or(0, |f| *f as u16)
+}
+
+/// `syscalls:sys_enter_sendto`: every send of the node passes here; while the trigger is
+/// disarmed it costs one array lookup, armed one 20-byte read of the caller's buffer.
+pub fn on_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
+    let family = ipvs_family();
+    if family == 0 {
+        return Ok(());
+    }
+    let len: u64 = unsafe { ctx.read_at(sys_enter_sendto::LEN)? };
+    if len < genl::HEADERS_LEN as u64 {
+        return Ok(());
+    }
+    let buff: u64 = unsafe { ctx.read_at(sys_enter_sendto::BUFF)? };
+    remember_ipvs(buff, family)
+}
+
+/// `syscalls:sys_enter_sendmsg`: the datagram starts in the first `iovec` of the caller's
+/// `struct user_msghdr` (libnl puts the whole message there).
+pub fn on_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
+    let family = ipvs_family();
+    if family == 0 {
+        return Ok(());
+    }
+    let msg: u64 = unsafe { ctx.read_at(sys_enter_sendmsg::MSG)? };
+    let iovlen: u64 =
+        unsafe { bpf_probe_read_user((msg + user_msghdr::IOVLEN as u64) as *const u64)? };
+    if iovlen == 0 {
+        return Ok(());
+    }
+    let iov: u64 = unsafe { bpf_probe_read_user((msg + user_msghdr::IOV as u64) as *const u64)? };
+    let len: u64 =
+        unsafe { bpf_probe_read_user((iov + user_msghdr::IOV_LEN as u64) as *const u64)? };
+    if len < genl::HEADERS_LEN as u64 {
+        return Ok(());
+    }
+    let base: u64 =
+        unsafe { bpf_probe_read_user((iov + user_msghdr::IOV_BASE as u64) as *const u64)? };
+    remember_ipvs(base, family)
+}
+
+/// Keeps the send for its exit if `buf` starts with an IPVS change and the caller is in a
+/// watched namespace.
+#[inline(always)]
+fn remember_ipvs(buf: u64, family: u16) -> Result<(), i32> {
+    let headers: [u8; genl::HEADERS_LEN] =
+        unsafe { bpf_probe_read_user(buf as *const [u8; genl::HEADERS_LEN])? };
+    let Some(cmd) = genl::ipvs_change(&headers, family) else {
+        return Ok(());
+    };
+    let netns = kernel::netns_of_task(unsafe { bpf_get_current_task() });
+    if unsafe { DATAPLANE_NETNS.get(&netns) }.is_none() {
+        return Ok(());
+    }
+    let pending = PendingIpvs {
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        netns,
+        cmd,
+        _pad: [0; 3],
+    };
+    IPVS_WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
+    Ok(())
+}
+
+/// `syscalls:sys_exit_sendto` / `sys_exit_sendmsg` (`ret` at `ret_offset`): reports the IPVS
+/// change its entry recorded if the send returned ≥ 0 (the kernel has applied the request or
+/// queued its error in the ack).
+pub fn on_exit_send(ctx: &TracePointContext, ret_offset: usize) -> Result<(), i32> {
+    if ipvs_family() == 0 {
+        return Ok(());
+    }
+    let id = bpf_get_current_pid_tgid();
+    let Some(pending) = (unsafe { IPVS_WRITERS.get(&id) }).copied() else {
+        return Ok(());
+    };
+    let _ = IPVS_WRITERS.remove(&id);
+    let ret: i64 = unsafe { ctx.read_at(ret_offset)? };
+    if ret < 0 {
+        return Ok(());
+    }
+    let mut event = Event::new(kind::IPVS_CHANGE, unsafe { bpf_ktime_get_ns() });
+    event.sk = pending.enter_ns;
+    event.reason = u32::from(pending.cmd);
+    event.tgid = ctx.tgid();
+    event.netns = pending.netns;
+    // Rare and awaited: wake the reader now.
     emit_now(&event);
     Ok(())
 }

@@ -75,6 +75,34 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     }
 }
 
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    match dataplane::on_enter_sendto(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
+pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
+    match dataplane::on_exit_send(&ctx, zdt_common::tracepoint::sys_exit_sendto::RET) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    match dataplane::on_enter_sendmsg(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
+pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
+    match dataplane::on_exit_send(&ctx, zdt_common::tracepoint::sys_exit_sendmsg::RET) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     match process::on_signal(&ctx) {

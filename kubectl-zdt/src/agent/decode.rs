@@ -13,6 +13,7 @@ use super::clock::Clock;
 use crate::{
     dataplane::{
         Family,
+        ipvs::IpvsChange,
         legacy::{ReplaceBegin, TableReplace},
     },
     observation::{Kind, NodeName, Observation},
@@ -29,6 +30,8 @@ pub enum DecodeError {
     Kind(u16),
     #[error("unknown address family {0}")]
     Family(u16),
+    #[error("{0} is not an IPVS command that changes IPVS")]
+    IpvsCommand(u32),
 }
 
 /// Everything decoding needs besides the event.
@@ -129,6 +132,24 @@ impl Decoder {
             pid: ev.tgid,
             buffer: ev.sk,
             len: ev.state,
+        })
+    }
+
+    /// An IPVS change request (`kind::IPVS_CHANGE`): a trigger for the dataplane watcher.
+    pub fn ipvs_change(&self, ev: &Event) -> Result<IpvsChange, DecodeError> {
+        if ev.kind != kind::IPVS_CHANGE {
+            return Err(DecodeError::Kind(ev.kind));
+        }
+        let cmd = u8::try_from(ev.reason)
+            .ok()
+            .filter(|c| zdt_common::genl::is_ipvs_change(*c))
+            .ok_or(DecodeError::IpvsCommand(ev.reason))?;
+        Ok(IpvsChange {
+            time: self.clock.to_wall(ev.ts_ns),
+            entered: self.clock.to_wall(ev.sk),
+            cmd,
+            netns: ev.netns,
+            pid: ev.tgid,
         })
     }
 
@@ -316,6 +337,33 @@ mod tests {
         assert_eq!((t.time_ns, t.entered_ns), (660_197_146, 659_000_000));
         ev.family = 7;
         assert_eq!(d.table_replace(&ev), Err(DecodeError::Family(7)));
+    }
+
+    #[test]
+    fn an_ipvs_change_request_is_a_trigger_stamped_at_the_send_exit() {
+        let mut ev = Event::new(kind::IPVS_CHANGE, 660_197_146);
+        ev.sk = 660_100_000;
+        ev.reason = u32::from(zdt_common::genl::IPVS_CMD_SET_DEST);
+        ev.netns = 4026531840;
+        ev.tgid = 77;
+        let d = decoder();
+        let c = d.ipvs_change(&ev).unwrap();
+        assert_eq!(c.time.to_string(), "2026-11-22T01:16:45.660197146Z");
+        assert_eq!(c.entered.to_string(), "2026-11-22T01:16:45.6601Z");
+        assert_eq!((c.cmd, c.netns, c.pid), (6, 4026531840, 77));
+        // Not an observation kind: it never reaches the stream by mistake.
+        assert_eq!(d.decode(&ev), Err(DecodeError::Kind(kind::IPVS_CHANGE)));
+        // A dump request is no change: the kernel program never reports one, and a record
+        // saying so is refused rather than read as a change.
+        ev.reason = 4;
+        assert_eq!(d.ipvs_change(&ev), Err(DecodeError::IpvsCommand(4)));
+        ev.reason = 0x106;
+        assert_eq!(d.ipvs_change(&ev), Err(DecodeError::IpvsCommand(0x106)));
+        ev.kind = kind::TABLE_REPLACE;
+        assert_eq!(
+            d.ipvs_change(&ev),
+            Err(DecodeError::Kind(kind::TABLE_REPLACE))
+        );
     }
 
     #[test]

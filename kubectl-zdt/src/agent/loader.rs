@@ -8,7 +8,8 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+        Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
     },
     programs::{BtfTracePoint, TracePoint},
 };
@@ -16,6 +17,7 @@ use ipnet::IpNet;
 use zdt_common::{CounterKey, KernelOffsets, maps};
 
 use super::filter::WatchFilter;
+use crate::dataplane::watcher::{Arm, Armed};
 
 /// The eBPF object built by build.rs from the `zdt-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zdt"));
@@ -36,6 +38,15 @@ pub const TABLE_REPLACE_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_setsockopt", "syscalls", "sys_exit_setsockopt"),
 ];
 
+/// The IPVS trigger's programs (attached with the iptables-legacy ones; idle, one array lookup
+/// per send, until the agent arms them with the IPVS family id).
+pub const IPVS_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+];
+
 /// BTF tracepoints: (function name, kernel tracepoint). `signal_generate` needs the task
 /// pointer of the target, which only the BTF flavour passes.
 pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("signal_generate", "signal_generate")];
@@ -50,7 +61,8 @@ pub struct LoadSpec<'a> {
     pub offsets: KernelOffsets,
     /// Filter even with empty watch lists (nothing is reported until addresses are added).
     pub filter: bool,
-    /// Attach the iptables-legacy trigger (preflight found its tracepoints).
+    /// Attach the iptables-legacy and IPVS triggers (preflight found their syscall
+    /// tracepoints).
     pub table_replace: bool,
 }
 
@@ -62,19 +74,51 @@ pub struct Probes {
     pub maps: KernelMaps,
     /// The watch tries, for run-time updates (cluster mode).
     pub filter: WatchFilter,
-    /// Where x_tables replaces are reported from; `None` when the trigger is not attached.
+    /// Where x_tables replaces and IPVS changes are reported from; `None` when the triggers
+    /// are not attached.
     pub dataplane_netns: Option<DataplaneNetns>,
 }
 
-/// The network namespaces whose x_tables (iptables-legacy) replaces the kernel reports.
-pub struct DataplaneNetns(BpfHashMap<MapData, u32, u8>);
+/// The network namespaces whose x_tables (iptables-legacy) replaces and IPVS changes the kernel
+/// reports, and the IPVS family id the IPVS trigger looks for.
+pub struct DataplaneNetns {
+    netns: BpfHashMap<MapData, u32, u8>,
+    ipvs_family: Array<MapData, u32>,
+}
 
 impl DataplaneNetns {
-    /// Reports table replaces in the namespace with inode `inum` from now on.
-    pub fn watch(&mut self, inum: u32) -> anyhow::Result<()> {
-        self.0.insert(&inum, &1u8, 0).with_context(|| {
-            format!("failed to watch iptables-legacy changes in network namespace {inum}")
+    fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        Ok(Self {
+            netns: BpfHashMap::try_from(take(ebpf, maps::DATAPLANE_NETNS)?)?,
+            ipvs_family: Array::try_from(take(ebpf, maps::IPVS_FAMILY)?)?,
         })
+    }
+
+    /// Arms the triggers the watcher asks for: its namespace, and IPVS where the kernel has it.
+    pub fn arm(&mut self, arm: &Arm) -> anyhow::Result<Armed> {
+        self.watch(arm.netns)?;
+        if let Some(id) = arm.ipvs_family {
+            self.arm_ipvs(id)?;
+        }
+        Ok(Armed {
+            legacy: true,
+            ipvs: arm.ipvs_family.is_some(),
+        })
+    }
+
+    /// Reports table replaces and IPVS changes in the namespace with inode `inum` from now on.
+    pub fn watch(&mut self, inum: u32) -> anyhow::Result<()> {
+        self.netns.insert(&inum, &1u8, 0).with_context(|| {
+            format!("failed to watch dataplane changes in network namespace {inum}")
+        })
+    }
+
+    /// Arms the IPVS trigger: generic-netlink requests of family `id` (IPVS's, which the kernel
+    /// assigned when the module registered it) are looked at from now on.
+    pub fn arm_ipvs(&mut self, id: u16) -> anyhow::Result<()> {
+        self.ipvs_family
+            .set(0, &u32::from(id), 0)
+            .context("failed to arm the IPVS trigger")
     }
 }
 
@@ -103,13 +147,12 @@ impl Probes {
         }
         let filter_enabled: u32 =
             u32::from(spec.filter || !watch.is_empty() || !spec.watch_netns.is_empty());
-        let mut ebpf = EbpfLoader::new()
-            .override_global(maps::GLOBAL_FILTER_ENABLED, &filter_enabled, true)
-            .override_global(maps::GLOBAL_WAKEUP_EVERY, &spec.wakeup_every, true)
-            .override_global(maps::GLOBAL_OFFSETS, &spec.offsets, true)
-            .map_max_entries(maps::EVENTS, spec.ringbuf_bytes)
-            .load(OBJECT)
-            .context("failed to load the eBPF programs into the kernel")?;
+        let mut ebpf = object(
+            filter_enabled,
+            spec.wakeup_every,
+            &spec.offsets,
+            spec.ringbuf_bytes,
+        )?;
 
         fill_watch(&mut ebpf, watch)?;
         {
@@ -124,24 +167,17 @@ impl Probes {
             }
         }
 
-        let optional = if spec.table_replace {
-            TABLE_REPLACE_TRACEPOINTS
+        let optional: &[_] = if spec.table_replace {
+            &[TABLE_REPLACE_TRACEPOINTS, IPVS_TRACEPOINTS]
         } else {
             &[]
         };
-        for (prog, category, name) in TRACEPOINTS.iter().chain(optional) {
-            let program: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-                .try_into()
-                .with_context(|| format!("program {prog} is not a tracepoint program"))?;
-            program
-                .load()
-                .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
-            program
-                .attach(category, name)
-                .with_context(|| format!("failed to attach to tracepoint {category}:{name}"))?;
-        }
+        attach(
+            &mut ebpf,
+            TRACEPOINTS
+                .iter()
+                .chain(optional.iter().flat_map(|t| t.iter())),
+        )?;
 
         if !BTF_TRACEPOINTS.is_empty() {
             let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
@@ -174,10 +210,7 @@ impl Probes {
             spec.watch_netns,
         );
         let dataplane_netns = if spec.table_replace {
-            Some(DataplaneNetns(BpfHashMap::try_from(take(
-                &mut ebpf,
-                maps::DATAPLANE_NETNS,
-            )?)?))
+            Some(DataplaneNetns::take(&mut ebpf)?)
         } else {
             None
         };
@@ -186,6 +219,72 @@ impl Probes {
             events,
             maps,
             filter,
+            dataplane_netns,
+        })
+    }
+}
+
+/// The object with its load-time globals set and its maps created; no program loaded yet.
+fn object(
+    filter_enabled: u32,
+    wakeup_every: u64,
+    offsets: &KernelOffsets,
+    ringbuf_bytes: u32,
+) -> anyhow::Result<Ebpf> {
+    EbpfLoader::new()
+        .override_global(maps::GLOBAL_FILTER_ENABLED, &filter_enabled, true)
+        .override_global(maps::GLOBAL_WAKEUP_EVERY, &wakeup_every, true)
+        .override_global(maps::GLOBAL_OFFSETS, offsets, true)
+        .map_max_entries(maps::EVENTS, ringbuf_bytes)
+        .load(OBJECT)
+        .context("failed to load the eBPF programs into the kernel")
+}
+
+/// Loads and attaches these tracepoint programs: (function name, category, tracepoint).
+fn attach<'a>(
+    ebpf: &mut Ebpf,
+    programs: impl Iterator<Item = &'a (&'a str, &'a str, &'a str)>,
+) -> anyhow::Result<()> {
+    for (prog, category, name) in programs {
+        let program: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {prog} is not a tracepoint program"))?;
+        program
+            .load()
+            .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
+        program
+            .attach(category, name)
+            .with_context(|| format!("failed to attach to tracepoint {category}:{name}"))?;
+    }
+    Ok(())
+}
+
+/// Only the dataplane triggers' programs (x_tables replaces, IPVS change requests) and the
+/// ring buffer they write to: for a kernel the whole agent refuses at preflight, such as the
+/// 6.1 kernel of `cargo xtask ipvs-vm` (its `tcp:tcp_send_reset` has no reset reason). The
+/// other programs are not loaded, so nothing but these triggers reaches the ring buffer.
+pub struct DataplaneTriggers {
+    /// Keeps the programs attached.
+    pub attached: Attached,
+    pub events: RingBuf<MapData>,
+    pub dataplane_netns: DataplaneNetns,
+}
+
+impl DataplaneTriggers {
+    pub fn load(offsets: &KernelOffsets) -> anyhow::Result<Self> {
+        // Every event woken at once: only rare triggers are produced.
+        let mut ebpf = object(1, 1, offsets, maps::EVENTS_BYTES)?;
+        attach(
+            &mut ebpf,
+            TABLE_REPLACE_TRACEPOINTS.iter().chain(IPVS_TRACEPOINTS),
+        )?;
+        let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
+        let dataplane_netns = DataplaneNetns::take(&mut ebpf)?;
+        Ok(Self {
+            attached: Attached(ebpf),
+            events,
             dataplane_netns,
         })
     }

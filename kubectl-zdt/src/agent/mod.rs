@@ -285,7 +285,7 @@ async fn run_standalone(
         let watcher = crate::dataplane::watcher::start(
             &config.node,
             &tx,
-            Some(&mut |inum| agent.arm_table_replace(inum)),
+            Some(&mut |arm| agent.arm_dataplane(arm)),
         )
         .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
         agent.use_dataplane(&watcher);

@@ -31,7 +31,7 @@ use super::{
     preflight::{self, KernelInfo},
 };
 use crate::{
-    dataplane::watcher::Trigger,
+    dataplane::watcher::{Arm, Armed, Trigger},
     observation::{Kind, Observation, SCHEMA_VERSION},
 };
 
@@ -133,13 +133,14 @@ impl Agent {
         Ok(registry)
     }
 
-    /// Arms the iptables-legacy trigger for the network namespace with inode `inum`: x_tables
-    /// replaces there are reported to the dataplane watcher from now on. `Ok(false)` when the
-    /// kernel has no syscall tracepoints (preflight said so).
-    pub fn arm_table_replace(&mut self, inum: u32) -> anyhow::Result<bool> {
+    /// Arms the dataplane watcher's eBPF triggers for its network namespace: x_tables replaces
+    /// there, and IPVS change requests of `arm.ipvs_family` (where the kernel has IPVS), are
+    /// reported to the watcher from now on. Nothing is armed when the kernel has no syscall
+    /// tracepoints (preflight said so).
+    pub fn arm_dataplane(&mut self, arm: &Arm) -> anyhow::Result<Armed> {
         match &mut self.dataplane_netns {
-            Some(map) => map.watch(inum).map(|()| true),
-            None => Ok(false),
+            Some(map) => map.arm(arm),
+            None => Ok(Armed::default()),
         }
     }
 
@@ -352,10 +353,12 @@ impl Agent {
                 if let Ok(ev) = &event
                     && matches!(
                         ev.kind,
-                        zdt_common::kind::TABLE_REPLACE | zdt_common::kind::TABLE_REPLACE_BEGIN
+                        zdt_common::kind::TABLE_REPLACE
+                            | zdt_common::kind::TABLE_REPLACE_BEGIN
+                            | zdt_common::kind::IPVS_CHANGE
                     )
                 {
-                    self.table_replaced(ev);
+                    self.dataplane_changed(ev);
                     continue;
                 }
                 match event.and_then(|ev| self.decoder.decode(&ev)) {
@@ -396,12 +399,15 @@ impl Agent {
         }
     }
 
-    /// Hands an x_tables replace to the dataplane watcher (it is a trigger, not an observation).
-    fn table_replaced(&mut self, ev: &zdt_common::Event) {
-        let trigger = if ev.kind == zdt_common::kind::TABLE_REPLACE_BEGIN {
-            self.decoder.replace_begin(ev).map(Trigger::ReplaceBegin)
-        } else {
-            self.decoder.table_replace(ev).map(Trigger::TableReplace)
+    /// Hands an x_tables replace or an IPVS change request to the dataplane watcher (it is a
+    /// trigger, not an observation).
+    fn dataplane_changed(&mut self, ev: &zdt_common::Event) {
+        let trigger = match ev.kind {
+            zdt_common::kind::TABLE_REPLACE_BEGIN => {
+                self.decoder.replace_begin(ev).map(Trigger::ReplaceBegin)
+            }
+            zdt_common::kind::IPVS_CHANGE => self.decoder.ipvs_change(ev).map(Trigger::IpvsChange),
+            _ => self.decoder.table_replace(ev).map(Trigger::TableReplace),
         };
         match trigger {
             Ok(trigger) => {
@@ -411,7 +417,7 @@ impl Agent {
             }
             Err(e) => {
                 self.decode_errors += 1;
-                tracing::debug!("undecodable table replace: {e}");
+                tracing::debug!("undecodable dataplane trigger: {e}");
             }
         }
     }
@@ -463,9 +469,12 @@ impl Agent {
             }
             let delta = total - *reported;
             *reported = total;
-            if key.kind == zdt_common::kind::TABLE_REPLACE {
-                // A lost trigger: the watcher reads the legacy tables again, stamping what
-                // changed with the window the loss happened in.
+            if matches!(
+                key.kind,
+                zdt_common::kind::TABLE_REPLACE | zdt_common::kind::IPVS_CHANGE
+            ) {
+                // A lost trigger: the watcher reads the legacy tables and IPVS again, stamping
+                // what changed with the window the loss happened in.
                 if let Some(t) = &self.triggers {
                     let _ = t.send(Trigger::Lost {
                         since: window_start,

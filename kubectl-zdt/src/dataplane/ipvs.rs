@@ -2,9 +2,14 @@
 //! (endpoints), read over the IPVS generic-netlink family (`IPVS_CMD_GET_SERVICE` /
 //! `IPVS_CMD_GET_DEST` dumps; include/uapi/linux/ip_vs.h), the way `ipvsadm -Ln` reads them.
 //!
-//! IPVS has no multicast group: the kernel announces no change. The watcher therefore reads
-//! IPVS again every [`POLL`] (only when the kernel has IPVS at all) and stamps what changed with
-//! the interval between the previous read and this one: time resolution = the interval.
+//! IPVS has no multicast group: the kernel announces no change. Every change is a
+//! generic-netlink request of the IPVS family, which the kernel applies inside the writer's
+//! `sendto`/`sendmsg`; the agent's eBPF trigger reports each one ([`IpvsChange`],
+//! `zdt_common::kind::IPVS_CHANGE`) with the syscall's exit time, and the watcher reads IPVS
+//! once per batch of them. It still reads IPVS every [`SAFETY_POLL`] for writers the trigger
+//! cannot see (the older `IP_VS_SO_SET_*` setsockopt interface, `write`, `sendmmsg`,
+//! io_uring), stamped with the interval between two reads. Without the trigger (no syscall
+//! tracepoints, or no agent) IPVS is read every [`POLL`], stamped the same way.
 //!
 //! Verified on a real kernel: `cargo xtask ipvs-vm` boots Debian's 6.1 kernel (IPVS as modules)
 //! in a QEMU guest, programs kube-proxy-shaped virtual and real servers there ([`Command`]) and
@@ -34,8 +39,30 @@ use thiserror::Error;
 
 use super::model::{Backend, Backends, Protocol, Route, ServiceAddr, Via};
 
-/// How often IPVS is read again: the time resolution of IPVS changes.
+/// How often IPVS is read again without the eBPF trigger: the time resolution of IPVS changes.
 pub const POLL: Duration = Duration::from_millis(100);
+
+/// How often IPVS is read again while the eBPF trigger is armed: only changes made without a
+/// generic-netlink send are left to this read (see the module comment).
+pub const SAFETY_POLL: Duration = Duration::from_secs(10);
+
+/// An IPVS change request, as the agent's eBPF trigger reported it
+/// (`zdt_common::kind::IPVS_CHANGE`): a generic-netlink IPVS request that changes virtual or
+/// real servers, sent successfully. The kernel had applied it (or refused it, answering in the
+/// ack) when the send returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpvsChange {
+    /// The send's exit: the change was in effect.
+    pub time: jiff::Timestamp,
+    /// The send's entry: IPVS was unchanged before it.
+    pub entered: jiff::Timestamp,
+    /// `IPVS_CMD_*` (`zdt_common::genl`).
+    pub cmd: u8,
+    /// The writer's network namespace (inode).
+    pub netns: u32,
+    /// The writer (kube-proxy).
+    pub pid: u32,
+}
 
 /// The generic-netlink family and its version (IPVS_GENL_NAME, IPVS_GENL_VERSION).
 const FAMILY: &str = "IPVS";
@@ -499,6 +526,11 @@ impl Live {
             buf,
             recorded: None,
         }))
+    }
+
+    /// The generic-netlink family id the kernel gave IPVS (the `nlmsg_type` of its requests).
+    pub fn family_id(&self) -> u16 {
+        self.family_id
     }
 
     /// From now on, keeps every dump's request and reply datagrams as sent and received.

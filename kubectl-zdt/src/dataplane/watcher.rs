@@ -4,10 +4,12 @@
 //! Triggers: nf_tables commits (the monitor thread blocks in `recv` on the nf_tables netlink
 //! group, no CPU between changes, and stamps each commit as it arrives), x_tables table
 //! replaces (reported by the agent's eBPF program on `sys_exit_setsockopt`, stamped with the
-//! syscall's exit) and, for IPVS, timed reads. The reader applies and diffs; triggers that queue
+//! syscall's exit), IPVS change requests (eBPF on `sys_exit_sendto`/`sendmsg`, stamped with the
+//! exit) and, for IPVS, timed reads (every 10 s as a safety net with the trigger, every 100 ms
+//! without). The reader applies and diffs; triggers that queue
 //! up while it works are handled together and stamped with their window (see `emit`). Each
 //! nf_tables table is read in full only at start, and again if notifications were lost; the
-//! legacy nat table is read once per replace.
+//! legacy nat table is read once per replace, IPVS once per batch of change requests.
 
 use std::{
     sync::{Arc, RwLock, mpsc as std_mpsc},
@@ -70,28 +72,47 @@ pub enum Trigger {
     ReplaceBegin(ReplaceBegin),
     /// An x_tables table was replaced (iptables-legacy).
     TableReplace(TableReplace),
-    /// x_tables replaces may have been lost between `since` and `now` (the agent's ring buffer
-    /// was full): the legacy tables are read again.
+    /// An IPVS change request was sent (IPVS mode).
+    IpvsChange(ipvs::IpvsChange),
+    /// x_tables replaces or IPVS change requests may have been lost between `since` and `now`
+    /// (the agent's ring buffer was full): the legacy tables and IPVS are read again.
     Lost { since: Timestamp, now: Timestamp },
-    /// Time to read IPVS again (it announces no change; see `ipvs::POLL`).
+    /// Time to read IPVS again (see `ipvs::POLL`, `ipvs::SAFETY_POLL`).
     Tick,
 }
 
-/// Arms the iptables-legacy trigger for the network namespace with this inode (the agent's
-/// eBPF program then reports x_tables replaces there); `Ok(false)` when the kernel has no
-/// syscall tracepoints.
-pub type ArmLegacy<'a> = &'a mut dyn FnMut(u32) -> anyhow::Result<bool>;
+/// What the watcher asks the agent to arm before its first read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arm {
+    /// The network namespace (inode) the watcher reads.
+    pub netns: u32,
+    /// The IPVS generic-netlink family id, where the kernel has IPVS.
+    pub ipvs_family: Option<u16>,
+}
+
+/// The eBPF triggers the agent armed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Armed {
+    /// x_tables replaces are reported (iptables-legacy).
+    pub legacy: bool,
+    /// IPVS change requests are reported.
+    pub ipvs: bool,
+}
+
+/// Arms the agent's eBPF triggers for a namespace (x_tables replaces and IPVS change requests
+/// there are then reported); nothing is armed when the kernel has no syscall tracepoints.
+pub type ArmTriggers<'a> = &'a mut dyn FnMut(&Arm) -> anyhow::Result<Armed>;
 
 /// How often `flow_new` lines are flushed per (frontend, backend).
 pub const FLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts everything the agent reports about the dataplane in the calling thread's network
 /// namespace: the dataplane watcher and the conntrack flow listener. `arm` arms the agent's
-/// iptables-legacy trigger (None: legacy changes are not watched).
+/// iptables-legacy and IPVS triggers (None: legacy changes are not watched, IPVS is polled).
 pub fn start(
     node: &NodeName,
     tx: &mpsc::Sender<Observation>,
-    arm: Option<ArmLegacy<'_>>,
+    arm: Option<ArmTriggers<'_>>,
 ) -> anyhow::Result<Watcher> {
     let sink = Sink::new(tx);
     let watcher = spawn(node.clone(), sink.clone(), arm)?;
@@ -115,7 +136,7 @@ pub struct Watcher {
     pub frontends: Frontends,
     /// Where recent DNAT'ed connections went (fed by the conntrack listener).
     pub dnat: flows::Dnat,
-    /// Where the agent sends x_tables replaces (and their losses).
+    /// Where the agent sends x_tables replaces and IPVS change requests (and their losses).
     pub triggers: std_mpsc::Sender<Trigger>,
     /// The network namespace (inode) the watcher reads.
     pub netns: u32,
@@ -199,7 +220,8 @@ impl LegacyPlane {
     }
 }
 
-/// IPVS, read again on every tick: the routes at the last read and when it was made.
+/// IPVS, read again on change requests and ticks: the routes at the last read and when it was
+/// made.
 struct IpvsPlane {
     kernel: ipvs::Live,
     state: ipvs::Ipvs,
@@ -207,18 +229,14 @@ struct IpvsPlane {
 }
 
 impl IpvsPlane {
-    /// `None` when the kernel has no IPVS.
-    fn open() -> anyhow::Result<Option<Self>> {
-        let Some(mut kernel) = ipvs::Live::open().context("failed to look for IPVS")? else {
-            return Ok(None);
-        };
+    fn read(mut kernel: ipvs::Live) -> anyhow::Result<Self> {
         let read_at = Timestamp::now();
         let state = ipvs::read(&mut kernel).context("failed to read IPVS")?;
-        Ok(Some(Self {
+        Ok(Self {
             kernel,
             state,
             read_at,
-        }))
+        })
     }
 
     fn source() -> Source {
@@ -238,16 +256,25 @@ fn own_netns() -> anyhow::Result<u32> {
 /// nf_tables table kube-proxy may use over netlink and the legacy nat tables, detects the mode,
 /// then emits `dataplane_added` / `dataplane_removed` into `tx`. The first observation is
 /// `dataplane_mode` with the detected modes and route counts.
-pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmLegacy<'_>>) -> anyhow::Result<Watcher> {
+pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmTriggers<'_>>) -> anyhow::Result<Watcher> {
     // Subscribe (and arm the legacy trigger) before the first read, so no change falls between
     // the two.
     let mut monitor = Monitor::open()
         .context("failed to subscribe to nf_tables notifications (NFNLGRP_NFTABLES); the agent needs CAP_NET_ADMIN")?;
     let netns = own_netns()?;
-    let legacy_armed = match arm {
-        Some(arm) => arm(netns)?,
-        None => false,
+    // IPVS's family id first: the trigger recognises its requests by it.
+    let ipvs_kernel = ipvs::Live::open().unwrap_or_else(|e| {
+        tracing::warn!("IPVS changes will not be reported: failed to look for IPVS: {e}");
+        None
+    });
+    let armed = match arm {
+        Some(arm) => arm(&Arm {
+            netns,
+            ipvs_family: ipvs_kernel.as_ref().map(ipvs::Live::family_id),
+        })?,
+        None => Armed::default(),
     };
+    let legacy_armed = armed.legacy;
     let mut planes = Vec::new();
     for source in NF_TABLES_SOURCES {
         let Some((family, table)) = source.nf_table() else {
@@ -268,15 +295,17 @@ pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmLegacy<'_>>) -> anyhow::Re
         .into_iter()
         .map(LegacyPlane::read)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let ipvs = IpvsPlane::open().unwrap_or_else(|e| {
-        tracing::warn!("IPVS changes will not be reported: {e:#}");
-        None
+    let ipvs = ipvs_kernel.and_then(|k| {
+        IpvsPlane::read(k)
+            .inspect_err(|e| tracing::warn!("IPVS changes will not be reported: {e:#}"))
+            .ok()
     });
+    let ipvs_armed = armed.ipvs && ipvs.is_some();
     let modes = detect(&planes, &legacy, ipvs.as_ref());
     let watched = Watched::default();
     let frontends = Frontends::default();
     publish(&watched, &frontends, &planes, &legacy, ipvs.as_ref());
-    let start = mode_line(&node, &modes, &planes, &legacy, legacy_armed, ipvs.as_ref());
+    let start = mode_line(&node, &modes, &planes, &legacy, armed, ipvs.as_ref());
     if modes.contains(&Mode::IptablesLegacy) && !legacy_armed {
         tracing::warn!(
             "kube-proxy's rules are (also) in iptables-legacy, but this agent has no x_tables trigger (no syscall tracepoints): changes there are not reported"
@@ -285,13 +314,19 @@ pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmLegacy<'_>>) -> anyhow::Re
 
     let (triggers, triggers_rx) = std_mpsc::channel::<Trigger>();
     if ipvs.is_some() {
-        // IPVS announces nothing: read it again on a timer, only on kernels that have it.
+        // IPVS announces nothing: read it again on a timer, only on kernels that have it; with
+        // the eBPF trigger armed, only as a safety net for writers it cannot see.
+        let every = if ipvs_armed {
+            ipvs::SAFETY_POLL
+        } else {
+            ipvs::POLL
+        };
         let ticks = triggers.clone();
         thread::Builder::new()
             .name("zdt-ipvs-tick".into())
             .spawn(move || {
                 loop {
-                    thread::sleep(ipvs::POLL);
+                    thread::sleep(every);
                     if ticks.send(Trigger::Tick).is_err() {
                         return;
                     }
@@ -323,7 +358,7 @@ pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmLegacy<'_>>) -> anyhow::Re
         modes: modes.clone(),
         planes,
         legacy,
-        legacy_armed,
+        armed,
         ipvs,
         netns,
         watched: watched.clone(),
@@ -356,15 +391,19 @@ fn mode_line(
     modes: &[Mode],
     planes: &[Plane],
     legacy: &[LegacyPlane],
-    legacy_armed: bool,
+    armed: Armed,
     ipvs: Option<&IpvsPlane>,
 ) -> Observation {
     let mut triggers = vec!["nf_tables netlink (NFNLGRP_NFTABLES)"];
-    if legacy_armed {
+    if armed.legacy {
         triggers.push("x_tables replace (syscalls:sys_exit_setsockopt, IPT_SO_SET_REPLACE)");
     }
     if ipvs.is_some() {
-        triggers.push("IPVS re-read every 100 ms (IPVS sends no notifications)");
+        triggers.push(if armed.ipvs {
+            "IPVS change request (syscalls:sys_exit_sendto/sys_exit_sendmsg, IPVS_CMD_NEW/SET/DEL_SERVICE|DEST, IPVS_CMD_FLUSH); safety re-read every 10 s"
+        } else {
+            "IPVS re-read every 100 ms (IPVS sends no notifications)"
+        });
     }
     Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
         .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
@@ -403,7 +442,7 @@ struct Reader {
     node: NodeName,
     planes: Vec<Plane>,
     legacy: Vec<LegacyPlane>,
-    legacy_armed: bool,
+    armed: Armed,
     ipvs: Option<IpvsPlane>,
     /// The namespace read: replaces elsewhere are not this node's dataplane.
     netns: u32,
@@ -521,8 +560,20 @@ impl Reader {
                 None => return false,
             }
         }
-        if batch.iter().any(|t| matches!(t, Trigger::Tick)) {
-            match self.reread_ipvs() {
+        // IPVS: change requests (and losses of them) stamp what the read finds with their
+        // window; a tick alone with the interval since the previous read.
+        let mut window = Window::default();
+        let mut tick = false;
+        for t in batch {
+            match t {
+                Trigger::IpvsChange(c) if c.netns == self.netns => window.add(c.time, c.time),
+                Trigger::Lost { since, now } => window.add(*since, *now),
+                Trigger::Tick => tick = true,
+                _ => {}
+            }
+        }
+        if self.ipvs.is_some() && (tick || window.triggers > 0) {
+            match self.reread_ipvs(window.stamp()) {
                 Some(c) => changed |= c,
                 None => return false,
             }
@@ -544,7 +595,7 @@ impl Reader {
                 &self.modes,
                 &self.planes,
                 &self.legacy,
-                self.legacy_armed,
+                self.armed,
                 self.ipvs.as_ref(),
             );
             if !self.tx.send(line) {
@@ -602,9 +653,10 @@ impl Reader {
         Some(changed)
     }
 
-    /// Reads IPVS again; what changed since the previous read is stamped with the interval
-    /// between the two reads. Whether routes changed, `None` once nobody listens.
-    fn reread_ipvs(&mut self) -> Option<bool> {
+    /// Reads IPVS again; what changed since the previous read is stamped with `triggered` (the
+    /// change requests' exits) or else with the interval between the two reads. Whether routes
+    /// changed, `None` once nobody listens.
+    fn reread_ipvs(&mut self, triggered: Option<Stamp>) -> Option<bool> {
         let Some(plane) = &mut self.ipvs else {
             return Some(false);
         };
@@ -617,11 +669,17 @@ impl Reader {
             }
         };
         let change = plane.state.routes.diff(&state.routes);
-        let stamp = Stamp {
-            first: plane.read_at,
-            last: Timestamp::now(),
-            commits: 1,
-            detected: Timestamp::now(),
+        let stamp = match triggered {
+            Some(stamp) => Stamp {
+                detected: Timestamp::now(),
+                ..stamp
+            },
+            None => Stamp {
+                first: plane.read_at,
+                last: Timestamp::now(),
+                commits: 1,
+                detected: Timestamp::now(),
+            },
         };
         plane.state = state;
         plane.read_at = started;

@@ -1,0 +1,266 @@
+//! The IPVS trigger's eBPF programs (`sys_enter/exit_sendto`, `sys_enter/exit_sendmsg`) on this
+//! kernel, which has no IPVS: the agent is armed with a generic-netlink family id that no
+//! family holds here, and the test sends kube-proxy-shaped requests of that id on a
+//! NETLINK_GENERIC socket of a test namespace. The kernel refuses them in its ack (ENOENT: no
+//! such family), but the sends succeed, which is all the trigger looks at. Needs root (eBPF,
+//! network namespaces); CI runs it as root with --test-threads=1.
+//!
+//! "Not reported" is checked by order, not by waiting: the sends that must not be reported are
+//! made before ones that must, by the same thread, so any report of theirs would come first.
+
+use std::{
+    os::{fd::AsRawFd as _, unix::net::UnixDatagram},
+    sync::mpsc,
+    time::Duration,
+};
+
+use jiff::{SignedDuration, Timestamp};
+use kubectl_zdt::{
+    agent::{Agent, AgentConfig},
+    dataplane::{
+        ipvs::IpvsChange,
+        watcher::{self, Arm, Armed, Trigger},
+    },
+    observation::NodeName,
+    testbed::{Node, agent::RunningAgent},
+};
+use zdt_common::genl;
+
+/// A family id no generic-netlink family has on this kernel (ids are allocated upwards from
+/// 0x10; the ack of every request below says ENOENT, which the test checks).
+const FAMILY: u16 = 1000;
+/// The kernel converts the exit's `CLOCK_MONOTONIC` to wall time with a measured offset.
+const CLOCK_SLACK: SignedDuration = SignedDuration::from_millis(1);
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test loads eBPF programs and creates network namespaces: run it as root (`sudo ./x test`)"
+    );
+}
+
+/// A generic-netlink request as moby/ipvs writes it: nlmsghdr (request + ack), genlmsghdr
+/// (command, version 1), then a nested service attribute standing in for the real ones.
+fn request(family: u16, cmd: u8) -> Vec<u8> {
+    let attr = [8u8, 0, 1, 0x80, 0, 0, 0, 0];
+    let len = genl::HEADERS_LEN + attr.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
+    m.extend_from_slice(&family.to_ne_bytes());
+    m.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | libc::NLM_F_ACK as u16).to_ne_bytes());
+    m.extend_from_slice(&7u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[cmd, 1, 0, 0]);
+    m.extend_from_slice(&attr);
+    m
+}
+
+/// A NETLINK_GENERIC socket of the calling thread's namespace.
+struct Genl(std::os::fd::OwnedFd);
+
+impl Genl {
+    fn open() -> Self {
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_GENERIC) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd was just returned by socket(2).
+        Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    }
+
+    /// `sendto` to the kernel with `flags`: the syscall's result.
+    fn sendto(&self, bytes: &[u8], flags: libc::c_int) -> std::io::Result<usize> {
+        // SAFETY: sockaddr_nl is plain data; zero = the kernel.
+        let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        to.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: `bytes` and `to` are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                flags,
+                (&raw const to).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    /// `sendmsg` of one iovec, as libnl sends (ipvsadm, keepalived).
+    fn sendmsg(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        // SAFETY: msghdr is plain data; no address (connected to nothing = the kernel).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: `msg` points at `iov`, which points at `bytes`, all alive for the call.
+        let n = unsafe { libc::sendmsg(self.0.as_raw_fd(), &raw const msg, 0) };
+        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    /// The error code of the kernel's ack (`NLMSG_ERROR`; 0 = the request was applied).
+    fn ack(&self) -> i32 {
+        let mut buf = [0u8; 4096];
+        // SAFETY: `buf` is valid for its length.
+        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n >= 20, "no ack: {}", std::io::Error::last_os_error());
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        assert_eq!(
+            kind,
+            libc::NLMSG_ERROR as u16,
+            "not an ack: {:?}",
+            &buf[..20]
+        );
+        i32::from_ne_bytes(buf[16..20].try_into().unwrap())
+    }
+}
+
+/// The agent armed for `node`'s namespace with [`FAMILY`], its triggers going to the returned
+/// receiver.
+fn armed_agent(node: &Node) -> (RunningAgent, mpsc::Receiver<Trigger>, u32) {
+    let mut config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
+    // Report no address: only the dataplane triggers matter here.
+    config.filter = true;
+    let mut agent =
+        Agent::start(&config).expect("the IPVS trigger is an eBPF program: the agent must load");
+    let netns = node
+        .ns
+        .run_in(|| {
+            kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))
+        })
+        .unwrap()
+        .unwrap();
+    let armed = agent
+        .arm_dataplane(&Arm {
+            netns,
+            ipvs_family: Some(FAMILY),
+        })
+        .unwrap();
+    assert_eq!(
+        armed,
+        Armed {
+            legacy: true,
+            ipvs: true
+        },
+        "this kernel has syscall tracepoints: both triggers must be armed"
+    );
+    let (tx, rx) = mpsc::channel();
+    agent.use_dataplane(&watcher::Watcher {
+        modes: Vec::new(),
+        watched: watcher::Watched::default(),
+        frontends: watcher::Frontends::default(),
+        dnat: kubectl_zdt::dataplane::flows::Dnat::default(),
+        triggers: tx,
+        netns,
+    });
+    (RunningAgent::run(agent).unwrap(), rx, netns)
+}
+
+fn next_change(rx: &mpsc::Receiver<Trigger>) -> IpvsChange {
+    match rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no trigger reached the watcher")
+    {
+        Trigger::IpvsChange(c) => c,
+        other => panic!("not an IPVS change request: {other:?}"),
+    }
+}
+
+/// kube-proxy drains an endpoint with `IPVS_CMD_SET_DEST` (weight 0) sent with `sendto`: the
+/// agent reports it with the send's exit, in the writer's namespace. Dump requests, other
+/// families, a datagram too short for a generic-netlink header, a send that failed and a send
+/// from a namespace the watcher does not read are not reported; `sendmsg` (libnl) is; and a
+/// non-netlink send whose first bytes look the same is reported too (the trigger does not
+/// check the socket's protocol: it costs the watcher one needless IPVS read).
+#[test]
+fn ipvs_change_requests_of_the_armed_family_are_reported_with_the_send_exit() {
+    require_root();
+    let node = Node::create().unwrap();
+    let (_agent, rx, netns) = armed_agent(&node);
+
+    let (before, after) = node
+        .ns
+        .run_in(|| {
+            let nl = Genl::open();
+            // Not reported: a dump request, another family, a bare nlmsghdr.
+            let get = request(FAMILY, 4);
+            assert_eq!(nl.sendto(&get, 0).unwrap(), get.len());
+            assert_eq!(nl.ack(), -libc::ENOENT);
+            nl.sendto(&request(FAMILY + 1, genl::IPVS_CMD_NEW_DEST), 0)
+                .unwrap();
+            assert_eq!(nl.ack(), -libc::ENOENT);
+            let mut bare = request(FAMILY, genl::IPVS_CMD_DEL_DEST);
+            bare.truncate(genl::NLMSG_HDRLEN);
+            bare[..4].copy_from_slice(&16u32.to_ne_bytes());
+            nl.sendto(&bare, 0).unwrap();
+            assert_eq!(nl.ack(), -libc::ENOENT);
+            // Not reported: a send the kernel refused (netlink has no out-of-band data).
+            let failed = nl.sendto(&request(FAMILY, genl::IPVS_CMD_DEL_DEST), libc::MSG_OOB);
+            assert_eq!(
+                failed.unwrap_err().raw_os_error(),
+                Some(libc::EOPNOTSUPP),
+                "MSG_OOB on netlink"
+            );
+
+            // Reported: what kube-proxy sends to drain an endpoint. The kernel has no such
+            // family and says so in the ack, but the send itself succeeds.
+            let set = request(FAMILY, genl::IPVS_CMD_SET_DEST);
+            let before = Timestamp::now();
+            let sent = nl.sendto(&set, 0);
+            let after = Timestamp::now();
+            assert_eq!(sent.unwrap(), set.len());
+            assert_eq!(nl.ack(), -libc::ENOENT);
+            (before, after)
+        })
+        .unwrap();
+    let c = next_change(&rx);
+    assert_eq!(c.cmd, genl::IPVS_CMD_SET_DEST, "{c:?}");
+    assert_eq!((c.netns, c.pid), (netns, std::process::id()), "{c:?}");
+    assert!(c.entered <= c.time, "{c:?}");
+    assert!(
+        before - CLOCK_SLACK <= c.entered && c.time <= after + CLOCK_SLACK,
+        "the send ran in [{before}, {after}]: {c:?}"
+    );
+
+    // Not reported: the same request from a namespace the watcher does not read.
+    let host = Genl::open();
+    host.sendto(&request(FAMILY, genl::IPVS_CMD_NEW_SERVICE), 0)
+        .unwrap();
+    assert_eq!(host.ack(), -libc::ENOENT);
+
+    node.ns
+        .run_in(|| {
+            // Reported: libnl's sendmsg.
+            let nl = Genl::open();
+            nl.sendmsg(&request(FAMILY, genl::IPVS_CMD_DEL_SERVICE))
+                .unwrap();
+            assert_eq!(nl.ack(), -libc::ENOENT);
+            // Reported, needlessly: the same bytes sent on a local datagram socket (with
+            // send(2), i.e. the sendto syscall; std's `UnixDatagram::send` writes with
+            // write(2), which the trigger does not see).
+            let (a, b) = UnixDatagram::pair().unwrap();
+            let bytes = request(FAMILY, genl::IPVS_CMD_NEW_DEST);
+            // SAFETY: `bytes` is valid for its length.
+            let n = unsafe { libc::send(a.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+            assert_eq!(usize::try_from(n).ok(), Some(bytes.len()));
+            let mut buf = [0u8; 64];
+            assert_eq!(b.recv(&mut buf).unwrap(), genl::HEADERS_LEN + 8);
+            // The last one, after which nothing else may come.
+            nl.sendto(&request(FAMILY, genl::IPVS_CMD_FLUSH), 0)
+                .unwrap();
+            assert_eq!(nl.ack(), -libc::ENOENT);
+        })
+        .unwrap();
+    let got: Vec<u8> = (0..3).map(|_| next_change(&rx).cmd).collect();
+    assert_eq!(
+        got,
+        [
+            genl::IPVS_CMD_DEL_SERVICE,
+            genl::IPVS_CMD_NEW_DEST,
+            genl::IPVS_CMD_FLUSH
+        ]
+    );
+}
