@@ -5,22 +5,35 @@
 //! ClusterIPs, one virtual server per ClusterIP:port and per NodeIP:nodePort, scheduler `rr`,
 //! masquerading real servers of weight 1; a terminating endpoint: weight 0, then deleted), reads
 //! it with the agent's own reader (`ipvs::Live` + `ipvs::read`) and runs the agent's dataplane
-//! watcher (`watcher::spawn`) against it. It prints one `CHECK ok|FAIL` line per check, one
+//! watcher (`watcher::spawn`) against it, armed with the agent's IPVS trigger: the eBPF
+//! programs on `sys_enter/exit_sendto` and `sendmsg`, loaded alone (`DataplaneTriggers`; the
+//! whole agent refuses this 6.1 kernel at preflight), their events handed to the watcher as
+//! the agent does. It prints one `CHECK ok|FAIL` line per check, one
 //! `FIXTURE <state> <json>` line per recorded state (the raw dump datagrams, for
 //! tests/fixtures/ipvs) and finally `IPVS-GUEST PASS` or `IPVS-GUEST FAIL`.
 
 use std::{
-    collections::HashSet, net::SocketAddr, process::ExitCode, sync::mpsc as std_mpsc, thread,
+    collections::HashSet,
+    net::SocketAddr,
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc},
+    thread,
     time::Duration,
 };
 
 use anyhow::Context as _;
 use jiff::Timestamp;
 use kubectl_zdt::{
+    agent::{
+        clock::Clock,
+        decode::{self, Decoder},
+        loader::DataplaneTriggers,
+        preflight,
+    },
     dataplane::{
         ipvs::{self, Command, Dump, Live, RealServer, VirtualServer},
         model::{Backend, Protocol, ServiceAddr},
-        watcher::{self, Sink},
+        watcher::{self, Sink, Trigger},
     },
     observation::{Kind, NodeName, Observation},
     testbed::netns::run,
@@ -187,6 +200,8 @@ struct Change<'a> {
     services: &'a [SocketAddr],
     between: (Timestamp, Timestamp),
     read: Duration,
+    /// The watcher is armed with the IPVS trigger: changes carry the requests' exits.
+    triggered: bool,
 }
 
 fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
@@ -197,6 +212,7 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
         services,
         between: (before, after),
         read,
+        triggered,
     } = *c;
     let mut got: Vec<String> = obs
         .iter()
@@ -219,26 +235,75 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
             i64::try_from(o.uncertainty_ns.unwrap_or(0)).unwrap_or(i64::MAX),
         );
         let (from, to) = (o.time - unc, o.time + unc);
-        check.that(
-            from <= before && after <= to,
-            &format!("{what}: the window holds the change"),
-            format!("change in [{before}, {after}], reported [{from}, {to}]"),
-        );
-        check.that(
-            o.uncertainty_ns
-                .is_some_and(|u| Duration::from_nanos(u) <= ipvs::POLL + read),
-            &format!(
-                "{what}: uncertainty within the {:?} interval + one read ({read:?})",
-                ipvs::POLL
-            ),
-            format!("{:?}", o.uncertainty_ns.map(Duration::from_nanos)),
-        );
+        if triggered {
+            // Stamped with the requests' exits: inside the interval the requests ran in (a
+            // polled stamp starts at the read before the change, so it would not be).
+            check.that(
+                before <= from && to <= after,
+                &format!("{what}: stamped with the IPVS requests' exits"),
+                format!("requests in [{before}, {after}], reported [{from}, {to}]"),
+            );
+        } else {
+            check.that(
+                from <= before && after <= to,
+                &format!("{what}: the window holds the change"),
+                format!("change in [{before}, {after}], reported [{from}, {to}]"),
+            );
+            check.that(
+                o.uncertainty_ns
+                    .is_some_and(|u| Duration::from_nanos(u) <= ipvs::POLL + read),
+                &format!(
+                    "{what}: uncertainty within the {:?} interval + one read ({read:?})",
+                    ipvs::POLL
+                ),
+                format!("{:?}", o.uncertainty_ns.map(Duration::from_nanos)),
+            );
+        }
         check.that(
             o.extra.get("mode").and_then(|m| m.as_str()) == Some("ipvs"),
             &format!("{what}: reported as mode ipvs"),
             format!("{:?}", o.extra.get("mode")),
         );
     }
+}
+
+/// Hands the kernel's IPVS change requests to the watcher, as the agent's stream does (the
+/// ring buffer is polled every millisecond: the stamps are the kernel's, not the poll's).
+fn hand_triggers(
+    mut t: DataplaneTriggers,
+    triggers: std_mpsc::Sender<Trigger>,
+    sent: Arc<AtomicU64>,
+) {
+    let decoder = Decoder {
+        node: NodeName("ipvs-vm".into()),
+        clock: Clock::measure(),
+        rst_reasons: std::collections::BTreeMap::new(),
+    };
+    thread::spawn(move || {
+        loop {
+            while let Some(item) = t.events.next() {
+                let event = decode::parse(&item);
+                drop(item);
+                let Ok(ev) = event else { continue };
+                if ev.kind != zdt_common::kind::IPVS_CHANGE {
+                    continue;
+                }
+                match decoder.ipvs_change(&ev) {
+                    Ok(c) => {
+                        if triggers.send(Trigger::IpvsChange(c)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => println!("undecodable IPVS trigger: {e}"),
+                }
+            }
+            sent.store(
+                t.stat(zdt_common::maps::STAT_EVENTS_SENT),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
 }
 
 fn guest() -> anyhow::Result<bool> {
@@ -287,8 +352,33 @@ fn guest() -> anyhow::Result<bool> {
     live.record();
     let mut read = record(&mut live, "initial", &state, &mut check)?;
 
+    let mut trigger = preflight::kernel_offsets()
+        .map_err(anyhow::Error::from)
+        .and_then(|offsets| DataplaneTriggers::load(&offsets));
+    check.that(
+        trigger.is_ok(),
+        "the IPVS trigger's eBPF programs load and attach on this kernel",
+        trigger.as_ref().err().map_or_else(
+            || "sys_enter/exit_sendto, sys_enter/exit_sendmsg (and setsockopt)".to_owned(),
+            |e| format!("{e:#}"),
+        ),
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Observation>(1024);
-    let w = watcher::spawn(NodeName("ipvs-vm".into()), Sink::new(&tx), None)?;
+    let w = match &mut trigger {
+        Ok(t) => watcher::spawn(
+            NodeName("ipvs-vm".into()),
+            Sink::new(&tx),
+            Some(&mut |arm| t.dataplane_netns.arm(arm)),
+        )?,
+        Err(_) => watcher::spawn(NodeName("ipvs-vm".into()), Sink::new(&tx), None)?,
+    };
+    let triggered = trigger.is_ok();
+    // Events the kernel programs submitted (all IPVS change requests: nothing else writes
+    // x_tables or IPVS in this guest).
+    let sent = Arc::new(AtomicU64::new(0));
+    if let Ok(t) = trigger {
+        hand_triggers(t, w.triggers.clone(), sent.clone());
+    }
     let (obs_tx, obs) = std_mpsc::channel();
     thread::spawn(move || {
         while let Some(o) = rx.blocking_recv() {
@@ -314,6 +404,14 @@ fn guest() -> anyhow::Result<bool> {
             first.extra.get("mode"),
             first.extra.get("routes")
         ),
+    );
+    let triggers = first.extra.get("triggers").map(ToString::to_string);
+    check.that(
+        triggers
+            .as_deref()
+            .is_some_and(|t| t.contains("sys_exit_sendto") == triggered),
+        "the mode line names the IPVS trigger exactly when it is armed",
+        format!("{triggers:?}"),
     );
     let quiet = collect(&obs, QUIET_TICKS);
     check.that(
@@ -353,6 +451,7 @@ fn guest() -> anyhow::Result<bool> {
             services: &web,
             between: (before, after),
             read,
+            triggered,
         },
     );
     read = read.max(record(&mut live, "draining", &state, &mut check)?);
@@ -391,6 +490,7 @@ fn guest() -> anyhow::Result<bool> {
             services: &web,
             between: (before, after),
             read,
+            triggered,
         },
     );
     record(&mut live, "readded", &state, &mut check)?;
@@ -401,6 +501,15 @@ fn guest() -> anyhow::Result<bool> {
         "unchanged IPVS: no event",
         describe(&quiet),
     );
+    if triggered {
+        // Two SET_DEST (weight 0), two DEL_DEST, two NEW_DEST, one per virtual server of `web`.
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        check.that(
+            sent == 3 * web.len() as u64,
+            "the trigger reported each change request, and no dump request",
+            format!("{sent} events for {} requests", 3 * web.len()),
+        );
+    }
     let watched = w.watched.read().map_or(0, |w| w.len());
     let reals: HashSet<Backend> = state
         .iter()

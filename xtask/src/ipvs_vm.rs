@@ -315,6 +315,7 @@ fn initramfs(kernel: &Kernel, guest: &Path, out: &Path) -> anyhow::Result<PathBu
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\
+         mount -t tracefs nodev /sys/kernel/tracing\n\
          echo \"{INIT_LINE} $(uname -r)\"\n\
          {load}\
          /ipvs_guest\n\

@@ -270,9 +270,19 @@ pub struct DataplaneTriggers {
     pub attached: Attached,
     pub events: RingBuf<MapData>,
     pub dataplane_netns: DataplaneNetns,
+    /// Events submitted and lost (`maps::STAT_*`).
+    stats: PerCpuArray<MapData, u64>,
 }
 
 impl DataplaneTriggers {
+    /// Sum over CPUs of a `maps::STATS` slot (events submitted, lost to a full ring buffer).
+    pub fn stat(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
     pub fn load(offsets: &KernelOffsets) -> anyhow::Result<Self> {
         // Every event woken at once: only rare triggers are produced.
         let mut ebpf = object(1, 1, offsets, maps::EVENTS_BYTES)?;
@@ -282,10 +292,12 @@ impl DataplaneTriggers {
         )?;
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let dataplane_netns = DataplaneNetns::take(&mut ebpf)?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?;
         Ok(Self {
             attached: Attached(ebpf),
             events,
             dataplane_netns,
+            stats,
         })
     }
 }
