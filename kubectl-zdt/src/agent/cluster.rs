@@ -115,6 +115,7 @@ pub async fn run(
     } else {
         None
     };
+    super::release_freed_memory();
     // Each pod's network namespace (hostPID): its listeners on wildcard addresses, its
     // processes' signals, execs and exits, and the namespace's removal.
     let gone = agent

@@ -232,6 +232,19 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Gives the memory freed since start-up back to the kernel. Loading the probes parses the
+/// kernel's BTF (several MB, dropped once the programs are loaded) and the dataplane watcher's
+/// first read of kube-proxy's tables allocates a lot for a moment; glibc's allocator keeps what
+/// was freed inside the process (11.6 MB of the idle agent's 33.7 MB RSS, measured with
+/// `GLIBC_TUNABLES` trimming on). musl's allocator, the image's, hands it back by itself.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Binds `--metrics-listen` and serves `/metrics` there; the returned task also records settled
 /// pods every few seconds, so the histograms move without a scrape.
 pub async fn serve_metrics(
@@ -290,6 +303,7 @@ async fn run_standalone(
         .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
         agent.use_dataplane(&watcher);
     }
+    release_freed_memory();
     let disk = open_journal(&config)?;
     let ticker = disk.clone().map(|d| tokio::spawn(tick_journal(d)));
     let producer = tokio::spawn(agent.run(tx, shutdown));

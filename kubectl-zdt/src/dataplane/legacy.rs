@@ -169,6 +169,8 @@ pub const REPLACE_HEADER: usize = 96;
 /// How much of a writer's buffer is copied at a time: the parser reads each piece while it is
 /// still in the cache, and the agent never holds the table (~100 MB at 10 000 Services).
 pub const WRITER_CHUNK: usize = 1 << 20;
+// An entry is at most 64 KiB (next_offset is a u16): a chunk always holds a whole one.
+const _: () = assert!(WRITER_CHUNK >= 2 * (u16::MAX as usize + 1));
 
 /// A replace the agent's eBPF program saw begin (`zdt_common::kind::TABLE_REPLACE_BEGIN`): the
 /// writer is inside `setsockopt(IPT_SO_SET_REPLACE)` with its new table at `buffer`.
@@ -308,8 +310,7 @@ pub fn read_writer(begin: &ReplaceBegin, chunk: &mut Vec<u8>) -> Result<WriterRe
         let nat = xtables::parse(begin.family, &info, &whole)?;
         return Ok(WriterRead { nat, copied_ns });
     }
-    // An entry is at most 64 KiB (next_offset is a u16): a chunk always holds a whole one.
-    read_entries(begin, &info, chunk, WRITER_CHUNK.max(1 << 17))
+    read_entries(begin, &info, chunk, WRITER_CHUNK)
 }
 
 /// The entries of a writer's buffer, `capacity` bytes at a time.
