@@ -141,7 +141,7 @@ fn record(
             "{} routes read, {} programmed, {} virtual servers, read in {took:?}",
             read.routes.len(),
             expected.len(),
-            read.servers
+            read.servers.len()
         ),
     );
     let dumps = live.take_recorded();
@@ -199,6 +199,8 @@ struct Change<'a> {
     backend: SocketAddr,
     services: &'a [SocketAddr],
     between: (Timestamp, Timestamp),
+    /// Each virtual server's own request: when it was sent and answered.
+    requests: &'a [(SocketAddr, Timestamp, Timestamp)],
     read: Duration,
     /// The watcher is armed with the IPVS trigger: changes carry the requests' exits.
     triggered: bool,
@@ -211,6 +213,7 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
         backend,
         services,
         between: (before, after),
+        requests,
         read,
         triggered,
     } = *c;
@@ -236,12 +239,18 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
         );
         let (from, to) = (o.time - unc, o.time + unc);
         if triggered {
-            // Stamped with the requests' exits: inside the interval the requests ran in (a
-            // polled stamp starts at the read before the change, so it would not be).
+            // Stamped with the exit of the request for its own virtual server (each one is
+            // read alone): inside the interval that request ran in (a polled stamp starts at the
+            // read before the change, so it would not be).
+            let service = o.service.as_deref().unwrap_or("-");
+            let own = requests
+                .iter()
+                .find(|(s, ..)| s.to_string() == service)
+                .map(|(_, b, a)| (*b, *a));
             check.that(
-                before <= from && to <= after,
-                &format!("{what}: stamped with the IPVS requests' exits"),
-                format!("requests in [{before}, {after}], reported [{from}, {to}]"),
+                own.is_some_and(|(b, a)| b <= from && to <= a),
+                &format!("{what}: {service} stamped with the exit of its own IPVS request"),
+                format!("its request in {own:?}, reported [{from}, {to}]"),
             );
         } else {
             check.that(
@@ -282,13 +291,15 @@ fn hand_triggers(
     thread::spawn(move || {
         loop {
             while let Some(item) = t.events.next() {
-                let event = decode::parse(&item);
-                drop(item);
-                let Ok(ev) = event else { continue };
+                let Ok(ev) = decode::parse(&item) else {
+                    continue;
+                };
                 if ev.kind != zdt_common::kind::IPVS_CHANGE {
                     continue;
                 }
-                match decoder.ipvs_change(&ev) {
+                let change = decoder.ipvs_change(&ev, &item);
+                drop(item);
+                match change {
                     Ok(c) => {
                         if triggers.send(Trigger::IpvsChange(c)).is_err() {
                             return;
@@ -429,16 +440,21 @@ fn guest() -> anyhow::Result<bool> {
         .map(|(v, _)| v.service.0)
         .collect();
     let set_weight = |state: &mut Vec<(VirtualServer, Vec<RealServer>)>, live: &mut Live, w| {
+        let mut requests = Vec::new();
         for (v, reals) in state.iter_mut() {
             for r in reals.iter_mut().filter(|r| r.backend.0 == gone) {
                 r.weight = w;
+                let before = Timestamp::now();
                 live.execute(&Command::SetDest(*v, *r))?;
+                requests.push((v.service.0, before, Timestamp::now()));
+                // Apart, so that each request's stamp is told from the other's.
+                thread::sleep(Duration::from_millis(20));
             }
         }
-        anyhow::Ok(())
+        anyhow::Ok(requests)
     };
     let before = Timestamp::now();
-    set_weight(&mut state, &mut live, 0)?;
+    let requests = set_weight(&mut state, &mut live, 0)?;
     let after = Timestamp::now();
     let drained = collect(&obs, QUIET_TICKS);
     check_change(
@@ -450,6 +466,7 @@ fn guest() -> anyhow::Result<bool> {
             backend: gone,
             services: &web,
             between: (before, after),
+            requests: &requests,
             read,
             triggered,
         },
@@ -471,11 +488,15 @@ fn guest() -> anyhow::Result<bool> {
     read = read.max(record(&mut live, "deleted", &state, &mut check)?);
 
     let before = Timestamp::now();
+    let mut requests = Vec::new();
     for (v, reals) in &mut state {
         if web.contains(&v.service.0) {
             let r = rs(&gone.to_string(), 1);
+            let sent = Timestamp::now();
             live.execute(&Command::NewDest(*v, r))?;
+            requests.push((v.service.0, sent, Timestamp::now()));
             reals.push(r);
+            thread::sleep(Duration::from_millis(20));
         }
     }
     let after = Timestamp::now();
@@ -489,6 +510,7 @@ fn guest() -> anyhow::Result<bool> {
             backend: gone,
             services: &web,
             between: (before, after),
+            requests: &requests,
             read,
             triggered,
         },
@@ -521,8 +543,73 @@ fn guest() -> anyhow::Result<bool> {
         "the watched backends are the real servers",
         format!("{watched} watched"),
     );
+    if triggered {
+        scale(&mut live, &obs, &mut check)?;
+    }
     drop(tx);
     Ok(!check.failed)
+}
+
+/// Virtual servers added for the scale check, with [`SCALE_REALS`] real servers each.
+const SCALE_SERVERS: u16 = 2000;
+const SCALE_REALS: u8 = 5;
+
+/// At scale, with the trigger: kube-proxy programs [`SCALE_SERVERS`] more virtual servers while
+/// the watcher runs (each request a trigger), then drains one endpoint; the drain is reported
+/// by re-reading its virtual server alone, in less time than one whole read takes.
+fn scale(
+    live: &mut Live,
+    obs: &std_mpsc::Receiver<Observation>,
+    check: &mut Check,
+) -> anyhow::Result<()> {
+    let vs_of = |i: u16| vs(&format!("10.97.{}.{}:80", i / 250, i % 250 + 1));
+    let rs_of = |i: u16, j: u8, w| {
+        rs(
+            &format!("10.245.{}.{}:8080", i / 50, (i % 50) * 5 + u16::from(j)),
+            w,
+        )
+    };
+    let started = std::time::Instant::now();
+    for i in 0..SCALE_SERVERS {
+        live.execute(&Command::NewService(vs_of(i), "rr"))?;
+        for j in 0..SCALE_REALS {
+            live.execute(&Command::NewDest(vs_of(i), rs_of(i, j, 1)))?;
+        }
+    }
+    let programmed = started.elapsed();
+    let mut added = 0usize;
+    while let Ok(o) = obs.recv_timeout(Duration::from_secs(5)) {
+        added += usize::from(o.kind == Kind::DataplaneAdded);
+    }
+    let want = usize::from(SCALE_SERVERS) * usize::from(SCALE_REALS);
+    check.that(
+        added == want,
+        &format!("scale: {SCALE_SERVERS} virtual servers programmed while watched, every real server reported added"),
+        format!("{added} added of {want}; {} requests in {programmed:?}", usize::from(SCALE_SERVERS) * (1 + usize::from(SCALE_REALS))),
+    );
+    let whole = std::time::Instant::now();
+    let read = ipvs::read(live)?;
+    let whole = whole.elapsed();
+    let target = vs_of(SCALE_SERVERS / 2);
+    let drained = rs_of(SCALE_SERVERS / 2, 2, 0);
+    live.execute(&Command::SetDest(target, drained))?;
+    let sent = std::time::Instant::now();
+    let got = obs.recv_timeout(Duration::from_secs(60));
+    let took = sent.elapsed();
+    let ok = got.as_ref().is_ok_and(|o| {
+        o.kind == Kind::DataplaneRemoved
+            && o.ip == Some(drained.backend.0.ip())
+            && o.service.as_deref() == Some(&*target.service.to_string())
+    });
+    check.that(
+        ok && took < whole,
+        &format!(
+            "scale: one drain among {} routes is reported by re-reading its virtual server, faster than a whole read",
+            read.routes.len()
+        ),
+        format!("request answered → observation {took:?}; a whole read ({} virtual servers) {whole:?}; {:?}", read.servers.len(), got.map(|o| o.kind.as_str())),
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -18,7 +18,8 @@ use jiff::{SignedDuration, Timestamp};
 use kubectl_zdt::{
     agent::{Agent, AgentConfig},
     dataplane::{
-        ipvs::IpvsChange,
+        ipvs::{self, Command, IpvsChange, RealServer, VirtualServer},
+        model::{Backend, Protocol, ServiceAddr},
         watcher::{self, Arm, Armed, Trigger},
     },
     observation::NodeName,
@@ -53,6 +54,31 @@ fn request(family: u16, cmd: u8) -> Vec<u8> {
     m.extend_from_slice(&[cmd, 1, 0, 0]);
     m.extend_from_slice(&attr);
     m
+}
+
+fn web() -> VirtualServer {
+    VirtualServer {
+        service: ServiceAddr("10.96.0.10:80".parse().unwrap()),
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn drained() -> RealServer {
+    RealServer {
+        backend: Backend("10.244.1.12:8080".parse().unwrap()),
+        weight: 0,
+    }
+}
+
+/// `request` with a 300-byte attribute appended (its length fixed up).
+fn padded(mut request: Vec<u8>) -> Vec<u8> {
+    let mut attr = vec![0u8; 300];
+    attr[..2].copy_from_slice(&300u16.to_ne_bytes());
+    attr[2..4].copy_from_slice(&99u16.to_ne_bytes());
+    request.extend_from_slice(&attr);
+    let len = u32::try_from(request.len()).unwrap();
+    request[..4].copy_from_slice(&len.to_ne_bytes());
+    request
 }
 
 /// A NETLINK_GENERIC socket of the calling thread's namespace.
@@ -207,17 +233,33 @@ fn ipvs_change_requests_of_the_armed_family_are_reported_with_the_send_exit() {
 
             // Reported: what kube-proxy sends to drain an endpoint. The kernel has no such
             // family and says so in the ack, but the send itself succeeds.
-            let set = request(FAMILY, genl::IPVS_CMD_SET_DEST);
+            let set = ipvs::encode_command(&Command::SetDest(web(), drained()), FAMILY, 3);
             let before = Timestamp::now();
             let sent = nl.sendto(&set, 0);
             let after = Timestamp::now();
             assert_eq!(sent.unwrap(), set.len());
+            assert_eq!(nl.ack(), -libc::ENOENT);
+            // Longer than the trigger copies: the virtual server comes first and is still read.
+            let long = padded(ipvs::encode_command(
+                &Command::SetDest(web(), drained()),
+                FAMILY,
+                4,
+            ));
+            assert!(long.len() > genl::REQUEST_MAX);
+            nl.sendto(&long, 0).unwrap();
             assert_eq!(nl.ack(), -libc::ENOENT);
             (before, after)
         })
         .unwrap();
     let c = next_change(&rx);
     assert_eq!(c.cmd, genl::IPVS_CMD_SET_DEST, "{c:?}");
+    // The request names its virtual server: the watcher reads that one alone.
+    assert_eq!(c.server, Some(web()), "{c:?}");
+    let long = next_change(&rx);
+    assert_eq!(
+        (long.cmd, long.server),
+        (genl::IPVS_CMD_SET_DEST, Some(web()))
+    );
     assert_eq!((c.netns, c.pid), (netns, std::process::id()), "{c:?}");
     assert!(c.entered <= c.time, "{c:?}");
     assert!(
@@ -254,13 +296,17 @@ fn ipvs_change_requests_of_the_armed_family_are_reported_with_the_send_exit() {
             assert_eq!(nl.ack(), -libc::ENOENT);
         })
         .unwrap();
-    let got: Vec<u8> = (0..3).map(|_| next_change(&rx).cmd).collect();
+    let got: Vec<(u8, Option<VirtualServer>)> = (0..3)
+        .map(|_| next_change(&rx))
+        .map(|c| (c.cmd, c.server))
+        .collect();
+    // The stand-in requests name no virtual server, FLUSH names none: IPVS is read whole.
     assert_eq!(
         got,
         [
-            genl::IPVS_CMD_DEL_SERVICE,
-            genl::IPVS_CMD_NEW_DEST,
-            genl::IPVS_CMD_FLUSH
+            (genl::IPVS_CMD_DEL_SERVICE, None),
+            (genl::IPVS_CMD_NEW_DEST, None),
+            (genl::IPVS_CMD_FLUSH, None)
         ]
     );
 }

@@ -56,6 +56,10 @@ pub mod genl {
     /// pid u32; then `struct genlmsghdr`: cmd u8, version u8, reserved u16.
     pub const NLMSG_HDRLEN: usize = 16;
     pub const HEADERS_LEN: usize = NLMSG_HDRLEN + 4;
+    /// How much of an IPVS change request the trigger copies: the headers and the virtual
+    /// server's attributes with room to spare (kube-proxy's SET_DEST is ~180 bytes, its
+    /// service attribute ~90, the first after the headers).
+    pub const REQUEST_MAX: usize = 256;
     /// Offsets in the first [`HEADERS_LEN`] bytes.
     pub const TYPE: usize = 4;
     pub const CMD: usize = NLMSG_HDRLEN;
@@ -293,13 +297,42 @@ pub struct PendingIpvs {
     pub cmd: u8,
     /// Explicit padding.
     pub _pad: [u8; 3],
+    /// How many bytes of the request `request` holds (≤ [`genl::REQUEST_MAX`]).
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
+    /// The request's first bytes as the writer sent them: nlmsghdr, genlmsghdr, then the
+    /// attributes, the virtual server (`IPVS_CMD_ATTR_SERVICE`) first (moby/ipvs and libnl both
+    /// put it there). The agent re-reads only that virtual server.
+    pub request: [u8; genl::REQUEST_MAX],
 }
 
 const _: () = {
     assert!(offset_of!(PendingIpvs, enter_ns) == 0);
     assert!(offset_of!(PendingIpvs, netns) == 8);
     assert!(offset_of!(PendingIpvs, cmd) == 12);
-    assert!(size_of::<PendingIpvs>() == 16);
+    assert!(offset_of!(PendingIpvs, len) == 16);
+    assert!(offset_of!(PendingIpvs, request) == 24);
+    assert!(size_of::<PendingIpvs>() == 24 + genl::REQUEST_MAX);
+};
+
+/// What the ring buffer carries for [`kind::IPVS_CHANGE`]: the event, then the request's
+/// length and first bytes ([`PendingIpvs::len`], [`PendingIpvs::request`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpvsRecord {
+    pub event: Event,
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    pub request: [u8; genl::REQUEST_MAX],
+}
+
+const _: () = {
+    assert!(offset_of!(IpvsRecord, event) == 0);
+    assert!(offset_of!(IpvsRecord, len) == size_of::<Event>());
+    assert!(offset_of!(IpvsRecord, request) == size_of::<Event>() + 8);
+    assert!(size_of::<IpvsRecord>() == size_of::<Event>() + 8 + genl::REQUEST_MAX);
 };
 
 #[cfg(feature = "user")]
@@ -311,6 +344,7 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::PendingReplace {}
     unsafe impl aya::Pod for super::PendingIpvs {}
+    unsafe impl aya::Pod for super::IpvsRecord {}
 }
 
 #[cfg(test)]

@@ -19,9 +19,10 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_buf,
     },
     macros::map,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use zdt_common::{
@@ -33,7 +34,10 @@ use zdt_common::{
     xt,
 };
 
-use crate::{emit::emit_now, kernel};
+use crate::{
+    emit::{emit_ipvs, emit_now},
+    kernel,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -47,6 +51,9 @@ static WRITERS: LruHashMap<u64, PendingReplace> =
 
 #[map(name = "ZDT_IPVS_FAMILY")]
 static IPVS_FAMILY: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "ZDT_IPVS_SCRATCH")]
+static IPVS_SCRATCH: PerCpuArray<PendingIpvs> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "ZDT_IPVS_WRITERS")]
 static IPVS_WRITERS: LruHashMap<u64, PendingIpvs> =
@@ -138,7 +145,7 @@ pub fn on_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let buff: u64 = unsafe { ctx.read_at(sys_enter_sendto::BUFF)? };
-    remember_ipvs(buff, family)
+    remember_ipvs(buff, len, family)
 }
 
 /// `syscalls:sys_enter_sendmsg`: the datagram starts in the first `iovec` of the caller's
@@ -162,13 +169,14 @@ pub fn on_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let base: u64 =
         unsafe { bpf_probe_read_user((iov + user_msghdr::IOV_BASE as u64) as *const u64)? };
-    remember_ipvs(base, family)
+    remember_ipvs(base, len, family)
 }
 
-/// Keeps the send for its exit if `buf` starts with an IPVS change and the caller is in a
-/// watched namespace.
+/// Keeps the send for its exit if `buf` (`len` bytes) starts with an IPVS change and the caller
+/// is in a watched namespace, with the request's first bytes (up to `genl::REQUEST_MAX`; none
+/// if they cannot be read, and the agent then re-reads all of IPVS).
 #[inline(always)]
-fn remember_ipvs(buf: u64, family: u16) -> Result<(), i32> {
+fn remember_ipvs(buf: u64, len: u64, family: u16) -> Result<(), i32> {
     let headers: [u8; genl::HEADERS_LEN] =
         unsafe { bpf_probe_read_user(buf as *const [u8; genl::HEADERS_LEN])? };
     let Some(cmd) = genl::ipvs_change(&headers, family) else {
@@ -178,13 +186,30 @@ fn remember_ipvs(buf: u64, family: u16) -> Result<(), i32> {
     if unsafe { DATAPLANE_NETNS.get(&netns) }.is_none() {
         return Ok(());
     }
-    let pending = PendingIpvs {
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        netns,
-        cmd,
-        _pad: [0; 3],
+    // Built in a per-CPU slot: the request does not fit the stack.
+    let Some(pending) = IPVS_SCRATCH.get_ptr_mut(0) else {
+        return Ok(());
     };
-    IPVS_WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
+    // SAFETY: this CPU's slot, used only here with preemption off for the program's run.
+    let pending = unsafe { &mut *pending };
+    pending.enter_ns = unsafe { bpf_ktime_get_ns() };
+    pending.netns = netns;
+    pending.cmd = cmd;
+    pending._pad = [0; 3];
+    pending._pad2 = 0;
+    let n = if len < genl::REQUEST_MAX as u64 {
+        len as usize
+    } else {
+        genl::REQUEST_MAX
+    };
+    pending.len = 0;
+    if n > 0
+        && n <= genl::REQUEST_MAX
+        && unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut pending.request[..n]) }.is_ok()
+    {
+        pending.len = n as u32;
+    }
+    IPVS_WRITERS.insert(&bpf_get_current_pid_tgid(), pending, 0)?;
     Ok(())
 }
 
@@ -196,20 +221,21 @@ pub fn on_exit_send(ctx: &TracePointContext, ret_offset: usize) -> Result<(), i3
         return Ok(());
     }
     let id = bpf_get_current_pid_tgid();
-    let Some(pending) = (unsafe { IPVS_WRITERS.get(&id) }).copied() else {
+    let Some(pending) = IPVS_WRITERS.get_ptr(&id) else {
         return Ok(());
     };
-    let _ = IPVS_WRITERS.remove(&id);
-    let ret: i64 = unsafe { ctx.read_at(ret_offset)? };
-    if ret < 0 {
-        return Ok(());
+    // SAFETY: the map value stays valid until the remove below.
+    let pending = unsafe { &*pending };
+    let ret: i64 = unsafe { ctx.read_at(ret_offset) }.unwrap_or(-1);
+    if ret >= 0 {
+        let mut event = Event::new(kind::IPVS_CHANGE, unsafe { bpf_ktime_get_ns() });
+        event.sk = pending.enter_ns;
+        event.reason = u32::from(pending.cmd);
+        event.tgid = ctx.tgid();
+        event.netns = pending.netns;
+        // Rare and awaited: the reader is woken at once.
+        emit_ipvs(&event, pending);
     }
-    let mut event = Event::new(kind::IPVS_CHANGE, unsafe { bpf_ktime_get_ns() });
-    event.sk = pending.enter_ns;
-    event.reason = u32::from(pending.cmd);
-    event.tgid = ctx.tgid();
-    event.netns = pending.netns;
-    // Rare and awaited: wake the reader now.
-    emit_now(&event);
+    let _ = IPVS_WRITERS.remove(&id);
     Ok(())
 }

@@ -8,10 +8,11 @@
 use aya_ebpf::{
     Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_probe_read_kernel_buf,
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use zdt_common::{CounterKey, Event, maps};
+use zdt_common::{CounterKey, Event, IpvsRecord, PendingIpvs, maps};
 
 #[unsafe(no_mangle)]
 static ZDT_WAKEUP_EVERY: Global<u64> = Global::new(64);
@@ -51,6 +52,41 @@ pub fn emit(event: &Event) {
 #[inline(always)]
 pub fn emit_now(event: &Event) {
     deliver(event, true);
+}
+
+/// An IPVS change request: `event` (counted like any other) followed by the request's first
+/// bytes from `pending` ([`IpvsRecord`]), waking the reader at once. The record is written in
+/// place (it does not fit the stack beside the caller's locals).
+#[inline(always)]
+pub fn emit_ipvs(event: &Event, pending: &PendingIpvs) {
+    let key = CounterKey::of(event);
+    count(&COUNTERS, &key);
+    match EVENTS.reserve::<IpvsRecord>(0) {
+        Some(mut entry) => {
+            let record = entry.as_mut_ptr();
+            // SAFETY: `record` is the reserved, exclusively owned ring-buffer slot of an
+            // IpvsRecord; every field is written before the submit.
+            unsafe {
+                core::ptr::addr_of_mut!((*record).event).write(*event);
+                core::ptr::addr_of_mut!((*record).len).write(pending.len);
+                core::ptr::addr_of_mut!((*record)._pad).write(0);
+                if bpf_probe_read_kernel_buf(
+                    pending.request.as_ptr(),
+                    &mut *core::ptr::addr_of_mut!((*record).request),
+                )
+                .is_err()
+                {
+                    core::ptr::addr_of_mut!((*record).len).write(0);
+                }
+            }
+            bump_stat(maps::STAT_EVENTS_SENT);
+            entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+        }
+        None => {
+            bump_stat(maps::STAT_RINGBUF_LOST);
+            count(&LOST, &key);
+        }
+    }
 }
 
 #[inline(always)]

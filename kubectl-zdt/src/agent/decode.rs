@@ -13,7 +13,7 @@ use super::clock::Clock;
 use crate::{
     dataplane::{
         Family,
-        ipvs::IpvsChange,
+        ipvs::{self, IpvsChange},
         legacy::{ReplaceBegin, TableReplace},
     },
     observation::{Kind, NodeName, Observation},
@@ -53,6 +53,24 @@ pub fn parse(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     // SAFETY: Event is repr(C) POD (every bit pattern valid) and the length was checked.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// The request bytes of an IPVS change record (empty if the record has none: the kernel
+/// program could not copy them, or an older record layout).
+pub fn ipvs_request(record: &[u8]) -> &[u8] {
+    let head = size_of::<Event>();
+    let Some(len) = record
+        .get(head..head + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_ne_bytes)
+    else {
+        return &[];
+    };
+    let start = head + 8;
+    let len = usize::try_from(len)
+        .unwrap_or(0)
+        .min(zdt_common::genl::REQUEST_MAX);
+    record.get(start..start + len).unwrap_or(&[])
 }
 
 pub fn ip_of(family: u16, addr: &[u8; 16]) -> Result<IpAddr, DecodeError> {
@@ -136,7 +154,9 @@ impl Decoder {
     }
 
     /// An IPVS change request (`kind::IPVS_CHANGE`): a trigger for the dataplane watcher.
-    pub fn ipvs_change(&self, ev: &Event) -> Result<IpvsChange, DecodeError> {
+    /// `record` is the whole ring-buffer record ([`zdt_common::IpvsRecord`]: the event, then
+    /// the request's first bytes, which name the virtual server to read again).
+    pub fn ipvs_change(&self, ev: &Event, record: &[u8]) -> Result<IpvsChange, DecodeError> {
         if ev.kind != kind::IPVS_CHANGE {
             return Err(DecodeError::Kind(ev.kind));
         }
@@ -150,6 +170,7 @@ impl Decoder {
             cmd,
             netns: ev.netns,
             pid: ev.tgid,
+            server: ipvs::requested_server(ipvs_request(record)),
         })
     }
 
@@ -339,29 +360,83 @@ mod tests {
         assert_eq!(d.table_replace(&ev), Err(DecodeError::Family(7)));
     }
 
+    /// The ring-buffer record of an IPVS change: the event, then `request` cut to what the
+    /// kernel program copies.
+    fn ipvs_record(ev: &Event, request: &[u8]) -> Vec<u8> {
+        let n = request.len().min(zdt_common::genl::REQUEST_MAX);
+        let mut r = zdt_common::IpvsRecord {
+            event: *ev,
+            len: u32::try_from(n).unwrap(),
+            _pad: 0,
+            request: [0xAA; zdt_common::genl::REQUEST_MAX],
+        };
+        r.request[..n].copy_from_slice(&request[..n]);
+        // SAFETY: IpvsRecord is repr(C) plain data with explicit padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&r).cast::<u8>(),
+                size_of::<zdt_common::IpvsRecord>(),
+            )
+        }
+        .to_vec()
+    }
+
     #[test]
     fn an_ipvs_change_request_is_a_trigger_stamped_at_the_send_exit() {
+        use crate::dataplane::{
+            ipvs::{Command, RealServer, VirtualServer},
+            model::{Backend, Protocol, ServiceAddr},
+        };
         let mut ev = Event::new(kind::IPVS_CHANGE, 660_197_146);
         ev.sk = 660_100_000;
         ev.reason = u32::from(zdt_common::genl::IPVS_CMD_SET_DEST);
         ev.netns = 4026531840;
         ev.tgid = 77;
+        let web = VirtualServer {
+            service: ServiceAddr("10.96.0.10:80".parse().unwrap()),
+            protocol: Protocol::Tcp,
+        };
+        let gone = RealServer {
+            backend: Backend("10.244.1.12:8080".parse().unwrap()),
+            weight: 0,
+        };
+        // kube-proxy's SET_DEST as the kernel program copied it: it names the virtual server.
+        let request = ipvs::encode_command(&Command::SetDest(web, gone), 0x24, 9);
         let d = decoder();
-        let c = d.ipvs_change(&ev).unwrap();
+        let c = d.ipvs_change(&ev, &ipvs_record(&ev, &request)).unwrap();
         assert_eq!(c.time.to_string(), "2026-11-22T01:16:45.660197146Z");
         assert_eq!(c.entered.to_string(), "2026-11-22T01:16:45.6601Z");
         assert_eq!((c.cmd, c.netns, c.pid), (6, 4026531840, 77));
+        assert_eq!(c.server, Some(web));
+        // Not copied (or an event without the request): no server, IPVS is read whole.
+        assert_eq!(
+            d.ipvs_change(&ev, &ipvs_record(&ev, &[])).unwrap().server,
+            None
+        );
+        let bare = ev;
+        let bytes: Vec<u8> = ipvs_record(&bare, &request)[..size_of::<Event>()].to_vec();
+        assert_eq!(d.ipvs_change(&ev, &bytes).unwrap().server, None);
+        // Cut inside the service attribute: no server rather than a wrong one.
+        assert_eq!(
+            d.ipvs_change(&ev, &ipvs_record(&ev, &request[..40]))
+                .unwrap()
+                .server,
+            None
+        );
         // Not an observation kind: it never reaches the stream by mistake.
         assert_eq!(d.decode(&ev), Err(DecodeError::Kind(kind::IPVS_CHANGE)));
         // A dump request is no change: the kernel program never reports one, and a record
         // saying so is refused rather than read as a change.
         ev.reason = 4;
-        assert_eq!(d.ipvs_change(&ev), Err(DecodeError::IpvsCommand(4)));
+        assert_eq!(d.ipvs_change(&ev, &[]), Err(DecodeError::IpvsCommand(4)));
         ev.reason = 0x106;
-        assert_eq!(d.ipvs_change(&ev), Err(DecodeError::IpvsCommand(0x106)));
+        assert_eq!(
+            d.ipvs_change(&ev, &[]),
+            Err(DecodeError::IpvsCommand(0x106))
+        );
         ev.kind = kind::TABLE_REPLACE;
         assert_eq!(
-            d.ipvs_change(&ev),
+            d.ipvs_change(&ev, &[]),
             Err(DecodeError::Kind(kind::TABLE_REPLACE))
         );
     }

@@ -349,7 +349,6 @@ impl Agent {
                     break;
                 };
                 let event = decode::parse(&item);
-                drop(item);
                 if let Ok(ev) = &event
                     && matches!(
                         ev.kind,
@@ -358,9 +357,12 @@ impl Agent {
                             | zdt_common::kind::IPVS_CHANGE
                     )
                 {
-                    self.dataplane_changed(ev);
+                    let trigger = dataplane_trigger(&self.decoder, ev, &item);
+                    drop(item);
+                    self.dataplane_changed(trigger);
                     continue;
                 }
+                drop(item);
                 match event.and_then(|ev| self.decoder.decode(&ev)) {
                     Ok(o) => batch.push(o),
                     Err(e) => {
@@ -401,14 +403,7 @@ impl Agent {
 
     /// Hands an x_tables replace or an IPVS change request to the dataplane watcher (it is a
     /// trigger, not an observation).
-    fn dataplane_changed(&mut self, ev: &zdt_common::Event) {
-        let trigger = match ev.kind {
-            zdt_common::kind::TABLE_REPLACE_BEGIN => {
-                self.decoder.replace_begin(ev).map(Trigger::ReplaceBegin)
-            }
-            zdt_common::kind::IPVS_CHANGE => self.decoder.ipvs_change(ev).map(Trigger::IpvsChange),
-            _ => self.decoder.table_replace(ev).map(Trigger::TableReplace),
-        };
+    fn dataplane_changed(&mut self, trigger: Result<Trigger, decode::DecodeError>) {
         match trigger {
             Ok(trigger) => {
                 if let Some(t) = &self.triggers {
@@ -499,5 +494,21 @@ impl Agent {
             }
         }
         true
+    }
+}
+
+/// An x_tables replace or IPVS change request as the dataplane watcher's trigger; `record` is
+/// the whole ring-buffer record (an IPVS change carries the request after the event).
+fn dataplane_trigger(
+    decoder: &Decoder,
+    ev: &zdt_common::Event,
+    record: &[u8],
+) -> Result<Trigger, decode::DecodeError> {
+    match ev.kind {
+        zdt_common::kind::TABLE_REPLACE_BEGIN => {
+            decoder.replace_begin(ev).map(Trigger::ReplaceBegin)
+        }
+        zdt_common::kind::IPVS_CHANGE => decoder.ipvs_change(ev, record).map(Trigger::IpvsChange),
+        _ => decoder.table_replace(ev).map(Trigger::TableReplace),
     }
 }

@@ -21,6 +21,7 @@
 //! real server receives no new connections, so it is not a route.
 
 use std::{
+    collections::BTreeSet,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
@@ -37,14 +38,20 @@ use netlink_packet_generic::{
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_GENERIC};
 use thiserror::Error;
 
-use super::model::{Backend, Backends, Protocol, Route, ServiceAddr, Via};
+use super::model::{Backend, Backends, Change, Protocol, Route, ServiceAddr, Via};
 
 /// How often IPVS is read again without the eBPF trigger: the time resolution of IPVS changes.
 pub const POLL: Duration = Duration::from_millis(100);
 
-/// How often IPVS is read again while the eBPF trigger is armed: only changes made without a
-/// generic-netlink send are left to this read (see the module comment).
+/// How often IPVS is read again while the eBPF trigger is armed, at least: only changes made
+/// without a generic-netlink send are left to this read (see the module comment).
 pub const SAFETY_POLL: Duration = Duration::from_secs(10);
+
+/// The safety net's interval after a whole read that took `read`: [`SAFETY_POLL`], or longer
+/// where IPVS is so large that reading it whole would cost more than 1 % of a CPU.
+pub fn safety_poll(read: Duration) -> Duration {
+    SAFETY_POLL.max(read * 100)
+}
 
 /// An IPVS change request, as the agent's eBPF trigger reported it
 /// (`zdt_common::kind::IPVS_CHANGE`): a generic-netlink IPVS request that changes virtual or
@@ -62,6 +69,22 @@ pub struct IpvsChange {
     pub netns: u32,
     /// The writer (kube-proxy).
     pub pid: u32,
+    /// The virtual server the request names (see [`requested_server`]); `None` when it names
+    /// none the watcher can read alone: IPVS is then read whole.
+    pub server: Option<VirtualServer>,
+}
+
+/// The virtual server a change request (its first bytes, as the trigger copied them) names in
+/// its `IPVS_CMD_ATTR_SERVICE`: `None` for FLUSH, firewall-mark services, and requests cut short
+/// or unreadable.
+pub fn requested_server(request: &[u8]) -> Option<VirtualServer> {
+    const HEADERS: usize = zdt_common::genl::HEADERS_LEN;
+    let len = usize::try_from(u32::from_ne_bytes(request.get(..4)?.try_into().ok()?)).ok()?;
+    if request.get(zdt_common::genl::CMD) == Some(&zdt_common::genl::IPVS_CMD_FLUSH) {
+        return None;
+    }
+    let attrs = request.get(HEADERS..len.min(request.len()))?;
+    parse_service(attrs).ok().flatten()
 }
 
 /// The generic-netlink family and its version (IPVS_GENL_NAME, IPVS_GENL_VERSION).
@@ -104,7 +127,7 @@ pub enum ReadError {
 }
 
 /// A virtual server (Service frontend).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VirtualServer {
     pub service: ServiceAddr,
     pub protocol: Protocol,
@@ -420,7 +443,7 @@ pub trait Transport {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ipvs {
     /// Virtual servers (kube-proxy's IPVS mode is in use when there are any).
-    pub servers: usize,
+    pub servers: BTreeSet<VirtualServer>,
     pub routes: Backends,
 }
 
@@ -435,19 +458,57 @@ pub fn read(t: &mut impl Transport) -> Result<Ipvs, ReadError> {
     }
     let mut all = Vec::new();
     for vs in &servers {
-        let af = family_of(vs.service.0.ip());
-        let mut reals = Vec::new();
-        for reply in t.dump(&IpvsMessage::GetDests(*vs))? {
-            if let IpvsMessage::Dest(d) = reply {
-                reals.push(d.resolve(af)?);
-            }
-        }
-        all.push((*vs, reals));
+        all.push((*vs, read_dests(t, vs)?));
     }
     Ok(Ipvs {
-        servers: servers.len(),
+        servers: servers.into_iter().collect(),
         routes: routes(&all),
     })
+}
+
+/// The real servers of one virtual server (none if it does not exist: the kernel then ends the
+/// dump empty): one GET_DEST dump.
+pub fn read_dests(
+    t: &mut impl Transport,
+    vs: &VirtualServer,
+) -> Result<Vec<RealServer>, ReadError> {
+    let af = family_of(vs.service.0.ip());
+    let mut reals = Vec::new();
+    for reply in t.dump(&IpvsMessage::GetDests(*vs))? {
+        if let IpvsMessage::Dest(d) = reply {
+            reals.push(d.resolve(af)?);
+        }
+    }
+    Ok(reals)
+}
+
+/// Reads one virtual server again after a change request `cmd` named it and brings `state` up
+/// to date: what changed in its routes. One GET_DEST dump, whatever the size of IPVS. The set
+/// of virtual servers follows the request (a virtual server with real servers exists; NEW_SERVICE
+/// creates one, DEL_SERVICE deletes one unless real servers are still dumped); a NEW_SERVICE the
+/// kernel refused for another reason than "exists" counts one too many until the next whole
+/// read.
+pub fn reread_server(
+    t: &mut impl Transport,
+    state: &mut Ipvs,
+    vs: &VirtualServer,
+    cmd: u8,
+) -> Result<Change, ReadError> {
+    use zdt_common::genl::{IPVS_CMD_DEL_SERVICE, IPVS_CMD_NEW_SERVICE};
+    let reals = read_dests(t, vs)?;
+    if cmd == IPVS_CMD_NEW_SERVICE || !reals.is_empty() {
+        state.servers.insert(*vs);
+    } else if cmd == IPVS_CMD_DEL_SERVICE {
+        state.servers.remove(vs);
+    }
+    let live: Vec<Backend> = reals
+        .iter()
+        .filter(|r| r.weight > 0)
+        .map(|r| r.backend)
+        .collect();
+    Ok(state
+        .routes
+        .set_backends(vs.service, vs.protocol, Via::ServiceIp, &live))
 }
 
 /// The routes of IPVS virtual servers and their real servers: weight-0 real servers (draining)
@@ -873,7 +934,7 @@ mod tests {
             requests: Vec::new(),
         };
         let ipvs = read(&mut kernel).unwrap();
-        assert_eq!(ipvs.servers, 1);
+        assert_eq!(ipvs.servers.len(), 1);
         assert_eq!(
             ipvs.routes.describe(),
             ["10.96.114.246:80 tcp -> 10.244.0.38:8080 (-)"]
@@ -1000,12 +1061,124 @@ mod tests {
         assert!(read(&mut Replay::new(&back[..1])).is_err());
     }
 
+    /// A kernel stand-in holding IPVS as a model: virtual servers 10.96.0.<i>:80 with real
+    /// servers 10.244.<i>.<j>:8080 and their weights; it answers dumps as the kernel does (an
+    /// unknown virtual server's GET_DEST dump ends empty).
+    #[derive(Default)]
+    struct Model {
+        servers: std::collections::BTreeMap<u8, std::collections::BTreeMap<u8, u32>>,
+    }
+
+    fn model_vs(i: u8) -> VirtualServer {
+        VirtualServer {
+            service: ServiceAddr(SocketAddr::from(([10, 96, 0, i], 80))),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    impl Transport for Model {
+        fn dump(&mut self, request: &IpvsMessage) -> Result<Vec<IpvsMessage>, ReadError> {
+            let mut datagram = Vec::new();
+            match request {
+                IpvsMessage::GetServices => {
+                    for i in self.servers.keys() {
+                        datagram.extend(service_reply(&model_vs(*i)));
+                    }
+                }
+                IpvsMessage::GetDests(vs) => {
+                    let i = (1..=255).find(|i| model_vs(*i) == *vs);
+                    for (j, w) in i.and_then(|i| self.servers.get(&i)).into_iter().flatten() {
+                        datagram.extend(dest_reply([10, 244, i.unwrap(), *j], *w, None));
+                    }
+                }
+                other => panic!("unexpected request {other:?}"),
+            }
+            datagram.extend(done());
+            Ok(decode_datagram(&datagram)?.0)
+        }
+    }
+
+    /// One of kube-proxy's changes to the model: (virtual server, real server, what).
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        NewService,
+        DelService,
+        NewDest(u32),
+        SetDest(u32),
+        DelDest,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = (u8, u8, Op)> {
+        use proptest::prelude::*;
+        (
+            1..6u8,
+            1..5u8,
+            prop_oneof![
+                Just(Op::NewService),
+                Just(Op::DelService),
+                (0..3u32).prop_map(Op::NewDest),
+                (0..3u32).prop_map(Op::SetDest),
+                Just(Op::DelDest),
+            ],
+        )
+    }
+
     proptest::proptest! {
+        /// Re-reading only the virtual server a request named keeps the watcher's IPVS equal to
+        /// a whole read, and reports exactly what a whole read's diff would.
+        #[test]
+        fn rereading_the_named_virtual_server_equals_a_whole_read(
+            ops in proptest::collection::vec(op(), 1..40)
+        ) {
+            let mut kernel = Model::default();
+            kernel.servers.insert(1, [(1, 1), (2, 1)].into());
+            let mut state = read(&mut kernel).unwrap();
+            for (i, j, op) in ops {
+                let dests = kernel.servers.get_mut(&i);
+                match (op, dests) {
+                    (Op::NewService, None) => {
+                        kernel.servers.insert(i, Default::default());
+                    }
+                    (Op::DelService, Some(_)) => {
+                        kernel.servers.remove(&i);
+                    }
+                    (Op::NewDest(w) | Op::SetDest(w), Some(d)) => {
+                        d.insert(j, w);
+                    }
+                    (Op::DelDest, Some(d)) => {
+                        d.remove(&j);
+                    }
+                    // The kernel refuses it; the trigger still reports the send.
+                    _ => {}
+                }
+                use zdt_common::genl::*;
+                let cmd = match op {
+                    Op::NewService => IPVS_CMD_NEW_SERVICE,
+                    Op::DelService => IPVS_CMD_DEL_SERVICE,
+                    Op::NewDest(_) => IPVS_CMD_NEW_DEST,
+                    Op::SetDest(_) => IPVS_CMD_SET_DEST,
+                    Op::DelDest => IPVS_CMD_DEL_DEST,
+                };
+                let before = state.routes.clone();
+                let change = reread_server(&mut kernel, &mut state, &model_vs(i), cmd).unwrap();
+                let whole = read(&mut kernel).unwrap();
+                proptest::prop_assert_eq!(&state, &whole);
+                let mut expected = before.diff(&whole.routes);
+                let mut got = change;
+                for c in [&mut expected, &mut got] {
+                    c.added.sort_by_key(|r| r.route);
+                    c.removed.sort_by_key(|r| r.route);
+                }
+                proptest::prop_assert_eq!(got, expected);
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = decode_datagram(&bytes);
             let _ = parse_service(&bytes);
             let _ = parse_dest(&bytes);
+            let _ = requested_server(&bytes);
         }
     }
 }

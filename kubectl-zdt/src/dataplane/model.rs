@@ -125,6 +125,42 @@ impl Backends {
         self.routes.remove(route);
     }
 
+    /// Makes `backends` the only ones `service` routes `protocol` connections to when reached
+    /// `via` (new routes without a name), and returns what changed.
+    pub fn set_backends(
+        &mut self,
+        service: ServiceAddr,
+        protocol: Protocol,
+        via: Via,
+        backends: &[Backend],
+    ) -> Change {
+        let route = |backend| Route {
+            service,
+            protocol,
+            backend,
+            via,
+        };
+        let old = self.backends_of(service, protocol, via);
+        let mut change = Change::default();
+        for b in &old {
+            if !backends.contains(b) {
+                let r = route(*b);
+                let name = self.routes.remove(&r).flatten();
+                change.removed.push(RouteChange { route: r, name });
+            }
+        }
+        for b in backends {
+            if let btree_map::Entry::Vacant(e) = self.routes.entry(route(*b)) {
+                e.insert(None);
+                change.added.push(RouteChange {
+                    route: route(*b),
+                    name: None,
+                });
+            }
+        }
+        change
+    }
+
     /// The backends `service` routes `protocol` connections to when reached `via`.
     pub fn backends_of(&self, service: ServiceAddr, protocol: Protocol, via: Via) -> Vec<Backend> {
         let lo = Route {

@@ -12,9 +12,13 @@
 //! legacy nat table is read once per replace, IPVS once per batch of change requests.
 
 use std::{
-    sync::{Arc, RwLock, mpsc as std_mpsc},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc as std_mpsc,
+    },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -226,16 +230,24 @@ struct IpvsPlane {
     kernel: ipvs::Live,
     state: ipvs::Ipvs,
     read_at: Timestamp,
+    /// How long the last whole read took.
+    read_took: Duration,
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl IpvsPlane {
     fn read(mut kernel: ipvs::Live) -> anyhow::Result<Self> {
         let read_at = Timestamp::now();
+        let started = Instant::now();
         let state = ipvs::read(&mut kernel).context("failed to read IPVS")?;
         Ok(Self {
             kernel,
             state,
             read_at,
+            read_took: started.elapsed(),
         })
     }
 
@@ -312,21 +324,24 @@ pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmTriggers<'_>>) -> anyhow::
         );
     }
 
+    // How long the IPVS timer waits: the fallback's interval, or the safety net's (which grows
+    // with the cost of a whole read, see `ipvs::safety_poll`).
+    let ipvs_every = Arc::new(AtomicU64::new(duration_ms(if ipvs_armed {
+        ipvs::safety_poll(ipvs.as_ref().map_or(Duration::ZERO, |p| p.read_took))
+    } else {
+        ipvs::POLL
+    })));
     let (triggers, triggers_rx) = std_mpsc::channel::<Trigger>();
     if ipvs.is_some() {
         // IPVS announces nothing: read it again on a timer, only on kernels that have it; with
         // the eBPF trigger armed, only as a safety net for writers it cannot see.
-        let every = if ipvs_armed {
-            ipvs::SAFETY_POLL
-        } else {
-            ipvs::POLL
-        };
+        let every = ipvs_every.clone();
         let ticks = triggers.clone();
         thread::Builder::new()
             .name("zdt-ipvs-tick".into())
             .spawn(move || {
                 loop {
-                    thread::sleep(every);
+                    thread::sleep(Duration::from_millis(every.load(Ordering::Relaxed)));
                     if ticks.send(Trigger::Tick).is_err() {
                         return;
                     }
@@ -360,6 +375,7 @@ pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmTriggers<'_>>) -> anyhow::
         legacy,
         armed,
         ipvs,
+        ipvs_every: ipvs_armed.then_some(ipvs_every),
         netns,
         watched: watched.clone(),
         frontends: frontends.clone(),
@@ -400,7 +416,7 @@ fn mode_line(
     }
     if ipvs.is_some() {
         triggers.push(if armed.ipvs {
-            "IPVS change request (syscalls:sys_exit_sendto/sys_exit_sendmsg, IPVS_CMD_NEW/SET/DEL_SERVICE|DEST, IPVS_CMD_FLUSH); safety re-read every 10 s"
+            "IPVS change request (syscalls:sys_exit_sendto/sys_exit_sendmsg, IPVS_CMD_NEW/SET/DEL_SERVICE|DEST, IPVS_CMD_FLUSH); the named virtual server re-read; whole re-read every 10 s or more (safety net)"
         } else {
             "IPVS re-read every 100 ms (IPVS sends no notifications)"
         });
@@ -432,7 +448,7 @@ fn detect(planes: &[Plane], legacy: &[LegacyPlane], ipvs: Option<&IpvsPlane>) ->
     if legacy.iter().any(|p| p.kube_proxy) {
         modes.push(Mode::IptablesLegacy);
     }
-    if ipvs.is_some_and(|p| p.state.servers > 0) {
+    if ipvs.is_some_and(|p| !p.state.servers.is_empty()) {
         modes.push(Mode::Ipvs);
     }
     modes
@@ -444,6 +460,9 @@ struct Reader {
     legacy: Vec<LegacyPlane>,
     armed: Armed,
     ipvs: Option<IpvsPlane>,
+    /// The IPVS safety net's interval, while the trigger is armed (it follows the cost of a
+    /// whole read).
+    ipvs_every: Option<Arc<AtomicU64>>,
     /// The namespace read: replaces elsewhere are not this node's dataplane.
     netns: u32,
     /// The modes last reported; a new `dataplane_mode` line is sent when kube-proxy's tables
@@ -560,22 +579,52 @@ impl Reader {
                 None => return false,
             }
         }
-        // IPVS: change requests (and losses of them) stamp what the read finds with their
-        // window; a tick alone with the interval since the previous read.
-        let mut window = Window::default();
-        let mut tick = false;
+        // IPVS: a change request naming its virtual server has that one read again, stamped
+        // with the window of the requests for it; any other request (FLUSH, cut short) or loss
+        // has all of IPVS read, stamped with the window of every trigger; a tick alone with the
+        // interval since the previous read.
+        let mut whole = Window::default();
+        let mut servers: Vec<(ipvs::VirtualServer, Window, Vec<u8>)> = Vec::new();
+        let (mut tick, mut read_all) = (false, false);
         for t in batch {
             match t {
-                Trigger::IpvsChange(c) if c.netns == self.netns => window.add(c.time, c.time),
-                Trigger::Lost { since, now } => window.add(*since, *now),
+                Trigger::IpvsChange(c) if c.netns == self.netns => {
+                    whole.add(c.time, c.time);
+                    let Some(vs) = c.server else {
+                        read_all = true;
+                        continue;
+                    };
+                    let at = match servers.iter().position(|(v, ..)| *v == vs) {
+                        Some(i) => i,
+                        None => {
+                            servers.push((vs, Window::default(), Vec::new()));
+                            servers.len() - 1
+                        }
+                    };
+                    servers[at].1.add(c.time, c.time);
+                    servers[at].2.push(c.cmd);
+                }
+                Trigger::Lost { since, now } => {
+                    whole.add(*since, *now);
+                    read_all = true;
+                }
                 Trigger::Tick => tick = true,
                 _ => {}
             }
         }
-        if self.ipvs.is_some() && (tick || window.triggers > 0) {
-            match self.reread_ipvs(window.stamp()) {
-                Some(c) => changed |= c,
-                None => return false,
+        if self.ipvs.is_some() {
+            if tick || read_all {
+                match self.reread_ipvs(whole.stamp()) {
+                    Some(c) => changed |= c,
+                    None => return false,
+                }
+            } else {
+                for (vs, window, cmds) in &servers {
+                    match self.reread_ipvs_server(vs, window, cmds) {
+                        Some(c) => changed |= c,
+                        None => return false,
+                    }
+                }
             }
         }
         if changed {
@@ -661,6 +710,7 @@ impl Reader {
             return Some(false);
         };
         let started = Timestamp::now();
+        let clock = Instant::now();
         let state = match ipvs::read(&mut plane.kernel) {
             Ok(s) => s,
             Err(e) => {
@@ -668,6 +718,13 @@ impl Reader {
                 return Some(false);
             }
         };
+        plane.read_took = clock.elapsed();
+        if let Some(every) = &self.ipvs_every {
+            every.store(
+                duration_ms(ipvs::safety_poll(plane.read_took)),
+                Ordering::Relaxed,
+            );
+        }
         let change = plane.state.routes.diff(&state.routes);
         let stamp = match triggered {
             Some(stamp) => Stamp {
@@ -683,6 +740,40 @@ impl Reader {
         };
         plane.state = state;
         plane.read_at = started;
+        if change.is_empty() {
+            return Some(false);
+        }
+        for obs in emit::observations(&self.node, IpvsPlane::source(), &change, stamp) {
+            if !self.tx.send(obs) {
+                return None;
+            }
+        }
+        Some(true)
+    }
+
+    /// Reads one virtual server of IPVS again after change requests naming it (`window`);
+    /// whether its routes changed, `None` once nobody listens.
+    fn reread_ipvs_server(
+        &mut self,
+        vs: &ipvs::VirtualServer,
+        window: &Window,
+        cmds: &[u8],
+    ) -> Option<bool> {
+        let Some(plane) = &mut self.ipvs else {
+            return Some(false);
+        };
+        // The last request decides whether the virtual server exists (see `reread_server`).
+        let cmd = cmds.last().copied().unwrap_or_default();
+        let change = match ipvs::reread_server(&mut plane.kernel, &mut plane.state, vs, cmd) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("failed to read IPVS virtual server {}: {e:#}", vs.service);
+                return Some(false);
+            }
+        };
+        let Some(stamp) = window.stamp() else {
+            return Some(false);
+        };
         if change.is_empty() {
             return Some(false);
         }
