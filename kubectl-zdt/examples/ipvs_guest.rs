@@ -188,9 +188,9 @@ fn describe(obs: &[Observation]) -> String {
     format!("[{}]", lines.join(", "))
 }
 
-/// The change of `backend` happened between `before` and `after`: there must be one
-/// observation per service of `services` and each must carry a window containing [before,
-/// after]. The window runs from the start of the read that did not see the change to the end of
+/// The change of `backend` was made by `requests`: there must be one observation per service
+/// of `services`. With the trigger each is stamped inside its own request; polled, each must
+/// carry a window containing [first request sent, last answered]. The polled window runs from the start of the read that did not see the change to the end of
 /// the one that did: one interval plus a read, so its half-width is checked against
 /// `ipvs::POLL` + `read` (a read's duration, measured on this kernel: long under emulation).
 struct Change<'a> {
@@ -198,8 +198,7 @@ struct Change<'a> {
     kind: Kind,
     backend: SocketAddr,
     services: &'a [SocketAddr],
-    between: (Timestamp, Timestamp),
-    /// Each virtual server's own request: when it was sent and answered.
+    /// Each virtual server's own request: when it was sent and answered (`timed`).
     requests: &'a [(SocketAddr, Timestamp, Timestamp)],
     read: Duration,
     /// The watcher is armed with the IPVS trigger: changes carry the requests' exits.
@@ -212,11 +211,18 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
         kind,
         backend,
         services,
-        between: (before, after),
         requests,
         read,
         triggered,
     } = *c;
+    // The change happened while the requests ran.
+    let (Some(before), Some(after)) = (
+        requests.iter().map(|r| r.1).min(),
+        requests.iter().map(|r| r.2).max(),
+    ) else {
+        check.that(false, &format!("{what}: requests were made"), "none");
+        return;
+    };
     let mut got: Vec<String> = obs
         .iter()
         .filter(|o| o.kind == kind && o.ip == Some(backend.ip()) && o.port == Some(backend.port()))
@@ -274,6 +280,20 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
             format!("{:?}", o.extra.get("mode")),
         );
     }
+}
+
+/// Sends one change request: its virtual server, when it was sent and when it was answered.
+/// Then waits 20 ms, so that each request's stamp is told from the next one's.
+fn timed(live: &mut Live, command: &Command) -> anyhow::Result<(SocketAddr, Timestamp, Timestamp)> {
+    let (Command::NewService(vs, _)
+    | Command::NewDest(vs, _)
+    | Command::SetDest(vs, _)
+    | Command::DelDest(vs, _)) = command;
+    let sent = Timestamp::now();
+    live.execute(command)?;
+    let answered = Timestamp::now();
+    thread::sleep(Duration::from_millis(20));
+    Ok((vs.service.0, sent, answered))
 }
 
 /// Hands the kernel's IPVS change requests to the watcher, as the agent's stream does (the
@@ -444,18 +464,12 @@ fn guest() -> anyhow::Result<bool> {
         for (v, reals) in state.iter_mut() {
             for r in reals.iter_mut().filter(|r| r.backend.0 == gone) {
                 r.weight = w;
-                let before = Timestamp::now();
-                live.execute(&Command::SetDest(*v, *r))?;
-                requests.push((v.service.0, before, Timestamp::now()));
-                // Apart, so that each request's stamp is told from the other's.
-                thread::sleep(Duration::from_millis(20));
+                requests.push(timed(live, &Command::SetDest(*v, *r))?);
             }
         }
         anyhow::Ok(requests)
     };
-    let before = Timestamp::now();
     let requests = set_weight(&mut state, &mut live, 0)?;
-    let after = Timestamp::now();
     let drained = collect(&obs, QUIET_TICKS);
     check_change(
         &mut check,
@@ -465,7 +479,6 @@ fn guest() -> anyhow::Result<bool> {
             kind: Kind::DataplaneRemoved,
             backend: gone,
             services: &web,
-            between: (before, after),
             requests: &requests,
             read,
             triggered,
@@ -487,19 +500,14 @@ fn guest() -> anyhow::Result<bool> {
     );
     read = read.max(record(&mut live, "deleted", &state, &mut check)?);
 
-    let before = Timestamp::now();
     let mut requests = Vec::new();
     for (v, reals) in &mut state {
         if web.contains(&v.service.0) {
             let r = rs(&gone.to_string(), 1);
-            let sent = Timestamp::now();
-            live.execute(&Command::NewDest(*v, r))?;
-            requests.push((v.service.0, sent, Timestamp::now()));
+            requests.push(timed(&mut live, &Command::NewDest(*v, r))?);
             reals.push(r);
-            thread::sleep(Duration::from_millis(20));
         }
     }
-    let after = Timestamp::now();
     let added = collect(&obs, QUIET_TICKS);
     check_change(
         &mut check,
@@ -509,7 +517,6 @@ fn guest() -> anyhow::Result<bool> {
             kind: Kind::DataplaneAdded,
             backend: gone,
             services: &web,
-            between: (before, after),
             requests: &requests,
             read,
             triggered,

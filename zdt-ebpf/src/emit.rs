@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_probe_read_kernel_buf,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf, ring_buf::RingBufEntry},
 };
 use zdt_common::{CounterKey, Event, IpvsRecord, PendingIpvs, maps};
 
@@ -59,57 +59,57 @@ pub fn emit_now(event: &Event) {
 /// place (it does not fit the stack beside the caller's locals).
 #[inline(always)]
 pub fn emit_ipvs(event: &Event, pending: &PendingIpvs) {
-    let key = CounterKey::of(event);
-    count(&COUNTERS, &key);
-    match EVENTS.reserve::<IpvsRecord>(0) {
-        Some(mut entry) => {
-            let record = entry.as_mut_ptr();
-            // SAFETY: `record` is the reserved, exclusively owned ring-buffer slot of an
-            // IpvsRecord; every field is written before the submit.
-            unsafe {
-                core::ptr::addr_of_mut!((*record).event).write(*event);
-                core::ptr::addr_of_mut!((*record).len).write(pending.len);
-                core::ptr::addr_of_mut!((*record)._pad).write(0);
-                if bpf_probe_read_kernel_buf(
-                    pending.request.as_ptr(),
-                    &mut *core::ptr::addr_of_mut!((*record).request),
-                )
-                .is_err()
-                {
-                    core::ptr::addr_of_mut!((*record).len).write(0);
-                }
-            }
-            bump_stat(maps::STAT_EVENTS_SENT);
-            entry.submit(BPF_RB_FORCE_WAKEUP as u64);
-        }
-        None => {
-            bump_stat(maps::STAT_RINGBUF_LOST);
-            count(&LOST, &key);
+    let Some(mut entry) = reserve::<IpvsRecord>(event) else {
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` is the reserved, exclusively owned ring-buffer slot of an IpvsRecord;
+    // every field is written before the submit.
+    unsafe {
+        core::ptr::addr_of_mut!((*record).event).write(*event);
+        core::ptr::addr_of_mut!((*record).len).write(pending.len);
+        core::ptr::addr_of_mut!((*record)._pad).write(0);
+        if bpf_probe_read_kernel_buf(
+            pending.request.as_ptr(),
+            &mut *core::ptr::addr_of_mut!((*record).request),
+        )
+        .is_err()
+        {
+            core::ptr::addr_of_mut!((*record).len).write(0);
         }
     }
+    bump_stat(maps::STAT_EVENTS_SENT);
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
 }
 
 #[inline(always)]
 fn deliver(event: &Event, wake: bool) {
+    let Some(mut entry) = reserve::<Event>(event) else {
+        return;
+    };
+    entry.write(*event);
+    let sent = bump_stat(maps::STAT_EVENTS_SENT);
+    let every = ZDT_WAKEUP_EVERY.load();
+    let flags = if wake || every <= 1 || sent.is_multiple_of(every) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}
+
+/// Counts `event` exactly, then reserves a ring-buffer record of `T` for it; a full ring buffer
+/// is counted as a loss (`STAT_RINGBUF_LOST`, and `event`'s key in `ZDT_LOST`).
+#[inline(always)]
+fn reserve<T: 'static>(event: &Event) -> Option<RingBufEntry<T>> {
     let key = CounterKey::of(event);
     count(&COUNTERS, &key);
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(*event);
-            let sent = bump_stat(maps::STAT_EVENTS_SENT);
-            let every = ZDT_WAKEUP_EVERY.load();
-            let flags = if wake || every <= 1 || sent.is_multiple_of(every) {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(flags as u64);
-        }
-        None => {
-            bump_stat(maps::STAT_RINGBUF_LOST);
-            count(&LOST, &key);
-        }
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        bump_stat(maps::STAT_RINGBUF_LOST);
+        count(&LOST, &key);
     }
+    entry
 }
 
 #[inline(always)]

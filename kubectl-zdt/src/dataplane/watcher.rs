@@ -12,6 +12,7 @@
 //! legacy nat table is read once per replace, IPVS once per batch of change requests.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -30,7 +31,7 @@ use super::{
     flows, ipvs,
     legacy::{self, ReplaceBegin, TableReplace},
     mirror::TableMirror,
-    model::{Backend, Backends, Via},
+    model::{Backend, Backends, Change, Via},
     nf_monitor::{Commit, Monitor},
     nl_dump,
     source::{Family, Mode, NF_TABLES_SOURCES, Source},
@@ -584,7 +585,8 @@ impl Reader {
         // has all of IPVS read, stamped with the window of every trigger; a tick alone with the
         // interval since the previous read.
         let mut whole = Window::default();
-        let mut servers: Vec<(ipvs::VirtualServer, Window, Vec<u8>)> = Vec::new();
+        // Per virtual server: the window of its requests and the last one's command.
+        let mut servers: BTreeMap<ipvs::VirtualServer, (Window, u8)> = BTreeMap::new();
         let (mut tick, mut read_all) = (false, false);
         for t in batch {
             match t {
@@ -594,15 +596,9 @@ impl Reader {
                         read_all = true;
                         continue;
                     };
-                    let at = match servers.iter().position(|(v, ..)| *v == vs) {
-                        Some(i) => i,
-                        None => {
-                            servers.push((vs, Window::default(), Vec::new()));
-                            servers.len() - 1
-                        }
-                    };
-                    servers[at].1.add(c.time, c.time);
-                    servers[at].2.push(c.cmd);
+                    let (window, cmd) = servers.entry(vs).or_default();
+                    window.add(c.time, c.time);
+                    *cmd = c.cmd;
                 }
                 Trigger::Lost { since, now } => {
                     whole.add(*since, *now);
@@ -619,8 +615,8 @@ impl Reader {
                     None => return false,
                 }
             } else {
-                for (vs, window, cmds) in &servers {
-                    match self.reread_ipvs_server(vs, window, cmds) {
+                for (vs, (window, cmd)) in &servers {
+                    match self.reread_ipvs_server(vs, window, *cmd) {
                         Some(c) => changed |= c,
                         None => return false,
                     }
@@ -740,30 +736,21 @@ impl Reader {
         };
         plane.state = state;
         plane.read_at = started;
-        if change.is_empty() {
-            return Some(false);
-        }
-        for obs in emit::observations(&self.node, IpvsPlane::source(), &change, stamp) {
-            if !self.tx.send(obs) {
-                return None;
-            }
-        }
-        Some(true)
+        self.report_ipvs(&change, stamp)
     }
 
-    /// Reads one virtual server of IPVS again after change requests naming it (`window`);
-    /// whether its routes changed, `None` once nobody listens.
+    /// Reads one virtual server of IPVS again after change requests naming it (`window`; `cmd`
+    /// the last one's, which decides whether it exists, see `ipvs::reread_server`); whether its
+    /// routes changed, `None` once nobody listens.
     fn reread_ipvs_server(
         &mut self,
         vs: &ipvs::VirtualServer,
         window: &Window,
-        cmds: &[u8],
+        cmd: u8,
     ) -> Option<bool> {
         let Some(plane) = &mut self.ipvs else {
             return Some(false);
         };
-        // The last request decides whether the virtual server exists (see `reread_server`).
-        let cmd = cmds.last().copied().unwrap_or_default();
         let change = match ipvs::reread_server(&mut plane.kernel, &mut plane.state, vs, cmd) {
             Ok(c) => c,
             Err(e) => {
@@ -774,10 +761,15 @@ impl Reader {
         let Some(stamp) = window.stamp() else {
             return Some(false);
         };
+        self.report_ipvs(&change, stamp)
+    }
+
+    /// Sends one line per IPVS route change; whether there was any, `None` once nobody listens.
+    fn report_ipvs(&self, change: &Change, stamp: Stamp) -> Option<bool> {
         if change.is_empty() {
             return Some(false);
         }
-        for obs in emit::observations(&self.node, IpvsPlane::source(), &change, stamp) {
+        for obs in emit::observations(&self.node, IpvsPlane::source(), change, stamp) {
             if !self.tx.send(obs) {
                 return None;
             }
