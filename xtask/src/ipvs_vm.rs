@@ -7,8 +7,8 @@
 //! busybox-static and the IPVS modules (and their dependencies, from each module's `depends=`)
 //! into an initramfs, boots it, and relays the guest's checks. The guest's recorded dump
 //! datagrams are written to target/ipvs-vm/fixtures (and, with `--update-fixtures`, to
-//! kubectl-zdt/tests/fixtures/ipvs). Not part of `./x test`: CI machines need not have KVM or
-//! QEMU, and the fixtures test covers the decoding there.
+//! kubectl-zdt/tests/fixtures/ipvs). The last step of `./x test` (and so of CI), with TCG: it
+//! needs no KVM, and installs QEMU and busybox-static itself.
 
 use std::{
     collections::{BTreeSet, HashMap},

@@ -3,10 +3,14 @@
 //! The privileged tests (real probes in this kernel, real traffic between network namespaces)
 //! run as root, one at a time (the probes see every namespace, so two tests' traffic would
 //! mix). Without root this fails: those tests are never skipped silently.
+//!
+//! Last, IPVS on a real kernel: this machine's kernel has no IPVS, so `ipvs_vm` boots
+//! Debian's kernel in a QEMU guest under TCG emulation (no KVM needed; nested KVM hangs on
+//! these machines) and runs the IPVS reader, watcher and eBPF trigger there.
 
 use anyhow::bail;
 
-use crate::{cmd, setup};
+use crate::{cmd, ipvs_vm, setup};
 
 pub fn run() -> anyhow::Result<()> {
     if !cmd::is_root() {
@@ -41,6 +45,10 @@ pub fn run() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ]))?;
+    ipvs_vm::run(&ipvs_vm::IpvsVmArgs {
+        accel: ipvs_vm::Accel::Tcg,
+        update_fixtures: false,
+    })?;
     eprintln!("xtask test: all checks passed");
     Ok(())
 }
