@@ -550,11 +550,82 @@ fn guest() -> anyhow::Result<bool> {
         "the watched backends are the real servers",
         format!("{watched} watched"),
     );
+    // ipvsadm's older interface: the same drain and re-add of `web`'s ClusterIP real server by
+    // setsockopt(IP_VS_SO_SET_EDITDEST). No request bytes: IPVS is read whole, stamped with the
+    // syscall's exit.
+    let (cluster_ip, _) = state[0];
+    for (weight, kind, what) in [
+        (0, Kind::DataplaneRemoved, "setsockopt weight 0"),
+        (1, Kind::DataplaneAdded, "setsockopt weight 1"),
+    ] {
+        let request = sockopt_edit_dest(&cluster_ip, &rs(&gone.to_string(), weight))?;
+        let seen = collect(&obs, QUIET_TICKS);
+        check_change(
+            &mut check,
+            &seen,
+            &Change {
+                what,
+                kind,
+                backend: gone,
+                services: &[cluster_ip.service.0],
+                requests: &[request],
+                read,
+                triggered,
+            },
+        );
+    }
     if triggered {
         scale(&mut live, &obs, &mut check)?;
     }
     drop(tx);
     Ok(!check.failed)
+}
+
+/// `setsockopt(IPPROTO_IP, IP_VS_SO_SET_EDITDEST)` as ipvsadm without libnl sends it:
+/// `struct ip_vs_service_user` (44 bytes) then `struct ip_vs_dest_user` (24 bytes), IPv4 only.
+/// Returns the virtual server and when the call was made and returned.
+fn sockopt_edit_dest(
+    vs: &VirtualServer,
+    real: &RealServer,
+) -> anyhow::Result<(SocketAddr, Timestamp, Timestamp)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let (SocketAddr::V4(v), SocketAddr::V4(r)) = (vs.service.0, real.backend.0) else {
+        anyhow::bail!("the setsockopt interface is IPv4 only");
+    };
+    let mut arg = [0u8; 68];
+    arg[0..2].copy_from_slice(&6u16.to_ne_bytes()); // protocol: TCP
+    arg[4..8].copy_from_slice(&v.ip().octets()); // addr (network order)
+    arg[8..10].copy_from_slice(&v.port().to_be_bytes());
+    arg[16..18].copy_from_slice(b"rr"); // sched_name
+    arg[40..44].copy_from_slice(&[255; 4]); // netmask
+    arg[44..48].copy_from_slice(&r.ip().octets()); // dest addr
+    arg[48..50].copy_from_slice(&r.port().to_be_bytes());
+    // conn_flags 0 = IP_VS_CONN_F_MASQ, kube-proxy's forwarding method.
+    arg[56..60].copy_from_slice(&i32::try_from(real.weight)?.to_ne_bytes());
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was just returned by socket(2).
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sent = Timestamp::now();
+    // SAFETY: `arg` is valid for its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            i32::try_from(zdt_common::ipvs_sockopt::SET_EDITDEST)?,
+            arg.as_ptr().cast(),
+            68,
+        )
+    };
+    let answered = Timestamp::now();
+    anyhow::ensure!(
+        rc == 0,
+        "setsockopt(IP_VS_SO_SET_EDITDEST): {}",
+        std::io::Error::last_os_error()
+    );
+    thread::sleep(Duration::from_millis(20));
+    Ok((vs.service.0, sent, answered))
 }
 
 /// Virtual servers added for the scale check, with [`SCALE_REALS`] real servers each.

@@ -231,6 +231,26 @@ fn ipvs_change_requests_of_the_armed_family_are_reported_with_the_send_exit() {
                 "MSG_OOB on netlink"
             );
 
+            // Not reported: IPVS's setsockopt interface failing (this kernel has no IPVS, so
+            // no IP_VS_SO_SET_* option exists; a successful one is checked in the IPVS guest).
+            // SAFETY: plain socket(2)/setsockopt(2) on a buffer valid for its length.
+            let refused = unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+                let arg = [0u8; 68];
+                let rc = libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    zdt_common::ipvs_sockopt::SET_EDITDEST as i32,
+                    arg.as_ptr().cast(),
+                    68,
+                );
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                (rc, err.raw_os_error())
+            };
+            assert_eq!(refused, (-1, Some(libc::ENOPROTOOPT)));
+
             // Reported: what kube-proxy sends to drain an endpoint. The kernel has no such
             // family and says so in the ack, but the send itself succeeds.
             let set = ipvs::encode_command(&Command::SetDest(web(), drained()), FAMILY, 3);

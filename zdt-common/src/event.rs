@@ -44,8 +44,11 @@ pub mod kind {
     /// the syscall having returned ≥ 0. The kernel applies a generic-netlink request inside the
     /// send (netlink_unicast → genl_rcv → ip_vs_genl_set_cmd), so by the exit the change is in
     /// effect, or it failed and the error is in the ack the writer reads next: a trigger to read
-    /// IPVS, not proof of a change. `ts_ns` is the exit, `sk` the entry, `reason` the IPVS
-    /// command, `tgid` the writer and `netns` its namespace.
+    /// IPVS, not proof of a change. Also `syscalls:sys_exit_setsockopt` of a successful
+    /// `IP_VS_SO_SET_*` change ([`crate::ipvs_sockopt`], applied inside the syscall, reported
+    /// as the generic-netlink command it stands for, without request bytes) while the trigger
+    /// is armed. `ts_ns` is the exit, `sk` the entry, `reason` the IPVS command, `tgid` the
+    /// writer and `netns` its namespace.
     pub const IPVS_CHANGE: u16 = 11;
 }
 
@@ -96,6 +99,38 @@ pub mod genl {
         let kind = u16::from_ne_bytes([headers[TYPE], headers[TYPE + 1]]);
         let cmd = headers[CMD];
         (family != 0 && kind == family && is_ipvs_change(cmd)).then_some(cmd)
+    }
+}
+
+/// IPVS's older interface, `setsockopt(SOL_IP, IP_VS_SO_SET_*)` (include/uapi/linux/ip_vs.h):
+/// ipvsadm built without libnl. The kernel applies the change inside the syscall.
+pub mod ipvs_sockopt {
+    use super::genl;
+
+    /// IP_VS_BASE_CTL.
+    pub const BASE: u32 = 64 + 1024 + 64;
+    pub const SET_ADD: u32 = BASE + 2;
+    pub const SET_EDIT: u32 = BASE + 3;
+    pub const SET_DEL: u32 = BASE + 4;
+    pub const SET_FLUSH: u32 = BASE + 5;
+    pub const SET_ADDDEST: u32 = BASE + 7;
+    pub const SET_DELDEST: u32 = BASE + 8;
+    pub const SET_EDITDEST: u32 = BASE + 9;
+
+    /// The generic-netlink command a route-changing option stands for (the trigger reports
+    /// both interfaces the same way); `None` for the others (timeouts, daemons, zeroing).
+    #[inline(always)]
+    pub const fn as_genl_cmd(optname: u32) -> Option<u8> {
+        match optname {
+            SET_ADD => Some(genl::IPVS_CMD_NEW_SERVICE),
+            SET_EDIT => Some(genl::IPVS_CMD_SET_SERVICE),
+            SET_DEL => Some(genl::IPVS_CMD_DEL_SERVICE),
+            SET_FLUSH => Some(genl::IPVS_CMD_FLUSH),
+            SET_ADDDEST => Some(genl::IPVS_CMD_NEW_DEST),
+            SET_DELDEST => Some(genl::IPVS_CMD_DEL_DEST),
+            SET_EDITDEST => Some(genl::IPVS_CMD_SET_DEST),
+            _ => None,
+        }
     }
 }
 

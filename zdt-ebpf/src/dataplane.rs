@@ -12,8 +12,12 @@
 //! send. The entry reads the datagram's first 20 bytes (`nlmsghdr` + `genlmsghdr`) and keeps
 //! the call if the message is of the IPVS family (its id set by the agent in
 //! `ZDT_IPVS_FAMILY`) with a command that changes virtual or real servers; the exit reports it
-//! (`kind::IPVS_CHANGE`) if the send returned ≥ 0. The socket's protocol is not checked: a
+//! (`kind::IPVS_CHANGE`) if the send returned ≥ 0, with the request's first bytes (they name
+//! the virtual server the agent then re-reads). The socket's protocol is not checked: a
 //! non-netlink send whose first bytes look the same costs the agent one needless IPVS read.
+//! IPVS's older interface, `setsockopt(SOL_IP, IP_VS_SO_SET_*)` (ipvsadm without libnl), is
+//! reported the same way from the setsockopt pair, without request bytes (the agent then reads
+//! IPVS whole).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -26,7 +30,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use zdt_common::{
-    Event, PendingIpvs, PendingReplace, genl, kind, maps,
+    Event, PendingIpvs, PendingReplace, genl, ipvs_sockopt, kind, maps,
     tracepoint::{
         sys_enter_sendmsg, sys_enter_sendto, sys_enter_setsockopt as enter_tp,
         sys_exit_setsockopt as exit_tp, user_msghdr,
@@ -66,6 +70,15 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     let optname: u64 = unsafe { ctx.read_at(enter_tp::OPTNAME)? };
     let level: u64 = unsafe { ctx.read_at(enter_tp::LEVEL)? };
     let (optname, level) = (optname as u32, level as u32);
+    if level == xt::SOL_IP
+        && let Some(cmd) = ipvs_sockopt::as_genl_cmd(optname)
+    {
+        // IPVS's older interface: no request to copy, the agent reads IPVS whole.
+        if ipvs_family() == 0 {
+            return Ok(());
+        }
+        return remember_ipvs(cmd, 0, 0);
+    }
     if optname != xt::SO_SET_REPLACE || (level != xt::SOL_IP && level != xt::SOL_IPV6) {
         return Ok(());
     }
@@ -107,8 +120,10 @@ fn fill(event: &mut Event, pending: &PendingReplace, tgid: u32) {
     event.netns = pending.netns;
 }
 
-/// `syscalls:sys_exit_setsockopt`: reports the replace its entry recorded, if it succeeded.
+/// `syscalls:sys_exit_setsockopt`: reports the replace or IPVS change its entry recorded, if it
+/// succeeded.
 pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let _ = on_exit_ipvs(ctx, exit_tp::RET);
     let id = bpf_get_current_pid_tgid();
     let Some(pending) = (unsafe { WRITERS.get(&id) }).copied() else {
         return Ok(());
@@ -145,7 +160,7 @@ pub fn on_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let buff: u64 = unsafe { ctx.read_at(sys_enter_sendto::BUFF)? };
-    remember_ipvs(buff, len, family)
+    remember_ipvs_request(buff, len, family)
 }
 
 /// `syscalls:sys_enter_sendmsg`: the datagram starts in the first `iovec` of the caller's
@@ -169,19 +184,25 @@ pub fn on_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let base: u64 =
         unsafe { bpf_probe_read_user((iov + user_msghdr::IOV_BASE as u64) as *const u64)? };
-    remember_ipvs(base, len, family)
+    remember_ipvs_request(base, len, family)
 }
 
-/// Keeps the send for its exit if `buf` (`len` bytes) starts with an IPVS change and the caller
-/// is in a watched namespace, with the request's first bytes (up to `genl::REQUEST_MAX`; none
-/// if they cannot be read, and the agent then re-reads all of IPVS).
+/// Keeps the send for its exit if `buf` (`len` bytes) starts with an IPVS change.
 #[inline(always)]
-fn remember_ipvs(buf: u64, len: u64, family: u16) -> Result<(), i32> {
+fn remember_ipvs_request(buf: u64, len: u64, family: u16) -> Result<(), i32> {
     let headers: [u8; genl::HEADERS_LEN] =
         unsafe { bpf_probe_read_user(buf as *const [u8; genl::HEADERS_LEN])? };
     let Some(cmd) = genl::ipvs_change(&headers, family) else {
         return Ok(());
     };
+    remember_ipvs(cmd, buf, len)
+}
+
+/// Keeps the IPVS change `cmd` for the syscall's exit if the caller is in a watched namespace,
+/// with the request's first bytes from `buf` (up to `genl::REQUEST_MAX` of `len`; none if
+/// there is none or it cannot be read, and the agent then re-reads all of IPVS).
+#[inline(always)]
+fn remember_ipvs(cmd: u8, buf: u64, len: u64) -> Result<(), i32> {
     let netns = kernel::netns_of_task(unsafe { bpf_get_current_task() });
     if unsafe { DATAPLANE_NETNS.get(&netns) }.is_none() {
         return Ok(());
@@ -213,10 +234,10 @@ fn remember_ipvs(buf: u64, len: u64, family: u16) -> Result<(), i32> {
     Ok(())
 }
 
-/// `syscalls:sys_exit_sendto` / `sys_exit_sendmsg` (`ret` at `ret_offset`): reports the IPVS
-/// change its entry recorded if the send returned ≥ 0 (the kernel has applied the request or
-/// queued its error in the ack).
-pub fn on_exit_send(ctx: &TracePointContext, ret_offset: usize) -> Result<(), i32> {
+/// `syscalls:sys_exit_sendto` / `sys_exit_sendmsg` / `sys_exit_setsockopt` (`ret` at
+/// `ret_offset`): reports the IPVS change its entry recorded if the syscall returned ≥ 0 (the
+/// kernel has applied the request, or queued its error in the ack).
+pub fn on_exit_ipvs(ctx: &TracePointContext, ret_offset: usize) -> Result<(), i32> {
     if ipvs_family() == 0 {
         return Ok(());
     }

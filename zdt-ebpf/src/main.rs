@@ -84,7 +84,7 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    match dataplane::on_exit_send(&ctx, zdt_common::tracepoint::sys_exit_sendto::RET) {
+    match dataplane::on_exit_ipvs(&ctx, zdt_common::tracepoint::sys_exit_sendto::RET) {
         Ok(()) | Err(_) => 0,
     }
 }
@@ -98,7 +98,7 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    match dataplane::on_exit_send(&ctx, zdt_common::tracepoint::sys_exit_sendmsg::RET) {
+    match dataplane::on_exit_ipvs(&ctx, zdt_common::tracepoint::sys_exit_sendmsg::RET) {
         Ok(()) | Err(_) => 0,
     }
 }

@@ -2,14 +2,15 @@
 //! (endpoints), read over the IPVS generic-netlink family (`IPVS_CMD_GET_SERVICE` /
 //! `IPVS_CMD_GET_DEST` dumps; include/uapi/linux/ip_vs.h), the way `ipvsadm -Ln` reads them.
 //!
-//! IPVS has no multicast group: the kernel announces no change. Every change is a
-//! generic-netlink request of the IPVS family, which the kernel applies inside the writer's
-//! `sendto`/`sendmsg`; the agent's eBPF trigger reports each one ([`IpvsChange`],
-//! `zdt_common::kind::IPVS_CHANGE`) with the syscall's exit time, and the watcher reads IPVS
-//! once per batch of them. It still reads IPVS every [`SAFETY_POLL`] for writers the trigger
-//! cannot see (the older `IP_VS_SO_SET_*` setsockopt interface, `write`, `sendmmsg`,
-//! io_uring), stamped with the interval between two reads. Without the trigger (no syscall
-//! tracepoints, or no agent) IPVS is read every [`POLL`], stamped the same way.
+//! IPVS has no multicast group: the kernel announces no change. Every change is a request the
+//! kernel applies inside the writer's syscall: a generic-netlink request of the IPVS family in
+//! a `sendto`/`sendmsg` (kube-proxy, libnl), or the older `setsockopt(IP_VS_SO_SET_*)`. The
+//! agent's eBPF trigger reports each one ([`IpvsChange`], `zdt_common::kind::IPVS_CHANGE`) with
+//! the syscall's exit time and, for netlink requests, the virtual server it names
+//! ([`requested_server`]); the watcher then reads that virtual server alone
+//! ([`reread_server`]), or all of IPVS when none is named. Without the trigger (no syscall
+//! tracepoints, or no agent) IPVS is read every [`POLL`], stamped with the interval between two
+//! reads.
 //!
 //! Verified on a real kernel: `cargo xtask ipvs-vm` boots Debian's 6.1 kernel (IPVS as modules)
 //! in a QEMU guest, programs kube-proxy-shaped virtual and real servers there ([`Command`]) and
@@ -43,20 +44,10 @@ use super::model::{Backend, Backends, Change, Protocol, Route, ServiceAddr, Via}
 /// How often IPVS is read again without the eBPF trigger: the time resolution of IPVS changes.
 pub const POLL: Duration = Duration::from_millis(100);
 
-/// How often IPVS is read again while the eBPF trigger is armed, at least: only changes made
-/// without a generic-netlink send are left to this read (see the module comment).
-pub const SAFETY_POLL: Duration = Duration::from_secs(10);
-
-/// The safety net's interval after a whole read that took `read`: [`SAFETY_POLL`], or longer
-/// where IPVS is so large that reading it whole would cost more than 1 % of a CPU.
-pub fn safety_poll(read: Duration) -> Duration {
-    SAFETY_POLL.max(read * 100)
-}
-
 /// An IPVS change request, as the agent's eBPF trigger reported it
 /// (`zdt_common::kind::IPVS_CHANGE`): a generic-netlink IPVS request that changes virtual or
-/// real servers, sent successfully. The kernel had applied it (or refused it, answering in the
-/// ack) when the send returned.
+/// real servers, sent successfully (the kernel had applied it, or refused it answering in the
+/// ack, when the send returned), or a successful `setsockopt(IP_VS_SO_SET_*)` change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpvsChange {
     /// The send's exit: the change was in effect.

@@ -4,22 +4,19 @@
 //! Triggers: nf_tables commits (the monitor thread blocks in `recv` on the nf_tables netlink
 //! group, no CPU between changes, and stamps each commit as it arrives), x_tables table
 //! replaces (reported by the agent's eBPF program on `sys_exit_setsockopt`, stamped with the
-//! syscall's exit), IPVS change requests (eBPF on `sys_exit_sendto`/`sendmsg`, stamped with the
-//! exit) and, for IPVS, timed reads (every 10 s as a safety net with the trigger, every 100 ms
-//! without). The reader applies and diffs; triggers that queue
-//! up while it works are handled together and stamped with their window (see `emit`). Each
-//! nf_tables table is read in full only at start, and again if notifications were lost; the
-//! legacy nat table is read once per replace, IPVS once per batch of change requests.
+//! syscall's exit), IPVS change requests (eBPF on `sys_exit_sendto`/`sendmsg`/`setsockopt`,
+//! stamped with the exit) and, for IPVS only when that trigger is not armed, timed reads every
+//! 100 ms. The reader applies and diffs; triggers that queue up while it works are handled
+//! together and stamped with their window (see `emit`). Each nf_tables table is read in full
+//! only at start, and again if notifications were lost; the legacy nat table is read once per
+//! replace; IPVS's virtual server named by a change request is read again alone (all of IPVS
+//! after a FLUSH, a setsockopt change or a loss).
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
-        mpsc as std_mpsc,
-    },
+    sync::{Arc, RwLock, mpsc as std_mpsc},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -82,7 +79,7 @@ pub enum Trigger {
     /// x_tables replaces or IPVS change requests may have been lost between `since` and `now`
     /// (the agent's ring buffer was full): the legacy tables and IPVS are read again.
     Lost { since: Timestamp, now: Timestamp },
-    /// Time to read IPVS again (see `ipvs::POLL`, `ipvs::SAFETY_POLL`).
+    /// Time to read IPVS again (see `ipvs::POLL`; only without the eBPF trigger).
     Tick,
 }
 
@@ -231,24 +228,16 @@ struct IpvsPlane {
     kernel: ipvs::Live,
     state: ipvs::Ipvs,
     read_at: Timestamp,
-    /// How long the last whole read took.
-    read_took: Duration,
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl IpvsPlane {
     fn read(mut kernel: ipvs::Live) -> anyhow::Result<Self> {
         let read_at = Timestamp::now();
-        let started = Instant::now();
         let state = ipvs::read(&mut kernel).context("failed to read IPVS")?;
         Ok(Self {
             kernel,
             state,
             read_at,
-            read_took: started.elapsed(),
         })
     }
 
@@ -325,24 +314,17 @@ pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmTriggers<'_>>) -> anyhow::
         );
     }
 
-    // How long the IPVS timer waits: the fallback's interval, or the safety net's (which grows
-    // with the cost of a whole read, see `ipvs::safety_poll`).
-    let ipvs_every = Arc::new(AtomicU64::new(duration_ms(if ipvs_armed {
-        ipvs::safety_poll(ipvs.as_ref().map_or(Duration::ZERO, |p| p.read_took))
-    } else {
-        ipvs::POLL
-    })));
     let (triggers, triggers_rx) = std_mpsc::channel::<Trigger>();
-    if ipvs.is_some() {
-        // IPVS announces nothing: read it again on a timer, only on kernels that have it; with
-        // the eBPF trigger armed, only as a safety net for writers it cannot see.
-        let every = ipvs_every.clone();
+    if ipvs.is_some() && !ipvs_armed {
+        // IPVS announces nothing and the eBPF trigger is not armed (no syscall tracepoints, or
+        // the watcher runs without the agent): read it again on a timer, only on kernels that
+        // have IPVS.
         let ticks = triggers.clone();
         thread::Builder::new()
             .name("zdt-ipvs-tick".into())
             .spawn(move || {
                 loop {
-                    thread::sleep(Duration::from_millis(every.load(Ordering::Relaxed)));
+                    thread::sleep(ipvs::POLL);
                     if ticks.send(Trigger::Tick).is_err() {
                         return;
                     }
@@ -376,7 +358,6 @@ pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmTriggers<'_>>) -> anyhow::
         legacy,
         armed,
         ipvs,
-        ipvs_every: ipvs_armed.then_some(ipvs_every),
         netns,
         watched: watched.clone(),
         frontends: frontends.clone(),
@@ -417,7 +398,7 @@ fn mode_line(
     }
     if ipvs.is_some() {
         triggers.push(if armed.ipvs {
-            "IPVS change request (syscalls:sys_exit_sendto/sys_exit_sendmsg, IPVS_CMD_NEW/SET/DEL_SERVICE|DEST, IPVS_CMD_FLUSH); the named virtual server re-read; whole re-read every 10 s or more (safety net)"
+            "IPVS change request (syscalls:sys_exit_sendto/sys_exit_sendmsg, IPVS_CMD_NEW/SET/DEL_SERVICE|DEST, IPVS_CMD_FLUSH; and syscalls:sys_exit_setsockopt, IP_VS_SO_SET_*); the named virtual server re-read"
         } else {
             "IPVS re-read every 100 ms (IPVS sends no notifications)"
         });
@@ -461,9 +442,6 @@ struct Reader {
     legacy: Vec<LegacyPlane>,
     armed: Armed,
     ipvs: Option<IpvsPlane>,
-    /// The IPVS safety net's interval, while the trigger is armed (it follows the cost of a
-    /// whole read).
-    ipvs_every: Option<Arc<AtomicU64>>,
     /// The namespace read: replaces elsewhere are not this node's dataplane.
     netns: u32,
     /// The modes last reported; a new `dataplane_mode` line is sent when kube-proxy's tables
@@ -706,7 +684,6 @@ impl Reader {
             return Some(false);
         };
         let started = Timestamp::now();
-        let clock = Instant::now();
         let state = match ipvs::read(&mut plane.kernel) {
             Ok(s) => s,
             Err(e) => {
@@ -714,13 +691,6 @@ impl Reader {
                 return Some(false);
             }
         };
-        plane.read_took = clock.elapsed();
-        if let Some(every) = &self.ipvs_every {
-            every.store(
-                duration_ms(ipvs::safety_poll(plane.read_took)),
-                Ordering::Relaxed,
-            );
-        }
         let change = plane.state.routes.diff(&state.routes);
         let stamp = match triggered {
             Some(stamp) => Stamp {
