@@ -524,19 +524,22 @@ fn guest() -> anyhow::Result<bool> {
     );
     record(&mut live, "readded", &state, &mut check)?;
 
+    // A resync: the same weight written again (a trigger, but no route changes).
+    set_weight(&mut state, &mut live, 1)?;
     let quiet = collect(&obs, 2 * QUIET_TICKS);
     check.that(
         quiet.is_empty(),
-        "unchanged IPVS: no event",
+        "a rewrite that keeps every real server, then unchanged IPVS: no event",
         describe(&quiet),
     );
     if triggered {
-        // Two SET_DEST (weight 0), two DEL_DEST, two NEW_DEST, one per virtual server of `web`.
+        // SET_DEST (weight 0), DEL_DEST, NEW_DEST, SET_DEST (weight 1 again): one each per
+        // virtual server of `web`.
         let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
         check.that(
-            sent == 3 * web.len() as u64,
+            sent == 4 * web.len() as u64,
             "the trigger reported each change request, and no dump request",
-            format!("{sent} events for {} requests", 3 * web.len()),
+            format!("{sent} events for {} requests", 4 * web.len()),
         );
     }
     let watched = w.watched.read().map_or(0, |w| w.len());
@@ -628,9 +631,22 @@ fn sockopt_edit_dest(
     Ok((vs.service.0, sent, answered))
 }
 
-/// Virtual servers added for the scale check, with [`SCALE_REALS`] real servers each.
+/// Virtual servers added for the scale check (`ZDT_IPVS_SCALE`, from the kernel command line
+/// of `cargo xtask ipvs-vm --scale N`; at most 10 000), with [`SCALE_REALS`] real servers each.
 const SCALE_SERVERS: u16 = 2000;
 const SCALE_REALS: u8 = 5;
+
+/// This process's resident memory (`VmRSS`), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
 
 /// At scale, with the trigger: kube-proxy programs [`SCALE_SERVERS`] more virtual servers while
 /// the watcher runs (each request a trigger), then drains one endpoint; the drain is reported
@@ -647,8 +663,14 @@ fn scale(
             w,
         )
     };
+    let servers = std::env::var("ZDT_IPVS_SCALE")
+        .ok()
+        .and_then(|n| n.parse::<u16>().ok())
+        .unwrap_or(SCALE_SERVERS)
+        .min(10_000);
+    let rss_before = rss_kib();
     let started = std::time::Instant::now();
-    for i in 0..SCALE_SERVERS {
+    for i in 0..servers {
         live.execute(&Command::NewService(vs_of(i), "rr"))?;
         for j in 0..SCALE_REALS {
             live.execute(&Command::NewDest(vs_of(i), rs_of(i, j, 1)))?;
@@ -659,17 +681,17 @@ fn scale(
     while let Ok(o) = obs.recv_timeout(Duration::from_secs(5)) {
         added += usize::from(o.kind == Kind::DataplaneAdded);
     }
-    let want = usize::from(SCALE_SERVERS) * usize::from(SCALE_REALS);
+    let want = usize::from(servers) * usize::from(SCALE_REALS);
     check.that(
         added == want,
-        &format!("scale: {SCALE_SERVERS} virtual servers programmed while watched, every real server reported added"),
-        format!("{added} added of {want}; {} requests in {programmed:?}", usize::from(SCALE_SERVERS) * (1 + usize::from(SCALE_REALS))),
+        &format!("scale: {servers} virtual servers programmed while watched, every real server reported added"),
+        format!("{added} added of {want}; {} requests in {programmed:?}", usize::from(servers) * (1 + usize::from(SCALE_REALS))),
     );
     let whole = std::time::Instant::now();
     let read = ipvs::read(live)?;
     let whole = whole.elapsed();
-    let target = vs_of(SCALE_SERVERS / 2);
-    let drained = rs_of(SCALE_SERVERS / 2, 2, 0);
+    let target = vs_of(servers / 2);
+    let drained = rs_of(servers / 2, 2, 0);
     live.execute(&Command::SetDest(target, drained))?;
     let sent = std::time::Instant::now();
     let got = obs.recv_timeout(Duration::from_secs(60));
@@ -685,7 +707,13 @@ fn scale(
             "scale: one drain among {} routes is reported by re-reading its virtual server, faster than a whole read",
             read.routes.len()
         ),
-        format!("request answered → observation {took:?}; a whole read ({} virtual servers) {whole:?}; {:?}", read.servers.len(), got.map(|o| o.kind.as_str())),
+        format!(
+            "request answered → observation {took:?}; a whole read ({} virtual servers) {whole:?}; {:?}; guest RSS {} → {} KiB (watcher and checker, one process)",
+            read.servers.len(),
+            got.map(|o| o.kind.as_str()),
+            rss_before,
+            rss_kib()
+        ),
     );
     Ok(())
 }

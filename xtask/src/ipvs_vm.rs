@@ -66,6 +66,10 @@ pub struct IpvsVmArgs {
     /// README's date and kernel).
     #[arg(long)]
     pub update_fixtures: bool,
+
+    /// Virtual servers (5 real servers each) the guest's scale check adds, at most 10 000.
+    #[arg(long, default_value_t = 2000)]
+    pub scale: u16,
 }
 
 pub fn run(args: &IpvsVmArgs) -> anyhow::Result<()> {
@@ -96,7 +100,7 @@ pub fn run(args: &IpvsVmArgs) -> anyhow::Result<()> {
         }
     };
     let result = loop {
-        match boot(&kernel.vmlinuz, &initrd, accel)? {
+        match boot(&kernel.vmlinuz, &initrd, accel, args.scale)? {
             Boot::Hung if args.accel == Accel::Auto && accel == "kvm" => {
                 eprintln!(
                     "ipvs-vm: the KVM guest printed nothing from its kernel within {KVM_BOOT:?} (nested KVM hangs in early boot on some hypervisors); rerunning with TCG emulation"
@@ -346,7 +350,7 @@ enum Boot {
 }
 
 /// Boots the guest and relays its console (fixtures kept, not printed).
-fn boot(vmlinuz: &Path, initrd: &Path, accel: &str) -> anyhow::Result<Boot> {
+fn boot(vmlinuz: &Path, initrd: &Path, accel: &str, scale: u16) -> anyhow::Result<Boot> {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", accel, "-m", "1024", "-smp", "1"]);
     if accel == "kvm" {
@@ -356,7 +360,11 @@ fn boot(vmlinuz: &Path, initrd: &Path, accel: &str) -> anyhow::Result<Boot> {
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        // The kernel hands `NAME=value` words it does not know to init as its environment.
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet ZDT_IPVS_SCALE={scale}"
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

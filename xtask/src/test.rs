@@ -48,6 +48,7 @@ pub fn run() -> anyhow::Result<()> {
     ipvs_vm::run(&ipvs_vm::IpvsVmArgs {
         accel: ipvs_vm::Accel::Tcg,
         update_fixtures: false,
+        scale: 2000,
     })?;
     eprintln!("xtask test: all checks passed");
     Ok(())
