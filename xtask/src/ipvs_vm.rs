@@ -89,7 +89,8 @@ pub fn run(args: &IpvsVmArgs) -> anyhow::Result<()> {
     let kernel = fetch_kernel()?;
     let guest = build_guest()?;
     let out = cmd::root().join("target/ipvs-vm");
-    let initrd = initramfs(&kernel, &guest, &out)?;
+    let initrd = initramfs(&kernel, &guest, &out)
+        .with_context(|| format!("failed to build the guest's initramfs in {}", out.display()))?;
     let mut accel = match args.accel {
         Accel::Tcg => "tcg",
         Accel::Kvm => "kvm",
@@ -183,7 +184,7 @@ fn fetch_kernel() -> anyhow::Result<Kernel> {
     let root = dir.join("root");
     let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
     if !vmlinuz.exists() {
-        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
         // `cmd::run` runs in the workspace root: download from a shell in the cache instead.
         cmd::run(Command::new("sh").arg("-c").arg(format!(
             "cd '{}' && apt-get download '{package}'",

@@ -35,8 +35,8 @@ enum Command {
     E2e(e2e::E2eArgs),
     /// Run every benchmark (kernel cost per event, agent overhead, correlation, dataplane).
     Bench,
-    /// Check the IPVS reader and watcher against a real kernel's IPVS in a QEMU guest (root;
-    /// fetches Debian's kernel and qemu; not part of `test`).
+    /// Check the IPVS reader, watcher and eBPF trigger against a real kernel's IPVS in a QEMU
+    /// guest (root; fetches Debian's kernel and qemu; `test` runs it too).
     IpvsVm(ipvs_vm::IpvsVmArgs),
 }
 

@@ -33,8 +33,9 @@ pub fn set_receive_timeout(socket: &Socket, timeout: Option<Duration>) -> io::Re
         },
         // A zero timeval would mean "forever": wait at least 1 µs.
         Some(d) => libc::timeval {
-            tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_usec: libc::suseconds_t::from(d.subsec_micros().max(1)),
+            // (The field types are not named: musl's libc::time_t is deprecated.)
+            tv_sec: d.as_secs().try_into().unwrap_or(i32::MAX.into()),
+            tv_usec: d.subsec_micros().max(1).into(),
         },
     };
     set_option(socket, libc::SO_RCVTIMEO, &tv)
