@@ -50,6 +50,26 @@ fn show(cmd: &Command) -> String {
     s
 }
 
+/// Bytes available to unprivileged writers on the filesystem holding `path` (`df`).
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = output(Command::new("df").args(["-P", "-k"]).arg(path))?;
+    let kb: u64 = out
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes used by the files under `path` (`du`).
+pub fn used_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = output(Command::new("du").args(["-s", "-k"]).arg(path))?;
+    let kb: u64 = out.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
