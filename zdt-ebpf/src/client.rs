@@ -13,7 +13,7 @@ use zdt_common::{
 
 use crate::{
     emit::emit,
-    kernel,
+    field, kernel,
     record::{AddrLayout, addrs},
     watch,
 };
@@ -23,22 +23,21 @@ const IPPROTO_TCP: u16 = 6;
 /// `sock:inet_sk_error_report`: `error` is the errno the application will see (111
 /// ECONNREFUSED, 104 ECONNRESET, 110 ETIMEDOUT, 113 EHOSTUNREACH). It also fires with 0.
 pub fn on_error_report(ctx: &TracePointContext) -> Result<(), i32> {
-    let error: i32 = unsafe { ctx.read_at(er::ERROR)? };
+    let error: i32 = field::load(ctx, er::ERROR);
     if error == 0 {
         return Ok(());
     }
-    let protocol: u16 = unsafe { ctx.read_at(er::PROTOCOL)? };
+    let protocol: u16 = field::load(ctx, er::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let layout = AddrLayout {
-        family: er::FAMILY,
-        saddr: er::SADDR,
-        daddr: er::DADDR,
-        saddr_v6: er::SADDR_V6,
-        daddr_v6: er::DADDR_V6,
-    };
-    let (family, saddr, daddr) = addrs(ctx, &layout)?;
+    const LAYOUT: AddrLayout = AddrLayout::new(
+        er::FAMILY,
+        er::SADDR,
+        er::DADDR,
+        (er::SADDR_V6, er::DADDR_V6),
+    );
+    let (family, saddr, daddr) = addrs(ctx, &LAYOUT)?;
     if !watch::is_watched(family, &daddr) {
         return Ok(());
     }
@@ -48,8 +47,8 @@ pub fn on_error_report(ctx: &TracePointContext) -> Result<(), i32> {
     event.reason = error.unsigned_abs();
     event.addr = daddr;
     event.peer_addr = saddr;
-    event.port = unsafe { ctx.read_at(er::DPORT)? };
-    event.peer_port = unsafe { ctx.read_at(er::SPORT)? };
+    event.port = field::load(ctx, er::DPORT);
+    event.peer_port = field::load(ctx, er::SPORT);
     event.tgid = ctx.tgid();
     emit(&event);
     Ok(())
@@ -58,35 +57,34 @@ pub fn on_error_report(ctx: &TracePointContext) -> Result<(), i32> {
 /// `tcp:tcp_retransmit_skb` in `SYN_SENT`: the SYN went unanswered (no route to a namespace
 /// that is gone, a dropped packet); the connect will time out if it keeps happening.
 pub fn on_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
-    let state: i32 = unsafe { ctx.read_at(rt::STATE)? };
+    let state: i32 = field::load(ctx, rt::STATE);
     if state != tcp_state::SYN_SENT as i32 {
         return Ok(());
     }
     // A failed attempt sent nothing (and is not in the socket's tcpi_total_retrans).
-    let err: i32 = unsafe { ctx.read_at(rt::ERR)? };
+    let err: i32 = field::load(ctx, rt::ERR);
     if err != 0 {
         return Ok(());
     }
-    let layout = AddrLayout {
-        family: rt::FAMILY,
-        saddr: rt::SADDR,
-        daddr: rt::DADDR,
-        saddr_v6: rt::SADDR_V6,
-        daddr_v6: rt::DADDR_V6,
-    };
-    let (family, saddr, daddr) = addrs(ctx, &layout)?;
+    const LAYOUT: AddrLayout = AddrLayout::new(
+        rt::FAMILY,
+        rt::SADDR,
+        rt::DADDR,
+        (rt::SADDR_V6, rt::DADDR_V6),
+    );
+    let (family, saddr, daddr) = addrs(ctx, &LAYOUT)?;
     if !watch::is_watched(family, &daddr) {
         return Ok(());
     }
-    let sk: u64 = unsafe { ctx.read_at(rt::SKADDR)? };
+    let sk: u64 = field::load(ctx, rt::SKADDR);
     let mut event = Event::new(kind::SYN_RETRANSMIT, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
     event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = family;
     event.addr = daddr;
     event.peer_addr = saddr;
-    event.port = unsafe { ctx.read_at(rt::DPORT)? };
-    event.peer_port = unsafe { ctx.read_at(rt::SPORT)? };
+    event.port = field::load(ctx, rt::DPORT);
+    event.peer_port = field::load(ctx, rt::SPORT);
     event.state = state as u32;
     event.tgid = ctx.tgid();
     event.netns = kernel::netns_of_sock(sk);

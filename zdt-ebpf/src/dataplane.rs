@@ -40,7 +40,7 @@ use zdt_common::{
 
 use crate::{
     emit::{emit_ipvs, emit_now},
-    kernel,
+    field, kernel,
 };
 
 const AF_INET: u16 = 2;
@@ -67,8 +67,8 @@ static IPVS_WRITERS: LruHashMap<u64, PendingIpvs> =
 /// option are compared first; only a table replace costs a namespace lookup.
 pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     // The record stores each int argument in a long.
-    let optname: u64 = unsafe { ctx.read_at(enter_tp::OPTNAME)? };
-    let level: u64 = unsafe { ctx.read_at(enter_tp::LEVEL)? };
+    let optname: u64 = field::load(ctx, enter_tp::OPTNAME);
+    let level: u64 = field::load(ctx, enter_tp::LEVEL);
     let (optname, level) = (optname as u32, level as u32);
     if level == xt::SOL_IP
         && let Some(cmd) = ipvs_sockopt::as_genl_cmd(optname)
@@ -86,7 +86,7 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     if unsafe { DATAPLANE_NETNS.get(&netns) }.is_none() {
         return Ok(());
     }
-    let optval: u64 = unsafe { ctx.read_at(enter_tp::OPTVAL)? };
+    let optval: u64 = field::load(ctx, enter_tp::OPTVAL);
     // `struct ipt_replace` starts with the table's name.
     let table: [u8; 16] =
         unsafe { bpf_probe_read_user(optval as *const [u8; 16]) }.unwrap_or([0; 16]);
@@ -98,7 +98,7 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     };
     WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
     // The agent may read the new table from the writer while the kernel installs it.
-    let optlen: u64 = unsafe { ctx.read_at(enter_tp::OPTLEN)? };
+    let optlen: u64 = field::load(ctx, enter_tp::OPTLEN);
     let mut event = Event::new(kind::TABLE_REPLACE_BEGIN, pending.enter_ns);
     event.sk = optval;
     event.state = optlen as u32;
@@ -129,7 +129,7 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let _ = WRITERS.remove(&id);
-    let ret: i64 = unsafe { ctx.read_at(exit_tp::RET)? };
+    let ret: i64 = field::load(ctx, exit_tp::RET);
     if ret != 0 {
         return Ok(());
     }
@@ -155,11 +155,11 @@ pub fn on_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
     if family == 0 {
         return Ok(());
     }
-    let len: u64 = unsafe { ctx.read_at(sys_enter_sendto::LEN)? };
+    let len: u64 = field::load(ctx, sys_enter_sendto::LEN);
     if len < genl::HEADERS_LEN as u64 {
         return Ok(());
     }
-    let buff: u64 = unsafe { ctx.read_at(sys_enter_sendto::BUFF)? };
+    let buff: u64 = field::load(ctx, sys_enter_sendto::BUFF);
     remember_ipvs_request(buff, len, family)
 }
 
@@ -170,7 +170,7 @@ pub fn on_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
     if family == 0 {
         return Ok(());
     }
-    let msg: u64 = unsafe { ctx.read_at(sys_enter_sendmsg::MSG)? };
+    let msg: u64 = field::load(ctx, sys_enter_sendmsg::MSG);
     let iovlen: u64 =
         unsafe { bpf_probe_read_user((msg + user_msghdr::IOVLEN as u64) as *const u64)? };
     if iovlen == 0 {
@@ -237,6 +237,7 @@ fn remember_ipvs(cmd: u8, buf: u64, len: u64) -> Result<(), i32> {
 /// `syscalls:sys_exit_sendto` / `sys_exit_sendmsg` / `sys_exit_setsockopt` (`ret` at
 /// `ret_offset`): reports the IPVS change its entry recorded if the syscall returned ≥ 0 (the
 /// kernel has applied the request, or queued its error in the ack).
+#[inline(always)]
 pub fn on_exit_ipvs(ctx: &TracePointContext, ret_offset: usize) -> Result<(), i32> {
     if ipvs_family() == 0 {
         return Ok(());
@@ -247,7 +248,7 @@ pub fn on_exit_ipvs(ctx: &TracePointContext, ret_offset: usize) -> Result<(), i3
     };
     // SAFETY: the map value stays valid until the remove below.
     let pending = unsafe { &*pending };
-    let ret: i64 = unsafe { ctx.read_at(ret_offset) }.unwrap_or(-1);
+    let ret: i64 = field::load(ctx, ret_offset);
     if ret >= 0 {
         let mut event = Event::new(kind::IPVS_CHANGE, unsafe { bpf_ktime_get_ns() });
         event.sk = pending.enter_ns;

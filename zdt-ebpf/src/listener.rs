@@ -13,24 +13,23 @@ use zdt_common::{Event, kind, tcp_state, tracepoint::inet_sock_set_state as tp};
 
 use crate::{
     emit::emit,
-    kernel,
+    field, kernel,
     record::{AddrLayout, addrs},
     watch,
 };
 
 const IPPROTO_TCP: u16 = 6;
 
-const LAYOUT: AddrLayout = AddrLayout {
-    family: tp::FAMILY,
-    saddr: tp::SADDR,
-    daddr: tp::DADDR,
-    saddr_v6: tp::SADDR_V6,
-    daddr_v6: tp::DADDR_V6,
-};
+const LAYOUT: AddrLayout = AddrLayout::new(
+    tp::FAMILY,
+    tp::SADDR,
+    tp::DADDR,
+    (tp::SADDR_V6, tp::DADDR_V6),
+);
 
 pub fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let old: i32 = unsafe { ctx.read_at(tp::OLDSTATE)? };
-    let new: i32 = unsafe { ctx.read_at(tp::NEWSTATE)? };
+    let old: i32 = field::load(ctx, tp::OLDSTATE);
+    let new: i32 = field::load(ctx, tp::NEWSTATE);
     let listen = tcp_state::LISTEN as i32;
     let k = if new == listen {
         kind::LISTEN_OPEN
@@ -41,12 +40,12 @@ pub fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         return Ok(());
     };
-    let protocol: u16 = unsafe { ctx.read_at(tp::PROTOCOL)? };
+    let protocol: u16 = field::load(ctx, tp::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let (family, saddr, _) = addrs(ctx, &LAYOUT)?;
-    let sk: u64 = unsafe { ctx.read_at(tp::SKADDR)? };
+    let sk: u64 = field::load(ctx, tp::SKADDR);
     let netns = kernel::netns_of_sock(sk);
     // A 0.0.0.0 listener only matches by namespace; a bound one by address as well.
     let unspecified = saddr == [0u8; 16];
@@ -59,7 +58,7 @@ pub fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = family;
     event.addr = saddr;
-    event.port = unsafe { ctx.read_at(tp::SPORT)? };
+    event.port = field::load(ctx, tp::SPORT);
     event.state = new as u32;
     event.tgid = ctx.tgid();
     event.netns = netns;

@@ -7,6 +7,7 @@
 mod client;
 mod dataplane;
 mod emit;
+mod field;
 mod kernel;
 mod listener;
 mod process;

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use zdt_common::{Event, kind, tracepoint::sched_process_exit as exit_tp};
 
-use crate::{emit::emit, kernel, watch};
+use crate::{emit::emit, field, kernel, watch};
 
 const SIGINT: i32 = 2;
 const SIGQUIT: i32 = 3;
@@ -68,7 +68,7 @@ pub fn on_exec(ctx: &TracePointContext) -> Result<(), i32> {
 
 /// `sched:sched_process_exit`: only the last thread of a process (`group_dead`) counts.
 pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let group_dead: u8 = unsafe { ctx.read_at(exit_tp::GROUP_DEAD)? };
+    let group_dead: u8 = field::load(ctx, exit_tp::GROUP_DEAD);
     if group_dead == 0 {
         return Ok(());
     }

@@ -3,9 +3,13 @@
 
 use aya_ebpf::programs::TracePointContext;
 
-use crate::watch::{AF_INET, AF_INET6};
+use crate::{
+    field,
+    watch::{AF_INET, AF_INET6},
+};
 
-/// Where one tracepoint keeps its addresses.
+/// Where one tracepoint keeps its addresses (a constant: the loads need fixed offsets). The
+/// four addresses lie in one block of [`BLOCK`] bytes from `saddr`, copied at once.
 pub struct AddrLayout {
     pub family: usize,
     pub saddr: usize,
@@ -14,24 +18,38 @@ pub struct AddrLayout {
     pub daddr_v6: usize,
 }
 
+/// saddr (4), daddr (4), saddr_v6 (16), daddr_v6 (16), as every one of these tracepoints has
+/// them.
+const BLOCK: usize = 40;
+
+impl AddrLayout {
+    /// A layout with its addresses where [`addrs`] copies them (checked at compile time).
+    pub const fn new(family: usize, saddr: usize, daddr: usize, v6: (usize, usize)) -> Self {
+        assert!(daddr == saddr + 4 && v6.0 == saddr + 8 && v6.1 == saddr + 24);
+        Self {
+            family,
+            saddr,
+            daddr,
+            saddr_v6: v6.0,
+            daddr_v6: v6.1,
+        }
+    }
+}
+
 /// (family, saddr, daddr) with IPv4 in the first 4 bytes; Err for other families.
 #[inline(always)]
 pub fn addrs(ctx: &TracePointContext, l: &AddrLayout) -> Result<(u16, [u8; 16], [u8; 16]), i32> {
-    let family: u16 = unsafe { ctx.read_at(l.family)? };
+    let family: u16 = field::load(ctx, l.family);
+    let (s_at, d_at) = match family {
+        AF_INET => (0, l.daddr - l.saddr),
+        AF_INET6 => (l.saddr_v6 - l.saddr, l.daddr_v6 - l.saddr),
+        _ => return Err(0),
+    };
+    let len = if family == AF_INET { 4 } else { 16 };
+    let block: [u8; BLOCK] = field::copy(ctx, l.saddr)?;
     let mut s = [0u8; 16];
     let mut d = [0u8; 16];
-    match family {
-        AF_INET => {
-            let v4: [u8; 4] = unsafe { ctx.read_at(l.saddr)? };
-            s[..4].copy_from_slice(&v4);
-            let v4: [u8; 4] = unsafe { ctx.read_at(l.daddr)? };
-            d[..4].copy_from_slice(&v4);
-        }
-        AF_INET6 => {
-            s = unsafe { ctx.read_at(l.saddr_v6)? };
-            d = unsafe { ctx.read_at(l.daddr_v6)? };
-        }
-        _ => return Err(0),
-    }
+    s[..len].copy_from_slice(block.get(s_at..s_at + len).ok_or(0)?);
+    d[..len].copy_from_slice(block.get(d_at..d_at + len).ok_or(0)?);
     Ok((family, s, d))
 }

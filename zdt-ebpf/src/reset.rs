@@ -16,20 +16,20 @@ use zdt_common::{
     tracepoint::{sockaddr, tcp_send_reset as tp},
 };
 
-use crate::{emit::emit, kernel, watch};
+use crate::{emit::emit, field, kernel, watch};
 
-/// Reads the address family, port (host order) and address of a 28-byte sockaddr copy.
+/// The address family, port (host order) and address of the 28-byte sockaddr at `at`, read in
+/// one copy.
 #[inline(always)]
 fn read_sockaddr(ctx: &TracePointContext, at: usize) -> Result<(u16, u16, [u8; 16]), i32> {
-    let family: u16 = unsafe { ctx.read_at(at + sockaddr::FAMILY)? };
-    let port: u16 = u16::from_be(unsafe { ctx.read_at(at + sockaddr::PORT)? });
+    let raw: [u8; 28] = field::copy(ctx, at)?;
+    let two = |i: usize| [raw[i], raw[i + 1]];
+    let family = u16::from_ne_bytes(two(sockaddr::FAMILY));
+    let port = u16::from_be_bytes(two(sockaddr::PORT));
     let mut addr = [0u8; 16];
     match family {
-        watch::AF_INET => {
-            let v4: [u8; 4] = unsafe { ctx.read_at(at + sockaddr::V4)? };
-            addr[..4].copy_from_slice(&v4);
-        }
-        watch::AF_INET6 => addr = unsafe { ctx.read_at(at + sockaddr::V6)? },
+        watch::AF_INET => addr[..4].copy_from_slice(&raw[sockaddr::V4..sockaddr::V4 + 4]),
+        watch::AF_INET6 => addr.copy_from_slice(&raw[sockaddr::V6..sockaddr::V6 + 16]),
         _ => return Err(0),
     }
     Ok((family, port, addr))
@@ -37,26 +37,26 @@ fn read_sockaddr(ctx: &TracePointContext, at: usize) -> Result<(u16, u16, [u8; 1
 
 pub fn on_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let (family, sport, saddr) = read_sockaddr(ctx, tp::SADDR)?;
-    let sk: u64 = unsafe { ctx.read_at(tp::SKADDR)? };
+    let sk: u64 = field::load(ctx, tp::SKADDR);
     let addr_watched = watch::is_watched(family, &saddr);
     // The namespace is needed either way: as a filter when the address is not watched, and to
     // tell a pod from a new one that reuses its IP when it is.
     let netns = if sk != 0 {
         kernel::netns_of_sock(sk)
     } else {
-        let skb: u64 = unsafe { ctx.read_at(tp::SKBADDR)? };
+        let skb: u64 = field::load(ctx, tp::SKBADDR);
         kernel::netns_of_skb(skb)
     };
     if !addr_watched && !watch::is_watched_netns(netns) {
         return Ok(());
     }
     let (_, dport, daddr) = read_sockaddr(ctx, tp::DADDR)?;
-    let state: i32 = unsafe { ctx.read_at(tp::STATE)? };
+    let state: i32 = field::load(ctx, tp::STATE);
     let mut event = Event::new(kind::RESET_SENT, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
     event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = family;
-    event.reason = unsafe { ctx.read_at(tp::REASON)? };
+    event.reason = field::load(ctx, tp::REASON);
     event.addr = saddr;
     event.peer_addr = daddr;
     event.port = sport;
