@@ -68,6 +68,17 @@ fn world() -> World {
 /// ECONNREFUSED on the client side.
 #[test]
 fn scripted_termination_marks_and_counts_match_ground_truth() {
+    scripted_termination(&[]);
+}
+
+/// The same on the records of Linux 6.12, whose `sched_process_exit` has no `group_dead`: the
+/// exit is then the main thread's, and still within 2 ms of truth.
+#[test]
+fn scripted_termination_on_linux_6_12_records() {
+    scripted_termination(&["--without-newer-tracepoint-fields"]);
+}
+
+fn scripted_termination(agent_args: &[&str]) {
     const N: usize = 40;
     let mut w = world();
     let pod = w.node.add_pod("web-1").unwrap();
@@ -77,13 +88,17 @@ fn scripted_termination_marks_and_counts_match_ground_truth() {
     let agent = AgentProcess::start_in(
         Some(w.node.ns.name()),
         &[
-            "--watch-netns",
-            &pod.ns.path(),
-            "--watch-cidr",
-            &format!("{}/32", pod.ip),
-            "--watch-cidr",
-            &format!("{}/32", w.svc.cluster_ip),
-        ],
+            &[
+                "--watch-netns",
+                &pod.ns.path(),
+                "--watch-cidr",
+                &format!("{}/32", pod.ip),
+                "--watch-cidr",
+                &format!("{}/32", w.svc.cluster_ip),
+            ],
+            agent_args,
+        ]
+        .concat(),
     );
     let spec = PodSpec {
         port: 8080,
@@ -323,6 +338,16 @@ fn a_burst_larger_than_the_ring_buffer_keeps_counts_exact_and_reports_loss() {
 /// as dialled.
 #[test]
 fn syns_to_a_pod_whose_namespace_is_gone_are_counted_as_retransmits() {
+    syns_to_a_gone_pod(&[]);
+}
+
+/// The same on the records of Linux 6.12, whose `tcp_retransmit_skb` has no `err`.
+#[test]
+fn syns_to_a_gone_pod_on_linux_6_12_records() {
+    syns_to_a_gone_pod(&["--without-newer-tracepoint-fields"]);
+}
+
+fn syns_to_a_gone_pod(agent_args: &[&str]) {
     const CLIENTS: usize = 3;
     let mut w = world();
     let pod = w.node.add_pod("gone").unwrap();
@@ -332,7 +357,11 @@ fn syns_to_a_pod_whose_namespace_is_gone_are_counted_as_retransmits() {
     w.node.remove_pod(pod);
     let agent = AgentProcess::start_in(
         Some(w.node.ns.name()),
-        &["--watch-cidr", &format!("{}/32", w.svc.cluster_ip)],
+        &[
+            &["--watch-cidr", &format!("{}/32", w.svc.cluster_ip)][..],
+            agent_args,
+        ]
+        .concat(),
     );
     let target = SocketAddr::new(w.svc.cluster_ip, w.svc.port);
     let results = client

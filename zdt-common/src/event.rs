@@ -316,9 +316,15 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
     /// 1 once the loader filled the offsets in; programs read no pointer chains before that.
     pub valid: u32,
+    /// 1 when `tcp:tcp_retransmit_skb` has `err` (newer kernels): failed retransmits, which
+    /// sent nothing, are then left out; without it (Linux 6.12) every SYN retransmit counts.
+    pub retransmit_err: u32,
+    /// 1 when `sched:sched_process_exit` has `group_dead` (newer kernels): the last thread's
+    /// exit is the process's; without it (Linux 6.12) the main thread's exit stands for it.
+    pub exit_group_dead: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 40);
 
 /// An IPVS change in flight: what `sys_enter_sendto`/`sendmsg` saw, kept per thread until the
 /// syscall's exit says whether the send succeeded.

@@ -109,7 +109,8 @@ pub mod tcp_retransmit_skb {
     pub const DADDR: usize = 38;
     pub const SADDR_V6: usize = 42;
     pub const DADDR_V6: usize = 58;
-    /// Result of the retransmission (6.x): non-zero means nothing was sent.
+    /// Result of the retransmission: non-zero means nothing was sent. Newer kernels only
+    /// (6.18 has it, 6.12 does not): see [`ERR_FIELD`].
     pub const ERR: usize = 76;
     pub const LAYOUT: super::Layout = super::Layout {
         category: "tcp",
@@ -124,15 +125,27 @@ pub mod tcp_retransmit_skb {
             ("daddr", DADDR, 4),
             ("saddr_v6", SADDR_V6, 16),
             ("daddr_v6", DADDR_V6, 16),
-            ("err", ERR, 4),
         ],
+    };
+    /// `err`, read only where the kernel has it (`KernelOffsets::retransmit_err`).
+    pub const ERR_FIELD: super::Layout = super::Layout {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        fields: &[("err", ERR, 4)],
     };
 }
 
-/// `sched:sched_process_exit` (6.x layout with `group_dead`).
+/// `sched:sched_process_exit`: the program needs the tracepoint, and reads `group_dead` where
+/// the kernel has it (6.18 does, 6.12 does not: see [`GROUP_DEAD_FIELD`]).
 pub mod sched_process_exit {
     pub const GROUP_DEAD: usize = 32;
     pub const LAYOUT: super::Layout = super::Layout {
+        category: "sched",
+        name: "sched_process_exit",
+        fields: &[],
+    };
+    /// `group_dead`, read only where the kernel has it (`KernelOffsets::exit_group_dead`).
+    pub const GROUP_DEAD_FIELD: super::Layout = super::Layout {
         category: "sched",
         name: "sched_process_exit",
         fields: &[("group_dead", GROUP_DEAD, 1)],

@@ -61,10 +61,13 @@ pub fn on_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
     if state != tcp_state::SYN_SENT as i32 {
         return Ok(());
     }
-    // A failed attempt sent nothing (and is not in the socket's tcpi_total_retrans).
-    let err: i32 = field::load(ctx, rt::ERR);
-    if err != 0 {
-        return Ok(());
+    // A failed attempt sent nothing (and is not in the socket's tcpi_total_retrans); kernels
+    // without `err` count it too.
+    if kernel::retransmit_has_err() {
+        let err: i32 = field::load(ctx, rt::ERR);
+        if err != 0 {
+            return Ok(());
+        }
     }
     const LAYOUT: AddrLayout = AddrLayout::new(
         rt::FAMILY,

@@ -14,7 +14,21 @@ static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     nsproxy_net: 0,
     task_tgid: 0,
     valid: 0,
+    retransmit_err: 0,
+    exit_group_dead: 0,
 });
+
+/// Whether `tcp:tcp_retransmit_skb` records carry `err` on this kernel.
+#[inline(always)]
+pub fn retransmit_has_err() -> bool {
+    ZDT_OFFSETS.load().retransmit_err != 0
+}
+
+/// Whether `sched:sched_process_exit` records carry `group_dead` on this kernel.
+#[inline(always)]
+pub fn exit_has_group_dead() -> bool {
+    ZDT_OFFSETS.load().exit_group_dead != 0
+}
 
 #[inline(always)]
 fn read_ptr(base: u64, offset: u32) -> Option<u64> {

@@ -4,7 +4,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_ktime_get_ns,
     },
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -66,10 +67,16 @@ pub fn on_exec(ctx: &TracePointContext) -> Result<(), i32> {
     process_event(ctx, kind::EXEC, 0)
 }
 
-/// `sched:sched_process_exit`: only the last thread of a process (`group_dead`) counts.
+/// `sched:sched_process_exit`: only the last thread of a process (`group_dead`) counts; on
+/// kernels whose record has no `group_dead` (6.12), the main thread's exit.
 pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let group_dead: u8 = field::load(ctx, exit_tp::GROUP_DEAD);
-    if group_dead == 0 {
+    let last = if kernel::exit_has_group_dead() {
+        field::load::<u8>(ctx, exit_tp::GROUP_DEAD) != 0
+    } else {
+        let id = bpf_get_current_pid_tgid();
+        id as u32 == (id >> 32) as u32
+    };
+    if !last {
         return Ok(());
     }
     process_event(ctx, kind::EXIT, 0)

@@ -85,6 +85,12 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub wakeup_every: u64,
 
+    /// Read tracepoint records as on a kernel without their newer optional fields (Linux 6.12:
+    /// no `err` in tcp_retransmit_skb, no `group_dead` in sched_process_exit), so that those
+    /// code paths are tested on a newer kernel.
+    #[arg(long, hide = true)]
+    pub without_newer_tracepoint_fields: bool,
+
     /// Also serve the Prometheus metrics (`GET /metrics`, nothing else) on this address, e.g.
     /// 0.0.0.0:9464 for a PodMonitor. Off by default: in cluster mode /metrics is on the
     /// loopback endpoint, reached through port-forward. With hostNetwork an address other than
@@ -151,6 +157,8 @@ pub struct AgentConfig {
     pub dataplane: bool,
     /// Keep the disk journal (crate::journal) with this configuration.
     pub journal: Option<crate::journal::Config>,
+    /// Ignore the optional tracepoint fields newer kernels have (tests of the 6.12 paths).
+    pub without_newer_tracepoint_fields: bool,
 }
 
 impl AgentConfig {
@@ -165,6 +173,7 @@ impl AgentConfig {
             poll_interval: Duration::from_millis(50),
             dataplane: true,
             journal: None,
+            without_newer_tracepoint_fields: false,
         }
     }
 }
@@ -205,6 +214,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     );
     config.wakeup_every = args.wakeup_every;
     config.ringbuf_bytes = args.ringbuf_bytes;
+    config.without_newer_tracepoint_fields = args.without_newer_tracepoint_fields;
     for path in &args.watch_netns {
         config.watch_netns.push(WatchedNetns::open(path)?);
     }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 use thiserror::Error;
 use zdt_common::{
     KernelOffsets,
-    tracepoint::{LAYOUTS, Layout, OPTIONAL_LAYOUTS},
+    tracepoint::{LAYOUTS, Layout, OPTIONAL_LAYOUTS, sched_process_exit, tcp_retransmit_skb},
 };
 
 use super::btf::Btf;
@@ -50,7 +50,7 @@ pub enum PreflightError {
         path: String,
     },
     #[error(
-        "tracepoint {category}:{name} has an unexpected layout (field {field}: {found}, expected offset {offset} size {size}); this kernel is not supported yet, please report it with the contents of {path}"
+        "tracepoint {category}:{name} has an unexpected layout (field {field}: {found}, expected offset {offset} size {size}): kubectl-zdt needs Linux >= 6.10 (tcp_send_reset with a reset reason); on a newer kernel, please report it with the contents of {path}"
     )]
     Layout {
         category: &'static str,
@@ -85,33 +85,29 @@ pub fn check() -> Result<KernelInfo, PreflightError> {
     if !Path::new(BTF_VMLINUX).exists() {
         return Err(PreflightError::NoBtf);
     }
-    let offsets = kernel_offsets()?;
+    let mut offsets = kernel_offsets()?;
     let tracefs = tracefs()?;
-    let mut rst_reasons = BTreeMap::new();
-    for layout in LAYOUTS {
-        let format = check_layout(&tracefs, layout)?;
-        if layout.name == "tcp_send_reset" {
-            rst_reasons = symbolic_values(&format, "REC->reason");
-        }
+    let tracepoints = check_tracepoints(&tracefs)?;
+    offsets.retransmit_err = u32::from(tracepoints.retransmit_err);
+    offsets.exit_group_dead = u32::from(tracepoints.exit_group_dead);
+    if !tracepoints.retransmit_err {
+        tracing::info!(
+            "tcp:tcp_retransmit_skb has no `err` field on this kernel: SYN retransmits that failed to leave the node are counted too"
+        );
     }
-    let table_replace =
-        OPTIONAL_LAYOUTS
-            .iter()
-            .all(|layout| match check_layout(&tracefs, layout) {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!("iptables-legacy rule changes will not be watched: {e}");
-                    false
-                }
-            });
+    if !tracepoints.exit_group_dead {
+        tracing::info!(
+            "sched:sched_process_exit has no `group_dead` field on this kernel: a process's exit is its main thread's"
+        );
+    }
     raise_memlock();
     Ok(KernelInfo {
-        table_replace,
+        table_replace: tracepoints.table_replace,
+        rst_reasons: tracepoints.rst_reasons,
         tracefs,
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
-        rst_reasons,
         bpffs: bpffs(),
         offsets,
     })
@@ -134,6 +130,9 @@ pub fn kernel_offsets() -> Result<KernelOffsets, PreflightError> {
         nsproxy_net: off("nsproxy", &["net_ns"])?,
         task_tgid: off("task_struct", &["tgid"])?,
         valid: 1,
+        // Tracepoint facts, filled in by `check` from the format files.
+        retransmit_err: 0,
+        exit_group_dead: 0,
     })
 }
 
@@ -222,6 +221,44 @@ fn raise_memlock() {
             "could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11 with memcg accounting"
         );
     }
+}
+
+/// What the tracepoint format files under a tracefs mount say about the records the programs
+/// read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tracepoints {
+    /// `enum sk_rst_reason` names, from `tcp_send_reset`'s print format.
+    pub rst_reasons: BTreeMap<u32, String>,
+    /// The syscall tracepoints of the iptables-legacy and IPVS triggers are there.
+    pub table_replace: bool,
+    /// `tcp_retransmit_skb` has `err` (6.18 does, 6.12 does not).
+    pub retransmit_err: bool,
+    /// `sched_process_exit` has `group_dead` (6.18 does, 6.12 does not).
+    pub exit_group_dead: bool,
+}
+
+/// Checks every layout the programs depend on against the format files under `tracefs`: the
+/// required ones must match, the optional ones are noted.
+pub fn check_tracepoints(tracefs: &str) -> Result<Tracepoints, PreflightError> {
+    let mut out = Tracepoints::default();
+    for layout in LAYOUTS {
+        let format = check_layout(tracefs, layout)?;
+        if layout.name == "tcp_send_reset" {
+            out.rst_reasons = symbolic_values(&format, "REC->reason");
+        }
+    }
+    out.table_replace = OPTIONAL_LAYOUTS
+        .iter()
+        .all(|layout| match check_layout(tracefs, layout) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("iptables-legacy rule changes will not be watched: {e}");
+                false
+            }
+        });
+    out.retransmit_err = check_layout(tracefs, &tcp_retransmit_skb::ERR_FIELD).is_ok();
+    out.exit_group_dead = check_layout(tracefs, &sched_process_exit::GROUP_DEAD_FIELD).is_ok();
+    Ok(out)
 }
 
 /// Compares the fields a program reads with the kernel's format file; returns the file.
@@ -327,6 +364,54 @@ mod tests {
         assert_eq!(r.get(&1).map(String::as_str), Some("NO_SOCKET"));
         assert_eq!(r.get(&11).map(String::as_str), Some("TCP_ABORT_ON_CLOSE"));
         assert_eq!(r.len(), 3);
+    }
+
+    /// Format files read off real kernels (Debian's 6.1 and 6.12 booted in QEMU, and the 6.18
+    /// these machines run): tests/fixtures/tracefs/<release>/events/<category>/<name>/format.
+    fn recorded(release: &str) -> String {
+        format!(
+            "{}/tests/fixtures/tracefs/{release}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    #[test]
+    fn linux_6_12_is_supported_without_the_newer_optional_fields() {
+        let t = check_tracepoints(&recorded("6.12.100+deb12-amd64")).unwrap();
+        assert!(!t.retransmit_err, "6.12's tcp_retransmit_skb has no err");
+        assert!(
+            !t.exit_group_dead,
+            "6.12's sched_process_exit has no group_dead"
+        );
+        assert!(t.table_replace);
+        assert_eq!(t.rst_reasons.get(&1).map(String::as_str), Some("NO_SOCKET"));
+    }
+
+    #[test]
+    fn linux_6_18_has_every_optional_field() {
+        let t = check_tracepoints(&recorded("6.18.44-fc-v657")).unwrap();
+        assert!(t.retransmit_err && t.exit_group_dead && t.table_replace);
+        assert_eq!(
+            t.rst_reasons.get(&11).map(String::as_str),
+            Some("TCP_ABORT_ON_CLOSE")
+        );
+    }
+
+    #[test]
+    fn linux_6_1_is_refused_with_the_version_needed() {
+        let e = check_tracepoints(&recorded("6.1.0-56-amd64")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(
+                e,
+                PreflightError::Layout {
+                    name: "tcp_send_reset",
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("needs Linux >= 6.10"), "{text}");
     }
 
     #[test]

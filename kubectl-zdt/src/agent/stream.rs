@@ -74,7 +74,11 @@ pub struct Agent {
 impl Agent {
     /// Runs the start-up checks, loads and attaches the probes.
     pub fn start(config: &AgentConfig) -> anyhow::Result<Self> {
-        let kernel = preflight::check()?;
+        let mut kernel = preflight::check()?;
+        if config.without_newer_tracepoint_fields {
+            kernel.offsets.retransmit_err = 0;
+            kernel.offsets.exit_group_dead = 0;
+        }
         let Probes {
             attached,
             events,
