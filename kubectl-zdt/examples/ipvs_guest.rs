@@ -7,8 +7,11 @@
 //! it with the agent's own reader (`ipvs::Live` + `ipvs::read`) and runs the agent's dataplane
 //! watcher (`watcher::spawn`) against it, armed with the agent's IPVS trigger: the eBPF
 //! programs on `sys_enter/exit_sendto` and `sendmsg`, loaded alone (`DataplaneTriggers`; the
-//! whole agent refuses this 6.1 kernel at preflight), their events handed to the watcher as
-//! the agent does. It prints one `CHECK ok|FAIL` line per check, one
+//! whole agent refuses Debian 12's 6.1 kernel at preflight), their events handed to the watcher as
+//! the agent does. First, the whole agent in a namespace of its own: refused at preflight on a
+//! kernel older than 6.10 (naming the version), else started (every program through this
+//! kernel's verifier) and counting refused connections exactly. It prints one `CHECK ok|FAIL`
+//! line per check, one
 //! `FIXTURE <state> <json>` line per recorded state (the raw dump datagrams, for
 //! tests/fixtures/ipvs) and finally `IPVS-GUEST PASS` or `IPVS-GUEST FAIL`.
 
@@ -718,6 +721,100 @@ fn scale(
     Ok(())
 }
 
+/// Refused connections the whole-agent check makes.
+const REFUSED: u64 = 200;
+
+/// The whole agent on this kernel, in a network namespace of its own: on a kernel older than
+/// 6.10 preflight must refuse it naming the version needed; on newer ones it must start (every
+/// program through this kernel's verifier, offsets from this kernel's BTF) and count `REFUSED`
+/// refused connections exactly.
+fn whole_agent() -> anyhow::Result<bool> {
+    use kubectl_zdt::agent::{Agent, AgentConfig};
+    let mut check = Check { failed: false };
+    let release = nix::sys::utsname::uname()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+    let version: (u32, u32) = (
+        numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+        numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+    );
+    let handle = thread::spawn(move || -> anyhow::Result<bool> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("failed to create a network namespace")?;
+        run("ip", &["link", "set", "lo", "up"])?;
+        let mut config = AgentConfig::new(
+            NodeName("ipvs-vm".into()),
+            vec!["127.0.0.1/32".parse().context("address")?],
+        );
+        config.dataplane = false;
+        let agent = match Agent::start(&config) {
+            Err(e) if version < (6, 10) => {
+                let text = format!("{e:#}");
+                check.that(
+                    text.contains("needs Linux >= 6.10"),
+                    &format!("the whole agent refuses Linux {release} naming the version needed"),
+                    text,
+                );
+                return Ok(!check.failed);
+            }
+            Err(e) => {
+                check.that(
+                    false,
+                    &format!("the whole agent starts on Linux {release}"),
+                    format!("{e:#}"),
+                );
+                return Ok(false);
+            }
+            Ok(agent) => agent,
+        };
+        check.that(
+            version >= (6, 10),
+            &format!("the whole agent starts on Linux {release}"),
+            "preflight passed, every program loaded and attached",
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Observation>(65536);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(agent.run(tx, async {
+            let _ = stop_rx.await;
+        }));
+        let counted = rt.spawn(async move {
+            let mut refused = 0;
+            while let Some(o) = rx.recv().await {
+                if o.kind == Kind::Refused {
+                    refused += o.weight();
+                }
+            }
+            refused
+        });
+        let target: SocketAddr = "127.0.0.1:9".parse().context("address")?;
+        let mut failed = 0;
+        for _ in 0..REFUSED {
+            if std::net::TcpStream::connect(target).is_err() {
+                failed += 1;
+            }
+        }
+        thread::sleep(Duration::from_millis(300));
+        let _ = stop.send(());
+        rt.block_on(task)??;
+        let refused = rt.block_on(counted)?;
+        check.that(
+            failed == REFUSED && refused == REFUSED,
+            "the whole agent counts every refused connection",
+            format!("{failed} connections refused, {refused} reported"),
+        );
+        Ok(!check.failed)
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the whole-agent check panicked"))?
+}
+
 fn main() -> ExitCode {
     if nix::unistd::geteuid().as_raw() != 0 {
         eprintln!(
@@ -725,7 +822,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match guest() {
+    let agent_ok = match whole_agent() {
+        Ok(ok) => ok,
+        Err(e) => {
+            println!("CHECK FAIL the whole agent: {e:#}");
+            false
+        }
+    };
+    match guest().map(|ok| ok && agent_ok) {
         Ok(true) => {
             println!("IPVS-GUEST PASS");
             ExitCode::SUCCESS

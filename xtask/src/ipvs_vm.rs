@@ -70,7 +70,15 @@ pub struct IpvsVmArgs {
     /// Virtual servers (5 real servers each) the guest's scale check adds, at most 10 000.
     #[arg(long, default_value_t = 2000)]
     pub scale: u16,
+
+    /// Debian's kernel metapackage to boot: linux-image-amd64 (Debian 12's 6.1, which the
+    /// whole agent refuses) or linux-image-6.12-amd64 (bookworm-backports' 6.12, on which the
+    /// guest also runs the whole agent).
+    #[arg(long, default_value = DEFAULT_KERNEL)]
+    pub kernel: String,
 }
+
+pub const DEFAULT_KERNEL: &str = "linux-image-amd64";
 
 pub fn run(args: &IpvsVmArgs) -> anyhow::Result<()> {
     let kvm = Path::new("/dev/kvm").exists();
@@ -86,7 +94,7 @@ pub fn run(args: &IpvsVmArgs) -> anyhow::Result<()> {
         &["qemu-system-x86_64", "busybox"],
         &["qemu-system-x86", "busybox-static"],
     )?;
-    let kernel = fetch_kernel()?;
+    let kernel = fetch_kernel(&args.kernel)?;
     let guest = build_guest()?;
     let out = cmd::root().join("target/ipvs-vm");
     let initrd = initramfs(&kernel, &guest, &out)
@@ -167,14 +175,15 @@ struct Kernel {
 }
 
 /// Debian's current kernel package, downloaded and unpacked into the cache (not installed).
-fn fetch_kernel() -> anyhow::Result<Kernel> {
-    let depends = cmd::output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))
-        .context("apt-cache failed: is this Debian with apt?")?;
+fn fetch_kernel(meta: &str) -> anyhow::Result<Kernel> {
+    let depends = cmd::output(Command::new("apt-cache").args(["depends", meta])).with_context(
+        || format!("apt-cache knows no package {meta}: is this Debian 12 with apt (and, for 6.12, bookworm-backports)?"),
+    )?;
     let package = depends
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: "))
         .map(str::trim)
-        .context("apt-cache names no kernel package for linux-image-amd64")?
+        .with_context(|| format!("apt-cache names no kernel package for {meta}"))?
         .to_owned();
     let release = package
         .strip_prefix("linux-image-")

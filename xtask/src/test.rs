@@ -5,8 +5,9 @@
 //! mix). Without root this fails: those tests are never skipped silently.
 //!
 //! Last, IPVS on a real kernel: this machine's kernel has no IPVS, so `ipvs_vm` boots
-//! Debian's kernel in a QEMU guest under TCG emulation (no KVM needed; nested KVM hangs on
-//! these machines) and runs the IPVS reader, watcher and eBPF trigger there.
+//! Debian's kernels (6.1, then 6.12) in a QEMU guest under TCG emulation (no KVM needed;
+//! nested KVM hangs on these machines) and runs the IPVS reader, watcher and eBPF trigger
+//! there, and on 6.12 the whole agent.
 
 use anyhow::bail;
 
@@ -50,6 +51,15 @@ pub fn run() -> anyhow::Result<()> {
         accel: ipvs_vm::Accel::Tcg,
         update_fixtures: false,
         scale: 2000,
+        kernel: ipvs_vm::DEFAULT_KERNEL.to_owned(),
+    })?;
+    // Linux 6.12, the LTS most managed node images run: IPVS again, and the whole agent
+    // (preflight, every program through this kernel's verifier, refused connections counted).
+    ipvs_vm::run(&ipvs_vm::IpvsVmArgs {
+        accel: ipvs_vm::Accel::Tcg,
+        update_fixtures: false,
+        scale: 500,
+        kernel: "linux-image-6.12-amd64".to_owned(),
     })?;
     eprintln!("xtask test: all checks passed");
     Ok(())
