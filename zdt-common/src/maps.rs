@@ -5,21 +5,18 @@
 pub const EVENTS: &str = "ZDT_EVENTS";
 pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 
-/// Exact per-CPU counts per [`crate::CounterKey`]; kept even when the ring buffer is full.
-pub const COUNTERS: &str = "ZDT_COUNTERS";
-pub const COUNTERS_MAX: u32 = 65_536;
-
 /// Per-CPU counts, per [`crate::CounterKey`], of the events the ring buffer had no room for.
-/// An event is either delivered or counted here, never both, so userspace can report exactly
-/// what was lost, per pod address and kind.
+/// An event is either delivered or counted here, never both, so delivered + lost is exact per
+/// pod address and kind, and a delivered event costs no counter update.
 pub const LOST: &str = "ZDT_LOST";
+pub const COUNTERS_MAX: u32 = 65_536;
 
 /// Per-CPU array of internal health counters, indexed by the `STAT_*` constants.
 pub const STATS: &str = "ZDT_STATS";
 pub const STATS_LEN: u32 = 8;
 /// Events that could not be reserved in the ring buffer (reported as `loss` observations).
 pub const STAT_RINGBUF_LOST: u32 = 0;
-/// Counter updates that failed because [`COUNTERS`] was full.
+/// Lost events that could not be counted per key because [`LOST`] was full.
 pub const STAT_COUNTERS_FULL: u32 = 1;
 /// Events submitted to the ring buffer.
 pub const STAT_EVENTS_SENT: u32 = 2;

@@ -127,9 +127,8 @@ pub struct Attached(Ebpf);
 
 /// The counter maps userspace reads.
 pub struct KernelMaps {
-    /// Exact per-(address, port, kind, reason) counts of every event.
-    pub counters: PerCpuHashMap<MapData, CounterKey, u64>,
-    /// The same, for the events the ring buffer had no room for.
+    /// Per-(address, port, kind, reason) counts of the events the ring buffer had no room for
+    /// (with the delivered ones, exact).
     pub lost: PerCpuHashMap<MapData, CounterKey, u64>,
     pub stats: PerCpuArray<MapData, u64>,
 }
@@ -198,7 +197,6 @@ impl Probes {
 
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let maps = KernelMaps {
-            counters: PerCpuHashMap::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             lost: PerCpuHashMap::try_from(take(&mut ebpf, maps::LOST)?)?,
             stats: PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?,
         };

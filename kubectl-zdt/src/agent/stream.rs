@@ -448,7 +448,9 @@ impl Agent {
         let lost_total = self.maps.stat(maps::STAT_RINGBUF_LOST);
         let counters_full = self.maps.stat(maps::STAT_COUNTERS_FULL);
         if counters_full > 0 {
-            tracing::warn!("{counters_full} events could not be counted: the counter map is full");
+            tracing::warn!(
+                "{counters_full} lost events could not be counted per pod: the lost-counter map is full"
+            );
         }
         if lost_total == self.lost_total_reported {
             return true;
