@@ -30,7 +30,8 @@ pub mod kind {
     /// [`crate::maps::DATAPLANE_NETNS`]. `ts_ns` is the syscall's exit (the new table is in
     /// effect), `sk` its entry, `reason` the level (`SOL_IP` 0 / `SOL_IPV6` 41), `family`
     /// `AF_INET`/`AF_INET6`, `comm` the table's name (`nat`, `filter`, …), `tgid` the writer and
-    /// `netns` its namespace.
+    /// `netns` its namespace. `addr` holds the tighter bounds of the swap inside the syscall
+    /// ([`crate::swap_bounds`]; 0 where not seen).
     pub const TABLE_REPLACE: u16 = 9;
     /// `syscalls:sys_enter_setsockopt` of the same replaces: the writer is handing the kernel
     /// its new table. `ts_ns` is the entry (the `sk` of the `TABLE_REPLACE` that follows, if it
@@ -285,6 +286,13 @@ pub struct PendingReplace {
     pub level: u32,
     /// The first 16 bytes of `struct ipt_replace.name` (the table).
     pub table: [u8; 16],
+    /// The writer's last per-CPU allocation in the syscall (`percpu:percpu_alloc_percpu`): the
+    /// new table's rule counters, allocated while the kernel checks it, before the swap; 0 if
+    /// none was seen.
+    pub last_alloc_ns: u64,
+    /// The writer's first per-CPU free in the syscall (`percpu:percpu_free_percpu`): the old
+    /// table's rule counters, freed after the swap; 0 if none was seen.
+    pub first_free_ns: u64,
 }
 
 const _: () = {
@@ -292,8 +300,17 @@ const _: () = {
     assert!(offset_of!(PendingReplace, netns) == 8);
     assert!(offset_of!(PendingReplace, level) == 12);
     assert!(offset_of!(PendingReplace, table) == 16);
-    assert!(size_of::<PendingReplace>() == 32);
+    assert!(offset_of!(PendingReplace, last_alloc_ns) == 32);
+    assert!(offset_of!(PendingReplace, first_free_ns) == 40);
+    assert!(size_of::<PendingReplace>() == 48);
 };
+
+/// Where a `kind::TABLE_REPLACE` event carries the bounds of the swap (`Event::addr`, native
+/// byte order): [`PendingReplace::last_alloc_ns`] then [`PendingReplace::first_free_ns`].
+pub mod swap_bounds {
+    pub const LAST_ALLOC: core::ops::Range<usize> = 0..8;
+    pub const FIRST_FREE: core::ops::Range<usize> = 8..16;
+}
 
 /// Offsets of kernel struct members the programs follow, resolved by the agent from the running
 /// kernel's BTF and set as a load-time global (Rust eBPF has no CO-RE relocations).

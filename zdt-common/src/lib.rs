@@ -11,5 +11,5 @@ pub mod tracepoint;
 
 pub use event::{
     CounterKey, Event, IpvsRecord, KernelOffsets, PendingIpvs, PendingReplace, genl, ipvs_sockopt,
-    kind, rst_reason, tcp_state, xt,
+    kind, rst_reason, swap_bounds, tcp_state, xt,
 };

@@ -1,7 +1,8 @@
 //! The iptables-legacy trigger: x_tables has no change notifications, but every rule change is
 //! one `setsockopt(IPT_SO_SET_REPLACE)` (or `IP6T_…`) that hands the kernel a whole new table.
 //! The entry records the writer's thread, namespace and table name; the exit, if the replace
-//! succeeded, reports it with the exit time: the moment the new table was in effect. The entry
+//! succeeded, reports it with the exit time (the new table was in effect) and the tighter
+//! bounds of the swap the per-CPU allocation and free probes saw in between. The entry
 //! also reports where the writer's new table is, for the agent to read it while the kernel
 //! installs it (`kind::TABLE_REPLACE_BEGIN`). Only
 //! namespaces the dataplane watcher reads (`ZDT_DATAPLANE_NETNS`) are reported.
@@ -30,7 +31,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use zdt_common::{
-    Event, PendingIpvs, PendingReplace, genl, ipvs_sockopt, kind, maps,
+    Event, PendingIpvs, PendingReplace, genl, ipvs_sockopt, kind, maps, swap_bounds,
     tracepoint::{
         sys_enter_sendmsg, sys_enter_sendto, sys_enter_setsockopt as enter_tp,
         sys_exit_setsockopt as exit_tp, user_msghdr,
@@ -95,6 +96,8 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
         netns,
         level,
         table,
+        last_alloc_ns: 0,
+        first_free_ns: 0,
     };
     WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
     // The agent may read the new table from the writer while the kernel installs it.
@@ -136,9 +139,43 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let mut event = Event::new(kind::TABLE_REPLACE, unsafe { bpf_ktime_get_ns() });
     event.sk = pending.enter_ns;
     fill(&mut event, &pending, ctx.tgid());
+    event.addr[swap_bounds::LAST_ALLOC].copy_from_slice(&pending.last_alloc_ns.to_ne_bytes());
+    event.addr[swap_bounds::FIRST_FREE].copy_from_slice(&pending.first_free_ns.to_ne_bytes());
     // Rare and awaited: wake the reader now rather than at the next batch.
     emit_now(&event);
     Ok(())
+}
+
+/// `percpu:percpu_alloc_percpu` and `percpu:percpu_free_percpu`: where in its syscall a
+/// replace swapped the tables. The kernel gives every rule of the new table its counters while
+/// it checks the table (`translate_table` → `xt_percpu_counter_alloc`, one per-CPU block per
+/// 256 rules), then swaps (`xt_replace_table`), then reads and frees the old table's counters
+/// (`get_old_counters`, `cleanup_entry` → `xt_percpu_counter_free`). So the swap lies between
+/// the writer's last allocation and its first free: much tighter than [entry, exit] for a big
+/// table (the checks and the cleanup are most of a 10 000-Service replace), and still right
+/// when the writer is scheduled out inside the syscall. Both fire for every per-CPU
+/// allocation of the node (rare: cgroups, devices, maps), so the writer's thread is looked up
+/// first. Single-CPU kernels allocate no per-CPU counters: nothing is recorded, and the agent
+/// keeps [entry, exit].
+pub fn on_percpu_alloc() {
+    if let Some(pending) = WRITERS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
+        // SAFETY: a value of this map, owned by the writer's own thread until its exit.
+        let pending = unsafe { &mut *pending };
+        if pending.first_free_ns == 0 {
+            pending.last_alloc_ns = unsafe { bpf_ktime_get_ns() };
+        }
+    }
+}
+
+/// See [`on_percpu_alloc`].
+pub fn on_percpu_free() {
+    if let Some(pending) = WRITERS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
+        // SAFETY: as in `on_percpu_alloc`.
+        let pending = unsafe { &mut *pending };
+        if pending.first_free_ns == 0 {
+            pending.first_free_ns = unsafe { bpf_ktime_get_ns() };
+        }
+    }
 }
 
 /// The IPVS family id the agent armed the trigger with; 0 while disarmed (no IPVS on this

@@ -76,6 +76,18 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     }
 }
 
+#[tracepoint(category = "percpu", name = "percpu_alloc_percpu")]
+pub fn percpu_alloc_percpu(_ctx: TracePointContext) -> u32 {
+    dataplane::on_percpu_alloc();
+    0
+}
+
+#[tracepoint(category = "percpu", name = "percpu_free_percpu")]
+pub fn percpu_free_percpu(_ctx: TracePointContext) -> u32 {
+    dataplane::on_percpu_free();
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
     match dataplane::on_enter_sendto(&ctx) {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use thiserror::Error;
-use zdt_common::{Event, kind, rst_reason};
+use zdt_common::{Event, kind, rst_reason, swap_bounds};
 
 use super::clock::Clock;
 use crate::{
@@ -135,7 +135,15 @@ impl Decoder {
             pid: ev.tgid,
             time_ns: ev.ts_ns,
             entered_ns: ev.sk,
+            last_alloc: self.swap_bound(ev, swap_bounds::LAST_ALLOC),
+            first_free: self.swap_bound(ev, swap_bounds::FIRST_FREE),
         })
+    }
+
+    /// One bound of a replace's swap (`zdt_common::swap_bounds`), 0 = not seen.
+    fn swap_bound(&self, ev: &Event, at: std::ops::Range<usize>) -> Option<jiff::Timestamp> {
+        let ns = u64::from_ne_bytes(ev.addr[at].try_into().ok()?);
+        (ns != 0).then(|| self.clock.to_wall(ns))
     }
 
     /// The start of an x_tables replace (`kind::TABLE_REPLACE_BEGIN`): where the writer's new
@@ -356,6 +364,20 @@ mod tests {
         // Not an observation kind: it never reaches the stream by mistake.
         assert_eq!(d.decode(&ev), Err(DecodeError::Kind(kind::TABLE_REPLACE)));
         assert_eq!((t.time_ns, t.entered_ns), (660_197_146, 659_000_000));
+        // No per-CPU allocation or free seen: the swap is known to [entry, exit].
+        assert_eq!((t.last_alloc, t.first_free), (None, None));
+        assert_eq!(t.swapped(), (t.entered, t.time));
+        // Both seen: the swap lies between them.
+        ev.addr[zdt_common::swap_bounds::LAST_ALLOC].copy_from_slice(&659_600_000u64.to_ne_bytes());
+        ev.addr[zdt_common::swap_bounds::FIRST_FREE].copy_from_slice(&659_700_000u64.to_ne_bytes());
+        let t = d.table_replace(&ev).unwrap();
+        let (after, before) = t.swapped();
+        assert_eq!(after.to_string(), "2026-11-22T01:16:45.6596Z");
+        assert_eq!(before.to_string(), "2026-11-22T01:16:45.6597Z");
+        // A free seen but no allocation: [entry, free].
+        ev.addr[zdt_common::swap_bounds::LAST_ALLOC].fill(0);
+        let t = d.table_replace(&ev).unwrap();
+        assert_eq!(t.swapped(), (t.entered, before));
         ev.family = 7;
         assert_eq!(d.table_replace(&ev), Err(DecodeError::Family(7)));
     }

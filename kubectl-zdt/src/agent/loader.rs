@@ -38,6 +38,14 @@ pub const TABLE_REPLACE_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_setsockopt", "syscalls", "sys_exit_setsockopt"),
 ];
 
+/// Where inside a replace the tables were swapped (`zdt-ebpf` `dataplane::on_percpu_alloc`):
+/// attached with the iptables-legacy trigger where the kernel has them; without them a replace
+/// is known to [entry, exit].
+pub const SWAP_BOUND_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("percpu_alloc_percpu", "percpu", "percpu_alloc_percpu"),
+    ("percpu_free_percpu", "percpu", "percpu_free_percpu"),
+];
+
 /// The IPVS trigger's programs (attached with the iptables-legacy ones; idle, one array lookup
 /// per send, until the agent arms them with the IPVS family id).
 pub const IPVS_TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -177,6 +185,9 @@ impl Probes {
                 .iter()
                 .chain(optional.iter().flat_map(|t| t.iter())),
         )?;
+        if spec.table_replace {
+            attach_swap_bounds(&mut ebpf);
+        }
 
         if !BTF_TRACEPOINTS.is_empty() {
             let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
@@ -259,6 +270,17 @@ fn attach<'a>(
     Ok(())
 }
 
+/// Attaches the swap-bound programs; a kernel without them (or that refuses them) keeps the
+/// syscall's [entry, exit] as the bounds, said once.
+fn attach_swap_bounds(ebpf: &mut Ebpf) {
+    if let Err(e) = attach(ebpf, SWAP_BOUND_TRACEPOINTS.iter()) {
+        tracing::warn!(
+            "iptables-legacy changes will be timed to the whole replace syscall, not to the \
+             table swap inside it: {e:#}"
+        );
+    }
+}
+
 /// Only the dataplane triggers' programs (x_tables replaces, IPVS change requests) and the
 /// ring buffer they write to: for a kernel the whole agent refuses at preflight, such as the
 /// 6.1 kernel of `cargo xtask ipvs-vm` (its `tcp:tcp_send_reset` has no reset reason). The
@@ -288,6 +310,7 @@ impl DataplaneTriggers {
             &mut ebpf,
             TABLE_REPLACE_TRACEPOINTS.iter().chain(IPVS_TRACEPOINTS),
         )?;
+        attach_swap_bounds(&mut ebpf);
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let dataplane_netns = DataplaneNetns::take(&mut ebpf)?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?;

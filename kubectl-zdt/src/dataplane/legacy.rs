@@ -370,12 +370,44 @@ pub struct TableReplace {
     /// compare with the end of a read of the writer's buffer.
     pub time_ns: u64,
     pub entered_ns: u64,
+    /// The writer's last per-CPU allocation inside the syscall (the new table's counters,
+    /// allocated before the swap), if the probes saw one.
+    pub last_alloc: Option<jiff::Timestamp>,
+    /// The writer's first per-CPU free inside the syscall (the old table's counters, freed
+    /// after the swap), if the probes saw one.
+    pub first_free: Option<jiff::Timestamp>,
 }
 
 impl TableReplace {
     /// Whether it can change Service routes: only the `nat` table holds kube-proxy's DNAT.
     pub fn concerns_nat(&self) -> bool {
         self.table == NAT
+    }
+
+    /// When the kernel swapped the old table for the new one: after the writer's last per-CPU
+    /// allocation (else the entry) and before its first per-CPU free (else the exit). The
+    /// checks before the swap and the cleanup after it are most of a big table's replace, and
+    /// the writer may be scheduled out in either, so the exit alone can be far from the swap.
+    pub fn swapped(&self) -> (jiff::Timestamp, jiff::Timestamp) {
+        let (alloc, free) = self.counter_bounds();
+        (alloc.unwrap_or(self.entered), free.unwrap_or(self.time))
+    }
+
+    /// Whether both bounds of [`Self::swapped`] are the counters' (else the syscall's).
+    pub fn swap_bounded_by_counters(&self) -> bool {
+        matches!(self.counter_bounds(), (Some(_), Some(_)))
+    }
+
+    /// The per-CPU allocation and free that can be this replace's: inside its syscall, the
+    /// allocation before the free.
+    fn counter_bounds(&self) -> (Option<jiff::Timestamp>, Option<jiff::Timestamp>) {
+        let inside = |t: &jiff::Timestamp| *t >= self.entered && *t <= self.time;
+        let free = self.first_free.filter(inside);
+        let alloc = self
+            .last_alloc
+            .filter(inside)
+            .filter(|t| free.is_none_or(|f| *t <= f));
+        (alloc, free)
     }
 }
 

@@ -520,7 +520,8 @@ impl Reader {
                     Trigger::TableReplace(r)
                         if r.family == family && r.concerns_nat() && r.netns == self.netns =>
                     {
-                        window.add(r.time, r.time);
+                        let (after, before) = r.swapped();
+                        window.add(after, before);
                         replaces.push(r);
                     }
                     Trigger::Lost { since, now } => window.add(*since, *now),
@@ -553,7 +554,11 @@ impl Reader {
                     None
                 }
             };
-            match self.reread_legacy(i, stamp, nat) {
+            let only = match replaces.as_slice() {
+                [only] if window.triggers == 1 => Some(*only),
+                _ => None,
+            };
+            match self.reread_legacy(i, stamp, nat, only) {
                 Some(c) => changed |= c,
                 None => return false,
             }
@@ -750,11 +755,16 @@ impl Reader {
     /// Brings the legacy nat table of `self.legacy[i]` up to date after a replace, with the
     /// table read from its writer (`installed`) or else read from the kernel; whether routes
     /// changed, `None` once nobody listens.
+    ///
+    /// A line stamped by one replace says how its swap was bounded (`swap_bounds`: `counters`
+    /// when the per-CPU probes saw the new table's counters allocated and the old one's freed,
+    /// else `syscall`) and how long the replace ran in the kernel (`syscall_ns`).
     fn reread_legacy(
         &mut self,
         i: usize,
         stamp: Stamp,
         installed: Option<xtables::Nat>,
+        replace: Option<&TableReplace>,
     ) -> Option<bool> {
         let plane = &mut self.legacy[i];
         let (nat, read_from) = match installed {
@@ -778,7 +788,15 @@ impl Reader {
             ..stamp
         };
         for obs in emit::observations(&self.node, plane.source(), &change, stamp) {
-            if !self.tx.send(obs.with_extra("read_from", read_from)) {
+            let mut obs = obs.with_extra("read_from", read_from);
+            if let Some(r) = replace {
+                let counters = r.swap_bounded_by_counters();
+                let syscall = r.time.duration_since(r.entered).as_nanos().max(0);
+                obs = obs
+                    .with_extra("swap_bounds", if counters { "counters" } else { "syscall" })
+                    .with_extra("syscall_ns", u64::try_from(syscall).unwrap_or(u64::MAX));
+            }
+            if !self.tx.send(obs) {
                 return None;
             }
         }
