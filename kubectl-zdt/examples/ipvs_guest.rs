@@ -10,7 +10,9 @@
 //! whole agent refuses Debian 12's 6.1 kernel at preflight), their events handed to the watcher as
 //! the agent does. First, the whole agent in a namespace of its own: refused at preflight on a
 //! kernel older than 6.10 (naming the version), else started (every program through this
-//! kernel's verifier) and counting refused connections exactly. It prints one `CHECK ok|FAIL`
+//! kernel's verifier), counting refused connections exactly and, with its dataplane watcher
+//! started as `agent --standalone` does, reporting a drain and a re-add of kube-proxy's IPVS in
+//! its namespace. It prints one `CHECK ok|FAIL`
 //! line per check, one
 //! `FIXTURE <state> <json>` line per recorded state (the raw dump datagrams, for
 //! tests/fixtures/ipvs) and finally `IPVS-GUEST PASS` or `IPVS-GUEST FAIL`.
@@ -340,13 +342,10 @@ fn hand_triggers(
     });
 }
 
-fn guest() -> anyhow::Result<bool> {
-    // A network namespace of its own (IPVS is per namespace): the links, addresses and virtual
-    // servers it makes vanish with it, wherever it runs. Threads started later (the watcher's)
-    // inherit it.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .context("failed to create a network namespace (needs root)")?;
-    let mut check = Check { failed: false };
+/// kube-proxy's IPVS mode in the calling thread's network namespace: `lo` up, the dummy
+/// `kube-ipvs0` holding the ClusterIPs, `node0` with the node's address, and `state`'s virtual
+/// and real servers. Returns the generic-netlink handle that programmed them.
+fn program_kube_proxy(state: &[(VirtualServer, Vec<RealServer>)]) -> anyhow::Result<Live> {
     run("ip", &["link", "set", "lo", "up"])?;
     run("ip", &["link", "add", "kube-ipvs0", "type", "dummy"])?;
     run("ip", &["link", "add", "node0", "type", "dummy"])?;
@@ -355,8 +354,7 @@ fn guest() -> anyhow::Result<bool> {
         "ip",
         &["addr", "add", &format!("{NODE_IP}/24"), "dev", "node0"],
     )?;
-    let mut state = scenario();
-    for (v, _) in &state {
+    for (v, _) in state {
         let ip = v.service.0.ip();
         if ip.to_string() != NODE_IP {
             let prefix = if ip.is_ipv4() { 32 } else { 128 };
@@ -375,7 +373,7 @@ fn guest() -> anyhow::Result<bool> {
     let mut live = Live::open()
         .context("failed to open the IPVS generic-netlink family")?
         .context("this kernel has no IPVS (is ip_vs loaded?)")?;
-    for (v, reals) in &state {
+    for (v, reals) in state {
         live.execute(&Command::NewService(*v, "rr"))
             .with_context(|| format!("IPVS_CMD_NEW_SERVICE {}", v.service))?;
         for r in reals {
@@ -383,6 +381,18 @@ fn guest() -> anyhow::Result<bool> {
                 .with_context(|| format!("IPVS_CMD_NEW_DEST {} -> {}", v.service, r.backend))?;
         }
     }
+    Ok(live)
+}
+
+fn guest() -> anyhow::Result<bool> {
+    // A network namespace of its own (IPVS is per namespace): the links, addresses and virtual
+    // servers it makes vanish with it, wherever it runs. Threads started later (the watcher's)
+    // inherit it.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("failed to create a network namespace (needs root)")?;
+    let mut check = Check { failed: false };
+    let mut state = scenario();
+    let mut live = program_kube_proxy(&state)?;
     live.record();
     let mut read = record(&mut live, "initial", &state, &mut check)?;
 
@@ -726,8 +736,11 @@ const REFUSED: u64 = 200;
 
 /// The whole agent on this kernel, in a network namespace of its own: on a kernel older than
 /// 6.10 preflight must refuse it naming the version needed; on newer ones it must start (every
-/// program through this kernel's verifier, offsets from this kernel's BTF) and count `REFUSED`
-/// refused connections exactly.
+/// program through this kernel's verifier, offsets from this kernel's BTF), count `REFUSED`
+/// refused connections exactly, and, with kube-proxy's IPVS programmed in its namespace, run
+/// its dataplane watcher as `kubectl-zdt agent --standalone` does (`Agent::start_dataplane`):
+/// IPVS mode detected with every route and the agent's own eBPF trigger armed, a drain and a
+/// re-add each reported once per virtual server, stamped inside its own request.
 fn whole_agent() -> anyhow::Result<bool> {
     use kubectl_zdt::agent::{Agent, AgentConfig};
     let mut check = Check { failed: false };
@@ -743,13 +756,13 @@ fn whole_agent() -> anyhow::Result<bool> {
     let handle = thread::spawn(move || -> anyhow::Result<bool> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .context("failed to create a network namespace")?;
-        run("ip", &["link", "set", "lo", "up"])?;
-        let mut config = AgentConfig::new(
-            NodeName("ipvs-vm".into()),
-            vec!["127.0.0.1/32".parse().context("address")?],
-        );
+        let mut state = scenario();
+        let mut live = program_kube_proxy(&state)?;
+        let node = NodeName("ipvs-vm".into());
+        let mut config = AgentConfig::new(node.clone(), vec!["127.0.0.1/32".parse()?]);
+        // Started below, as `run_standalone` does, once the agent has announced itself.
         config.dataplane = false;
-        let agent = match Agent::start(&config) {
+        let mut agent = match Agent::start(&config) {
             Err(e) if version < (6, 10) => {
                 let text = format!("{e:#}");
                 check.that(
@@ -779,19 +792,33 @@ fn whole_agent() -> anyhow::Result<bool> {
             .enable_all()
             .build()?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Observation>(65536);
+        rt.block_on(agent.announce(&tx));
+        let watcher = agent.start_dataplane(&node, &tx);
+        check.that(
+            watcher.is_ok(),
+            "the whole agent starts its dataplane watcher (agent --standalone)",
+            watcher.as_ref().err().map_or_else(
+                || "watcher and conntrack listener running".to_owned(),
+                |e| format!("{e:#}"),
+            ),
+        );
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(agent.run(tx, async {
             let _ = stop_rx.await;
         }));
-        let counted = rt.spawn(async move {
-            let mut refused = 0;
+        let (obs_tx, obs) = std_mpsc::channel();
+        rt.spawn(async move {
             while let Some(o) = rx.recv().await {
-                if o.kind == Kind::Refused {
-                    refused += o.weight();
+                if obs_tx.send(o).is_err() {
+                    return;
                 }
             }
-            refused
         });
+
+        if watcher.is_ok() {
+            agent_watches_ipvs(&mut check, &obs, &mut live, &mut state)?;
+        }
+
         let target: SocketAddr = "127.0.0.1:9".parse().context("address")?;
         let mut failed = 0;
         for _ in 0..REFUSED {
@@ -802,7 +829,13 @@ fn whole_agent() -> anyhow::Result<bool> {
         thread::sleep(Duration::from_millis(300));
         let _ = stop.send(());
         rt.block_on(task)??;
-        let refused = rt.block_on(counted)?;
+        // The watcher's threads still hold the stream: what the agent drained is read until
+        // it goes quiet.
+        let refused: u64 = collect(&obs, 3)
+            .into_iter()
+            .filter(|o| o.kind == Kind::Refused)
+            .map(|o| o.weight())
+            .sum();
         check.that(
             failed == REFUSED && refused == REFUSED,
             "the whole agent counts every refused connection",
@@ -813,6 +846,91 @@ fn whole_agent() -> anyhow::Result<bool> {
     handle
         .join()
         .map_err(|_| anyhow::anyhow!("the whole-agent check panicked"))?
+}
+
+/// The dataplane lines among what the agent reported until `ticks` IPVS intervals pass
+/// without a line.
+fn dataplane_lines(obs: &std_mpsc::Receiver<Observation>, ticks: u32) -> Vec<Observation> {
+    collect(obs, ticks)
+        .into_iter()
+        .filter(|o| matches!(o.kind, Kind::DataplaneAdded | Kind::DataplaneRemoved))
+        .collect()
+}
+
+/// The whole agent's view of kube-proxy's IPVS in its namespace: the mode line, then one
+/// endpoint of `web` drained (weight 0 on each of its virtual servers) and put back.
+fn agent_watches_ipvs(
+    check: &mut Check,
+    obs: &std_mpsc::Receiver<Observation>,
+    live: &mut Live,
+    state: &mut [(VirtualServer, Vec<RealServer>)],
+) -> anyhow::Result<()> {
+    let total = expected_routes(state).len();
+    let mode = loop {
+        match obs.recv_timeout(Duration::from_secs(30)) {
+            Ok(o) if o.kind == Kind::DataplaneMode => break Some(o),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    let field = |key: &str| mode.as_ref().and_then(|m| m.extra.get(key).cloned());
+    check.that(
+        field("mode")
+            .and_then(|m| m.as_str().map(str::to_owned))
+            .as_deref()
+            == Some("ipvs")
+            && field("routes").and_then(|r| r.as_u64()) == u64::try_from(total).ok(),
+        "the whole agent detects IPVS mode with every programmed route",
+        format!(
+            "mode {:?}, routes {:?} (programmed {total})",
+            field("mode"),
+            field("routes")
+        ),
+    );
+    check.that(
+        field("triggers").is_some_and(|t| t.to_string().contains("sys_exit_sendto")),
+        "the whole agent arms its own IPVS trigger",
+        format!("{:?}", field("triggers")),
+    );
+    let quiet = dataplane_lines(obs, QUIET_TICKS);
+    check.that(
+        quiet.is_empty(),
+        "whole agent: unchanged IPVS after start, no event",
+        describe(&quiet),
+    );
+    let gone: SocketAddr = "10.244.1.11:8080".parse()?;
+    let web: Vec<SocketAddr> = state
+        .iter()
+        .filter(|(_, r)| r.iter().any(|r| r.backend.0 == gone))
+        .map(|(v, _)| v.service.0)
+        .collect();
+    for (weight, kind, what) in [
+        (0, Kind::DataplaneRemoved, "whole agent, weight 0"),
+        (1, Kind::DataplaneAdded, "whole agent, weight 1 again"),
+    ] {
+        let mut requests = Vec::new();
+        for (v, reals) in state.iter_mut() {
+            for r in reals.iter_mut().filter(|r| r.backend.0 == gone) {
+                r.weight = weight;
+                requests.push(timed(live, &Command::SetDest(*v, *r))?);
+            }
+        }
+        let lines = dataplane_lines(obs, QUIET_TICKS);
+        check_change(
+            check,
+            &lines,
+            &Change {
+                what,
+                kind,
+                backend: gone,
+                services: &web,
+                requests: &requests,
+                read: Duration::ZERO,
+                triggered: true,
+            },
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -104,14 +104,7 @@ pub async fn run(
     // The node's kube-proxy dataplane (hostNetwork: this is the node's namespace): when each
     // backend stops being routed, and which pod a client's error toward a Service reached.
     let _dataplane = if config.dataplane {
-        let watcher = crate::dataplane::watcher::start(
-            &config.node,
-            &tx,
-            Some(&mut |arm| agent.arm_dataplane(arm)),
-        )
-        .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
-        agent.use_dataplane(&watcher);
-        Some(watcher)
+        Some(agent.start_dataplane(&config.node, &tx)?)
     } else {
         None
     };

@@ -305,13 +305,7 @@ async fn run_standalone(
     let shutdown = cluster::termination();
     agent.announce(&tx).await;
     if config.dataplane {
-        let watcher = crate::dataplane::watcher::start(
-            &config.node,
-            &tx,
-            Some(&mut |arm| agent.arm_dataplane(arm)),
-        )
-        .context("failed to start the dataplane watcher (disable it with --no-dataplane)")?;
-        agent.use_dataplane(&watcher);
+        agent.start_dataplane(&config.node, &tx)?;
     }
     release_freed_memory();
     let disk = open_journal(&config)?;

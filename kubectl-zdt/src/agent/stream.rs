@@ -153,6 +153,25 @@ impl Agent {
         self.filter.take()
     }
 
+    /// Starts what `agent` runs unless `--no-dataplane`: the dataplane watcher and the conntrack
+    /// listener of the calling thread's network namespace, armed with this agent's eBPF
+    /// triggers (x_tables replaces, IPVS change requests), and tags client errors toward
+    /// Services with what they find. Call it after [`Self::announce`]: it reports
+    /// `dataplane_mode` into `tx`.
+    pub fn start_dataplane(
+        &mut self,
+        node: &crate::observation::NodeName,
+        tx: &Sender<Observation>,
+    ) -> anyhow::Result<crate::dataplane::watcher::Watcher> {
+        let watcher =
+            crate::dataplane::watcher::start(node, tx, Some(&mut |arm| self.arm_dataplane(arm)))
+                .context(
+                    "failed to start the dataplane watcher (disable it with --no-dataplane)",
+                )?;
+        self.use_dataplane(&watcher);
+        Ok(watcher)
+    }
+
     /// Client errors toward one of these frontends are about a Service: the dialled address goes
     /// to `service` and `ip`/`port` (the backend) stay empty, as the contract defines them.
     /// Conntrack then tells which backend the connection really went to (`ip`/`port`).
