@@ -282,5 +282,98 @@ fn main() -> anyhow::Result<()> {
         "| agent CPU, idle 10 s | {:.2} % of a core |",
         100.0 * cpu_s / 10.0
     );
+
+    // 4. What the dataplane triggers cost the node's other work: every sendto of the node and
+    //    every per-CPU allocation passes through them.
+    trigger_costs()?;
+    Ok(())
+}
+
+/// A generic-netlink family id no family holds on this kernel (it has no IPVS): arming the
+/// IPVS trigger with it makes every send take the armed path without ever matching.
+const UNUSED_FAMILY: u16 = 0x7ff0;
+
+/// Per-event cost of the IPVS trigger on ordinary sends (UDP datagrams on loopback), disarmed
+/// and armed, and of the x_tables swap-bound programs on per-CPU allocations that are not a
+/// replace's (per-CPU BPF maps created by this process).
+fn trigger_costs() -> anyhow::Result<()> {
+    let config = AgentConfig::new(NodeName("bench".into()), vec!["198.18.250.1/32".parse()?]);
+    let mut agent = Agent::start(&config)?;
+    let sends = 200_000;
+    for armed in [false, true] {
+        if armed {
+            let netns =
+                kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))?;
+            agent.arm_dataplane(&kubectl_zdt::dataplane::watcher::Arm {
+                netns,
+                ipvs_family: Some(UNUSED_FAMILY),
+            })?;
+        }
+        let before = prog_stats();
+        udp_sends(sends)?;
+        let after = prog_stats();
+        let state = if armed { "armed" } else { "disarmed" };
+        for prog in ["sys_enter_sendto", "sys_exit_sendto"] {
+            let (ns, n) = per_event(&before, &after, prog);
+            println!("| IPVS trigger, {prog} per UDP send, {state} | {ns:.0} ns ({n} events) |");
+        }
+    }
+    let maps = 20_000;
+    let before = prog_stats();
+    percpu_maps(maps)?;
+    let after = prog_stats();
+    let (ns, n) = per_event(&before, &after, "percpu_alloc_percpu");
+    println!(
+        "| x_tables swap bound, percpu_alloc_percpu outside a replace | {ns:.0} ns ({n} events) |"
+    );
+    let (ns, n) = per_event(&before, &after, "percpu_free_percpu");
+    println!(
+        "| x_tables swap bound, percpu_free_percpu outside a replace | {ns:.0} ns ({n} events) |"
+    );
+    drop(agent);
+    Ok(())
+}
+
+/// `n` 64-byte UDP datagrams to a socket of this process on loopback, one `sendto` each.
+fn udp_sends(n: u32) -> anyhow::Result<()> {
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let to = rx.local_addr()?;
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut buf = [0u8; 64];
+    for i in 0..n {
+        tx.send_to(&[0x5a; 64], to)?;
+        if i % 64 == 63 {
+            // Keep the receive queue short.
+            rx.set_nonblocking(true)?;
+            while rx.recv(&mut buf).is_ok() {}
+        }
+    }
+    Ok(())
+}
+
+/// Creates and closes `n` per-CPU array maps: each allocates per-CPU memory in this task.
+fn percpu_maps(n: u32) -> anyhow::Result<()> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
+    let mut attr = [0u32; 32];
+    attr[0] = 6; // BPF_MAP_TYPE_PERCPU_ARRAY
+    attr[1] = 4;
+    attr[2] = 8;
+    attr[3] = 1;
+    for _ in 0..n {
+        // SAFETY: BPF_MAP_CREATE (0) reads `attr`, a zero-padded bpf_attr of the stated size.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                0,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr) as u32,
+            )
+        };
+        if fd < 0 {
+            bail!("BPF_MAP_CREATE failed: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor this loop just got and closes once.
+        unsafe { libc::close(fd as i32) };
+    }
     Ok(())
 }
