@@ -420,6 +420,10 @@ fn live_legacy(c: &mut Criterion) {
         rss_kib() - rss0,
         READ_FROM.lock().unwrap()
     );
+    eprintln!(
+        "x_tables swap per change, ms (± uncertainty, replace entry → exit, swap window start → line): {:?}",
+        SWAPS.lock().unwrap()
+    );
     drop(running);
     drop(tx);
 }
@@ -458,6 +462,10 @@ fn bench_endpoint_flips(
     group.finish();
 }
 
+/// iptables-legacy lines' swap windows: (uncertainty, replace syscall, window start → line) in
+/// ms.
+static SWAPS: std::sync::Mutex<Vec<(f64, f64, f64)>> = std::sync::Mutex::new(Vec::new());
+
 /// iptables-legacy lines by `read_from` (the writer's buffer or the kernel's table).
 static READ_FROM: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
 
@@ -478,6 +486,11 @@ fn detect_of_one_change(
         }
         let ns = o.extra["detect_ns"].as_u64().unwrap();
         total += Duration::from_nanos(ns) / 2;
+        if let Some(syscall) = o.extra.get("syscall_ns").and_then(|v| v.as_u64()) {
+            let unc = o.uncertainty_ns.unwrap_or(0) as f64 / 1e6;
+            let since_first = ns as f64 / 1e6;
+            SWAPS.lock().unwrap().push((unc, syscall as f64 / 1e6, since_first));
+        }
     }
     total
 }
