@@ -489,7 +489,10 @@ fn detect_of_one_change(
         if let Some(syscall) = o.extra.get("syscall_ns").and_then(|v| v.as_u64()) {
             let unc = o.uncertainty_ns.unwrap_or(0) as f64 / 1e6;
             let since_first = ns as f64 / 1e6;
-            SWAPS.lock().unwrap().push((unc, syscall as f64 / 1e6, since_first));
+            SWAPS
+                .lock()
+                .unwrap()
+                .push((unc, syscall as f64 / 1e6, since_first));
         }
     }
     total
