@@ -290,8 +290,9 @@ pub struct PendingReplace {
     /// new table's rule counters, allocated while the kernel checks it, before the swap; 0 if
     /// none was seen.
     pub last_alloc_ns: u64,
-    /// The writer's first per-CPU free in the syscall (`percpu:percpu_free_percpu`): the old
-    /// table's rule counters, freed after the swap; 0 if none was seen.
+    /// The writer's first per-CPU free in the syscall after its last allocation
+    /// (`percpu:percpu_free_percpu`): the old table's rule counters, freed after the swap; 0
+    /// if none was seen.
     pub first_free_ns: u64,
 }
 

@@ -155,15 +155,17 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
 /// table (the checks and the cleanup are most of a 10 000-Service replace), and still right
 /// when the writer is scheduled out inside the syscall. Both fire for every per-CPU
 /// allocation of the node (rare: cgroups, devices, maps), so the writer's thread is looked up
-/// first. Single-CPU kernels allocate no per-CPU counters: nothing is recorded, and the agent
-/// keeps [entry, exit].
+/// first. A free seen before an allocation cannot be the old table's (the swap comes after the
+/// last allocation): an RCU callback run in softirq while the writer was interrupted frees in
+/// its name too, so every allocation forgets an earlier free and the bound is the first free
+/// after the last allocation. Single-CPU kernels allocate no per-CPU counters: nothing is
+/// recorded, and the agent keeps [entry, exit].
 pub fn on_percpu_alloc() {
     if let Some(pending) = WRITERS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
         // SAFETY: a value of this map, owned by the writer's own thread until its exit.
         let pending = unsafe { &mut *pending };
-        if pending.first_free_ns == 0 {
-            pending.last_alloc_ns = unsafe { bpf_ktime_get_ns() };
-        }
+        pending.last_alloc_ns = unsafe { bpf_ktime_get_ns() };
+        pending.first_free_ns = 0;
     }
 }
 
