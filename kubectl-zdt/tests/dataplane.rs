@@ -901,6 +901,56 @@ fn swap_window(o: &Observation) -> (u64, u64) {
     )
 }
 
+/// A replace the kernel rejects changes nothing, so nothing is reported: kube-proxy's restore
+/// with one backend gone and a rule x_tables refuses (MASQUERADE reached from OUTPUT) fails
+/// in the kernel after the new table's counters were allocated and its buffer could be copied
+/// from the writer; the table is left as it was. The same change without the bad rule is then
+/// reported exactly once. 2 000 Services, so the writer's buffer is read before the syscall
+/// fails (as in the test above).
+#[test]
+fn iptables_legacy_a_replace_the_kernel_rejects_is_not_reported() {
+    require_root();
+    let node = Node::create().unwrap();
+    let mut all: Vec<ServiceRules> = (0..2_000u32)
+        .map(|i| {
+            let port = ServicePort {
+                name: format!("ns{i}/svc{i}"),
+                cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000 + i).into(),
+                port: 80,
+            };
+            let ep = |j| {
+                SocketAddr::new(
+                    std::net::Ipv4Addr::from(0x0af4_0000 + i * 5 + j).into(),
+                    8080,
+                )
+            };
+            ServiceRules::new(port, (0..5).map(ep).collect())
+        })
+        .collect();
+    (IPTABLES_LEGACY.start)(&node, &all);
+    let (mut watch, _) = Watch::start(&node, &IPTABLES_LEGACY);
+    let svc = all[77].port.clone();
+    let gone = all[77].endpoints.remove(1);
+    let stale = [(svc.clone(), gone)];
+    let input = kube_proxy::sync_input(&all, &|s| *s == svc, &stale, POD_CIDR);
+    let cut = input.rfind("COMMIT").unwrap();
+    let rejected = format!(
+        "{}:KUBE-ZDT-REJECTED - [0:0]\n-A OUTPUT -j KUBE-ZDT-REJECTED\n-A KUBE-ZDT-REJECTED -j MASQUERADE\n{}",
+        &input[..cut],
+        &input[cut..]
+    );
+    let failed = node.iptables_legacy_restore(&rejected);
+    assert!(
+        failed.is_err(),
+        "the kernel accepted MASQUERADE from OUTPUT"
+    );
+    let obs = watch.changes(SETTLE);
+    assert!(obs.is_empty(), "a rejected replace was reported: {obs:?}");
+    let when = timed(|| node.iptables_legacy_restore(&input).unwrap());
+    let obs = watch.changes(SETTLE);
+    assert_one(&obs, Kind::DataplaneRemoved, &svc, gone, when);
+}
+
 #[test]
 fn iptables_legacy_mode_is_reported_when_kube_proxy_starts_after_the_agent() {
     mode_is_reported_when_kube_proxy_starts_after_the_agent(&IPTABLES_LEGACY);
