@@ -378,6 +378,16 @@ mod tests {
         ev.addr[zdt_common::swap_bounds::LAST_ALLOC].fill(0);
         let t = d.table_replace(&ev).unwrap();
         assert_eq!(t.swapped(), (t.entered, before));
+        assert!(!t.swap_bounded_by_counters());
+        // An allocation after the free cannot precede the swap that free followed: not used.
+        ev.addr[zdt_common::swap_bounds::LAST_ALLOC].copy_from_slice(&659_800_000u64.to_ne_bytes());
+        let t = d.table_replace(&ev).unwrap();
+        assert_eq!(t.swapped(), (t.entered, before));
+        // A bound outside the syscall is another replace's: not used.
+        ev.addr[zdt_common::swap_bounds::LAST_ALLOC].copy_from_slice(&658_000_000u64.to_ne_bytes());
+        ev.addr[zdt_common::swap_bounds::FIRST_FREE].copy_from_slice(&661_000_000u64.to_ne_bytes());
+        let t = d.table_replace(&ev).unwrap();
+        assert_eq!(t.swapped(), (t.entered, t.time));
         ev.family = 7;
         assert_eq!(d.table_replace(&ev), Err(DecodeError::Family(7)));
     }
