@@ -301,6 +301,36 @@ fn timed(live: &mut Live, command: &Command) -> anyhow::Result<(SocketAddr, Time
     Ok((vs.service.0, sent, answered))
 }
 
+/// The virtual servers `backend` is a real server of.
+fn virtual_servers_of(
+    state: &[(VirtualServer, Vec<RealServer>)],
+    backend: SocketAddr,
+) -> Vec<SocketAddr> {
+    state
+        .iter()
+        .filter(|(_, r)| r.iter().any(|r| r.backend.0 == backend))
+        .map(|(v, _)| v.service.0)
+        .collect()
+}
+
+/// Sets `backend`'s weight to `weight` on every virtual server it serves, one timed
+/// `SET_DEST` request each, as kube-proxy does for a terminating (0) or serving (1) endpoint.
+fn set_weight(
+    state: &mut [(VirtualServer, Vec<RealServer>)],
+    live: &mut Live,
+    backend: SocketAddr,
+    weight: u32,
+) -> anyhow::Result<Vec<(SocketAddr, Timestamp, Timestamp)>> {
+    let mut requests = Vec::new();
+    for (v, reals) in state.iter_mut() {
+        for r in reals.iter_mut().filter(|r| r.backend.0 == backend) {
+            r.weight = weight;
+            requests.push(timed(live, &Command::SetDest(*v, *r))?);
+        }
+    }
+    Ok(requests)
+}
+
 /// Hands the kernel's IPVS change requests to the watcher, as the agent's stream does (the
 /// ring buffer is polled every millisecond: the stamps are the kernel's, not the poll's).
 fn hand_triggers(
@@ -467,22 +497,8 @@ fn guest() -> anyhow::Result<bool> {
     // A terminating endpoint of `web`: kube-proxy sets its weight to 0 on every virtual server
     // of the Service, then deletes the real server.
     let gone: SocketAddr = "10.244.1.12:8080".parse()?;
-    let web: Vec<SocketAddr> = state
-        .iter()
-        .filter(|(_, r)| r.iter().any(|r| r.backend.0 == gone))
-        .map(|(v, _)| v.service.0)
-        .collect();
-    let set_weight = |state: &mut Vec<(VirtualServer, Vec<RealServer>)>, live: &mut Live, w| {
-        let mut requests = Vec::new();
-        for (v, reals) in state.iter_mut() {
-            for r in reals.iter_mut().filter(|r| r.backend.0 == gone) {
-                r.weight = w;
-                requests.push(timed(live, &Command::SetDest(*v, *r))?);
-            }
-        }
-        anyhow::Ok(requests)
-    };
-    let requests = set_weight(&mut state, &mut live, 0)?;
+    let web = virtual_servers_of(&state, gone);
+    let requests = set_weight(&mut state, &mut live, gone, 0)?;
     let drained = collect(&obs, QUIET_TICKS);
     check_change(
         &mut check,
@@ -538,7 +554,7 @@ fn guest() -> anyhow::Result<bool> {
     record(&mut live, "readded", &state, &mut check)?;
 
     // A resync: the same weight written again (a trigger, but no route changes).
-    set_weight(&mut state, &mut live, 1)?;
+    set_weight(&mut state, &mut live, gone, 1)?;
     let quiet = collect(&obs, 2 * QUIET_TICKS);
     check.that(
         quiet.is_empty(),
@@ -899,22 +915,12 @@ fn agent_watches_ipvs(
         describe(&quiet),
     );
     let gone: SocketAddr = "10.244.1.11:8080".parse()?;
-    let web: Vec<SocketAddr> = state
-        .iter()
-        .filter(|(_, r)| r.iter().any(|r| r.backend.0 == gone))
-        .map(|(v, _)| v.service.0)
-        .collect();
+    let web = virtual_servers_of(state, gone);
     for (weight, kind, what) in [
         (0, Kind::DataplaneRemoved, "whole agent, weight 0"),
         (1, Kind::DataplaneAdded, "whole agent, weight 1 again"),
     ] {
-        let mut requests = Vec::new();
-        for (v, reals) in state.iter_mut() {
-            for r in reals.iter_mut().filter(|r| r.backend.0 == gone) {
-                r.weight = weight;
-                requests.push(timed(live, &Command::SetDest(*v, *r))?);
-            }
-        }
+        let requests = set_weight(state, live, gone, weight)?;
         let lines = dataplane_lines(obs, QUIET_TICKS);
         check_change(
             check,

@@ -826,6 +826,26 @@ fn iptables_legacy_reads_the_new_table_from_the_writer_while_the_replace_runs() 
     assert_eq!(o.extra["read_from"], "kernel", "{}", o.to_json_line());
 }
 
+/// 2 000 Services of 5 endpoints (~20 MB of x_tables, a replace of tens of milliseconds).
+fn large_cluster() -> Vec<ServiceRules> {
+    (0..2_000u32)
+        .map(|i| {
+            let port = ServicePort {
+                name: format!("ns{i}/svc{i}"),
+                cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000 + i).into(),
+                port: 80,
+            };
+            let ep = |j| {
+                SocketAddr::new(
+                    std::net::Ipv4Addr::from(0x0af4_0000 + i * 5 + j).into(),
+                    8080,
+                )
+            };
+            ServiceRules::new(port, (0..5).map(ep).collect())
+        })
+        .collect()
+}
+
 /// The writer path live: kube-proxy's real writer (`iptables-legacy-restore`, another process)
 /// replacing a table of 2 000 Services (~20 MB, a replace of tens of milliseconds in the kernel)
 /// and the agent's eBPF begin/exit pair. Every change is reported exactly, at the exit; the new
@@ -836,24 +856,7 @@ fn iptables_legacy_reads_the_new_table_from_the_writer_while_the_replace_runs() 
 fn iptables_legacy_large_replaces_are_read_from_the_real_writer() {
     require_root();
     let node = Node::create().unwrap();
-    let mut all: Vec<ServiceRules> = (0..2_000u32)
-        .map(|i| {
-            let port = ServicePort {
-                name: format!("ns{i}/svc{i}"),
-                cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000 + i).into(),
-                port: 80,
-            };
-            let eps = (0..5)
-                .map(|j| {
-                    SocketAddr::new(
-                        std::net::Ipv4Addr::from(0x0af4_0000 + i * 5 + j).into(),
-                        8080,
-                    )
-                })
-                .collect();
-            ServiceRules::new(port, eps)
-        })
-        .collect();
+    let mut all = large_cluster();
     (IPTABLES_LEGACY.start)(&node, &all);
     let (mut watch, start) = Watch::start(&node, &IPTABLES_LEGACY);
     assert_eq!(start.extra["routes"], 10_000, "{}", start.to_json_line());
@@ -911,22 +914,7 @@ fn swap_window(o: &Observation) -> (u64, u64) {
 fn iptables_legacy_a_replace_the_kernel_rejects_is_not_reported() {
     require_root();
     let node = Node::create().unwrap();
-    let mut all: Vec<ServiceRules> = (0..2_000u32)
-        .map(|i| {
-            let port = ServicePort {
-                name: format!("ns{i}/svc{i}"),
-                cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000 + i).into(),
-                port: 80,
-            };
-            let ep = |j| {
-                SocketAddr::new(
-                    std::net::Ipv4Addr::from(0x0af4_0000 + i * 5 + j).into(),
-                    8080,
-                )
-            };
-            ServiceRules::new(port, (0..5).map(ep).collect())
-        })
-        .collect();
+    let mut all = large_cluster();
     (IPTABLES_LEGACY.start)(&node, &all);
     let (mut watch, _) = Watch::start(&node, &IPTABLES_LEGACY);
     let svc = all[77].port.clone();
