@@ -10,6 +10,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Version of the observation schema, carried by `agent_start` lines.
 pub const SCHEMA_VERSION: &str = "zdt.observation/v1";
 
+/// `reason` of a `loss` line for events the kernel did not run a probe for (its
+/// `recursion_misses`: the tracepoint fired while another tracing program ran on that CPU).
+/// Which events they were is unknown, so no aggregated lines follow it.
+pub const KERNEL_SKIPPED: &str = "KERNEL_SKIPPED";
+
 /// What was observed. Kernel and dataplane kinds come from node agents; API kinds from the
 /// Kubernetes watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

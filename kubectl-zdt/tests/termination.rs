@@ -338,17 +338,38 @@ fn a_burst_larger_than_the_ring_buffer_keeps_counts_exact_and_reports_loss() {
 /// as dialled.
 #[test]
 fn syns_to_a_pod_whose_namespace_is_gone_are_counted_as_retransmits() {
-    syns_to_a_gone_pod(&[]);
+    syns_to_a_gone_pod(&[], Beside::Nothing);
 }
 
 /// The same on the records of Linux 6.12, whose `tcp_retransmit_skb` has no `err`.
 #[test]
 fn syns_to_a_gone_pod_on_linux_6_12_records() {
-    syns_to_a_gone_pod(&["--without-newer-tracepoint-fields"]);
+    syns_to_a_gone_pod(&["--without-newer-tracepoint-fields"], Beside::Nothing);
 }
 
-fn syns_to_a_gone_pod(agent_args: &[&str]) {
-    const CLIENTS: usize = 3;
+/// The kernel runs one tracing program at a time per CPU: a retransmission timer that fires
+/// while the agent's own `sys_enter_sendto` program runs (a busy sender beside the clients, on
+/// the same CPU) is not seen by `tcp_retransmit_skb`. The agent cannot know which events those
+/// were, but it says how many (`loss`, `KERNEL_SKIPPED`), so nothing goes missing unannounced.
+/// (Mutation-checked: without the `loss` lines, `truth - seen` exceeds what is reported.)
+#[test]
+fn retransmits_the_kernel_skipped_the_probe_for_are_reported_as_loss() {
+    syns_to_a_gone_pod(&[], Beside::BusySender);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Beside {
+    Nothing,
+    /// A thread on the clients' CPU calling `sendto` as fast as it can.
+    BusySender,
+}
+
+fn syns_to_a_gone_pod(agent_args: &[&str], beside: Beside) {
+    // Enough retransmissions beside the busy sender that some land inside its program.
+    let clients: usize = if beside == Beside::BusySender { 100 } else { 3 };
+    /// The kernel gives up after this many SYN retransmissions and closes the socket, so the
+    /// count read afterwards is final: nothing retransmits between the count and the close.
+    const SYN_RETRIES: u8 = 2;
     let mut w = world();
     let pod = w.node.add_pod("gone").unwrap();
     let client = w.node.add_client("client").unwrap();
@@ -364,35 +385,83 @@ fn syns_to_a_gone_pod(agent_args: &[&str]) {
         .concat(),
     );
     let target = SocketAddr::new(w.svc.cluster_ip, w.svc.port);
+    // Everything on one CPU, where the clients' retransmission timers are armed, and the client
+    // spins there: the timers' softirqs run on top of the test's own threads. On a task that
+    // is not ours the kernel may skip a perf tracepoint's programs without counting it (seen
+    // here: every softirq that ran on top of one thread of this VM's init process lost its
+    // tracepoint events, `recursion_misses` 0; ftrace saw them), which no agent can account for.
     let results = client
         .ns
         .run_in(move || {
-            let threads: Vec<_> = (0..CLIENTS)
-                .map(|_| {
-                    std::thread::spawn(move || {
-                        kubectl_zdt::testbed::tcp::connect_counting_retransmits(
-                            target,
-                            Duration::from_millis(2500),
-                        )
-                    })
+            pin_to_cpu(0);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sender = (beside == Beside::BusySender).then(|| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    pin_to_cpu(0);
+                    // An IPv6 destination on an IPv4 socket: the kernel refuses the send at
+                    // once (EAFNOSUPPORT), so the thread is mostly inside the syscall's
+                    // tracepoint programs and makes no softirq work (which would move the
+                    // timers' softirqs to ksoftirqd).
+                    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = udp.send_to(&[0; 64], "[::1]:9");
+                    }
                 })
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| t.join().unwrap())
-                .collect::<Vec<_>>()
+            });
+            let results = kubectl_zdt::testbed::tcp::syns_until_given_up(
+                target,
+                clients,
+                SYN_RETRIES,
+                Duration::from_secs(30),
+            );
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = sender {
+                t.join().unwrap();
+            }
+            results
         })
         .unwrap();
     let obs = agent.stop();
-    assert!(results.iter().all(|(r, _)| r.is_err()), "{results:?}");
-    let truth: u64 = results.iter().map(|(_, n)| u64::from(*n)).sum();
+    // An error of the socket's own (not our wait running out) means the kernel gave up and
+    // closed it: the count is final. An ICMP error from the node can bring a retransmission
+    // forward (RFC 6069), so there may be more than `SYN_RETRIES`, never fewer.
     assert!(
-        truth >= CLIENTS as u64,
-        "each SYN was retransmitted at least once in 2.5 s: {results:?}"
+        results.iter().all(|(r, n)| {
+            let error = r.as_ref().err().map(String::as_str);
+            matches!(error, Some("ETIMEDOUT" | "EHOSTUNREACH")) && *n >= u32::from(SYN_RETRIES)
+        }),
+        "every connect retransmitted its SYN, then the kernel gave up: {results:?}"
     );
+    let truth: u64 = results.iter().map(|(_, n)| u64::from(*n)).sum();
     let frontend = target.to_string();
     let seen = total(&obs, |o| {
         o.kind == Kind::SynRetransmit && o.service.as_deref() == Some(frontend.as_str())
     });
-    assert_eq!(seen, truth, "{:#?}", of_kind(&obs, Kind::SynRetransmit));
+    // Skips are counted per program, for the whole node: an unrelated retransmission the
+    // kernel skipped is in them too, so they bound what is missing rather than equal it.
+    let skipped = total(&obs, |o| {
+        o.kind == Kind::Loss
+            && o.reason.as_deref() == Some(kubectl_zdt::observation::KERNEL_SKIPPED)
+            && o.extra.get("program").and_then(|p| p.as_str()) == Some("tcp_retransmit_skb")
+    });
+    eprintln!("retransmissions: {truth} made, {seen} seen, {skipped} reported skipped");
+    assert!(
+        seen <= truth && truth - seen <= skipped,
+        "{truth} retransmissions, {seen} seen, {skipped} reported skipped by the kernel: {:#?}",
+        of_kind(&obs, Kind::Loss)
+    );
+    if beside == Beside::BusySender {
+        assert!(
+            skipped > 0,
+            "the kernel skipped none of {truth} retransmissions beside a busy sender: this test did not make the case it is for"
+        );
+    }
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
 }

@@ -333,6 +333,59 @@ impl Attached {
     }
 }
 
+impl Attached {
+    /// Per program, how many times the kernel skipped it (`recursion_misses`): a tracepoint
+    /// program is not run when its tracepoint fires while another tracing program runs on the
+    /// same CPU (a softirq that interrupted one, say), so those events were never seen. A kernel
+    /// older than 5.12 has no such count: nothing is listed.
+    pub fn kernel_skips(&self) -> Vec<(String, u64)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.0
+            .programs()
+            .filter_map(|(name, p)| {
+                let fd = p.fd().ok()?;
+                recursion_misses(fd.as_fd().as_raw_fd()).map(|n| (name.to_owned(), n))
+            })
+            .collect()
+    }
+}
+
+/// `bpf_prog_info.recursion_misses` of the program behind `fd` (`BPF_OBJ_GET_INFO_BY_FD`, which
+/// aya does not expose this field of); `None` when the kernel's info is too short to hold it.
+fn recursion_misses(fd: std::os::fd::RawFd) -> Option<u64> {
+    /// `offsetof(struct bpf_prog_info, recursion_misses)` (include/uapi/linux/bpf.h, a stable ABI).
+    const OFFSET: usize = 208;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = [0u8; 256];
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(fd).ok()?,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes to `info`, which outlives
+    // the call, and updates `attr.info_len`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    if rc != 0 || (attr.info_len as usize) < OFFSET + 8 {
+        return None;
+    }
+    Some(u64::from_ne_bytes(
+        info[OFFSET..OFFSET + 8].try_into().ok()?,
+    ))
+}
+
 impl KernelMaps {
     /// Sum over CPUs of a `STATS` slot.
     pub fn stat(&self, index: u32) -> u64 {

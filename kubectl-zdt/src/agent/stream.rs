@@ -50,6 +50,11 @@ pub struct Agent {
     lost_reported: HashMap<CounterKey, u64>,
     lost_total_reported: u64,
     last_loss_check: Timestamp,
+    /// Per program, the kernel's skips (`recursion_misses`) already reported, and the last
+    /// count read (kept for the final report, which comes after the programs are detached).
+    skips_reported: HashMap<String, u64>,
+    skips_read: Vec<(String, u64)>,
+    skips_since: Timestamp,
     decode_errors: u64,
     /// Service frontends this node routes (from the dataplane watcher), if it runs.
     frontends: Option<crate::dataplane::watcher::Frontends>,
@@ -113,6 +118,9 @@ impl Agent {
             lost_reported: HashMap::new(),
             lost_total_reported: 0,
             last_loss_check: Timestamp::now(),
+            skips_reported: HashMap::new(),
+            skips_read: Vec::new(),
+            skips_since: Timestamp::now(),
             decode_errors: 0,
             frontends: None,
             dnat: None,
@@ -307,7 +315,9 @@ impl Agent {
             let _ = t.await;
         }
         // Detach first: after this no event can be counted without also being in the ring
-        // buffer or the loss map, so the final drain and loss report are exact.
+        // buffer or the loss map, so the final drain and loss report are exact. The kernel's
+        // skips are read just before (they go with the programs).
+        self.read_kernel_skips();
         drop(self.attached.take());
         if self.drain(&tx).await {
             tokio::time::sleep(BACKEND_WAIT).await;
@@ -460,10 +470,46 @@ impl Agent {
         self.report_loss(tx).await
     }
 
+    fn read_kernel_skips(&mut self) {
+        if let Some(a) = &self.attached {
+            self.skips_read = a.kernel_skips();
+        }
+    }
+
+    /// One `loss` line (`KERNEL_SKIPPED`) per program the kernel did not run for some of its
+    /// tracepoint's events since the last check. Which events those were is unknown, so no
+    /// aggregated lines follow: totals of that program's kinds may be short by `count`.
+    fn kernel_skip_lines(&mut self, now: Timestamp) -> Vec<Observation> {
+        self.read_kernel_skips();
+        let since = std::mem::replace(&mut self.skips_since, now);
+        let mut out = Vec::new();
+        for (program, total) in &self.skips_read {
+            let reported = self.skips_reported.entry(program.clone()).or_insert(0);
+            if *total <= *reported {
+                continue;
+            }
+            let mut loss = Observation::new(Kind::Loss, now, self.config.node.clone());
+            loss.count = Some(total - *reported);
+            loss.reason = Some(crate::observation::KERNEL_SKIPPED.to_owned());
+            *reported = *total;
+            out.push(
+                loss.with_extra("program", program.clone())
+                    .with_extra("since", crate::observation::format_time(since)),
+            );
+        }
+        out
+    }
+
     /// When the ring buffer dropped events since the last check, sends one `loss` line and, per
     /// key, an aggregated line of the lost kind with `count`, so totals per pod stay exact.
+    /// Events the kernel skipped are reported too ([`Self::kernel_skip_lines`]).
     async fn report_loss(&mut self, tx: &Sender<Observation>) -> bool {
         let now = Timestamp::now();
+        for o in self.kernel_skip_lines(now) {
+            if tx.send(o).await.is_err() {
+                return false;
+            }
+        }
         let lost_total = self.maps.stat(maps::STAT_RINGBUF_LOST);
         let counters_full = self.maps.stat(maps::STAT_COUNTERS_FULL);
         if counters_full > 0 {

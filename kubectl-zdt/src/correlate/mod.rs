@@ -33,7 +33,7 @@ pub use advice::{PodEvidence, advise, percentile};
 pub use model::*;
 pub use rollout::workload_of_pod;
 
-use crate::observation::{Kind, Observation};
+use crate::observation::{KERNEL_SKIPPED, Kind, Observation};
 use time::{WallNs, ms_u};
 
 /// Tunables of the analysis.
@@ -109,28 +109,44 @@ pub fn correlate_with_evidence(
         Err(why) => (None, Some(why)),
     };
 
-    let mut per_node: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    // Per node: observations, events lost to a full ring buffer, events the kernel skipped.
+    let mut per_node: BTreeMap<usize, (u64, u64, u64)> = BTreeMap::new();
     for (o, &n) in obs.iter().zip(&node_of) {
         let e = per_node.entry(n).or_default();
         e.0 += 1;
         if o.kind == Kind::Loss {
-            e.1 += o.weight();
+            if o.reason.as_deref() == Some(KERNEL_SKIPPED) {
+                e.2 += o.weight();
+            } else {
+                e.1 += o.weight();
+            }
         }
     }
+    let mut skipped_on = Vec::new();
     let node_summaries: Vec<NodeSummary> = per_node
         .into_iter()
-        .map(|(n, (count, lost))| NodeSummary {
-            node: nodes.names[n].clone(),
-            observations: count,
-            clock_uncertainty_ms: ms_u(clocks.extra_ns[n]),
-            lost_events: lost,
+        .map(|(n, (count, lost, skipped))| {
+            skipped_on.push(skipped);
+            NodeSummary {
+                node: nodes.names[n].clone(),
+                observations: count,
+                clock_uncertainty_ms: ms_u(clocks.extra_ns[n]),
+                lost_events: lost + skipped,
+            }
         })
         .collect();
-    for s in &node_summaries {
-        if s.lost_events > 0 {
+    for (s, skipped) in node_summaries.iter().zip(skipped_on) {
+        let full = s.lost_events - skipped;
+        if full > 0 {
             warnings.push(format!(
-                "node {}: its agent could not deliver {} events (ring buffer full); their counts are in the aggregated lines, their exact times are not",
-                s.node, s.lost_events
+                "node {}: its agent could not deliver {full} events (ring buffer full); their counts are in the aggregated lines, their exact times are not",
+                s.node
+            ));
+        }
+        if skipped > 0 {
+            warnings.push(format!(
+                "node {}: the kernel did not run its agent's probes for {skipped} events (their tracepoint fired while another tracing program ran on that CPU); they are in no count",
+                s.node
             ));
         }
     }

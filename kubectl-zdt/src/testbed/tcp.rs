@@ -78,13 +78,53 @@ pub fn errno_name(e: &std::io::Error) -> String {
     }
 }
 
-/// Connects with a non-blocking socket and waits up to `timeout`, then reports the outcome and
-/// how many SYN retransmissions the kernel made (`tcpi_total_retrans`): the ground truth for
-/// `syn_retransmit` observations.
-pub fn connect_counting_retransmits(
+/// Opens `count` non-blocking connections to `target` that the kernel gives up on after
+/// `syn_retries` SYN retransmissions each (`TCP_SYNCNT`), waits up to `timeout` for every
+/// outcome, and reports each one with how many SYN retransmissions the kernel made on that
+/// socket (`tcpi_total_retrans`): the ground truth for `syn_retransmit` observations.
+///
+/// When the kernel gave up (the socket's own error: `ETIMEDOUT`, or `EHOSTUNREACH` when an ICMP
+/// error came back meanwhile) the socket is closed, so no retransmission can follow the count;
+/// after a `timeout` of our own (`no outcome in …`) one still could, before the sockets are
+/// dropped.
+///
+/// The wait spins (`poll` with no timeout) on the calling thread: the retransmission timers were
+/// armed on its CPU, so their softirqs run on top of this thread rather than on whatever other
+/// task happens to be there (see `syns_to_a_gone_pod` in tests/termination.rs for why that
+/// matters).
+pub fn syns_until_given_up(
     target: SocketAddr,
+    count: usize,
+    syn_retries: u8,
     timeout: Duration,
-) -> (Result<(), String>, u32) {
+) -> Vec<(Result<(), String>, u32)> {
+    let mut sockets: Vec<(TcpStream, Option<Result<(), String>>)> = (0..count)
+        .map(|_| match syn_socket(target, syn_retries) {
+            Ok(s) => (s.0, s.1),
+            Err(e) => panic!("cannot open a connection to {target}: {e}"),
+        })
+        .collect();
+    let deadline = Instant::now() + timeout;
+    while sockets.iter().any(|(_, r)| r.is_none()) && Instant::now() < deadline {
+        for (stream, result) in sockets.iter_mut().filter(|(_, r)| r.is_none()) {
+            *result = outcome(stream);
+        }
+    }
+    sockets
+        .into_iter()
+        .map(|(stream, result)| {
+            let result = result.unwrap_or_else(|| Err(format!("no outcome in {timeout:?}")));
+            (result, total_retrans(&stream))
+        })
+        .collect()
+}
+
+/// A non-blocking socket with `TCP_SYNCNT` set, connecting to `target`; the outcome already when
+/// connect() gave one at once.
+fn syn_socket(
+    target: SocketAddr,
+    syn_retries: u8,
+) -> std::io::Result<(TcpStream, Option<Result<(), String>>)> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     let family = if target.is_ipv4() {
         libc::AF_INET
@@ -100,51 +140,72 @@ pub fn connect_counting_retransmits(
         )
     };
     if raw < 0 {
-        return (Err(errno_name(&std::io::Error::last_os_error())), 0);
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: raw is a fresh, valid socket fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let stream = TcpStream::from(fd);
+    let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let retries = libc::c_int::from(syn_retries);
+    // SAFETY: setsockopt with a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&raw const retries).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     let (addr, len) = sockaddr_of(target);
     // SAFETY: addr/len describe a valid sockaddr for this family.
     let rc = unsafe { libc::connect(stream.as_raw_fd(), (&raw const addr).cast(), len) };
-    let mut result = Ok(());
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EINPROGRESS) {
-            let mut pfd = libc::pollfd {
-                fd: stream.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-            result = if n == 0 {
-                Err("ETIMEDOUT".to_owned())
-            } else {
-                match stream.take_error() {
-                    Ok(None) => Ok(()),
-                    Ok(Some(e)) | Err(e) => Err(errno_name(&e)),
-                }
-            };
-        } else {
-            result = Err(errno_name(&e));
-        }
+    let e = std::io::Error::last_os_error();
+    let now = match rc {
+        0 => Some(Ok(())),
+        _ if e.raw_os_error() == Some(libc::EINPROGRESS) => None,
+        _ => Some(Err(errno_name(&e))),
+    };
+    Ok((stream, now))
+}
+
+/// The outcome of a pending connect, if it has one yet (a poll that does not wait).
+fn outcome(stream: &TcpStream) -> Option<Result<(), String>> {
+    use std::os::fd::AsRawFd as _;
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&raw mut pfd, 1, 0) } <= 0 {
+        return None;
     }
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => Some(Err(errno_name(&e))),
+        // Woken without an error: connected, or the error is not posted yet.
+        Ok(None) => stream.peer_addr().ok().map(|_| Ok(())),
+    }
+}
+
+/// `tcpi_total_retrans` of a socket.
+fn total_retrans(stream: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
     // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut ilen = size_of::<libc::tcp_info>() as libc::socklen_t;
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid fd and a buffer of `len` bytes.
     unsafe {
         libc::getsockopt(
             stream.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&raw mut info).cast(),
-            &raw mut ilen,
+            &raw mut len,
         )
     };
-    (result, info.tcpi_total_retrans)
+    info.tcpi_total_retrans
 }
 
 fn sockaddr_of(target: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
