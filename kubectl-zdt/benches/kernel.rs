@@ -315,7 +315,14 @@ fn trigger_costs() -> anyhow::Result<()> {
         let state = if armed { "armed" } else { "disarmed" };
         for prog in ["sys_enter_sendto", "sys_exit_sendto"] {
             let (ns, n) = per_event(&before, &after, prog);
-            println!("| IPVS trigger, {prog} per UDP send, {state} | {ns:.0} ns ({n} events) |");
+            if n == 0 && !armed {
+                // Only attached once armed: a node without IPVS has no program on its sends.
+                println!("| IPVS trigger, {prog} per UDP send, {state} | not attached (0 ns) |");
+            } else {
+                println!(
+                    "| IPVS trigger, {prog} per UDP send, {state} | {ns:.0} ns ({n} events) |"
+                );
+            }
         }
     }
     let maps = 20_000;

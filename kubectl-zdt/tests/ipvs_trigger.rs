@@ -185,6 +185,59 @@ fn armed_agent(node: &Node) -> (RunningAgent, mpsc::Receiver<Trigger>, u32) {
     (RunningAgent::run(agent).unwrap(), rx, netns)
 }
 
+/// The send programs run on every `sendto`/`sendmsg` of the node, and while one runs the kernel
+/// runs no other tracing program on that CPU: they are attached only once the watcher arms the
+/// agent with an IPVS family, so a node without IPVS has none. Asked of the kernel (its links),
+/// not of the agent's bookkeeping.
+#[test]
+fn the_send_programs_are_attached_only_once_an_ipvs_family_is_armed() {
+    const SEND_PROGRAMS: [&str; 4] = [
+        "sys_enter_sendto",
+        "sys_exit_sendto",
+        "sys_enter_sendmsg",
+        "sys_exit_sendmsg",
+    ];
+    let node = Node::create().unwrap();
+    let mut config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
+    config.filter = true;
+    let mut agent = Agent::start(&config).unwrap();
+    let sends = |agent: &Agent| {
+        let linked = agent.linked_programs();
+        assert!(
+            linked.iter().any(|p| p == "sys_enter_setsockopt"),
+            "the iptables-legacy trigger is attached from the start: {linked:?}"
+        );
+        SEND_PROGRAMS
+            .iter()
+            .filter(|p| linked.iter().any(|l| l == *p))
+            .count()
+    };
+    assert_eq!(sends(&agent), 0, "attached before the agent was armed");
+    let netns = node
+        .ns
+        .run_in(|| {
+            kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))
+        })
+        .unwrap()
+        .unwrap();
+    let no_ipvs = agent
+        .arm_dataplane(&Arm {
+            netns,
+            ipvs_family: None,
+        })
+        .unwrap();
+    assert!(!no_ipvs.ipvs);
+    assert_eq!(sends(&agent), 0, "attached on a kernel without IPVS");
+    let armed = agent
+        .arm_dataplane(&Arm {
+            netns,
+            ipvs_family: Some(FAMILY),
+        })
+        .unwrap();
+    assert!(armed.ipvs);
+    assert_eq!(sends(&agent), SEND_PROGRAMS.len(), "armed but not attached");
+}
+
 fn next_change(rx: &mpsc::Receiver<Trigger>) -> IpvsChange {
     match rx
         .recv_timeout(Duration::from_secs(10))

@@ -10,7 +10,7 @@ use kubectl_zdt::{
     observation::Kind,
     testbed::{Netns, tcp::connect_once, veth_pair},
 };
-use support::{AgentProcess, assert_all_refused, require_root, total};
+use support::{AgentProcess, assert_all_refused, require_root, ring_buffer_lost, total};
 
 const N: usize = 25;
 const M: usize = 7;
@@ -83,7 +83,7 @@ fn assert_exact(
         0,
         "{other_ip} is outside --watch-cidr"
     );
-    assert_eq!(total(obs, |o| o.kind == Kind::Loss), 0);
+    assert_eq!(ring_buffer_lost(obs), 0);
 }
 
 #[test]

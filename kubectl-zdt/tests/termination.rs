@@ -21,7 +21,10 @@ use kubectl_zdt::{
         tcp::connect_once,
     },
 };
-use support::{AgentProcess, assert_all_refused, netns_of, of_kind, off_ms, require_root, total};
+use support::{
+    AgentProcess, assert_all_refused, netns_of, of_kind, off_ms, require_root, ring_buffer_lost,
+    total,
+};
 
 /// Timing bound of the issue: each mark within 2 ms of ground truth.
 const BOUND_MS: f64 = 2.0;
@@ -182,7 +185,7 @@ fn scripted_termination(agent_args: &[&str]) {
         client_errors, N as u64,
         "client side: one ECONNREFUSED per refused SYN, toward the Service as dialled"
     );
-    assert_eq!(total(&obs, |o| o.kind == Kind::Loss), 0);
+    assert_eq!(ring_buffer_lost(&obs), 0);
 
     // The kernel tears a namespace down asynchronously after its last reference goes (RCU grace
     // periods), so its veth disappears a little after `ip netns del` returned.
@@ -311,7 +314,7 @@ fn a_burst_larger_than_the_ring_buffer_keeps_counts_exact_and_reports_loss() {
         .unwrap();
     assert_eq!(refused, N);
     let obs = agent.stop();
-    let lost = total(&obs, |o| o.kind == Kind::Loss);
+    let lost = ring_buffer_lost(&obs);
     assert!(
         lost > 0,
         "a 4 KiB ring buffer cannot hold {N} events between two reads"
@@ -348,25 +351,40 @@ fn syns_to_a_gone_pod_on_linux_6_12_records() {
 }
 
 /// The kernel runs one tracing program at a time per CPU: a retransmission timer that fires
-/// while the agent's own `sys_enter_sendto` program runs (a busy sender beside the clients, on
-/// the same CPU) is not seen by `tcp_retransmit_skb`. The agent cannot know which events those
+/// while the agent's own `sys_enter_setsockopt` program runs (a thread beside the clients, on
+/// the same CPU, setting a socket option over and over) is not seen by `tcp_retransmit_skb`. The agent cannot know which events those
 /// were, but it says how many (`loss`, `KERNEL_SKIPPED`), so nothing goes missing unannounced.
 /// (Mutation-checked: without the `loss` lines, `truth - seen` exceeds what is reported.)
 #[test]
 fn retransmits_the_kernel_skipped_the_probe_for_are_reported_as_loss() {
-    syns_to_a_gone_pod(&[], Beside::BusySender);
+    // Whether a timer's softirq lands inside the busy thread's programs is up to the scheduler
+    // (when the CPU's softirq load is high the kernel hands softirqs to ksoftirqd instead):
+    // here 11–19 % do; every try checks the accounting, one of three must have had skips.
+    let tries: Vec<u64> = (0..3)
+        .map(|_| syns_to_a_gone_pod(&[], Beside::BusySetsockopt))
+        .take_while(|&skipped| skipped == 0)
+        .collect();
+    assert!(
+        tries.len() < 3,
+        "the kernel skipped none of the retransmissions beside a busy setsockopt loop in 3 tries: this test did not make the case it is for"
+    );
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Beside {
     Nothing,
-    /// A thread on the clients' CPU calling `sendto` as fast as it can.
-    BusySender,
+    /// A thread on the clients' CPU calling `setsockopt` as fast as it can.
+    BusySetsockopt,
 }
 
-fn syns_to_a_gone_pod(agent_args: &[&str], beside: Beside) {
-    // Enough retransmissions beside the busy sender that some land inside its program.
-    let clients: usize = if beside == Beside::BusySender { 100 } else { 3 };
+/// Returns how many retransmissions the agent reported the kernel skipped.
+fn syns_to_a_gone_pod(agent_args: &[&str], beside: Beside) -> u64 {
+    // Apart by more than a tick (4 ms at HZ=250), each connection's timers expire in a softirq
+    // of their own: a hundred chances rather than the few of one batch.
+    let (clients, spacing) = match beside {
+        Beside::BusySetsockopt => (100, Duration::from_millis(5)),
+        Beside::Nothing => (3, Duration::ZERO),
+    };
     /// The kernel gives up after this many SYN retransmissions and closes the socket, so the
     /// count read afterwards is final: nothing retransmits between the count and the close.
     const SYN_RETRIES: u8 = 2;
@@ -395,28 +413,28 @@ fn syns_to_a_gone_pod(agent_args: &[&str], beside: Beside) {
         .run_in(move || {
             pin_to_cpu(0);
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let sender = (beside == Beside::BusySender).then(|| {
+            let busy = (beside == Beside::BusySetsockopt).then(|| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
                     pin_to_cpu(0);
-                    // An IPv6 destination on an IPv4 socket: the kernel refuses the send at
-                    // once (EAFNOSUPPORT), so the thread is mostly inside the syscall's
-                    // tracepoint programs and makes no softirq work (which would move the
-                    // timers' softirqs to ksoftirqd).
+                    // setsockopt passes the iptables-legacy trigger's programs; this one is
+                    // cheap and makes no softirq work (which would move the timers' softirqs
+                    // to ksoftirqd), so the thread is mostly inside those programs.
                     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let _ = udp.send_to(&[0; 64], "[::1]:9");
+                        udp.set_ttl(64).unwrap();
                     }
                 })
             });
             let results = kubectl_zdt::testbed::tcp::syns_until_given_up(
                 target,
                 clients,
+                spacing,
                 SYN_RETRIES,
                 Duration::from_secs(30),
             );
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            if let Some(t) = sender {
+            if let Some(t) = busy {
                 t.join().unwrap();
             }
             results
@@ -451,12 +469,7 @@ fn syns_to_a_gone_pod(agent_args: &[&str], beside: Beside) {
         "{truth} retransmissions, {seen} seen, {skipped} reported skipped by the kernel: {:#?}",
         of_kind(&obs, Kind::Loss)
     );
-    if beside == Beside::BusySender {
-        assert!(
-            skipped > 0,
-            "the kernel skipped none of {truth} retransmissions beside a busy sender: this test did not make the case it is for"
-        );
-    }
+    skipped
 }
 
 /// Pins the calling thread to one CPU.

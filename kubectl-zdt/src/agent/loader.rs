@@ -46,8 +46,11 @@ pub const SWAP_BOUND_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("percpu_free_percpu", "percpu", "percpu_free_percpu"),
 ];
 
-/// The IPVS trigger's programs (attached with the iptables-legacy ones; idle, one array lookup
-/// per send, until the agent arms them with the IPVS family id).
+/// The IPVS trigger's programs: loaded with the iptables-legacy ones, attached only when the
+/// agent arms them with the IPVS family id (`Attached::attach_ipvs`), so a node whose kernel
+/// has no IPVS has no program on its sends. (A tracing program that runs makes the kernel skip
+/// every other one a softirq would run on that CPU meanwhile: on a node busy sending, programs
+/// on every `sendto` would cost the agent events.)
 pub const IPVS_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
     ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
@@ -131,7 +134,11 @@ impl DataplaneNetns {
 }
 
 /// The programs, attached for as long as this lives.
-pub struct Attached(Ebpf);
+pub struct Attached {
+    ebpf: Ebpf,
+    /// The IPVS trigger's programs are attached (they are loaded from the start).
+    ipvs: bool,
+}
 
 /// The counter maps userspace reads.
 pub struct KernelMaps {
@@ -175,18 +182,14 @@ impl Probes {
         }
 
         let optional: &[_] = if spec.table_replace {
-            &[TABLE_REPLACE_TRACEPOINTS, IPVS_TRACEPOINTS]
+            TABLE_REPLACE_TRACEPOINTS
         } else {
             &[]
         };
-        attach(
-            &mut ebpf,
-            TRACEPOINTS
-                .iter()
-                .chain(optional.iter().flat_map(|t| t.iter())),
-        )?;
+        attach(&mut ebpf, TRACEPOINTS.iter().chain(optional))?;
         if spec.table_replace {
             attach_swap_bounds(&mut ebpf);
+            load(&mut ebpf, IPVS_TRACEPOINTS.iter())?;
         }
 
         if !BTF_TRACEPOINTS.is_empty() {
@@ -224,7 +227,7 @@ impl Probes {
             None
         };
         Ok(Self {
-            attached: Attached(ebpf),
+            attached: Attached { ebpf, ipvs: false },
             events,
             maps,
             filter,
@@ -252,22 +255,43 @@ fn object(
 /// Loads and attaches these tracepoint programs: (function name, category, tracepoint).
 fn attach<'a>(
     ebpf: &mut Ebpf,
+    programs: impl Iterator<Item = &'a (&'a str, &'a str, &'a str)> + Clone,
+) -> anyhow::Result<()> {
+    load(ebpf, programs.clone())?;
+    attach_loaded(ebpf, programs)
+}
+
+/// Loads these tracepoint programs (the verifier checks them now) without attaching them.
+fn load<'a>(
+    ebpf: &mut Ebpf,
+    programs: impl Iterator<Item = &'a (&'a str, &'a str, &'a str)>,
+) -> anyhow::Result<()> {
+    for (prog, _, _) in programs {
+        tracepoint(ebpf, prog)?
+            .load()
+            .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches these loaded tracepoint programs.
+fn attach_loaded<'a>(
+    ebpf: &mut Ebpf,
     programs: impl Iterator<Item = &'a (&'a str, &'a str, &'a str)>,
 ) -> anyhow::Result<()> {
     for (prog, category, name) in programs {
-        let program: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {prog} is not a tracepoint program"))?;
-        program
-            .load()
-            .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
-        program
+        tracepoint(ebpf, prog)?
             .attach(category, name)
             .with_context(|| format!("failed to attach to tracepoint {category}:{name}"))?;
     }
     Ok(())
+}
+
+fn tracepoint<'e>(ebpf: &'e mut Ebpf, prog: &str) -> anyhow::Result<&'e mut TracePoint> {
+    ebpf.program_mut(prog)
+        .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {prog} is not a tracepoint program"))
 }
 
 /// Attaches the swap-bound programs; a kernel without them (or that refuses them) keeps the
@@ -315,7 +339,7 @@ impl DataplaneTriggers {
         let dataplane_netns = DataplaneNetns::take(&mut ebpf)?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?;
         Ok(Self {
-            attached: Attached(ebpf),
+            attached: Attached { ebpf, ipvs: true },
             events,
             dataplane_netns,
             stats,
@@ -326,10 +350,35 @@ impl DataplaneTriggers {
 impl Attached {
     /// Names of the attached programs with their kernel program ids.
     pub fn programs(&self) -> Vec<(String, u32)> {
-        self.0
+        self.ebpf
             .programs()
+            .filter(|(name, _)| self.ipvs || !IPVS_TRACEPOINTS.iter().any(|(p, _, _)| p == name))
             .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_owned(), i.id())))
             .collect()
+    }
+
+    /// Names of the programs the kernel has a link for (attached), asked of the kernel.
+    pub fn linked(&self) -> Vec<String> {
+        let linked: std::collections::HashSet<u32> = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .map(|l| l.program_id())
+            .collect();
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let id = p.info().ok()?.id();
+                linked.contains(&id).then(|| name.to_owned())
+            })
+            .collect()
+    }
+
+    /// Attaches the IPVS trigger's programs (once; they were loaded with the others).
+    pub fn attach_ipvs(&mut self) -> anyhow::Result<()> {
+        if !self.ipvs {
+            attach_loaded(&mut self.ebpf, IPVS_TRACEPOINTS.iter())?;
+            self.ipvs = true;
+        }
+        Ok(())
     }
 }
 
@@ -340,7 +389,7 @@ impl Attached {
     /// older than 5.12 has no such count: nothing is listed.
     pub fn kernel_skips(&self) -> Vec<(String, u64)> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        self.0
+        self.ebpf
             .programs()
             .filter_map(|(name, p)| {
                 let fd = p.fd().ok()?;

@@ -150,10 +150,23 @@ impl Agent {
     /// reported to the watcher from now on. Nothing is armed when the kernel has no syscall
     /// tracepoints (preflight said so).
     pub fn arm_dataplane(&mut self, arm: &Arm) -> anyhow::Result<Armed> {
-        match &mut self.dataplane_netns {
-            Some(map) => map.arm(arm),
-            None => Ok(Armed::default()),
+        let Some(map) = &mut self.dataplane_netns else {
+            return Ok(Armed::default());
+        };
+        if arm.ipvs_family.is_some()
+            && let Some(attached) = &mut self.attached
+        {
+            attached.attach_ipvs()?;
         }
+        map.arm(arm)
+    }
+
+    /// Names of this agent's programs the kernel has attached (a link for), asked of the kernel.
+    pub fn linked_programs(&self) -> Vec<String> {
+        self.attached
+            .as_ref()
+            .map(Attached::linked)
+            .unwrap_or_default()
     }
 
     /// The kernel watch filter, for run-time updates (cluster mode); `None` once taken.

@@ -78,9 +78,9 @@ pub fn errno_name(e: &std::io::Error) -> String {
     }
 }
 
-/// Opens `count` non-blocking connections to `target` that the kernel gives up on after
-/// `syn_retries` SYN retransmissions each (`TCP_SYNCNT`), waits up to `timeout` for every
-/// outcome, and reports each one with how many SYN retransmissions the kernel made on that
+/// Opens `count` non-blocking connections to `target`, `spacing` apart, that the kernel gives
+/// up on after `syn_retries` SYN retransmissions each (`TCP_SYNCNT`), waits up to `timeout`
+/// for every outcome, and reports each one with how many SYN retransmissions the kernel made on that
 /// socket (`tcpi_total_retrans`): the ground truth for `syn_retransmit` observations.
 ///
 /// When the kernel gave up (the socket's own error: `ETIMEDOUT`, or `EHOSTUNREACH` when an ICMP
@@ -95,17 +95,25 @@ pub fn errno_name(e: &std::io::Error) -> String {
 pub fn syns_until_given_up(
     target: SocketAddr,
     count: usize,
+    spacing: Duration,
     syn_retries: u8,
     timeout: Duration,
 ) -> Vec<(Result<(), String>, u32)> {
-    let mut sockets: Vec<(TcpStream, Option<Result<(), String>>)> = (0..count)
-        .map(|_| match syn_socket(target, syn_retries) {
-            Ok(s) => (s.0, s.1),
-            Err(e) => panic!("cannot open a connection to {target}: {e}"),
-        })
-        .collect();
-    let deadline = Instant::now() + timeout;
-    while sockets.iter().any(|(_, r)| r.is_none()) && Instant::now() < deadline {
+    let mut sockets: Vec<(TcpStream, Option<Result<(), String>>)> = Vec::with_capacity(count);
+    let start = Instant::now();
+    let deadline = start + spacing * u32::try_from(count).unwrap_or(u32::MAX) + timeout;
+    while (sockets.len() < count || sockets.iter().any(|(_, r)| r.is_none()))
+        && Instant::now() < deadline
+    {
+        // The next connection `spacing` after the one before (so their timers expire apart).
+        if sockets.len() < count
+            && start.elapsed() >= spacing * u32::try_from(sockets.len()).unwrap_or(u32::MAX)
+        {
+            match syn_socket(target, syn_retries) {
+                Ok(s) => sockets.push(s),
+                Err(e) => panic!("cannot open a connection to {target}: {e}"),
+            }
+        }
         for (stream, result) in sockets.iter_mut().filter(|(_, r)| r.is_none()) {
             *result = outcome(stream);
         }

@@ -109,6 +109,15 @@ pub fn total(obs: &[Observation], pred: impl Fn(&Observation) -> bool) -> u64 {
         .sum()
 }
 
+/// Events the ring buffer had no room for (`loss` lines other than the kernel's skips, which
+/// no aggregated line follows).
+pub fn ring_buffer_lost(obs: &[Observation]) -> u64 {
+    total(obs, |o| {
+        o.kind == Kind::Loss
+            && o.reason.as_deref() != Some(kubectl_zdt::observation::KERNEL_SKIPPED)
+    })
+}
+
 /// How far (ms, signed) an observation's wall time is from a CLOCK_MONOTONIC ground truth.
 pub fn off_ms(o: &Observation, truth_mono_ns: u64) -> f64 {
     let clock = kubectl_zdt::agent::clock::Clock::measure();
