@@ -144,6 +144,16 @@ impl Genl {
     }
 }
 
+/// The inode of `node`'s network namespace.
+fn netns_of(node: &Node) -> u32 {
+    node.ns
+        .run_in(|| {
+            kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))
+        })
+        .unwrap()
+        .unwrap()
+}
+
 /// The agent armed for `node`'s namespace with [`FAMILY`], its triggers going to the returned
 /// receiver.
 fn armed_agent(node: &Node) -> (RunningAgent, mpsc::Receiver<Trigger>, u32) {
@@ -152,13 +162,7 @@ fn armed_agent(node: &Node) -> (RunningAgent, mpsc::Receiver<Trigger>, u32) {
     config.filter = true;
     let mut agent =
         Agent::start(&config).expect("the IPVS trigger is an eBPF program: the agent must load");
-    let netns = node
-        .ns
-        .run_in(|| {
-            kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))
-        })
-        .unwrap()
-        .unwrap();
+    let netns = netns_of(node);
     let armed = agent
         .arm_dataplane(&Arm {
             netns,
@@ -213,13 +217,7 @@ fn the_send_programs_are_attached_only_once_an_ipvs_family_is_armed() {
             .count()
     };
     assert_eq!(sends(&agent), 0, "attached before the agent was armed");
-    let netns = node
-        .ns
-        .run_in(|| {
-            kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))
-        })
-        .unwrap()
-        .unwrap();
+    let netns = netns_of(&node);
     let no_ipvs = agent
         .arm_dataplane(&Arm {
             netns,
