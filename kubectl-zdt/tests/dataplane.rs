@@ -444,6 +444,10 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
     let web = all.len() - 1;
     (dp.start)(&node, &all);
     let (mut watch, _) = Watch::start(&node, dp);
+    // A resync the agent sees (it changes nothing): for x_tables, the agent then knows the
+    // table in effect, so the change below is reported when the kernel frees it.
+    (dp.resync)(&node, &all);
+    assert!(watch.changes(SETTLE).is_empty(), "a resync was reported");
 
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -505,6 +509,14 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
         assert_eq!(
             removed[0].extra["swap_bounds"],
             "counters",
+            "{}",
+            removed[0].to_json_line()
+        );
+        // The replace that installed the old table was seen, so its first counter block is
+        // known: the change is reported when the writer frees it, before the syscall's exit.
+        assert_eq!(
+            removed[0].extra["reported_at"],
+            "old_table_free",
             "{}",
             removed[0].to_json_line()
         );
@@ -667,6 +679,7 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     let replace = |table: &str, time: Timestamp, swap: Option<(Timestamp, Timestamp)>| {
         watcher::Trigger::TableReplace(legacy::TableReplace {
             time,
+            at_old_table_free: false,
             entered: time - SignedDuration::from_millis(2),
             family: Family::V4,
             table: table.into(),
@@ -786,6 +799,7 @@ fn iptables_legacy_reads_the_new_table_from_the_writer_while_the_replace_runs() 
         // the line's time is its exit.
         watcher::Trigger::TableReplace(legacy::TableReplace {
             time,
+            at_old_table_free: false,
             entered: time,
             family: Family::V4,
             table: "nat".into(),
@@ -917,6 +931,11 @@ fn iptables_legacy_a_replace_the_kernel_rejects_is_not_reported() {
     let mut all = large_cluster();
     (IPTABLES_LEGACY.start)(&node, &all);
     let (mut watch, _) = Watch::start(&node, &IPTABLES_LEGACY);
+    // A resync the agent sees: it knows the table in effect from now on, so a replace is
+    // reported as soon as the writer frees that table's first counter block, before the exit.
+    // A rejected replace frees counter blocks too, only its own.
+    (IPTABLES_LEGACY.resync)(&node, &all);
+    assert!(watch.changes(SETTLE).is_empty(), "a resync was reported");
     let svc = all[77].port.clone();
     let gone = all[77].endpoints.remove(1);
     let stale = [(svc.clone(), gone)];
@@ -937,6 +956,13 @@ fn iptables_legacy_a_replace_the_kernel_rejects_is_not_reported() {
     let when = timed(|| node.iptables_legacy_restore(&input).unwrap());
     let obs = watch.changes(SETTLE);
     assert_one(&obs, Kind::DataplaneRemoved, &svc, gone, when);
+    let removed = &obs[0];
+    assert_eq!(
+        removed.extra["reported_at"],
+        "old_table_free",
+        "{}",
+        removed.to_json_line()
+    );
 }
 
 #[test]

@@ -294,6 +294,17 @@ pub struct PendingReplace {
     /// (`percpu:percpu_free_percpu`): the old table's rule counters, freed after the swap; 0
     /// if none was seen.
     pub first_free_ns: u64,
+    /// The first per-CPU block allocated in the syscall: the new table's first rule counters
+    /// (the kernel checks the rules in order and gives each 256 one block). 0 if none was seen.
+    pub first_block: u64,
+    /// The first block of the table this replace is replacing (`ZDT_TABLE_BLOCKS`, noted by
+    /// the replace that installed it), 0 if unknown. The kernel frees the old table's blocks in
+    /// rule order after the swap, so when the writer frees this one the swap has happened: a
+    /// replace the kernel rejects frees only its own new blocks.
+    pub old_first_block: u64,
+    /// When the writer freed `old_first_block` (the replace was then reported, before its
+    /// exit); 0 until then.
+    pub old_freed_ns: u64,
 }
 
 const _: () = {
@@ -303,8 +314,33 @@ const _: () = {
     assert!(offset_of!(PendingReplace, table) == 16);
     assert!(offset_of!(PendingReplace, last_alloc_ns) == 32);
     assert!(offset_of!(PendingReplace, first_free_ns) == 40);
-    assert!(size_of::<PendingReplace>() == 48);
+    assert!(offset_of!(PendingReplace, first_block) == 48);
+    assert!(offset_of!(PendingReplace, old_first_block) == 56);
+    assert!(offset_of!(PendingReplace, old_freed_ns) == 64);
+    assert!(size_of::<PendingReplace>() == 72);
 };
+
+/// A table of a namespace, as `ZDT_TABLE_BLOCKS` keys it: the first per-CPU block of the table
+/// installed there last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableKey {
+    pub netns: u32,
+    /// `SOL_IP` or `SOL_IPV6`.
+    pub level: u32,
+    pub table: [u8; 16],
+}
+
+const _: () = assert!(size_of::<TableKey>() == 24);
+
+/// `Event::state` of a `kind::TABLE_REPLACE`: where in the replace it was reported.
+pub mod replace_reported {
+    /// At the syscall's exit (it returned 0).
+    pub const AT_EXIT: u32 = 0;
+    /// When the writer freed the old table's first per-CPU block: the swap was over, the
+    /// kernel was cleaning up (tens of ms before the exit for a big table).
+    pub const AT_OLD_TABLE_FREE: u32 = 1;
+}
 
 /// Where a `kind::TABLE_REPLACE` event carries the bounds of the swap (`Event::addr`, native
 /// byte order): [`PendingReplace::last_alloc_ns`] then [`PendingReplace::first_free_ns`].
@@ -340,9 +376,14 @@ pub struct KernelOffsets {
     /// 1 when `sched:sched_process_exit` has `group_dead` (newer kernels): the last thread's
     /// exit is the process's; without it (Linux 6.12) the main thread's exit stands for it.
     pub exit_group_dead: u32,
+    /// Offset of `ptr` in `percpu:percpu_alloc_percpu` records (from its format file; 56 on
+    /// 6.18, where `call_site` comes first), 0 when unknown: replaces are then reported at exit.
+    pub percpu_alloc_ptr: u32,
+    /// Offset of `ptr` in `percpu:percpu_free_percpu` records, 0 when unknown.
+    pub percpu_free_ptr: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 40);
+const _: () = assert!(size_of::<KernelOffsets>() == 48);
 
 /// An IPVS change in flight: what `sys_enter_sendto`/`sendmsg` saw, kept per thread until the
 /// syscall's exit says whether the send succeeded.

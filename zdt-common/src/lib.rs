@@ -10,6 +10,6 @@ pub mod maps;
 pub mod tracepoint;
 
 pub use event::{
-    CounterKey, Event, IpvsRecord, KernelOffsets, PendingIpvs, PendingReplace, genl, ipvs_sockopt,
-    kind, rst_reason, swap_bounds, tcp_state, xt,
+    CounterKey, Event, IpvsRecord, KernelOffsets, PendingIpvs, PendingReplace, TableKey, genl,
+    ipvs_sockopt, kind, replace_reported, rst_reason, swap_bounds, tcp_state, xt,
 };

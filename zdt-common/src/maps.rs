@@ -49,6 +49,12 @@ pub const DATAPLANE_NETNS_MAX: u32 = 64;
 pub const TABLE_WRITERS: &str = "ZDT_TABLE_WRITERS";
 pub const TABLE_WRITERS_MAX: u32 = 1024;
 
+/// Per (namespace, family, table) ([`crate::TableKey`]), the first per-CPU block of the table
+/// installed last: a replace's writer freeing it means the swap is over. LRU: namespaces come
+/// and go.
+pub const TABLE_BLOCKS: &str = "ZDT_TABLE_BLOCKS";
+pub const TABLE_BLOCKS_MAX: u32 = 1024;
+
 /// One-slot array: the generic-netlink family id of IPVS (resolved by the agent with
 /// CTRL_CMD_GETFAMILY where the kernel has IPVS); 0 = the IPVS trigger is disarmed, and every
 /// `sendto`/`sendmsg` of the node costs one array lookup.

@@ -223,6 +223,17 @@ pub mod sys_exit_sendmsg {
 
 /// `struct user_msghdr` (64-bit): `msg_iov` at 16, `msg_iovlen` at 24; `struct iovec`:
 /// `iov_base` at 0, `iov_len` at 8. Userspace ABI, the same on every 64-bit kernel.
+/// Where `percpu:percpu_alloc_percpu` / `percpu_free_percpu` records keep `ptr` (the per-CPU
+/// pointer allocated or freed). The agent reads the offsets from the running kernel's format
+/// files and passes one of these (`KernelOffsets::percpu_alloc_ptr`/`percpu_free_ptr`), or 0.
+pub mod percpu {
+    /// Since `call_site` was added in front of the allocation record (6.18 has it).
+    pub const ALLOC_PTR_WITH_CALL_SITE: u32 = 56;
+    /// Before.
+    pub const ALLOC_PTR: u32 = 48;
+    pub const FREE_PTR: u32 = 24;
+}
+
 pub mod user_msghdr {
     pub const IOV: usize = 16;
     pub const IOVLEN: usize = 24;

@@ -31,7 +31,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use zdt_common::{
-    Event, PendingIpvs, PendingReplace, genl, ipvs_sockopt, kind, maps, swap_bounds,
+    Event, PendingIpvs, PendingReplace, TableKey, genl, ipvs_sockopt, kind, maps, replace_reported,
+    swap_bounds,
     tracepoint::{
         sys_enter_sendmsg, sys_enter_sendto, sys_enter_setsockopt as enter_tp,
         sys_exit_setsockopt as exit_tp, user_msghdr,
@@ -53,6 +54,10 @@ static DATAPLANE_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(maps::DATAP
 #[map(name = "ZDT_TABLE_WRITERS")]
 static WRITERS: LruHashMap<u64, PendingReplace> =
     LruHashMap::with_max_entries(maps::TABLE_WRITERS_MAX, 0);
+
+#[map(name = "ZDT_TABLE_BLOCKS")]
+static TABLE_BLOCKS: LruHashMap<TableKey, u64> =
+    LruHashMap::with_max_entries(maps::TABLE_BLOCKS_MAX, 0);
 
 #[map(name = "ZDT_IPVS_FAMILY")]
 static IPVS_FAMILY: Array<u32> = Array::with_max_entries(1, 0);
@@ -91,6 +96,11 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     // `struct ipt_replace` starts with the table's name.
     let table: [u8; 16] =
         unsafe { bpf_probe_read_user(optval as *const [u8; 16]) }.unwrap_or([0; 16]);
+    let key = TableKey {
+        netns,
+        level,
+        table,
+    };
     let pending = PendingReplace {
         enter_ns: unsafe { bpf_ktime_get_ns() },
         netns,
@@ -98,6 +108,9 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
         table,
         last_alloc_ns: 0,
         first_free_ns: 0,
+        first_block: 0,
+        old_first_block: unsafe { TABLE_BLOCKS.get(&key) }.copied().unwrap_or(0),
+        old_freed_ns: 0,
     };
     WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
     // The agent may read the new table from the writer while the kernel installs it.
@@ -133,17 +146,42 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let _ = WRITERS.remove(&id);
     let ret: i64 = field::load(ctx, exit_tp::RET);
-    if ret != 0 {
+    // The table in effect now is the new one if the call succeeded, or if the old one's
+    // counters were freed (the kernel swapped, then failed to copy the counters out).
+    let installed = ret == 0 || pending.old_freed_ns != 0;
+    if installed && pending.first_block != 0 {
+        let key = TableKey {
+            netns: pending.netns,
+            level: pending.level,
+            table: pending.table,
+        };
+        let _ = TABLE_BLOCKS.insert(&key, &pending.first_block, 0);
+    }
+    // Reported already when the old table was freed.
+    if !installed || pending.old_freed_ns != 0 {
         return Ok(());
     }
-    let mut event = Event::new(kind::TABLE_REPLACE, unsafe { bpf_ktime_get_ns() });
+    report(
+        &pending,
+        unsafe { bpf_ktime_get_ns() },
+        pending.first_free_ns,
+        replace_reported::AT_EXIT,
+        ctx.tgid(),
+    );
+    Ok(())
+}
+
+/// A `kind::TABLE_REPLACE` at `now`, its swap bounded by the last allocation and `upper`.
+#[inline(always)]
+fn report(pending: &PendingReplace, now: u64, upper: u64, at: u32, tgid: u32) {
+    let mut event = Event::new(kind::TABLE_REPLACE, now);
     event.sk = pending.enter_ns;
-    fill(&mut event, &pending, ctx.tgid());
+    event.state = at;
+    fill(&mut event, pending, tgid);
     event.addr[swap_bounds::LAST_ALLOC].copy_from_slice(&pending.last_alloc_ns.to_ne_bytes());
-    event.addr[swap_bounds::FIRST_FREE].copy_from_slice(&pending.first_free_ns.to_ne_bytes());
+    event.addr[swap_bounds::FIRST_FREE].copy_from_slice(&upper.to_ne_bytes());
     // Rare and awaited: wake the reader now rather than at the next batch.
     emit_now(&event);
-    Ok(())
 }
 
 /// `percpu:percpu_alloc_percpu` and `percpu:percpu_free_percpu`: where in its syscall a
@@ -160,24 +198,60 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
 /// its name too, so every allocation forgets an earlier free and the bound is the first free
 /// after the last allocation. Single-CPU kernels allocate no per-CPU counters: nothing is
 /// recorded, and the agent keeps [entry, exit].
-pub fn on_percpu_alloc() {
+///
+/// The blocks themselves tell more where the kernel's format files say where `ptr` is
+/// (`KernelOffsets::percpu_alloc_ptr`/`percpu_free_ptr`): the replace's first block is the new
+/// table's first (kept for the next replace of that table, `ZDT_TABLE_BLOCKS`), and the writer
+/// freeing the old table's first block means the swap is over: the replace is reported then,
+/// not at its exit, which for a big table comes tens of ms later (the kernel frees the rest).
+/// A replace the kernel rejects frees only blocks it allocated itself, so it is never reported.
+pub fn on_percpu_alloc(ctx: &TracePointContext) {
     if let Some(pending) = WRITERS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
         // SAFETY: a value of this map, owned by the writer's own thread until its exit.
         let pending = unsafe { &mut *pending };
         pending.last_alloc_ns = unsafe { bpf_ktime_get_ns() };
         pending.first_free_ns = 0;
+        if pending.first_block == 0 {
+            pending.first_block = percpu_ptr(ctx, kernel::percpu_alloc_ptr());
+        }
     }
 }
 
 /// See [`on_percpu_alloc`].
-pub fn on_percpu_free() {
-    if let Some(pending) = WRITERS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
-        // SAFETY: as in `on_percpu_alloc`.
-        let pending = unsafe { &mut *pending };
-        if pending.first_free_ns == 0 {
-            pending.first_free_ns = unsafe { bpf_ktime_get_ns() };
-        }
+pub fn on_percpu_free(ctx: &TracePointContext) {
+    let Some(pending) = WRITERS.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
+        return;
+    };
+    // SAFETY: as in `on_percpu_alloc`.
+    let pending = unsafe { &mut *pending };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if pending.first_free_ns == 0 {
+        pending.first_free_ns = now;
     }
+    if pending.old_first_block == 0 || pending.old_freed_ns != 0 {
+        return;
+    }
+    let ptr = percpu_ptr(ctx, kernel::percpu_free_ptr());
+    if ptr != 0 && ptr == pending.old_first_block {
+        pending.old_freed_ns = now;
+        report(
+            pending,
+            now,
+            now,
+            replace_reported::AT_OLD_TABLE_FREE,
+            ctx.tgid(),
+        );
+    }
+}
+
+/// `ptr` of a per-CPU allocation or free record at offset `at` (0 when unknown). Copied with
+/// a helper: the verifier refuses a direct context read at an offset it does not know.
+#[inline(always)]
+fn percpu_ptr(ctx: &TracePointContext, at: u32) -> u64 {
+    if at == 0 {
+        return 0;
+    }
+    field::copy::<u64>(ctx, at as usize).unwrap_or(0)
 }
 
 /// The IPVS family id the agent armed the trigger with; 0 while disarmed (no IPVS on this

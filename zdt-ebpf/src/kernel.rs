@@ -16,7 +16,21 @@ static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     valid: 0,
     retransmit_err: 0,
     exit_group_dead: 0,
+    percpu_alloc_ptr: 0,
+    percpu_free_ptr: 0,
 });
+
+/// Where `percpu:percpu_alloc_percpu` records keep `ptr` (0: unknown on this kernel).
+#[inline(always)]
+pub fn percpu_alloc_ptr() -> u32 {
+    ZDT_OFFSETS.load().percpu_alloc_ptr
+}
+
+/// Where `percpu:percpu_free_percpu` records keep `ptr` (0: unknown on this kernel).
+#[inline(always)]
+pub fn percpu_free_ptr() -> u32 {
+    ZDT_OFFSETS.load().percpu_free_ptr
+}
 
 /// Whether `tcp:tcp_retransmit_skb` records carry `err` on this kernel.
 #[inline(always)]

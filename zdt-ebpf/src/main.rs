@@ -77,14 +77,14 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "percpu", name = "percpu_alloc_percpu")]
-pub fn percpu_alloc_percpu(_ctx: TracePointContext) -> u32 {
-    dataplane::on_percpu_alloc();
+pub fn percpu_alloc_percpu(ctx: TracePointContext) -> u32 {
+    dataplane::on_percpu_alloc(&ctx);
     0
 }
 
 #[tracepoint(category = "percpu", name = "percpu_free_percpu")]
-pub fn percpu_free_percpu(_ctx: TracePointContext) -> u32 {
-    dataplane::on_percpu_free();
+pub fn percpu_free_percpu(ctx: TracePointContext) -> u32 {
+    dataplane::on_percpu_free(&ctx);
     0
 }
 

@@ -128,6 +128,7 @@ impl Decoder {
         let family = replace_family(ev, kind::TABLE_REPLACE)?;
         Ok(TableReplace {
             time: self.clock.to_wall(ev.ts_ns),
+            at_old_table_free: ev.state == zdt_common::replace_reported::AT_OLD_TABLE_FREE,
             entered: self.clock.to_wall(ev.sk),
             family,
             table: comm(&ev.comm),
@@ -388,6 +389,16 @@ mod tests {
         ev.addr[zdt_common::swap_bounds::FIRST_FREE].copy_from_slice(&661_000_000u64.to_ne_bytes());
         let t = d.table_replace(&ev).unwrap();
         assert_eq!(t.swapped(), (t.entered, t.time));
+        assert!(!t.at_old_table_free);
+        // Reported when the writer freed the old table's first block: the event's time is
+        // that free, which is also the swap's upper bound.
+        ev.state = zdt_common::replace_reported::AT_OLD_TABLE_FREE;
+        ev.addr[zdt_common::swap_bounds::LAST_ALLOC].copy_from_slice(&659_600_000u64.to_ne_bytes());
+        ev.addr[zdt_common::swap_bounds::FIRST_FREE].copy_from_slice(&660_197_146u64.to_ne_bytes());
+        let t = d.table_replace(&ev).unwrap();
+        assert!(t.at_old_table_free);
+        assert!(t.swap_bounded_by_counters());
+        assert_eq!(t.swapped().1, t.time);
         ev.family = 7;
         assert_eq!(d.table_replace(&ev), Err(DecodeError::Family(7)));
     }

@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, fs, path::Path};
 use thiserror::Error;
 use zdt_common::{
     KernelOffsets,
-    tracepoint::{LAYOUTS, Layout, OPTIONAL_LAYOUTS, sched_process_exit, tcp_retransmit_skb},
+    tracepoint::{
+        LAYOUTS, Layout, OPTIONAL_LAYOUTS, percpu, sched_process_exit, tcp_retransmit_skb,
+    },
 };
 
 use super::btf::Btf;
@@ -90,6 +92,8 @@ pub fn check() -> Result<KernelInfo, PreflightError> {
     let tracepoints = check_tracepoints(&tracefs)?;
     offsets.retransmit_err = u32::from(tracepoints.retransmit_err);
     offsets.exit_group_dead = u32::from(tracepoints.exit_group_dead);
+    offsets.percpu_alloc_ptr = tracepoints.percpu_alloc_ptr;
+    offsets.percpu_free_ptr = tracepoints.percpu_free_ptr;
     if !tracepoints.retransmit_err {
         tracing::info!(
             "tcp:tcp_retransmit_skb has no `err` field on this kernel: SYN retransmits that failed to leave the node are counted too"
@@ -133,6 +137,8 @@ pub fn kernel_offsets() -> Result<KernelOffsets, PreflightError> {
         // Tracepoint facts, filled in by `check` from the format files.
         retransmit_err: 0,
         exit_group_dead: 0,
+        percpu_alloc_ptr: 0,
+        percpu_free_ptr: 0,
     })
 }
 
@@ -235,6 +241,28 @@ pub struct Tracepoints {
     pub retransmit_err: bool,
     /// `sched_process_exit` has `group_dead` (6.18 does, 6.12 does not).
     pub exit_group_dead: bool,
+    /// Where `percpu_alloc_percpu` / `percpu_free_percpu` records keep `ptr`, if at an offset
+    /// the programs know (`zdt_common::tracepoint::percpu`); 0 otherwise.
+    pub percpu_alloc_ptr: u32,
+    pub percpu_free_ptr: u32,
+}
+
+/// The offset of the 8-byte field `ptr` in the format file of `percpu:<name>` if it is one of
+/// `known`, else 0 (and iptables-legacy replaces are then reported at their exit).
+fn percpu_ptr(tracefs: &str, name: &str, known: &[u32]) -> u32 {
+    let path = format!("{tracefs}/events/percpu/{name}/format");
+    let found = fs::read_to_string(&path)
+        .ok()
+        .and_then(|f| parse_format_fields(&f).get("ptr").copied());
+    match found {
+        Some((offset, 8)) if known.iter().any(|&k| k as usize == offset) => offset as u32,
+        other => {
+            tracing::debug!(
+                "percpu:{name} has `ptr` at {other:?}, not where the programs look: iptables-legacy replaces are reported at their exit"
+            );
+            0
+        }
+    }
 }
 
 /// Checks every layout the programs depend on against the format files under `tracefs`: the
@@ -258,6 +286,12 @@ pub fn check_tracepoints(tracefs: &str) -> Result<Tracepoints, PreflightError> {
         });
     out.retransmit_err = check_layout(tracefs, &tcp_retransmit_skb::ERR_FIELD).is_ok();
     out.exit_group_dead = check_layout(tracefs, &sched_process_exit::GROUP_DEAD_FIELD).is_ok();
+    out.percpu_alloc_ptr = percpu_ptr(
+        tracefs,
+        "percpu_alloc_percpu",
+        &[percpu::ALLOC_PTR_WITH_CALL_SITE, percpu::ALLOC_PTR],
+    );
+    out.percpu_free_ptr = percpu_ptr(tracefs, "percpu_free_percpu", &[percpu::FREE_PTR]);
     Ok(out)
 }
 
@@ -385,12 +419,16 @@ mod tests {
         );
         assert!(t.table_replace);
         assert_eq!(t.rst_reasons.get(&1).map(String::as_str), Some("NO_SOCKET"));
+        // The recording has no percpu formats: replaces are then reported at their exit.
+        assert_eq!((t.percpu_alloc_ptr, t.percpu_free_ptr), (0, 0));
     }
 
     #[test]
     fn linux_6_18_has_every_optional_field() {
         let t = check_tracepoints(&recorded("6.18.44-fc-v657")).unwrap();
         assert!(t.retransmit_err && t.exit_group_dead && t.table_replace);
+        // `call_site` first in the allocation record: `ptr` at 56.
+        assert_eq!((t.percpu_alloc_ptr, t.percpu_free_ptr), (56, 24));
         assert_eq!(
             t.rst_reasons.get(&11).map(String::as_str),
             Some("TCP_ABORT_ON_CLOSE")
@@ -422,6 +460,31 @@ mod tests {
         for layout in LAYOUTS {
             check_layout(&tracefs, layout).unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    #[test]
+    fn a_percpu_ptr_where_the_programs_do_not_look_turns_early_replace_reports_off() {
+        let dir = std::env::temp_dir().join(format!("zdt-percpu-{}", std::process::id()));
+        let events = dir.join("events/percpu/percpu_alloc_percpu");
+        fs::create_dir_all(&events).unwrap();
+        let recorded_format = fs::read_to_string(format!(
+            "{}/events/percpu/percpu_alloc_percpu/format",
+            recorded("6.18.44-fc-v657")
+        ))
+        .unwrap();
+        let tracefs = dir.to_str().unwrap();
+        let known = [percpu::ALLOC_PTR_WITH_CALL_SITE, percpu::ALLOC_PTR];
+        fs::write(events.join("format"), &recorded_format).unwrap();
+        let found = percpu_ptr(tracefs, "percpu_alloc_percpu", &known);
+        fs::write(
+            events.join("format"),
+            recorded_format.replace("ptr;\toffset:56;", "ptr;\toffset:64;"),
+        )
+        .unwrap();
+        let moved = percpu_ptr(tracefs, "percpu_alloc_percpu", &known);
+        let absent = percpu_ptr(tracefs, "percpu_free_percpu", &[percpu::FREE_PTR]);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((found, moved, absent), (56, 0, 0));
     }
 
     #[test]

@@ -355,8 +355,12 @@ fn read_entries(
 /// (`zdt_common::kind::TABLE_REPLACE`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableReplace {
-    /// The syscall's exit: the new table was in effect.
+    /// The syscall's exit, or the writer's free of the old table's first counter block when
+    /// `at_old_table_free`: either way the new table was in effect.
     pub time: jiff::Timestamp,
+    /// Reported when the writer freed the old table's first per-CPU counter block (the swap
+    /// was over; the kernel frees the rest and returns later), not at the syscall's exit.
+    pub at_old_table_free: bool,
     /// The syscall's entry: the old table was still in effect before it.
     pub entered: jiff::Timestamp,
     pub family: Family,

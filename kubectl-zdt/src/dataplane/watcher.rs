@@ -758,7 +758,9 @@ impl Reader {
     ///
     /// A line stamped by one replace says how its swap was bounded (`swap_bounds`: `counters`
     /// when the per-CPU probes saw the new table's counters allocated and the old one's freed,
-    /// else `syscall`) and how long the replace ran in the kernel (`syscall_ns`).
+    /// else `syscall`), how long the replace had run in the kernel when it was reported
+    /// (`syscall_ns`) and where that was (`reported_at`: `old_table_free` when the writer freed
+    /// the old table's first counter block, else `exit`).
     fn reread_legacy(
         &mut self,
         i: usize,
@@ -794,7 +796,15 @@ impl Reader {
                 let syscall = r.time.duration_since(r.entered).as_nanos().max(0);
                 obs = obs
                     .with_extra("swap_bounds", if counters { "counters" } else { "syscall" })
-                    .with_extra("syscall_ns", u64::try_from(syscall).unwrap_or(u64::MAX));
+                    .with_extra("syscall_ns", u64::try_from(syscall).unwrap_or(u64::MAX))
+                    .with_extra(
+                        "reported_at",
+                        if r.at_old_table_free {
+                            "old_table_free"
+                        } else {
+                            "exit"
+                        },
+                    );
             }
             if !self.tx.send(obs) {
                 return None;
