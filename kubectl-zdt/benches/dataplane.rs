@@ -416,9 +416,10 @@ fn live_legacy(c: &mut Criterion) {
         },
     );
     eprintln!(
-        "RSS after the changes: +{} KiB; lines by where the new table was read from: {:?}",
+        "RSS after the changes: +{} KiB; lines by where the new table was read from: {:?}; by where the replace was reported: {:?}",
         rss_kib() - rss0,
-        READ_FROM.lock().unwrap()
+        READ_FROM.lock().unwrap(),
+        REPORTED_AT.lock().unwrap()
     );
     eprintln!(
         "x_tables swap per change, ms (± uncertainty, replace entry → exit, swap window start → line): {:?}",
@@ -469,6 +470,24 @@ static SWAPS: std::sync::Mutex<Vec<(f64, f64, f64)>> = std::sync::Mutex::new(Vec
 /// iptables-legacy lines by `read_from` (the writer's buffer or the kernel's table).
 static READ_FROM: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
 
+/// iptables-legacy lines by `reported_at` (the old table's free or the syscall's exit).
+static REPORTED_AT: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Counts `o`'s `extra[key]` in `tally`.
+fn tally(
+    tally: &std::sync::Mutex<Vec<(String, u32)>>,
+    o: &kubectl_zdt::observation::Observation,
+    key: &str,
+) {
+    if let Some(value) = o.extra.get(key).and_then(|v| v.as_str()) {
+        let mut counts = tally.lock().unwrap();
+        match counts.iter_mut().find(|(v, _)| v == value) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((value.to_owned(), 1)),
+        }
+    }
+}
+
 /// One endpoint swapped is two lines (removed, added): the mean of their `detect_ns` (trigger
 /// → line emitted).
 fn detect_of_one_change(
@@ -477,13 +496,8 @@ fn detect_of_one_change(
     let mut total = Duration::ZERO;
     for _ in 0..2 {
         let o = rx.blocking_recv().unwrap();
-        if let Some(from) = o.extra.get("read_from").and_then(|v| v.as_str()) {
-            let mut reads = READ_FROM.lock().unwrap();
-            match reads.iter_mut().find(|(f, _)| f == from) {
-                Some((_, n)) => *n += 1,
-                None => reads.push((from.to_owned(), 1)),
-            }
-        }
+        tally(&READ_FROM, &o, "read_from");
+        tally(&REPORTED_AT, &o, "reported_at");
         let ns = o.extra["detect_ns"].as_u64().unwrap();
         total += Duration::from_nanos(ns) / 2;
         if let Some(syscall) = o.extra.get("syscall_ns").and_then(|v| v.as_u64()) {
