@@ -380,9 +380,7 @@ impl Attached {
         }
         Ok(())
     }
-}
 
-impl Attached {
     /// Per program, how many times the kernel skipped it (`recursion_misses`): a tracepoint
     /// program is not run when its tracepoint fires while another tracing program runs on the
     /// same CPU (a softirq that interrupted one, say), so those events were never seen. A kernel
