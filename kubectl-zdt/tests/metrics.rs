@@ -79,7 +79,13 @@ async fn scraped_metrics_equal_what_the_observations_and_the_engine_say() {
     let mut loss = Observation::new(Kind::Loss, all[0].time, NodeName("vm".into()));
     loss.count = Some(7);
     gauges.metrics.observe(&loss);
-    all.extend([mode, loss]);
+    // Events the kernel skipped a probe for are not ring-buffer loss: counted apart, per program.
+    let mut skipped = Observation::new(Kind::Loss, all[0].time, NodeName("vm".into()));
+    skipped.count = Some(3);
+    skipped.reason = Some(kubectl_zdt::observation::KERNEL_SKIPPED.to_owned());
+    let skipped = skipped.with_extra("program", "tcp_retransmit_skb");
+    gauges.metrics.observe(&skipped);
+    all.extend([mode, loss, skipped]);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -142,6 +148,14 @@ async fn scraped_metrics_equal_what_the_observations_and_the_engine_say() {
     assert_eq!(
         value(one(&scrape, "zdt_kernel_events_lost_total", &[])),
         7.0
+    );
+    assert_eq!(
+        value(one(
+            &scrape,
+            "zdt_kernel_events_skipped_total",
+            &[("program", "tcp_retransmit_skb")]
+        )),
+        3.0
     );
     assert_eq!(
         value(one(

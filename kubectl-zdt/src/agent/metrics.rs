@@ -135,6 +135,7 @@ pub struct Metrics {
     dataplane_update: Histogram,
     errors: Family<ErrorLabels, Counter>,
     kernel_lost: Counter,
+    kernel_skipped: Family<ProgramLabel, Counter>,
     observations: Family<KindLabel, Counter>,
     pods_measured: Counter,
     probe_attached: Family<ProgramLabel, Gauge>,
@@ -196,6 +197,12 @@ impl Metrics {
             "Kernel events the ring buffer had no room for (their counts are still in the aggregated lines)",
             kernel_lost.clone(),
         );
+        let kernel_skipped = Family::<ProgramLabel, Counter>::default();
+        registry.register(
+            "kernel_events_skipped",
+            "Kernel events a probe was not run for (the tracepoint fired while another tracing program ran on that CPU); they are in no count",
+            kernel_skipped.clone(),
+        );
         let observations = Family::<KindLabel, Counter>::default();
         registry.register(
             "observations",
@@ -245,6 +252,7 @@ impl Metrics {
             dataplane_update,
             errors,
             kernel_lost,
+            kernel_skipped,
             observations,
             pods_measured,
             probe_attached,
@@ -284,6 +292,14 @@ impl Metrics {
             .inc();
         match o.kind {
             Kind::Refused | Kind::Reset | Kind::ConnError => self.count_error(o),
+            Kind::Loss if o.reason.as_deref() == Some(crate::observation::KERNEL_SKIPPED) => {
+                let program = o.extra.get("program").and_then(|p| p.as_str());
+                self.kernel_skipped
+                    .get_or_create(&ProgramLabel {
+                        program: program.unwrap_or_default().to_owned(),
+                    })
+                    .inc_by(o.weight());
+            }
             Kind::Loss if o.reason.as_deref() != Some(super::serve::JOURNAL_EVICTED) => {
                 self.kernel_lost.inc_by(o.weight());
             }
