@@ -862,7 +862,8 @@ fn large_cluster() -> Vec<ServiceRules> {
 
 /// The writer path live: kube-proxy's real writer (`iptables-legacy-restore`, another process)
 /// replacing a table of 2 000 Services (~20 MB, a replace of tens of milliseconds in the kernel)
-/// and the agent's eBPF begin/exit pair. Every change is reported exactly, at the exit; the new
+/// and the agent's eBPF begin/exit pair. Every change is reported exactly (the first at the
+/// exit, the next ones when the writer frees the old table, which the agent then knows); the new
 /// table is read from the writer's buffer (`read_from: writer`) — asked of at least one of
 /// three changes, so a machine too loaded to win the race once in a while does not fail it, but
 /// a writer path that does not work (pointer, pid, permission) does.

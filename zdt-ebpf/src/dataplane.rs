@@ -96,12 +96,7 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     // `struct ipt_replace` starts with the table's name.
     let table: [u8; 16] =
         unsafe { bpf_probe_read_user(optval as *const [u8; 16]) }.unwrap_or([0; 16]);
-    let key = TableKey {
-        netns,
-        level,
-        table,
-    };
-    let pending = PendingReplace {
+    let mut pending = PendingReplace {
         enter_ns: unsafe { bpf_ktime_get_ns() },
         netns,
         level,
@@ -109,9 +104,12 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
         last_alloc_ns: 0,
         first_free_ns: 0,
         first_block: 0,
-        old_first_block: unsafe { TABLE_BLOCKS.get(&key) }.copied().unwrap_or(0),
+        old_first_block: 0,
         old_freed_ns: 0,
     };
+    pending.old_first_block = unsafe { TABLE_BLOCKS.get(&table_key(&pending)) }
+        .copied()
+        .unwrap_or(0);
     WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
     // The agent may read the new table from the writer while the kernel installs it.
     let optlen: u64 = field::load(ctx, enter_tp::OPTLEN);
@@ -121,6 +119,16 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     fill(&mut event, &pending, ctx.tgid());
     emit_now(&event);
     Ok(())
+}
+
+/// The `ZDT_TABLE_BLOCKS` key of the table a replace writes.
+#[inline(always)]
+fn table_key(pending: &PendingReplace) -> TableKey {
+    TableKey {
+        netns: pending.netns,
+        level: pending.level,
+        table: pending.table,
+    }
 }
 
 /// The fields a replace's begin and end share.
@@ -150,12 +158,7 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
     // counters were freed (the kernel swapped, then failed to copy the counters out).
     let installed = ret == 0 || pending.old_freed_ns != 0;
     if installed && pending.first_block != 0 {
-        let key = TableKey {
-            netns: pending.netns,
-            level: pending.level,
-            table: pending.table,
-        };
-        let _ = TABLE_BLOCKS.insert(&key, &pending.first_block, 0);
+        let _ = TABLE_BLOCKS.insert(&table_key(&pending), &pending.first_block, 0);
     }
     // Reported already when the old table was freed.
     if !installed || pending.old_freed_ns != 0 {
@@ -199,8 +202,8 @@ fn report(pending: &PendingReplace, now: u64, upper: u64, at: u32, tgid: u32) {
 /// after the last allocation. Single-CPU kernels allocate no per-CPU counters: nothing is
 /// recorded, and the agent keeps [entry, exit].
 ///
-/// The blocks themselves tell more where the kernel's format files say where `ptr` is
-/// (`KernelOffsets::percpu_alloc_ptr`/`percpu_free_ptr`): the replace's first block is the new
+/// Where the kernel's format files say where `ptr` is (`KernelOffsets::percpu_alloc_ptr` /
+/// `percpu_free_ptr`), the blocks themselves tell more: the replace's first block is the new
 /// table's first (kept for the next replace of that table, `ZDT_TABLE_BLOCKS`), and the writer
 /// freeing the old table's first block means the swap is over: the replace is reported then,
 /// not at its exit, which for a big table comes tens of ms later (the kernel frees the rest).

@@ -122,33 +122,25 @@ pub fn correlate_with_evidence(
             }
         }
     }
-    let mut skipped_on = Vec::new();
-    let node_summaries: Vec<NodeSummary> = per_node
-        .into_iter()
-        .map(|(n, (count, lost, skipped))| {
-            skipped_on.push(skipped);
-            NodeSummary {
-                node: nodes.names[n].clone(),
-                observations: count,
-                clock_uncertainty_ms: ms_u(clocks.extra_ns[n]),
-                lost_events: lost + skipped,
-            }
-        })
-        .collect();
-    for (s, skipped) in node_summaries.iter().zip(skipped_on) {
-        let full = s.lost_events - skipped;
+    let mut node_summaries = Vec::new();
+    for (n, (count, full, skipped)) in per_node {
+        let node = &nodes.names[n];
         if full > 0 {
             warnings.push(format!(
-                "node {}: its agent could not deliver {full} events (ring buffer full); their counts are in the aggregated lines, their exact times are not",
-                s.node
+                "node {node}: its agent could not deliver {full} events (ring buffer full); their counts are in the aggregated lines, their exact times are not"
             ));
         }
         if skipped > 0 {
             warnings.push(format!(
-                "node {}: the kernel did not run its agent's probes for {skipped} events (their tracepoint fired while another tracing program ran on that CPU); they are in no count",
-                s.node
+                "node {node}: the kernel did not run its agent's probes for {skipped} events (their tracepoint fired while another tracing program ran on that CPU); they are in no count"
             ));
         }
+        node_summaries.push(NodeSummary {
+            node: node.clone(),
+            observations: count,
+            clock_uncertainty_ms: ms_u(clocks.extra_ns[n]),
+            lost_events: full + skipped,
+        });
     }
 
     let report = Report {

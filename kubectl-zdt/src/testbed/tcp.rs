@@ -80,8 +80,8 @@ pub fn errno_name(e: &std::io::Error) -> String {
 
 /// Opens `count` non-blocking connections to `target`, `spacing` apart, that the kernel gives
 /// up on after `syn_retries` SYN retransmissions each (`TCP_SYNCNT`), waits up to `timeout`
-/// for every outcome, and reports each one with how many SYN retransmissions the kernel made on that
-/// socket (`tcpi_total_retrans`): the ground truth for `syn_retransmit` observations.
+/// for every outcome, and reports each one with how many SYN retransmissions the kernel made
+/// on that socket (`tcpi_total_retrans`): the ground truth for `syn_retransmit` observations.
 ///
 /// When the kernel gave up (the socket's own error: `ETIMEDOUT`, or `EHOSTUNREACH` when an ICMP
 /// error came back meanwhile) the socket is closed, so no retransmission can follow the count;
