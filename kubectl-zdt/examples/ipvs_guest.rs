@@ -12,7 +12,10 @@
 //! kernel older than 6.10 (naming the version), else started (every program through this
 //! kernel's verifier), counting refused connections exactly and, with its dataplane watcher
 //! started as `agent --standalone` does, reporting a drain and a re-add of kube-proxy's IPVS in
-//! its namespace. It prints one `CHECK ok|FAIL`
+//! its namespace; then, on those kernels, the whole agent again with kube-proxy's nat rules
+//! written by the real `iptables-legacy-restore` (ipvs_guest/legacy.rs: the tables are modules
+//! there, so each change must be timed by the table module's reference, within 5 ms of the
+//! kernel's swap as kprobes see it). It prints one `CHECK ok|FAIL`
 //! line per check, one
 //! `FIXTURE <state> <json>` line per recorded state (the raw dump datagrams, for
 //! tests/fixtures/ipvs) and finally `IPVS-GUEST PASS` or `IPVS-GUEST FAIL`.
@@ -44,6 +47,9 @@ use kubectl_zdt::{
     testbed::netns::run,
 };
 use serde::Serialize;
+
+#[path = "ipvs_guest/legacy.rs"]
+mod legacy;
 
 const NODE_IP: &str = "192.168.50.10";
 /// Ticks waited to conclude that the watcher reports nothing (it reads every `ipvs::POLL`).
@@ -747,6 +753,33 @@ fn scale(
     Ok(())
 }
 
+/// Runs `agent` on `rt` as `agent --standalone` does (after `announce` and `start_dataplane`),
+/// its lines relayed to the returned receiver; a send on the returned sender stops it.
+fn run_agent(
+    rt: &tokio::runtime::Runtime,
+    agent: kubectl_zdt::agent::Agent,
+    tx: tokio::sync::mpsc::Sender<Observation>,
+    mut rx: tokio::sync::mpsc::Receiver<Observation>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    std_mpsc::Receiver<Observation>,
+) {
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(agent.run(tx, async {
+        let _ = stop_rx.await;
+    }));
+    let (obs_tx, obs) = std_mpsc::channel();
+    rt.spawn(async move {
+        while let Some(o) = rx.recv().await {
+            if obs_tx.send(o).is_err() {
+                return;
+            }
+        }
+    });
+    (stop, task, obs)
+}
+
 /// Refused connections the whole-agent check makes.
 const REFUSED: u64 = 200;
 
@@ -764,11 +797,7 @@ fn whole_agent() -> anyhow::Result<bool> {
         .release()
         .to_string_lossy()
         .into_owned();
-    let mut numbers = release.split(|c: char| !c.is_ascii_digit());
-    let version: (u32, u32) = (
-        numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0),
-        numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0),
-    );
+    let version = kernel_version();
     let handle = thread::spawn(move || -> anyhow::Result<bool> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .context("failed to create a network namespace")?;
@@ -807,7 +836,7 @@ fn whole_agent() -> anyhow::Result<bool> {
             .worker_threads(1)
             .enable_all()
             .build()?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Observation>(65536);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Observation>(65536);
         rt.block_on(agent.announce(&tx));
         let watcher = agent.start_dataplane(&node, &tx);
         check.that(
@@ -818,18 +847,7 @@ fn whole_agent() -> anyhow::Result<bool> {
                 |e| format!("{e:#}"),
             ),
         );
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = rt.spawn(agent.run(tx, async {
-            let _ = stop_rx.await;
-        }));
-        let (obs_tx, obs) = std_mpsc::channel();
-        rt.spawn(async move {
-            while let Some(o) = rx.recv().await {
-                if obs_tx.send(o).is_err() {
-                    return;
-                }
-            }
-        });
+        let (stop, task, obs) = run_agent(&rt, agent, tx, rx);
 
         if watcher.is_ok() {
             agent_watches_ipvs(&mut check, &obs, &mut live, &mut state)?;
@@ -864,6 +882,35 @@ fn whole_agent() -> anyhow::Result<bool> {
         .map_err(|_| anyhow::anyhow!("the whole-agent check panicked"))?
 }
 
+/// The agent's `dataplane_mode` line, if it came.
+struct ModeLine(Option<Observation>);
+
+impl ModeLine {
+    /// The first `dataplane_mode` line within `wait` (other lines are dropped).
+    fn wait(obs: &std_mpsc::Receiver<Observation>, wait: Duration) -> Self {
+        loop {
+            match obs.recv_timeout(wait) {
+                Ok(o) if o.kind == Kind::DataplaneMode => return Self(Some(o)),
+                Ok(_) => {}
+                Err(_) => return Self(None),
+            }
+        }
+    }
+
+    fn field(&self, key: &str) -> Option<serde_json::Value> {
+        self.0.as_ref().and_then(|m| m.extra.get(key).cloned())
+    }
+
+    /// Says `mode` with `routes` routes.
+    fn is(&self, mode: &str, routes: usize) -> bool {
+        self.field("mode")
+            .and_then(|m| m.as_str().map(str::to_owned))
+            .as_deref()
+            == Some(mode)
+            && self.field("routes").and_then(|r| r.as_u64()) == u64::try_from(routes).ok()
+    }
+}
+
 /// The dataplane lines among what the agent reported until `ticks` IPVS intervals pass
 /// without a line.
 fn dataplane_lines(obs: &std_mpsc::Receiver<Observation>, ticks: u32) -> Vec<Observation> {
@@ -882,20 +929,10 @@ fn agent_watches_ipvs(
     state: &mut [(VirtualServer, Vec<RealServer>)],
 ) -> anyhow::Result<()> {
     let total = expected_routes(state).len();
-    let mode = loop {
-        match obs.recv_timeout(Duration::from_secs(30)) {
-            Ok(o) if o.kind == Kind::DataplaneMode => break Some(o),
-            Ok(_) => {}
-            Err(_) => break None,
-        }
-    };
-    let field = |key: &str| mode.as_ref().and_then(|m| m.extra.get(key).cloned());
+    let mode = ModeLine::wait(obs, Duration::from_secs(30));
+    let field = |key: &str| mode.field(key);
     check.that(
-        field("mode")
-            .and_then(|m| m.as_str().map(str::to_owned))
-            .as_deref()
-            == Some("ipvs")
-            && field("routes").and_then(|r| r.as_u64()) == u64::try_from(total).ok(),
+        mode.is("ipvs", total),
         "the whole agent detects IPVS mode with every programmed route",
         format!(
             "mode {:?}, routes {:?} (programmed {total})",
@@ -939,6 +976,18 @@ fn agent_watches_ipvs(
     Ok(())
 }
 
+/// The running kernel's (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+    (
+        numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+        numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+    )
+}
+
 fn main() -> ExitCode {
     if nix::unistd::geteuid().as_raw() != 0 {
         eprintln!(
@@ -946,13 +995,23 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let agent_ok = match whole_agent() {
+    let mut agent_ok = match whole_agent() {
         Ok(ok) => ok,
         Err(e) => {
             println!("CHECK FAIL the whole agent: {e:#}");
             false
         }
     };
+    // Where the whole agent runs (≥ 6.10), iptables-legacy with the tables as modules.
+    if kernel_version() >= (6, 10) {
+        agent_ok &= match legacy::whole_agent() {
+            Ok(ok) => ok,
+            Err(e) => {
+                println!("CHECK FAIL the whole agent on iptables-legacy: {e:#}");
+                false
+            }
+        };
+    }
     match guest().map(|ok| ok && agent_ok) {
         Ok(true) => {
             println!("IPVS-GUEST PASS");

@@ -676,7 +676,10 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     let gone = all[4].endpoints.remove(0);
     (IPTABLES_LEGACY.sync)(&node, &all, 4, &[gone]);
     let exit = Timestamp::now() - SignedDuration::from_secs(1);
-    let replace = |table: &str, time: Timestamp, swap: Option<(Timestamp, Timestamp)>| {
+    let replace_with = |table: &str,
+                        time: Timestamp,
+                        swap: Option<(Timestamp, Timestamp)>,
+                        module: Option<(Timestamp, Timestamp)>| {
         watcher::Trigger::TableReplace(legacy::TableReplace {
             time,
             at_old_table_free: false,
@@ -689,7 +692,12 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
             entered_ns: 0,
             last_alloc: swap.map(|s| s.0),
             first_free: swap.map(|s| s.1),
+            table_get: module.map(|m| m.0),
+            table_put: module.map(|m| m.1),
         })
+    };
+    let replace = |table: &str, time: Timestamp, swap: Option<(Timestamp, Timestamp)>| {
+        replace_with(table, time, swap, None)
     };
     // kube-proxy restores filter then nat: only nat is read. The per-CPU probes put the swap
     // in [exit − 1.5 ms, exit − 0.5 ms]: the line says the middle, ± 0.5 ms.
@@ -754,6 +762,53 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     assert_eq!(o.kind, Kind::DataplaneAdded, "{}", o.to_json_line());
     assert_eq!(o.time, since + SignedDuration::from_millis(300));
     assert_eq!(o.uncertainty_ns, Some(300_000_000));
+
+    // Where the table is a module, the writer's reference on it brackets the swap (taken
+    // right before, dropped right after): 10 µs inside the counters' millisecond.
+    let gone = all[4].endpoints.pop().unwrap();
+    (IPTABLES_LEGACY.sync)(&node, &all, 4, &[gone]);
+    let exit = Timestamp::now() - SignedDuration::from_secs(1);
+    let swap = (
+        exit - SignedDuration::from_micros(1500),
+        exit - SignedDuration::from_micros(500),
+    );
+    let module = (
+        exit - SignedDuration::from_micros(1200),
+        exit - SignedDuration::from_micros(1190),
+    );
+    w.triggers
+        .send(replace_with("nat", exit, Some(swap), Some(module)))
+        .unwrap();
+    let o = next();
+    assert_eq!(o.kind, Kind::DataplaneRemoved, "{}", o.to_json_line());
+    assert_eq!(o.time, exit - SignedDuration::from_micros(1195));
+    assert_eq!(o.uncertainty_ns, Some(5_000));
+    assert_eq!(
+        o.extra["swap_bounds"],
+        "table_module",
+        "{}",
+        o.to_json_line()
+    );
+    // A reference dropped after the old table's first free is not the swap's: the counters
+    // bound it.
+    all[4].endpoints.push(gone);
+    (IPTABLES_LEGACY.sync)(&node, &all, 4, &[]);
+    let exit = exit + SignedDuration::from_millis(100);
+    let swap = (
+        exit - SignedDuration::from_micros(1500),
+        exit - SignedDuration::from_micros(500),
+    );
+    let late = (
+        exit - SignedDuration::from_micros(600),
+        exit - SignedDuration::from_micros(400),
+    );
+    w.triggers
+        .send(replace_with("nat", exit, Some(swap), Some(late)))
+        .unwrap();
+    let o = next();
+    assert_eq!(o.kind, Kind::DataplaneAdded, "{}", o.to_json_line());
+    assert_eq!(o.time, exit - SignedDuration::from_millis(1));
+    assert_eq!(o.extra["swap_bounds"], "counters", "{}", o.to_json_line());
 }
 
 /// The writer path of iptables-legacy, with the test as the eBPF trigger and as the writer: a
@@ -809,6 +864,8 @@ fn iptables_legacy_reads_the_new_table_from_the_writer_while_the_replace_runs() 
             entered_ns,
             last_alloc: None,
             first_free: None,
+            table_get: None,
+            table_put: None,
         })
     };
 
@@ -917,6 +974,38 @@ fn swap_window(o: &Observation) -> (u64, u64) {
         2 * o.uncertainty_ns.unwrap_or(0) / 1000,
         o.extra["syscall_ns"].as_u64().unwrap() / 1000,
     )
+}
+
+/// The tightest bounds of an iptables-legacy swap come from the writer's reference on the
+/// table's module (`module:module_get` / `module_put`): those programs pass the verifier on
+/// every kernel and are attached only where the kernel has module events. This machine's kernel
+/// has no modules (its tables are built in): loaded, not attached, and its replaces keep the
+/// counters' bounds. `cargo xtask ipvs-vm` (Debian's modular 6.12) checks the attached case
+/// against the kernel's own swap.
+#[test]
+fn the_table_module_programs_are_attached_only_where_the_kernel_has_module_events() {
+    require_root();
+    let config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
+    let agent = Agent::start(&config).unwrap();
+    let (loaded, linked) = (agent.loaded_programs(), agent.linked_programs());
+    let modules = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| std::path::Path::new(&format!("{t}/events/module/module_get")).exists());
+    for program in ["module_get", "module_put"] {
+        assert!(
+            loaded.iter().any(|p| p == program),
+            "{program} not loaded: {loaded:?}"
+        );
+        assert_eq!(
+            linked.iter().any(|p| p == program),
+            modules,
+            "{program} attached: {linked:?} (module events on this kernel: {modules})"
+        );
+    }
+    assert!(
+        linked.iter().any(|p| p == "percpu_free_percpu"),
+        "{linked:?}"
+    );
 }
 
 /// A replace the kernel rejects changes nothing, so nothing is reported: kube-proxy's restore

@@ -4,8 +4,9 @@
 //! boots Debian's kernel (IPVS as modules) in a throwaway QEMU guest: it fetches the
 //! `linux-image-*-amd64` package into /var/cache/kubectl-zdt-ipvs (unpacked there, never
 //! installed), builds `examples/ipvs_guest.rs` as a static musl binary, packs it with
-//! busybox-static and the IPVS modules (and their dependencies, from each module's `depends=`)
-//! into an initramfs, boots it, and relays the guest's checks. The guest's recorded dump
+//! busybox-static, the IPVS and iptables nat modules (and their dependencies, from each
+//! module's `depends=`) and the host's `iptables-legacy-restore` (with its libraries and
+//! extensions) into an initramfs, boots it, and relays the guest's checks. The guest's recorded dump
 //! datagrams are written to target/ipvs-vm/fixtures (and, with `--update-fixtures`, to
 //! kubectl-zdt/tests/fixtures/ipvs). The last step of `./x test` (and so of CI), with TCG: it
 //! needs no KVM, and installs QEMU and busybox-static itself.
@@ -29,7 +30,9 @@ const CACHE: &str = "/var/cache/kubectl-zdt-ipvs";
 /// Modules the guest loads (their dependencies are added): IPVS and its round-robin scheduler,
 /// the dummy link (kube-ipvs0), and what the agent's dataplane watcher opens at start
 /// (nf_tables, x_tables' ip_tables/ip6_tables). crc32c_generic is libcrc32c's soft dependency.
-const MODULES: [&str; 7] = [
+/// Then kube-proxy's iptables nat rules through iptables-legacy: the nat table and the matches
+/// and targets its rules use (`iptables-legacy-restore` would ask modprobe for them).
+const MODULES: [&str; 15] = [
     "crc32c_generic",
     "ip_vs",
     "ip_vs_rr",
@@ -37,7 +40,20 @@ const MODULES: [&str; 7] = [
     "nf_tables",
     "ip_tables",
     "ip6_tables",
+    "iptable_nat",
+    "xt_comment",
+    "xt_statistic",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_nat",
+    "xt_addrtype",
+    "xt_tcpudp",
 ];
+/// The host's iptables-legacy (Debian's `iptables` package, installed by `./x setup`) for the
+/// guest's iptables-legacy check: the multi-call binary, the libraries it links and the
+/// extensions it loads.
+const XTABLES_MULTI: &str = "/usr/sbin/xtables-legacy-multi";
+const XTABLES_EXTENSIONS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 /// The guest prints this first: the kernel booted and ran init.
 const INIT_LINE: &str = "zdt-ipvs-vm: init";
 /// How long a KVM guest may take to reach init before it is taken for hung.
@@ -306,7 +322,7 @@ fn modules(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 fn initramfs(kernel: &Kernel, guest: &Path, out: &Path) -> anyhow::Result<PathBuf> {
     let tree = out.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
-    for d in ["bin", "proc", "sys", "dev", "tmp", "lib/modules"] {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "run", "lib/modules"] {
         fs::create_dir_all(tree.join(d))?;
     }
     let busybox = cmd::output(Command::new("sh").args(["-c", "command -v busybox"]))
@@ -322,6 +338,7 @@ fn initramfs(kernel: &Kernel, guest: &Path, out: &Path) -> anyhow::Result<PathBu
             "insmod /lib/modules/{name}.ko || {{ echo \"zdt-ipvs-vm: insmod {name} failed\"; poweroff -f; }}\n"
         ));
     }
+    copy_iptables_legacy(&tree)?;
     fs::copy(guest, tree.join("ipvs_guest"))?;
     let init = format!(
         "#!/bin/sh\n\
@@ -345,6 +362,50 @@ fn initramfs(kernel: &Kernel, guest: &Path, out: &Path) -> anyhow::Result<PathBu
         image.display()
     )))?;
     Ok(image)
+}
+
+/// `iptables-legacy-restore` into the initramfs at the host's paths: the binary, every library
+/// `ldd` names (with the loader) and the extension directory.
+fn copy_iptables_legacy(tree: &Path) -> anyhow::Result<()> {
+    let copy = |from: &Path| -> anyhow::Result<()> {
+        let to = tree.join(from.strip_prefix("/").unwrap_or(from));
+        fs::create_dir_all(to.parent().context("no parent")?)?;
+        fs::copy(from, &to)
+            .with_context(|| format!("failed to copy {} into the initramfs", from.display()))?;
+        Ok(())
+    };
+    let multi = Path::new(XTABLES_MULTI);
+    if !multi.exists() {
+        bail!("{XTABLES_MULTI} is missing (apt-get install iptables, or run ./x setup)");
+    }
+    fs::copy(multi, tree.join("bin/xtables-legacy-multi"))?;
+    std::os::unix::fs::symlink(
+        "xtables-legacy-multi",
+        tree.join("bin/iptables-legacy-restore"),
+    )?;
+    let mut objects = vec![multi.to_path_buf()];
+    for entry in fs::read_dir(XTABLES_EXTENSIONS)
+        .with_context(|| format!("failed to read {XTABLES_EXTENSIONS}"))?
+    {
+        let path = entry?.path();
+        copy(&path)?;
+        objects.push(path);
+    }
+    // The extensions link more than the binary (libm, libnetfilter_conntrack, …).
+    let mut libs = BTreeSet::new();
+    for object in &objects {
+        let ldd = cmd::output(Command::new("ldd").arg(object))
+            .with_context(|| format!("failed to list the libraries of {}", object.display()))?;
+        libs.extend(
+            ldd.split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(PathBuf::from),
+        );
+    }
+    for lib in &libs {
+        copy(lib)?;
+    }
+    Ok(())
 }
 
 struct Ran {

@@ -305,6 +305,14 @@ pub struct PendingReplace {
     /// When the writer freed `old_first_block` (the replace was then reported, before its
     /// exit); 0 until then.
     pub old_freed_ns: u64,
+    /// The writer's last reference taken on the table's module (`module:module_get` of
+    /// `iptable_<table>` / `ip6table_<table>`): `xt_find_table_lock`, right before the swap.
+    /// 0 if none was seen (a kernel without modules, or the table built in).
+    pub table_get_ns: u64,
+    /// The writer's first drop of that reference after it (`module:module_put`): right after
+    /// the swap (`__do_replace` drops the lookup's reference once the table holds the new
+    /// rules), or on the error path of a replace the kernel refused at the swap. 0 until then.
+    pub table_put_ns: u64,
 }
 
 const _: () = {
@@ -317,7 +325,9 @@ const _: () = {
     assert!(offset_of!(PendingReplace, first_block) == 48);
     assert!(offset_of!(PendingReplace, old_first_block) == 56);
     assert!(offset_of!(PendingReplace, old_freed_ns) == 64);
-    assert!(size_of::<PendingReplace>() == 72);
+    assert!(offset_of!(PendingReplace, table_get_ns) == 72);
+    assert!(offset_of!(PendingReplace, table_put_ns) == 80);
+    assert!(size_of::<PendingReplace>() == 88);
 };
 
 /// A table of a namespace, as `ZDT_TABLE_BLOCKS` keys it: the first per-CPU block of the table
@@ -342,11 +352,15 @@ pub mod replace_reported {
     pub const AT_OLD_TABLE_FREE: u32 = 1;
 }
 
-/// Where a `kind::TABLE_REPLACE` event carries the bounds of the swap (`Event::addr`, native
-/// byte order): [`PendingReplace::last_alloc_ns`] then [`PendingReplace::first_free_ns`].
+/// Where a `kind::TABLE_REPLACE` event carries the bounds of the swap (native byte order):
+/// in `Event::addr`, [`PendingReplace::last_alloc_ns`] then [`PendingReplace::first_free_ns`];
+/// in `Event::peer_addr`, [`PendingReplace::table_get_ns`] then
+/// [`PendingReplace::table_put_ns`].
 pub mod swap_bounds {
     pub const LAST_ALLOC: core::ops::Range<usize> = 0..8;
     pub const FIRST_FREE: core::ops::Range<usize> = 8..16;
+    pub const TABLE_GET: core::ops::Range<usize> = 0..8;
+    pub const TABLE_PUT: core::ops::Range<usize> = 8..16;
 }
 
 /// Offsets of kernel struct members the programs follow, resolved by the agent from the running
@@ -381,9 +395,13 @@ pub struct KernelOffsets {
     pub percpu_alloc_ptr: u32,
     /// Offset of `ptr` in `percpu:percpu_free_percpu` records, 0 when unknown.
     pub percpu_free_ptr: u32,
+    /// Offset of `name` (a `__data_loc`) in `module:module_get` / `module_put` records (20),
+    /// 0 when unknown or absent (a kernel without modules): the swap is then bounded by the
+    /// per-CPU counters only.
+    pub module_name_loc: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 48);
+const _: () = assert!(size_of::<KernelOffsets>() == 52);
 
 /// An IPVS change in flight: what `sys_enter_sendto`/`sendmsg` saw, kept per thread until the
 /// syscall's exit says whether the send succeeded.

@@ -221,8 +221,6 @@ pub mod sys_exit_sendmsg {
     };
 }
 
-/// `struct user_msghdr` (64-bit): `msg_iov` at 16, `msg_iovlen` at 24; `struct iovec`:
-/// `iov_base` at 0, `iov_len` at 8. Userspace ABI, the same on every 64-bit kernel.
 /// Where `percpu:percpu_alloc_percpu` / `percpu_free_percpu` records keep `ptr` (the per-CPU
 /// pointer allocated or freed). The agent reads the offsets from the running kernel's format
 /// files and passes one of these (`KernelOffsets::percpu_alloc_ptr`/`percpu_free_ptr`), or 0.
@@ -234,6 +232,19 @@ pub mod percpu {
     pub const FREE_PTR: u32 = 24;
 }
 
+/// `module:module_get` / `module:module_put` (class `module_refcnt`): `ip` at 8, `refcnt` at
+/// 16, then `name` as a `__data_loc char[]` (offset in the low 16 bits, length in the high 16).
+/// The agent checks the format files and passes `NAME_LOC` (`KernelOffsets::module_name_loc`)
+/// or 0.
+pub mod module_refcnt {
+    pub const NAME_LOC: u32 = 20;
+    /// What the programs compare: the longest table module name (`ip6table_security`) and its
+    /// NUL fit.
+    pub const NAME_BYTES: usize = 32;
+}
+
+/// `struct user_msghdr` (64-bit): `msg_iov` at 16, `msg_iovlen` at 24; `struct iovec`:
+/// `iov_base` at 0, `iov_len` at 8. Userspace ABI, the same on every 64-bit kernel.
 pub mod user_msghdr {
     pub const IOV: usize = 16;
     pub const IOVLEN: usize = 24;

@@ -34,7 +34,7 @@ use zdt_common::{
     Event, PendingIpvs, PendingReplace, TableKey, genl, ipvs_sockopt, kind, maps, replace_reported,
     swap_bounds,
     tracepoint::{
-        sys_enter_sendmsg, sys_enter_sendto, sys_enter_setsockopt as enter_tp,
+        module_refcnt, sys_enter_sendmsg, sys_enter_sendto, sys_enter_setsockopt as enter_tp,
         sys_exit_setsockopt as exit_tp, user_msghdr,
     },
     xt,
@@ -106,6 +106,8 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
         first_block: 0,
         old_first_block: 0,
         old_freed_ns: 0,
+        table_get_ns: 0,
+        table_put_ns: 0,
     };
     pending.old_first_block = unsafe { TABLE_BLOCKS.get(&table_key(&pending)) }
         .copied()
@@ -183,6 +185,8 @@ fn report(pending: &PendingReplace, now: u64, upper: u64, at: u32, tgid: u32) {
     fill(&mut event, pending, tgid);
     event.addr[swap_bounds::LAST_ALLOC].copy_from_slice(&pending.last_alloc_ns.to_ne_bytes());
     event.addr[swap_bounds::FIRST_FREE].copy_from_slice(&upper.to_ne_bytes());
+    event.peer_addr[swap_bounds::TABLE_GET].copy_from_slice(&pending.table_get_ns.to_ne_bytes());
+    event.peer_addr[swap_bounds::TABLE_PUT].copy_from_slice(&pending.table_put_ns.to_ne_bytes());
     // Rare and awaited: wake the reader now rather than at the next batch.
     emit_now(&event);
 }
@@ -245,6 +249,80 @@ pub fn on_percpu_free(ctx: &TracePointContext) {
             ctx.tgid(),
         );
     }
+}
+
+/// `module:module_get` / `module:module_put`: the tightest bounds of the swap, where x_tables
+/// tables are modules (most distributions' kernels). `__do_replace` takes a reference on the
+/// table's module when it looks the table up (`xt_find_table_lock` → `try_module_get`, the
+/// last step before `xt_replace_table`) and drops it right after the swap (`module_put(t->me)`
+/// when the old or the new table holds more than the built-in rules: always for kube-proxy's),
+/// microseconds apart, before the kernel reads and frees the old table (tens of ms at 10 000
+/// Services). The rule checks before take and drop references on the rules' match and target
+/// modules (`xt_comment`, `xt_nat`, …), never the table's, so only `iptable_<table>` /
+/// `ip6table_<table>` counts. A refused swap drops the reference too, but then the old table is
+/// never freed and the replace never reported, so the bounds are only used for one that was.
+/// Every module reference of the node passes here (rare: devices, filesystems, protocol
+/// families in modules); only a writer's costs more than one lookup.
+pub fn on_module_ref(ctx: &TracePointContext, get: bool) {
+    let Some(pending) = WRITERS.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
+        return;
+    };
+    // SAFETY: as in `on_percpu_alloc`.
+    let pending = unsafe { &mut *pending };
+    if !get && (pending.table_get_ns == 0 || pending.table_put_ns != 0) {
+        return;
+    }
+    let at = kernel::module_name_loc();
+    if at == 0 {
+        return;
+    }
+    let Ok(loc) = field::copy::<u32>(ctx, at as usize) else {
+        return;
+    };
+    let Ok(name) = field::copy::<[u8; module_refcnt::NAME_BYTES]>(ctx, (loc & 0xffff) as usize)
+    else {
+        return;
+    };
+    let table = if pending.level == xt::SOL_IPV6 {
+        names_table_module(&name, b"ip6table_", &pending.table)
+    } else {
+        names_table_module(&name, b"iptable_", &pending.table)
+    };
+    if !table {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if get {
+        pending.table_get_ns = now;
+        pending.table_put_ns = 0;
+    } else {
+        pending.table_put_ns = now;
+    }
+}
+
+/// Whether a module's NUL-terminated `name` is `prefix` then the NUL-terminated `table`
+/// (`iptable_nat`). `P` is a constant, so every index is one the verifier knows.
+#[inline(always)]
+fn names_table_module<const P: usize>(
+    name: &[u8; module_refcnt::NAME_BYTES],
+    prefix: &[u8; P],
+    table: &[u8; 16],
+) -> bool {
+    for i in 0..P {
+        if name[i] != prefix[i] {
+            return false;
+        }
+    }
+    for i in 0..16 {
+        if name[P + i] != table[i] {
+            return false;
+        }
+        if table[i] == 0 {
+            return true;
+        }
+    }
+    // A 16-byte name without its NUL is no table's.
+    false
 }
 
 /// `ptr` of a per-CPU allocation or free record at offset `at` (0 when unknown). Copied with

@@ -18,6 +18,7 @@ static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     exit_group_dead: 0,
     percpu_alloc_ptr: 0,
     percpu_free_ptr: 0,
+    module_name_loc: 0,
 });
 
 /// Where `percpu:percpu_alloc_percpu` records keep `ptr` (0: unknown on this kernel).
@@ -30,6 +31,13 @@ pub fn percpu_alloc_ptr() -> u32 {
 #[inline(always)]
 pub fn percpu_free_ptr() -> u32 {
     ZDT_OFFSETS.load().percpu_free_ptr
+}
+
+/// Where `module:module_get` / `module_put` records keep `name`'s `__data_loc` (0: unknown or
+/// no modules on this kernel).
+#[inline(always)]
+pub fn module_name_loc() -> u32 {
+    ZDT_OFFSETS.load().module_name_loc
 }
 
 /// Whether `tcp:tcp_retransmit_skb` records carry `err` on this kernel.

@@ -88,6 +88,18 @@ pub fn percpu_free_percpu(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "module", name = "module_get")]
+pub fn module_get(ctx: TracePointContext) -> u32 {
+    dataplane::on_module_ref(&ctx, true);
+    0
+}
+
+#[tracepoint(category = "module", name = "module_put")]
+pub fn module_put(ctx: TracePointContext) -> u32 {
+    dataplane::on_module_ref(&ctx, false);
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
     match dataplane::on_enter_sendto(&ctx) {

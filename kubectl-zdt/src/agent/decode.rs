@@ -136,14 +136,16 @@ impl Decoder {
             pid: ev.tgid,
             time_ns: ev.ts_ns,
             entered_ns: ev.sk,
-            last_alloc: self.swap_bound(ev, swap_bounds::LAST_ALLOC),
-            first_free: self.swap_bound(ev, swap_bounds::FIRST_FREE),
+            last_alloc: self.swap_bound(&ev.addr, swap_bounds::LAST_ALLOC),
+            first_free: self.swap_bound(&ev.addr, swap_bounds::FIRST_FREE),
+            table_get: self.swap_bound(&ev.peer_addr, swap_bounds::TABLE_GET),
+            table_put: self.swap_bound(&ev.peer_addr, swap_bounds::TABLE_PUT),
         })
     }
 
     /// One bound of a replace's swap (`zdt_common::swap_bounds`), 0 = not seen.
-    fn swap_bound(&self, ev: &Event, at: std::ops::Range<usize>) -> Option<jiff::Timestamp> {
-        let ns = u64::from_ne_bytes(ev.addr[at].try_into().ok()?);
+    fn swap_bound(&self, field: &[u8; 16], at: std::ops::Range<usize>) -> Option<jiff::Timestamp> {
+        let ns = u64::from_ne_bytes(field[at].try_into().ok()?);
         (ns != 0).then(|| self.clock.to_wall(ns))
     }
 
@@ -251,6 +253,7 @@ fn comm(raw: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::legacy::SwapBounds;
 
     fn decoder() -> Decoder {
         Decoder {
@@ -379,7 +382,7 @@ mod tests {
         ev.addr[zdt_common::swap_bounds::LAST_ALLOC].fill(0);
         let t = d.table_replace(&ev).unwrap();
         assert_eq!(t.swapped(), (t.entered, before));
-        assert!(!t.swap_bounded_by_counters());
+        assert_eq!(t.swap_bounds(), SwapBounds::Syscall);
         // An allocation after the free cannot precede the swap that free followed: not used.
         ev.addr[zdt_common::swap_bounds::LAST_ALLOC].copy_from_slice(&659_800_000u64.to_ne_bytes());
         let t = d.table_replace(&ev).unwrap();
@@ -397,8 +400,31 @@ mod tests {
         ev.addr[zdt_common::swap_bounds::FIRST_FREE].copy_from_slice(&660_197_146u64.to_ne_bytes());
         let t = d.table_replace(&ev).unwrap();
         assert!(t.at_old_table_free);
-        assert!(t.swap_bounded_by_counters());
+        assert_eq!(t.swap_bounds(), SwapBounds::Counters);
         assert_eq!(t.swapped().1, t.time);
+        // The table module's reference, taken and dropped around the swap (in `peer_addr`):
+        // the tightest bounds.
+        ev.peer_addr[zdt_common::swap_bounds::TABLE_GET]
+            .copy_from_slice(&659_650_000u64.to_ne_bytes());
+        ev.peer_addr[zdt_common::swap_bounds::TABLE_PUT]
+            .copy_from_slice(&659_650_020u64.to_ne_bytes());
+        let t = d.table_replace(&ev).unwrap();
+        assert_eq!(t.swap_bounds(), SwapBounds::TableModule);
+        let (after, before) = t.swapped();
+        assert_eq!(after.to_string(), "2026-11-22T01:16:45.65965Z");
+        assert_eq!(before.to_string(), "2026-11-22T01:16:45.65965002Z");
+        // Dropped before it was taken: not the swap's.
+        ev.peer_addr[zdt_common::swap_bounds::TABLE_PUT]
+            .copy_from_slice(&659_640_000u64.to_ne_bytes());
+        let t = d.table_replace(&ev).unwrap();
+        assert_eq!(t.swap_bounds(), SwapBounds::Counters);
+        // Taken before the rule checks' last allocation: not the swap's either.
+        ev.peer_addr[zdt_common::swap_bounds::TABLE_GET]
+            .copy_from_slice(&659_500_000u64.to_ne_bytes());
+        ev.peer_addr[zdt_common::swap_bounds::TABLE_PUT]
+            .copy_from_slice(&659_650_020u64.to_ne_bytes());
+        let t = d.table_replace(&ev).unwrap();
+        assert_eq!(t.swap_bounds(), SwapBounds::Counters);
         ev.family = 7;
         assert_eq!(d.table_replace(&ev), Err(DecodeError::Family(7)));
     }

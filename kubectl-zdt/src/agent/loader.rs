@@ -46,6 +46,16 @@ pub const SWAP_BOUND_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("percpu_free_percpu", "percpu", "percpu_free_percpu"),
 ];
 
+/// The tightest bounds of the swap (`zdt-ebpf` `dataplane::on_module_ref`): the writer's
+/// reference on the table's module, taken right before the swap and dropped right after it.
+/// Attached with the swap-bound programs where the kernel has `module` events that keep `name`
+/// where the programs read it (`KernelOffsets::module_name_loc`); a kernel without modules
+/// (tables built in) keeps the counters' bounds.
+pub const MODULE_REF_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("module_get", "module", "module_get"),
+    ("module_put", "module", "module_put"),
+];
+
 /// The IPVS trigger's programs: loaded with the iptables-legacy ones, attached only when the
 /// agent arms them with the IPVS family id (`Attached::attach_ipvs`), so a node whose kernel
 /// has no IPVS has no program on its sends. (A tracing program that runs makes the kernel skip
@@ -188,7 +198,7 @@ impl Probes {
         };
         attach(&mut ebpf, TRACEPOINTS.iter().chain(optional))?;
         if spec.table_replace {
-            attach_swap_bounds(&mut ebpf);
+            attach_swap_bounds(&mut ebpf, &spec.offsets)?;
             load(&mut ebpf, IPVS_TRACEPOINTS.iter())?;
         }
 
@@ -295,14 +305,28 @@ fn tracepoint<'e>(ebpf: &'e mut Ebpf, prog: &str) -> anyhow::Result<&'e mut Trac
 }
 
 /// Attaches the swap-bound programs; a kernel without them (or that refuses them) keeps the
-/// syscall's [entry, exit] as the bounds, said once.
-fn attach_swap_bounds(ebpf: &mut Ebpf) {
+/// syscall's [entry, exit] as the bounds, said once. The module-reference programs are loaded
+/// (verified) on every kernel and attached only where preflight found their records' `name`
+/// (`offsets.module_name_loc`).
+fn attach_swap_bounds(ebpf: &mut Ebpf, offsets: &KernelOffsets) -> anyhow::Result<()> {
     if let Err(e) = attach(ebpf, SWAP_BOUND_TRACEPOINTS.iter()) {
         tracing::warn!(
             "iptables-legacy changes will be timed to the whole replace syscall, not to the \
              table swap inside it: {e:#}"
         );
     }
+    load(ebpf, MODULE_REF_TRACEPOINTS.iter())?;
+    if offsets.module_name_loc == 0 {
+        tracing::debug!(
+            "no module events (tables built into the kernel): iptables-legacy swaps are bounded by the rule counters"
+        );
+    } else if let Err(e) = attach_loaded(ebpf, MODULE_REF_TRACEPOINTS.iter()) {
+        tracing::warn!(
+            "iptables-legacy swaps will be bounded by the rule counters, not by the table \
+             module's reference: {e:#}"
+        );
+    }
+    Ok(())
 }
 
 /// Only the dataplane triggers' programs (x_tables replaces, IPVS change requests) and the
@@ -334,7 +358,7 @@ impl DataplaneTriggers {
             &mut ebpf,
             TABLE_REPLACE_TRACEPOINTS.iter().chain(IPVS_TRACEPOINTS),
         )?;
-        attach_swap_bounds(&mut ebpf);
+        attach_swap_bounds(&mut ebpf, offsets)?;
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let dataplane_netns = DataplaneNetns::take(&mut ebpf)?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?;
@@ -354,6 +378,15 @@ impl Attached {
             .programs()
             .filter(|(name, _)| self.ipvs || !IPVS_TRACEPOINTS.iter().any(|(p, _, _)| p == name))
             .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_owned(), i.id())))
+            .collect()
+    }
+
+    /// Names of the programs of this object loaded into the kernel (verified).
+    pub fn loaded(&self) -> Vec<String> {
+        self.ebpf
+            .programs()
+            .filter(|(_, p)| p.info().is_ok())
+            .map(|(name, _)| name.to_owned())
             .collect()
     }
 

@@ -7,7 +7,8 @@ use thiserror::Error;
 use zdt_common::{
     KernelOffsets,
     tracepoint::{
-        LAYOUTS, Layout, OPTIONAL_LAYOUTS, percpu, sched_process_exit, tcp_retransmit_skb,
+        LAYOUTS, Layout, OPTIONAL_LAYOUTS, module_refcnt, percpu, sched_process_exit,
+        tcp_retransmit_skb,
     },
 };
 
@@ -94,6 +95,7 @@ pub fn check() -> Result<KernelInfo, PreflightError> {
     offsets.exit_group_dead = u32::from(tracepoints.exit_group_dead);
     offsets.percpu_alloc_ptr = tracepoints.percpu_alloc_ptr;
     offsets.percpu_free_ptr = tracepoints.percpu_free_ptr;
+    offsets.module_name_loc = tracepoints.module_name_loc;
     if !tracepoints.retransmit_err {
         tracing::info!(
             "tcp:tcp_retransmit_skb has no `err` field on this kernel: SYN retransmits that failed to leave the node are counted too"
@@ -139,6 +141,7 @@ pub fn kernel_offsets() -> Result<KernelOffsets, PreflightError> {
         exit_group_dead: 0,
         percpu_alloc_ptr: 0,
         percpu_free_ptr: 0,
+        module_name_loc: 0,
     })
 }
 
@@ -245,6 +248,32 @@ pub struct Tracepoints {
     /// the programs know (`zdt_common::tracepoint::percpu`); 0 otherwise.
     pub percpu_alloc_ptr: u32,
     pub percpu_free_ptr: u32,
+    /// Where `module_get` / `module_put` records keep `name`'s `__data_loc`
+    /// (`zdt_common::tracepoint::module_refcnt::NAME_LOC`), 0 if elsewhere or absent (a kernel
+    /// built without modules has no `module` events).
+    pub module_name_loc: u32,
+}
+
+/// `module_refcnt::NAME_LOC` if both `module:module_get` and `module:module_put` keep `name`
+/// there, else 0 (the swap of an iptables-legacy replace is then bounded by its per-CPU
+/// counters only).
+fn module_name_loc(tracefs: &str) -> u32 {
+    let loc = |name: &str| {
+        fs::read_to_string(format!("{tracefs}/events/module/{name}/format"))
+            .ok()
+            .and_then(|f| parse_format_fields(&f).get("name").copied())
+    };
+    let want = Some((module_refcnt::NAME_LOC as usize, 4));
+    match (loc("module_get"), loc("module_put")) {
+        (get, put) if get == want && put == want => module_refcnt::NAME_LOC,
+        (None, None) => 0,
+        other => {
+            tracing::debug!(
+                "module:module_get/module_put keep `name` at {other:?}, not where the programs look: iptables-legacy swaps are bounded by the rule counters"
+            );
+            0
+        }
+    }
 }
 
 /// The offset of the 8-byte field `ptr` in the format file of `percpu:<name>` if it is one of
@@ -292,6 +321,7 @@ pub fn check_tracepoints(tracefs: &str) -> Result<Tracepoints, PreflightError> {
         &[percpu::ALLOC_PTR_WITH_CALL_SITE, percpu::ALLOC_PTR],
     );
     out.percpu_free_ptr = percpu_ptr(tracefs, "percpu_free_percpu", &[percpu::FREE_PTR]);
+    out.module_name_loc = module_name_loc(tracefs);
     Ok(out)
 }
 
@@ -485,6 +515,40 @@ mod tests {
         let absent = percpu_ptr(tracefs, "percpu_free_percpu", &[percpu::FREE_PTR]);
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!((found, moved, absent), (56, 0, 0));
+    }
+
+    /// Debian's 6.12 (its tables are modules; recorded in the guest of `cargo xtask ipvs-vm`)
+    /// has the module events with `name` where the programs read it; the 6.18 of these
+    /// machines, built without modules, has none; a moved `name` turns them off.
+    #[test]
+    fn the_table_module_bounds_are_used_where_module_events_keep_name_at_20() {
+        let debian = recorded("6.12.118+deb12-amd64");
+        assert_eq!(module_name_loc(&debian), 20);
+        assert_eq!(
+            percpu_ptr(
+                &debian,
+                "percpu_alloc_percpu",
+                &[percpu::ALLOC_PTR_WITH_CALL_SITE, percpu::ALLOC_PTR]
+            ),
+            56
+        );
+        assert_eq!(module_name_loc(&recorded("6.18.44-fc-v657")), 0);
+        let dir = std::env::temp_dir().join(format!("zdt-module-{}", std::process::id()));
+        for event in ["module_get", "module_put"] {
+            let to = dir.join(format!("events/module/{event}"));
+            fs::create_dir_all(&to).unwrap();
+            let format =
+                fs::read_to_string(format!("{debian}/events/module/{event}/format")).unwrap();
+            let format = if event == "module_put" {
+                format.replace("name;\toffset:20;", "name;\toffset:24;")
+            } else {
+                format
+            };
+            fs::write(to.join("format"), format).unwrap();
+        }
+        let moved = module_name_loc(dir.to_str().unwrap());
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(moved, 0);
     }
 
     #[test]

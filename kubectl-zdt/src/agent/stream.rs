@@ -161,6 +161,14 @@ impl Agent {
         map.arm(arm)
     }
 
+    /// Names of this agent's programs loaded into the kernel (verified).
+    pub fn loaded_programs(&self) -> Vec<String> {
+        self.attached
+            .as_ref()
+            .map(Attached::loaded)
+            .unwrap_or_default()
+    }
+
     /// Names of this agent's programs the kernel has attached (a link for), asked of the kernel.
     pub fn linked_programs(&self) -> Vec<String> {
         self.attached

@@ -380,6 +380,34 @@ pub struct TableReplace {
     /// The writer's first per-CPU free inside the syscall (the old table's counters, freed
     /// after the swap), if the probes saw one.
     pub first_free: Option<jiff::Timestamp>,
+    /// The writer's last reference taken on the table's module (`iptable_nat`), right before
+    /// the swap, if the kernel has the table as a module and the probes saw it.
+    pub table_get: Option<jiff::Timestamp>,
+    /// The writer's first drop of that reference after it, right after the swap.
+    pub table_put: Option<jiff::Timestamp>,
+}
+
+/// What bounds the swap of a [`TableReplace`], tightest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwapBounds {
+    /// The writer's reference on the table's module (µs apart).
+    TableModule,
+    /// The writer's last per-CPU allocation and first free (the kernel's read of the old
+    /// counters lies between: tens of ms at 10 000 Services).
+    Counters,
+    /// The syscall's entry and exit (or one counter bound and one of these).
+    Syscall,
+}
+
+impl SwapBounds {
+    /// As the dataplane lines' `swap_bounds` say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TableModule => "table_module",
+            Self::Counters => "counters",
+            Self::Syscall => "syscall",
+        }
+    }
 }
 
 impl TableReplace {
@@ -388,18 +416,43 @@ impl TableReplace {
         self.table == NAT
     }
 
-    /// When the kernel swapped the old table for the new one: after the writer's last per-CPU
+    /// When the kernel swapped the old table for the new one: between the writer's reference
+    /// on the table's module and its drop where seen; else after the writer's last per-CPU
     /// allocation (else the entry) and before its first per-CPU free (else the exit). The
     /// checks before the swap and the cleanup after it are most of a big table's replace, and
     /// the writer may be scheduled out in either, so the exit alone can be far from the swap.
     pub fn swapped(&self) -> (jiff::Timestamp, jiff::Timestamp) {
+        if let Some(bounds) = self.module_bounds() {
+            return bounds;
+        }
         let (alloc, free) = self.counter_bounds();
         (alloc.unwrap_or(self.entered), free.unwrap_or(self.time))
     }
 
-    /// Whether both bounds of [`Self::swapped`] are the counters' (else the syscall's).
-    pub fn swap_bounded_by_counters(&self) -> bool {
-        matches!(self.counter_bounds(), (Some(_), Some(_)))
+    /// What bounds [`Self::swapped`].
+    pub fn swap_bounds(&self) -> SwapBounds {
+        if self.module_bounds().is_some() {
+            SwapBounds::TableModule
+        } else if matches!(self.counter_bounds(), (Some(_), Some(_))) {
+            SwapBounds::Counters
+        } else {
+            SwapBounds::Syscall
+        }
+    }
+
+    /// The table module's reference taken and dropped around the swap, if both were seen in
+    /// order inside the syscall and inside the counters' bounds (the kernel takes it after the
+    /// rule checks' last allocation and drops it before the old table's first free): anything
+    /// else is not this replace's swap.
+    fn module_bounds(&self) -> Option<(jiff::Timestamp, jiff::Timestamp)> {
+        let (get, put) = (self.table_get?, self.table_put?);
+        let (alloc, free) = self.counter_bounds();
+        let ordered = self.entered <= get
+            && get <= put
+            && put <= self.time
+            && alloc.is_none_or(|a| a <= get)
+            && free.is_none_or(|f| put <= f);
+        ordered.then_some((get, put))
     }
 
     /// The per-CPU allocation and free that can be this replace's: inside its syscall, the

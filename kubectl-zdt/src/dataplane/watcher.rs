@@ -792,10 +792,9 @@ impl Reader {
         for obs in emit::observations(&self.node, plane.source(), &change, stamp) {
             let mut obs = obs.with_extra("read_from", read_from);
             if let Some(r) = replace {
-                let counters = r.swap_bounded_by_counters();
                 let syscall = r.time.duration_since(r.entered).as_nanos().max(0);
                 obs = obs
-                    .with_extra("swap_bounds", if counters { "counters" } else { "syscall" })
+                    .with_extra("swap_bounds", r.swap_bounds().as_str())
                     .with_extra("syscall_ns", u64::try_from(syscall).unwrap_or(u64::MAX))
                     .with_extra(
                         "reported_at",
