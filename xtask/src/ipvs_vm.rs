@@ -87,6 +87,15 @@ pub struct IpvsVmArgs {
     #[arg(long, default_value_t = 2000)]
     pub scale: u16,
 
+    /// Services (5 endpoints each) of the guest's iptables-legacy check (whole agent, 6.12),
+    /// at most 10 000.
+    #[arg(long, default_value_t = 200)]
+    pub legacy_services: u16,
+
+    /// The guest's CPUs (with one, x_tables allocates no per-CPU rule counters).
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+
     /// Debian's kernel metapackage to boot: linux-image-amd64 (Debian 12's 6.1, which the
     /// whole agent refuses) or linux-image-6.12-amd64 (bookworm-backports' 6.12, on which the
     /// guest also runs the whole agent).
@@ -125,7 +134,7 @@ pub fn run(args: &IpvsVmArgs) -> anyhow::Result<()> {
         }
     };
     let result = loop {
-        match boot(&kernel.vmlinuz, &initrd, accel, args.scale)? {
+        match boot(&kernel.vmlinuz, &initrd, accel, args)? {
             Boot::Hung if args.accel == Accel::Auto && accel == "kvm" => {
                 eprintln!(
                     "ipvs-vm: the KVM guest printed nothing from its kernel within {KVM_BOOT:?} (nested KVM hangs in early boot on some hypervisors); rerunning with TCG emulation"
@@ -421,9 +430,10 @@ enum Boot {
 }
 
 /// Boots the guest and relays its console (fixtures kept, not printed).
-fn boot(vmlinuz: &Path, initrd: &Path, accel: &str, scale: u16) -> anyhow::Result<Boot> {
+fn boot(vmlinuz: &Path, initrd: &Path, accel: &str, args: &IpvsVmArgs) -> anyhow::Result<Boot> {
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", accel, "-m", "1024", "-smp", "1"]);
+    qemu.args(["-accel", accel, "-m", "1024", "-smp"])
+        .arg(args.cpus.to_string());
     if accel == "kvm" {
         qemu.args(["-cpu", "host"]);
     }
@@ -434,7 +444,8 @@ fn boot(vmlinuz: &Path, initrd: &Path, accel: &str, scale: u16) -> anyhow::Resul
         // The kernel hands `NAME=value` words it does not know to init as its environment.
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet ZDT_IPVS_SCALE={scale}"
+            "console=ttyS0 panic=-1 quiet ZDT_IPVS_SCALE={} ZDT_LEGACY_SERVICES={}",
+            args.scale, args.legacy_services
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

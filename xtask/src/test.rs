@@ -51,6 +51,8 @@ pub fn run() -> anyhow::Result<()> {
         accel: ipvs_vm::Accel::Tcg,
         update_fixtures: false,
         scale: 2000,
+        legacy_services: 200,
+        cpus: 1,
         kernel: ipvs_vm::DEFAULT_KERNEL.to_owned(),
     })?;
     // Linux 6.12, the LTS most managed node images run: IPVS again, and the whole agent
@@ -59,6 +61,8 @@ pub fn run() -> anyhow::Result<()> {
         accel: ipvs_vm::Accel::Tcg,
         update_fixtures: false,
         scale: 500,
+        legacy_services: 200,
+        cpus: 1,
         kernel: "linux-image-6.12-amd64".to_owned(),
     })?;
     eprintln!("xtask test: all checks passed");
