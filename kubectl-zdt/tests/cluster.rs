@@ -254,6 +254,11 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
     let mut loss = Observation::new(Kind::Loss, t, NodeName(node.into()));
     loss.count = Some(5);
     journal.push(&loss);
+    // Events the kernel skipped the programs for: counted apart in the LOSS column.
+    let mut skipped = Observation::new(Kind::Loss, t, NodeName(node.into()));
+    skipped.count = Some(2);
+    skipped.reason = Some(kubectl_zdt::observation::KERNEL_SKIPPED.into());
+    journal.push(&skipped);
     journal.push(
         &Observation::new(Kind::DataplaneMode, t, NodeName(node.into()))
             .with_extra("mode", "iptables-nft")
@@ -295,11 +300,12 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
         assert_eq!(
             (
                 agent.kernel_loss,
+                agent.kernel_skipped,
                 agent.watched_addresses,
                 agent.watched_netns,
                 agent.observations
             ),
-            (5, 3, 2, 3)
+            (7, 2, 3, 2, 4)
         );
         assert_eq!(agent.dataplane_mode.as_deref(), Some("iptables-nft"));
         // Same machine, same clock: the measured offset is within its own uncertainty.
@@ -327,6 +333,7 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
             && table.contains("6.18.0-zdt")
             && table.contains("iptables-nft")
             && table.contains("3 ips, 2 netns")
+            && table.contains("7 (2 skipped)")
             && table.contains("tracepoint"),
         "{table}"
     );

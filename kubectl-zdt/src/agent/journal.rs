@@ -36,6 +36,9 @@ struct Inner {
     hello: Option<Observation>,
     /// Sum of `count` over `loss` observations (events the kernel could not deliver).
     kernel_loss: u64,
+    /// The part of `kernel_loss` the kernel skipped the programs for (`KERNEL_SKIPPED`: a
+    /// softirq while another tracing program ran on that CPU), not lost to a full ring buffer.
+    kernel_skipped: u64,
     /// `mode` of the latest `dataplane_mode` observation.
     dataplane_mode: Option<String>,
 }
@@ -86,7 +89,12 @@ impl Journal {
             let mut inner = self.lock();
             match o.kind {
                 Kind::AgentStart if inner.hello.is_none() => inner.hello = Some(o.clone()),
-                Kind::Loss => inner.kernel_loss += o.weight(),
+                Kind::Loss => {
+                    inner.kernel_loss += o.weight();
+                    if o.reason.as_deref() == Some(crate::observation::KERNEL_SKIPPED) {
+                        inner.kernel_skipped += o.weight();
+                    }
+                }
                 Kind::DataplaneMode => {
                     inner.dataplane_mode = o
                         .extra
@@ -143,6 +151,11 @@ impl Journal {
         self.lock().kernel_loss
     }
 
+    /// The part of [`Self::kernel_loss`] the kernel skipped the programs for.
+    pub fn kernel_skipped(&self) -> u64 {
+        self.lock().kernel_skipped
+    }
+
     /// The dataplane mode the agent detected, once reported.
     pub fn dataplane_mode(&self) -> Option<String> {
         self.lock().dataplane_mode.clone()
@@ -182,7 +195,11 @@ mod tests {
         loss.count = Some(7);
         j.push(&loss);
         j.push(&obs(Kind::Loss));
-        assert_eq!(j.kernel_loss(), 8);
+        let mut skipped = obs(Kind::Loss);
+        skipped.count = Some(3);
+        skipped.reason = Some(crate::observation::KERNEL_SKIPPED.into());
+        j.push(&skipped);
+        assert_eq!((j.kernel_loss(), j.kernel_skipped()), (11, 3));
         assert_eq!(j.hello().unwrap().reason.as_deref(), Some("first"));
     }
 }

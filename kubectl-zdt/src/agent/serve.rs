@@ -72,6 +72,10 @@ pub struct AgentStatus {
     pub api_synced: bool,
     /// Events the kernel could not deliver, summed over `loss` observations.
     pub kernel_loss: u64,
+    /// The part of `kernel_loss` the kernel skipped the programs for (`KERNEL_SKIPPED`), not
+    /// lost to a full ring buffer (0 from agents older than this field).
+    #[serde(default)]
+    pub kernel_skipped: u64,
     /// Observations in the journal so far.
     pub observations: u64,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC on this node and the half-width of that measurement.
@@ -196,6 +200,7 @@ impl Endpoint {
             pods_known: self.gauges.pods_known.load(Ordering::Relaxed),
             api_synced: self.gauges.api_synced.load(Ordering::Relaxed),
             kernel_loss: self.journal.kernel_loss(),
+            kernel_skipped: self.journal.kernel_skipped(),
             observations: self.journal.next_seq(),
             mono_to_wall_offset_ns: clock.offset_ns,
             clock_uncertainty_ns: clock.uncertainty_ns,

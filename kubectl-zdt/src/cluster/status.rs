@@ -84,6 +84,16 @@ pub async fn collect(kube: &KubeArgs) -> Result<Vec<NodeStatus>> {
     Ok(futures::future::join_all(rows).await)
 }
 
+/// The LOSS column: events the kernel could not deliver, and how many of them it skipped the
+/// programs for (a softirq while another tracing program ran on that CPU) rather than lost to
+/// a full ring buffer.
+fn loss(a: &AgentStatus) -> String {
+    match a.kernel_skipped {
+        0 => a.kernel_loss.to_string(),
+        s => format!("{} ({s} skipped)", a.kernel_loss),
+    }
+}
+
 pub fn render_table(rows: &[NodeStatus]) -> String {
     let mut table = Table::new();
     table.load_style(NOTHING).set_header([
@@ -112,7 +122,7 @@ pub fn render_table(rows: &[NodeStatus]) -> String {
             a.and_then(|a| a.dataplane_mode.clone()).unwrap_or_default(),
             a.map(|a| format!("{} ips, {} netns", a.watched_addresses, a.watched_netns))
                 .unwrap_or_default(),
-            a.map(|a| a.kernel_loss.to_string()).unwrap_or_default(),
+            a.map(loss).unwrap_or_default(),
             match (r.clock_offset_ms, r.clock_offset_uncertainty_ms) {
                 (Some(o), Some(u)) => format!("{o:+.1} ms ± {u:.1}"),
                 _ => String::new(),
