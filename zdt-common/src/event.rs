@@ -399,9 +399,27 @@ pub struct KernelOffsets {
     /// 0 when unknown or absent (a kernel without modules): the swap is then bounded by the
     /// per-CPU counters only.
     pub module_name_loc: u32,
+    /// `struct sock_common` (at the start of every socket, full, time-wait or request):
+    /// `skc_family` (u16), `skc_state` (u8), `skc_daddr` / `skc_rcv_saddr` (IPv4, network
+    /// order), `skc_dport` (network order), `skc_num` (the local port, host order),
+    /// `skc_v6_daddr` / `skc_v6_rcv_saddr`: what `tcp_send_reset`'s BTF program reads of a full
+    /// socket, as the tracepoint's record would.
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct sk_buff`: `head`, `data` (pointers) and `network_header` (u16 offset from
+    /// `head`): the segment a reset answers, when there is no full socket.
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_network_header: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 52);
+const _: () = assert!(size_of::<KernelOffsets>() == 96);
 
 /// An IPVS change in flight: what `sys_enter_sendto`/`sendmsg` saw, kept per thread until the
 /// syscall's exit says whether the send succeeded.

@@ -19,7 +19,33 @@ static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     percpu_alloc_ptr: 0,
     percpu_free_ptr: 0,
     module_name_loc: 0,
+    skc_family: 0,
+    skc_state: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skb_head: 0,
+    skb_data: 0,
+    skb_network_header: 0,
 });
+
+/// The offsets the loader set (`valid` is 0 before it did).
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    ZDT_OFFSETS.load()
+}
+
+/// The `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
 
 /// Where `percpu:percpu_alloc_percpu` records keep `ptr` (0: unknown on this kernel).
 #[inline(always)]

@@ -20,13 +20,6 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-#[tracepoint(category = "tcp", name = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    match reset::on_send_reset(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
-}
-
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     match listener::on_set_state(&ctx) {
@@ -124,6 +117,13 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
     match dataplane::on_exit_ipvs(&ctx, zdt_common::tracepoint::sys_exit_sendmsg::RET) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    match reset::on_send_reset(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }

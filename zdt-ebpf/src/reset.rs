@@ -9,59 +9,130 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    programs::TracePointContext,
+    programs::BtfTracePointContext,
 };
-use zdt_common::{
-    Event, kind,
-    tracepoint::{sockaddr, tcp_send_reset as tp},
-};
+use zdt_common::{Event, KernelOffsets, kind};
 
-use crate::{emit::emit, field, kernel, watch};
+use crate::{emit::emit, kernel, watch};
 
-/// The address family, port (host order) and address of the 28-byte sockaddr at `at`, read in
-/// one copy.
-#[inline(always)]
-fn read_sockaddr(ctx: &TracePointContext, at: usize) -> Result<(u16, u16, [u8; 16]), i32> {
-    let raw: [u8; 28] = field::copy(ctx, at)?;
-    let two = |i: usize| [raw[i], raw[i + 1]];
-    let family = u16::from_ne_bytes(two(sockaddr::FAMILY));
-    let port = u16::from_be_bytes(two(sockaddr::PORT));
-    let mut addr = [0u8; 16];
-    match family {
-        watch::AF_INET => addr[..4].copy_from_slice(&raw[sockaddr::V4..sockaddr::V4 + 4]),
-        watch::AF_INET6 => addr.copy_from_slice(&raw[sockaddr::V6..sockaddr::V6 + 16]),
-        _ => return Err(0),
-    }
-    Ok((family, port, addr))
+/// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: sockets that are not full (`sk_fullsock`); the
+/// tracepoint takes the addresses from the segment then.
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// One side of the reset: family, port (host order), address (IPv4 in the first 4 bytes).
+struct Ends {
+    family: u16,
+    sport: u16,
+    saddr: [u8; 16],
+    dport: u16,
+    daddr: [u8; 16],
 }
 
-pub fn on_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
-    let (family, sport, saddr) = read_sockaddr(ctx, tp::SADDR)?;
-    let sk: u64 = field::load(ctx, tp::SKADDR);
-    let addr_watched = watch::is_watched(family, &saddr);
+/// A full socket's ends, as `TP_STORE_ADDR_PORTS` stores them: local then remote.
+#[inline(always)]
+fn of_sock(sk: u64, o: &KernelOffsets) -> Option<Ends> {
+    let family: u16 = kernel::read(sk, o.skc_family)?;
+    let mut ends = Ends {
+        family,
+        sport: kernel::read(sk, o.skc_num)?,
+        saddr: [0; 16],
+        dport: u16::from_be(kernel::read(sk, o.skc_dport)?),
+        daddr: [0; 16],
+    };
+    match family {
+        watch::AF_INET => {
+            ends.saddr[..4].copy_from_slice(&kernel::read::<[u8; 4]>(sk, o.skc_rcv_saddr)?);
+            ends.daddr[..4].copy_from_slice(&kernel::read::<[u8; 4]>(sk, o.skc_daddr)?);
+        }
+        watch::AF_INET6 => {
+            ends.saddr = kernel::read(sk, o.skc_v6_rcv_saddr)?;
+            ends.daddr = kernel::read(sk, o.skc_v6_daddr)?;
+        }
+        _ => return None,
+    }
+    Some(ends)
+}
+
+/// The ends of the reset that answers `skb`, as `TP_STORE_ADDR_PORTS_SKB` stores them: the
+/// segment's destination is the resetting side. `skb->data` is at the TCP header there.
+#[inline(always)]
+fn of_segment(skb: u64, o: &KernelOffsets) -> Option<Ends> {
+    let head: u64 = kernel::read(skb, o.skb_head)?;
+    let data: u64 = kernel::read(skb, o.skb_data)?;
+    let network: u16 = kernel::read(skb, o.skb_network_header)?;
+    let ports: [u8; 4] = kernel::read(data, 0)?;
+    let ip = head + u64::from(network);
+    let version = kernel::read::<u8>(ip, 0)? >> 4;
+    let mut ends = Ends {
+        family: 0,
+        sport: u16::from_be_bytes([ports[2], ports[3]]),
+        saddr: [0; 16],
+        dport: u16::from_be_bytes([ports[0], ports[1]]),
+        daddr: [0; 16],
+    };
+    if version == 6 {
+        let h: [u8; 40] = kernel::read(ip, 0)?;
+        ends.family = watch::AF_INET6;
+        ends.saddr.copy_from_slice(&h[24..40]);
+        ends.daddr.copy_from_slice(&h[8..24]);
+    } else {
+        let h: [u8; 20] = kernel::read(ip, 0)?;
+        ends.family = watch::AF_INET;
+        ends.saddr[..4].copy_from_slice(&h[16..20]);
+        ends.daddr[..4].copy_from_slice(&h[12..16]);
+    }
+    Some(ends)
+}
+
+/// `tp_btf/tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum
+/// sk_rst_reason reason)`: a BTF tracepoint, not the classic one, because the kernel skips
+/// every classic tracepoint program on a CPU while another tracing program (anyone's kprobe,
+/// or one of ours on a syscall) runs there (`bpf_prog_active`), and a reset is sent in softirq,
+/// which interrupts whatever runs: refused connections were then lost. A BTF tracepoint program
+/// is skipped only when it interrupts itself. It reads what the classic record holds, from the
+/// socket or the segment.
+pub fn on_send_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    let reason: u64 = ctx.arg(2);
+    let o = kernel::offsets();
+    if o.valid == 0 {
+        return Err(0);
+    }
+    let state: u8 = if sk != 0 {
+        kernel::read(sk, o.skc_state).unwrap_or(0)
+    } else {
+        0
+    };
+    let full = sk != 0 && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
+    let ends = if full {
+        of_sock(sk, &o)
+    } else {
+        of_segment(skb, &o)
+    }
+    .ok_or(0)?;
+    let addr_watched = watch::is_watched(ends.family, &ends.saddr);
     // The namespace is needed either way: as a filter when the address is not watched, and to
     // tell a pod from a new one that reuses its IP when it is.
     let netns = if sk != 0 {
         kernel::netns_of_sock(sk)
     } else {
-        let skb: u64 = field::load(ctx, tp::SKBADDR);
         kernel::netns_of_skb(skb)
     };
     if !addr_watched && !watch::is_watched_netns(netns) {
         return Ok(());
     }
-    let (_, dport, daddr) = read_sockaddr(ctx, tp::DADDR)?;
-    let state: i32 = field::load(ctx, tp::STATE);
     let mut event = Event::new(kind::RESET_SENT, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
     event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    event.family = family;
-    event.reason = field::load(ctx, tp::REASON);
-    event.addr = saddr;
-    event.peer_addr = daddr;
-    event.port = sport;
-    event.peer_port = dport;
-    event.state = state as u32;
+    event.family = ends.family;
+    event.reason = reason as u32;
+    event.addr = ends.saddr;
+    event.peer_addr = ends.daddr;
+    event.port = ends.sport;
+    event.peer_port = ends.dport;
+    event.state = u32::from(state);
     event.tgid = ctx.tgid();
     event.netns = netns;
     emit(&event);

@@ -24,7 +24,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zd
 
 /// Every program in the object: (function name, tracepoint category, tracepoint name).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("inet_sk_error_report", "sock", "inet_sk_error_report"),
     ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
@@ -69,8 +68,14 @@ pub const IPVS_TRACEPOINTS: &[(&str, &str, &str)] = &[
 ];
 
 /// BTF tracepoints: (function name, kernel tracepoint). `signal_generate` needs the task
-/// pointer of the target, which only the BTF flavour passes.
-pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("signal_generate", "signal_generate")];
+/// pointer of the target, which only the BTF flavour passes. `tcp_send_reset` runs in softirq
+/// on top of whatever the CPU runs: the kernel skips a classic tracepoint program there while
+/// another tracing program runs on that CPU (`bpf_prog_active`), a BTF one only when it
+/// interrupts itself.
+pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
+    ("tcp_send_reset", "tcp_send_reset"),
+    ("signal_generate", "signal_generate"),
+];
 
 /// What to load: the watch filter and the kernel facts preflight found.
 pub struct LoadSpec<'a> {

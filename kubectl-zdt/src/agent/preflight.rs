@@ -142,6 +142,17 @@ pub fn kernel_offsets() -> Result<KernelOffsets, PreflightError> {
         percpu_alloc_ptr: 0,
         percpu_free_ptr: 0,
         module_name_loc: 0,
+        skc_family: off("sock", &["__sk_common", "skc_family"])?,
+        skc_state: off("sock", &["__sk_common", "skc_state"])?,
+        skc_daddr: off("sock", &["__sk_common", "skc_daddr"])?,
+        skc_rcv_saddr: off("sock", &["__sk_common", "skc_rcv_saddr"])?,
+        skc_dport: off("sock", &["__sk_common", "skc_dport"])?,
+        skc_num: off("sock", &["__sk_common", "skc_num"])?,
+        skc_v6_daddr: off("sock", &["__sk_common", "skc_v6_daddr"])?,
+        skc_v6_rcv_saddr: off("sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
+        skb_head: off("sk_buff", &["head"])?,
+        skb_data: off("sk_buff", &["data"])?,
+        skb_network_header: off("sk_buff", &["network_header"])?,
     })
 }
 
