@@ -62,23 +62,20 @@ fn of_segment(skb: u64, o: &KernelOffsets) -> Option<Ends> {
     let data: u64 = kernel::read(skb, o.skb_data)?;
     let network: u16 = kernel::read(skb, o.skb_network_header)?;
     let ports: [u8; 4] = kernel::read(data, 0)?;
-    let ip = head + u64::from(network);
-    let version = kernel::read::<u8>(ip, 0)? >> 4;
+    // 40 bytes: the IPv6 header, or the IPv4 one and the TCP header after it (one copy).
+    let h: [u8; 40] = kernel::read(head + u64::from(network), 0)?;
     let mut ends = Ends {
-        family: 0,
+        family: watch::AF_INET,
         sport: u16::from_be_bytes([ports[2], ports[3]]),
         saddr: [0; 16],
         dport: u16::from_be_bytes([ports[0], ports[1]]),
         daddr: [0; 16],
     };
-    if version == 6 {
-        let h: [u8; 40] = kernel::read(ip, 0)?;
+    if h[0] >> 4 == 6 {
         ends.family = watch::AF_INET6;
         ends.saddr.copy_from_slice(&h[24..40]);
         ends.daddr.copy_from_slice(&h[8..24]);
     } else {
-        let h: [u8; 20] = kernel::read(ip, 0)?;
-        ends.family = watch::AF_INET;
         ends.saddr[..4].copy_from_slice(&h[16..20]);
         ends.daddr[..4].copy_from_slice(&h[12..16]);
     }
