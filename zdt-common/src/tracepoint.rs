@@ -14,7 +14,9 @@ pub struct Layout {
     pub fields: &'static [Field],
 }
 
-/// `tcp:tcp_send_reset` (kernel ≥6.10 layout with `reason`).
+/// `tcp:tcp_send_reset` (kernel ≥6.10 layout with `reason`). The program is a BTF tracepoint
+/// and reads its arguments, not this record; preflight still checks the record: its `reason`
+/// says the kernel passes one (≥ 6.10), and its print format names the reasons.
 pub mod tcp_send_reset {
     pub const SKBADDR: usize = 8;
     pub const SKADDR: usize = 16;
@@ -250,14 +252,6 @@ pub mod user_msghdr {
     pub const IOVLEN: usize = 24;
     pub const IOV_BASE: usize = 0;
     pub const IOV_LEN: usize = 8;
-}
-
-/// Offsets inside the 28-byte sockaddr copies of `tcp_send_reset`.
-pub mod sockaddr {
-    pub const FAMILY: usize = 0;
-    pub const PORT: usize = 2;
-    pub const V4: usize = 4;
-    pub const V6: usize = 8;
 }
 
 /// Tracepoints only the iptables-legacy and IPVS triggers need (syscall tracepoints exist only

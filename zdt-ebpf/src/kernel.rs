@@ -78,21 +78,15 @@ pub fn exit_has_group_dead() -> bool {
     ZDT_OFFSETS.load().exit_group_dead != 0
 }
 
+/// A non-null pointer at `base + offset`.
 #[inline(always)]
 fn read_ptr(base: u64, offset: u32) -> Option<u64> {
-    if base == 0 {
-        return None;
-    }
-    let p: u64 = unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const u64).ok()? };
-    (p != 0).then_some(p)
+    read::<u64>(base, offset).filter(|p| *p != 0)
 }
 
 #[inline(always)]
 fn net_inum(net: u64, o: &KernelOffsets) -> u32 {
-    if net == 0 {
-        return 0;
-    }
-    unsafe { bpf_probe_read_kernel((net + u64::from(o.net_inum)) as *const u32) }.unwrap_or(0)
+    read(net, o.net_inum).unwrap_or(0)
 }
 
 /// Network namespace inode of a `struct sock *` (0 when unknown).
@@ -136,5 +130,5 @@ pub fn tgid_of_task(task: u64) -> u32 {
     if o.valid == 0 || task == 0 {
         return 0;
     }
-    unsafe { bpf_probe_read_kernel((task + u64::from(o.task_tgid)) as *const u32) }.unwrap_or(0)
+    read(task, o.task_tgid).unwrap_or(0)
 }

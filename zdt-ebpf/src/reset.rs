@@ -1,9 +1,9 @@
-//! `tcp:tcp_send_reset`: this host answered a segment with a RST.
+//! `tp_btf/tcp_send_reset`: this host answered a segment with a RST.
 //!
 //! With reason `NO_SOCKET` the kernel had no socket for the segment, which for a SYN means no
-//! listener: the client sees `connection refused`. Then `skaddr` is NULL and `saddr` is the
-//! refusing side (the pod); its network namespace is the one of the device the segment arrived
-//! on. Any other reason is a reset of an existing connection by its local socket
+//! listener: the client sees `connection refused`. Then `sk` is NULL and the segment's
+//! destination is the refusing side (the pod); its network namespace is the one of the device
+//! the segment arrived on. Any other reason is a reset of an existing connection by its local socket
 //! (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited).
 
 use aya_ebpf::{
