@@ -50,8 +50,12 @@ pub(crate) struct Timeline {
     pub prestop: Option<RawMark>,
     pub sigterm: Option<RawMark>,
     pub listen_closed: Option<RawMark>,
-    /// The last process exit the node agent saw; failing that, the API's report that every
-    /// container terminated (source `container_terminated`, with its wide uncertainty).
+    /// The exit of the pod's main process: the last exit of a process that a signal from
+    /// outside the pod (the container runtime, on the kubelet's behalf) was sent to. Failing
+    /// that, for a deleted pod, the last exit after the deletion; failing that, the API's
+    /// report that every container terminated (`container_terminated`, wide uncertainty).
+    /// Never any exit of an undeleted, unsignalled pod: servers such as busybox `httpd` fork a
+    /// child per connection, whose exits say nothing about the pod.
     pub exit: Option<RawMark>,
     pub netns_gone: Option<RawMark>,
     pub dp: BTreeMap<NodeId, NodeDp>,
@@ -88,12 +92,110 @@ impl Timeline {
 }
 
 /// A preStop hook shows up as an exec flagged by the agent (`reason` `preStop`, or
-/// `"prestop": true`); every other exec in the pod is ordinary work.
-fn is_prestop(o: &Observation) -> bool {
+/// `"prestop": true`), or as an exec in the pod between its deletion and the runtime's SIGTERM
+/// ([`Lifecycle::prestop_exec`]).
+fn is_flagged_prestop(o: &Observation) -> bool {
     o.reason
         .as_deref()
         .is_some_and(|r| r.eq_ignore_ascii_case("prestop"))
         || o.extra.get("prestop").and_then(|v| v.as_bool()) == Some(true)
+}
+
+/// How far before the first `pod_deleting` line the kubelet's reaction may be seen: the
+/// kubelet and the agent watch the same deletion, each with its own delivery delay.
+const DELETE_SEEN_SLACK_NS: i64 = 1_000_000_000;
+
+/// Processes the container runtime starts in every pod that are not the application: the
+/// sandbox's `pause` and runc's own set-up stages (`runc:[1:CHILD]`, …).
+fn is_runtime_process(comm: Option<&str>) -> bool {
+    comm.is_some_and(|c| c == "pause" || c.starts_with("runc"))
+}
+
+fn u64_field(o: &Observation, key: &str) -> Option<u64> {
+    o.extra.get(key).and_then(|v| v.as_u64())
+}
+
+/// What the pod's process-level lines say about who ended it: the processes signalled from
+/// outside the pod and the first such SIGTERM.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    delete: Option<WallNs>,
+    /// The first SIGTERM sent from outside the pod (the runtime, for the kubelet).
+    first_sigterm: Option<WallNs>,
+    /// Processes a signal from outside the pod went to: the containers' main processes.
+    signalled: std::collections::BTreeSet<u64>,
+    /// Every process the pod's own lines name.
+    own: std::collections::BTreeSet<u64>,
+}
+
+impl Lifecycle {
+    fn read(obs: &[Observation], times: &[WallNs], members: &[usize]) -> Self {
+        // Every process the pod's own lines name: a signal one of them sent (a shell passing
+        // SIGTERM on to its server) is the application's own business.
+        let own: std::collections::BTreeSet<u64> = members
+            .iter()
+            .filter(|&&i| matches!(obs[i].kind, Kind::Signal | Kind::Exec | Kind::Exit))
+            .filter_map(|&i| u64_field(&obs[i], "pid"))
+            .collect();
+        let mut lc = Self {
+            own,
+            ..Self::default()
+        };
+        for &i in members {
+            let o = &obs[i];
+            match o.kind {
+                Kind::PodDeleting => {
+                    lc.delete = Some(lc.delete.map_or(times[i], |d| d.min(times[i])));
+                }
+                Kind::Signal
+                    if matches!(o.reason.as_deref(), Some("SIGTERM" | "SIGKILL"))
+                        && lc.sent_from_outside(o) =>
+                {
+                    if let Some(pid) = u64_field(o, "pid") {
+                        lc.signalled.insert(pid);
+                    }
+                    if o.reason.as_deref() == Some("SIGTERM") {
+                        lc.first_sigterm =
+                            Some(lc.first_sigterm.map_or(times[i], |t| t.min(times[i])));
+                    }
+                }
+                _ => {}
+            }
+        }
+        lc
+    }
+
+    /// A signal sent by a process outside the pod (the runtime); a line without its sender's
+    /// pid counts as one.
+    fn sent_from_outside(&self, o: &Observation) -> bool {
+        u64_field(o, "sender_pid").is_none_or(|s| !self.own.contains(&s))
+    }
+
+    /// An exec in a deleted pod between its deletion and the runtime's SIGTERM is the preStop
+    /// hook: the kubelet starts nothing else in the containers then but exec probes (which
+    /// keep running during preStop; an exec readiness probe running before the hook would be
+    /// taken for it, hence the earliest such exec, not any).
+    fn prestop_exec(&self, o: &Observation, t: WallNs) -> bool {
+        let Some(delete) = self.delete else {
+            return false;
+        };
+        o.kind == Kind::Exec
+            && !is_runtime_process(o.extra.get("comm").and_then(|v| v.as_str()))
+            && t >= delete.plus_ns(-DELETE_SEEN_SLACK_NS)
+            && self.first_sigterm.is_none_or(|s| t < s)
+    }
+
+    /// Whether an exit line is the pod's main process ending (see [`Timeline::exit`]).
+    fn main_exit(&self, o: &Observation, t: WallNs) -> bool {
+        if is_runtime_process(o.extra.get("comm").and_then(|v| v.as_str())) {
+            return false;
+        }
+        if !self.signalled.is_empty() {
+            return u64_field(o, "pid").is_some_and(|p| self.signalled.contains(&p));
+        }
+        self.delete
+            .is_some_and(|d| t >= d.plus_ns(-DELETE_SEEN_SLACK_NS))
+    }
 }
 
 fn min_string(slot: &mut Option<String>, v: Option<&str>) {
@@ -112,6 +214,7 @@ pub(crate) fn build(
 ) -> Timeline {
     let mut tl = Timeline::default();
     let mut api_exit = None;
+    let lifecycle = Lifecycle::read(obs, times, members);
     // First the metadata, since the listener close must be matched against the Service port.
     for &i in members {
         let o = &obs[i];
@@ -155,8 +258,12 @@ pub(crate) fn build(
             Kind::PodDeleting => keep_first(&mut tl.delete, m),
             Kind::EndpointTerminating => keep_first(&mut tl.ep_terminating, m),
             Kind::EndpointRemoved => keep_first(&mut tl.ep_removed, m),
-            Kind::Exec if is_prestop(o) => keep_first(&mut tl.prestop, m),
-            Kind::Signal if o.reason.as_deref() == Some("SIGTERM") => {
+            Kind::Exec if is_flagged_prestop(o) || lifecycle.prestop_exec(o, times[i]) => {
+                keep_first(&mut tl.prestop, m)
+            }
+            Kind::Signal
+                if o.reason.as_deref() == Some("SIGTERM") && lifecycle.sent_from_outside(o) =>
+            {
                 keep_first(&mut tl.sigterm, m)
             }
             // The last listener on the Service port to close is when new connections start
@@ -164,7 +271,7 @@ pub(crate) fn build(
             Kind::ListenerClosed if o.port.is_none() || tl.port.is_none() || o.port == tl.port => {
                 keep_last(&mut tl.listen_closed, m)
             }
-            Kind::Exit => keep_last(&mut tl.exit, m),
+            Kind::Exit if lifecycle.main_exit(o, times[i]) => keep_last(&mut tl.exit, m),
             Kind::ContainerTerminated => keep_last(&mut api_exit, m),
             Kind::NetnsGone => keep_first(&mut tl.netns_gone, m),
             Kind::DataplaneRemoved => keep_last(&mut tl.dp.entry(m.node).or_default().removed, m),

@@ -1,0 +1,192 @@
+//! The engine on what `trace --restart --save` recorded on real clusters (Kubernetes v1.23 on
+//! one node, v1.28 on two; tests/fixtures/real-cluster/README.md): the pods' termination marks.
+//!
+//! These streams were written by an agent that still filed every process's exit as the pod's
+//! and never flagged the preStop exec, so they show what the engine must make of such lines:
+//! busybox `httpd` forks a child per connection, and those children's exits must neither end a
+//! pod nor make an undeleted one part of a rollout.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
+
+use jiff::Timestamp;
+use kubectl_zdt::correlate::{self, Options, PodReport, Report};
+use kubectl_zdt::observation::{Kind, Observation};
+
+const RUNS: [&str; 8] = [
+    "v1.23-fast-t1",
+    "v1.23-fast-t4-notraffic",
+    "v1.23-legacy-fast-t1",
+    "v1.23-prestop-t2",
+    "v1.23-startup-t1",
+    "v1.28-fast-128-a",
+    "v1.28-fast2-128-b",
+    "v1.28-startup-128-a",
+];
+
+fn stream(run: &str) -> Vec<Observation> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-cluster")
+        .join(format!("{run}.jsonl"));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (obs, bad) = correlate::input::parse_all(&text);
+    assert!(bad.is_empty(), "{run}: {} bad lines", bad.len());
+    obs
+}
+
+fn pods(r: &Report) -> impl Iterator<Item = &PodReport> {
+    r.rollouts.iter().flat_map(|ro| ro.pods.iter())
+}
+
+fn pod<'a>(r: &'a Report, name: &str) -> &'a PodReport {
+    pods(r)
+        .find(|p| p.pod.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("{name} is not in the report"))
+}
+
+/// Pods with a `pod_deleting` line, and each pod's processes that a signal from outside the pod
+/// (the container runtime) went to.
+fn deleted_and_signalled(obs: &[Observation]) -> (BTreeSet<String>, BTreeMap<String, Vec<u64>>) {
+    let deleted = obs
+        .iter()
+        .filter(|o| o.kind == Kind::PodDeleting)
+        .filter_map(|o| o.pod.clone())
+        .collect();
+    let mut signalled: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for o in obs.iter().filter(|o| o.kind == Kind::Signal) {
+        let sender = o.extra.get("sender").and_then(|v| v.as_str());
+        if matches!(sender, Some("runc" | "containerd-shim"))
+            && let (Some(p), Some(pid)) = (&o.pod, o.extra.get("pid").and_then(|v| v.as_u64()))
+        {
+            signalled.entry(p.clone()).or_default().push(pid);
+        }
+    }
+    (deleted, signalled)
+}
+
+#[test]
+fn a_pods_exit_is_its_signalled_main_process_never_a_per_connection_child() {
+    for run in RUNS {
+        let obs = stream(run);
+        let r = correlate::correlate(&obs, &Options::default());
+        let (deleted, signalled) = deleted_and_signalled(&obs);
+        for p in pods(&r) {
+            let name = p.pod.clone().unwrap_or_default();
+            let Some(exit) = &p.marks.exit else { continue };
+            if exit.source == Kind::ContainerTerminated {
+                continue;
+            }
+            // The exit mark is the last exit of a process the runtime signalled, the sandbox's
+            // `pause` (killed once the containers are gone) aside.
+            let pids = signalled.get(&name).cloned().unwrap_or_default();
+            let main_exits: Vec<Timestamp> = obs
+                .iter()
+                .filter(|o| o.kind == Kind::Exit && o.pod.as_deref() == Some(name.as_str()))
+                .filter(|o| o.extra.get("comm").and_then(|v| v.as_str()) != Some("pause"))
+                .filter(|o| {
+                    o.extra
+                        .get("pid")
+                        .and_then(|v| v.as_u64())
+                        .is_some_and(|pid| pids.contains(&pid))
+                })
+                .map(|o| o.time)
+                .collect();
+            assert!(
+                deleted.contains(&name),
+                "{run}: {name} was never deleted but has an exit mark"
+            );
+            assert_eq!(
+                Some(exit.time),
+                main_exits.iter().max().copied(),
+                "{run}: {name}'s exit is not its signalled main process's"
+            );
+            if let Some(gone) = &p.marks.netns_gone {
+                assert!(
+                    exit.time <= gone.time,
+                    "{run}: {name} exits after its network namespace is gone"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pods_that_were_never_deleted_are_in_no_rollout_for_their_childrens_exits() {
+    // v1.23 prestop-t2: `slow` and `fast` were not touched; their httpd children exited all the
+    // time. Before, each became a rollout of its own ("no node reported removing the pod").
+    let obs = stream("v1.23-prestop-t2");
+    let r = correlate::correlate(&obs, &Options::default());
+    for w in ["deployment/slow", "deployment/fast"] {
+        assert!(
+            r.rollouts.iter().all(|ro| ro.workload != w),
+            "{w} is reported as a rollout: {:?}",
+            r.rollouts.iter().map(|ro| &ro.workload).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn the_exec_between_deletion_and_sigterm_is_the_prestop_hook() {
+    // prestop.yaml: `preStop: exec sleep 3`. The kubelet ran `sleep` 99 ms after the deletion was
+    // seen and sent SIGTERM when it returned, 3.016 s later.
+    let obs = stream("v1.23-prestop-t2");
+    let r = correlate::correlate(&obs, &Options::default());
+    for (name, exec, sigterm) in [
+        (
+            "default/prestop-74748b8c97-kk8p4",
+            "2026-12-06T17:10:04.841312992Z",
+            "2026-12-06T17:10:07.857395548Z",
+        ),
+        (
+            "default/prestop-74748b8c97-5rbws",
+            "2026-12-06T17:10:05.904968057Z",
+            "2026-12-06T17:10:08.922289087Z",
+        ),
+    ] {
+        let p = pod(&r, name);
+        let prestop = p.marks.prestop.as_ref().expect("preStop mark");
+        assert_eq!(prestop.time, exec.parse::<Timestamp>().unwrap(), "{name}");
+        assert_eq!(
+            p.marks.sigterm.as_ref().map(|m| m.time),
+            Some(sigterm.parse().unwrap()),
+            "{name}"
+        );
+        assert!(
+            !p.missing.iter().any(|m| m == "prestop"),
+            "{name} still misses its preStop: {:?}",
+            p.missing
+        );
+    }
+    // A pod without a preStop hook gets none: its first exec after the deletion is none (the
+    // runtime's SIGTERM came first).
+    let obs = stream("v1.23-fast-t1");
+    let r = correlate::correlate(&obs, &Options::default());
+    for p in pods(&r).filter(|p| p.marks.delete.is_some()) {
+        assert!(p.marks.prestop.is_none(), "{:?} has a preStop", p.pod);
+    }
+}
+
+#[test]
+fn refused_connections_in_the_window_equal_what_the_node_clients_and_traffic_loop_saw() {
+    // Independent clients (a new connection to the ClusterIP every 5 ms) and, where it ran, the
+    // `--traffic` loop: their ECONNREFUSED counts against the kernel's refusals in the windows.
+    for (run, workload, refused) in [
+        ("v1.23-fast-t1", "deployment/fast", 21 + 6),
+        ("v1.23-fast-t4-notraffic", "deployment/fast", 11),
+        ("v1.23-legacy-fast-t1", "deployment/fast", 8 + 5),
+        ("v1.28-fast-128-a", "deployment/fast", 5 + 10),
+        ("v1.28-fast2-128-b", "deployment/fast2", 8 + 8),
+    ] {
+        let r = correlate::correlate(&stream(run), &Options::default());
+        let got: u64 = r
+            .rollouts
+            .iter()
+            .filter(|ro| ro.workload == workload)
+            .flat_map(|ro| ro.pods.iter())
+            .map(|p| p.errors.unsafe_window)
+            .sum();
+        assert_eq!(got, refused, "{run}");
+    }
+}
