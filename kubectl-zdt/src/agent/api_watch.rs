@@ -286,7 +286,7 @@ impl ApiWatch {
                 .pods
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .set_netns(&uid, found.inum)
+                .set_netns(&uid, found.inum, Timestamp::now())
             {
                 continue;
             }
@@ -323,7 +323,7 @@ impl ApiWatch {
             .set_watched_addresses(filter.len() as u64);
         self.gauges
             .pods_known
-            .store(self.lock().len() as u64, Ordering::Relaxed);
+            .store(self.lock().live() as u64, Ordering::Relaxed);
     }
 
     fn on_pods(

@@ -44,13 +44,28 @@ pub struct Changes {
     pub unwatch_netns: Vec<u32>,
 }
 
+/// One pod's hold on a network-namespace inode number, from when the agent found it until the
+/// namespace was seen to go (`netns_gone`) or its number was seen in another pod.
+///
+/// The kernel hands a dead namespace's inode number to the next namespace created: on a real
+/// node most numbers were held by several pods within minutes. So a number names a pod only
+/// between these two instants, never until the pod's tombstone expires.
+#[derive(Clone, Debug)]
+struct NetnsSpan {
+    uid: String,
+    ended: Option<Timestamp>,
+    /// A `netns_gone` was attributed to this span (each namespace dies once).
+    gone_seen: bool,
+}
+
 /// Pods on this node by UID, by address and by network namespace.
 #[derive(Debug)]
 pub struct PodIndex {
     ttl: Duration,
     by_uid: BTreeMap<String, Entry>,
     by_ip: HashMap<IpAddr, Vec<String>>,
-    by_netns: HashMap<u32, String>,
+    /// Each inode number's holders, oldest first.
+    by_netns: HashMap<u32, Vec<NetnsSpan>>,
 }
 
 fn host(ip: IpAddr) -> IpNet {
@@ -158,10 +173,13 @@ impl PodIndex {
                 continue;
             };
             if let Some(inum) = e.netns
-                && self.by_netns.get(&inum) == Some(&uid)
+                && let Some(spans) = self.by_netns.get_mut(&inum)
             {
-                self.by_netns.remove(&inum);
-                changes.unwatch_netns.push(inum);
+                spans.retain(|s| s.uid != uid);
+                if spans.is_empty() {
+                    self.by_netns.remove(&inum);
+                    changes.unwatch_netns.push(inum);
+                }
             }
             for ip in e.ips {
                 if let Some(owners) = self.by_ip.get_mut(&ip) {
@@ -189,20 +207,54 @@ impl PodIndex {
             .map(|e| &e.pod)
     }
 
+    /// The span of `inum` a line at `at` belongs to: the latest holder that took the number
+    /// before `at` (after the previous holder's end) and had not lost it by then. A
+    /// `netns_gone` belongs to the oldest holder whose namespace was not yet seen to go: a
+    /// number in two holders' hands means the older one's namespace is dead.
+    fn span_at(&mut self, inum: u32, at: Timestamp, gone: bool) -> Option<&mut NetnsSpan> {
+        let spans = self.by_netns.get_mut(&inum)?;
+        if gone {
+            return spans.iter_mut().find(|s| !s.gone_seen);
+        }
+        let mut pick = None;
+        let mut prev_end: Option<Timestamp> = None;
+        for (k, s) in spans.iter().enumerate() {
+            if prev_end.is_none_or(|e| at > e) && s.ended.is_none_or(|e| at <= e) {
+                pick = Some(k);
+            }
+            prev_end = s.ended;
+        }
+        pick.map(move |k| &mut spans[k])
+    }
+
     /// Fills `pod`/`pod_uid` of a kernel observation from its address, or else from its
     /// network namespace (listeners on wildcard addresses, signals, execs, exits, netns_gone).
-    pub fn attribute(&self, o: &mut Observation) {
+    /// A `netns_gone` ends its pod's hold on the namespace's number.
+    pub fn attribute(&mut self, o: &mut Observation) {
+        let netns = o
+            .extra
+            .get("netns")
+            .and_then(|v| v.as_u64())
+            .and_then(|n| u32::try_from(n).ok());
+        let gone = o.kind == crate::observation::Kind::NetnsGone;
+        let by_netns = match netns {
+            Some(inum) => self.span_at(inum, o.time, gone).map(|span| {
+                if gone {
+                    span.gone_seen = true;
+                    span.ended = Some(span.ended.map_or(o.time, |e| e.min(o.time)));
+                }
+                span.uid.clone()
+            }),
+            _ => None,
+        };
         if o.pod.is_some() {
             return;
         }
-        let by_ip = o.ip.and_then(|ip| self.lookup(ip, o.time));
-        let by_netns = || {
-            let inum = u32::try_from(o.extra.get("netns")?.as_u64()?).ok()?;
-            Some(&self.by_uid.get(self.by_netns.get(&inum)?)?.pod)
-        };
-        if let Some(p) = by_ip.or_else(by_netns) {
-            o.pod = Some(p.pod.clone());
-            o.pod_uid = Some(p.uid.clone());
+        let by_ip = o.ip.and_then(|ip| self.lookup(ip, o.time)).cloned();
+        let by_netns = by_netns.and_then(|uid| self.by_uid.get(&uid).map(|e| e.pod.clone()));
+        if let Some(p) = by_ip.or(by_netns) {
+            o.pod = Some(p.pod);
+            o.pod_uid = Some(p.uid);
         }
     }
 
@@ -215,8 +267,10 @@ impl PodIndex {
             .collect()
     }
 
-    /// Records pod `uid`'s network namespace; false when the pod is unknown or already had it.
-    pub fn set_netns(&mut self, uid: &str, inum: u32) -> bool {
+    /// Records pod `uid`'s network namespace, found at `now`; false when the pod is unknown or
+    /// already had it. Another pod holding the same number lost it by `now`: its namespace is
+    /// dead, the kernel gave the number to this one.
+    pub fn set_netns(&mut self, uid: &str, inum: u32, now: Timestamp) -> bool {
         let Some(e) = self.by_uid.get_mut(uid) else {
             return false;
         };
@@ -224,18 +278,34 @@ impl PodIndex {
             return false;
         }
         e.netns = Some(inum);
-        self.by_netns.insert(inum, uid.to_owned());
+        let spans = self.by_netns.entry(inum).or_default();
+        for s in spans.iter_mut().filter(|s| s.ended.is_none()) {
+            s.ended = Some(now);
+        }
+        spans.push(NetnsSpan {
+            uid: uid.to_owned(),
+            ended: None,
+            gone_seen: false,
+        });
         true
     }
 
-    /// Network namespaces known (tombstones included).
+    /// Network namespaces some pod holds now (a namespace seen to go is not counted).
     pub fn netns_len(&self) -> usize {
-        self.by_netns.len()
+        self.by_netns
+            .values()
+            .filter(|spans| spans.iter().any(|s| s.ended.is_none()))
+            .count()
     }
 
     /// Pods known, tombstones included.
     pub fn len(&self) -> usize {
         self.by_uid.len()
+    }
+
+    /// Pods that exist now (not tombstones).
+    pub fn live(&self) -> usize {
+        self.by_uid.values().filter(|e| e.gone_at.is_none()).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -245,5 +315,107 @@ impl PodIndex {
     /// Whether `ip` belongs to a pod on this node (live or tombstone).
     pub fn holds(&self, ip: IpAddr) -> bool {
         self.by_ip.contains_key(&ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::{Kind, NodeName};
+
+    fn pod(name: &str, uid: &str, ip: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": uid},
+            "status": {"podIPs": [{"ip": ip}]},
+        }))
+        .unwrap()
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn line(kind: Kind, t: Timestamp, inum: u32) -> Observation {
+        Observation::new(kind, t, NodeName("vm".into())).with_extra("netns", inum)
+    }
+
+    fn owner(index: &mut PodIndex, kind: Kind, t: Timestamp, inum: u32) -> Option<String> {
+        let mut o = line(kind, t, inum);
+        index.attribute(&mut o);
+        o.pod
+    }
+
+    #[test]
+    fn a_namespace_number_the_kernel_gives_to_the_next_pod_names_the_next_pod_at_once() {
+        let mut index = PodIndex::new(Duration::from_secs(600));
+        index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
+        assert!(index.set_netns("uid-old", 4026532330, at(1)));
+        assert_eq!(
+            owner(&mut index, Kind::Exit, at(2), 4026532330).as_deref(),
+            Some("default/old")
+        );
+        index.delete(&pod("old", "uid-old", "198.18.0.10"), at(3));
+        // The old pod's namespace goes; its tombstone stays for late refusals by address.
+        assert_eq!(
+            owner(&mut index, Kind::NetnsGone, at(4), 4026532330).as_deref(),
+            Some("default/old")
+        );
+        // The next sandbox gets the same number before the agent has found whose it is: its
+        // processes are nobody's rather than the dead pod's.
+        assert_eq!(owner(&mut index, Kind::Exec, at(5), 4026532330), None);
+        index.apply(&pod("new", "uid-new", "198.18.0.11"), at(5));
+        assert!(index.set_netns("uid-new", 4026532330, at(6)));
+        assert_eq!(
+            owner(&mut index, Kind::ListenerOpen, at(7), 4026532330).as_deref(),
+            Some("default/new")
+        );
+        assert_eq!(index.live(), 1, "the tombstone is not a live pod");
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.netns_len(), 1);
+    }
+
+    #[test]
+    fn a_number_found_in_a_new_pod_before_the_old_namespace_was_seen_to_go_ends_the_old_hold() {
+        let mut index = PodIndex::new(Duration::from_secs(600));
+        index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
+        index.set_netns("uid-old", 7, at(1));
+        index.apply(&pod("new", "uid-new", "198.18.0.11"), at(2));
+        // The new pod's processes are found first (the rtnetlink notification is still queued).
+        index.set_netns("uid-new", 7, at(3));
+        assert_eq!(
+            owner(&mut index, Kind::Exec, at(4), 7).as_deref(),
+            Some("default/new")
+        );
+        // The namespace that went is the old pod's: a number in two hands means the older
+        // holder's namespace is dead.
+        assert_eq!(
+            owner(&mut index, Kind::NetnsGone, at(5), 7).as_deref(),
+            Some("default/old")
+        );
+        assert_eq!(
+            owner(&mut index, Kind::Exit, at(6), 7).as_deref(),
+            Some("default/new")
+        );
+        // The old pod's lines from before the handover are still its own.
+        assert_eq!(
+            owner(&mut index, Kind::Signal, at(2), 7).as_deref(),
+            Some("default/old")
+        );
+    }
+
+    #[test]
+    fn an_expired_tombstone_releases_only_its_own_hold_on_a_reused_number() {
+        let mut index = PodIndex::new(Duration::from_secs(60));
+        index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
+        index.set_netns("uid-old", 7, at(1));
+        index.delete(&pod("old", "uid-old", "198.18.0.10"), at(2));
+        index.apply(&pod("new", "uid-new", "198.18.0.11"), at(3));
+        index.set_netns("uid-new", 7, at(4));
+        let changes = index.expire(at(100));
+        assert!(changes.unwatch_netns.is_empty(), "{changes:?}");
+        assert_eq!(
+            owner(&mut index, Kind::Exec, at(101), 7).as_deref(),
+            Some("default/new")
+        );
     }
 }

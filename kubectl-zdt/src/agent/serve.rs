@@ -66,7 +66,7 @@ pub struct AgentStatus {
     /// The kube-proxy mode detected in this node's dataplane (`iptables-nft`, `nftables`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane_mode: Option<String>,
-    /// Pods on this node the agent knows (including tombstones of deleted ones).
+    /// Pods on this node that exist now (tombstones of deleted ones are not counted).
     pub pods_known: u64,
     /// Whether the API watches are synced (cluster mode).
     pub api_synced: bool,
