@@ -118,3 +118,91 @@ fn an_agent_stopped_right_after_its_first_line_exits_cleanly() {
         assert_eq!(seen[0].kind, Kind::AgentStart);
     }
 }
+
+/// A TCP segment with `flags` from `src` to `dst` (no options, no payload), checksummed, sent
+/// through a raw socket of the current network namespace (the kernel adds the IPv4 header).
+fn send_segment(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, flags: u8) {
+    let mut seg = [0u8; 20];
+    seg[0..2].copy_from_slice(&src.port().to_be_bytes());
+    seg[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    seg[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    seg[8..12].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = flags;
+    seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.ip().octets());
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&seg);
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    seg[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    // SAFETY: plain socket calls on a descriptor this function owns; the address is a valid
+    // sockaddr_in of the size given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let n = libc::sendto(
+            fd,
+            seg.as_ptr().cast(),
+            seg.len(),
+            0,
+            (&raw const to).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(n, 20, "sendto: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+    }
+}
+
+/// A client that gave up on a connect closes its port; the server's late SYN-ACK (or data)
+/// then reaches a port with no socket, and the client's kernel answers with a NO_SOCKET RST.
+/// No server refused anything: that RST is a reset of a connection the client no longer has,
+/// never a refused connection. Only the RST to a bare SYN is.
+#[test]
+fn a_no_socket_reset_to_anything_but_a_bare_syn_is_no_refusal() {
+    require_root();
+    let client = Netns::create("client").unwrap();
+    let server = Netns::create("pod").unwrap();
+    veth_pair(&client, &server, &["198.18.12.1/24"], &["198.18.12.2/24"]).unwrap();
+    let client_addr: std::net::SocketAddrV4 = "198.18.12.1:41000".parse().unwrap();
+    let server_addr: std::net::SocketAddrV4 = "198.18.12.2:8080".parse().unwrap();
+    let agent = AgentProcess::start(&["--watch-cidr", "198.18.12.1/32"]);
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const PSH: u8 = 0x08;
+    // From the server's namespace to the client's closed port: a late SYN-ACK, a pure ACK,
+    // data; then a bare SYN, which is a refusal (the client has no listener there either).
+    server
+        .run_in(move || {
+            for flags in [SYN | ACK, ACK, PSH | ACK, SYN] {
+                send_segment(server_addr, client_addr, flags);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let obs = agent.stop();
+    let client_ip: IpAddr = "198.18.12.1".parse().unwrap();
+    let refused = total(&obs, |o| o.kind == Kind::Refused && o.ip == Some(client_ip));
+    let resets = total(&obs, |o| {
+        o.kind == Kind::Reset && o.ip == Some(client_ip) && o.reason.as_deref() == Some("NO_SOCKET")
+    });
+    assert_eq!(refused, 1, "only the bare SYN was refused: {obs:#?}");
+    assert_eq!(resets, 3, "the SYN-ACK, ACK and data segments were reset");
+    assert_eq!(ring_buffer_lost(&obs), 0);
+}

@@ -51,6 +51,19 @@ pub mod kind {
     /// is armed. `ts_ns` is the exit, `sk` the entry, `reason` the IPVS command, `tgid` the
     /// writer and `netns` its namespace.
     pub const IPVS_CHANGE: u16 = 11;
+    /// `tp_btf/tcp_send_reset` with `NO_SOCKET` answering a segment that is not a bare SYN (a
+    /// SYN-ACK, an ACK, data): the segment belongs to a connection this host no longer has a
+    /// socket for — a late SYN-ACK after a client gave up, data after a server's process exited.
+    /// Not a refused connection. Fields as for [`RESET_SENT`].
+    pub const RESET_STRAY: u16 = 12;
+}
+
+/// TCP header flags (RFC 9293), byte 13 of the header.
+pub mod tcp_flags {
+    pub const SYN: u8 = 0x02;
+    pub const ACK: u8 = 0x10;
+    /// Offset of the flags byte in the TCP header.
+    pub const OFFSET: usize = 13;
 }
 
 /// The generic-netlink framing the IPVS trigger reads from a writer's buffer

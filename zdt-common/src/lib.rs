@@ -11,5 +11,5 @@ pub mod tracepoint;
 
 pub use event::{
     CounterKey, Event, IpvsRecord, KernelOffsets, PendingIpvs, PendingReplace, TableKey, genl,
-    ipvs_sockopt, kind, replace_reported, rst_reason, swap_bounds, tcp_state, xt,
+    ipvs_sockopt, kind, replace_reported, rst_reason, swap_bounds, tcp_flags, tcp_state, xt,
 };

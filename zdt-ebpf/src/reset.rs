@@ -4,14 +4,15 @@
 //! listener: the client sees `connection refused`. Then `sk` is NULL and the segment's
 //! destination is the refusing side (the pod); its network namespace is the one of the device
 //! the segment arrived on. Any other reason is a reset of an existing connection by its local socket
-//! (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited).
+//! (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited). A `NO_SOCKET`
+//! RST that answers anything but a bare SYN is [`kind::RESET_STRAY`], never a refusal.
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     programs::BtfTracePointContext,
 };
-use zdt_common::{Event, KernelOffsets, kind};
+use zdt_common::{Event, KernelOffsets, kind, rst_reason, tcp_flags};
 
 use crate::{emit::emit, kernel, watch};
 
@@ -27,6 +28,8 @@ struct Ends {
     saddr: [u8; 16],
     dport: u16,
     daddr: [u8; 16],
+    /// The answered segment's TCP flags (read only from the segment; 0 from a full socket).
+    flags: u8,
 }
 
 /// A full socket's ends, as `TP_STORE_ADDR_PORTS` stores them: local then remote.
@@ -39,6 +42,7 @@ fn of_sock(sk: u64, o: &KernelOffsets) -> Option<Ends> {
         saddr: [0; 16],
         dport: u16::from_be(kernel::read(sk, o.skc_dport)?),
         daddr: [0; 16],
+        flags: 0,
     };
     match family {
         watch::AF_INET => {
@@ -61,15 +65,17 @@ fn of_segment(skb: u64, o: &KernelOffsets) -> Option<Ends> {
     let head: u64 = kernel::read(skb, o.skb_head)?;
     let data: u64 = kernel::read(skb, o.skb_data)?;
     let network: u16 = kernel::read(skb, o.skb_network_header)?;
-    let ports: [u8; 4] = kernel::read(data, 0)?;
+    // Ports, then (byte 13) the flags: one copy.
+    let tcp: [u8; 14] = kernel::read(data, 0)?;
     // 40 bytes: the IPv6 header, or the IPv4 one and the TCP header after it (one copy).
     let h: [u8; 40] = kernel::read(head + u64::from(network), 0)?;
     let mut ends = Ends {
         family: watch::AF_INET,
-        sport: u16::from_be_bytes([ports[2], ports[3]]),
+        sport: u16::from_be_bytes([tcp[2], tcp[3]]),
         saddr: [0; 16],
-        dport: u16::from_be_bytes([ports[0], ports[1]]),
+        dport: u16::from_be_bytes([tcp[0], tcp[1]]),
         daddr: [0; 16],
+        flags: tcp[tcp_flags::OFFSET],
     };
     if h[0] >> 4 == 6 {
         ends.family = watch::AF_INET6;
@@ -120,7 +126,16 @@ pub fn on_send_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if !addr_watched && !watch::is_watched_netns(netns) {
         return Ok(());
     }
-    let mut event = Event::new(kind::RESET_SENT, unsafe { bpf_ktime_get_ns() });
+    // Only a RST answering a bare SYN is a refused connection: a client's kernel also answers
+    // with NO_SOCKET a late SYN-ACK or data to a port it closed (its connect gave up), which
+    // no server refused.
+    let bare_syn = ends.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    let kind = if reason == u64::from(rst_reason::NO_SOCKET) && !full && !bare_syn {
+        kind::RESET_STRAY
+    } else {
+        kind::RESET_SENT
+    };
+    let mut event = Event::new(kind, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
     event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = ends.family;

@@ -111,6 +111,9 @@ impl Decoder {
                 (Kind::Refused, Some(self.rst_reason_name(reason)))
             }
             kind::RESET_SENT => (Kind::Reset, Some(self.rst_reason_name(reason))),
+            // No socket for a segment of a connection: the local end is gone (a reset the peer
+            // sees), not a listener missing.
+            kind::RESET_STRAY => (Kind::Reset, Some(self.rst_reason_name(reason))),
             kind::LISTEN_OPEN => (Kind::ListenerOpen, None),
             kind::LISTEN_CLOSE => (Kind::ListenerClosed, None),
             kind::SOCK_ERROR => (Kind::ConnError, Some(errno_name(reason))),
@@ -301,6 +304,15 @@ mod tests {
             o.to_json_line(),
             r#"{"kind":"refused","time":"2026-11-22T01:16:45.660197146Z","node":"node-a","ip":"198.18.1.2","port":8080,"peer_ip":"198.18.0.1","peer_port":40312,"reason":"NO_SOCKET","uncertainty_ns":250}"#
         );
+    }
+
+    #[test]
+    fn a_no_socket_reset_to_a_segment_that_is_not_a_bare_syn_is_a_reset_not_a_refusal() {
+        let mut ev = event(1);
+        ev.kind = kind::RESET_STRAY;
+        let o = decoder().decode(&ev).unwrap();
+        assert_eq!(o.kind, Kind::Reset);
+        assert_eq!(o.reason.as_deref(), Some("NO_SOCKET"));
     }
 
     #[test]
