@@ -206,3 +206,73 @@ fn a_no_socket_reset_to_anything_but_a_bare_syn_is_no_refusal() {
     assert_eq!(resets, 3, "the SYN-ACK, ACK and data segments were reset");
     assert_eq!(ring_buffer_lost(&obs), 0);
 }
+
+/// A client with a short connect timeout (here 300 ms, on the real node 1 s) gives up before
+/// the kernel's first SYN retransmission (1 s): no `syn_retransmit` ever exists, and the
+/// kernel reports no error, the client closed the socket itself. Each such connect is a
+/// timeout toward the address it dialled; a refused connect (the kernel set ECONNREFUSED) is
+/// not one too.
+#[test]
+fn connects_the_client_abandoned_unanswered_are_timeouts_and_refusals_are_not() {
+    require_root();
+    let client = Netns::create("client").unwrap();
+    let pod = Netns::create("pod").unwrap();
+    veth_pair(&client, &pod, &["198.18.13.1/24"], &["198.18.13.2/24"]).unwrap();
+    // Nobody has .77: the SYN waits for an ARP answer that never comes.
+    let silent: SocketAddr = "198.18.13.77:80".parse().unwrap();
+    let closed: SocketAddr = "198.18.13.2:8080".parse().unwrap();
+    let agent = AgentProcess::start(&["--watch-cidr", "198.18.13.0/24"]);
+    const ABANDONED: usize = 4;
+    const REFUSED: usize = 3;
+    let (timeouts, refusals) = client
+        .run_in(move || {
+            let t: Vec<_> = (0..ABANDONED)
+                .map(|_| {
+                    std::net::TcpStream::connect_timeout(
+                        &silent,
+                        std::time::Duration::from_millis(300),
+                    )
+                    .map(drop)
+                    .map_err(|e| e.kind())
+                })
+                .collect();
+            let r: Vec<_> = (0..REFUSED).map(|_| connect_once(closed)).collect();
+            (t, r)
+        })
+        .unwrap();
+    assert!(
+        timeouts
+            .iter()
+            .all(|r| *r == Err(std::io::ErrorKind::TimedOut)),
+        "{timeouts:?}"
+    );
+    assert_all_refused(&refusals);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let obs = agent.stop();
+    let errors = |reason: &str, ip: &str| {
+        let ip: IpAddr = ip.parse().unwrap();
+        total(&obs, |o| {
+            o.kind == Kind::ConnError && o.reason.as_deref() == Some(reason) && o.ip == Some(ip)
+        })
+    };
+    assert_eq!(
+        errors("ETIMEDOUT", "198.18.13.77"),
+        ABANDONED as u64,
+        "{obs:#?}"
+    );
+    assert_eq!(errors("ECONNREFUSED", "198.18.13.2"), REFUSED as u64);
+    assert_eq!(
+        errors("ETIMEDOUT", "198.18.13.2"),
+        0,
+        "a refusal is no timeout"
+    );
+    assert!(
+        obs.iter()
+            .filter(|o| o.reason.as_deref() == Some("ETIMEDOUT"))
+            .all(
+                |o| o.extra.get("gave_up").and_then(|v| v.as_str()) == Some("client")
+                    && o.peer_ip == Some("198.18.13.1".parse().unwrap())
+            )
+    );
+    assert_eq!(ring_buffer_lost(&obs), 0);
+}

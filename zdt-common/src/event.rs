@@ -56,6 +56,13 @@ pub mod kind {
     /// socket for — a late SYN-ACK after a client gave up, data after a server's process exited.
     /// Not a refused connection. Fields as for [`RESET_SENT`].
     pub const RESET_STRAY: u16 = 12;
+    /// `sock:inet_sock_set_state` `SYN_SENT` → `CLOSE` with no error on the socket
+    /// (`sk_err` 0): the client closed a connect nobody answered — its own timeout ran out
+    /// (a 1 s connect timeout gives up before the kernel's first SYN retransmission). A RST or
+    /// the kernel's own give-up set `sk_err` first (ECONNREFUSED, ETIMEDOUT) and are reported
+    /// by [`SOCK_ERROR`]. `addr:port` is the destination as dialled, `peer_addr:peer_port` the
+    /// client, `sk` the socket.
+    pub const CONNECT_ABANDONED: u16 = 13;
 }
 
 /// TCP header flags (RFC 9293), byte 13 of the header.
@@ -430,9 +437,12 @@ pub struct KernelOffsets {
     pub skb_head: u32,
     pub skb_data: u32,
     pub skb_network_header: u32,
+    /// `struct sock`: `sk_err` (int), the error a connect failed with; 0 when the client itself
+    /// closed a connect in `SYN_SENT`.
+    pub sk_err: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 96);
+const _: () = assert!(size_of::<KernelOffsets>() == 100);
 
 /// An IPVS change in flight: what `sys_enter_sendto`/`sendmsg` saw, kept per thread until the
 /// syscall's exit says whether the send succeeded.

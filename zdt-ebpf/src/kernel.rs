@@ -30,6 +30,7 @@ static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     skb_head: 0,
     skb_data: 0,
     skb_network_header: 0,
+    sk_err: 0,
 });
 
 /// The offsets the loader set (`valid` is 0 before it did).

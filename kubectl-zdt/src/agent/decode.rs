@@ -117,6 +117,8 @@ impl Decoder {
             kind::LISTEN_OPEN => (Kind::ListenerOpen, None),
             kind::LISTEN_CLOSE => (Kind::ListenerClosed, None),
             kind::SOCK_ERROR => (Kind::ConnError, Some(errno_name(reason))),
+            // The client closed a connect nobody answered: to it, a connect timeout.
+            kind::CONNECT_ABANDONED => (Kind::ConnError, Some("ETIMEDOUT".to_owned())),
             kind::SYN_RETRANSMIT => (Kind::SynRetransmit, None),
             kind::SIGNAL => (Kind::Signal, Some(signal_name(reason))),
             kind::EXEC => (Kind::Exec, None),
@@ -223,6 +225,9 @@ impl Decoder {
                 o.peer_ip = Some(ip_of(ev.family, &ev.peer_addr)?);
                 o.peer_port = Some(ev.peer_port);
             }
+        }
+        if ev.kind == kind::CONNECT_ABANDONED {
+            o = o.with_extra("gave_up", "client");
         }
         if ev.netns != 0 {
             o = o.with_extra("netns", ev.netns);

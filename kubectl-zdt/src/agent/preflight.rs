@@ -150,6 +150,7 @@ pub fn kernel_offsets() -> Result<KernelOffsets, PreflightError> {
         skc_num: off("sock", &["__sk_common", "skc_num"])?,
         skc_v6_daddr: off("sock", &["__sk_common", "skc_v6_daddr"])?,
         skc_v6_rcv_saddr: off("sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
+        sk_err: off("sock", &["sk_err"])?,
         skb_head: off("sk_buff", &["head"])?,
         skb_data: off("sk_buff", &["data"])?,
         skb_network_header: off("sk_buff", &["network_header"])?,

@@ -34,6 +34,65 @@ pub(crate) fn class(o: &Observation) -> ErrorClass {
     }
 }
 
+/// A connect that times out shows up several times: each SYN retransmission, then the error
+/// (the kernel's ETIMEDOUT, or the client closing the socket itself, `gave_up`). It is one
+/// failed connection: of the timeout lines of one client socket (node, client address and
+/// port, destination as dialled) only the last is kept, whatever the input order.
+pub(crate) fn one_timeout_per_connection(
+    obs: &[Observation],
+) -> std::borrow::Cow<'_, [Observation]> {
+    use std::collections::HashMap;
+    type Key<'a> = (
+        &'a str,
+        std::net::IpAddr,
+        u16,
+        Option<&'a str>,
+        Option<std::net::IpAddr>,
+        Option<u16>,
+    );
+    let mut last: HashMap<Key<'_>, usize> = HashMap::new();
+    let mut superseded = Vec::new();
+    for (i, o) in obs.iter().enumerate() {
+        if class(o) != ErrorClass::Timeout || o.extra.contains_key("lost_since") {
+            continue;
+        }
+        let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port) else {
+            continue;
+        };
+        let key = (
+            o.node.0.as_str(),
+            ip,
+            port,
+            o.service.as_deref(),
+            o.ip,
+            o.port,
+        );
+        match last.get(&key) {
+            None => {
+                last.insert(key, i);
+            }
+            Some(&j) => {
+                let later = (o.time, i) > (obs[j].time, j);
+                superseded.push(if later { j } else { i });
+                if later {
+                    last.insert(key, i);
+                }
+            }
+        }
+    }
+    if superseded.is_empty() {
+        return std::borrow::Cow::Borrowed(obs);
+    }
+    superseded.sort_unstable();
+    std::borrow::Cow::Owned(
+        obs.iter()
+            .enumerate()
+            .filter(|(i, _)| superseded.binary_search(i).is_err())
+            .map(|(_, o)| o.clone())
+            .collect(),
+    )
+}
+
 /// An instant with its uncertainty in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Fuzzy {
@@ -227,6 +286,37 @@ mod tests {
             cause(ErrorClass::Refused, None, at(0), &w),
             Cause::Undetermined
         );
+    }
+
+    #[test]
+    fn a_connect_that_retransmitted_its_syn_then_gave_up_is_one_timeout() {
+        let line = |kind: Kind, ms: i64, client_port: u16| {
+            let mut o = Observation::new(
+                kind,
+                at(ms).to_timestamp(),
+                crate::observation::NodeName("vm".into()),
+            );
+            if kind == Kind::ConnError {
+                o.reason = Some("ETIMEDOUT".into());
+            }
+            o.service = Some("198.19.0.10:80".into());
+            o.ip = Some("198.18.0.9".parse().unwrap());
+            o.port = Some(8080);
+            o.peer_ip = Some("198.18.0.1".parse().unwrap());
+            o.peer_port = Some(client_port);
+            o
+        };
+        // The gave-up line first: the input order must not matter.
+        let obs = vec![
+            line(Kind::ConnError, 3_000, 40_000),
+            line(Kind::SynRetransmit, 1_000, 40_000),
+            line(Kind::SynRetransmit, 2_000, 40_000),
+            line(Kind::SynRetransmit, 1_000, 40_001),
+        ];
+        let kept = one_timeout_per_connection(&obs);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].kind, Kind::ConnError);
+        assert_eq!(kept[1].peer_port, Some(40_001));
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub fn correlate_with_evidence(
     obs: &[Observation],
     options: &Options,
 ) -> (Report, Vec<PodEvidence>) {
+    let observations = obs.len() as u64;
+    let obs = &*attribution::one_timeout_per_connection(obs);
     let times: Vec<WallNs> = obs.iter().map(|o| WallNs::from_timestamp(o.time)).collect();
     let (nodes, node_of) = nodes::Nodes::index(obs);
     let assignment = identity::assign(obs, &times);
@@ -157,7 +159,7 @@ pub fn correlate_with_evidence(
         advice_unavailable,
         nodes: node_summaries,
         input: InputSummary {
-            observations: obs.len() as u64,
+            observations,
             rejected_lines: Vec::new(),
         },
         warnings,
