@@ -190,3 +190,19 @@ fn refused_connections_in_the_window_equal_what_the_node_clients_and_traffic_loo
         assert_eq!(got, refused, "{run}");
     }
 }
+
+#[test]
+fn connections_reset_at_a_pods_exit_are_resets_at_exit_as_the_clients_saw_them() {
+    // startup: the old pod's httpd exits with a request open; the node client and the traffic
+    // loop (v1.23), the clients on both nodes (v1.28), each got one ECONNRESET. The recording
+    // agent stamped these resets with local port 0 (the kernel releases the port before the
+    // abort-on-close RST), which made them "unrelated" to the pod's port 8080.
+    for (run, pod_name) in [
+        ("v1.23-startup-t1", "default/startup-799dc5f4d8-fq2tc"),
+        ("v1.28-startup-128-a", "default/startup-7588cf7c89-82k4s"),
+    ] {
+        let r = correlate::correlate(&stream(run), &Options::default());
+        let p = pod(&r, pod_name);
+        assert_eq!(p.errors.at_exit, 1 + 1, "{run}: {:?}", p.errors);
+    }
+}

@@ -247,6 +247,16 @@ fn connections_open_at_exit_are_reset_with_the_kernels_reason() {
             && o.reason.as_deref() == Some("TCP_ABORT_ON_CLOSE")
     });
     assert_eq!(resets, K as u64, "{:#?}", of_kind(&obs, Kind::Reset));
+    // The pod's side of each reset connection is its server port (the kernel released the
+    // port before the RST: read from the socket's port number, it was 0).
+    assert!(
+        of_kind(&obs, Kind::Reset)
+            .iter()
+            .filter(|o| o.ip == Some(pod_ip6))
+            .all(|o| o.port == Some(8080)),
+        "{:#?}",
+        of_kind(&obs, Kind::Reset)
+    );
     let client_resets = total(&obs, |o| {
         o.kind == Kind::ConnError && o.reason.as_deref() == Some("ECONNRESET")
     });

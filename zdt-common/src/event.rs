@@ -421,7 +421,7 @@ pub struct KernelOffsets {
     pub module_name_loc: u32,
     /// `struct sock_common` (at the start of every socket, full, time-wait or request):
     /// `skc_family` (u16), `skc_state` (u8), `skc_daddr` / `skc_rcv_saddr` (IPv4, network
-    /// order), `skc_dport` (network order), `skc_num` (the local port, host order),
+    /// order), `skc_dport` (network order),
     /// `skc_v6_daddr` / `skc_v6_rcv_saddr`: what `tcp_send_reset`'s BTF program reads of a full
     /// socket, as the tracepoint's record would.
     pub skc_family: u32,
@@ -429,7 +429,6 @@ pub struct KernelOffsets {
     pub skc_daddr: u32,
     pub skc_rcv_saddr: u32,
     pub skc_dport: u32,
-    pub skc_num: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
     /// `struct sk_buff`: `head`, `data` (pointers) and `network_header` (u16 offset from
@@ -440,6 +439,10 @@ pub struct KernelOffsets {
     /// `struct sock`: `sk_err` (int), the error a connect failed with; 0 when the client itself
     /// closed a connect in `SYN_SENT`.
     pub sk_err: u32,
+    /// `struct inet_sock`: `inet_sport` (network order), the local port as the classic
+    /// tracepoint records it. `skc_num` is not: `tcp_close` releases the port (zeroes it)
+    /// before it sends the abort-on-close RST.
+    pub inet_sport: u32,
 }
 
 const _: () = assert!(size_of::<KernelOffsets>() == 100);

@@ -24,13 +24,13 @@ static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     skc_daddr: 0,
     skc_rcv_saddr: 0,
     skc_dport: 0,
-    skc_num: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
     skb_head: 0,
     skb_data: 0,
     skb_network_header: 0,
     sk_err: 0,
+    inet_sport: 0,
 });
 
 /// The offsets the loader set (`valid` is 0 before it did).

@@ -38,7 +38,9 @@ fn of_sock(sk: u64, o: &KernelOffsets) -> Option<Ends> {
     let family: u16 = kernel::read(sk, o.skc_family)?;
     let mut ends = Ends {
         family,
-        sport: kernel::read(sk, o.skc_num)?,
+        // Not `skc_num`: `tcp_close` has released the port (zeroed it) when it sends the
+        // abort-on-close RST; `inet_sport` stays, as the classic record has it.
+        sport: u16::from_be(kernel::read(sk, o.inet_sport)?),
         saddr: [0; 16],
         dport: u16::from_be(kernel::read(sk, o.skc_dport)?),
         daddr: [0; 16],

@@ -153,7 +153,9 @@ pub(crate) fn cause(class: ErrorClass, port: Option<u16>, t: WallNs, w: &PodWind
     if class == ErrorClass::Other {
         return Cause::Unrelated;
     }
-    if let (Some(p), Some(q)) = (port, w.port)
+    // Port 0 is no port: earlier agents read an abort-on-close RST's local port after the
+    // kernel had released it.
+    if let (Some(p), Some(q)) = (port.filter(|p| *p != 0), w.port)
         && p != q
     {
         return Cause::Unrelated;
