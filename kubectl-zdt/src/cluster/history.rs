@@ -288,6 +288,7 @@ pub async fn collect(
         });
     }
     let cluster = kube.connect().await?;
+    super::version::require_supported(&cluster.client).await?;
     let query = query_of(args, window, namespace, &cluster.namespace);
     let nodes = (!args.nodes.is_empty()).then_some(args.nodes.as_slice());
     let mut observations = Vec::new();

@@ -62,6 +62,7 @@ pub async fn from_cluster(
 ) -> anyhow::Result<Recommendations> {
     let cluster = kube.connect().await?;
     let client = &cluster.client;
+    cluster::version::require_supported(client).await?;
     let scope = match &args.workload {
         Some(w) => {
             // Named: it must exist, or the answer is one line saying so.
