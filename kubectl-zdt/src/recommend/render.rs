@@ -196,9 +196,7 @@ fn patch_document(r: &Recommendation, action: PreStopAction) -> Option<String> {
                 .to_owned(),
         );
     }
-    if let Some(caveat) = action.caveat() {
-        comment.push(caveat.to_owned());
-    }
+    // Before 1.30 the advice's reason already says the image needs `sleep`.
     let needs = match action {
         PreStopAction::Sleep => "  (preStop.sleep needs Kubernetes >= 1.30)",
         PreStopAction::ExecSleep => "",
