@@ -215,3 +215,67 @@ pub fn to_yaml(objects: &[Manifest]) -> String {
         .collect::<Vec<_>>()
         .join("---\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_profile_type_becomes_its_annotation_and_a_containers_own_wins_over_the_pods() {
+        let mut ds = json!({"spec": {"template": {"spec": {
+        "securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}, "runAsUser": 0},
+        "initContainers": [{"name": "init"}],
+        "containers": [
+            {"name": "agent", "securityContext": {"appArmorProfile": {"type": "Unconfined"}, "privileged": false}},
+            {"name": "probe", "securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "zdt"}}},
+            {"name": "plain"}
+        ]}}}});
+        apparmor_as_annotations(&mut ds).unwrap();
+        let prefix = "container.apparmor.security.beta.kubernetes.io";
+        assert_eq!(
+            ds["spec"]["template"]["metadata"]["annotations"],
+            json!({
+                format!("{prefix}/init"): "runtime/default",
+                format!("{prefix}/agent"): "unconfined",
+                format!("{prefix}/probe"): "localhost/zdt",
+                format!("{prefix}/plain"): "runtime/default",
+            })
+        );
+        let spec = &ds["spec"]["template"]["spec"];
+        assert_eq!(spec["securityContext"], json!({"runAsUser": 0}));
+        assert_eq!(
+            spec["containers"][0]["securityContext"],
+            json!({"privileged": false})
+        );
+    }
+
+    #[test]
+    fn the_shipped_daemonset_keeps_the_field_from_1_30_only() {
+        let daemonset = |v| {
+            for_server("x", v)
+                .unwrap()
+                .into_iter()
+                .find(|m| m.resource.kind == "DaemonSet")
+                .unwrap()
+                .object
+                .data
+        };
+        let old = daemonset(KubeVersion::new(1, 29));
+        assert!(
+            old.pointer("/spec/template/spec/containers/0/securityContext/appArmorProfile")
+                .is_none()
+        );
+        assert_eq!(
+            old["spec"]["template"]["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/agent"],
+            "unconfined"
+        );
+        let new = daemonset(KubeVersion::new(1, 30));
+        assert_eq!(
+            new["spec"]["template"]["spec"]["containers"][0]["securityContext"]["appArmorProfile"],
+            json!({"type": "Unconfined"})
+        );
+        assert!(new["spec"]["template"]["metadata"]["annotations"].is_null());
+    }
+}
