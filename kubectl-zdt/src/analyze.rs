@@ -11,6 +11,7 @@ use clap::Args;
 
 use crate::{
     correlate::{self, Options, input},
+    kube_version::KubeVersion,
     observation::Observation,
     report::{self, Format},
 };
@@ -36,6 +37,12 @@ pub struct AnalyzeArgs {
     /// Safety margin added to the advised preStop and grace period, in milliseconds.
     #[arg(long, default_value_t = 500, value_name = "MS")]
     pub margin_ms: u64,
+
+    /// Write the advised preStop for this Kubernetes version, e.g. 1.28: before 1.30 an
+    /// `exec` of `sleep` (the image needs a sleep binary) [default: the `sleep` action of
+    /// 1.30+].
+    #[arg(long, value_name = "VERSION")]
+    pub server_version: Option<KubeVersion>,
 }
 
 fn read_source(path: &Path) -> anyhow::Result<String> {
@@ -99,6 +106,10 @@ pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         &observations,
         &Options {
             margin_ms: args.margin_ms,
+            prestop: args
+                .server_version
+                .map(KubeVersion::prestop_action)
+                .unwrap_or_default(),
         },
     );
     report.input.rejected_lines = rejected;

@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod history;
 pub mod journal;
+pub mod kube_version;
 pub mod logging;
 pub mod observation;
 pub mod recommend;

@@ -2,7 +2,9 @@
 //! cluster needs no other image). Two behaviours on SIGTERM, the two cases the race is about:
 //! `--on-sigterm exit` stops at once (the classic failing app: listener closed while nodes
 //! still route to it); `--on-sigterm drain` stops accepting only after `--drain-ms`, finishing
-//! what is in flight, then exits (paired with a preStop, zero downtime).
+//! what is in flight, then exits (paired with a preStop, zero downtime). `--sleep N` only
+//! sleeps: the preStop hook on servers before Kubernetes 1.30 (no `preStop.sleep`), since the
+//! image holds nothing but this binary (no `sleep`).
 
 use std::{process::ExitCode, time::Duration};
 
@@ -32,6 +34,11 @@ pub struct SampleArgs {
     /// With `drain`: keep serving this long after SIGTERM before closing the listener.
     #[arg(long, default_value_t = 2000)]
     pub drain_ms: u64,
+
+    /// Serve nothing: sleep this many seconds and exit (a preStop `exec` for servers without
+    /// the preStop sleep action).
+    #[arg(long, value_name = "SECONDS")]
+    pub sleep: Option<u64>,
 }
 
 async fn answer(mut stream: tokio::net::TcpStream) {
@@ -70,6 +77,10 @@ async fn run(args: SampleArgs) -> anyhow::Result<()> {
 }
 
 pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
+    if let Some(seconds) = args.sleep {
+        std::thread::sleep(Duration::from_secs(seconds));
+        return Ok(ExitCode::SUCCESS);
+    }
     crate::cluster::runtime()?.block_on(run(args))?;
     Ok(ExitCode::SUCCESS)
 }

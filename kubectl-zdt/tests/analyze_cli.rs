@@ -164,3 +164,42 @@ fn a_file_with_nothing_readable_is_one_clear_error() {
             .contains("kubectl-zdt: failed to read /nonexistent/obs.jsonl")
     );
 }
+
+#[test]
+fn server_version_before_1_30_advises_an_exec_of_sleep_in_the_patches() {
+    let real = fixture("real-nftables-fast-exit.jsonl");
+    let real = real.to_str().unwrap();
+    let advice = |extra: &[&str]| {
+        let args: Vec<&str> = ["-o", "json"].iter().chain(extra).copied().collect();
+        let args: Vec<&str> = args.into_iter().chain([real]).collect();
+        let json: serde_json::Value = serde_json::from_str(&stdout(&analyze(&args, None))).unwrap();
+        json["advice"].clone()
+    };
+    let old = advice(&["--server-version", "v1.28.4"]);
+    assert_eq!(old["prestop_action"], "exec_sleep", "{old:#}");
+    let seconds = old["prestop_seconds"].as_u64().unwrap();
+    let command = old["patches"][0]["command"].as_str().unwrap();
+    assert!(
+        command.contains(&format!(
+            r#""preStop":{{"exec":{{"command":["sleep","{seconds}"]}}}}"#
+        )),
+        "{command}"
+    );
+    assert!(
+        old["reason"]
+            .as_str()
+            .unwrap()
+            .contains("needs a sleep binary"),
+        "{old:#}"
+    );
+    // Without a version (a file says nothing of its cluster): the sleep action.
+    let new = advice(&[]);
+    assert_eq!(new["prestop_action"], "sleep");
+    assert!(
+        new["patches"][0]["command"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(r#""preStop":{{"sleep":{{"seconds":{seconds}}}}}"#)),
+        "{new:#}"
+    );
+}

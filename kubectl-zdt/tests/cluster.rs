@@ -89,6 +89,7 @@ fn install_args(image: &str, timeout: Duration) -> InstallArgs {
     InstallArgs {
         image: Some(image.to_owned()),
         dry_run: false,
+        server_version: None,
         output: install::ManifestFormat::Yaml,
         timeout,
         no_wait: false,
@@ -504,5 +505,162 @@ async fn install_dry_run_prints_the_objects_for_gitops_without_touching_the_clus
     let kinds = yaml.lines().filter(|l| l.starts_with("kind: ")).count();
     assert_eq!(kinds, 7, "{yaml}");
     assert!(yaml.contains("image: registry.local/zdt:v9"));
-    assert!(server.calls().is_empty(), "a dry run makes no API call");
+    assert!(
+        yaml.contains("appArmorProfile:"),
+        "the double is v1.31: {yaml}"
+    );
+    assert!(
+        server.calls().is_empty(),
+        "a dry run reads nothing but the version"
+    );
+    assert_eq!(server.version_requests(), 1);
+}
+
+const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/agent";
+
+/// Installs (without waiting) on a double reporting `git_version`; returns the applied
+/// DaemonSet's pod template.
+async fn installed_template(git_version: &str) -> Value {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    server.set_version(git_version);
+    let mut no_wait = install_args("registry.local/zdt:e2e-1", Duration::from_secs(1));
+    no_wait.no_wait = true;
+    install::install(&args(&server, dir.path(), "admin"), &no_wait)
+        .await
+        .unwrap_or_else(|e| panic!("install on {git_version}: {e}"));
+    assert_eq!(server.version_requests(), 1, "the version is read once");
+    server
+        .get("apps", "daemonsets", NAMESPACE, "zdt-agent")
+        .unwrap()["spec"]["template"]
+        .clone()
+}
+
+#[tokio::test]
+async fn install_on_1_23_writes_apparmor_as_the_annotation_the_server_knows() {
+    // Without the adaptation the double rejects the apply like a real 1.23 server:
+    // `.spec.template.spec.containers[0].securityContext.appArmorProfile: field not declared`.
+    let template = installed_template("v1.23.17-eks-4b2f6a1").await;
+    assert_eq!(
+        template["metadata"]["annotations"][APPARMOR_ANNOTATION],
+        "unconfined"
+    );
+    let sc = &template["spec"]["containers"][0]["securityContext"];
+    assert!(sc.get("appArmorProfile").is_none(), "{sc}");
+    assert_eq!(
+        sc["seccompProfile"]["type"], "Unconfined",
+        "the rest is kept"
+    );
+}
+
+#[tokio::test]
+async fn install_on_1_30_writes_the_apparmor_field() {
+    let template = installed_template("v1.30.0").await;
+    assert_eq!(
+        template["spec"]["containers"][0]["securityContext"]["appArmorProfile"]["type"],
+        "Unconfined"
+    );
+    assert!(
+        template["metadata"]["annotations"]
+            .get(APPARMOR_ANNOTATION)
+            .is_none(),
+        "{template}"
+    );
+}
+
+#[tokio::test]
+async fn install_on_a_server_older_than_1_23_says_so_in_one_line_and_applies_nothing() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    server.set_version("v1.20.15");
+    let kubeconfig = server.kubeconfig(dir.path(), "admin");
+    let (code, stderr) = cli(kubeconfig.clone(), &["install", "--no-wait"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "kubectl-zdt: install: the API server is Kubernetes v1.20; kubectl-zdt needs v1.23 or newer"
+    );
+    assert!(server.calls().is_empty(), "{:?}", server.calls());
+    // trace checks it too, before looking at the workload.
+    let (code, stderr) = cli(kubeconfig, &["trace", "deployment/web", "-n", "shop"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Kubernetes v1.20; kubectl-zdt needs v1.23"),
+        "{stderr}"
+    );
+    assert!(server.calls().is_empty(), "{:?}", server.calls());
+}
+
+#[tokio::test]
+async fn install_dry_run_with_server_version_renders_offline_for_that_version() {
+    let dir = tempdir();
+    let missing = dir.path().join("no-kubeconfig");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .arg("--kubeconfig")
+            .arg(&missing)
+            .args(["install", "--dry-run", "--server-version", "v1.28.4"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.contains(&format!("{APPARMOR_ANNOTATION}: unconfined")),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("appArmorProfile"), "{yaml}");
+}
+
+#[tokio::test]
+async fn the_cli_prints_a_rejected_apply_in_one_line_with_the_cause_once() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    server.deny(
+        "daemonsets",
+        "hostPID is not allowed in namespace zdt-system",
+    );
+    let (code, stderr) = cli(
+        server.kubeconfig(dir.path(), "admin"),
+        &["install", "--no-wait"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.ends_with("applied (server-side)"))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "kubectl-zdt: install: apply daemonset/zdt-agent -n zdt-system: admission webhook \"validate.policy.example\" denied the request: \
+             hostPID is not allowed in namespace zdt-system (HTTP 400 BadRequest)"
+        ],
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Status {"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_rejected_apply_is_one_line_with_the_servers_reason_once() {
+    // The manifests as written for 1.30, sent to a 1.28 server (what install did before it read
+    // the version): the error names the call and the field, once, without kube's Status dump.
+    let server = ApiServer::start().await;
+    server.set_version("v1.28.4");
+    let objects = kubectl_zdt::cluster::manifests::objects("registry.local/zdt:v9").unwrap();
+    let err = install::apply(&server.client("admin"), &objects)
+        .await
+        .unwrap_err();
+    let text = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(
+        text,
+        "apply daemonset/zdt-agent -n zdt-system: failed to create typed patch object (zdt-system/zdt-agent; apps/v1, Kind=DaemonSet): \
+         .spec.template.spec.containers[0].securityContext.appArmorProfile: field not declared in schema (HTTP 422 Invalid)"
+    );
 }

@@ -639,6 +639,7 @@ async fn recommend_sizes_the_rollouts_found_in_the_agents_journals() {
         margin_ms: 500,
         min_samples: 1,
         waste_threshold_ms: 2_000,
+        server_version: None,
     };
     let answer = kubectl_zdt::recommend::from_cluster(&kube, &args)
         .await

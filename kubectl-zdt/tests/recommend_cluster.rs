@@ -177,3 +177,62 @@ async fn settings_from_the_api_and_history_from_the_agents_give_each_workload_it
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `recommend deployment/webfast -o yaml` (no preStop yet) against a server of `git_version`:
+/// the preStop handler of its patch.
+async fn new_prestop_on(git_version: &str) -> (Value, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "zdt-recommend-version-{}-{git_version}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = ApiServer::start().await;
+    server.set_version(git_version);
+    history_agent(&server).await;
+    server.put(deployment(
+        "webfast",
+        json!({"name": "httpd", "image": "httpd", "ports": [{"containerPort": 8080}]}),
+        5,
+    ));
+    let (code, out, err) = cli(
+        server.kubeconfig(&dir, "user"),
+        &[
+            "deployment/webfast",
+            "-n",
+            "default",
+            "-o",
+            "yaml",
+            "--min-samples",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let patch: Value =
+        serde::Deserialize::deserialize(serde_yaml::Deserializer::from_str(&out).next().unwrap())
+            .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    (
+        patch["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"].clone(),
+        out,
+    )
+}
+
+#[tokio::test]
+async fn a_new_prestop_execs_sleep_on_1_28_and_uses_the_sleep_action_on_1_31() {
+    let (old, text) = new_prestop_on("v1.28.15").await;
+    let seconds = old["exec"]["command"][1].as_str().unwrap().to_owned();
+    assert_eq!(
+        old,
+        json!({"exec": {"command": ["sleep", seconds]}}),
+        "{text}"
+    );
+    assert!(text.contains("the image needs a sleep binary"), "{text}");
+    assert!(!text.contains("preStop.sleep needs"), "{text}");
+    let (new, text) = new_prestop_on("v1.31.2-gke.1000").await;
+    assert_eq!(
+        new,
+        json!({"sleep": {"seconds": seconds.parse::<u64>().unwrap()}}),
+        "{text}"
+    );
+}

@@ -1,7 +1,7 @@
 //! `cargo xtask e2e --kubeconfig FILE`: the whole product on a real cluster (kind, k3s, a cloud
 //! cluster). Builds the image, loads it, installs the agents, deploys two sample workloads
 //! behind Services — `fast-exit` (no preStop, exits at once on SIGTERM) and `graceful` (preStop
-//! sleep, drains) — runs `trace --restart --traffic` on each and checks the verdicts:
+//! sleep of 5 s, in the form the server's version accepts; then drains) — runs `trace --restart --traffic` on each and checks the verdicts:
 //! `fast-exit` shows a positive gap and refused connections the kernel and the traffic loop
 //! both counted, the same number; `graceful` shows gap ≤ 0 and no failure. Cleans up after
 //! itself (namespace zdt-e2e, then `kubectl zdt uninstall`) unless `--keep`.
@@ -76,8 +76,40 @@ fn require(tool: &str, why: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `major.minor` of the API server, from `kubectl version -o json` (`gitVersion` such as
+/// `v1.23.17-eks-abc`; managed clusters report `minor` as `"28+"`).
+fn server_version(version_json: &str) -> Option<(u32, u32)> {
+    let v: Value = serde_json::from_str(version_json).ok()?;
+    let server = &v["serverVersion"];
+    let number = |s: &str| -> Option<u32> {
+        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let from_git = server["gitVersion"].as_str().and_then(|g| {
+        let mut parts = g.trim_start_matches('v').split('.');
+        Some((number(parts.next()?)?, number(parts.next()?)?))
+    });
+    from_git.or_else(|| {
+        Some((
+            number(server["major"].as_str()?)?,
+            number(server["minor"].as_str()?)?,
+        ))
+    })
+}
+
+/// graceful's preStop of 5 s: the `sleep` action from Kubernetes 1.30 (older servers reject
+/// it), else an exec of the image's own binary, which has a `--sleep` mode (the image has no
+/// `sleep`).
+fn graceful_prestop(server: (u32, u32)) -> &'static str {
+    if server >= (1, 30) {
+        "          lifecycle: {preStop: {sleep: {seconds: 5}}}\n"
+    } else {
+        "          lifecycle: {preStop: {exec: {command: [\"/kubectl-zdt\", \"sample-app\", \"--sleep\", \"5\"]}}}\n"
+    }
+}
+
 /// The samples, all from the kubectl-zdt image (`sample-app`), so the cluster needs no other.
-fn samples(image: &str) -> String {
+fn samples(image: &str, server: (u32, u32)) -> String {
     let deployment = |name: &str, args: &str, lifecycle: &str, grace: u32| {
         format!(
             r#"---
@@ -120,7 +152,7 @@ spec:
         deployment(
             "graceful",
             r#"["sample-app", "--on-sigterm", "drain", "--drain-ms", "2000"]"#,
-            "          lifecycle: {preStop: {sleep: {seconds: 5}}}\n",
+            graceful_prestop(server),
             30
         ),
     )
@@ -425,7 +457,10 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
     cmd::run(cluster.zdt().arg("status"))?;
     let manifests = cmd::root().join("target/e2e/samples.yaml");
     std::fs::create_dir_all(cmd::root().join("target/e2e"))?;
-    std::fs::write(&manifests, samples(&reference))?;
+    let version = cmd::output(cluster.kubectl().args(["version", "-o", "json"]))
+        .and_then(|out| server_version(&out))
+        .context("failed to read the API server's version (`kubectl version -o json`)")?;
+    std::fs::write(&manifests, samples(&reference, version))?;
     cmd::run(cluster.kubectl().arg("apply").arg("-f").arg(&manifests))?;
     for w in ["fast-exit", "graceful"] {
         cmd::run(cluster.kubectl().args([
@@ -470,7 +505,7 @@ mod tests {
 
     #[test]
     fn the_samples_are_two_deployments_with_services_from_the_one_image() {
-        let text = samples("registry.local/zdt:e2e-1");
+        let text = samples("registry.local/zdt:e2e-1", (1, 30));
         assert_eq!(text.matches("kind: Deployment").count(), 2);
         assert_eq!(text.matches("kind: Service").count(), 2);
         assert_eq!(text.matches("image: registry.local/zdt:e2e-1").count(), 2);
@@ -479,6 +514,36 @@ mod tests {
             1,
             "only graceful has a preStop"
         );
+    }
+
+    #[test]
+    fn before_1_30_graceful_sleeps_in_an_exec_of_the_sample_binary() {
+        let old = samples("registry.local/zdt:e2e-1", (1, 28));
+        assert!(
+            old.contains(
+                r#"preStop: {exec: {command: ["/kubectl-zdt", "sample-app", "--sleep", "5"]}}"#
+            ),
+            "{old}"
+        );
+        assert!(!old.contains("sleep: {seconds"), "{old}");
+        let new = samples("registry.local/zdt:e2e-1", (1, 30));
+        assert!(new.contains("preStop: {sleep: {seconds: 5}}"), "{new}");
+    }
+
+    #[test]
+    fn the_server_version_reads_as_vendors_report_it() {
+        let json = |git: &str, minor: &str| {
+            format!(
+                r#"{{"clientVersion": {{"gitVersion": "v1.34.1"}}, "serverVersion": {{"major": "1", "minor": "{minor}", "gitVersion": "{git}"}}}}"#
+            )
+        };
+        assert_eq!(
+            server_version(&json("v1.23.17-eks-abc", "23+")),
+            Some((1, 23))
+        );
+        assert_eq!(server_version(&json("v1.31.2", "31")), Some((1, 31)));
+        assert_eq!(server_version(&json("", "28+")), Some((1, 28)));
+        assert_eq!(server_version(r#"{"clientVersion": {}}"#), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::{
         window::{self, Window},
     },
     journal::query::Fields,
+    kube_version::KubeVersion,
     observation::Observation,
     report::{self, Format},
 };
@@ -215,6 +216,9 @@ pub struct Collected {
     pub observations: Vec<Observation>,
     /// Nodes whose agent could not be asked, with the reason (one line each).
     pub failures: Vec<String>,
+    /// The API server's version (`None` when read from a journal directory): what the
+    /// report's advice may write.
+    pub server: Option<KubeVersion>,
 }
 
 /// The query the flags describe. `-n` filters by namespace; without it every namespace is
@@ -285,9 +289,11 @@ pub async fn collect(
             window,
             observations,
             failures,
+            server: None,
         });
     }
     let cluster = kube.connect().await?;
+    let server = super::version::require_supported(&cluster.client).await?;
     let query = query_of(args, window, namespace, &cluster.namespace);
     let nodes = (!args.nodes.is_empty()).then_some(args.nodes.as_slice());
     let mut observations = Vec::new();
@@ -303,6 +309,7 @@ pub async fn collect(
         window,
         observations,
         failures,
+        server: Some(server),
     })
 }
 
@@ -320,6 +327,10 @@ pub fn render(collected: &Collected, args: &HistoryArgs) -> anyhow::Result<Strin
             &collected.observations,
             &Options {
                 margin_ms: args.margin_ms,
+                prestop: collected
+                    .server
+                    .map(KubeVersion::prestop_action)
+                    .unwrap_or_default(),
             },
         );
         if let Some(path) = &args.html {

@@ -18,7 +18,9 @@ use super::{
     agents::{self, AgentPod},
     connect::KubeArgs,
     manifests::{self, Manifest},
+    version,
 };
+use crate::kube_version::KubeVersion;
 
 /// The field manager our server-side applies are recorded under.
 pub const FIELD_MANAGER: &str = "kubectl-zdt";
@@ -29,9 +31,15 @@ pub struct InstallArgs {
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
 
-    /// Apply nothing; print the objects (with -o yaml|json) for GitOps.
+    /// Apply nothing; print the objects (with -o yaml|json) for GitOps, written for the
+    /// server's version (read from the cluster, or --server-version).
     #[arg(long)]
     pub dry_run: bool,
+
+    /// With --dry-run: write the objects for this Kubernetes version (e.g. 1.28) without
+    /// contacting any server.
+    #[arg(long, value_name = "VERSION", requires = "dry_run")]
+    pub server_version: Option<KubeVersion>,
 
     /// Output format of --dry-run.
     #[arg(short = 'o', long, value_enum, default_value_t = ManifestFormat::Yaml)]
@@ -72,7 +80,7 @@ pub async fn apply(client: &Client, objects: &[Manifest]) -> Result<Vec<String>>
         let api = api_for(client, m);
         api.patch(m.name(), &params, &Patch::Apply(&m.object))
             .await
-            .map_err(Error::api(format!("apply {}", m.display())))?;
+            .map_err(Error::api(format!("apply {}", m.display_namespaced())))?;
         applied.push(m.display());
     }
     Ok(applied)
@@ -216,8 +224,9 @@ pub fn progress_bar() -> ProgressBar {
 
 pub async fn install(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<AgentPod>> {
     let image = args.image.clone().unwrap_or_else(manifests::default_image);
-    let objects = manifests::objects(&image)?;
     let cluster = kube.connect().await?;
+    let version = version::require_supported(&cluster.client).await?;
+    let objects = manifests::for_server(&image, version)?;
     for name in apply(&cluster.client, &objects).await? {
         eprintln!("{name} applied (server-side)");
     }
@@ -228,10 +237,29 @@ pub async fn install(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<AgentPod
     wait_ready(&cluster.client, args.timeout, &bar).await
 }
 
+/// The objects `--dry-run` prints: for `--server-version` offline, else for the server the
+/// kubeconfig names (only its version is read).
+pub async fn dry_run_objects(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<Manifest>> {
+    let image = args.image.clone().unwrap_or_else(manifests::default_image);
+    let version = match args.server_version {
+        Some(v) if !v.is_supported() => {
+            return Err(Error::UnsupportedServer {
+                version: v,
+                minimum: KubeVersion::MINIMUM,
+            });
+        }
+        Some(v) => v,
+        None => version::require_supported(&kube.connect().await?.client).await?,
+    };
+    manifests::for_server(&image, version)
+}
+
 pub fn main(kube: &KubeArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
     if args.dry_run {
-        let image = args.image.clone().unwrap_or_else(manifests::default_image);
-        let objects = manifests::objects(&image)?;
+        let objects = super::runtime()?
+            .block_on(dry_run_objects(kube, args))
+            .context("install --dry-run")?;
         let text = match args.output {
             ManifestFormat::Yaml => manifests::to_yaml(&objects),
             ManifestFormat::Json => {
@@ -244,7 +272,9 @@ pub fn main(kube: &KubeArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().write_all(text.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let agents = super::runtime()?.block_on(install(kube, args))?;
+    let agents = super::runtime()?
+        .block_on(install(kube, args))
+        .context("install")?;
     if !agents.is_empty() {
         eprintln!(
             "kubectl-zdt agents ready on {} node(s); next: `kubectl zdt status`",

@@ -1,5 +1,5 @@
 //! The manifests in `deploy/`, compiled into the binary so that what `install` applies always
-//! matches the CLI's version.
+//! matches the CLI's version, adapted to what the API server accepts (`for_server`).
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
@@ -13,6 +13,7 @@ use kube::{
 use serde::Deserialize as _;
 
 use super::{Error, Result};
+use crate::kube_version::KubeVersion;
 
 /// `deploy/` files in the order they are applied (uninstall deletes in reverse).
 pub const FILES: &[(&str, &str)] = &[
@@ -56,6 +57,14 @@ impl Manifest {
     /// `kind/name`, as kubectl prints it.
     pub fn display(&self) -> String {
         format!("{}/{}", self.resource.kind.to_lowercase(), self.name())
+    }
+
+    /// `kind/name -n namespace` (namespaced objects) or `kind/name`.
+    pub fn display_namespaced(&self) -> String {
+        match self.namespace().filter(|_| self.namespaced) {
+            Some(ns) => format!("{} -n {ns}", self.display()),
+            None => self.display(),
+        }
     }
 }
 
@@ -114,6 +123,78 @@ pub fn objects(image: &str) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
+/// [`objects`], written for a server of `version`: before 1.30 the DaemonSet's AppArmor
+/// profiles move from `securityContext.appArmorProfile`, which such servers reject, to the
+/// `container.apparmor.security.beta.kubernetes.io/<container>` annotation they read instead.
+pub fn for_server(image: &str, version: KubeVersion) -> Result<Vec<Manifest>> {
+    let mut objects = objects(image)?;
+    if !version.has_apparmor_field() {
+        for m in objects
+            .iter_mut()
+            .filter(|m| m.resource.kind == "DaemonSet")
+        {
+            apparmor_as_annotations(&mut m.object.data).map_err(|reason| Error::Manifest {
+                file: m.file,
+                reason,
+            })?;
+        }
+    }
+    Ok(objects)
+}
+
+/// The annotation value for an `appArmorProfile` field.
+fn apparmor_annotation(profile: &serde_json::Value) -> Result<String, String> {
+    match profile["type"].as_str() {
+        Some("Unconfined") => Ok("unconfined".to_owned()),
+        Some("RuntimeDefault") => Ok("runtime/default".to_owned()),
+        Some("Localhost") => profile["localhostProfile"]
+            .as_str()
+            .map(|p| format!("localhost/{p}"))
+            .ok_or_else(|| "a Localhost appArmorProfile has no localhostProfile".to_owned()),
+        other => Err(format!("unknown appArmorProfile type {other:?}")),
+    }
+}
+
+/// Moves the pod's and each container's `appArmorProfile` into annotations (a container's
+/// own profile wins over the pod's, as the field's semantics say).
+fn apparmor_as_annotations(workload: &mut serde_json::Value) -> Result<(), String> {
+    let template = workload
+        .pointer_mut("/spec/template")
+        .ok_or("the DaemonSet has no pod template")?;
+    let pod_profile = template
+        .pointer_mut("/spec/securityContext")
+        .and_then(serde_json::Value::as_object_mut)
+        .and_then(|sc| sc.remove("appArmorProfile"));
+    let mut annotations = Vec::new();
+    for list in ["containers", "initContainers"] {
+        let Some(containers) = template["spec"][list].as_array_mut() else {
+            continue;
+        };
+        for c in containers {
+            let name = c["name"]
+                .as_str()
+                .ok_or("a container has no name")?
+                .to_owned();
+            let own = c
+                .get_mut("securityContext")
+                .and_then(serde_json::Value::as_object_mut)
+                .and_then(|sc| sc.remove("appArmorProfile"));
+            if let Some(profile) = own.as_ref().or(pod_profile.as_ref()) {
+                annotations.push((
+                    format!("container.apparmor.security.beta.kubernetes.io/{name}"),
+                    apparmor_annotation(profile)?,
+                ));
+            }
+        }
+    }
+    if !annotations.is_empty() {
+        for (key, value) in annotations {
+            template["metadata"]["annotations"][key] = serde_json::Value::String(value);
+        }
+    }
+    Ok(())
+}
+
 fn set_image(ds: &mut DynamicObject, image: &str) -> Result<(), String> {
     let containers = ds
         .data
@@ -133,4 +214,68 @@ pub fn to_yaml(objects: &[Manifest]) -> String {
         .map(|m| serde_yaml::to_string(&m.object).unwrap_or_default())
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_profile_type_becomes_its_annotation_and_a_containers_own_wins_over_the_pods() {
+        let mut ds = json!({"spec": {"template": {"spec": {
+        "securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}, "runAsUser": 0},
+        "initContainers": [{"name": "init"}],
+        "containers": [
+            {"name": "agent", "securityContext": {"appArmorProfile": {"type": "Unconfined"}, "privileged": false}},
+            {"name": "probe", "securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "zdt"}}},
+            {"name": "plain"}
+        ]}}}});
+        apparmor_as_annotations(&mut ds).unwrap();
+        let prefix = "container.apparmor.security.beta.kubernetes.io";
+        assert_eq!(
+            ds["spec"]["template"]["metadata"]["annotations"],
+            json!({
+                format!("{prefix}/init"): "runtime/default",
+                format!("{prefix}/agent"): "unconfined",
+                format!("{prefix}/probe"): "localhost/zdt",
+                format!("{prefix}/plain"): "runtime/default",
+            })
+        );
+        let spec = &ds["spec"]["template"]["spec"];
+        assert_eq!(spec["securityContext"], json!({"runAsUser": 0}));
+        assert_eq!(
+            spec["containers"][0]["securityContext"],
+            json!({"privileged": false})
+        );
+    }
+
+    #[test]
+    fn the_shipped_daemonset_keeps_the_field_from_1_30_only() {
+        let daemonset = |v| {
+            for_server("x", v)
+                .unwrap()
+                .into_iter()
+                .find(|m| m.resource.kind == "DaemonSet")
+                .unwrap()
+                .object
+                .data
+        };
+        let old = daemonset(KubeVersion::new(1, 29));
+        assert!(
+            old.pointer("/spec/template/spec/containers/0/securityContext/appArmorProfile")
+                .is_none()
+        );
+        assert_eq!(
+            old["spec"]["template"]["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/agent"],
+            "unconfined"
+        );
+        let new = daemonset(KubeVersion::new(1, 30));
+        assert_eq!(
+            new["spec"]["template"]["spec"]["containers"][0]["securityContext"]["appArmorProfile"],
+            json!({"type": "Unconfined"})
+        );
+        assert!(new["spec"]["template"]["metadata"]["annotations"].is_null());
+    }
 }

@@ -9,7 +9,8 @@
 //! - `status`: one row per node;
 //! - `trace`: follow (or start) a rollout with every agent's stream, optional in-cluster
 //!   traffic (`workload`: what is traced; `collect`: the resumable streams), then the report;
-//! - `history`: the node journals' `GET /history`, and `kubectl zdt history`.
+//! - `history`: the node journals' `GET /history`, and `kubectl zdt history`;
+//! - `version`: the server's version (`GET /version`), checked against the minimum.
 
 pub mod agents;
 pub mod collect;
@@ -19,9 +20,12 @@ pub mod install;
 pub mod manifests;
 pub mod status;
 pub mod trace;
+pub mod version;
 pub mod workload;
 
 use thiserror::Error;
+
+use crate::kube_version::KubeVersion;
 
 /// Namespace, labels and port shared by the manifests and the code that finds the agents.
 pub const NAMESPACE: &str = "zdt-system";
@@ -50,12 +54,16 @@ pub enum Error {
     Client(#[source] kube::Error),
     #[error("the embedded manifest {file} is invalid: {reason}")]
     Manifest { file: &'static str, reason: String },
-    #[error("the Kubernetes API call `{call}` failed: {source}")]
-    Api {
-        call: String,
-        #[source]
-        source: kube::Error,
+    /// The API server's own message, once: kube's error repeats it with the whole `Status`.
+    #[error("{call}: {}", describe(cause))]
+    Api { call: String, cause: kube::Error },
+    #[error("the API server is Kubernetes {version}; kubectl-zdt needs {minimum} or newer")]
+    UnsupportedServer {
+        version: KubeVersion,
+        minimum: KubeVersion,
     },
+    #[error("cannot tell the API server's version: {0}")]
+    UnknownServerVersion(String),
     #[error(
         "kubectl-zdt's agents are not installed (no pods labelled {AGENT_SELECTOR} in namespace {NAMESPACE}): run `kubectl zdt install`"
     )]
@@ -105,7 +113,34 @@ impl Error {
     /// Wraps a failed API call with a short description of it.
     pub fn api(call: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
         let call = call.into();
-        move |source| Self::Api { call, source }
+        move |cause| Self::Api { call, cause }
+    }
+}
+
+/// One line for a kube error: the server's message and status for a rejected call, the error
+/// and its causes otherwise.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if status.reason.is_empty() => {
+            format!("{} (HTTP {})", status.message, status.code)
+        }
+        kube::Error::Api(status) => format!(
+            "{} (HTTP {} {})",
+            status.message, status.code, status.reason
+        ),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text.push_str(": ");
+                    text.push_str(&s_text);
+                }
+                source = s.source();
+            }
+            text
+        }
     }
 }
 

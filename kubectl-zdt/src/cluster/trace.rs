@@ -343,6 +343,7 @@ fn agents_not_ready(list: &[agents::AgentPod]) -> Option<Error> {
 pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Result<Traced> {
     let cluster = kube.connect().await?;
     let (client, ns) = (cluster.client.clone(), cluster.namespace.clone());
+    let server = super::version::require_supported(&client).await?;
     let object = args.workload.get(&client, &ns).await?;
     let labels = workload::pod_labels(&object);
     let services = workload::services(&client, &ns, &args.workload, &labels).await?;
@@ -431,6 +432,7 @@ pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Resu
         &observations,
         &Options {
             margin_ms: args.margin_ms,
+            prestop: server.prestop_action(),
         },
     );
     Ok(Traced {

@@ -13,6 +13,7 @@ use super::{
     model::{Advice, ErrorCounts, Patch, Verdict},
     time::ms,
 };
+use crate::kube_version::PreStopAction;
 
 const NS_PER_S: i64 = 1_000_000_000;
 /// Kubernetes' default terminationGracePeriodSeconds, assumed when the pods did not say theirs.
@@ -64,7 +65,11 @@ pub struct PodEvidence {
 
 /// The preStop and grace period for `pods` (any subset of one report's pods), or why there is
 /// none.
-pub fn advise(pods: &[&PodEvidence], margin_ns: i64) -> Result<Advice, String> {
+pub fn advise(
+    pods: &[&PodEvidence],
+    margin_ns: i64,
+    prestop: PreStopAction,
+) -> Result<Advice, String> {
     let mut props: Vec<i64> = pods.iter().filter_map(|p| p.propagation_ns).collect();
     props.sort_unstable();
     let Some(p99) = percentile(&props, 99.0) else {
@@ -102,7 +107,7 @@ pub fn advise(pods: &[&PodEvidence], margin_ns: i64) -> Result<Advice, String> {
     let needed_part = needed.map_or(String::new(), |n| {
         format!(", largest gap to close {} ms", ms(n))
     });
-    let reason = format!(
+    let mut reason = format!(
         "preStop {prestop_s} s = max(p99 propagation {} ms over {} pod{}{needed_part}) + margin {} ms, rounded up to whole seconds; \
          terminationGracePeriodSeconds {grace_s} = {grace_why}",
         ms(p99),
@@ -110,6 +115,10 @@ pub fn advise(pods: &[&PodEvidence], margin_ns: i64) -> Result<Advice, String> {
         if props.len() == 1 { "" } else { "s" },
         ms(margin_ns),
     );
+    if let Some(caveat) = prestop.caveat() {
+        reason.push_str("; ");
+        reason.push_str(caveat);
+    }
     Ok(Advice {
         prestop_seconds: prestop_s,
         termination_grace_period_seconds: grace_s,
@@ -119,14 +128,15 @@ pub fn advise(pods: &[&PodEvidence], margin_ns: i64) -> Result<Advice, String> {
         largest_needed_ms: needed.map(ms),
         drain_ms: drain.map(ms),
         reason,
-        patches: patches(pods, prestop_s, grace_s),
+        prestop_action: prestop,
+        patches: patches(pods, prestop.handler(prestop_s), grace_s),
     })
 }
 
 /// One `kubectl patch` per workload controller seen. With the container's name a strategic
 /// merge patch touches only that container's preStop; without it a JSON patch sets the first
 /// container's `lifecycle` (replacing any postStart it had, which the note says).
-fn patches(pods: &[&PodEvidence], prestop_s: u64, grace_s: u64) -> Vec<Patch> {
+fn patches(pods: &[&PodEvidence], prestop: serde_json::Value, grace_s: u64) -> Vec<Patch> {
     let mut seen: Vec<(Option<&str>, &str, Option<&str>)> = pods
         .iter()
         .filter(|p| {
@@ -150,12 +160,12 @@ fn patches(pods: &[&PodEvidence], prestop_s: u64, grace_s: u64) -> Vec<Patch> {
             let command = match container {
                 Some(c) => format!(
                     "kubectl patch {workload}{ns_flag} --type=strategic -p \
-                     '{{\"spec\":{{\"template\":{{\"spec\":{{\"terminationGracePeriodSeconds\":{grace_s},\"containers\":[{{\"name\":\"{c}\",\"lifecycle\":{{\"preStop\":{{\"sleep\":{{\"seconds\":{prestop_s}}}}}}}}}]}}}}}}}}'"
+                     '{{\"spec\":{{\"template\":{{\"spec\":{{\"terminationGracePeriodSeconds\":{grace_s},\"containers\":[{{\"name\":\"{c}\",\"lifecycle\":{{\"preStop\":{prestop}}}}}]}}}}}}}}'"
                 ),
                 None => format!(
                     "kubectl patch {workload}{ns_flag} --type=json -p \
                      '[{{\"op\":\"add\",\"path\":\"/spec/template/spec/terminationGracePeriodSeconds\",\"value\":{grace_s}}},\
-                     {{\"op\":\"add\",\"path\":\"/spec/template/spec/containers/0/lifecycle\",\"value\":{{\"preStop\":{{\"sleep\":{{\"seconds\":{prestop_s}}}}}}}}}]'  \
+                     {{\"op\":\"add\",\"path\":\"/spec/template/spec/containers/0/lifecycle\",\"value\":{{\"preStop\":{prestop}}}}}]'  \
                      # container name not observed: sets the first container's lifecycle"
                 ),
             };

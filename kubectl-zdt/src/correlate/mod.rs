@@ -33,7 +33,10 @@ pub use advice::{PodEvidence, advise, percentile};
 pub use model::*;
 pub use rollout::workload_of_pod;
 
-use crate::observation::{KERNEL_SKIPPED, Kind, Observation};
+use crate::{
+    kube_version::PreStopAction,
+    observation::{KERNEL_SKIPPED, Kind, Observation},
+};
 use time::{WallNs, ms_u};
 
 /// Tunables of the analysis.
@@ -41,6 +44,9 @@ use time::{WallNs, ms_u};
 pub struct Options {
     /// Safety margin added to the advised preStop and grace period.
     pub margin_ms: u64,
+    /// How the advised preStop is written: the `sleep` action where the server has it (the
+    /// cluster's version, or the default for a file without one).
+    pub prestop: PreStopAction,
 }
 
 impl Options {
@@ -54,7 +60,10 @@ impl Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { margin_ms: 500 }
+        Self {
+            margin_ms: 500,
+            prestop: PreStopAction::default(),
+        }
     }
 }
 
@@ -106,10 +115,11 @@ pub fn correlate_with_evidence(
         .flat_map(|(i, (_, g))| g.iter().map(move |f| f.evidence(i)))
         .collect();
     let all: Vec<&PodEvidence> = evidence.iter().collect();
-    let (advice, advice_unavailable) = match advice::advise(&all, options.margin_ns()) {
-        Ok(a) => (Some(a), None),
-        Err(why) => (None, Some(why)),
-    };
+    let (advice, advice_unavailable) =
+        match advice::advise(&all, options.margin_ns(), options.prestop) {
+            Ok(a) => (Some(a), None),
+            Err(why) => (None, Some(why)),
+        };
 
     // Per node: observations, events lost to a full ring buffer, events the kernel skipped.
     let mut per_node: BTreeMap<usize, (u64, u64, u64)> = BTreeMap::new();

@@ -7,7 +7,10 @@ use std::net::IpAddr;
 use jiff::Timestamp;
 use serde::{Serialize, Serializer};
 
-use crate::observation::{Kind, NodeName, format_time};
+use crate::{
+    kube_version::PreStopAction,
+    observation::{Kind, NodeName, format_time},
+};
 
 pub const API_VERSION: &str = "zdt.dev/v1";
 pub const REPORT_KIND: &str = "RolloutReport";
@@ -306,6 +309,9 @@ pub struct Advice {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_ms: Option<f64>,
     pub reason: String,
+    /// `sleep` (the preStop sleep action, Kubernetes ≥ 1.30) or `exec_sleep` (an exec of
+    /// `sleep`, for older servers): the form the patches use.
+    pub prestop_action: PreStopAction,
     pub patches: Vec<Patch>,
 }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::settings::Settings;
 use crate::{
     correlate::{self, ErrorCounts, PodEvidence, percentile, time::ms},
+    kube_version::PreStopAction,
     observation::Observation,
 };
 
@@ -30,6 +31,8 @@ pub struct Options {
     pub min_samples: usize,
     /// A current preStop longer than the advised one by at least this is wasteful.
     pub waste_threshold_ms: u64,
+    /// How a new preStop is written (what the cluster's version accepts).
+    pub prestop: PreStopAction,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             margin_ms: 500,
             min_samples: 5,
             waste_threshold_ms: 2_000,
+            prestop: PreStopAction::default(),
         }
     }
 }
@@ -83,7 +87,13 @@ impl WorkloadEvidence {
 
 /// Correlates `obs` and groups the terminated pods by workload.
 pub fn gather(obs: &[Observation], margin_ms: u64) -> Vec<WorkloadEvidence> {
-    let (_, evidence) = correlate::correlate_with_evidence(obs, &correlate::Options { margin_ms });
+    let (_, evidence) = correlate::correlate_with_evidence(
+        obs,
+        &correlate::Options {
+            margin_ms,
+            ..correlate::Options::default()
+        },
+    );
     let mut groups: BTreeMap<WorkloadKey, (BTreeSet<usize>, Vec<PodEvidence>)> = BTreeMap::new();
     for e in evidence {
         let key = WorkloadKey {
@@ -220,6 +230,8 @@ pub struct Recommendations {
     pub margin_ms: u64,
     pub min_samples: usize,
     pub waste_threshold_ms: u64,
+    /// The form of the patches' preStop: `sleep`, or `exec_sleep` for servers before 1.30.
+    pub prestop_action: PreStopAction,
     pub workloads: Vec<Recommendation>,
     pub warnings: Vec<String>,
 }
@@ -279,6 +291,7 @@ pub fn advise_workload(
     };
     let margin_ns = correlate::Options {
         margin_ms: options.margin_ms,
+        ..correlate::Options::default()
     }
     .margin_ns();
     if w.pods.is_empty() {
@@ -289,7 +302,7 @@ pub fn advise_workload(
         return r;
     }
     let refs: Vec<&PodEvidence> = w.pods.iter().collect();
-    let advice = match correlate::advise(&refs, margin_ns) {
+    let advice = match correlate::advise(&refs, margin_ns, options.prestop) {
         Ok(a) => a,
         Err(why) => {
             r.reason = why;

@@ -25,7 +25,10 @@ pub use advise::{
 pub use render::Format;
 pub use source::from_cluster;
 
-use crate::cluster::{connect::KubeArgs, workload::WorkloadRef};
+use crate::{
+    cluster::{connect::KubeArgs, workload::WorkloadRef},
+    kube_version::KubeVersion,
+};
 
 #[derive(Debug, Args)]
 pub struct RecommendArgs {
@@ -62,6 +65,12 @@ pub struct RecommendArgs {
     /// milliseconds.
     #[arg(long, default_value_t = 2_000, value_name = "MS")]
     pub waste_threshold_ms: u64,
+
+    /// With --from-file: write the patches for this Kubernetes version, e.g. 1.28 (before
+    /// 1.30 the preStop execs `sleep`) [default: the `sleep` action of 1.30+]. From the
+    /// cluster, its own version is used.
+    #[arg(long, value_name = "VERSION", requires = "from_file")]
+    pub server_version: Option<KubeVersion>,
 }
 
 /// The default window read from the cluster.
@@ -82,11 +91,15 @@ pub fn parse_since(s: &str) -> Result<jiff::SignedDuration, String> {
 }
 
 impl RecommendArgs {
-    fn options(&self) -> Options {
+    pub(crate) fn options(&self) -> Options {
         Options {
             margin_ms: self.margin_ms,
             min_samples: usize::try_from(self.min_samples).unwrap_or(usize::MAX),
             waste_threshold_ms: self.waste_threshold_ms,
+            prestop: self
+                .server_version
+                .map(KubeVersion::prestop_action)
+                .unwrap_or_default(),
         }
     }
 }
@@ -131,6 +144,7 @@ pub fn answer(
         margin_ms: options.margin_ms,
         min_samples: options.min_samples,
         waste_threshold_ms: options.waste_threshold_ms,
+        prestop_action: options.prestop,
         workloads: recommend(workloads, settings, options),
         warnings,
     }

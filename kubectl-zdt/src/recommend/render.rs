@@ -11,6 +11,7 @@ use super::{
     advise::{Recommendation, Recommendations},
     settings::{PreStop, Settings, SettingsSource},
 };
+use crate::kube_version::PreStopAction;
 
 /// `-o` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -119,8 +120,9 @@ pub fn table(all: &Recommendations) -> String {
     out
 }
 
-/// The preStop handler to write: the form the container already uses, with the advised length.
-fn prestop_handler(current: &PreStop, seconds: u64) -> Option<Value> {
+/// The preStop handler to write: the form the container already uses, with the advised length;
+/// for a new hook, the form the server accepts.
+fn prestop_handler(current: &PreStop, seconds: u64, action: PreStopAction) -> Option<Value> {
     match current {
         PreStop::ExecSleep {
             command,
@@ -139,7 +141,7 @@ fn prestop_handler(current: &PreStop, seconds: u64) -> Option<Value> {
         PreStop::None
         | PreStop::SleepAction { .. }
         | PreStop::Observed { .. }
-        | PreStop::Unknown => Some(json!({"sleep": {"seconds": seconds}})),
+        | PreStop::Unknown => Some(action.handler(seconds)),
         // An httpGet or a command does more than wait (it may start the drain): keep it.
         PreStop::Untimed { .. } => None,
     }
@@ -158,7 +160,7 @@ fn kind_of(workload: &str) -> Option<(&'static str, &str)> {
 
 /// One YAML document: the comment, then the patch (or only the comment when there is nothing
 /// to patch).
-fn patch_document(r: &Recommendation) -> Option<String> {
+fn patch_document(r: &Recommendation, action: PreStopAction) -> Option<String> {
     let a = r.advised.as_ref()?;
     let (kind, name) = kind_of(&r.workload)?;
     let mut comment = vec![
@@ -172,7 +174,7 @@ fn patch_document(r: &Recommendation) -> Option<String> {
     ];
     let mut spec = json!({"terminationGracePeriodSeconds": a.termination_grace_period_seconds});
     let current = r.current.as_ref();
-    let handler = current.and_then(|c| prestop_handler(&c.prestop, a.prestop_seconds));
+    let handler = current.and_then(|c| prestop_handler(&c.prestop, a.prestop_seconds, action));
     match (current.and_then(|c| c.container.as_deref()), handler) {
         (Some(container), Some(handler)) => {
             spec["containers"] = json!([{"name": container, "lifecycle": {"preStop": handler}}]);
@@ -183,8 +185,8 @@ fn patch_document(r: &Recommendation) -> Option<String> {
             a.prestop_seconds
         )),
         (None, _) => comment.push(format!(
-            "the serving container's name was not observed: add `lifecycle: {{preStop: {{sleep: {{seconds: {}}}}}}}` to it by hand",
-            a.prestop_seconds
+            "the serving container's name was not observed: add `lifecycle: {{preStop: {}}}` to it by hand",
+            action.handler(a.prestop_seconds)
         )),
     }
     if current.is_some_and(|c| c.source == SettingsSource::Observed) {
@@ -194,8 +196,13 @@ fn patch_document(r: &Recommendation) -> Option<String> {
                 .to_owned(),
         );
     }
+    // Before 1.30 the advice's reason already says the image needs `sleep`.
+    let needs = match action {
+        PreStopAction::Sleep => "  (preStop.sleep needs Kubernetes >= 1.30)",
+        PreStopAction::ExecSleep => "",
+    };
     comment.push(format!(
-        "apply: kubectl patch {} --type strategic -p \"$(cat THIS_DOCUMENT)\"  (preStop.sleep needs Kubernetes >= 1.30)",
+        "apply: kubectl patch {} --type strategic -p \"$(cat THIS_DOCUMENT)\"{needs}",
         r.key().display()
     ));
     let mut metadata = json!({"name": name});
@@ -220,7 +227,11 @@ fn patch_document(r: &Recommendation) -> Option<String> {
 
 /// Every workload that can be patched, as a multi-document YAML stream.
 pub fn yaml(all: &Recommendations) -> String {
-    let docs: Vec<String> = all.workloads.iter().filter_map(patch_document).collect();
+    let docs: Vec<String> = all
+        .workloads
+        .iter()
+        .filter_map(|r| patch_document(r, all.prestop_action))
+        .collect();
     let mut out = String::new();
     let skipped: Vec<String> = all
         .workloads

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use kube::Client;
 
 use super::{
-    DEFAULT_SINCE_H, RecommendArgs, Recommendations, Scope, WorkloadEvidence, WorkloadKey,
+    DEFAULT_SINCE_H, Options, RecommendArgs, Recommendations, Scope, WorkloadEvidence, WorkloadKey,
     advise::observed_settings, answer, gather, settings,
 };
 use crate::{
@@ -62,6 +62,7 @@ pub async fn from_cluster(
 ) -> anyhow::Result<Recommendations> {
     let cluster = kube.connect().await?;
     let client = &cluster.client;
+    let server = cluster::version::require_supported(client).await?;
     let scope = match &args.workload {
         Some(w) => {
             // Named: it must exist, or the answer is one line saying so.
@@ -114,7 +115,11 @@ pub async fn from_cluster(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(answer(&workloads, &current, &args.options(), warnings))
+    let options = Options {
+        prestop: server.prestop_action(),
+        ..args.options()
+    };
+    Ok(answer(&workloads, &current, &options, warnings))
 }
 
 pub(super) fn from_files(kube: &KubeArgs, args: &RecommendArgs) -> anyhow::Result<Recommendations> {

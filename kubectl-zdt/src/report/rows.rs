@@ -129,8 +129,9 @@ pub(crate) fn advice_lines(report: &Report) -> Vec<String> {
         (Some(a), _) => {
             let mut lines = vec![
                 format!(
-                    "preStop sleep {} s, terminationGracePeriodSeconds {}",
-                    a.prestop_seconds, a.termination_grace_period_seconds
+                    "{}, terminationGracePeriodSeconds {}",
+                    a.prestop_action.describe(a.prestop_seconds),
+                    a.termination_grace_period_seconds
                 ),
                 a.reason.clone(),
             ];

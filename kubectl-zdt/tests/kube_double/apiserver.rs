@@ -13,7 +13,10 @@
 //! - `pods/NAME/portforward` upgraded to a websocket with the `v4.channel.k8s.io` subprotocol:
 //!   per port a data and an error channel, each opened with the port number, then bytes
 //!   relayed to the address the test registered for that pod (the "pod's" 127.0.0.1 listener);
-//! - `pods/NAME/log` from text the test registered.
+//! - `pods/NAME/log` from text the test registered;
+//! - `GET /version` with the gitVersion the test set ([`ApiServer::set_version`]), and the
+//!   strict schema of that version: an apply with a field the version lacks is rejected with
+//!   422, as a real server does (`schema.rs`).
 //!
 //! Every request is recorded with the bearer token that made it, translated to the verb,
 //! resource and subresource the real authorizer would check, so tests can compare the calls
@@ -31,6 +34,7 @@ use std::{
 use super::{
     portforward::relay,
     request::{Body, Selectors, Target, full, merge, parse_path, query_of, status},
+    schema,
     store::{Event, State, kind_of, put, remove, resource_of},
 };
 use bytes::Bytes;
@@ -192,6 +196,28 @@ impl ApiServer {
         let _ = self.disconnect.send(());
     }
 
+    /// The server reports `git_version` (e.g. `v1.23.17-eks-abc`) from `GET /version` and
+    /// rejects fields newer than it.
+    pub fn set_version(&self, git_version: &str) {
+        self.state.lock().unwrap().git_version = Some(git_version.to_owned());
+    }
+
+    /// Writes to `resource` (e.g. `daemonsets`) are denied by an admission webhook (a policy
+    /// engine) with `message`.
+    pub fn deny(&self, resource: &str, message: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .denials
+            .insert(resource.to_owned(), message.to_owned());
+    }
+
+    /// How many times a client asked `GET /version` (a non-resource URL every authenticated
+    /// user may read, so not one of [`ApiServer::calls`]).
+    pub fn version_requests(&self) -> usize {
+        self.state.lock().unwrap().version_requests
+    }
+
     /// Makes every request fail with 503 (`true`) or serves again (`false`).
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
@@ -281,6 +307,23 @@ impl Shared {
                     "ServiceUnavailable",
                     "the API server is restarting (test double)",
                 ),
+            );
+        }
+        if req.uri().path() == "/version" {
+            let mut s = self.state.lock().unwrap();
+            s.version_requests += 1;
+            let git_version = s
+                .git_version
+                .clone()
+                .unwrap_or_else(|| "v1.31.0".to_owned());
+            let minor = schema::minor_of(&git_version);
+            // Managed clusters report minors like "28+".
+            return full(
+                StatusCode::OK,
+                json!({"major": "1", "minor": format!("{minor}+"), "gitVersion": git_version,
+                       "gitCommit": "0000000", "gitTreeState": "clean",
+                       "buildDate": "2026-11-22T01:00:00Z", "goVersion": "go1.25.4",
+                       "compiler": "gc", "platform": "linux/amd64"}),
             );
         }
         let Some(target) = parse_path(req.uri().path()) else {
@@ -539,6 +582,46 @@ impl Shared {
         };
         let ns = target.namespace.clone().unwrap_or_default();
         let name = target.name.clone().unwrap_or_default();
+        let denial = self.state.lock().unwrap().denials.get(&key.1).cloned();
+        if let Some(message) = denial {
+            return full(
+                StatusCode::BAD_REQUEST,
+                status(
+                    400,
+                    "BadRequest",
+                    &format!(
+                        "admission webhook \"validate.policy.example\" denied the request: {message}"
+                    ),
+                ),
+            );
+        }
+        if content_type == "application/apply-patch+yaml" {
+            let minor = schema::minor_of(
+                self.state
+                    .lock()
+                    .unwrap()
+                    .git_version
+                    .as_deref()
+                    .unwrap_or("v1.31.0"),
+            );
+            if let Some(field) = schema::undeclared(&patch, minor) {
+                let what = format!(
+                    "{ns}/{name}; {}, Kind={}",
+                    patch["apiVersion"].as_str().unwrap_or_default(),
+                    patch["kind"].as_str().unwrap_or_default()
+                );
+                return full(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    status(
+                        422,
+                        "Invalid",
+                        &format!(
+                            "failed to create typed patch object ({what}): {field}: field not declared in schema"
+                        ),
+                    ),
+                );
+            }
+        }
         let existing = self
             .state
             .lock()

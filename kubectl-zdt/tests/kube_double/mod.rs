@@ -9,6 +9,7 @@ pub mod fixture;
 mod portforward;
 pub mod rbac;
 mod request;
+mod schema;
 mod store;
 
 /// A running, ready agent pod of the DaemonSet on `node`, as `kubectl zdt` finds agents.

@@ -40,6 +40,12 @@ pub(super) struct State {
     pub logs: HashMap<String, String>,
     /// While set, every request is answered 503 (an API server restarting).
     pub down: bool,
+    /// `gitVersion` of `GET /version`; `None`: v1.31.0.
+    pub git_version: Option<String>,
+    /// How many times `GET /version` was asked.
+    pub version_requests: usize,
+    /// Resource → the message an admission webhook denies its writes with.
+    pub denials: HashMap<String, String>,
 }
 
 /// (group, plural) of an object from its apiVersion and kind.
