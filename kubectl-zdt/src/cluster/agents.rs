@@ -107,72 +107,126 @@ fn problem_of(pod: &Pod) -> String {
 /// `GET path` on the agent's endpoint through a port-forward to its pod. The response body
 /// streams (the connection lives as long as the body is read).
 pub async fn get(client: &Client, agent: &AgentPod, path: &str) -> Result<Response<Incoming>> {
-    let unreachable = |reason: String| Error::AgentUnreachable {
-        node: agent.node.clone(),
-        pod: agent.pod.clone(),
-        reason,
-    };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let mut forwarder = pods
-        .portforward(&agent.pod, &[AGENT_PORT])
-        .await
-        .map_err(|e| unreachable(format!("{e} (is `pods/portforward` in namespace {NAMESPACE} allowed for you? see docs/security.md)")))?;
-    let stream = forwarder
-        .take_stream(AGENT_PORT)
-        .ok_or_else(|| unreachable("the port-forward has no stream".to_owned()))?;
-    // The kubelet reports a failed connection to the pod's port on the error channel.
-    let mut forward_error = forwarder.take_error(AGENT_PORT);
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(unreachable(
-                    explain(forward_error.take(), e.to_string()).await,
-                ));
-            }
+    AgentConn::open(client, agent).await?.get(path).await
+}
+
+/// The kubelet's report of a failed connection to the pod's port, from the port-forward.
+type ForwardError = std::pin::Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+/// One HTTP/1.1 connection to an agent's endpoint through a port-forward to its pod; requests
+/// go one after another on it (the port-forward is set up once: its set-up time is not in
+/// any request's round trip).
+pub struct AgentConn {
+    agent: AgentPod,
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    forward_error: Option<ForwardError>,
+}
+
+impl AgentConn {
+    pub async fn open(client: &Client, agent: &AgentPod) -> Result<Self> {
+        let unreachable = |reason: String| Error::AgentUnreachable {
+            node: agent.node.clone(),
+            pod: agent.pod.clone(),
+            reason,
         };
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("port-forwarded connection ended: {e}");
-        }
-        drop(forwarder);
-    });
-    let request = Request::get(path)
-        .header("host", format!("127.0.0.1:{AGENT_PORT}"))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| unreachable(e.to_string()))?;
-    let response = match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(request)).await
-    {
-        Err(_) => {
-            return Err(unreachable(format!(
-                "no answer to GET {path} within {} s",
-                RESPONSE_TIMEOUT.as_secs()
-            )));
-        }
-        Ok(Err(e)) => {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+        let mut forwarder = pods
+            .portforward(&agent.pod, &[AGENT_PORT])
+            .await
+            .map_err(|e| unreachable(format!("{e} (is `pods/portforward` in namespace {NAMESPACE} allowed for you? see docs/security.md)")))?;
+        let stream = forwarder
+            .take_stream(AGENT_PORT)
+            .ok_or_else(|| unreachable("the port-forward has no stream".to_owned()))?;
+        // The kubelet reports a failed connection to the pod's port on the error channel.
+        let mut forward_error: Option<ForwardError> = forwarder
+            .take_error(AGENT_PORT)
+            .map(|f| Box::pin(f) as ForwardError);
+        let (sender, connection) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    return Err(unreachable(
+                        explain(forward_error.take(), e.to_string()).await,
+                    ));
+                }
+            };
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("port-forwarded connection ended: {e}");
+            }
+            drop(forwarder);
+        });
+        Ok(Self {
+            agent: agent.clone(),
+            sender,
+            forward_error,
+        })
+    }
+
+    /// `GET path`; the body must be read before the next request on this connection.
+    pub async fn get(&mut self, path: &str) -> Result<Response<Incoming>> {
+        let unreachable = |reason: String| Error::AgentUnreachable {
+            node: self.agent.node.clone(),
+            pod: self.agent.pod.clone(),
+            reason,
+        };
+        let request = Request::get(path)
+            .header("host", format!("127.0.0.1:{AGENT_PORT}"))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| unreachable(e.to_string()))?;
+        if let Err(e) = self.sender.ready().await {
             return Err(unreachable(
-                explain(forward_error.take(), e.to_string()).await,
+                explain(self.forward_error.take(), e.to_string()).await,
             ));
         }
-        Ok(Ok(r)) => r,
-    };
-    if !response.status().is_success() {
-        // The agent says why in its body's first line (e.g. "keeps no journal").
-        let status = response.status();
-        let body = tokio::time::timeout(RESPONSE_TIMEOUT, response.into_body().collect()).await;
-        let said = body
-            .ok()
-            .and_then(Result::ok)
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
-            .and_then(|s| s.lines().next().map(str::to_owned))
-            .filter(|s| !s.is_empty());
-        let path = path.split('?').next().unwrap_or(path);
-        return Err(unreachable(match said {
-            Some(s) => format!("GET {path} answered {status}: {s}"),
-            None => format!("GET {path} answered {status}"),
-        }));
+        let response =
+            match tokio::time::timeout(RESPONSE_TIMEOUT, self.sender.send_request(request)).await {
+                Err(_) => {
+                    return Err(unreachable(format!(
+                        "no answer to GET {path} within {} s",
+                        RESPONSE_TIMEOUT.as_secs()
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(unreachable(
+                        explain(self.forward_error.take(), e.to_string()).await,
+                    ));
+                }
+                Ok(Ok(r)) => r,
+            };
+        if !response.status().is_success() {
+            // The agent says why in its body's first line (e.g. "keeps no journal").
+            let status = response.status();
+            let body = tokio::time::timeout(RESPONSE_TIMEOUT, response.into_body().collect()).await;
+            let said = body
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+                .and_then(|s| s.lines().next().map(str::to_owned))
+                .filter(|s| !s.is_empty());
+            let path = path.split('?').next().unwrap_or(path);
+            return Err(unreachable(match said {
+                Some(s) => format!("GET {path} answered {status}: {s}"),
+                None => format!("GET {path} answered {status}"),
+            }));
+        }
+        Ok(response)
     }
-    Ok(response)
+
+    /// `GET path` and the whole body.
+    pub async fn get_bytes(&mut self, path: &str) -> Result<Bytes> {
+        let response = self.get(path).await?;
+        response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| Error::AgentUnreachable {
+                node: self.agent.node.clone(),
+                pod: self.agent.pod.clone(),
+                reason: e.to_string(),
+            })
+    }
 }
 
 /// The kubelet's message from the port-forward's error channel, else `fallback`.
@@ -195,15 +249,5 @@ async fn explain(
 
 /// `GET path` and the whole body.
 pub async fn get_bytes(client: &Client, agent: &AgentPod, path: &str) -> Result<Bytes> {
-    let response = get(client, agent, path).await?;
-    response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(|e| Error::AgentUnreachable {
-            node: agent.node.clone(),
-            pod: agent.pod.clone(),
-            reason: e.to_string(),
-        })
+    AgentConn::open(client, agent).await?.get_bytes(path).await
 }
