@@ -18,7 +18,6 @@ use super::btf::Btf;
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_LEGACY: &str = "/sys/kernel/debug/tracing";
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-const BPFFS: &str = "/sys/fs/bpf";
 
 /// Capability bits (include/uapi/linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;
@@ -73,8 +72,6 @@ pub struct KernelInfo {
     pub kernel_release: String,
     /// `enum sk_rst_reason` names as this kernel prints them, read from the format file.
     pub rst_reasons: BTreeMap<u32, String>,
-    /// Whether bpffs is mounted (only needed for pinning; a warning otherwise).
-    pub bpffs: bool,
     /// Struct offsets the programs follow, from this kernel's BTF.
     pub offsets: KernelOffsets,
     /// Whether the syscall tracepoints of the iptables-legacy trigger exist with the layout the
@@ -82,7 +79,8 @@ pub struct KernelInfo {
     pub table_replace: bool,
 }
 
-/// Runs every check, mounting tracefs and bpffs when they are missing and mounting is allowed.
+/// Runs every check, mounting tracefs when it is missing and mounting is allowed. bpffs is not
+/// needed: nothing is pinned (the programs detach when the agent exits), so it is not checked.
 pub fn check() -> Result<KernelInfo, PreflightError> {
     check_privileges()?;
     if !Path::new(BTF_VMLINUX).exists() {
@@ -114,7 +112,6 @@ pub fn check() -> Result<KernelInfo, PreflightError> {
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
-        bpffs: bpffs(),
         offsets,
     })
 }
@@ -202,31 +199,6 @@ fn tracefs() -> Result<String, PreflightError> {
     .map_err(|e| PreflightError::NoTracefs(e.desc().to_owned()))?;
     tracing::info!("mounted tracefs at {TRACEFS}");
     Ok(TRACEFS.to_owned())
-}
-
-fn bpffs() -> bool {
-    let mounted = fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("bpf"));
-    if mounted {
-        return true;
-    }
-    match nix::mount::mount(
-        Some("bpf"),
-        BPFFS,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    ) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(
-                "bpffs is not mounted at {BPFFS} and mounting it failed ({e}); maps cannot be pinned"
-            );
-            false
-        }
-    }
 }
 
 /// Kernels ≥5.11 account BPF memory to the memory cgroup; older ones need RLIMIT_MEMLOCK raised.
