@@ -71,8 +71,15 @@ fn the_table_shows_the_verdict_the_chart_and_a_ready_patch() {
         table.starts_with("ROLLOUT deployment/webfast -n default"),
         "{table}"
     );
+    // The pod's address is in `-o wide` only: the default fits 120 columns.
     assert!(
-        table.contains("webfast-7759c99476-mbbl4  10.244.0.47"),
+        table.contains("webfast-7759c99476-mbbl4  ") && !table.contains("10.244.0.47"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .all(|l| l.starts_with("  kubectl ") || l.chars().count() <= 120),
         "{table}"
     );
     assert!(
@@ -86,6 +93,10 @@ fn the_table_shows_the_verdict_the_chart_and_a_ready_patch() {
     let wide = stdout(&analyze(&["-o", "wide", real.to_str().unwrap()], None));
     assert!(
         wide.contains("LISTEN CLOSED") && wide.contains("NODES\n  vm  35 observations"),
+        "{wide}"
+    );
+    assert!(
+        wide.contains("webfast-7759c99476-mbbl4  10.244.0.47"),
         "{wide}"
     );
 }

@@ -95,3 +95,60 @@ fn the_html_report_renders_its_chart_in_headless_chromium() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The page fits a 1000 px window: no table or chart wider than the page (the two-node real
+/// rollout, four pods with every mark, made the page scroll sideways to 1276 px).
+#[test]
+fn the_html_report_fits_a_1000_px_window() {
+    let dir = std::env::temp_dir().join(format!("zdt-html-fit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let html = dir.join("report.html");
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-cluster/v1.28-fast2-128-b.jsonl");
+    let analyze = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .args(["analyze", "--html"])
+        .arg(&html)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(analyze.status.success());
+    // The report itself has no script; this copy gets one that writes the page's layout width
+    // into its title, which Chromium's DOM dump shows.
+    let probe = dir.join("probe.html");
+    let page = std::fs::read_to_string(&html).unwrap().replace(
+        "</body>",
+        "<script>document.title=document.documentElement.scrollWidth+'/'+window.innerWidth</script></body>",
+    );
+    std::fs::write(&probe, page).unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1000,900",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .arg(format!("file://{}", probe.display()))
+        .output()
+        .expect("cannot run chromium: run `./x setup`, which installs Debian's chromium package");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let title = dom
+        .split("<title>")
+        .nth(1)
+        .and_then(|t| t.split("</title>").next())
+        .unwrap_or_default();
+    let (scroll, window) = title
+        .split_once('/')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .unwrap_or_else(|| panic!("no layout width in the dumped DOM's title: {title:?}"));
+    assert!(
+        scroll <= window,
+        "the page is {scroll} px wide in a {window} px window"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

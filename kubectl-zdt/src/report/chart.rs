@@ -14,8 +14,10 @@ const LABEL_MAX: usize = 28;
 /// Marks this uncertain are drawn in lower case.
 const BRACKETED_MS: f64 = 50.0;
 
+/// Three lines, each under 120 columns.
 pub const LEGEND: &str = "D deleted  T endpoint terminating  R endpoint removed  P preStop  S SIGTERM  L listener closed  \
-X exit  N netns gone  (lower case: known to ±50 ms or worse)  █ unsafe window  ▁…█ nodes removing the pod  × refused in window  ! reset at exit  ○ timeout  · other error";
+X exit  N netns gone\n(lower case: known to ±50 ms or worse)  █ unsafe window  ▁…█ nodes removing the pod  × refused in window\n\
+! reset at exit  ○ timeout  · other error";
 
 /// The letter each mark is drawn with, painted in this order (the listener close last: the
 /// window starts there).

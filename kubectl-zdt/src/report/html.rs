@@ -184,9 +184,10 @@ fn table(out: &mut String, headers: &[&str], rows: impl Iterator<Item = Vec<Stri
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}\
 h1{font-size:22px}h2{font-size:18px;margin-top:28px}\
-table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}\
+table{border-collapse:collapse;margin:8px 0;font-size:13px;width:100%}\
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;overflow-wrap:anywhere}\
 th{background:#f0f0f0}.safe{color:#2ca02c}.unsafe{color:#d62728}.inconclusive{color:#b8860b}\
-svg{border:1px solid #ddd;background:#fcfcfc;margin:8px 0}.label{font-size:13px;font-weight:600}.sub{font-size:11px}\
+svg{border:1px solid #ddd;background:#fcfcfc;margin:8px 0;max-width:100%;height:auto}.label{font-size:13px;font-weight:600}.sub{font-size:11px}\
 .tick{font-size:10px;fill:#666;text-anchor:middle}.grid{stroke:#e5e5e5}.mark{stroke:#333;stroke-width:1.5}\
 .letter{font-size:9px;text-anchor:middle;fill:#333}.window{fill:#d62728;fill-opacity:.45}.dp{fill:#1f77b4}\
 code{background:#f4f4f4;padding:2px 4px;display:block;white-space:pre-wrap;word-break:break-all;margin:4px 0}\

@@ -45,8 +45,14 @@ fn offset(from: Option<&Mark>, to: Option<&Mark>) -> String {
     }
 }
 
+/// The default columns fit a 120-column terminal (as kubectl's do); `-o wide` adds the pod's
+/// address, every mark and what is missing.
 pub(crate) fn headers(wide: bool) -> Vec<&'static str> {
-    let mut h = vec!["POD", "IP", "PROPAGATION", "GAP", "WORST NODE"];
+    let mut h = vec!["POD"];
+    if wide {
+        h.push("IP");
+    }
+    h.extend(["PROPAGATION", "GAP", "WORST NODE"]);
     if wide {
         h.extend([
             "NODES REMOVED",
@@ -57,13 +63,7 @@ pub(crate) fn headers(wide: bool) -> Vec<&'static str> {
             "NETNS GONE",
         ]);
     }
-    h.extend([
-        "REFUSED IN WINDOW",
-        "RESET AT EXIT",
-        "TIMEOUT",
-        "OTHER",
-        "VERDICT",
-    ]);
+    h.extend(["REFUSED", "RESET AT EXIT", "TIMEOUT", "OTHER", "VERDICT"]);
     if wide {
         h.push("MISSING");
     }
@@ -71,15 +71,17 @@ pub(crate) fn headers(wide: bool) -> Vec<&'static str> {
 }
 
 pub(crate) fn pod_row(p: &PodReport, wide: bool) -> Vec<String> {
-    let mut row = vec![
-        pod_label(p),
-        p.ip.map_or_else(|| "—".to_owned(), |ip| ip.to_string()),
+    let mut row = vec![pod_label(p)];
+    if wide {
+        row.push(p.ip.map_or_else(|| "—".to_owned(), |ip| ip.to_string()));
+    }
+    row.extend([
         ms_cell(p.propagation_ms, p.propagation_basis, 0.0),
         ms_cell(p.gap_ms, p.gap_basis, p.gap_uncertainty_ms),
         p.worst_node
             .as_ref()
             .map_or_else(|| "—".to_owned(), |n| n.to_string()),
-    ];
+    ]);
     if wide {
         let m = &p.marks;
         let d = m.delete.as_ref();

@@ -8,6 +8,34 @@ use comfy_table::{CellAlignment, ContentArrangement, Table, presets::NOTHING};
 use super::{chart, rows};
 use crate::correlate::{Report, Verdict};
 
+/// The terminal width the default output keeps to (kubectl's tables assume no more).
+const WIDTH: usize = 120;
+
+/// `text` after `indent`, wrapped at word boundaries to [`WIDTH`] columns; continuation lines
+/// are indented two more. A word longer than the line (a command to copy) stays whole.
+fn wrapped(indent: &str, text: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from(indent);
+    let mut fresh = true;
+    for word in text.split(' ') {
+        let len = line.chars().count();
+        if !fresh && len + 1 + word.chars().count() > WIDTH {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = format!("{indent}  ");
+            fresh = true;
+        }
+        if !fresh {
+            line.push(' ');
+        }
+        line.push_str(word);
+        fresh = false;
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+    out
+}
+
 /// Columns that hold numbers, right-aligned.
 fn numeric(header: &str) -> bool {
     matches!(
@@ -19,7 +47,7 @@ fn numeric(header: &str) -> bool {
             | "LISTEN CLOSED"
             | "EXIT"
             | "NETNS GONE"
-            | "REFUSED IN WINDOW"
+            | "REFUSED"
             | "RESET AT EXIT"
             | "TIMEOUT"
             | "OTHER"
@@ -41,7 +69,7 @@ pub(crate) fn render(report: &Report, wide: bool) -> String {
             r.duration_ms,
             r.verdict.as_str().to_uppercase()
         );
-        let _ = writeln!(out, "  {}", r.reason);
+        out.push_str(&wrapped("  ", &r.reason));
         let headers = rows::headers(wide);
         let mut t = Table::new();
         t.load_style(NOTHING)
@@ -61,13 +89,15 @@ pub(crate) fn render(report: &Report, wide: bool) -> String {
             let _ = writeln!(out, "{}", line.trim_end());
         }
         for p in r.pods.iter().filter(|p| wide || p.verdict != Verdict::Safe) {
-            let _ = writeln!(
-                out,
-                "  {} {}: {}",
-                rows::pod_label(p),
-                p.verdict.as_str(),
-                p.reason
-            );
+            out.push_str(&wrapped(
+                "  ",
+                &format!(
+                    "{} {}: {}",
+                    rows::pod_label(p),
+                    p.verdict.as_str(),
+                    p.reason
+                ),
+            ));
         }
         if r.unattributed_errors > 0 {
             let _ = writeln!(
@@ -77,20 +107,25 @@ pub(crate) fn render(report: &Report, wide: bool) -> String {
             );
         }
         out.push('\n');
-        out.push_str(&chart::render(r, if wide { 100 } else { 64 }));
+        out.push_str(&chart::render(r, if wide { 100 } else { 58 }));
         out.push('\n');
     }
     let advice = rows::advice_lines(report);
     if !advice.is_empty() {
         out.push_str("ADVICE\n");
         for l in advice {
-            let _ = writeln!(out, "  {l}");
+            // A command is copied whole: never wrapped.
+            if l.starts_with("kubectl ") {
+                let _ = writeln!(out, "  {l}");
+            } else {
+                out.push_str(&wrapped("  ", &l));
+            }
         }
     }
     if !report.warnings.is_empty() {
         out.push_str("WARNINGS\n");
         for w in &report.warnings {
-            let _ = writeln!(out, "  {w}");
+            out.push_str(&wrapped("  ", w));
         }
     }
     if wide {
@@ -111,4 +146,21 @@ pub(crate) fn render(report: &Report, wide: bool) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prose_wraps_at_120_columns_and_a_long_command_stays_whole() {
+        let text = "word ".repeat(60);
+        let out = wrapped("  ", text.trim_end());
+        assert!(out.lines().count() > 2, "{out}");
+        assert!(out.lines().all(|l| l.chars().count() <= WIDTH), "{out}");
+        assert!(out.lines().skip(1).all(|l| l.starts_with("    word")));
+        let command = format!("kubectl patch -p '{}'", "x".repeat(200));
+        let out = wrapped("  ", &command);
+        assert!(out.contains(&"x".repeat(200)));
+    }
 }
