@@ -206,3 +206,23 @@ fn connections_reset_at_a_pods_exit_are_resets_at_exit_as_the_clients_saw_them()
         assert_eq!(p.errors.at_exit, 1 + 1, "{run}: {:?}", p.errors);
     }
 }
+
+#[test]
+fn a_refusal_the_agent_tagged_as_the_kubelets_probe_is_counted_apart_from_client_errors() {
+    let mut obs = stream("v1.23-fast-t1");
+    let name = "default/fast-6cdf94f8b6-hdssw";
+    let before = correlate::correlate(&obs, &Options::default());
+    let was = pod(&before, name).errors;
+    // One of the pod's refusals in its window, as the agent tags a tcpSocket readiness probe's.
+    let line = obs
+        .iter_mut()
+        .filter(|o| o.kind == Kind::Refused && o.pod.as_deref() == Some(name))
+        .nth(3)
+        .expect("a refusal");
+    line.extra.insert("probe".into(), "kubelet".into());
+    let after = correlate::correlate(&obs, &Options::default());
+    let now = pod(&after, name).errors;
+    assert_eq!(now.probes, 1);
+    assert_eq!(now.unsafe_window, was.unsafe_window - 1);
+    assert_eq!(now.total(), was.total() - 1, "a probe is no client error");
+}

@@ -17,6 +17,7 @@ use super::{
     journal::{self, Journal},
     pod_netns::PodNetns,
     pods::PodIndex,
+    probes::KubeletProbes,
     serve::{Endpoint, Gauges},
 };
 use crate::observation::Observation;
@@ -128,10 +129,13 @@ pub async fn run(
         netns: Some(netns),
     };
     let api = tokio::spawn(watch.run(filter, tx, api_stop));
+    let mut probes = KubeletProbes::new();
     while let Some(mut o) = rx.recv().await {
-        pods.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .attribute(&mut o);
+        {
+            let mut index = pods.lock().unwrap_or_else(|p| p.into_inner());
+            index.attribute(&mut o);
+            probes.tag(&mut o, &index);
+        }
         journal.push(&o);
         gauges.metrics.observe(&o);
     }

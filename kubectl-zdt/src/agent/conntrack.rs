@@ -32,9 +32,31 @@ impl Conntrack {
         Ok(Self { sock, seq: 0 })
     }
 
+    /// Whether conntrack has the TCP connection `client` → `server` as its original direction
+    /// without address translation: the client dialled the pod's own address (a kubelet probe),
+    /// not a Service's. None when conntrack does not have it that way (a connection to a
+    /// ClusterIP is known by the ClusterIP, not by the pod).
+    pub fn untranslated(&mut self, client: SocketAddr, server: SocketAddr) -> Option<bool> {
+        let flows = self.get(client, server)?;
+        flows
+            .iter()
+            .find(|f| f.frontend == server)
+            .map(|f| !f.dnatted())
+    }
+
     /// The backend (pod IP:port) of the TCP connection `client` → `dialled`, if conntrack still
     /// has it and it was DNAT'ed.
     pub fn backend_of(&mut self, client: SocketAddr, dialled: SocketAddr) -> Option<SocketAddr> {
+        let flows = self.get(client, dialled)?;
+        flows
+            .into_iter()
+            .find(|f| f.frontend == dialled && f.dnatted())
+            .map(|f| f.backend)
+    }
+
+    /// The conntrack entries whose original direction is the TCP connection `client` →
+    /// `dialled` (one netlink GET); None when the query failed or timed out.
+    fn get(&mut self, client: SocketAddr, dialled: SocketAddr) -> Option<Vec<flows::Flow>> {
         self.seq = self.seq.wrapping_add(1);
         let family = if client.is_ipv4() {
             NetfilterProtoFamily::IPv4
@@ -74,19 +96,16 @@ impl Conntrack {
                 return None;
             }
         };
-        let found = flows::decode(&reply)
-            .into_iter()
-            .find(|f| f.frontend == dialled && f.dnatted())
-            .map(|f| f.backend);
-        if found.is_none() {
+        let found = flows::decode(&reply);
+        if found.is_empty() {
             let errno = reply
                 .get(16..20)
                 .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
             tracing::debug!(
-                "conntrack has no DNAT'ed entry for {client} → {dialled} ({} bytes, error {errno:?})",
+                "conntrack has no entry for {client} → {dialled} ({} bytes, error {errno:?})",
                 reply.len()
             );
         }
-        found
+        Some(found)
     }
 }

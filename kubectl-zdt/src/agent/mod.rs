@@ -27,6 +27,7 @@ pub mod netns_gone;
 pub mod pod_netns;
 pub mod pods;
 pub mod preflight;
+pub mod probes;
 pub mod serve;
 pub mod stream;
 

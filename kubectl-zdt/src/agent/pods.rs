@@ -29,8 +29,39 @@ struct Entry {
     ips: Vec<IpAddr>,
     /// The pod's network namespace (inode), once found (`agent::pod_netns`).
     netns: Option<u32>,
+    /// Ports the kubelet probes (readiness, liveness, startup: `tcpSocket`, `httpGet`, `grpc`).
+    probe_ports: Vec<u16>,
     first_seen: Timestamp,
     gone_at: Option<Timestamp>,
+}
+
+/// The ports the kubelet probes in `spec`: `tcpSocket`, `httpGet` and `grpc` probes of every
+/// container, a named port resolved through the container's ports.
+fn probe_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<u16> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut ports = Vec::new();
+    for c in &spec.containers {
+        let resolve = |p: &IntOrString| match p {
+            IntOrString::Int(n) => u16::try_from(*n).ok(),
+            IntOrString::String(name) => c
+                .ports
+                .iter()
+                .flatten()
+                .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                .and_then(|cp| u16::try_from(cp.container_port).ok()),
+        };
+        for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe]
+            .into_iter()
+            .flatten()
+        {
+            ports.extend(probe.tcp_socket.as_ref().and_then(|t| resolve(&t.port)));
+            ports.extend(probe.http_get.as_ref().and_then(|h| resolve(&h.port)));
+            ports.extend(probe.grpc.as_ref().and_then(|g| u16::try_from(g.port).ok()));
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Kernel filter changes an update implies.
@@ -119,12 +150,16 @@ impl PodIndex {
         let mut entry = previous.clone().unwrap_or(Entry {
             pod: pod_ref,
             ips: Vec::new(),
+            probe_ports: Vec::new(),
             netns: None,
             first_seen: now,
             gone_at: None,
         });
         if !ips.is_empty() {
             entry.ips = ips;
+        }
+        if let Some(spec) = spec {
+            entry.probe_ports = probe_ports(spec);
         }
         entry.gone_at = None;
         self.by_uid.insert(uid, entry);
@@ -256,6 +291,13 @@ impl PodIndex {
             o.pod = Some(p.pod);
             o.pod_uid = Some(p.uid);
         }
+    }
+
+    /// Whether the kubelet probes pod `uid` on `port`.
+    pub fn probes_port(&self, uid: &str, port: u16) -> bool {
+        self.by_uid
+            .get(uid)
+            .is_some_and(|e| e.probe_ports.contains(&port))
     }
 
     /// Live pods with their own network (not hostNetwork) whose namespace is not known yet.
@@ -401,6 +443,31 @@ mod tests {
             owner(&mut index, Kind::Signal, at(2), 7).as_deref(),
             Some("default/old")
         );
+    }
+
+    #[test]
+    fn the_ports_the_kubelet_probes_are_read_from_every_probe_named_ports_resolved() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u"},
+            "spec": {"containers": [{
+                "name": "web",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"tcpSocket": {"port": 8080}},
+                "livenessProbe": {"httpGet": {"port": "http", "path": "/"}},
+                "startupProbe": {"grpc": {"port": 9000}},
+            }, {
+                "name": "side",
+                "readinessProbe": {"exec": {"command": ["true"]}},
+            }]},
+            "status": {"podIPs": [{"ip": "198.18.0.5"}]},
+        }))
+        .unwrap();
+        let mut index = PodIndex::new(Duration::from_secs(60));
+        index.apply(&pod, at(0));
+        assert!(index.probes_port("u", 8080));
+        assert!(index.probes_port("u", 9000));
+        assert!(!index.probes_port("u", 80));
+        assert!(!index.probes_port("other", 8080));
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub(crate) fn class(o: &Observation) -> ErrorClass {
     }
 }
 
+/// An error of the node's kubelet's own probe (the agent tagged it `"probe": "kubelet"`).
+pub(crate) fn is_kubelet_probe(o: &Observation) -> bool {
+    o.extra.get("probe").and_then(|v| v.as_str()) == Some("kubelet")
+}
+
 /// A connect that times out shows up several times: each SYN retransmission, then the error
 /// (the kernel's ETIMEDOUT, or the client closing the socket itself, `gave_up`). It is one
 /// failed connection: of the timeout lines of one client socket (node, client address and

@@ -214,6 +214,9 @@ pub struct ErrorCounts {
     pub unrelated: u64,
     /// Errors on a pod whose termination marks are missing, so no cause can be given.
     pub undetermined: u64,
+    /// The node's kubelet's own probes refused or reset (`"probe": "kubelet"` on the line): no
+    /// client saw them; in no other count and not in [`ErrorCounts::total`].
+    pub probes: u64,
 }
 
 impl ErrorCounts {
@@ -233,6 +236,7 @@ impl ErrorCounts {
             Cause::AfterNetnsGone => self.after_netns_gone,
             Cause::Unrelated => self.unrelated,
             Cause::Undetermined => self.undetermined,
+            Cause::Probe => self.probes,
         }
     }
 
@@ -243,6 +247,7 @@ impl ErrorCounts {
             Cause::AfterNetnsGone => &mut self.after_netns_gone,
             Cause::Unrelated => &mut self.unrelated,
             Cause::Undetermined => &mut self.undetermined,
+            Cause::Probe => &mut self.probes,
         };
         *slot += n;
     }
@@ -253,6 +258,7 @@ impl ErrorCounts {
         self.after_netns_gone += other.after_netns_gone;
         self.unrelated += other.unrelated;
         self.undetermined += other.undetermined;
+        self.probes += other.probes;
     }
 }
 
@@ -264,6 +270,8 @@ pub enum Cause {
     AfterNetnsGone,
     Unrelated,
     Undetermined,
+    /// A kubelet probe's connection, not a client's.
+    Probe,
 }
 
 /// One error (or an aggregated line of them) placed on the time axis.

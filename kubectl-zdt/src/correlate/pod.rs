@@ -159,7 +159,11 @@ pub(crate) fn draft(
         let o = &obs[i];
         let class = attribution::class(o);
         let at = attribution::instant(o, times[i]);
-        let cause = attribution::cause(class, o.port, at.t, &d.window);
+        let cause = if attribution::is_kubelet_probe(o) {
+            Cause::Probe
+        } else {
+            attribution::cause(class, o.port, at.t, &d.window)
+        };
         d.add_error(class, cause, at, o.weight());
     }
     d.tl.errors = errors;

@@ -17,7 +17,7 @@ const BRACKETED_MS: f64 = 50.0;
 /// Three lines, each under 120 columns.
 pub const LEGEND: &str = "D deleted  T endpoint terminating  R endpoint removed  P preStop  S SIGTERM  L listener closed  \
 X exit  N netns gone\n(lower case: known to ±50 ms or worse)  █ unsafe window  ▁…█ nodes removing the pod  × refused in window\n\
-! reset at exit  ○ timeout  · other error";
+! reset at exit  ○ timeout  · other error  p kubelet probe (no client's)";
 
 /// The letter each mark is drawn with, painted in this order (the listener close last: the
 /// window starts there).
@@ -55,6 +55,7 @@ fn cause_glyph(c: Cause) -> char {
         Cause::AtExit => '!',
         Cause::AfterNetnsGone => '○',
         Cause::Unrelated | Cause::Undetermined => '·',
+        Cause::Probe => 'p',
     }
 }
 

@@ -44,6 +44,7 @@ fn cause_color(c: Cause) -> &'static str {
         Cause::AtExit => "#ff7f0e",
         Cause::AfterNetnsGone => "#9467bd",
         Cause::Unrelated | Cause::Undetermined => "#7f7f7f",
+        Cause::Probe => "#bbbbbb",
     }
 }
 
@@ -221,7 +222,7 @@ pub fn render(report: &Report) -> String {
         let _ = write!(
             out,
             "<p class=\"legend\">D deleted · T endpoint terminating · R endpoint removed · P preStop · S SIGTERM · L listener closed · X exit · N netns gone · \
-             red bar: unsafe window · blue ▲: a node removed the pod · dots: errors (red refused in window, orange reset at exit, purple timeout, grey other). 0 ms = first deletion seen.</p>"
+             red bar: unsafe window · blue ▲: a node removed the pod · dots: errors (red refused in window, orange reset at exit, purple timeout, grey other, light grey a kubelet probe). 0 ms = first deletion seen.</p>"
         );
         table(
             &mut out,
