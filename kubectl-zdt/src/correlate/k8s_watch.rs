@@ -207,6 +207,9 @@ pub struct PodWatch {
     ready: HashSet<String>,
     deleting: HashSet<String>,
     terminated: HashSet<String>,
+    /// Each pod's last known address: on v1.28 (kubernetes#125370) the update that gives a
+    /// deleted pod its final phase carries no `podIP`; it comes back in the next one.
+    last_ip: std::collections::HashMap<String, std::net::IpAddr>,
 }
 
 impl PodWatch {
@@ -217,6 +220,7 @@ impl PodWatch {
             ready: HashSet::new(),
             deleting: HashSet::new(),
             terminated: HashSet::new(),
+            last_ip: std::collections::HashMap::new(),
         }
     }
 
@@ -224,11 +228,21 @@ impl PodWatch {
         let p = &event.object;
         let m = &p.metadata;
         let mut out = Vec::new();
+        let ip = match p.status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+            Some(ip) => {
+                self.last_ip.insert(m.uid.clone(), ip);
+                Some(ip)
+            }
+            None => self.last_ip.get(&m.uid).copied(),
+        };
+        if event.kind == "DELETED" {
+            self.last_ip.remove(&m.uid);
+        }
         let base = |kind| {
             let mut o = Observation::new(kind, received, self.observer.clone());
             o.pod = Some(format!("{}/{}", m.namespace, m.name));
             o.pod_uid = Some(m.uid.clone());
-            o.ip = p.status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+            o.ip = ip;
             o
         };
         if event.kind != "DELETED"
@@ -418,4 +432,46 @@ pub fn read_recorded<T: serde::de::DeserializeOwned>(
             Ok((t, r.event))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, pod: serde_json::Value) -> WatchEvent<Pod> {
+        serde_json::from_value(serde_json::json!({"type": kind, "object": pod})).unwrap()
+    }
+
+    #[test]
+    fn a_v1_28_final_phase_update_without_pod_ip_keeps_the_pods_last_address() {
+        let meta = serde_json::json!({
+            "name": "web-1", "namespace": "default", "uid": "u1",
+            "deletionTimestamp": "2026-12-06T18:24:18Z", "deletionGracePeriodSeconds": 5,
+        });
+        let mut watch = PodWatch::new(NodeName("vm".into()));
+        let t: Timestamp = "2026-12-06T18:24:18.9Z".parse().unwrap();
+        let deleting = watch.on_event(
+            t,
+            &event(
+                "MODIFIED",
+                serde_json::json!({"metadata": meta, "status": {"podIP": "198.18.0.202"}}),
+            ),
+        );
+        assert_eq!(deleting[0].kind, Kind::PodDeleting);
+        // kubernetes#125370: the update with the final phase has no podIP.
+        let final_phase = watch.on_event(
+            t + jiff::SignedDuration::from_millis(200),
+            &event(
+                "MODIFIED",
+                serde_json::json!({"metadata": meta, "status": {
+                    "phase": "Succeeded",
+                    "containerStatuses": [{"name": "web", "state": {"terminated": {
+                        "finishedAt": "2026-12-06T18:24:19Z"}}}],
+                }}),
+            ),
+        );
+        assert_eq!(final_phase.len(), 1);
+        assert_eq!(final_phase[0].kind, Kind::ContainerTerminated);
+        assert_eq!(final_phase[0].ip, Some("198.18.0.202".parse().unwrap()));
+    }
 }
