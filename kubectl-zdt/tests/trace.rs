@@ -240,9 +240,27 @@ async fn trace_restarts_the_rollout_collects_the_agents_stream_and_reconciles_th
     }
     let journal = start_agent(&server).await;
     script_cluster(&server, &journal);
+    let mut changes = server.changes();
+    let traffic_args = tokio::spawn(async move {
+        while let Ok(change) = changes.recv().await {
+            if change.resource == "pods"
+                && change.kind == "ADDED"
+                && change.object["metadata"]["name"] == "zdt-traffic-webfast"
+            {
+                return change.object["spec"]["containers"][0]["args"].clone();
+            }
+        }
+        Value::Null
+    });
     let traced = run(&server, &dir, args(true, Some(50), Duration::from_secs(30)))
         .await
         .unwrap();
+    // The loop dials the Service's ClusterIP and port: no cluster DNS needed.
+    assert_eq!(
+        traffic_args.await.unwrap(),
+        json!(["traffic", "--target", "10.96.138.224:80", "--rps", "50"])
+    );
+    assert_eq!(traced.traffic_problem, None);
 
     // The agent's API marks for both old pods came through port-forward.
     let deleting: BTreeSet<String> = traced
