@@ -24,6 +24,7 @@ pub mod nft_monitor;
 mod nodes;
 mod pod;
 mod rollout;
+mod services;
 pub mod simulate;
 pub mod time;
 
@@ -84,8 +85,18 @@ pub fn correlate_with_evidence(
         .zip(timelines)
         .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks))
         .collect();
-    let unattributed =
-        rollout::attribute_service_errors(obs, &times, &assignment.service_level, &mut drafts);
+    // One name per Service, so a client's errors meet the pods they hit.
+    let names = services::ServiceNames::index(obs);
+    for d in &mut drafts {
+        d.tl.service = d.tl.service.as_deref().map(|s| names.canonical(s));
+    }
+    let unattributed = rollout::attribute_service_errors(
+        obs,
+        &times,
+        &assignment.service_level,
+        &names,
+        &mut drafts,
+    );
 
     let finished: Vec<rollout::Finished> = drafts
         .iter()

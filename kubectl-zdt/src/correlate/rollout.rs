@@ -11,6 +11,7 @@ use super::{
     identity::PodIdent,
     model::{Cause, ErrorCounts, PodReport, Rollout, Verdict},
     pod::{PodDraft, PodFacts, label},
+    services::ServiceNames,
     time::{WallNs, ms},
 };
 use crate::observation::Observation;
@@ -34,6 +35,7 @@ pub(crate) fn attribute_service_errors(
     obs: &[Observation],
     times: &[WallNs],
     indices: &[usize],
+    names: &ServiceNames,
     drafts: &mut [PodDraft],
 ) -> Vec<Unattributed> {
     let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -46,7 +48,8 @@ pub(crate) fn attribute_service_errors(
     let mut left = Vec::new();
     for &i in indices {
         let o = &obs[i];
-        let service = o.service.as_deref().unwrap_or_default();
+        let service = names.canonical(o.service.as_deref().unwrap_or_default());
+        let service = service.as_str();
         let class = attribution::class(o);
         let at = attribution::instant(o, times[i]);
         let candidates: Vec<(usize, Cause)> = by_service
