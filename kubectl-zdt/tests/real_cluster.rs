@@ -1,10 +1,13 @@
 //! What `trace deployment/fast --save` recorded on a real v1.23 cluster
-//! (tests/recorded/k8s-v1.23, see its README), replayed through the engine.
+//! (tests/recorded/k8s-v1.23, see its README), replayed through the engine and
+//! `history --rollouts`: the report is about the traced workload's deleted pods, and the
+//! traffic loop's errors belong to the rollout they happened in.
 
-use std::path::Path;
+use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use kubectl_zdt::{
-    correlate::{self, Options, Report, input},
+    correlate::{self, Options, Report, Scope, input},
+    history::rollouts,
     observation::{Kind, Observation},
 };
 
@@ -18,11 +21,101 @@ fn recording(name: &str) -> Vec<Observation> {
     obs
 }
 
+fn fast() -> Scope {
+    Scope {
+        namespace: "default".into(),
+        workload: "deployment/fast".into(),
+    }
+}
+
+fn pods(r: &Report) -> BTreeSet<String> {
+    r.rollouts
+        .iter()
+        .flat_map(|ro| &ro.pods)
+        .filter_map(|p| p.pod.clone())
+        .collect()
+}
+
+fn workloads(r: &Report) -> Vec<&str> {
+    r.rollouts.iter().map(|ro| ro.workload.as_str()).collect()
+}
+
 fn outside_warnings(r: &Report) -> Vec<&String> {
     r.warnings
         .iter()
         .filter(|w| w.contains("outside every observed rollout"))
         .collect()
+}
+
+/// fast-t1 with one more deletion line, the recording's first one as the API watch would have
+/// written it for `pod` of `workload`.
+fn fast_t1_with_deletion(pod: &str, workload: &str) -> Vec<Observation> {
+    let mut obs = recording("fast-t1.jsonl");
+    let mut o = obs
+        .iter()
+        .find(|o| o.kind == Kind::PodDeleting)
+        .unwrap()
+        .clone();
+    o.pod = Some(pod.into());
+    o.pod_uid = Some(format!("uid-of-{pod}"));
+    o.ip = None;
+    obs.push(o.with_extra("workload", workload));
+    obs
+}
+
+#[test]
+fn trace_deployment_fast_reports_only_the_two_deleted_fast_pods() {
+    let obs = recording("fast-t1.jsonl");
+    let r = correlate::correlate_scoped(&obs, &Options::default(), &fast());
+    assert_eq!(r.rollouts.len(), 1, "{:#?}", r.rollouts);
+    assert_eq!(r.rollouts[0].workload, "deployment/fast");
+    // Not the new pods, whose httpd children exit per connection.
+    assert_eq!(
+        pods(&r),
+        [
+            "default/fast-6cdf94f8b6-6wbjk",
+            "default/fast-6cdf94f8b6-hdssw"
+        ]
+        .map(String::from)
+        .into()
+    );
+    let patches = &r.advice.as_ref().expect("advice").patches;
+    assert!(
+        patches
+            .iter()
+            .all(|p| p.command.contains("deployment/fast ")),
+        "{patches:#?}"
+    );
+}
+
+#[test]
+fn pods_that_were_never_deleted_are_no_rollout_the_traffic_pod_least_of_all() {
+    // Unscoped, as `analyze` reads the stream: the traffic pod (415 resets and refusals of its
+    // own sockets), the bare pod tp-short and the never-restarted slow had process exits or
+    // errors, but no deletion.
+    let obs = recording("fast-t1.jsonl");
+    let r = correlate::correlate(&obs, &Options::default());
+    assert_eq!(workloads(&r), ["deployment/fast"]);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("not deleted") && w.contains("default/zdt-traffic-fast")),
+        "{:#?}",
+        r.warnings
+    );
+}
+
+#[test]
+fn the_traffic_pods_own_deletion_at_the_end_of_the_trace_is_no_rollout() {
+    // The trace deletes its traffic pod when it ends; the agents' journals keep that deletion.
+    let obs = fast_t1_with_deletion("default/zdt-traffic-fast", "pod/zdt-traffic-fast");
+    let r = correlate::correlate(&obs, &Options::default());
+    assert_eq!(workloads(&r), ["deployment/fast"]);
+    let found: Vec<String> = rollouts::find(&obs, Duration::from_secs(600))
+        .into_iter()
+        .map(|f| f.workload)
+        .collect();
+    assert_eq!(found, ["deployment/fast"]);
 }
 
 #[test]
@@ -34,23 +127,37 @@ fn the_traffic_loops_errors_are_counted_in_the_rollout_they_happened_in() {
         .map(Observation::weight)
         .sum();
     assert_eq!(traffic, 25, "6 refused + 19 timed out");
-    let r = correlate::correlate(&obs, &Options::default());
+    let r = correlate::correlate_scoped(&obs, &Options::default(), &fast());
     assert!(outside_warnings(&r).is_empty(), "{:#?}", r.warnings);
-    let rollout = r
-        .rollouts
-        .iter()
-        .find(|ro| ro.workload == "deployment/fast")
-        .unwrap();
-    // Each deleted pod's own Service name and the loop's are one form.
-    for p in rollout
-        .pods
-        .iter()
-        .filter(|p| p.pod.as_deref().is_some_and(|n| n.contains("6cdf94f8b6")))
-    {
+    let rollout = &r.rollouts[0];
+    // Each pod's own Service name and the loop's are one form.
+    for p in &rollout.pods {
         assert_eq!(p.service.as_deref(), Some("default/fast"), "{:?}", p.pod);
     }
     // The 6 refusals are the pods' own refused SYNs seen from the client (not counted twice);
     // the 19 timeouts are either a pod's or the rollout's.
     let timeouts: u64 = rollout.pods.iter().map(|p| p.errors.after_netns_gone).sum();
     assert_eq!(timeouts + rollout.unattributed_errors, 19, "{rollout:#?}");
+}
+
+#[test]
+fn another_workload_deleted_beside_the_traced_one_is_left_out_of_its_report() {
+    // Had slow's pod been deleted during the trace (it was not), its rows and its patch would
+    // be about another workload.
+    let obs = fast_t1_with_deletion("default/slow-d5466dbd8-tvp9c", "deployment/slow");
+    let all = correlate::correlate(&obs, &Options::default());
+    assert!(
+        all.rollouts
+            .iter()
+            .any(|ro| ro.workload == "deployment/slow")
+    );
+    let r = correlate::correlate_scoped(&obs, &Options::default(), &fast());
+    assert_eq!(workloads(&r), ["deployment/fast"]);
+    let patches = &r.advice.as_ref().expect("advice").patches;
+    assert!(
+        patches
+            .iter()
+            .all(|p| !p.command.contains("deployment/slow")),
+        "{patches:#?}"
+    );
 }

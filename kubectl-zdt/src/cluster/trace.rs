@@ -25,7 +25,7 @@ use super::{
     workload::{self, Progress, WorkloadRef},
 };
 use crate::{
-    correlate::{self, Options, Report, client_log},
+    correlate::{self, Options, Report, Scope, client_log},
     observation::{Kind, NodeName, Observation},
     report::{self, Format},
 };
@@ -105,7 +105,7 @@ impl TrafficPod {
         image: String,
     ) -> Result<Self> {
         let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let name = format!("zdt-traffic-{}", workload.name);
+        let name = format!("{}{}", correlate::TRAFFIC_POD_PREFIX, workload.name);
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kubectl-zdt",
@@ -490,10 +490,16 @@ pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Resu
         traffic_problem = traffic_problem.or(problem);
     }
     followed?;
-    let report = correlate::correlate(
+    // The other workloads' pods on these nodes (and the traffic pod) are in the agents'
+    // streams too: the report is about the traced workload's pods only.
+    let report = correlate::correlate_scoped(
         &observations,
         &Options {
             margin_ms: args.margin_ms,
+        },
+        &Scope {
+            namespace: ns.clone(),
+            workload: args.workload.to_string(),
         },
     );
     Ok(Traced {

@@ -246,6 +246,14 @@ impl PodWatch {
             if let Some(w) = workload(m) {
                 o = o.with_extra("workload", w);
             }
+            // kubectl-zdt's own pods (the traffic loop) are the instrument, not a rollout.
+            if m.labels
+                .get("app.kubernetes.io/part-of")
+                .map(String::as_str)
+                == Some("kubectl-zdt")
+            {
+                o = o.with_extra("instrument", true);
+            }
             let serving = p
                 .spec
                 .containers

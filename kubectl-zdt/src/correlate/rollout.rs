@@ -19,6 +19,21 @@ use crate::observation::Observation;
 /// Ten minutes without a deletion in a workload ends its rollout.
 pub(crate) const ROLLOUT_SPLIT_NS: i64 = 600 * 1_000_000_000;
 
+/// Names of the pods `trace --traffic` runs its request loop in: the instrument, never a
+/// rollout, although its own deletion (when the trace ends) is in the agents' journals.
+pub const TRAFFIC_POD_PREFIX: &str = "zdt-traffic-";
+
+/// Whether the pod `namespace/name` (or `name`) is kubectl-zdt's own traffic loop, by its
+/// name or by the `instrument` flag the API watch sets from its labels.
+pub fn is_instrument(pod: Option<&str>, flagged: bool) -> bool {
+    flagged
+        || pod.is_some_and(|p| {
+            p.rsplit_once('/')
+                .map_or(p, |(_, n)| n)
+                .starts_with(TRAFFIC_POD_PREFIX)
+        })
+}
+
 /// A service-level error no single pod explains.
 #[derive(Clone, Debug)]
 pub(crate) struct Unattributed {
@@ -105,7 +120,7 @@ pub fn workload_of_pod(pod: &str, declared: Option<&str>) -> (Option<String>, St
 
 /// `deployment/<name>` for pods named `<name>-<pod-template-hash>-<5 chars>`, the ReplicaSet
 /// naming the Deployment controller uses; otherwise the pod itself.
-fn workload_of(ident: &PodIdent, declared: Option<&str>) -> (Option<String>, String) {
+pub(crate) fn workload_of(ident: &PodIdent, declared: Option<&str>) -> (Option<String>, String) {
     let Some(full) = &ident.name else {
         return (None, declared.unwrap_or("unknown").to_owned());
     };
@@ -216,16 +231,17 @@ pub(crate) fn group(
     unattributed: &[Unattributed],
     warnings: &mut Vec<String>,
 ) -> Vec<(Rollout, Vec<Finished>)> {
+    let key = |p: &Finished| (p.namespace.clone(), p.workload.clone());
     pods.sort_by(|a, b| {
         (
-            &a.workload,
+            key(a),
             a.anchor,
             &a.report.pod,
             &a.report.pod_uid,
             a.report.ip,
         )
             .cmp(&(
-                &b.workload,
+                key(b),
                 b.anchor,
                 &b.report.pod,
                 &b.report.pod_uid,
@@ -234,9 +250,10 @@ pub(crate) fn group(
     });
     let mut groups: Vec<Vec<Finished>> = Vec::new();
     for p in pods {
-        let split = groups.last().and_then(|g| g.last()).is_none_or(|prev| {
-            prev.workload != p.workload || p.anchor - prev.anchor > ROLLOUT_SPLIT_NS
-        });
+        let split = groups
+            .last()
+            .and_then(|g| g.last())
+            .is_none_or(|prev| key(prev) != key(&p) || p.anchor - prev.anchor > ROLLOUT_SPLIT_NS);
         if split {
             groups.push(vec![p]);
         } else if let Some(g) = groups.last_mut() {

@@ -1,7 +1,8 @@
 //! Rollouts nobody traced, found in the journals: pod deletions (`pod_deleting`, seen by the
 //! pod's node agent) grouped by owner (`workload`, else the pod itself) and time. Deletions of
 //! one owner less than the split gap apart are one rollout — the same rule, and by default the
-//! same 10-minute gap, as the correlation report's grouping.
+//! same 10-minute gap, as the correlation report's grouping. kubectl-zdt's own traffic pods are
+//! left out.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,6 +13,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::{
+    correlate::is_instrument,
     journal::fold::is_counter,
     observation::{Kind, Observation},
 };
@@ -56,7 +58,13 @@ pub fn find(obs: &[Observation], split: std::time::Duration) -> Vec<FoundRollout
     let split_ns = split.as_nanos() as i128;
     // First deletion seen per pod (several agents, relists, may report it again).
     let mut first: BTreeMap<&str, &Observation> = BTreeMap::new();
-    for o in obs.iter().filter(|o| o.kind == Kind::PodDeleting) {
+    for o in obs.iter().filter(|o| {
+        o.kind == Kind::PodDeleting
+            && !is_instrument(
+                o.pod.as_deref(),
+                o.extra.get("instrument").and_then(|v| v.as_bool()) == Some(true),
+            )
+    }) {
         if let Some(pod) = o.pod.as_deref() {
             let e = first.entry(pod).or_insert(o);
             if o.time < e.time {
