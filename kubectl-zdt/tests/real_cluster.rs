@@ -1,7 +1,8 @@
 //! What `trace deployment/fast --save` recorded on a real v1.23 cluster
-//! (tests/recorded/k8s-v1.23, see its README), replayed through the engine and
-//! `history --rollouts`: the report is about the traced workload's deleted pods, and the
-//! traffic loop's errors belong to the rollout they happened in.
+//! (tests/recorded/k8s-v1.23, see its README), replayed through the engine, `history --rollouts`
+//! and `recommend`'s grouping: the report is about the traced workload's deleted pods, the
+//! traffic loop's errors belong to the rollout they happened in, and each template change is
+//! one rollout.
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
@@ -9,6 +10,7 @@ use kubectl_zdt::{
     correlate::{self, Options, Report, Scope, input},
     history::rollouts,
     observation::{Kind, Observation},
+    recommend::advise,
 };
 
 fn recording(name: &str) -> Vec<Observation> {
@@ -160,4 +162,50 @@ fn another_workload_deleted_beside_the_traced_one_is_left_out_of_its_report() {
             .all(|p| !p.command.contains("deployment/slow")),
         "{patches:#?}"
     );
+}
+
+#[test]
+fn two_template_changes_six_minutes_apart_are_two_rollouts_everywhere() {
+    let mut obs = recording("fast-t1.jsonl");
+    obs.extend(recording("fast-t4-notraffic.jsonl"));
+
+    let r = correlate::correlate(&obs, &Options::default());
+    let fast: Vec<BTreeSet<String>> = r
+        .rollouts
+        .iter()
+        .filter(|ro| ro.workload == "deployment/fast")
+        .map(|ro| ro.pods.iter().filter_map(|p| p.pod.clone()).collect())
+        .collect();
+    assert_eq!(
+        fast,
+        [
+            [
+                "default/fast-6cdf94f8b6-6wbjk",
+                "default/fast-6cdf94f8b6-hdssw"
+            ],
+            [
+                "default/fast-679b4687dd-dc5s8",
+                "default/fast-679b4687dd-gnmsg"
+            ],
+        ]
+        .map(|p| p.map(String::from).into())
+    );
+
+    // `history --rollouts`, with its default 10-minute split.
+    let found: Vec<(String, usize)> = rollouts::find(&obs, Duration::from_secs(600))
+        .into_iter()
+        .map(|f| (f.workload, f.pods.len()))
+        .collect();
+    assert_eq!(
+        found,
+        [("deployment/fast".into(), 2), ("deployment/fast".into(), 2)]
+    );
+
+    // `recommend`'s ROLLOUTS column.
+    let evidence = advise::gather(&obs, 500);
+    let fast = evidence
+        .iter()
+        .find(|w| w.key.workload == "deployment/fast")
+        .unwrap();
+    assert_eq!((fast.rollouts, fast.pods.len()), (2, 4));
 }

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 
 pub use advice::{PodEvidence, advise, percentile};
 pub use model::*;
-pub use rollout::{TRAFFIC_POD_PREFIX, is_instrument, workload_of_pod};
+pub use rollout::{TRAFFIC_POD_PREFIX, is_instrument, template_of, workload_of_pod};
 
 use crate::observation::{KERNEL_SKIPPED, Kind, Observation};
 use time::{WallNs, ms_u};
@@ -87,11 +87,20 @@ pub fn correlate_with_evidence(
     run(obs, options, None)
 }
 
-/// Whether the API watch flagged the pod as kubectl-zdt's instrument.
-fn flagged_instrument(obs: &[Observation], members: &[usize]) -> bool {
-    members
-        .iter()
-        .any(|&i| obs[i].extra.get("instrument").and_then(|v| v.as_bool()) == Some(true))
+/// What the pod's own lines say about it beyond its timeline: the `template_hash` its deletion
+/// carried, and whether the API watch flagged it as kubectl-zdt's instrument.
+fn pod_labels(obs: &[Observation], members: &[usize]) -> (Option<String>, bool) {
+    let mut template: Option<&str> = None;
+    let mut instrument = false;
+    for o in members.iter().map(|&i| &obs[i]) {
+        if let Some(h) = o.extra.get("template_hash").and_then(|v| v.as_str())
+            && template.is_none_or(|cur| h < cur)
+        {
+            template = Some(h);
+        }
+        instrument |= o.extra.get("instrument").and_then(|v| v.as_bool()) == Some(true);
+    }
+    (template.map(str::to_owned), instrument)
 }
 
 fn run(
@@ -102,10 +111,10 @@ fn run(
     let times: Vec<WallNs> = obs.iter().map(|o| WallNs::from_timestamp(o.time)).collect();
     let (nodes, node_of) = nodes::Nodes::index(obs);
     let assignment = identity::assign(obs, &times);
-    let flagged: Vec<bool> = assignment
+    let labels: Vec<(Option<String>, bool)> = assignment
         .members
         .iter()
-        .map(|m| flagged_instrument(obs, m))
+        .map(|m| pod_labels(obs, m))
         .collect();
     let timelines: Vec<marks::Timeline> = assignment
         .members
@@ -140,7 +149,7 @@ fn run(
     let mut warnings = clocks.warnings.clone();
     let mut not_deleted: Vec<(String, u64)> = Vec::new();
     let mut finished: Vec<rollout::Finished> = Vec::new();
-    for (d, instrument) in drafts.iter().zip(&flagged) {
+    for (d, (template, instrument)) in drafts.iter().zip(&labels) {
         let deleted = if api_deletions {
             d.tl.delete.is_some()
         } else {
@@ -160,7 +169,12 @@ fn run(
             continue;
         }
         let (report, facts) = pod::finish(d, &nodes, &clocks);
-        finished.push(rollout::Finished::new(d, report, facts));
+        finished.push(rollout::Finished::new(
+            d,
+            report,
+            facts,
+            template.as_deref(),
+        ));
     }
     if !not_deleted.is_empty() {
         let total: u64 = not_deleted.iter().map(|(_, n)| n).sum();
