@@ -1,5 +1,6 @@
 //! What `trace deployment/fast --save` recorded on a real v1.23 cluster
-//! (tests/recorded/k8s-v1.23, see its README), replayed through the engine, `history --rollouts`
+//! (tests/recorded/k8s-v1.23, see its README) and `trace deployment/fast2 --save` on a real
+//! two-node v1.28 cluster (tests/recorded/k8s-v1.28), replayed through the engine, `history --rollouts`
 //! and `recommend`'s grouping: the report is about the traced workload's deleted pods, the
 //! traffic loop's errors belong to the rollout they happened in, and each template change is
 //! one rollout.
@@ -13,21 +14,31 @@ use kubectl_zdt::{
     recommend::advise,
 };
 
+/// `name` (`k8s-v1.23/fast-t1.jsonl`, or a bare name for the v1.23 folder).
 fn recording(name: &str) -> Vec<Observation> {
+    let name = if name.contains('/') {
+        name.to_owned()
+    } else {
+        format!("k8s-v1.23/{name}")
+    };
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/recorded/k8s-v1.23")
-        .join(name);
+        .join("tests/recorded")
+        .join(&name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let (obs, problems) = input::parse_all(&text);
     assert!(problems.is_empty(), "{name}: {problems:?}");
     obs
 }
 
-fn fast() -> Scope {
+fn scope(workload: &str) -> Scope {
     Scope {
         namespace: "default".into(),
-        workload: "deployment/fast".into(),
+        workload: workload.into(),
     }
+}
+
+fn fast() -> Scope {
+    scope("deployment/fast")
 }
 
 fn pods(r: &Report) -> BTreeSet<String> {
@@ -208,4 +219,26 @@ fn two_template_changes_six_minutes_apart_are_two_rollouts_everywhere() {
         .find(|w| w.key.workload == "deployment/fast")
         .unwrap();
     assert_eq!((fast.rollouts, fast.pods.len()), (2, 4));
+}
+
+#[test]
+fn trace_deployment_fast2_on_two_nodes_reports_its_four_deleted_pods_and_nothing_else() {
+    let obs = recording("k8s-v1.28/fast2-128-b.jsonl");
+    let r = correlate::correlate_scoped(&obs, &Options::default(), &scope("deployment/fast2"));
+    assert_eq!(workloads(&r), ["deployment/fast2"]);
+    assert_eq!(
+        pods(&r),
+        ["cbpwm", "gwx2x", "jxlz8", "kqp74"]
+            .map(|s| format!("default/fast2-cb57b7b85-{s}"))
+            .into()
+    );
+    let patches = &r.advice.as_ref().expect("advice").patches;
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    assert!(
+        patches[0].command.contains("deployment/fast2 "),
+        "{patches:#?}"
+    );
+    // Unscoped too: fast, spread, slow and prestop had no pod deleted.
+    let all = correlate::correlate(&obs, &Options::default());
+    assert_eq!(workloads(&all), ["deployment/fast2"]);
 }
