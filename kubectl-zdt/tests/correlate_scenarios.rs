@@ -115,7 +115,7 @@ fn a_reused_ip_does_not_merge_the_new_pod_into_the_old_one() {
     // The refusal 6 s later belongs to the new pod, whose termination is not in the input.
     assert!(
         r.warnings.iter().any(|w| w
-            == "1 errors on pods that were not deleted (default/web-7d4b9c8f6d-zzzzz) are in no rollout"),
+            == "1 error on pods that were not deleted (default/web-7d4b9c8f6d-zzzzz) is in no rollout"),
         "{:#?}",
         r.warnings
     );

@@ -184,9 +184,11 @@ fn run(
             .map(|(p, _)| p.as_str())
             .collect();
         warnings.push(format!(
-            "{total} errors on pods that were not deleted ({}{}) are in no rollout",
+            "{total} error{} on pods that were not deleted ({}{}) {} in no rollout",
+            if total == 1 { "" } else { "s" },
             names.join(", "),
-            if not_deleted.len() > 3 { ", …" } else { "" }
+            if not_deleted.len() > 3 { ", …" } else { "" },
+            if total == 1 { "is" } else { "are" }
         ));
     }
 
