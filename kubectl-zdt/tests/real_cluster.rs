@@ -242,3 +242,25 @@ fn trace_deployment_fast2_on_two_nodes_reports_its_four_deleted_pods_and_nothing
     let all = correlate::correlate(&obs, &Options::default());
     assert_eq!(workloads(&all), ["deployment/fast2"]);
 }
+
+#[test]
+fn the_reconciliation_counts_the_kernel_lines_of_the_reported_pods_only() {
+    let obs = recording("fast-t1.jsonl");
+    let traced = kubectl_zdt::cluster::trace::Traced {
+        report: correlate::correlate_scoped(&obs, &Options::default(), &fast()),
+        // As `trace-stderr-reconciliation.txt` of that run: 25 of 400 failed.
+        traffic: Some((400, 25)),
+        traffic_problem: None,
+        observations: obs,
+    };
+    // 15 + 12 refusals on the two deleted pods (the node's black-box client's 21 and the
+    // loop's 6); not the 34 refusals and 381 resets of the traffic pod's own sockets, nor
+    // tp-short's.
+    assert_eq!(
+        kubectl_zdt::cluster::trace::reconcile(&traced).as_deref(),
+        Some(
+            "clients: 25 of 400 requests failed (refused 6, reset 0, timed out 19); \
+             kernel on the pods: 27 refused, 0 reset"
+        )
+    );
+}

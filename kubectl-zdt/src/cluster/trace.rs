@@ -3,7 +3,11 @@
 //! in-cluster request loop (`--traffic RPS`), and end with the correlation report.
 
 use std::{
-    collections::BTreeMap, io::Write as _, path::PathBuf, process::ExitCode, time::Duration,
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
 };
 
 use clap::Args;
@@ -526,7 +530,7 @@ async fn agents_image(client: &Client) -> Result<String> {
         .unwrap_or_else(super::manifests::default_image))
 }
 
-/// What the clients saw next to what the kernel saw on the workload's pods.
+/// What the clients saw next to what the kernel saw on the reported (deleted) pods.
 pub fn reconcile(traced: &Traced) -> Option<String> {
     let (total, failed) = traced.traffic?;
     let count = |pred: &dyn Fn(&Observation) -> bool| -> u64 {
@@ -547,8 +551,28 @@ pub fn reconcile(traced: &Traced) -> Option<String> {
     let refused = count(&client("ECONNREFUSED"));
     let reset = count(&client("ECONNRESET"));
     let timeout = count(&client("ETIMEDOUT"));
-    let kernel_refused = count(&|o: &Observation| o.kind == Kind::Refused);
-    let kernel_reset = count(&|o: &Observation| o.kind == Kind::Reset);
+    // Only the reported pods' own kernel lines: the agents also see the other pods on their
+    // nodes, and the traffic pod's own sockets.
+    let pods: BTreeSet<&str> = traced
+        .report
+        .rollouts
+        .iter()
+        .flat_map(|r| &r.pods)
+        .filter_map(|p| p.pod.as_deref())
+        .collect();
+    let ips: BTreeSet<std::net::IpAddr> = traced
+        .report
+        .rollouts
+        .iter()
+        .flat_map(|r| &r.pods)
+        .filter_map(|p| p.ip)
+        .collect();
+    let on_pods = |o: &Observation| match o.pod.as_deref() {
+        Some(p) => pods.contains(p),
+        None => o.ip.is_some_and(|ip| ips.contains(&ip)),
+    };
+    let kernel_refused = count(&|o: &Observation| o.kind == Kind::Refused && on_pods(o));
+    let kernel_reset = count(&|o: &Observation| o.kind == Kind::Reset && on_pods(o));
     Some(format!(
         "clients: {failed} of {total} requests failed (refused {refused}, reset {reset}, timed out {timeout}); kernel on the pods: {kernel_refused} refused, {kernel_reset} reset"
     ))
