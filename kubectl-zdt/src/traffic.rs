@@ -26,12 +26,13 @@ use tokio::{
 
 #[derive(Debug, Args)]
 pub struct TrafficArgs {
-    /// `host:port` of the Service, e.g. web.default.svc:80 (resolved once, at start).
+    /// `host:port` of the Service: its ClusterIP and port (what `trace` passes, e.g.
+    /// 10.96.0.12:80), or a name resolved once, at start.
     #[arg(long, value_name = "HOST:PORT")]
     pub target: String,
 
-    /// Requests per second.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Requests per second, 1 to 10000.
+    #[arg(long, default_value_t = 50, value_parser = rps_parser())]
     pub rps: u32,
 
     /// Give up on a connect or a response after this many milliseconds (reported as
@@ -44,7 +45,19 @@ pub struct TrafficArgs {
     pub path: String,
 }
 
+/// Requests per second the loop can pace (one tick per request, spawned on one runtime):
+/// `trace --traffic` accepts exactly what the traffic pod's `--rps` accepts.
+pub fn rps_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=10_000)
+}
+
 /// How one request ended: `None` is a 2xx/3xx answer, else the client log's error name.
+///
+/// The request says `Connection: close` and the whole response is read (to its
+/// `Content-Length`, else to the server's FIN) before the socket is closed. Closing a socket
+/// with unread data makes the kernel answer with a RST instead of a FIN (RFC 2525 2.17): every
+/// request would end in a reset on the pod, and segments still in flight to the closed port
+/// would come back as refused — errors of the instrument, not of the rollout.
 pub async fn request(
     addr: SocketAddr,
     host: &str,
@@ -55,18 +68,67 @@ pub async fn request(
         let mut stream = TcpStream::connect(addr).await?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         stream.write_all(req.as_bytes()).await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        Ok::<_, std::io::Error>(head)
+        let response = read_response(&mut stream).await?;
+        // Everything the server sent is read: this close is a FIN, not a RST. The answer is
+        // complete, so a failing shutdown changes nothing about it.
+        let _ = stream.shutdown().await;
+        Ok::<_, std::io::Error>(response)
     };
     match tokio::time::timeout(timeout, attempt).await {
         Err(_) => Some("ETIMEDOUT".to_owned()),
-        Ok(Ok(head)) => match &head[9..10] {
-            b"2" | b"3" => None,
-            _ => Some(format!("HTTP_{}", String::from_utf8_lossy(&head[9..12]))),
+        Ok(Ok(head)) => match head.get(9..12) {
+            Some([b'2' | b'3', _, _]) => None,
+            Some(code) => Some(format!("HTTP_{}", String::from_utf8_lossy(code))),
+            None => Some("EOF_BEFORE_RESPONSE".to_owned()),
         },
         Ok(Err(e)) => Some(errno_name(&e)),
     }
+}
+
+/// Reads one response to its end: its `Content-Length` after the head, else up to the server's
+/// FIN (`Connection: close`). Returns the head (status line and headers).
+async fn read_response(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut body_left: Option<usize> = None;
+    loop {
+        if body_left == Some(0) {
+            return Ok(head);
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(head);
+        }
+        match &mut body_left {
+            Some(left) => *left = left.saturating_sub(n),
+            None => {
+                head.extend_from_slice(&buf[..n]);
+                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let already = head.len() - (end + 4);
+                    head.truncate(end + 4);
+                    body_left = content_length(&head).map(|len| len.saturating_sub(already));
+                    if body_left.is_none() {
+                        // No length: the body ends at the server's FIN.
+                        body_left = Some(usize::MAX);
+                    }
+                } else if head.len() > 64 * 1024 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "response head over 64 KiB",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn content_length(head: &[u8]) -> Option<usize> {
+    String::from_utf8_lossy(head).lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 fn errno_name(e: &std::io::Error) -> String {
@@ -182,5 +244,66 @@ mod tests {
             request(addr, "x", "/", t).await.as_deref(),
             Some("HTTP_503")
         );
+    }
+
+    /// Serves `answer` once on loopback; `close_after` shuts the server's side after it (the
+    /// body ends at the FIN). Returns how the server then saw the client leave: `Ok(0)` is a
+    /// FIN, `Err(ECONNRESET)` the RST of a client closing with unread data.
+    fn serve_once(
+        answer: &'static str,
+        close_after: bool,
+    ) -> (SocketAddr, std::thread::JoinHandle<std::io::Result<usize>>) {
+        use std::io::Read as _;
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut s, _) = server.accept()?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut request = Vec::new();
+            let mut buf = [0u8; 512];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf)?;
+                assert!(n > 0, "client left before its request was complete");
+                request.extend_from_slice(&buf[..n]);
+            }
+            assert!(
+                String::from_utf8_lossy(&request).contains("Connection: close"),
+                "{}",
+                String::from_utf8_lossy(&request)
+            );
+            s.write_all(answer.as_bytes())?;
+            if close_after {
+                s.shutdown(std::net::Shutdown::Write)?;
+            }
+            s.read(&mut buf)
+        });
+        (addr, handle)
+    }
+
+    #[tokio::test]
+    async fn the_client_reads_each_response_to_its_end_and_closes_with_a_fin_not_a_reset() {
+        let t = Duration::from_secs(2);
+        for (answer, close_after) in [
+            // The body ends at Content-Length; the server keeps its side open.
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz",
+                false,
+            ),
+            // No length: the body ends at the server's FIN (busybox httpd, Connection: close).
+            (
+                "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>a page</html>",
+                true,
+            ),
+        ] {
+            let (addr, server) = serve_once(answer, close_after);
+            assert_eq!(request(addr, "x", "/", t).await, None, "{answer}");
+            let seen = tokio::task::spawn_blocking(move || server.join().unwrap())
+                .await
+                .unwrap();
+            match seen {
+                Ok(0) => {}
+                other => panic!("the server saw {other:?} after {answer:?}, not a clean close"),
+            }
+        }
     }
 }

@@ -107,16 +107,17 @@ async fn settings_from_the_api_and_history_from_the_agents_give_each_workload_it
     assert_eq!(web["workload"], "deployment/web");
     assert_eq!(
         (web["rollouts"].as_u64(), web["pods"].as_u64()),
-        (Some(1), Some(4))
+        (Some(2), Some(4))
     );
     assert_eq!(web["current"]["source"], "api");
     assert_eq!(web["current"]["prestop"]["seconds"], 30.0);
     assert_eq!(web["verdict"], "wasteful", "{web:#}");
     let advised = web["advised"]["prestop_seconds"].as_u64().unwrap();
-    // 4 pods in the rollout each wait 30 s − the advice too long.
+    // The 2 pods of each rollout (one per template change) each wait 30 s − the advice too
+    // long.
     assert_eq!(
         web["wasted_seconds_per_rollout"].as_f64().unwrap(),
-        (30 - advised) as f64 * 4.0
+        (30 - advised) as f64 * 2.0
     );
     let fast = &v["workloads"][1];
     assert_eq!(fast["workload"], "deployment/webfast");

@@ -113,9 +113,14 @@ async fn start_agent(server: &ApiServer) -> Arc<Journal> {
     journal
 }
 
+/// A traffic pod that gave up early: a few results, then its own error, exit code 1.
+const FAILED_TRAFFIC_LOG: &str =
+    "{\"ok\":3}\nkubectl-zdt: failed to connect to 10.96.138.224:80: Network is unreachable\n";
+
 /// Plays the Deployment controller, the kubelets and the EndpointSlice controller: on the
-/// restart, the recorded rollout; the traffic pod runs and logs what the real client logged.
-fn script_cluster(server: &Arc<ApiServer>, journal: &Arc<Journal>) {
+/// restart, the recorded rollout; the traffic pod runs and logs what the real client logged
+/// (or, with `traffic_fails`, [`FAILED_TRAFFIC_LOG`] and exits with 1).
+fn script_cluster(server: &Arc<ApiServer>, journal: &Arc<Journal>, traffic_fails: bool) {
     let server = server.clone();
     let journal = journal.clone();
     let mut changes = server.changes();
@@ -172,7 +177,19 @@ fn script_cluster(server: &Arc<ApiServer>, journal: &Arc<Journal>) {
                             v.to_string() + "\n"
                         })
                         .collect();
-                    server.set_log("zdt-traffic-webfast", &log);
+                    if traffic_fails {
+                        server.set_log("zdt-traffic-webfast", FAILED_TRAFFIC_LOG);
+                        let mut pod = server
+                            .get("", "pods", "default", "zdt-traffic-webfast")
+                            .unwrap();
+                        pod["status"] = json!({"phase": "Failed", "containerStatuses": [{
+                            "name": "traffic", "ready": false, "restartCount": 0,
+                            "image": "zdt", "imageID": "",
+                            "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]});
+                        server.put(pod);
+                    } else {
+                        server.set_log("zdt-traffic-webfast", &log);
+                    }
                     let mut done = deployment(2, 2, 2, 2);
                     done["spec"] = d["spec"].clone();
                     server.put(done);
@@ -229,8 +246,9 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-#[tokio::test]
-async fn trace_restarts_the_rollout_collects_the_agents_stream_and_reconciles_the_traffic_loop() {
+/// The cluster before the recorded rollout, its agent, and the script that plays the rollout
+/// when the trace restarts it.
+async fn scripted_rollout(traffic_fails: bool) -> (std::path::PathBuf, Arc<ApiServer>) {
     let dir = tempdir();
     let server = Arc::new(ApiServer::start().await);
     cluster_objects(&server);
@@ -239,10 +257,34 @@ async fn trace_restarts_the_rollout_collects_the_agents_stream_and_reconciles_th
         play(&server, "ADDED", object);
     }
     let journal = start_agent(&server).await;
-    script_cluster(&server, &journal);
+    script_cluster(&server, &journal, traffic_fails);
+    (dir, server)
+}
+
+#[tokio::test]
+async fn trace_restarts_the_rollout_collects_the_agents_stream_and_reconciles_the_traffic_loop() {
+    let (dir, server) = scripted_rollout(false).await;
+    let mut changes = server.changes();
+    let traffic_args = tokio::spawn(async move {
+        while let Ok(change) = changes.recv().await {
+            if change.resource == "pods"
+                && change.kind == "ADDED"
+                && change.object["metadata"]["name"] == "zdt-traffic-webfast"
+            {
+                return change.object["spec"]["containers"][0]["args"].clone();
+            }
+        }
+        Value::Null
+    });
     let traced = run(&server, &dir, args(true, Some(50), Duration::from_secs(30)))
         .await
         .unwrap();
+    // The loop dials the Service's ClusterIP and port: no cluster DNS needed.
+    assert_eq!(
+        traffic_args.await.unwrap(),
+        json!(["traffic", "--target", "10.96.138.224:80", "--rps", "50"])
+    );
+    assert_eq!(traced.traffic_problem, None);
 
     // The agent's API marks for both old pods came through port-forward.
     let deleting: BTreeSet<String> = traced
@@ -311,6 +353,56 @@ async fn trace_restarts_the_rollout_collects_the_agents_stream_and_reconciles_th
             .is_none()
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_traffic_pod_that_fails_is_named_with_its_own_words_and_the_report_is_still_made() {
+    let (dir, server) = scripted_rollout(true).await;
+    let traced = run(&server, &dir, args(true, Some(50), Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(
+        traced.traffic_problem.as_deref(),
+        Some(
+            "the traffic pod zdt-traffic-webfast failed: kubectl-zdt: failed to connect to \
+             10.96.138.224:80: Network is unreachable; exit code 1: Error"
+        )
+    );
+    // What it logged before failing still counts; the rollout is still reported.
+    assert_eq!(traced.traffic, Some((3, 0)));
+    assert_eq!(traced.report.rollouts.len(), 1);
+    assert_eq!(traced.report.rollouts[0].workload, "deployment/webfast");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn trace_accepts_exactly_the_rates_the_traffic_pod_accepts() {
+    use clap::Parser as _;
+    use kubectl_zdt::cli::Cli;
+    for (rps, ok) in [("0", false), ("1", true), ("10000", true), ("10001", false)] {
+        let trace = Cli::try_parse_from(["kubectl-zdt", "trace", "deploy/web", "--traffic", rps]);
+        let pod = Cli::try_parse_from([
+            "kubectl-zdt",
+            "traffic",
+            "--target",
+            "10.0.0.1:80",
+            "--rps",
+            rps,
+        ]);
+        assert_eq!(trace.is_ok(), ok, "trace --traffic {rps}");
+        assert_eq!(pod.is_ok(), ok, "traffic --rps {rps}");
+        if let Err(e) = trace {
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+            let first = e.to_string();
+            let first = first.lines().next().unwrap();
+            assert_eq!(
+                first,
+                format!(
+                    "error: invalid value '{rps}' for '--traffic <RPS>': {rps} is not in 1..=10000"
+                )
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,11 @@
 //! in-cluster request loop (`--traffic RPS`), and end with the correlation report.
 
 use std::{
-    collections::BTreeMap, io::Write as _, path::PathBuf, process::ExitCode, time::Duration,
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
 };
 
 use clap::Args;
@@ -25,7 +29,7 @@ use super::{
     workload::{self, Progress, WorkloadRef},
 };
 use crate::{
-    correlate::{self, Options, Report, client_log},
+    correlate::{self, Options, Report, Scope, client_log},
     observation::{Kind, NodeName, Observation},
     report::{self, Format},
 };
@@ -41,9 +45,10 @@ pub struct TraceArgs {
     #[arg(long)]
     pub restart: bool,
 
-    /// Run an in-cluster request loop at this many requests per second against the
-    /// workload's Service during the rollout, and reconcile what it saw with the kernel.
-    #[arg(long, value_name = "RPS")]
+    /// Run an in-cluster request loop at this many requests per second (1 to 10000) against
+    /// the workload's Service's ClusterIP during the rollout, and reconcile what it saw with
+    /// the kernel.
+    #[arg(long, value_name = "RPS", value_parser = crate::traffic::rps_parser())]
     pub traffic: Option<u32>,
 
     /// Image of the traffic pod [default: the agents' image].
@@ -82,6 +87,8 @@ pub struct Traced {
     pub observations: Vec<Observation>,
     /// Requests the traffic loop completed, and those that failed.
     pub traffic: Option<(u64, u64)>,
+    /// Why the traffic loop gave no (or only part of its) result, in its pod's own words.
+    pub traffic_problem: Option<String>,
 }
 
 /// The in-cluster request loop's pod.
@@ -102,7 +109,7 @@ impl TrafficPod {
         image: String,
     ) -> Result<Self> {
         let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let name = format!("zdt-traffic-{}", workload.name);
+        let name = format!("{}{}", correlate::TRAFFIC_POD_PREFIX, workload.name);
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kubectl-zdt",
@@ -181,34 +188,75 @@ impl TrafficPod {
         })
     }
 
-    /// The loop's log as client observations on its node, then the pod is deleted.
-    async fn finish(self) -> Result<(Vec<Observation>, u64)> {
-        let node = self
-            .api
-            .get(&self.name)
-            .await
-            .ok()
-            .and_then(|p| p.spec.and_then(|s| s.node_name))
+    /// The loop's log as client observations on its node, then the pod is deleted. A loop
+    /// that failed still gives what it logged before, and its own words on why (the lines of
+    /// its log that are not results, its termination message).
+    async fn finish(self) -> (Vec<Observation>, u64, Option<String>) {
+        let pod = self.api.get(&self.name).await.ok();
+        let node = pod
+            .as_ref()
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.node_name.clone())
             .unwrap_or_else(|| "unknown".to_owned());
-        let log = self
-            .api
-            .logs(&self.name, &Default::default())
-            .await
-            .map_err(Error::api(format!("logs {}", self.name)));
+        let terminated = pod
+            .and_then(|p| p.status)
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| c.state)
+            .and_then(|s| s.terminated)
+            .filter(|t| t.exit_code != 0);
+        let log = self.api.logs(&self.name, &Default::default()).await;
         let _ = self.api.delete(&self.name, &DeleteParams::default()).await;
-        let log = log?;
-        let parsed = client_log::read(&log, &NodeName(node), &self.service).map_err(|e| {
-            Error::Manifest {
-                file: "traffic log",
-                reason: e.to_string(),
+        let log = match log {
+            Ok(log) => log,
+            Err(e) => {
+                return (
+                    Vec::new(),
+                    0,
+                    Some(format!(
+                        "the traffic pod {}: its log is unavailable: {e}",
+                        self.name
+                    )),
+                );
             }
-        })?;
+        };
+        // Results are JSON lines; anything else is the loop's own message (e.g. its error).
+        let (results, said): (Vec<&str>, Vec<&str>) = log
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .partition(|l| l.trim_start().starts_with('{'));
+        let mut problems: Vec<String> = said.iter().map(|l| (*l).to_owned()).collect();
+        if let Some(t) = terminated {
+            problems.push(format!(
+                "exit code {}{}",
+                t.exit_code,
+                [t.reason, t.message]
+                    .into_iter()
+                    .flatten()
+                    .map(|m| format!(": {m}"))
+                    .collect::<String>()
+            ));
+        }
+        let parsed = match client_log::read(&results.join("\n"), &NodeName(node), &self.service) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(format!("its log is not the traffic loop's output ({e})"));
+                client_log::ClientLog::default()
+            }
+        };
         let observations = parsed
             .observations
             .into_iter()
             .map(|o| o.with_extra("source", "traffic"))
             .collect();
-        Ok((observations, parsed.ok))
+        let problem = (!problems.is_empty()).then(|| {
+            format!(
+                "the traffic pod {} failed: {}",
+                self.name,
+                problems.join("; ")
+            )
+        });
+        (observations, parsed.ok, problem)
     }
 }
 
@@ -374,13 +422,13 @@ pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Resu
         all
     });
 
+    let mut traffic_problem = None;
     let traffic = match args.traffic {
         Some(rps) => {
             let svc = &services[0];
             let svc_name = svc.metadata.name.clone().unwrap_or_default();
-            let port = svc
-                .spec
-                .as_ref()
+            let spec = svc.spec.as_ref();
+            let port = spec
                 .and_then(|s| s.ports.as_ref())
                 .and_then(|p| p.first())
                 .map_or(80, |p| p.port);
@@ -388,20 +436,38 @@ pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Resu
                 Some(i) => i.clone(),
                 None => agents_image(&client).await?,
             };
-            let target = format!("{svc_name}.{ns}.svc:{port}");
-            bar.println(format!("traffic: {rps} requests/s to {target}"));
-            Some(
-                TrafficPod::start(
-                    &client,
-                    &ns,
-                    &args.workload,
-                    &target,
-                    format!("{ns}/{svc_name}"),
-                    rps,
-                    image,
-                )
-                .await?,
+            // The ClusterIP, not the Service's DNS name: the loop must not depend on cluster
+            // DNS, and the ClusterIP is what kube-proxy's rules (and the agents) see.
+            let cluster_ip = spec
+                .and_then(|s| s.cluster_ip.as_deref())
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+            let target = match (cluster_ip, u16::try_from(port)) {
+                (Some(ip), Ok(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+                // A headless Service has no ClusterIP ("None"): its name resolves to the pods.
+                _ => format!("{svc_name}.{ns}.svc:{port}"),
+            };
+            bar.println(format!(
+                "traffic: {rps} requests/s to {target} ({ns}/{svc_name})"
+            ));
+            match TrafficPod::start(
+                &client,
+                &ns,
+                &args.workload,
+                &target,
+                format!("{ns}/{svc_name}"),
+                rps,
+                image,
             )
+            .await
+            {
+                Ok(pod) => Some(pod),
+                Err(e) => {
+                    // The rollout is still worth tracing without the loop.
+                    bar.println(format!("traffic: {e}; tracing without it"));
+                    traffic_problem = Some(e.to_string());
+                    None
+                }
+            }
         }
         None => None,
     };
@@ -423,22 +489,30 @@ pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Resu
     let mut observations = gather.await.unwrap_or_default();
     let mut counts = None;
     if let Some(t) = traffic {
-        let (client_obs, ok) = t.finish().await?;
+        let (client_obs, ok, problem) = t.finish().await;
         counts = Some((ok + client_obs.len() as u64, client_obs.len() as u64));
         observations.extend(client_obs);
+        traffic_problem = traffic_problem.or(problem);
     }
     followed?;
-    let report = correlate::correlate(
+    // The other workloads' pods on these nodes (and the traffic pod) are in the agents'
+    // streams too: the report is about the traced workload's pods only.
+    let report = correlate::correlate_scoped(
         &observations,
         &Options {
             margin_ms: args.margin_ms,
             prestop: server.prestop_action(),
+        },
+        &Scope {
+            namespace: ns.clone(),
+            workload: args.workload.to_string(),
         },
     );
     Ok(Traced {
         report,
         observations,
         traffic: counts,
+        traffic_problem,
     })
 }
 
@@ -458,7 +532,7 @@ async fn agents_image(client: &Client) -> Result<String> {
         .unwrap_or_else(super::manifests::default_image))
 }
 
-/// What the clients saw next to what the kernel saw on the workload's pods.
+/// What the clients saw next to what the kernel saw on the reported (deleted) pods.
 pub fn reconcile(traced: &Traced) -> Option<String> {
     let (total, failed) = traced.traffic?;
     let count = |pred: &dyn Fn(&Observation) -> bool| -> u64 {
@@ -479,8 +553,28 @@ pub fn reconcile(traced: &Traced) -> Option<String> {
     let refused = count(&client("ECONNREFUSED"));
     let reset = count(&client("ECONNRESET"));
     let timeout = count(&client("ETIMEDOUT"));
-    let kernel_refused = count(&|o: &Observation| o.kind == Kind::Refused);
-    let kernel_reset = count(&|o: &Observation| o.kind == Kind::Reset);
+    // Only the reported pods' own kernel lines: the agents also see the other pods on their
+    // nodes, and the traffic pod's own sockets.
+    let pods: BTreeSet<&str> = traced
+        .report
+        .rollouts
+        .iter()
+        .flat_map(|r| &r.pods)
+        .filter_map(|p| p.pod.as_deref())
+        .collect();
+    let ips: BTreeSet<std::net::IpAddr> = traced
+        .report
+        .rollouts
+        .iter()
+        .flat_map(|r| &r.pods)
+        .filter_map(|p| p.ip)
+        .collect();
+    let on_pods = |o: &Observation| match o.pod.as_deref() {
+        Some(p) => pods.contains(p),
+        None => o.ip.is_some_and(|ip| ips.contains(&ip)),
+    };
+    let kernel_refused = count(&|o: &Observation| o.kind == Kind::Refused && on_pods(o));
+    let kernel_reset = count(&|o: &Observation| o.kind == Kind::Reset && on_pods(o));
     Some(format!(
         "clients: {failed} of {total} requests failed (refused {refused}, reset {reset}, timed out {timeout}); kernel on the pods: {kernel_refused} refused, {kernel_reset} reset"
     ))
@@ -502,6 +596,9 @@ pub fn main(kube: &KubeArgs, args: &TraceArgs) -> anyhow::Result<ExitCode> {
     // On stderr, so `-o json` stays one JSON document.
     if let Some(line) = reconcile(&traced) {
         eprintln!("{line}");
+    }
+    if let Some(problem) = &traced.traffic_problem {
+        eprintln!("warning: {problem}");
     }
     if let Some(path) = &args.html {
         std::fs::write(path, report::html::render(&traced.report))?;

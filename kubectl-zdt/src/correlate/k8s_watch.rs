@@ -260,6 +260,21 @@ impl PodWatch {
             if let Some(w) = workload(m) {
                 o = o.with_extra("workload", w);
             }
+            // The template the pod was made from: one rollout retires one template.
+            if let Some(h) = ["pod-template-hash", "controller-revision-hash"]
+                .iter()
+                .find_map(|l| m.labels.get(*l))
+            {
+                o = o.with_extra("template_hash", h.clone());
+            }
+            // kubectl-zdt's own pods (the traffic loop) are the instrument, not a rollout.
+            if m.labels
+                .get("app.kubernetes.io/part-of")
+                .map(String::as_str)
+                == Some("kubectl-zdt")
+            {
+                o = o.with_extra("instrument", true);
+            }
             let serving = p
                 .spec
                 .containers

@@ -24,6 +24,7 @@ pub mod nft_monitor;
 mod nodes;
 mod pod;
 mod rollout;
+mod services;
 pub mod simulate;
 pub mod time;
 
@@ -31,7 +32,7 @@ use std::collections::BTreeMap;
 
 pub use advice::{PodEvidence, advise, percentile};
 pub use model::*;
-pub use rollout::workload_of_pod;
+pub use rollout::{TRAFFIC_POD_PREFIX, is_instrument, template_of, workload_of_pod};
 
 use crate::{
     kube_version::PreStopAction,
@@ -67,9 +68,23 @@ impl Default for Options {
     }
 }
 
+/// One workload: what `trace KIND/NAME` reports on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub namespace: String,
+    /// `deployment/web`, as the report names workloads.
+    pub workload: String,
+}
+
 /// Correlates a set of observations (any order, any number of nodes and rollouts).
 pub fn correlate(obs: &[Observation], options: &Options) -> Report {
     correlate_with_evidence(obs, options).0
+}
+
+/// [`correlate`] reporting only the pods of one workload: the other workloads' rollouts, rows
+/// and patches are left out, and the advice reads only this workload's pods.
+pub fn correlate_scoped(obs: &[Observation], options: &Options, scope: &Scope) -> Report {
+    run(obs, options, Some(scope)).0
 }
 
 /// [`correlate`], plus each reported pod's [`PodEvidence`] (in the order of the rollouts and
@@ -78,11 +93,40 @@ pub fn correlate_with_evidence(
     obs: &[Observation],
     options: &Options,
 ) -> (Report, Vec<PodEvidence>) {
+    run(obs, options, None)
+}
+
+/// What the pod's own lines say about it beyond its timeline: the `template_hash` its deletion
+/// carried, and whether the API watch flagged it as kubectl-zdt's instrument.
+fn pod_labels(obs: &[Observation], members: &[usize]) -> (Option<String>, bool) {
+    let mut template: Option<&str> = None;
+    let mut instrument = false;
+    for o in members.iter().map(|&i| &obs[i]) {
+        if let Some(h) = o.extra.get("template_hash").and_then(|v| v.as_str())
+            && template.is_none_or(|cur| h < cur)
+        {
+            template = Some(h);
+        }
+        instrument |= o.extra.get("instrument").and_then(|v| v.as_bool()) == Some(true);
+    }
+    (template.map(str::to_owned), instrument)
+}
+
+fn run(
+    obs: &[Observation],
+    options: &Options,
+    scope: Option<&Scope>,
+) -> (Report, Vec<PodEvidence>) {
     let observations = obs.len() as u64;
     let obs = &*attribution::one_timeout_per_connection(obs);
     let times: Vec<WallNs> = obs.iter().map(|o| WallNs::from_timestamp(o.time)).collect();
     let (nodes, node_of) = nodes::Nodes::index(obs);
     let assignment = identity::assign(obs, &times);
+    let labels: Vec<(Option<String>, bool)> = assignment
+        .members
+        .iter()
+        .map(|m| pod_labels(obs, m))
+        .collect();
     let timelines: Vec<marks::Timeline> = assignment
         .members
         .iter()
@@ -95,19 +139,70 @@ pub fn correlate_with_evidence(
         .zip(timelines)
         .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks))
         .collect();
-    let unattributed =
-        rollout::attribute_service_errors(obs, &times, &assignment.service_level, &mut drafts);
+    // One name per Service, so a client's errors meet the pods they hit.
+    let names = services::ServiceNames::index(obs);
+    for d in &mut drafts {
+        d.tl.service = d.tl.service.as_deref().map(|s| names.canonical(s));
+    }
+    let unattributed = rollout::attribute_service_errors(
+        obs,
+        &times,
+        &assignment.service_level,
+        &names,
+        &mut drafts,
+    );
 
-    let finished: Vec<rollout::Finished> = drafts
-        .iter()
-        .filter(|d| d.tl.is_terminating() || d.errors.total() > 0)
-        .map(|d| {
-            let (report, facts) = pod::finish(d, &nodes, &clocks);
-            rollout::Finished::new(d, report, facts)
-        })
-        .collect();
-
+    // Only deleted pods are members of a rollout: a pod whose process exits (httpd's children
+    // do, per connection) or that sees errors while it keeps running is not being rolled out.
+    // A stream without any deletion (`agent --standalone`, a kernel-only capture) cannot tell:
+    // there every pod with a termination mark or an error is shown, for what it is worth.
+    let api_deletions = obs.iter().any(|o| o.kind == Kind::PodDeleting);
     let mut warnings = clocks.warnings.clone();
+    let mut not_deleted: Vec<(String, u64)> = Vec::new();
+    let mut finished: Vec<rollout::Finished> = Vec::new();
+    for (d, (template, instrument)) in drafts.iter().zip(&labels) {
+        let deleted = if api_deletions {
+            d.tl.delete.is_some()
+        } else {
+            d.tl.is_terminating() || d.errors.total() > 0
+        };
+        let instrument = rollout::is_instrument(d.ident.name.as_deref(), *instrument);
+        let (ns, workload) = rollout::workload_of(&d.ident, d.tl.workload.as_deref());
+        let in_scope = scope
+            .is_none_or(|s| ns.as_deref() == Some(s.namespace.as_str()) && workload == s.workload);
+        if !in_scope {
+            continue;
+        }
+        if !deleted || instrument {
+            if d.errors.total() > 0 {
+                not_deleted.push((pod::label(&d.ident), d.errors.total()));
+            }
+            continue;
+        }
+        let (report, facts) = pod::finish(d, &nodes, &clocks);
+        finished.push(rollout::Finished::new(
+            d,
+            report,
+            facts,
+            template.as_deref(),
+        ));
+    }
+    if !not_deleted.is_empty() {
+        let total: u64 = not_deleted.iter().map(|(_, n)| n).sum();
+        let names: Vec<&str> = not_deleted
+            .iter()
+            .take(3)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        warnings.push(format!(
+            "{total} error{} on pods that were not deleted ({}{}) {} in no rollout",
+            if total == 1 { "" } else { "s" },
+            names.join(", "),
+            if not_deleted.len() > 3 { ", …" } else { "" },
+            if total == 1 { "is" } else { "are" }
+        ));
+    }
+
     let grouped = rollout::group(finished, &unattributed, &mut warnings);
     let evidence: Vec<PodEvidence> = grouped
         .iter()

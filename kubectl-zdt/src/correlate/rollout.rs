@@ -1,8 +1,13 @@
 //! Pods grouped into rollouts, and client errors that name only a Service tied to a pod.
 //!
-//! A rollout is one workload's pods terminated close together: `kubectl rollout restart` (or a
-//! scale-down, an eviction wave) deletes pods seconds apart, so pods of one workload whose
-//! deletions are more than [`ROLLOUT_SPLIT_NS`] apart belong to different rollouts.
+//! A rollout is one change of a workload's pod template: the Deployment controller retires the
+//! ReplicaSet of the old template (label `pod-template-hash`), a StatefulSet or DaemonSet the
+//! pods of the old ControllerRevision (`controller-revision-hash`), so the pods one rollout
+//! deletes share one template, and pods of two templates are two rollouts however close in
+//! time (`kubectl rollout restart` twice in a minute). Where a deletion names no template (older
+//! streams, bare pods), pods of one workload whose deletions are more than
+//! [`ROLLOUT_SPLIT_NS`] apart belong to different rollouts; that gap also splits two
+//! scale-downs of one template.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,12 +16,50 @@ use super::{
     identity::PodIdent,
     model::{Cause, ErrorCounts, PodReport, Rollout, Verdict},
     pod::{PodDraft, PodFacts, label},
+    services::ServiceNames,
     time::{WallNs, ms},
 };
 use crate::observation::Observation;
 
 /// Ten minutes without a deletion in a workload ends its rollout.
 pub(crate) const ROLLOUT_SPLIT_NS: i64 = 600 * 1_000_000_000;
+
+/// Names of the pods `trace --traffic` runs its request loop in: the instrument, never a
+/// rollout, although its own deletion (when the trace ends) is in the agents' journals.
+pub const TRAFFIC_POD_PREFIX: &str = "zdt-traffic-";
+
+/// Whether the pod `namespace/name` (or `name`) is kubectl-zdt's own traffic loop, by its
+/// name or by the `instrument` flag the API watch sets from its labels.
+pub fn is_instrument(pod: Option<&str>, flagged: bool) -> bool {
+    flagged
+        || pod.is_some_and(|p| {
+            p.rsplit_once('/')
+                .map_or(p, |(_, n)| n)
+                .starts_with(TRAFFIC_POD_PREFIX)
+        })
+}
+
+/// The pod template the pod `namespace/name` was created from: the `template_hash` its deletion
+/// carried, else, for a Deployment's pod, the hash in its name (`<deployment>-<hash>-<5 chars>`:
+/// the controller names each ReplicaSet `<deployment>-<pod-template-hash>`, the ReplicaSet its
+/// pods `<replicaset>-<5 chars>`).
+pub fn template_of(pod: &str, workload: &str, declared: Option<&str>) -> Option<String> {
+    if let Some(h) = declared {
+        return Some(h.to_owned());
+    }
+    let deployment = workload.strip_prefix("deployment/")?;
+    let name = pod.rsplit_once('/').map_or(pod, |(_, n)| n);
+    let (hash, suffix) = name
+        .strip_prefix(deployment)?
+        .strip_prefix('-')?
+        .split_once('-')?;
+    let alnum = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (suffix.len() == 5 && (6..=10).contains(&hash.len()) && alnum(suffix) && alnum(hash))
+        .then(|| hash.to_owned())
+}
 
 /// A service-level error no single pod explains.
 #[derive(Clone, Debug)]
@@ -34,6 +77,7 @@ pub(crate) fn attribute_service_errors(
     obs: &[Observation],
     times: &[WallNs],
     indices: &[usize],
+    names: &ServiceNames,
     drafts: &mut [PodDraft],
 ) -> Vec<Unattributed> {
     let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -46,7 +90,8 @@ pub(crate) fn attribute_service_errors(
     let mut left = Vec::new();
     for &i in indices {
         let o = &obs[i];
-        let service = o.service.as_deref().unwrap_or_default();
+        let service = names.canonical(o.service.as_deref().unwrap_or_default());
+        let service = service.as_str();
         let class = attribution::class(o);
         let at = attribution::instant(o, times[i]);
         let candidates: Vec<(usize, Cause)> = by_service
@@ -102,7 +147,7 @@ pub fn workload_of_pod(pod: &str, declared: Option<&str>) -> (Option<String>, St
 
 /// `deployment/<name>` for pods named `<name>-<pod-template-hash>-<5 chars>`, the ReplicaSet
 /// naming the Deployment controller uses; otherwise the pod itself.
-fn workload_of(ident: &PodIdent, declared: Option<&str>) -> (Option<String>, String) {
+pub(crate) fn workload_of(ident: &PodIdent, declared: Option<&str>) -> (Option<String>, String) {
     let Some(full) = &ident.name else {
         return (None, declared.unwrap_or("unknown").to_owned());
     };
@@ -135,6 +180,8 @@ pub(crate) struct Finished {
     pub facts: PodFacts,
     pub namespace: Option<String>,
     pub workload: String,
+    /// The pod template it was created from (see the module doc), when known.
+    pub template: Option<String>,
     pub container: Option<String>,
     pub grace_period_s: Option<u64>,
     /// Instant used to order and group pods: deletion, else the first thing seen.
@@ -162,8 +209,19 @@ impl Finished {
         }
     }
 
-    pub fn new(draft: &PodDraft, report: PodReport, facts: PodFacts) -> Self {
+    /// `template` is the `template_hash` the pod's deletion carried.
+    pub fn new(
+        draft: &PodDraft,
+        report: PodReport,
+        facts: PodFacts,
+        template: Option<&str>,
+    ) -> Self {
         let (namespace, workload) = workload_of(&draft.ident, draft.tl.workload.as_deref());
+        let template = draft
+            .ident
+            .name
+            .as_deref()
+            .and_then(|pod| template_of(pod, &workload, template));
         let tl = &draft.tl;
         let mut instants: Vec<WallNs> = [
             tl.delete,
@@ -199,6 +257,7 @@ impl Finished {
             span: (first, last),
             namespace,
             workload,
+            template,
             container: tl.container.clone(),
             grace_period_s: tl.grace_period_s,
             report,
@@ -213,16 +272,17 @@ pub(crate) fn group(
     unattributed: &[Unattributed],
     warnings: &mut Vec<String>,
 ) -> Vec<(Rollout, Vec<Finished>)> {
+    let key = |p: &Finished| (p.namespace.clone(), p.workload.clone(), p.template.clone());
     pods.sort_by(|a, b| {
         (
-            &a.workload,
+            key(a),
             a.anchor,
             &a.report.pod,
             &a.report.pod_uid,
             a.report.ip,
         )
             .cmp(&(
-                &b.workload,
+                key(b),
                 b.anchor,
                 &b.report.pod,
                 &b.report.pod_uid,
@@ -231,9 +291,10 @@ pub(crate) fn group(
     });
     let mut groups: Vec<Vec<Finished>> = Vec::new();
     for p in pods {
-        let split = groups.last().and_then(|g| g.last()).is_none_or(|prev| {
-            prev.workload != p.workload || p.anchor - prev.anchor > ROLLOUT_SPLIT_NS
-        });
+        let split = groups
+            .last()
+            .and_then(|g| g.last())
+            .is_none_or(|prev| key(prev) != key(&p) || p.anchor - prev.anchor > ROLLOUT_SPLIT_NS);
         if split {
             groups.push(vec![p]);
         } else if let Some(g) = groups.last_mut() {
@@ -353,4 +414,29 @@ fn label_of(p: &PodReport) -> String {
         name: p.pod.clone(),
         ip: p.ip,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_template_is_its_declared_hash_else_the_hash_in_a_deployment_pods_name() {
+        let t = |pod, workload, declared| template_of(pod, workload, declared);
+        assert_eq!(
+            t("default/fast-6cdf94f8b6-hdssw", "deployment/fast", None).as_deref(),
+            Some("6cdf94f8b6")
+        );
+        assert_eq!(
+            t("default/db-0", "statefulset/db", Some("db-7c9d")).as_deref(),
+            Some("db-7c9d")
+        );
+        // Another Deployment's pod, a bare pod, a name not made by a ReplicaSet: unknown.
+        assert_eq!(
+            t("default/fast2-cb57b7b85-jxlz8", "deployment/fast", None),
+            None
+        );
+        assert_eq!(t("default/tp-short", "pod/tp-short", None), None);
+        assert_eq!(t("default/fast-x", "deployment/fast", None), None);
+    }
 }

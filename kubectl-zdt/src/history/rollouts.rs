@@ -1,7 +1,8 @@
 //! Rollouts nobody traced, found in the journals: pod deletions (`pod_deleting`, seen by the
-//! pod's node agent) grouped by owner (`workload`, else the pod itself) and time. Deletions of
-//! one owner less than the split gap apart are one rollout — the same rule, and by default the
-//! same 10-minute gap, as the correlation report's grouping.
+//! pod's node agent) grouped by owner (`workload`, else the pod itself), pod template and time,
+//! the same rule as the correlation report's grouping (`correlate` module `rollout`): the pods
+//! of one template change are one rollout; deletions of one owner and template more than the
+//! split gap (by default 10 minutes) apart are two. kubectl-zdt's own traffic pods are left out.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,6 +13,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::{
+    correlate::{is_instrument, template_of},
     journal::fold::is_counter,
     observation::{Kind, Observation},
 };
@@ -56,7 +58,13 @@ pub fn find(obs: &[Observation], split: std::time::Duration) -> Vec<FoundRollout
     let split_ns = split.as_nanos() as i128;
     // First deletion seen per pod (several agents, relists, may report it again).
     let mut first: BTreeMap<&str, &Observation> = BTreeMap::new();
-    for o in obs.iter().filter(|o| o.kind == Kind::PodDeleting) {
+    for o in obs.iter().filter(|o| {
+        o.kind == Kind::PodDeleting
+            && !is_instrument(
+                o.pod.as_deref(),
+                o.extra.get("instrument").and_then(|v| v.as_bool()) == Some(true),
+            )
+    }) {
         if let Some(pod) = o.pod.as_deref() {
             let e = first.entry(pod).or_insert(o);
             if o.time < e.time {
@@ -64,7 +72,8 @@ pub fn find(obs: &[Observation], split: std::time::Duration) -> Vec<FoundRollout
             }
         }
     }
-    let mut by_owner: BTreeMap<(Option<&str>, String), Vec<Deletion<'_>>> = BTreeMap::new();
+    type Owner<'a> = (Option<&'a str>, String, Option<String>);
+    let mut by_owner: BTreeMap<Owner<'_>, Vec<Deletion<'_>>> = BTreeMap::new();
     for (pod, o) in first {
         let (ns, name) = pod
             .split_once('/')
@@ -79,15 +88,23 @@ pub fn find(obs: &[Observation], split: std::time::Duration) -> Vec<FoundRollout
             .get("pod_node")
             .and_then(|v| v.as_str())
             .map_or_else(|| o.node.0.clone(), str::to_owned);
-        by_owner.entry((ns, owner)).or_default().push(Deletion {
-            time: o.time,
+        let template = template_of(
             pod,
-            ip: o.ip,
-            node,
-        });
+            &owner,
+            o.extra.get("template_hash").and_then(|v| v.as_str()),
+        );
+        by_owner
+            .entry((ns, owner, template))
+            .or_default()
+            .push(Deletion {
+                time: o.time,
+                pod,
+                ip: o.ip,
+                node,
+            });
     }
     let mut found = Vec::new();
-    for ((ns, workload), mut deletions) in by_owner {
+    for ((ns, workload, _), mut deletions) in by_owner {
         deletions.sort_by_key(|d| d.time);
         let mut group: Vec<Deletion<'_>> = Vec::new();
         for d in deletions {
