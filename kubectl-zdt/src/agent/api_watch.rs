@@ -20,6 +20,7 @@ use std::{
 };
 
 use futures::{StreamExt as _, stream};
+use ipnet::IpNet;
 use jiff::Timestamp;
 use k8s_openapi::{
     api::{
@@ -158,6 +159,41 @@ impl<K: Clone + kube::Resource, C> Tracked<K, C> {
     }
 }
 
+/// The addresses clients dial to reach a Service: its ClusterIPs and external IPs. A client's
+/// failure toward one (refused, reset, timed out, given up) is reported by the client's kernel
+/// against the address it dialled, so the filter must hold them, not only pod addresses: without
+/// them no client on the node was ever seen time out.
+fn service_frontends(services: &[Arc<Service>]) -> HashSet<IpAddr> {
+    services
+        .iter()
+        .filter_map(|s| s.spec.as_ref())
+        .flat_map(|spec| {
+            spec.cluster_ips
+                .iter()
+                .flatten()
+                .chain(spec.cluster_ip.iter())
+                .chain(spec.external_ips.iter().flatten())
+        })
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .collect()
+}
+
+/// Brings `watched` to the Services' frontends now, recording the filter changes.
+fn frontend_changes(
+    watched: &mut HashSet<IpAddr>,
+    services: &[Arc<Service>],
+    changes: &mut Changes,
+) {
+    let now = service_frontends(services);
+    changes
+        .watch
+        .extend(now.difference(watched).map(|ip| IpNet::from(*ip)));
+    changes
+        .unwatch
+        .extend(watched.difference(&now).map(|ip| IpNet::from(*ip)));
+    *watched = now;
+}
+
 /// The watches and the state they keep.
 pub struct ApiWatch {
     pub client: Client,
@@ -212,6 +248,7 @@ impl ApiWatch {
         let mut slices =
             Tracked::<EndpointSlice, _>::new(EndpointSliceWatch::new(self.node.clone()));
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        let mut frontends: HashSet<IpAddr> = HashSet::new();
         tokio::pin!(shutdown);
         loop {
             let now = Timestamp::now();
@@ -226,7 +263,10 @@ impl ApiWatch {
                     None => return,
                     Some(Update::Pod(e)) => self.on_pods(&mut pods, *e, now, &mut changes),
                     Some(Update::Slice(e)) => self.on_slices(&mut slices, *e, now),
-                    Some(Update::Service) => Vec::new(),
+                    Some(Update::Service) => {
+                        frontend_changes(&mut frontends, &services.state(), &mut changes);
+                        Vec::new()
+                    }
                     Some(Update::Failed(e)) => {
                         self.gauges.metrics.watch_failed();
                         tracing::warn!("Kubernetes watch failed (retrying with backoff): {e}");
