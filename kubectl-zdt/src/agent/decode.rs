@@ -73,12 +73,14 @@ pub fn ipvs_request(record: &[u8]) -> &[u8] {
     record.get(start..start + len).unwrap_or(&[])
 }
 
+/// An IPv4-mapped IPv6 address (`::ffff:198.18.0.15`, the peer of a dual-stack socket, e.g. a
+/// server listening on `::`) is the IPv4 address it maps: pods and clients are known by that.
 pub fn ip_of(family: u16, addr: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {
         AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
             addr[0], addr[1], addr[2], addr[3],
         ))),
-        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*addr))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*addr)).to_canonical()),
         f => Err(DecodeError::Family(f)),
     }
 }
@@ -308,6 +310,21 @@ mod tests {
         assert_eq!(
             o.to_json_line(),
             r#"{"kind":"refused","time":"2026-11-22T01:16:45.660197146Z","node":"node-a","ip":"198.18.1.2","port":8080,"peer_ip":"198.18.0.1","peer_port":40312,"reason":"NO_SOCKET","uncertainty_ns":250}"#
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_of_a_dual_stack_socket_is_written_as_ipv4() {
+        let mut mapped = [0u8; 16];
+        mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped[12..].copy_from_slice(&[198, 18, 0, 15]);
+        assert_eq!(
+            ip_of(AF_INET6, &mapped).unwrap(),
+            "198.18.0.15".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ip_of(AF_INET6, &[0; 16]).unwrap(),
+            "::".parse::<IpAddr>().unwrap()
         );
     }
 
