@@ -226,3 +226,21 @@ fn a_refusal_the_agent_tagged_as_the_kubelets_probe_is_counted_apart_from_client
     assert_eq!(now.unsafe_window, was.unsafe_window - 1);
     assert_eq!(now.total(), was.total() - 1, "a probe is no client error");
 }
+
+#[test]
+fn a_connection_seen_failing_from_both_ends_is_counted_once_as_the_client_saw_it() {
+    // The pod's kernel refused or reset each connection and the client's kernel reported the
+    // error for it too: 30 refusals and 8 resets were counted for 15 and 4.
+    let r = correlate::correlate(
+        &stream("v1.28-one-node-fast-both-ends"),
+        &Options::default(),
+    );
+    let mut errors = kubectl_zdt::correlate::ErrorCounts::default();
+    for p in pods(&r) {
+        errors.merge(&p.errors);
+    }
+    // 14 refused + the kubelet's readiness probe (the recording agent did not tag probes yet).
+    assert_eq!(errors.unsafe_window, 14 + 1, "{errors:?}");
+    assert_eq!(errors.at_exit, 4, "{errors:?}");
+    assert_eq!(errors.after_netns_gone, 80, "{errors:?}");
+}

@@ -155,16 +155,37 @@ pub(crate) fn draft(
         tl,
     };
     let errors = std::mem::take(&mut d.tl.errors);
-    for &i in &errors {
-        let o = &obs[i];
-        let class = attribution::class(o);
-        let at = attribution::instant(o, times[i]);
-        let cause = if attribution::is_kubelet_probe(o) {
-            Cause::Probe
-        } else {
-            attribution::cause(class, o.port, at.t, &d.window)
-        };
-        d.add_error(class, cause, at, o.weight());
+    // One failed connection is often seen from both ends: the pod's kernel refusing or
+    // resetting it, the client's kernel reporting the error (toward the pod or its ClusterIP).
+    // The pod's side sees every refusal and reset it sends; the client's side adds only what
+    // it did not (timeouts, above all). So the pod's lines count first, and a client's line of
+    // the same cause is counted only beyond them. Pairing by the client's address and port is
+    // not enough: conntrack may rewrite the client's port when two connections clash.
+    let pod_side = |o: &Observation| matches!(o.kind, Kind::Refused | Kind::Reset);
+    let mut credit: std::collections::HashMap<Cause, u64> = std::collections::HashMap::new();
+    for client_side in [false, true] {
+        for &i in errors.iter().filter(|&&i| pod_side(&obs[i]) != client_side) {
+            let o = &obs[i];
+            let class = attribution::class(o);
+            let at = attribution::instant(o, times[i]);
+            let cause = if attribution::is_kubelet_probe(o) {
+                Cause::Probe
+            } else {
+                attribution::cause(class, o.port, at.t, &d.window)
+            };
+            let mut n = o.weight();
+            let c = credit.entry(cause).or_default();
+            if client_side {
+                let covered = n.min(*c);
+                *c -= covered;
+                n -= covered;
+            } else {
+                *c += n;
+            }
+            if n > 0 {
+                d.add_error(class, cause, at, n);
+            }
+        }
     }
     d.tl.errors = errors;
     d
