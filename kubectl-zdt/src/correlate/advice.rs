@@ -105,7 +105,10 @@ pub fn advise(
         ),
     };
     let needed_part = needed.map_or(String::new(), |n| {
-        format!(", largest gap to close {} ms", ms(n))
+        format!(
+            ", largest preStop needed {} ms (a pod's gap + its uncertainty + the preStop it ran)",
+            ms(n)
+        )
     });
     let mut reason = format!(
         "preStop {prestop_s} s = max(p99 propagation {} ms over {} pod{}{needed_part}) + margin {} ms, rounded up to whole seconds; \
