@@ -350,3 +350,46 @@ fn a_forking_servers_children_neither_end_its_pod_nor_put_an_undeleted_pod_in_a_
         "the two apps' execs"
     );
 }
+
+/// The same with a 150 ms preStop `exec` in the deleted pod, between its deletion and SIGTERM:
+/// the agent reports it as the plain exec a real node gives (no `reason`, no `prestop` flag:
+/// the kernel cannot tell a hook from any other exec), and the report's preStop mark is that
+/// exec (within 2 ms of the testbed's bracket), before the SIGTERM mark.
+#[test]
+fn the_unflagged_exec_between_deletion_and_sigterm_is_the_prestop_mark() {
+    let run = one_of_two_forking_pods_terminated(150);
+    let hook_pid = run.truth.prestop_pid.map(u64::from);
+    let hooks: Vec<&Observation> = run
+        .obs
+        .iter()
+        .filter(|o| o.kind == Kind::Exec && pid_of(o) == hook_pid)
+        .collect();
+    assert_eq!(hooks.len(), 1, "{:#?}", of_kind(&run.obs, Kind::Exec));
+    let hook = hooks[0];
+    assert_eq!(hook.pod.as_deref(), Some(run.deleted.as_str()));
+    assert_eq!(
+        (hook.reason.as_deref(), hook.extra.get("prestop")),
+        (None, None),
+        "the agent's own exec line, unflagged"
+    );
+    let (after, before) = (
+        off_ms(hook, run.truth.prestop_spawned.unwrap()),
+        off_ms(hook, run.truth.prestop.unwrap()),
+    );
+    assert!(
+        after >= -BOUND_MS && before <= BOUND_MS,
+        "preStop exec {after:+.3} ms after the spawn, {before:+.3} ms from the hook's first line"
+    );
+    let p = pods_named(&run.report, &run.deleted);
+    assert_eq!(p.len(), 1, "{:#?}", run.report.rollouts);
+    let prestop = p[0].marks.prestop.as_ref().expect("a preStop mark");
+    assert_eq!((prestop.time, prestop.source), (hook.time, Kind::Exec));
+    let sigterm = p[0].marks.sigterm.as_ref().expect("a SIGTERM mark");
+    assert!(prestop.time < sigterm.time, "{prestop:?} {sigterm:?}");
+    assert!(
+        !p[0].missing.iter().any(|m| m == "prestop"),
+        "{:?}",
+        p[0].missing
+    );
+    assert!(pods_named(&run.report, &run.kept).is_empty());
+}
