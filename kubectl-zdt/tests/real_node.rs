@@ -30,10 +30,10 @@ use kubectl_zdt::{
         netns::NsThread,
         node::cluster_ip,
         pod::{PodProcess, PodSpec, Truth},
-        tcp::{Attempt, request_loop},
+        tcp::{Attempt, KeepAlive, keep_alive_requests, request_loop},
     },
 };
-use support::{AgentProcess, of_kind, off_ms, require_root};
+use support::{AgentProcess, of_kind, off_ms, require_root, total};
 
 /// Each kernel mark within 2 ms of its ground-truth bracket (as in tests/termination.rs).
 const BOUND_MS: f64 = 2.0;
@@ -190,6 +190,16 @@ impl Traffic {
 impl Drop for Traffic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A stop flag for client threads, set when dropped.
+#[derive(Default)]
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
@@ -392,4 +402,98 @@ fn the_unflagged_exec_between_deletion_and_sigterm_is_the_prestop_mark() {
         p[0].missing
     );
     assert!(pods_named(&run.report, &run.kept).is_empty());
+}
+
+/// Keep-alive clients: K connections through the Service's ClusterIP, each sending a request
+/// every 5 ms on its one connection, open across the pod's termination. Once its listener is
+/// closed the app stops reading them and exits with them open: every client gets ECONNRESET,
+/// the pod's kernel resets K connections (`TCP_ABORT_ON_CLOSE`) from port 8080, and the report
+/// counts both ends as resets at exit (RESET AT EXIT), none unrelated, on the pod's port 8080.
+#[test]
+fn keep_alive_connections_open_at_the_apps_exit_are_resets_at_exit_on_the_pods_port() {
+    const K: usize = 4;
+    let mut bed = Bed::new();
+    let pod = bed.pod("web-k");
+    let ep = SocketAddr::new(pod.ip.into(), 8080);
+    bed.node.set_endpoints(&bed.svc, &[ep], &[]).unwrap();
+    let agent = bed.agent(&[&pod]);
+    let spec = PodSpec {
+        port: 8080,
+        keep_alive: true,
+        ..PodSpec::default()
+    };
+    let app_proc = PodProcess::start(&pod, &app(), spec).unwrap();
+    let target = SocketAddr::new(bed.svc.cluster_ip, bed.svc.port);
+    let stop = Stop::default();
+    let clients: Vec<NsThread<std::io::Result<KeepAlive>>> = (0..K)
+        .map(|_| {
+            let stop = stop.0.clone();
+            bed.client
+                .ns
+                .spawn(move || keep_alive_requests(target, Duration::from_millis(5), &stop))
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let delete = bed.delete(&pod);
+    app_proc.terminate(&pod, &app(), delete).unwrap();
+    let ends: Vec<KeepAlive> = clients
+        .into_iter()
+        .map(|c| c.join().unwrap().unwrap())
+        .collect();
+    assert!(
+        ends.iter()
+            .all(|e| e.error.as_deref() == Some("ECONNRESET") && e.answered > 10),
+        "each client's connection served requests, then was reset: {ends:?}"
+    );
+    // kube-proxy catches up 200 ms later, then the sandbox goes. (The agent names a client
+    // error's Service from the frontends as they are when it reads the line, up to a poll
+    // interval later: a rule removed within that time of the reset leaves the client's
+    // ECONNRESET on the bare ClusterIP.)
+    std::thread::sleep(Duration::from_millis(200));
+    bed.node.set_endpoints(&bed.svc, &[], &[ep]).unwrap();
+    let name = format!("default/{}", pod.name);
+    let pod_ip = IpAddr::from(pod.ip);
+    bed.node.remove_pod(pod);
+    std::thread::sleep(Duration::from_millis(300));
+    let (obs, report) = bed.report(agent.stop());
+
+    let resets: Vec<&Observation> = of_kind(&obs, Kind::Reset);
+    assert_eq!(
+        total(&obs, |o| o.kind == Kind::Reset),
+        K as u64,
+        "{resets:#?}"
+    );
+    assert!(
+        resets
+            .iter()
+            .all(|o| o.pod.as_deref() == Some(name.as_str())
+                && o.port == Some(8080)
+                && o.reason.as_deref() == Some("TCP_ABORT_ON_CLOSE")),
+        "the pod's side of each reset: {resets:#?}"
+    );
+    let client_resets: Vec<&Observation> = obs
+        .iter()
+        .filter(|o| o.kind == Kind::ConnError && o.reason.as_deref() == Some("ECONNRESET"))
+        .collect();
+    assert_eq!(client_resets.len(), K, "{client_resets:#?}");
+    assert!(
+        client_resets
+            .iter()
+            .all(|o| o.ip == Some(pod_ip) && o.port == Some(8080)),
+        "each client's reset names the pod behind the ClusterIP: {client_resets:#?}"
+    );
+    let p = pods_named(&report, &name);
+    assert_eq!(p.len(), 1, "{:#?}", report.rollouts);
+    assert_eq!(p[0].port, Some(8080));
+    assert_eq!(
+        (
+            p[0].errors.at_exit,
+            p[0].errors.unrelated,
+            p[0].errors.undetermined
+        ),
+        (2 * K as u64, 0, 0),
+        "{:?}",
+        p[0].errors
+    );
 }

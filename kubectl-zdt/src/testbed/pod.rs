@@ -28,6 +28,9 @@ pub struct PodSpec {
     /// The app serves each connection in a forked child that exits after its response, as
     /// busybox `httpd` does: the pod's processes exit all the time while it lives.
     pub fork_per_connection: bool,
+    /// The app answers many requests per connection, and exits with them open once its
+    /// listener is closed (requests sent meanwhile are reset at exit).
+    pub keep_alive: bool,
 }
 
 /// Ground truth of one termination, CLOCK_MONOTONIC ns.
@@ -72,6 +75,7 @@ impl PodProcess {
         for (on, flag) in [
             (spec.hold, "--hold"),
             (spec.fork_per_connection, "--fork-per-connection"),
+            (spec.keep_alive, "--keep-alive"),
         ] {
             if on {
                 cmd.arg(flag);

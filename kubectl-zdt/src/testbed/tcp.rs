@@ -94,6 +94,45 @@ fn request_once(target: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How a keep-alive client's connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Requests answered on the one connection.
+    pub answered: usize,
+    /// The errno name that ended it (`ECONNRESET`, …), or None when `stop` ended it.
+    pub error: Option<String>,
+}
+
+/// One persistent connection to `target` sending a request every `interval` and reading each
+/// answer (`app::KEEP_ALIVE_RESPONSE`), until an error or `stop`. The connect must succeed.
+pub fn keep_alive_requests(
+    target: SocketAddr,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> std::io::Result<KeepAlive> {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut answer = [0u8; super::app::KEEP_ALIVE_RESPONSE.len()];
+    let mut answered = 0;
+    let result = loop {
+        if stop.load(Ordering::SeqCst) {
+            break None;
+        }
+        if let Err(e) = s
+            .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+            .and_then(|()| s.read_exact(&mut answer))
+        {
+            break Some(errno_name(&e));
+        }
+        answered += 1;
+        std::thread::sleep(interval);
+    };
+    Ok(KeepAlive {
+        answered,
+        error: result,
+    })
+}
+
 /// Connects once; Ok(()) or the errno name.
 pub fn connect_once(target: SocketAddr) -> Result<(), String> {
     TcpStream::connect_timeout(&target, Duration::from_secs(1))
