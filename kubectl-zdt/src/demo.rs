@@ -201,7 +201,7 @@ async fn race(
         port: 8080,
         prestop_ms,
         drain_ms: 0,
-        hold: false,
+        ..PodSpec::default()
     };
     let old_app = PodProcess::start(&old, &app, spec.clone())?;
     let _new_app = PodProcess::start(

@@ -17,7 +17,7 @@ use std::{
 
 use kube_double::apiserver::ApiServer;
 use kubectl_zdt::{
-    agent::serve::AgentStatus,
+    agent::{clock::Clock, serve::AgentStatus},
     cluster::agents,
     observation::{Kind, Observation},
     testbed::{
@@ -265,13 +265,19 @@ impl Drop for PodCgroup {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_finds_each_pods_network_namespace_and_reports_its_termination_marks() {
+/// The scripted API server, with the agent's kubeconfig in a fresh directory `<prefix>-<pid>`.
+async fn api_double(prefix: &str) -> (ApiServer, std::path::PathBuf, std::path::PathBuf) {
     require_root();
     let server = ApiServer::start().await;
-    let dir = std::env::temp_dir().join(format!("zdt-node-ns-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = server.kubeconfig(&dir, "agent");
+    (server, dir, kubeconfig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_finds_each_pods_network_namespace_and_reports_its_termination_marks() {
+    let (server, dir, kubeconfig) = api_double("zdt-node-ns").await;
     let app = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-zdt"));
 
     // A pod as a CNI plugin leaves it: its own namespace, with a veth whose node side is in the
@@ -389,5 +395,163 @@ async fn the_agent_finds_each_pods_network_namespace_and_reports_its_termination
         .collect();
     assert!(unattributed.is_empty(), "{unattributed:#?}");
     drop(cgroup);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A pod as a CNI plugin leaves it: its own namespace, with a veth whose node side (`node_side`)
+/// is in the agent's namespace (the node's), no address on it.
+fn cni_pod(name: &str, node_side: &str, ip: &str) -> PodHandle {
+    let ns = Netns::create(name).unwrap();
+    let link = format!(
+        "link add {node_side} type veth peer name eth0 netns {}",
+        ns.name()
+    );
+    run("ip", &link.split_whitespace().collect::<Vec<_>>()).unwrap();
+    PodHandle {
+        name: name.into(),
+        ns,
+        ip: ip.parse().unwrap(),
+        ip6: "fd00:7a64::73".parse().unwrap(),
+    }
+}
+
+fn pod_object(name: &str, uid: &str, ip: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": uid},
+        "spec": {"nodeName": NODE, "containers": [{"name": "web", "ports": [{"containerPort": 8080}]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+/// The kernel hands a dead namespace's inode number to the next namespace made (on the v1.23
+/// node 12 of 17 numbers were held by several pods). A pod is deleted, its sandbox goes, and
+/// the next pod's namespace gets the same number: the new pod's exec and listener lines are
+/// filed under the new pod (or under no pod, before the agent found its namespace), and its
+/// SIGTERM, listener close and exit under the new pod, never under the old one, whose
+/// tombstone still holds the number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_network_namespace_number_names_the_new_pod_never_the_dead_one() {
+    let (server, dir, kubeconfig) = api_double("zdt-node-reuse").await;
+    let app = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-zdt"));
+    let spec = PodSpec {
+        port: 8080,
+        ..PodSpec::default()
+    };
+    let (old_uid, new_uid) = (
+        "0a1b2c3d-0000-4a4a-9b9b-00000000000a",
+        "0a1b2c3d-0000-4a4a-9b9b-00000000000b",
+    );
+    let tag = std::process::id() % 1_000_000;
+
+    let old = cni_pod("old", &format!("zdt{tag}o"), "198.18.73.2");
+    let old_app = PodProcess::start(&old, app, spec.clone()).unwrap();
+    let old_cgroup = PodCgroup::create(old_uid);
+    old_cgroup.enter(old_app.pid());
+    server.put(pod_object("web-old", old_uid, "198.18.73.2"));
+    let (_agent, port) = start_agent(&kubeconfig);
+    wait_for("the agent watches the old pod's namespace", || {
+        status(port).is_some_and(|s| s.api_synced && s.watched_netns == 1)
+    });
+    let number = support::inode(&old.ns.path());
+    server.remove("", "pods", "default", "web-old");
+    old_app
+        .terminate(&old, app, Clock::monotonic_now_ns())
+        .unwrap();
+    drop(old);
+    wait_for("the old pod's namespace is seen to go", || {
+        get(port, "/observations?from=0").is_some_and(|t| t.contains("\"netns_gone\""))
+    });
+
+    // The next pod's namespace: the number is free once the old namespace is freed; another
+    // namespace (this test's own `ip netns exec` makes mount namespaces) may take it first.
+    let new = (0..50)
+        .find_map(|i| {
+            let p = cni_pod("new", &format!("zdt{tag}w"), "198.18.73.3");
+            if support::inode(&p.ns.path()) == number {
+                return Some(p);
+            }
+            drop(p);
+            std::thread::sleep(Duration::from_millis(10 * i));
+            None
+        })
+        .expect("the kernel did not hand the dead namespace's number to a new one in 50 tries");
+    let new_cgroup = PodCgroup::create(new_uid);
+    server.put(pod_object("web-new", new_uid, "198.18.73.3"));
+    let new_app = PodProcess::start(&new, app, spec).unwrap();
+    new_cgroup.enter(new_app.pid());
+    // The agent scans /proc for the pod's namespace on each update and every second: until
+    // it found it, lines from the namespace name no pod. An exec in it (as an exec probe
+    // would) shows when they name one.
+    wait_for(
+        "the agent files the new namespace's lines under a pod",
+        || {
+            new.ns.exec("true", &[]).unwrap();
+            get(port, "/observations?from=0").is_some_and(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str::<Observation>(l).ok())
+                    .any(|o| {
+                        o.kind == Kind::Exec
+                            && o.extra.get("comm").and_then(|c| c.as_str()) == Some("true")
+                            && o.pod.is_some()
+                    })
+            })
+        },
+    );
+    server.remove("", "pods", "default", "web-new");
+    let truth = new_app
+        .terminate(&new, app, Clock::monotonic_now_ns())
+        .unwrap();
+    let new_pid = u64::from(truth.app_pid);
+    let obs = journal(&server, port, |obs| {
+        obs.iter().any(|o| {
+            o.kind == Kind::Exit && o.extra.get("pid").and_then(|p| p.as_u64()) == Some(new_pid)
+        })
+    })
+    .await;
+
+    // The new app's lines, and the execs made in the new namespace.
+    let of_new: Vec<&Observation> = obs
+        .iter()
+        .filter(|o| {
+            o.extra.get("pid").and_then(serde_json::Value::as_u64) == Some(new_pid)
+                || o.extra.get("comm").and_then(|c| c.as_str()) == Some("true")
+        })
+        .collect();
+    let kinds = |pod: Option<&str>| -> Vec<Kind> {
+        of_new
+            .iter()
+            .filter(|o| o.pod.as_deref() == pod)
+            .map(|o| o.kind)
+            .collect()
+    };
+    assert!(
+        kinds(Some("default/web-old")).is_empty(),
+        "the new pod's lines under the dead pod: {of_new:#?}"
+    );
+    for kind in [Kind::Exec, Kind::ListenerOpen] {
+        assert!(
+            of_new
+                .iter()
+                .any(|o| o.kind == kind && o.pod.as_deref() != Some("default/web-old")),
+            "the new app's {kind} was reported (its number was still watched): {of_new:#?}"
+        );
+    }
+    let after_found = kinds(Some("default/web-new"));
+    for kind in [Kind::Signal, Kind::ListenerClosed, Kind::Exit] {
+        assert!(
+            after_found.contains(&kind),
+            "the new pod's {kind} under it: {of_new:#?}"
+        );
+    }
+    assert!(
+        of_new
+            .iter()
+            .all(|o| o.pod.is_none() || o.pod_uid.as_deref() == Some(new_uid)),
+        "{of_new:#?}"
+    );
+    drop(new);
+    drop((old_cgroup, new_cgroup));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -85,7 +85,7 @@ fn the_agents_metrics_count_what_it_printed_and_hold_what_the_engine_finds() {
         port: 8080,
         prestop_ms: 0,
         drain_ms: 0,
-        hold: false,
+        ..PodSpec::default()
     };
     let app_proc = PodProcess::start(&pod, &app, spec).unwrap();
     let target = SocketAddr::new(svc.cluster_ip, svc.port);

@@ -107,7 +107,7 @@ fn scripted_termination(agent_args: &[&str]) {
         port: 8080,
         prestop_ms: 150,
         drain_ms: 50,
-        hold: false,
+        ..PodSpec::default()
     };
     let app_proc = PodProcess::start(&pod, &app(), spec).unwrap();
     let target = SocketAddr::new(w.svc.cluster_ip, w.svc.port);

@@ -174,13 +174,16 @@ impl Lifecycle {
     /// An exec in a deleted pod between its deletion and the runtime's SIGTERM is the preStop
     /// hook: the kubelet starts nothing else in the containers then but exec probes (which
     /// keep running during preStop; an exec readiness probe running before the hook would be
-    /// taken for it, hence the earliest such exec, not any).
+    /// taken for it, hence the earliest such exec, not any). A container's own start is never
+    /// the hook, although a pod deleted within the slack of its start has it in that span: its
+    /// process is the one the runtime later signals.
     fn prestop_exec(&self, o: &Observation, t: WallNs) -> bool {
         let Some(delete) = self.delete else {
             return false;
         };
         o.kind == Kind::Exec
             && !is_runtime_process(o.extra.get("comm").and_then(|v| v.as_str()))
+            && u64_field(o, "pid").is_none_or(|p| !self.signalled.contains(&p))
             && t >= delete.plus_ns(-DELETE_SEEN_SLACK_NS)
             && self.first_sigterm.is_none_or(|s| t < s)
     }
@@ -287,4 +290,36 @@ pub(crate) fn build(
         tl.exit = api_exit;
     }
     tl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::NodeName;
+
+    fn line(kind: Kind, ms: i64, pid: Option<u64>) -> Observation {
+        let t = jiff::Timestamp::from_millisecond(1_800_000_000_000 + ms).unwrap();
+        let o = Observation::new(kind, t, NodeName("vm".into()));
+        match pid {
+            Some(p) => o.with_extra("pid", p),
+            None => o,
+        }
+    }
+
+    #[test]
+    fn a_pod_deleted_half_a_second_after_its_start_has_its_hook_not_its_start_as_prestop() {
+        let mut sigterm = line(Kind::Signal, 700, Some(10)).with_extra("sender_pid", 1);
+        sigterm.reason = Some("SIGTERM".into());
+        let obs = vec![
+            line(Kind::Exec, -500, Some(10)),
+            line(Kind::PodDeleting, 0, None),
+            line(Kind::Exec, 100, Some(11)),
+            sigterm,
+            line(Kind::Exit, 710, Some(10)),
+        ];
+        let times: Vec<WallNs> = obs.iter().map(|o| WallNs::from_timestamp(o.time)).collect();
+        let members: Vec<usize> = (0..obs.len()).collect();
+        let tl = build(&obs, &times, &vec![0; obs.len()], &members);
+        assert_eq!(tl.prestop.map(|m| m.t), Some(times[2]));
+    }
 }

@@ -25,6 +25,12 @@ pub struct PodSpec {
     pub drain_ms: u64,
     /// The app holds connections unanswered (so they are reset at exit).
     pub hold: bool,
+    /// The app serves each connection in a forked child that exits after its response, as
+    /// busybox `httpd` does: the pod's processes exit all the time while it lives.
+    pub fork_per_connection: bool,
+    /// The app answers many requests per connection, and exits with them open once its
+    /// listener is closed (requests sent meanwhile are reset at exit).
+    pub keep_alive: bool,
 }
 
 /// Ground truth of one termination, CLOCK_MONOTONIC ns.
@@ -66,8 +72,14 @@ impl PodProcess {
             .arg(app_bin)
             .args(["testbed-app", "--port", &spec.port.to_string()])
             .args(["--drain-ms", &spec.drain_ms.to_string()]);
-        if spec.hold {
-            cmd.arg("--hold");
+        for (on, flag) in [
+            (spec.hold, "--hold"),
+            (spec.fork_per_connection, "--fork-per-connection"),
+            (spec.keep_alive, "--keep-alive"),
+        ] {
+            if on {
+                cmd.arg(flag);
+            }
         }
         let mut child = cmd
             .stdin(Stdio::null())

@@ -2,7 +2,7 @@
 //! real pod processes, see `app`).
 
 use std::{
-    io::ErrorKind,
+    io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     sync::{
         Arc, Mutex,
@@ -33,29 +33,103 @@ pub fn connect_loop(
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Attempt>>>,
 ) -> anyhow::Result<NsThread<()>> {
+    let connect = move || TcpStream::connect_timeout(&target, Duration::from_secs(1)).map(drop);
+    attempt_loop(ns, interval, max, stop, log, connect)
+}
+
+/// Like [`connect_loop`], but each attempt is a whole HTTP exchange, as a real client's: a new
+/// connection, a request, the response read to the server's close. An attempt fails with the
+/// first error of any step (timeouts 1 s).
+pub fn request_loop(
+    ns: &Netns,
+    target: SocketAddr,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Attempt>>>,
+) -> anyhow::Result<NsThread<()>> {
+    attempt_loop(ns, interval, usize::MAX, stop, log, move || {
+        request_once(target)
+    })
+}
+
+/// Runs `attempt` every `interval` in `ns` until `stop` or `max` attempts, logging outcomes.
+fn attempt_loop(
+    ns: &Netns,
+    interval: Duration,
+    max: usize,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Attempt>>>,
+    attempt: impl Fn() -> std::io::Result<()> + Send + 'static,
+) -> anyhow::Result<NsThread<()>> {
     ns.spawn(move || {
         let start = Instant::now();
         for i in 0..max {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let r = TcpStream::connect_timeout(&target, Duration::from_secs(1));
-            let error = match r {
-                Ok(_) => None,
-                Err(e) => Some(errno_name(&e)),
-            };
-            let attempt = Attempt {
+            let error = attempt().err().map(|e| errno_name(&e));
+            let outcome = Attempt {
                 at_ns: Clock::monotonic_now_ns(),
                 error,
             };
             if let Ok(mut l) = log.lock() {
-                l.push(attempt);
+                l.push(outcome);
             }
             let next = interval * u32::try_from(i + 1).unwrap_or(u32::MAX);
             if let Some(wait) = next.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
+    })
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nhost: web\r\n\r\n";
+
+fn request_once(target: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.write_all(REQUEST)?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response)?;
+    Ok(())
+}
+
+/// How a keep-alive client's connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Requests answered on the one connection.
+    pub answered: usize,
+    /// The errno name that ended it (`ECONNRESET`, …), or None when `stop` ended it.
+    pub error: Option<String>,
+}
+
+/// One persistent connection to `target` sending a request every `interval` and reading each
+/// answer (`app::KEEP_ALIVE_RESPONSE`), until an error or `stop`. The connect must succeed.
+pub fn keep_alive_requests(
+    target: SocketAddr,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> std::io::Result<KeepAlive> {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut answer = [0u8; super::app::KEEP_ALIVE_RESPONSE.len()];
+    let mut answered = 0;
+    let result = loop {
+        if stop.load(Ordering::SeqCst) {
+            break None;
+        }
+        if let Err(e) = s
+            .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+            .and_then(|()| s.read_exact(&mut answer))
+        {
+            break Some(errno_name(&e));
+        }
+        answered += 1;
+        std::thread::sleep(interval);
+    };
+    Ok(KeepAlive {
+        answered,
+        error: result,
     })
 }
 

@@ -1,0 +1,499 @@
+//! The node testbed as unkind as a real node (the v1.23 recordings of
+//! tests/fixtures/real-cluster): servers that fork a child per connection, as busybox `httpd`
+//! does, so a pod's processes exit all the time while it lives; a preStop hook whose `exec` the
+//! agent reports unflagged; keep-alive clients whose connections are open when the app exits.
+//! The agent's lines are filed under pods by the agent's own pod index (by network namespace
+//! and address, as in cluster mode), the API-level lines are the testbed's, and the engine's
+//! report is checked against the testbed's ground truth. Needs root.
+
+mod support;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use kubectl_zdt::{
+    agent::{clock::Clock, pods::PodIndex},
+    correlate::{self, Options, PodReport, Report},
+    observation::{Kind, NodeName, Observation},
+    testbed::{
+        ClientHandle, Node, PodHandle,
+        kube_proxy::ServicePort,
+        netns::NsThread,
+        node::cluster_ip,
+        pod::{PodProcess, PodSpec, Truth},
+        tcp::{Attempt, KeepAlive, keep_alive_requests, request_loop},
+    },
+};
+use support::{AgentProcess, of_kind, off_ms, require_root, total};
+
+/// Each kernel mark within 2 ms of its ground-truth bracket (as in tests/termination.rs).
+const BOUND_MS: f64 = 2.0;
+const WORKLOAD: &str = "deployment/web";
+
+fn app() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kubectl-zdt"))
+}
+
+fn pid_of(o: &Observation) -> Option<u64> {
+    o.extra.get("pid").and_then(serde_json::Value::as_u64)
+}
+
+/// A node with pods behind one Service, what the API said about them, and the agent's pod
+/// index that files the kernel's lines under them.
+struct Bed {
+    node: Node,
+    client: ClientHandle,
+    svc: ServicePort,
+    node_name: NodeName,
+    index: PodIndex,
+    /// The API-level lines (`pod_ready`, `pod_deleting`), as a cluster's watches give them.
+    api: Vec<Observation>,
+}
+
+impl Bed {
+    fn new() -> Self {
+        require_root();
+        let mut node = Node::create().unwrap();
+        let client = node.add_client("client").unwrap();
+        Self {
+            node,
+            client,
+            svc: ServicePort {
+                name: "default/web".into(),
+                cluster_ip: cluster_ip(10),
+                port: 80,
+            },
+            node_name: NodeName(kubectl_zdt::agent::hostname()),
+            index: PodIndex::new(Duration::from_secs(600)),
+            api: Vec::new(),
+        }
+    }
+
+    fn uid(name: &str) -> String {
+        format!("uid-{name}")
+    }
+
+    /// A pod on the node, known to the index by its address and its network namespace (what
+    /// the agent's watch and `/proc` scan find), and ready in the API.
+    fn pod(&mut self, name: &str) -> PodHandle {
+        let pod = self.node.add_pod(name).unwrap();
+        let uid = Self::uid(name);
+        let now = Timestamp::now();
+        let object = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": uid},
+            "status": {"podIPs": [{"ip": pod.ip.to_string()}]},
+        }))
+        .unwrap();
+        self.index.apply(&object, now);
+        let inum = u32::try_from(support::inode(&pod.ns.path())).unwrap();
+        assert!(self.index.set_netns(&uid, inum, now));
+        self.api
+            .push(self.api_line(Kind::PodReady, name, IpAddr::from(pod.ip), now));
+        pod
+    }
+
+    fn api_line(&self, kind: Kind, name: &str, ip: IpAddr, at: Timestamp) -> Observation {
+        let mut o = Observation::new(kind, at, self.node_name.clone());
+        o.pod = Some(format!("default/{name}"));
+        o.pod_uid = Some(Self::uid(name));
+        o.ip = Some(ip);
+        o.with_extra("workload", WORKLOAD)
+    }
+
+    /// The API deletes `pod` now; returns the instant on CLOCK_MONOTONIC for the kubelet side.
+    fn delete(&mut self, pod: &PodHandle) -> u64 {
+        let at = Clock::monotonic_now_ns();
+        let line = self
+            .api_line(
+                Kind::PodDeleting,
+                &pod.name,
+                IpAddr::from(pod.ip),
+                Clock::measure().to_wall(at),
+            )
+            .with_extra("grace_period_s", 30);
+        self.api.push(line);
+        at
+    }
+
+    /// The agent in the node's namespace (hostNetwork), watching these pods.
+    fn agent(&self, pods: &[&PodHandle]) -> AgentProcess {
+        let mut args = vec![
+            "--watch-cidr".to_owned(),
+            format!("{}/32", self.svc.cluster_ip),
+        ];
+        for p in pods {
+            args.extend(["--watch-netns".to_owned(), p.ns.path()]);
+            args.extend(["--watch-cidr".to_owned(), format!("{}/32", p.ip)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        AgentProcess::start_in(Some(self.node.ns.name()), &args)
+    }
+
+    /// The agent's lines filed under pods by the index, beside the API's, and the report.
+    fn report(&mut self, mut obs: Vec<Observation>) -> (Vec<Observation>, Report) {
+        obs.sort_by_key(|o| o.time);
+        for o in &mut obs {
+            self.index.attribute(o);
+        }
+        obs.extend(self.api.iter().cloned());
+        let report = correlate::correlate(&obs, &Options::default());
+        (obs, report)
+    }
+}
+
+/// Client threads that stop when dropped, so a failing test leaves none running.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    threads: Vec<NsThread<()>>,
+    log: Arc<Mutex<Vec<Attempt>>>,
+}
+
+impl Traffic {
+    /// A new connection with one request to `target` every 5 ms.
+    fn requests(client: &ClientHandle, target: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+        let thread = request_loop(
+            &client.ns,
+            target,
+            Duration::from_millis(5),
+            stop.clone(),
+            log.clone(),
+        )
+        .unwrap();
+        Self {
+            stop,
+            threads: vec![thread],
+            log,
+        }
+    }
+
+    /// Stops and returns every attempt.
+    fn finish(mut self) -> Vec<Attempt> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A stop flag for client threads, set when dropped.
+#[derive(Default)]
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn pods_named<'a>(r: &'a Report, name: &str) -> Vec<&'a PodReport> {
+    r.rollouts
+        .iter()
+        .flat_map(|ro| ro.pods.iter())
+        .filter(|p| p.pod.as_deref() == Some(name))
+        .collect()
+}
+
+/// What one run of [`one_of_two_forking_pods_terminated`] left.
+struct Run {
+    obs: Vec<Observation>,
+    report: Report,
+    truth: Truth,
+    deleted: String,
+    kept: String,
+    kept_attempts: Vec<Attempt>,
+}
+
+/// Two pods whose app forks a child per connection, a client making a new connection to each
+/// every 5 ms; only the first pod is deleted (preStop `prestop_ms`, SIGTERM, exit, sandbox
+/// gone) while the second keeps serving.
+fn one_of_two_forking_pods_terminated(prestop_ms: u64) -> Run {
+    let mut bed = Bed::new();
+    let gone = bed.pod("web-a");
+    let kept = bed.pod("web-b");
+    let agent = bed.agent(&[&gone, &kept]);
+    let spec = PodSpec {
+        port: 8080,
+        fork_per_connection: true,
+        ..PodSpec::default()
+    };
+    let gone_app = PodProcess::start(
+        &gone,
+        &app(),
+        PodSpec {
+            prestop_ms,
+            ..spec.clone()
+        },
+    )
+    .unwrap();
+    let _kept_app = PodProcess::start(&kept, &app(), spec).unwrap();
+    let to_gone = Traffic::requests(&bed.client, SocketAddr::new(gone.ip.into(), 8080));
+    let to_kept = Traffic::requests(&bed.client, SocketAddr::new(kept.ip.into(), 8080));
+    // A client slow to send its request: the child serving it outlives the app's main
+    // process, as httpd's children outlive a killed httpd.
+    let gone_addr = SocketAddr::new(gone.ip.into(), 8080);
+    let mut slow = bed
+        .client
+        .ns
+        .run_in(move || TcpStream::connect_timeout(&gone_addr, Duration::from_secs(1)))
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let delete = bed.delete(&gone);
+    let mut truth = gone_app.terminate(&gone, &app(), delete).unwrap();
+    // The client of the deleted pod stops before its address is gone (a connect to an address
+    // nobody answers for would only wait out its timeout).
+    drop(to_gone.finish());
+    slow.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    slow.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer:?}");
+    let deleted = format!("default/{}", gone.name);
+    truth.netns_gone = Some(bed.node.remove_pod(gone));
+    std::thread::sleep(Duration::from_millis(400));
+    let kept_attempts = to_kept.finish();
+    let (obs, report) = bed.report(agent.stop());
+    Run {
+        obs,
+        report,
+        truth,
+        deleted,
+        kept: format!("default/{}", kept.name),
+        kept_attempts,
+    }
+}
+
+/// Two busybox-`httpd`-like pods, clients connecting to both every 5 ms, one deleted: the
+/// deleted pod's `exit` mark is its main process's exit (the one SIGTERM went to) within 2 ms
+/// of the testbed's bracket and not after its namespace is gone, although its children exited
+/// around it; the pod nobody deleted, whose children exited hundreds of times, is in no
+/// rollout.
+#[test]
+fn a_forking_servers_children_neither_end_its_pod_nor_put_an_undeleted_pod_in_a_rollout() {
+    let run = one_of_two_forking_pods_terminated(0);
+    let exits_of = |pod: &str| -> Vec<&Observation> {
+        run.obs
+            .iter()
+            .filter(|o| o.kind == Kind::Exit && o.pod.as_deref() == Some(pod))
+            .collect()
+    };
+    assert!(
+        run.kept_attempts.iter().all(|a| a.error.is_none()) && run.kept_attempts.len() > 100,
+        "every request to the kept pod was answered: {:?}",
+        run.kept_attempts
+            .iter()
+            .filter(|a| a.error.is_some())
+            .collect::<Vec<_>>()
+    );
+    let kept_exits = exits_of(&run.kept).len();
+    assert!(
+        kept_exits >= 100,
+        "the kept pod's children exited {kept_exits} times (one per answered request)"
+    );
+    assert!(
+        pods_named(&run.report, &run.kept).is_empty(),
+        "{} was never deleted but is in a rollout: {:#?}",
+        run.kept,
+        pods_named(&run.report, &run.kept)
+    );
+
+    let main_pid = u64::from(run.truth.app_pid);
+    let gone_exits = exits_of(&run.deleted);
+    assert!(
+        gone_exits
+            .iter()
+            .filter(|o| pid_of(o) != Some(main_pid))
+            .count()
+            >= 50,
+        "the deleted pod's children exited too: {} exits",
+        gone_exits.len()
+    );
+    let main_exit = gone_exits
+        .iter()
+        .find(|o| pid_of(o) == Some(main_pid))
+        .expect("the main process's exit");
+    assert!(
+        gone_exits.iter().any(|o| o.time > main_exit.time),
+        "a child (the slow client's) exited after the main process"
+    );
+    let (after, before) = (
+        off_ms(main_exit, run.truth.exit),
+        off_ms(main_exit, run.truth.reaped),
+    );
+    assert!(
+        after >= -BOUND_MS && before <= BOUND_MS,
+        "main exit {after:+.3} ms after the app's last line, {before:+.3} ms from the reap"
+    );
+    let p = pods_named(&run.report, &run.deleted);
+    assert_eq!(p.len(), 1, "{:#?}", run.report.rollouts);
+    let marks = &p[0].marks;
+    let exit = marks.exit.as_ref().expect("an exit mark");
+    assert_eq!(
+        (exit.time, exit.source),
+        (main_exit.time, Kind::Exit),
+        "the exit mark is the main process's exit"
+    );
+    let gone = marks.netns_gone.as_ref().expect("a netns_gone mark");
+    assert!(exit.time <= gone.time, "{exit:?} after {gone:?}");
+    assert_eq!(
+        of_kind(&run.obs, Kind::Exec).len(),
+        2,
+        "the two apps' execs"
+    );
+}
+
+/// The same with a 150 ms preStop `exec` in the deleted pod, between its deletion and SIGTERM:
+/// the agent reports it as the plain exec a real node gives (no `reason`, no `prestop` flag:
+/// the kernel cannot tell a hook from any other exec), and the report's preStop mark is that
+/// exec (within 2 ms of the testbed's bracket), before the SIGTERM mark.
+#[test]
+fn the_unflagged_exec_between_deletion_and_sigterm_is_the_prestop_mark() {
+    let run = one_of_two_forking_pods_terminated(150);
+    let hook_pid = run.truth.prestop_pid.map(u64::from);
+    let hooks: Vec<&Observation> = run
+        .obs
+        .iter()
+        .filter(|o| o.kind == Kind::Exec && pid_of(o) == hook_pid)
+        .collect();
+    assert_eq!(hooks.len(), 1, "{:#?}", of_kind(&run.obs, Kind::Exec));
+    let hook = hooks[0];
+    assert_eq!(hook.pod.as_deref(), Some(run.deleted.as_str()));
+    assert_eq!(
+        (hook.reason.as_deref(), hook.extra.get("prestop")),
+        (None, None),
+        "the agent's own exec line, unflagged"
+    );
+    let (after, before) = (
+        off_ms(hook, run.truth.prestop_spawned.unwrap()),
+        off_ms(hook, run.truth.prestop.unwrap()),
+    );
+    assert!(
+        after >= -BOUND_MS && before <= BOUND_MS,
+        "preStop exec {after:+.3} ms after the spawn, {before:+.3} ms from the hook's first line"
+    );
+    let p = pods_named(&run.report, &run.deleted);
+    assert_eq!(p.len(), 1, "{:#?}", run.report.rollouts);
+    let prestop = p[0].marks.prestop.as_ref().expect("a preStop mark");
+    assert_eq!((prestop.time, prestop.source), (hook.time, Kind::Exec));
+    let sigterm = p[0].marks.sigterm.as_ref().expect("a SIGTERM mark");
+    assert!(prestop.time < sigterm.time, "{prestop:?} {sigterm:?}");
+    assert!(
+        !p[0].missing.iter().any(|m| m == "prestop"),
+        "{:?}",
+        p[0].missing
+    );
+    assert!(pods_named(&run.report, &run.kept).is_empty());
+}
+
+/// Keep-alive clients: K connections through the Service's ClusterIP, each sending a request
+/// every 5 ms on its one connection, open across the pod's termination. Once its listener is
+/// closed the app stops reading them and exits with them open: every client gets ECONNRESET,
+/// the pod's kernel resets K connections (`TCP_ABORT_ON_CLOSE`) from port 8080, and the report
+/// counts both ends as resets at exit (RESET AT EXIT), none unrelated, on the pod's port 8080.
+#[test]
+fn keep_alive_connections_open_at_the_apps_exit_are_resets_at_exit_on_the_pods_port() {
+    const K: usize = 4;
+    let mut bed = Bed::new();
+    let pod = bed.pod("web-k");
+    let ep = SocketAddr::new(pod.ip.into(), 8080);
+    bed.node.set_endpoints(&bed.svc, &[ep], &[]).unwrap();
+    let agent = bed.agent(&[&pod]);
+    let spec = PodSpec {
+        port: 8080,
+        keep_alive: true,
+        ..PodSpec::default()
+    };
+    let app_proc = PodProcess::start(&pod, &app(), spec).unwrap();
+    let target = SocketAddr::new(bed.svc.cluster_ip, bed.svc.port);
+    let stop = Stop::default();
+    let clients: Vec<NsThread<std::io::Result<KeepAlive>>> = (0..K)
+        .map(|_| {
+            let stop = stop.0.clone();
+            bed.client
+                .ns
+                .spawn(move || keep_alive_requests(target, Duration::from_millis(5), &stop))
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let delete = bed.delete(&pod);
+    app_proc.terminate(&pod, &app(), delete).unwrap();
+    let ends: Vec<KeepAlive> = clients
+        .into_iter()
+        .map(|c| c.join().unwrap().unwrap())
+        .collect();
+    assert!(
+        ends.iter()
+            .all(|e| e.error.as_deref() == Some("ECONNRESET") && e.answered > 10),
+        "each client's connection served requests, then was reset: {ends:?}"
+    );
+    // kube-proxy catches up 200 ms later, then the sandbox goes. (The agent names a client
+    // error's Service from the frontends as they are when it reads the line, up to a poll
+    // interval later: a rule removed within that time of the reset leaves the client's
+    // ECONNRESET on the bare ClusterIP.)
+    std::thread::sleep(Duration::from_millis(200));
+    bed.node.set_endpoints(&bed.svc, &[], &[ep]).unwrap();
+    let name = format!("default/{}", pod.name);
+    let pod_ip = IpAddr::from(pod.ip);
+    bed.node.remove_pod(pod);
+    std::thread::sleep(Duration::from_millis(300));
+    let (obs, report) = bed.report(agent.stop());
+
+    let resets: Vec<&Observation> = of_kind(&obs, Kind::Reset);
+    assert_eq!(
+        total(&obs, |o| o.kind == Kind::Reset),
+        K as u64,
+        "{resets:#?}"
+    );
+    assert!(
+        resets
+            .iter()
+            .all(|o| o.pod.as_deref() == Some(name.as_str())
+                && o.port == Some(8080)
+                && o.reason.as_deref() == Some("TCP_ABORT_ON_CLOSE")),
+        "the pod's side of each reset: {resets:#?}"
+    );
+    let client_resets: Vec<&Observation> = obs
+        .iter()
+        .filter(|o| o.kind == Kind::ConnError && o.reason.as_deref() == Some("ECONNRESET"))
+        .collect();
+    assert_eq!(client_resets.len(), K, "{client_resets:#?}");
+    assert!(
+        client_resets
+            .iter()
+            .all(|o| o.ip == Some(pod_ip) && o.port == Some(8080)),
+        "each client's reset names the pod behind the ClusterIP: {client_resets:#?}"
+    );
+    let p = pods_named(&report, &name);
+    assert_eq!(p.len(), 1, "{:#?}", report.rollouts);
+    assert_eq!(p[0].port, Some(8080));
+    assert_eq!(
+        (
+            p[0].errors.at_exit,
+            p[0].errors.unrelated,
+            p[0].errors.undetermined
+        ),
+        (2 * K as u64, 0, 0),
+        "{:?}",
+        p[0].errors
+    );
+}
