@@ -573,8 +573,12 @@ pub fn reconcile(traced: &Traced) -> Option<String> {
         Some(p) => pods.contains(p),
         None => o.ip.is_some_and(|ip| ips.contains(&ip)),
     };
-    let kernel_refused = count(&|o: &Observation| o.kind == Kind::Refused && on_pods(o));
-    let kernel_reset = count(&|o: &Observation| o.kind == Kind::Reset && on_pods(o));
+    // The kubelet's probes of these pods are no client's: not compared with the clients.
+    let probes = crate::correlate::attribution::ProbeConnections::of(&traced.observations);
+    let kernel_refused =
+        count(&|o: &Observation| o.kind == Kind::Refused && on_pods(o) && !probes.contains(o));
+    let kernel_reset =
+        count(&|o: &Observation| o.kind == Kind::Reset && on_pods(o) && !probes.contains(o));
     Some(format!(
         "clients: {failed} of {total} requests failed (refused {refused}, reset {reset}, timed out {timeout}); kernel on the pods: {kernel_refused} refused, {kernel_reset} reset"
     ))

@@ -39,6 +39,37 @@ pub(crate) fn is_kubelet_probe(o: &Observation) -> bool {
     o.extra.get("probe").and_then(|v| v.as_str()) == Some("kubelet")
 }
 
+/// One connection's ends as both its lines name them: the client, then the pod.
+type ConnKey = (std::net::IpAddr, u16, std::net::IpAddr, u16);
+
+fn conn_key(o: &Observation) -> Option<ConnKey> {
+    Some((o.peer_ip?, o.peer_port?, o.ip?, o.port?))
+}
+
+/// The kubelet's probe connections among `lines`: those a line was tagged for. The other end
+/// of the same connection is a probe's too: the agent tags the kubelet's own error surely
+/// (it dialled the pod directly), the pod's refusal only when conntrack still had the
+/// connection (a refused one's entry may be gone by the time the agent asks).
+#[derive(Debug, Default)]
+pub struct ProbeConnections(std::collections::HashSet<ConnKey>);
+
+impl ProbeConnections {
+    pub fn of<'a>(lines: impl IntoIterator<Item = &'a Observation>) -> Self {
+        Self(
+            lines
+                .into_iter()
+                .filter(|o| is_kubelet_probe(o))
+                .filter_map(conn_key)
+                .collect(),
+        )
+    }
+
+    /// Whether `o` is a kubelet probe's line, tagged or the other end of a tagged one.
+    pub fn contains(&self, o: &Observation) -> bool {
+        is_kubelet_probe(o) || conn_key(o).is_some_and(|k| self.0.contains(&k))
+    }
+}
+
 /// A connect that times out shows up several times: each SYN retransmission, then the error
 /// (the kernel's ETIMEDOUT, or the client closing the socket itself, `gave_up`). It is one
 /// failed connection: of the timeout lines of one client socket (node, client address and
@@ -293,6 +324,36 @@ mod tests {
             cause(ErrorClass::Refused, None, at(0), &w),
             Cause::Undetermined
         );
+    }
+
+    #[test]
+    fn the_pods_refusal_of_a_connection_the_kubelets_error_was_tagged_for_is_a_probe_too() {
+        let line = |kind: Kind, client_port: u16, probe: bool| {
+            let mut o = Observation::new(
+                kind,
+                at(0).to_timestamp(),
+                crate::observation::NodeName("vm".into()),
+            );
+            o.ip = Some("198.18.0.30".parse().unwrap());
+            o.port = Some(8080);
+            o.peer_ip = Some("198.18.0.1".parse().unwrap());
+            o.peer_port = Some(client_port);
+            if probe {
+                o = o.with_extra("probe", "kubelet");
+            }
+            o
+        };
+        // Recorded on the real cluster: the kubelet's ECONNREFUSED tagged, the pod's RST not
+        // (conntrack no longer had the refused connection).
+        let lines = [
+            line(Kind::Refused, 53176, false),
+            line(Kind::ConnError, 53176, true),
+            line(Kind::Refused, 39724, false),
+        ];
+        let probes = ProbeConnections::of(&lines);
+        assert!(probes.contains(&lines[0]));
+        assert!(probes.contains(&lines[1]));
+        assert!(!probes.contains(&lines[2]), "another client's refusal");
     }
 
     #[test]

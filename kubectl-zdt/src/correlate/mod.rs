@@ -11,7 +11,7 @@
 //! observations.
 
 mod advice;
-mod attribution;
+pub mod attribution;
 pub mod client_log;
 mod clock;
 mod identity;

@@ -162,13 +162,14 @@ pub(crate) fn draft(
     // the same cause is counted only beyond them. Pairing by the client's address and port is
     // not enough: conntrack may rewrite the client's port when two connections clash.
     let pod_side = |o: &Observation| matches!(o.kind, Kind::Refused | Kind::Reset);
+    let probes = attribution::ProbeConnections::of(errors.iter().map(|&i| &obs[i]));
     let mut credit: std::collections::HashMap<Cause, u64> = std::collections::HashMap::new();
     for client_side in [false, true] {
         for &i in errors.iter().filter(|&&i| pod_side(&obs[i]) != client_side) {
             let o = &obs[i];
             let class = attribution::class(o);
             let at = attribution::instant(o, times[i]);
-            let cause = if attribution::is_kubelet_probe(o) {
+            let cause = if probes.contains(o) {
                 Cause::Probe
             } else {
                 attribution::cause(class, o.port, at.t, &d.window)
