@@ -286,7 +286,15 @@ impl PodIndex {
             return;
         }
         let by_ip = o.ip.and_then(|ip| self.lookup(ip, o.time)).cloned();
-        let by_netns = by_netns.and_then(|uid| self.by_uid.get(&uid).map(|e| e.pod.clone()));
+        // A client's error names the server by its address; its namespace is the client's
+        // (a pod of this node dialling a Service), not the pod the error is about.
+        let client_side = matches!(
+            o.kind,
+            crate::observation::Kind::ConnError | crate::observation::Kind::SynRetransmit
+        );
+        let by_netns = by_netns
+            .filter(|_| !client_side)
+            .and_then(|uid| self.by_uid.get(&uid).map(|e| e.pod.clone()));
         if let Some(p) = by_ip.or(by_netns) {
             o.pod = Some(p.pod);
             o.pod_uid = Some(p.uid);
@@ -468,6 +476,23 @@ mod tests {
         assert!(index.probes_port("u", 9000));
         assert!(!index.probes_port("u", 80));
         assert!(!index.probes_port("other", 8080));
+    }
+
+    #[test]
+    fn a_clients_error_is_never_filed_under_the_client_pod_by_its_namespace() {
+        // The --traffic pod dials a ClusterIP; conntrack did not name the backend.
+        let mut index = PodIndex::new(Duration::from_secs(60));
+        index.apply(&pod("zdt-traffic-web", "uid-t", "198.18.0.44"), at(0));
+        index.set_netns("uid-t", 9, at(1));
+        let mut o = line(Kind::ConnError, at(2), 9);
+        o.service = Some("198.19.0.236:80".into());
+        index.attribute(&mut o);
+        assert_eq!(o.pod, None);
+        assert_eq!(
+            owner(&mut index, Kind::Exec, at(3), 9).as_deref(),
+            Some("default/zdt-traffic-web"),
+            "its own process lines are still its own"
+        );
     }
 
     #[test]
