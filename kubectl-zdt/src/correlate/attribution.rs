@@ -70,6 +70,28 @@ impl ProbeConnections {
     }
 }
 
+/// The `--traffic` loop logs its own failures (`conn_error` with `source: traffic`). When the
+/// agents watched the clients' kernels (a client-side `conn_error` or `syn_retransmit` naming a
+/// Service, which an agent writes when the filter holds the Services' addresses), every one of
+/// those failures is also a kernel line of the loop's pod: the log is then compared with them
+/// (`trace`'s reconcile line), never added to them. Streams without client-side kernel lines
+/// (older agents) keep the loop's log as their only record of the clients' side.
+pub(crate) fn without_redundant_instrument_log(
+    obs: &[Observation],
+) -> std::borrow::Cow<'_, [Observation]> {
+    let from_loop =
+        |o: &Observation| o.extra.get("source").and_then(|v| v.as_str()) == Some("traffic");
+    let clients_watched = obs.iter().any(|o| {
+        matches!(o.kind, Kind::ConnError | Kind::SynRetransmit)
+            && o.service.is_some()
+            && !from_loop(o)
+    });
+    if !clients_watched || !obs.iter().any(from_loop) {
+        return std::borrow::Cow::Borrowed(obs);
+    }
+    std::borrow::Cow::Owned(obs.iter().filter(|o| !from_loop(o)).cloned().collect())
+}
+
 /// A connect that times out shows up several times: each SYN retransmission, then the error
 /// (the kernel's ETIMEDOUT, or the client closing the socket itself, `gave_up`). It is one
 /// failed connection: of the timeout lines of one client socket (node, client address and
@@ -354,6 +376,29 @@ mod tests {
         assert!(probes.contains(&lines[0]));
         assert!(probes.contains(&lines[1]));
         assert!(!probes.contains(&lines[2]), "another client's refusal");
+    }
+
+    #[test]
+    fn the_traffic_loops_log_is_not_added_to_the_clients_own_kernel_lines() {
+        let line = |source: Option<&str>| {
+            let mut o = Observation::new(
+                Kind::ConnError,
+                at(0).to_timestamp(),
+                crate::observation::NodeName("vm".into()),
+            );
+            o.reason = Some("ETIMEDOUT".into());
+            o.service = Some("zdt-e2e/fast-exit".into());
+            match source {
+                Some(s) => o.with_extra("source", s),
+                None => o,
+            }
+        };
+        let only_log = [line(Some("traffic")), line(Some("traffic"))];
+        assert_eq!(without_redundant_instrument_log(&only_log).len(), 2);
+        let both = [line(Some("traffic")), line(None)];
+        let kept = without_redundant_instrument_log(&both);
+        assert_eq!(kept.len(), 1);
+        assert!(!kept[0].extra.contains_key("source"));
     }
 
     #[test]

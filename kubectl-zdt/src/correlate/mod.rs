@@ -118,7 +118,8 @@ fn run(
     scope: Option<&Scope>,
 ) -> (Report, Vec<PodEvidence>) {
     let observations = obs.len() as u64;
-    let obs = &*attribution::one_timeout_per_connection(obs);
+    let obs = attribution::without_redundant_instrument_log(obs);
+    let obs = &*attribution::one_timeout_per_connection(&obs);
     let times: Vec<WallNs> = obs.iter().map(|o| WallNs::from_timestamp(o.time)).collect();
     let (nodes, node_of) = nodes::Nodes::index(obs);
     let assignment = identity::assign(obs, &times);
