@@ -251,17 +251,43 @@ fn seen(report: &Value, saved: &str, workload: &str) -> anyhow::Result<Seen> {
             .collect(),
         ..Seen::default()
     };
-    for line in saved.lines() {
-        let Ok(o) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
+    // The kernels' lines of this rollout's pods only (the agents see every pod of their node),
+    // and never the kubelet's probes of them (tagged `probe`, or the other end of a tagged
+    // connection): the traffic loop is the only client.
+    let pods: std::collections::BTreeSet<&str> = rollout["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["pod"].as_str())
+        .collect();
+    let lines: Vec<Value> = saved
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let ends = |o: &Value| {
+        (
+            o["peer_ip"].to_string(),
+            o["peer_port"].to_string(),
+            o["ip"].to_string(),
+            o["port"].to_string(),
+        )
+    };
+    let probes: std::collections::BTreeSet<_> = lines
+        .iter()
+        .filter(|o| o["probe"] == "kubelet")
+        .map(ends)
+        .collect();
+    for o in &lines {
         let n = o["count"].as_u64().unwrap_or(1);
         let traffic = o["source"] == "traffic";
+        let of_rollout = o["pod"].as_str().is_some_and(|p| pods.contains(p))
+            && o["probe"] != "kubelet"
+            && !probes.contains(&ends(o));
         match (o["kind"].as_str(), o["reason"].as_str(), traffic) {
             (Some("conn_error"), Some("ECONNREFUSED"), true) => s.client_refused += n,
             (Some("conn_error"), Some("ECONNRESET"), true) => s.client_reset += n,
-            (Some("refused"), _, false) => s.kernel_refused += n,
-            (Some("reset"), _, false) => s.kernel_reset += n,
+            (Some("refused"), _, false) if of_rollout => s.kernel_refused += n,
+            (Some("reset"), _, false) if of_rollout => s.kernel_reset += n,
             _ => {}
         }
         if traffic && o["kind"] == "conn_error" {
@@ -549,12 +575,17 @@ mod tests {
     #[test]
     fn a_report_and_the_saved_observations_give_what_the_checks_compare() {
         let report = serde_json::json!({"rollouts": [{"workload": "deployment/fast-exit", "max_gap_ms": 420.0,
-            "verdict": "unsafe", "pods": [{}, {}]}]});
+            "verdict": "unsafe", "pods": [{"pod": "zdt-e2e/fast-exit-a"}, {"pod": "zdt-e2e/fast-exit-b"}]}]});
         let saved = [
             r#"{"kind":"conn_error","reason":"ECONNREFUSED","source":"traffic"}"#,
             r#"{"kind":"conn_error","reason":"ECONNREFUSED","source":"traffic"}"#,
             r#"{"kind":"conn_error","reason":"ETIMEDOUT","source":"traffic"}"#,
-            r#"{"kind":"refused","count":2}"#,
+            r#"{"kind":"refused","count":2,"pod":"zdt-e2e/fast-exit-a"}"#,
+            // Not the traffic loop's: another pod's, and the kubelet's probe (the pod's end
+            // untagged, the kubelet's own error tagged) seen on the real cluster.
+            r#"{"kind":"refused","pod":"zdt-e2e/graceful-x"}"#,
+            r#"{"kind":"refused","pod":"zdt-e2e/fast-exit-b","ip":"198.18.0.30","port":8080,"peer_ip":"198.18.0.1","peer_port":53176}"#,
+            r#"{"kind":"conn_error","reason":"ECONNREFUSED","pod":"zdt-e2e/fast-exit-b","ip":"198.18.0.30","port":8080,"peer_ip":"198.18.0.1","peer_port":53176,"probe":"kubelet"}"#,
         ]
         .join("\n");
         let s = seen(&report, &saved, "fast-exit").unwrap();
