@@ -246,6 +246,9 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
     gauges
         .watched_netns
         .store(2, std::sync::atomic::Ordering::Relaxed);
+    gauges
+        .pods_known
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let t = jiff::Timestamp::now();
     journal.push(
         &Observation::new(Kind::AgentStart, t, NodeName(node.into()))
@@ -333,7 +336,7 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
         table.contains("node-a")
             && table.contains("6.18.0-zdt")
             && table.contains("iptables-nft")
-            && table.contains("3 ips, 2 netns")
+            && table.contains("1 pods: 3 ips, 2 netns")
             && table.contains("7 (2 skipped)")
             && table.contains("tracepoint"),
         "{table}"

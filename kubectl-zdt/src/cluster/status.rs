@@ -175,8 +175,15 @@ pub fn render_table(rows: &[NodeStatus]) -> String {
                 .unwrap_or_default(),
             a.map(|a| a.probes.len().to_string()).unwrap_or_default(),
             a.and_then(|a| a.dataplane_mode.clone()).unwrap_or_default(),
-            a.map(|a| format!("{} ips, {} netns", a.watched_addresses, a.watched_netns))
-                .unwrap_or_default(),
+            // Live pods; the addresses and namespaces watched include deleted pods' for a
+            // while (late refusals are still theirs) and the Services' addresses.
+            a.map(|a| {
+                format!(
+                    "{} pods: {} ips, {} netns",
+                    a.pods_known, a.watched_addresses, a.watched_netns
+                )
+            })
+            .unwrap_or_default(),
             a.map(loss).unwrap_or_default(),
             match (r.clock_offset_ms, r.clock_offset_uncertainty_ms) {
                 (Some(o), Some(u)) => format!("{o:+.1} ms ± {u:.1}"),
