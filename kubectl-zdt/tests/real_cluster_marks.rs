@@ -12,7 +12,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use kubectl_zdt::correlate::{self, Options, PodReport, Report};
+use kubectl_zdt::correlate::{self, Options, PodReport, Report, Verdict};
 use kubectl_zdt::observation::{Kind, Observation};
 
 const RUNS: [&str; 8] = [
@@ -243,4 +243,24 @@ fn a_connection_seen_failing_from_both_ends_is_counted_once_as_the_client_saw_it
     assert_eq!(errors.unsafe_window, 14 + 1, "{errors:?}");
     assert_eq!(errors.at_exit, 4, "{errors:?}");
     assert_eq!(errors.after_netns_gone, 80, "{errors:?}");
+}
+
+#[test]
+fn the_final_agents_counts_equal_the_node_clients_refused_reset_and_timed_out() {
+    for (run, verdict, (refused, reset, timeout)) in [
+        ("v1.28-one-node-fast-final", Verdict::Unsafe, (18, 3, 146)),
+        ("v1.28-one-node-prestop-final", Verdict::Safe, (0, 0, 0)),
+    ] {
+        let r = correlate::correlate(&stream(run), &Options::default());
+        assert_eq!(r.rollouts.len(), 1, "{run}");
+        let e = r.rollouts[0].errors;
+        assert_eq!(
+            (e.unsafe_window, e.at_exit, e.after_netns_gone),
+            (refused, reset, timeout),
+            "{run}: {e:?}"
+        );
+        assert_eq!(e.unrelated + e.undetermined, 0, "{run}: {e:?}");
+        assert_eq!(r.rollouts[0].unattributed_errors, 0, "{run}");
+        assert_eq!(r.rollouts[0].verdict, verdict, "{run}");
+    }
 }

@@ -138,10 +138,45 @@ pub(crate) fn one_timeout_per_connection(
             }
         }
     }
+    // A retransmitted SYN that was answered in the end is no timeout: the connection's last
+    // line says how it ended (refused by the pod, reset, or an error on the client). On a real
+    // node one connection was counted twice: its SYN retransmitted, then refused.
+    let mut ended: HashMap<
+        (std::net::IpAddr, u16, std::net::IpAddr, u16),
+        (jiff::Timestamp, usize),
+    > = HashMap::new();
+    for (i, o) in obs.iter().enumerate() {
+        if !matches!(
+            o.kind,
+            Kind::Refused | Kind::Reset | Kind::ConnError | Kind::SynRetransmit
+        ) {
+            continue;
+        }
+        if let (Some(c), Some(cp), Some(ip), Some(port)) = (o.peer_ip, o.peer_port, o.ip, o.port) {
+            let e = ended.entry((c, cp, ip, port)).or_insert((o.time, i));
+            if (o.time, i) > *e {
+                *e = (o.time, i);
+            }
+        }
+    }
+    for (i, o) in obs.iter().enumerate() {
+        if o.kind != Kind::SynRetransmit {
+            continue;
+        }
+        if let (Some(c), Some(cp), Some(ip), Some(port)) = (o.peer_ip, o.peer_port, o.ip, o.port)
+            && ended
+                .get(&(c, cp, ip, port))
+                .is_some_and(|&(_, last)| last != i && obs[last].kind != Kind::SynRetransmit)
+            && !superseded.contains(&i)
+        {
+            superseded.push(i);
+        }
+    }
     if superseded.is_empty() {
         return std::borrow::Cow::Borrowed(obs);
     }
     superseded.sort_unstable();
+    superseded.dedup();
     std::borrow::Cow::Owned(
         obs.iter()
             .enumerate()
@@ -376,6 +411,29 @@ mod tests {
         assert!(probes.contains(&lines[0]));
         assert!(probes.contains(&lines[1]));
         assert!(!probes.contains(&lines[2]), "another client's refusal");
+    }
+
+    #[test]
+    fn a_retransmitted_syn_that_was_then_refused_is_one_refusal() {
+        let line = |kind: Kind, ms: i64| {
+            let mut o = Observation::new(
+                kind,
+                at(ms).to_timestamp(),
+                crate::observation::NodeName("vm".into()),
+            );
+            o.ip = Some("198.18.0.9".parse().unwrap());
+            o.port = Some(8080);
+            o.peer_ip = Some("198.18.0.1".parse().unwrap());
+            o.peer_port = Some(47_498);
+            o
+        };
+        let obs = vec![line(Kind::Refused, 1_005), line(Kind::SynRetransmit, 1_000)];
+        let kept = one_timeout_per_connection(&obs);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].kind, Kind::Refused);
+        // Retransmitted, then nothing: its outcome is unknown, it stays.
+        let alone = vec![line(Kind::SynRetransmit, 1_000)];
+        assert_eq!(one_timeout_per_connection(&alone).len(), 1);
     }
 
     #[test]
