@@ -667,3 +667,42 @@ async fn a_rejected_apply_is_one_line_with_the_servers_reason_once() {
          .spec.template.spec.containers[0].securityContext.appArmorProfile: field not declared in schema (HTTP 422 Invalid)"
     );
 }
+
+/// `install` right after `uninstall`: the namespace is still terminating and the server would
+/// refuse new objects in it ("unable to create new content in namespace zdt-system because it
+/// is being terminated", as the real v1.28 server said). install waits for it to go; if it
+/// does not within --timeout, one line says so.
+#[tokio::test]
+async fn install_waits_for_a_terminating_namespace_to_go_or_says_so() {
+    let dir = tempdir();
+    let server = Arc::new(ApiServer::start().await);
+    let kube = args(&server, dir.path(), "admin");
+    let terminating = serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "zdt-system", "uid": "ns-1",
+                     "deletionTimestamp": "2026-12-06T20:04:00Z"},
+    });
+    server.put(terminating.clone());
+    let mut no_wait = install_args("registry.local/zdt:e2e-1", Duration::from_millis(700));
+    no_wait.no_wait = true;
+    let err = install::install(&kube, &no_wait)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("namespace zdt-system is still being deleted") && !err.contains('\n'),
+        "{err}"
+    );
+    assert!(
+        server.list("apps", "daemonsets").is_empty(),
+        "nothing applied"
+    );
+    let gone = server.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        gone.remove("", "namespaces", "", "zdt-system");
+    });
+    no_wait.timeout = Duration::from_secs(10);
+    install::install(&kube, &no_wait).await.unwrap();
+    assert_eq!(server.list("apps", "daemonsets").len(), 1);
+}

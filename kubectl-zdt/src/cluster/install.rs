@@ -227,6 +227,7 @@ pub async fn install(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<AgentPod
     let cluster = kube.connect().await?;
     let version = version::require_supported(&cluster.client).await?;
     let objects = manifests::for_server(&image, version)?;
+    wait_namespace_gone(&cluster.client, args.timeout).await?;
     for name in apply(&cluster.client, &objects).await? {
         eprintln!("{name} applied (server-side)");
     }
@@ -235,6 +236,41 @@ pub async fn install(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<AgentPod
     }
     let bar = progress_bar();
     wait_ready(&cluster.client, args.timeout, &bar).await
+}
+
+/// An `uninstall` just before leaves the namespace terminating for a while, and the server
+/// refuses new objects in it: wait (with a spinner) until it is gone, up to `timeout`.
+async fn wait_namespace_gone(client: &Client, timeout: Duration) -> Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: Api<Namespace> = Api::all(client.clone());
+    let terminating =
+        |ns: Option<Namespace>| ns.is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+    let get = || async {
+        api.get_opt(NAMESPACE)
+            .await
+            .map_err(Error::api(format!("get namespace {NAMESPACE}")))
+    };
+    if !terminating(get().await?) {
+        return Ok(());
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(format!(
+        "waiting for namespace {NAMESPACE} (being deleted) to go"
+    ));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let started = std::time::Instant::now();
+    while terminating(get().await?) {
+        if started.elapsed() >= timeout {
+            bar.finish_and_clear();
+            return Err(Error::NamespaceTerminating {
+                namespace: NAMESPACE.to_owned(),
+                seconds: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// The objects `--dry-run` prints: for `--server-version` offline, else for the server the

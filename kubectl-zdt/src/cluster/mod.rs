@@ -74,6 +74,10 @@ pub enum Error {
         pod: String,
         reason: String,
     },
+    #[error(
+        "namespace {namespace} is still being deleted after {seconds} s (an `uninstall` not finished?): wait for `kubectl get namespace {namespace}` to say NotFound, then install again"
+    )]
+    NamespaceTerminating { namespace: String, seconds: u64 },
     #[error("timed out after {seconds} s waiting for the agents:\n{detail}")]
     NotReady { seconds: u64, detail: String },
     #[error(
