@@ -408,7 +408,7 @@ fn the_unflagged_exec_between_deletion_and_sigterm_is_the_prestop_mark() {
 /// every 5 ms on its one connection, open across the pod's termination. Once its listener is
 /// closed the app stops reading them and exits with them open: every client gets ECONNRESET,
 /// the pod's kernel resets K connections (`TCP_ABORT_ON_CLOSE`) from port 8080, and the report
-/// counts both ends as resets at exit (RESET AT EXIT), none unrelated, on the pod's port 8080.
+/// counts K resets at exit (each seen at both ends, counted once), none unrelated, on 8080.
 #[test]
 fn keep_alive_connections_open_at_the_apps_exit_are_resets_at_exit_on_the_pods_port() {
     const K: usize = 4;
