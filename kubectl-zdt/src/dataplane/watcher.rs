@@ -43,7 +43,49 @@ pub type Watched = Arc<RwLock<std::collections::HashSet<Backend>>>;
 /// The Service frontends (ClusterIP:port, NodeIP:nodePort, …) this node's dataplane routes,
 /// for telling a client's error toward a Service from one toward a pod. Node ports that match
 /// every local address are listed once per local address of the node.
-pub type Frontends = Arc<RwLock<std::collections::HashSet<std::net::SocketAddr>>>;
+pub type Frontends = Arc<RwLock<FrontendSet>>;
+
+/// How long a frontend the dataplane stopped routing still counts as one: a client's error is
+/// read a moment after it happened, and when its Service lost its last endpoint meanwhile (the
+/// pod exited with the connection open), the frontend was already gone from the rules.
+pub const FRONTEND_RETAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The frontends routed now, and those routed until recently ([`FRONTEND_RETAIN`]).
+#[derive(Debug, Default)]
+pub struct FrontendSet {
+    live: std::collections::HashSet<std::net::SocketAddr>,
+    retired: std::collections::HashMap<std::net::SocketAddr, std::time::Instant>,
+}
+
+impl FrontendSet {
+    /// Whether `addr` is a frontend now or was one within [`FRONTEND_RETAIN`].
+    pub fn contains(&self, addr: &std::net::SocketAddr) -> bool {
+        self.contains_at(addr, std::time::Instant::now())
+    }
+
+    fn contains_at(&self, addr: &std::net::SocketAddr, now: std::time::Instant) -> bool {
+        self.live.contains(addr)
+            || self
+                .retired
+                .get(addr)
+                .is_some_and(|&t| now.saturating_duration_since(t) < FRONTEND_RETAIN)
+    }
+
+    /// Replaces the routed frontends by `now_live`, retiring the ones that left at `at`.
+    pub fn publish(
+        &mut self,
+        now_live: std::collections::HashSet<std::net::SocketAddr>,
+        at: std::time::Instant,
+    ) {
+        for gone in self.live.difference(&now_live) {
+            self.retired.insert(*gone, at);
+        }
+        self.retired.retain(|addr, t| {
+            !now_live.contains(addr) && at.saturating_duration_since(*t) < FRONTEND_RETAIN
+        });
+        self.live = now_live;
+    }
+}
 
 /// Where the watcher's observations go. Holds the agent's channel weakly: once the agent drops
 /// its own sender at shutdown, the channel closes and these threads stop at their next send
@@ -843,7 +885,7 @@ fn publish(
     }
     let set = frontend_addrs(all_routes(planes, legacy, ipvs), &local_addresses());
     if let Ok(mut f) = frontends.write() {
-        *f = set;
+        f.publish(set, std::time::Instant::now());
     }
 }
 
@@ -889,6 +931,32 @@ fn local_addresses() -> Vec<std::net::IpAddr> {
             tracing::warn!("cannot list the node's addresses for node ports: {e}");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod frontend_tests {
+    use super::*;
+
+    #[test]
+    fn a_frontend_whose_last_endpoint_just_went_still_names_its_service_for_a_while() {
+        let addr: std::net::SocketAddr = "198.19.0.10:80".parse().unwrap();
+        let t0 = std::time::Instant::now();
+        let mut set = FrontendSet::default();
+        set.publish([addr].into_iter().collect(), t0);
+        assert!(set.contains_at(&addr, t0));
+        // kube-proxy removed the Service's rules (no endpoint left) a moment before the
+        // client's ECONNRESET was read.
+        set.publish(std::collections::HashSet::new(), t0);
+        assert!(set.contains_at(&addr, t0 + std::time::Duration::from_millis(200)));
+        assert!(!set.contains_at(&addr, t0 + FRONTEND_RETAIN));
+        assert!(!set.contains_at(&"198.19.0.11:80".parse().unwrap(), t0));
+        // Routed again: live, no longer retired; gone for good after the retention.
+        set.publish([addr].into_iter().collect(), t0 + FRONTEND_RETAIN);
+        assert!(set.retired.is_empty());
+        set.publish(std::collections::HashSet::new(), t0 + FRONTEND_RETAIN * 2);
+        set.publish(std::collections::HashSet::new(), t0 + FRONTEND_RETAIN * 4);
+        assert!(set.retired.is_empty(), "pruned after the retention");
     }
 }
 
