@@ -446,11 +446,10 @@ fn keep_alive_connections_open_at_the_apps_exit_are_resets_at_exit_on_the_pods_p
             .all(|e| e.error.as_deref() == Some("ECONNRESET") && e.answered > 10),
         "each client's connection served requests, then was reset: {ends:?}"
     );
-    // kube-proxy catches up 200 ms later, then the sandbox goes. (The agent names a client
-    // error's Service from the frontends as they are when it reads the line, up to a poll
-    // interval later: a rule removed within that time of the reset leaves the client's
-    // ECONNRESET on the bare ClusterIP.)
-    std::thread::sleep(Duration::from_millis(200));
+    // kube-proxy removes the Service's last endpoint at once, then the sandbox goes. The agent
+    // reads the clients' ECONNRESETs up to a poll interval later, when the ClusterIP is no
+    // longer routed: it must still name the Service (a frontend stays one for a while after
+    // the dataplane stopped routing it), or those resets fit no pod.
     bed.node.set_endpoints(&bed.svc, &[], &[ep]).unwrap();
     let name = format!("default/{}", pod.name);
     let pod_ip = IpAddr::from(pod.ip);
