@@ -10,6 +10,22 @@ fn is_window_red(px: &[u8]) -> bool {
     px[0] > 200 && px[1] < 175 && px[2] < 175 && px[0] - px[1].min(px[0]) > 60
 }
 
+/// Headless Chromium, offline, with its profile in `dir`.
+fn chromium(dir: &Path) -> Command {
+    let mut c = Command::new("chromium");
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ])
+    .arg(format!("--user-data-dir={}", dir.join("profile").display()));
+    c
+}
+
 #[test]
 fn the_html_report_renders_its_chart_in_headless_chromium() {
     let dir = std::env::temp_dir().join(format!("zdt-html-render-{}", std::process::id()));
@@ -42,17 +58,7 @@ fn the_html_report_renders_its_chart_in_headless_chromium() {
         );
     }
 
-    let chromium = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+    let chromium = chromium(&dir)
         .arg(format!("--screenshot={}", png.display()))
         .arg("--window-size=1400,900")
         .arg(format!("file://{}", html.display()))
@@ -120,19 +126,8 @@ fn the_html_report_fits_a_1000_px_window() {
         "<script>document.title=document.documentElement.scrollWidth+'/'+window.innerWidth</script></body>",
     );
     std::fs::write(&probe, page).unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1000,900",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+    let out = chromium(&dir)
+        .args(["--window-size=1000,900", "--dump-dom"])
         .arg(format!("file://{}", probe.display()))
         .output()
         .expect("cannot run chromium: run `./x setup`, which installs Debian's chromium package");

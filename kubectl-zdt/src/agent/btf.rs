@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn this_kernels_btf_has_the_offsets_the_probes_need() {
-        // Every machine this project builds and tests on has BTF (ENVIRONMENT.md); a kernel
+        // Every machine this project builds and tests on has BTF (README, Requirements); a kernel
         // without it fails this test loudly rather than skipping it.
         let data = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
         let btf = Btf::parse(&data).unwrap();

@@ -1,4 +1,4 @@
-//! Which cure each error calls for (DOMAIN.md: errors split by cause).
+//! Which cure each error calls for (docs/report-schema.md, Errors).
 //!
 //! - A refused SYN (RST for `NO_SOCKET` on the pod, `ECONNREFUSED` on a client) means a node
 //!   routed a new connection to a pod with no listener: inside the unsafe window a preStop

@@ -1,4 +1,4 @@
-//! One pod's observations folded into its timeline marks (DOMAIN.md, "The per-pod timeline").
+//! One pod's observations folded into its timeline marks (docs/report-schema.md, Marks).
 //!
 //! Every fold is a min or a max, so the marks never depend on the order observations arrived in.
 

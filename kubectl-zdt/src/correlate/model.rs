@@ -105,7 +105,7 @@ pub struct PodReport {
     pub error_marks: Vec<ErrorMark>,
 }
 
-/// The timeline marks (DOMAIN.md), each with its source and clock uncertainty.
+/// The timeline marks (docs/report-schema.md), each with its source and clock uncertainty.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Marks {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -199,7 +199,7 @@ pub struct Window {
     pub duration_ms: f64,
 }
 
-/// Errors by cause (DOMAIN.md): which cure applies.
+/// Errors by cause (docs/report-schema.md): which cure applies.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ErrorCounts {
     /// New connections refused between listener close and the last node's removal: a preStop
