@@ -16,14 +16,23 @@ use kube_double::{
     rbac,
 };
 use kubectl_zdt::{
-    agent::{api_watch::ApiWatch, filter::Recorded, pods::PodIndex, serve::Gauges},
+    agent::{
+        api_watch::{self, ApiWatch},
+        filter::Recorded,
+        pods::PodIndex,
+        serve::Gauges,
+    },
     observation::{Kind, NodeName, Observation},
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..600 {
+    wait_for(what, Duration::from_secs(15), cond).await;
+}
+
+async fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    for _ in 0..limit.as_millis() / 25 {
         if cond() {
             return;
         }
@@ -41,13 +50,17 @@ struct Running {
 }
 
 fn start_agent(server: &ApiServer, ttl: Duration) -> Running {
+    start_agent_with(server.client("agent"), ttl)
+}
+
+fn start_agent_with(client: kube::Client, ttl: Duration) -> Running {
     let filter = Arc::new(Mutex::new(Recorded::default()));
     let pods = Arc::new(Mutex::new(PodIndex::new(ttl)));
     let gauges = Arc::new(Gauges::default());
     let (tx, rx) = mpsc::channel(1024);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let watch = ApiWatch {
-        client: server.client("agent"),
+        client,
         node: NodeName("vm".into()),
         pods: pods.clone(),
         gauges: gauges.clone(),
@@ -301,24 +314,29 @@ async fn after_410_gone_the_relist_reports_what_changed_during_the_gap_once_and_
     );
 }
 
+/// Loads the recording's objects from before the rollout; returns the first pod it deletes.
+fn before_the_rollout(server: &ApiServer) -> String {
+    let (initial, events) = split_recording();
+    for object in &initial {
+        play(server, "ADDED", object);
+    }
+    events
+        .iter()
+        .find(|e| e.1 == "DELETED")
+        .map(|e| e.2["metadata"]["name"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_tombstone_expires_and_its_address_leaves_the_filter() {
     let server = ApiServer::start().await;
-    let (initial, events) = split_recording();
-    for object in &initial {
-        play(&server, "ADDED", object);
-    }
+    let gone = before_the_rollout(&server);
     let agent = start_agent(&server, Duration::from_millis(500));
     let f = agent.filter.clone();
     wait_until("the old pods are watched", || {
         f.lock().unwrap().addresses.len() == 2
     })
     .await;
-    let gone = events
-        .iter()
-        .find(|e| e.1 == "DELETED")
-        .map(|e| e.2["metadata"]["name"].as_str().unwrap().to_owned())
-        .unwrap();
     server.remove("", "pods", "default", &gone);
     wait_until("the tombstone expired", || {
         !f.lock()
@@ -369,5 +387,44 @@ async fn the_filter_holds_every_services_frontend_addresses_while_the_service_ex
     wait_until("the deleted Service's frontends are not", || {
         f.lock().unwrap().addresses.is_empty()
     })
+    .await;
+}
+
+/// A watch whose connection died silently (the node's conntrack entry for the API server's
+/// ClusterIP flushed: no FIN, no RST, nothing more) must not leave the agent blind. On a real
+/// node, `conntrack -F` did: the agent's watches stopped delivering and every later rollout
+/// lost its deletions and endpoint changes for kube's default 290 s watch and 295 s read
+/// timeouts. The agent asks for `WATCH_TIMEOUT` watches and its client gives up on a silent
+/// connection after `API_READ_TIMEOUT` (each bounds the stall: the test fails only without both).
+#[tokio::test]
+async fn a_watch_whose_connection_went_silent_resumes_after_the_read_timeout() {
+    let server = ApiServer::start().await;
+    let gone = before_the_rollout(&server);
+    let client = kube::Client::try_from(api_watch::client_config(server.config("agent"))).unwrap();
+    let mut agent = start_agent_with(client, Duration::from_secs(60));
+    let f = agent.filter.clone();
+    wait_until("the old pods are watched", || {
+        f.lock().unwrap().addresses.len() == 2
+    })
+    .await;
+    wait_until("the three watches are open", || {
+        server.calls().iter().filter(|c| c.verb == "watch").count() == 3
+    })
+    .await;
+    drain(&mut agent.rx);
+    server.stall_watches();
+    server.remove("", "pods", "default", &gone);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s, rx) = (seen.clone(), Arc::new(Mutex::new(agent.rx)));
+    wait_for(
+        "the deletion is reported after the stall",
+        api_watch::API_READ_TIMEOUT * 2,
+        || {
+            s.lock().unwrap().extend(drain(&mut rx.lock().unwrap()));
+            s.lock().unwrap().iter().any(|o| {
+                o.kind == Kind::PodDeleting && o.pod.as_deref().is_some_and(|p| p.ends_with(&gone))
+            })
+        },
+    )
     .await;
 }

@@ -194,6 +194,29 @@ fn frontend_changes(
     *watched = now;
 }
 
+/// How long the API server keeps each watch open before ending it (the watcher then resumes
+/// from its last resourceVersion): a healthy watch is never silent for longer than this.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// How long the agent's client waits on a silent connection before it drops it. A watch whose
+/// connection died without a FIN or RST (the node's conntrack entries for the API server's
+/// ClusterIP flushed, a NAT or firewall forgetting it) would otherwise leave the agent blind to
+/// every deletion until kube's default (295 s) ran out; longer than [`WATCH_TIMEOUT`], so only
+/// a dead connection trips it.
+pub const API_READ_TIMEOUT: Duration = Duration::from_secs(60);
+const _: () = assert!(WATCH_TIMEOUT.as_secs() + 5 < API_READ_TIMEOUT.as_secs());
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT.as_secs() as u32)
+}
+
+/// The agent's API client settings: kube's inferred config (in-cluster, or a kubeconfig) with
+/// [`API_READ_TIMEOUT`].
+pub fn client_config(mut config: kube::Config) -> kube::Config {
+    config.read_timeout = Some(API_READ_TIMEOUT);
+    config
+}
+
 /// The watches and the state they keep.
 pub struct ApiWatch {
     pub client: Client,
@@ -220,8 +243,7 @@ impl ApiWatch {
         tx: Sender<Observation>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let on_this_node =
-            watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
+        let on_this_node = watch_config().fields(&format!("spec.nodeName={}", self.node));
         let (services, services_writer) = reflector::store();
         let mut updates = stream::select_all([
             watcher(Api::<Pod>::all(self.client.clone()), on_this_node)
@@ -230,19 +252,16 @@ impl ApiWatch {
                 .boxed(),
             watcher(
                 Api::<EndpointSlice>::all(self.client.clone()),
-                watcher::Config::default(),
+                watch_config(),
             )
             .default_backoff()
             .map(|r| r.map_or_else(Update::Failed, |e| Update::Slice(Box::new(e))))
             .boxed(),
-            watcher(
-                Api::<Service>::all(self.client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect(services_writer)
-            .map(|r| r.map_or_else(Update::Failed, |_| Update::Service))
-            .boxed(),
+            watcher(Api::<Service>::all(self.client.clone()), watch_config())
+                .default_backoff()
+                .reflect(services_writer)
+                .map(|r| r.map_or_else(Update::Failed, |_| Update::Service))
+                .boxed(),
         ]);
         let mut pods = Tracked::<Pod, _>::new(PodWatch::new(self.node.clone()));
         let mut slices =

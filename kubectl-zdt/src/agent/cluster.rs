@@ -64,9 +64,11 @@ pub async fn run(
     metrics: super::metrics::MetricsConfig,
 ) -> anyhow::Result<()> {
     let listener = bind(listen).await?;
-    let client = kube::Client::try_default()
+    let api = kube::Config::infer()
         .await
         .context("failed to reach the Kubernetes API from the agent (in-cluster config)")?;
+    let client = kube::Client::try_from(super::api_watch::client_config(api))
+        .context("failed to build the agent's Kubernetes API client")?;
     let journal = Journal::new(journal::CAPACITY);
     let disk = super::open_journal(&config)?;
     let ticker = disk.clone().map(|d| {

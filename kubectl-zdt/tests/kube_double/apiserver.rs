@@ -81,6 +81,7 @@ pub struct ApiServer {
     events: broadcast::Sender<Event>,
     /// Sending on it ends every open watch (a network blip).
     disconnect: broadcast::Sender<()>,
+    stall: broadcast::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -97,10 +98,12 @@ impl ApiServer {
         let state = Arc::new(Mutex::new(State::default()));
         let (events, _) = broadcast::channel(4096);
         let (disconnect, _) = broadcast::channel(4);
+        let (stall, _) = broadcast::channel(4);
         let shared = Shared {
             state: state.clone(),
             events: events.clone(),
             disconnect: disconnect.clone(),
+            stall: stall.clone(),
         };
         let task = tokio::spawn(async move {
             loop {
@@ -125,6 +128,7 @@ impl ApiServer {
             state,
             events,
             disconnect,
+            stall,
             task,
         }
     }
@@ -142,10 +146,15 @@ impl ApiServer {
 
     /// A kube client for this server authenticating with `token`.
     pub fn client(&self, token: &str) -> kube::Client {
+        kube::Client::try_from(self.config(token)).unwrap()
+    }
+
+    /// The client settings [`ApiServer::client`] uses, for a client built another way.
+    pub fn config(&self, token: &str) -> kube::Config {
         let mut config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
         config.auth_info.token = Some(token.to_owned().into());
         config.default_namespace = "default".to_owned();
-        kube::Client::try_from(config).unwrap()
+        config
     }
 
     /// Creates or replaces an object (as a controller or the kubelet would) and notifies
@@ -194,6 +203,12 @@ impl ApiServer {
     /// Ends every open watch, as a dropped connection or an API server restart would.
     pub fn disconnect_watches(&self) {
         let _ = self.disconnect.send(());
+    }
+
+    /// Every open watch goes silent without closing (no event, no bookmark, no FIN), as a
+    /// connection whose NAT entry was flushed does; watches opened afterwards work.
+    pub fn stall_watches(&self) {
+        let _ = self.stall.send(());
     }
 
     /// The server reports `git_version` (e.g. `v1.23.17-eks-abc`) from `GET /version` and
@@ -288,6 +303,7 @@ struct Shared {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<Event>,
     disconnect: broadcast::Sender<()>,
+    stall: broadcast::Sender<()>,
 }
 
 impl Shared {
@@ -475,6 +491,7 @@ impl Shared {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
         let mut live = self.events.subscribe();
         let mut disconnect = self.disconnect.subscribe();
+        let mut stall = self.stall.subscribe();
         let (replay, gone, current) = {
             let s = self.state.lock().unwrap();
             let gone = from != 0 && from < s.compacted;
@@ -528,6 +545,12 @@ impl Shared {
                 tokio::select! {
                     biased;
                     _ = disconnect.recv() => return,
+                    _ = stall.recv() => {
+                        // Holds the response open and silent until the client gives up.
+                        let _open = tx;
+                        std::future::pending::<()>().await;
+                        return;
+                    }
                     e = live.recv() => match e {
                         // Older events were in the replay (subscribing came first, so none is missed).
                         Ok(e) if e.rv > replayed => {
