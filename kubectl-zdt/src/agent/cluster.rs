@@ -15,6 +15,7 @@ use super::{
     Agent, AgentConfig,
     api_watch::{ApiWatch, PodNamespaces, TOMBSTONE_TTL},
     journal::{self, Journal},
+    node_netns::{NodeNetns, of_another_node},
     pod_netns::PodNetns,
     pods::PodIndex,
     probes::KubeletProbes,
@@ -132,9 +133,14 @@ pub async fn run(
     };
     let api = tokio::spawn(watch.run(filter, tx, api_stop));
     let mut probes = KubeletProbes::new();
+    let mut node_netns = NodeNetns::new("/proc");
     while let Some(mut o) = rx.recv().await {
         {
             let mut index = pods.lock().unwrap_or_else(|p| p.into_inner());
+            if of_another_node(&o, &index, &mut node_netns) {
+                gauges.metrics.other_node_client_failure();
+                continue;
+            }
             index.attribute(&mut o);
             probes.tag(&mut o, &index);
         }

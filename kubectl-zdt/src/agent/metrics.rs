@@ -142,6 +142,7 @@ pub struct Metrics {
     dataplane_mode: Family<ModeLabel, Gauge>,
     api_watch_up: Gauge,
     api_watch_failures: Counter,
+    other_node_sockets: Counter,
     watched_addresses: Gauge,
     scope: Scope,
     settle: Duration,
@@ -239,6 +240,12 @@ impl Metrics {
             "Times a Kubernetes watch failed and was restarted with backoff",
             api_watch_failures.clone(),
         );
+        let other_node_sockets = Counter::default();
+        registry.register(
+            "other_node_client_failures",
+            "Client failures left out because their network namespace is another node's (nodes sharing one kernel)",
+            other_node_sockets.clone(),
+        );
         let watched_addresses = Gauge::default();
         registry.register(
             "watched_addresses",
@@ -259,6 +266,7 @@ impl Metrics {
             dataplane_mode,
             api_watch_up,
             api_watch_failures,
+            other_node_sockets,
             watched_addresses,
             scope,
             settle,
@@ -275,6 +283,11 @@ impl Metrics {
     /// A Kubernetes watch failed (it restarts with backoff).
     pub fn watch_failed(&self) {
         self.api_watch_failures.inc();
+    }
+
+    /// A client's failure in another node's network namespace was left out.
+    pub fn other_node_client_failure(&self) {
+        self.other_node_sockets.inc();
     }
 
     /// The kernel filter now reports `n` addresses.
