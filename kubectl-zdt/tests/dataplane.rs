@@ -1419,7 +1419,7 @@ fn ip6tables_legacy_is_read_and_watched() {
     );
 }
 
-/// The real v1.36 nat table (../shared/fixtures/kube-proxy-v1.36) loaded through
+/// The real v1.36 nat table (tests/fixtures/kube-proxy-v1.36) loaded through
 /// iptables-legacy: the kernel's blob parses to what `iptables-legacy-save` prints, and that text
 /// is the fixture itself.
 #[test]

@@ -537,7 +537,7 @@ pub fn parse(family: Family, info: &Info, blob: &[u8]) -> Result<Nat, ParseError
 mod tests {
     use super::*;
 
-    /// The real v1.36 nat table (../shared/fixtures/kube-proxy-v1.36/iptables-nft-nat.save)
+    /// The real v1.36 nat table (tests/fixtures/kube-proxy-v1.36/iptables-nft-nat.save)
     /// loaded with `iptables-legacy-restore` into a network namespace of this project's kernel
     /// (6.18) and read back with IPT_SO_GET_INFO / IPT_SO_GET_ENTRIES: the bytes
     /// `iptables-legacy-save` decodes (it prints the fixture unchanged).

@@ -1,7 +1,7 @@
 //! kube-proxy's iptables-mode rule shapes, written the way kube-proxy v1.3x writes them
 //! (pkg/proxy/iptables/proxier.go): KUBE-SERVICES → KUBE-SVC-<hash> → KUBE-SEP-<hash> with
 //! `statistic --mode random --probability` and DNAT, applied with `iptables-restore --noflush`.
-//! The chain-name hashes match ../shared/fixtures/kube-proxy-v1.36 (see the tests).
+//! The chain-name hashes match tests/fixtures/kube-proxy-v1.36 (see the tests).
 
 use std::{fmt::Write as _, net::SocketAddr};
 
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn chain_names_match_what_a_real_kube_proxy_wrote() {
-        // From ../shared/fixtures/kube-proxy-v1.36/iptables-nft-nat.save.
+        // From tests/fixtures/kube-proxy-v1.36/iptables-nft-nat.save.
         assert_eq!(web().svc_chain(), "KUBE-SVC-LOLE4ISW44XBNF3G");
         assert_eq!(
             web().sep_chain("10.244.0.33:8080".parse().unwrap()),

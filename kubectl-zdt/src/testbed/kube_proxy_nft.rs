@@ -1,5 +1,5 @@
 //! kube-proxy's nftables-mode rules (pkg/proxy/nftables/proxier.go), written the way the v1.36
-//! kube-proxy of ../shared/fixtures/kube-proxy-v1.36 wrote them: table `ip kube-proxy`, the
+//! kube-proxy of tests/fixtures/kube-proxy-v1.36 wrote them: table `ip kube-proxy`, the
 //! `service-ips` verdict map, one `service-<hash>-<ns>/<name>/tcp/<port>` chain per Service port
 //! that DNATs through an anonymous numgen map, and the `hairpin-connections` set. Applied with
 //! `nft -f -` as one transaction, like kube-proxy does.
