@@ -1,7 +1,8 @@
 //! kubectl-zdt's kernel side: entry points and dispatch. Handlers live in one module per hook,
-//! each map with the module that uses it (`emit`: the ring buffer and loss counters, `watch`: the
-//! address and namespace filters, `dataplane`: the state of rule writes in flight); every entry point maps a handler error to "do nothing" (a probe must never disturb the
-//! traffic it watches).
+//! each map with the module that uses it (`emit`: the ring buffer and loss counters, `watch`:
+//! the address and namespace filters, `dataplane`: the state of rule writes in flight); every
+//! entry point maps a handler error to "do nothing" (a probe must never disturb the traffic it
+//! watches).
 #![no_std]
 #![no_main]
 
