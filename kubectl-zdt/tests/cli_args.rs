@@ -53,3 +53,53 @@ fn watch_netns_takes_only_a_network_namespace() {
         );
     }
 }
+
+#[test]
+fn install_image_must_be_an_image_reference() {
+    for good in [
+        "zdt",
+        "registry.local/zdt:v9",
+        "localhost:5000/team/zdt_agent.x:1.0-rc.1",
+        "[fd00::1]:5000/zdt:v1",
+        "ghcr.io/kubectl-zdt/kubectl-zdt@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "ghcr.io/kubectl-zdt/kubectl-zdt:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ] {
+        assert_eq!(refused(&["install", "--image", good]), None, "{good}");
+    }
+    let like = "like registry.example/zdt:v1 or registry.example/zdt@sha256:<64 hex>";
+    for (bad, why) in [
+        ("", format!("an empty image reference: give one {like}")),
+        (
+            "bad image::ref@@",
+            format!("not an image reference: give one {like}"),
+        ),
+        (
+            "registry.local/zdt:",
+            format!("not an image reference: give one {like}"),
+        ),
+        (
+            "registry.local/zdt@sha256:abc",
+            format!("not an image reference: give one {like}"),
+        ),
+        (
+            "registry.local/Zdt:v1",
+            format!(
+                "not an image reference (the repository path must be lower case): give one {like}"
+            ),
+        ),
+    ] {
+        let (kind, line) = refused(&["install", "--image", bad])
+            .unwrap_or_else(|| panic!("--image {bad:?} accepted"));
+        assert_eq!(kind, ErrorKind::ValueValidation, "{line}");
+        assert_eq!(
+            line,
+            format!("error: invalid value '{bad}' for '--image <REF>': {why}")
+        );
+    }
+    let long = format!("r.example/{}:v1", "a".repeat(250));
+    let (_, line) = refused(&["install", "--image", &long]).expect("a 260-character name");
+    assert!(
+        line.ends_with("the image name is 260 characters long; at most 255 are allowed"),
+        "{line}"
+    );
+}

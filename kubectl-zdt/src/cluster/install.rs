@@ -28,7 +28,7 @@ pub const FIELD_MANAGER: &str = "kubectl-zdt";
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// The agent image [default: ghcr.io/kubectl-zdt/kubectl-zdt:v<this version>].
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", value_parser = manifests::parse_image)]
     pub image: Option<String>,
 
     /// Apply nothing; print the objects (with -o yaml|json) for GitOps, written for the

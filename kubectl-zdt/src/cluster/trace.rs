@@ -52,7 +52,7 @@ pub struct TraceArgs {
     pub traffic: Option<u32>,
 
     /// Image of the traffic pod [default: the agents' image].
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", value_parser = super::manifests::parse_image)]
     pub traffic_image: Option<String>,
 
     /// Give up when the rollout has not completed after this long, e.g. 90s, 10m.
