@@ -73,7 +73,13 @@ pub enum Command {
     Recommend(recommend::RecommendArgs),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    // A command's --timeout also bounds reaching the server.
+    cli.kube.reach_within = match &cli.command {
+        Command::Install(args) => Some(args.timeout),
+        Command::Trace(args) => Some(args.timeout),
+        _ => None,
+    };
     match cli.command {
         Command::Agent(args) => agent::main(args),
         Command::Demo(args) => demo::main(args),

@@ -469,11 +469,15 @@ async fn the_cli_says_what_is_wrong_in_one_line_and_exits_non_zero() {
         Some(2),
         "a usage error, as clap reports them: {stderr}"
     );
-    let (code, stderr) = cli(dir.path().join("missing"), &["status"]).await;
+    let missing = dir.path().join("missing");
+    let (code, stderr) = cli(missing.clone(), &["status"]).await;
     assert_eq!(code, Some(1));
-    assert!(
-        stderr.starts_with("kubectl-zdt: failed to load the kubeconfig"),
-        "{stderr}"
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "kubectl-zdt: --kubeconfig points at a missing file: {} (give the path of a kubeconfig, or unset it)",
+            missing.display()
+        )
     );
     assert!(
         !stderr.contains("panicked") && !stderr.contains("backtrace"),
@@ -705,4 +709,167 @@ async fn install_waits_for_a_terminating_namespace_to_go_or_says_so() {
     no_wait.timeout = Duration::from_secs(10);
     install::install(&kube, &no_wait).await.unwrap();
     assert_eq!(server.list("apps", "daemonsets").len(), 1);
+}
+
+/// Runs the real binary with `env` set and no --kubeconfig; returns (exit code, stderr).
+fn cli_env(env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .env_remove("KUBECONFIG")
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_kubeconfig_is_named_once() {
+    let dir = tempdir();
+    let missing = dir.path().join("nope");
+    // A kubeconfig that does not parse: the parser's words once, without its snippet.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "apiVersion: v1\nkind: Config\nclusters: 5\n").unwrap();
+    for (env, expected) in [
+        (
+            ("KUBECONFIG", missing.as_os_str()),
+            format!(
+                "KUBECONFIG points at a missing file: {} (give the path of a kubeconfig, or unset it)",
+                missing.display()
+            ),
+        ),
+        (
+            ("KUBECONFIG", bad.as_os_str()),
+            format!(
+                "failed to load the kubeconfig {}: failed to parse kubeconfig YAML: error: line 3 column 11: expected sequence start",
+                bad.display()
+            ),
+        ),
+        (
+            ("HOME", dir.path().as_os_str()),
+            "no Kubernetes configuration found (no --kubeconfig, no KUBECONFIG, no ~/.kube/config, not in a cluster): pass --kubeconfig FILE or set KUBECONFIG".to_owned(),
+        ),
+    ] {
+        let (code, stderr) = cli_env(&[env], &["status"]);
+        assert_eq!(code, Some(1));
+        assert_eq!(stderr, format!("kubectl-zdt: {expected}\n"));
+    }
+}
+
+/// A kubeconfig whose server is `server`.
+fn kubeconfig_for(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig-elsewhere");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A server that is not there, one that never answers (kube's own bound on connecting is 30 s,
+/// whatever --timeout said) and one that is not Kubernetes: one line naming the server and
+/// what it did, nothing else on stderr (no ERROR log line of kube's, no colour).
+#[tokio::test]
+async fn a_server_that_is_absent_silent_or_not_kubernetes_is_named_in_one_line() {
+    let dir = tempdir();
+    let absent = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let absent_config = kubeconfig_for(dir.path(), &format!("https://{absent}"));
+    let (code, stderr) = cli(absent_config.clone(), &["status"]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        format!(
+            "kubectl-zdt: cannot reach the API server at https://{absent}: Connection refused (os error 111) (check the server in the kubeconfig and the network)\n"
+        ),
+    );
+    let (_, stderr) = cli(absent_config, &["-vv", "status"]).await;
+    assert!(stderr.lines().count() > 1, "-vv logs: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour off a terminal: {stderr:?}"
+    );
+
+    // Accepts connections and never answers (not even the TLS handshake).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    for (server, args) in [
+        (
+            format!("https://{silent_addr}"),
+            ["install", "--timeout", "1s"],
+        ),
+        (
+            format!("http://{silent_addr}"),
+            ["status", "--request-timeout", "1"],
+        ),
+    ] {
+        let (code, stderr) = cli(kubeconfig_for(dir.path(), &server), &args).await;
+        assert_eq!(code, Some(1), "{stderr}");
+        let command = if args[0] == "install" {
+            "install: "
+        } else {
+            ""
+        };
+        assert_eq!(
+            stderr.trim_end(),
+            format!(
+                "kubectl-zdt: {command}cannot reach the API server at {server}: no answer within 1s (raise --request-timeout or --timeout if it is only slow)"
+            )
+        );
+    }
+
+    // A web server, not Kubernetes.
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_addr = web.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut conn, _)) = web.accept().await {
+            let mut request = [0; 4096];
+            let _ = conn.read(&mut request).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: 9\r\n\r\nnot found")
+                .await;
+        }
+    });
+    let (code, stderr) = cli(
+        kubeconfig_for(dir.path(), &format!("http://{web_addr}")),
+        &["status"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        format!(
+            "kubectl-zdt: http://{web_addr} is not a Kubernetes API server: GET /version answered HTTP 404 without a Kubernetes Status (check the server in the kubeconfig)\n"
+        )
+    );
+}
+
+#[test]
+fn request_timeout_reads_as_kubectl_reads_it() {
+    use clap::Parser as _;
+    use kubectl_zdt::cli::Cli;
+    for (value, seconds) in [("0", 0), ("5", 5), ("1m", 60), ("90s", 90)] {
+        let cli = Cli::try_parse_from(["kubectl-zdt", "status", "--request-timeout", value])
+            .unwrap_or_else(|e| panic!("--request-timeout {value}: {e}"));
+        assert_eq!(
+            cli.kube.request_timeout,
+            Duration::from_secs(seconds),
+            "{value}"
+        );
+    }
+    assert!(Cli::try_parse_from(["kubectl-zdt", "status", "--request-timeout", "soon"]).is_err());
 }

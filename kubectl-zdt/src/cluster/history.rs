@@ -293,7 +293,7 @@ pub async fn collect(
         });
     }
     let cluster = kube.connect().await?;
-    let server = super::version::require_supported(&cluster.client).await?;
+    let server = cluster.version;
     let query = query_of(args, window, namespace, &cluster.namespace);
     let nodes = (!args.nodes.is_empty()).then_some(args.nodes.as_slice());
     let mut observations = Vec::new();

@@ -18,7 +18,6 @@ use super::{
     agents::{self, AgentPod},
     connect::KubeArgs,
     manifests::{self, Manifest},
-    version,
 };
 use crate::kube_version::KubeVersion;
 
@@ -225,7 +224,7 @@ pub fn progress_bar() -> ProgressBar {
 pub async fn install(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<AgentPod>> {
     let image = args.image.clone().unwrap_or_else(manifests::default_image);
     let cluster = kube.connect().await?;
-    let version = version::require_supported(&cluster.client).await?;
+    let version = cluster.version;
     let objects = manifests::for_server(&image, version)?;
     wait_namespace_gone(&cluster.client, args.timeout).await?;
     for name in apply(&cluster.client, &objects).await? {
@@ -285,7 +284,7 @@ pub async fn dry_run_objects(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<
             });
         }
         Some(v) => v,
-        None => version::require_supported(&kube.connect().await?.client).await?,
+        None => kube.connect().await?.version,
     };
     manifests::for_server(&image, version)
 }

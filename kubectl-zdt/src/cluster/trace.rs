@@ -391,7 +391,7 @@ fn agents_not_ready(list: &[agents::AgentPod]) -> Option<Error> {
 pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Result<Traced> {
     let cluster = kube.connect().await?;
     let (client, ns) = (cluster.client.clone(), cluster.namespace.clone());
-    let server = super::version::require_supported(&client).await?;
+    let server = cluster.version;
     let object = args.workload.get(&client, &ns).await?;
     let labels = workload::pod_labels(&object);
     let services = workload::services(&client, &ns, &args.workload, &labels).await?;
