@@ -80,6 +80,17 @@ pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(args) => Some(args.timeout),
         _ => None,
     };
+    // -n/-A belong to the commands that use them; the connection carries them.
+    let (namespace, all) = match &cli.command {
+        Command::Trace(args) => (args.namespace.namespace.clone(), false),
+        Command::History(cluster::history::HistoryArgs { namespaces, .. })
+        | Command::Recommend(recommend::RecommendArgs { namespaces, .. }) => {
+            (namespaces.namespace.clone(), namespaces.all_namespaces)
+        }
+        _ => (None, false),
+    };
+    cli.kube.namespace = namespace;
+    cli.kube.all_namespaces = all;
     match cli.command {
         Command::Agent(args) => agent::main(args),
         Command::Demo(args) => demo::main(args),

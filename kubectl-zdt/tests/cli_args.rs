@@ -103,3 +103,63 @@ fn install_image_must_be_an_image_reference() {
         "{line}"
     );
 }
+
+#[test]
+fn dry_run_takes_kubectls_strategies() {
+    use kubectl_zdt::cli::Command;
+    use kubectl_zdt::cluster::install::DryRun;
+    let dry_run = |args: &[&str]| {
+        let argv = ["kubectl-zdt", "install"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Install(a)) => Ok(a.dry_run),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.kind()),
+        }
+    };
+    assert_eq!(dry_run(&[]), Ok(None));
+    assert_eq!(dry_run(&["--dry-run"]), Ok(Some(DryRun::Client)));
+    assert_eq!(dry_run(&["--dry-run=client"]), Ok(Some(DryRun::Client)));
+    assert_eq!(dry_run(&["--dry-run=server"]), Ok(Some(DryRun::Server)));
+    assert_eq!(dry_run(&["--dry-run=none"]), Ok(Some(DryRun::None)));
+    assert_eq!(dry_run(&["--dry-run=maybe"]), Err(ErrorKind::InvalidValue));
+    assert_eq!(
+        dry_run(&["--dry-run", "server"]),
+        Err(ErrorKind::UnknownArgument),
+        "as kubectl: the strategy goes after '='"
+    );
+}
+
+/// kubectl's -n and -A only where a namespace means something; -o wide where kubectl has it.
+#[test]
+fn namespace_flags_and_wide_output_only_where_they_mean_something() {
+    for ok in [
+        &["trace", "deploy/web", "-n", "shop"][..],
+        &["history", "-n", "shop"],
+        &["history", "-A"],
+        &["recommend", "-A"],
+        &["recommend", "deploy/web", "-n", "shop"],
+        &["status", "-o", "wide"],
+        &["recommend", "-o", "wide"],
+    ] {
+        assert_eq!(refused(ok), None, "{ok:?}");
+    }
+    for (bad, kind) in [
+        (&["status", "-n", "shop"][..], ErrorKind::UnknownArgument),
+        (&["install", "-A"], ErrorKind::UnknownArgument),
+        (
+            &["uninstall", "-n", "zdt-system"],
+            ErrorKind::UnknownArgument,
+        ),
+        (&["trace", "deploy/web", "-A"], ErrorKind::UnknownArgument),
+        (
+            &["history", "-n", "shop", "-A"],
+            ErrorKind::ArgumentConflict,
+        ),
+        (&["history", "-o", "wider"], ErrorKind::InvalidValue),
+    ] {
+        let (found, line) = refused(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+        assert_eq!(found, kind, "{bad:?}: {line}");
+    }
+}

@@ -88,7 +88,7 @@ fn args(server: &ApiServer, dir: &std::path::Path, token: &str) -> KubeArgs {
 fn install_args(image: &str, timeout: Duration) -> InstallArgs {
     InstallArgs {
         image: Some(image.to_owned()),
-        dry_run: false,
+        dry_run: None,
         server_version: None,
         output: install::ManifestFormat::Yaml,
         timeout,
@@ -331,7 +331,14 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
         "{:?}",
         rows[2]
     );
-    let table = status::render_table(&rows);
+    let wide = status::render_table(&rows, true);
+    let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
+    assert!(
+        header.ends_with(&["POD", "API", "SYNCED", "OBSERVATIONS", "SCHEMA"])
+            && wide.contains("zdt-agent-node-a"),
+        "{wide}"
+    );
+    let table = status::render_table(&rows, false);
     assert!(
         table.contains("node-a")
             && table.contains("6.18.0-zdt")
@@ -415,23 +422,28 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs the real binary against the double; returns (exit code, stderr).
-async fn cli(kubeconfig: std::path::PathBuf, args: &[&str]) -> (Option<i32>, String) {
+/// Runs the real binary with `--kubeconfig`; returns what it did.
+async fn output(kubeconfig: std::path::PathBuf, args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(&args)
             .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .unwrap()
     })
     .await
     .unwrap()
+}
+
+/// Runs the real binary against the double; returns (exit code, stderr).
+async fn cli(kubeconfig: std::path::PathBuf, args: &[&str]) -> (Option<i32>, String) {
+    let out = output(kubeconfig, args).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -602,16 +614,11 @@ async fn install_on_a_server_older_than_1_23_says_so_in_one_line_and_applies_not
 async fn install_dry_run_with_server_version_renders_offline_for_that_version() {
     let dir = tempdir();
     let missing = dir.path().join("no-kubeconfig");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
-            .arg("--kubeconfig")
-            .arg(&missing)
-            .args(["install", "--dry-run", "--server-version", "v1.28.4"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = output(
+        missing,
+        &["install", "--dry-run", "--server-version", "v1.28.4"],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -872,4 +879,51 @@ fn request_timeout_reads_as_kubectl_reads_it() {
         );
     }
     assert!(Cli::try_parse_from(["kubectl-zdt", "status", "--request-timeout", "soon"]).is_err());
+}
+
+/// `--dry-run=server` sends every object as a dry run: the server validates it (admission and
+/// schema included) and answers; nothing is stored. `--dry-run` alone is `client`.
+#[tokio::test]
+async fn install_dry_run_server_has_the_server_check_the_objects_and_stores_nothing() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    let kubeconfig = server.kubeconfig(dir.path(), "admin");
+    let out = output(
+        kubeconfig.clone(),
+        &["install", "--dry-run=server", "-o", "json"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 7, "{list}");
+    let patches = server.calls().iter().filter(|c| c.verb == "patch").count();
+    assert_eq!(patches, 7, "each object sent: {:?}", server.calls());
+    assert!(
+        server.list("apps", "daemonsets").is_empty(),
+        "nothing stored"
+    );
+
+    server.deny(
+        "daemonsets",
+        "hostPID is not allowed in namespace zdt-system",
+    );
+    let out = output(kubeconfig.clone(), &["install", "--dry-run=server"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hostPID is not allowed"),
+        "the server's refusal is the dry run's answer"
+    );
+    let out = output(
+        kubeconfig,
+        &["install", "--dry-run=server", "--server-version", "1.28"],
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "kubectl-zdt: --server-version goes with --dry-run=client: with --dry-run=server the server says its version\n"
+    );
 }

@@ -1,5 +1,5 @@
-//! Connection flags copied from kubectl (`--kubeconfig`, `--context`, `-n`, `-A`,
-//! `--request-timeout`) and
+//! Connection flags copied from kubectl (`--kubeconfig`, `--context`, `--request-timeout`;
+//! `-n`, `-A` on the commands where they mean something) and
 //! the client they produce, checked against the server's version before it is handed out.
 
 use std::time::Duration;
@@ -25,12 +25,12 @@ pub struct KubeArgs {
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
 
-    /// The namespace of the workload [default: the context's namespace].
-    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    /// From the command's `-n` ([`Namespace`], [`Namespaces`]).
+    #[arg(skip)]
     pub namespace: Option<String>,
 
-    /// Every namespace (where it applies).
-    #[arg(short = 'A', long, global = true)]
+    /// From the command's `-A` ([`Namespaces`]).
+    #[arg(skip)]
     pub all_namespaces: bool,
 
     /// How long to wait for any single server request (e.g. 1s, 2m; a bare number is seconds,
@@ -41,6 +41,26 @@ pub struct KubeArgs {
     /// Set by commands with a --timeout: reaching the server must not take longer.
     #[arg(skip)]
     pub reach_within: Option<Duration>,
+}
+
+/// `-n` of the commands about one workload (trace).
+#[derive(Debug, Clone, Default, Args)]
+pub struct Namespace {
+    /// The namespace of the workload [default: the context's namespace].
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// `-n` and `-A` of the commands that can span namespaces (history, recommend).
+#[derive(Debug, Clone, Default, Args)]
+pub struct Namespaces {
+    /// Only this namespace [default: the context's namespace].
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
 }
 
 /// kubectl's `--request-timeout`: a bare number is seconds (zero: no limit).

@@ -149,6 +149,9 @@ pub async fn fetch(
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    #[command(flatten)]
+    pub namespaces: super::connect::Namespaces,
+
     /// Only the last DURATION, e.g. 30m, 2h, 7d [default: 1h unless --from is given].
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,

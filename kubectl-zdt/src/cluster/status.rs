@@ -21,6 +21,8 @@ pub struct StatusArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
+    /// The table and the agent's pod, API sync, journal and skipped-event columns.
+    Wide,
     Json,
     Yaml,
 }
@@ -148,9 +150,9 @@ fn loss(a: &AgentStatus) -> String {
     }
 }
 
-pub fn render_table(rows: &[NodeStatus]) -> String {
+pub fn render_table(rows: &[NodeStatus], wide: bool) -> String {
     let mut table = Table::new();
-    table.load_style(NOTHING).set_header([
+    let mut header = vec![
         "NODE",
         "READY",
         "VERSION",
@@ -162,10 +164,14 @@ pub fn render_table(rows: &[NodeStatus]) -> String {
         "LOSS",
         "CLOCK OFFSET",
         "PROBLEM",
-    ]);
+    ];
+    if wide {
+        header.extend(["POD", "API SYNCED", "OBSERVATIONS", "SCHEMA"]);
+    }
+    table.load_style(NOTHING).set_header(header);
     for r in rows {
         let a = r.agent.as_ref();
-        table.add_row([
+        let mut row = vec![
             r.node.clone(),
             if r.ready { "yes" } else { "no" }.to_owned(),
             a.map(|a| a.version.clone()).unwrap_or_default(),
@@ -189,7 +195,17 @@ pub fn render_table(rows: &[NodeStatus]) -> String {
                 _ => String::new(),
             },
             r.problem.clone().unwrap_or_default(),
-        ]);
+        ];
+        if wide {
+            row.extend([
+                r.pod.clone(),
+                a.map(|a| if a.api_synced { "yes" } else { "no" }.to_owned())
+                    .unwrap_or_default(),
+                a.map(|a| a.observations.to_string()).unwrap_or_default(),
+                a.map(|a| a.schema.clone()).unwrap_or_default(),
+            ]);
+        }
+        table.add_row(row);
     }
     format!("{table}\n")
 }
@@ -198,7 +214,8 @@ pub fn main(kube: &KubeArgs, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::cluster::runtime()?;
     let rows = runtime.block_on(collect(kube))?;
     let text = match args.output {
-        Format::Table => render_table(&rows),
+        Format::Table => render_table(&rows, false),
+        Format::Wide => render_table(&rows, true),
         Format::Json => serde_json::to_string_pretty(&rows)? + "\n",
         Format::Yaml => serde_yaml::to_string(&rows)?,
     };

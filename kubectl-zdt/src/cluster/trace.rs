@@ -40,6 +40,9 @@ pub struct TraceArgs {
     #[arg(value_name = "KIND/NAME")]
     pub workload: WorkloadRef,
 
+    #[command(flatten)]
+    pub namespace: super::connect::Namespace,
+
     /// Start the rollout now (as `kubectl rollout restart` does) instead of waiting for the
     /// next one.
     #[arg(long)]
