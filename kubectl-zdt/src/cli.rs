@@ -52,6 +52,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Answers `kubectl_complete-zdt` (kubectl's plugin completion) for these words.
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
     /// The in-cluster request loop `trace --traffic` runs (one line per failed request).
     #[command(hide = true)]
     Traffic(traffic::TrafficArgs),
@@ -103,6 +109,11 @@ pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "kubectl-zdt", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Complete { words } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            print!("{}", crate::complete::complete(command, &words));
             Ok(ExitCode::SUCCESS)
         }
         Command::SampleApp(args) => sample::main(args),

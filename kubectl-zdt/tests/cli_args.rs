@@ -163,3 +163,104 @@ fn namespace_flags_and_wide_output_only_where_they_mean_something() {
         assert_eq!(found, kind, "{bad:?}: {line}");
     }
 }
+
+/// What `kubectl zdt WORDS<TAB>` offers: kubectl >= 1.26 runs `kubectl_complete-zdt` with the
+/// words after `zdt` (the last being completed) and reads Cobra's format back.
+fn complete(words: &[&str]) -> Vec<String> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubectl_complete-zdt"
+    );
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .parent()
+        .unwrap();
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_owned()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let out = std::process::Command::new(script)
+        .args(words)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn kubectl_completes_the_plugins_commands_flags_and_values_never_hidden_ones() {
+    let commands = complete(&[""]);
+    for shown in [
+        "install",
+        "status",
+        "trace",
+        "history",
+        "recommend",
+        "analyze",
+        "demo",
+    ] {
+        assert!(commands.contains(&shown.to_owned()), "{commands:?}");
+    }
+    for hidden in [
+        "traffic",
+        "sample-app",
+        "testbed-app",
+        "journal-writer",
+        "__complete",
+    ] {
+        assert!(
+            !commands.contains(&hidden.to_owned()),
+            "{hidden}: {commands:?}"
+        );
+    }
+    assert_eq!(
+        commands.last().unwrap(),
+        ":4",
+        "no file names for a command"
+    );
+    assert_eq!(complete(&["tr"]), ["trace", ":4"]);
+    assert_eq!(
+        complete(&["-v", "--context", "kind", "st"]),
+        ["status", ":4"]
+    );
+
+    let flags = complete(&["trace", "deploy/web", "--"]);
+    for shown in [
+        "--restart",
+        "--traffic",
+        "--namespace",
+        "--kubeconfig",
+        "--request-timeout",
+    ] {
+        assert!(flags.contains(&shown.to_owned()), "{flags:?}");
+    }
+    let agent = complete(&["agent", "--"]);
+    assert!(agent.contains(&"--watch-netns".to_owned()), "{agent:?}");
+    for hidden in ["--without-newer-tracepoint-fields", "--metrics-settle-ms"] {
+        assert!(!agent.contains(&hidden.to_owned()), "{hidden}: {agent:?}");
+    }
+    assert_eq!(complete(&["agent", "--with"]), [":4"]);
+
+    assert_eq!(
+        complete(&["status", "-o", ""]),
+        ["table", "wide", "json", "yaml", ":4"]
+    );
+    assert_eq!(
+        complete(&["install", "--dry-run=s"]),
+        ["--dry-run=server", ":4"]
+    );
+    assert_eq!(complete(&["completion", "f"]), ["fish", ":4"]);
+    assert_eq!(
+        complete(&["recommend", "--from-file", ""]),
+        [":0"],
+        "a file name: the shell completes it"
+    );
+}

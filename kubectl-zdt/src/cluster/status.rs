@@ -21,7 +21,7 @@ pub struct StatusArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
-    /// The table and the agent's pod, API sync, journal and skipped-event columns.
+    /// The table and the agent's pod, API sync, observation count and schema.
     Wide,
     Json,
     Yaml,
