@@ -28,6 +28,7 @@ pub mod pod_netns;
 pub mod pods;
 pub mod preflight;
 pub mod probes;
+pub mod program_loss;
 pub mod serve;
 pub mod stream;
 
