@@ -263,6 +263,11 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
     skipped.count = Some(2);
     skipped.reason = Some(kubectl_zdt::observation::KERNEL_SKIPPED.into());
     journal.push(&skipped);
+    // Events a probe's handler failed on: counted apart too.
+    let mut failed = Observation::new(Kind::Loss, t, NodeName(node.into()));
+    failed.count = Some(1);
+    failed.reason = Some(kubectl_zdt::observation::HANDLER_ERROR.into());
+    journal.push(&failed);
     journal.push(
         &Observation::new(Kind::DataplaneMode, t, NodeName(node.into()))
             .with_extra("mode", "iptables-nft")
@@ -305,11 +310,12 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
             (
                 agent.kernel_loss,
                 agent.kernel_skipped,
+                agent.kernel_failed,
                 agent.watched_addresses,
                 agent.watched_netns,
                 agent.observations
             ),
-            (7, 2, 3, 2, 4)
+            (8, 2, 1, 3, 2, 5)
         );
         assert_eq!(agent.dataplane_mode.as_deref(), Some("iptables-nft"));
         // Same machine, same clock: the measured offset is within its own uncertainty.
@@ -344,7 +350,7 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
             && table.contains("6.18.0-zdt")
             && table.contains("iptables-nft")
             && table.contains("1 pods: 3 ips, 2 netns")
-            && table.contains("7 (2 skipped)")
+            && table.contains("8 (2 skipped, 1 failed)")
             && table.contains("tracepoint"),
         "{table}"
     );

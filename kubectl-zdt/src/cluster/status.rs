@@ -141,12 +141,17 @@ async fn read_status(
 }
 
 /// The LOSS column: events the kernel could not deliver, and how many of them it skipped the
-/// programs for (a softirq while another tracing program ran on that CPU) rather than lost to
-/// a full ring buffer.
+/// programs for (a softirq while another tracing program ran on that CPU) or a probe's handler
+/// failed on, rather than lost to a full ring buffer.
 fn loss(a: &AgentStatus) -> String {
-    match a.kernel_skipped {
-        0 => a.kernel_loss.to_string(),
-        s => format!("{} ({s} skipped)", a.kernel_loss),
+    let parts: Vec<String> = [(a.kernel_skipped, "skipped"), (a.kernel_failed, "failed")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    match parts.as_slice() {
+        [] => a.kernel_loss.to_string(),
+        _ => format!("{} ({})", a.kernel_loss, parts.join(", ")),
     }
 }
 
