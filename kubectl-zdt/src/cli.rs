@@ -52,6 +52,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Answers `kubectl_complete-zdt` (kubectl's plugin completion) for these words.
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
     /// The in-cluster request loop `trace --traffic` runs (one line per failed request).
     #[command(hide = true)]
     Traffic(traffic::TrafficArgs),
@@ -73,7 +79,24 @@ pub enum Command {
     Recommend(recommend::RecommendArgs),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    // A command's --timeout also bounds reaching the server.
+    cli.kube.reach_within = match &cli.command {
+        Command::Install(args) => Some(args.timeout),
+        Command::Trace(args) => Some(args.timeout),
+        _ => None,
+    };
+    // -n/-A belong to the commands that use them; the connection carries them.
+    let (namespace, all) = match &cli.command {
+        Command::Trace(args) => (args.namespace.namespace.clone(), false),
+        Command::History(cluster::history::HistoryArgs { namespaces, .. })
+        | Command::Recommend(recommend::RecommendArgs { namespaces, .. }) => {
+            (namespaces.namespace.clone(), namespaces.all_namespaces)
+        }
+        _ => (None, false),
+    };
+    cli.kube.namespace = namespace;
+    cli.kube.all_namespaces = all;
     match cli.command {
         Command::Agent(args) => agent::main(args),
         Command::Demo(args) => demo::main(args),
@@ -86,6 +109,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "kubectl-zdt", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Complete { words } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            print!("{}", crate::complete::complete(command, &words));
             Ok(ExitCode::SUCCESS)
         }
         Command::SampleApp(args) => sample::main(args),

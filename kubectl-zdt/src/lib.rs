@@ -7,6 +7,7 @@ pub mod agent;
 pub mod analyze;
 pub mod cli;
 pub mod cluster;
+pub mod complete;
 pub mod correlate;
 pub mod dataplane;
 pub mod demo;

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if kubectl_zdt::logging::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("kubectl-zdt: {err:#}");
+            eprintln!("kubectl-zdt: {}", kubectl_zdt::logging::one_line(&err));
             ExitCode::FAILURE
         }
     }

@@ -15,6 +15,11 @@ pub const SCHEMA_VERSION: &str = "zdt.observation/v1";
 /// Which events they were is unknown, so no aggregated lines follow it.
 pub const KERNEL_SKIPPED: &str = "KERNEL_SKIPPED";
 
+/// `reason` of a `loss` line for events a probe's handler failed on (a map full, a kernel read
+/// refused, a record it could not parse): seen, neither delivered nor counted. Which events they
+/// were is unknown, so no aggregated lines follow it.
+pub const HANDLER_ERROR: &str = "HANDLER_ERROR";
+
 /// What was observed. Kernel and dataplane kinds come from node agents; API kinds from the
 /// Kubernetes watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

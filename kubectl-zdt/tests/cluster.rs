@@ -88,7 +88,7 @@ fn args(server: &ApiServer, dir: &std::path::Path, token: &str) -> KubeArgs {
 fn install_args(image: &str, timeout: Duration) -> InstallArgs {
     InstallArgs {
         image: Some(image.to_owned()),
-        dry_run: false,
+        dry_run: None,
         server_version: None,
         output: install::ManifestFormat::Yaml,
         timeout,
@@ -263,6 +263,11 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
     skipped.count = Some(2);
     skipped.reason = Some(kubectl_zdt::observation::KERNEL_SKIPPED.into());
     journal.push(&skipped);
+    // Events a probe's handler failed on: counted apart too.
+    let mut failed = Observation::new(Kind::Loss, t, NodeName(node.into()));
+    failed.count = Some(1);
+    failed.reason = Some(kubectl_zdt::observation::HANDLER_ERROR.into());
+    journal.push(&failed);
     journal.push(
         &Observation::new(Kind::DataplaneMode, t, NodeName(node.into()))
             .with_extra("mode", "iptables-nft")
@@ -305,11 +310,12 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
             (
                 agent.kernel_loss,
                 agent.kernel_skipped,
+                agent.kernel_failed,
                 agent.watched_addresses,
                 agent.watched_netns,
                 agent.observations
             ),
-            (7, 2, 3, 2, 4)
+            (8, 2, 1, 3, 2, 5)
         );
         assert_eq!(agent.dataplane_mode.as_deref(), Some("iptables-nft"));
         // Same machine, same clock: the measured offset is within its own uncertainty.
@@ -331,13 +337,20 @@ async fn status_asks_each_agent_through_port_forward_and_stays_within_the_users_
         "{:?}",
         rows[2]
     );
-    let table = status::render_table(&rows);
+    let wide = status::render_table(&rows, true);
+    let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
+    assert!(
+        header.ends_with(&["POD", "API", "SYNCED", "OBSERVATIONS", "SCHEMA"])
+            && wide.contains("zdt-agent-node-a"),
+        "{wide}"
+    );
+    let table = status::render_table(&rows, false);
     assert!(
         table.contains("node-a")
             && table.contains("6.18.0-zdt")
             && table.contains("iptables-nft")
             && table.contains("1 pods: 3 ips, 2 netns")
-            && table.contains("7 (2 skipped)")
+            && table.contains("8 (2 skipped, 1 failed)")
             && table.contains("tracepoint"),
         "{table}"
     );
@@ -415,23 +428,28 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs the real binary against the double; returns (exit code, stderr).
-async fn cli(kubeconfig: std::path::PathBuf, args: &[&str]) -> (Option<i32>, String) {
+/// Runs the real binary with `--kubeconfig`; returns what it did.
+async fn output(kubeconfig: std::path::PathBuf, args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(&args)
             .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .unwrap()
     })
     .await
     .unwrap()
+}
+
+/// Runs the real binary against the double; returns (exit code, stderr).
+async fn cli(kubeconfig: std::path::PathBuf, args: &[&str]) -> (Option<i32>, String) {
+    let out = output(kubeconfig, args).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -469,11 +487,15 @@ async fn the_cli_says_what_is_wrong_in_one_line_and_exits_non_zero() {
         Some(2),
         "a usage error, as clap reports them: {stderr}"
     );
-    let (code, stderr) = cli(dir.path().join("missing"), &["status"]).await;
+    let missing = dir.path().join("missing");
+    let (code, stderr) = cli(missing.clone(), &["status"]).await;
     assert_eq!(code, Some(1));
-    assert!(
-        stderr.starts_with("kubectl-zdt: failed to load the kubeconfig"),
-        "{stderr}"
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "kubectl-zdt: --kubeconfig points at a missing file: {} (give the path of a kubeconfig, or unset it)",
+            missing.display()
+        )
     );
     assert!(
         !stderr.contains("panicked") && !stderr.contains("backtrace"),
@@ -598,16 +620,11 @@ async fn install_on_a_server_older_than_1_23_says_so_in_one_line_and_applies_not
 async fn install_dry_run_with_server_version_renders_offline_for_that_version() {
     let dir = tempdir();
     let missing = dir.path().join("no-kubeconfig");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
-            .arg("--kubeconfig")
-            .arg(&missing)
-            .args(["install", "--dry-run", "--server-version", "v1.28.4"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = output(
+        missing,
+        &["install", "--dry-run", "--server-version", "v1.28.4"],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -705,4 +722,214 @@ async fn install_waits_for_a_terminating_namespace_to_go_or_says_so() {
     no_wait.timeout = Duration::from_secs(10);
     install::install(&kube, &no_wait).await.unwrap();
     assert_eq!(server.list("apps", "daemonsets").len(), 1);
+}
+
+/// Runs the real binary with `env` set and no --kubeconfig; returns (exit code, stderr).
+fn cli_env(env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .env_remove("KUBECONFIG")
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_kubeconfig_is_named_once() {
+    let dir = tempdir();
+    let missing = dir.path().join("nope");
+    // A kubeconfig that does not parse: the parser's words once, without its snippet.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "apiVersion: v1\nkind: Config\nclusters: 5\n").unwrap();
+    for (env, expected) in [
+        (
+            ("KUBECONFIG", missing.as_os_str()),
+            format!(
+                "KUBECONFIG points at a missing file: {} (give the path of a kubeconfig, or unset it)",
+                missing.display()
+            ),
+        ),
+        (
+            ("KUBECONFIG", bad.as_os_str()),
+            format!(
+                "failed to load the kubeconfig {}: failed to parse kubeconfig YAML: error: line 3 column 11: expected sequence start",
+                bad.display()
+            ),
+        ),
+        (
+            ("HOME", dir.path().as_os_str()),
+            "no Kubernetes configuration found (no --kubeconfig, no KUBECONFIG, no ~/.kube/config, not in a cluster): pass --kubeconfig FILE or set KUBECONFIG".to_owned(),
+        ),
+    ] {
+        let (code, stderr) = cli_env(&[env], &["status"]);
+        assert_eq!(code, Some(1));
+        assert_eq!(stderr, format!("kubectl-zdt: {expected}\n"));
+    }
+}
+
+/// A kubeconfig whose server is `server`.
+fn kubeconfig_for(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig-elsewhere");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A server that is not there, one that never answers (kube's own bound on connecting is 30 s,
+/// whatever --timeout said) and one that is not Kubernetes: one line naming the server and
+/// what it did, nothing else on stderr (no ERROR log line of kube's, no colour).
+#[tokio::test]
+async fn a_server_that_is_absent_silent_or_not_kubernetes_is_named_in_one_line() {
+    let dir = tempdir();
+    let absent = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let absent_config = kubeconfig_for(dir.path(), &format!("https://{absent}"));
+    let (code, stderr) = cli(absent_config.clone(), &["status"]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        format!(
+            "kubectl-zdt: cannot reach the API server at https://{absent}: Connection refused (os error 111) (check the server in the kubeconfig and the network)\n"
+        ),
+    );
+    let (_, stderr) = cli(absent_config, &["-vv", "status"]).await;
+    assert!(stderr.lines().count() > 1, "-vv logs: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour off a terminal: {stderr:?}"
+    );
+
+    // Accepts connections and never answers (not even the TLS handshake).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    for (server, args) in [
+        (
+            format!("https://{silent_addr}"),
+            ["install", "--timeout", "1s"],
+        ),
+        (
+            format!("http://{silent_addr}"),
+            ["status", "--request-timeout", "1"],
+        ),
+    ] {
+        let (code, stderr) = cli(kubeconfig_for(dir.path(), &server), &args).await;
+        assert_eq!(code, Some(1), "{stderr}");
+        let command = if args[0] == "install" {
+            "install: "
+        } else {
+            ""
+        };
+        assert_eq!(
+            stderr.trim_end(),
+            format!(
+                "kubectl-zdt: {command}cannot reach the API server at {server}: no answer within 1s (raise --request-timeout or --timeout if it is only slow)"
+            )
+        );
+    }
+
+    // A web server, not Kubernetes.
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_addr = web.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut conn, _)) = web.accept().await {
+            let mut request = [0; 4096];
+            let _ = conn.read(&mut request).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: 9\r\n\r\nnot found")
+                .await;
+        }
+    });
+    let (code, stderr) = cli(
+        kubeconfig_for(dir.path(), &format!("http://{web_addr}")),
+        &["status"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        format!(
+            "kubectl-zdt: http://{web_addr} is not a Kubernetes API server: GET /version answered HTTP 404 without a Kubernetes Status (check the server in the kubeconfig)\n"
+        )
+    );
+}
+
+#[test]
+fn request_timeout_reads_as_kubectl_reads_it() {
+    use clap::Parser as _;
+    use kubectl_zdt::cli::Cli;
+    for (value, seconds) in [("0", 0), ("5", 5), ("1m", 60), ("90s", 90)] {
+        let cli = Cli::try_parse_from(["kubectl-zdt", "status", "--request-timeout", value])
+            .unwrap_or_else(|e| panic!("--request-timeout {value}: {e}"));
+        assert_eq!(
+            cli.kube.request_timeout,
+            Duration::from_secs(seconds),
+            "{value}"
+        );
+    }
+    assert!(Cli::try_parse_from(["kubectl-zdt", "status", "--request-timeout", "soon"]).is_err());
+}
+
+/// `--dry-run=server` sends every object as a dry run: the server validates it (admission and
+/// schema included) and answers; nothing is stored. `--dry-run` alone is `client`.
+#[tokio::test]
+async fn install_dry_run_server_has_the_server_check_the_objects_and_stores_nothing() {
+    let dir = tempdir();
+    let server = ApiServer::start().await;
+    let kubeconfig = server.kubeconfig(dir.path(), "admin");
+    let out = output(
+        kubeconfig.clone(),
+        &["install", "--dry-run=server", "-o", "json"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 7, "{list}");
+    let patches = server.calls().iter().filter(|c| c.verb == "patch").count();
+    assert_eq!(patches, 7, "each object sent: {:?}", server.calls());
+    assert!(
+        server.list("apps", "daemonsets").is_empty(),
+        "nothing stored"
+    );
+
+    server.deny(
+        "daemonsets",
+        "hostPID is not allowed in namespace zdt-system",
+    );
+    let out = output(kubeconfig.clone(), &["install", "--dry-run=server"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hostPID is not allowed"),
+        "the server's refusal is the dry run's answer"
+    );
+    let out = output(
+        kubeconfig,
+        &["install", "--dry-run=server", "--server-version", "1.28"],
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "kubectl-zdt: --server-version goes with --dry-run=client: with --dry-run=server the server says its version\n"
+    );
 }

@@ -177,10 +177,11 @@ fn a_node_port_route_does_not_rename_the_pods_service() {
 }
 
 #[test]
-fn events_the_kernel_skipped_are_counted_as_lost_and_told_apart_from_a_full_ring_buffer() {
+fn events_skipped_or_failed_are_counted_as_lost_and_told_apart_from_a_full_ring_buffer() {
     let text = std::fs::read_to_string(dir().join("no-prestop.jsonl")).unwrap()
         + r#"{"kind":"loss","time":"2026-11-22T03:00:01.000000000Z","node":"node-b","reason":"RINGBUF_FULL","count":3,"since":"2026-11-22T03:00:00.000000000Z"}
 {"kind":"loss","time":"2026-11-22T03:00:01.000000000Z","node":"node-b","reason":"KERNEL_SKIPPED","count":5,"program":"tcp_retransmit_skb","since":"2026-11-22T03:00:00.000000000Z"}
+{"kind":"loss","time":"2026-11-22T03:00:01.000000000Z","node":"node-b","reason":"HANDLER_ERROR","count":2,"program":"tcp_send_reset","since":"2026-11-22T03:00:00.000000000Z"}
 "#;
     let (obs, problems) = input::parse_all(&text);
     assert!(problems.is_empty(), "{problems:?}");
@@ -190,19 +191,23 @@ fn events_the_kernel_skipped_are_counted_as_lost_and_told_apart_from_a_full_ring
         .iter()
         .find(|n| n.node.to_string() == "node-b")
         .unwrap();
-    assert_eq!(node_b.lost_events, 8);
+    assert_eq!(node_b.lost_events, 10);
     let about_b: Vec<_> = r
         .warnings
         .iter()
         .filter(|w| w.starts_with("node node-b:"))
         .collect();
-    assert_eq!(about_b.len(), 2, "{:#?}", r.warnings);
+    assert_eq!(about_b.len(), 3, "{:#?}", r.warnings);
     assert!(
         about_b[0].contains("could not deliver 3 events (ring buffer full)"),
         "{about_b:?}"
     );
     assert!(
         about_b[1].contains("did not run its agent's probes for 5 events"),
+        "{about_b:?}"
+    );
+    assert!(
+        about_b[2].contains("its agent's probes failed on 2 events"),
         "{about_b:?}"
     );
 }

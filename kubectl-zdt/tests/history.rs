@@ -194,6 +194,7 @@ async fn cli(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
 
 fn args() -> HistoryArgs {
     HistoryArgs {
+        namespaces: Default::default(),
         since: Some("4h".into()),
         from: None,
         to: None,
@@ -633,6 +634,7 @@ async fn recommend_sizes_the_rollouts_found_in_the_agents_journals() {
     kube.all_namespaces = true;
     let args = kubectl_zdt::recommend::RecommendArgs {
         workload: None,
+        namespaces: Default::default(),
         from_file: Vec::new(),
         since: Some(jiff::SignedDuration::from_hours(4)),
         output: kubectl_zdt::recommend::Format::Json,

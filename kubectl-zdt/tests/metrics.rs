@@ -85,7 +85,13 @@ async fn scraped_metrics_equal_what_the_observations_and_the_engine_say() {
     skipped.reason = Some(kubectl_zdt::observation::KERNEL_SKIPPED.to_owned());
     let skipped = skipped.with_extra("program", "tcp_retransmit_skb");
     gauges.metrics.observe(&skipped);
-    all.extend([mode, loss, skipped]);
+    // Events a probe's handler failed on: counted apart too, per program.
+    let mut failed = Observation::new(Kind::Loss, all[0].time, NodeName("vm".into()));
+    failed.count = Some(2);
+    failed.reason = Some(kubectl_zdt::observation::HANDLER_ERROR.to_owned());
+    let failed = failed.with_extra("program", "tcp_send_reset");
+    gauges.metrics.observe(&failed);
+    all.extend([mode, loss, skipped, failed]);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -156,6 +162,14 @@ async fn scraped_metrics_equal_what_the_observations_and_the_engine_say() {
             &[("program", "tcp_retransmit_skb")]
         )),
         3.0
+    );
+    assert_eq!(
+        value(one(
+            &scrape,
+            "zdt_kernel_handler_errors_total",
+            &[("program", "tcp_send_reset")]
+        )),
+        2.0
     );
     assert_eq!(
         value(one(

@@ -282,6 +282,17 @@ fn from_files_the_recorded_rollouts_are_judged_with_the_settings_they_ran_with()
         "{out}"
     );
 
+    let (code, wide, err) = cli(&["--from-file", f, "-o", "wide"]);
+    assert_eq!(code, Some(0), "{err}");
+    let header = wide.lines().next().unwrap();
+    assert!(
+        header.trim().starts_with("WORKLOAD")
+            && header
+                .trim()
+                .ends_with("SAMPLES  LARGEST NEED  DRAIN  ERRORS"),
+        "{wide}"
+    );
+
     let (code, out, err) = cli(&["--from-file", f, "-o", "yaml", "deployment/webfast"]);
     assert_eq!(code, Some(0), "{err}");
     let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&out)

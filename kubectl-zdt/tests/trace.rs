@@ -202,6 +202,7 @@ fn script_cluster(server: &Arc<ApiServer>, journal: &Arc<Journal>, traffic_fails
 fn args(restart: bool, traffic: Option<u32>, timeout: Duration) -> TraceArgs {
     TraceArgs {
         workload: "deployment/webfast".parse::<WorkloadRef>().unwrap(),
+        namespace: Default::default(),
         restart,
         traffic,
         traffic_image: None,

@@ -10,6 +10,6 @@ pub fn run() -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!("the kernel benchmarks load eBPF programs: run `sudo ./x bench`");
     }
-    setup::run_all()?;
+    setup::run_all(setup::Purpose::Run)?;
     cmd::run(cmd::cargo().args(["bench", "--package", "kubectl-zdt"]))
 }

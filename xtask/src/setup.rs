@@ -4,8 +4,8 @@
 //! - bpf-linker, built from crates.io against the pinned rustc's own libLLVM (no system LLVM):
 //!   bpf-linker must use the same LLVM major as rustc or linking fails with "Invalid record".
 //!   It is rebuilt only when the installed one does not load that LLVM;
-//! - the Debian packages the tests and the demo drive (iproute2, iptables, nftables, conntrack,
-//!   and chromium for the HTML report's render test).
+//! - the Debian packages the tests and the demo drive (iproute2, iptables, nftables, conntrack;
+//!   chromium for the HTML report's render test only when setting up for the tests).
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -21,20 +21,39 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("conntrack", "conntrack"),
     ("procps", "sysctl"),
-    // The HTML report's render test takes a headless screenshot.
-    ("chromium", "chromium"),
 ];
+/// The HTML report's render test takes a headless screenshot: only the tests need a browser
+/// (hundreds of MB the demo and the benchmarks do without).
+const BROWSER: (&str, &str) = ("chromium", "chromium");
 
-pub fn run_all() -> anyhow::Result<()> {
+/// What the machine is set up for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `./x test`: everything.
+    Tests,
+    /// `./x demo`, `./x bench`: no browser.
+    Run,
+}
+
+/// The Debian packages `purpose` needs.
+fn packages_for(purpose: Purpose) -> Vec<(&'static str, &'static str)> {
+    let mut all = PACKAGES.to_vec();
+    if purpose == Purpose::Tests {
+        all.push(BROWSER);
+    }
+    all
+}
+
+pub fn run_all(purpose: Purpose) -> anyhow::Result<()> {
     let toolchain = toolchain()?;
     rust_src(&toolchain)?;
     bpf_linker(&toolchain)?;
-    packages()?;
+    packages(purpose)?;
     Ok(())
 }
 
 pub fn command() -> anyhow::Result<()> {
-    run_all()?;
+    run_all(Purpose::Tests)?;
     eprintln!("setup: ready");
     Ok(())
 }
@@ -146,8 +165,8 @@ fn bpf_linker(toolchain: &str) -> anyhow::Result<()> {
         ))
 }
 
-fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+fn packages(purpose: Purpose) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages_for(purpose)
         .iter()
         .filter(|(_, bin)| {
             output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
@@ -170,4 +189,26 @@ fn packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_tests_install_a_browser() {
+        let names = |p| {
+            packages_for(p)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        assert!(names(Purpose::Tests).contains(&"chromium"));
+        assert!(
+            !names(Purpose::Run).contains(&"chromium"),
+            "{:?}",
+            names(Purpose::Run)
+        );
+        assert!(names(Purpose::Run).contains(&"iptables"));
+    }
 }

@@ -18,7 +18,7 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the tests load eBPF programs and create network namespaces: run `sudo ./x test`");
     }
     enough_disk()?;
-    setup::run_all()?;
+    setup::run_all(setup::Purpose::Tests)?;
     cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
     cmd::run(cmd::cargo().args([
         "clippy",

@@ -29,6 +29,19 @@ static LOST: PerCpuHashMap<CounterKey, u64> =
 #[map(name = "ZDT_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(maps::STATS_LEN, 0);
 
+#[map(name = "ZDT_HANDLER_ERRORS")]
+static HANDLER_ERRORS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(maps::FALLIBLE_PROGRAMS.len() as u32, 0);
+
+/// Counts an event the handler in `slot` ([`maps::handler_slot`]) failed on.
+#[inline(always)]
+pub fn handler_failed(slot: u32) {
+    if let Some(p) = HANDLER_ERRORS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot: only this CPU writes it, and programs do not nest on it.
+        unsafe { *p += 1 };
+    }
+}
+
 #[inline(always)]
 fn bump_stat(index: u32) -> u64 {
     match STATS.get_ptr_mut(index) {

@@ -1,8 +1,8 @@
 //! kubectl-zdt's kernel side: entry points and dispatch. Handlers live in one module per hook,
 //! each map with the module that uses it (`emit`: the ring buffer and loss counters, `watch`:
-//! the address and namespace filters, `dataplane`: the state of rule writes in flight); every
-//! entry point maps a handler error to "do nothing" (a probe must never disturb the traffic it
-//! watches).
+//! the address and namespace filters, `dataplane`: the state of rule writes in flight). An entry
+//! point never fails the hook (a probe must never disturb the traffic it watches): a handler
+//! error is counted per program in `ZDT_HANDLER_ERRORS` and the agent reports it as loss.
 #![no_std]
 #![no_main]
 
@@ -22,53 +22,53 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
+/// The entry point's answer (always 0) once `$handler` ran; its error is counted for
+/// `$program` (a name in `zdt_common::maps::FALLIBLE_PROGRAMS`, checked at compile time).
+macro_rules! counted {
+    ($program:literal, $handler:expr) => {
+        match $handler {
+            Ok(()) => 0,
+            Err(_) => {
+                emit::handler_failed(const { zdt_common::maps::handler_slot($program) });
+                0
+            }
+        }
+    };
+}
+
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    match listener::on_set_state(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("inet_sock_set_state", listener::on_set_state(&ctx))
 }
 
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
-    match client::on_error_report(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("inet_sk_error_report", client::on_error_report(&ctx))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    match client::on_retransmit(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("tcp_retransmit_skb", client::on_retransmit(&ctx))
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    match process::on_exec(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("sched_process_exec", process::on_exec(&ctx))
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    match process::on_exit(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("sched_process_exit", process::on_exit(&ctx))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setsockopt")]
 pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
-    match dataplane::on_enter(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("sys_enter_setsockopt", dataplane::on_enter(&ctx))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_setsockopt")]
 pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
-    match dataplane::on_exit(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("sys_exit_setsockopt", dataplane::on_exit(&ctx))
 }
 
 #[tracepoint(category = "percpu", name = "percpu_alloc_percpu")]
@@ -97,44 +97,38 @@ pub fn module_put(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    match dataplane::on_enter_sendto(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("sys_enter_sendto", dataplane::on_enter_sendto(&ctx))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    match dataplane::on_exit_ipvs(&ctx, zdt_common::tracepoint::sys_exit_sendto::RET) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!(
+        "sys_exit_sendto",
+        dataplane::on_exit_ipvs(&ctx, zdt_common::tracepoint::sys_exit_sendto::RET)
+    )
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    match dataplane::on_enter_sendmsg(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("sys_enter_sendmsg", dataplane::on_enter_sendmsg(&ctx))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    match dataplane::on_exit_ipvs(&ctx, zdt_common::tracepoint::sys_exit_sendmsg::RET) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!(
+        "sys_exit_sendmsg",
+        dataplane::on_exit_ipvs(&ctx, zdt_common::tracepoint::sys_exit_sendmsg::RET)
+    )
 }
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
-    match reset::on_send_reset(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("tcp_send_reset", reset::on_send_reset(&ctx))
 }
 
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
-    match process::on_signal(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    counted!("signal_generate", process::on_signal(&ctx))
 }
 
 #[cfg(not(test))]

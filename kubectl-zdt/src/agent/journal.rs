@@ -39,6 +39,8 @@ struct Inner {
     /// The part of `kernel_loss` the kernel skipped the programs for (`KERNEL_SKIPPED`: a
     /// softirq while another tracing program ran on that CPU), not lost to a full ring buffer.
     kernel_skipped: u64,
+    /// The part of `kernel_loss` a probe's handler failed on (`HANDLER_ERROR`).
+    kernel_failed: u64,
     /// `mode` of the latest `dataplane_mode` observation.
     dataplane_mode: Option<String>,
 }
@@ -91,8 +93,14 @@ impl Journal {
                 Kind::AgentStart if inner.hello.is_none() => inner.hello = Some(o.clone()),
                 Kind::Loss => {
                     inner.kernel_loss += o.weight();
-                    if o.reason.as_deref() == Some(crate::observation::KERNEL_SKIPPED) {
-                        inner.kernel_skipped += o.weight();
+                    match o.reason.as_deref() {
+                        Some(crate::observation::KERNEL_SKIPPED) => {
+                            inner.kernel_skipped += o.weight();
+                        }
+                        Some(crate::observation::HANDLER_ERROR) => {
+                            inner.kernel_failed += o.weight();
+                        }
+                        _ => {}
                     }
                 }
                 Kind::DataplaneMode => {
@@ -156,6 +164,11 @@ impl Journal {
         self.lock().kernel_skipped
     }
 
+    /// The part of [`Self::kernel_loss`] a probe's handler failed on.
+    pub fn kernel_failed(&self) -> u64 {
+        self.lock().kernel_failed
+    }
+
     /// The dataplane mode the agent detected, once reported.
     pub fn dataplane_mode(&self) -> Option<String> {
         self.lock().dataplane_mode.clone()
@@ -199,7 +212,14 @@ mod tests {
         skipped.count = Some(3);
         skipped.reason = Some(crate::observation::KERNEL_SKIPPED.into());
         j.push(&skipped);
-        assert_eq!((j.kernel_loss(), j.kernel_skipped()), (11, 3));
+        let mut failed = obs(Kind::Loss);
+        failed.count = Some(2);
+        failed.reason = Some(crate::observation::HANDLER_ERROR.into());
+        j.push(&failed);
+        assert_eq!(
+            (j.kernel_loss(), j.kernel_skipped(), j.kernel_failed()),
+            (13, 3, 2)
+        );
         assert_eq!(j.hello().unwrap().reason.as_deref(), Some("first"));
     }
 }

@@ -161,6 +161,8 @@ pub struct KernelMaps {
     /// (with the delivered ones, exact).
     pub lost: PerCpuHashMap<MapData, CounterKey, u64>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// Per program ([`maps::FALLIBLE_PROGRAMS`]), the events its handler failed on.
+    pub handler_errors: PerCpuArray<MapData, u64>,
 }
 
 impl Probes {
@@ -228,6 +230,7 @@ impl Probes {
         let maps = KernelMaps {
             lost: PerCpuHashMap::try_from(take(&mut ebpf, maps::LOST)?)?,
             stats: PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?,
+            handler_errors: PerCpuArray::try_from(take(&mut ebpf, maps::HANDLER_ERRORS)?)?,
         };
         let filter = WatchFilter::new(
             LpmTrie::try_from(take(&mut ebpf, maps::WATCH_V4)?)?,
@@ -472,6 +475,11 @@ fn recursion_misses(fd: std::os::fd::RawFd) -> Option<u64> {
 }
 
 impl KernelMaps {
+    /// Per program, the events its handler failed on since it was loaded (sum over CPUs).
+    pub fn handler_errors(&self) -> Vec<(String, u64)> {
+        handler_error_totals(&self.handler_errors)
+    }
+
     /// Sum over CPUs of a `STATS` slot.
     pub fn stat(&self, index: u32) -> u64 {
         self.stats
@@ -536,4 +544,17 @@ pub fn wire_addr(ip: IpAddr) -> [u8; 16] {
         }
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// The `maps::HANDLER_ERRORS` counts, per program name (sum over CPUs); a slot that cannot be
+/// read counts 0.
+pub fn handler_error_totals(map: &PerCpuArray<MapData, u64>) -> Vec<(String, u64)> {
+    maps::FALLIBLE_PROGRAMS
+        .iter()
+        .zip(0u32..)
+        .map(|(program, slot)| {
+            let total = map.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            ((*program).to_owned(), total)
+        })
+        .collect()
 }

@@ -136,6 +136,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     kernel_lost: Counter,
     kernel_skipped: Family<ProgramLabel, Counter>,
+    handler_errors: Family<ProgramLabel, Counter>,
     observations: Family<KindLabel, Counter>,
     pods_measured: Counter,
     probe_attached: Family<ProgramLabel, Gauge>,
@@ -204,6 +205,12 @@ impl Metrics {
             "Kernel events a probe was not run for (the tracepoint fired while another tracing program ran on that CPU); they are in no count",
             kernel_skipped.clone(),
         );
+        let handler_errors = Family::<ProgramLabel, Counter>::default();
+        registry.register(
+            "kernel_handler_errors",
+            "Kernel events a probe's handler failed on (a map full, a kernel read refused); they are in no count",
+            handler_errors.clone(),
+        );
         let observations = Family::<KindLabel, Counter>::default();
         registry.register(
             "observations",
@@ -260,6 +267,7 @@ impl Metrics {
             errors,
             kernel_lost,
             kernel_skipped,
+            handler_errors,
             observations,
             pods_measured,
             probe_attached,
@@ -305,9 +313,19 @@ impl Metrics {
             .inc();
         match o.kind {
             Kind::Refused | Kind::Reset | Kind::ConnError => self.count_error(o),
-            Kind::Loss if o.reason.as_deref() == Some(crate::observation::KERNEL_SKIPPED) => {
+            Kind::Loss
+                if matches!(
+                    o.reason.as_deref(),
+                    Some(crate::observation::KERNEL_SKIPPED | crate::observation::HANDLER_ERROR)
+                ) =>
+            {
+                let family = if o.reason.as_deref() == Some(crate::observation::KERNEL_SKIPPED) {
+                    &self.kernel_skipped
+                } else {
+                    &self.handler_errors
+                };
                 let program = o.extra.get("program").and_then(|p| p.as_str());
-                self.kernel_skipped
+                family
                     .get_or_create(&ProgramLabel {
                         program: program.unwrap_or_default().to_owned(),
                     })

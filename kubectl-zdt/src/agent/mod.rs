@@ -29,6 +29,7 @@ pub mod pod_netns;
 pub mod pods;
 pub mod preflight;
 pub mod probes;
+pub mod program_loss;
 pub mod serve;
 pub mod stream;
 
@@ -70,8 +71,8 @@ pub struct AgentArgs {
 
     /// Also report listeners, signals, execs and exits of the processes in this network
     /// namespace (repeatable; e.g. /run/netns/NAME or /proc/PID/ns/net).
-    #[arg(long = "watch-netns", value_name = "PATH")]
-    pub watch_netns: Vec<std::path::PathBuf>,
+    #[arg(long = "watch-netns", value_name = "PATH", value_parser = parse_watch_netns)]
+    pub watch_netns: Vec<WatchedNetns>,
 
     /// Node name written on every observation [default: the hostname].
     #[arg(long, env = "NODE_NAME")]
@@ -189,16 +190,61 @@ fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
 }
 
 /// The inode number identifying the network namespace at `path` (what the kernel reports).
+/// Anything else at `path` (a regular file, a directory, another kind of namespace) is refused:
+/// its inode would silently match nothing.
 pub fn netns_inode(path: &std::path::Path) -> anyhow::Result<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).with_context(|| {
-        format!(
-            "--watch-netns {}: no such network namespace (try /run/netns/NAME or /proc/PID/ns/net)",
-            path.display()
-        )
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+    const HINT: &str = "give /run/netns/NAME or /proc/PID/ns/net";
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::NotFound {
+            "no such network namespace".to_owned()
+        } else {
+            format!("cannot open it: {e}")
+        };
+        anyhow::anyhow!("{shown}: {why} ({HINT})")
     })?;
-    u32::try_from(meta.ino())
-        .with_context(|| format!("{}: inode does not fit 32 bits", path.display()))
+    let on = nix::sys::statfs::fstatfs(&file)
+        .with_context(|| format!("{shown}: cannot tell what it is"))?;
+    if on.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        let what = if file.metadata().is_ok_and(|m| m.is_dir()) {
+            "a directory"
+        } else {
+            "a file"
+        };
+        anyhow::bail!("{shown} is {what}, not a network namespace ({HINT})");
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor's namespace type.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        anyhow::bail!(
+            "{shown} is {}, not a network namespace ({HINT})",
+            namespace_kind(kind)
+        );
+    }
+    let meta = file
+        .metadata()
+        .with_context(|| format!("{shown}: cannot read its inode"))?;
+    u32::try_from(meta.ino()).with_context(|| format!("{shown}: inode does not fit 32 bits"))
+}
+
+/// What NS_GET_NSTYPE answered, in words.
+fn namespace_kind(kind: i32) -> &'static str {
+    match kind {
+        libc::CLONE_NEWNS => "a mount namespace",
+        libc::CLONE_NEWPID => "a PID namespace",
+        libc::CLONE_NEWUTS => "a UTS namespace",
+        libc::CLONE_NEWIPC => "an IPC namespace",
+        libc::CLONE_NEWUSER => "a user namespace",
+        libc::CLONE_NEWCGROUP => "a cgroup namespace",
+        libc::CLONE_NEWTIME => "a time namespace",
+        _ => "a namespace of another kind",
+    }
+}
+
+/// `--watch-netns`: refused at parse time unless it names a network namespace.
+fn parse_watch_netns(s: &str) -> Result<WatchedNetns, String> {
+    WatchedNetns::open(std::path::Path::new(s)).map_err(|e| format!("{e:#}"))
 }
 
 /// The machine's hostname, used as the node name when standalone.
@@ -217,9 +263,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.wakeup_every = args.wakeup_every;
     config.ringbuf_bytes = args.ringbuf_bytes;
     config.without_newer_tracepoint_fields = args.without_newer_tracepoint_fields;
-    for path in &args.watch_netns {
-        config.watch_netns.push(WatchedNetns::open(path)?);
-    }
+    config.watch_netns = args.watch_netns;
     config.dataplane = !args.no_dataplane;
     config.journal = args.journal_dir.map(|dir| {
         let mut j = crate::journal::Config::new(dir);

@@ -76,6 +76,10 @@ pub struct AgentStatus {
     /// lost to a full ring buffer (0 from agents older than this field).
     #[serde(default)]
     pub kernel_skipped: u64,
+    /// The part of `kernel_loss` a probe's handler failed on (`HANDLER_ERROR`; 0 from agents
+    /// older than this field).
+    #[serde(default)]
+    pub kernel_failed: u64,
     /// Observations in the journal so far.
     pub observations: u64,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC on this node and the half-width of that measurement.
@@ -201,6 +205,7 @@ impl Endpoint {
             api_synced: self.gauges.api_synced.load(Ordering::Relaxed),
             kernel_loss: self.journal.kernel_loss(),
             kernel_skipped: self.journal.kernel_skipped(),
+            kernel_failed: self.journal.kernel_failed(),
             observations: self.journal.next_seq(),
             mono_to_wall_offset_ns: clock.offset_ns,
             clock_uncertainty_ns: clock.uncertainty_ns,

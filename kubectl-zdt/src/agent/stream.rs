@@ -52,9 +52,10 @@ pub struct Agent {
     last_loss_check: Timestamp,
     /// Per program, the kernel's skips (`recursion_misses`) already reported, and the last
     /// count read (kept for the final report, which comes after the programs are detached).
-    skips_reported: HashMap<String, u64>,
+    skips: super::program_loss::ProgramLoss,
     skips_read: Vec<(String, u64)>,
-    skips_since: Timestamp,
+    /// Per program, the events its handler failed on (`HANDLER_ERROR`) already reported.
+    handler_errors: super::program_loss::ProgramLoss,
     decode_errors: u64,
     /// Service frontends this node routes (from the dataplane watcher), if it runs.
     frontends: Option<crate::dataplane::watcher::Frontends>,
@@ -118,9 +119,11 @@ impl Agent {
             lost_reported: HashMap::new(),
             lost_total_reported: 0,
             last_loss_check: Timestamp::now(),
-            skips_reported: HashMap::new(),
+            skips: super::program_loss::ProgramLoss::new(crate::observation::KERNEL_SKIPPED),
             skips_read: Vec::new(),
-            skips_since: Timestamp::now(),
+            handler_errors: super::program_loss::ProgramLoss::new(
+                crate::observation::HANDLER_ERROR,
+            ),
             decode_errors: 0,
             frontends: None,
             dnat: None,
@@ -498,35 +501,24 @@ impl Agent {
     }
 
     /// One `loss` line (`KERNEL_SKIPPED`) per program the kernel did not run for some of its
-    /// tracepoint's events since the last check. Which events those were is unknown, so no
-    /// aggregated lines follow: totals of that program's kinds may be short by `count`.
-    fn kernel_skip_lines(&mut self, now: Timestamp) -> Vec<Observation> {
+    /// tracepoint's events since the last check, and one (`HANDLER_ERROR`) per program whose
+    /// handler failed on some. Which events those were is unknown, so no aggregated lines
+    /// follow: totals of that program's kinds may be short by `count`.
+    fn program_loss_lines(&mut self, now: Timestamp) -> Vec<Observation> {
         self.read_kernel_skips();
-        let since = std::mem::replace(&mut self.skips_since, now);
-        let mut out = Vec::new();
-        for (program, total) in &self.skips_read {
-            let reported = self.skips_reported.entry(program.clone()).or_insert(0);
-            if *total <= *reported {
-                continue;
-            }
-            let mut loss = Observation::new(Kind::Loss, now, self.config.node.clone());
-            loss.count = Some(total - *reported);
-            loss.reason = Some(crate::observation::KERNEL_SKIPPED.to_owned());
-            *reported = *total;
-            out.push(
-                loss.with_extra("program", program.clone())
-                    .with_extra("since", crate::observation::format_time(since)),
-            );
-        }
+        let mut out = self.skips.lines(&self.skips_read, now, &self.config.node);
+        let failed = self.maps.handler_errors();
+        out.extend(self.handler_errors.lines(&failed, now, &self.config.node));
         out
     }
 
     /// When the ring buffer dropped events since the last check, sends one `loss` line and, per
     /// key, an aggregated line of the lost kind with `count`, so totals per pod stay exact.
-    /// Events the kernel skipped are reported too ([`Self::kernel_skip_lines`]).
+    /// Events the kernel skipped and handlers failed on are reported too
+    /// ([`Self::program_loss_lines`]).
     async fn report_loss(&mut self, tx: &Sender<Observation>) -> bool {
         let now = Timestamp::now();
-        for o in self.kernel_skip_lines(now) {
+        for o in self.program_loss_lines(now) {
             if tx.send(o).await.is_err() {
                 return false;
             }

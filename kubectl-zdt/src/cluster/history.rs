@@ -149,6 +149,9 @@ pub async fn fetch(
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    #[command(flatten)]
+    pub namespaces: super::connect::Namespaces,
+
     /// Only the last DURATION, e.g. 30m, 2h, 7d [default: 1h unless --from is given].
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,
@@ -293,7 +296,7 @@ pub async fn collect(
         });
     }
     let cluster = kube.connect().await?;
-    let server = super::version::require_supported(&cluster.client).await?;
+    let server = cluster.version;
     let query = query_of(args, window, namespace, &cluster.namespace);
     let nodes = (!args.nodes.is_empty()).then_some(args.nodes.as_slice());
     let mut observations = Vec::new();

@@ -18,7 +18,6 @@ use super::{
     agents::{self, AgentPod},
     connect::KubeArgs,
     manifests::{self, Manifest},
-    version,
 };
 use crate::kube_version::KubeVersion;
 
@@ -28,15 +27,17 @@ pub const FIELD_MANAGER: &str = "kubectl-zdt";
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// The agent image [default: ghcr.io/kubectl-zdt/kubectl-zdt:v<this version>].
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", value_parser = manifests::parse_image)]
     pub image: Option<String>,
 
-    /// Apply nothing; print the objects (with -o yaml|json) for GitOps, written for the
-    /// server's version (read from the cluster, or --server-version).
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Change nothing; print the objects (with -o yaml|json) for GitOps, as kubectl's flag:
+    /// `client` (alone, `--dry-run`) writes them for the server's version (read from the
+    /// cluster, or --server-version); `server` has the API server validate and default them
+    /// (admission included) and prints what it would store.
+    #[arg(long, value_enum, value_name = "STRATEGY", num_args = 0..=1, require_equals = true, default_missing_value = "client")]
+    pub dry_run: Option<DryRun>,
 
-    /// With --dry-run: write the objects for this Kubernetes version (e.g. 1.28) without
+    /// With --dry-run=client: write the objects for this Kubernetes version (e.g. 1.28) without
     /// contacting any server.
     #[arg(long, value_name = "VERSION", requires = "dry_run")]
     pub server_version: Option<KubeVersion>,
@@ -52,6 +53,17 @@ pub struct InstallArgs {
     /// Return once applied, without waiting for the agents.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+/// kubectl's `--dry-run` strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Apply for real (as without the flag).
+    None,
+    /// Print the objects without sending them.
+    Client,
+    /// Send them as a dry run (`?dryRun=All`): validated, defaulted, not stored.
+    Server,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,14 +86,27 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// Applies every object with server-side apply (field manager `kubectl-zdt`, forced: the
 /// manifests are ours).
 pub async fn apply(client: &Client, objects: &[Manifest]) -> Result<Vec<String>> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = apply_with(client, objects, PatchParams::apply(FIELD_MANAGER).force()).await?;
+    Ok(applied.iter().map(Manifest::display).collect())
+}
+
+/// Applies every object with `params`; returns each as the server answered it.
+async fn apply_with(
+    client: &Client,
+    objects: &[Manifest],
+    params: PatchParams,
+) -> Result<Vec<Manifest>> {
     let mut applied = Vec::new();
     for m in objects {
         let api = api_for(client, m);
-        api.patch(m.name(), &params, &Patch::Apply(&m.object))
+        let answer = api
+            .patch(m.name(), &params, &Patch::Apply(&m.object))
             .await
             .map_err(Error::api(format!("apply {}", m.display_namespaced())))?;
-        applied.push(m.display());
+        applied.push(Manifest {
+            object: answer,
+            ..m.clone()
+        });
     }
     Ok(applied)
 }
@@ -225,7 +250,7 @@ pub fn progress_bar() -> ProgressBar {
 pub async fn install(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<AgentPod>> {
     let image = args.image.clone().unwrap_or_else(manifests::default_image);
     let cluster = kube.connect().await?;
-    let version = version::require_supported(&cluster.client).await?;
+    let version = cluster.version;
     let objects = manifests::for_server(&image, version)?;
     wait_namespace_gone(&cluster.client, args.timeout).await?;
     for name in apply(&cluster.client, &objects).await? {
@@ -277,6 +302,12 @@ async fn wait_namespace_gone(client: &Client, timeout: Duration) -> Result<()> {
 /// kubeconfig names (only its version is read).
 pub async fn dry_run_objects(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<Manifest>> {
     let image = args.image.clone().unwrap_or_else(manifests::default_image);
+    if args.dry_run == Some(DryRun::Server) {
+        let cluster = kube.connect().await?;
+        let objects = manifests::for_server(&image, cluster.version)?;
+        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        return apply_with(&cluster.client, &objects, params).await;
+    }
     let version = match args.server_version {
         Some(v) if !v.is_supported() => {
             return Err(Error::UnsupportedServer {
@@ -285,14 +316,19 @@ pub async fn dry_run_objects(kube: &KubeArgs, args: &InstallArgs) -> Result<Vec<
             });
         }
         Some(v) => v,
-        None => version::require_supported(&kube.connect().await?.client).await?,
+        None => kube.connect().await?.version,
     };
     manifests::for_server(&image, version)
 }
 
 pub fn main(kube: &KubeArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
-    if args.dry_run {
+    if let Some(strategy @ (DryRun::Client | DryRun::Server)) = args.dry_run {
+        if strategy == DryRun::Server && args.server_version.is_some() {
+            anyhow::bail!(
+                "--server-version goes with --dry-run=client: with --dry-run=server the server says its version"
+            );
+        }
         let objects = super::runtime()?
             .block_on(dry_run_objects(kube, args))
             .context("install --dry-run")?;

@@ -36,6 +36,42 @@ pub fn default_image() -> String {
     )
 }
 
+/// `--image`: an image reference as `docker pull` and the kubelet parse it (the grammar of
+/// github.com/distribution/reference): `[host[:port]/]path[:tag][@algorithm:hex]`, the path in
+/// lower case, the name at most 255 characters. Anything else would be applied and only fail on
+/// every node as an ErrImagePull.
+pub fn parse_image(s: &str) -> std::result::Result<String, String> {
+    static REFERENCE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        let domain_component = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+        let host = format!(r"(?:{domain_component}(?:\.{domain_component})*|\[[a-fA-F0-9:]+\])");
+        let path_component = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
+        let name = format!("(?:{host}(?::[0-9]+)?/)?{path_component}(?:/{path_component})*");
+        let tag = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}";
+        let digest = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
+        regex::Regex::new(&format!("^({name})(?::{tag})?(?:@{digest})?$"))
+            .expect("the reference grammar compiles")
+    });
+    const LIKE: &str = "like registry.example/zdt:v1 or registry.example/zdt@sha256:<64 hex>";
+    if s.is_empty() {
+        return Err(format!("an empty image reference: give one {LIKE}"));
+    }
+    let Some(found) = REFERENCE.captures(s) else {
+        let hint = if s.chars().any(|c| c.is_ascii_uppercase()) {
+            " (the repository path must be lower case)"
+        } else {
+            ""
+        };
+        return Err(format!("not an image reference{hint}: give one {LIKE}"));
+    };
+    if found[1].len() > 255 {
+        return Err(format!(
+            "the image name is {} characters long; at most 255 are allowed",
+            found[1].len()
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 /// One object of the manifests, with what is needed to apply or delete it.
 #[derive(Clone, Debug)]
 pub struct Manifest {

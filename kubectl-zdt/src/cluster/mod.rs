@@ -40,16 +40,30 @@ pub const AGENT_PORT: u16 = 9476;
 /// What can go wrong between the CLI and a cluster. Each message names the fix.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("failed to load the kubeconfig{}: {source}", path.as_deref().map(|p| format!(" {p}")).unwrap_or_default())]
+    #[error("failed to load the kubeconfig{}", path.as_deref().map(|p| format!(" {p}")).unwrap_or_default())]
     Kubeconfig {
         path: Option<String>,
         #[source]
         source: kube::config::KubeconfigError,
     },
     #[error(
-        "no Kubernetes configuration found (no kubeconfig, not in a cluster): pass --kubeconfig FILE or set KUBECONFIG"
+        "no Kubernetes configuration found (no --kubeconfig, no KUBECONFIG, no ~/.kube/config, not in a cluster): pass --kubeconfig FILE or set KUBECONFIG"
     )]
-    NoConfig(#[source] kube::config::InferConfigError),
+    NoConfig,
+    #[error(
+        "{flag} points at a missing file: {paths} (give the path of a kubeconfig, or unset it)"
+    )]
+    MissingKubeconfig { flag: &'static str, paths: String },
+    #[error("cannot reach the API server at {server}: {reason} ({hint})")]
+    Unreachable {
+        server: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error(
+        "{server} is not a Kubernetes API server: GET /version answered {answer} (check the server in the kubeconfig)"
+    )]
+    NotKubernetes { server: String, answer: String },
     #[error("failed to create the Kubernetes client: {0}")]
     Client(#[source] kube::Error),
     #[error("the embedded manifest {file} is invalid: {reason}")]

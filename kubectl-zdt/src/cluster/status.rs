@@ -21,6 +21,8 @@ pub struct StatusArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
+    /// The table and the agent's pod, API sync, observation count and schema.
+    Wide,
     Json,
     Yaml,
 }
@@ -47,7 +49,6 @@ pub struct NodeStatus {
 /// `problem`, not a failure of the whole command.
 pub async fn collect(kube: &KubeArgs) -> Result<Vec<NodeStatus>> {
     let cluster = kube.connect().await?;
-    super::version::require_supported(&cluster.client).await?;
     let pods = agents::list(&cluster.client).await?;
     let rows = pods.into_iter().map(|pod| {
         let client = cluster.client.clone();
@@ -140,18 +141,23 @@ async fn read_status(
 }
 
 /// The LOSS column: events the kernel could not deliver, and how many of them it skipped the
-/// programs for (a softirq while another tracing program ran on that CPU) rather than lost to
-/// a full ring buffer.
+/// programs for (a softirq while another tracing program ran on that CPU) or a probe's handler
+/// failed on, rather than lost to a full ring buffer.
 fn loss(a: &AgentStatus) -> String {
-    match a.kernel_skipped {
-        0 => a.kernel_loss.to_string(),
-        s => format!("{} ({s} skipped)", a.kernel_loss),
+    let parts: Vec<String> = [(a.kernel_skipped, "skipped"), (a.kernel_failed, "failed")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    match parts.as_slice() {
+        [] => a.kernel_loss.to_string(),
+        _ => format!("{} ({})", a.kernel_loss, parts.join(", ")),
     }
 }
 
-pub fn render_table(rows: &[NodeStatus]) -> String {
+pub fn render_table(rows: &[NodeStatus], wide: bool) -> String {
     let mut table = Table::new();
-    table.load_style(NOTHING).set_header([
+    let mut header = vec![
         "NODE",
         "READY",
         "VERSION",
@@ -163,10 +169,14 @@ pub fn render_table(rows: &[NodeStatus]) -> String {
         "LOSS",
         "CLOCK OFFSET",
         "PROBLEM",
-    ]);
+    ];
+    if wide {
+        header.extend(["POD", "API SYNCED", "OBSERVATIONS", "SCHEMA"]);
+    }
+    table.load_style(NOTHING).set_header(header);
     for r in rows {
         let a = r.agent.as_ref();
-        table.add_row([
+        let mut row = vec![
             r.node.clone(),
             if r.ready { "yes" } else { "no" }.to_owned(),
             a.map(|a| a.version.clone()).unwrap_or_default(),
@@ -190,7 +200,17 @@ pub fn render_table(rows: &[NodeStatus]) -> String {
                 _ => String::new(),
             },
             r.problem.clone().unwrap_or_default(),
-        ]);
+        ];
+        if wide {
+            row.extend([
+                r.pod.clone(),
+                a.map(|a| if a.api_synced { "yes" } else { "no" }.to_owned())
+                    .unwrap_or_default(),
+                a.map(|a| a.observations.to_string()).unwrap_or_default(),
+                a.map(|a| a.schema.clone()).unwrap_or_default(),
+            ]);
+        }
+        table.add_row(row);
     }
     format!("{table}\n")
 }
@@ -199,7 +219,8 @@ pub fn main(kube: &KubeArgs, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::cluster::runtime()?;
     let rows = runtime.block_on(collect(kube))?;
     let text = match args.output {
-        Format::Table => render_table(&rows),
+        Format::Table => render_table(&rows, false),
+        Format::Wide => render_table(&rows, true),
         Format::Json => serde_json::to_string_pretty(&rows)? + "\n",
         Format::Yaml => serde_yaml::to_string(&rows)?,
     };

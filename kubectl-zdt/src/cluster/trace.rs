@@ -40,6 +40,9 @@ pub struct TraceArgs {
     #[arg(value_name = "KIND/NAME")]
     pub workload: WorkloadRef,
 
+    #[command(flatten)]
+    pub namespace: super::connect::Namespace,
+
     /// Start the rollout now (as `kubectl rollout restart` does) instead of waiting for the
     /// next one.
     #[arg(long)]
@@ -52,7 +55,7 @@ pub struct TraceArgs {
     pub traffic: Option<u32>,
 
     /// Image of the traffic pod [default: the agents' image].
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", value_parser = super::manifests::parse_image)]
     pub traffic_image: Option<String>,
 
     /// Give up when the rollout has not completed after this long, e.g. 90s, 10m.
@@ -391,7 +394,7 @@ fn agents_not_ready(list: &[agents::AgentPod]) -> Option<Error> {
 pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Result<Traced> {
     let cluster = kube.connect().await?;
     let (client, ns) = (cluster.client.clone(), cluster.namespace.clone());
-    let server = super::version::require_supported(&client).await?;
+    let server = cluster.version;
     let object = args.workload.get(&client, &ns).await?;
     let labels = workload::pod_labels(&object);
     let services = workload::services(&client, &ns, &args.workload, &labels).await?;

@@ -36,7 +36,7 @@ pub use rollout::{TRAFFIC_POD_PREFIX, is_instrument, template_of, workload_of_po
 
 use crate::{
     kube_version::PreStopAction,
-    observation::{KERNEL_SKIPPED, Kind, Observation},
+    observation::{HANDLER_ERROR, KERNEL_SKIPPED, Kind, Observation},
 };
 use time::{WallNs, ms_u};
 
@@ -217,21 +217,22 @@ fn run(
             Err(why) => (None, Some(why)),
         };
 
-    // Per node: observations, events lost to a full ring buffer, events the kernel skipped.
-    let mut per_node: BTreeMap<usize, (u64, u64, u64)> = BTreeMap::new();
+    // Per node: observations, events lost to a full ring buffer, events the kernel skipped,
+    // events a probe's handler failed on.
+    let mut per_node: BTreeMap<usize, (u64, u64, u64, u64)> = BTreeMap::new();
     for (o, &n) in obs.iter().zip(&node_of) {
         let e = per_node.entry(n).or_default();
         e.0 += 1;
         if o.kind == Kind::Loss {
-            if o.reason.as_deref() == Some(KERNEL_SKIPPED) {
-                e.2 += o.weight();
-            } else {
-                e.1 += o.weight();
+            match o.reason.as_deref() {
+                Some(KERNEL_SKIPPED) => e.2 += o.weight(),
+                Some(HANDLER_ERROR) => e.3 += o.weight(),
+                _ => e.1 += o.weight(),
             }
         }
     }
     let mut node_summaries = Vec::new();
-    for (n, (count, full, skipped)) in per_node {
+    for (n, (count, full, skipped, failed)) in per_node {
         let node = &nodes.names[n];
         if full > 0 {
             warnings.push(format!(
@@ -243,11 +244,16 @@ fn run(
                 "node {node}: the kernel did not run its agent's probes for {skipped} events (their tracepoint fired while another tracing program ran on that CPU); they are in no count"
             ));
         }
+        if failed > 0 {
+            warnings.push(format!(
+                "node {node}: its agent's probes failed on {failed} events (a map full, a kernel read refused); they are in no count"
+            ));
+        }
         node_summaries.push(NodeSummary {
             node: node.clone(),
             observations: count,
             clock_uncertainty_ms: ms_u(clocks.extra_ns[n]),
-            lost_events: full + skipped,
+            lost_events: full + skipped + failed,
         });
     }
 

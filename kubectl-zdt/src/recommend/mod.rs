@@ -37,6 +37,9 @@ pub struct RecommendArgs {
     #[arg(value_name = "KIND/NAME")]
     pub workload: Option<WorkloadRef>,
 
+    #[command(flatten)]
+    pub namespaces: crate::cluster::connect::Namespaces,
+
     /// Read the observations (JSON lines: `kubectl zdt trace --save`, `demo --record`, an
     /// agent's output, a journal export) from these files instead of the agents, and take the
     /// current settings from what the pods were seen to run with. Repeatable; `-` reads
@@ -49,7 +52,8 @@ pub struct RecommendArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_since)]
     pub since: Option<jiff::SignedDuration>,
 
-    /// Output: table, json (kind Recommendations) or yaml (strategic merge patches).
+    /// Output: table, wide (more columns), json (kind Recommendations) or yaml (strategic
+    /// merge patches).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
 
@@ -157,7 +161,8 @@ pub fn main(kube: &KubeArgs, args: &RecommendArgs) -> anyhow::Result<ExitCode> {
         source::from_files(kube, args)?
     };
     let text = match args.output {
-        Format::Table => render::table(&all),
+        Format::Table => render::table(&all, false),
+        Format::Wide => render::table(&all, true),
         Format::Json => render::json(&all),
         Format::Yaml => render::yaml(&all),
     };

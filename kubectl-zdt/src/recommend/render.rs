@@ -17,6 +17,8 @@ use crate::kube_version::PreStopAction;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
+    /// The table and the samples, the largest need, the slowest drain and the errors.
+    Wide,
     Json,
     Yaml,
 }
@@ -36,7 +38,7 @@ fn current_cells(c: Option<&Settings>) -> (String, String) {
     }
 }
 
-pub fn table(all: &Recommendations) -> String {
+pub fn table(all: &Recommendations, wide: bool) -> String {
     let mut out = String::new();
     if all.workloads.is_empty() {
         out.push_str(
@@ -57,6 +59,10 @@ pub fn table(all: &Recommendations) -> String {
         "ADVISED GRACE",
         "VERDICT",
     ];
+    let mut headers = headers.to_vec();
+    if wide {
+        headers.extend(["SAMPLES", "LARGEST NEED", "DRAIN", "ERRORS"]);
+    }
     let mut t = Table::new();
     t.load_style(NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
@@ -64,7 +70,7 @@ pub fn table(all: &Recommendations) -> String {
     for r in &all.workloads {
         let (prestop, grace) = current_cells(r.current.as_ref());
         let p = &r.propagation;
-        t.add_row(vec![
+        let mut row = vec![
             r.key().display(),
             r.rollouts.to_string(),
             r.pods.to_string(),
@@ -83,7 +89,16 @@ pub fn table(all: &Recommendations) -> String {
                 |a| format!("{}s", a.termination_grace_period_seconds),
             ),
             r.verdict.as_str().to_uppercase(),
-        ]);
+        ];
+        if wide {
+            row.extend([
+                p.samples.to_string(),
+                ms_cell(r.largest_needed_ms),
+                ms_cell(r.drain_ms),
+                r.errors.total().to_string(),
+            ]);
+        }
+        t.add_row(row);
     }
     for i in 1..7 {
         if let Some(c) = t.column_mut(i) {

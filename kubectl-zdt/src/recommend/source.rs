@@ -62,7 +62,7 @@ pub async fn from_cluster(
 ) -> anyhow::Result<Recommendations> {
     let cluster = kube.connect().await?;
     let client = &cluster.client;
-    let server = cluster::version::require_supported(client).await?;
+    let server = cluster.version;
     let scope = match &args.workload {
         Some(w) => {
             // Named: it must exist, or the answer is one line saying so.

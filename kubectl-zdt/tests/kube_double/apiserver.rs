@@ -9,7 +9,8 @@
 //! - label selectors (`k=v`, comma-separated) and the field selectors `metadata.name`,
 //!   `metadata.namespace`, `spec.nodeName`;
 //! - server-side apply (`PATCH` with `application/apply-patch+yaml`: creates or merges),
-//!   merge patches, create, delete (404 `Status` when absent);
+//!   merge patches, create, delete (404 `Status` when absent); `?dryRun=All` answers a patch
+//!   without storing it;
 //! - `pods/NAME/portforward` upgraded to a websocket with the `v4.channel.k8s.io` subprotocol:
 //!   per port a data and an error channel, each opened with the port number, then bytes
 //!   relayed to the address the test registered for that pod (the "pod's" 127.0.0.1 listener);
@@ -592,6 +593,9 @@ impl Shared {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let dry_run = query_of(req.uri())
+            .get("dryRun")
+            .is_some_and(|v| v == "All");
         let body = req.into_body().collect().await.unwrap().to_bytes();
         // Apply patches are YAML (JSON is YAML); merge patches are JSON.
         let patch: Value = match serde_yaml::from_slice(&body) {
@@ -671,6 +675,10 @@ impl Shared {
                 );
             }
         };
+        if dry_run {
+            // Validated and merged as for real, answered, not stored.
+            return full(StatusCode::OK, merged);
+        }
         put(&self.state, &self.events, key.clone(), merged);
         self.get(key, target)
     }
