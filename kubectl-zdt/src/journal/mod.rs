@@ -47,6 +47,10 @@ pub enum Error {
         "--journal-max-bytes {0}: too small for a journal (at least 1 MiB; the default is 256 MiB)"
     )]
     TooSmall(u64),
+    #[error(
+        "journal file {path} is format version {version}; this kubectl-zdt reads version 1: use the kubectl-zdt that wrote it, or a newer one"
+    )]
+    Version { path: PathBuf, version: u8 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -200,6 +204,9 @@ impl Journal {
                     "journal {name}: cut {} bytes of an unfinished last write",
                     s.recovery.truncated_bytes
                 );
+            }
+            for d in &s.recovery.damage {
+                tracing::warn!("journal {name}: damage: {d}");
             }
         }
         Ok(Self {
@@ -362,6 +369,9 @@ impl Journal {
 pub struct ReadOnly {
     marks: Vec<stream::Segment>,
     counters: Vec<stream::Segment>,
+    /// Every damage found (marks first). A torn last write of a stream's newest segment is not
+    /// damage: an agent may be writing it right now.
+    pub damage: Vec<stream::Damage>,
 }
 
 impl ReadOnly {
@@ -370,9 +380,13 @@ impl ReadOnly {
         if !m.is_dir() || !c.is_dir() {
             return Err(Error::NotAJournal(dir.to_owned()));
         }
+        let (marks, mut damage) = stream::scan(&m)?;
+        let (counters, c) = stream::scan(&c)?;
+        damage.damage.extend(c.damage);
         Ok(Self {
-            marks: stream::scan(&m)?.0,
-            counters: stream::scan(&c)?.0,
+            marks,
+            counters,
+            damage: damage.damage,
         })
     }
 
