@@ -456,3 +456,74 @@ fn a_journal_directory_is_read_in_place_without_changing_it() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Two agents on one `--journal-dir` wrote every event twice, interleaved. The directory is
+/// locked (flock on `writer.lock`): the second writer fails at once, saying which process on
+/// which host holds it, and opens fine once the first is gone.
+#[test]
+fn a_second_writer_on_one_directory_is_refused_and_told_who_holds_it() {
+    let dir = tempdir("lock");
+    let first = open(&dir);
+    let err = Journal::open(Config::new(&dir))
+        .err()
+        .expect("a second writer is refused");
+    let holder = format!("pid {} on host ", std::process::id());
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "journal directory {} is in use by another agent ({holder}",
+            dir.display()
+        )) && text.ends_with("); give each agent its own --journal-dir"),
+        "{text}"
+    );
+    // Another process: one line, non-zero exit.
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .args(["journal-writer", "--max", "10", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&holder) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    drop(first);
+    let mut again = open(&dir);
+    again.append(&mark(0, 0)).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `--journal-max-age 0s` kept nothing (every segment expired at once); like
+/// `--journal-max-bytes 0` it is refused, before the agent loads anything.
+#[test]
+fn limits_that_keep_nothing_are_refused_with_one_line() {
+    let dir = tempdir("limits");
+    let mut config = Config::new(&dir);
+    config.max_age = Duration::ZERO;
+    assert!(Journal::open(config).is_err());
+    for (flag, value, message) in [
+        (
+            "--journal-max-age",
+            "0s",
+            "kubectl-zdt: --journal-max-age 0s: a journal that keeps nothing; give a positive age like 7d (the default)\n",
+        ),
+        (
+            "--journal-max-bytes",
+            "0",
+            "kubectl-zdt: --journal-max-bytes 0: too small for a journal (at least 1 MiB; the default is 256 MiB)\n",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .args(["agent", "--standalone", "--journal-dir"])
+            .arg(&dir)
+            .args([flag, value])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), message);
+        assert!(out.stdout.is_empty());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -226,6 +226,10 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         j.max_age = args.journal_max_age;
         j
     });
+    if let Some(j) = &config.journal {
+        // Before the probes attach: a bad flag is one line, at once.
+        j.check()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -352,11 +356,13 @@ pub fn open_journal(
     let Some(j) = &config.journal else {
         return Ok(None);
     };
-    let journal = crate::journal::Journal::open(j.clone()).with_context(|| {
-        format!(
+    let journal = crate::journal::Journal::open(j.clone()).map_err(|e| match e {
+        crate::journal::Error::Io { .. } => anyhow::Error::new(e).context(format!(
             "failed to open the journal in {} (check --journal-dir is a writable directory)",
             j.dir.display()
-        )
+        )),
+        // These name the directory and the fix already.
+        e => anyhow::Error::new(e),
     })?;
     Ok(Some(std::sync::Arc::new(crate::journal::Shared::new(
         journal,
