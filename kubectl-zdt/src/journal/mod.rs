@@ -251,7 +251,7 @@ fn lock(dir: &Path) -> Result<std::fs::File> {
 }
 
 fn nanos(t: Timestamp) -> i64 {
-    i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
+    query::clamped_nanos(t)
 }
 
 impl Journal {
