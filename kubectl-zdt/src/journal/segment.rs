@@ -245,7 +245,15 @@ pub fn scan_bytes(bytes: &[u8]) -> std::result::Result<Scan, UnknownVersion> {
         scan.valid_len = 0;
         return Ok(scan);
     }
+    let header_ok = bytes[..FILE_HEADER_LEN as usize] == file_header();
     let mut at = FILE_HEADER_LEN as usize;
+    if !header_ok && block_at(bytes, at).is_none() {
+        // The header's own length may be what is damaged: the first block may start earlier.
+        if let (Some(first), _) = resync(bytes, 0) {
+            at = at.min(first.offset as usize);
+        }
+    }
+    let header_len = at as u64;
     while at < len {
         if let Some(meta) = block_at(bytes, at) {
             scan.blocks.push(meta);
@@ -271,7 +279,7 @@ pub fn scan_bytes(bytes: &[u8]) -> std::result::Result<Scan, UnknownVersion> {
         }
         at = stop;
     }
-    if bytes[..FILE_HEADER_LEN as usize] != file_header() {
+    if !header_ok {
         // A future version is refused rather than misread; a damaged header over blocks this
         // version reads (or over none) is damage.
         let other_version = bytes[..7] == FILE_MAGIC[..7];
@@ -282,7 +290,7 @@ pub fn scan_bytes(bytes: &[u8]) -> std::result::Result<Scan, UnknownVersion> {
             0,
             Damaged {
                 offset: 0,
-                len: FILE_HEADER_LEN,
+                len: header_len,
                 kind: DamageKind::FileHeader,
             },
         );
@@ -373,14 +381,23 @@ pub fn read_raw(file: &File, meta: &BlockMeta) -> std::result::Result<Vec<u8>, S
     let mut bytes = vec![0u8; meta.bytes() as usize];
     file.read_exact_at(&mut bytes, meta.offset)
         .map_err(|e| format!("read failed: {e}"))?;
-    let Some((found, crc)) = header(&bytes, meta.offset) else {
+    decode(&bytes, meta)
+}
+
+/// Checks the bytes of one block (header and payload) against `meta`, its CRC and its record
+/// structure, and returns the decompressed payload. Never panics, whatever the bytes.
+pub fn decode(bytes: &[u8], meta: &BlockMeta) -> std::result::Result<Vec<u8>, String> {
+    if bytes.len() as u64 != meta.bytes() {
+        return Err("block length does not match the header".to_owned());
+    }
+    let Some((found, crc)) = header(bytes, meta.offset) else {
         return Err("block header damaged".to_owned());
     };
     if found != *meta {
         return Err("block header changed".to_owned());
     }
     let payload = &bytes[BLOCK_HEADER_LEN..];
-    if checksum(&bytes, payload) != crc {
+    if checksum(bytes, payload) != crc {
         return Err("checksum mismatch".to_owned());
     }
     let raw = lz4_flex::block::decompress(payload, meta.raw_len as usize)
