@@ -534,3 +534,87 @@ fn history_of_a_damaged_journal_directory_names_each_damage_and_shows_what_is_in
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An agent that opened a damaged journal says so where operators look: `zdt_journal_damage`
+/// by stream and kind in its metrics, the damage lines in `/status`, and `kubectl zdt status`
+/// turns them into the node's PROBLEM.
+#[test]
+fn an_agent_on_a_damaged_journal_counts_it_in_metrics_and_status() {
+    use std::sync::Arc;
+
+    use kubectl_zdt::agent::{
+        metrics::{Metrics, SETTLE, Scope},
+        serve::{Endpoint, Gauges},
+    };
+
+    let (segs, counters) = pristine("agent");
+    let dir = tempdir("agent");
+    let victim = segs[1].blocks[1];
+    let mut damaged = Op::Zero {
+        seg: 1,
+        at: victim.offset as usize,
+        len: 8,
+    }
+    .apply(&segs);
+    damaged.remove(2);
+    materialize(&dir, &damaged, &counters);
+    let disk = Arc::new(kubectl_zdt::journal::Shared::new(
+        Journal::open(config(&dir)).unwrap(),
+    ));
+    let gauges = Arc::new(Gauges {
+        metrics: Metrics::new(Scope::OwnPods, SETTLE),
+        ..Gauges::default()
+    });
+    gauges.journal_opened(&disk);
+    let journal = kubectl_zdt::agent::journal::Journal::new(10);
+    journal.attach_disk(disk);
+    let endpoint = Endpoint {
+        node: NodeName("node-a".into()),
+        journal,
+        gauges: gauges.clone(),
+    };
+
+    let scrape = gauges.metrics.scrape(Timestamp::now(), true);
+    for series in [
+        r#"zdt_journal_damage{stream="marks",kind="blocks"} 1"#,
+        r#"zdt_journal_damage{stream="marks",kind="missing_segment"} 1"#,
+    ] {
+        assert!(scrape.lines().any(|l| l == series), "{series} in\n{scrape}");
+    }
+    assert!(
+        scrape.contains("zdt_journal_unreadable_blocks_total 0"),
+        "{scrape}"
+    );
+
+    let status = endpoint.status();
+    let marks = dir.join("marks");
+    assert_eq!(
+        status.journal_damage,
+        [
+            format!(
+                "marks: {}/{}: bytes {}..{} damaged, skipped (8 lines lost); the blocks after them are read",
+                marks.display(),
+                segs[1].name,
+                victim.offset,
+                victim.end()
+            ),
+            format!(
+                "marks: {}: lines {}..{} (48 lines) are in no segment (a segment file deleted or renamed?)",
+                marks.display(),
+                segs[2].blocks[0].first_seq,
+                segs[3].blocks[0].first_seq,
+            ),
+        ]
+    );
+    // What the CLI receives, and the PROBLEM it shows.
+    let json = serde_json::to_string(&status).unwrap();
+    let back: kubectl_zdt::agent::serve::AgentStatus = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        kubectl_zdt::cluster::status::journal_problem(&back).unwrap(),
+        format!(
+            "journal damaged (every place: `status -o json`): {}",
+            status.journal_damage[0]
+        )
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -314,6 +314,9 @@ async fn run_standalone(
     }
     release_freed_memory();
     let disk = open_journal(&config)?;
+    if let (Some(g), Some(d)) = (&gauges, &disk) {
+        g.journal_opened(d);
+    }
     let ticker = disk.clone().map(|d| tokio::spawn(tick_journal(d)));
     let producer = tokio::spawn(agent.run(tx, shutdown));
     let journal = disk.clone();

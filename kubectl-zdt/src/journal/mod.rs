@@ -300,6 +300,18 @@ impl Journal {
         }
     }
 
+    /// Every damage recovery found when the journal was opened, with its stream's name.
+    pub fn damage(&self) -> impl Iterator<Item = (&'static str, &stream::Damage)> {
+        let marks = self.marks.recovery.damage.iter().map(|d| ("marks", d));
+        marks.chain(
+            self.counters
+                .recovery
+                .damage
+                .iter()
+                .map(|d| ("counters", d)),
+        )
+    }
+
     /// Bytes on disk, both streams.
     pub fn bytes(&self) -> u64 {
         self.marks.bytes() + self.counters.bytes()
@@ -504,6 +516,15 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// What recovery found when the journal was opened: `(stream, kind)` and the line
+    /// naming it, per damage.
+    pub fn damage(&self) -> Vec<(&'static str, &'static str, String)> {
+        self.lock()
+            .damage()
+            .map(|(stream, d)| (stream, d.kind(), d.to_string()))
+            .collect()
     }
 
     pub fn append_line(&self, o: &Observation, line: &str) {
