@@ -618,3 +618,28 @@ fn an_agent_on_a_damaged_journal_counts_it_in_metrics_and_status() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A sealed segment's damaged end still takes disk space: the byte budget counts it.
+#[test]
+fn a_damaged_end_of_a_sealed_segment_counts_in_the_byte_budget() {
+    let (segs, counters) = pristine("budget");
+    let dir = tempdir("budget");
+    let mut damaged = files(&segs);
+    // A block header announcing more than the file holds: a torn write's look, in a segment
+    // that was whole when the next one was created.
+    let torn_look = segs[1].bytes[segs[1].blocks[0].offset as usize..][..60].to_vec();
+    damaged[1].1.extend_from_slice(&torn_look);
+    materialize(&dir, &damaged, &counters);
+    let j = Journal::open(config(&dir)).unwrap();
+    let marks = j.stream(StreamKind::Marks);
+    assert_eq!(marks.segments()[1].bytes, damaged[1].1.len() as u64);
+    assert_eq!(marks.recovery.damage.len(), 1);
+    assert!(
+        marks.recovery.damage[0]
+            .to_string()
+            .contains("at the end damaged, skipped"),
+        "{}",
+        marks.recovery.damage[0]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -25,7 +25,7 @@ pub struct Segment {
     pub path: Arc<Path>,
     pub first_seq: u64,
     pub blocks: Vec<BlockMeta>,
-    /// File length (valid prefix).
+    /// Bytes on disk (the tail: its valid prefix, where the next block goes).
     pub bytes: u64,
 }
 
@@ -449,7 +449,9 @@ pub fn scan(dir: &Path) -> Result<(Vec<Segment>, Recovery)> {
             path: path.into(),
             first_seq,
             blocks: scan.blocks,
-            bytes: scan.valid_len,
+            // The tail is appended to after its valid prefix; a sealed segment's damaged end
+            // still takes space.
+            bytes: if i == last { scan.valid_len } else { scan.len },
         });
     }
     Ok((segments, recovery))
