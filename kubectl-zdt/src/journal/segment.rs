@@ -553,6 +553,27 @@ mod tests {
         assert_eq!(scan_bytes(&future).unwrap_err(), UnknownVersion(2));
     }
 
+    /// A segment of a newer format is refused with one line naming it, never read as damage
+    /// (which the writer would then append version-1 blocks after).
+    #[test]
+    fn a_newer_format_version_is_refused_by_name() {
+        let d = dir("version");
+        let path = d.join("0.seg");
+        let mut future = file_header().to_vec();
+        future[7] = 2;
+        future.extend_from_slice(&[0x5A; 300]);
+        std::fs::write(&path, &future).unwrap();
+        let err = scan_full(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "journal file {} is format version 2; this kubectl-zdt reads version 1: use the kubectl-zdt that wrote it, or a newer one",
+                path.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
     #[test]
     fn a_file_without_the_header_holds_nothing() {
         let d = dir("nohdr");
