@@ -386,14 +386,36 @@ fn folded_counters_keep_exact_totals_and_marks_stay_verbatim() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[test]
-fn a_journal_directory_is_read_in_place_without_changing_it() {
-    let dir = tempdir("readonly");
+/// A journal in a new directory holding marks 0..n, one a second, flushed.
+fn journal_of_marks(name: &str, n: u64) -> (PathBuf, Journal) {
+    let dir = tempdir(name);
     let mut j = Journal::open(Config::new(&dir)).unwrap();
-    for n in 0..1_000 {
+    for n in 0..n {
         j.append(&mark(n as i64, n)).unwrap();
     }
     j.flush().unwrap();
+    (dir, j)
+}
+
+/// `kubectl zdt history --journal-dir DIR --from FROM --to TO -o json`, which must succeed.
+fn history_json(dir: &Path, from: &str, to: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .args(["history", "--journal-dir"])
+        .arg(dir)
+        .args(["--from", from, "--to", to, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_journal_directory_is_read_in_place_without_changing_it() {
+    let (dir, j) = journal_of_marks("readonly", 1_000);
     // An agent in the middle of its next write: a torn block at the end.
     let tail = j
         .stream(StreamKind::Marks)
@@ -424,25 +446,7 @@ fn a_journal_directory_is_read_in_place_without_changing_it() {
     );
 
     // The command reads it without a cluster; a directory that is no journal is one line.
-    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
-        .args(["history", "--journal-dir"])
-        .arg(&dir)
-        .args([
-            "--from",
-            &at(0).to_string(),
-            "--to",
-            &at(500).to_string(),
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = history_json(&dir, &at(0).to_string(), &at(500).to_string());
     assert_eq!(doc["kind"], "History");
     assert_eq!(doc["observations"].as_array().unwrap().len(), 500);
     let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
@@ -454,5 +458,97 @@ fn a_journal_directory_is_read_in_place_without_changing_it() {
         String::from_utf8(out.stderr).unwrap(),
         "kubectl-zdt: /proc/self holds no journal (expected the marks/ and counters/ folders `kubectl-zdt agent --journal-dir` writes)\n"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two agents on one `--journal-dir` wrote every event twice, interleaved. The directory is
+/// locked (flock on `writer.lock`): the second writer fails at once, saying which process on
+/// which host holds it, and opens fine once the first is gone.
+#[test]
+fn a_second_writer_on_one_directory_is_refused_and_told_who_holds_it() {
+    let dir = tempdir("lock");
+    let first = open(&dir);
+    let err = Journal::open(Config::new(&dir))
+        .err()
+        .expect("a second writer is refused");
+    let holder = format!("pid {} on host ", std::process::id());
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "journal directory {} is in use by another agent ({holder}",
+            dir.display()
+        )) && text.ends_with("); give each agent its own --journal-dir"),
+        "{text}"
+    );
+    // Another process: one line, non-zero exit.
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .args(["journal-writer", "--max", "10", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&holder) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    drop(first);
+    let mut again = open(&dir);
+    again.append(&mark(0, 0)).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `--journal-max-age 0s` kept nothing (every segment expired at once); like
+/// `--journal-max-bytes 0` it is refused, before the agent loads anything.
+#[test]
+fn limits_that_keep_nothing_are_refused_with_one_line() {
+    let dir = tempdir("limits");
+    let mut config = Config::new(&dir);
+    config.max_age = Duration::ZERO;
+    assert!(Journal::open(config).is_err());
+    for (flag, value, message) in [
+        (
+            "--journal-max-age",
+            "0s",
+            "kubectl-zdt: --journal-max-age 0s: a journal that keeps nothing; give a positive age like 7d (the default)\n",
+        ),
+        (
+            "--journal-max-bytes",
+            "0",
+            "kubectl-zdt: --journal-max-bytes 0: too small for a journal (at least 1 MiB; the default is 256 MiB)\n",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .args(["agent", "--standalone", "--journal-dir"])
+            .arg(&dir)
+            .args([flag, value])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), message);
+        assert!(out.stdout.is_empty());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `history --journal-dir --from 1600-… --to 2300-…` (outside i64 nanoseconds) printed nothing
+/// and exited 0; the window is clamped to what the journal can hold, so it shows every line.
+#[test]
+fn a_window_from_before_1677_to_after_2262_shows_every_line() {
+    let (dir, j) = journal_of_marks("farwindow", 10);
+    drop(j);
+    for (from, to, shown) in [
+        ("1600-01-01T00:00:00Z", "2300-01-01T00:00:00Z", 10),
+        ("1600-01-01T00:00:00Z", &at(5).to_string(), 5),
+        (&at(5).to_string(), "2300-01-01T00:00:00Z", 5),
+    ] {
+        let doc = history_json(&dir, from, to);
+        assert_eq!(
+            doc["observations"].as_array().unwrap().len(),
+            shown,
+            "--from {from} --to {to}"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -80,6 +80,9 @@ pub async fn run(
         metrics: super::metrics::Metrics::new(super::metrics::Scope::OwnPods, metrics.settle),
         ..Gauges::default()
     });
+    if let Some(d) = &disk {
+        gauges.journal_opened(d);
+    }
     let endpoint = Endpoint {
         node: config.node.clone(),
         journal: journal.clone(),

@@ -92,6 +92,14 @@ struct ProgramLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JournalDamageLabels {
+    /// marks | counters
+    stream: &'static str,
+    /// file_header | blocks | tail | missing_segment | repeated_lines | stray_file
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabel {
     mode: String,
 }
@@ -145,6 +153,8 @@ pub struct Metrics {
     api_watch_failures: Counter,
     other_node_sockets: Counter,
     watched_addresses: Gauge,
+    journal_damage: Family<JournalDamageLabels, Gauge>,
+    journal_unreadable: Counter,
     scope: Scope,
     settle: Duration,
     window: Mutex<Window>,
@@ -259,6 +269,18 @@ impl Metrics {
             "Pod addresses the kernel filter reports",
             watched_addresses.clone(),
         );
+        let journal_damage = Family::<JournalDamageLabels, Gauge>::default();
+        registry.register(
+            "journal_damage",
+            "Damage the node journal's recovery found when the agent opened it (each is logged; the intact blocks around it are kept), by stream and kind",
+            journal_damage.clone(),
+        );
+        let journal_unreadable = Counter::default();
+        registry.register(
+            "journal_unreadable_blocks",
+            "Journal blocks a history query could not read back (checksum mismatch), skipped and reported in the answer",
+            journal_unreadable.clone(),
+        );
         Self {
             registry,
             propagation,
@@ -276,6 +298,8 @@ impl Metrics {
             api_watch_failures,
             other_node_sockets,
             watched_addresses,
+            journal_damage,
+            journal_unreadable,
             scope,
             settle,
             window: Mutex::new(Window::default()),
@@ -302,6 +326,23 @@ impl Metrics {
     pub fn set_watched_addresses(&self, n: u64) {
         self.watched_addresses
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The damage the journal's recovery found: `(stream, kind)` once per damage.
+    pub fn set_journal_damage<'a>(
+        &self,
+        found: impl IntoIterator<Item = (&'static str, &'static str)> + 'a,
+    ) {
+        for (stream, kind) in found {
+            self.journal_damage
+                .get_or_create(&JournalDamageLabels { stream, kind })
+                .inc();
+        }
+    }
+
+    /// A history query skipped `n` journal blocks it could not read back.
+    pub fn journal_unreadable(&self, n: u64) {
+        self.journal_unreadable.inc_by(n);
     }
 
     /// One observation, as it is journaled.

@@ -271,6 +271,10 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         j.max_age = args.journal_max_age;
         j
     });
+    if let Some(j) = &config.journal {
+        // Before the probes attach: a bad flag is one line, at once.
+        j.check()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -355,6 +359,9 @@ async fn run_standalone(
     }
     release_freed_memory();
     let disk = open_journal(&config)?;
+    if let (Some(g), Some(d)) = (&gauges, &disk) {
+        g.journal_opened(d);
+    }
     let ticker = disk.clone().map(|d| tokio::spawn(tick_journal(d)));
     let producer = tokio::spawn(agent.run(tx, shutdown));
     let journal = disk.clone();
@@ -397,11 +404,13 @@ pub fn open_journal(
     let Some(j) = &config.journal else {
         return Ok(None);
     };
-    let journal = crate::journal::Journal::open(j.clone()).with_context(|| {
-        format!(
+    let journal = crate::journal::Journal::open(j.clone()).map_err(|e| match e {
+        crate::journal::Error::Io { .. } => anyhow::Error::new(e).context(format!(
             "failed to open the journal in {} (check --journal-dir is a writable directory)",
             j.dir.display()
-        )
+        )),
+        // These name the directory and the fix already.
+        e => anyhow::Error::new(e),
     })?;
     Ok(Some(std::sync::Arc::new(crate::journal::Shared::new(
         journal,

@@ -43,6 +43,9 @@ pub const JOURNAL_EVICTED: &str = "JOURNAL_EVICTED";
 /// `reason` of the `loss` line that stands for journal lines a history query could not read.
 pub const JOURNAL_UNREADABLE: &str = "JOURNAL_UNREADABLE";
 
+/// Lines of journal damage `/status` names (a journal with more says how many more).
+pub const JOURNAL_DAMAGE_SHOWN: usize = 10;
+
 /// Header carrying the sequence number of the first line of an `/observations` response.
 pub const FIRST_SEQ_HEADER: &str = "x-zdt-first-seq";
 
@@ -82,6 +85,10 @@ pub struct AgentStatus {
     pub kernel_failed: u64,
     /// Observations in the journal so far.
     pub observations: u64,
+    /// Damage the disk journal's recovery found at start, one line each (at most
+    /// [`JOURNAL_DAMAGE_SHOWN`], then how many more); the intact blocks around it are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal_damage: Vec<String>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC on this node and the half-width of that measurement.
     pub mono_to_wall_offset_ns: i128,
     pub clock_uncertainty_ns: u64,
@@ -118,6 +125,15 @@ pub struct Gauges {
 }
 
 impl Gauges {
+    /// The damage the disk journal's recovery found, into the metrics.
+    pub fn journal_opened(&self, disk: &crate::journal::Shared) {
+        self.metrics.set_journal_damage(
+            disk.damage()
+                .into_iter()
+                .map(|(stream, kind, _)| (stream, kind)),
+        );
+    }
+
     /// `GET /metrics`: the OpenMetrics text.
     pub fn metrics_response(&self) -> Response<Body> {
         let text = self
@@ -207,10 +223,30 @@ impl Endpoint {
             kernel_skipped: self.journal.kernel_skipped(),
             kernel_failed: self.journal.kernel_failed(),
             observations: self.journal.next_seq(),
+            journal_damage: self.journal_damage(),
             mono_to_wall_offset_ns: clock.offset_ns,
             clock_uncertainty_ns: clock.uncertainty_ns,
             time: Timestamp::now(),
         }
+    }
+
+    fn journal_damage(&self) -> Vec<String> {
+        let Some(disk) = self.journal.disk() else {
+            return Vec::new();
+        };
+        let damage = disk.damage();
+        let mut lines: Vec<String> = damage
+            .iter()
+            .take(JOURNAL_DAMAGE_SHOWN)
+            .map(|(stream, _, text)| format!("{stream}: {text}"))
+            .collect();
+        if damage.len() > JOURNAL_DAMAGE_SHOWN {
+            lines.push(format!(
+                "… and {} more (the agent's log names each)",
+                damage.len() - JOURNAL_DAMAGE_SHOWN
+            ));
+        }
+        lines
     }
 
     /// Serves until the listener fails or the task is dropped.
@@ -269,6 +305,7 @@ impl Endpoint {
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
         let node = self.node.clone();
+        let gauges = self.gauges.clone();
         // Flushing the buffer and taking the block list is quick; reading the blocks is not.
         let reader = disk.lock().query(&query);
         let mut reader = match reader {
@@ -292,6 +329,9 @@ impl Endpoint {
                     "history: unreadable journal blocks: {:?}",
                     reader.unreadable
                 );
+                gauges
+                    .metrics
+                    .journal_unreadable(reader.unreadable.len() as u64);
                 let mut loss = Observation::new(Kind::Loss, Timestamp::now(), node);
                 loss.count = Some(reader.unreadable_records);
                 loss.reason = Some(JOURNAL_UNREADABLE.to_owned());

@@ -217,7 +217,8 @@ pub struct HistoryArgs {
 pub struct Collected {
     pub window: Window,
     pub observations: Vec<Observation>,
-    /// Nodes whose agent could not be asked, with the reason (one line each).
+    /// Nodes whose agent could not be asked, with the reason, or the damage met in a journal
+    /// directory (one line each; what is intact is shown all the same).
     pub failures: Vec<String>,
     /// The API server's version (`None` when read from a journal directory): what the
     /// report's advice may write.
@@ -283,10 +284,16 @@ pub async fn collect(
                 Err(e) => tracing::warn!("{}: unreadable journal line: {e}", dir.display()),
             }
         }
-        let failures = reader
-            .unreadable
+        let failures = journal
+            .damage
             .iter()
-            .map(|b| format!("unreadable journal block {b}"))
+            .map(|d| format!("journal damage: {d}"))
+            .chain(
+                reader
+                    .unreadable
+                    .iter()
+                    .map(|b| format!("unreadable journal block {b}")),
+            )
             .collect();
         return Ok(Collected {
             window,
@@ -304,7 +311,7 @@ pub async fn collect(
     for n in fetch_each(&cluster.client, &query, nodes).await? {
         match n.result {
             Ok(obs) => observations.extend(obs),
-            Err(e) => failures.push(e.to_string()),
+            Err(e) => failures.push(format!("{e} (the other nodes' history is shown)")),
         }
     }
     observations.sort_by_key(|o| o.time);
@@ -369,7 +376,7 @@ pub fn main(kube: &KubeArgs, args: &HistoryArgs) -> anyhow::Result<ExitCode> {
     }
     let text = render(&collected, args);
     for f in &collected.failures {
-        eprintln!("kubectl-zdt: {f} (the other nodes' history is shown)");
+        eprintln!("kubectl-zdt: {f}");
     }
     let text = text?;
     let mut out = std::io::stdout().lock();

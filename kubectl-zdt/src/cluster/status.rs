@@ -71,6 +71,7 @@ pub async fn collect(kube: &KubeArgs) -> Result<Vec<NodeStatus>> {
             };
             match status {
                 Ok((status, offset)) => {
+                    row.problem = row.problem.take().or_else(|| journal_problem(&status));
                     row.clock_offset_ms = Some(offset.offset_ms);
                     row.clock_offset_uncertainty_ms = Some(offset.uncertainty_ms);
                     row.agent = Some(status);
@@ -81,6 +82,15 @@ pub async fn collect(kube: &KubeArgs) -> Result<Vec<NodeStatus>> {
         }
     });
     Ok(futures::future::join_all(rows).await)
+}
+
+/// The PROBLEM of an agent whose journal's recovery found damage: how many, and the first.
+pub fn journal_problem(a: &AgentStatus) -> Option<String> {
+    let first = a.journal_damage.first()?;
+    Some(match a.journal_damage.len() {
+        1 => format!("journal damaged: {first}"),
+        _ => format!("journal damaged (every place: `status -o json`): {first}"),
+    })
 }
 
 /// Round trips over one connection to an agent for its clock: the first pays for the

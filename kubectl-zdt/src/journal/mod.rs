@@ -47,6 +47,18 @@ pub enum Error {
         "--journal-max-bytes {0}: too small for a journal (at least 1 MiB; the default is 256 MiB)"
     )]
     TooSmall(u64),
+    #[error(
+        "--journal-max-age 0s: a journal that keeps nothing; give a positive age like 7d (the default)"
+    )]
+    NoAge,
+    #[error(
+        "journal file {path} is format version {version}; this kubectl-zdt reads version 1: use the kubectl-zdt that wrote it, or a newer one"
+    )]
+    Version { path: PathBuf, version: u8 },
+    #[error(
+        "journal directory {dir} is in use by another agent ({holder}); give each agent its own --journal-dir"
+    )]
+    Locked { dir: PathBuf, holder: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -101,6 +113,17 @@ impl Config {
             segment_span: Duration::from_secs(3600),
             write_chunk: 0,
         }
+    }
+
+    /// Limits that keep nothing are refused (one line naming the flag).
+    pub fn check(&self) -> Result<()> {
+        if self.max_bytes < 1 << 20 {
+            return Err(Error::TooSmall(self.max_bytes));
+        }
+        if self.max_age.is_zero() {
+            return Err(Error::NoAge);
+        }
+        Ok(())
     }
 
     fn limits(&self, budget: u64) -> Limits {
@@ -165,6 +188,8 @@ pub enum StreamKind {
 const MAX_BUFFERED: usize = 4 << 20;
 
 pub struct Journal {
+    /// Held (flock) while the journal is open: one writer per directory.
+    _lock: std::fs::File,
     config: Config,
     marks: Stream,
     counters: Stream,
@@ -177,17 +202,65 @@ pub struct Journal {
     last_sync: Instant,
 }
 
+/// The lock file in a journal directory: flock'ed by the one agent writing there, and holding
+/// who that is (pid, host, start) for the message a second one gets.
+pub const LOCK_FILE: &str = "writer.lock";
+
+/// Takes the directory's writer lock, or says who holds it.
+fn lock(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(Error::io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(Error::Locked {
+                dir: dir.to_owned(),
+                holder: if holder.is_empty() {
+                    "it has not written its pid yet".to_owned()
+                } else {
+                    holder.to_owned()
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path)(e)),
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "an unknown host".to_owned());
+    let who = format!(
+        "pid {} on host {host}, since {}\n",
+        std::process::id(),
+        crate::observation::format_time(Timestamp::now())
+    );
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(who.as_bytes()))
+        .map_err(Error::io(&path))?;
+    Ok(file)
+}
+
 fn nanos(t: Timestamp) -> i64 {
-    i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
+    query::clamped_nanos(t)
 }
 
 impl Journal {
     /// Opens the journal in `config.dir`, recovering both streams (a torn last write is cut
     /// off) so appending resumes after the last intact record.
     pub fn open(config: Config) -> Result<Self> {
-        if config.max_bytes < 1 << 20 {
-            return Err(Error::TooSmall(config.max_bytes));
-        }
+        config.check()?;
+        std::fs::create_dir_all(&config.dir).map_err(Error::io(&config.dir))?;
+        let lock = lock(&config.dir)?;
         let marks_budget = (config.max_bytes as f64 * config.marks_share) as u64;
         let marks = Stream::open(&config.dir.join("marks"), config.limits(marks_budget))?;
         let counters = Stream::open(
@@ -201,8 +274,12 @@ impl Journal {
                     s.recovery.truncated_bytes
                 );
             }
+            for d in &s.recovery.damage {
+                tracing::warn!("journal {name}: damage: {d}");
+            }
         }
         Ok(Self {
+            _lock: lock,
             folder: fold::Folder::new(config.fold_interval),
             config,
             marks,
@@ -221,6 +298,18 @@ impl Journal {
             StreamKind::Marks => &self.marks,
             StreamKind::Counters => &self.counters,
         }
+    }
+
+    /// Every damage recovery found when the journal was opened, with its stream's name.
+    pub fn damage(&self) -> impl Iterator<Item = (&'static str, &stream::Damage)> {
+        let marks = self.marks.recovery.damage.iter().map(|d| ("marks", d));
+        marks.chain(
+            self.counters
+                .recovery
+                .damage
+                .iter()
+                .map(|d| ("counters", d)),
+        )
     }
 
     /// Bytes on disk, both streams.
@@ -362,6 +451,9 @@ impl Journal {
 pub struct ReadOnly {
     marks: Vec<stream::Segment>,
     counters: Vec<stream::Segment>,
+    /// Every damage found (marks first). A torn last write of a stream's newest segment is not
+    /// damage: an agent may be writing it right now.
+    pub damage: Vec<stream::Damage>,
 }
 
 impl ReadOnly {
@@ -370,9 +462,13 @@ impl ReadOnly {
         if !m.is_dir() || !c.is_dir() {
             return Err(Error::NotAJournal(dir.to_owned()));
         }
+        let (marks, mut damage) = stream::scan(&m)?;
+        let (counters, c) = stream::scan(&c)?;
+        damage.damage.extend(c.damage);
         Ok(Self {
-            marks: stream::scan(&m)?.0,
-            counters: stream::scan(&c)?.0,
+            marks,
+            counters,
+            damage: damage.damage,
         })
     }
 
@@ -420,6 +516,15 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// What recovery found when the journal was opened: `(stream, kind)` and the line
+    /// naming it, per damage.
+    pub fn damage(&self) -> Vec<(&'static str, &'static str, String)> {
+        self.lock()
+            .damage()
+            .map(|(stream, d)| (stream, d.kind(), d.to_string()))
+            .collect()
     }
 
     pub fn append_line(&self, o: &Observation, line: &str) {

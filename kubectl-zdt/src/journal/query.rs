@@ -110,12 +110,14 @@ impl HistoryQuery {
             && self.workload.is_none()
     }
 
-    /// The time window in nanoseconds since the epoch, `[since, until)`.
+    /// The time window in nanoseconds since the epoch, `[since, until)`. Times the journal's
+    /// i64 nanoseconds cannot hold (before 1677-09-21, after 2262-04-11) are clamped to its
+    /// range: a window reaching past it holds every line on that side (it used to hold none
+    /// when it started before 1677).
     pub fn window_ns(&self) -> (i64, i64) {
-        let ns = |t: Timestamp| i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX);
         (
-            self.since.map_or(i64::MIN, ns),
-            self.until.map_or(i64::MAX, ns),
+            self.since.map_or(i64::MIN, clamped_nanos),
+            self.until.map_or(i64::MAX, clamped_nanos),
         )
     }
 
@@ -263,9 +265,38 @@ impl HistoryQuery {
     }
 }
 
+/// A time as the journal stores it, in i64 nanoseconds since the epoch, clamped to that range.
+pub fn clamped_nanos(t: Timestamp) -> i64 {
+    t.as_nanosecond()
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A window from before 1677 or to after 2262 (outside i64 nanoseconds) holds what the
+    /// part inside holds: it used to start at i64::MAX and hold nothing.
+    #[test]
+    fn a_window_beyond_the_i64_nanosecond_range_is_clamped_to_it() {
+        let q = |since: &str, until: &str| HistoryQuery {
+            since: Some(since.parse().unwrap()),
+            until: Some(until.parse().unwrap()),
+            ..HistoryQuery::default()
+        };
+        assert_eq!(
+            q("1600-01-01T00:00:00Z", "2300-01-01T00:00:00Z").window_ns(),
+            (i64::MIN, i64::MAX)
+        );
+        let (since, until) = q("1000-01-01T00:00:00Z", "2026-01-01T00:00:00Z").window_ns();
+        assert_eq!(since, i64::MIN);
+        assert_eq!(until, 1_767_225_600_000_000_000);
+        assert_eq!(
+            q("2300-01-01T00:00:00Z", "2400-01-01T00:00:00Z").window_ns(),
+            (i64::MAX, i64::MAX),
+            "a window entirely after 2262 is empty"
+        );
+    }
 
     fn line(v: serde_json::Value) -> Vec<u8> {
         v.to_string().into_bytes()

@@ -71,9 +71,10 @@ impl Reader {
             Err(e) => {
                 self.unreadable_records += u64::from(b.meta.count);
                 self.unreadable.push(format!(
-                    "{} block at byte {}: {e}",
+                    "{} block at byte {} ({} lines): {e}",
                     b.path.display(),
-                    b.meta.offset
+                    b.meta.offset,
+                    b.meta.count
                 ));
             }
         }

@@ -1,7 +1,8 @@
 //! One stream of the journal (marks or counters): a directory of segment files named by the
 //! sequence number of their first record, the newest one open for appending. Opening recovers:
-//! the tail segment is scanned block by block and cut at the first block that does not check,
-//! then appending resumes after the last good record. Limits are enforced by deleting whole
+//! the tail segment is scanned block by block, a damaged block is skipped (and named) and the
+//! blocks after it kept, a torn last write — and only that — is cut, then appending resumes
+//! after the last intact record. Limits are enforced by deleting whole
 //! segments, oldest first.
 
 use std::{
@@ -13,7 +14,7 @@ use std::{
 
 use super::{
     Error, Result,
-    segment::{self, BlockMeta, Record},
+    segment::{self, BlockMeta, DamageKind, Record},
 };
 
 const SUFFIX: &str = ".zdtj";
@@ -24,7 +25,7 @@ pub struct Segment {
     pub path: Arc<Path>,
     pub first_seq: u64,
     pub blocks: Vec<BlockMeta>,
-    /// File length (valid prefix).
+    /// Bytes on disk (the tail: its valid prefix, where the next block goes).
     pub bytes: u64,
 }
 
@@ -65,13 +66,108 @@ pub struct Limits {
     pub write_chunk: usize,
 }
 
+/// Damage found in a stream: each one is named (logged, counted in the agent's metrics and
+/// `status`, printed by `history --journal-dir`); what is intact around it is kept and read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// Bytes of a segment holding no intact block, skipped. `lines`: how many lines they held,
+    /// when the sequence numbers of the intact blocks around them tell.
+    Bytes {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        kind: DamageKind,
+        lines: Option<u64>,
+    },
+    /// Lines of the stream found in no segment: sequence numbers `from..to` (a segment file
+    /// deleted or renamed; retention only ever deletes the oldest).
+    Missing { dir: PathBuf, from: u64, to: u64 },
+    /// Lines from sequence number `seq` on appear a second time, in `path` (a renamed segment).
+    Repeated { path: PathBuf, seq: u64 },
+    /// A file in a stream's folder whose name is no segment's (a renamed segment?): not read.
+    Stray { path: PathBuf },
+}
+
+impl Damage {
+    /// A bounded name for the kind of damage (the metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Bytes {
+                kind: DamageKind::FileHeader,
+                ..
+            } => "file_header",
+            Self::Bytes {
+                kind: DamageKind::Blocks,
+                ..
+            } => "blocks",
+            Self::Bytes {
+                kind: DamageKind::Tail,
+                ..
+            } => "tail",
+            Self::Missing { .. } => "missing_segment",
+            Self::Repeated { .. } => "repeated_lines",
+            Self::Stray { .. } => "stray_file",
+        }
+    }
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bytes {
+                path,
+                offset,
+                len,
+                kind,
+                lines,
+            } => {
+                let (p, end) = (path.display(), offset + len);
+                let lost = match lines {
+                    Some(n) => format!("{n} lines lost"),
+                    None => "the lines it held are unknown".to_owned(),
+                };
+                match kind {
+                    DamageKind::FileHeader => write!(
+                        f,
+                        "{p}: file header (bytes 0..{end}) damaged; the blocks after it are read"
+                    ),
+                    DamageKind::Blocks => write!(
+                        f,
+                        "{p}: bytes {offset}..{end} damaged, skipped ({lost}); the blocks after them are read"
+                    ),
+                    DamageKind::Tail => write!(
+                        f,
+                        "{p}: bytes {offset}..{end} at the end damaged, skipped ({lost})"
+                    ),
+                }
+            }
+            Self::Missing { dir, from, to } => write!(
+                f,
+                "{}: lines {from}..{to} ({} lines) are in no segment (a segment file deleted or renamed?)",
+                dir.display(),
+                to - from
+            ),
+            Self::Repeated { path, seq } => write!(
+                f,
+                "{}: holds lines from {seq} on a second time (a segment renamed?); read as they are",
+                path.display()
+            ),
+            Self::Stray { path } => write!(
+                f,
+                "{}: not a segment file name (a renamed segment?); not read",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// What recovery found when the stream was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
-    /// Bytes cut off the tail segment (a torn last write).
+    /// Bytes cut off the tail segment: a torn last write (nothing else is ever cut).
     pub truncated_bytes: u64,
-    /// Sealed segments whose block chain ended early (damage beyond a process kill).
-    pub damaged_segments: Vec<PathBuf>,
+    /// Every damage found, in stream order.
+    pub damage: Vec<Damage>,
 }
 
 pub struct Stream {
@@ -105,13 +201,20 @@ impl Stream {
                 file
             }
         };
-        Ok(Self {
+        let mut stream = Self {
             dir: dir.to_owned(),
             limits,
             segments,
             active,
             recovery,
-        })
+        };
+        // A segment renamed past the real tail holds older lines: continue after the highest
+        // sequence number in a new segment, never reusing numbers (nor a file name).
+        let highest = stream.segments.iter().map(Segment::next_seq).max();
+        if highest > stream.segments.last().map(Segment::next_seq) {
+            stream.rotate()?;
+        }
+        Ok(stream)
     }
 
     /// The sequence number the next record will get.
@@ -170,7 +273,12 @@ impl Stream {
     /// Seals the active segment (fdatasync: it is complete on disk even after a power loss)
     /// and starts the next one.
     fn rotate(&mut self) -> Result<()> {
-        let next = self.next_seq();
+        let next = self
+            .segments
+            .iter()
+            .map(Segment::next_seq)
+            .max()
+            .unwrap_or(0);
         let tail = self.segments.last().expect("a stream always has a segment");
         self.active.sync_data().map_err(Error::io(&tail.path))?;
         let path = self.dir.join(segment_name(next));
@@ -262,55 +370,107 @@ pub fn blocks_between(segments: &[Segment], since: i64, until: i64, out: &mut Ve
 
 /// Indexes the segments of the stream in `dir` without changing anything: the tail is read and
 /// checked block by block (`recovery` says what a writer would cut), older segments by their
-/// headers. The read-only view of `kubectl zdt history --journal-dir`, and the first step of
-/// [`Stream::open`].
+/// headers (read whole where the header chain does not hold). Every damage is in `recovery`;
+/// the blocks around it are indexed. The read-only view of `kubectl zdt history
+/// --journal-dir`, and the first step of [`Stream::open`].
 pub fn scan(dir: &Path) -> Result<(Vec<Segment>, Recovery)> {
     let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    let mut recovery = Recovery::default();
     for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
         let entry = entry.map_err(Error::io(dir))?;
         let name = entry.file_name();
         let Some(seq) = name
             .to_str()
             .and_then(|n| n.strip_suffix(SUFFIX))
+            .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|n| n.parse::<u64>().ok())
         else {
+            recovery.damage.push(Damage::Stray { path: entry.path() });
             continue;
         };
         found.push((seq, entry.path()));
     }
     found.sort();
-    let mut recovery = Recovery::default();
+    recovery.damage.sort_by_key(ToString::to_string);
     let mut segments = Vec::with_capacity(found.len());
     let last = found.len().saturating_sub(1);
+    // The sequence number the next block should start at, and the damage since the last block
+    // (the lines it held are the gap the next block shows).
+    let mut expect: Option<u64> = None;
+    let mut pending: Option<usize> = None;
     for (i, (first_seq, path)) in found.into_iter().enumerate() {
         let scan = if i == last {
             segment::scan_full(&path)?
         } else {
             segment::scan_headers(&path)?
         };
-        if scan.damaged {
-            if i == last {
-                recovery.truncated_bytes = std::fs::metadata(&path)
-                    .map_err(Error::io(&path))?
-                    .len()
-                    .saturating_sub(scan.valid_len);
-            } else {
-                tracing::warn!(
-                    "journal segment {} is damaged after {} bytes; the blocks before are kept",
-                    path.display(),
-                    scan.valid_len
-                );
-                recovery.damaged_segments.push(path.clone());
-            }
+        let mut damaged = scan.damaged.clone();
+        if i == last {
+            recovery.truncated_bytes = scan.torn_bytes();
+        } else if scan.torn_bytes() > 0 {
+            // A sealed segment was whole when the next was created: a short end is damage.
+            damaged.push(segment::Damaged {
+                offset: scan.valid_len,
+                len: scan.torn_bytes(),
+                kind: DamageKind::Tail,
+            });
         }
+        let mut expect_here = expect.unwrap_or(first_seq);
+        let mut damaged = damaged.into_iter().peekable();
+        for b in &scan.blocks {
+            while let Some(d) = damaged.next_if(|d| d.offset < b.offset) {
+                pending = Some(recovery.damage.len());
+                recovery.damage.push(bytes_damage(&path, d));
+            }
+            if b.first_seq > expect_here {
+                match pending {
+                    Some(p) => set_lines(&mut recovery.damage[p], b.first_seq - expect_here),
+                    None => recovery.damage.push(Damage::Missing {
+                        dir: dir.to_owned(),
+                        from: expect_here,
+                        to: b.first_seq,
+                    }),
+                }
+            } else if b.first_seq < expect_here {
+                recovery.damage.push(Damage::Repeated {
+                    path: path.clone(),
+                    seq: b.first_seq,
+                });
+            }
+            pending = None;
+            expect_here = b.next_seq();
+        }
+        for d in damaged {
+            pending = Some(recovery.damage.len());
+            recovery.damage.push(bytes_damage(&path, d));
+        }
+        expect = Some(expect_here);
         segments.push(Segment {
             path: path.into(),
             first_seq,
             blocks: scan.blocks,
-            bytes: scan.valid_len,
+            // The tail is appended to after its valid prefix; a sealed segment's damaged end
+            // still takes space.
+            bytes: if i == last { scan.valid_len } else { scan.len },
         });
     }
     Ok((segments, recovery))
+}
+
+fn bytes_damage(path: &Path, d: segment::Damaged) -> Damage {
+    Damage::Bytes {
+        path: path.to_owned(),
+        offset: d.offset,
+        len: d.len,
+        kind: d.kind,
+        lines: None,
+    }
+}
+
+fn set_lines(d: &mut Damage, n: u64) {
+    if let Damage::Bytes { lines, .. } = d {
+        *lines = Some(n);
+    }
 }
 
 /// Cuts the tail segment to its valid prefix (rewriting the file header if even that was torn)
