@@ -15,7 +15,7 @@ use super::{
     Agent, AgentConfig,
     api_watch::{ApiWatch, PodNamespaces, TOMBSTONE_TTL},
     journal::{self, Journal},
-    node_netns::{NodeNetns, of_another_node},
+    own_clients::{NodeAddresses, of_another_node},
     pod_netns::PodNetns,
     pods::PodIndex,
     probes::KubeletProbes,
@@ -136,11 +136,11 @@ pub async fn run(
     };
     let api = tokio::spawn(watch.run(filter, tx, api_stop));
     let mut probes = KubeletProbes::new();
-    let mut node_netns = NodeNetns::new("/proc");
+    let mut node_addresses = NodeAddresses::of_this_namespace();
     while let Some(mut o) = rx.recv().await {
         {
             let mut index = pods.lock().unwrap_or_else(|p| p.into_inner());
-            if of_another_node(&o, &index, &mut node_netns) {
+            if of_another_node(&o, &index, &mut node_addresses) {
                 gauges.metrics.other_node_client_failure();
                 continue;
             }

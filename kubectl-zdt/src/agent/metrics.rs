@@ -260,7 +260,7 @@ impl Metrics {
         let other_node_sockets = Counter::default();
         registry.register(
             "other_node_client_failures",
-            "Client failures left out because their network namespace is another node's (nodes sharing one kernel)",
+            "Client failures left out because the client is another node's (nodes sharing one kernel)",
             other_node_sockets.clone(),
         );
         let watched_addresses = Gauge::default();
@@ -317,7 +317,7 @@ impl Metrics {
         self.api_watch_failures.inc();
     }
 
-    /// A client's failure in another node's network namespace was left out.
+    /// A client's failure from another node's address was left out.
     pub fn other_node_client_failure(&self) {
         self.other_node_sockets.inc();
     }

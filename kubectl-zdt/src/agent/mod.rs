@@ -24,7 +24,7 @@ pub mod journal;
 pub mod loader;
 pub mod metrics;
 pub mod netns_gone;
-pub mod node_netns;
+pub mod own_clients;
 pub mod pod_netns;
 pub mod pods;
 pub mod preflight;

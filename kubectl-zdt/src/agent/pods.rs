@@ -301,17 +301,6 @@ impl PodIndex {
         }
     }
 
-    /// Whether `inum` is, or was, the network namespace of a pod of this node.
-    pub fn knows_netns(&self, inum: u32) -> bool {
-        self.by_netns.contains_key(&inum)
-    }
-
-    /// Whether any pod's namespace was found (through `/proc`: the agent sees the node's
-    /// processes).
-    pub fn found_any_netns(&self) -> bool {
-        !self.by_netns.is_empty()
-    }
-
     /// Whether the kubelet probes pod `uid` on `port`.
     pub fn probes_port(&self, uid: &str, port: u16) -> bool {
         self.by_uid

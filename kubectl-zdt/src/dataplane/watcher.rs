@@ -914,7 +914,7 @@ fn frontend_addrs<'a>(
 
 /// The addresses of this network namespace's interfaces, loopback excluded (kube-proxy's
 /// default node-port rule matches `--dst-type LOCAL` but not 127.0.0.0/8).
-fn local_addresses() -> Vec<std::net::IpAddr> {
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
     match nix::ifaddrs::getifaddrs() {
         Ok(addrs) => addrs
             .filter_map(|a| {
