@@ -34,8 +34,9 @@ pub struct AnalyzeArgs {
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
 
-    /// Safety margin added to the advised preStop and grace period, in milliseconds.
-    #[arg(long, default_value_t = 500, value_name = "MS")]
+    /// Safety margin added to the advised preStop and grace period, in milliseconds (at most
+    /// an hour).
+    #[arg(long, default_value_t = 500, value_name = "MS", value_parser = parse_margin_ms)]
     pub margin_ms: u64,
 
     /// Write the advised preStop for this Kubernetes version, e.g. 1.28: before 1.30 an
@@ -43,6 +44,22 @@ pub struct AnalyzeArgs {
     /// 1.30+].
     #[arg(long, value_name = "VERSION")]
     pub server_version: Option<KubeVersion>,
+}
+
+/// The largest `--margin-ms`: an hour. More is a typo, and would only make the advice absurd.
+pub const MAX_MARGIN_MS: u64 = 3_600_000;
+
+/// `--margin-ms` of `analyze` and `recommend`: milliseconds, at most [`MAX_MARGIN_MS`].
+pub fn parse_margin_ms(s: &str) -> Result<u64, String> {
+    let ms: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of milliseconds, e.g. 500"))?;
+    if ms > MAX_MARGIN_MS {
+        return Err(format!(
+            "{ms} ms is over an hour ({MAX_MARGIN_MS} ms), the longest margin accepted"
+        ));
+    }
+    Ok(ms)
 }
 
 fn read_source(path: &Path) -> anyhow::Result<String> {

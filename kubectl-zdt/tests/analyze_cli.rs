@@ -214,3 +214,105 @@ fn server_version_before_1_30_advises_an_exec_of_sleep_in_the_patches() {
         "{new:#}"
     );
 }
+
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_str(&stdout(o)).unwrap()
+}
+
+#[test]
+fn a_margin_over_an_hour_is_refused_in_one_line() {
+    let real = fixture("real-nftables-fast-exit.jsonl");
+    let real = real.to_str().unwrap();
+    for margin in ["18446744073709551615", "3600001"] {
+        let o = analyze(&["--margin-ms", margin, real], None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(o.stdout.is_empty());
+        assert!(
+            err.lines()
+                .next()
+                .unwrap()
+                .contains("ms is over an hour (3600000 ms), the longest margin accepted"),
+            "{err}"
+        );
+    }
+    // An hour is accepted, and the advice still covers the measured gap (993 ms) + margin.
+    let v = json_of(&analyze(
+        &["--margin-ms", "3600000", "-o", "json", real],
+        None,
+    ));
+    assert_eq!(v["advice"]["prestop_seconds"], 3601, "{:#}", v["advice"]);
+    assert!(
+        v["advice"]["termination_grace_period_seconds"]
+            .as_u64()
+            .unwrap()
+            >= 3601
+    );
+}
+
+#[test]
+fn absurd_times_and_uncertainties_are_named_by_line_and_the_rest_analysed() {
+    let real = std::fs::read_to_string(fixture("real-nftables-fast-exit.jsonl")).unwrap();
+    let refused = |time: &str| {
+        format!(
+            r#"{{"kind":"refused","time":"{time}","node":"vm","ip":"10.244.0.47","port":80,"reason":"NO_SOCKET"}}"#
+        )
+    };
+    let removal = real
+        .lines()
+        .find(|l| l.contains("dataplane_removed"))
+        .unwrap()
+        .replacen('}', r#","uncertainty_ns":18446744073709551615}"#, 1);
+    let text = format!(
+        "{real}{}\n{}\n{}\n{removal}\n",
+        refused("0000-01-01T00:00:00Z"),
+        refused("1969-12-31T23:59:59.999999999Z"),
+        refused("9999-01-01T00:00:00Z"),
+    );
+    let o = analyze(&["-o", "json", "-"], Some(&text));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for (line, what) in [
+        (
+            36,
+            "field \"time\" is 0000-01-01T00:00:00Z, outside the years 2000-2199",
+        ),
+        (
+            37,
+            "field \"time\" is 1969-12-31T23:59:59.999999999Z, outside",
+        ),
+        (38, "field \"time\" is 9999-01-01T00:00:00Z, outside"),
+        (
+            39,
+            "field \"uncertainty_ns\" is 18446744073709551615, more than an hour",
+        ),
+    ] {
+        assert!(err.contains(&format!("<stdin>:{line}: {what}")), "{err}");
+    }
+    let v = json_of(&o);
+    assert_eq!(v["input"]["rejected_lines"].as_array().unwrap().len(), 4);
+    // The rest is analysed as if those lines were not there.
+    assert!(
+        v["rollouts"][0]["duration_ms"].as_f64().unwrap() < 2_000.0,
+        "{v:#}"
+    );
+    assert_eq!(v["advice"]["prestop_seconds"], 2);
+}
+
+#[test]
+fn the_chart_of_a_span_of_years_has_few_labels_in_days() {
+    let real = std::fs::read_to_string(fixture("real-nftables-fast-exit.jsonl")).unwrap();
+    let text = format!(
+        "{real}{}\n",
+        r#"{"kind":"refused","time":"2001-01-01T00:00:00Z","node":"vm","ip":"10.244.0.47","port":80}"#
+    );
+    let table = stdout(&analyze(&["-"], Some(&text)));
+    let labels = table
+        .lines()
+        .skip_while(|l| !l.starts_with("TIMELINE"))
+        .nth(1)
+        .unwrap();
+    assert!(labels.trim_end().ends_with(" d"), "{table}");
+    let numbers: Vec<&str> = labels.split_whitespace().collect();
+    assert!(numbers.len() <= 8, "{labels}");
+    assert!(numbers.iter().all(|n| n.len() <= 6), "{labels}");
+}

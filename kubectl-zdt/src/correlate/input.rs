@@ -4,6 +4,7 @@
 //! A bad line is reported with its number and what was expected, and the rest is still read:
 //! one corrupt line in a night of journal must not hide the rollout in it.
 
+use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::observation::{Kind, Observation};
@@ -53,7 +54,7 @@ pub fn parse_line(line: &str) -> Result<Option<Observation>, LineProblem> {
         return Ok(None);
     }
     if let Ok(o) = serde_json::from_str::<Observation>(line) {
-        return Ok(Some(o));
+        return plausible(o).map(Some);
     }
     let value: Value =
         serde_json::from_str(line).map_err(|e| LineProblem::NotJson(e.to_string()))?;
@@ -64,6 +65,34 @@ pub fn parse_line(line: &str) -> Result<Option<Observation>, LineProblem> {
         return parse_line(message);
     }
     Err(diagnose(&value))
+}
+
+/// The earliest time accepted: a node whose clock was never set reports 1970.
+pub const EARLIEST: Timestamp = Timestamp::constant(946_684_800, 0); // 2000-01-01T00:00:00Z
+/// The first time refused (nanoseconds since 1970 fit an i64 until 2262).
+pub const LATEST: Timestamp = Timestamp::constant(7_258_118_400, 0); // 2200-01-01T00:00:00Z
+/// The largest `uncertainty_ns` accepted: an hour. An instant known only to more than that
+/// cannot be correlated with anything, and would size the advice from noise.
+pub const MAX_UNCERTAINTY_NS: u64 = 3_600_000_000_000;
+
+/// `o`, or why its numbers cannot be a real observation.
+fn plausible(o: Observation) -> Result<Observation, LineProblem> {
+    if o.time < EARLIEST || o.time >= LATEST {
+        return Err(LineProblem::WrongType {
+            field: "time",
+            problem: format!(
+                "is {}, outside the years 2000-2199 (a clock that was not set?)",
+                o.time
+            ),
+        });
+    }
+    if let Some(u) = o.uncertainty_ns.filter(|u| *u > MAX_UNCERTAINTY_NS) {
+        return Err(LineProblem::WrongType {
+            field: "uncertainty_ns",
+            problem: format!("is {u}, more than an hour ({MAX_UNCERTAINTY_NS})"),
+        });
+    }
+    Ok(o)
 }
 
 /// A field, what it must be, and the test.

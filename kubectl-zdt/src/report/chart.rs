@@ -84,14 +84,18 @@ pub fn render(r: &Rollout, width: usize) -> String {
 
     // Tick labels, then the axis line.
     let ticks = axis.ticks(6);
+    let unit = axis.tick_unit(6);
     let mut labels = vec![' '; width + 12];
     let mut line = vec!['─'; width];
     for t in &ticks {
         let col = (axis.fraction_of_ms(*t) * (width - 1) as f64).round() as usize;
         line[col.min(width - 1)] = '┼';
-        let text = format!("{t:.0}");
-        if col + text.len() <= labels.len()
-            && labels[col..col + text.len()].iter().all(|c| *c == ' ')
+        let text = unit.label(*t);
+        // A label is written only with a blank on each side: two never run together.
+        if col + text.len() < labels.len()
+            && labels[col.saturating_sub(1)..=col + text.len()]
+                .iter()
+                .all(|c| *c == ' ')
         {
             for (i, ch) in text.chars().enumerate() {
                 labels[col + i] = ch;
@@ -100,9 +104,10 @@ pub fn render(r: &Rollout, width: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{:label_w$}  {} ms",
+        "{:label_w$}  {} {}",
         "",
-        labels.iter().collect::<String>().trim_end()
+        labels.iter().collect::<String>().trim_end(),
+        unit.name
     );
     let _ = writeln!(out, "{:label_w$}  {}", "", line.iter().collect::<String>());
 
