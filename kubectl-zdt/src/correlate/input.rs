@@ -29,7 +29,19 @@ pub enum LineProblem {
         field: &'static str,
         problem: String,
     },
+    #[error("not UTF-8 (byte {at} of the line is 0x{byte:02x}); observation lines are UTF-8 JSON")]
+    NotUtf8 { at: usize, byte: u8 },
+    #[error(
+        "longer than {MAX_LINE_BYTES} bytes, the longest line read (an observation is under 4 KiB): \
+         not an observation stream? the rest of it is not read"
+    )]
+    TooLong,
 }
+
+/// The longest line read. An observation line is under 4 KiB (a `dataplane_added` with every
+/// field is about 600 bytes); a longer line is not one, and reading it whole could take any
+/// amount of memory (`/dev/zero` has no newline), so reading stops there.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 fn kind_names() -> String {
     Kind::ALL
@@ -178,18 +190,66 @@ fn wrong(field: &'static str, expected: &str, got: &Value) -> LineProblem {
 /// Everything readable in `text`, and a problem per unreadable line.
 pub fn parse_all(text: &str) -> (Vec<Observation>, Vec<LineError>) {
     let mut obs = Vec::new();
+    // Reading from memory cannot fail.
+    let errors = read_stream(text.as_bytes(), |o| obs.push(o)).unwrap_or_default();
+    (obs, errors)
+}
+
+/// The compression a stream's first bytes announce, if any (the observations are JSON lines:
+/// a compressed file has to be uncompressed first).
+pub fn compression(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    const MAGIC: [(&[u8], &str, &str); 4] = [
+        (&[0x1f, 0x8b], "gzip", "zcat"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "zstdcat"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz", "xzcat"),
+        (b"BZh", "bzip2", "bzcat"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, ..)| head.starts_with(magic))
+        .map(|(_, name, cat)| (*name, *cat))
+}
+
+/// Reads `r` line by line as bytes, handing each observation to `each` as soon as it is read
+/// (the text is never held whole), and returns a problem per unreadable line. A line that is not
+/// UTF-8 is one such problem; a line over [`MAX_LINE_BYTES`] is the last one: reading stops
+/// there without holding more of it. An error only when `r` itself fails.
+pub fn read_stream(
+    mut r: impl std::io::BufRead,
+    mut each: impl FnMut(Observation),
+) -> std::io::Result<Vec<LineError>> {
+    use std::io::{BufRead as _, Read as _};
     let mut errors = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        match parse_line(line) {
-            Ok(Some(o)) => obs.push(o),
-            Ok(None) => {}
-            Err(problem) => errors.push(LineError {
-                line: n as u64 + 1,
-                problem,
+    let mut buf = Vec::with_capacity(1024);
+    let mut line = 0u64;
+    loop {
+        buf.clear();
+        let limit = u64::try_from(MAX_LINE_BYTES).unwrap_or(u64::MAX) + 1;
+        if (&mut r).take(limit).read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        line += 1;
+        if buf.len() > MAX_LINE_BYTES {
+            errors.push(LineError {
+                line,
+                problem: LineProblem::TooLong,
+            });
+            break;
+        }
+        let parsed = match std::str::from_utf8(&buf) {
+            Ok(text) => parse_line(text),
+            Err(e) => Err(LineProblem::NotUtf8 {
+                at: e.valid_up_to() + 1,
+                byte: buf[e.valid_up_to()],
             }),
+        };
+        match parsed {
+            Ok(Some(o)) => each(o),
+            Ok(None) => {}
+            Err(problem) => errors.push(LineError { line, problem }),
         }
     }
-    (obs, errors)
+    Ok(errors)
 }
 
 #[cfg(test)]
@@ -245,6 +305,48 @@ mod tests {
         let entry = serde_json::json!({"__REALTIME_TIMESTAMP": "1", "MESSAGE": GOOD}).to_string();
         let o = parse_line(&entry).unwrap().unwrap();
         assert_eq!(o.kind, Kind::Refused);
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_named_and_the_rest_is_read() {
+        let mut bytes = format!("{GOOD}\n").into_bytes();
+        bytes.extend_from_slice(b"{\"kind\":\"refused\",\"node\":\"\xff\"}\n");
+        bytes.extend_from_slice(format!("{GOOD}\n").as_bytes());
+        let mut obs = Vec::new();
+        let errors = read_stream(&bytes[..], |o| obs.push(o)).unwrap();
+        assert_eq!(obs.len(), 2);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 2);
+        assert_eq!(
+            errors[0].problem,
+            LineProblem::NotUtf8 { at: 27, byte: 0xff }
+        );
+    }
+
+    #[test]
+    fn an_endless_line_stops_the_reading_after_the_limit() {
+        use std::io::Read as _;
+        // An endless stream of zeros (as /dev/zero) after one good line: reading ends.
+        let mut obs = Vec::new();
+        let good = format!("{GOOD}\n");
+        let source = good.as_bytes().chain(std::io::repeat(0));
+        let errors = read_stream(std::io::BufReader::new(source), |o| obs.push(o)).unwrap();
+        assert_eq!(obs.len(), 1);
+        assert_eq!(
+            errors,
+            vec![LineError {
+                line: 2,
+                problem: LineProblem::TooLong
+            }]
+        );
+    }
+
+    #[test]
+    fn compressed_streams_are_recognised_by_their_magic() {
+        assert_eq!(compression(&[0x1f, 0x8b, 8, 0]), Some(("gzip", "zcat")));
+        assert_eq!(compression(b"BZh91AY"), Some(("bzip2", "bzcat")));
+        assert_eq!(compression(GOOD.as_bytes()), None);
+        assert_eq!(compression(b""), None);
     }
 
     proptest::proptest! {

@@ -59,6 +59,11 @@ fn cause_glyph(c: Cause) -> char {
     }
 }
 
+/// A pod's row label, safe for a terminal.
+fn label(p: &PodReport) -> String {
+    super::escape_terminal(&pod_label(p)).into_owned()
+}
+
 /// The chart for one rollout, `width` columns of time axis.
 pub fn render(r: &Rollout, width: usize) -> String {
     let width = width.max(20);
@@ -66,7 +71,7 @@ pub fn render(r: &Rollout, width: usize) -> String {
     let label_w = r
         .pods
         .iter()
-        .map(|p| pod_label(p).chars().count())
+        .map(|p| label(p).chars().count())
         .max()
         .unwrap_or(8)
         .clamp(8, LABEL_MAX);
@@ -133,8 +138,9 @@ pub fn render(r: &Rollout, width: usize) -> String {
                 };
             }
         }
-        let mut label: String = pod_label(p).chars().take(label_w).collect();
-        if pod_label(p).chars().count() > label_w {
+        let full = label(p);
+        let mut label: String = full.chars().take(label_w).collect();
+        if full.chars().count() > label_w {
             label.pop();
             label.push('…');
         }
