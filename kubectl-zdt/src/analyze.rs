@@ -100,28 +100,45 @@ fn read_source(
 /// the same stream given twice, or overlapping exports, must not count twice. Keeps the order;
 /// returns how many were dropped.
 pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
-    use std::hash::{BuildHasher as _, RandomState};
-    let hasher = RandomState::new();
-    // The canonical line's hash (fields in one order, numbers and times written one way), and
-    // the full observations compared when hashes meet.
-    let mut keys: Vec<(u64, u32)> = obs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| {
-            (
-                hasher.hash_one(o.to_json_line()),
-                u32::try_from(i).unwrap_or(u32::MAX),
-            )
-        })
-        .collect();
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _, RandomState};
+    let state = RandomState::new();
+    // A hash of every field (equal observations hash equal), and the full observations
+    // compared when hashes meet.
+    let hash = |o: &Observation| {
+        let mut h = state.build_hasher();
+        (
+            o.kind,
+            o.time,
+            &o.node,
+            o.ip,
+            o.port,
+            o.peer_ip,
+            o.peer_port,
+        )
+            .hash(&mut h);
+        (
+            &o.reason,
+            o.count,
+            &o.service,
+            &o.pod,
+            &o.pod_uid,
+            o.uncertainty_ns,
+        )
+            .hash(&mut h);
+        for (k, v) in &o.extra {
+            k.hash(&mut h);
+            v.to_string().hash(&mut h);
+        }
+        h.finish()
+    };
+    let mut keys: Vec<(u64, usize)> = obs.iter().enumerate().map(|(i, o)| (hash(o), i)).collect();
     keys.sort_unstable();
     let mut drop = vec![false; obs.len()];
     for group in keys.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
         for (k, &(_, i)) in group.iter().enumerate() {
-            let i = i as usize;
             if group[..k]
                 .iter()
-                .any(|&(_, j)| !drop[j as usize] && obs[j as usize] == obs[i])
+                .any(|&(_, j)| !drop[j] && obs[j] == obs[i])
             {
                 drop[i] = true;
             }
@@ -199,10 +216,9 @@ pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<Streams> {
 }
 
 pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    let streams = read_streams(&args.files)?;
-    let observations = &streams.observations;
+    let mut streams = read_streams(&args.files)?;
     let mut report = correlate::correlate(
-        observations,
+        &streams.observations,
         &Options {
             margin_ms: args.margin_ms,
             prestop: args
@@ -211,6 +227,9 @@ pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default(),
         },
     );
+    // The input is not needed any more: freed before the report is rendered (a JSON or HTML
+    // report of a large input is large itself).
+    streams.observations = Vec::new();
     report.warnings.extend(streams.duplicates_warning());
     report.input.rejected_lines = streams.rejected;
 
