@@ -252,6 +252,29 @@ mod tests {
     use crate::observation::{Kind, NodeName};
 
     #[test]
+    fn every_command_with_a_margin_refuses_one_over_an_hour() {
+        use clap::Parser as _;
+        for args in [
+            &["analyze", "f.jsonl"][..],
+            &["recommend", "--from-file", "f.jsonl"],
+            &["trace", "deployment/web"],
+            &["history", "--report"],
+        ] {
+            let parse = |margin: &str| {
+                crate::cli::Cli::try_parse_from(
+                    ["kubectl-zdt"]
+                        .iter()
+                        .chain(args)
+                        .chain(&["--margin-ms", margin]),
+                )
+            };
+            assert!(parse("3600000").is_ok(), "{args:?}");
+            let err = parse("3600001").err().unwrap().to_string();
+            assert!(err.contains("is over an hour"), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
     fn only_observations_equal_in_every_field_are_dropped_and_the_order_is_kept() {
         let t: jiff::Timestamp = "2026-11-22T01:16:45.660197146Z".parse().unwrap();
         let a = Observation::new(Kind::Refused, t, NodeName("a".into()));
