@@ -351,6 +351,32 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn any_bytes_are_read_or_named_by_line_never_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2_000),
+            good_every in 1usize..5,
+        ) {
+            // Random bytes with a good line after every few newlines: every good line is read,
+            // every problem names a line that exists, in order.
+            let mut text = Vec::new();
+            let mut good = 0;
+            for (i, chunk) in bytes.split(|b| *b == b'\n').enumerate() {
+                text.extend_from_slice(chunk);
+                text.push(b'\n');
+                if i % good_every == 0 {
+                    text.extend_from_slice(GOOD.as_bytes());
+                    text.push(b'\n');
+                    good += 1;
+                }
+            }
+            let lines = text.iter().filter(|b| **b == b'\n').count() as u64;
+            let mut obs = 0;
+            let errors = read_stream(&text[..], |_| obs += 1).unwrap();
+            proptest::prop_assert!(obs >= good);
+            proptest::prop_assert!(errors.windows(2).all(|w| w[0].line < w[1].line));
+            proptest::prop_assert!(errors.iter().all(|e| e.line >= 1 && e.line <= lines));
+        }
+
+        #[test]
         fn any_line_is_read_or_rejected_never_a_panic(line in ".{0,200}") {
             let _ = parse_line(&line);
         }
