@@ -1,7 +1,7 @@
 //! `kubectl zdt analyze FILE…`: read observation streams, correlate, print the report.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -34,8 +34,9 @@ pub struct AnalyzeArgs {
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
 
-    /// Safety margin added to the advised preStop and grace period, in milliseconds.
-    #[arg(long, default_value_t = 500, value_name = "MS")]
+    /// Safety margin added to the advised preStop and grace period, in milliseconds (at most
+    /// an hour).
+    #[arg(long, default_value_t = 500, value_name = "MS", value_parser = parse_margin_ms)]
     pub margin_ms: u64,
 
     /// Write the advised preStop for this Kubernetes version, e.g. 1.28: before 1.30 an
@@ -45,39 +46,145 @@ pub struct AnalyzeArgs {
     pub server_version: Option<KubeVersion>,
 }
 
-fn read_source(path: &Path) -> anyhow::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("failed to read standard input")?;
-        Ok(s)
+/// The largest `--margin-ms`: an hour. More is a typo, and would only make the advice absurd.
+pub const MAX_MARGIN_MS: u64 = 3_600_000;
+
+/// `--margin-ms` of `analyze` and `recommend`: milliseconds, at most [`MAX_MARGIN_MS`].
+pub fn parse_margin_ms(s: &str) -> Result<u64, String> {
+    let ms: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of milliseconds, e.g. 500"))?;
+    if ms > MAX_MARGIN_MS {
+        return Err(format!(
+            "{ms} ms is over an hour ({MAX_MARGIN_MS} ms), the longest margin accepted"
+        ));
+    }
+    Ok(ms)
+}
+
+/// Reads one source (`-` is standard input) line by line into `out`; its unreadable lines as
+/// `NAME:LINE: problem`. A compressed file is one error naming the tool that reads it.
+fn read_source(
+    path: &Path,
+    out: &mut Vec<Observation>,
+    rejected: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let (name, file): (String, Box<dyn std::io::Read>) = if path.as_os_str() == "-" {
+        ("<stdin>".to_owned(), Box::new(std::io::stdin().lock()))
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        (path.display().to_string(), Box::new(f))
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let head = reader
+        .fill_buf()
+        .with_context(|| format!("failed to read {name}"))?;
+    if let Some((kind, cat)) = input::compression(head) {
+        let shown = if name == "<stdin>" { "FILE" } else { &name };
+        bail!(
+            "{name} is {kind}-compressed; observations are JSON lines: uncompress it first, e.g. `{cat} {shown} | kubectl zdt analyze -`"
+        );
+    }
+    let problems = input::read_stream(reader, |o| out.push(o))
+        .with_context(|| format!("failed to read {name}"))?;
+    rejected.extend(
+        problems
+            .into_iter()
+            .map(|p| format!("{name}:{}: {}", p.line, p.problem)),
+    );
+    Ok(())
+}
+
+/// Drops the observations that equal an earlier one (same node, kind, time and every field):
+/// the same stream given twice, or overlapping exports, must not count twice. Keeps the order;
+/// returns how many were dropped.
+pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _, RandomState};
+    let state = RandomState::new();
+    // A hash of every field (equal observations hash equal), and the full observations
+    // compared when hashes meet.
+    let hash = |o: &Observation| {
+        let mut h = state.build_hasher();
+        (
+            o.kind,
+            o.time,
+            &o.node,
+            o.ip,
+            o.port,
+            o.peer_ip,
+            o.peer_port,
+        )
+            .hash(&mut h);
+        (
+            &o.reason,
+            o.count,
+            &o.service,
+            &o.pod,
+            &o.pod_uid,
+            o.uncertainty_ns,
+        )
+            .hash(&mut h);
+        for (k, v) in &o.extra {
+            k.hash(&mut h);
+            v.to_string().hash(&mut h);
+        }
+        h.finish()
+    };
+    let mut keys: Vec<(u64, usize)> = obs.iter().enumerate().map(|(i, o)| (hash(o), i)).collect();
+    keys.sort_unstable();
+    let mut drop = vec![false; obs.len()];
+    for group in keys.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        for (k, &(_, i)) in group.iter().enumerate() {
+            if group[..k]
+                .iter()
+                .any(|&(_, j)| !drop[j] && obs[j] == obs[i])
+            {
+                drop[i] = true;
+            }
+        }
+    }
+    let dropped = drop.iter().filter(|d| **d).count();
+    if dropped > 0 {
+        let mut flags = drop.into_iter();
+        obs.retain(|_| !flags.next().unwrap_or(false));
+    }
+    dropped
+}
+
+/// What the input streams held.
+pub(crate) struct Streams {
+    pub observations: Vec<Observation>,
+    /// `FILE:LINE: problem` per unreadable line.
+    pub rejected: Vec<String>,
+    /// Observations dropped as duplicates of another.
+    pub duplicates: usize,
+}
+
+impl Streams {
+    /// The warning the duplicates call for, if any.
+    pub fn duplicates_warning(&self) -> Option<String> {
+        (self.duplicates > 0).then(|| {
+            format!(
+                "{} duplicate observation{} dropped (the same node, kind, time and fields as another line: the same stream given twice?)",
+                self.duplicates,
+                if self.duplicates == 1 { "" } else { "s" }
+            )
+        })
     }
 }
 
-/// Every observation in `files` (`-` is standard input), with the unreadable lines reported on
-/// stderr (the first few one by one) and returned as `FILE:LINE: problem`; an error when no
-/// line at all could be read.
-pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<(Vec<Observation>, Vec<String>)> {
+/// Every observation in `files` (`-` is standard input), read line by line, duplicates dropped,
+/// with the unreadable lines reported on stderr (the first few one by one) and returned as
+/// `FILE:LINE: problem`; an error when no line at all could be read.
+pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<Streams> {
     let mut observations = Vec::new();
     let mut rejected = Vec::new();
     for path in files {
-        let text = read_source(path)?;
-        let (obs, problems) = input::parse_all(&text);
-        observations.extend(obs);
-        let name = if path.as_os_str() == "-" {
-            "<stdin>".to_owned()
-        } else {
-            path.display().to_string()
-        };
-        rejected.extend(
-            problems
-                .into_iter()
-                .map(|p| format!("{name}:{}: {}", p.line, p.problem)),
-        );
+        read_source(path, &mut observations, &mut rejected)?;
     }
+    let duplicates = drop_duplicates(&mut observations);
+    observations.shrink_to_fit();
     for line in rejected.iter().take(SHOWN_PROBLEMS) {
         eprintln!("kubectl-zdt: {line}");
     }
@@ -97,13 +204,21 @@ pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<(Vec<Observation
                 .join(", ")
         );
     }
-    Ok((observations, rejected))
+    let streams = Streams {
+        observations,
+        rejected,
+        duplicates,
+    };
+    if let Some(w) = streams.duplicates_warning() {
+        eprintln!("kubectl-zdt: warning: {w}");
+    }
+    Ok(streams)
 }
 
 pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    let (observations, rejected) = read_streams(&args.files)?;
+    let mut streams = read_streams(&args.files)?;
     let mut report = correlate::correlate(
-        &observations,
+        &streams.observations,
         &Options {
             margin_ms: args.margin_ms,
             prestop: args
@@ -112,7 +227,11 @@ pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default(),
         },
     );
-    report.input.rejected_lines = rejected;
+    // The input is not needed any more: freed before the report is rendered (a JSON or HTML
+    // report of a large input is large itself).
+    streams.observations = Vec::new();
+    report.warnings.extend(streams.duplicates_warning());
+    report.input.rejected_lines = streams.rejected;
 
     let text = report::render(&report, args.output)?;
     let mut stdout = std::io::stdout().lock();
@@ -125,4 +244,54 @@ pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("failed to write the HTML report to {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::{Kind, NodeName};
+
+    #[test]
+    fn every_command_with_a_margin_refuses_one_over_an_hour() {
+        use clap::Parser as _;
+        for args in [
+            &["analyze", "f.jsonl"][..],
+            &["recommend", "--from-file", "f.jsonl"],
+            &["trace", "deployment/web"],
+            &["history", "--report"],
+        ] {
+            let parse = |margin: &str| {
+                crate::cli::Cli::try_parse_from(
+                    ["kubectl-zdt"]
+                        .iter()
+                        .chain(args)
+                        .chain(&["--margin-ms", margin]),
+                )
+            };
+            assert!(parse("3600000").is_ok(), "{args:?}");
+            let err = parse("3600001").err().unwrap().to_string();
+            assert!(err.contains("is over an hour"), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_observations_equal_in_every_field_are_dropped_and_the_order_is_kept() {
+        let t: jiff::Timestamp = "2026-11-22T01:16:45.660197146Z".parse().unwrap();
+        let a = Observation::new(Kind::Refused, t, NodeName("a".into()));
+        let mut other_port = a.clone();
+        other_port.peer_port = Some(40_000);
+        let b = Observation::new(Kind::Refused, t, NodeName("b".into()));
+        let extra = a.clone().with_extra("pid", 42);
+        let mut obs = vec![
+            a.clone(),
+            other_port.clone(),
+            b.clone(),
+            a.clone(),
+            extra.clone(),
+            b.clone(),
+            a.clone(),
+        ];
+        assert_eq!(drop_duplicates(&mut obs), 3);
+        assert_eq!(obs, vec![a, other_port, b, extra]);
+    }
 }

@@ -14,24 +14,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn analyze(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
-        .arg("analyze")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    analyze_bytes(args, stdin.unwrap_or_default().as_bytes())
 }
 
 fn stdout(o: &Output) -> String {
@@ -213,4 +196,298 @@ fn server_version_before_1_30_advises_an_exec_of_sleep_in_the_patches() {
             .contains(&format!(r#""preStop":{{"sleep":{{"seconds":{seconds}}}}}"#)),
         "{new:#}"
     );
+}
+
+/// The recorded real rollout, as text.
+fn real_text() -> String {
+    std::fs::read_to_string(fixture("real-nftables-fast-exit.jsonl")).unwrap()
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_str(&stdout(o)).unwrap()
+}
+
+#[test]
+fn a_margin_over_an_hour_is_refused_in_one_line() {
+    let real = fixture("real-nftables-fast-exit.jsonl");
+    let real = real.to_str().unwrap();
+    for margin in ["18446744073709551615", "3600001"] {
+        let o = analyze(&["--margin-ms", margin, real], None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(o.stdout.is_empty());
+        assert!(
+            err.lines()
+                .next()
+                .unwrap()
+                .contains("ms is over an hour (3600000 ms), the longest margin accepted"),
+            "{err}"
+        );
+    }
+    // An hour is accepted, and the advice still covers the measured gap (993 ms) + margin.
+    let v = json_of(&analyze(
+        &["--margin-ms", "3600000", "-o", "json", real],
+        None,
+    ));
+    assert_eq!(v["advice"]["prestop_seconds"], 3601, "{:#}", v["advice"]);
+    assert!(
+        v["advice"]["termination_grace_period_seconds"]
+            .as_u64()
+            .unwrap()
+            >= 3601
+    );
+}
+
+#[test]
+fn absurd_times_and_uncertainties_are_named_by_line_and_the_rest_analysed() {
+    let real = real_text();
+    let refused = |time: &str| {
+        format!(
+            r#"{{"kind":"refused","time":"{time}","node":"vm","ip":"10.244.0.47","port":80,"reason":"NO_SOCKET"}}"#
+        )
+    };
+    let removal = real
+        .lines()
+        .find(|l| l.contains("dataplane_removed"))
+        .unwrap()
+        .replacen('}', r#","uncertainty_ns":18446744073709551615}"#, 1);
+    let text = format!(
+        "{real}{}\n{}\n{}\n{removal}\n",
+        refused("0000-01-01T00:00:00Z"),
+        refused("1969-12-31T23:59:59.999999999Z"),
+        refused("9999-01-01T00:00:00Z"),
+    );
+    let o = analyze(&["-o", "json", "-"], Some(&text));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for (line, what) in [
+        (
+            36,
+            "field \"time\" is 0000-01-01T00:00:00Z, outside the years 2000-2199",
+        ),
+        (
+            37,
+            "field \"time\" is 1969-12-31T23:59:59.999999999Z, outside",
+        ),
+        (38, "field \"time\" is 9999-01-01T00:00:00Z, outside"),
+        (
+            39,
+            "field \"uncertainty_ns\" is 18446744073709551615, more than an hour",
+        ),
+    ] {
+        assert!(err.contains(&format!("<stdin>:{line}: {what}")), "{err}");
+    }
+    let v = json_of(&o);
+    assert_eq!(v["input"]["rejected_lines"].as_array().unwrap().len(), 4);
+    // The rest is analysed as if those lines were not there.
+    assert!(
+        v["rollouts"][0]["duration_ms"].as_f64().unwrap() < 2_000.0,
+        "{v:#}"
+    );
+    assert_eq!(v["advice"]["prestop_seconds"], 2);
+}
+
+#[test]
+fn the_chart_of_a_span_of_years_has_few_labels_in_days() {
+    let real = real_text();
+    let text = format!(
+        "{real}{}\n",
+        r#"{"kind":"refused","time":"2001-01-01T00:00:00Z","node":"vm","ip":"10.244.0.47","port":80}"#
+    );
+    let table = stdout(&analyze(&["-"], Some(&text)));
+    let labels = table
+        .lines()
+        .skip_while(|l| !l.starts_with("TIMELINE"))
+        .nth(1)
+        .unwrap();
+    assert!(labels.trim_end().ends_with(" d"), "{table}");
+    let numbers: Vec<&str> = labels.split_whitespace().collect();
+    assert!(numbers.len() <= 8, "{labels}");
+    assert!(numbers.iter().all(|n| n.len() <= 6), "{labels}");
+}
+
+fn bytes_of(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).unwrap()
+}
+
+/// `analyze ARGS` with `stdin` as raw bytes.
+fn analyze_bytes(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .arg("analyze")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let bytes = stdin.to_vec();
+    // Written from a thread: the reader may stop before the end (and close the pipe).
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_named_and_the_rest_analysed() {
+    let mut bytes = bytes_of("real-nftables-fast-exit.jsonl");
+    bytes.extend_from_slice(b"{\"kind\":\"refused\",\"node\":\"caf\xe9\"}\n");
+    bytes.extend_from_slice(
+        br#"{"kind":"refused","time":"2026-11-22T01:16:45.9Z","node":"vm","ip":"10.9.9.9","port":80}"#,
+    );
+    let o = analyze_bytes(&["-o", "json", "-"], &bytes);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("<stdin>:36: not UTF-8 (byte 30 of the line is 0xe9)"),
+        "{err}"
+    );
+    let v = json_of(&o);
+    // Every other line was read, the one after the bad line too.
+    assert_eq!(v["input"]["observations"], 36, "{:#}", v["input"]);
+    assert_eq!(v["advice"]["prestop_seconds"], 2);
+}
+
+#[test]
+fn a_compressed_file_is_one_line_naming_the_tool() {
+    let dir = std::env::temp_dir().join(format!("zdt-analyze-gz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rollout.jsonl.gz");
+    // A gzip header (magic, deflate, no flags) and some deflated bytes.
+    std::fs::write(
+        &file,
+        [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xcb, 0x48, 0xcd],
+    )
+    .unwrap();
+    let o = analyze(&[file.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("is gzip-compressed") && err.contains("`zcat "),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_same_stream_given_twice_counts_once_and_says_so() {
+    let real = fixture("real-nftables-fast-exit.jsonl");
+    let real = real.to_str().unwrap();
+    let once = json_of(&analyze(&["-o", "json", real], None));
+    let o = analyze(&["-o", "json", real, real], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: 35 duplicate observations dropped"),
+        "{err}"
+    );
+    let twice = json_of(&o);
+    assert_eq!(twice["rollouts"], once["rollouts"]);
+    assert_eq!(twice["advice"], once["advice"]);
+    assert_eq!(twice["input"]["observations"], 35);
+    assert!(
+        twice["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with("35 duplicate observations dropped")),
+        "{twice:#}"
+    );
+}
+
+#[test]
+fn a_line_over_the_limit_is_named_and_not_read_whole() {
+    let mut bytes = bytes_of("real-nftables-fast-exit.jsonl");
+    // 2 MiB without a newline, then a line that is never reached.
+    bytes.extend(std::iter::repeat_n(b' ', 2 << 20));
+    bytes.extend_from_slice(b"\n{}\n");
+    let o = analyze_bytes(&["-o", "json", "-"], &bytes);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("<stdin>:36: longer than 1048576 bytes, the longest line read"),
+        "{err}"
+    );
+    assert_eq!(
+        json_of(&o)["input"]["rejected_lines"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn dev_zero_is_refused_instead_of_filling_memory() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .args(["analyze", "/dev/zero"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A guard, not a measurement: reading /dev/zero whole never ends.
+    let mut waited = 0;
+    while child.try_wait().unwrap().is_none() {
+        if waited == 600 {
+            child.kill().unwrap();
+            panic!("analyze /dev/zero was still reading after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let expected = [
+        "/dev/zero:1: longer than 1048576 bytes",
+        "no observation could be read from /dev/zero",
+    ];
+    assert!(expected.iter().all(|e| err.contains(e)), "{err}");
+}
+
+#[test]
+fn control_characters_from_the_data_never_reach_the_terminal() {
+    let real = real_text();
+    let evil = real
+        .replace(
+            "webfast-7759c99476-mbbl4",
+            r"webfast-7759c99476-mbbl4\u001b[2J\u001b]0;owned\u0007",
+        )
+        .replace(r#""node":"vm""#, r#""node":"vm\r\u202eevil\u009b""#);
+    for format in ["table", "wide"] {
+        let table = stdout(&analyze(&["-o", format, "-"], Some(&evil)));
+        let raw: Vec<char> = table
+            .chars()
+            .filter(|c| *c != '\n' && (c.is_control() || *c == '\u{202e}'))
+            .collect();
+        assert!(raw.is_empty(), "{format}: {raw:?} in\n{table}");
+        assert!(table.contains(r"mbbl4^[[2J^[]0;owned^G"), "{table}");
+        assert!(table.contains(r"vm\r\u{202e}evil\u{9b}"), "{table}");
+    }
+    let dir = std::env::temp_dir().join(format!("zdt-analyze-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("evil.jsonl");
+    std::fs::write(&file, &evil).unwrap();
+    for format in ["table", "yaml"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .args([
+                "recommend",
+                "--from-file",
+                file.to_str().unwrap(),
+                "-o",
+                format,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.chars().any(|c| c != '\n' && c.is_control()),
+            "recommend -o {format}:\n{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

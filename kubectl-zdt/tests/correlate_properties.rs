@@ -199,3 +199,46 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the numbers (any uncertainty on any line, any margin, any grace period the
+    /// pods had), the advice is never shorter than the largest measured gap + the margin, never
+    /// lowers the pods' grace period, and fits the API's int64 — or there is no advice and the
+    /// report says why.
+    #[test]
+    fn the_advice_never_falls_short_whatever_the_numbers(
+        (nodes, pods) in plans(),
+        uncertain in prop::collection::vec((any::<prop::sample::Index>(), any::<u64>()), 0..6),
+        margin_ms in prop_oneof![0u64..5_000, any::<u64>()],
+        grace in prop_oneof![Just(30u64), any::<u64>()],
+    ) {
+        let mut obs = observe(nodes, &pods);
+        for (i, u) in uncertain {
+            let n = obs.len();
+            obs[i.index(n)].uncertainty_ns = Some(u);
+        }
+        for o in obs.iter_mut().filter(|o| o.kind == Kind::PodDeleting) {
+            o.extra.insert("grace_period_s".into(), grace.into());
+        }
+        let options = Options { margin_ms, ..Options::default() };
+        let report = correlate(&obs, &options);
+        let Some(a) = &report.advice else {
+            prop_assert!(report.advice_unavailable.as_ref().is_some_and(|w| !w.is_empty()));
+            return Ok(());
+        };
+        let prestop_ns = i128::from(a.prestop_seconds) * 1_000_000_000;
+        let margin_ns = i128::from(options.margin_ns());
+        for p in report.rollouts.iter().flat_map(|r| &r.pods) {
+            if let Some(g) = p.gap_ms {
+                // gap_ms is rounded to the µs.
+                let gap_ns = (g * 1e6) as i128 - 1_000;
+                prop_assert!(prestop_ns >= gap_ns + margin_ns, "preStop {} s < gap {g} ms + margin", a.prestop_seconds);
+            }
+        }
+        prop_assert!(a.termination_grace_period_seconds >= a.prestop_seconds);
+        prop_assert!(a.termination_grace_period_seconds >= grace, "{a:?}");
+        prop_assert!(i64::try_from(a.termination_grace_period_seconds).is_ok());
+    }
+}

@@ -359,3 +359,62 @@ fn verdicts_are_sorted_by_workload_and_none_is_invented_for_an_empty_input() {
         "{recs:#?}"
     );
 }
+
+#[test]
+fn a_margin_over_an_hour_is_refused_in_one_line() {
+    let (code, out, err) = cli(&["--from-file", "-", "--margin-ms", "18446744073709551615"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(out.is_empty());
+    assert!(
+        err.lines().next().unwrap().contains("is over an hour"),
+        "{err}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A patch that shortens the grace period can cause the outage it is meant to prevent:
+    /// whatever the workload runs with now, the advised grace period is at least that, and at
+    /// least the advised preStop.
+    #[test]
+    fn the_advice_never_lowers_the_current_grace_period(
+        (nodes, pods) in plans(),
+        grace in prop_oneof![0u64..120, any::<u64>()],
+        prestop in prop_oneof![0u64..60, any::<u64>()],
+    ) {
+        use recommend::settings::{PreStop, Settings, SettingsSource};
+        let workloads = recommend::gather(&observe(nodes, &pods), 500);
+        let current: BTreeMap<WorkloadKey, Settings> = workloads
+            .iter()
+            .map(|w| {
+                (
+                    w.key.clone(),
+                    Settings {
+                        source: SettingsSource::Api,
+                        container: Some("web".into()),
+                        prestop: PreStop::SleepAction { seconds: prestop },
+                        termination_grace_period_seconds: Some(grace),
+                    },
+                )
+            })
+            .collect();
+        let options = Options { min_samples: 1, ..Options::default() };
+        for r in recommend::recommend(&workloads, &current, &options) {
+            let Some(a) = &r.advised else { continue };
+            prop_assert!(a.termination_grace_period_seconds >= grace, "{a:?}");
+            prop_assert!(a.termination_grace_period_seconds >= a.prestop_seconds, "{a:?}");
+            let yaml = recommend::render::yaml(&recommend::Recommendations {
+                api_version: "zdt.dev/v1",
+                kind: "Recommendations",
+                margin_ms: 500,
+                min_samples: 1,
+                waste_threshold_ms: 2_000,
+                prestop_action: options.prestop,
+                workloads: vec![r.clone()],
+                warnings: Vec::new(),
+            });
+            prop_assert!(yaml.contains(&format!("terminationGracePeriodSeconds: {}", a.termination_grace_period_seconds)), "{yaml}");
+        }
+    }
+}

@@ -207,8 +207,9 @@ pub struct HistoryArgs {
     #[arg(long, conflicts_with = "report")]
     pub rollouts: bool,
 
-    /// With --report: safety margin added to the advised preStop and grace period, in ms.
-    #[arg(long, default_value_t = 500, value_name = "MS")]
+    /// With --report: safety margin added to the advised preStop and grace period, in ms
+    /// (at most an hour).
+    #[arg(long, default_value_t = 500, value_name = "MS", value_parser = crate::analyze::parse_margin_ms)]
     pub margin_ms: u64,
 }
 

@@ -78,8 +78,9 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
 
-    /// Safety margin added to the advised preStop and grace period, in milliseconds.
-    #[arg(long, default_value_t = 500, value_name = "MS")]
+    /// Safety margin added to the advised preStop and grace period, in milliseconds
+    /// (at most an hour).
+    #[arg(long, default_value_t = 500, value_name = "MS", value_parser = crate::analyze::parse_margin_ms)]
     pub margin_ms: u64,
 }
 

@@ -18,11 +18,18 @@ use crate::kube_version::PreStopAction;
 const NS_PER_S: i64 = 1_000_000_000;
 /// Kubernetes' default terminationGracePeriodSeconds, assumed when the pods did not say theirs.
 const DEFAULT_GRACE_S: u64 = 30;
+/// A preStop need above an hour is no propagation delay but broken data: no advice.
+const MAX_NEED_NS: i64 = 3_600 * NS_PER_S;
 
-fn ceil_seconds(ns: i64) -> u64 {
-    u64::try_from(ns.max(0))
-        .unwrap_or(0)
-        .div_ceil(NS_PER_S as u64)
+/// Whole seconds, rounded up; negative is 0.
+fn ceil_seconds(ns: i128) -> i128 {
+    let s = i128::from(NS_PER_S);
+    (ns.max(0) + s - 1) / s
+}
+
+/// Seconds as the API's int64 fields take them, `None` when too large.
+fn api_seconds(s: i128) -> Option<u64> {
+    i64::try_from(s).ok().and_then(|s| u64::try_from(s).ok())
 }
 
 /// Nearest-rank percentile of sorted samples (for fewer than 100 samples, p99 is the largest).
@@ -81,28 +88,59 @@ pub fn advise(
     };
     let needed = pods.iter().filter_map(|p| p.needed_ns).max();
     let base = p99.max(needed.unwrap_or(0)).max(0);
-    let prestop_s = ceil_seconds(base + margin_ns);
+    if base > MAX_NEED_NS {
+        return Err(format!(
+            "the delays in the input call for a preStop of {} ms (p99 propagation {} ms, largest preStop needed {} ms), \
+             over an hour: no rollout waits that long for kube-proxy; check the input's times and uncertainty_ns",
+            ms(base),
+            ms(p99),
+            needed.map_or(0.0, ms),
+        ));
+    }
     let drain = pods.iter().filter_map(|p| p.drain_ns).max();
     let current_grace = pods.iter().filter_map(|p| p.grace_period_s).max();
-    let prestop_ns = i64::try_from(prestop_s).unwrap_or(0) * NS_PER_S;
+    // In i128 nothing below can overflow; what does not fit the API's int64 is refused.
+    let margin = i128::from(margin_ns.max(0));
+    let prestop_s = ceil_seconds(i128::from(base) + margin);
+    let prestop_ns = prestop_s * i128::from(NS_PER_S);
     let (grace_s, grace_why) = match (drain, current_grace) {
         (Some(d), _) => (
-            ceil_seconds(prestop_ns + d + margin_ns),
+            ceil_seconds(prestop_ns + i128::from(d.max(0)) + margin),
             format!(
                 "preStop + the slowest observed drain (SIGTERM → exit) {} ms + margin",
                 ms(d)
             ),
         ),
         (None, Some(g)) => (
-            prestop_s + g,
+            prestop_s + i128::from(g),
             format!("preStop + the {g} s the pods had for draining so far (drain not observed)"),
         ),
         (None, None) => (
-            prestop_s + DEFAULT_GRACE_S,
+            prestop_s + i128::from(DEFAULT_GRACE_S),
             format!(
                 "preStop + the default {DEFAULT_GRACE_S} s (neither drain nor the pods' grace period observed)"
             ),
         ),
+    };
+    // A shorter grace period than the pods have can kill a drain the data did not show.
+    let (grace_s, grace_why) = match current_grace {
+        Some(g) if i128::from(g) > grace_s => (
+            i128::from(g),
+            format!(
+                "the {g} s the pods already have, kept: {grace_why} would be {grace_s}, and a shorter grace period can cut a drain short"
+            ),
+        ),
+        _ => (grace_s, grace_why),
+    };
+    let (Some(prestop_s), Some(grace_s)) = (api_seconds(prestop_s), api_seconds(grace_s)) else {
+        return Err(format!(
+            "the delays in the input (p99 propagation {} ms, largest preStop needed {} ms, margin {} ms, grace period {} s) \
+             add up to more than Kubernetes accepts (2^63 − 1 s): check the input's uncertainty_ns and grace_period_s",
+            ms(p99),
+            needed.map_or(0.0, ms),
+            ms(margin_ns),
+            current_grace.unwrap_or(0),
+        ));
     };
     let needed_part = needed.map_or(String::new(), |n| {
         format!(

@@ -4,6 +4,7 @@
 //! A bad line is reported with its number and what was expected, and the rest is still read:
 //! one corrupt line in a night of journal must not hide the rollout in it.
 
+use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::observation::{Kind, Observation};
@@ -28,7 +29,19 @@ pub enum LineProblem {
         field: &'static str,
         problem: String,
     },
+    #[error("not UTF-8 (byte {at} of the line is 0x{byte:02x}); observation lines are UTF-8 JSON")]
+    NotUtf8 { at: usize, byte: u8 },
+    #[error(
+        "longer than {MAX_LINE_BYTES} bytes, the longest line read (an observation is under 4 KiB): \
+         not an observation stream? the rest of it is not read"
+    )]
+    TooLong,
 }
+
+/// The longest line read. An observation line is under 4 KiB (a `dataplane_added` with every
+/// field is about 600 bytes); a longer line is not one, and reading it whole could take any
+/// amount of memory (`/dev/zero` has no newline), so reading stops there.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 fn kind_names() -> String {
     Kind::ALL
@@ -53,7 +66,7 @@ pub fn parse_line(line: &str) -> Result<Option<Observation>, LineProblem> {
         return Ok(None);
     }
     if let Ok(o) = serde_json::from_str::<Observation>(line) {
-        return Ok(Some(o));
+        return plausible(o).map(Some);
     }
     let value: Value =
         serde_json::from_str(line).map_err(|e| LineProblem::NotJson(e.to_string()))?;
@@ -64,6 +77,34 @@ pub fn parse_line(line: &str) -> Result<Option<Observation>, LineProblem> {
         return parse_line(message);
     }
     Err(diagnose(&value))
+}
+
+/// The earliest time accepted: a node whose clock was never set reports 1970.
+pub const EARLIEST: Timestamp = Timestamp::constant(946_684_800, 0); // 2000-01-01T00:00:00Z
+/// The first time refused (nanoseconds since 1970 fit an i64 until 2262).
+pub const LATEST: Timestamp = Timestamp::constant(7_258_118_400, 0); // 2200-01-01T00:00:00Z
+/// The largest `uncertainty_ns` accepted: an hour. An instant known only to more than that
+/// cannot be correlated with anything, and would size the advice from noise.
+pub const MAX_UNCERTAINTY_NS: u64 = 3_600_000_000_000;
+
+/// `o`, or why its numbers cannot be a real observation.
+fn plausible(o: Observation) -> Result<Observation, LineProblem> {
+    if o.time < EARLIEST || o.time >= LATEST {
+        return Err(LineProblem::WrongType {
+            field: "time",
+            problem: format!(
+                "is {}, outside the years 2000-2199 (a clock that was not set?)",
+                o.time
+            ),
+        });
+    }
+    if let Some(u) = o.uncertainty_ns.filter(|u| *u > MAX_UNCERTAINTY_NS) {
+        return Err(LineProblem::WrongType {
+            field: "uncertainty_ns",
+            problem: format!("is {u}, more than an hour ({MAX_UNCERTAINTY_NS})"),
+        });
+    }
+    Ok(o)
 }
 
 /// A field, what it must be, and the test.
@@ -149,18 +190,66 @@ fn wrong(field: &'static str, expected: &str, got: &Value) -> LineProblem {
 /// Everything readable in `text`, and a problem per unreadable line.
 pub fn parse_all(text: &str) -> (Vec<Observation>, Vec<LineError>) {
     let mut obs = Vec::new();
+    // Reading from memory cannot fail.
+    let errors = read_stream(text.as_bytes(), |o| obs.push(o)).unwrap_or_default();
+    (obs, errors)
+}
+
+/// The compression a stream's first bytes announce, if any (the observations are JSON lines:
+/// a compressed file has to be uncompressed first).
+pub fn compression(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    const MAGIC: [(&[u8], &str, &str); 4] = [
+        (&[0x1f, 0x8b], "gzip", "zcat"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "zstdcat"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz", "xzcat"),
+        (b"BZh", "bzip2", "bzcat"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, ..)| head.starts_with(magic))
+        .map(|(_, name, cat)| (*name, *cat))
+}
+
+/// Reads `r` line by line as bytes, handing each observation to `each` as soon as it is read
+/// (the text is never held whole), and returns a problem per unreadable line. A line that is not
+/// UTF-8 is one such problem; a line over [`MAX_LINE_BYTES`] is the last one: reading stops
+/// there without holding more of it. An error only when `r` itself fails.
+pub fn read_stream(
+    mut r: impl std::io::BufRead,
+    mut each: impl FnMut(Observation),
+) -> std::io::Result<Vec<LineError>> {
+    use std::io::{BufRead as _, Read as _};
     let mut errors = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        match parse_line(line) {
-            Ok(Some(o)) => obs.push(o),
-            Ok(None) => {}
-            Err(problem) => errors.push(LineError {
-                line: n as u64 + 1,
-                problem,
+    let mut buf = Vec::with_capacity(1024);
+    let mut line = 0u64;
+    loop {
+        buf.clear();
+        let limit = u64::try_from(MAX_LINE_BYTES).unwrap_or(u64::MAX) + 1;
+        if (&mut r).take(limit).read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        line += 1;
+        if buf.len() > MAX_LINE_BYTES {
+            errors.push(LineError {
+                line,
+                problem: LineProblem::TooLong,
+            });
+            break;
+        }
+        let parsed = match std::str::from_utf8(&buf) {
+            Ok(text) => parse_line(text),
+            Err(e) => Err(LineProblem::NotUtf8 {
+                at: e.valid_up_to() + 1,
+                byte: buf[e.valid_up_to()],
             }),
+        };
+        match parsed {
+            Ok(Some(o)) => each(o),
+            Ok(None) => {}
+            Err(problem) => errors.push(LineError { line, problem }),
         }
     }
-    (obs, errors)
+    Ok(errors)
 }
 
 #[cfg(test)]
@@ -218,7 +307,75 @@ mod tests {
         assert_eq!(o.kind, Kind::Refused);
     }
 
+    #[test]
+    fn a_line_that_is_not_utf8_is_named_and_the_rest_is_read() {
+        let mut bytes = format!("{GOOD}\n").into_bytes();
+        bytes.extend_from_slice(b"{\"kind\":\"refused\",\"node\":\"\xff\"}\n");
+        bytes.extend_from_slice(format!("{GOOD}\n").as_bytes());
+        let mut obs = Vec::new();
+        let errors = read_stream(&bytes[..], |o| obs.push(o)).unwrap();
+        assert_eq!(obs.len(), 2);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 2);
+        assert_eq!(
+            errors[0].problem,
+            LineProblem::NotUtf8 { at: 27, byte: 0xff }
+        );
+    }
+
+    #[test]
+    fn an_endless_line_stops_the_reading_after_the_limit() {
+        use std::io::Read as _;
+        // An endless stream of zeros (as /dev/zero) after one good line: reading ends.
+        let mut obs = Vec::new();
+        let good = format!("{GOOD}\n");
+        let source = good.as_bytes().chain(std::io::repeat(0));
+        let errors = read_stream(std::io::BufReader::new(source), |o| obs.push(o)).unwrap();
+        assert_eq!(obs.len(), 1);
+        assert_eq!(
+            errors,
+            vec![LineError {
+                line: 2,
+                problem: LineProblem::TooLong
+            }]
+        );
+    }
+
+    #[test]
+    fn compressed_streams_are_recognised_by_their_magic() {
+        assert_eq!(compression(&[0x1f, 0x8b, 8, 0]), Some(("gzip", "zcat")));
+        assert_eq!(compression(b"BZh91AY"), Some(("bzip2", "bzcat")));
+        assert_eq!(compression(GOOD.as_bytes()), None);
+        assert_eq!(compression(b""), None);
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_bytes_are_read_or_named_by_line_never_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2_000),
+            good_every in 1usize..5,
+        ) {
+            // Random bytes with a good line after every few newlines: every good line is read,
+            // every problem names a line that exists, in order.
+            let mut text = Vec::new();
+            let mut good = 0;
+            for (i, chunk) in bytes.split(|b| *b == b'\n').enumerate() {
+                text.extend_from_slice(chunk);
+                text.push(b'\n');
+                if i % good_every == 0 {
+                    text.extend_from_slice(GOOD.as_bytes());
+                    text.push(b'\n');
+                    good += 1;
+                }
+            }
+            let lines = text.iter().filter(|b| **b == b'\n').count() as u64;
+            let mut obs = 0;
+            let errors = read_stream(&text[..], |_| obs += 1).unwrap();
+            proptest::prop_assert!(obs >= good);
+            proptest::prop_assert!(errors.windows(2).all(|w| w[0].line < w[1].line));
+            proptest::prop_assert!(errors.iter().all(|e| e.line >= 1 && e.line <= lines));
+        }
+
         #[test]
         fn any_line_is_read_or_rejected_never_a_panic(line in ".{0,200}") {
             let _ = parse_line(&line);

@@ -262,12 +262,20 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
         }
     };
     let (gap_ns, gap_unc, gap_basis) = match (end, listen) {
-        (Some(e), Some(l)) => (Some(e.t - l.t), e.unc_ns + l.unc_ns, lower(listen_measured)),
+        (Some(e), Some(l)) => (
+            Some(e.t - l.t),
+            e.unc_ns.saturating_add(l.unc_ns),
+            lower(listen_measured),
+        ),
         _ => (None, 0, Basis::Unknown),
     };
     let delete = fuzzy(tl.delete, clocks);
     let (prop_ns, prop_unc, propagation_basis) = match (end, delete) {
-        (Some(e), Some(del)) => (Some(e.t - del.t), e.unc_ns + del.unc_ns, lower(true)),
+        (Some(e), Some(del)) => (
+            Some(e.t - del.t),
+            e.unc_ns.saturating_add(del.unc_ns),
+            lower(true),
+        ),
         _ => (None, 0, Basis::Unknown),
     };
     let unsafe_window = match (gap_ns, listen, end) {
@@ -322,8 +330,9 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
     };
     let prestop_ran = prestop_ran_ns.unwrap_or(0);
     let facts = PodFacts {
-        propagation_ns: prop_ns.map(|p| p + i64::try_from(prop_unc).unwrap_or(0)),
-        needed_ns: gap_ns.map(|g| g + gap_unc_i + prestop_ran),
+        propagation_ns: prop_ns
+            .map(|p| p.saturating_add(i64::try_from(prop_unc).unwrap_or(i64::MAX))),
+        needed_ns: gap_ns.map(|g| g.saturating_add(gap_unc_i).saturating_add(prestop_ran)),
         // Only the agent's exit is precise enough to measure a drain.
         drain_ns: match (tl.sigterm, tl.exit) {
             (Some(s), Some(e)) if e.kind == Kind::Exit => Some((e.t - s.t).max(0)),
@@ -430,7 +439,7 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
         };
     }
     match j.gap_ns {
-        Some(g) if g - j.gap_unc > 0 => (
+        Some(g) if g.saturating_sub(j.gap_unc) > 0 => (
             Verdict::Unsafe,
             format!(
                 "{node} kept routing new connections to it for {bound}{} ms{} after it stopped listening: {in_window}{drain_note}",
@@ -448,7 +457,7 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
                 }
             ),
         ),
-        Some(g) if g + j.gap_unc <= 0 && j.gap_basis == Basis::Measured => (
+        Some(g) if g.saturating_add(j.gap_unc) <= 0 && j.gap_basis == Basis::Measured => (
             Verdict::Safe,
             format!(
                 "every node stopped routing {} ms{} before the pod stopped listening{drain_note}",
@@ -456,7 +465,7 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
                 pm(j.gap_unc)
             ),
         ),
-        Some(g) if g + j.gap_unc <= 0 => (
+        Some(g) if g.saturating_add(j.gap_unc) <= 0 => (
             Verdict::Inconclusive,
             if j.unknown_nodes > 0 {
                 format!(

@@ -309,12 +309,24 @@ pub fn advise_workload(
             return r;
         }
     };
-    r.advised = Some(Advised {
+    let mut advised = Advised {
         prestop_seconds: advice.prestop_seconds,
         termination_grace_period_seconds: advice.termination_grace_period_seconds,
         margin_ms: advice.margin_ms,
         reason: advice.reason.clone(),
-    });
+    };
+    // The grace period only bounds the wait: keeping a longer one costs nothing, shortening it
+    // can kill a drain the recorded rollouts did not show.
+    if let Some(g) = current.and_then(|s| s.termination_grace_period_seconds)
+        && g > advised.termination_grace_period_seconds
+    {
+        advised.reason.push_str(&format!(
+            "; terminationGracePeriodSeconds kept at the workload's current {g} s rather than lowered to {}: a shorter grace period can cut a drain short",
+            advised.termination_grace_period_seconds
+        ));
+        advised.termination_grace_period_seconds = g;
+    }
+    r.advised = Some(advised);
     // What the engine sized the preStop from, before margin and rounding.
     let mut sorted = props;
     sorted.sort_unstable();
@@ -322,8 +334,9 @@ pub fn advise_workload(
         .unwrap_or(0)
         .max(needed.unwrap_or(0))
         .max(0);
-    let advised_ns =
-        i64::try_from(advice.prestop_seconds).unwrap_or(i64::MAX / NS_PER_S) * NS_PER_S;
+    let advised_ns = i64::try_from(advice.prestop_seconds)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(NS_PER_S);
     let window_errors = r.errors.unsafe_window + r.errors.after_netns_gone;
     let samples = sorted.len();
     let trace_hint = format!(
@@ -357,7 +370,7 @@ pub fn advise_workload(
         current_ns,
         current.and_then(|s| s.termination_grace_period_seconds),
         drain,
-    ) && i64::try_from(g).unwrap_or(i64::MAX / NS_PER_S) * NS_PER_S < c + d
+    ) && i128::from(g) * i128::from(NS_PER_S) < i128::from(c) + i128::from(d)
     {
         unsafe_why.push(format!(
             "terminationGracePeriodSeconds {g} is shorter than preStop {} + the observed drain {}: the kubelet kills the app before it has drained",
@@ -385,8 +398,9 @@ pub fn advise_workload(
         )
     } else if let Some((c, observed)) = current_ns {
         let waste = c - advised_ns;
-        let threshold =
-            i64::try_from(options.waste_threshold_ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+        let threshold = i64::try_from(options.waste_threshold_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
         if waste >= threshold {
             let per_rollout = waste as f64 / 1e9 * w.pods.len() as f64 / w.rollouts.max(1) as f64;
             r.wasted_seconds_per_rollout = Some((per_rollout * 1e3).round() / 1e3);
@@ -542,12 +556,43 @@ mod tests {
         );
         assert!(r.reason.contains("would fail"), "{}", r.reason);
         let a = r.advised.unwrap();
+        // 2 s + the 50 ms drain + margin would be 3 s: the 30 s the pods had are kept.
         assert_eq!(
             (a.prestop_seconds, a.termination_grace_period_seconds),
-            (2, 3)
+            (2, 30)
+        );
+        assert!(
+            a.reason.contains("the 30 s the pods already have, kept"),
+            "{}",
+            a.reason
         );
         assert_eq!(r.propagation.max_ms, Some(900.0));
         assert_eq!((r.rollouts, r.pods), (3, 6));
+    }
+
+    #[test]
+    fn the_workloads_current_grace_period_is_never_lowered() {
+        // The pods' deletions did not say their grace period; the API says 45 s.
+        let mut w = web(6, 3);
+        for p in &mut w.pods {
+            p.grace_period_s = None;
+        }
+        let r = advise_workload(
+            &w,
+            Some(&api(PreStop::SleepAction { seconds: 30 }, 45)),
+            &Options::default(),
+        );
+        let a = r.advised.unwrap();
+        assert_eq!(
+            (a.prestop_seconds, a.termination_grace_period_seconds),
+            (2, 45)
+        );
+        assert!(
+            a.reason
+                .contains("kept at the workload's current 45 s rather than lowered to 3"),
+            "{}",
+            a.reason
+        );
     }
 
     #[test]
@@ -624,6 +669,7 @@ mod tests {
         let mut w = web(6, 3);
         for p in &mut w.pods {
             p.drain_ns = Some(3_000 * MS);
+            p.grace_period_s = Some(4);
         }
         let r = advise_workload(
             &w,

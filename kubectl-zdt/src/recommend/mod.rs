@@ -57,8 +57,9 @@ pub struct RecommendArgs {
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
 
-    /// Safety margin added to the need before rounding up to whole seconds, in milliseconds.
-    #[arg(long, default_value_t = 500, value_name = "MS")]
+    /// Safety margin added to the need before rounding up to whole seconds, in milliseconds
+    /// (at most an hour).
+    #[arg(long, default_value_t = 500, value_name = "MS", value_parser = crate::analyze::parse_margin_ms)]
     pub margin_ms: u64,
 
     /// Fewer pods with a measured propagation delay than this: say so instead of advising.

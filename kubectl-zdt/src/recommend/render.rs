@@ -71,7 +71,7 @@ pub fn table(all: &Recommendations, wide: bool) -> String {
         let (prestop, grace) = current_cells(r.current.as_ref());
         let p = &r.propagation;
         let mut row = vec![
-            r.key().display(),
+            crate::report::escape_terminal(&r.key().display()).into_owned(),
             r.rollouts.to_string(),
             r.pods.to_string(),
             ms_cell(p.p50_ms),
@@ -132,7 +132,7 @@ pub fn table(all: &Recommendations, wide: bool) -> String {
     for w in &all.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
-    out
+    crate::report::escape_terminal_lines(&out).into_owned()
 }
 
 /// The preStop handler to write: the form the container already uses, with the advised length;
@@ -233,7 +233,7 @@ fn patch_document(r: &Recommendation, action: PreStopAction) -> Option<String> {
     let mut doc = String::new();
     for c in comment {
         for line in c.lines() {
-            let _ = writeln!(doc, "# {line}");
+            let _ = writeln!(doc, "# {}", crate::report::escape_terminal(line));
         }
     }
     doc.push_str(&serde_yaml::to_string(&patch).ok()?);

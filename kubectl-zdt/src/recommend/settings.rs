@@ -58,7 +58,11 @@ impl PreStop {
     pub fn duration_ns(&self) -> Option<i64> {
         match self {
             PreStop::None => Some(0),
-            PreStop::SleepAction { seconds } => Some(i64::try_from(*seconds).ok()? * 1_000_000_000),
+            PreStop::SleepAction { seconds } => Some(
+                i64::try_from(*seconds)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000_000),
+            ),
             PreStop::ExecSleep { seconds, .. } | PreStop::Observed { seconds } => {
                 Some((seconds * NS_PER_S).round() as i64)
             }

@@ -123,7 +123,9 @@ pub async fn from_cluster(
 }
 
 pub(super) fn from_files(kube: &KubeArgs, args: &RecommendArgs) -> anyhow::Result<Recommendations> {
-    let (mut obs, rejected) = crate::analyze::read_streams(&args.from_file)?;
+    let streams = crate::analyze::read_streams(&args.from_file)?;
+    let duplicates = streams.duplicates_warning();
+    let (mut obs, rejected) = (streams.observations, streams.rejected);
     if let Some(window) = args.since {
         let since = Timestamp::now()
             .checked_sub(window)
@@ -162,7 +164,7 @@ pub(super) fn from_files(kube: &KubeArgs, args: &RecommendArgs) -> anyhow::Resul
         .iter()
         .map(|w| (w.key.clone(), observed_settings(w)))
         .collect();
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = duplicates.into_iter().collect();
     if !rejected.is_empty() {
         warnings.push(format!(
             "{} unreadable lines were skipped (listed on stderr)",

@@ -68,15 +68,31 @@ impl Axis {
             .min(width.saturating_sub(1))
     }
 
-    /// Round tick spacing giving about `n` ticks.
-    pub fn tick_ms(&self, n: usize) -> f64 {
+    /// The unit tick labels are written in, for about `n` ticks: milliseconds up to steps of
+    /// a minute, then minutes, hours, days (a span of years stays a few short labels).
+    pub fn tick_unit(&self, n: usize) -> TickUnit {
         let raw = (self.to_ms - self.from_ms) / n.max(1) as f64;
+        UNITS.into_iter().find(|(_, ms)| raw >= *ms).map_or(
+            TickUnit {
+                name: "ms",
+                ms: 1.0,
+            },
+            |(name, ms)| TickUnit { name, ms },
+        )
+    }
+
+    /// Round tick spacing (1, 2 or 5 times a power of ten of the tick unit) giving about `n`
+    /// ticks, in ms.
+    pub fn tick_ms(&self, n: usize) -> f64 {
+        let unit = self.tick_unit(n).ms;
+        let raw = (self.to_ms - self.from_ms) / n.max(1) as f64 / unit;
         let pow = 10f64.powf(raw.log10().floor());
-        [1.0, 2.0, 5.0, 10.0]
+        let step = [1.0, 2.0, 5.0, 10.0]
             .into_iter()
             .map(|m| m * pow)
             .find(|s| *s >= raw)
-            .unwrap_or(10.0 * pow)
+            .unwrap_or(10.0 * pow);
+        step * unit
     }
 
     /// Tick positions in ms from the origin.
@@ -94,5 +110,50 @@ impl Axis {
 
     pub fn fraction_of_ms(&self, ms: f64) -> f64 {
         ((ms - self.from_ms) / (self.to_ms - self.from_ms)).clamp(0.0, 1.0)
+    }
+}
+
+/// What tick labels count in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct TickUnit {
+    pub name: &'static str,
+    pub ms: f64,
+}
+
+/// Units above the millisecond, largest first.
+const UNITS: [(&str, f64); 3] = [("d", 86_400_000.0), ("h", 3_600_000.0), ("min", 60_000.0)];
+
+impl TickUnit {
+    /// `ms` in this unit, without the unit's name.
+    pub fn label(&self, ms: f64) -> String {
+        format!("{:.0}", ms / self.ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn axis(to_ms: f64) -> Axis {
+        Axis {
+            origin: WallNs(0),
+            from_ms: 0.0,
+            to_ms,
+        }
+    }
+
+    #[test]
+    fn a_span_of_seconds_is_labelled_in_ms_and_one_of_years_in_days() {
+        let short = axis(2_000.0);
+        assert_eq!(short.tick_unit(6).name, "ms");
+        assert_eq!(short.tick_ms(6), 500.0);
+        // 9 223 372 036 855 ms (what a year-9999 time once made) → a few labels in days.
+        let long = axis(9_223_372_036_855.0);
+        let unit = long.tick_unit(6);
+        assert_eq!(unit.name, "d");
+        let labels: Vec<String> = long.ticks(6).iter().map(|t| unit.label(*t)).collect();
+        assert!(labels.len() <= 7, "{labels:?}");
+        assert!(labels.iter().all(|l| l.len() <= 6), "{labels:?}");
+        assert_eq!(axis(3.0 * 3_600_000.0).tick_unit(6).name, "min");
     }
 }

@@ -59,6 +59,11 @@ fn cause_glyph(c: Cause) -> char {
     }
 }
 
+/// A pod's row label, safe for a terminal.
+fn label(p: &PodReport) -> String {
+    super::escape_terminal(&pod_label(p)).into_owned()
+}
+
 /// The chart for one rollout, `width` columns of time axis.
 pub fn render(r: &Rollout, width: usize) -> String {
     let width = width.max(20);
@@ -66,7 +71,7 @@ pub fn render(r: &Rollout, width: usize) -> String {
     let label_w = r
         .pods
         .iter()
-        .map(|p| pod_label(p).chars().count())
+        .map(|p| label(p).chars().count())
         .max()
         .unwrap_or(8)
         .clamp(8, LABEL_MAX);
@@ -84,14 +89,18 @@ pub fn render(r: &Rollout, width: usize) -> String {
 
     // Tick labels, then the axis line.
     let ticks = axis.ticks(6);
+    let unit = axis.tick_unit(6);
     let mut labels = vec![' '; width + 12];
     let mut line = vec!['─'; width];
     for t in &ticks {
         let col = (axis.fraction_of_ms(*t) * (width - 1) as f64).round() as usize;
         line[col.min(width - 1)] = '┼';
-        let text = format!("{t:.0}");
-        if col + text.len() <= labels.len()
-            && labels[col..col + text.len()].iter().all(|c| *c == ' ')
+        let text = unit.label(*t);
+        // A label is written only with a blank on each side: two never run together.
+        if col + text.len() < labels.len()
+            && labels[col.saturating_sub(1)..=col + text.len()]
+                .iter()
+                .all(|c| *c == ' ')
         {
             for (i, ch) in text.chars().enumerate() {
                 labels[col + i] = ch;
@@ -100,9 +109,10 @@ pub fn render(r: &Rollout, width: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{:label_w$}  {} ms",
+        "{:label_w$}  {} {}",
         "",
-        labels.iter().collect::<String>().trim_end()
+        labels.iter().collect::<String>().trim_end(),
+        unit.name
     );
     let _ = writeln!(out, "{:label_w$}  {}", "", line.iter().collect::<String>());
 
@@ -128,8 +138,9 @@ pub fn render(r: &Rollout, width: usize) -> String {
                 };
             }
         }
-        let mut label: String = pod_label(p).chars().take(label_w).collect();
-        if pod_label(p).chars().count() > label_w {
+        let full = label(p);
+        let mut label: String = full.chars().take(label_w).collect();
+        if full.chars().count() > label_w {
             label.pop();
             label.push('…');
         }

@@ -153,12 +153,15 @@ fn rollout_svg(out: &mut String, r: &Rollout) {
         LABEL_W + CHART_W + 20.0,
         LABEL_W + CHART_W + 20.0
     );
+    let unit = axis.tick_unit(10);
     for t in axis.ticks(10) {
         let xx = LABEL_W + axis.fraction_of_ms(t) * CHART_W;
         let _ = write!(
             out,
-            r#"<line x1="{xx:.1}" x2="{xx:.1}" y1="{:.1}" y2="{h:.1}" class="grid"/><text x="{xx:.1}" y="14" class="tick">{t:.0} ms</text>"#,
-            TOP - 12.0
+            r#"<line x1="{xx:.1}" x2="{xx:.1}" y1="{:.1}" y2="{h:.1}" class="grid"/><text x="{xx:.1}" y="14" class="tick">{} {}</text>"#,
+            TOP - 12.0,
+            unit.label(t),
+            unit.name
         );
     }
     for (i, p) in r.pods.iter().enumerate() {

@@ -76,7 +76,11 @@ pub(crate) fn render(report: &Report, wide: bool) -> String {
             .set_content_arrangement(ContentArrangement::Disabled)
             .set_header(headers.clone());
         for p in &r.pods {
-            t.add_row(rows::pod_row(p, wide));
+            t.add_row(
+                rows::pod_row(p, wide)
+                    .iter()
+                    .map(|c| super::escape_terminal(c).into_owned()),
+            );
         }
         for (i, h) in headers.iter().enumerate() {
             if numeric(h)
