@@ -69,7 +69,8 @@ fn script_daemonset(server: &Arc<ApiServer>, pods: Vec<(Duration, Value)>) {
             .collect::<std::collections::BTreeSet<_>>()
             .len();
         ds["status"] = json!({"desiredNumberScheduled": nodes, "currentNumberScheduled": nodes,
-                              "numberMisscheduled": 0, "numberReady": 0});
+                              "updatedNumberScheduled": nodes, "numberMisscheduled": 0,
+                              "numberReady": 0});
         server.put(ds);
         for (delay, pod) in pods {
             tokio::time::sleep(delay).await;
@@ -156,6 +157,76 @@ async fn install_applies_every_manifest_server_side_and_waits_for_the_agent_that
         ds["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.local/zdt:e2e-1"
     );
+}
+
+/// Installing over running agents (an upgrade, or `cargo xtask e2e` after a manual install):
+/// the old agent is ready until the DaemonSet controller replaces it. On a real cluster
+/// `install` said "ready" at once and the `trace` right after found the new agent still
+/// `ContainerCreating`.
+#[tokio::test]
+async fn install_over_running_agents_waits_for_the_new_ones() {
+    let dir = tempdir();
+    let server = Arc::new(ApiServer::start().await);
+    let kube = args(&server, dir.path(), "admin");
+    let no_wait = InstallArgs {
+        no_wait: true,
+        ..install_args("registry.local/zdt:old", Duration::from_secs(5))
+    };
+    install::install(&kube, &no_wait).await.unwrap();
+    let mut ds = server
+        .get("apps", "daemonsets", NAMESPACE, "zdt-agent")
+        .unwrap();
+    ds["metadata"]["generation"] = json!(1);
+    ds["status"] = json!({"desiredNumberScheduled": 1, "currentNumberScheduled": 1,
+                          "updatedNumberScheduled": 1, "numberMisscheduled": 0,
+                          "numberReady": 1, "observedGeneration": 1});
+    server.put(ds);
+    let mut old = agent_pod("node-a", true, running());
+    old["metadata"]["name"] = json!("zdt-agent-old");
+    server.put(old.clone());
+
+    // The controller: sees the new spec (generation 2) a moment after it is applied, replaces
+    // the old pod, and the new one turns ready later.
+    let controller = server.clone();
+    let mut changes = server.changes();
+    tokio::spawn(async move {
+        while let Ok(c) = changes.recv().await {
+            if c.resource == "daemonsets" && c.kind == "MODIFIED" {
+                break;
+            }
+        }
+        let mut ds = controller
+            .get("apps", "daemonsets", NAMESPACE, "zdt-agent")
+            .unwrap();
+        ds["metadata"]["generation"] = json!(2);
+        controller.put(ds.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ds["status"]["observedGeneration"] = json!(2);
+        ds["status"]["updatedNumberScheduled"] = json!(0);
+        controller.put(ds.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        old["metadata"]["deletionTimestamp"] = json!("2026-11-22T01:00:00Z");
+        controller.put(old);
+        controller.put(agent_pod(
+            "node-a",
+            false,
+            json!({"name": "agent", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                   "state": {"waiting": {"reason": "ContainerCreating"}}}),
+        ));
+        ds["status"]["updatedNumberScheduled"] = json!(1);
+        controller.put(ds);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        controller.remove("", "pods", NAMESPACE, "zdt-agent-old");
+        controller.put(agent_pod("node-a", true, running()));
+    });
+    let agents = install::install(
+        &kube,
+        &install_args("registry.local/zdt:new", Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    let names: Vec<_> = agents.iter().map(|a| (a.pod.as_str(), a.ready)).collect();
+    assert_eq!(names, [("zdt-agent-node-a", true)], "the new agent, ready");
 }
 
 #[tokio::test]

@@ -138,7 +138,25 @@ pub async fn delete(client: &Client, objects: &[Manifest]) -> Result<Vec<String>
 #[derive(Debug, Default)]
 struct Progress {
     desired: Option<i32>,
+    /// The DaemonSet controller saw the applied spec and scheduled it on every node: the ready
+    /// agents are the new ones, not those of an earlier install still running.
+    rolled_out: bool,
     pods: Vec<AgentPod>,
+}
+
+/// As `kubectl rollout status daemonset` judges it: the controller observed the latest
+/// generation and every scheduled node runs a pod of it.
+fn rolled_out(ds: &DaemonSet) -> bool {
+    let Some(s) = ds.status.as_ref() else {
+        return false;
+    };
+    let observed = match (ds.metadata.generation, s.observed_generation) {
+        (Some(g), Some(o)) => o >= g,
+        (Some(_), None) => false,
+        // A server that keeps no generation (the test double) has nothing to wait for.
+        (None, _) => true,
+    };
+    observed && s.updated_number_scheduled.unwrap_or(0) >= s.desired_number_scheduled
 }
 
 impl Progress {
@@ -147,8 +165,10 @@ impl Progress {
     }
 
     fn done(&self) -> bool {
-        self.desired
-            .is_some_and(|d| d > 0 && usize::try_from(d).is_ok_and(|d| self.ready() >= d))
+        self.rolled_out
+            && self
+                .desired
+                .is_some_and(|d| d > 0 && usize::try_from(d).is_ok_and(|d| self.ready() >= d))
     }
 
     fn problems(&self) -> BTreeMap<String, String> {
@@ -195,9 +215,16 @@ pub async fn wait_ready(
                 match event {
                     Either::Left(Ok(ds)) => {
                         progress.desired = ds.status.as_ref().map(|s| s.desired_number_scheduled);
+                        progress.rolled_out = rolled_out(&ds);
                     }
                     Either::Right(Ok(_)) => {
-                        progress.pods = store.state().iter().map(|p| agents::agent_pod(p)).collect();
+                        // An agent on its way out (replaced by an upgrade) is not one of them.
+                        progress.pods = store
+                            .state()
+                            .iter()
+                            .filter(|p| p.metadata.deletion_timestamp.is_none())
+                            .map(|p| agents::agent_pod(p))
+                            .collect();
                         progress.pods.sort_by(|a, b| a.node.cmp(&b.node));
                     }
                     Either::Left(Err(e)) | Either::Right(Err(e)) => {
