@@ -112,13 +112,15 @@ fn a_reused_ip_does_not_merge_the_new_pod_into_the_old_one() {
     assert_eq!(old.ip, Some("10.244.1.10".parse().unwrap()));
     assert_eq!(old.errors.unsafe_window, 2);
     assert_eq!(old.gap_ms, Some(570.0));
-    // The refusal 6 s later belongs to the new pod, whose termination is not in the input.
-    assert!(
-        r.warnings.iter().any(|w| w
-            == "1 error on pods that were not deleted (default/web-7d4b9c8f6d-zzzzz) is in no rollout"),
-        "{:#?}",
-        r.warnings
-    );
+    // The refusal 6 s later belongs to the new pod, a new pod of the rollout: the input has no
+    // listener lines, so nothing says it was refused before listening.
+    let new = &r.rollouts[0].startup;
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].pod.as_deref(), Some("default/web-7d4b9c8f6d-zzzzz"));
+    assert_eq!(new[0].errors.undetermined, 1);
+    assert_eq!(new[0].errors.before_listening, 0);
+    assert_eq!(new[0].verdict, Verdict::Inconclusive);
+    assert!(r.readiness_advice.is_empty());
 }
 
 #[test]
@@ -204,5 +206,81 @@ fn events_the_kernel_skipped_are_counted_as_lost_and_told_apart_from_a_full_ring
     assert!(
         about_b[1].contains("did not run its agent's probes for 5 events"),
         "{about_b:?}"
+    );
+}
+
+#[test]
+fn a_pod_listening_3_s_after_its_start_without_a_readiness_probe_refuses_until_it_listens() {
+    let r = analyze("startup-no-probe");
+    // A scale-up: no pod was deleted, the new pod's refusals make the rollout.
+    assert_eq!(r.rollouts.len(), 1);
+    let ro = &r.rollouts[0];
+    assert!(ro.pods.is_empty());
+    assert_eq!(ro.verdict, Verdict::Unsafe);
+    let s = &ro.startup[0];
+    // node-a routed to it at 300 ms, it listened at 3 000 ms.
+    assert_eq!(s.startup_gap_ms, Some(2700.0));
+    assert_eq!(s.gap_basis, Basis::Measured);
+    // 9 single refusals + one aggregated line of 40, all before it listened.
+    assert_eq!(s.errors.before_listening, 49);
+    assert_eq!(s.errors.total(), 49);
+    assert_eq!(s.verdict, Verdict::Unsafe);
+    assert!(
+        s.reason.contains("it has no readiness probe"),
+        "{}",
+        s.reason
+    );
+    assert!(!s.reason.contains("preStop"), "{}", s.reason);
+    // The advice is a readiness probe on the Service's target port, never a preStop.
+    assert!(
+        r.advice.is_none(),
+        "no deletion: nothing to size a preStop from"
+    );
+    let a = &r.readiness_advice[0];
+    assert_eq!(a.before_listening, 49);
+    let patch = &a.patch.as_ref().unwrap().command;
+    assert!(
+        patch.contains(r#""name":"app","readinessProbe":{"tcpSocket":{"port":8080}"#),
+        "{patch}"
+    );
+    assert!(!patch.contains("preStop"), "{patch}");
+}
+
+#[test]
+fn a_pod_whose_readiness_probe_checks_the_service_port_is_safe_at_its_start() {
+    let r = analyze("startup-with-probe");
+    let ro = &r.rollouts[0];
+    assert_eq!(ro.pods.len(), 1);
+    let s = &ro.startup[0];
+    // Listening at 300 ms, ready at 3 000 ms, first routed at 3 100 ms.
+    assert_eq!(s.startup_gap_ms, Some(-2800.0));
+    assert_eq!(s.errors.total(), 0);
+    assert_eq!(s.verdict, Verdict::Safe);
+    assert_eq!(
+        s.readiness_probe.as_ref().map(|p| p.kind.as_str()),
+        Some("tcp_socket")
+    );
+    assert_eq!(ro.verdict, Verdict::Safe);
+    assert!(r.readiness_advice.is_empty());
+}
+
+#[test]
+fn a_readiness_probe_on_another_port_is_named_as_why_the_pod_was_routed_to_early() {
+    let text = std::fs::read_to_string(dir().join("startup-no-probe.jsonl"))
+        .unwrap()
+        .replace(
+            r#""readiness_probe":{"type":"none"}"#,
+            r#""readiness_probe":{"type":"tcp_socket","port":9090,"period_s":1}"#,
+        );
+    let (obs, problems) = input::parse_all(&text);
+    assert!(problems.is_empty());
+    let r = correlate::correlate(&obs, &Options::default());
+    let s = &r.rollouts[0].startup[0];
+    assert_eq!(s.verdict, Verdict::Unsafe);
+    assert!(
+        s.reason
+            .contains("its tcp_socket readiness probe checks port 9090, not port 8080"),
+        "{}",
+        s.reason
     );
 }

@@ -264,3 +264,64 @@ fn the_reconciliation_counts_the_kernel_lines_of_the_reported_pods_only() {
         )
     );
 }
+
+/// `deployment/startup`: no readiness probe, httpd listening 3 s after the container starts
+/// (tests/fixtures/real-cluster/README.md). What the independent clients saw, and the refusals
+/// the new pods' own kernels sent.
+#[test]
+fn new_pods_routed_before_they_listened_refused_what_the_clients_saw_and_call_for_a_probe() {
+    for (run, clients_refused, new_pods_refused, timeouts) in [
+        // The node's client 299, the --traffic loop 106; the new pods' kernels refused 386.
+        // The loop's 17 timeouts are its own lines only, on the Service.
+        ("startup-t1.jsonl", 299 + 106, 181 + 205, 17),
+        // The clients on vm 252 and node-b 262; the new pods' kernels refused 163 and 324.
+        ("k8s-v1.28/startup-128-a.jsonl", 252 + 262, 163 + 324, 0),
+    ] {
+        let obs = recording(run);
+        let r =
+            correlate::correlate_scoped(&obs, &Options::default(), &scope("deployment/startup"));
+        assert_eq!(r.rollouts.len(), 1, "{run}");
+        let ro = &r.rollouts[0];
+        assert_eq!(ro.startup.len(), 2, "{run}");
+        let e = ro.errors;
+        assert_eq!(e.before_listening, new_pods_refused, "{run}: {e:?}");
+        assert_eq!(
+            e.before_listening + e.unsafe_window,
+            clients_refused,
+            "{run}: {e:?}"
+        );
+        // Every refused connection has a cause; the loop's refusals on the Service, which
+        // an old and a new pod could both explain, are the pods' own refusals, not more.
+        assert_eq!(e.unrelated + e.undetermined, 0, "{run}: {e:?}");
+        assert_eq!(ro.unattributed_errors, timeouts, "{run}");
+        for s in &ro.startup {
+            assert_eq!(s.verdict, correlate::Verdict::Unsafe, "{run}: {s:#?}");
+            // httpd listened 3 s after the container started, ≥ 1.5 s after the first routing.
+            assert!(
+                s.startup_gap_ms.is_some_and(|g| g > 1_500.0),
+                "{run}: {:?}",
+                s.startup_gap_ms
+            );
+            assert!(s.refusing_window.is_some(), "{run}");
+            assert!(!s.reason.contains("preStop"), "{run}: {}", s.reason);
+        }
+        assert!(
+            ro.reason
+                .contains("a readiness probe cures them, not a preStop"),
+            "{run}: {}",
+            ro.reason
+        );
+        // The advice for these refusals is a readiness probe on the target port.
+        let [a] = &r.readiness_advice[..] else {
+            panic!("{run}: {:#?}", r.readiness_advice)
+        };
+        assert_eq!(a.before_listening, new_pods_refused, "{run}");
+        let patch = &a.patch.as_ref().expect("patch").command;
+        assert!(
+            patch.starts_with("kubectl patch deployment/startup -n default")
+                && patch.contains(r#""name":"web","readinessProbe":{"tcpSocket":{"port":8080}"#)
+                && !patch.contains("preStop"),
+            "{run}: {patch}"
+        );
+    }
+}

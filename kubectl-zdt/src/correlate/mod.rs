@@ -23,6 +23,7 @@ pub mod model;
 pub mod nft_monitor;
 mod nodes;
 mod pod;
+mod readiness;
 mod rollout;
 mod services;
 pub mod simulate;
@@ -134,11 +135,12 @@ fn run(
         .map(|m| marks::build(obs, &times, &node_of, m))
         .collect();
     let clocks = clock::assess(obs, &node_of, &nodes, &timelines);
+    let listeners_watched = obs.iter().any(|o| o.kind == Kind::ListenerOpen);
     let mut drafts: Vec<pod::PodDraft> = assignment
         .pods
         .into_iter()
         .zip(timelines)
-        .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks))
+        .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks, listeners_watched))
         .collect();
     // One name per Service, so a client's errors meet the pods they hit.
     let names = services::ServiceNames::index(obs);
@@ -161,6 +163,7 @@ fn run(
     let mut warnings = clocks.warnings.clone();
     let mut not_deleted: Vec<(String, u64)> = Vec::new();
     let mut finished: Vec<rollout::Finished> = Vec::new();
+    let mut started: Vec<rollout::Started> = Vec::new();
     for (d, (template, instrument)) in drafts.iter().zip(&labels) {
         let deleted = if api_deletions {
             d.tl.delete.is_some()
@@ -172,6 +175,15 @@ fn run(
         let in_scope = scope
             .is_none_or(|s| ns.as_deref() == Some(s.namespace.as_str()) && workload == s.workload);
         if !in_scope {
+            continue;
+        }
+        // A pod that turned ready in the capture and is not on its way out is a new pod (even
+        // in a stream without deletions, where errors would make it a member).
+        if !instrument && d.tl.is_new() && !d.tl.is_terminating() {
+            started.push(rollout::Started::new(
+                d,
+                pod::finish_startup(d, &nodes, &clocks),
+            ));
             continue;
         }
         if !deleted || instrument {
@@ -204,7 +216,8 @@ fn run(
         ));
     }
 
-    let grouped = rollout::group(finished, &unattributed, &mut warnings);
+    let grouped = rollout::group(finished, started, &unattributed, &mut warnings);
+    let readiness_advice = readiness::advise(&grouped);
     let evidence: Vec<PodEvidence> = grouped
         .iter()
         .enumerate()
@@ -261,6 +274,7 @@ fn run(
                 r
             })
             .collect(),
+        readiness_advice,
         advice,
         advice_unavailable,
         nodes: node_summaries,

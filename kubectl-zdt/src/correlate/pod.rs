@@ -10,8 +10,8 @@ use super::{
     identity::PodIdent,
     marks::{RawMark, Timeline},
     model::{
-        Basis, Cause, ErrorCounts, ErrorMark, Mark, Marks, NodeRouting, PodReport, RoutingState,
-        Verdict, Window,
+        Basis, Cause, ErrorCounts, ErrorMark, Mark, Marks, NodeAdded, NodeRouting, PodReport,
+        ReadinessProbe, RoutingState, StartupMarks, StartupReport, Verdict, Window,
     },
     nodes::Nodes,
     time::{WallNs, ms, ms_u},
@@ -27,6 +27,10 @@ pub(crate) struct PodDraft {
     pub error_marks: Vec<ErrorMark>,
     /// The first refused connection inside the window: the listener was closed by then.
     pub first_refused: Option<Fuzzy>,
+    /// A new pod's first and last refusals before its listener opened: a node routed to it by
+    /// the first, it did not listen yet by the last.
+    pub first_refused_before_listening: Option<Fuzzy>,
+    pub last_refused_before_listening: Option<Fuzzy>,
 }
 
 impl PodDraft {
@@ -44,6 +48,20 @@ impl PodDraft {
                 .is_none_or(|f| (at.t, at.unc_ns) < (f.t, f.unc_ns))
         {
             self.first_refused = Some(at);
+        }
+        if cause == Cause::BeforeListening
+            && self
+                .first_refused_before_listening
+                .is_none_or(|f| (at.t, at.unc_ns) < (f.t, f.unc_ns))
+        {
+            self.first_refused_before_listening = Some(at);
+        }
+        if cause == Cause::BeforeListening
+            && self
+                .last_refused_before_listening
+                .is_none_or(|f| (at.t, at.unc_ns) > (f.t, f.unc_ns))
+        {
+            self.last_refused_before_listening = Some(at);
         }
     }
 }
@@ -104,6 +122,7 @@ pub(crate) fn draft(
     obs: &[Observation],
     times: &[WallNs],
     clocks: &NodeClocks,
+    listeners_watched: bool,
 ) -> PodDraft {
     // The exit only starts the termination when nothing earlier was seen: an exit known from
     // the API is only bracketed, and its early edge would reach back before the deletion.
@@ -138,6 +157,20 @@ pub(crate) fn draft(
             unc_ns: clocks.unc(&m),
         })
         .max_by_key(|f| (f.t, f.unc_ns));
+    // Errors count from the earliest instant any node may route to the pod: its endpoint turning
+    // ready, or a node's routing seen before the API's notice of it arrived.
+    let routed_from = if tl.is_new() {
+        [first_routed(&tl), tl.ep_ready]
+            .into_iter()
+            .flatten()
+            .map(|m| Fuzzy {
+                t: m.t,
+                unc_ns: clocks.unc(&m),
+            })
+            .min_by_key(|f| (f.t, f.unc_ns))
+    } else {
+        None
+    };
     let window = PodWindow {
         term_start,
         listen_closed: fuzzy(tl.listen_closed, clocks),
@@ -145,6 +178,9 @@ pub(crate) fn draft(
         netns_gone: fuzzy(tl.netns_gone, clocks),
         window_end,
         port: tl.port,
+        routed_from,
+        listen_open: fuzzy(tl.listen_open, clocks),
+        listeners_watched,
     };
     let mut d = PodDraft {
         ident,
@@ -152,6 +188,8 @@ pub(crate) fn draft(
         errors: ErrorCounts::default(),
         error_marks: Vec::new(),
         first_refused: None,
+        first_refused_before_listening: None,
+        last_refused_before_listening: None,
         tl,
     };
     let errors = std::mem::take(&mut d.tl.errors);
@@ -171,6 +209,8 @@ pub(crate) fn draft(
             let at = attribution::instant(o, times[i]);
             let cause = if probes.contains(o) {
                 Cause::Probe
+            } else if pod_side(o) {
+                attribution::own_cause(class, o.port, at.t, &d.window)
             } else {
                 attribution::cause(class, o.port, at.t, &d.window)
             };
@@ -190,6 +230,15 @@ pub(crate) fn draft(
     }
     d.tl.errors = errors;
     d
+}
+
+/// When the first node began routing new connections to the pod: its first `dataplane_added`,
+/// or its first routed connection when no addition was seen.
+fn first_routed(tl: &Timeline) -> Option<RawMark> {
+    tl.dp
+        .values()
+        .filter_map(|d| d.first_added.or(d.first_flow))
+        .min_by_key(|m| (m.t, m.node, m.unc_ns))
 }
 
 fn to_mark(m: Option<RawMark>, clocks: &NodeClocks, nodes: &Nodes) -> Option<Mark> {
@@ -355,6 +404,206 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
         error_marks,
     };
     (report, facts)
+}
+
+/// A new pod's report: when nodes began routing to it, when it listened, the errors in
+/// between and what its readiness probe let through.
+pub(crate) fn finish_startup(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> StartupReport {
+    let tl = &d.tl;
+    let mark = |m| to_mark(m, clocks, nodes);
+    let routed = first_routed(tl);
+    let marks = StartupMarks {
+        pod_ready: mark(tl.pod_ready),
+        endpoint_ready: mark(tl.ep_ready),
+        first_routed: mark(routed),
+        listener_open: mark(tl.listen_open),
+    };
+    let dataplane = nodes
+        .reporting
+        .iter()
+        .map(|&n| {
+            let dp = tl.dp.get(&n).copied().unwrap_or_default();
+            NodeAdded {
+                node: nodes.names[n].clone(),
+                added: mark(dp.first_added),
+                first_flow: mark(dp.first_flow),
+            }
+        })
+        .collect();
+    // Routing began by the first dataplane addition or routed connection, or by the first
+    // connection it refused, whichever came first.
+    let routed = [fuzzy(routed, clocks), d.first_refused_before_listening]
+        .into_iter()
+        .flatten()
+        .min_by_key(|f| (f.t, f.unc_ns));
+    let listen = d.window.listen_open;
+    let ready = fuzzy(tl.ep_ready, clocks);
+    // The gap: measured with both ends; without the listener's open, at least up to the last
+    // connection it refused before listening.
+    let (gap_ns, gap_unc, gap_basis) = match (routed, listen, d.last_refused_before_listening) {
+        (Some(r), Some(l), _) => (Some(l.t - r.t), r.unc_ns + l.unc_ns, Basis::Measured),
+        (Some(r), None, Some(last)) => (
+            Some(last.t - r.t),
+            r.unc_ns + last.unc_ns,
+            Basis::LowerBound,
+        ),
+        _ => (None, 0, Basis::Unknown),
+    };
+    let gap_unc_i = i64::try_from(gap_unc).unwrap_or(i64::MAX);
+    let refusing_window = match (gap_ns, routed) {
+        (Some(g), Some(r)) if g > 0 => Some(Window {
+            start: r.t.to_timestamp(),
+            end: r.t.plus_ns(g).to_timestamp(),
+            duration_ms: ms(g),
+        }),
+        _ => None,
+    };
+    let e = d.errors;
+    let port = tl
+        .port
+        .map_or_else(|| "the Service's port".to_owned(), |p| format!("port {p}"));
+    let probe = probe_explanation(tl.readiness_probe.as_ref(), tl.port);
+    let refused = if e.before_listening > 0 {
+        format!(
+            ": {} before it listened",
+            plural(
+                e.before_listening,
+                "connection refused",
+                "connections refused"
+            )
+        )
+    } else {
+        String::new()
+    };
+    let bound = if gap_basis == Basis::LowerBound {
+        "at least "
+    } else {
+        ""
+    };
+    let after_ready = if e.after_ready > 0 {
+        format!(
+            "{} after it turned ready and listened: its readiness probe checks something else than what serves {port}",
+            plural(
+                e.after_ready,
+                "connection refused or reset",
+                "connections refused or reset"
+            )
+        )
+    } else {
+        String::new()
+    };
+    let join = |a: String, b: &str| {
+        if b.is_empty() { a } else { format!("{a}; {b}") }
+    };
+    let (verdict, reason) = match gap_ns {
+        Some(g) if g - gap_unc_i > 0 || e.before_listening > 0 => (
+            Verdict::Unsafe,
+            join(
+                format!(
+                    "nodes routed new connections to it for {bound}{} ms before it listened on {port}{refused}; {probe}",
+                    ms(g)
+                ),
+                &after_ready,
+            ),
+        ),
+        _ if e.before_listening > 0 => (
+            Verdict::Unsafe,
+            join(
+                format!(
+                    "it refused {}{refused}; {probe}",
+                    plural(e.before_listening, "connection", "connections")
+                ),
+                &after_ready,
+            ),
+        ),
+        _ if e.after_ready > 0 => (Verdict::Unsafe, after_ready),
+        Some(g) if g + gap_unc_i <= 0 => (
+            Verdict::Safe,
+            format!(
+                "it listened on {port} {} ms before the first node routed to it",
+                ms(-g)
+            ),
+        ),
+        _ => match (listen, ready) {
+            (Some(l), Some(r))
+                if l.t.plus_ns(i64::try_from(l.unc_ns + r.unc_ns).unwrap_or(0)) <= r.t =>
+            {
+                (
+                    Verdict::Safe,
+                    format!(
+                        "it listened on {port} {} ms before its endpoint turned ready, so before any node could route to it",
+                        ms(r.t - l.t)
+                    ),
+                )
+            }
+            (None, _) => (
+                Verdict::Inconclusive,
+                format!("its listener on {port} was not seen opening"),
+            ),
+            _ => (
+                Verdict::Inconclusive,
+                "no node reported when it began routing to the pod".to_owned(),
+            ),
+        },
+    };
+    let mut error_marks = d.error_marks.clone();
+    error_marks.sort_by_key(|e| (e.time, e.cause, e.count));
+    StartupReport {
+        pod: d.ident.name.clone(),
+        pod_uid: d.ident.uid.clone(),
+        ip: d.ident.ip,
+        port: tl.port,
+        service: tl.service.clone(),
+        container: tl.container.clone(),
+        marks,
+        dataplane,
+        readiness_probe: tl.readiness_probe.clone(),
+        startup_gap_ms: gap_ns.map(ms),
+        gap_basis,
+        gap_uncertainty_ms: ms_u(gap_unc),
+        refusing_window,
+        errors: e,
+        verdict,
+        reason,
+        error_marks,
+    }
+}
+
+/// Why the pod's readiness probe let nodes route to it before it listened on `port`.
+pub(crate) fn probe_explanation(probe: Option<&ReadinessProbe>, port: Option<u16>) -> String {
+    let target = port.map_or_else(
+        || "the Service's target port".to_owned(),
+        |p| format!("port {p}"),
+    );
+    let Some(p) = probe else {
+        return format!(
+            "the input does not say which readiness probe it had: a readiness probe on {target} keeps nodes from routing to it before it listens"
+        );
+    };
+    let probed = p.port.as_ref().map(|v| match v {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    });
+    let on_target = probed
+        .as_deref()
+        .zip(port)
+        .is_some_and(|(a, b)| a == b.to_string());
+    match p.kind.as_str() {
+        "none" => format!(
+            "it has no readiness probe, so its endpoint turned ready as soon as its containers started: a readiness probe on {target} keeps nodes from routing to it before it listens"
+        ),
+        "exec" => format!(
+            "its exec readiness probe passed before the app listened: it does not check {target}; probe {target} itself (tcpSocket or httpGet)"
+        ),
+        "tcp_socket" | "http_get" | "grpc" if !on_target && probed.is_some() => format!(
+            "its {} readiness probe checks port {}, not {target} the Service sends to",
+            p.kind,
+            probed.unwrap_or_default()
+        ),
+        kind => format!(
+            "its {kind} readiness probe on {target} passed before the app listened there (another process held the port?)"
+        ),
+    }
 }
 
 struct Judged<'a> {

@@ -1,6 +1,8 @@
 //! The cells the terminal tables and the HTML tables both show.
 
-use crate::correlate::{Basis, Mark, PodReport, Report, Rollout, RoutingState};
+use crate::correlate::{
+    Basis, Mark, PodReport, ReadinessProbe, Report, Rollout, RoutingState, StartupReport,
+};
 
 /// A duration: `unknown`, `≥993.3 ms` (lower bound), `+588.0 ms ±0.1`.
 pub(crate) fn ms_cell(v: Option<f64>, basis: Basis, unc_ms: f64) -> String {
@@ -22,16 +24,18 @@ pub(crate) fn ms_cell(v: Option<f64>, basis: Basis, unc_ms: f64) -> String {
     }
 }
 
+/// A pod's name within its rollout (namespace dropped), or its address, or its UID.
+fn label(pod: Option<&str>, ip: Option<std::net::IpAddr>, uid: Option<&str>) -> String {
+    match (pod, ip) {
+        (Some(name), _) => name.split_once('/').map_or(name, |(_, n)| n).to_owned(),
+        (None, Some(ip)) => format!("({ip})"),
+        (None, None) => uid.unwrap_or("(unnamed)").to_owned(),
+    }
+}
+
 /// The pod's name within its rollout (namespace dropped), or its address.
 pub(crate) fn pod_label(p: &PodReport) -> String {
-    match (&p.pod, p.ip) {
-        (Some(name), _) => name
-            .split_once('/')
-            .map_or(name.as_str(), |(_, n)| n)
-            .to_owned(),
-        (None, Some(ip)) => format!("({ip})"),
-        (None, None) => p.pod_uid.clone().unwrap_or_else(|| "(unnamed)".to_owned()),
-    }
+    label(p.pod.as_deref(), p.ip, p.pod_uid.as_deref())
 }
 
 fn offset(from: Option<&Mark>, to: Option<&Mark>) -> String {
@@ -117,6 +121,71 @@ pub(crate) fn pod_row(p: &PodReport, wide: bool) -> Vec<String> {
     row
 }
 
+/// A new pod's name within its rollout.
+pub(crate) fn startup_label(s: &StartupReport) -> String {
+    label(s.pod.as_deref(), s.ip, s.pod_uid.as_deref())
+}
+
+/// `none`, `tcp_socket 8080`, `http_get 8080 /healthz`, `exec`, or `unknown` (not recorded).
+pub(crate) fn probe_cell(p: Option<&ReadinessProbe>) -> String {
+    let Some(p) = p else {
+        return "unknown".to_owned();
+    };
+    let mut cell = p.kind.clone();
+    if let Some(port) = &p.port {
+        cell.push(' ');
+        cell.push_str(
+            port.as_str()
+                .map_or_else(|| port.to_string(), str::to_owned)
+                .as_str(),
+        );
+    }
+    if let Some(path) = &p.path {
+        cell.push(' ');
+        cell.push_str(path);
+    }
+    cell
+}
+
+/// The new pods' columns: the default ones fit 120 columns; `-o wide` adds the address and
+/// each mark relative to the endpoint turning ready.
+pub(crate) fn startup_headers(wide: bool) -> Vec<&'static str> {
+    let mut h = vec!["NEW POD"];
+    if wide {
+        h.extend(["IP", "POD READY", "FIRST ROUTED", "LISTENING"]);
+    }
+    h.extend([
+        "READINESS PROBE",
+        "STARTUP GAP",
+        "REFUSED BEFORE LISTENING",
+        "AFTER READY",
+        "VERDICT",
+    ]);
+    h
+}
+
+pub(crate) fn startup_row(s: &StartupReport, wide: bool) -> Vec<String> {
+    let mut row = vec![startup_label(s)];
+    if wide {
+        let m = &s.marks;
+        let ready = m.endpoint_ready.as_ref();
+        row.extend([
+            s.ip.map_or_else(|| "—".to_owned(), |ip| ip.to_string()),
+            offset(ready, m.pod_ready.as_ref()),
+            offset(ready, m.first_routed.as_ref()),
+            offset(ready, m.listener_open.as_ref()),
+        ]);
+    }
+    row.extend([
+        probe_cell(s.readiness_probe.as_ref()),
+        ms_cell(s.startup_gap_ms, s.gap_basis, s.gap_uncertainty_ms),
+        s.errors.before_listening.to_string(),
+        s.errors.after_ready.to_string(),
+        s.verdict.as_str().to_owned(),
+    ]);
+    row
+}
+
 /// `deployment/web -n default`.
 pub(crate) fn rollout_title(r: &Rollout) -> String {
     match &r.namespace {
@@ -125,8 +194,19 @@ pub(crate) fn rollout_title(r: &Rollout) -> String {
     }
 }
 
-/// The advice (or why there is none), as lines.
+/// The advice (or why there is none), as lines: the readiness probes new pods need, then the
+/// preStop and grace period.
 pub(crate) fn advice_lines(report: &Report) -> Vec<String> {
+    let mut lines = Vec::new();
+    for a in &report.readiness_advice {
+        lines.push(format!("readiness probe for {}: {}", a.workload, a.reason));
+        lines.extend(a.patch.iter().map(|p| p.command.clone()));
+    }
+    lines.extend(prestop_lines(report));
+    lines
+}
+
+fn prestop_lines(report: &Report) -> Vec<String> {
     match (&report.advice, &report.advice_unavailable) {
         (Some(a), _) => {
             let mut lines = vec![
