@@ -348,3 +348,44 @@ fn verdicts_are_sorted_by_workload_and_none_is_invented_for_an_empty_input() {
         "{recs:#?}"
     );
 }
+
+#[test]
+fn a_workload_whose_new_pods_refused_before_listening_is_told_to_add_a_readiness_probe() {
+    // The v1.23 `startup` rollout (tests/fixtures/real-cluster): no readiness probe, httpd
+    // listening 3 s after the container started.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-cluster/v1.23-startup-t1.jsonl");
+    let (obs, bad) = correlate::input::parse_all(&std::fs::read_to_string(path).unwrap());
+    assert!(bad.is_empty());
+    let workloads = recommend::gather(&obs, 500);
+    let startup = workloads
+        .iter()
+        .find(|w| w.key == key("deployment/startup"))
+        .expect("deployment/startup");
+    let a = startup.readiness.as_ref().expect("readiness advice");
+    assert_eq!(a.before_listening, 386);
+    let all = recommend::answer(
+        &workloads,
+        &BTreeMap::new(),
+        &Options::default(),
+        Vec::new(),
+    );
+    let rec = all
+        .workloads
+        .iter()
+        .find(|r| r.workload == "deployment/startup")
+        .unwrap();
+    assert_eq!(rec.readiness_probe.as_ref(), Some(a));
+    let table = recommend::render::table(&all);
+    assert!(
+        table.contains(
+            "  readiness probe: 386 connections refused by new pods before they listened"
+        ),
+        "{table}"
+    );
+    let yaml = recommend::render::yaml(&all);
+    assert!(
+        yaml.contains(r#"#   kubectl patch deployment/startup -n default --type=strategic -p '{"spec":{"template":{"spec":{"containers":[{"name":"web","readinessProbe""#),
+        "{yaml}"
+    );
+}

@@ -449,10 +449,12 @@ pub struct ReadinessProbe {
 }
 
 /// The readiness probe one workload needs, with the patch that sets it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReadinessAdvice {
-    /// `deployment/web -n default`, as [`Patch::workload`].
+    /// `deployment/web`, as [`Rollout::workload`].
     pub workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Connections its new pods refused before listening, and after turning ready.
     pub before_listening: u64,
     pub after_ready: u64,
@@ -467,7 +469,7 @@ pub struct ReadinessAdvice {
 }
 
 /// A ready `kubectl patch` for one workload.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Patch {
     pub workload: String,
     pub command: String,

@@ -78,7 +78,8 @@ pub(crate) fn advise(grouped: &[(Rollout, Vec<Finished>)]) -> Vec<ReadinessAdvic
             }
             reason.push_str("; a preStop would not help");
             ReadinessAdvice {
-                workload: title.clone(),
+                workload: workload.to_owned(),
+                namespace: ns.map(str::to_owned),
                 before_listening: a.before,
                 after_ready: a.after,
                 largest_gap_ms: a.gap,

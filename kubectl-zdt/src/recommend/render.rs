@@ -108,6 +108,12 @@ pub fn table(all: &Recommendations) -> String {
         if let Some(a) = &r.advised {
             let _ = writeln!(out, "  {}", a.reason);
         }
+        if let Some(a) = &r.readiness_probe {
+            let _ = writeln!(out, "  readiness probe: {}", a.reason);
+            if let Some(p) = &a.patch {
+                let _ = writeln!(out, "  {}", p.command);
+            }
+        }
     }
     let _ = writeln!(
         out,
@@ -241,6 +247,22 @@ pub fn yaml(all: &Recommendations) -> String {
         .collect();
     for s in &skipped {
         let _ = writeln!(out, "# no patch for {s}");
+    }
+    // The readiness probe is another fix than the preStop's: its own ready command.
+    for (r, a) in all
+        .workloads
+        .iter()
+        .filter_map(|r| Some((r, r.readiness_probe.as_ref()?)))
+    {
+        let _ = writeln!(
+            out,
+            "# readiness probe for {}: {}",
+            r.key().display(),
+            a.reason
+        );
+        if let Some(p) = &a.patch {
+            let _ = writeln!(out, "#   {}", p.command);
+        }
     }
     out.push_str(&docs.join("---\n"));
     out

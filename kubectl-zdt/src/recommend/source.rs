@@ -52,6 +52,7 @@ fn no_rollout(key: WorkloadKey) -> WorkloadEvidence {
         key,
         rollouts: 0,
         pods: Vec::new(),
+        readiness: None,
     }
 }
 

@@ -199,7 +199,11 @@ pub(crate) fn rollout_title(r: &Rollout) -> String {
 pub(crate) fn advice_lines(report: &Report) -> Vec<String> {
     let mut lines = Vec::new();
     for a in &report.readiness_advice {
-        lines.push(format!("readiness probe for {}: {}", a.workload, a.reason));
+        let title = a.namespace.as_ref().map_or_else(
+            || a.workload.clone(),
+            |ns| format!("{} -n {ns}", a.workload),
+        );
+        lines.push(format!("readiness probe for {title}: {}", a.reason));
         lines.extend(a.patch.iter().map(|p| p.command.clone()));
     }
     lines.extend(prestop_lines(report));
