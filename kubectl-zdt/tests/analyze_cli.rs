@@ -247,4 +247,11 @@ fn new_pods_refusing_before_they_listen_are_a_table_of_their_own_a_chart_row_and
     let _ = std::fs::remove_file(&html_path);
     assert!(html.contains("+startup-7f98c5b6cd-fknrg"), "{html}");
     assert!(html.contains("routed before listening"), "{html}");
+    // The capacity band: ready and listening endpoints as step lines.
+    assert!(
+        html.contains("<title>ready endpoints</title>")
+            && html.contains("<title>listening endpoints</title>")
+            && html.contains("ready min 2 · listening min 0 of 2"),
+        "{html}"
+    );
 }

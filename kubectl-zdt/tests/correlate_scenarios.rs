@@ -284,3 +284,65 @@ fn a_readiness_probe_on_another_port_is_named_as_why_the_pod_was_routed_to_early
         s.reason
     );
 }
+
+#[test]
+fn a_rollout_with_max_unavailable_1_drops_below_its_replicas_and_is_told_max_unavailable_0() {
+    let r = analyze("capacity-drop");
+    let ro = &r.rollouts[0];
+    // No connection failed: every old pod's listener outlived every node's removal.
+    assert_eq!(ro.verdict, Verdict::Safe);
+    let c = ro.capacity.as_ref().expect("capacity");
+    assert_eq!((c.desired, c.desired_source.as_str()), (3, "rollout_start"));
+    // Each old pod's endpoint turned terminating 8 ms after its deletion, its replacement
+    // became ready 1 510 ms after it: three times 1 502 ms at 2 of 3.
+    assert_eq!(c.min_ready, 2);
+    assert_eq!(c.ready_below_desired_ms, 3.0 * 1502.0);
+    assert_eq!(c.min_ready_ms, 3.0 * 1502.0);
+    assert_eq!(
+        c.min_serving, 2,
+        "the new pods listened before they turned ready"
+    );
+    assert!(
+        c.reason
+            .contains("maxUnavailable 1 let the rollout take ready pods away"),
+        "{}",
+        c.reason
+    );
+    assert!(ro.reason.contains(&c.reason), "{}", ro.reason);
+    let [a] = &r.capacity_advice[..] else {
+        panic!("{:#?}", r.capacity_advice)
+    };
+    assert_eq!((a.desired, a.min_ready), (3, 2));
+    assert_eq!(
+        a.patch.as_ref().unwrap().command,
+        "kubectl patch deployment/web -n default --type=strategic -p \
+         '{\"spec\":{\"strategy\":{\"type\":\"RollingUpdate\",\"rollingUpdate\":{\"maxUnavailable\":0,\"maxSurge\":1}}}}'"
+    );
+    // The chart's capacity rows.
+    let table = kubectl_zdt::report::render(&r, kubectl_zdt::report::Format::Table).unwrap();
+    assert!(
+        table.contains("ready/3  2222")
+            && table.contains("3333222")
+            && table.contains("min 2 of 3, 4506 ms below"),
+        "{table}"
+    );
+}
+
+#[test]
+fn without_the_workloads_own_count_the_replaced_pods_are_the_replicas_asked_for() {
+    let text = std::fs::read_to_string(dir().join("capacity-drop.jsonl")).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.contains("\"rollout_start\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (obs, problems) = input::parse_all(&text);
+    assert!(problems.is_empty());
+    let r = correlate::correlate(&obs, &Options::default());
+    let c = r.rollouts[0].capacity.as_ref().unwrap();
+    assert_eq!((c.desired, c.desired_source.as_str()), (3, "deleted_pods"));
+    assert_eq!(c.min_ready, 2);
+    assert!(c.reason.contains("default 25%"), "{}", c.reason);
+    // A scale-up alone asks for no known count: no capacity.
+    assert!(analyze("startup-no-probe").rollouts[0].capacity.is_none());
+}

@@ -325,3 +325,38 @@ fn new_pods_routed_before_they_listened_refused_what_the_clients_saw_and_call_fo
         );
     }
 }
+
+#[test]
+fn the_startup_rollout_kept_its_ready_endpoints_but_none_listened_for_a_while() {
+    // maxSurge 25% → 1, maxUnavailable 25% → 0 of 2 replicas: the controller never had fewer
+    // than 2 ready endpoints; but the new pods' endpoints were ready 2.5 s before httpd listened,
+    // and once both old pods had left none of the ready endpoints listened.
+    for (run, no_listener_ms) in [
+        ("startup-t1.jsonl", 1505.829),
+        ("k8s-v1.28/startup-128-a.jsonl", 548.416),
+    ] {
+        let r = correlate::correlate_scoped(
+            &recording(run),
+            &Options::default(),
+            &scope("deployment/startup"),
+        );
+        let c = r.rollouts[0].capacity.as_ref().expect("capacity");
+        assert_eq!((c.desired, c.min_ready), (2, 2), "{run}");
+        assert_eq!(c.ready_below_desired_ms, 0.0, "{run}");
+        assert_eq!(
+            (c.min_serving, c.min_serving_ms),
+            (0, no_listener_ms),
+            "{run}"
+        );
+        assert!(
+            c.reason.contains("turned ready before their pods listened"),
+            "{run}"
+        );
+        // The cure is the readiness probe, not the strategy.
+        assert!(r.capacity_advice.is_empty(), "{run}");
+    }
+    // fast: a tcpSocket readiness probe; every ready endpoint listened.
+    let r = correlate::correlate_scoped(&recording("fast-t1.jsonl"), &Options::default(), &fast());
+    let c = r.rollouts[0].capacity.as_ref().expect("capacity");
+    assert_eq!((c.desired, c.min_ready, c.min_serving), (2, 2, 2));
+}

@@ -12,6 +12,7 @@
 
 mod advice;
 pub mod attribution;
+mod capacity;
 pub mod client_log;
 mod clock;
 mod identity;
@@ -264,17 +265,26 @@ fn run(
         });
     }
 
+    let declared = capacity::declared(obs);
+    let rollouts: Vec<Rollout> = grouped
+        .into_iter()
+        .map(|(mut r, g)| {
+            r.pods = g.into_iter().map(|f| f.report).collect();
+            r.capacity = capacity::of(&r, &declared);
+            if let Some(c) = r.capacity.as_ref().filter(|c| c.min_ready < c.desired) {
+                r.reason.push_str("; ");
+                r.reason.push_str(&c.reason);
+            }
+            r
+        })
+        .collect();
+    let capacity_advice = capacity::advise(&rollouts);
     let report = Report {
         api_version: API_VERSION,
         kind: REPORT_KIND,
-        rollouts: grouped
-            .into_iter()
-            .map(|(mut r, g)| {
-                r.pods = g.into_iter().map(|f| f.report).collect();
-                r
-            })
-            .collect(),
+        rollouts,
         readiness_advice,
+        capacity_advice,
         advice,
         advice_unavailable,
         nodes: node_summaries,

@@ -27,6 +27,9 @@ pub struct Report {
     /// Per workload whose new pods were routed to before they listened (or refused after they
     /// turned ready): the readiness probe that cures it. Never a preStop.
     pub readiness_advice: Vec<ReadinessAdvice>,
+    /// Per Deployment whose ready endpoints fell below its replicas during a rollout: the
+    /// strategy that keeps them (maxUnavailable 0).
+    pub capacity_advice: Vec<CapacityAdvice>,
     /// Absent when nothing in the input allows sizing a preStop (no dataplane removal seen).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<Advice>,
@@ -54,6 +57,10 @@ pub struct Rollout {
     /// The workload's pods that turned ready during the capture (not deleted): when nodes
     /// started routing to each and when it started listening.
     pub startup: Vec<StartupReport>,
+    /// Ready and listening endpoints over the rollout against the replicas asked for; absent
+    /// when no pod of it has an endpoint mark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_gap_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -464,6 +471,63 @@ pub struct ReadinessAdvice {
     pub reason: String,
     /// Absent for a workload that is no Deployment, StatefulSet or DaemonSet, or whose port is
     /// unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Patch>,
+}
+
+/// The Service's endpoints over one rollout (docs/report-schema.md, Capacity).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Capacity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The replicas the workload asked for.
+    pub desired: u64,
+    /// `rollout_start` (the workload's spec.replicas) or `deleted_pods` (the pods the rollout
+    /// replaced).
+    pub desired_source: String,
+    /// The strategy's rollingUpdate settings, when a `rollout_start` line said them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<serde_json::Value>,
+    /// The lowest count of ready endpoints, when it was first reached and how long it lasted
+    /// in all; and how long the count was below `desired` in all.
+    pub min_ready: u64,
+    #[serde(serialize_with = "ser_time")]
+    pub min_ready_at: Timestamp,
+    pub min_ready_ms: f64,
+    pub ready_below_desired_ms: f64,
+    /// The same for endpoints both ready and listening.
+    pub min_serving: u64,
+    #[serde(serialize_with = "ser_time")]
+    pub min_serving_at: Timestamp,
+    pub min_serving_ms: f64,
+    pub serving_below_desired_ms: f64,
+    /// Each change of the counts, in time order (a step function).
+    pub series: Vec<CapacityStep>,
+    /// Which rule let it drop, or that it did not.
+    pub reason: String,
+}
+
+/// The counts from `time` until the next step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CapacityStep {
+    #[serde(serialize_with = "ser_time")]
+    pub time: Timestamp,
+    pub ready: u64,
+    pub serving: u64,
+}
+
+/// The rollout strategy one Deployment needs to keep its capacity.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CapacityAdvice {
+    pub workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub desired: u64,
+    pub min_ready: u64,
+    pub reason: String,
+    /// A `kubectl patch` setting maxUnavailable 0 and maxSurge; absent for other kinds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<Patch>,
 }

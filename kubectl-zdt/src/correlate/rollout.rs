@@ -362,6 +362,7 @@ fn attach_started(out: &mut Vec<(Rollout, Vec<Finished>)>, started: Vec<Started>
                     duration_ms: 0.0,
                     pods: Vec::new(),
                     startup: Vec::new(),
+                    capacity: None,
                     max_gap_ms: None,
                     worst_pod: None,
                     worst_node: None,
@@ -573,6 +574,7 @@ fn summarize(g: &[Finished]) -> Rollout {
         // Filled by the caller once the advice has read the pods: no copy of 1 000-node tables.
         pods: Vec::new(),
         startup: Vec::new(),
+        capacity: None,
         max_gap_ms: worst.map(|(gap, _)| gap),
         worst_pod: worst.map(|(_, p)| label_of(&p.report)),
         worst_node: worst.and_then(|(_, p)| p.report.worst_node.clone()),

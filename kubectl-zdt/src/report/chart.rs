@@ -10,7 +10,9 @@ use super::{
     axis::Axis,
     rows::{pod_label, startup_label},
 };
-use crate::correlate::{Cause, ErrorMark, Mark, PodReport, Rollout, RoutingState, StartupReport};
+use crate::correlate::{
+    Capacity, CapacityStep, Cause, ErrorMark, Mark, PodReport, Rollout, RoutingState, StartupReport,
+};
 
 const DENSITY: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 const LABEL_MAX: usize = 28;
@@ -147,6 +149,51 @@ fn startup_rows(out: &mut String, s: &StartupReport, axis: &Axis, width: usize, 
     error_row(out, &s.error_marks, s.errors.total(), axis, width, label_w);
 }
 
+/// The Service's ready and listening endpoints, one digit per column (the lowest count in it;
+/// `+` for ten or more), with the lowest point against the replicas asked for.
+fn capacity_rows(out: &mut String, c: &Capacity, axis: &Axis, width: usize, label_w: usize) {
+    for (label, get, min, below) in [
+        (
+            format!("ready/{}", c.desired),
+            (|s: &CapacityStep| s.ready) as fn(&CapacityStep) -> u64,
+            c.min_ready,
+            c.ready_below_desired_ms,
+        ),
+        (
+            "listening".to_owned(),
+            |s: &CapacityStep| s.serving,
+            c.min_serving,
+            c.serving_below_desired_ms,
+        ),
+    ] {
+        let mut cols: Vec<Option<u64>> = vec![None; width];
+        for (i, s) in c.series.iter().enumerate() {
+            let from = axis.column(s.time, width);
+            let to = c
+                .series
+                .get(i + 1)
+                .map_or(width - 1, |n| axis.column(n.time, width));
+            for col in &mut cols[from..=to.max(from)] {
+                *col = Some(col.map_or(get(s), |v| v.min(get(s))));
+            }
+        }
+        let line: String = cols
+            .iter()
+            .map(|v| match v {
+                None => ' ',
+                Some(n) if *n < 10 => char::from_digit(*n as u32, 10).unwrap_or('+'),
+                Some(_) => '+',
+            })
+            .collect();
+        let note = if below > 0.0 {
+            format!("min {min} of {}, {below} ms below", c.desired)
+        } else {
+            format!("min {min} of {}", c.desired)
+        };
+        let _ = writeln!(out, "{:>label_w$}  {line}  {note}", fit(&label, label_w));
+    }
+}
+
 /// The chart for one rollout, `width` columns of time axis.
 pub fn render(r: &Rollout, width: usize) -> String {
     let width = width.max(20);
@@ -273,6 +320,9 @@ pub fn render(r: &Rollout, width: usize) -> String {
     }
     for sp in &r.startup {
         startup_rows(&mut out, sp, &axis, width, label_w);
+    }
+    if let Some(c) = &r.capacity {
+        capacity_rows(&mut out, c, &axis, width, label_w);
     }
     let _ = writeln!(out, "{LEGEND}");
     if !r.startup.is_empty() {

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use super::{axis::Axis, rows};
 use crate::{
     correlate::{
-        Cause, ErrorMark, Mark, PodReport, Report, Rollout, StartupReport, Verdict, Window,
+        Capacity, CapacityStep, Cause, ErrorMark, Mark, PodReport, Report, Rollout, StartupReport,
+        Verdict, Window,
     },
     observation::format_time,
 };
@@ -168,6 +169,65 @@ fn error_dots(out: &mut String, marks: &[ErrorMark], axis: &Axis, y: f64) {
     }
 }
 
+/// The Service's ready (blue) and listening (green) endpoints as step lines, the replicas
+/// asked for dashed.
+fn capacity_svg(out: &mut String, c: &Capacity, axis: &Axis, y: f64) {
+    let top = c
+        .series
+        .iter()
+        .map(|s| s.ready.max(s.serving))
+        .max()
+        .unwrap_or(0)
+        .max(c.desired)
+        .max(1) as f64;
+    let yv = |v: u64| y + 8.0 + (1.0 - v as f64 / top) * (ROW_H - 16.0);
+    let x = |t| LABEL_W + axis.fraction(t) * CHART_W;
+    let sub = format!(
+        "ready min {} · listening min {} of {}",
+        c.min_ready, c.min_serving, c.desired
+    );
+    let verdict = if c.min_ready.min(c.min_serving) < c.desired {
+        Verdict::Unsafe
+    } else {
+        Verdict::Safe
+    };
+    row_label(out, "capacity", verdict, &sub, y);
+    let _ = write!(
+        out,
+        r##"<line x1="{:.1}" x2="{:.1}" y1="{2:.1}" y2="{2:.1}" stroke="#999" stroke-dasharray="4 3"><title>{3} replicas asked for</title></line>"##,
+        LABEL_W,
+        LABEL_W + CHART_W,
+        yv(c.desired),
+        c.desired
+    );
+    let end = LABEL_W + CHART_W;
+    for (get, color, what) in [
+        (
+            (|s: &CapacityStep| s.ready) as fn(&CapacityStep) -> u64,
+            "#1f77b4",
+            "ready",
+        ),
+        (|s: &CapacityStep| s.serving, "#2ca02c", "listening"),
+    ] {
+        let mut points = String::new();
+        for (i, s) in c.series.iter().enumerate() {
+            let x1 = c.series.get(i + 1).map_or(end, |n| x(n.time));
+            let _ = write!(
+                points,
+                "{:.1},{:.1} {x1:.1},{:.1} ",
+                x(s.time),
+                yv(get(s)),
+                yv(get(s))
+            );
+        }
+        let _ = write!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"><title>{what} endpoints</title></polyline>"#,
+            points.trim_end()
+        );
+    }
+}
+
 /// A new pod's row: its marks, the span nodes routed to it before it listened, its errors.
 fn startup_svg(out: &mut String, s: &StartupReport, axis: &Axis, y: f64) {
     let x = |t| LABEL_W + axis.fraction(t) * CHART_W;
@@ -203,7 +263,9 @@ fn startup_svg(out: &mut String, s: &StartupReport, axis: &Axis, y: f64) {
 
 fn rollout_svg(out: &mut String, r: &Rollout) {
     let axis = Axis::of(r);
-    let h = TOP + ROW_H * (r.pods.len() + r.startup.len()) as f64 + 10.0;
+    let rows = (r.pods.len() + r.startup.len()) as f64;
+    let band = if r.capacity.is_some() { ROW_H } else { 0.0 };
+    let h = TOP + ROW_H * rows + band + 10.0;
     let _ = write!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{h:.0}" viewBox="0 0 {:.0} {h:.0}" role="img">"#,
@@ -223,6 +285,9 @@ fn rollout_svg(out: &mut String, r: &Rollout) {
     }
     for (i, sp) in r.startup.iter().enumerate() {
         startup_svg(out, sp, &axis, TOP + ROW_H * (r.pods.len() + i) as f64);
+    }
+    if let Some(c) = &r.capacity {
+        capacity_svg(out, c, &axis, TOP + ROW_H * rows);
     }
     out.push_str("</svg>");
 }
@@ -314,7 +379,8 @@ pub fn render(report: &Report) -> String {
         if !r.startup.is_empty() {
             out.push_str(
                 "<p class=\"legend\">New pods (+): Y pod ready · E endpoint ready · A first node routing · O listening · \
-                 pink bar: routed before listening · pink dots: refused before listening, brown: refused or reset after ready.</p>",
+                 pink bar: routed before listening · pink dots: refused before listening, brown: refused or reset after ready. \
+                 Capacity: the Service's ready endpoints (blue) and those listening (green) against the replicas asked for (dashed).</p>",
             );
             table(
                 &mut out,

@@ -194,17 +194,24 @@ pub(crate) fn rollout_title(r: &Rollout) -> String {
     }
 }
 
-/// The advice (or why there is none), as lines: the readiness probes new pods need, then the
-/// preStop and grace period.
+/// The advice (or why there is none), as lines: the rollout strategy and the readiness probes
+/// the workloads need, then the preStop and grace period.
 pub(crate) fn advice_lines(report: &Report) -> Vec<String> {
     let mut lines = Vec::new();
-    for a in &report.readiness_advice {
-        let title = a.namespace.as_ref().map_or_else(
-            || a.workload.clone(),
-            |ns| format!("{} -n {ns}", a.workload),
-        );
-        lines.push(format!("readiness probe for {title}: {}", a.reason));
-        lines.extend(a.patch.iter().map(|p| p.command.clone()));
+    let capacity = report.capacity_advice.iter().map(|a| {
+        let head = "rollout strategy";
+        (head, &a.workload, &a.namespace, &a.reason, &a.patch)
+    });
+    let readiness = report.readiness_advice.iter().map(|a| {
+        let head = "readiness probe";
+        (head, &a.workload, &a.namespace, &a.reason, &a.patch)
+    });
+    for (head, workload, namespace, reason, patch) in capacity.chain(readiness) {
+        let title = namespace
+            .as_ref()
+            .map_or_else(|| workload.clone(), |ns| format!("{workload} -n {ns}"));
+        lines.push(format!("{head} for {title}: {reason}"));
+        lines.extend(patch.iter().map(|p| p.command.clone()));
     }
     lines.extend(prestop_lines(report));
     lines
