@@ -346,3 +346,63 @@ fn without_the_workloads_own_count_the_replaced_pods_are_the_replicas_asked_for(
     // A scale-up alone asks for no known count: no capacity.
     assert!(analyze("startup-no-probe").rollouts[0].capacity.is_none());
 }
+
+#[test]
+fn a_client_dialling_the_pods_address_directly_sets_the_window_and_each_client_its_cure() {
+    let r = analyze("direct-client-lag");
+    let ro = &r.rollouts[0];
+    let p = only_pod(&r);
+    // Every node stopped routing the Service to the pod at 420 ms; deployment/frontend, with its
+    // own endpoint list, dialled 10.244.1.10 until 2 250 ms: its refusals after 420 ms are in the
+    // window (not "unrelated"), and the gap runs from the listener's close (25 ms) to them.
+    assert_eq!(p.gap_ms, Some(2226.0));
+    assert_eq!(p.errors.unsafe_window, 7 + 2);
+    assert_eq!(p.errors.unrelated, 0);
+    assert!(
+        p.reason
+            .contains("deployment/frontend -n default, dialling its address directly")
+    );
+    let client = |name: &str| {
+        ro.clients
+            .iter()
+            .find(|c| c.client == name)
+            .unwrap_or_else(|| panic!("{name}: {:#?}", ro.clients))
+    };
+    let fe = client("deployment/frontend -n default");
+    assert_eq!(fe.path, correlate::clients::Path::PodIp);
+    assert_eq!(fe.errors.unsafe_window, 7);
+    // 2 250 ms − the endpoint's removal at 150 ms.
+    assert_eq!(fe.after_endpoint_removed_ms, Some(2100.0));
+    assert!(
+        fe.reason.contains(
+            "kept connecting to web-7d4b9c8f6d-abcde's pod IP directly for 2100 ms after its endpoint was removed: its own endpoint list lags; the preStop must cover it too"
+        ),
+        "{}",
+        fe.reason
+    );
+    let co = client("deployment/checkout -n default");
+    assert_eq!(co.path, correlate::clients::Path::Service);
+    assert_eq!(co.errors.unsafe_window, 2);
+    assert!(co.reason.contains("kube-proxy's lag"), "{}", co.reason);
+    // Keep-alive connections reset at the exit: drain, per client.
+    let gw = client("deployment/apigw -n default");
+    assert_eq!((gw.errors.at_exit, gw.errors.total()), (3, 3));
+    assert!(
+        gw.reason.contains("close idle keep-alive connections"),
+        "{}",
+        gw.reason
+    );
+    // The advice covers the slowest client path: 2 251 ms (not the dataplane's 420 ms) + 500
+    // ms margin → 3 s.
+    assert_eq!(r.advice.as_ref().unwrap().prestop_seconds, 3);
+    let table = kubectl_zdt::report::render(&r, kubectl_zdt::report::Format::Table).unwrap();
+    assert!(
+        table.contains(" deployment/frontend -n default  pod IP         7"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .all(|l| l.starts_with("  kubectl ") || l.chars().count() <= 120)
+    );
+}

@@ -360,3 +360,43 @@ fn the_startup_rollout_kept_its_ready_endpoints_but_none_listened_for_a_while() 
     let c = r.rollouts[0].capacity.as_ref().expect("capacity");
     assert_eq!((c.desired, c.min_ready, c.min_serving), (2, 2, 2));
 }
+
+#[test]
+fn each_client_is_told_apart_with_the_failures_it_saw() {
+    // v1.23 startup: the node's own client (198.18.0.1) saw 299 refusals, the --traffic loop
+    // (its pod named by the API watch) 106.
+    let r = correlate::correlate_scoped(
+        &recording("startup-t1.jsonl"),
+        &Options::default(),
+        &scope("deployment/startup"),
+    );
+    let refused = |name: &str| {
+        let c: Vec<_> = r.rollouts[0]
+            .clients
+            .iter()
+            .filter(|c| c.client == name)
+            .collect();
+        assert!(!c.is_empty(), "{name}: {:#?}", r.rollouts[0].clients);
+        c.iter()
+            .map(|c| c.errors.unsafe_window + c.errors.before_listening)
+            .sum::<u64>()
+    };
+    assert_eq!(refused("address 198.18.0.1"), 299);
+    assert_eq!(refused("pod/zdt-traffic-startup -n default"), 106);
+    // v1.28 one node, both ends watched: the node's client went through the ClusterIP and saw
+    // 18 refused, 3 reset, 146 timed out.
+    let r = correlate::correlate(
+        &recording("k8s-v1.28/one-node-fast-final.jsonl"),
+        &Options::default(),
+    );
+    let [c] = &r.rollouts[0].clients[..] else {
+        panic!("{:#?}", r.rollouts[0].clients)
+    };
+    assert_eq!(c.client, "address 198.18.0.1");
+    assert_eq!(c.path, correlate::clients::Path::Service);
+    let e = c.errors;
+    assert_eq!(
+        (e.unsafe_window, e.at_exit, e.after_netns_gone),
+        (18, 3, 146)
+    );
+}

@@ -14,6 +14,7 @@ mod advice;
 pub mod attribution;
 mod capacity;
 pub mod client_log;
+pub mod clients;
 mod clock;
 mod identity;
 pub mod input;
@@ -137,11 +138,12 @@ fn run(
         .collect();
     let clocks = clock::assess(obs, &node_of, &nodes, &timelines);
     let listeners_watched = obs.iter().any(|o| o.kind == Kind::ListenerOpen);
+    let clients = clients::Clients::index(obs);
     let mut drafts: Vec<pod::PodDraft> = assignment
         .pods
         .into_iter()
         .zip(timelines)
-        .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks, listeners_watched))
+        .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks, listeners_watched, &clients))
         .collect();
     // One name per Service, so a client's errors meet the pods they hit.
     let names = services::ServiceNames::index(obs);
@@ -153,6 +155,7 @@ fn run(
         &times,
         &assignment.service_level,
         &names,
+        &clients,
         &mut drafts,
     );
 
@@ -271,6 +274,7 @@ fn run(
         .map(|(mut r, g)| {
             r.pods = g.into_iter().map(|f| f.report).collect();
             r.capacity = capacity::of(&r, &declared);
+            r.clients = clients::report(&r);
             if let Some(c) = r.capacity.as_ref().filter(|c| c.min_ready < c.desired) {
                 r.reason.push_str("; ");
                 r.reason.push_str(&c.reason);

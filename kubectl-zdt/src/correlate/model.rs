@@ -57,6 +57,8 @@ pub struct Rollout {
     /// The workload's pods that turned ready during the capture (not deleted): when nodes
     /// started routing to each and when it started listening.
     pub startup: Vec<StartupReport>,
+    /// Per client (and how it reached the pods): its failed connections by cause.
+    pub clients: Vec<ClientReport>,
     /// Ready and listening endpoints over the rollout against the replicas asked for; absent
     /// when no pod of it has an endpoint mark.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,6 +119,9 @@ pub struct PodReport {
     /// Error instants for the chart (not part of the schema).
     #[serde(skip)]
     pub error_marks: Vec<ErrorMark>,
+    /// Each error with its client, for the rollout's `clients` (not part of the schema).
+    #[serde(skip)]
+    pub client_errors: Vec<super::clients::ClientError>,
 }
 
 /// The timeline marks (docs/report-schema.md), each with its source and clock uncertainty.
@@ -394,6 +399,9 @@ pub struct StartupReport {
     /// Error instants for the chart (not part of the schema).
     #[serde(skip)]
     pub error_marks: Vec<ErrorMark>,
+    /// Each error with its client (not part of the schema).
+    #[serde(skip)]
+    pub client_errors: Vec<super::clients::ClientError>,
 }
 
 /// A new pod's marks.
@@ -473,6 +481,24 @@ pub struct ReadinessAdvice {
     /// unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<Patch>,
+}
+
+/// One client's failed connections during a rollout (docs/report-schema.md, Clients).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClientReport {
+    /// `deployment/frontend -n shop` (the pod its node's agent named, or a pod the input gave
+    /// that address), else `address 10.0.0.7`.
+    pub client: String,
+    /// `service` (dialled the ClusterIP), `pod_ip` (dialled the pod directly) or `unknown`.
+    pub path: super::clients::Path,
+    pub errors: ErrorCounts,
+    /// For a client dialling pods directly: how long after the pod's endpoint was removed (or
+    /// turned terminating) its last refused connection came, and which pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_endpoint_removed_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    pub reason: String,
 }
 
 /// The Service's endpoints over one rollout (docs/report-schema.md, Capacity).

@@ -6,6 +6,7 @@
 
 use super::{
     attribution::{self, ErrorClass, Fuzzy, PodWindow},
+    clients::{ClientError, Clients, Path},
     clock::NodeClocks,
     identity::PodIdent,
     marks::{RawMark, Timeline},
@@ -31,11 +32,30 @@ pub(crate) struct PodDraft {
     /// the first, it did not listen yet by the last.
     pub first_refused_before_listening: Option<Fuzzy>,
     pub last_refused_before_listening: Option<Fuzzy>,
+    /// Each error with its client and path.
+    pub client_errors: Vec<ClientError>,
+    /// The last connection refused after every node stopped routing the Service to the pod:
+    /// a client dialling its address directly, and when.
+    pub direct_until: Option<(Fuzzy, String)>,
 }
 
 impl PodDraft {
-    pub fn add_error(&mut self, class: ErrorClass, cause: Cause, at: Fuzzy, count: u64) {
+    pub fn add_error(
+        &mut self,
+        class: ErrorClass,
+        cause: Cause,
+        at: Fuzzy,
+        count: u64,
+        client: (String, Path),
+    ) {
         self.errors.add(cause, count);
+        self.client_errors.push(ClientError {
+            client: client.0,
+            path: client.1,
+            cause,
+            count,
+            t: at.t,
+        });
         self.error_marks.push(ErrorMark {
             time: at.t.to_timestamp(),
             cause,
@@ -123,6 +143,7 @@ pub(crate) fn draft(
     times: &[WallNs],
     clocks: &NodeClocks,
     listeners_watched: bool,
+    clients: &Clients,
 ) -> PodDraft {
     // The exit only starts the termination when nothing earlier was seen: an exit known from
     // the API is only bracketed, and its early edge would reach back before the deletion.
@@ -190,6 +211,8 @@ pub(crate) fn draft(
         first_refused: None,
         first_refused_before_listening: None,
         last_refused_before_listening: None,
+        client_errors: Vec::new(),
+        direct_until: None,
         tl,
     };
     let errors = std::mem::take(&mut d.tl.errors);
@@ -201,6 +224,8 @@ pub(crate) fn draft(
     // not enough: conntrack may rewrite the client's port when two connections clash.
     let pod_side = |o: &Observation| matches!(o.kind, Kind::Refused | Kind::Reset);
     let probes = attribution::ProbeConnections::of(errors.iter().map(|&i| &obs[i]));
+    let direct = direct_refusals(&d, &errors, obs, times, &probes);
+    extend_to_direct_clients(&mut d, &direct, obs, times, clients);
     let mut credit: std::collections::HashMap<Cause, u64> = std::collections::HashMap::new();
     for client_side in [false, true] {
         for &i in errors.iter().filter(|&&i| pod_side(&obs[i]) != client_side) {
@@ -224,12 +249,72 @@ pub(crate) fn draft(
                 *c += n;
             }
             if n > 0 {
-                d.add_error(class, cause, at, n);
+                let path = match clients.path_of(o) {
+                    Path::Unknown if direct.contains(&i) => Path::PodIp,
+                    p => p,
+                };
+                d.add_error(class, cause, at, n, (clients.client_of(o), path));
             }
         }
     }
     d.tl.errors = errors;
     d
+}
+
+/// The pod's own refusals (on its port, not a probe's) after its listener closed and after
+/// every node stopped routing the Service to it, before its network went: no Service sent
+/// those, a client dialled the pod's address itself (an ingress controller, a mesh, a
+/// headless Service, a client-side balancer keeping its own endpoint list). The client's own
+/// line of such a connection says so too (`ip` without `service`).
+fn direct_refusals(
+    d: &PodDraft,
+    errors: &[usize],
+    obs: &[Observation],
+    times: &[WallNs],
+    probes: &attribution::ProbeConnections,
+) -> Vec<usize> {
+    let w = &d.window;
+    let (Some(end), Some(closed)) = (w.window_end, w.listen_closed.or(w.term_start)) else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let o = &obs[i];
+            let t = times[i];
+            let direct_line = match o.kind {
+                Kind::Refused => true,
+                Kind::ConnError => o.service.is_none() && o.ip.is_some(),
+                _ => false,
+            };
+            direct_line
+                && attribution::class(o) == ErrorClass::Refused
+                && !probes.contains(o)
+                && o.port
+                    .is_none_or(|p| w.port.is_none_or(|q| p == q || p == 0))
+                && t > end.t.plus_ns(i64::try_from(end.unc_ns).unwrap_or(0))
+                && t >= closed.t
+                && w.netns_gone.is_none_or(|n| t <= n.t)
+        })
+        .collect()
+}
+
+/// Moves the end of the pod's unsafe window to its last refusal by a client dialling it
+/// directly ([`direct_refusals`]): the preStop must outlast that client's lag as well.
+fn extend_to_direct_clients(
+    d: &mut PodDraft,
+    direct: &[usize],
+    obs: &[Observation],
+    times: &[WallNs],
+    clients: &Clients,
+) {
+    let Some(&last) = direct.iter().max_by_key(|&&i| (times[i], i)) else {
+        return;
+    };
+    let at = attribution::instant(&obs[last], times[last]);
+    d.window.window_end = Some(at);
+    d.direct_until = Some((at, clients.client_of(&obs[last])));
 }
 
 /// When the first node began routing new connections to the pod: its first `dataplane_added`,
@@ -363,6 +448,7 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
         total_nodes: dataplane.len(),
         has_end: end.is_some(),
         terminating: tl.is_terminating(),
+        direct_client: d.direct_until.as_ref().map(|(_, c)| c.as_str()),
     });
 
     let prestop_ran_ns = match (tl.prestop, tl.sigterm) {
@@ -402,6 +488,7 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
         reason,
         missing,
         error_marks,
+        client_errors: d.client_errors.clone(),
     };
     (report, facts)
 }
@@ -566,6 +653,7 @@ pub(crate) fn finish_startup(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -
         verdict,
         reason,
         error_marks,
+        client_errors: d.client_errors.clone(),
     }
 }
 
@@ -617,6 +705,8 @@ struct Judged<'a> {
     total_nodes: usize,
     has_end: bool,
     terminating: bool,
+    /// The client whose direct connections ended the window, when one did.
+    direct_client: Option<&'a str>,
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
@@ -635,9 +725,19 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
     } else {
         String::new()
     };
-    let node = j
-        .worst_node
-        .map_or_else(|| "a node".to_owned(), |n| format!("node {n}"));
+    let node = match j.direct_client {
+        Some(c) => format!(
+            "{c}, dialling its address directly after every node had stopped routing the Service to it,"
+        ),
+        None => j
+            .worst_node
+            .map_or_else(|| "a node".to_owned(), |n| format!("node {n}")),
+    };
+    let verb = if j.direct_client.is_some() {
+        "kept connecting"
+    } else {
+        "kept routing new connections to it"
+    };
     // Sub-0.05 ms uncertainties (tens of ns from the clock conversion) would print as ±0.
     let pm = |unc: i64| {
         if unc >= 50_000 {
@@ -682,7 +782,7 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
         Some(g) if g - j.gap_unc > 0 => (
             Verdict::Unsafe,
             format!(
-                "{node} kept routing new connections to it for {bound}{} ms{} after it stopped listening: {in_window}{drain_note}",
+                "{node} {verb} for {bound}{} ms{} after it stopped listening: {in_window}{drain_note}",
                 ms(g),
                 pm(j.gap_unc),
             ),

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{
     attribution::{self, Fuzzy},
+    clients::{Clients, Path},
     identity::PodIdent,
     model::{Cause, ErrorCounts, PodReport, Rollout, StartupReport, Verdict},
     pod::{PodDraft, PodFacts, label},
@@ -78,6 +79,7 @@ pub(crate) fn attribute_service_errors(
     times: &[WallNs],
     indices: &[usize],
     names: &ServiceNames,
+    clients: &Clients,
     drafts: &mut [PodDraft],
 ) -> Vec<Unattributed> {
     let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -86,7 +88,15 @@ pub(crate) fn attribute_service_errors(
             by_service.entry(s.as_str()).or_default().push(p);
         }
     }
-    let mut placed: Vec<(usize, attribution::ErrorClass, Cause, Fuzzy, u64)> = Vec::new();
+    type Placed = (
+        usize,
+        attribution::ErrorClass,
+        Cause,
+        Fuzzy,
+        u64,
+        (String, Path),
+    );
+    let mut placed: Vec<Placed> = Vec::new();
     let mut left = Vec::new();
     let mut ambiguous: Vec<(Vec<(usize, Cause)>, Unattributed)> = Vec::new();
     for &i in indices {
@@ -113,7 +123,14 @@ pub(crate) fn attribute_service_errors(
             count: o.weight(),
         };
         match candidates[..] {
-            [(p, cause)] => placed.push((p, class, cause, at, o.weight())),
+            [(p, cause)] => placed.push((
+                p,
+                class,
+                cause,
+                at,
+                o.weight(),
+                (clients.client_of(o), clients.path_of(o)),
+            )),
             [] => left.push(u),
             _ => ambiguous.push((candidates, u)),
         }
@@ -122,14 +139,14 @@ pub(crate) fn attribute_service_errors(
     // connection seen from two ends: client errors only add what the pod side did not see
     // (timeouts, above all), so nothing is counted twice.
     let mut seen_by_pod: HashMap<(usize, Cause), u64> = HashMap::new();
-    for (p, class, cause, at, n) in placed {
+    for (p, class, cause, at, n, client) in placed {
         let credit = seen_by_pod
             .entry((p, cause))
             .or_insert_with(|| drafts[p].errors.get(cause));
         let covered = n.min(*credit);
         *credit -= covered;
         if n > covered {
-            drafts[p].add_error(class, cause, at, n - covered);
+            drafts[p].add_error(class, cause, at, n - covered, client);
         }
     }
     // An error several pods' windows explain was still seen by whichever of them refused or
@@ -362,6 +379,7 @@ fn attach_started(out: &mut Vec<(Rollout, Vec<Finished>)>, started: Vec<Started>
                     duration_ms: 0.0,
                     pods: Vec::new(),
                     startup: Vec::new(),
+                    clients: Vec::new(),
                     capacity: None,
                     max_gap_ms: None,
                     worst_pod: None,
@@ -574,6 +592,7 @@ fn summarize(g: &[Finished]) -> Rollout {
         // Filled by the caller once the advice has read the pods: no copy of 1 000-node tables.
         pods: Vec::new(),
         startup: Vec::new(),
+        clients: Vec::new(),
         capacity: None,
         max_gap_ms: worst.map(|(gap, _)| gap),
         worst_pod: worst.map(|(_, p)| label_of(&p.report)),

@@ -376,6 +376,18 @@ pub fn render(report: &Report) -> String {
                 .iter()
                 .map(|p| (rows::pod_label(p), p.verdict, p.reason.as_str())),
         );
+        if !r.clients.is_empty() {
+            table(
+                &mut out,
+                &rows::client_headers(),
+                r.clients.iter().map(rows::client_row),
+            );
+            out.push_str("<ul>");
+            for c in r.clients.iter().filter(|c| !c.reason.is_empty()) {
+                let _ = write!(out, "<li>{}</li>", esc(&c.reason));
+            }
+            out.push_str("</ul>");
+        }
         if !r.startup.is_empty() {
             out.push_str(
                 "<p class=\"legend\">New pods (+): Y pod ready · E endpoint ready · A first node routing · O listening · \

@@ -1,7 +1,8 @@
 //! The cells the terminal tables and the HTML tables both show.
 
 use crate::correlate::{
-    Basis, Mark, PodReport, ReadinessProbe, Report, Rollout, RoutingState, StartupReport,
+    Basis, ClientReport, Mark, PodReport, ReadinessProbe, Report, Rollout, RoutingState,
+    StartupReport, clients::Path,
 };
 
 /// A duration: `unknown`, `≥993.3 ms` (lower bound), `+588.0 ms ±0.1`.
@@ -184,6 +185,38 @@ pub(crate) fn startup_row(s: &StartupReport, wide: bool) -> Vec<String> {
         s.verdict.as_str().to_owned(),
     ]);
     row
+}
+
+/// The clients' columns (both formats: they fit 120 columns).
+pub(crate) fn client_headers() -> Vec<&'static str> {
+    vec![
+        "CLIENT",
+        "PATH",
+        "REFUSED",
+        "RESET AT EXIT",
+        "TIMEOUT",
+        "BEFORE LISTENING",
+        "AFTER REMOVAL",
+    ]
+}
+
+pub(crate) fn client_row(c: &ClientReport) -> Vec<String> {
+    let e = &c.errors;
+    vec![
+        c.client.clone(),
+        match c.path {
+            Path::Service => "service",
+            Path::PodIp => "pod IP",
+            Path::Unknown => "—",
+        }
+        .to_owned(),
+        e.unsafe_window.to_string(),
+        e.at_exit.to_string(),
+        e.after_netns_gone.to_string(),
+        (e.before_listening + e.after_ready).to_string(),
+        c.after_endpoint_removed_ms
+            .map_or_else(|| "—".to_owned(), |v| format!("{v:+.1} ms")),
+    ]
 }
 
 /// `deployment/web -n default`.

@@ -58,6 +58,8 @@ fn numeric(header: &str) -> bool {
             | "POD READY"
             | "FIRST ROUTED"
             | "LISTENING"
+            | "BEFORE LISTENING"
+            | "AFTER REMOVAL"
     )
 }
 
@@ -126,6 +128,16 @@ pub(crate) fn render(report: &Report, wide: bool) -> String {
                 s.reason
             );
             out.push_str(&wrapped("  ", &line));
+        }
+        if !r.clients.is_empty() {
+            columns(
+                &mut out,
+                &rows::client_headers(),
+                r.clients.iter().map(rows::client_row),
+            );
+            for c in r.clients.iter().filter(|c| !c.reason.is_empty()) {
+                out.push_str(&wrapped("  ", &c.reason));
+            }
         }
         if r.unattributed_errors > 0 {
             let _ = writeln!(
