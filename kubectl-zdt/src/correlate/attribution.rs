@@ -323,8 +323,8 @@ pub(crate) fn own_cause(class: ErrorClass, port: Option<u16>, t: WallNs, w: &Pod
 }
 
 /// The cause of an error on a new pod while nodes route to it and it is not terminating:
-/// refused before its listener opened, or refused or reset after (its readiness probe let it
-/// take traffic it could not serve).
+/// refused before its listener opened, or refused after (its readiness probe let it take
+/// traffic it could not serve). A reset of a connection it served is no lost request.
 fn startup_cause(class: ErrorClass, t: WallNs, w: &PodWindow) -> Option<Cause> {
     let from = w.routed_from?;
     if t < from.earliest() || w.term_start.is_some_and(|s| t >= s.earliest()) {
@@ -335,7 +335,10 @@ fn startup_cause(class: ErrorClass, t: WallNs, w: &PodWindow) -> Option<Cause> {
     let listening = t > w.listen_open?.latest();
     match class {
         ErrorClass::Refused if !listening => Some(Cause::BeforeListening),
-        ErrorClass::Refused | ErrorClass::Reset if listening => Some(Cause::AfterReady),
+        ErrorClass::Refused => Some(Cause::AfterReady),
+        // A serving pod resets connections it closes with the request unread, after its
+        // response: neither its RST nor the client's ECONNRESET then says a request was lost.
+        ErrorClass::Reset if listening => Some(Cause::Unrelated),
         _ => None,
     }
 }
@@ -393,14 +396,15 @@ mod tests {
             cause(ErrorClass::Refused, Some(8080), at(-10), &w),
             Cause::Undetermined
         );
-        // After it listened, a refusal or reset means it was ready but could not serve.
+        // After it listened, a refusal means it was ready but could not serve.
         assert_eq!(
             cause(ErrorClass::Refused, Some(8080), at(2_500), &w),
             Cause::AfterReady
         );
+        // A reset of a connection it served says nothing of a lost request.
         assert_eq!(
             cause(ErrorClass::Reset, Some(8080), at(2_500), &w),
-            Cause::AfterReady
+            Cause::Unrelated
         );
         // A timeout is no listener's fault.
         assert_eq!(

@@ -236,8 +236,8 @@ pub struct ErrorCounts {
     /// New connections a new pod refused after a node started routing to it and before its
     /// listener opened: a readiness probe on the Service's target port cures them.
     pub before_listening: u64,
-    /// Connections a new pod refused or reset after it turned ready and listened, while it was
-    /// not terminating: its readiness probe checks something else than what serves.
+    /// Connections a new pod refused after it turned ready and listened, while it was not
+    /// terminating: its listener went away while it was ready.
     pub after_ready: u64,
     /// The node's kubelet's own probes refused or reset (`"probe": "kubelet"` on the line): no
     /// client saw them; in no other count and not in [`ErrorCounts::total`].
@@ -307,7 +307,7 @@ pub enum Cause {
     Probe,
     /// Refused by a new pod that nodes routed to before it listened.
     BeforeListening,
-    /// Refused or reset by a new pod after it turned ready and listened.
+    /// Refused by a new pod after it turned ready and listened.
     AfterReady,
 }
 

@@ -569,12 +569,8 @@ pub(crate) fn finish_startup(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -
     };
     let after_ready = if e.after_ready > 0 {
         format!(
-            "{} after it turned ready and listened: its readiness probe checks something else than what serves {port}",
-            plural(
-                e.after_ready,
-                "connection refused or reset",
-                "connections refused or reset"
-            )
+            "{} after it turned ready and listened: its listener on {port} went away while it stayed ready, so its readiness probe checks something else than what serves",
+            plural(e.after_ready, "connection refused", "connections refused")
         )
     } else {
         String::new()

@@ -61,10 +61,7 @@ pub(crate) fn advise(grouped: &[(Rollout, Vec<Finished>)]) -> Vec<ReadinessAdvic
                 if !reason.is_empty() {
                     reason.push_str(", ");
                 }
-                reason.push_str(&format!(
-                    "{} refused or reset after they turned ready",
-                    a.after
-                ));
+                reason.push_str(&format!("{} refused after they turned ready", a.after));
             }
             if reason.is_empty() {
                 reason.push_str("nodes routed to new pods before they listened");

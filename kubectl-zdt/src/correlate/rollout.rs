@@ -439,7 +439,7 @@ fn startup_reason(r: &mut Rollout, deleted: bool) {
         }
         what.push(')');
     } else if after > 0 {
-        what.push_str(&format!(" ({after} refused or reset after turning ready)"));
+        what.push_str(&format!(" ({after} refused after turning ready)"));
     }
     what.push_str(": a readiness probe cures them, not a preStop");
     if !deleted {

@@ -26,7 +26,7 @@ X exit  N netns gone\n(lower case: known to ±50 ms or worse)  █ unsafe window
 
 /// Two more lines when the rollout has new pods (`+name` rows).
 pub const STARTUP_LEGEND: &str = "new pods (+): Y pod ready  E endpoint ready  A first node routing  O listening  \
-░ routed before listening\n< refused before listening  ? refused or reset after ready";
+░ routed before listening\n< refused before listening  ? refused after ready";
 
 /// The letter each mark is drawn with, painted in this order (the listener close last: the
 /// window starts there).

@@ -391,7 +391,7 @@ pub fn render(report: &Report) -> String {
         if !r.startup.is_empty() {
             out.push_str(
                 "<p class=\"legend\">New pods (+): Y pod ready · E endpoint ready · A first node routing · O listening · \
-                 pink bar: routed before listening · pink dots: refused before listening, brown: refused or reset after ready. \
+                 pink bar: routed before listening · pink dots: refused before listening, brown: refused after ready. \
                  Capacity: the Service's ready endpoints (blue) and those listening (green) against the replicas asked for (dashed).</p>",
             );
             table(
