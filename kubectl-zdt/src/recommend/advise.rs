@@ -78,6 +78,8 @@ pub struct WorkloadEvidence {
     pub pods: Vec<PodEvidence>,
     /// The readiness probe its new pods needed (they were routed to before they listened).
     pub readiness: Option<correlate::ReadinessAdvice>,
+    /// The rollout strategy it needed (its ready endpoints fell below its replicas).
+    pub capacity: Option<correlate::CapacityAdvice>,
 }
 
 impl WorkloadEvidence {
@@ -106,16 +108,19 @@ pub fn gather(obs: &[Observation], margin_ms: u64) -> Vec<WorkloadEvidence> {
         g.0.insert(e.rollout);
         g.1.push(e);
     }
+    let key = |namespace: &Option<String>, workload: &str| WorkloadKey {
+        namespace: namespace.clone(),
+        workload: workload.to_owned(),
+    };
     let mut readiness: BTreeMap<WorkloadKey, correlate::ReadinessAdvice> = report
         .readiness_advice
         .into_iter()
-        .map(|a| {
-            let key = WorkloadKey {
-                namespace: a.namespace.clone(),
-                workload: a.workload.clone(),
-            };
-            (key, a)
-        })
+        .map(|a| (key(&a.namespace, &a.workload), a))
+        .collect();
+    let mut capacity: BTreeMap<WorkloadKey, correlate::CapacityAdvice> = report
+        .capacity_advice
+        .into_iter()
+        .map(|a| (key(&a.namespace, &a.workload), a))
         .collect();
     // A workload whose only trouble was its new pods' start has no terminated pod.
     for key in readiness.keys() {
@@ -125,6 +130,7 @@ pub fn gather(obs: &[Observation], margin_ms: u64) -> Vec<WorkloadEvidence> {
         .into_iter()
         .map(|(key, (rollouts, pods))| WorkloadEvidence {
             readiness: readiness.remove(&key),
+            capacity: capacity.remove(&key),
             key,
             rollouts: rollouts.len(),
             pods,
@@ -233,6 +239,10 @@ pub struct Recommendation {
     /// that.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<correlate::ReadinessAdvice>,
+    /// The rolling-update strategy that keeps its capacity: its ready endpoints fell below its
+    /// replicas during a rollout (docs/report-schema.md, CapacityAdvice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_strategy: Option<correlate::CapacityAdvice>,
 }
 
 impl Recommendation {
@@ -312,6 +322,7 @@ pub fn advise_workload(
         reason: String::new(),
         wasted_seconds_per_rollout: None,
         readiness_probe: w.readiness.clone(),
+        rollout_strategy: w.capacity.clone(),
     };
     let margin_ns = correlate::Options {
         margin_ms: options.margin_ms,
@@ -529,6 +540,7 @@ mod tests {
                 .map(|i| pod(i, 400 + 100 * i as i64, i % rollouts))
                 .collect(),
             readiness: None,
+            capacity: None,
         }
     }
 

@@ -108,9 +108,9 @@ pub fn table(all: &Recommendations) -> String {
         if let Some(a) = &r.advised {
             let _ = writeln!(out, "  {}", a.reason);
         }
-        if let Some(a) = &r.readiness_probe {
-            let _ = writeln!(out, "  readiness probe: {}", a.reason);
-            if let Some(p) = &a.patch {
+        for (head, reason, patch) in extra_advice(r) {
+            let _ = writeln!(out, "  {head}: {reason}");
+            if let Some(p) = patch {
                 let _ = writeln!(out, "  {}", p.command);
             }
         }
@@ -248,23 +248,29 @@ pub fn yaml(all: &Recommendations) -> String {
     for s in &skipped {
         let _ = writeln!(out, "# no patch for {s}");
     }
-    // The readiness probe is another fix than the preStop's: its own ready command.
-    for (r, a) in all
-        .workloads
-        .iter()
-        .filter_map(|r| Some((r, r.readiness_probe.as_ref()?)))
-    {
-        let _ = writeln!(
-            out,
-            "# readiness probe for {}: {}",
-            r.key().display(),
-            a.reason
-        );
-        if let Some(p) = &a.patch {
-            let _ = writeln!(out, "#   {}", p.command);
+    // The readiness probe and the strategy are other fixes than the preStop's: their own
+    // ready commands.
+    for r in &all.workloads {
+        for (head, reason, patch) in extra_advice(r) {
+            let _ = writeln!(out, "# {head} for {}: {reason}", r.key().display());
+            if let Some(p) = patch {
+                let _ = writeln!(out, "#   {}", p.command);
+            }
         }
     }
     out.push_str(&docs.join("---\n"));
+    out
+}
+
+/// The readiness probe and the rollout strategy a workload needs besides its preStop.
+fn extra_advice(r: &Recommendation) -> Vec<(&'static str, &str, Option<&crate::correlate::Patch>)> {
+    let mut out = Vec::new();
+    if let Some(a) = &r.rollout_strategy {
+        out.push(("rollout strategy", a.reason.as_str(), a.patch.as_ref()));
+    }
+    if let Some(a) = &r.readiness_probe {
+        out.push(("readiness probe", a.reason.as_str(), a.patch.as_ref()));
+    }
     out
 }
 

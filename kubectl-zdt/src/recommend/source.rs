@@ -53,6 +53,7 @@ fn no_rollout(key: WorkloadKey) -> WorkloadEvidence {
         rollouts: 0,
         pods: Vec::new(),
         readiness: None,
+        capacity: None,
     }
 }
 
