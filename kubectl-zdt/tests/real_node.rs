@@ -497,6 +497,19 @@ fn keep_alive_connections_open_at_the_apps_exit_are_resets_at_exit_on_the_pods_p
         "{:?}",
         p[0].errors
     );
+    // Per client: the one client, through the Service, with the cure for keep-alive resets.
+    let [c] = &report.rollouts[0].clients[..] else {
+        panic!("{:#?}", report.rollouts[0].clients)
+    };
+    assert_eq!(c.path, correlate::clients::Path::Service, "{c:#?}");
+    assert_eq!((c.errors.at_exit, c.errors.total()), (K as u64, K as u64));
+    assert!(
+        c.reason
+            .contains("reset at the pod's exit (keep-alive): drain on SIGTERM")
+            && c.reason.contains("close idle keep-alive connections"),
+        "{}",
+        c.reason
+    );
 }
 
 /// A pod without a readiness probe whose app listens 1 s after it starts (the v1.23 `startup`
