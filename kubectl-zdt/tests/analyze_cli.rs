@@ -491,3 +491,44 @@ fn control_characters_from_the_data_never_reach_the_terminal() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn new_pods_refusing_before_they_listen_are_a_table_of_their_own_a_chart_row_and_a_probe() {
+    let run = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-cluster/v1.23-startup-t1.jsonl");
+    let run = run.to_str().unwrap();
+    let table = stdout(&analyze(&[run], None));
+    assert!(
+        table
+            .lines()
+            .all(|l| l.starts_with("  kubectl ") || l.chars().count() <= 120),
+        "{table}"
+    );
+    for needle in [
+        "NEW POD",
+        "REFUSED BEFORE LISTENING",
+        // The default table's row: probe unknown (the recording predates it), the gap, 181.
+        "startup-7f98c5b6cd-wtdsh  unknown           +2458.9 ms                       181",
+        "+startup-7f98c5b6cd-wtdsh  Y",
+        "readiness probe for deployment/startup -n default: 386 connections refused",
+        r#""readinessProbe":{"tcpSocket":{"port":8080},"periodSeconds":1}"#,
+    ] {
+        assert!(table.contains(needle), "{needle}\n{table}");
+    }
+    let html_path = std::env::temp_dir().join(format!("zdt-startup-{}.html", std::process::id()));
+    stdout(&analyze(
+        &["--html", html_path.to_str().unwrap(), "-o", "json", run],
+        None,
+    ));
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    let _ = std::fs::remove_file(&html_path);
+    assert!(html.contains("+startup-7f98c5b6cd-fknrg"), "{html}");
+    assert!(html.contains("routed before listening"), "{html}");
+    // The capacity band: ready and listening endpoints as step lines.
+    assert!(
+        html.contains("<title>ready endpoints</title>")
+            && html.contains("<title>listening endpoints</title>")
+            && html.contains("ready min 2 · listening min 0 of 2"),
+        "{html}"
+    );
+}

@@ -242,3 +242,83 @@ proptest! {
         prop_assert!(i64::try_from(a.termination_grace_period_seconds).is_ok());
     }
 }
+
+/// A new pod: ready at 0, the first node routing to it at `routed_ms`, listening at
+/// `listen_ms`; the pod's kernel refusing a connection at each of `refusals` (ms), and serving
+/// after it listened. Every refusal between the first routing and the listener's open is a
+/// refusal before listening, every later one a refusal after ready, whatever the input order.
+fn new_pod_lines(routed_ms: i64, listen_ms: i64, refusals: &[i64]) -> Vec<Observation> {
+    let at = |ms: i64| T0.plus_ns(ms * 1_000_000).to_timestamp();
+    let node = || NodeName("node-a".into());
+    let named = |mut o: Observation| {
+        o.pod = Some("default/web-6c9d8b7f5-newpd".into());
+        o.pod_uid = Some("uid-new".into());
+        o.ip = Some("10.244.1.20".parse().unwrap());
+        o.port = Some(8080);
+        o
+    };
+    let mut ready = named(Observation::new(
+        Kind::EndpointReady,
+        at(0),
+        NodeName("api".into()),
+    ));
+    ready.service = Some("default/web".into());
+    let mut added = named(Observation::new(
+        Kind::DataplaneAdded,
+        at(routed_ms),
+        node(),
+    ));
+    added.service = Some("default/web".into());
+    let mut lines = vec![
+        ready,
+        added,
+        named(Observation::new(Kind::ListenerOpen, at(listen_ms), node())),
+    ];
+    for (i, &ms) in refusals.iter().enumerate() {
+        let mut o = named(Observation::new(Kind::Refused, at(ms), node()));
+        o.reason = Some("NO_SOCKET".into());
+        o.peer_ip = Some("10.244.2.7".parse().unwrap());
+        o.peer_port = Some(40_000 + u16::try_from(i).unwrap());
+        lines.push(o);
+    }
+    lines
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_new_pods_refusals_split_at_its_listeners_open_in_any_order(
+        routed in 0i64..500,
+        listen in 0i64..3_000,
+        refusals in prop::collection::vec(0i64..4_000, 0..30),
+        seed in any::<u64>(),
+    ) {
+        // Refusals before the first routing cannot have come through the Service: none here.
+        let refusals: Vec<i64> = refusals.into_iter().filter(|&t| t >= routed).collect();
+        let mut lines = new_pod_lines(routed, listen, &refusals);
+        // Any input order.
+        let n = lines.len();
+        for i in 0..n {
+            let j = usize::try_from(seed.rotate_left(i as u32 % 64) % n as u64).unwrap_or(0);
+            lines.swap(i, j);
+        }
+        let before = refusals.iter().filter(|&&t| t <= listen).count() as u64;
+        let after = refusals.len() as u64 - before;
+        let r = run(&lines);
+        let started: Vec<_> = r.rollouts.iter().flat_map(|ro| &ro.startup).collect();
+        if before + after == 0 && listen <= routed {
+            // Nothing went wrong: a new pod of no rollout is not reported.
+            prop_assert!(started.is_empty());
+        } else {
+            prop_assert_eq!(started.len(), 1);
+            let e = started[0].errors;
+            prop_assert_eq!((e.before_listening, e.after_ready), (before, after));
+            prop_assert_eq!(e.total(), before + after);
+            let gap = started[0].startup_gap_ms.unwrap();
+            // From the first routing (or the first refusal, if earlier) to the open.
+            let first = refusals.iter().copied().filter(|&t| t <= listen).min().unwrap_or(routed).min(routed);
+            prop_assert_eq!(gap, (listen - first) as f64);
+        }
+    }
+}

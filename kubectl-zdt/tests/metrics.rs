@@ -268,6 +268,41 @@ fn a_pod_still_terminating_is_not_recorded_until_it_settles() {
     assert!(text.contains("zdt_pods_measured_total 2"), "{text}");
 }
 
+#[test]
+fn a_new_pods_startup_gap_is_recorded_once_it_settles() {
+    // The v1.23 startup rollout (tests/fixtures/real-cluster): two new pods routed to 2.46 s
+    // and 2.55 s before httpd listened.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-cluster/v1.23-startup-t1.jsonl");
+    let (obs, bad) = correlate::input::parse_all(&std::fs::read_to_string(path).unwrap());
+    assert!(bad.is_empty());
+    let metrics = Metrics::new(Scope::Everything, SETTLE);
+    for o in &obs {
+        metrics.observe(o);
+    }
+    let last = obs.iter().map(|o| o.time).max().unwrap();
+    let text = metrics.scrape(
+        last.checked_add(jiff::SignedDuration::from_secs(60))
+            .unwrap(),
+        false,
+    );
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let labels = [("namespace", "default"), ("workload", "deployment/startup")];
+    let count = one(&scrape, "zdt_startup_gap_seconds_count", &labels);
+    assert_eq!(value(count), 2.0, "{text}");
+    let sum = value(one(&scrape, "zdt_startup_gap_seconds_sum", &labels));
+    assert!((sum - (2.458_867 + 2.553_399)).abs() < 1e-6, "{sum}");
+    let s = one(&scrape, "zdt_startup_gap_seconds", &labels);
+    let Value::Histogram(buckets) = &s.value else {
+        panic!("not a histogram: {s:?}");
+    };
+    // Both above 2 s, under 5 s: nothing in the safe buckets.
+    for b in buckets {
+        let want = if b.less_than >= 5.0 { 2.0 } else { 0.0 };
+        assert_eq!(b.count, want, "le={}", b.less_than);
+    }
+}
+
 /// The opt-in monitoring manifests agree with each other and with the agent's flags.
 #[test]
 fn the_podmonitor_scrapes_the_port_the_daemonset_patch_opens_with_flags_the_agent_takes() {

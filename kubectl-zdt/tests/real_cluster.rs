@@ -264,3 +264,139 @@ fn the_reconciliation_counts_the_kernel_lines_of_the_reported_pods_only() {
         )
     );
 }
+
+/// `deployment/startup`: no readiness probe, httpd listening 3 s after the container starts
+/// (tests/fixtures/real-cluster/README.md). What the independent clients saw, and the refusals
+/// the new pods' own kernels sent.
+#[test]
+fn new_pods_routed_before_they_listened_refused_what_the_clients_saw_and_call_for_a_probe() {
+    for (run, clients_refused, new_pods_refused, timeouts) in [
+        // The node's client 299, the --traffic loop 106; the new pods' kernels refused 386.
+        // The loop's 17 timeouts are its own lines only, on the Service.
+        ("startup-t1.jsonl", 299 + 106, 181 + 205, 17),
+        // The clients on vm 252 and node-b 262; the new pods' kernels refused 163 and 324.
+        ("k8s-v1.28/startup-128-a.jsonl", 252 + 262, 163 + 324, 0),
+    ] {
+        let obs = recording(run);
+        let r =
+            correlate::correlate_scoped(&obs, &Options::default(), &scope("deployment/startup"));
+        assert_eq!(r.rollouts.len(), 1, "{run}");
+        let ro = &r.rollouts[0];
+        assert_eq!(ro.startup.len(), 2, "{run}");
+        let e = ro.errors;
+        assert_eq!(e.before_listening, new_pods_refused, "{run}: {e:?}");
+        assert_eq!(
+            e.before_listening + e.unsafe_window,
+            clients_refused,
+            "{run}: {e:?}"
+        );
+        // Every refused connection has a cause; the loop's refusals on the Service, which
+        // an old and a new pod could both explain, are the pods' own refusals, not more.
+        assert_eq!(e.unrelated + e.undetermined, 0, "{run}: {e:?}");
+        assert_eq!(ro.unattributed_errors, timeouts, "{run}");
+        for s in &ro.startup {
+            assert_eq!(s.verdict, correlate::Verdict::Unsafe, "{run}: {s:#?}");
+            // httpd listened 3 s after the container started, ≥ 1.5 s after the first routing.
+            assert!(
+                s.startup_gap_ms.is_some_and(|g| g > 1_500.0),
+                "{run}: {:?}",
+                s.startup_gap_ms
+            );
+            assert!(s.refusing_window.is_some(), "{run}");
+            assert!(!s.reason.contains("preStop"), "{run}: {}", s.reason);
+        }
+        assert!(
+            ro.reason
+                .contains("a readiness probe cures them, not a preStop"),
+            "{run}: {}",
+            ro.reason
+        );
+        // The advice for these refusals is a readiness probe on the target port.
+        let [a] = &r.readiness_advice[..] else {
+            panic!("{run}: {:#?}", r.readiness_advice)
+        };
+        assert_eq!(a.before_listening, new_pods_refused, "{run}");
+        let patch = &a.patch.as_ref().expect("patch").command;
+        assert!(
+            patch.starts_with("kubectl patch deployment/startup -n default")
+                && patch.contains(r#""name":"web","readinessProbe":{"tcpSocket":{"port":8080}"#)
+                && !patch.contains("preStop"),
+            "{run}: {patch}"
+        );
+    }
+}
+
+#[test]
+fn the_startup_rollout_kept_its_ready_endpoints_but_none_listened_for_a_while() {
+    // maxSurge 25% → 1, maxUnavailable 25% → 0 of 2 replicas: the controller never had fewer
+    // than 2 ready endpoints; but the new pods' endpoints were ready 2.5 s before httpd listened,
+    // and once both old pods had left none of the ready endpoints listened.
+    for (run, no_listener_ms) in [
+        ("startup-t1.jsonl", 1505.829),
+        ("k8s-v1.28/startup-128-a.jsonl", 548.416),
+    ] {
+        let r = correlate::correlate_scoped(
+            &recording(run),
+            &Options::default(),
+            &scope("deployment/startup"),
+        );
+        let c = r.rollouts[0].capacity.as_ref().expect("capacity");
+        assert_eq!((c.desired, c.min_ready), (2, 2), "{run}");
+        assert_eq!(c.ready_below_desired_ms, 0.0, "{run}");
+        assert_eq!(
+            (c.min_serving, c.min_serving_ms),
+            (0, no_listener_ms),
+            "{run}"
+        );
+        assert!(
+            c.reason.contains("turned ready before their pods listened"),
+            "{run}"
+        );
+        // The cure is the readiness probe, not the strategy.
+        assert!(r.capacity_advice.is_empty(), "{run}");
+    }
+    // fast: a tcpSocket readiness probe; every ready endpoint listened.
+    let r = correlate::correlate_scoped(&recording("fast-t1.jsonl"), &Options::default(), &fast());
+    let c = r.rollouts[0].capacity.as_ref().expect("capacity");
+    assert_eq!((c.desired, c.min_ready, c.min_serving), (2, 2, 2));
+}
+
+#[test]
+fn each_client_is_told_apart_with_the_failures_it_saw() {
+    // v1.23 startup: the node's own client (198.18.0.1) saw 299 refusals, the --traffic loop
+    // (its pod named by the API watch) 106.
+    let r = correlate::correlate_scoped(
+        &recording("startup-t1.jsonl"),
+        &Options::default(),
+        &scope("deployment/startup"),
+    );
+    let refused = |name: &str| {
+        let c: Vec<_> = r.rollouts[0]
+            .clients
+            .iter()
+            .filter(|c| c.client == name)
+            .collect();
+        assert!(!c.is_empty(), "{name}: {:#?}", r.rollouts[0].clients);
+        c.iter()
+            .map(|c| c.errors.unsafe_window + c.errors.before_listening)
+            .sum::<u64>()
+    };
+    assert_eq!(refused("address 198.18.0.1"), 299);
+    assert_eq!(refused("pod/zdt-traffic-startup -n default"), 106);
+    // v1.28 one node, both ends watched: the node's client went through the ClusterIP and saw
+    // 18 refused, 3 reset, 146 timed out.
+    let r = correlate::correlate(
+        &recording("k8s-v1.28/one-node-fast-final.jsonl"),
+        &Options::default(),
+    );
+    let [c] = &r.rollouts[0].clients[..] else {
+        panic!("{:#?}", r.rollouts[0].clients)
+    };
+    assert_eq!(c.client, "address 198.18.0.1");
+    assert_eq!(c.path, correlate::clients::Path::Service);
+    let e = c.errors;
+    assert_eq!(
+        (e.unsafe_window, e.at_exit, e.after_netns_gone),
+        (18, 3, 146)
+    );
+}

@@ -497,4 +497,118 @@ fn keep_alive_connections_open_at_the_apps_exit_are_resets_at_exit_on_the_pods_p
         "{:?}",
         p[0].errors
     );
+    // Per client: the one client, through the Service, with the cure for keep-alive resets.
+    let [c] = &report.rollouts[0].clients[..] else {
+        panic!("{:#?}", report.rollouts[0].clients)
+    };
+    assert_eq!(c.path, correlate::clients::Path::Service, "{c:#?}");
+    assert_eq!((c.errors.at_exit, c.errors.total()), (K as u64, K as u64));
+    assert!(
+        c.reason
+            .contains("reset at the pod's exit (keep-alive): drain on SIGTERM")
+            && c.reason.contains("close idle keep-alive connections"),
+        "{}",
+        c.reason
+    );
+}
+
+/// A pod without a readiness probe whose app listens 1 s after it starts (the v1.23 `startup`
+/// Deployment in small): its endpoint is ready at once, a client connecting every 5 ms is
+/// refused by the pod's kernel until the app listens. Every refusal the client saw is a refusal
+/// before listening of the new pod, the listener's open is within 2 ms of the app's own mark,
+/// and the advice is a readiness probe on the port.
+#[test]
+fn a_pod_listening_a_second_late_without_a_readiness_probe_refuses_until_it_listens() {
+    let mut bed = Bed::new();
+    let pod = bed.pod("web-late");
+    if let Some(ready) = bed.api.last_mut() {
+        ready.extra.insert(
+            "readiness_probe".into(),
+            serde_json::json!({"type": "none"}),
+        );
+        ready.extra.insert("container".into(), "app".into());
+    }
+    let agent = bed.agent(&[&pod]);
+    // No probe to wait for: the endpoint turns ready as soon as the container runs.
+    let mut ready = bed.api_line(
+        Kind::EndpointReady,
+        &pod.name,
+        IpAddr::from(pod.ip),
+        Timestamp::now(),
+    );
+    ready.port = Some(8080);
+    ready.service = Some(bed.svc.name.clone());
+    bed.api.push(ready);
+    let traffic = Traffic::requests(&bed.client, SocketAddr::new(pod.ip.into(), 8080));
+    let app_process = PodProcess::start(
+        &pod,
+        &app(),
+        PodSpec {
+            port: 8080,
+            listen_after_ms: 1_000,
+            ..PodSpec::default()
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let attempts = traffic.finish();
+    let (obs, report) = bed.report(agent.stop());
+    let refused = attempts
+        .iter()
+        .filter(|a| a.error.as_deref() == Some("ECONNREFUSED"))
+        .count() as u64;
+    let served = attempts.iter().filter(|a| a.error.is_none()).count();
+    assert!(
+        refused > 50 && served > 0,
+        "{refused} refused, {served} served"
+    );
+
+    let [ro] = &report.rollouts[..] else {
+        panic!("{:#?}", report.rollouts)
+    };
+    let [s] = &ro.startup[..] else {
+        panic!("{:#?}", ro.startup)
+    };
+    assert_eq!(s.pod.as_deref(), Some("default/web-late"));
+    assert_eq!(s.errors.before_listening, refused, "{:?}", s.errors);
+    // The app answers without reading the request: its kernel resets each connection it
+    // served, which no client saw as a failure.
+    assert_eq!(s.errors.after_ready, 0, "{:?}", s.errors);
+    assert_eq!(
+        s.errors.total() - s.errors.unrelated,
+        refused,
+        "{:?}",
+        s.errors
+    );
+    assert_eq!(s.verdict, correlate::Verdict::Unsafe);
+    let open = of_kind(&obs, Kind::ListenerOpen);
+    let [open] = &open[..] else {
+        panic!("{open:#?}")
+    };
+    // The listener opened right before the app's `ready` line.
+    let off = off_ms(open, app_process.listening);
+    assert!(
+        (-BOUND_MS..=0.5).contains(&off),
+        "listener_open {off} ms off"
+    );
+    assert!(
+        s.startup_gap_ms.is_some_and(|g| g > 900.0),
+        "{:?}",
+        s.startup_gap_ms
+    );
+    assert!(
+        s.reason.contains("it has no readiness probe"),
+        "{}",
+        s.reason
+    );
+    let [a] = &report.readiness_advice[..] else {
+        panic!("{:#?}", report.readiness_advice)
+    };
+    assert!(
+        a.patch
+            .as_ref()
+            .unwrap()
+            .command
+            .contains(r#""name":"app","readinessProbe":{"tcpSocket":{"port":8080}"#)
+    );
 }

@@ -418,3 +418,69 @@ proptest! {
         }
     }
 }
+
+/// The whole answer (no current settings known) and `workload`'s recommendation in it.
+fn answer_for(
+    workloads: &[recommend::WorkloadEvidence],
+    workload: &str,
+) -> (recommend::Recommendations, recommend::Recommendation) {
+    let all = recommend::answer(workloads, &BTreeMap::new(), &Options::default(), Vec::new());
+    let rec = all
+        .workloads
+        .iter()
+        .find(|r| r.workload == workload)
+        .unwrap_or_else(|| panic!("{workload}"))
+        .clone();
+    (all, rec)
+}
+
+/// A recorded stream under tests/fixtures (`real-cluster/…`, `correlate/…`).
+fn fixture(name: &str) -> Vec<Observation> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let (obs, bad) = correlate::input::parse_all(&std::fs::read_to_string(path).unwrap());
+    assert!(bad.is_empty(), "{name}: {bad:?}");
+    obs
+}
+
+#[test]
+fn a_workload_whose_new_pods_refused_before_listening_is_told_to_add_a_readiness_probe() {
+    // The v1.23 `startup` rollout (tests/fixtures/real-cluster): no readiness probe, httpd
+    // listening 3 s after the container started.
+    let workloads = recommend::gather(&fixture("real-cluster/v1.23-startup-t1.jsonl"), 500);
+    let startup = workloads
+        .iter()
+        .find(|w| w.key == key("deployment/startup"))
+        .expect("deployment/startup");
+    let a = startup.readiness.as_ref().expect("readiness advice");
+    assert_eq!(a.before_listening, 386);
+    let (all, rec) = answer_for(&workloads, "deployment/startup");
+    assert_eq!(rec.readiness_probe.as_ref(), Some(a));
+    let table = recommend::render::table(&all, false);
+    assert!(
+        table.contains(
+            "  readiness probe: 386 connections refused by new pods before they listened"
+        ),
+        "{table}"
+    );
+    let yaml = recommend::render::yaml(&all);
+    assert!(
+        yaml.contains(r#"#   kubectl patch deployment/startup -n default --type=strategic -p '{"spec":{"template":{"spec":{"containers":[{"name":"web","readinessProbe""#),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn a_workload_whose_rollout_fell_below_its_replicas_is_told_the_strategy_that_keeps_them() {
+    let workloads = recommend::gather(&fixture("correlate/capacity-drop.jsonl"), 500);
+    let (all, rec) = answer_for(&workloads, "deployment/web");
+    let s = rec.rollout_strategy.as_ref().expect("strategy advice");
+    assert_eq!((s.desired, s.min_ready), (3, 2));
+    let table = recommend::render::table(&all, false);
+    assert!(
+        table.contains(r#""rollingUpdate":{"maxUnavailable":0,"maxSurge":1}"#)
+            && table.contains("  rollout strategy: ready endpoints fell to 2 of the 3 replicas"),
+        "{table}"
+    );
+}

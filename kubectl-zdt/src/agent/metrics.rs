@@ -140,6 +140,7 @@ pub struct Metrics {
     registry: Registry,
     propagation: HistogramFamily,
     gap: HistogramFamily,
+    startup_gap: HistogramFamily,
     dataplane_update: Histogram,
     errors: Family<ErrorLabels, Counter>,
     kernel_lost: Counter,
@@ -190,6 +191,12 @@ impl Metrics {
             "gap_seconds",
             "Per terminated pod of this node: this node's dataplane removal minus the pod's listener close (or the bound the engine uses); > 0 is an unsafe window",
             gap.clone(),
+        );
+        let startup_gap = HistogramFamily::new_with_constructor(gap_buckets);
+        registry.register(
+            "startup_gap_seconds",
+            "Per new pod of this node: its listener's open minus the first node's routing to it; > 0 is connections routed to it before it listened",
+            startup_gap.clone(),
         );
         let dataplane_update = delay_buckets();
         registry.register(
@@ -285,6 +292,7 @@ impl Metrics {
             registry,
             propagation,
             gap,
+            startup_gap,
             dataplane_update,
             errors,
             kernel_lost,
@@ -438,6 +446,7 @@ impl Metrics {
                 | Kind::ConnError
                 | Kind::SynRetransmit
                 | Kind::ListenerClosed
+                | Kind::ListenerOpen
                 | Kind::Signal
                 | Kind::Exec
                 | Kind::Exit
@@ -498,6 +507,8 @@ impl Metrics {
         self.correlations.fetch_add(1, Ordering::Relaxed);
         let report = correlate::correlate(&lines, &Options::default());
         let mut settling = 0;
+        let settle = jiff::SignedDuration::try_from(self.settle).unwrap_or_default();
+        let quiet = |last: Option<Timestamp>| last.is_some_and(|l| now.duration_since(l) >= settle);
         for r in &report.rollouts {
             let labels = WorkloadLabels {
                 namespace: r.namespace.clone().unwrap_or_default(),
@@ -508,15 +519,39 @@ impl Metrics {
                 if w.recorded.contains_key(&key) || !has_own_marks(p) {
                     continue;
                 }
-                let quiet = last_instant(p).is_some_and(|last| {
-                    now.duration_since(last)
-                        >= jiff::SignedDuration::try_from(self.settle).unwrap_or_default()
-                });
-                if !quiet {
+                if !quiet(last_instant(p)) {
                     settling += 1;
                     continue;
                 }
                 self.record(&labels, p);
+                w.recorded.insert(key, now);
+            }
+            // New pods whose listener opened on this node: their startup gap, once settled.
+            for sp in r
+                .startup
+                .iter()
+                .filter(|sp| sp.marks.listener_open.is_some())
+            {
+                let key = format!(
+                    "start:{}",
+                    sp.pod_uid.clone().or(sp.pod.clone()).unwrap_or_default()
+                );
+                if w.recorded.contains_key(&key) {
+                    continue;
+                }
+                let last = sp
+                    .marks
+                    .iter()
+                    .map(|m| m.time)
+                    .chain(sp.error_marks.iter().map(|e| e.time))
+                    .max();
+                if !quiet(last) {
+                    settling += 1;
+                    continue;
+                }
+                if let Some(gap) = sp.startup_gap_ms {
+                    self.startup_gap.get_or_create(&labels).observe(gap / 1e3);
+                }
                 w.recorded.insert(key, now);
             }
         }

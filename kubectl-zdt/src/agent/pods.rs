@@ -282,6 +282,7 @@ impl PodIndex {
             }),
             _ => None,
         };
+        self.attribute_peer(o);
         if o.pod.is_some() {
             return;
         }
@@ -298,6 +299,25 @@ impl PodIndex {
         if let Some(p) = by_ip.or(by_netns) {
             o.pod = Some(p.pod);
             o.pod_uid = Some(p.uid);
+        }
+    }
+
+    /// Names the client of a failed connection (`peer_pod`, `peer_pod_uid`) when its address
+    /// is one of this node's pods: a client pod's own node always knows it, so its client-side
+    /// lines say who kept connecting.
+    fn attribute_peer(&self, o: &mut Observation) {
+        use crate::observation::Kind;
+        if !matches!(
+            o.kind,
+            Kind::Refused | Kind::Reset | Kind::ConnError | Kind::SynRetransmit
+        ) || o.extra.contains_key("peer_pod")
+        {
+            return;
+        }
+        if let Some(p) = o.peer_ip.and_then(|ip| self.lookup(ip, o.time)) {
+            let (pod, uid) = (p.pod.clone(), p.uid.clone());
+            o.extra.insert("peer_pod".to_owned(), pod.into());
+            o.extra.insert("peer_pod_uid".to_owned(), uid.into());
         }
     }
 
@@ -393,6 +413,34 @@ mod tests {
         let mut o = line(kind, t, inum);
         index.attribute(&mut o);
         o.pod
+    }
+
+    #[test]
+    fn a_failed_connection_from_a_pod_of_this_node_names_that_pod_as_its_client() {
+        let mut index = PodIndex::new(Duration::from_secs(600));
+        index.apply(
+            &pod("frontend-7d9f8c6b5d-abcde", "uid-fe", "198.18.0.20"),
+            at(0),
+        );
+        let mut o = Observation::new(Kind::ConnError, at(1), NodeName("vm".into()));
+        o.ip = Some("198.18.1.7".parse().unwrap());
+        o.port = Some(8080);
+        o.peer_ip = Some("198.18.0.20".parse().unwrap());
+        o.peer_port = Some(40_000);
+        index.attribute(&mut o);
+        assert_eq!(
+            o.extra.get("peer_pod"),
+            Some(&serde_json::json!("default/frontend-7d9f8c6b5d-abcde"))
+        );
+        assert_eq!(
+            o.extra.get("peer_pod_uid"),
+            Some(&serde_json::json!("uid-fe"))
+        );
+        // A client that is no pod of this node (the node itself, another node's pod): unnamed.
+        let mut o = Observation::new(Kind::Refused, at(1), NodeName("vm".into()));
+        o.peer_ip = Some("198.18.0.1".parse().unwrap());
+        index.attribute(&mut o);
+        assert!(!o.extra.contains_key("peer_pod"));
     }
 
     #[test]

@@ -404,6 +404,7 @@ pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Resu
         return Err(e);
     }
 
+    let started_at = jiff::Timestamp::now();
     let (tx, mut rx) = mpsc::channel::<Observation>(16_384);
     let (stop, stopped) = watch::channel(false);
     let mut followers = Vec::new();
@@ -491,6 +492,13 @@ pub async fn trace(kube: &KubeArgs, args: &TraceArgs, bar: &ProgressBar) -> Resu
         let _ = f.await;
     }
     let mut observations = gather.await.unwrap_or_default();
+    // The replicas and strategy the capacity is judged against, as the workload had them.
+    observations.push(workload::rollout_start(
+        &object,
+        &args.workload,
+        &ns,
+        started_at,
+    ));
     let mut counts = None;
     if let Some(t) = traffic {
         let (client_obs, ok, problem) = t.finish().await;

@@ -160,6 +160,51 @@ fn int(o: &DynamicObject, pointer: &str) -> i64 {
     o.data.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
+/// The `rollout_start` line `trace` writes when it starts: the replicas the workload asks for
+/// and its rolling-update settings (docs/observations.md), which the report's capacity is
+/// judged against.
+pub fn rollout_start(
+    o: &DynamicObject,
+    workload: &WorkloadRef,
+    namespace: &str,
+    at: jiff::Timestamp,
+) -> crate::observation::Observation {
+    let mut line = crate::observation::Observation::new(
+        crate::observation::Kind::RolloutStart,
+        at,
+        crate::observation::NodeName("kubectl-zdt".to_owned()),
+    )
+    .with_extra("workload", workload.to_string())
+    .with_extra("namespace", namespace);
+    let strategy = match workload.kind {
+        WorkloadKind::Deployment => "/spec/strategy",
+        WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => "/spec/updateStrategy",
+    };
+    let replicas = match workload.kind {
+        WorkloadKind::DaemonSet => o.data.pointer("/status/desiredNumberScheduled"),
+        _ => o.data.pointer("/spec/replicas"),
+    };
+    if let Some(n) = replicas.and_then(Value::as_u64) {
+        line = line.with_extra("replicas", n);
+    }
+    if let Some(t) = o
+        .data
+        .pointer(&format!("{strategy}/type"))
+        .and_then(Value::as_str)
+    {
+        line = line.with_extra("strategy", t);
+    }
+    for (field, key) in [
+        ("maxUnavailable", "max_unavailable"),
+        ("maxSurge", "max_surge"),
+    ] {
+        if let Some(v) = o.data.pointer(&format!("{strategy}/rollingUpdate/{field}")) {
+            line = line.with_extra(key, v.clone());
+        }
+    }
+    line
+}
+
 /// Rollout progress as `kubectl rollout status` judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
@@ -222,6 +267,26 @@ mod tests {
             "spec": {"replicas": 2}, "status": status
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_rollout_start_line_says_the_replicas_and_the_rolling_update_settings() {
+        let o: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"replicas": 3, "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": 1}}},
+        }))
+        .unwrap();
+        let w: WorkloadRef = "deployment/web".parse().unwrap();
+        let line = rollout_start(&o, &w, "shop", jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(line.kind, crate::observation::Kind::RolloutStart);
+        let extra = serde_json::Value::Object(line.extra);
+        assert_eq!(
+            extra,
+            serde_json::json!({"workload": "deployment/web", "namespace": "shop", "replicas": 3,
+                               "strategy": "RollingUpdate", "max_unavailable": "25%", "max_surge": 1})
+        );
     }
 
     #[test]

@@ -240,6 +240,13 @@ pub(crate) struct PodWindow {
     /// The last node's dataplane removal.
     pub window_end: Option<Fuzzy>,
     pub port: Option<u16>,
+    /// For a pod that turned ready during the capture: the first node's routing to it (else its
+    /// endpoint turning ready, the earliest any node may route), and its listener's open.
+    pub routed_from: Option<Fuzzy>,
+    pub listen_open: Option<Fuzzy>,
+    /// The input has listener opens at all (its agents watch them): only then does a new pod
+    /// without one not listen yet.
+    pub listeners_watched: bool,
 }
 
 pub(crate) fn cause(class: ErrorClass, port: Option<u16>, t: WallNs, w: &PodWindow) -> Cause {
@@ -252,6 +259,9 @@ pub(crate) fn cause(class: ErrorClass, port: Option<u16>, t: WallNs, w: &PodWind
         && p != q
     {
         return Cause::Unrelated;
+    }
+    if let Some(c) = startup_cause(class, t, w) {
+        return c;
     }
     let Some(start) = w.term_start else {
         return Cause::Undetermined;
@@ -294,6 +304,45 @@ pub(crate) fn cause(class: ErrorClass, port: Option<u16>, t: WallNs, w: &PodWind
     }
 }
 
+/// [`cause`] of an error the pod's own kernel reported (it refused or reset the connection):
+/// a new pod that refused a connection after nodes began routing to it, with no listener seen
+/// opening where the agents report listener opens, did not listen yet.
+pub(crate) fn own_cause(class: ErrorClass, port: Option<u16>, t: WallNs, w: &PodWindow) -> Cause {
+    let c = cause(class, port, t, w);
+    let routed = w.routed_from.is_some_and(|r| t >= r.earliest());
+    if c == Cause::Undetermined
+        && class == ErrorClass::Refused
+        && routed
+        && w.listen_open.is_none()
+        && w.listeners_watched
+    {
+        Cause::BeforeListening
+    } else {
+        c
+    }
+}
+
+/// The cause of an error on a new pod while nodes route to it and it is not terminating:
+/// refused before its listener opened, or refused after (its readiness probe let it take
+/// traffic it could not serve). A reset of a connection it served is no lost request.
+fn startup_cause(class: ErrorClass, t: WallNs, w: &PodWindow) -> Option<Cause> {
+    let from = w.routed_from?;
+    if t < from.earliest() || w.term_start.is_some_and(|s| t >= s.earliest()) {
+        return None;
+    }
+    // Without the listener's open, only the pod's own refusal says it did not listen
+    // ([`own_cause`]): a client's error could have come from any other backend.
+    let listening = t > w.listen_open?.latest();
+    match class {
+        ErrorClass::Refused if !listening => Some(Cause::BeforeListening),
+        ErrorClass::Refused => Some(Cause::AfterReady),
+        // A serving pod resets connections it closes with the request unread, after its
+        // response: neither its RST nor the client's ECONNRESET then says a request was lost.
+        ErrorClass::Reset if listening => Some(Cause::Unrelated),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,7 +368,90 @@ mod tests {
             netns_gone: exact(300),
             window_end: exact(600),
             port: Some(8080),
+            routed_from: None,
+            listen_open: None,
+            listeners_watched: true,
         }
+    }
+
+    /// A new pod: routed from 0 ms, listening from 2 000 ms, never terminating.
+    fn new_pod() -> PodWindow {
+        PodWindow {
+            routed_from: exact(0),
+            listen_open: exact(2_000),
+            port: Some(8080),
+            ..PodWindow::default()
+        }
+    }
+
+    #[test]
+    fn a_refusal_by_a_new_pod_routed_to_before_it_listened_is_before_listening() {
+        let w = new_pod();
+        assert_eq!(
+            cause(ErrorClass::Refused, Some(8080), at(1_000), &w),
+            Cause::BeforeListening
+        );
+        // Before any node routed to it: no client could have reached it through the Service.
+        assert_eq!(
+            cause(ErrorClass::Refused, Some(8080), at(-10), &w),
+            Cause::Undetermined
+        );
+        // After it listened, a refusal means it was ready but could not serve.
+        assert_eq!(
+            cause(ErrorClass::Refused, Some(8080), at(2_500), &w),
+            Cause::AfterReady
+        );
+        // A reset of a connection it served says nothing of a lost request.
+        assert_eq!(
+            cause(ErrorClass::Reset, Some(8080), at(2_500), &w),
+            Cause::Unrelated
+        );
+        // A timeout is no listener's fault.
+        assert_eq!(
+            cause(ErrorClass::Timeout, None, at(1_000), &w),
+            Cause::Undetermined
+        );
+    }
+
+    #[test]
+    fn without_its_listeners_open_only_the_pods_own_refusal_says_it_did_not_listen() {
+        let w = PodWindow {
+            listen_open: None,
+            listeners_watched: true,
+            ..new_pod()
+        };
+        // A client's refusal on the Service may have come from any backend.
+        assert_eq!(
+            cause(ErrorClass::Refused, Some(8080), at(1_000), &w),
+            Cause::Undetermined
+        );
+        assert_eq!(
+            own_cause(ErrorClass::Refused, Some(8080), at(1_000), &w),
+            Cause::BeforeListening
+        );
+        // An input without any listener open (no agent reporting them) says nothing of it.
+        let unwatched = PodWindow {
+            listeners_watched: false,
+            ..w
+        };
+        assert_eq!(
+            own_cause(ErrorClass::Refused, Some(8080), at(1_000), &unwatched),
+            Cause::Undetermined
+        );
+    }
+
+    #[test]
+    fn a_new_pods_errors_once_it_terminates_follow_the_termination_rules() {
+        let w = PodWindow {
+            term_start: exact(3_000),
+            listen_closed: exact(3_010),
+            window_end: exact(3_500),
+            ..new_pod()
+        };
+        assert_eq!(
+            cause(ErrorClass::Refused, Some(8080), at(3_200), &w),
+            Cause::UnsafeWindow
+        );
     }
 
     #[test]

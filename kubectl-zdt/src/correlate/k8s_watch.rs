@@ -57,10 +57,66 @@ pub struct PodSpec {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub struct Container {
     pub name: String,
     pub ports: Vec<serde_json::Value>,
+    pub readiness_probe: Option<Probe>,
+}
+
+/// A container probe (`readinessProbe`): its handler and timing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Probe {
+    pub tcp_socket: Option<ProbePort>,
+    pub http_get: Option<ProbePort>,
+    pub grpc: Option<ProbePort>,
+    pub exec: Option<serde_json::Value>,
+    pub initial_delay_seconds: Option<u64>,
+    pub period_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ProbePort {
+    /// A number or the name of a container port.
+    pub port: Option<serde_json::Value>,
+    pub path: Option<String>,
+}
+
+/// The serving container's readiness probe as the observation stream carries it
+/// (`readiness_probe` on `pod_ready`, docs/observations.md): `{"type": "none"}` when the
+/// container has none. A named port is resolved to its number where the container declares it.
+fn readiness_probe(c: &Container) -> serde_json::Value {
+    let Some(p) = &c.readiness_probe else {
+        return serde_json::json!({"type": "none"});
+    };
+    let (kind, handler) = match (&p.tcp_socket, &p.http_get, &p.grpc, &p.exec) {
+        (Some(h), _, _, _) => ("tcp_socket", Some(h)),
+        (_, Some(h), _, _) => ("http_get", Some(h)),
+        (_, _, Some(h), _) => ("grpc", Some(h)),
+        (_, _, _, Some(_)) => ("exec", None),
+        _ => ("unknown", None),
+    };
+    let mut out = serde_json::json!({"type": kind});
+    if let Some(port) = handler.and_then(|h| h.port.clone()) {
+        let resolved = match &port {
+            serde_json::Value::String(name) => c
+                .ports
+                .iter()
+                .find(|cp| cp.get("name").and_then(|n| n.as_str()) == Some(name))
+                .and_then(|cp| cp.get("containerPort").cloned())
+                .unwrap_or(port),
+            _ => port,
+        };
+        out["port"] = resolved;
+    }
+    if let Some(path) = handler.and_then(|h| h.path.clone()) {
+        out["path"] = path.into();
+    }
+    out["initial_delay_s"] = p.initial_delay_seconds.unwrap_or(0).into();
+    out["period_s"] = p.period_seconds.unwrap_or(10).into();
+    out
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -160,6 +216,15 @@ fn workload(meta: &ObjectMeta) -> Option<String> {
     }
 }
 
+/// The container serving the Service: the first that declares ports, else the first.
+fn serving_container(p: &Pod) -> Option<&Container> {
+    p.spec
+        .containers
+        .iter()
+        .find(|c| !c.ports.is_empty())
+        .or(p.spec.containers.first())
+}
+
 fn is_ready(p: &Pod) -> bool {
     p.status
         .conditions
@@ -250,7 +315,16 @@ impl PodWatch {
             && m.deletion_timestamp.is_none()
             && self.ready.insert(m.uid.clone())
         {
-            out.push(base(Kind::PodReady));
+            let mut o = base(Kind::PodReady);
+            if let Some(c) = serving_container(p) {
+                o = o
+                    .with_extra("container", c.name.clone())
+                    .with_extra("readiness_probe", readiness_probe(c));
+            }
+            if let Some(w) = workload(m) {
+                o = o.with_extra("workload", w);
+            }
+            out.push(o);
         }
         if m.deletion_timestamp.is_some() && self.deleting.insert(m.uid.clone()) {
             let mut o = base(Kind::PodDeleting);
@@ -275,13 +349,7 @@ impl PodWatch {
             {
                 o = o.with_extra("instrument", true);
             }
-            let serving = p
-                .spec
-                .containers
-                .iter()
-                .find(|c| !c.ports.is_empty())
-                .or(p.spec.containers.first());
-            if let Some(c) = serving {
+            if let Some(c) = serving_container(p) {
                 o = o.with_extra("container", c.name.clone());
             }
             if let Some(n) = &p.spec.node_name {
@@ -455,6 +523,54 @@ mod tests {
 
     fn event(kind: &str, pod: serde_json::Value) -> WatchEvent<Pod> {
         serde_json::from_value(serde_json::json!({"type": kind, "object": pod})).unwrap()
+    }
+
+    #[test]
+    fn a_pod_turning_ready_says_its_serving_containers_readiness_probe() {
+        let ready = |containers: serde_json::Value| {
+            let mut watch = PodWatch::new(NodeName("vm".into()));
+            let lines = watch.on_event(
+                "2026-12-06T18:24:18Z".parse().unwrap(),
+                &event(
+                    "MODIFIED",
+                    serde_json::json!({
+                        "metadata": {"name": "web-1", "namespace": "default", "uid": "u1"},
+                        "spec": {"containers": containers},
+                        "status": {"podIP": "198.18.0.9",
+                                   "conditions": [{"type": "Ready", "status": "True"}]},
+                    }),
+                ),
+            );
+            assert_eq!(lines[0].kind, Kind::PodReady);
+            (
+                lines[0].extra.get("container").cloned(),
+                lines[0].extra.get("readiness_probe").cloned(),
+            )
+        };
+        let (container, probe) = ready(serde_json::json!([
+            {"name": "sidecar"},
+            {"name": "web", "ports": [{"name": "http", "containerPort": 8080}],
+             "readinessProbe": {"httpGet": {"port": "http", "path": "/healthz"},
+                                "initialDelaySeconds": 2, "periodSeconds": 3}},
+        ]));
+        assert_eq!(container, Some(serde_json::json!("web")));
+        assert_eq!(
+            probe,
+            Some(
+                serde_json::json!({"type": "http_get", "port": 8080, "path": "/healthz",
+                                    "initial_delay_s": 2, "period_s": 3})
+            )
+        );
+        let (_, probe) =
+            ready(serde_json::json!([{"name": "web", "ports": [{"containerPort": 8080}]}]));
+        assert_eq!(probe, Some(serde_json::json!({"type": "none"})));
+        let (_, probe) = ready(serde_json::json!([
+            {"name": "web", "readinessProbe": {"exec": {"command": ["true"]}}}
+        ]));
+        assert_eq!(
+            probe,
+            Some(serde_json::json!({"type": "exec", "initial_delay_s": 0, "period_s": 10}))
+        );
     }
 
     #[test]

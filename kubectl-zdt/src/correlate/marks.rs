@@ -40,6 +40,10 @@ pub(crate) struct NodeDp {
     pub removed: Option<RawMark>,
     pub added: Option<RawMark>,
     pub last_flow: Option<RawMark>,
+    /// Its first `dataplane_added` and first routed connection: when it began routing to a
+    /// new pod.
+    pub first_added: Option<RawMark>,
+    pub first_flow: Option<RawMark>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -58,6 +62,13 @@ pub(crate) struct Timeline {
     /// child per connection, whose exits say nothing about the pod.
     pub exit: Option<RawMark>,
     pub netns_gone: Option<RawMark>,
+    /// A new pod's start: the API's Ready condition, its endpoint turning ready, its first
+    /// listener on the Service port opening.
+    pub pod_ready: Option<RawMark>,
+    pub ep_ready: Option<RawMark>,
+    pub listen_open: Option<RawMark>,
+    /// The serving container's readiness probe, when a `pod_ready` line carried it.
+    pub readiness_probe: Option<super::model::ReadinessProbe>,
     pub dp: BTreeMap<NodeId, NodeDp>,
     /// Indices of the error observations (refused, reset, conn_error, syn_retransmit).
     pub errors: Vec<usize>,
@@ -73,6 +84,11 @@ pub(crate) struct Timeline {
 }
 
 impl Timeline {
+    /// The API saw the pod turn ready during the capture: a new pod.
+    pub fn is_new(&self) -> bool {
+        self.pod_ready.is_some() || self.ep_ready.is_some()
+    }
+
     /// Anything that shows the pod was on its way out.
     pub fn is_terminating(&self) -> bool {
         [
@@ -245,6 +261,14 @@ pub(crate) fn build(
             &mut tl.container,
             o.extra.get("container").and_then(|v| v.as_str()),
         );
+        if o.kind == Kind::PodReady
+            && let Some(p) = o
+                .extra
+                .get("readiness_probe")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        {
+            tl.readiness_probe = Some(p);
+        }
         if let Some(g) = o.extra.get("grace_period_s").and_then(|v| v.as_u64()) {
             tl.grace_period_s = Some(tl.grace_period_s.map_or(g, |cur| cur.max(g)));
         }
@@ -278,8 +302,37 @@ pub(crate) fn build(
             Kind::ContainerTerminated => keep_last(&mut api_exit, m),
             Kind::NetnsGone => keep_first(&mut tl.netns_gone, m),
             Kind::DataplaneRemoved => keep_last(&mut tl.dp.entry(m.node).or_default().removed, m),
-            Kind::DataplaneAdded => keep_last(&mut tl.dp.entry(m.node).or_default().added, m),
-            Kind::FlowNew => keep_last(&mut tl.dp.entry(m.node).or_default().last_flow, m),
+            Kind::DataplaneAdded => {
+                let d = tl.dp.entry(m.node).or_default();
+                keep_last(&mut d.added, m);
+                keep_first(&mut d.first_added, m);
+            }
+            Kind::FlowNew => {
+                let d = tl.dp.entry(m.node).or_default();
+                keep_last(&mut d.last_flow, m);
+                // The line's first connection, when it says (`first_time`).
+                let first = o
+                    .extra
+                    .get("first_time")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+                    .map(WallNs::from_timestamp)
+                    .filter(|f| *f <= m.t);
+                keep_first(
+                    &mut d.first_flow,
+                    RawMark {
+                        t: first.unwrap_or(m.t),
+                        ..m
+                    },
+                );
+            }
+            Kind::PodReady => keep_first(&mut tl.pod_ready, m),
+            Kind::EndpointReady => keep_first(&mut tl.ep_ready, m),
+            // The first listener on the Service port to open is when connections stop being
+            // refused.
+            Kind::ListenerOpen if o.port.is_none() || tl.port.is_none() || o.port == tl.port => {
+                keep_first(&mut tl.listen_open, m)
+            }
             Kind::Refused | Kind::Reset | Kind::ConnError | Kind::SynRetransmit => {
                 tl.errors.push(i)
             }

@@ -12,7 +12,9 @@
 
 mod advice;
 pub mod attribution;
+mod capacity;
 pub mod client_log;
+pub mod clients;
 mod clock;
 mod identity;
 pub mod input;
@@ -23,6 +25,7 @@ pub mod model;
 pub mod nft_monitor;
 mod nodes;
 mod pod;
+mod readiness;
 mod rollout;
 mod services;
 pub mod simulate;
@@ -134,11 +137,13 @@ fn run(
         .map(|m| marks::build(obs, &times, &node_of, m))
         .collect();
     let clocks = clock::assess(obs, &node_of, &nodes, &timelines);
+    let listeners_watched = obs.iter().any(|o| o.kind == Kind::ListenerOpen);
+    let clients = clients::Clients::index(obs);
     let mut drafts: Vec<pod::PodDraft> = assignment
         .pods
         .into_iter()
         .zip(timelines)
-        .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks))
+        .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks, listeners_watched, &clients))
         .collect();
     // One name per Service, so a client's errors meet the pods they hit.
     let names = services::ServiceNames::index(obs);
@@ -150,6 +155,7 @@ fn run(
         &times,
         &assignment.service_level,
         &names,
+        &clients,
         &mut drafts,
     );
 
@@ -161,6 +167,7 @@ fn run(
     let mut warnings = clocks.warnings.clone();
     let mut not_deleted: Vec<(String, u64)> = Vec::new();
     let mut finished: Vec<rollout::Finished> = Vec::new();
+    let mut started: Vec<rollout::Started> = Vec::new();
     for (d, (template, instrument)) in drafts.iter().zip(&labels) {
         let deleted = if api_deletions {
             d.tl.delete.is_some()
@@ -172,6 +179,15 @@ fn run(
         let in_scope = scope
             .is_none_or(|s| ns.as_deref() == Some(s.namespace.as_str()) && workload == s.workload);
         if !in_scope {
+            continue;
+        }
+        // A pod that turned ready in the capture and is not on its way out is a new pod (even
+        // in a stream without deletions, where errors would make it a member).
+        if !instrument && d.tl.is_new() && !d.tl.is_terminating() {
+            started.push(rollout::Started::new(
+                d,
+                pod::finish_startup(d, &nodes, &clocks),
+            ));
             continue;
         }
         if !deleted || instrument {
@@ -204,7 +220,8 @@ fn run(
         ));
     }
 
-    let grouped = rollout::group(finished, &unattributed, &mut warnings);
+    let grouped = rollout::group(finished, started, &unattributed, &mut warnings);
+    let readiness_advice = readiness::advise(&grouped);
     let evidence: Vec<PodEvidence> = grouped
         .iter()
         .enumerate()
@@ -257,16 +274,27 @@ fn run(
         });
     }
 
+    let declared = capacity::declared(obs);
+    let rollouts: Vec<Rollout> = grouped
+        .into_iter()
+        .map(|(mut r, g)| {
+            r.pods = g.into_iter().map(|f| f.report).collect();
+            r.capacity = capacity::of(&r, &declared);
+            r.clients = clients::report(&r);
+            if let Some(c) = r.capacity.as_ref().filter(|c| c.min_ready < c.desired) {
+                r.reason.push_str("; ");
+                r.reason.push_str(&c.reason);
+            }
+            r
+        })
+        .collect();
+    let capacity_advice = capacity::advise(&rollouts);
     let report = Report {
         api_version: API_VERSION,
         kind: REPORT_KIND,
-        rollouts: grouped
-            .into_iter()
-            .map(|(mut r, g)| {
-                r.pods = g.into_iter().map(|f| f.report).collect();
-                r
-            })
-            .collect(),
+        rollouts,
+        readiness_advice,
+        capacity_advice,
         advice,
         advice_unavailable,
         nodes: node_summaries,

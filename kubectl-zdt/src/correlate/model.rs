@@ -24,6 +24,12 @@ pub struct Report {
     pub api_version: &'static str,
     pub kind: &'static str,
     pub rollouts: Vec<Rollout>,
+    /// Per workload whose new pods were routed to before they listened (or refused after they
+    /// turned ready): the readiness probe that cures it. Never a preStop.
+    pub readiness_advice: Vec<ReadinessAdvice>,
+    /// Per Deployment whose ready endpoints fell below its replicas during a rollout: the
+    /// strategy that keeps them (maxUnavailable 0).
+    pub capacity_advice: Vec<CapacityAdvice>,
     /// Absent when nothing in the input allows sizing a preStop (no dataplane removal seen).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<Advice>,
@@ -48,13 +54,23 @@ pub struct Rollout {
     pub end: Timestamp,
     pub duration_ms: f64,
     pub pods: Vec<PodReport>,
+    /// The workload's pods that turned ready during the capture (not deleted): when nodes
+    /// started routing to each and when it started listening.
+    pub startup: Vec<StartupReport>,
+    /// Per client (and how it reached the pods): its failed connections by cause.
+    pub clients: Vec<ClientReport>,
+    /// Ready and listening endpoints over the rollout against the replicas asked for; absent
+    /// when no pod of it has an endpoint mark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_gap_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_pod: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_node: Option<NodeName>,
-    /// Sum over the pods plus the errors tied to the workload's Service but to no single pod.
+    /// Sum over the pods and the new pods (`startup`); the errors tied to the workload's
+    /// Service but to no single pod are in `unattributed_errors`.
     pub errors: ErrorCounts,
     /// Service-level errors (a client saw them on a ClusterIP) that fit no pod or several.
     pub unattributed_errors: u64,
@@ -103,6 +119,9 @@ pub struct PodReport {
     /// Error instants for the chart (not part of the schema).
     #[serde(skip)]
     pub error_marks: Vec<ErrorMark>,
+    /// Each error with its client, for the rollout's `clients` (not part of the schema).
+    #[serde(skip)]
+    pub client_errors: Vec<super::clients::ClientError>,
 }
 
 /// The timeline marks (docs/report-schema.md), each with its source and clock uncertainty.
@@ -214,6 +233,12 @@ pub struct ErrorCounts {
     pub unrelated: u64,
     /// Errors on a pod whose termination marks are missing, so no cause can be given.
     pub undetermined: u64,
+    /// New connections a new pod refused after a node started routing to it and before its
+    /// listener opened: a readiness probe on the Service's target port cures them.
+    pub before_listening: u64,
+    /// Connections a new pod refused after it turned ready and listened, while it was not
+    /// terminating: its listener went away while it was ready.
+    pub after_ready: u64,
     /// The node's kubelet's own probes refused or reset (`"probe": "kubelet"` on the line): no
     /// client saw them; in no other count and not in [`ErrorCounts::total`].
     pub probes: u64,
@@ -226,6 +251,8 @@ impl ErrorCounts {
             + self.after_netns_gone
             + self.unrelated
             + self.undetermined
+            + self.before_listening
+            + self.after_ready
     }
 
     /// The count of one cause.
@@ -237,6 +264,8 @@ impl ErrorCounts {
             Cause::Unrelated => self.unrelated,
             Cause::Undetermined => self.undetermined,
             Cause::Probe => self.probes,
+            Cause::BeforeListening => self.before_listening,
+            Cause::AfterReady => self.after_ready,
         }
     }
 
@@ -248,6 +277,8 @@ impl ErrorCounts {
             Cause::Unrelated => &mut self.unrelated,
             Cause::Undetermined => &mut self.undetermined,
             Cause::Probe => &mut self.probes,
+            Cause::BeforeListening => &mut self.before_listening,
+            Cause::AfterReady => &mut self.after_ready,
         };
         *slot += n;
     }
@@ -259,6 +290,8 @@ impl ErrorCounts {
         self.unrelated += other.unrelated;
         self.undetermined += other.undetermined;
         self.probes += other.probes;
+        self.before_listening += other.before_listening;
+        self.after_ready += other.after_ready;
     }
 }
 
@@ -272,6 +305,10 @@ pub enum Cause {
     Undetermined,
     /// A kubelet probe's connection, not a client's.
     Probe,
+    /// Refused by a new pod that nodes routed to before it listened.
+    BeforeListening,
+    /// Refused by a new pod after it turned ready and listened.
+    AfterReady,
 }
 
 /// One error (or an aggregated line of them) placed on the time axis.
@@ -323,8 +360,206 @@ pub struct Advice {
     pub patches: Vec<Patch>,
 }
 
-/// A ready `kubectl patch` for one workload.
+/// One pod that turned ready during the capture: when the nodes started routing new
+/// connections to it and when it started listening (docs/report-schema.md, Startup).
 #[derive(Clone, Debug, Serialize)]
+pub struct StartupReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The container serving the port, when the API watch said it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub marks: StartupMarks,
+    /// One entry per node known to the input: when it started routing to the pod.
+    pub dataplane: Vec<NodeAdded>,
+    /// The readiness probe of the container serving the port, as the pod spec had it; absent
+    /// when the input does not say (older captures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<ReadinessProbe>,
+    /// listener_open − the first node's routing (its `dataplane_added`, or its first routed
+    /// connection): positive = nodes routed new connections to the pod before it listened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_gap_ms: Option<f64>,
+    pub gap_basis: Basis,
+    pub gap_uncertainty_ms: f64,
+    /// From the first routing to the listener's open, when positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusing_window: Option<Window>,
+    pub errors: ErrorCounts,
+    pub verdict: Verdict,
+    pub reason: String,
+    /// Error instants for the chart (not part of the schema).
+    #[serde(skip)]
+    pub error_marks: Vec<ErrorMark>,
+    /// Each error with its client (not part of the schema).
+    #[serde(skip)]
+    pub client_errors: Vec<super::clients::ClientError>,
+}
+
+/// A new pod's marks.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StartupMarks {
+    /// The API's Ready condition (`pod_ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_ready: Option<Mark>,
+    /// The endpoint turned ready in the Service's EndpointSlice (`endpoint_ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_ready: Option<Mark>,
+    /// The first node's dataplane started routing to it (`dataplane_added`, else `flow_new`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_routed: Option<Mark>,
+    /// Its listener on the Service's target port opened (`listener_open`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener_open: Option<Mark>,
+}
+
+impl StartupMarks {
+    /// The marks that were observed.
+    pub fn iter(&self) -> impl Iterator<Item = &Mark> {
+        [
+            &self.pod_ready,
+            &self.endpoint_ready,
+            &self.first_routed,
+            &self.listener_open,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// When one node started routing new connections to a new pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeAdded {
+    pub node: NodeName,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added: Option<Mark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_flow: Option<Mark>,
+}
+
+/// A container's readiness probe, as the observation stream carries it (`readiness_probe` on
+/// `pod_ready`, docs/observations.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ReadinessProbe {
+    /// `none`, `tcp_socket`, `http_get`, `grpc` or `exec`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The probed port: a number, or the container port's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_s: Option<u64>,
+}
+
+/// The readiness probe one workload needs, with the patch that sets it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReadinessAdvice {
+    /// `deployment/web`, as [`Rollout::workload`].
+    pub workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Connections its new pods refused before listening, and after turning ready.
+    pub before_listening: u64,
+    pub after_ready: u64,
+    /// The largest startup gap measured (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest_gap_ms: Option<f64>,
+    pub reason: String,
+    /// Absent for a workload that is no Deployment, StatefulSet or DaemonSet, or whose port is
+    /// unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Patch>,
+}
+
+/// One client's failed connections during a rollout (docs/report-schema.md, Clients).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClientReport {
+    /// `deployment/frontend -n shop` (the pod its node's agent named, or a pod the input gave
+    /// that address), else `address 10.0.0.7`.
+    pub client: String,
+    /// `service` (dialled the ClusterIP), `pod_ip` (dialled the pod directly) or `unknown`.
+    pub path: super::clients::Path,
+    pub errors: ErrorCounts,
+    /// For a client dialling pods directly: how long after the pod's endpoint was removed (or
+    /// turned terminating) its last refused connection came, and which pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_endpoint_removed_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    pub reason: String,
+}
+
+/// The Service's endpoints over one rollout (docs/report-schema.md, Capacity).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Capacity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The replicas the workload asked for.
+    pub desired: u64,
+    /// `rollout_start` (the workload's spec.replicas) or `deleted_pods` (the pods the rollout
+    /// replaced).
+    pub desired_source: String,
+    /// The strategy's rollingUpdate settings, when a `rollout_start` line said them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<serde_json::Value>,
+    /// The lowest count of ready endpoints, when it was first reached and how long it lasted
+    /// in all; and how long the count was below `desired` in all.
+    pub min_ready: u64,
+    #[serde(serialize_with = "ser_time")]
+    pub min_ready_at: Timestamp,
+    pub min_ready_ms: f64,
+    pub ready_below_desired_ms: f64,
+    /// The same for endpoints both ready and listening.
+    pub min_serving: u64,
+    #[serde(serialize_with = "ser_time")]
+    pub min_serving_at: Timestamp,
+    pub min_serving_ms: f64,
+    pub serving_below_desired_ms: f64,
+    /// Each change of the counts, in time order (a step function).
+    pub series: Vec<CapacityStep>,
+    /// Which rule let it drop, or that it did not.
+    pub reason: String,
+}
+
+/// The counts from `time` until the next step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CapacityStep {
+    #[serde(serialize_with = "ser_time")]
+    pub time: Timestamp,
+    pub ready: u64,
+    pub serving: u64,
+}
+
+/// The rollout strategy one Deployment needs to keep its capacity.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CapacityAdvice {
+    pub workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub desired: u64,
+    pub min_ready: u64,
+    pub reason: String,
+    /// A `kubectl patch` setting maxUnavailable 0 and maxSurge; absent for other kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Patch>,
+}
+
+/// A ready `kubectl patch` for one workload.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Patch {
     pub workload: String,
     pub command: String,

@@ -6,12 +6,13 @@
 
 use super::{
     attribution::{self, ErrorClass, Fuzzy, PodWindow},
+    clients::{ClientError, Clients, Path},
     clock::NodeClocks,
     identity::PodIdent,
     marks::{RawMark, Timeline},
     model::{
-        Basis, Cause, ErrorCounts, ErrorMark, Mark, Marks, NodeRouting, PodReport, RoutingState,
-        Verdict, Window,
+        Basis, Cause, ErrorCounts, ErrorMark, Mark, Marks, NodeAdded, NodeRouting, PodReport,
+        ReadinessProbe, RoutingState, StartupMarks, StartupReport, Verdict, Window,
     },
     nodes::Nodes,
     time::{WallNs, ms, ms_u},
@@ -27,11 +28,34 @@ pub(crate) struct PodDraft {
     pub error_marks: Vec<ErrorMark>,
     /// The first refused connection inside the window: the listener was closed by then.
     pub first_refused: Option<Fuzzy>,
+    /// A new pod's first and last refusals before its listener opened: a node routed to it by
+    /// the first, it did not listen yet by the last.
+    pub first_refused_before_listening: Option<Fuzzy>,
+    pub last_refused_before_listening: Option<Fuzzy>,
+    /// Each error with its client and path.
+    pub client_errors: Vec<ClientError>,
+    /// The last connection refused after every node stopped routing the Service to the pod:
+    /// a client dialling its address directly, and when.
+    pub direct_until: Option<(Fuzzy, String)>,
 }
 
 impl PodDraft {
-    pub fn add_error(&mut self, class: ErrorClass, cause: Cause, at: Fuzzy, count: u64) {
+    pub fn add_error(
+        &mut self,
+        class: ErrorClass,
+        cause: Cause,
+        at: Fuzzy,
+        count: u64,
+        client: (String, Path),
+    ) {
         self.errors.add(cause, count);
+        self.client_errors.push(ClientError {
+            client: client.0,
+            path: client.1,
+            cause,
+            count,
+            t: at.t,
+        });
         self.error_marks.push(ErrorMark {
             time: at.t.to_timestamp(),
             cause,
@@ -44,6 +68,20 @@ impl PodDraft {
                 .is_none_or(|f| (at.t, at.unc_ns) < (f.t, f.unc_ns))
         {
             self.first_refused = Some(at);
+        }
+        if cause == Cause::BeforeListening
+            && self
+                .first_refused_before_listening
+                .is_none_or(|f| (at.t, at.unc_ns) < (f.t, f.unc_ns))
+        {
+            self.first_refused_before_listening = Some(at);
+        }
+        if cause == Cause::BeforeListening
+            && self
+                .last_refused_before_listening
+                .is_none_or(|f| (at.t, at.unc_ns) > (f.t, f.unc_ns))
+        {
+            self.last_refused_before_listening = Some(at);
         }
     }
 }
@@ -104,6 +142,8 @@ pub(crate) fn draft(
     obs: &[Observation],
     times: &[WallNs],
     clocks: &NodeClocks,
+    listeners_watched: bool,
+    clients: &Clients,
 ) -> PodDraft {
     // The exit only starts the termination when nothing earlier was seen: an exit known from
     // the API is only bracketed, and its early edge would reach back before the deletion.
@@ -138,6 +178,20 @@ pub(crate) fn draft(
             unc_ns: clocks.unc(&m),
         })
         .max_by_key(|f| (f.t, f.unc_ns));
+    // Errors count from the earliest instant any node may route to the pod: its endpoint turning
+    // ready, or a node's routing seen before the API's notice of it arrived.
+    let routed_from = if tl.is_new() {
+        [first_routed(&tl), tl.ep_ready]
+            .into_iter()
+            .flatten()
+            .map(|m| Fuzzy {
+                t: m.t,
+                unc_ns: clocks.unc(&m),
+            })
+            .min_by_key(|f| (f.t, f.unc_ns))
+    } else {
+        None
+    };
     let window = PodWindow {
         term_start,
         listen_closed: fuzzy(tl.listen_closed, clocks),
@@ -145,6 +199,9 @@ pub(crate) fn draft(
         netns_gone: fuzzy(tl.netns_gone, clocks),
         window_end,
         port: tl.port,
+        routed_from,
+        listen_open: fuzzy(tl.listen_open, clocks),
+        listeners_watched,
     };
     let mut d = PodDraft {
         ident,
@@ -152,6 +209,10 @@ pub(crate) fn draft(
         errors: ErrorCounts::default(),
         error_marks: Vec::new(),
         first_refused: None,
+        first_refused_before_listening: None,
+        last_refused_before_listening: None,
+        client_errors: Vec::new(),
+        direct_until: None,
         tl,
     };
     let errors = std::mem::take(&mut d.tl.errors);
@@ -163,6 +224,8 @@ pub(crate) fn draft(
     // not enough: conntrack may rewrite the client's port when two connections clash.
     let pod_side = |o: &Observation| matches!(o.kind, Kind::Refused | Kind::Reset);
     let probes = attribution::ProbeConnections::of(errors.iter().map(|&i| &obs[i]));
+    let direct = direct_refusals(&d, &errors, obs, times, &probes);
+    extend_to_direct_clients(&mut d, &direct, obs, times, clients);
     let mut credit: std::collections::HashMap<Cause, u64> = std::collections::HashMap::new();
     for client_side in [false, true] {
         for &i in errors.iter().filter(|&&i| pod_side(&obs[i]) != client_side) {
@@ -171,6 +234,8 @@ pub(crate) fn draft(
             let at = attribution::instant(o, times[i]);
             let cause = if probes.contains(o) {
                 Cause::Probe
+            } else if pod_side(o) {
+                attribution::own_cause(class, o.port, at.t, &d.window)
             } else {
                 attribution::cause(class, o.port, at.t, &d.window)
             };
@@ -184,12 +249,81 @@ pub(crate) fn draft(
                 *c += n;
             }
             if n > 0 {
-                d.add_error(class, cause, at, n);
+                let path = match clients.path_of(o) {
+                    Path::Unknown if direct.contains(&i) => Path::PodIp,
+                    p => p,
+                };
+                d.add_error(class, cause, at, n, (clients.client_of(o), path));
             }
         }
     }
     d.tl.errors = errors;
     d
+}
+
+/// The pod's own refusals (on its port, not a probe's) after its listener closed and after
+/// every node stopped routing the Service to it, before its network went: no Service sent
+/// those, a client dialled the pod's address itself (an ingress controller, a mesh, a
+/// headless Service, a client-side balancer keeping its own endpoint list). The client's own
+/// line of such a connection says so too (`ip` without `service`).
+fn direct_refusals(
+    d: &PodDraft,
+    errors: &[usize],
+    obs: &[Observation],
+    times: &[WallNs],
+    probes: &attribution::ProbeConnections,
+) -> Vec<usize> {
+    let w = &d.window;
+    let (Some(end), Some(closed)) = (w.window_end, w.listen_closed.or(w.term_start)) else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let o = &obs[i];
+            let t = times[i];
+            let direct_line = match o.kind {
+                Kind::Refused => true,
+                Kind::ConnError => o.service.is_none() && o.ip.is_some(),
+                _ => false,
+            };
+            direct_line
+                && attribution::class(o) == ErrorClass::Refused
+                && !probes.contains(o)
+                && o.port
+                    .is_none_or(|p| w.port.is_none_or(|q| p == q || p == 0))
+                && t > end.t.plus_ns(i64::try_from(end.unc_ns).unwrap_or(0))
+                && t >= closed.t
+                && w.netns_gone.is_none_or(|n| t <= n.t)
+        })
+        .collect()
+}
+
+/// Moves the end of the pod's unsafe window to its last refusal by a client dialling it
+/// directly ([`direct_refusals`]): the preStop must outlast that client's lag as well.
+fn extend_to_direct_clients(
+    d: &mut PodDraft,
+    direct: &[usize],
+    obs: &[Observation],
+    times: &[WallNs],
+    clients: &Clients,
+) {
+    let Some(&last) = direct.iter().max_by_key(|&&i| (times[i], i)) else {
+        return;
+    };
+    let at = attribution::instant(&obs[last], times[last]);
+    d.window.window_end = Some(at);
+    d.direct_until = Some((at, clients.client_of(&obs[last])));
+}
+
+/// When the first node began routing new connections to the pod: its first `dataplane_added`,
+/// or its first routed connection when no addition was seen.
+fn first_routed(tl: &Timeline) -> Option<RawMark> {
+    tl.dp
+        .values()
+        .filter_map(|d| d.first_added.or(d.first_flow))
+        .min_by_key(|m| (m.t, m.node, m.unc_ns))
 }
 
 fn to_mark(m: Option<RawMark>, clocks: &NodeClocks, nodes: &Nodes) -> Option<Mark> {
@@ -322,6 +456,7 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
         total_nodes: dataplane.len(),
         has_end: end.is_some(),
         terminating: tl.is_terminating(),
+        direct_client: d.direct_until.as_ref().map(|(_, c)| c.as_str()),
     });
 
     let prestop_ran_ns = match (tl.prestop, tl.sigterm) {
@@ -362,8 +497,206 @@ pub(crate) fn finish(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> (PodRe
         reason,
         missing,
         error_marks,
+        client_errors: d.client_errors.clone(),
     };
     (report, facts)
+}
+
+/// A new pod's report: when nodes began routing to it, when it listened, the errors in
+/// between and what its readiness probe let through.
+pub(crate) fn finish_startup(d: &PodDraft, nodes: &Nodes, clocks: &NodeClocks) -> StartupReport {
+    let tl = &d.tl;
+    let mark = |m| to_mark(m, clocks, nodes);
+    let routed = first_routed(tl);
+    let marks = StartupMarks {
+        pod_ready: mark(tl.pod_ready),
+        endpoint_ready: mark(tl.ep_ready),
+        first_routed: mark(routed),
+        listener_open: mark(tl.listen_open),
+    };
+    let dataplane = nodes
+        .reporting
+        .iter()
+        .map(|&n| {
+            let dp = tl.dp.get(&n).copied().unwrap_or_default();
+            NodeAdded {
+                node: nodes.names[n].clone(),
+                added: mark(dp.first_added),
+                first_flow: mark(dp.first_flow),
+            }
+        })
+        .collect();
+    // Routing began by the first dataplane addition or routed connection, or by the first
+    // connection it refused, whichever came first.
+    let routed = [fuzzy(routed, clocks), d.first_refused_before_listening]
+        .into_iter()
+        .flatten()
+        .min_by_key(|f| (f.t, f.unc_ns));
+    let listen = d.window.listen_open;
+    let ready = fuzzy(tl.ep_ready, clocks);
+    // The gap: measured with both ends; without the listener's open, at least up to the last
+    // connection it refused before listening.
+    let (gap_ns, gap_unc, gap_basis) = match (routed, listen, d.last_refused_before_listening) {
+        (Some(r), Some(l), _) => (Some(l.t - r.t), r.unc_ns + l.unc_ns, Basis::Measured),
+        (Some(r), None, Some(last)) => (
+            Some(last.t - r.t),
+            r.unc_ns + last.unc_ns,
+            Basis::LowerBound,
+        ),
+        _ => (None, 0, Basis::Unknown),
+    };
+    let gap_unc_i = i64::try_from(gap_unc).unwrap_or(i64::MAX);
+    let refusing_window = match (gap_ns, routed) {
+        (Some(g), Some(r)) if g > 0 => Some(Window {
+            start: r.t.to_timestamp(),
+            end: r.t.plus_ns(g).to_timestamp(),
+            duration_ms: ms(g),
+        }),
+        _ => None,
+    };
+    let e = d.errors;
+    let port = tl
+        .port
+        .map_or_else(|| "the Service's port".to_owned(), |p| format!("port {p}"));
+    let probe = probe_explanation(tl.readiness_probe.as_ref(), tl.port);
+    let refused = if e.before_listening > 0 {
+        format!(
+            ": {} before it listened",
+            plural(
+                e.before_listening,
+                "connection refused",
+                "connections refused"
+            )
+        )
+    } else {
+        String::new()
+    };
+    let bound = if gap_basis == Basis::LowerBound {
+        "at least "
+    } else {
+        ""
+    };
+    let after_ready = if e.after_ready > 0 {
+        format!(
+            "{} after it turned ready and listened: its listener on {port} went away while it stayed ready, so its readiness probe checks something else than what serves",
+            plural(e.after_ready, "connection refused", "connections refused")
+        )
+    } else {
+        String::new()
+    };
+    let join = |a: String, b: &str| {
+        if b.is_empty() { a } else { format!("{a}; {b}") }
+    };
+    let (verdict, reason) = match gap_ns {
+        Some(g) if g - gap_unc_i > 0 || e.before_listening > 0 => (
+            Verdict::Unsafe,
+            join(
+                format!(
+                    "nodes routed new connections to it for {bound}{} ms before it listened on {port}{refused}; {probe}",
+                    ms(g)
+                ),
+                &after_ready,
+            ),
+        ),
+        _ if e.before_listening > 0 => (
+            Verdict::Unsafe,
+            join(
+                format!(
+                    "it refused {}{refused}; {probe}",
+                    plural(e.before_listening, "connection", "connections")
+                ),
+                &after_ready,
+            ),
+        ),
+        _ if e.after_ready > 0 => (Verdict::Unsafe, after_ready),
+        Some(g) if g + gap_unc_i <= 0 => (
+            Verdict::Safe,
+            format!(
+                "it listened on {port} {} ms before the first node routed to it",
+                ms(-g)
+            ),
+        ),
+        _ => match (listen, ready) {
+            (Some(l), Some(r))
+                if l.t.plus_ns(i64::try_from(l.unc_ns + r.unc_ns).unwrap_or(0)) <= r.t =>
+            {
+                (
+                    Verdict::Safe,
+                    format!(
+                        "it listened on {port} {} ms before its endpoint turned ready, so before any node could route to it",
+                        ms(r.t - l.t)
+                    ),
+                )
+            }
+            (None, _) => (
+                Verdict::Inconclusive,
+                format!("its listener on {port} was not seen opening"),
+            ),
+            _ => (
+                Verdict::Inconclusive,
+                "no node reported when it began routing to the pod".to_owned(),
+            ),
+        },
+    };
+    let mut error_marks = d.error_marks.clone();
+    error_marks.sort_by_key(|e| (e.time, e.cause, e.count));
+    StartupReport {
+        pod: d.ident.name.clone(),
+        pod_uid: d.ident.uid.clone(),
+        ip: d.ident.ip,
+        port: tl.port,
+        service: tl.service.clone(),
+        container: tl.container.clone(),
+        marks,
+        dataplane,
+        readiness_probe: tl.readiness_probe.clone(),
+        startup_gap_ms: gap_ns.map(ms),
+        gap_basis,
+        gap_uncertainty_ms: ms_u(gap_unc),
+        refusing_window,
+        errors: e,
+        verdict,
+        reason,
+        error_marks,
+        client_errors: d.client_errors.clone(),
+    }
+}
+
+/// Why the pod's readiness probe let nodes route to it before it listened on `port`.
+pub(crate) fn probe_explanation(probe: Option<&ReadinessProbe>, port: Option<u16>) -> String {
+    let target = port.map_or_else(
+        || "the Service's target port".to_owned(),
+        |p| format!("port {p}"),
+    );
+    let Some(p) = probe else {
+        return format!(
+            "the input does not say which readiness probe it had: a readiness probe on {target} keeps nodes from routing to it before it listens"
+        );
+    };
+    let probed = p.port.as_ref().map(|v| match v {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    });
+    let on_target = probed
+        .as_deref()
+        .zip(port)
+        .is_some_and(|(a, b)| a == b.to_string());
+    match p.kind.as_str() {
+        "none" => format!(
+            "it has no readiness probe, so its endpoint turned ready as soon as its containers started: a readiness probe on {target} keeps nodes from routing to it before it listens"
+        ),
+        "exec" => format!(
+            "its exec readiness probe passed before the app listened: it does not check {target}; probe {target} itself (tcpSocket or httpGet)"
+        ),
+        "tcp_socket" | "http_get" | "grpc" if !on_target && probed.is_some() => format!(
+            "its {} readiness probe checks port {}, not {target} the Service sends to",
+            p.kind,
+            probed.unwrap_or_default()
+        ),
+        kind => format!(
+            "its {kind} readiness probe on {target} passed before the app listened there (another process held the port?)"
+        ),
+    }
 }
 
 struct Judged<'a> {
@@ -377,6 +710,8 @@ struct Judged<'a> {
     total_nodes: usize,
     has_end: bool,
     terminating: bool,
+    /// The client whose direct connections ended the window, when one did.
+    direct_client: Option<&'a str>,
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
@@ -395,9 +730,19 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
     } else {
         String::new()
     };
-    let node = j
-        .worst_node
-        .map_or_else(|| "a node".to_owned(), |n| format!("node {n}"));
+    let node = match j.direct_client {
+        Some(c) => format!(
+            "{c}, dialling its address directly after every node had stopped routing the Service to it,"
+        ),
+        None => j
+            .worst_node
+            .map_or_else(|| "a node".to_owned(), |n| format!("node {n}")),
+    };
+    let verb = if j.direct_client.is_some() {
+        "kept connecting"
+    } else {
+        "kept routing new connections to it"
+    };
     // Sub-0.05 ms uncertainties (tens of ns from the clock conversion) would print as ±0.
     let pm = |unc: i64| {
         if unc >= 50_000 {
@@ -442,7 +787,7 @@ fn verdict(j: &Judged<'_>) -> (Verdict, String) {
         Some(g) if g.saturating_sub(j.gap_unc) > 0 => (
             Verdict::Unsafe,
             format!(
-                "{node} kept routing new connections to it for {bound}{} ms{} after it stopped listening: {in_window}{drain_note}",
+                "{node} {verb} for {bound}{} ms{} after it stopped listening: {in_window}{drain_note}",
                 ms(g),
                 pm(j.gap_unc),
             ),

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{
     attribution::{self, Fuzzy},
+    clients::{Clients, Path},
     identity::PodIdent,
-    model::{Cause, ErrorCounts, PodReport, Rollout, Verdict},
+    model::{Cause, ErrorCounts, PodReport, Rollout, StartupReport, Verdict},
     pod::{PodDraft, PodFacts, label},
     services::ServiceNames,
     time::{WallNs, ms},
@@ -78,6 +79,7 @@ pub(crate) fn attribute_service_errors(
     times: &[WallNs],
     indices: &[usize],
     names: &ServiceNames,
+    clients: &Clients,
     drafts: &mut [PodDraft],
 ) -> Vec<Unattributed> {
     let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -86,8 +88,17 @@ pub(crate) fn attribute_service_errors(
             by_service.entry(s.as_str()).or_default().push(p);
         }
     }
-    let mut placed: Vec<(usize, attribution::ErrorClass, Cause, Fuzzy, u64)> = Vec::new();
+    type Placed = (
+        usize,
+        attribution::ErrorClass,
+        Cause,
+        Fuzzy,
+        u64,
+        (String, Path),
+    );
+    let mut placed: Vec<Placed> = Vec::new();
     let mut left = Vec::new();
+    let mut ambiguous: Vec<(Vec<(usize, Cause)>, Unattributed)> = Vec::new();
     for &i in indices {
         let o = &obs[i];
         let service = names.canonical(o.service.as_deref().unwrap_or_default());
@@ -106,28 +117,51 @@ pub(crate) fn attribute_service_errors(
             })
             .filter(|(_, c)| !matches!(c, Cause::Unrelated | Cause::Undetermined))
             .collect();
-        if let [(p, cause)] = candidates[..] {
-            placed.push((p, class, cause, at, o.weight()));
-        } else {
-            left.push(Unattributed {
-                service: service.to_owned(),
-                t: at.t,
-                count: o.weight(),
-            });
+        let u = Unattributed {
+            service: service.to_owned(),
+            t: at.t,
+            count: o.weight(),
+        };
+        match candidates[..] {
+            [(p, cause)] => placed.push((
+                p,
+                class,
+                cause,
+                at,
+                o.weight(),
+                (clients.client_of(o), clients.path_of(o)),
+            )),
+            [] => left.push(u),
+            _ => ambiguous.push((candidates, u)),
         }
     }
     // A client's error and the pod's own record of it (a refused SYN, a reset) are one failed
     // connection seen from two ends: client errors only add what the pod side did not see
     // (timeouts, above all), so nothing is counted twice.
     let mut seen_by_pod: HashMap<(usize, Cause), u64> = HashMap::new();
-    for (p, class, cause, at, n) in placed {
+    for (p, class, cause, at, n, client) in placed {
         let credit = seen_by_pod
             .entry((p, cause))
             .or_insert_with(|| drafts[p].errors.get(cause));
         let covered = n.min(*credit);
         *credit -= covered;
         if n > covered {
-            drafts[p].add_error(class, cause, at, n - covered);
+            drafts[p].add_error(class, cause, at, n - covered, client);
+        }
+    }
+    // An error several pods' windows explain was still seen by whichever of them refused or
+    // reset it: what their own lines cover is no further error; the rest stays unattributed.
+    for (candidates, mut u) in ambiguous {
+        for (p, cause) in candidates {
+            let credit = seen_by_pod
+                .entry((p, cause))
+                .or_insert_with(|| drafts[p].errors.get(cause));
+            let covered = u.count.min(*credit);
+            *credit -= covered;
+            u.count -= covered;
+        }
+        if u.count > 0 {
+            left.push(u);
         }
     }
     left
@@ -173,6 +207,14 @@ pub(crate) fn workload_of(ident: &PodIdent, declared: Option<&str>) -> (Option<S
         }
         _ => (ns, format!("pod/{name}")),
     }
+}
+
+/// The first and last of a pod's instants and its errors'.
+fn span(mut instants: Vec<WallNs>, errors: &[super::model::ErrorMark]) -> (WallNs, WallNs) {
+    instants.extend(errors.iter().map(|e| WallNs::from_timestamp(e.time)));
+    let first = instants.iter().min().copied().unwrap_or(WallNs(0));
+    let last = instants.iter().max().copied().unwrap_or(WallNs(0));
+    (first, last)
 }
 
 pub(crate) struct Finished {
@@ -223,7 +265,7 @@ impl Finished {
             .as_deref()
             .and_then(|pod| template_of(pod, &workload, template));
         let tl = &draft.tl;
-        let mut instants: Vec<WallNs> = [
+        let instants: Vec<WallNs> = [
             tl.delete,
             tl.ep_terminating,
             tl.ep_removed,
@@ -244,14 +286,7 @@ impl Finished {
                 .map(|m| m.t),
         )
         .collect();
-        instants.extend(
-            report
-                .error_marks
-                .iter()
-                .map(|e| WallNs::from_timestamp(e.time)),
-        );
-        let first = instants.iter().min().copied().unwrap_or(WallNs(0));
-        let last = instants.iter().max().copied().unwrap_or(WallNs(0));
+        let (first, last) = span(instants, &report.error_marks);
         Self {
             anchor: tl.delete.map_or(first, |m| m.t),
             span: (first, last),
@@ -266,9 +301,159 @@ impl Finished {
     }
 }
 
-/// Groups finished pods into rollouts and adds the service-level errors no pod explained.
+/// A pod that turned ready during the capture and was not deleted: a new pod of a rollout.
+pub(crate) struct Started {
+    pub report: StartupReport,
+    pub namespace: Option<String>,
+    pub workload: String,
+    /// Its endpoint turning ready (else the pod's), to find its rollout by.
+    pub anchor: WallNs,
+    pub span: (WallNs, WallNs),
+}
+
+impl Started {
+    pub fn new(draft: &PodDraft, report: StartupReport) -> Self {
+        let (namespace, workload) = workload_of(&draft.ident, draft.tl.workload.as_deref());
+        let tl = &draft.tl;
+        let marks = [tl.pod_ready, tl.ep_ready, tl.listen_open]
+            .into_iter()
+            .chain(tl.dp.values().flat_map(|d| [d.first_added, d.first_flow]));
+        let (first, last) = span(marks.flatten().map(|m| m.t).collect(), &report.error_marks);
+        Self {
+            anchor: tl.ep_ready.or(tl.pod_ready).map_or(first, |m| m.t),
+            span: (first, last),
+            namespace,
+            workload,
+            report,
+        }
+    }
+}
+
+/// Adds each new pod to the rollout of its workload it started closest to (within
+/// [`ROLLOUT_SPLIT_NS`]). A new pod of no such rollout makes one of its own only when something
+/// went wrong at its start (a scale-up that refused connections); otherwise it is left out.
+fn attach_started(out: &mut Vec<(Rollout, Vec<Finished>)>, started: Vec<Started>) {
+    let mut orphans: Vec<Started> = Vec::new();
+    for s in started {
+        let home = out
+            .iter_mut()
+            .filter(|(r, _)| r.namespace == s.namespace && r.workload == s.workload)
+            .map(|(r, g)| {
+                let (a, b) = (
+                    WallNs::from_timestamp(r.start),
+                    WallNs::from_timestamp(r.end),
+                );
+                let distance = if s.anchor < a {
+                    a - s.anchor
+                } else {
+                    (s.anchor - b).max(0)
+                };
+                (distance, r, !g.is_empty())
+            })
+            .filter(|(d, _, _)| *d <= ROLLOUT_SPLIT_NS)
+            .min_by_key(|(d, r, _)| (*d, r.start));
+        match home {
+            Some((_, r, deleted)) => add_started(r, deleted, s),
+            None if s.report.verdict == Verdict::Unsafe => orphans.push(s),
+            None => {}
+        }
+    }
+    orphans.sort_by(|a, b| {
+        (&a.namespace, &a.workload, a.anchor).cmp(&(&b.namespace, &b.workload, b.anchor))
+    });
+    for s in orphans {
+        let joins = out.last_mut().filter(|(r, g)| {
+            g.is_empty()
+                && r.namespace == s.namespace
+                && r.workload == s.workload
+                && s.anchor - WallNs::from_timestamp(r.end) <= ROLLOUT_SPLIT_NS
+        });
+        match joins {
+            Some((r, _)) => add_started(r, false, s),
+            None => {
+                let mut r = Rollout {
+                    workload: s.workload.clone(),
+                    namespace: s.namespace.clone(),
+                    start: s.span.0.to_timestamp(),
+                    end: s.span.1.to_timestamp(),
+                    duration_ms: 0.0,
+                    pods: Vec::new(),
+                    startup: Vec::new(),
+                    clients: Vec::new(),
+                    capacity: None,
+                    max_gap_ms: None,
+                    worst_pod: None,
+                    worst_node: None,
+                    errors: ErrorCounts::default(),
+                    unattributed_errors: 0,
+                    verdict: Verdict::Safe,
+                    reason: "no pod was deleted; new pods started".to_owned(),
+                };
+                add_started(&mut r, false, s);
+                out.push((r, Vec::new()));
+            }
+        }
+    }
+}
+
+/// One new pod into its rollout: its errors, its verdict, the rollout's span and reason.
+fn add_started(r: &mut Rollout, deleted: bool, s: Started) {
+    r.start = r.start.min(s.span.0.to_timestamp());
+    r.end = r.end.max(s.span.1.to_timestamp());
+    r.duration_ms = ms(WallNs::from_timestamp(r.end) - WallNs::from_timestamp(r.start));
+    r.errors.merge(&s.report.errors);
+    // A new pod that cannot be judged (its listener not seen) says nothing against the rollout;
+    // one that took connections it could not serve makes it unsafe.
+    if !deleted && r.startup.is_empty() {
+        r.verdict = s.report.verdict;
+    } else if s.report.verdict == Verdict::Unsafe {
+        r.verdict = Verdict::Unsafe;
+    }
+    r.startup.push(s.report);
+    r.startup.sort_by(|a, b| {
+        let key = |x: &StartupReport| x.marks.endpoint_ready.as_ref().map(|m| m.time);
+        (key(a), &a.pod).cmp(&(key(b), &b.pod))
+    });
+}
+
+/// The rollout's reason, completed with what its new pods did at their start.
+fn startup_reason(r: &mut Rollout, deleted: bool) {
+    let unsafe_new = r
+        .startup
+        .iter()
+        .filter(|s| s.verdict == Verdict::Unsafe)
+        .count();
+    if unsafe_new == 0 {
+        return;
+    }
+    let before: u64 = r.startup.iter().map(|s| s.errors.before_listening).sum();
+    let after: u64 = r.startup.iter().map(|s| s.errors.after_ready).sum();
+    let mut what = format!(
+        "{unsafe_new} of {} new pods took connections before they could serve",
+        r.startup.len()
+    );
+    if before > 0 {
+        what.push_str(&format!(" ({before} refused before listening"));
+        if after > 0 {
+            what.push_str(&format!(", {after} after turning ready"));
+        }
+        what.push(')');
+    } else if after > 0 {
+        what.push_str(&format!(" ({after} refused after turning ready)"));
+    }
+    what.push_str(": a readiness probe cures them, not a preStop");
+    if !deleted {
+        r.reason = what;
+    } else {
+        r.reason = format!("{what}; {}", r.reason);
+    }
+}
+
+/// Groups finished pods into rollouts, adds the new pods to them, and the service-level
+/// errors no pod explained.
 pub(crate) fn group(
     mut pods: Vec<Finished>,
+    started: Vec<Started>,
     unattributed: &[Unattributed],
     warnings: &mut Vec<String>,
 ) -> Vec<(Rollout, Vec<Finished>)> {
@@ -304,12 +489,21 @@ pub(crate) fn group(
     let mut leftover: BTreeMap<&str, u64> = BTreeMap::new();
     let mut out: Vec<(Rollout, Vec<Finished>)> =
         groups.into_iter().map(|g| (summarize(&g), g)).collect();
+    attach_started(&mut out, started);
+    for (r, g) in &mut out {
+        startup_reason(r, !g.is_empty());
+    }
     for u in unattributed {
-        let home = out.iter_mut().find(|(_, g)| {
-            let start = g.iter().map(|p| p.span.0).min().unwrap_or(WallNs(0));
-            let end = g.iter().map(|p| p.span.1).max().unwrap_or(WallNs(0));
-            g.iter()
-                .any(|p| p.report.service.as_deref() == Some(u.service.as_str()))
+        let home = out.iter_mut().find(|(r, g)| {
+            let services = g
+                .iter()
+                .map(|p| p.report.service.as_deref())
+                .chain(r.startup.iter().map(|s| s.service.as_deref()));
+            let (start, end) = (
+                WallNs::from_timestamp(r.start),
+                WallNs::from_timestamp(r.end),
+            );
+            services.into_iter().any(|s| s == Some(u.service.as_str()))
                 && start <= u.t
                 && u.t <= end
         });
@@ -397,6 +591,9 @@ fn summarize(g: &[Finished]) -> Rollout {
         end: end.to_timestamp(),
         // Filled by the caller once the advice has read the pods: no copy of 1 000-node tables.
         pods: Vec::new(),
+        startup: Vec::new(),
+        clients: Vec::new(),
+        capacity: None,
         max_gap_ms: worst.map(|(gap, _)| gap),
         worst_pod: worst.map(|(_, p)| label_of(&p.report)),
         worst_node: worst.and_then(|(_, p)| p.report.worst_node.clone()),

@@ -76,6 +76,10 @@ pub struct WorkloadEvidence {
     pub key: WorkloadKey,
     pub rollouts: usize,
     pub pods: Vec<PodEvidence>,
+    /// The readiness probe its new pods needed (they were routed to before they listened).
+    pub readiness: Option<correlate::ReadinessAdvice>,
+    /// The rollout strategy it needed (its ready endpoints fell below its replicas).
+    pub capacity: Option<correlate::CapacityAdvice>,
 }
 
 impl WorkloadEvidence {
@@ -87,7 +91,7 @@ impl WorkloadEvidence {
 
 /// Correlates `obs` and groups the terminated pods by workload.
 pub fn gather(obs: &[Observation], margin_ms: u64) -> Vec<WorkloadEvidence> {
-    let (_, evidence) = correlate::correlate_with_evidence(
+    let (report, evidence) = correlate::correlate_with_evidence(
         obs,
         &correlate::Options {
             margin_ms,
@@ -104,9 +108,29 @@ pub fn gather(obs: &[Observation], margin_ms: u64) -> Vec<WorkloadEvidence> {
         g.0.insert(e.rollout);
         g.1.push(e);
     }
+    let key = |namespace: &Option<String>, workload: &str| WorkloadKey {
+        namespace: namespace.clone(),
+        workload: workload.to_owned(),
+    };
+    let mut readiness: BTreeMap<WorkloadKey, correlate::ReadinessAdvice> = report
+        .readiness_advice
+        .into_iter()
+        .map(|a| (key(&a.namespace, &a.workload), a))
+        .collect();
+    let mut capacity: BTreeMap<WorkloadKey, correlate::CapacityAdvice> = report
+        .capacity_advice
+        .into_iter()
+        .map(|a| (key(&a.namespace, &a.workload), a))
+        .collect();
+    // A workload whose only trouble was its new pods' start has no terminated pod.
+    for key in readiness.keys() {
+        groups.entry(key.clone()).or_default();
+    }
     groups
         .into_iter()
         .map(|(key, (rollouts, pods))| WorkloadEvidence {
+            readiness: readiness.remove(&key),
+            capacity: capacity.remove(&key),
             key,
             rollouts: rollouts.len(),
             pods,
@@ -210,6 +234,15 @@ pub struct Recommendation {
     /// For a wasteful preStop: pod-seconds each rollout spends in preStop beyond the advice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wasted_seconds_per_rollout: Option<f64>,
+    /// The readiness probe its new pods needed: they were routed to before they listened, or
+    /// refused after turning ready (docs/report-schema.md, ReadinessAdvice). No preStop cures
+    /// that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<correlate::ReadinessAdvice>,
+    /// The rolling-update strategy that keeps its capacity: its ready endpoints fell below its
+    /// replicas during a rollout (docs/report-schema.md, CapacityAdvice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_strategy: Option<correlate::CapacityAdvice>,
 }
 
 impl Recommendation {
@@ -288,6 +321,8 @@ pub fn advise_workload(
         verdict: Verdict::NoData,
         reason: String::new(),
         wasted_seconds_per_rollout: None,
+        readiness_probe: w.readiness.clone(),
+        rollout_strategy: w.capacity.clone(),
     };
     let margin_ns = correlate::Options {
         margin_ms: options.margin_ms,
@@ -518,6 +553,8 @@ mod tests {
             pods: (0..n)
                 .map(|i| pod(i, 400 + 100 * i as i64, i % rollouts))
                 .collect(),
+            readiness: None,
+            capacity: None,
         }
     }
 

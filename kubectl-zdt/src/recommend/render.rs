@@ -123,6 +123,12 @@ pub fn table(all: &Recommendations, wide: bool) -> String {
         if let Some(a) = &r.advised {
             let _ = writeln!(out, "  {}", a.reason);
         }
+        for (head, reason, patch) in extra_advice(r) {
+            let _ = writeln!(out, "  {head}: {reason}");
+            if let Some(p) = patch {
+                let _ = writeln!(out, "  {}", p.command);
+            }
+        }
     }
     let _ = writeln!(
         out,
@@ -257,7 +263,29 @@ pub fn yaml(all: &Recommendations) -> String {
     for s in &skipped {
         let _ = writeln!(out, "# no patch for {s}");
     }
+    // The readiness probe and the strategy are other fixes than the preStop's: their own
+    // ready commands.
+    for r in &all.workloads {
+        for (head, reason, patch) in extra_advice(r) {
+            let _ = writeln!(out, "# {head} for {}: {reason}", r.key().display());
+            if let Some(p) = patch {
+                let _ = writeln!(out, "#   {}", p.command);
+            }
+        }
+    }
     out.push_str(&docs.join("---\n"));
+    out
+}
+
+/// The readiness probe and the rollout strategy a workload needs besides its preStop.
+fn extra_advice(r: &Recommendation) -> Vec<(&'static str, &str, Option<&crate::correlate::Patch>)> {
+    let mut out = Vec::new();
+    if let Some(a) = &r.rollout_strategy {
+        out.push(("rollout strategy", a.reason.as_str(), a.patch.as_ref()));
+    }
+    if let Some(a) = &r.readiness_probe {
+        out.push(("readiness probe", a.reason.as_str(), a.patch.as_ref()));
+    }
     out
 }
 

@@ -52,6 +52,8 @@ fn no_rollout(key: WorkloadKey) -> WorkloadEvidence {
         key,
         rollouts: 0,
         pods: Vec::new(),
+        readiness: None,
+        capacity: None,
     }
 }
 

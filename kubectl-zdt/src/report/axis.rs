@@ -23,6 +23,10 @@ pub(crate) fn instants(r: &Rollout) -> Vec<Timestamp> {
         }
         out.extend(p.error_marks.iter().map(|e| e.time));
     }
+    for s in &r.startup {
+        out.extend(s.marks.iter().map(|m| m.time));
+        out.extend(s.error_marks.iter().map(|e| e.time));
+    }
     out
 }
 

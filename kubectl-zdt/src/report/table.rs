@@ -52,7 +52,37 @@ fn numeric(header: &str) -> bool {
             | "TIMEOUT"
             | "OTHER"
             | "NODES REMOVED"
+            | "STARTUP GAP"
+            | "REFUSED BEFORE LISTENING"
+            | "AFTER READY"
+            | "POD READY"
+            | "FIRST ROUTED"
+            | "LISTENING"
+            | "BEFORE LISTENING"
+            | "AFTER REMOVAL"
     )
+}
+
+/// A kubectl-style table without borders, numbers right-aligned.
+fn columns(out: &mut String, headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let mut t = Table::new();
+    t.load_style(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.to_vec());
+    for row in rows {
+        // Names and reasons come from the data: no control character reaches the terminal.
+        t.add_row(row.iter().map(|c| super::escape_terminal(c).into_owned()));
+    }
+    for (i, h) in headers.iter().enumerate() {
+        if numeric(h)
+            && let Some(c) = t.column_mut(i)
+        {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    for line in t.lines() {
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
 }
 
 pub(crate) fn render(report: &Report, wide: bool) -> String {
@@ -70,38 +100,45 @@ pub(crate) fn render(report: &Report, wide: bool) -> String {
             r.verdict.as_str().to_uppercase()
         );
         out.push_str(&wrapped("  ", &r.reason));
-        let headers = rows::headers(wide);
-        let mut t = Table::new();
-        t.load_style(NOTHING)
-            .set_content_arrangement(ContentArrangement::Disabled)
-            .set_header(headers.clone());
-        for p in &r.pods {
-            t.add_row(
-                rows::pod_row(p, wide)
-                    .iter()
-                    .map(|c| super::escape_terminal(c).into_owned()),
-            );
-        }
-        for (i, h) in headers.iter().enumerate() {
-            if numeric(h)
-                && let Some(c) = t.column_mut(i)
-            {
-                c.set_cell_alignment(CellAlignment::Right);
-            }
-        }
-        for line in t.lines() {
-            let _ = writeln!(out, "{}", line.trim_end());
+        if !r.pods.is_empty() {
+            let rows = r.pods.iter().map(|p| rows::pod_row(p, wide));
+            columns(&mut out, &rows::headers(wide), rows);
         }
         for p in r.pods.iter().filter(|p| wide || p.verdict != Verdict::Safe) {
-            out.push_str(&wrapped(
-                "  ",
-                &format!(
-                    "{} {}: {}",
-                    rows::pod_label(p),
-                    p.verdict.as_str(),
-                    p.reason
-                ),
-            ));
+            let line = format!(
+                "{} {}: {}",
+                rows::pod_label(p),
+                p.verdict.as_str(),
+                p.reason
+            );
+            out.push_str(&wrapped("  ", &line));
+        }
+        if !r.startup.is_empty() {
+            let rows = r.startup.iter().map(|s| rows::startup_row(s, wide));
+            columns(&mut out, &rows::startup_headers(wide), rows);
+        }
+        for s in r
+            .startup
+            .iter()
+            .filter(|s| wide || s.verdict != Verdict::Safe)
+        {
+            let line = format!(
+                "{} {}: {}",
+                rows::startup_label(s),
+                s.verdict.as_str(),
+                s.reason
+            );
+            out.push_str(&wrapped("  ", &line));
+        }
+        if !r.clients.is_empty() {
+            columns(
+                &mut out,
+                &rows::client_headers(),
+                r.clients.iter().map(rows::client_row),
+            );
+            for c in r.clients.iter().filter(|c| !c.reason.is_empty()) {
+                out.push_str(&wrapped("  ", &c.reason));
+            }
         }
         if r.unattributed_errors > 0 {
             let _ = writeln!(

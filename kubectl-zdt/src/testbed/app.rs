@@ -1,7 +1,8 @@
 //! The application the testbed runs in each pod (`kubectl-zdt testbed-app`, hidden): a real
 //! process in the pod's network namespace, so SIGTERM, the listener close and the exit are the
 //! kernel events a real pod produces. It prints ground truth on stdout, one line per mark:
-//! `ready|sigterm|closing|closed|exit <CLOCK_MONOTONIC ns>`.
+//! `[started|]ready|sigterm|closing|closed|exit <CLOCK_MONOTONIC ns>` (`started` with
+//! `--listen-after-ms`, before the wait; `ready` once it listens).
 //!
 //! On SIGTERM it keeps serving for `--drain-ms`, then closes its listener and exits. With
 //! `--hold` it never answers: accepted connections stay open unread until exit, so clients
@@ -50,6 +51,10 @@ pub struct AppArgs {
     /// closed, stop reading and exit with the connections open.
     #[arg(long, conflicts_with = "hold")]
     pub keep_alive: bool,
+    /// Start listening only this long after the process started (an app that loads before it
+    /// serves): connections meanwhile are refused by the pod's kernel.
+    #[arg(long, default_value_t = 0)]
+    pub listen_after_ms: u64,
     /// Instead of serving: print `start <ns>`, sleep this long and exit (a preStop hook).
     #[arg(long)]
     pub prestop_sleep_ms: Option<u64>,
@@ -83,6 +88,10 @@ pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
     term.add(Signal::SIGTERM);
     term.thread_block().context("failed to block SIGTERM")?;
 
+    if args.listen_after_ms > 0 {
+        mark("started");
+        std::thread::sleep(Duration::from_millis(args.listen_after_ms));
+    }
     let addr = SocketAddr::from(([0u16; 8], args.port));
     let listener =
         TcpListener::bind(addr).with_context(|| format!("failed to listen on {addr}"))?;

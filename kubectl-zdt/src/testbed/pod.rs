@@ -31,6 +31,8 @@ pub struct PodSpec {
     /// The app answers many requests per connection, and exits with them open once its
     /// listener is closed (requests sent meanwhile are reset at exit).
     pub keep_alive: bool,
+    /// The app listens only this long after it started (no readiness probe would see it).
+    pub listen_after_ms: u64,
 }
 
 /// Ground truth of one termination, CLOCK_MONOTONIC ns.
@@ -62,6 +64,8 @@ pub struct PodProcess {
     child: Child,
     lines: BufReader<ChildStdout>,
     pub spec: PodSpec,
+    /// When the app's listener was open (just after `listen()`), CLOCK_MONOTONIC ns.
+    pub listening: u64,
 }
 
 impl PodProcess {
@@ -71,7 +75,8 @@ impl PodProcess {
         cmd.args(["netns", "exec", pod.ns.name()])
             .arg(app_bin)
             .args(["testbed-app", "--port", &spec.port.to_string()])
-            .args(["--drain-ms", &spec.drain_ms.to_string()]);
+            .args(["--drain-ms", &spec.drain_ms.to_string()])
+            .args(["--listen-after-ms", &spec.listen_after_ms.to_string()]);
         for (on, flag) in [
             (spec.hold, "--hold"),
             (spec.fork_per_connection, "--fork-per-connection"),
@@ -92,8 +97,12 @@ impl PodProcess {
             child,
             lines: BufReader::new(stdout),
             spec,
+            listening: 0,
         };
-        p.expect("ready")?;
+        if p.spec.listen_after_ms > 0 {
+            p.expect("started")?;
+        }
+        p.listening = p.expect("ready")?;
         Ok(p)
     }
 
