@@ -70,11 +70,19 @@ fn script_daemonset(server: &Arc<ApiServer>, pods: Vec<(Duration, Value)>) {
             .len();
         ds["status"] = json!({"desiredNumberScheduled": nodes, "currentNumberScheduled": nodes,
                               "updatedNumberScheduled": nodes, "numberMisscheduled": 0,
-                              "numberReady": 0});
-        server.put(ds);
+                              "numberReady": 0, "numberAvailable": 0});
+        server.put(ds.clone());
+        // The controller counts the nodes whose agent is ready.
+        let mut ready = std::collections::BTreeMap::new();
         for (delay, pod) in pods {
             tokio::time::sleep(delay).await;
+            let is_ready = pod["status"]["conditions"][0]["status"] == "True";
+            ready.insert(pod["spec"]["nodeName"].to_string(), is_ready);
             server.put(pod);
+            let n = ready.values().filter(|r| **r).count();
+            ds["status"]["numberReady"] = json!(n);
+            ds["status"]["numberAvailable"] = json!(n);
+            server.put(ds.clone());
         }
     });
 }
@@ -173,20 +181,22 @@ async fn install_over_running_agents_waits_for_the_new_ones() {
         ..install_args("registry.local/zdt:old", Duration::from_secs(5))
     };
     install::install(&kube, &no_wait).await.unwrap();
+    // The API server bumps the generation as it stores a new spec; this double does not, so
+    // the object is put as it is right after the apply: generation 2, observed 1.
     let mut ds = server
         .get("apps", "daemonsets", NAMESPACE, "zdt-agent")
         .unwrap();
-    ds["metadata"]["generation"] = json!(1);
+    ds["metadata"]["generation"] = json!(2);
     ds["status"] = json!({"desiredNumberScheduled": 1, "currentNumberScheduled": 1,
                           "updatedNumberScheduled": 1, "numberMisscheduled": 0,
-                          "numberReady": 1, "observedGeneration": 1});
+                          "numberReady": 1, "numberAvailable": 1, "observedGeneration": 1});
     server.put(ds);
     let mut old = agent_pod("node-a", true, running());
     old["metadata"]["name"] = json!("zdt-agent-old");
     server.put(old.clone());
 
-    // The controller: sees the new spec (generation 2) a moment after it is applied, replaces
-    // the old pod, and the new one turns ready later.
+    // The controller: observes the new spec a moment after it is applied, replaces the old
+    // pod, and the new one turns ready later.
     let controller = server.clone();
     let mut changes = server.changes();
     tokio::spawn(async move {
@@ -198,8 +208,6 @@ async fn install_over_running_agents_waits_for_the_new_ones() {
         let mut ds = controller
             .get("apps", "daemonsets", NAMESPACE, "zdt-agent")
             .unwrap();
-        ds["metadata"]["generation"] = json!(2);
-        controller.put(ds.clone());
         tokio::time::sleep(Duration::from_millis(300)).await;
         ds["status"]["observedGeneration"] = json!(2);
         ds["status"]["updatedNumberScheduled"] = json!(0);
@@ -214,10 +222,15 @@ async fn install_over_running_agents_waits_for_the_new_ones() {
                    "state": {"waiting": {"reason": "ContainerCreating"}}}),
         ));
         ds["status"]["updatedNumberScheduled"] = json!(1);
-        controller.put(ds);
+        ds["status"]["numberAvailable"] = json!(0);
+        ds["status"]["numberReady"] = json!(0);
+        controller.put(ds.clone());
         tokio::time::sleep(Duration::from_millis(300)).await;
         controller.remove("", "pods", NAMESPACE, "zdt-agent-old");
         controller.put(agent_pod("node-a", true, running()));
+        ds["status"]["numberAvailable"] = json!(1);
+        ds["status"]["numberReady"] = json!(1);
+        controller.put(ds);
     });
     let agents = install::install(
         &kube,

@@ -145,7 +145,9 @@ struct Progress {
 }
 
 /// As `kubectl rollout status daemonset` judges it: the controller observed the latest
-/// generation and every scheduled node runs a pod of it.
+/// generation, every scheduled node runs a pod of it, and as many are available. The pods'
+/// own watch may lag the DaemonSet's (an old agent still ready in it): the controller's count
+/// decides.
 fn rolled_out(ds: &DaemonSet) -> bool {
     let Some(s) = ds.status.as_ref() else {
         return false;
@@ -156,7 +158,10 @@ fn rolled_out(ds: &DaemonSet) -> bool {
         // A server that keeps no generation (the test double) has nothing to wait for.
         (None, _) => true,
     };
-    observed && s.updated_number_scheduled.unwrap_or(0) >= s.desired_number_scheduled
+    let desired = s.desired_number_scheduled;
+    observed
+        && s.updated_number_scheduled.unwrap_or(0) >= desired
+        && s.number_available.unwrap_or(0) >= desired
 }
 
 impl Progress {
