@@ -293,12 +293,12 @@ impl ApiWatch {
                     }
                 },
             };
-            self.resolve_netns(&mut filter, &changes);
+            let already = self.resolve_netns(&mut filter, &changes);
             self.update_filter(&mut filter, &changes);
             self.gauges
                 .api_synced
                 .store(pods.synced && slices.synced, Ordering::Relaxed);
-            for mut o in observations {
+            for mut o in observations.into_iter().chain(already) {
                 if let Some(service) = o.service.as_deref()
                     && let Some((ns, name)) = service.split_once('/')
                     && let Some(svc) = services.get(&reflector::ObjectRef::new(name).within(ns))
@@ -320,9 +320,15 @@ impl ApiWatch {
     /// Watches the namespaces of pods found since the last call (their processes may start
     /// after the pod object appears: asked again on every update and every second until found)
     /// and stops watching those whose tombstone expired.
-    fn resolve_netns(&mut self, filter: &mut impl AddressFilter, changes: &Changes) {
+    /// Returns the listeners the pods found had already opened (`agent::listeners`).
+    fn resolve_netns(
+        &mut self,
+        filter: &mut impl AddressFilter,
+        changes: &Changes,
+    ) -> Vec<Observation> {
+        let mut already = Vec::new();
         let Some(ns) = self.netns.as_mut() else {
-            return;
+            return already;
         };
         for inum in &changes.unwatch_netns {
             if let Err(e) = filter.remove_netns(*inum) {
@@ -338,19 +344,30 @@ impl ApiWatch {
             .unwrap_or_else(|p| p.into_inner())
             .unresolved();
         if unresolved.is_empty() {
-            return;
+            return already;
         }
         for (uid, found) in ns.resolver.find(&unresolved) {
-            if !self
-                .pods
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .set_netns(&uid, found.inum, Timestamp::now())
-            {
-                continue;
-            }
+            let now = Timestamp::now();
+            let created = {
+                let mut index = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+                if !index.set_netns(&uid, found.inum, now) {
+                    continue;
+                }
+                index.created(&uid).unwrap_or(now)
+            };
             if let Err(e) = filter.add_netns(found.inum) {
                 tracing::warn!("{e}");
+            }
+            // Read after the probes watch the namespace: a listener opened since is the
+            // kernel's to report (and one opened in between is reported twice, never missed).
+            if let Some(proc_pid) = found.path.parent().and_then(|p| p.parent()) {
+                already.extend(super::listeners::already_open(
+                    proc_pid,
+                    found.inum,
+                    created,
+                    Timestamp::now(),
+                    &self.node,
+                ));
             }
             if let Some(gone) = &ns.gone
                 && let Err(e) = gone.watch(&found.path, found.inum)
@@ -358,6 +375,7 @@ impl ApiWatch {
                 tracing::debug!("netns_gone will not be reported for pod {uid}: {e:#}");
             }
         }
+        already
     }
 
     fn update_filter(&self, filter: &mut impl AddressFilter, changes: &Changes) {

@@ -21,6 +21,7 @@ pub mod conntrack;
 pub mod decode;
 pub mod filter;
 pub mod journal;
+pub mod listeners;
 pub mod loader;
 pub mod metrics;
 pub mod netns_gone;

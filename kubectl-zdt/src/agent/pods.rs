@@ -32,6 +32,8 @@ struct Entry {
     /// Ports the kubelet probes (readiness, liveness, startup: `tcpSocket`, `httpGet`, `grpc`).
     probe_ports: Vec<u16>,
     first_seen: Timestamp,
+    /// The pod object's creationTimestamp: none of its processes ran before.
+    created: Option<Timestamp>,
     gone_at: Option<Timestamp>,
 }
 
@@ -153,8 +155,15 @@ impl PodIndex {
             probe_ports: Vec::new(),
             netns: None,
             first_seen: now,
+            created: None,
             gone_at: None,
         });
+        entry.created = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| t.0.to_string().parse().ok())
+            .or(entry.created);
         if !ips.is_empty() {
             entry.ips = ips;
         }
@@ -321,6 +330,14 @@ impl PodIndex {
         }
     }
 
+    /// When pod `uid` was created (its creationTimestamp, else when this agent first saw it):
+    /// none of its processes ran before.
+    pub fn created(&self, uid: &str) -> Option<Timestamp> {
+        self.by_uid
+            .get(uid)
+            .map(|e| e.created.unwrap_or(e.first_seen))
+    }
+
     /// Whether the kubelet probes pod `uid` on `port`.
     pub fn probes_port(&self, uid: &str, port: u16) -> bool {
         self.by_uid
@@ -441,6 +458,19 @@ mod tests {
         o.peer_ip = Some("198.18.0.1".parse().unwrap());
         index.attribute(&mut o);
         assert!(!o.extra.contains_key("peer_pod"));
+    }
+
+    #[test]
+    fn a_pod_was_created_at_its_creation_timestamp_else_when_first_seen() {
+        let mut index = PodIndex::new(Duration::from_secs(600));
+        let mut p = pod("web", "uid-web", "198.18.0.10");
+        index.apply(&p, at(5));
+        assert_eq!(index.created("uid-web"), Some(at(5)));
+        p.metadata.creation_timestamp =
+            serde_json::from_value(serde_json::json!(at(1).to_string())).unwrap();
+        index.apply(&p, at(6));
+        assert_eq!(index.created("uid-web"), Some(at(1)));
+        assert_eq!(index.created("uid-other"), None);
     }
 
     #[test]
