@@ -242,6 +242,44 @@ async fn install_over_running_agents_waits_for_the_new_ones() {
     assert_eq!(names, [("zdt-agent-node-a", true)], "the new agent, ready");
 }
 
+/// What the user reads: the command's one-line error keeps one line per node that is not ready
+/// (on a real cluster `install` printed "timed out after 120 s waiting for the agents:" and
+/// nothing else for an agent in ImagePullBackOff).
+#[tokio::test]
+async fn install_prints_why_each_node_is_not_ready() {
+    let dir = tempdir();
+    let server = Arc::new(ApiServer::start().await);
+    script_daemonset(
+        &server,
+        vec![(
+            Duration::ZERO,
+            agent_pod(
+                "node-a",
+                false,
+                json!({"name": "agent", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                       "state": {"waiting": {"reason": "ImagePullBackOff",
+                                             "message": "Back-off pulling image \"bad/ref:1\""}}}),
+            ),
+        )],
+    );
+    let kube = args(&server, dir.path(), "admin");
+    let install = install_args("registry.local/zdt:e2e-1", Duration::from_secs(2));
+    // main() runs its own runtime: off this one, which serves the API double.
+    let err = tokio::task::spawn_blocking(move || install::main(&kube, &install))
+        .await
+        .unwrap()
+        .unwrap_err();
+    let printed = kubectl_zdt::logging::one_line(&err);
+    assert!(
+        printed.starts_with("timed out after 2 s waiting for the agents:\n"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("node node-a: ") && printed.contains("ImagePullBackOff"),
+        "{printed}"
+    );
+}
+
 #[tokio::test]
 async fn install_names_each_node_whose_agent_cannot_start_and_why() {
     let dir = tempdir();

@@ -376,9 +376,13 @@ pub fn main(kube: &KubeArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().write_all(text.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let agents = super::runtime()?
-        .block_on(install(kube, args))
-        .context("install")?;
+    let agents = match super::runtime()?.block_on(install(kube, args)) {
+        Ok(agents) => agents,
+        // Its lines, one per node that is not ready, are the answer: the error is shown whole,
+        // where a cause is cut to its first line.
+        Err(e @ Error::NotReady { .. }) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::new(e).context("install")),
+    };
     if !agents.is_empty() {
         eprintln!(
             "kubectl-zdt agents ready on {} node(s); next: `kubectl zdt status`",
