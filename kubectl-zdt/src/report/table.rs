@@ -85,6 +85,20 @@ fn columns(out: &mut String, headers: &[&str], rows: impl Iterator<Item = Vec<St
     }
 }
 
+/// Each pod's verdict and why, one wrapped line each: the safe ones only in `-o wide`.
+fn verdict_lines<'a>(
+    out: &mut String,
+    wide: bool,
+    pods: impl Iterator<Item = (String, Verdict, &'a String)>,
+) {
+    for (label, verdict, reason) in pods.filter(|(_, v, _)| wide || *v != Verdict::Safe) {
+        out.push_str(&wrapped(
+            "  ",
+            &format!("{label} {}: {reason}", verdict.as_str()),
+        ));
+    }
+}
+
 pub(crate) fn render(report: &Report, wide: bool) -> String {
     let mut out = String::new();
     if report.rollouts.is_empty() {
@@ -104,32 +118,24 @@ pub(crate) fn render(report: &Report, wide: bool) -> String {
             let rows = r.pods.iter().map(|p| rows::pod_row(p, wide));
             columns(&mut out, &rows::headers(wide), rows);
         }
-        for p in r.pods.iter().filter(|p| wide || p.verdict != Verdict::Safe) {
-            let line = format!(
-                "{} {}: {}",
-                rows::pod_label(p),
-                p.verdict.as_str(),
-                p.reason
-            );
-            out.push_str(&wrapped("  ", &line));
-        }
+        verdict_lines(
+            &mut out,
+            wide,
+            r.pods
+                .iter()
+                .map(|p| (rows::pod_label(p), p.verdict, &p.reason)),
+        );
         if !r.startup.is_empty() {
             let rows = r.startup.iter().map(|s| rows::startup_row(s, wide));
             columns(&mut out, &rows::startup_headers(wide), rows);
         }
-        for s in r
-            .startup
-            .iter()
-            .filter(|s| wide || s.verdict != Verdict::Safe)
-        {
-            let line = format!(
-                "{} {}: {}",
-                rows::startup_label(s),
-                s.verdict.as_str(),
-                s.reason
-            );
-            out.push_str(&wrapped("  ", &line));
-        }
+        verdict_lines(
+            &mut out,
+            wide,
+            r.startup
+                .iter()
+                .map(|s| (rows::startup_label(s), s.verdict, &s.reason)),
+        );
         if !r.clients.is_empty() {
             columns(
                 &mut out,
