@@ -550,7 +550,20 @@ fn a_pod_listening_a_second_late_without_a_readiness_probe_refuses_until_it_list
         },
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the listening app has served a request (the first one can take a while on a
+    // loaded machine: a fixed 300 ms failed one run in five), at most 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && !traffic
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a.error.is_none())
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     let attempts = traffic.finish();
     let (obs, report) = bed.report(agent.stop());
     let refused = attempts
