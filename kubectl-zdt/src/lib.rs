@@ -8,6 +8,7 @@ pub mod analyze;
 pub mod cli;
 pub mod cluster;
 pub mod complete;
+pub mod convert;
 pub mod correlate;
 pub mod dataplane;
 pub mod demo;

@@ -1,7 +1,7 @@
 //! `kubectl-zdt traffic`: the in-cluster request loop `trace --traffic` runs in a pod during a
 //! rollout — the classic "count the non-200s while redeploying" test. One new connection per
 //! request (a keep-alive connection would hide refused SYNs), at a fixed rate, to the
-//! Service's ClusterIP. Writes the client log format `correlate::client_log` reads: one
+//! Service's ClusterIP. Writes the client log format `convert::client_log` reads: one
 //! `{"time_ns": N, "error": "ECONNREFUSED"}` per failed request (N = when its SYN left) and
 //! `{"ok": N}` every second with the good requests since the last one.
 

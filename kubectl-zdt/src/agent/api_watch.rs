@@ -1,6 +1,6 @@
 //! The agent's Kubernetes watches (kube-runtime `watcher`s composed as one stream): pods on its
 //! own node, EndpointSlices and Services. Objects become API-level observations through the
-//! same converter `kubectl zdt analyze` uses on recorded streams (`correlate::k8s_watch`);
+//! same converter `kubectl zdt analyze` uses on recorded streams (`convert::kube_events`);
 //! this module adds what a live watch needs around it:
 //!
 //! - resume and relist: the watcher resumes from the last resourceVersion after a disconnect
@@ -44,7 +44,7 @@ use super::{
     serve::Gauges,
 };
 use crate::{
-    correlate::k8s_watch::{self, EndpointSliceWatch, PodWatch, WatchEvent},
+    convert::kube_events::{self, EndpointSliceWatch, PodWatch, WatchEvent},
     observation::{NodeName, Observation},
 };
 
@@ -426,7 +426,7 @@ impl ApiWatch {
             };
             changes.watch.extend(c.watch);
             changes.unwatch.extend(c.unwatch);
-            if let Some(ev) = event::<_, k8s_watch::Pod>(kind, &pod) {
+            if let Some(ev) = event::<_, kube_events::Pod>(kind, &pod) {
                 out.extend(pods.converter.on_event(now, &ev));
             }
         }
@@ -452,7 +452,7 @@ impl ApiWatch {
                 .filter(|ep| ep.node_name.as_deref() == Some(self.node.0.as_str()))
                 .flat_map(|ep| ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
             slices.mine.extend(here);
-            if let Some(ev) = event::<_, k8s_watch::EndpointSlice>(kind, &slice) {
+            if let Some(ev) = event::<_, kube_events::EndpointSlice>(kind, &slice) {
                 out.extend(slices.converter.on_event(now, &ev));
             }
         }

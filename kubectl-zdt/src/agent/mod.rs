@@ -9,7 +9,7 @@
 //! - `filter`: run-time updates of the kernel watch filter;
 //!
 //! Cluster mode (`cluster`) adds: `api_watch` (kube-runtime watches of this node's pods,
-//! EndpointSlices, Services, converted by `correlate::k8s_watch`) over `pods` (address → pod,
+//! EndpointSlices, Services, converted by `convert::kube_events`) over `pods` (address → pod,
 //! with tombstones); `journal` (numbered, resumable) and `serve` (the 127.0.0.1 HTTP endpoint
 //! reached through port-forward). Both modes can feed `metrics` (Prometheus, docs/metrics.md).
 

@@ -1,7 +1,7 @@
 //! Which pod an address belongs to, on this node, including pods that are gone: a deleted pod
 //! stays as a tombstone for the whole rollout (`ttl`), so a refused SYN or a reset that the
 //! kernel reports after the pod object vanished is still attributed to it. Its changes are
-//! kernel filter updates; the API-level observations come from `correlate::k8s_watch`.
+//! kernel filter updates; the API-level observations come from `convert::kube_events`.
 
 use std::{
     collections::{BTreeMap, HashMap},

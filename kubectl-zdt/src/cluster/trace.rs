@@ -29,7 +29,8 @@ use super::{
     workload::{self, Progress, WorkloadRef},
 };
 use crate::{
-    correlate::{self, Options, Report, Scope, client_log},
+    convert::client_log,
+    correlate::{self, Options, Report, Scope},
     observation::{Kind, NodeName, Observation},
     report::{self, Format},
 };

@@ -6,23 +6,18 @@
 //! (min/max folds, so input order never matters) → `clock` (per-node uncertainty, never
 //! reordering) → `pod` + `attribution` (gap, errors by cause, verdict) → `rollout` (grouping,
 //! client errors seen only on a Service) → `advice` (preStop and grace period).
-//! `input` reads observation streams with line numbers; `k8s_watch`, `nft_monitor`, `iptables_samples` and
-//! `client_log` turn raw captures (API watch events, `nft monitor`, a client's failures) into
-//! observations.
+//! `input` reads observation streams with line numbers (the converters from raw captures to
+//! observations live in `crate::convert`).
 
 mod advice;
 pub mod attribution;
 mod capacity;
-pub mod client_log;
 pub mod clients;
 mod clock;
 mod identity;
 pub mod input;
-pub mod iptables_samples;
-pub mod k8s_watch;
 mod marks;
 pub mod model;
-pub mod nft_monitor;
 mod nodes;
 mod pod;
 mod readiness;

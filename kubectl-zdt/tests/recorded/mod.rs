@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use kubectl_zdt::correlate::{
+use kubectl_zdt::convert::{
     client_log, iptables_samples,
-    k8s_watch::{self, EndpointSlice, EndpointSliceWatch, Pod, PodWatch},
+    kube_events::{self, EndpointSlice, EndpointSliceWatch, Pod, PodWatch},
     nft_monitor::{self, NftMonitor},
 };
 use kubectl_zdt::observation::{NodeName, Observation};
@@ -35,12 +35,12 @@ pub fn convert(dir: &str, client_service: &str) -> Vec<Observation> {
     let vm = NodeName("vm".into());
     let mut out = Vec::new();
     let mut pods = PodWatch::new(vm.clone());
-    for (t, e) in k8s_watch::read_recorded::<Pod>(&read(&d.join("pods-watch.jsonl"))).unwrap() {
+    for (t, e) in kube_events::read_recorded::<Pod>(&read(&d.join("pods-watch.jsonl"))).unwrap() {
         out.extend(pods.on_event(t, &e));
     }
     let mut slices = EndpointSliceWatch::new(vm.clone());
     for (t, e) in
-        k8s_watch::read_recorded::<EndpointSlice>(&read(&d.join("endpointslices-watch.jsonl")))
+        kube_events::read_recorded::<EndpointSlice>(&read(&d.join("endpointslices-watch.jsonl")))
             .unwrap()
     {
         out.extend(slices.on_event(t, &e));
