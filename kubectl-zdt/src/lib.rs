@@ -1,10 +1,24 @@
 //! kubectl-zdt measures the race between a terminating pod and kube-proxy on every node.
 //!
-//! Data flows through the modules in this order: `agent` (kernel probes → observations),
-//! `observation` (the wire contract), then the CLI commands that collect and report.
+//! Layers, lowest first (docs/architecture.md draws them with the data flow):
+//!
+//! - the contract: `observation` (one JSON line per thing seen), with `kube_version`,
+//!   `process`, `logging`;
+//! - the pure analysis core: `convert` (raw captures → observations), `correlate`
+//!   (observations → per-pod verdicts), `report` (tables, charts, JSON);
+//! - sources with I/O: `journal` (observations on disk), `dataplane` (kube-proxy's rules);
+//! - the node: `agent` (kernel probes → observations, enriched, journaled, served);
+//! - the commands: `history`, `analyze`, `cluster` (install, trace, status, history),
+//!   `recommend`, `traffic`, `sample`, `testbed`, `demo`, all reached from `cli`.
+//!
+//! The one rule: a module uses only modules of its own or earlier items of this list, never a
+//! later one, so no cycle can form; the analysis core names no kernel, cluster, runtime, file,
+//! socket, process or clock. `architecture` holds the table and checks it on every test run.
 
 pub mod agent;
 pub mod analyze;
+#[cfg(test)]
+mod architecture;
 pub mod cli;
 pub mod cluster;
 pub mod complete;
@@ -17,6 +31,7 @@ pub mod journal;
 pub mod kube_version;
 pub mod logging;
 pub mod observation;
+pub mod process;
 pub mod recommend;
 pub mod report;
 pub mod sample;

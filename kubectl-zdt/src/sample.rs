@@ -54,7 +54,7 @@ async fn run(args: SampleArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", args.port))
         .await
         .with_context(|| format!("failed to listen on port {}", args.port))?;
-    let stop = crate::agent::cluster::termination();
+    let stop = crate::process::termination();
     tokio::pin!(stop);
     let mut in_flight = tokio::task::JoinSet::new();
     let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -81,6 +81,6 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_secs(seconds));
         return Ok(ExitCode::SUCCESS);
     }
-    crate::cluster::runtime()?.block_on(run(args))?;
+    crate::process::runtime()?.block_on(run(args))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -174,7 +174,7 @@ async fn run(args: TrafficArgs) -> anyhow::Result<()> {
         let n = ok.swap(0, Ordering::Relaxed);
         let _ = lines.send(format!("{{\"ok\":{n}}}"));
     };
-    let stop = crate::agent::cluster::termination();
+    let stop = crate::process::termination();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -207,7 +207,7 @@ async fn run(args: TrafficArgs) -> anyhow::Result<()> {
 }
 
 pub fn main(args: TrafficArgs) -> anyhow::Result<ExitCode> {
-    crate::cluster::runtime()?.block_on(run(args))?;
+    crate::process::runtime()?.block_on(run(args))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -353,7 +353,7 @@ async fn run_standalone(
     let mut agent = Agent::start(&config)?;
     let (tx, mut rx) = mpsc::channel::<Observation>(4096);
     // Before the first line: whoever reads it may stop the agent at once.
-    let shutdown = cluster::termination();
+    let shutdown = crate::process::termination();
     agent.announce(&tx).await;
     if config.dataplane {
         agent.start_dataplane(&config.node, &tx)?;

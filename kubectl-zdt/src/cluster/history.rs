@@ -367,7 +367,7 @@ pub fn render(collected: &Collected, args: &HistoryArgs) -> anyhow::Result<Strin
 }
 
 pub fn main(kube: &KubeArgs, args: &HistoryArgs) -> anyhow::Result<ExitCode> {
-    let collected = super::runtime()?.block_on(collect(kube, args, Timestamp::now()))?;
+    let collected = crate::process::runtime()?.block_on(collect(kube, args, Timestamp::now()))?;
     if let Some(path) = &args.export {
         std::fs::write(
             path,

@@ -361,7 +361,7 @@ pub fn main(kube: &KubeArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
                 "--server-version goes with --dry-run=client: with --dry-run=server the server says its version"
             );
         }
-        let objects = super::runtime()?
+        let objects = crate::process::runtime()?
             .block_on(dry_run_objects(kube, args))
             .context("install --dry-run")?;
         let text = match args.output {
@@ -376,7 +376,7 @@ pub fn main(kube: &KubeArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().write_all(text.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let agents = match super::runtime()?.block_on(install(kube, args)) {
+    let agents = match crate::process::runtime()?.block_on(install(kube, args)) {
         Ok(agents) => agents,
         // Its lines, one per node that is not ready, are the answer: the error is shown whole,
         // where a cause is cut to its first line.
@@ -399,7 +399,7 @@ pub async fn uninstall(kube: &KubeArgs) -> Result<Vec<String>> {
 }
 
 pub fn uninstall_main(kube: &KubeArgs, _args: &UninstallArgs) -> anyhow::Result<ExitCode> {
-    let removed = super::runtime()?.block_on(uninstall(kube))?;
+    let removed = crate::process::runtime()?.block_on(uninstall(kube))?;
     if removed.is_empty() {
         eprintln!("nothing to remove: kubectl-zdt is not installed");
     }

@@ -161,13 +161,3 @@ fn describe(e: &kube::Error) -> String {
         }
     }
 }
-
-/// The async runtime the cluster commands run on.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    use anyhow::Context as _;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")
-}

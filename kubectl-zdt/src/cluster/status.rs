@@ -226,7 +226,7 @@ pub fn render_table(rows: &[NodeStatus], wide: bool) -> String {
 }
 
 pub fn main(kube: &KubeArgs, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let runtime = crate::cluster::runtime()?;
+    let runtime = crate::process::runtime()?;
     let rows = runtime.block_on(collect(kube))?;
     let text = match args.output {
         Format::Table => render_table(&rows, false),

@@ -605,7 +605,7 @@ pub fn main(kube: &KubeArgs, args: &TraceArgs) -> anyhow::Result<ExitCode> {
     );
     bar.set_prefix(args.workload.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
-    let traced = super::runtime()?.block_on(trace(kube, args, &bar))?;
+    let traced = crate::process::runtime()?.block_on(trace(kube, args, &bar))?;
     let text = report::render(&traced.report, args.output)?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

@@ -157,7 +157,7 @@ pub fn answer(
 
 pub fn main(kube: &KubeArgs, args: &RecommendArgs) -> anyhow::Result<ExitCode> {
     let all = if args.from_file.is_empty() {
-        crate::cluster::runtime()?.block_on(source::from_cluster(kube, args))?
+        crate::process::runtime()?.block_on(source::from_cluster(kube, args))?
     } else {
         source::from_files(kube, args)?
     };
