@@ -31,7 +31,7 @@ use kubectl_zdt::{
         netns::NsThread,
         node::cluster_ip,
         pod::{PodProcess, PodSpec},
-        tcp::{Attempt, request_loop},
+        tcp::{Attempt, KeepAlive, keep_alive_requests, request_loop},
     },
 };
 use support::{AgentProcess, require_root};
@@ -117,7 +117,11 @@ impl Bed {
 
     /// An old pod: serving, ready and behind the Service since before the capture.
     fn serve_old(&mut self, pod: &PodHandle) -> PodProcess {
-        let p = PodProcess::start(pod, &app(), spec(0)).unwrap();
+        self.serve_old_with(pod, spec(0))
+    }
+
+    fn serve_old_with(&mut self, pod: &PodHandle, spec: PodSpec) -> PodProcess {
+        let p = PodProcess::start(pod, &app(), spec).unwrap();
         self.endpoints.push(ep(pod));
         self.set_endpoints(&[]);
         p
@@ -174,9 +178,14 @@ impl Bed {
         self.endpoints.retain(|e| *e != ep(&pod));
         self.set_endpoints(&[ep(&pod)]);
         app_process.terminate(&pod, &app(), delete).unwrap();
+        self.remove(pod);
+        gone
+    }
+
+    /// A deleted pod's endpoint removed, its sandbox gone.
+    fn remove(&mut self, pod: PodHandle) {
         self.api.record(Kind::EndpointRemoved, &pod);
         self.node.remove_pod(pod);
-        gone
     }
 
     /// The agent's lines filed under pods beside the API's, and the report.
@@ -511,5 +520,113 @@ fn a_client_with_a_lagging_endpoint_list_is_named_with_how_long_it_dialled_the_p
             .contains("kept connecting to web-a's pod IP directly for"),
         "{}",
         c.reason
+    );
+}
+
+/// Two client workloads with keep-alive connections through the Service's ClusterIP (3 from
+/// deployment/frontend, 2 from deployment/worker, each sending a request every 5 ms on its
+/// one connection) to a pod that is deleted: its endpoint goes first, but established
+/// connections stay, and the app exits with them open. Every client connection is reset; the
+/// report names each client workload with as many resets at the pod's exit as its own
+/// connections saw, through the Service, with the drain advice.
+#[test]
+fn keep_alive_clients_reset_at_the_pods_exit_are_counted_per_client_workload() {
+    let mut bed = Bed::new();
+    let pod = bed.pod("web-k", false);
+    let app_process = bed.serve_old_with(
+        &pod,
+        PodSpec {
+            port: PORT,
+            keep_alive: true,
+            ..PodSpec::default()
+        },
+    );
+    let worker = bed.node.add_client("worker").unwrap();
+    let clients = [
+        ("frontend-5d8c7f9b4-x2k4q", &bed.client, 3),
+        ("worker-6c7d8e9f5-a1b2c", &worker, 2),
+    ];
+    for (name, c, _) in &clients {
+        bed.api
+            .known(name, IpAddr::from(c.ip), &c.ns, serde_json::json!({}));
+    }
+    let agent = bed.agent(&[&pod]);
+    let target = SocketAddr::new(bed.api.svc.cluster_ip, bed.api.svc.port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<(&str, NsThread<std::io::Result<KeepAlive>>)> = clients
+        .iter()
+        .flat_map(|(name, c, k)| (0..*k).map(move |_| (*name, *c)))
+        .map(|(name, c)| {
+            let stop = stop.clone();
+            let t =
+                c.ns.spawn(move || keep_alive_requests(target, Duration::from_millis(5), &stop))
+                    .unwrap();
+            (name, t)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Deleted, its endpoint terminating in the API; this node's kube-proxy is late, and
+    // reprograms the Service only once the clients were reset (the testbed's rule change while
+    // they are established stops their answers without a reset: they would time out).
+    let delete = Clock::monotonic_now_ns();
+    bed.api.record(Kind::PodDeleting, &pod);
+    bed.api.record(Kind::EndpointTerminating, &pod);
+    app_process.terminate(&pod, &app(), delete).unwrap();
+    let mut reset: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (name, t) in threads {
+        let end = t.join().unwrap().unwrap();
+        assert!(
+            end.error.as_deref() == Some("ECONNRESET") && end.answered > 10,
+            "{name}: {end:?}"
+        );
+        *reset.entry(name).or_default() += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    bed.endpoints.clear();
+    bed.set_endpoints(&[ep(&pod)]);
+    bed.remove(pod);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, report) = bed.report(agent);
+
+    let r = the_rollout(&report);
+    eprintln!("client resets {reset:?}; zdt {:?}", r.errors);
+    assert_eq!(client_errors(r), 5, "{:?}", r.errors);
+    let per_client: Vec<(&str, correlate::clients::Path, u64, u64)> = r
+        .clients
+        .iter()
+        .map(|c| {
+            (
+                c.client.as_str(),
+                c.path,
+                c.errors.at_exit,
+                c.errors.total(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_client,
+        [
+            (
+                "deployment/frontend -n default",
+                correlate::clients::Path::Service,
+                reset["frontend-5d8c7f9b4-x2k4q"],
+                reset["frontend-5d8c7f9b4-x2k4q"]
+            ),
+            (
+                "deployment/worker -n default",
+                correlate::clients::Path::Service,
+                reset["worker-6c7d8e9f5-a1b2c"],
+                reset["worker-6c7d8e9f5-a1b2c"]
+            ),
+        ],
+        "{:#?}",
+        r.clients
+    );
+    assert!(
+        r.clients
+            .iter()
+            .all(|c| c.reason.contains("close idle keep-alive connections")),
+        "{:#?}",
+        r.clients
     );
 }
