@@ -3,8 +3,11 @@
 //! back until it listens, a rollout that takes ready pods away before their replacements are
 //! ready, and a client keeping its own (lagging) endpoint list. The agent's lines are filed
 //! under pods by the agent's own pod index, the kubelet's probes tagged as in cluster mode, the
-//! API's lines are the testbed's, and the report's counts must equal the clients'. Needs root.
+//! API's lines are the testbed's, and the report's counts must equal the clients'. Needs root
+//! (but the last test: the agent's capacity-dip metric from its EndpointSlice watch, against
+//! the scripted API server).
 
+mod kube_double;
 mod support;
 
 use std::{
@@ -629,4 +632,113 @@ fn keep_alive_clients_reset_at_the_pods_exit_are_counted_per_client_workload() {
         "{:#?}",
         r.clients
     );
+}
+
+/// The agent's EndpointSlice watch feeds the capacity-dip histograms (docs/metrics.md): the
+/// API server's slice of Service `default/web` has 2 ready endpoints, one on the agent's node
+/// `vm`; that one turns terminating while its replacement (on another node) is still starting
+/// (maxUnavailable 1), then the replacement turns ready and the old one is gone. The scrape
+/// then holds one dip of that Service: 1 of 2 ready (ratio 0.5). A surge of the same Service
+/// first (a third endpoint ready before one leaves) records none.
+#[tokio::test]
+async fn the_agents_slice_watch_records_a_capacity_dip_of_a_service_on_its_node() {
+    use kube_double::apiserver::ApiServer;
+    use kubectl_zdt::agent::{
+        api_watch::ApiWatch, filter::Recorded, pods::PodIndex, serve::Gauges,
+    };
+    let server = ApiServer::start().await;
+    let slice = |eps: &[(&str, bool, bool, &str)]| {
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-x7k2p", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": eps.iter().map(|(ip, ready, terminating, node)| serde_json::json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": ready, "terminating": terminating},
+                "nodeName": node,
+            })).collect::<Vec<_>>(),
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        })
+    };
+    let (a, b, c, d) = ("10.244.0.5", "10.244.1.6", "10.244.1.7", "10.244.1.8");
+    server.put(slice(&[(a, true, false, "vm"), (b, true, false, "node-b")]));
+    let gauges = Arc::new(Gauges::default());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let watch = ApiWatch {
+        client: server.client("agent"),
+        node: kubectl_zdt::observation::NodeName("vm".into()),
+        pods: Arc::new(Mutex::new(PodIndex::new(Duration::from_secs(600)))),
+        gauges: gauges.clone(),
+        netns: None,
+    };
+    tokio::spawn(
+        watch.run(Arc::new(Mutex::new(Recorded::default())), tx, async move {
+            let _ = stopped.await;
+        }),
+    );
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let dips = |gauges: &Gauges| -> Option<String> {
+        let text = gauges.metrics.scrape(Timestamp::now(), true);
+        text.lines()
+            .find(|l| l.starts_with("zdt_capacity_dip_ready_ratio_count{"))
+            .map(str::to_owned)
+    };
+    let synced = || gauges.api_synced.load(Ordering::Relaxed);
+    for _ in 0..600 {
+        if synced() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(synced(), "the watches never synced");
+    // A surge: no dip.
+    for eps in [
+        vec![
+            (a, true, false, "vm"),
+            (b, true, false, "node-b"),
+            (c, false, false, "node-b"),
+        ],
+        vec![
+            (a, true, false, "vm"),
+            (b, true, false, "node-b"),
+            (c, true, false, "node-b"),
+        ],
+        vec![
+            (a, true, false, "vm"),
+            (b, false, true, "node-b"),
+            (c, true, false, "node-b"),
+        ],
+        vec![(a, true, false, "vm"), (c, true, false, "node-b")],
+    ] {
+        server.put(slice(&eps));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dips(&gauges), None);
+    // maxUnavailable 1: the endpoint on this node leaves before its replacement is ready.
+    for eps in [
+        vec![
+            (a, false, true, "vm"),
+            (c, true, false, "node-b"),
+            (d, false, false, "node-b"),
+        ],
+        vec![(c, true, false, "node-b"), (d, false, false, "node-b")],
+        vec![(c, true, false, "node-b"), (d, true, false, "node-b")],
+    ] {
+        server.put(slice(&eps));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let want = r#"zdt_capacity_dip_ready_ratio_count{namespace="default",service="web"} 1"#;
+    for _ in 0..200 {
+        if dips(&gauges).as_deref() == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(dips(&gauges).as_deref(), Some(want));
+    let text = gauges.metrics.scrape(Timestamp::now(), true);
+    let half =
+        r#"zdt_capacity_dip_ready_ratio_bucket{le="0.5",namespace="default",service="web"} 1"#;
+    assert!(text.lines().any(|l| l == half), "{text}");
 }
