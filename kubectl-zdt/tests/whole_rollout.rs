@@ -98,14 +98,15 @@ impl Bed {
     }
 
     /// A pod's sandbox (its network namespace on the bridge), known to the agent's index;
-    /// `probe`: its spec has a tcpSocket readiness probe on the port.
-    fn pod(&mut self, name: &str, probe: bool) -> PodHandle {
+    /// `probe`: the port of the tcpSocket readiness probe its spec has.
+    fn pod(&mut self, name: &str, probe: Option<u16>) -> PodHandle {
         self.next_host += 1;
         let pod = self.node.add_pod_at(name, self.next_host).unwrap();
-        let container = if probe {
-            serde_json::json!({"readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 1}})
-        } else {
-            serde_json::json!({})
+        let container = match probe {
+            Some(port) => serde_json::json!({
+                "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1}
+            }),
+            None => serde_json::json!({}),
         };
         self.api
             .known(name, IpAddr::from(pod.ip), &pod.ns, container);
@@ -144,32 +145,39 @@ impl Bed {
         AgentProcess::start_in(Some(self.node.ns.name()), &args)
     }
 
-    /// A new pod with a tcpSocket readiness probe on the port, whose app listens
-    /// `listen_after_ms` after it starts: the kubelet probes it from the node every second,
-    /// and once a probe passed the pod and its endpoint turn ready and kube-proxy routes to it.
-    /// Returns the app, the probes and when the endpoint turned ready.
-    fn start_new(&mut self, pod: &PodHandle, listen_after_ms: u64) -> (PodProcess, Probed) {
+    /// A new pod with a tcpSocket readiness probe on `probe_port`, whose app listens on the
+    /// Service's port `listen_after_ms` after it starts: the kubelet probes it from the node
+    /// every second, and once a probe passed the pod and its endpoint turn ready and kube-proxy
+    /// routes to it. Returns once the app listens, with the probes.
+    fn start_new(
+        &mut self,
+        pod: &PodHandle,
+        listen_after_ms: u64,
+        probe_port: u16,
+    ) -> (PodProcess, Probed) {
         let prober = readiness_tcp(
             &self.node.ns,
-            ep(pod),
+            SocketAddr::new(pod.ip.into(), probe_port),
             PROBE_PERIOD,
             Duration::from_secs(20),
         )
         .unwrap();
-        let app = PodProcess::start(pod, &app(), spec(listen_after_ms)).unwrap();
-        let probed = prober.join().unwrap().unwrap();
-        self.api.record(Kind::PodReady, pod);
-        if let Some(ready) = self.api.lines.last_mut() {
-            ready.extra.insert(
-                "readiness_probe".into(),
-                serde_json::json!({"type": "tcp_socket", "port": PORT, "period_s": 1}),
-            );
-            ready.extra.insert("container".into(), "app".into());
-        }
-        self.api.record(Kind::EndpointReady, pod);
-        self.endpoints.push(ep(pod));
-        self.set_endpoints(&[]);
-        (app, probed)
+        std::thread::scope(|s| {
+            let app = s.spawn(|| PodProcess::start(pod, &app(), spec(listen_after_ms)));
+            let probed = prober.join().unwrap().unwrap();
+            self.api.record(Kind::PodReady, pod);
+            if let Some(ready) = self.api.lines.last_mut() {
+                ready.extra.insert(
+                    "readiness_probe".into(),
+                    serde_json::json!({"type": "tcp_socket", "port": probe_port, "period_s": 1}),
+                );
+                ready.extra.insert("container".into(), "app".into());
+            }
+            self.api.record(Kind::EndpointReady, pod);
+            self.endpoints.push(ep(pod));
+            self.set_endpoints(&[]);
+            (app.join().unwrap().unwrap(), probed)
+        })
     }
 
     /// An old pod deleted: its endpoint terminating, kube-proxy stops routing to it, then
@@ -286,6 +294,34 @@ fn client_errors(r: &Rollout) -> u64 {
     r.errors.total() - r.errors.unrelated
 }
 
+/// A surge rollout of one replica (maxSurge 1, maxUnavailable 0) with clients of the Service:
+/// the new pod's app listens on the Service's port 1.5 s after it starts, its readiness probe
+/// checks `probe_port` (where, if it is another port, a listener is open from the start), and
+/// the old pod goes once the new one is ready.
+fn surge_rollout(probe_port: u16) -> (Vec<Attempt>, Report, Probed) {
+    let mut bed = Bed::new();
+    let old = bed.pod("web-a", None);
+    let new = bed.pod("web-b", Some(probe_port));
+    let old_app = bed.serve_old(&old);
+    let _other = (probe_port != PORT).then(|| {
+        new.ns
+            .run_in(move || std::net::TcpListener::bind(("0.0.0.0", probe_port)))
+            .unwrap()
+            .unwrap()
+    });
+    let agent = bed.agent(&[&old, &new]);
+    bed.api
+        .rollout_start(1, serde_json::json!(0), serde_json::json!(1));
+    let traffic = Traffic::through_service(&bed);
+    let (_new_app, probed) = bed.start_new(&new, 1_500, probe_port);
+    std::thread::sleep(Duration::from_millis(300));
+    bed.retire(old, old_app);
+    std::thread::sleep(Duration::from_millis(300));
+    let attempts = traffic.finish();
+    let (_, report) = bed.report(agent);
+    (attempts, report, probed)
+}
+
 /// A surge rollout (maxSurge 1, maxUnavailable 0) whose new pod listens 1.5 s after it starts
 /// and has a tcpSocket readiness probe on the Service's port: the kubelet's probes are refused
 /// until the app listens, the endpoint turns ready only when one passes, so no client is
@@ -294,20 +330,7 @@ fn client_errors(r: &Rollout) -> u64 {
 /// clients' errors equals the client's.
 #[test]
 fn a_new_pod_whose_readiness_probe_holds_it_back_until_it_listens_refuses_no_client() {
-    let mut bed = Bed::new();
-    let old = bed.pod("web-a", false);
-    let new = bed.pod("web-b", true);
-    let old_app = bed.serve_old(&old);
-    let agent = bed.agent(&[&old, &new]);
-    bed.api
-        .rollout_start(1, serde_json::json!(0), serde_json::json!(1));
-    let traffic = Traffic::through_service(&bed);
-    let (_new_app, probed) = bed.start_new(&new, 1_500);
-    std::thread::sleep(Duration::from_millis(300));
-    bed.retire(old, old_app);
-    std::thread::sleep(Duration::from_millis(300));
-    let attempts = traffic.finish();
-    let (_, report) = bed.report(agent);
+    let (attempts, report, probed) = surge_rollout(PORT);
 
     assert!(
         probed.refused() >= 1 && attempts.len() > 100,
@@ -345,6 +368,52 @@ fn a_new_pod_whose_readiness_probe_holds_it_back_until_it_listens_refuses_no_cli
     );
 }
 
+/// The same rollout, but the new pod's readiness probe checks another port (an admin listener
+/// open at once) while the app listens on the Service's port 1.5 s late: the first probe
+/// passes, the endpoint turns ready, and clients of the Service routed to the new pod are
+/// refused until it listens. Every refusal the client saw is in the report as a refusal
+/// before listening of the new pod, which is unsafe because its probe checks the wrong port,
+/// and the advice is a probe on the Service's port.
+#[test]
+fn a_readiness_probe_on_another_port_lets_clients_be_refused_until_the_app_listens() {
+    let (attempts, report, probed) = surge_rollout(9090);
+
+    let refused = attempts
+        .iter()
+        .filter(|a| a.error.as_deref() == Some("ECONNREFUSED"))
+        .count() as u64;
+    let r = the_rollout(&report);
+    eprintln!(
+        "{} requests, {refused} refused; zdt {:?}",
+        attempts.len(),
+        r.errors
+    );
+    assert!(
+        refused > 20 && probed.refused() == 0,
+        "{refused} refused, {} probes refused",
+        probed.refused()
+    );
+    assert_eq!(client_errors(r), failed(&attempts), "{:?}", r.errors);
+    let [s] = &r.startup[..] else {
+        panic!("{:#?}", r.startup)
+    };
+    assert_eq!(s.pod.as_deref(), Some("default/web-b"));
+    assert_eq!(s.errors.before_listening, refused, "{:?}", s.errors);
+    assert_eq!(s.verdict, correlate::Verdict::Unsafe, "{}", s.reason);
+    assert!(
+        s.reason
+            .contains("readiness probe checks port 9090, not port 8080"),
+        "{}",
+        s.reason
+    );
+    let [a] = &report.readiness_advice[..] else {
+        panic!("{:#?}", report.readiness_advice)
+    };
+    let patch = &a.patch.as_ref().expect("a patch").command;
+    let probe = r#""name":"app","readinessProbe":{"tcpSocket":{"port":8080}"#;
+    assert!(patch.contains(probe), "{patch}");
+}
+
 /// Two replicas rolled with maxUnavailable 1, maxSurge 0: each old pod's endpoint goes before
 /// its replacement (probed, listening 1 s late) is ready. The capacity section's lowest point
 /// is 1 of 2 ready, at the first old endpoint's end, for as long as the testbed kept it there
@@ -354,10 +423,10 @@ fn a_new_pod_whose_readiness_probe_holds_it_back_until_it_listens_refuses_no_cli
 #[test]
 fn a_rollout_taking_ready_pods_away_before_their_replacements_dips_below_its_replicas() {
     let mut bed = Bed::new();
-    let a1 = bed.pod("web-a1", false);
-    let a2 = bed.pod("web-a2", false);
-    let b1 = bed.pod("web-b1", true);
-    let b2 = bed.pod("web-b2", true);
+    let a1 = bed.pod("web-a1", None);
+    let a2 = bed.pod("web-a2", None);
+    let b1 = bed.pod("web-b1", Some(PORT));
+    let b2 = bed.pod("web-b2", Some(PORT));
     let a1_app = bed.serve_old(&a1);
     let a2_app = bed.serve_old(&a2);
     let agent = bed.agent(&[&a1, &a2, &b1, &b2]);
@@ -366,10 +435,10 @@ fn a_rollout_taking_ready_pods_away_before_their_replacements_dips_below_its_rep
     let traffic = Traffic::through_service(&bed);
     std::thread::sleep(Duration::from_millis(200));
     let gone1 = bed.retire(a1, a1_app);
-    let (_b1_app, _) = bed.start_new(&b1, 1_000);
+    let (_b1_app, _) = bed.start_new(&b1, 1_000, PORT);
     let ready1 = bed.api.lines.last().unwrap().time;
     let gone2 = bed.retire(a2, a2_app);
-    let (_b2_app, _) = bed.start_new(&b2, 1_000);
+    let (_b2_app, _) = bed.start_new(&b2, 1_000, PORT);
     let ready2 = bed.api.lines.last().unwrap().time;
     std::thread::sleep(Duration::from_millis(300));
     let attempts = traffic.finish();
@@ -426,8 +495,8 @@ fn a_rollout_taking_ready_pods_away_before_their_replacements_dips_below_its_rep
 fn a_client_with_a_lagging_endpoint_list_is_named_with_how_long_it_dialled_the_pod_ip() {
     const LAG: Duration = Duration::from_secs(1);
     let mut bed = Bed::new();
-    let gone = bed.pod("web-a", false);
-    let kept = bed.pod("web-k", false);
+    let gone = bed.pod("web-a", None);
+    let kept = bed.pod("web-k", None);
     let gone_app = bed.serve_old(&gone);
     let _kept_app = bed.serve_old(&kept);
     let frontend = "frontend-5d8c7f9b4-x2k4q";
@@ -535,7 +604,7 @@ fn a_client_with_a_lagging_endpoint_list_is_named_with_how_long_it_dialled_the_p
 #[test]
 fn keep_alive_clients_reset_at_the_pods_exit_are_counted_per_client_workload() {
     let mut bed = Bed::new();
-    let pod = bed.pod("web-k", false);
+    let pod = bed.pod("web-k", None);
     let app_process = bed.serve_old_with(
         &pod,
         PodSpec {
