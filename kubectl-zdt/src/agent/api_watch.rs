@@ -37,6 +37,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::mpsc::Sender;
 
 use super::{
+    capacity::CapacityWatch,
     filter::AddressFilter,
     netns_gone::NetnsGone,
     pod_netns::PodNetns,
@@ -268,6 +269,7 @@ impl ApiWatch {
             Tracked::<EndpointSlice, _>::new(EndpointSliceWatch::new(self.node.clone()));
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
         let mut frontends: HashSet<IpAddr> = HashSet::new();
+        let mut capacity = CapacityWatch::default();
         tokio::pin!(shutdown);
         loop {
             let now = Timestamp::now();
@@ -281,7 +283,7 @@ impl ApiWatch {
                 update = updates.next() => match update {
                     None => return,
                     Some(Update::Pod(e)) => self.on_pods(&mut pods, *e, now, &mut changes),
-                    Some(Update::Slice(e)) => self.on_slices(&mut slices, *e, now),
+                    Some(Update::Slice(e)) => self.on_slices(&mut slices, &mut capacity, *e, now),
                     Some(Update::Service) => {
                         frontend_changes(&mut frontends, &services.state(), &mut changes);
                         Vec::new()
@@ -438,12 +440,17 @@ impl ApiWatch {
     fn on_slices(
         &self,
         slices: &mut Tracked<EndpointSlice, EndpointSliceWatch>,
+        capacity: &mut CapacityWatch,
         e: watcher::Event<EndpointSlice>,
         now: Timestamp,
     ) -> Vec<Observation> {
         let done = matches!(e, watcher::Event::InitDone);
         let mut out = Vec::new();
         for (kind, slice) in slices.changes(e) {
+            // Every slice counts: a Service's capacity is all its endpoints, on any node.
+            if let Some(dip) = capacity.slice(&slice, kind == "DELETED", &self.node.0, now) {
+                self.gauges.metrics.capacity_dip(&dip);
+            }
             // The EndpointSlice controller writes each endpoint's node: that, not the order in
             // which the pod and slice watches deliver, decides which agent reports it.
             let here = slice

@@ -10,7 +10,8 @@
 //! marks and its own node's dataplane, so the figures are "this node, its own pods" (the
 //! cluster-wide worst node is what `kubectl zdt recommend` and `analyze` compute).
 //!
-//! Labels are bounded: namespace, workload (the owning controller, never the pod), error kind,
+//! Labels are bounded: namespace, workload (the owning controller, never the pod), service (the
+//! capacity dips of the Services with an endpoint on this node), error kind,
 //! reason and side; no pod name, no address.
 
 use std::{
@@ -82,6 +83,12 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    namespace: String,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -114,6 +121,11 @@ fn delay_buckets() -> Histogram {
     ])
 }
 
+/// A dip's fewest ready endpoints over the count before it: 0 is none left.
+fn ratio_buckets() -> Histogram {
+    Histogram::new([0.0, 0.25, 0.5, 0.75, 0.9, 0.99])
+}
+
 /// Gaps are signed: ≤ 0 is safe, so the buckets straddle zero.
 fn gap_buckets() -> Histogram {
     Histogram::new([
@@ -142,6 +154,8 @@ pub struct Metrics {
     gap: HistogramFamily,
     startup_gap: HistogramFamily,
     dataplane_update: Histogram,
+    capacity_dip: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    capacity_dip_seconds: Family<ServiceLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
     kernel_lost: Counter,
     kernel_skipped: Family<ProgramLabel, Counter>,
@@ -203,6 +217,18 @@ impl Metrics {
             "dataplane_update_seconds",
             "Per terminated pod of this node: its endpoint turning terminating (or removed) in the API watch to this node's dataplane removal",
             dataplane_update.clone(),
+        );
+        let capacity_dip = Family::new_with_constructor(ratio_buckets as fn() -> Histogram);
+        registry.register(
+            "capacity_dip_ready_ratio",
+            "Per capacity dip of a Service with an endpoint on this node: its fewest ready endpoints over those it had at rest before",
+            capacity_dip.clone(),
+        );
+        let capacity_dip_seconds = Family::new_with_constructor(delay_buckets as fn() -> Histogram);
+        registry.register(
+            "capacity_dip_seconds",
+            "Per capacity dip of a Service with an endpoint on this node: how long its ready endpoints were below those it had at rest before",
+            capacity_dip_seconds.clone(),
         );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
@@ -294,6 +320,8 @@ impl Metrics {
             gap,
             startup_gap,
             dataplane_update,
+            capacity_dip,
+            capacity_dip_seconds,
             errors,
             kernel_lost,
             kernel_skipped,
@@ -346,6 +374,19 @@ impl Metrics {
                 .get_or_create(&JournalDamageLabels { stream, kind })
                 .inc();
         }
+    }
+
+    /// A Service's capacity dip ended (`agent::capacity`).
+    pub fn capacity_dip(&self, dip: &super::capacity::Dip) {
+        let labels = ServiceLabels {
+            namespace: dip.namespace.clone(),
+            service: dip.service.clone(),
+        };
+        let ratio = dip.lowest as f64 / dip.level.max(1) as f64;
+        self.capacity_dip.get_or_create(&labels).observe(ratio);
+        self.capacity_dip_seconds
+            .get_or_create(&labels)
+            .observe(dip.seconds);
     }
 
     /// A history query skipped `n` journal blocks it could not read back.

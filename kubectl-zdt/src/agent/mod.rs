@@ -15,6 +15,7 @@
 
 pub mod api_watch;
 pub mod btf;
+pub mod capacity;
 pub mod clock;
 pub mod cluster;
 pub mod conntrack;

@@ -7,10 +7,13 @@
 //! and fd00:7a64::/64).
 
 pub mod agent;
+pub mod api;
 pub mod app;
+pub mod balancer;
 pub mod kube_proxy;
 pub mod kube_proxy_nft;
 pub mod kube_proxy_nl;
+pub mod kubelet;
 pub mod netns;
 pub mod node;
 pub mod pod;

@@ -85,7 +85,7 @@ fn attempt_loop(
 
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nhost: web\r\n\r\n";
 
-fn request_once(target: SocketAddr) -> std::io::Result<()> {
+pub(crate) fn request_once(target: SocketAddr) -> std::io::Result<()> {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
     s.write_all(REQUEST)?;
