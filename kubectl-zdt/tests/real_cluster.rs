@@ -70,7 +70,7 @@ fn fast_t1_with_deletion(pod: &str, workload: &str) -> Vec<Observation> {
         .unwrap()
         .clone();
     o.pod = Some(pod.into());
-    o.pod_uid = Some(format!("uid-of-{pod}"));
+    o.pod_uid = Some(format!("uid-of-{pod}").into());
     o.ip = None;
     obs.push(o.with_extra("workload", workload));
     obs

@@ -292,7 +292,7 @@ async fn trace_restarts_the_rollout_collects_the_agents_stream_and_reconciles_th
         .observations
         .iter()
         .filter(|o| o.kind == Kind::PodDeleting)
-        .map(|o| o.pod.clone().unwrap())
+        .map(|o| o.pod.clone().unwrap().into())
         .collect();
     assert_eq!(
         deleting,

@@ -373,7 +373,7 @@ impl Metrics {
                 } else {
                     &self.handler_errors
                 };
-                let program = o.extra.get("program").and_then(|p| p.as_str());
+                let program = o.details.loss().program.as_deref();
                 family
                     .get_or_create(&ProgramLabel {
                         program: program.unwrap_or_default().to_owned(),
@@ -384,8 +384,7 @@ impl Metrics {
                 self.kernel_lost.inc_by(o.weight());
             }
             Kind::AgentStart => {
-                let programs = o.extra.get("probes").and_then(|v| v.as_array());
-                for p in programs.into_iter().flatten().filter_map(|p| p.as_str()) {
+                for p in o.details.agent().probes.iter().flatten() {
                     self.probe_attached
                         .get_or_create(&ProgramLabel {
                             program: p.to_owned(),
@@ -399,10 +398,8 @@ impl Metrics {
         if self.feeds_window(o) {
             let mut w = self.lock();
             if o.kind == Kind::PodDeleting
-                && let (Some(pod), Some(workload)) = (
-                    o.pod.as_deref(),
-                    o.extra.get("workload").and_then(|v| v.as_str()),
-                )
+                && let (Some(pod), Some(workload)) =
+                    (o.pod.as_deref(), o.details.api().workload.as_deref())
             {
                 w.workloads.insert(pod.to_owned(), workload.to_owned());
             }
@@ -423,7 +420,7 @@ impl Metrics {
     }
 
     fn set_mode(&self, o: &Observation) {
-        let Some(mode) = o.extra.get("mode").and_then(|v| v.as_str()) else {
+        let Some(mode) = o.details.dataplane().mode.as_deref() else {
             return;
         };
         let mut w = self.lock();

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     dataplane::watcher::{Arm, Armed, Trigger},
-    observation::{Kind, Observation, SCHEMA_VERSION},
+    observation::{Kind, Observation, SCHEMA_VERSION, Time},
 };
 
 /// How long a client error toward a Service waits for the conntrack event naming its backend.
@@ -226,9 +226,9 @@ impl Agent {
         }
         let dialled = match (&o.service, o.ip, o.port) {
             // Already tagged, waiting for its backend.
-            (Some(s), None, None) => match s.parse() {
-                Ok(d) => d,
-                Err(_) => return true,
+            (Some(s), None, None) => match s.frontend() {
+                Some(d) => d,
+                None => return true,
             },
             (None, Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port),
             _ => return true,
@@ -239,7 +239,7 @@ impl Agent {
         if !f.read().is_ok_and(|set| set.contains(&dialled)) {
             return true;
         }
-        o.service = Some(dialled.to_string());
+        o.service = Some(dialled.into());
         let client = o
             .peer_ip
             .zip(o.peer_port)
@@ -263,20 +263,16 @@ impl Agent {
             .as_ref()
             .map(|a| a.programs().into_iter().map(|(n, _)| n).collect())
             .unwrap_or_default();
-        let mut o = Observation::new(Kind::AgentStart, Timestamp::now(), self.config.node.clone())
-            .with_extra("schema", SCHEMA_VERSION)
-            .with_extra("version", env!("CARGO_PKG_VERSION"))
-            .with_extra("kernel", self.kernel.kernel_release.clone())
-            .with_extra("probes", programs)
-            .with_extra(
-                "watch",
-                self.config
-                    .watch
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>(),
-            )
-            .with_extra("clock", "CLOCK_MONOTONIC+offset");
+        let mut o = Observation::new(Kind::AgentStart, Timestamp::now(), self.config.node.clone());
+        *o.details.agent_mut() = crate::observation::Agent {
+            schema: Some(SCHEMA_VERSION.to_owned()),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            kernel: Some(self.kernel.kernel_release.clone()),
+            probes: Some(programs),
+            watch: Some(self.config.watch.iter().map(ToString::to_string).collect()),
+            clock: Some("CLOCK_MONOTONIC+offset".to_owned()),
+            offset_change_ns: None,
+        };
         o.uncertainty_ns = Some(self.decoder.clock.uncertainty_ns);
         o
     }
@@ -479,12 +475,10 @@ impl Agent {
         let moved = (clock.offset_ns - self.decoder.clock.offset_ns).unsigned_abs();
         if moved > 1_000_000 {
             let mut o =
-                Observation::new(Kind::ClockSync, Timestamp::now(), self.config.node.clone())
-                    .with_extra(
-                        "offset_change_ns",
-                        i64::try_from(clock.offset_ns - self.decoder.clock.offset_ns)
-                            .unwrap_or(i64::MAX),
-                    );
+                Observation::new(Kind::ClockSync, Timestamp::now(), self.config.node.clone());
+            o.details.agent_mut().offset_change_ns = Some(
+                i64::try_from(clock.offset_ns - self.decoder.clock.offset_ns).unwrap_or(i64::MAX),
+            );
             o.uncertainty_ns = Some(clock.uncertainty_ns);
             if tx.send(o).await.is_err() {
                 return false;
@@ -539,7 +533,8 @@ impl Agent {
         let mut loss = Observation::new(Kind::Loss, now, self.config.node.clone());
         loss.count = Some(lost_total - self.lost_total_reported);
         loss.reason = Some("RINGBUF_FULL".to_owned());
-        out.push(loss.with_extra("since", crate::observation::format_time(window_start)));
+        loss.details.loss_mut().since = Some(Time(window_start));
+        out.push(loss);
         self.lost_total_reported = lost_total;
         for (key, total) in KernelMaps::totals(&self.maps.lost) {
             let reported = self.lost_reported.entry(key).or_insert(0);
@@ -570,7 +565,8 @@ impl Agent {
             o.port = Some(key.port);
             o.reason = reason;
             o.count = Some(delta);
-            out.push(o.with_extra("lost_since", crate::observation::format_time(window_start)));
+            o.details.kernel_mut().lost_since = Some(Time(window_start));
+            out.push(o);
         }
         for o in out {
             if tx.send(o).await.is_err() {

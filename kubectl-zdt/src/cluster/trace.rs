@@ -251,7 +251,10 @@ impl TrafficPod {
         let observations = parsed
             .observations
             .into_iter()
-            .map(|o| o.with_extra("source", "traffic"))
+            .map(|mut o| {
+                o.details.kernel_mut().source = Some("traffic".to_owned());
+                o
+            })
             .collect();
         let problem = (!problems.is_empty()).then(|| {
             format!(
@@ -558,7 +561,7 @@ pub fn reconcile(traced: &Traced) -> Option<String> {
     let client = |reason: &'static str| {
         move |o: &Observation| {
             o.kind == Kind::ConnError
-                && o.extra.get("source").and_then(|v| v.as_str()) == Some("traffic")
+                && o.details.kernel().source.as_deref() == Some("traffic")
                 && o.reason.as_deref() == Some(reason)
         }
     };

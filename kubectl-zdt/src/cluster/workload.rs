@@ -173,9 +173,10 @@ pub fn rollout_start(
         crate::observation::Kind::RolloutStart,
         at,
         crate::observation::NodeName("kubectl-zdt".to_owned()),
-    )
-    .with_extra("workload", workload.to_string())
-    .with_extra("namespace", namespace);
+    );
+    let api = line.details.api_mut();
+    api.workload = Some(workload.to_string().into());
+    api.namespace = Some(namespace.to_owned());
     let strategy = match workload.kind {
         WorkloadKind::Deployment => "/spec/strategy",
         WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => "/spec/updateStrategy",
@@ -184,24 +185,19 @@ pub fn rollout_start(
         WorkloadKind::DaemonSet => o.data.pointer("/status/desiredNumberScheduled"),
         _ => o.data.pointer("/spec/replicas"),
     };
-    if let Some(n) = replicas.and_then(Value::as_u64) {
-        line = line.with_extra("replicas", n);
-    }
-    if let Some(t) = o
+    api.replicas = replicas.and_then(Value::as_u64);
+    api.strategy = o
         .data
         .pointer(&format!("{strategy}/type"))
         .and_then(Value::as_str)
-    {
-        line = line.with_extra("strategy", t);
-    }
-    for (field, key) in [
-        ("maxUnavailable", "max_unavailable"),
-        ("maxSurge", "max_surge"),
-    ] {
-        if let Some(v) = o.data.pointer(&format!("{strategy}/rollingUpdate/{field}")) {
-            line = line.with_extra(key, v.clone());
-        }
-    }
+        .map(str::to_owned);
+    let bound = |field: &str| {
+        o.data
+            .pointer(&format!("{strategy}/rollingUpdate/{field}"))
+            .cloned()
+    };
+    api.max_unavailable = bound("maxUnavailable");
+    api.max_surge = bound("maxSurge");
     line
 }
 
@@ -281,7 +277,7 @@ mod tests {
         let w: WorkloadRef = "deployment/web".parse().unwrap();
         let line = rollout_start(&o, &w, "shop", jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(line.kind, crate::observation::Kind::RolloutStart);
-        let extra = serde_json::Value::Object(line.extra);
+        let extra = serde_json::Value::Object(line.other_fields());
         assert_eq!(
             extra,
             serde_json::json!({"workload": "deployment/web", "namespace": "shop", "replicas": 3,

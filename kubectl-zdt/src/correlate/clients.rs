@@ -60,12 +60,10 @@ impl Clients {
             if matches!(o.kind, Kind::PodReady | Kind::PodDeleting)
                 && let (Some(ip), Some(pod)) = (o.ip, &o.pod)
             {
-                c.names.insert(ip.to_canonical(), pod.clone());
+                c.names.insert(ip.to_canonical(), pod.to_string());
             }
             // The client's node named it: the pod's side of its connections is the same client.
-            if let (Some(ip), Some(pod)) =
-                (o.peer_ip, o.extra.get("peer_pod").and_then(|v| v.as_str()))
-            {
+            if let (Some(ip), Some(pod)) = (o.peer_ip, o.details.kernel().peer_pod.as_deref()) {
                 c.names.insert(ip.to_canonical(), pod.to_owned());
             }
         }
@@ -76,9 +74,10 @@ impl Clients {
     /// else `address 10.0.0.7`.
     pub fn client_of(&self, o: &Observation) -> String {
         let pod = o
-            .extra
-            .get("peer_pod")
-            .and_then(|v| v.as_str())
+            .details
+            .kernel()
+            .peer_pod
+            .as_deref()
             .map(str::to_owned)
             .or_else(|| {
                 o.peer_ip

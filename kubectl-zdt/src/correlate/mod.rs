@@ -105,12 +105,13 @@ fn pod_labels(obs: &[Observation], members: &[usize]) -> (Option<String>, bool) 
     let mut template: Option<&str> = None;
     let mut instrument = false;
     for o in members.iter().map(|&i| &obs[i]) {
-        if let Some(h) = o.extra.get("template_hash").and_then(|v| v.as_str())
+        let api = o.details.api();
+        if let Some(h) = api.template_hash.as_deref()
             && template.is_none_or(|cur| h < cur)
         {
             template = Some(h);
         }
-        instrument |= o.extra.get("instrument").and_then(|v| v.as_bool()) == Some(true);
+        instrument |= api.instrument == Some(true);
     }
     (template.map(str::to_owned), instrument)
 }

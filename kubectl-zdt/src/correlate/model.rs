@@ -445,23 +445,7 @@ pub struct NodeAdded {
     pub first_flow: Option<Mark>,
 }
 
-/// A container's readiness probe, as the observation stream carries it (`readiness_probe` on
-/// `pod_ready`, docs/observations.md).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ReadinessProbe {
-    /// `none`, `tcp_socket`, `http_get`, `grpc` or `exec`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The probed port: a number, or the container port's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initial_delay_s: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub period_s: Option<u64>,
-}
+pub use crate::observation::ReadinessProbe;
 
 /// The readiness probe one workload needs, with the patch that sets it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -101,7 +101,8 @@ pub(crate) fn attribute_service_errors(
     let mut ambiguous: Vec<(Vec<(usize, Cause)>, Unattributed)> = Vec::new();
     for &i in indices {
         let o = &obs[i];
-        let service = names.canonical(o.service.as_deref().unwrap_or_default());
+        let dialled = o.service.as_ref().map(ToString::to_string);
+        let service = names.canonical(dialled.as_deref().unwrap_or_default());
         let service = service.as_str();
         let class = attribution::class(o);
         let at = attribution::instant(o, times[i]);

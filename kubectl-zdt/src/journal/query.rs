@@ -52,12 +52,8 @@ impl<'a> Fields<'a> {
             pod: o.pod.as_deref().map(Cow::Borrowed),
             ip: o.ip.map(|i| Cow::Owned(i.to_string())),
             peer_ip: o.peer_ip.map(|i| Cow::Owned(i.to_string())),
-            service: o.service.as_deref().map(Cow::Borrowed),
-            workload: o
-                .extra
-                .get("workload")
-                .and_then(|v| v.as_str())
-                .map(Cow::Borrowed),
+            service: o.service.as_ref().map(|s| Cow::Owned(s.to_string())),
+            workload: o.details.api().workload.as_deref().map(Cow::Borrowed),
         }
     }
 }
