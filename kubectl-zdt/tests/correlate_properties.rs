@@ -68,7 +68,7 @@ fn gaps(r: &Report) -> Vec<(Option<String>, Option<f64>)> {
         .rollouts
         .iter()
         .flat_map(|ro| &ro.pods)
-        .map(|p| (p.pod.clone(), p.gap_ms))
+        .map(|p| (p.pod.clone().map(String::from), p.gap_ms))
         .collect();
     g.sort_by(|a, b| a.0.cmp(&b.0));
     g

@@ -73,7 +73,7 @@ fn a_pods_exit_is_its_signalled_main_process_never_a_per_connection_child() {
         let r = correlate::correlate(&obs, &Options::default());
         let (deleted, signalled) = deleted_and_signalled(&obs);
         for p in pods(&r) {
-            let name = p.pod.clone().unwrap_or_default();
+            let name = p.pod.as_deref().unwrap_or_default().to_owned();
             let Some(exit) = &p.marks.exit else { continue };
             if exit.source == Kind::ContainerTerminated {
                 continue;

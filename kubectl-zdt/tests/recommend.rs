@@ -83,7 +83,7 @@ fn gaps(r: &Report) -> Vec<(String, Option<String>, Option<f64>, u64)> {
             ro.pods.iter().map(|p| {
                 (
                     ro.workload.clone(),
-                    p.pod.clone(),
+                    p.pod.clone().map(String::from),
                     p.gap_ms,
                     p.errors.unsafe_window,
                 )

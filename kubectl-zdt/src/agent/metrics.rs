@@ -463,10 +463,10 @@ impl Metrics {
 
     /// `(namespace, workload)` labels of an observation's pod, empty when unknown.
     fn workload_labels(&self, o: &Observation) -> (String, String) {
-        let Some(pod) = o.pod.as_deref() else {
+        let Some(pod) = o.pod.as_ref() else {
             return (String::new(), String::new());
         };
-        let declared = self.lock().workloads.get(pod).cloned();
+        let declared = self.lock().workloads.get(pod.as_str()).cloned();
         let (ns, workload) = correlate::workload_of_pod(pod, declared.as_deref());
         (ns.unwrap_or_default(), workload)
     }
@@ -531,7 +531,10 @@ impl Metrics {
             {
                 let key = format!(
                     "start:{}",
-                    sp.pod_uid.clone().or(sp.pod.clone()).unwrap_or_default()
+                    sp.pod_uid
+                        .as_deref()
+                        .or(sp.pod.as_deref())
+                        .unwrap_or_default()
                 );
                 if w.recorded.contains_key(&key) {
                     continue;
@@ -602,10 +605,10 @@ impl Metrics {
 /// address with its first mark (an address alone is reused by the next pod).
 fn pod_key(p: &PodReport) -> String {
     if let Some(uid) = &p.pod_uid {
-        return uid.clone();
+        return uid.to_string();
     }
     if let Some(name) = &p.pod {
-        return name.clone();
+        return name.to_string();
     }
     let first = p.marks.iter().map(|m| m.time).min();
     format!(

@@ -175,7 +175,7 @@ fn run(
         } else {
             d.tl.is_terminating() || d.errors.total() > 0
         };
-        let instrument = rollout::is_instrument(d.ident.name.as_deref(), *instrument);
+        let instrument = rollout::is_instrument(d.ident.name.as_ref(), *instrument);
         let (ns, workload) = rollout::workload_of(&d.ident, d.tl.workload.as_deref());
         let in_scope = scope
             .is_none_or(|s| ns.as_deref() == Some(s.namespace.as_str()) && workload == s.workload);

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     kube_version::PreStopAction,
-    observation::{Kind, NodeName, format_time},
+    observation::{Kind, NodeName, PodRef, PodUid, format_time},
 };
 
 pub const API_VERSION: &str = "zdt.dev/v1";
@@ -83,9 +83,9 @@ pub struct Rollout {
 pub struct PodReport {
     /// `namespace/name`, when any observation named it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
+    pub pod: Option<PodRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<PodUid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -365,9 +365,9 @@ pub struct Advice {
 #[derive(Clone, Debug, Serialize)]
 pub struct StartupReport {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
+    pub pod: Option<PodRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<PodUid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -131,12 +131,7 @@ pub fn report_command(r: &FoundRollout) -> String {
         return String::new();
     };
     let target = if r.workload.starts_with("pod/") {
-        format!(
-            "--pod {}",
-            r.pods[0]
-                .split_once('/')
-                .map_or(r.pods[0].as_str(), |(_, p)| p)
-        )
+        format!("--pod {}", r.pods[0].name())
     } else {
         format!("--workload {}", r.workload)
     };

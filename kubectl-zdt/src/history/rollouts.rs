@@ -34,7 +34,7 @@ pub struct FoundRollout {
     #[serde(serialize_with = "ser_time")]
     pub last_deletion: Timestamp,
     /// `namespace/name` of each deleted pod, in deletion order.
-    pub pods: Vec<String>,
+    pub pods: Vec<PodRef>,
     /// Nodes the deleted pods ran on.
     pub nodes: Vec<String>,
     /// Refused, reset and timed-out connections of those pods (by name or address) from the
@@ -60,7 +60,7 @@ pub fn find(obs: &[Observation], split: std::time::Duration) -> Vec<FoundRollout
     let mut first: BTreeMap<&PodRef, &Observation> = BTreeMap::new();
     for o in obs.iter().filter(|o| {
         o.kind == Kind::PodDeleting
-            && !is_instrument(o.pod.as_deref(), o.details.api().instrument == Some(true))
+            && !is_instrument(o.pod.as_ref(), o.details.api().instrument == Some(true))
     }) {
         if let Some(pod) = o.pod.as_ref() {
             let e = first.entry(pod).or_insert(o);
@@ -137,7 +137,7 @@ fn summarize(
         namespace: ns.map(str::to_owned),
         first_deletion: first,
         last_deletion: last,
-        pods: group.iter().map(|d| d.pod.to_string()).collect(),
+        pods: group.iter().map(|d| d.pod.clone()).collect(),
         nodes: group
             .iter()
             .map(|d| d.node.clone())
