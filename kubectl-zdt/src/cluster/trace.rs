@@ -26,7 +26,7 @@ use super::{
     DAEMONSET, Error, NAMESPACE, Result, agents, collect,
     connect::KubeArgs,
     install::parse_duration,
-    workload::{self, Progress, WorkloadRef},
+    workload::{self, Progress, WorkloadTarget},
 };
 use crate::{
     correlate::{self, Options, Report, Scope, client_log},
@@ -38,7 +38,7 @@ use crate::{
 pub struct TraceArgs {
     /// The workload: deployment/NAME, statefulset/NAME or daemonset/NAME.
     #[arg(value_name = "KIND/NAME")]
-    pub workload: WorkloadRef,
+    pub workload: WorkloadTarget,
 
     #[command(flatten)]
     pub namespace: super::connect::Namespace,
@@ -106,7 +106,7 @@ impl TrafficPod {
     async fn start(
         client: &Client,
         namespace: &str,
-        workload: &WorkloadRef,
+        workload: &WorkloadTarget,
         target: &str,
         service: String,
         rps: u32,
@@ -271,7 +271,7 @@ impl TrafficPod {
 async fn follow_rollout(
     client: &Client,
     namespace: &str,
-    workload: &WorkloadRef,
+    workload: &WorkloadTarget,
     restart: bool,
     timeout: Duration,
     bar: &ProgressBar,

@@ -22,14 +22,16 @@ pub enum WorkloadKind {
     DaemonSet,
 }
 
-/// `kind/name` as given on the command line.
+/// The workload a command acts on, `kind/name` as given on the command line (checked: a kind
+/// `trace` follows). Its text is what lines carry as their `workload`
+/// ([`crate::observation::WorkloadRef`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadRef {
+pub struct WorkloadTarget {
     pub kind: WorkloadKind,
     pub name: String,
 }
 
-impl FromStr for WorkloadRef {
+impl FromStr for WorkloadTarget {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -58,7 +60,7 @@ impl FromStr for WorkloadRef {
     }
 }
 
-impl fmt::Display for WorkloadRef {
+impl fmt::Display for WorkloadTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             WorkloadKind::Deployment => "deployment",
@@ -69,7 +71,13 @@ impl fmt::Display for WorkloadRef {
     }
 }
 
-impl WorkloadRef {
+impl From<&WorkloadTarget> for crate::observation::WorkloadRef {
+    fn from(w: &WorkloadTarget) -> Self {
+        w.to_string().into()
+    }
+}
+
+impl WorkloadTarget {
     pub fn resource(&self) -> ApiResource {
         match self.kind {
             WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
@@ -123,7 +131,7 @@ pub fn selector(workload: &DynamicObject) -> String {
 pub async fn services(
     client: &Client,
     namespace: &str,
-    workload: &WorkloadRef,
+    workload: &WorkloadTarget,
     pod_labels: &BTreeMap<String, String>,
 ) -> Result<Vec<Service>> {
     let all = Api::<Service>::namespaced(client.clone(), namespace)
@@ -165,7 +173,7 @@ fn int(o: &DynamicObject, pointer: &str) -> i64 {
 /// judged against.
 pub fn rollout_start(
     o: &DynamicObject,
-    workload: &WorkloadRef,
+    workload: &WorkloadTarget,
     namespace: &str,
     at: jiff::Timestamp,
 ) -> crate::observation::Observation {
@@ -175,7 +183,7 @@ pub fn rollout_start(
         crate::observation::NodeName("kubectl-zdt".to_owned()),
     );
     let api = line.details.api_mut();
-    api.workload = Some(workload.to_string().into());
+    api.workload = Some(workload.into());
     api.namespace = Some(namespace.to_owned());
     let strategy = match workload.kind {
         WorkloadKind::Deployment => "/spec/strategy",
@@ -274,7 +282,7 @@ mod tests {
                      "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": 1}}},
         }))
         .unwrap();
-        let w: WorkloadRef = "deployment/web".parse().unwrap();
+        let w: WorkloadTarget = "deployment/web".parse().unwrap();
         let line = rollout_start(&o, &w, "shop", jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(line.kind, crate::observation::Kind::RolloutStart);
         let extra = serde_json::Value::Object(line.other_fields());
