@@ -187,7 +187,7 @@ impl Agent {
             .map(|a| a.programs().into_iter().map(|(n, _)| n).collect())
             .unwrap_or_default();
         let mut o = Observation::new(Kind::AgentStart, Timestamp::now(), self.config.node.clone());
-        *o.details.agent_mut() = crate::observation::Agent {
+        *o.details.agent_mut() = crate::observation::AgentFields {
             schema: Some(SCHEMA_VERSION.to_owned()),
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             kernel: Some(self.kernel.kernel_release.clone()),

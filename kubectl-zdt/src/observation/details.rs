@@ -94,7 +94,7 @@ impl<'de> Deserialize<'de> for Time {
 family! {
     /// Process and socket lines from the kernel probes: `signal`, `exec`, `exit`,
     /// `listener_open`, `listener_closed`.
-    Process, EMPTY_PROCESS {
+    ProcessFields, EMPTY_PROCESS {
         /// The process (`signal`: its target).
         pid: u64,
         /// The program's name (`exec`, `exit`).
@@ -111,7 +111,7 @@ family! {
     /// What the agent knows of a kernel line beyond the event: its network namespace, the
     /// client's pod, how it was aggregated (`refused`, `reset`, `conn_error`,
     /// `syn_retransmit`, and `netns` on every kernel line).
-    Kernel, EMPTY_KERNEL {
+    KernelFields, EMPTY_KERNEL {
         /// The network namespace's inode.
         netns: u64,
         /// `netns_gone`: the node-side interface removed.
@@ -134,7 +134,7 @@ family! {
 
 family! {
     /// `loss`: which probe lost events, and since when.
-    Loss, EMPTY_LOSS {
+    LossFields, EMPTY_LOSS {
         since: Time,
         program: String,
     }
@@ -142,7 +142,7 @@ family! {
 
 family! {
     /// The agent's own lines: `agent_start` and `clock_sync`.
-    Agent, EMPTY_AGENT {
+    AgentFields, EMPTY_AGENT {
         /// `zdt.observation/v1`.
         schema: String,
         version: String,
@@ -160,7 +160,7 @@ family! {
 family! {
     /// The node's dataplane: `dataplane_mode`, `dataplane_added`, `dataplane_removed`,
     /// `flow_new` (docs/dataplane.md).
-    Dataplane, EMPTY_DATAPLANE {
+    DataplaneFields, EMPTY_DATAPLANE {
         /// `iptables-nft`, `iptables-legacy`, `nftables`, `ipvs` or `none`.
         mode: String,
         modes: Vec<String>,
@@ -186,7 +186,7 @@ family! {
 family! {
     /// Kubernetes objects as the API watches saw them: `pod_ready`, `pod_deleting`, the
     /// endpoint kinds, `rollout_start`.
-    Api, EMPTY_API {
+    ApiFields, EMPTY_API {
         /// `deployment/web`.
         workload: WorkloadRef,
         /// The container serving the Service.
@@ -235,12 +235,12 @@ pub struct ReadinessProbe {
 /// when they write the same fields.
 #[derive(Clone, Debug, Default)]
 pub struct Details {
-    process: Option<Box<Process>>,
-    kernel: Option<Box<Kernel>>,
-    loss: Option<Box<Loss>>,
-    agent: Option<Box<Agent>>,
-    dataplane: Option<Box<Dataplane>>,
-    api: Option<Box<Api>>,
+    process: Option<Box<ProcessFields>>,
+    kernel: Option<Box<KernelFields>>,
+    loss: Option<Box<LossFields>>,
+    agent: Option<Box<AgentFields>>,
+    dataplane: Option<Box<DataplaneFields>>,
+    api: Option<Box<ApiFields>>,
 }
 
 /// Read and write access to one family.
@@ -285,10 +285,10 @@ macro_rules! access {
 }
 
 access! {
-    process, process_mut, Process, EMPTY_PROCESS;
-    kernel, kernel_mut, Kernel, EMPTY_KERNEL;
-    loss, loss_mut, Loss, EMPTY_LOSS;
-    agent, agent_mut, Agent, EMPTY_AGENT;
-    dataplane, dataplane_mut, Dataplane, EMPTY_DATAPLANE;
-    api, api_mut, Api, EMPTY_API;
+    process, process_mut, ProcessFields, EMPTY_PROCESS;
+    kernel, kernel_mut, KernelFields, EMPTY_KERNEL;
+    loss, loss_mut, LossFields, EMPTY_LOSS;
+    agent, agent_mut, AgentFields, EMPTY_AGENT;
+    dataplane, dataplane_mut, DataplaneFields, EMPTY_DATAPLANE;
+    api, api_mut, ApiFields, EMPTY_API;
 }

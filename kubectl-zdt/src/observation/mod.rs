@@ -11,7 +11,10 @@ use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Map;
 
-pub use details::{Agent, Api, Dataplane, Details, Kernel, Loss, Process, ReadinessProbe, Time};
+pub use details::{
+    AgentFields, ApiFields, DataplaneFields, Details, KernelFields, LossFields, ProcessFields,
+    ReadinessProbe, Time,
+};
 pub use refs::{PodRef, PodUid, ServiceName, ServiceRef, WorkloadRef};
 
 /// Version of the observation schema, carried by `agent_start` lines.
@@ -433,14 +436,14 @@ mod tests {
         let t = Time("2026-11-22T01:16:45.66Z".parse().unwrap());
         let s = || Some("x".to_owned());
         let mut o = Observation::new(Kind::Signal, t.0, NodeName("a".into()));
-        *o.details.process_mut() = Process {
+        *o.details.process_mut() = ProcessFields {
             pid: Some(1),
             comm: s(),
             sender: s(),
             sender_pid: Some(2),
             bind: s(),
         };
-        *o.details.kernel_mut() = Kernel {
+        *o.details.kernel_mut() = KernelFields {
             netns: Some(3),
             ifname: s(),
             gave_up: s(),
@@ -451,11 +454,11 @@ mod tests {
             lost_since: Some(t),
             last_time: Some(t),
         };
-        *o.details.loss_mut() = Loss {
+        *o.details.loss_mut() = LossFields {
             since: Some(t),
             program: s(),
         };
-        *o.details.agent_mut() = Agent {
+        *o.details.agent_mut() = AgentFields {
             schema: s(),
             version: s(),
             kernel: s(),
@@ -464,7 +467,7 @@ mod tests {
             clock: s(),
             offset_change_ns: Some(-4),
         };
-        *o.details.dataplane_mut() = Dataplane {
+        *o.details.dataplane_mut() = DataplaneFields {
             mode: s(),
             modes: Some(vec![]),
             routes: Some(5),
@@ -480,7 +483,7 @@ mod tests {
             reported_at: s(),
             first_time: Some(t),
         };
-        *o.details.api_mut() = Api {
+        *o.details.api_mut() = ApiFields {
             workload: Some(WorkloadRef::new("deployment", "web")),
             container: s(),
             readiness_probe: Some(ReadinessProbe {
