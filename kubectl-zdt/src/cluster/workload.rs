@@ -35,7 +35,7 @@ impl FromStr for WorkloadTarget {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (kind, name) = s.split_once('/').ok_or_else(|| {
+        let (kind, name) = crate::observation::split_name(s).ok_or_else(|| {
             format!(
                 "{s:?}: name the workload as deployment/NAME, statefulset/NAME or daemonset/NAME"
             )

@@ -15,7 +15,7 @@ pub use details::{
     AgentFields, ApiFields, DataplaneFields, Details, KernelFields, LossFields, ProcessFields,
     ReadinessProbe, Time,
 };
-pub use refs::{PodRef, PodUid, ServiceName, ServiceRef, WorkloadRef};
+pub use refs::{PodRef, PodUid, ServiceName, ServiceRef, WorkloadRef, split_name};
 
 /// Version of the observation schema, carried by `agent_start` lines.
 pub const SCHEMA_VERSION: &str = "zdt.observation/v1";

@@ -83,8 +83,10 @@ macro_rules! text_ref {
     };
 }
 
-/// `(before, after)` the first `/` of `s`, or `None` when it has none.
-fn halves(s: &str) -> Option<(&str, &str)> {
+/// `(namespace, name)` of a `namespace/name` (or `(kind, name)` of a `kind/name`), or `None`
+/// when the text has no `/`. The one place names are split, also for readers of raw text (the
+/// journal's filters, command-line arguments).
+pub fn split_name(s: &str) -> Option<(&str, &str)> {
     s.split_once('/')
 }
 
@@ -100,12 +102,12 @@ impl PodRef {
 
     /// The namespace, when the text names one (`default` of `default/web-1`).
     pub fn namespace(&self) -> Option<&str> {
-        halves(&self.0).map(|(ns, _)| ns)
+        split_name(&self.0).map(|(ns, _)| ns)
     }
 
     /// The pod's name (`web-1` of `default/web-1`; all of a text without `/`).
     pub fn name(&self) -> &str {
-        halves(&self.0).map_or(&self.0, |(_, n)| n)
+        split_name(&self.0).map_or(&self.0, |(_, n)| n)
     }
 }
 
@@ -126,7 +128,7 @@ impl WorkloadRef {
 
     /// `(kind, name)`, when the text has both.
     pub fn kind_and_name(&self) -> Option<(&str, &str)> {
-        halves(&self.0)
+        split_name(&self.0)
     }
 }
 
@@ -142,7 +144,7 @@ impl ServiceName {
 
     /// `(namespace, name)`, when the text has both.
     pub fn namespace_and_name(&self) -> Option<(&str, &str)> {
-        halves(&self.0)
+        split_name(&self.0)
     }
 }
 
