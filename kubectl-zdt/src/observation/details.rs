@@ -231,45 +231,48 @@ pub struct ReadinessProbe {
     pub period_s: Option<u64>,
 }
 
-/// The kind-specific fields of a line, by family (absent families take no room). Two are equal
-/// when they write the same fields.
+/// The kind-specific fields of a line, by family. A line without any takes one pointer; the
+/// families it has, a box each. Two are equal when they write the same fields.
 #[derive(Clone, Debug, Default)]
-pub struct Details {
-    process: Option<Box<ProcessFields>>,
-    kernel: Option<Box<KernelFields>>,
-    loss: Option<Box<LossFields>>,
-    agent: Option<Box<AgentFields>>,
-    dataplane: Option<Box<DataplaneFields>>,
-    api: Option<Box<ApiFields>>,
-}
+pub struct Details(Option<Box<Families>>);
 
 /// Read and write access to one family.
 macro_rules! access {
     ($($field:ident, $field_mut:ident, $ty:ident, $empty:ident;)*) => {
+        #[derive(Clone, Debug, Default)]
+        struct Families {
+            $( $field: Option<Box<$ty>>, )*
+        }
+
         impl Details {
             $(
                 /// The family's fields (all absent when the line has none).
                 pub fn $field(&self) -> &$ty {
-                    self.$field.as_deref().unwrap_or(&$empty)
+                    self.0
+                        .as_ref()
+                        .and_then(|f| f.$field.as_deref())
+                        .unwrap_or(&$empty)
                 }
 
                 /// The family's fields, to set them.
                 pub fn $field_mut(&mut self) -> &mut $ty {
-                    self.$field.get_or_insert_default()
+                    self.0.get_or_insert_default().$field.get_or_insert_default()
                 }
             )*
 
             /// Takes the typed fields out of the line's kind-specific `map`: what is left
             /// is unknown, kept verbatim.
             pub(super) fn take(map: &mut Map<String, Value>) -> Self {
-                let d = Self { $( $field: $ty::read(map), )* };
-                $( if let Some(f) = &d.$field { f.remove_read(map); } )*
-                d
+                let f = Families { $( $field: $ty::read(map), )* };
+                $( if let Some(g) = &f.$field { g.remove_read(map); } )*
+                let any = false $( || f.$field.is_some() )*;
+                Self(any.then(|| Box::new(f)))
             }
 
             /// Writes the typed fields into `map`.
             pub(super) fn write(&self, map: &mut Map<String, Value>) {
-                $( if let Some(f) = &self.$field { f.write(map); } )*
+                let Some(f) = &self.0 else { return };
+                $( if let Some(g) = &f.$field { g.write(map); } )*
             }
 
             /// Every key some family types.
