@@ -480,13 +480,9 @@ static READ_FROM: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(V
 /// iptables-legacy lines by `reported_at` (the old table's free or the syscall's exit).
 static REPORTED_AT: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
 
-/// Counts `o`'s `extra[key]` in `tally`.
-fn tally(
-    tally: &std::sync::Mutex<Vec<(String, u32)>>,
-    o: &kubectl_zdt::observation::Observation,
-    key: &str,
-) {
-    if let Some(value) = o.extra.get(key).and_then(|v| v.as_str()) {
+/// Counts `value` (a field of a line) in `tally`.
+fn tally(tally: &std::sync::Mutex<Vec<(String, u32)>>, value: Option<&str>) {
+    if let Some(value) = value {
         let mut counts = tally.lock().unwrap();
         match counts.iter_mut().find(|(v, _)| v == value) {
             Some((_, n)) => *n += 1,
@@ -503,11 +499,12 @@ fn detect_of_one_change(
     let mut total = Duration::ZERO;
     for _ in 0..2 {
         let o = rx.blocking_recv().unwrap();
-        tally(&READ_FROM, &o, "read_from");
-        tally(&REPORTED_AT, &o, "reported_at");
-        let ns = o.extra["detect_ns"].as_u64().unwrap();
+        let d = o.details.dataplane();
+        tally(&READ_FROM, d.read_from.as_deref());
+        tally(&REPORTED_AT, d.reported_at.as_deref());
+        let ns = d.detect_ns.unwrap();
         total += Duration::from_nanos(ns) / 2;
-        if let Some(syscall) = o.extra.get("syscall_ns").and_then(|v| v.as_u64()) {
+        if let Some(syscall) = d.syscall_ns {
             let unc = o.uncertainty_ns.unwrap_or(0) as f64 / 1e6;
             let since_first = ns as f64 / 1e6;
             SWAPS

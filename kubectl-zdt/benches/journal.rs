@@ -50,7 +50,7 @@ fn line(s: i64, k: u64) -> Observation {
         o.ip = Some(ip);
         o.port = Some(8080);
         o.count = Some(1 + (s as u64 + k) % 37);
-        o.service = Some(svc);
+        o.service = Some(svc.as_str().into());
         o = o
             .with_extra("first_time", format_time(t - Duration::from_millis(400)))
             .with_extra("protocol", "tcp");
@@ -70,7 +70,7 @@ fn line(s: i64, k: u64) -> Observation {
         o.port = Some(8080);
         match kind {
             Kind::DataplaneRemoved | Kind::DataplaneAdded => {
-                o.service = Some(svc);
+                o.service = Some(svc.as_str().into());
                 o.uncertainty_ns = Some(1_200);
                 o = o
                     .with_extra("mode", "nftables")
@@ -81,12 +81,12 @@ fn line(s: i64, k: u64) -> Observation {
             Kind::Refused => {
                 o.reason = Some("NO_SOCKET".into());
                 o.count = Some(3 + k);
-                o.pod = Some(name);
+                o.pod = Some(name.into());
                 o = o.with_extra("last_time", format_time(t + Duration::from_millis(700)));
             }
             _ => {
-                o.pod = Some(name);
-                o.pod_uid = Some(format!("6b1f0c2e-0000-4000-8000-{i:012}"));
+                o.pod = Some(name.into());
+                o.pod_uid = Some(format!("6b1f0c2e-0000-4000-8000-{i:012}").into());
                 if kind == Kind::PodDeleting {
                     o = o
                         .with_extra("workload", format!("deployment/web-{}", i % 40))

@@ -189,7 +189,7 @@ fn describe(obs: &[Observation]) -> String {
             format!(
                 "{} {} -> {}:{} ±{:?}",
                 o.kind.as_str(),
-                o.service.as_deref().unwrap_or("-"),
+                o.service.as_ref().map_or("-".into(), ToString::to_string),
                 o.ip.map_or("-".into(), |i| i.to_string()),
                 o.port.unwrap_or(0),
                 o.uncertainty_ns.map(Duration::from_nanos)
@@ -237,7 +237,7 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
     let mut got: Vec<String> = obs
         .iter()
         .filter(|o| o.kind == kind && o.ip == Some(backend.ip()) && o.port == Some(backend.port()))
-        .filter_map(|o| o.service.clone())
+        .filter_map(|o| o.service.as_ref().map(ToString::to_string))
         .collect();
     got.sort();
     let mut want: Vec<String> = services.iter().map(ToString::to_string).collect();
@@ -259,7 +259,7 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
             // Stamped with the exit of the request for its own virtual server (each one is
             // read alone): inside the interval that request ran in (a polled stamp starts at the
             // read before the change, so it would not be).
-            let service = o.service.as_deref().unwrap_or("-");
+            let service = o.service.as_ref().map_or("-".into(), ToString::to_string);
             let own = requests
                 .iter()
                 .find(|(s, ..)| s.to_string() == service)
@@ -286,9 +286,9 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
             );
         }
         check.that(
-            o.extra.get("mode").and_then(|m| m.as_str()) == Some("ipvs"),
+            o.details.dataplane().mode.as_deref() == Some("ipvs"),
             &format!("{what}: reported as mode ipvs"),
-            format!("{:?}", o.extra.get("mode")),
+            format!("{:?}", o.details.dataplane().mode),
         );
     }
 }
@@ -471,21 +471,20 @@ fn guest() -> anyhow::Result<bool> {
     let total = expected_routes(&state).len();
     check.that(
         first.kind == Kind::DataplaneMode
-            && first.extra.get("mode").and_then(|m| m.as_str()) == Some("ipvs")
-            && first
-                .extra
-                .get("routes")
-                .and_then(serde_json::Value::as_u64)
-                == u64::try_from(total).ok(),
+            && first.details.dataplane().mode.as_deref() == Some("ipvs")
+            && first.details.dataplane().routes == u64::try_from(total).ok(),
         "the watcher detects IPVS mode with every programmed route",
         format!(
             "modes {:?}, mode {:?}, routes {:?} (programmed {total})",
             w.modes,
-            first.extra.get("mode"),
-            first.extra.get("routes")
+            first.details.dataplane().mode,
+            first.details.dataplane().routes
         ),
     );
-    let triggers = first.extra.get("triggers").map(ToString::to_string);
+    let triggers = first
+        .other_fields()
+        .get("triggers")
+        .map(ToString::to_string);
     check.that(
         triggers
             .as_deref()
@@ -734,7 +733,7 @@ fn scale(
     let ok = got.as_ref().is_ok_and(|o| {
         o.kind == Kind::DataplaneRemoved
             && o.ip == Some(drained.backend.0.ip())
-            && o.service.as_deref() == Some(&*target.service.to_string())
+            && o.service == Some(target.service.to_string().as_str().into())
     });
     check.that(
         ok && took < whole,
@@ -898,7 +897,9 @@ impl ModeLine {
     }
 
     fn field(&self, key: &str) -> Option<serde_json::Value> {
-        self.0.as_ref().and_then(|m| m.extra.get(key).cloned())
+        self.0
+            .as_ref()
+            .and_then(|m| m.other_fields().get(key).cloned())
     }
 
     /// Says `mode` with `routes` routes.

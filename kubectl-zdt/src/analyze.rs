@@ -125,7 +125,7 @@ pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
             o.uncertainty_ns,
         )
             .hash(&mut h);
-        for (k, v) in &o.extra {
+        for (k, v) in &o.other_fields() {
             k.hash(&mut h);
             v.to_string().hash(&mut h);
         }

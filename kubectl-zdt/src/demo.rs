@@ -28,7 +28,7 @@ use jiff::Timestamp;
 
 use crate::{
     agent::{Agent, AgentConfig, WatchedNetns, clock::Clock, hostname},
-    observation::{Kind, NodeName, Observation},
+    observation::{Kind, NodeName, Observation, PodRef, WorkloadRef},
     testbed::{
         Node,
         kube_proxy::ServicePort,
@@ -155,10 +155,11 @@ fn api(
     at_mono: u64,
 ) -> Observation {
     let mut o = Observation::new(kind, Clock::measure().to_wall(at_mono), node.clone());
-    o.pod = Some(format!("default/{pod}"));
-    o.pod_uid = Some(uid);
+    o.pod = Some(PodRef::new("default", pod));
+    o.pod_uid = Some(uid.into());
     o.ip = Some(ip);
-    o.with_extra("workload", "deployment/web")
+    o.details.api_mut().workload = Some(WorkloadRef::new("deployment", "web"));
+    o
 }
 
 async fn race(
@@ -278,9 +279,9 @@ async fn race(
             uid("old"),
             IpAddr::from(old.ip),
             deleted,
-        )
-        .with_extra("grace_period_s", 30),
+        ),
     ];
+    script[2].details.api_mut().grace_period_s = Some(30);
     // The two sides of the race run in parallel, as the kubelet and kube-proxy do.
     let dataplane = async {
         tokio::time::sleep(Duration::from_millis(propagation_ms)).await;
@@ -348,11 +349,9 @@ async fn print_live(
     let mut all = Vec::new();
     let mut buckets: BTreeMap<(Kind, i64), u64> = BTreeMap::new();
     while let Some(mut o) = rx.recv().await {
-        if o.pod.is_none()
-            && o.extra.get("netns").and_then(serde_json::Value::as_u64) == Some(owner.netns)
-        {
-            o.pod = Some(owner.pod.clone());
-            o.pod_uid = Some(owner.uid.clone());
+        if o.pod.is_none() && o.details.kernel().netns == Some(owner.netns) {
+            o.pod = Some(owner.pod.as_str().into());
+            o.pod_uid = Some(owner.uid.as_str().into());
         }
         all.push(o.clone());
         let at = crate::observation::millis_between(o.time, t0).round() as i64;
@@ -384,15 +383,18 @@ async fn print_live(
                     format!(
                         "kernel: client got {} from {}",
                         o.reason.as_deref().unwrap_or(""),
-                        o.service.clone().unwrap_or_else(|| addr(o.ip, o.port))
+                        o.service
+                            .as_ref()
+                            .map_or_else(|| addr(o.ip, o.port), ToString::to_string)
                     )
                 }
             }
             Kind::DataplaneRemoved | Kind::DataplaneAdded => format!(
                 "node dataplane ({}): {} {}:{} for {}",
-                o.extra
-                    .get("mode")
-                    .and_then(|m| m.as_str())
+                o.details
+                    .dataplane()
+                    .mode
+                    .as_deref()
                     .unwrap_or("kube-proxy"),
                 if o.kind == Kind::DataplaneRemoved {
                     "removed"
@@ -401,11 +403,13 @@ async fn print_live(
                 },
                 o.ip.map(|i| i.to_string()).unwrap_or_default(),
                 o.port.unwrap_or(0),
-                o.service.as_deref().unwrap_or("?")
+                o.service
+                    .as_ref()
+                    .map_or_else(|| "?".to_owned(), ToString::to_string)
             ),
             Kind::Exec => format!(
                 "kernel: exec {} in the pod",
-                o.extra.get("comm").and_then(|c| c.as_str()).unwrap_or("?")
+                o.details.process().comm.as_deref().unwrap_or("?")
             ),
             Kind::Signal => format!(
                 "kernel: {} delivered to the app",
@@ -417,14 +421,8 @@ async fn print_live(
             ),
             Kind::Exit => format!(
                 "kernel: {} (pid {}) exited",
-                o.extra
-                    .get("comm")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or("a process"),
-                o.extra
-                    .get("pid")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0)
+                o.details.process().comm.as_deref().unwrap_or("a process"),
+                o.details.process().pid.unwrap_or(0)
             ),
             _ => continue,
         };

@@ -93,7 +93,7 @@ fn summary(obs: &[Observation]) -> Vec<(Kind, String, String)> {
             (
                 o.kind,
                 o.ip.map(|i| i.to_string()).unwrap_or_default(),
-                o.pod.clone().unwrap_or_default(),
+                o.pod.as_deref().unwrap_or_default().to_owned(),
             )
         })
         .collect();
@@ -224,12 +224,12 @@ async fn a_real_rollout_yields_each_api_mark_once_per_pod_and_feeds_the_kernel_f
         .into_iter()
         .find(|e| e.2["metadata"]["name"] == name)
         .map(|e| e.2["metadata"]["uid"].as_str().unwrap().to_owned());
-    assert_eq!(deleting.pod_uid, uid, "the real pod's UID");
+    assert_eq!(deleting.pod_uid, uid.map(Into::into), "the real pod's UID");
     let terminating = seen
         .iter()
         .find(|o| o.kind == Kind::EndpointTerminating)
         .unwrap();
-    assert_eq!(terminating.service.as_deref(), Some("default/webfast"));
+    assert_eq!(terminating.service, Some("default/webfast".into()));
     assert_eq!(terminating.port, Some(8080));
 
     // Deleted pods stay watched (tombstones) so late kernel events are still attributed.
@@ -271,7 +271,7 @@ async fn a_dropped_watch_resumes_from_its_resource_version_and_loses_or_repeats_
         1,
         "resumed by resourceVersion, no relist"
     );
-    assert!(seen.iter().all(|o| !o.extra.contains_key("seen")));
+    assert!(seen.iter().all(|o| o.details.api().seen.is_none()));
 }
 
 /// Index of the recorded change with this resourceVersion.
@@ -297,7 +297,7 @@ async fn after_410_gone_the_relist_reports_what_changed_during_the_gap_once_and_
     assert_eq!(summary(&seen), want);
     let relisted: Vec<(Kind, String)> = seen
         .iter()
-        .filter(|o| o.extra.get("seen").and_then(Value::as_str) == Some("relist"))
+        .filter(|o| o.details.api().seen.as_deref() == Some("relist"))
         .map(|o| (o.kind, o.ip.unwrap().to_string()))
         .collect();
     assert!(

@@ -355,7 +355,7 @@ async fn the_agent_finds_each_pods_network_namespace_and_reports_its_termination
             .filter(|o| o.pod_uid.as_deref() == Some(uid))
             .collect()
     };
-    let pid = |o: &Observation| o.extra.get("pid").and_then(serde_json::Value::as_u64);
+    let pid = |o: &Observation| o.details.process().pid;
     let prestop = truth.prestop_pid.map(u64::from);
     assert!(
         mine(Kind::Exec).iter().any(|o| pid(o) == prestop),
@@ -493,7 +493,7 @@ async fn a_reused_network_namespace_number_names_the_new_pod_never_the_dead_one(
                     .filter_map(|l| serde_json::from_str::<Observation>(l).ok())
                     .any(|o| {
                         o.kind == Kind::Exec
-                            && o.extra.get("comm").and_then(|c| c.as_str()) == Some("true")
+                            && o.details.process().comm.as_deref() == Some("true")
                             && o.pod.is_some()
                     })
             })
@@ -505,9 +505,8 @@ async fn a_reused_network_namespace_number_names_the_new_pod_never_the_dead_one(
         .unwrap();
     let new_pid = u64::from(truth.app_pid);
     let obs = journal(&server, port, |obs| {
-        obs.iter().any(|o| {
-            o.kind == Kind::Exit && o.extra.get("pid").and_then(|p| p.as_u64()) == Some(new_pid)
-        })
+        obs.iter()
+            .any(|o| o.kind == Kind::Exit && o.details.process().pid == Some(new_pid))
     })
     .await;
 
@@ -515,8 +514,8 @@ async fn a_reused_network_namespace_number_names_the_new_pod_never_the_dead_one(
     let of_new: Vec<&Observation> = obs
         .iter()
         .filter(|o| {
-            o.extra.get("pid").and_then(serde_json::Value::as_u64) == Some(new_pid)
-                || o.extra.get("comm").and_then(|c| c.as_str()) == Some("true")
+            o.details.process().pid == Some(new_pid)
+                || o.details.process().comm.as_deref() == Some("true")
         })
         .collect();
     let kinds = |pod: Option<&str>| -> Vec<Kind> {

@@ -68,7 +68,7 @@ fn gaps(r: &Report) -> Vec<(Option<String>, Option<f64>)> {
         .rollouts
         .iter()
         .flat_map(|ro| &ro.pods)
-        .map(|p| (p.pod.clone(), p.gap_ms))
+        .map(|p| (p.pod.clone().map(String::from), p.gap_ms))
         .collect();
     g.sort_by(|a, b| a.0.cmp(&b.0));
     g
@@ -169,12 +169,14 @@ fn any_observation() -> impl Strategy<Value = Observation> {
                 );
                 o.ip = ip.map(|i| format!("10.0.0.{i}").parse().unwrap());
                 o.port = port;
-                o.pod = pod.map(|p| format!("default/web-5d8f7c9b6d-p{p:04}"));
-                o.pod_uid = pod.filter(|p| p % 2 == 0).map(|p| format!("uid-{p}"));
+                o.pod = pod.map(|p| format!("default/web-5d8f7c9b6d-p{p:04}").into());
+                o.pod_uid = pod
+                    .filter(|p| p % 2 == 0)
+                    .map(|p| format!("uid-{p}").into());
                 o.reason = reason.map(str::to_owned);
                 o.count = count;
                 o.uncertainty_ns = unc;
-                o.service = service.then(|| "default/web".to_owned());
+                o.service = service.then(|| "default/web".into());
                 o
             },
         )
@@ -220,7 +222,7 @@ proptest! {
             obs[i.index(n)].uncertainty_ns = Some(u);
         }
         for o in obs.iter_mut().filter(|o| o.kind == Kind::PodDeleting) {
-            o.extra.insert("grace_period_s".into(), grace.into());
+            o.details.api_mut().grace_period_s = Some(grace);
         }
         let options = Options { margin_ms, ..Options::default() };
         let report = correlate(&obs, &options);

@@ -306,7 +306,10 @@ fn assert_reports(
     assert_eq!(o.kind, kind, "{}", o.to_json_line());
     assert_eq!(o.ip, Some(backend.ip()), "{}", o.to_json_line());
     assert_eq!(o.port, Some(backend.port()));
-    assert_eq!(o.service.as_deref(), Some(frontend(svc).as_str()));
+    assert_eq!(
+        o.service.as_ref().map(ToString::to_string).as_deref(),
+        Some(frontend(svc).as_str())
+    );
     // The line's own window: its time ± the uncertainty it states (a change read by one
     // trigger of several, or an x_tables swap known to lie between two kernel events).
     let stated = SignedDuration::from_nanos(o.uncertainty_ns.unwrap_or(0).try_into().unwrap());
@@ -314,21 +317,21 @@ fn assert_reports(
         "{kind} {backend}: truth interval {:?}, stamped {:?} ± {stated:?} after it opened, detected {} µs after the stamp{}",
         truth.1.duration_since(truth.0),
         o.time.duration_since(truth.0),
-        o.extra["detect_ns"].as_u64().unwrap_or(0) / 1000,
-        o.extra
+        o.other_fields()["detect_ns"].as_u64().unwrap_or(0) / 1000,
+        o.other_fields()
             .get("syscall_ns")
             .and_then(|ns| ns.as_u64())
             .map(|ns| format!(
                 ", replace syscall {} µs, swap bounded by {}",
                 ns / 1000,
-                o.extra["swap_bounds"]
+                o.other_fields()["swap_bounds"]
             ))
             .unwrap_or_default()
     );
     // An x_tables swap is never known worse than its replace syscall, which for a big table
     // on a loaded machine can be far longer than MAX_STATED.
     let syscall = o
-        .extra
+        .other_fields()
         .get("syscall_ns")
         .and_then(|ns| ns.as_u64())
         .map_or(SignedDuration::ZERO, |ns| {
@@ -356,9 +359,14 @@ fn one_backend_removed_then_resync_then_readded(dp: &Dataplane) {
     let mut all = cluster();
     (dp.start)(&node, &all);
     let (mut watch, start) = Watch::start(&node, dp);
-    assert_eq!(start.extra["mode"], dp.mode, "{}", start.to_json_line());
     assert_eq!(
-        start.extra["routes"],
+        start.other_fields()["mode"],
+        dp.mode,
+        "{}",
+        start.to_json_line()
+    );
+    assert_eq!(
+        start.other_fields()["routes"],
         u64::from(SERVICES) * u64::from(PER_SERVICE)
     );
 
@@ -367,8 +375,8 @@ fn one_backend_removed_then_resync_then_readded(dp: &Dataplane) {
     let when = timed(|| (dp.sync)(&node, &all, 7, &[gone]));
     let obs = watch.changes(SETTLE);
     assert_one(&obs, Kind::DataplaneRemoved, &svc, gone, when);
-    assert_eq!(obs[0].extra["mode"], dp.mode);
-    assert_eq!(obs[0].extra["service_name"], "ns7/svc7");
+    assert_eq!(obs[0].other_fields()["mode"], dp.mode);
+    assert_eq!(obs[0].other_fields()["service_name"], "ns7/svc7");
 
     (dp.resync)(&node, &all);
     let quiet = watch.changes(SETTLE);
@@ -483,7 +491,12 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
         .expect("flow_new for the old pod");
     let first_to_b = of(Kind::FlowNew, b)
         .iter()
-        .filter_map(|o| o.extra["first_time"].as_str()?.parse::<Timestamp>().ok())
+        .filter_map(|o| {
+            o.other_fields()["first_time"]
+                .as_str()?
+                .parse::<Timestamp>()
+                .ok()
+        })
         .min()
         .expect("flow_new for the new pod");
     assert!(last_to_a < first_to_b, "flows to A and B interleave");
@@ -507,7 +520,7 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
         // x_tables: the swap inside the replace was bounded by the agent's per-CPU probes (this
         // machine has more than one CPU), not by the whole syscall.
         assert_eq!(
-            removed[0].extra["swap_bounds"],
+            removed[0].other_fields()["swap_bounds"],
             "counters",
             "{}",
             removed[0].to_json_line()
@@ -515,7 +528,7 @@ fn removal_time_matches_the_last_flow_routed_to_the_old_pod(dp: &Dataplane) {
         // The replace that installed the old table was seen, so its first counter block is
         // known: the change is reported when the writer frees it, before the syscall's exit.
         assert_eq!(
-            removed[0].extra["reported_at"],
+            removed[0].other_fields()["reported_at"],
             "old_table_free",
             "{}",
             removed[0].to_json_line()
@@ -586,7 +599,12 @@ fn mode_is_reported_when_kube_proxy_starts_after_the_agent(dp: &Dataplane) {
     require_root();
     let node = Node::create().unwrap();
     let (mut watch, start) = Watch::start(&node, dp);
-    assert_eq!(start.extra["mode"], "none", "{}", start.to_json_line());
+    assert_eq!(
+        start.other_fields()["mode"],
+        "none",
+        "{}",
+        start.to_json_line()
+    );
     let all = cluster();
     (dp.start)(&node, &all);
     let obs = watch.within(SETTLE);
@@ -594,7 +612,12 @@ fn mode_is_reported_when_kube_proxy_starts_after_the_agent(dp: &Dataplane) {
         .iter()
         .find(|o| o.kind == Kind::DataplaneMode)
         .expect("a dataplane_mode line once kube-proxy's rules appear");
-    assert_eq!(mode.extra["mode"], dp.mode, "{}", mode.to_json_line());
+    assert_eq!(
+        mode.other_fields()["mode"],
+        dp.mode,
+        "{}",
+        mode.to_json_line()
+    );
     let added = obs
         .iter()
         .filter(|o| o.kind == Kind::DataplaneAdded)
@@ -665,13 +688,16 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     let (w, mut next) = scripted_watcher(&node);
     let start = next();
     assert_eq!(
-        start.extra["mode"],
+        start.other_fields()["mode"],
         "iptables-legacy",
         "{}",
         start.to_json_line()
     );
     // Not armed: the line does not claim the x_tables trigger.
-    assert_eq!(start.extra["triggers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        start.other_fields()["triggers"].as_array().unwrap().len(),
+        1
+    );
 
     let gone = all[4].endpoints.remove(0);
     (IPTABLES_LEGACY.sync)(&node, &all, 4, &[gone]);
@@ -723,8 +749,18 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
         o.to_json_line()
     );
     assert_eq!(o.uncertainty_ns, Some(500_000));
-    assert_eq!(o.extra["swap_bounds"], "counters", "{}", o.to_json_line());
-    assert_eq!(o.extra["syscall_ns"], 2_000_000, "{}", o.to_json_line());
+    assert_eq!(
+        o.other_fields()["swap_bounds"],
+        "counters",
+        "{}",
+        o.to_json_line()
+    );
+    assert_eq!(
+        o.other_fields()["syscall_ns"],
+        2_000_000,
+        "{}",
+        o.to_json_line()
+    );
 
     // Without them, the whole syscall: [entry, exit].
     all[4].endpoints.push(gone);
@@ -740,7 +776,12 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
         o.to_json_line()
     );
     assert_eq!(o.uncertainty_ns, Some(1_000_000));
-    assert_eq!(o.extra["swap_bounds"], "syscall", "{}", o.to_json_line());
+    assert_eq!(
+        o.other_fields()["swap_bounds"],
+        "syscall",
+        "{}",
+        o.to_json_line()
+    );
     // Bounds outside the syscall cannot be this replace's: ignored.
     let gone = all[4].endpoints.pop().unwrap();
     (IPTABLES_LEGACY.sync)(&node, &all, 4, &[gone]);
@@ -749,7 +790,12 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     let o = next();
     assert_eq!(o.kind, Kind::DataplaneRemoved, "{}", o.to_json_line());
     assert_eq!(o.time, exit - SignedDuration::from_millis(1));
-    assert_eq!(o.extra["swap_bounds"], "syscall", "{}", o.to_json_line());
+    assert_eq!(
+        o.other_fields()["swap_bounds"],
+        "syscall",
+        "{}",
+        o.to_json_line()
+    );
 
     all[4].endpoints.push(gone);
     (IPTABLES_LEGACY.sync)(&node, &all, 4, &[]);
@@ -784,7 +830,7 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     assert_eq!(o.time, exit - SignedDuration::from_micros(1195));
     assert_eq!(o.uncertainty_ns, Some(5_000));
     assert_eq!(
-        o.extra["swap_bounds"],
+        o.other_fields()["swap_bounds"],
         "table_module",
         "{}",
         o.to_json_line()
@@ -808,7 +854,12 @@ fn iptables_legacy_changes_carry_the_trigger_time_not_the_read_time() {
     let o = next();
     assert_eq!(o.kind, Kind::DataplaneAdded, "{}", o.to_json_line());
     assert_eq!(o.time, exit - SignedDuration::from_millis(1));
-    assert_eq!(o.extra["swap_bounds"], "counters", "{}", o.to_json_line());
+    assert_eq!(
+        o.other_fields()["swap_bounds"],
+        "counters",
+        "{}",
+        o.to_json_line()
+    );
 }
 
 /// The writer path of iptables-legacy, with the test as the eBPF trigger and as the writer: a
@@ -881,7 +932,12 @@ fn iptables_legacy_reads_the_new_table_from_the_writer_while_the_replace_runs() 
     let o = next();
     assert_reports(&o, Kind::DataplaneRemoved, &svc, gone, (exit, exit));
     assert_eq!(o.time, exit);
-    assert_eq!(o.extra["read_from"], "writer", "{}", o.to_json_line());
+    assert_eq!(
+        o.other_fields()["read_from"],
+        "writer",
+        "{}",
+        o.to_json_line()
+    );
 
     // A replace over before its table could be read from the writer: the kernel's table is the
     // truth, and it still has the backend.
@@ -894,7 +950,12 @@ fn iptables_legacy_reads_the_new_table_from_the_writer_while_the_replace_runs() 
         .unwrap();
     let o = next();
     assert_reports(&o, Kind::DataplaneAdded, &svc, gone, (exit, exit));
-    assert_eq!(o.extra["read_from"], "kernel", "{}", o.to_json_line());
+    assert_eq!(
+        o.other_fields()["read_from"],
+        "kernel",
+        "{}",
+        o.to_json_line()
+    );
 }
 
 /// 2 000 Services of 5 endpoints (~20 MB of x_tables, a replace of tens of milliseconds).
@@ -931,7 +992,12 @@ fn iptables_legacy_large_replaces_are_read_from_the_real_writer() {
     let mut all = large_cluster();
     (IPTABLES_LEGACY.start)(&node, &all);
     let (mut watch, start) = Watch::start(&node, &IPTABLES_LEGACY);
-    assert_eq!(start.extra["routes"], 10_000, "{}", start.to_json_line());
+    assert_eq!(
+        start.other_fields()["routes"],
+        10_000,
+        "{}",
+        start.to_json_line()
+    );
     let svc = all[1234].port.clone();
     let mut from = Vec::new();
     let mut windows = Vec::new();
@@ -940,13 +1006,23 @@ fn iptables_legacy_large_replaces_are_read_from_the_real_writer() {
         let when = timed(|| (IPTABLES_LEGACY.sync)(&node, &all, 1234, &[gone]));
         let obs = watch.changes(SETTLE);
         assert_one(&obs, Kind::DataplaneRemoved, &svc, gone, when);
-        from.push(obs[0].extra["read_from"].as_str().unwrap().to_owned());
+        from.push(
+            obs[0].other_fields()["read_from"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
         windows.push(swap_window(&obs[0]));
         all[1234].endpoints.insert(round, gone);
         let when = timed(|| (IPTABLES_LEGACY.sync)(&node, &all, 1234, &[]));
         let obs = watch.changes(SETTLE);
         assert_one(&obs, Kind::DataplaneAdded, &svc, gone, when);
-        from.push(obs[0].extra["read_from"].as_str().unwrap().to_owned());
+        from.push(
+            obs[0].other_fields()["read_from"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
         windows.push(swap_window(&obs[0]));
     }
     eprintln!("new tables read from: {from:?}");
@@ -969,10 +1045,15 @@ fn iptables_legacy_large_replaces_are_read_from_the_real_writer() {
 /// An x_tables line's (swap window, replace syscall) in µs; the window must come from the
 /// per-CPU probes.
 fn swap_window(o: &Observation) -> (u64, u64) {
-    assert_eq!(o.extra["swap_bounds"], "counters", "{}", o.to_json_line());
+    assert_eq!(
+        o.other_fields()["swap_bounds"],
+        "counters",
+        "{}",
+        o.to_json_line()
+    );
     (
         2 * o.uncertainty_ns.unwrap_or(0) / 1000,
-        o.extra["syscall_ns"].as_u64().unwrap() / 1000,
+        o.other_fields()["syscall_ns"].as_u64().unwrap() / 1000,
     )
 }
 
@@ -1048,7 +1129,7 @@ fn iptables_legacy_a_replace_the_kernel_rejects_is_not_reported() {
     assert_one(&obs, Kind::DataplaneRemoved, &svc, gone, when);
     let removed = &obs[0];
     assert_eq!(
-        removed.extra["reported_at"],
+        removed.other_fields()["reported_at"],
         "old_table_free",
         "{}",
         removed.to_json_line()
@@ -1146,11 +1227,9 @@ fn ipvs_is_read_where_the_kernel_has_it_and_absent_otherwise() {
             );
             assert!(!std::path::Path::new("/proc/net/ip_vs").exists());
             let (mut watch, start) = Watch::start(&node, &NFTABLES);
-            let triggers = start.extra["triggers"].as_array().unwrap();
+            let triggers = start.details.dataplane().triggers.clone().unwrap();
             assert!(
-                triggers
-                    .iter()
-                    .all(|t| !t.as_str().unwrap().contains("IPVS")),
+                triggers.iter().all(|t| !t.contains("IPVS")),
                 "{}",
                 start.to_json_line()
             );
@@ -1219,13 +1298,13 @@ fn iptables_legacy_node_port_errors_name_the_frontend_and_pod_and_removals_are_r
         .find(|o| o.kind == Kind::DataplaneMode)
         .expect("a dataplane_mode line");
     assert_eq!(
-        mode.extra["mode"],
+        mode.other_fields()["mode"],
         "iptables-legacy",
         "{}",
         mode.to_json_line()
     );
     assert!(
-        mode.extra["triggers"]
+        mode.other_fields()["triggers"]
             .to_string()
             .contains("sys_exit_setsockopt"),
         "{}",
@@ -1234,7 +1313,8 @@ fn iptables_legacy_node_port_errors_name_the_frontend_and_pod_and_removals_are_r
     let tagged = support::total(&obs, |o| {
         o.kind == Kind::ConnError
             && o.reason.as_deref() == Some("ECONNREFUSED")
-            && o.service.as_deref() == Some(target.to_string().as_str())
+            && o.service.as_ref().map(ToString::to_string).as_deref()
+                == Some(target.to_string().as_str())
             && o.ip == Some(pod.ip.into())
             && o.port == Some(8080)
     });
@@ -1252,18 +1332,18 @@ fn iptables_legacy_node_port_errors_name_the_frontend_and_pod_and_removals_are_r
     let svc = all[web].port.clone();
     let cluster = removed
         .iter()
-        .find(|o| o.extra.get("frontend").is_none())
+        .find(|o| o.other_fields().get("frontend").is_none())
         .expect("the ClusterIP route");
     assert_reports(cluster, Kind::DataplaneRemoved, &svc, ep, when);
     let node_port = removed
         .iter()
-        .find(|o| o.extra.get("frontend").is_some())
+        .find(|o| o.other_fields().get("frontend").is_some())
         .expect("the node-port route");
-    assert_eq!(node_port.extra["frontend"], "nodeport");
-    assert_eq!(node_port.service.as_deref(), Some("0.0.0.0:30080"));
+    assert_eq!(node_port.other_fields()["frontend"], "nodeport");
+    assert_eq!(node_port.service, Some("0.0.0.0:30080".into()));
     assert_eq!(node_port.ip, Some(pod.ip.into()));
     assert_eq!(node_port.time, cluster.time);
-    assert_eq!(node_port.extra["mode"], "iptables-legacy");
+    assert_eq!(node_port.other_fields()["mode"], "iptables-legacy");
 }
 
 /// Drops a capability from the calling thread's effective set (capabilities are per thread).
@@ -1401,7 +1481,7 @@ fn ip6tables_legacy_is_read_and_watched() {
 
     let (mut watch, start) = Watch::start(&node, &IPTABLES_LEGACY);
     assert_eq!(
-        start.extra["mode"],
+        start.other_fields()["mode"],
         "iptables-legacy",
         "{}",
         start.to_json_line()

@@ -110,10 +110,10 @@ fn verify(journal: &Journal, from: u64) -> u64 {
             .unwrap_or_else(|e| panic!("record {seq} is not an observation ({e})"));
         assert_eq!(o.kind, Kind::Exec);
         assert_eq!(
-            o.extra["n"],
+            o.unknown["n"],
             serde_json::json!(seq),
             "record {seq} was written as line {} (the writer resumed at the wrong place)",
-            o.extra["n"]
+            o.unknown["n"]
         );
         expected += 1;
     }
@@ -186,7 +186,7 @@ fn at(s: i64) -> Timestamp {
 
 fn mark(t: i64, n: u64) -> Observation {
     let mut o = Observation::new(Kind::ListenerClosed, at(t), NodeName("node-a".into()));
-    o.pod = Some(format!("shop/web-7d4b9c8f6d-{:05}", n % 100_000));
+    o.pod = Some(format!("shop/web-7d4b9c8f6d-{:05}", n % 100_000).into());
     o.ip = Some(
         format!("10.244.{}.{}", (n / 250) % 250, n % 250)
             .parse()
@@ -278,7 +278,7 @@ fn refused(t_ms: i64, pod: u64, peer_port: u16) -> Observation {
         Timestamp::from_millisecond(1_790_000_000_000 + t_ms).unwrap(),
         NodeName("node-a".into()),
     );
-    o.pod = Some(format!("shop/web-7d4b9c8f6d-{pod:05}"));
+    o.pod = Some(format!("shop/web-7d4b9c8f6d-{pod:05}").into());
     o.ip = Some(format!("10.244.0.{pod}").parse().unwrap());
     o.port = Some(8080);
     o.peer_ip = Some("10.244.9.9".parse().unwrap());
@@ -327,7 +327,7 @@ fn a_storm_of_two_million_refusals_leaves_every_mark_of_the_day_in_place() {
     for (_, line) in j.query(&HistoryQuery::default()).unwrap() {
         let o: Observation = serde_json::from_slice(&line).unwrap();
         match o.kind {
-            Kind::ListenerClosed => assert!(found.insert(o.extra["n"].as_u64().unwrap())),
+            Kind::ListenerClosed => assert!(found.insert(o.unknown["n"].as_u64().unwrap())),
             Kind::Refused => refusals += o.weight(),
             k => panic!("unexpected {k}"),
         }
@@ -433,7 +433,7 @@ fn a_journal_directory_is_read_in_place_without_changing_it() {
     let lines: Vec<u64> = ro
         .query(&HistoryQuery::default())
         .map(|(_, l)| {
-            serde_json::from_slice::<Observation>(&l).unwrap().extra["n"]
+            serde_json::from_slice::<Observation>(&l).unwrap().unknown["n"]
                 .as_u64()
                 .unwrap()
         })

@@ -40,7 +40,7 @@ fn tempdir(name: &str) -> PathBuf {
 fn mark(n: u64) -> Observation {
     let t = Timestamp::from_second(1_790_000_000 + n as i64).unwrap();
     let mut o = Observation::new(Kind::ListenerClosed, t, NodeName("node-a".into()));
-    o.pod = Some(format!("shop/web-7d4b9c8f6d-{:05}", n));
+    o.pod = Some(format!("shop/web-7d4b9c8f6d-{:05}", n).into());
     o.port = Some(8080);
     o.with_extra("n", n)
 }

@@ -153,12 +153,12 @@ fn the_agents_metrics_count_what_it_printed_and_hold_what_the_engine_finds() {
         );
     }
     let hello = &obs[0];
-    for probe in hello.extra["probes"].as_array().unwrap() {
+    for probe in hello.details.agent().probes.as_ref().unwrap() {
         assert_eq!(
             sample(
                 &scrape,
                 "zdt_probe_attached",
-                &[("program", probe.as_str().unwrap())]
+                &[("program", probe.as_str())]
             ),
             1.0
         );
@@ -167,8 +167,7 @@ fn the_agents_metrics_count_what_it_printed_and_hold_what_the_engine_finds() {
         .iter()
         .rev()
         .find(|o| o.kind == Kind::DataplaneMode)
-        .and_then(|o| o.extra.get("mode"))
-        .and_then(|m| m.as_str())
+        .and_then(|o| o.details.dataplane().mode.as_deref())
         .expect("a dataplane_mode line");
     assert_eq!(
         sample(&scrape, "zdt_dataplane_mode_info", &[("mode", mode)]),

@@ -269,10 +269,8 @@ fn connects_the_client_abandoned_unanswered_are_timeouts_and_refusals_are_not() 
     assert!(
         obs.iter()
             .filter(|o| o.reason.as_deref() == Some("ETIMEDOUT"))
-            .all(
-                |o| o.extra.get("gave_up").and_then(|v| v.as_str()) == Some("client")
-                    && o.peer_ip == Some("198.18.13.1".parse().unwrap())
-            )
+            .all(|o| o.details.kernel().gave_up.as_deref() == Some("client")
+                && o.peer_ip == Some("198.18.13.1".parse().unwrap()))
     );
     assert_eq!(ring_buffer_lost(&obs), 0);
 }

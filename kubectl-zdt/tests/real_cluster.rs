@@ -45,7 +45,7 @@ fn pods(r: &Report) -> BTreeSet<String> {
     r.rollouts
         .iter()
         .flat_map(|ro| &ro.pods)
-        .filter_map(|p| p.pod.clone())
+        .filter_map(|p| p.pod.clone().map(String::from))
         .collect()
 }
 
@@ -70,7 +70,7 @@ fn fast_t1_with_deletion(pod: &str, workload: &str) -> Vec<Observation> {
         .unwrap()
         .clone();
     o.pod = Some(pod.into());
-    o.pod_uid = Some(format!("uid-of-{pod}"));
+    o.pod_uid = Some(format!("uid-of-{pod}").into());
     o.ip = None;
     obs.push(o.with_extra("workload", workload));
     obs
@@ -185,7 +185,12 @@ fn two_template_changes_six_minutes_apart_are_two_rollouts_everywhere() {
         .rollouts
         .iter()
         .filter(|ro| ro.workload == "deployment/fast")
-        .map(|ro| ro.pods.iter().filter_map(|p| p.pod.clone()).collect())
+        .map(|ro| {
+            ro.pods
+                .iter()
+                .filter_map(|p| p.pod.clone().map(String::from))
+                .collect()
+        })
         .collect();
     assert_eq!(
         fast,

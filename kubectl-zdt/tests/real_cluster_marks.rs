@@ -52,15 +52,15 @@ fn deleted_and_signalled(obs: &[Observation]) -> (BTreeSet<String>, BTreeMap<Str
     let deleted = obs
         .iter()
         .filter(|o| o.kind == Kind::PodDeleting)
-        .filter_map(|o| o.pod.clone())
+        .filter_map(|o| o.pod.clone().map(String::from))
         .collect();
     let mut signalled: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for o in obs.iter().filter(|o| o.kind == Kind::Signal) {
-        let sender = o.extra.get("sender").and_then(|v| v.as_str());
+        let sender = o.details.process().sender.as_deref();
         if matches!(sender, Some("runc" | "containerd-shim"))
-            && let (Some(p), Some(pid)) = (&o.pod, o.extra.get("pid").and_then(|v| v.as_u64()))
+            && let (Some(p), Some(pid)) = (&o.pod, o.details.process().pid)
         {
-            signalled.entry(p.clone()).or_default().push(pid);
+            signalled.entry(p.to_string()).or_default().push(pid);
         }
     }
     (deleted, signalled)
@@ -73,7 +73,7 @@ fn a_pods_exit_is_its_signalled_main_process_never_a_per_connection_child() {
         let r = correlate::correlate(&obs, &Options::default());
         let (deleted, signalled) = deleted_and_signalled(&obs);
         for p in pods(&r) {
-            let name = p.pod.clone().unwrap_or_default();
+            let name = p.pod.as_deref().unwrap_or_default().to_owned();
             let Some(exit) = &p.marks.exit else { continue };
             if exit.source == Kind::ContainerTerminated {
                 continue;
@@ -84,11 +84,11 @@ fn a_pods_exit_is_its_signalled_main_process_never_a_per_connection_child() {
             let main_exits: Vec<Timestamp> = obs
                 .iter()
                 .filter(|o| o.kind == Kind::Exit && o.pod.as_deref() == Some(name.as_str()))
-                .filter(|o| o.extra.get("comm").and_then(|v| v.as_str()) != Some("pause"))
+                .filter(|o| o.details.process().comm.as_deref() != Some("pause"))
                 .filter(|o| {
-                    o.extra
-                        .get("pid")
-                        .and_then(|v| v.as_u64())
+                    o.details
+                        .process()
+                        .pid
                         .is_some_and(|pid| pids.contains(&pid))
                 })
                 .map(|o| o.time)
@@ -219,7 +219,7 @@ fn a_refusal_the_agent_tagged_as_the_kubelets_probe_is_counted_apart_from_client
         .filter(|o| o.kind == Kind::Refused && o.pod.as_deref() == Some(name))
         .nth(3)
         .expect("a refusal");
-    line.extra.insert("probe".into(), "kubelet".into());
+    line.details.kernel_mut().probe = Some("kubelet".into());
     let after = correlate::correlate(&obs, &Options::default());
     let now = pod(&after, name).errors;
     assert_eq!(now.probes, 1);

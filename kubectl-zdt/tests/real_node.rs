@@ -44,7 +44,7 @@ fn app() -> PathBuf {
 }
 
 fn pid_of(o: &Observation) -> Option<u64> {
-    o.extra.get("pid").and_then(serde_json::Value::as_u64)
+    o.details.process().pid
 }
 
 /// A node with pods behind one Service, what the API said about them, and the agent's pod
@@ -103,8 +103,8 @@ impl Bed {
 
     fn api_line(&self, kind: Kind, name: &str, ip: IpAddr, at: Timestamp) -> Observation {
         let mut o = Observation::new(kind, at, self.node_name.clone());
-        o.pod = Some(format!("default/{name}"));
-        o.pod_uid = Some(Self::uid(name));
+        o.pod = Some(format!("default/{name}").into());
+        o.pod_uid = Some(Self::uid(name).into());
         o.ip = Some(ip);
         o.with_extra("workload", WORKLOAD)
     }
@@ -378,7 +378,7 @@ fn the_unflagged_exec_between_deletion_and_sigterm_is_the_prestop_mark() {
     let hook = hooks[0];
     assert_eq!(hook.pod.as_deref(), Some(run.deleted.as_str()));
     assert_eq!(
-        (hook.reason.as_deref(), hook.extra.get("prestop")),
+        (hook.reason.as_deref(), hook.unknown.get("prestop")),
         (None, None),
         "the agent's own exec line, unflagged"
     );
@@ -522,11 +522,15 @@ fn a_pod_listening_a_second_late_without_a_readiness_probe_refuses_until_it_list
     let mut bed = Bed::new();
     let pod = bed.pod("web-late");
     if let Some(ready) = bed.api.last_mut() {
-        ready.extra.insert(
-            "readiness_probe".into(),
-            serde_json::json!({"type": "none"}),
-        );
-        ready.extra.insert("container".into(), "app".into());
+        let api = ready.details.api_mut();
+        api.readiness_probe = Some(kubectl_zdt::observation::ReadinessProbe {
+            kind: "none".into(),
+            port: None,
+            path: None,
+            initial_delay_s: None,
+            period_s: None,
+        });
+        api.container = Some("app".into());
     }
     let agent = bed.agent(&[&pod]);
     // No probe to wait for: the endpoint turns ready as soon as the container runs.
@@ -537,7 +541,7 @@ fn a_pod_listening_a_second_late_without_a_readiness_probe_refuses_until_it_list
         Timestamp::now(),
     );
     ready.port = Some(8080);
-    ready.service = Some(bed.svc.name.clone());
+    ready.service = Some(bed.svc.name.as_str().into());
     bed.api.push(ready);
     let traffic = Traffic::requests(&bed.client, SocketAddr::new(pod.ip.into(), 8080));
     let app_process = PodProcess::start(

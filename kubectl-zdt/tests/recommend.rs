@@ -83,7 +83,7 @@ fn gaps(r: &Report) -> Vec<(String, Option<String>, Option<f64>, u64)> {
             ro.pods.iter().map(|p| {
                 (
                     ro.workload.clone(),
-                    p.pod.clone(),
+                    p.pod.clone().map(String::from),
                     p.gap_ms,
                     p.errors.unsafe_window,
                 )
@@ -155,16 +155,18 @@ fn with_prestop(obs: &[Observation], workload: &str, service: &str, d_ms: i64) -
     let pods: Vec<String> = obs
         .iter()
         .filter(|o| {
-            o.kind == Kind::PodDeleting
-                && o.extra.get("workload").and_then(|w| w.as_str()) == Some(workload)
+            o.kind == Kind::PodDeleting && o.details.api().workload.as_deref() == Some(workload)
         })
-        .filter_map(|o| o.pod.clone())
+        .filter_map(|o| o.pod.clone().map(String::from))
         .collect();
     let shift = jiff::SignedDuration::from_millis(d_ms);
     obs.iter()
         .cloned()
         .map(|mut o| {
-            let own = o.pod.as_ref().is_some_and(|p| pods.contains(p))
+            let own = o
+                .pod
+                .as_deref()
+                .is_some_and(|p| pods.iter().any(|q| q == p))
                 && matches!(
                     o.kind,
                     Kind::Signal
@@ -176,7 +178,7 @@ fn with_prestop(obs: &[Observation], workload: &str, service: &str, d_ms: i64) -
             let caused = matches!(
                 o.kind,
                 Kind::Refused | Kind::Reset | Kind::ConnError | Kind::SynRetransmit
-            ) && o.service.as_deref() == Some(service);
+            ) && o.service == Some(service.into());
             if own || caused {
                 o.time = o.time.checked_add(shift).unwrap();
             }

@@ -130,7 +130,7 @@ fn scripted_termination(agent_args: &[&str]) {
     let obs = agent.stop();
 
     let pid = u64::from(truth.app_pid);
-    let pid_of = |o: &Observation| o.extra.get("pid").and_then(serde_json::Value::as_u64);
+    let pid_of = |o: &Observation| o.details.process().pid;
     // The app's exec (start) and the preStop hook's exec.
     let execs = of_kind(&obs, Kind::Exec);
     assert_eq!(execs.len(), 2, "{execs:#?}");
@@ -162,7 +162,7 @@ fn scripted_termination(agent_args: &[&str]) {
     assert_within("exit", exit, truth.exit, truth.reaped);
     let opened = only(&obs, Kind::ListenerOpen, |o| o.port == Some(8080));
     assert_eq!(opened.ip, None, "a listener on [::] names no pod address");
-    assert_eq!(opened.extra.get("bind"), Some(&serde_json::json!("::")));
+    assert_eq!(opened.details.process().bind.as_deref(), Some("::"));
 
     assert_eq!(
         total(&obs, |o| o.kind == Kind::Refused
@@ -177,7 +177,7 @@ fn scripted_termination(agent_args: &[&str]) {
     let client_errors = total(&obs, |o| {
         o.kind == Kind::ConnError
             && o.reason.as_deref() == Some("ECONNREFUSED")
-            && o.service.as_deref() == Some(frontend.as_str())
+            && o.service == Some(frontend.as_str().into())
             && o.ip == Some(pod_ip)
             && o.port == Some(8080)
     });
@@ -452,14 +452,14 @@ fn syns_to_a_gone_pod(agent_args: &[&str], beside: Beside) -> u64 {
     let truth: u64 = results.iter().map(|(_, n)| u64::from(*n)).sum();
     let frontend = target.to_string();
     let seen = total(&obs, |o| {
-        o.kind == Kind::SynRetransmit && o.service.as_deref() == Some(frontend.as_str())
+        o.kind == Kind::SynRetransmit && o.service == Some(frontend.as_str().into())
     });
     // Skips are counted per program, for the whole node: an unrelated retransmission the
     // kernel skipped is in them too, so they bound what is missing rather than equal it.
     let skipped = total(&obs, |o| {
         o.kind == Kind::Loss
             && o.reason.as_deref() == Some(kubectl_zdt::observation::KERNEL_SKIPPED)
-            && o.extra.get("program").and_then(|p| p.as_str()) == Some("tcp_retransmit_skb")
+            && o.details.loss().program.as_deref() == Some("tcp_retransmit_skb")
     });
     eprintln!("retransmissions: {truth} made, {seen} seen, {skipped} reported skipped");
     assert!(
@@ -584,7 +584,7 @@ fn keepalive_resets_beside_a_busy_program() {
         total(&obs, |o| {
             o.kind == Kind::Loss
                 && o.reason.as_deref() == Some(kubectl_zdt::observation::KERNEL_SKIPPED)
-                && o.extra.get("program").and_then(|p| p.as_str()) == Some(program)
+                && o.details.loss().program.as_deref() == Some(program)
         })
     };
     eprintln!(

@@ -28,7 +28,7 @@ use kubectl_zdt::{
         self, NAMESPACE,
         connect::KubeArgs,
         trace::{self, TraceArgs},
-        workload::WorkloadRef,
+        workload::WorkloadTarget,
     },
     observation::{Kind, NodeName},
     report::Format,
@@ -201,7 +201,7 @@ fn script_cluster(server: &Arc<ApiServer>, journal: &Arc<Journal>, traffic_fails
 
 fn args(restart: bool, traffic: Option<u32>, timeout: Duration) -> TraceArgs {
     TraceArgs {
-        workload: "deployment/webfast".parse::<WorkloadRef>().unwrap(),
+        workload: "deployment/webfast".parse::<WorkloadTarget>().unwrap(),
         namespace: Default::default(),
         restart,
         traffic,
@@ -292,7 +292,7 @@ async fn trace_restarts_the_rollout_collects_the_agents_stream_and_reconciles_th
         .observations
         .iter()
         .filter(|o| o.kind == Kind::PodDeleting)
-        .map(|o| o.pod.clone().unwrap())
+        .map(|o| o.pod.clone().unwrap().into())
         .collect();
     assert_eq!(
         deleting,
@@ -453,18 +453,18 @@ async fn a_rollout_that_never_completes_is_reported_as_stuck_with_its_progress()
 #[test]
 fn workload_names_follow_kubectl() {
     assert_eq!(
-        "deploy/web".parse::<WorkloadRef>().unwrap().to_string(),
+        "deploy/web".parse::<WorkloadTarget>().unwrap().to_string(),
         "deployment/web"
     );
     assert_eq!(
-        "sts/db".parse::<WorkloadRef>().unwrap().to_string(),
+        "sts/db".parse::<WorkloadTarget>().unwrap().to_string(),
         "statefulset/db"
     );
     assert!(
         "pod/web"
-            .parse::<WorkloadRef>()
+            .parse::<WorkloadTarget>()
             .unwrap_err()
             .contains("deployment, statefulset or daemonset")
     );
-    assert!("web".parse::<WorkloadRef>().is_err());
+    assert!("web".parse::<WorkloadTarget>().is_err());
 }

@@ -167,11 +167,13 @@ impl Bed {
             let probed = prober.join().unwrap().unwrap();
             self.api.record(Kind::PodReady, pod);
             if let Some(ready) = self.api.lines.last_mut() {
-                ready.extra.insert(
-                    "readiness_probe".into(),
-                    serde_json::json!({"type": "tcp_socket", "port": probe_port, "period_s": 1}),
-                );
-                ready.extra.insert("container".into(), "app".into());
+                *ready = ready
+                    .clone()
+                    .with_extra(
+                        "readiness_probe",
+                        serde_json::json!({"type": "tcp_socket", "port": probe_port, "period_s": 1}),
+                    )
+                    .with_extra("container", "app");
             }
             self.api.record(Kind::EndpointReady, pod);
             self.endpoints.push(ep(pod));

@@ -294,7 +294,7 @@ fn changes(
         };
         let (entered, returned) = (wall(*entered, offset)?, wall(*returned, offset)?);
         let extra = |k: &str| {
-            line.extra
+            line.other_fields()
                 .get(k)
                 .map(ToString::to_string)
                 .unwrap_or_default()

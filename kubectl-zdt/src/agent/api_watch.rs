@@ -46,7 +46,7 @@ use super::{
 };
 use crate::{
     convert::kube_events::{self, EndpointSliceWatch, PodWatch, WatchEvent},
-    observation::{NodeName, Observation},
+    observation::{NodeName, Observation, ServiceName, ServiceRef},
 };
 
 /// How long a deleted pod's address stays attributed and watched: longer than any sane
@@ -150,7 +150,7 @@ impl<K: Clone + kube::Resource, C> Tracked<K, C> {
     fn finish(&mut self, done: bool, observations: &mut [Observation]) {
         if self.relisting {
             for o in observations.iter_mut() {
-                o.extra.insert("seen".to_owned(), "relist".into());
+                o.details.api_mut().seen = Some("relist".to_owned());
             }
         }
         if done {
@@ -301,12 +301,15 @@ impl ApiWatch {
                 .api_synced
                 .store(pods.synced && slices.synced, Ordering::Relaxed);
             for mut o in observations.into_iter().chain(already) {
-                if let Some(service) = o.service.as_deref()
-                    && let Some((ns, name)) = service.split_once('/')
+                if let Some((ns, name)) = o
+                    .service
+                    .as_ref()
+                    .and_then(ServiceRef::name)
+                    .and_then(ServiceName::namespace_and_name)
                     && let Some(svc) = services.get(&reflector::ObjectRef::new(name).within(ns))
                     && let Some(ip) = svc.spec.as_ref().and_then(|s| s.cluster_ip.clone())
                 {
-                    o = o.with_extra("cluster_ip", ip);
+                    o.details.api_mut().cluster_ip = Some(ip);
                 }
                 if tx.send(o).await.is_err() {
                     return;

@@ -199,15 +199,14 @@ impl Decoder {
         o.uncertainty_ns = Some(self.clock.uncertainty_ns);
         match kind {
             Kind::Signal | Kind::Exec | Kind::Exit => {
-                o = o
-                    .with_extra("pid", ev.tgid)
-                    .with_extra("comm", comm(&ev.comm));
+                let p = o.details.process_mut();
+                p.pid = Some(ev.tgid.into());
                 if kind == Kind::Signal {
                     // For a signal, comm is the sender's and `state` its pid.
-                    o.extra.remove("comm");
-                    o = o
-                        .with_extra("sender", comm(&ev.comm))
-                        .with_extra("sender_pid", ev.state);
+                    p.sender = Some(comm(&ev.comm));
+                    p.sender_pid = Some(ev.state.into());
+                } else {
+                    p.comm = Some(comm(&ev.comm));
                 }
             }
             Kind::ListenerOpen | Kind::ListenerClosed => {
@@ -218,8 +217,9 @@ impl Decoder {
                     o.ip = Some(bind);
                 }
                 o.port = Some(ev.port);
-                o = o.with_extra("bind", bind.to_string());
-                o = o.with_extra("pid", ev.tgid);
+                let p = o.details.process_mut();
+                p.bind = Some(bind.to_string());
+                p.pid = Some(ev.tgid.into());
             }
             _ => {
                 o.ip = Some(ip_of(ev.family, &ev.addr)?);
@@ -229,10 +229,10 @@ impl Decoder {
             }
         }
         if ev.kind == kind::CONNECT_ABANDONED {
-            o = o.with_extra("gave_up", "client");
+            o.details.kernel_mut().gave_up = Some("client".to_owned());
         }
         if ev.netns != 0 {
-            o = o.with_extra("netns", ev.netns);
+            o.details.kernel_mut().netns = Some(ev.netns.into());
         }
         Ok(o)
     }

@@ -104,11 +104,7 @@ impl Journal {
                     }
                 }
                 Kind::DataplaneMode => {
-                    inner.dataplane_mode = o
-                        .extra
-                        .get("mode")
-                        .and_then(|m| m.as_str())
-                        .map(str::to_owned);
+                    inner.dataplane_mode = o.details.dataplane().mode.clone();
                 }
                 _ => {}
             }

@@ -88,9 +88,10 @@ pub fn already_open(
             }
             o.port = Some(port);
             o.uncertainty_ns = Some(u64::try_from(half).unwrap_or(u64::MAX));
-            o.with_extra("bind", bind.to_string())
-                .with_extra("netns", inum)
-                .with_extra("seen", "already_listening")
+            o.details.process_mut().bind = Some(bind.to_string());
+            o.details.kernel_mut().netns = Some(inum.into());
+            o.details.api_mut().seen = Some("already_listening".to_owned());
+            o
         })
         .collect()
 }
@@ -144,8 +145,11 @@ mod tests {
         assert_eq!(first.uncertainty_ns, Some(600_000_000));
         assert_eq!(first.port, Some(8080));
         assert_eq!(first.ip, None, "a wildcard bind names no address");
-        assert_eq!(first.extra["netns"], 4026532000u32);
-        assert_eq!(first.extra["seen"], "already_listening");
+        assert_eq!(first.details.kernel().netns, Some(4026532000));
+        assert_eq!(
+            first.details.api().seen.as_deref(),
+            Some("already_listening")
+        );
         assert_eq!(obs[1].ip, Some("127.0.0.1".parse().unwrap()));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -414,7 +414,7 @@ impl Metrics {
                 } else {
                     &self.handler_errors
                 };
-                let program = o.extra.get("program").and_then(|p| p.as_str());
+                let program = o.details.loss().program.as_deref();
                 family
                     .get_or_create(&ProgramLabel {
                         program: program.unwrap_or_default().to_owned(),
@@ -425,8 +425,7 @@ impl Metrics {
                 self.kernel_lost.inc_by(o.weight());
             }
             Kind::AgentStart => {
-                let programs = o.extra.get("probes").and_then(|v| v.as_array());
-                for p in programs.into_iter().flatten().filter_map(|p| p.as_str()) {
+                for p in o.details.agent().probes.iter().flatten() {
                     self.probe_attached
                         .get_or_create(&ProgramLabel {
                             program: p.to_owned(),
@@ -440,10 +439,8 @@ impl Metrics {
         if self.feeds_window(o) {
             let mut w = self.lock();
             if o.kind == Kind::PodDeleting
-                && let (Some(pod), Some(workload)) = (
-                    o.pod.as_deref(),
-                    o.extra.get("workload").and_then(|v| v.as_str()),
-                )
+                && let (Some(pod), Some(workload)) =
+                    (o.pod.as_deref(), o.details.api().workload.as_deref())
             {
                 w.workloads.insert(pod.to_owned(), workload.to_owned());
             }
@@ -464,7 +461,7 @@ impl Metrics {
     }
 
     fn set_mode(&self, o: &Observation) {
-        let Some(mode) = o.extra.get("mode").and_then(|v| v.as_str()) else {
+        let Some(mode) = o.details.dataplane().mode.as_deref() else {
             return;
         };
         let mut w = self.lock();
@@ -507,10 +504,10 @@ impl Metrics {
 
     /// `(namespace, workload)` labels of an observation's pod, empty when unknown.
     fn workload_labels(&self, o: &Observation) -> (String, String) {
-        let Some(pod) = o.pod.as_deref() else {
+        let Some(pod) = o.pod.as_ref() else {
             return (String::new(), String::new());
         };
-        let declared = self.lock().workloads.get(pod).cloned();
+        let declared = self.lock().workloads.get(pod.as_str()).cloned();
         let (ns, workload) = correlate::workload_of_pod(pod, declared.as_deref());
         (ns.unwrap_or_default(), workload)
     }
@@ -575,7 +572,10 @@ impl Metrics {
             {
                 let key = format!(
                     "start:{}",
-                    sp.pod_uid.clone().or(sp.pod.clone()).unwrap_or_default()
+                    sp.pod_uid
+                        .as_deref()
+                        .or(sp.pod.as_deref())
+                        .unwrap_or_default()
                 );
                 if w.recorded.contains_key(&key) {
                     continue;
@@ -646,10 +646,10 @@ impl Metrics {
 /// address with its first mark (an address alone is reused by the next pod).
 fn pod_key(p: &PodReport) -> String {
     if let Some(uid) = &p.pod_uid {
-        return uid.clone();
+        return uid.to_string();
     }
     if let Some(name) = &p.pod {
-        return name.clone();
+        return name.to_string();
     }
     let first = p.marks.iter().map(|m| m.time).min();
     format!(

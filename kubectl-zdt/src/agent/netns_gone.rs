@@ -310,9 +310,10 @@ impl NetnsGoneWatcher {
                 if let Some(peer) = removed {
                     // One namespace may have several veths: report it once.
                     registry.forget(peer.netns);
-                    let o = Observation::new(Kind::NetnsGone, received, node.clone())
-                        .with_extra("netns", peer.netns)
-                        .with_extra("ifname", peer.ifname);
+                    let mut o = Observation::new(Kind::NetnsGone, received, node.clone());
+                    let k = o.details.kernel_mut();
+                    k.netns = Some(peer.netns.into());
+                    k.ifname = Some(peer.ifname);
                     if tx.blocking_send(o).is_err() {
                         return Ok(());
                     }

@@ -275,11 +275,7 @@ impl PodIndex {
     /// network namespace (listeners on wildcard addresses, signals, execs, exits, netns_gone).
     /// A `netns_gone` ends its pod's hold on the namespace's number.
     pub fn attribute(&mut self, o: &mut Observation) {
-        let netns = o
-            .extra
-            .get("netns")
-            .and_then(|v| v.as_u64())
-            .and_then(|n| u32::try_from(n).ok());
+        let netns = o.details.kernel().netns.and_then(|n| u32::try_from(n).ok());
         let gone = o.kind == crate::observation::Kind::NetnsGone;
         let by_netns = match netns {
             Some(inum) => self.span_at(inum, o.time, gone).map(|span| {
@@ -306,8 +302,8 @@ impl PodIndex {
             .filter(|_| !client_side)
             .and_then(|uid| self.by_uid.get(&uid).map(|e| e.pod.clone()));
         if let Some(p) = by_ip.or(by_netns) {
-            o.pod = Some(p.pod);
-            o.pod_uid = Some(p.uid);
+            o.pod = Some(p.pod.into());
+            o.pod_uid = Some(p.uid.into());
         }
     }
 
@@ -319,14 +315,15 @@ impl PodIndex {
         if !matches!(
             o.kind,
             Kind::Refused | Kind::Reset | Kind::ConnError | Kind::SynRetransmit
-        ) || o.extra.contains_key("peer_pod")
+        ) || o.details.kernel().peer_pod.is_some()
         {
             return;
         }
         if let Some(p) = o.peer_ip.and_then(|ip| self.lookup(ip, o.time)) {
             let (pod, uid) = (p.pod.clone(), p.uid.clone());
-            o.extra.insert("peer_pod".to_owned(), pod.into());
-            o.extra.insert("peer_pod_uid".to_owned(), uid.into());
+            let k = o.details.kernel_mut();
+            k.peer_pod = Some(pod.into());
+            k.peer_pod_uid = Some(uid.into());
         }
     }
 
@@ -429,7 +426,7 @@ mod tests {
     fn owner(index: &mut PodIndex, kind: Kind, t: Timestamp, inum: u32) -> Option<String> {
         let mut o = line(kind, t, inum);
         index.attribute(&mut o);
-        o.pod
+        o.pod.map(String::from)
     }
 
     #[test]
@@ -445,19 +442,17 @@ mod tests {
         o.peer_ip = Some("198.18.0.20".parse().unwrap());
         o.peer_port = Some(40_000);
         index.attribute(&mut o);
+        let k = o.details.kernel();
         assert_eq!(
-            o.extra.get("peer_pod"),
-            Some(&serde_json::json!("default/frontend-7d9f8c6b5d-abcde"))
+            k.peer_pod.as_deref(),
+            Some("default/frontend-7d9f8c6b5d-abcde")
         );
-        assert_eq!(
-            o.extra.get("peer_pod_uid"),
-            Some(&serde_json::json!("uid-fe"))
-        );
+        assert_eq!(k.peer_pod_uid.as_deref(), Some("uid-fe"));
         // A client that is no pod of this node (the node itself, another node's pod): unnamed.
         let mut o = Observation::new(Kind::Refused, at(1), NodeName("vm".into()));
         o.peer_ip = Some("198.18.0.1".parse().unwrap());
         index.attribute(&mut o);
-        assert!(!o.extra.contains_key("peer_pod"));
+        assert!(o.details.kernel().peer_pod.is_none());
     }
 
     #[test]

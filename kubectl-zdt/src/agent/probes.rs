@@ -127,7 +127,7 @@ impl KubeletProbes {
             )
         };
         if is_probe(evidence, untranslated) {
-            o.extra.insert("probe".to_owned(), "kubelet".into());
+            o.details.kernel_mut().probe = Some("kubelet".to_owned());
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 
-use crate::observation::{Kind, NodeName, Observation, format_time};
+use crate::observation::{Kind, NodeName, Observation, Time};
 
 /// What was reported of one kind of per-program count.
 #[derive(Debug)]
@@ -44,10 +44,10 @@ impl ProgramLoss {
             loss.count = Some(total - *reported);
             loss.reason = Some(self.reason.to_owned());
             *reported = *total;
-            out.push(
-                loss.with_extra("program", program.clone())
-                    .with_extra("since", format_time(since)),
-            );
+            let l = loss.details.loss_mut();
+            l.program = Some(program.clone());
+            l.since = Some(Time(since));
+            out.push(loss);
         }
         out
     }
@@ -78,7 +78,7 @@ mod tests {
             .iter()
             .map(|o| {
                 (
-                    o.extra["program"].as_str().unwrap(),
+                    o.details.loss().program.as_deref().unwrap(),
                     o.count,
                     o.reason.as_deref(),
                 )

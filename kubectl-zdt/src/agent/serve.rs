@@ -201,19 +201,17 @@ type Body = BoxBody<Bytes, Infallible>;
 impl Endpoint {
     pub fn status(&self) -> AgentStatus {
         let hello = self.journal.hello();
-        let extra = |key: &str| hello.as_ref().and_then(|h| h.extra.get(key)).cloned();
+        let agent = hello.as_ref().map(|h| h.details.agent());
         let clock = Clock::measure();
         AgentStatus {
             node: self.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             schema: crate::observation::SCHEMA_VERSION.to_owned(),
-            kernel: extra("kernel")
-                .and_then(|v| v.as_str().map(str::to_owned))
+            kernel: agent
+                .and_then(|a| a.kernel.clone())
                 .unwrap_or_else(kernel_release),
             btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
-            probes: extra("probes")
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default(),
+            probes: agent.and_then(|a| a.probes.clone()).unwrap_or_default(),
             watched_addresses: self.gauges.watched_addresses.load(Ordering::Relaxed),
             watched_netns: self.gauges.watched_netns.load(Ordering::Relaxed),
             dataplane_mode: self.journal.dataplane_mode(),

@@ -1,8 +1,13 @@
 //! The agent's run loop: drain the ring buffer (on a batched wake-up or a short poll), decode,
 //! send; every second, turn per-key losses into aggregated observations so totals stay exact.
+//! The parts: [`loss`] (what the kernel side could not deliver), [`service_tag`] (client errors
+//! toward Services, named by conntrack), [`triggers`] (the dataplane watcher's eBPF triggers).
+
+mod loss;
+mod service_tag;
+mod triggers;
 
 use std::{
-    collections::HashMap,
     future::Future,
     os::fd::AsFd as _,
     sync::{
@@ -19,24 +24,25 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::mpsc::Sender,
 };
-use zdt_common::{CounterKey, maps};
 
+use self::{
+    loss::LossReport,
+    service_tag::{BACKEND_WAIT, ServiceTagger},
+    triggers::DataplaneTriggers,
+};
 use super::{
     AgentConfig,
     clock::Clock,
     decode::{self, Decoder},
     filter::WatchFilter,
-    loader::{Attached, DataplaneNetns, KernelMaps, LoadSpec, Probes},
+    loader::{Attached, KernelMaps, LoadSpec, Probes},
     netns_gone::{NetnsGone, NetnsGoneWatcher},
     preflight::{self, KernelInfo},
 };
 use crate::{
-    dataplane::watcher::{Arm, Armed, Trigger},
+    dataplane::watcher::{Arm, Armed},
     observation::{Kind, Observation, SCHEMA_VERSION},
 };
-
-/// How long a client error toward a Service waits for the conntrack event naming its backend.
-const BACKEND_WAIT: Duration = Duration::from_millis(250);
 
 /// A started agent: probes attached, ready to stream.
 pub struct Agent {
@@ -46,35 +52,15 @@ pub struct Agent {
     decoder: Decoder,
     kernel: KernelInfo,
     config: AgentConfig,
-    /// Per key, lost events already reported as aggregated observations.
-    lost_reported: HashMap<CounterKey, u64>,
-    lost_total_reported: u64,
-    last_loss_check: Timestamp,
-    /// Per program, the kernel's skips (`recursion_misses`) already reported, and the last
-    /// count read (kept for the final report, which comes after the programs are detached).
-    skips: super::program_loss::ProgramLoss,
-    skips_read: Vec<(String, u64)>,
-    /// Per program, the events its handler failed on (`HANDLER_ERROR`) already reported.
-    handler_errors: super::program_loss::ProgramLoss,
+    loss: LossReport,
     decode_errors: u64,
-    /// Service frontends this node routes (from the dataplane watcher), if it runs.
-    frontends: Option<crate::dataplane::watcher::Frontends>,
-    /// Where recent DNAT'ed connections went, from conntrack NEW events.
-    dnat: Option<crate::dataplane::flows::Dnat>,
-    /// Asks conntrack about older (assured) connections the cache no longer holds.
-    conntrack: Option<super::conntrack::Conntrack>,
-    /// Client errors toward a Service whose backend is not known yet: the conntrack event that
-    /// names it and the kernel event race each other, so they wait up to `BACKEND_WAIT`.
-    pending: Vec<(Observation, std::time::Instant)>,
+    services: ServiceTagger,
     announced: bool,
     filter: Option<WatchFilter>,
     /// Created early when namespaces are registered at run time (cluster mode); then it runs
     /// until shutdown even while nothing is watched.
     netns_gone: Option<NetnsGoneWatcher>,
-    /// Where x_tables replaces are reported from (the iptables-legacy trigger), if attached.
-    dataplane_netns: Option<DataplaneNetns>,
-    /// The dataplane watcher's triggers: x_tables replaces go there, not into the stream.
-    triggers: Option<std::sync::mpsc::Sender<Trigger>>,
+    triggers: DataplaneTriggers,
 }
 
 impl Agent {
@@ -116,24 +102,13 @@ impl Agent {
             decoder,
             kernel,
             config: config.clone(),
-            lost_reported: HashMap::new(),
-            lost_total_reported: 0,
-            last_loss_check: Timestamp::now(),
-            skips: super::program_loss::ProgramLoss::new(crate::observation::KERNEL_SKIPPED),
-            skips_read: Vec::new(),
-            handler_errors: super::program_loss::ProgramLoss::new(
-                crate::observation::HANDLER_ERROR,
-            ),
+            loss: LossReport::new(),
             decode_errors: 0,
-            frontends: None,
-            dnat: None,
-            conntrack: None,
-            pending: Vec::new(),
+            services: ServiceTagger::default(),
             announced: false,
             filter: Some(filter),
             netns_gone: None,
-            dataplane_netns,
-            triggers: None,
+            triggers: DataplaneTriggers::new(dataplane_netns),
         })
     }
 
@@ -153,15 +128,7 @@ impl Agent {
     /// reported to the watcher from now on. Nothing is armed when the kernel has no syscall
     /// tracepoints (preflight said so).
     pub fn arm_dataplane(&mut self, arm: &Arm) -> anyhow::Result<Armed> {
-        let Some(map) = &mut self.dataplane_netns else {
-            return Ok(Armed::default());
-        };
-        if arm.ipvs_family.is_some()
-            && let Some(attached) = &mut self.attached
-        {
-            attached.attach_ipvs()?;
-        }
-        map.arm(arm)
+        self.triggers.arm(arm, self.attached.as_mut())
     }
 
     /// Names of this agent's programs loaded into the kernel (verified).
@@ -208,52 +175,8 @@ impl Agent {
     /// to `service` and `ip`/`port` (the backend) stay empty, as the contract defines them.
     /// Conntrack then tells which backend the connection really went to (`ip`/`port`).
     pub fn use_dataplane(&mut self, watcher: &crate::dataplane::watcher::Watcher) {
-        self.frontends = Some(watcher.frontends.clone());
-        self.dnat = Some(watcher.dnat.clone());
-        self.triggers = Some(watcher.triggers.clone());
-        match super::conntrack::Conntrack::open() {
-            Ok(c) => self.conntrack = Some(c),
-            Err(e) => tracing::warn!(
-                "client errors toward Services will not name their backend pod: conntrack query socket: {e}"
-            ),
-        }
-    }
-
-    /// Tags a client error toward a Service; false when its backend is not known (yet).
-    fn tag_service(&mut self, o: &mut Observation) -> bool {
-        if !matches!(o.kind, Kind::ConnError | Kind::SynRetransmit) {
-            return true;
-        }
-        let dialled = match (&o.service, o.ip, o.port) {
-            // Already tagged, waiting for its backend.
-            (Some(s), None, None) => match s.parse() {
-                Ok(d) => d,
-                Err(_) => return true,
-            },
-            (None, Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port),
-            _ => return true,
-        };
-        let Some(f) = &self.frontends else {
-            return true;
-        };
-        if !f.read().is_ok_and(|set| set.contains(&dialled)) {
-            return true;
-        }
-        o.service = Some(dialled.to_string());
-        let client = o
-            .peer_ip
-            .zip(o.peer_port)
-            .map(|(i, p)| std::net::SocketAddr::new(i, p));
-        let cached = |c| {
-            self.dnat
-                .as_ref()
-                .and_then(|d| d.lock().ok()?.backend_of(c, dialled))
-        };
-        let backend = client
-            .and_then(|c| cached(c).or_else(|| self.conntrack.as_mut()?.backend_of(c, dialled)));
-        o.ip = backend.map(|b| b.ip());
-        o.port = backend.map(|b| b.port());
-        backend.is_some()
+        self.triggers.connect(watcher.triggers.clone());
+        self.services.use_dataplane(watcher);
     }
 
     /// The `agent_start` line: schema, kernel, probes, filter and clock.
@@ -263,20 +186,16 @@ impl Agent {
             .as_ref()
             .map(|a| a.programs().into_iter().map(|(n, _)| n).collect())
             .unwrap_or_default();
-        let mut o = Observation::new(Kind::AgentStart, Timestamp::now(), self.config.node.clone())
-            .with_extra("schema", SCHEMA_VERSION)
-            .with_extra("version", env!("CARGO_PKG_VERSION"))
-            .with_extra("kernel", self.kernel.kernel_release.clone())
-            .with_extra("probes", programs)
-            .with_extra(
-                "watch",
-                self.config
-                    .watch
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>(),
-            )
-            .with_extra("clock", "CLOCK_MONOTONIC+offset");
+        let mut o = Observation::new(Kind::AgentStart, Timestamp::now(), self.config.node.clone());
+        *o.details.agent_mut() = crate::observation::AgentFields {
+            schema: Some(SCHEMA_VERSION.to_owned()),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            kernel: Some(self.kernel.kernel_release.clone()),
+            probes: Some(programs),
+            watch: Some(self.config.watch.iter().map(ToString::to_string).collect()),
+            clock: Some("CLOCK_MONOTONIC+offset".to_owned()),
+            offset_change_ns: None,
+        };
         o.uncertainty_ns = Some(self.decoder.clock.uncertainty_ns);
         o
     }
@@ -341,12 +260,12 @@ impl Agent {
         // Detach first: after this no event can be counted without also being in the ring
         // buffer or the loss map, so the final drain and loss report are exact. The kernel's
         // skips are read just before (they go with the programs).
-        self.read_kernel_skips();
+        self.loss.read_kernel_skips(self.attached.as_ref());
         drop(self.attached.take());
         if self.drain(&tx).await {
             tokio::time::sleep(BACKEND_WAIT).await;
             let open = self.drain(&tx).await;
-            for (o, _) in std::mem::take(&mut self.pending) {
+            for o in self.services.take_pending() {
                 if !open || tx.send(o).await.is_err() {
                     break;
                 }
@@ -414,9 +333,11 @@ impl Agent {
                             | zdt_common::kind::IPVS_CHANGE
                     )
                 {
-                    let trigger = dataplane_trigger(&self.decoder, ev, &item);
+                    let trigger = triggers::decode(&self.decoder, ev, &item);
                     drop(item);
-                    self.dataplane_changed(trigger);
+                    if !self.triggers.send(trigger) {
+                        self.decode_errors += 1;
+                    }
                     continue;
                 }
                 drop(item);
@@ -429,25 +350,7 @@ impl Agent {
                 }
             }
             let more = batch.len() == 1024;
-            let now = std::time::Instant::now();
-            let mut ready = Vec::with_capacity(batch.len());
-            // Earlier client errors first: their backend may have arrived since.
-            let waiting = std::mem::take(&mut self.pending);
-            for (mut o, since) in waiting {
-                if self.tag_service(&mut o) || now - since >= BACKEND_WAIT {
-                    ready.push(o);
-                } else {
-                    self.pending.push((o, since));
-                }
-            }
-            for mut o in batch {
-                if self.tag_service(&mut o) {
-                    ready.push(o);
-                } else {
-                    self.pending.push((o, now));
-                }
-            }
-            for o in ready {
+            for o in self.services.ready(batch, std::time::Instant::now()) {
                 if tx.send(o).await.is_err() {
                     return false;
                 }
@@ -458,33 +361,15 @@ impl Agent {
         }
     }
 
-    /// Hands an x_tables replace or an IPVS change request to the dataplane watcher (it is a
-    /// trigger, not an observation).
-    fn dataplane_changed(&mut self, trigger: Result<Trigger, decode::DecodeError>) {
-        match trigger {
-            Ok(trigger) => {
-                if let Some(t) = &self.triggers {
-                    let _ = t.send(trigger);
-                }
-            }
-            Err(e) => {
-                self.decode_errors += 1;
-                tracing::debug!("undecodable dataplane trigger: {e}");
-            }
-        }
-    }
-
     async fn housekeeping(&mut self, tx: &Sender<Observation>) -> bool {
         let clock = Clock::measure();
         let moved = (clock.offset_ns - self.decoder.clock.offset_ns).unsigned_abs();
         if moved > 1_000_000 {
             let mut o =
-                Observation::new(Kind::ClockSync, Timestamp::now(), self.config.node.clone())
-                    .with_extra(
-                        "offset_change_ns",
-                        i64::try_from(clock.offset_ns - self.decoder.clock.offset_ns)
-                            .unwrap_or(i64::MAX),
-                    );
+                Observation::new(Kind::ClockSync, Timestamp::now(), self.config.node.clone());
+            o.details.agent_mut().offset_change_ns = Some(
+                i64::try_from(clock.offset_ns - self.decoder.clock.offset_ns).unwrap_or(i64::MAX),
+            );
             o.uncertainty_ns = Some(clock.uncertainty_ns);
             if tx.send(o).await.is_err() {
                 return false;
@@ -494,105 +379,31 @@ impl Agent {
         self.report_loss(tx).await
     }
 
-    fn read_kernel_skips(&mut self) {
-        if let Some(a) = &self.attached {
-            self.skips_read = a.kernel_skips();
-        }
-    }
-
-    /// One `loss` line (`KERNEL_SKIPPED`) per program the kernel did not run for some of its
-    /// tracepoint's events since the last check, and one (`HANDLER_ERROR`) per program whose
-    /// handler failed on some. Which events those were is unknown, so no aggregated lines
-    /// follow: totals of that program's kinds may be short by `count`.
-    fn program_loss_lines(&mut self, now: Timestamp) -> Vec<Observation> {
-        self.read_kernel_skips();
-        let mut out = self.skips.lines(&self.skips_read, now, &self.config.node);
-        let failed = self.maps.handler_errors();
-        out.extend(self.handler_errors.lines(&failed, now, &self.config.node));
-        out
-    }
-
-    /// When the ring buffer dropped events since the last check, sends one `loss` line and, per
-    /// key, an aggregated line of the lost kind with `count`, so totals per pod stay exact.
-    /// Events the kernel skipped and handlers failed on are reported too
-    /// ([`Self::program_loss_lines`]).
+    /// Sends the `loss` lines of the events the kernel skipped and handlers failed on, then of
+    /// the ring buffer's drops since the last check ([`LossReport`]).
     async fn report_loss(&mut self, tx: &Sender<Observation>) -> bool {
         let now = Timestamp::now();
-        for o in self.program_loss_lines(now) {
+        let node = &self.config.node;
+        for o in self
+            .loss
+            .program_lines(self.attached.as_ref(), &self.maps, node, now)
+        {
             if tx.send(o).await.is_err() {
                 return false;
             }
         }
-        let lost_total = self.maps.stat(maps::STAT_RINGBUF_LOST);
-        let counters_full = self.maps.stat(maps::STAT_COUNTERS_FULL);
-        if counters_full > 0 {
-            tracing::warn!(
-                "{counters_full} lost events could not be counted per pod: the lost-counter map is full"
-            );
-        }
-        if lost_total == self.lost_total_reported {
-            return true;
-        }
-        let window_start = self.last_loss_check;
-        self.last_loss_check = now;
-        let mut out = Vec::new();
-        let mut loss = Observation::new(Kind::Loss, now, self.config.node.clone());
-        loss.count = Some(lost_total - self.lost_total_reported);
-        loss.reason = Some("RINGBUF_FULL".to_owned());
-        out.push(loss.with_extra("since", crate::observation::format_time(window_start)));
-        self.lost_total_reported = lost_total;
-        for (key, total) in KernelMaps::totals(&self.maps.lost) {
-            let reported = self.lost_reported.entry(key).or_insert(0);
-            if total <= *reported {
-                continue;
-            }
-            let delta = total - *reported;
-            *reported = total;
-            if matches!(
-                key.kind,
-                zdt_common::kind::TABLE_REPLACE | zdt_common::kind::IPVS_CHANGE
-            ) {
-                // A lost trigger: the watcher reads the legacy tables and IPVS again, stamping
-                // what changed with the window the loss happened in.
-                if let Some(t) = &self.triggers {
-                    let _ = t.send(Trigger::Lost {
-                        since: window_start,
-                        now,
-                    });
-                }
-                continue;
-            }
-            let Ok((kind, reason)) = self.decoder.classify(key.kind, key.reason) else {
-                continue;
-            };
-            let mut o = Observation::new(kind, now, self.config.node.clone());
-            o.ip = decode::ip_of(key.family, &key.addr).ok();
-            o.port = Some(key.port);
-            o.reason = reason;
-            o.count = Some(delta);
-            out.push(o.with_extra("lost_since", crate::observation::format_time(window_start)));
-        }
-        for o in out {
+        let lines = self.loss.ring_buffer_lines(
+            &self.maps,
+            &self.decoder,
+            self.triggers.sender(),
+            &self.config.node,
+            now,
+        );
+        for o in lines {
             if tx.send(o).await.is_err() {
                 return false;
             }
         }
         true
-    }
-}
-
-/// An x_tables replace or IPVS change request as the dataplane watcher's trigger; `record` is
-/// the whole ring-buffer record (an IPVS change carries the request after the event).
-fn dataplane_trigger(
-    decoder: &Decoder,
-    ev: &zdt_common::Event,
-    record: &[u8],
-) -> Result<Trigger, decode::DecodeError> {
-    match ev.kind {
-        zdt_common::kind::TABLE_REPLACE_BEGIN => {
-            decoder.replace_begin(ev).map(Trigger::ReplaceBegin)
-        }
-        zdt_common::kind::IPVS_CHANGE => decoder.ipvs_change(ev, record).map(Trigger::IpvsChange),
-        _ => decoder.table_replace(ev).map(Trigger::TableReplace),
     }
 }

@@ -13,7 +13,7 @@ use clap::Args;
 use jiff::Timestamp;
 use kube::Client;
 
-use super::{Error, Result, agents, connect::KubeArgs, workload::WorkloadRef};
+use super::{Error, Result, agents, connect::KubeArgs, workload::WorkloadTarget};
 use crate::{
     correlate::{self, Options, input},
     history::{
@@ -175,7 +175,7 @@ pub struct HistoryArgs {
     /// Only the pods of this workload (in -n NAMESPACE, else the context's namespace), e.g.
     /// deployment/web.
     #[arg(long, value_name = "KIND/NAME")]
-    pub workload: Option<WorkloadRef>,
+    pub workload: Option<WorkloadTarget>,
 
     /// Only the agents of these nodes (repeatable) [default: every node].
     #[arg(long = "node", value_name = "NODE")]

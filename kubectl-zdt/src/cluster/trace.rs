@@ -26,7 +26,7 @@ use super::{
     DAEMONSET, Error, NAMESPACE, Result, agents, collect,
     connect::KubeArgs,
     install::parse_duration,
-    workload::{self, Progress, WorkloadRef},
+    workload::{self, Progress, WorkloadTarget},
 };
 use crate::{
     convert::client_log,
@@ -39,7 +39,7 @@ use crate::{
 pub struct TraceArgs {
     /// The workload: deployment/NAME, statefulset/NAME or daemonset/NAME.
     #[arg(value_name = "KIND/NAME")]
-    pub workload: WorkloadRef,
+    pub workload: WorkloadTarget,
 
     #[command(flatten)]
     pub namespace: super::connect::Namespace,
@@ -107,7 +107,7 @@ impl TrafficPod {
     async fn start(
         client: &Client,
         namespace: &str,
-        workload: &WorkloadRef,
+        workload: &WorkloadTarget,
         target: &str,
         service: String,
         rps: u32,
@@ -252,7 +252,10 @@ impl TrafficPod {
         let observations = parsed
             .observations
             .into_iter()
-            .map(|o| o.with_extra("source", "traffic"))
+            .map(|mut o| {
+                o.details.kernel_mut().source = Some("traffic".to_owned());
+                o
+            })
             .collect();
         let problem = (!problems.is_empty()).then(|| {
             format!(
@@ -269,7 +272,7 @@ impl TrafficPod {
 async fn follow_rollout(
     client: &Client,
     namespace: &str,
-    workload: &WorkloadRef,
+    workload: &WorkloadTarget,
     restart: bool,
     timeout: Duration,
     bar: &ProgressBar,
@@ -559,7 +562,7 @@ pub fn reconcile(traced: &Traced) -> Option<String> {
     let client = |reason: &'static str| {
         move |o: &Observation| {
             o.kind == Kind::ConnError
-                && o.extra.get("source").and_then(|v| v.as_str()) == Some("traffic")
+                && o.details.kernel().source.as_deref() == Some("traffic")
                 && o.reason.as_deref() == Some(reason)
         }
     };

@@ -22,18 +22,20 @@ pub enum WorkloadKind {
     DaemonSet,
 }
 
-/// `kind/name` as given on the command line.
+/// The workload a command acts on, `kind/name` as given on the command line (checked: a kind
+/// `trace` follows). Its text is what lines carry as their `workload`
+/// ([`crate::observation::WorkloadRef`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadRef {
+pub struct WorkloadTarget {
     pub kind: WorkloadKind,
     pub name: String,
 }
 
-impl FromStr for WorkloadRef {
+impl FromStr for WorkloadTarget {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (kind, name) = s.split_once('/').ok_or_else(|| {
+        let (kind, name) = crate::observation::split_name(s).ok_or_else(|| {
             format!(
                 "{s:?}: name the workload as deployment/NAME, statefulset/NAME or daemonset/NAME"
             )
@@ -58,7 +60,7 @@ impl FromStr for WorkloadRef {
     }
 }
 
-impl fmt::Display for WorkloadRef {
+impl fmt::Display for WorkloadTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             WorkloadKind::Deployment => "deployment",
@@ -69,7 +71,13 @@ impl fmt::Display for WorkloadRef {
     }
 }
 
-impl WorkloadRef {
+impl From<&WorkloadTarget> for crate::observation::WorkloadRef {
+    fn from(w: &WorkloadTarget) -> Self {
+        w.to_string().into()
+    }
+}
+
+impl WorkloadTarget {
     pub fn resource(&self) -> ApiResource {
         match self.kind {
             WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
@@ -123,7 +131,7 @@ pub fn selector(workload: &DynamicObject) -> String {
 pub async fn services(
     client: &Client,
     namespace: &str,
-    workload: &WorkloadRef,
+    workload: &WorkloadTarget,
     pod_labels: &BTreeMap<String, String>,
 ) -> Result<Vec<Service>> {
     let all = Api::<Service>::namespaced(client.clone(), namespace)
@@ -165,7 +173,7 @@ fn int(o: &DynamicObject, pointer: &str) -> i64 {
 /// judged against.
 pub fn rollout_start(
     o: &DynamicObject,
-    workload: &WorkloadRef,
+    workload: &WorkloadTarget,
     namespace: &str,
     at: jiff::Timestamp,
 ) -> crate::observation::Observation {
@@ -173,9 +181,10 @@ pub fn rollout_start(
         crate::observation::Kind::RolloutStart,
         at,
         crate::observation::NodeName("kubectl-zdt".to_owned()),
-    )
-    .with_extra("workload", workload.to_string())
-    .with_extra("namespace", namespace);
+    );
+    let api = line.details.api_mut();
+    api.workload = Some(workload.into());
+    api.namespace = Some(namespace.to_owned());
     let strategy = match workload.kind {
         WorkloadKind::Deployment => "/spec/strategy",
         WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => "/spec/updateStrategy",
@@ -184,24 +193,19 @@ pub fn rollout_start(
         WorkloadKind::DaemonSet => o.data.pointer("/status/desiredNumberScheduled"),
         _ => o.data.pointer("/spec/replicas"),
     };
-    if let Some(n) = replicas.and_then(Value::as_u64) {
-        line = line.with_extra("replicas", n);
-    }
-    if let Some(t) = o
+    api.replicas = replicas.and_then(Value::as_u64);
+    api.strategy = o
         .data
         .pointer(&format!("{strategy}/type"))
         .and_then(Value::as_str)
-    {
-        line = line.with_extra("strategy", t);
-    }
-    for (field, key) in [
-        ("maxUnavailable", "max_unavailable"),
-        ("maxSurge", "max_surge"),
-    ] {
-        if let Some(v) = o.data.pointer(&format!("{strategy}/rollingUpdate/{field}")) {
-            line = line.with_extra(key, v.clone());
-        }
-    }
+        .map(str::to_owned);
+    let bound = |field: &str| {
+        o.data
+            .pointer(&format!("{strategy}/rollingUpdate/{field}"))
+            .cloned()
+    };
+    api.max_unavailable = bound("maxUnavailable");
+    api.max_surge = bound("maxSurge");
     line
 }
 
@@ -278,10 +282,10 @@ mod tests {
                      "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": 1}}},
         }))
         .unwrap();
-        let w: WorkloadRef = "deployment/web".parse().unwrap();
+        let w: WorkloadTarget = "deployment/web".parse().unwrap();
         let line = rollout_start(&o, &w, "shop", jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(line.kind, crate::observation::Kind::RolloutStart);
-        let extra = serde_json::Value::Object(line.extra);
+        let extra = serde_json::Value::Object(line.other_fields());
         assert_eq!(
             extra,
             serde_json::json!({"workload": "deployment/web", "namespace": "shop", "replicas": 3,

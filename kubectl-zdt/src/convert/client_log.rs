@@ -9,7 +9,7 @@
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use crate::observation::{Kind, NodeName, Observation};
+use crate::observation::{Kind, NodeName, Observation, ServiceRef};
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -44,7 +44,7 @@ pub fn read(text: &str, node: &NodeName, service: &str) -> Result<ClientLog, Cli
                     .map_err(|_| ClientLogError { line: i + 1 })?;
                 let mut o = Observation::new(Kind::ConnError, t, node.clone());
                 o.reason = Some(error);
-                o.service = Some(service.to_owned());
+                o.service = Some(ServiceRef::parse(service));
                 log.observations.push(o);
             }
             Line::Summary { ok } => log.ok += ok,

@@ -73,7 +73,7 @@ pub fn changes(samples: &[(i128, Backends)], node: &NodeName) -> Vec<Observation
             let mut o = Observation::new(kind, mid, node.clone());
             o.ip = Some(addr.ip());
             o.port = Some(addr.port());
-            o.service = Some(service.clone());
+            o.service = Some(crate::observation::ServiceRef::parse(service));
             o.reason = Some("iptables_sample".to_owned());
             o.uncertainty_ns = Some(half);
             out.push(o);
@@ -103,7 +103,7 @@ mod tests {
         assert_eq!(obs.len(), 1);
         assert_eq!(obs[0].kind, Kind::DataplaneRemoved);
         assert_eq!(obs[0].ip, Some("10.244.0.34".parse().unwrap()));
-        assert_eq!(obs[0].service.as_deref(), Some("default/web"));
+        assert_eq!(obs[0].service, Some("default/web".into()));
         assert_eq!(
             obs[0].time,
             Timestamp::from_nanosecond(1_025_000_000).unwrap()

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use crate::observation::{Kind, NodeName, Observation};
+use crate::observation::{Kind, NodeName, Observation, PodRef, PodUid, ReadinessProbe, ServiceRef};
 
 /// One watch event.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,9 +87,15 @@ pub struct ProbePort {
 /// The serving container's readiness probe as the observation stream carries it
 /// (`readiness_probe` on `pod_ready`, docs/observations.md): `{"type": "none"}` when the
 /// container has none. A named port is resolved to its number where the container declares it.
-fn readiness_probe(c: &Container) -> serde_json::Value {
+fn readiness_probe(c: &Container) -> ReadinessProbe {
     let Some(p) = &c.readiness_probe else {
-        return serde_json::json!({"type": "none"});
+        return ReadinessProbe {
+            kind: "none".to_owned(),
+            port: None,
+            path: None,
+            initial_delay_s: None,
+            period_s: None,
+        };
     };
     let (kind, handler) = match (&p.tcp_socket, &p.http_get, &p.grpc, &p.exec) {
         (Some(h), _, _, _) => ("tcp_socket", Some(h)),
@@ -98,9 +104,9 @@ fn readiness_probe(c: &Container) -> serde_json::Value {
         (_, _, _, Some(_)) => ("exec", None),
         _ => ("unknown", None),
     };
-    let mut out = serde_json::json!({"type": kind});
-    if let Some(port) = handler.and_then(|h| h.port.clone()) {
-        let resolved = match &port {
+    let port = handler
+        .and_then(|h| h.port.clone())
+        .map(|port| match &port {
             serde_json::Value::String(name) => c
                 .ports
                 .iter()
@@ -108,15 +114,14 @@ fn readiness_probe(c: &Container) -> serde_json::Value {
                 .and_then(|cp| cp.get("containerPort").cloned())
                 .unwrap_or(port),
             _ => port,
-        };
-        out["port"] = resolved;
+        });
+    ReadinessProbe {
+        kind: kind.to_owned(),
+        port,
+        path: handler.and_then(|h| h.path.clone()),
+        initial_delay_s: Some(p.initial_delay_seconds.unwrap_or(0)),
+        period_s: Some(p.period_seconds.unwrap_or(10)),
     }
-    if let Some(path) = handler.and_then(|h| h.path.clone()) {
-        out["path"] = path.into();
-    }
-    out["initial_delay_s"] = p.initial_delay_seconds.unwrap_or(0).into();
-    out["period_s"] = p.period_seconds.unwrap_or(10).into();
-    out
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -305,8 +310,8 @@ impl PodWatch {
         }
         let base = |kind| {
             let mut o = Observation::new(kind, received, self.observer.clone());
-            o.pod = Some(format!("{}/{}", m.namespace, m.name));
-            o.pod_uid = Some(m.uid.clone());
+            o.pod = Some(PodRef::new(&m.namespace, &m.name));
+            o.pod_uid = Some(m.uid.as_str().into());
             o.ip = ip;
             o
         };
@@ -316,45 +321,34 @@ impl PodWatch {
             && self.ready.insert(m.uid.clone())
         {
             let mut o = base(Kind::PodReady);
+            let api = o.details.api_mut();
             if let Some(c) = serving_container(p) {
-                o = o
-                    .with_extra("container", c.name.clone())
-                    .with_extra("readiness_probe", readiness_probe(c));
+                api.container = Some(c.name.clone());
+                api.readiness_probe = Some(readiness_probe(c));
             }
-            if let Some(w) = workload(m) {
-                o = o.with_extra("workload", w);
-            }
+            api.workload = workload(m).map(Into::into);
             out.push(o);
         }
         if m.deletion_timestamp.is_some() && self.deleting.insert(m.uid.clone()) {
             let mut o = base(Kind::PodDeleting);
-            if let Some(g) = m.deletion_grace_period_seconds {
-                o = o.with_extra("grace_period_s", g);
-            }
-            if let Some(w) = workload(m) {
-                o = o.with_extra("workload", w);
-            }
+            let api = o.details.api_mut();
+            api.grace_period_s = m.deletion_grace_period_seconds;
+            api.workload = workload(m).map(Into::into);
             // The template the pod was made from: one rollout retires one template.
-            if let Some(h) = ["pod-template-hash", "controller-revision-hash"]
+            api.template_hash = ["pod-template-hash", "controller-revision-hash"]
                 .iter()
                 .find_map(|l| m.labels.get(*l))
-            {
-                o = o.with_extra("template_hash", h.clone());
-            }
+                .cloned();
             // kubectl-zdt's own pods (the traffic loop) are the instrument, not a rollout.
             if m.labels
                 .get("app.kubernetes.io/part-of")
                 .map(String::as_str)
                 == Some("kubectl-zdt")
             {
-                o = o.with_extra("instrument", true);
+                api.instrument = Some(true);
             }
-            if let Some(c) = serving_container(p) {
-                o = o.with_extra("container", c.name.clone());
-            }
-            if let Some(n) = &p.spec.node_name {
-                o = o.with_extra("pod_node", n.clone());
-            }
+            api.container = serving_container(p).map(|c| c.name.clone());
+            api.pod_node = p.spec.node_name.clone();
             out.push(o);
         }
         if let Some((t, unc)) = terminated_between(p, received)
@@ -448,9 +442,9 @@ impl EndpointSliceWatch {
             let mut o = Observation::new(kind, received, self.observer.clone());
             o.ip = k.ip;
             o.port = port;
-            o.pod = k.pod.clone();
-            o.pod_uid = k.pod_uid.clone();
-            o.service = service.clone();
+            o.pod = k.pod.as_deref().map(PodRef::from);
+            o.pod_uid = k.pod_uid.as_deref().map(PodUid::from);
+            o.service = service.as_deref().map(ServiceRef::parse);
             o
         };
         let mut out = Vec::new();
@@ -543,8 +537,8 @@ mod tests {
             );
             assert_eq!(lines[0].kind, Kind::PodReady);
             (
-                lines[0].extra.get("container").cloned(),
-                lines[0].extra.get("readiness_probe").cloned(),
+                lines[0].other_fields().get("container").cloned(),
+                lines[0].other_fields().get("readiness_probe").cloned(),
             )
         };
         let (container, probe) = ready(serde_json::json!([

@@ -78,7 +78,7 @@ impl NftMonitor {
         let mut o = Observation::new(kind, t, self.node.clone());
         o.ip = Some(b.0);
         o.port = Some(b.1);
-        o.service = Some(service.to_owned());
+        o.service = Some(crate::observation::ServiceRef::parse(service));
         o.reason = Some(reason.to_owned());
         o
     }
@@ -197,7 +197,7 @@ mod tests {
             .collect();
         assert_eq!(removed.len(), 1);
         assert_eq!(removed[0].ip, Some("10.244.0.46".parse().unwrap()));
-        assert_eq!(removed[0].service.as_deref(), Some("default/web"));
+        assert_eq!(removed[0].service, Some("default/web".into()));
         // The hairpin element of an already-removed backend says nothing new.
         let late = m.on_line(t, "delete element ip kube-proxy hairpin-connections { 10.244.0.46 . 10.244.0.46 . tcp . 8080 }");
         assert!(late.is_empty());

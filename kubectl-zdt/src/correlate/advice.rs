@@ -13,7 +13,7 @@ use super::{
     model::{Advice, ErrorCounts, Patch, Verdict},
     time::ms,
 };
-use crate::kube_version::PreStopAction;
+use crate::{kube_version::PreStopAction, observation::PodRef};
 
 const NS_PER_S: i64 = 1_000_000_000;
 /// Kubernetes' default terminationGracePeriodSeconds, assumed when the pods did not say theirs.
@@ -46,7 +46,7 @@ pub fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodEvidence {
     /// `namespace/name`, when any observation named it.
-    pub pod: Option<String>,
+    pub pod: Option<PodRef>,
     pub namespace: Option<String>,
     /// `deployment/web`, `pod/web-0`, or `unknown` (as [`super::Rollout::workload`]).
     pub workload: String,

@@ -36,7 +36,7 @@ pub(crate) fn class(o: &Observation) -> ErrorClass {
 
 /// An error of the node's kubelet's own probe (the agent tagged it `"probe": "kubelet"`).
 pub(crate) fn is_kubelet_probe(o: &Observation) -> bool {
-    o.extra.get("probe").and_then(|v| v.as_str()) == Some("kubelet")
+    o.details.kernel().probe.as_deref() == Some("kubelet")
 }
 
 /// One connection's ends as both its lines name them: the client, then the pod.
@@ -79,8 +79,7 @@ impl ProbeConnections {
 pub(crate) fn without_redundant_instrument_log(
     obs: &[Observation],
 ) -> std::borrow::Cow<'_, [Observation]> {
-    let from_loop =
-        |o: &Observation| o.extra.get("source").and_then(|v| v.as_str()) == Some("traffic");
+    let from_loop = |o: &Observation| o.details.kernel().source.as_deref() == Some("traffic");
     let clients_watched = obs.iter().any(|o| {
         matches!(o.kind, Kind::ConnError | Kind::SynRetransmit)
             && o.service.is_some()
@@ -104,14 +103,14 @@ pub(crate) fn one_timeout_per_connection(
         &'a str,
         std::net::IpAddr,
         u16,
-        Option<&'a str>,
+        Option<&'a crate::observation::ServiceRef>,
         Option<std::net::IpAddr>,
         Option<u16>,
     );
     let mut last: HashMap<Key<'_>, usize> = HashMap::new();
     let mut superseded = Vec::new();
     for (i, o) in obs.iter().enumerate() {
-        if class(o) != ErrorClass::Timeout || o.extra.contains_key("lost_since") {
+        if class(o) != ErrorClass::Timeout || o.details.kernel().lost_since.is_some() {
             continue;
         }
         let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port) else {
@@ -121,7 +120,7 @@ pub(crate) fn one_timeout_per_connection(
             o.node.0.as_str(),
             ip,
             port,
-            o.service.as_deref(),
+            o.service.as_ref(),
             o.ip,
             o.port,
         );
@@ -210,11 +209,10 @@ impl Fuzzy {
 pub(crate) fn instant(o: &Observation, t: WallNs) -> Fuzzy {
     let own = o.uncertainty_ns.unwrap_or(0);
     let since = o
-        .extra
-        .get("lost_since")
-        .and_then(|v| v.as_str())
-        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
-        .map(WallNs::from_timestamp)
+        .details
+        .kernel()
+        .lost_since
+        .map(|s| WallNs::from_timestamp(s.0))
         .filter(|s| *s <= t);
     match since {
         Some(s) => {
@@ -588,7 +586,7 @@ mod tests {
         let both = [line(Some("traffic")), line(None)];
         let kept = without_redundant_instrument_log(&both);
         assert_eq!(kept.len(), 1);
-        assert!(!kept[0].extra.contains_key("source"));
+        assert!(kept[0].details.kernel().source.is_none());
     }
 
     #[test]

@@ -34,14 +34,14 @@ pub(crate) fn declared(obs: &[Observation]) -> Vec<Declared> {
     obs.iter()
         .filter(|o| o.kind == Kind::RolloutStart)
         .filter_map(|o| {
-            let s = |k: &str| o.extra.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+            let api = o.details.api();
             Some(Declared {
-                namespace: s("namespace"),
-                workload: s("workload")?,
+                namespace: api.namespace.clone(),
+                workload: api.workload.clone()?.into(),
                 t: WallNs::from_timestamp(o.time),
-                replicas: o.extra.get("replicas").and_then(|v| v.as_u64()),
-                max_unavailable: o.extra.get("max_unavailable").cloned(),
-                max_surge: o.extra.get("max_surge").cloned(),
+                replicas: api.replicas,
+                max_unavailable: api.max_unavailable.clone(),
+                max_surge: api.max_surge.clone(),
             })
         })
         .collect()

@@ -16,7 +16,7 @@ use super::{
     rollout::workload_of_pod,
     time::{WallNs, ms},
 };
-use crate::observation::{Kind, Observation};
+use crate::observation::{Kind, Observation, PodRef};
 
 /// How a client reached the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -45,7 +45,7 @@ pub struct ClientError {
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
     paths: HashMap<(IpAddr, u16), Path>,
-    names: HashMap<IpAddr, String>,
+    names: HashMap<IpAddr, PodRef>,
 }
 
 impl Clients {
@@ -63,10 +63,8 @@ impl Clients {
                 c.names.insert(ip.to_canonical(), pod.clone());
             }
             // The client's node named it: the pod's side of its connections is the same client.
-            if let (Some(ip), Some(pod)) =
-                (o.peer_ip, o.extra.get("peer_pod").and_then(|v| v.as_str()))
-            {
-                c.names.insert(ip.to_canonical(), pod.to_owned());
+            if let (Some(ip), Some(pod)) = (o.peer_ip, &o.details.kernel().peer_pod) {
+                c.names.insert(ip.to_canonical(), pod.clone());
             }
         }
         c
@@ -75,15 +73,10 @@ impl Clients {
     /// The client of a failed connection: `deployment/frontend -n shop` (its pod's workload),
     /// else `address 10.0.0.7`.
     pub fn client_of(&self, o: &Observation) -> String {
-        let pod = o
-            .extra
-            .get("peer_pod")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-            .or_else(|| {
-                o.peer_ip
-                    .and_then(|ip| self.names.get(&ip.to_canonical()).cloned())
-            });
+        let pod = o.details.kernel().peer_pod.clone().or_else(|| {
+            o.peer_ip
+                .and_then(|ip| self.names.get(&ip.to_canonical()).cloned())
+        });
         // A v4 client of a dual-stack listener is seen as `::ffff:a.b.c.d`: one client.
         match (pod, o.peer_ip.map(|ip| ip.to_canonical())) {
             (Some(p), _) => {
@@ -152,10 +145,7 @@ pub(crate) fn report(r: &Rollout) -> Vec<ClientReport> {
                 && e.cause == Cause::UnsafeWindow
             {
                 let after = e.t - WallNs::from_timestamp(rm);
-                let name = pod.clone().unwrap_or_default();
-                let name = name
-                    .rsplit_once('/')
-                    .map_or(name.clone(), |(_, n)| n.to_owned());
+                let name = pod.as_ref().map_or("", PodRef::name).to_owned();
                 if a.after_removed_ns
                     .as_ref()
                     .is_none_or(|(cur, _)| after > *cur)

@@ -52,7 +52,7 @@ pub(crate) fn assess(
     let mut offset_moves = vec![0u64; nodes.names.len()];
     for (o, &n) in obs.iter().zip(node_of) {
         if o.kind == Kind::ClockSync
-            && let Some(change) = o.extra.get("offset_change_ns").and_then(|v| v.as_i64())
+            && let Some(change) = o.details.agent().offset_change_ns
         {
             offset_moves[n] = offset_moves[n].max(change.unsigned_abs());
         }

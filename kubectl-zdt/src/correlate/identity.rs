@@ -9,15 +9,15 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use super::time::WallNs;
-use crate::observation::{Kind, Observation};
+use crate::observation::{Kind, Observation, PodRef, PodUid};
 
 /// Index of a pod in [`Assignment::pods`].
 pub(crate) type PodId = usize;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PodIdent {
-    pub uid: Option<String>,
-    pub name: Option<String>,
+    pub uid: Option<PodUid>,
+    pub name: Option<PodRef>,
     /// The address the pod claimed first (or, for a pod known only by address, that address).
     pub ip: Option<IpAddr>,
 }
@@ -62,7 +62,7 @@ impl Builder {
         }
         let id = self.new_pod(
             PodIdent {
-                uid: Some(uid.to_owned()),
+                uid: Some(uid.into()),
                 ..PodIdent::default()
             },
             t,
@@ -73,7 +73,7 @@ impl Builder {
 
     fn name_of(&mut self, id: PodId, name: &str) {
         if self.pods[id].name.is_none() {
-            self.pods[id].name = Some(name.to_owned());
+            self.pods[id].name = Some(name.into());
             self.by_name.entry(name.to_owned()).or_default().push(id);
         }
     }
@@ -89,7 +89,7 @@ impl Builder {
             None => {
                 let id = self.new_pod(
                     PodIdent {
-                        name: Some(name.to_owned()),
+                        name: Some(name.into()),
                         ..PodIdent::default()
                     },
                     t,

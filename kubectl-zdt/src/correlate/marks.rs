@@ -107,14 +107,13 @@ impl Timeline {
     }
 }
 
-/// A preStop hook shows up as an exec flagged by the agent (`reason` `preStop`, or
-/// `"prestop": true`), or as an exec in the pod between its deletion and the runtime's SIGTERM
+/// A preStop hook shows up as an exec flagged `reason` `preStop` (a simulated or hand-written
+/// line), or as an exec in the pod between its deletion and the runtime's SIGTERM
 /// ([`Lifecycle::prestop_exec`]).
 fn is_flagged_prestop(o: &Observation) -> bool {
     o.reason
         .as_deref()
         .is_some_and(|r| r.eq_ignore_ascii_case("prestop"))
-        || o.extra.get("prestop").and_then(|v| v.as_bool()) == Some(true)
 }
 
 /// How far before the first `pod_deleting` line the kubelet's reaction may be seen: the
@@ -125,10 +124,6 @@ const DELETE_SEEN_SLACK_NS: i64 = 1_000_000_000;
 /// sandbox's `pause` and runc's own set-up stages (`runc:[1:CHILD]`, …).
 fn is_runtime_process(comm: Option<&str>) -> bool {
     comm.is_some_and(|c| c == "pause" || c.starts_with("runc"))
-}
-
-fn u64_field(o: &Observation, key: &str) -> Option<u64> {
-    o.extra.get(key).and_then(|v| v.as_u64())
 }
 
 /// What the pod's process-level lines say about who ended it: the processes signalled from
@@ -151,7 +146,7 @@ impl Lifecycle {
         let own: std::collections::BTreeSet<u64> = members
             .iter()
             .filter(|&&i| matches!(obs[i].kind, Kind::Signal | Kind::Exec | Kind::Exit))
-            .filter_map(|&i| u64_field(&obs[i], "pid"))
+            .filter_map(|&i| obs[i].details.process().pid)
             .collect();
         let mut lc = Self {
             own,
@@ -167,7 +162,7 @@ impl Lifecycle {
                     if matches!(o.reason.as_deref(), Some("SIGTERM" | "SIGKILL"))
                         && lc.sent_from_outside(o) =>
                 {
-                    if let Some(pid) = u64_field(o, "pid") {
+                    if let Some(pid) = o.details.process().pid {
                         lc.signalled.insert(pid);
                     }
                     if o.reason.as_deref() == Some("SIGTERM") {
@@ -184,7 +179,10 @@ impl Lifecycle {
     /// A signal sent by a process outside the pod (the runtime); a line without its sender's
     /// pid counts as one.
     fn sent_from_outside(&self, o: &Observation) -> bool {
-        u64_field(o, "sender_pid").is_none_or(|s| !self.own.contains(&s))
+        o.details
+            .process()
+            .sender_pid
+            .is_none_or(|s| !self.own.contains(&s))
     }
 
     /// An exec in a deleted pod between its deletion and the runtime's SIGTERM is the preStop
@@ -198,19 +196,26 @@ impl Lifecycle {
             return false;
         };
         o.kind == Kind::Exec
-            && !is_runtime_process(o.extra.get("comm").and_then(|v| v.as_str()))
-            && u64_field(o, "pid").is_none_or(|p| !self.signalled.contains(&p))
+            && !is_runtime_process(o.details.process().comm.as_deref())
+            && o.details
+                .process()
+                .pid
+                .is_none_or(|p| !self.signalled.contains(&p))
             && t >= delete.plus_ns(-DELETE_SEEN_SLACK_NS)
             && self.first_sigterm.is_none_or(|s| t < s)
     }
 
     /// Whether an exit line is the pod's main process ending (see [`Timeline::exit`]).
     fn main_exit(&self, o: &Observation, t: WallNs) -> bool {
-        if is_runtime_process(o.extra.get("comm").and_then(|v| v.as_str())) {
+        if is_runtime_process(o.details.process().comm.as_deref()) {
             return false;
         }
         if !self.signalled.is_empty() {
-            return u64_field(o, "pid").is_some_and(|p| self.signalled.contains(&p));
+            return o
+                .details
+                .process()
+                .pid
+                .is_some_and(|p| self.signalled.contains(&p));
         }
         self.delete
             .is_some_and(|d| t >= d.plus_ns(-DELETE_SEEN_SLACK_NS))
@@ -249,27 +254,22 @@ pub(crate) fn build(
                 tl.port = Some(tl.port.map_or(p, |cur| cur.min(p)));
             }
             // A node-port route names the node's address, not the Service clients dial.
-            if o.extra.get("frontend").and_then(|v| v.as_str()) != Some("nodeport") {
-                min_string(&mut tl.service, o.service.as_deref());
+            if o.details.dataplane().frontend.as_deref() != Some("nodeport") {
+                min_string(
+                    &mut tl.service,
+                    o.service.as_ref().map(ToString::to_string).as_deref(),
+                );
             }
         }
-        min_string(
-            &mut tl.workload,
-            o.extra.get("workload").and_then(|v| v.as_str()),
-        );
-        min_string(
-            &mut tl.container,
-            o.extra.get("container").and_then(|v| v.as_str()),
-        );
+        let api = o.details.api();
+        min_string(&mut tl.workload, api.workload.as_deref());
+        min_string(&mut tl.container, api.container.as_deref());
         if o.kind == Kind::PodReady
-            && let Some(p) = o
-                .extra
-                .get("readiness_probe")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
+            && let Some(p) = &api.readiness_probe
         {
-            tl.readiness_probe = Some(p);
+            tl.readiness_probe = Some(p.clone());
         }
-        if let Some(g) = o.extra.get("grace_period_s").and_then(|v| v.as_u64()) {
+        if let Some(g) = api.grace_period_s {
             tl.grace_period_s = Some(tl.grace_period_s.map_or(g, |cur| cur.max(g)));
         }
     }
@@ -312,11 +312,10 @@ pub(crate) fn build(
                 keep_last(&mut d.last_flow, m);
                 // The line's first connection, when it says (`first_time`).
                 let first = o
-                    .extra
-                    .get("first_time")
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| s.parse::<jiff::Timestamp>().ok())
-                    .map(WallNs::from_timestamp)
+                    .details
+                    .dataplane()
+                    .first_time
+                    .map(|f| WallNs::from_timestamp(f.0))
                     .filter(|f| *f <= m.t);
                 keep_first(
                     &mut d.first_flow,

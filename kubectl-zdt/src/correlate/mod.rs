@@ -100,12 +100,13 @@ fn pod_labels(obs: &[Observation], members: &[usize]) -> (Option<String>, bool) 
     let mut template: Option<&str> = None;
     let mut instrument = false;
     for o in members.iter().map(|&i| &obs[i]) {
-        if let Some(h) = o.extra.get("template_hash").and_then(|v| v.as_str())
+        let api = o.details.api();
+        if let Some(h) = api.template_hash.as_deref()
             && template.is_none_or(|cur| h < cur)
         {
             template = Some(h);
         }
-        instrument |= o.extra.get("instrument").and_then(|v| v.as_bool()) == Some(true);
+        instrument |= api.instrument == Some(true);
     }
     (template.map(str::to_owned), instrument)
 }
@@ -169,7 +170,7 @@ fn run(
         } else {
             d.tl.is_terminating() || d.errors.total() > 0
         };
-        let instrument = rollout::is_instrument(d.ident.name.as_deref(), *instrument);
+        let instrument = rollout::is_instrument(d.ident.name.as_ref(), *instrument);
         let (ns, workload) = rollout::workload_of(&d.ident, d.tl.workload.as_deref());
         let in_scope = scope
             .is_none_or(|s| ns.as_deref() == Some(s.namespace.as_str()) && workload == s.workload);

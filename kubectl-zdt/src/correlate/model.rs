@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     kube_version::PreStopAction,
-    observation::{Kind, NodeName, format_time},
+    observation::{Kind, NodeName, PodRef, PodUid, format_time},
 };
 
 pub const API_VERSION: &str = "zdt.dev/v1";
@@ -83,9 +83,9 @@ pub struct Rollout {
 pub struct PodReport {
     /// `namespace/name`, when any observation named it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
+    pub pod: Option<PodRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<PodUid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -365,9 +365,9 @@ pub struct Advice {
 #[derive(Clone, Debug, Serialize)]
 pub struct StartupReport {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
+    pub pod: Option<PodRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<PodUid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -445,23 +445,7 @@ pub struct NodeAdded {
     pub first_flow: Option<Mark>,
 }
 
-/// A container's readiness probe, as the observation stream carries it (`readiness_probe` on
-/// `pod_ready`, docs/observations.md).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ReadinessProbe {
-    /// `none`, `tcp_socket`, `http_get`, `grpc` or `exec`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The probed port: a number, or the container port's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initial_delay_s: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub period_s: Option<u64>,
-}
+pub use crate::observation::ReadinessProbe;
 
 /// The readiness probe one workload needs, with the patch that sets it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

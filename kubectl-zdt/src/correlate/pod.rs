@@ -101,7 +101,7 @@ pub(crate) struct PodFacts {
 
 pub(crate) fn label(ident: &PodIdent) -> String {
     match (&ident.name, &ident.ip, &ident.uid) {
-        (Some(n), _, _) => n.clone(),
+        (Some(n), _, _) => n.to_string(),
         (None, Some(ip), _) => format!("pod at {ip}"),
         (None, None, Some(uid)) => format!("pod {uid}"),
         (None, None, None) => "unnamed pod".to_owned(),

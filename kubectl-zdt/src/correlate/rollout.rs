@@ -20,7 +20,7 @@ use super::{
     services::ServiceNames,
     time::{WallNs, ms},
 };
-use crate::observation::Observation;
+use crate::observation::{Observation, PodRef};
 
 /// Ten minutes without a deletion in a workload ends its rollout.
 pub(crate) const ROLLOUT_SPLIT_NS: i64 = 600 * 1_000_000_000;
@@ -31,26 +31,21 @@ pub const TRAFFIC_POD_PREFIX: &str = "zdt-traffic-";
 
 /// Whether the pod `namespace/name` (or `name`) is kubectl-zdt's own traffic loop, by its
 /// name or by the `instrument` flag the API watch sets from its labels.
-pub fn is_instrument(pod: Option<&str>, flagged: bool) -> bool {
-    flagged
-        || pod.is_some_and(|p| {
-            p.rsplit_once('/')
-                .map_or(p, |(_, n)| n)
-                .starts_with(TRAFFIC_POD_PREFIX)
-        })
+pub fn is_instrument(pod: Option<&PodRef>, flagged: bool) -> bool {
+    flagged || pod.is_some_and(|p| p.name().starts_with(TRAFFIC_POD_PREFIX))
 }
 
 /// The pod template the pod `namespace/name` was created from: the `template_hash` its deletion
 /// carried, else, for a Deployment's pod, the hash in its name (`<deployment>-<hash>-<5 chars>`:
 /// the controller names each ReplicaSet `<deployment>-<pod-template-hash>`, the ReplicaSet its
 /// pods `<replicaset>-<5 chars>`).
-pub fn template_of(pod: &str, workload: &str, declared: Option<&str>) -> Option<String> {
+pub fn template_of(pod: &PodRef, workload: &str, declared: Option<&str>) -> Option<String> {
     if let Some(h) = declared {
         return Some(h.to_owned());
     }
     let deployment = workload.strip_prefix("deployment/")?;
-    let name = pod.rsplit_once('/').map_or(pod, |(_, n)| n);
-    let (hash, suffix) = name
+    let (hash, suffix) = pod
+        .name()
         .strip_prefix(deployment)?
         .strip_prefix('-')?
         .split_once('-')?;
@@ -101,7 +96,8 @@ pub(crate) fn attribute_service_errors(
     let mut ambiguous: Vec<(Vec<(usize, Cause)>, Unattributed)> = Vec::new();
     for &i in indices {
         let o = &obs[i];
-        let service = names.canonical(o.service.as_deref().unwrap_or_default());
+        let dialled = o.service.as_ref().map(ToString::to_string);
+        let service = names.canonical(dialled.as_deref().unwrap_or_default());
         let service = service.as_str();
         let class = attribution::class(o);
         let at = attribution::instant(o, times[i]);
@@ -169,10 +165,10 @@ pub(crate) fn attribute_service_errors(
 
 /// The namespace and workload of the pod `namespace/name` as the report names them, from the
 /// workload an observation declared (`workload` of `pod_deleting`) or else from the pod's name.
-pub fn workload_of_pod(pod: &str, declared: Option<&str>) -> (Option<String>, String) {
+pub fn workload_of_pod(pod: &PodRef, declared: Option<&str>) -> (Option<String>, String) {
     workload_of(
         &PodIdent {
-            name: Some(pod.to_owned()),
+            name: Some(pod.clone()),
             ..PodIdent::default()
         },
         declared,
@@ -185,9 +181,7 @@ pub(crate) fn workload_of(ident: &PodIdent, declared: Option<&str>) -> (Option<S
     let Some(full) = &ident.name else {
         return (None, declared.unwrap_or("unknown").to_owned());
     };
-    let (ns, name) = full
-        .split_once('/')
-        .map_or((None, full.as_str()), |(ns, n)| (Some(ns.to_owned()), n));
+    let (ns, name) = (full.namespace().map(str::to_owned), full.name());
     if let Some(w) = declared {
         return (ns, w.to_owned());
     }
@@ -262,7 +256,7 @@ impl Finished {
         let template = draft
             .ident
             .name
-            .as_deref()
+            .as_ref()
             .and_then(|pod| template_of(pod, &workload, template));
         let tl = &draft.tl;
         let instants: Vec<WallNs> = [
@@ -559,7 +553,10 @@ fn summarize(g: &[Finished]) -> Rollout {
         (Verdict::Unsafe, Some((gap, p))) if gap > 0.0 => format!(
             "{} of {n} pods had an unsafe window; the worst, {}, {}",
             count(Verdict::Unsafe),
-            p.report.pod.clone().unwrap_or_else(|| label_of(&p.report)),
+            p.report
+                .pod
+                .as_ref()
+                .map_or_else(|| label_of(&p.report), ToString::to_string),
             p.report.reason
         ),
         (Verdict::Unsafe, _) => format!(
@@ -619,7 +616,7 @@ mod tests {
 
     #[test]
     fn a_pods_template_is_its_declared_hash_else_the_hash_in_a_deployment_pods_name() {
-        let t = |pod, workload, declared| template_of(pod, workload, declared);
+        let t = |pod: &str, workload, declared| template_of(&pod.into(), workload, declared);
         assert_eq!(
             t("default/fast-6cdf94f8b6-hdssw", "deployment/fast", None).as_deref(),
             Some("6cdf94f8b6")

@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use crate::observation::{Kind, Observation};
+use crate::observation::{Kind, Observation, ServiceName, ServiceRef};
 
 /// ClusterIP → the `namespace/name` of its Service, from the lines that carry both.
 #[derive(Debug, Default)]
@@ -24,18 +24,22 @@ impl ServiceNames {
         for o in obs {
             let (ip, name) = match o.kind {
                 Kind::EndpointReady | Kind::EndpointTerminating | Kind::EndpointRemoved => (
-                    o.extra
-                        .get("cluster_ip")
-                        .and_then(|v| v.as_str())
+                    o.details
+                        .api()
+                        .cluster_ip
+                        .as_deref()
                         .and_then(|ip| ip.parse().ok()),
-                    o.service.as_deref(),
+                    o.service
+                        .as_ref()
+                        .and_then(ServiceRef::name)
+                        .map(ServiceName::as_str),
                 ),
                 Kind::DataplaneAdded | Kind::DataplaneRemoved => (
                     o.service
-                        .as_deref()
-                        .and_then(|s| s.parse::<SocketAddr>().ok())
+                        .as_ref()
+                        .and_then(ServiceRef::frontend)
                         .map(|a| a.ip()),
-                    o.extra.get("service_name").and_then(|v| v.as_str()),
+                    o.details.dataplane().service_name.as_deref(),
                 ),
                 _ => continue,
             };
@@ -68,7 +72,7 @@ mod tests {
 
     fn line(kind: Kind, service: &str) -> Observation {
         let mut o = Observation::new(kind, jiff::Timestamp::UNIX_EPOCH, NodeName("vm".into()));
-        o.service = Some(service.to_owned());
+        o.service = Some(ServiceRef::parse(service));
         o
     }
 

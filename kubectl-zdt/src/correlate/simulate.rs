@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::time::WallNs;
-use crate::observation::{Kind, NodeName, Observation};
+use crate::observation::{Kind, NodeName, Observation, ServiceRef};
 
 const MS: i64 = 1_000_000;
 
@@ -90,20 +90,22 @@ pub fn observations(
         .collect();
     for p in pods {
         let own = |mut o: Observation| {
-            o.pod = Some(p.name.clone());
-            o.pod_uid = Some(p.uid.clone());
+            o.pod = Some(p.name.as_str().into());
+            o.pod_uid = Some(p.uid.as_str().into());
             o.ip = Some(p.ip);
             o
         };
         let home = &nodes[p.node];
-        out.push(own(at(p.delete_ms, Kind::PodDeleting, &api)).with_extra("grace_period_s", 30));
+        let mut deleting = own(at(p.delete_ms, Kind::PodDeleting, &api));
+        deleting.details.api_mut().grace_period_s = Some(30);
+        out.push(deleting);
         for (ms, kind) in [
             (p.delete_ms + 5, Kind::EndpointTerminating),
             (p.delete_ms + 100, Kind::EndpointRemoved),
         ] {
             let mut o = own(at(ms, kind, &api));
             o.port = Some(port);
-            o.service = Some(service.to_owned());
+            o.service = Some(ServiceRef::parse(service));
             out.push(o);
         }
         if p.prestop_ms.is_some() {
@@ -132,7 +134,7 @@ pub fn observations(
                 o
             };
             let mut d = anon(at(removed, Kind::DataplaneRemoved, &nodes[n]));
-            d.service = Some(service.to_owned());
+            d.service = Some(ServiceRef::parse(service));
             out.push(d);
             out.push(anon(at(removed - 1, Kind::FlowNew, &nodes[n])));
             let refusing = removed.min(exit + p.netns_after_exit_ms) - closed;

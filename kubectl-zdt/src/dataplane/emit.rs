@@ -40,23 +40,17 @@ pub fn observations(
         let mut o = Observation::new(kind, time, node.clone());
         o.ip = Some(c.route.backend.0.ip());
         o.port = Some(c.route.backend.0.port());
-        o.service = Some(c.route.service.to_string());
+        o.service = Some(c.route.service.0.into());
         if half > SignedDuration::ZERO {
             o.uncertainty_ns = Some(half.as_nanos().unsigned_abs() as u64);
         }
-        let mut o = o
-            .with_extra("mode", source.mode.as_str())
-            .with_extra("protocol", c.route.protocol.as_str())
-            .with_extra("detect_ns", u64::try_from(lag).unwrap_or(u64::MAX));
-        if stamp.commits > 1 {
-            o = o.with_extra("commits", stamp.commits);
-        }
-        if c.route.via == Via::NodePort {
-            o = o.with_extra("frontend", Via::NodePort.as_str());
-        }
-        if let Some(name) = &c.name {
-            o = o.with_extra("service_name", &**name);
-        }
+        let d = o.details.dataplane_mut();
+        d.mode = Some(source.mode.as_str().to_owned());
+        d.protocol = Some(c.route.protocol.as_str().to_owned());
+        d.detect_ns = Some(u64::try_from(lag).unwrap_or(u64::MAX));
+        d.commits = (stamp.commits > 1).then_some(u64::from(stamp.commits));
+        d.frontend = (c.route.via == Via::NodePort).then(|| Via::NodePort.as_str().to_owned());
+        d.service_name = c.name.as_deref().map(str::to_owned);
         o
     };
     change
@@ -125,6 +119,6 @@ mod tests {
         let obs = observations(&NodeName("n".into()), NFT, &removal(), stamp);
         assert_eq!(obs[0].time, t("2026-11-22T01:00:00.105Z"));
         assert_eq!(obs[0].uncertainty_ns, Some(5_000_000));
-        assert_eq!(obs[0].extra.get("commits"), Some(&serde_json::json!(2)));
+        assert_eq!(obs[0].details.dataplane().commits, Some(2));
     }
 }

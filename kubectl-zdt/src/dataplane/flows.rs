@@ -190,10 +190,12 @@ impl Aggregate {
                 let mut o = Observation::new(Kind::FlowNew, seen.last, node.clone());
                 o.ip = Some(backend.0.ip());
                 o.port = Some(backend.0.port());
-                o.service = Some(service.to_string());
+                o.service = Some(service.0.into());
                 o.count = Some(seen.count);
-                o.with_extra("first_time", crate::observation::format_time(seen.first))
-                    .with_extra("protocol", seen.protocol.as_str())
+                let d = o.details.dataplane_mut();
+                d.first_time = Some(crate::observation::Time(seen.first));
+                d.protocol = Some(seen.protocol.as_str().to_owned());
+                o
             })
             .collect()
     }

@@ -445,19 +445,17 @@ fn mode_line(
             "IPVS re-read every 100 ms (IPVS sends no notifications)"
         });
     }
-    Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone())
-        .with_extra("mode", modes.first().map_or("none", |m| m.as_str()))
-        .with_extra(
-            "modes",
-            modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-        )
-        .with_extra(
-            "routes",
-            planes.iter().map(|p| p.routes.len()).sum::<usize>()
-                + legacy.iter().map(|p| p.routes.len()).sum::<usize>()
-                + ipvs.map_or(0, |p| p.state.routes.len()),
-        )
-        .with_extra("triggers", triggers)
+    let mut o = Observation::new(Kind::DataplaneMode, Timestamp::now(), node.clone());
+    let d = o.details.dataplane_mut();
+    d.mode = Some(modes.first().map_or("none", |m| m.as_str()).to_owned());
+    d.modes = Some(modes.iter().map(|m| m.as_str().to_owned()).collect());
+    d.routes = Some(
+        (planes.iter().map(|p| p.routes.len()).sum::<usize>()
+            + legacy.iter().map(|p| p.routes.len()).sum::<usize>()
+            + ipvs.map_or(0, |p| p.state.routes.len())) as u64,
+    );
+    d.triggers = Some(triggers.into_iter().map(str::to_owned).collect());
+    o
 }
 
 /// kube-proxy's mode(s) on this node: the tables holding its dispatch (nf_tables, then
@@ -832,20 +830,21 @@ impl Reader {
             ..stamp
         };
         for obs in emit::observations(&self.node, plane.source(), &change, stamp) {
-            let mut obs = obs.with_extra("read_from", read_from);
+            let mut obs = obs;
+            let d = obs.details.dataplane_mut();
+            d.read_from = Some(read_from.to_owned());
             if let Some(r) = replace {
                 let syscall = r.time.duration_since(r.entered).as_nanos().max(0);
-                obs = obs
-                    .with_extra("swap_bounds", r.swap_bounds().as_str())
-                    .with_extra("syscall_ns", u64::try_from(syscall).unwrap_or(u64::MAX))
-                    .with_extra(
-                        "reported_at",
-                        if r.at_old_table_free {
-                            "old_table_free"
-                        } else {
-                            "exit"
-                        },
-                    );
+                d.swap_bounds = Some(r.swap_bounds().as_str().to_owned());
+                d.syscall_ns = Some(u64::try_from(syscall).unwrap_or(u64::MAX));
+                d.reported_at = Some(
+                    if r.at_old_table_free {
+                        "old_table_free"
+                    } else {
+                        "exit"
+                    }
+                    .to_owned(),
+                );
             }
             if !self.tx.send(obs) {
                 return None;

@@ -39,7 +39,11 @@ fn address(o: &Observation) -> String {
         (Some(ip), Some(p)) if ip.is_ipv6() => format!("[{ip}]:{p}"),
         (Some(ip), Some(p)) => format!("{ip}:{p}"),
         (Some(ip), None) => ip.to_string(),
-        (None, _) => o.service.clone().unwrap_or_default(),
+        (None, _) => o
+            .service
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -55,7 +59,7 @@ fn observations_table(obs: &[Observation], wide: bool) -> String {
             format_time(o.time),
             o.node.0.clone(),
             o.kind.to_string(),
-            o.pod.clone().unwrap_or_default(),
+            o.pod.as_deref().unwrap_or_default().to_owned(),
             address(o),
             o.reason.clone().unwrap_or_default(),
             o.count.map(|c| c.to_string()).unwrap_or_default(),
@@ -67,14 +71,15 @@ fn observations_table(obs: &[Observation], wide: bool) -> String {
                 _ => String::new(),
             };
             let more: Vec<String> = o
-                .extra
+                .other_fields()
                 .iter()
                 .map(|(k, v)| match v.as_str() {
                     Some(s) => format!("{k}={s}"),
                     None => format!("{k}={v}"),
                 })
                 .collect();
-            row.extend([o.service.clone().unwrap_or_default(), peer, more.join(" ")]);
+            let service = o.service.as_ref().map(ToString::to_string);
+            row.extend([service.unwrap_or_default(), peer, more.join(" ")]);
         }
         table.add_row(row);
     }
@@ -126,12 +131,7 @@ pub fn report_command(r: &FoundRollout) -> String {
         return String::new();
     };
     let target = if r.workload.starts_with("pod/") {
-        format!(
-            "--pod {}",
-            r.pods[0]
-                .split_once('/')
-                .map_or(r.pods[0].as_str(), |(_, p)| p)
-        )
+        format!("--pod {}", r.pods[0].name())
     } else {
         format!("--workload {}", r.workload)
     };

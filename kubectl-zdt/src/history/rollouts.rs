@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     correlate::{is_instrument, template_of},
     journal::fold::is_counter,
-    observation::{Kind, Observation},
+    observation::{Kind, Observation, PodRef},
 };
 
 /// Errors this long after a rollout's last deletion still count as its own (late dataplane
@@ -34,7 +34,7 @@ pub struct FoundRollout {
     #[serde(serialize_with = "ser_time")]
     pub last_deletion: Timestamp,
     /// `namespace/name` of each deleted pod, in deletion order.
-    pub pods: Vec<String>,
+    pub pods: Vec<PodRef>,
     /// Nodes the deleted pods ran on.
     pub nodes: Vec<String>,
     /// Refused, reset and timed-out connections of those pods (by name or address) from the
@@ -48,7 +48,7 @@ fn ser_time<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error
 
 struct Deletion<'a> {
     time: Timestamp,
-    pod: &'a str,
+    pod: &'a PodRef,
     ip: Option<IpAddr>,
     node: String,
 }
@@ -57,15 +57,12 @@ struct Deletion<'a> {
 pub fn find(obs: &[Observation], split: std::time::Duration) -> Vec<FoundRollout> {
     let split_ns = split.as_nanos() as i128;
     // First deletion seen per pod (several agents, relists, may report it again).
-    let mut first: BTreeMap<&str, &Observation> = BTreeMap::new();
+    let mut first: BTreeMap<&PodRef, &Observation> = BTreeMap::new();
     for o in obs.iter().filter(|o| {
         o.kind == Kind::PodDeleting
-            && !is_instrument(
-                o.pod.as_deref(),
-                o.extra.get("instrument").and_then(|v| v.as_bool()) == Some(true),
-            )
+            && !is_instrument(o.pod.as_ref(), o.details.api().instrument == Some(true))
     }) {
-        if let Some(pod) = o.pod.as_deref() {
+        if let Some(pod) = o.pod.as_ref() {
             let e = first.entry(pod).or_insert(o);
             if o.time < e.time {
                 *e = o;
@@ -75,24 +72,14 @@ pub fn find(obs: &[Observation], split: std::time::Duration) -> Vec<FoundRollout
     type Owner<'a> = (Option<&'a str>, String, Option<String>);
     let mut by_owner: BTreeMap<Owner<'_>, Vec<Deletion<'_>>> = BTreeMap::new();
     for (pod, o) in first {
-        let (ns, name) = pod
-            .split_once('/')
-            .map_or((None, pod), |(n, p)| (Some(n), p));
-        let owner = o
-            .extra
-            .get("workload")
-            .and_then(|v| v.as_str())
-            .map_or_else(|| format!("pod/{name}"), str::to_owned);
-        let node = o
-            .extra
-            .get("pod_node")
-            .and_then(|v| v.as_str())
-            .map_or_else(|| o.node.0.clone(), str::to_owned);
-        let template = template_of(
-            pod,
-            &owner,
-            o.extra.get("template_hash").and_then(|v| v.as_str()),
-        );
+        let ns = pod.namespace();
+        let api = o.details.api();
+        let owner = api
+            .workload
+            .as_deref()
+            .map_or_else(|| format!("pod/{}", pod.name()), str::to_owned);
+        let node = api.pod_node.clone().unwrap_or_else(|| o.node.0.clone());
+        let template = template_of(pod, &owner, api.template_hash.as_deref());
         by_owner
             .entry((ns, owner, template))
             .or_default()
@@ -132,7 +119,7 @@ fn summarize(
 ) -> FoundRollout {
     let first = group[0].time;
     let last = group[group.len() - 1].time;
-    let pods: BTreeSet<&str> = group.iter().map(|d| d.pod).collect();
+    let pods: BTreeSet<&str> = group.iter().map(|d| d.pod.as_str()).collect();
     let ips: BTreeSet<IpAddr> = group.iter().filter_map(|d| d.ip).collect();
     let end = last.as_nanosecond() + ERROR_TAIL_NS;
     let errors = obs
@@ -150,7 +137,7 @@ fn summarize(
         namespace: ns.map(str::to_owned),
         first_deletion: first,
         last_deletion: last,
-        pods: group.iter().map(|d| d.pod.to_owned()).collect(),
+        pods: group.iter().map(|d| d.pod.clone()).collect(),
         nodes: group
             .iter()
             .map(|d| d.node.clone())
@@ -169,7 +156,7 @@ mod tests {
     fn deleting(min: i64, pod: &str, workload: Option<&str>, ip: &str) -> Observation {
         let t = Timestamp::from_second(1_790_000_000 + min * 60).unwrap();
         let mut o = Observation::new(Kind::PodDeleting, t, NodeName("a".into()));
-        o.pod = Some(pod.to_owned());
+        o.pod = Some(pod.into());
         o.ip = Some(ip.parse().unwrap());
         match workload {
             Some(w) => o.with_extra("workload", w),

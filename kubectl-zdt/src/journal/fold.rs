@@ -13,7 +13,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use jiff::Timestamp;
 
-use crate::observation::{Kind, Observation, format_time};
+use crate::observation::{Kind, Observation, PodRef, ServiceRef, Time};
 
 /// The kinds folded: per-connection counters. Everything else is a mark, stored verbatim.
 pub fn is_counter(kind: Kind) -> bool {
@@ -56,11 +56,11 @@ fn key_hash(o: &Observation) -> u64 {
 /// The fold key, owned.
 struct Key {
     kind: Kind,
-    pod: Option<String>,
+    pod: Option<PodRef>,
     ip: Option<IpAddr>,
     port: Option<u16>,
     reason: Option<String>,
-    service: Option<String>,
+    service: Option<ServiceRef>,
 }
 
 impl Key {
@@ -104,17 +104,16 @@ struct Fold {
     /// Earliest and latest event time (for `flow_new`, of its `first_time` and `time`).
     min: Timestamp,
     max: Timestamp,
-    /// The earliest `first_time` of folded `flow_new` lines, as written (RFC 3339 with nine
-    /// fractional digits, so text order is time order).
-    min_first: Option<String>,
+    /// The earliest `first_time` of folded `flow_new` lines.
+    min_first: Option<Time>,
     peer_ip: Option<IpAddr>,
     peer_port: Option<u16>,
     /// Opened at (the first event's time): closed once the interval has passed.
     opened: Timestamp,
 }
 
-fn first_time(o: &Observation) -> Option<&str> {
-    o.extra.get("first_time").and_then(|v| v.as_str())
+fn first_time(o: &Observation) -> Option<Time> {
+    o.details.dataplane().first_time
 }
 
 impl Fold {
@@ -127,7 +126,7 @@ impl Fold {
             events: 1,
             min: o.time,
             max: o.time,
-            min_first: first_time(o).map(str::to_owned),
+            min_first: first_time(o),
             peer_ip: o.peer_ip,
             peer_port: o.peer_port,
             opened: o.time,
@@ -143,9 +142,9 @@ impl Fold {
         self.min = self.min.min(o.time);
         self.max = self.max.max(o.time);
         if let Some(f) = first_time(o)
-            && self.min_first.as_deref().is_none_or(|m| f < m)
+            && self.min_first.is_none_or(|m| f < m)
         {
-            self.min_first = Some(f.to_owned());
+            self.min_first = Some(f);
         }
         if self.peer_ip != o.peer_ip {
             self.peer_ip = None;
@@ -167,13 +166,11 @@ impl Fold {
         o.peer_port = self.peer_port;
         if o.kind == Kind::FlowNew {
             o.time = self.max;
-            let first = self.min_first.unwrap_or_else(|| format_time(self.min));
-            let first = first.min(format_time(self.min));
-            o.extra.insert("first_time".to_owned(), first.into());
+            let first = self.min_first.unwrap_or(Time(self.min)).min(Time(self.min));
+            o.details.dataplane_mut().first_time = Some(first);
         } else {
             o.time = self.min;
-            o.extra
-                .insert("last_time".to_owned(), format_time(self.max).into());
+            o.details.kernel_mut().last_time = Some(Time(self.max));
         }
         Closed {
             time: o.time,
@@ -189,7 +186,7 @@ pub struct Folder {
     open: HashMap<u64, Vec<Fold>>,
     len: usize,
     ips: HashMap<IpAddr, u32>,
-    pods: HashMap<String, u32>,
+    pods: HashMap<PodRef, u32>,
 }
 
 impl Folder {
@@ -241,7 +238,7 @@ impl Folder {
         let json = || line.map_or_else(|| o.to_json_line(), str::to_owned);
         // Lines the agent already aggregated after a ring-buffer overflow carry their own
         // interval (`lost_since`): they are rare and stay as they are.
-        if o.extra.contains_key("lost_since") {
+        if o.details.kernel().lost_since.is_some() {
             out.push(Closed {
                 time: o.time,
                 line: json(),
@@ -361,7 +358,7 @@ mod tests {
         assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(out.iter().map(Observation::weight).sum::<u64>(), 5_000);
         assert_eq!(out[0].time, at(0));
-        assert_eq!(out[0].extra["last_time"], format_time(at(999)));
+        assert_eq!(out[0].details.kernel().last_time, Some(Time(at(999))));
         assert_eq!(out[0].peer_port, None, "mixed peer ports are not kept");
         assert_eq!(out[0].peer_ip, Some("10.244.1.1".parse().unwrap()));
     }
@@ -402,13 +399,13 @@ mod tests {
             let mut o = Observation::new(Kind::FlowNew, at(last), NodeName("n".into()));
             o.ip = Some("10.244.0.5".parse().unwrap());
             o.count = Some(n);
-            o = o.with_extra("first_time", format_time(at(first)));
+            o.details.dataplane_mut().first_time = Some(Time(at(first)));
             f.add_obs(&o, &mut out);
         }
         f.drain(&mut out);
         let out = lines(out);
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].time, out[0].count), (at(400), Some(5)));
-        assert_eq!(out[0].extra["first_time"], format_time(at(0)));
+        assert_eq!(out[0].details.dataplane().first_time, Some(Time(at(0))));
     }
 }

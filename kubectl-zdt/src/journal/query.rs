@@ -14,7 +14,7 @@ use std::{borrow::Cow, net::IpAddr};
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use crate::observation::{Observation, format_time};
+use crate::observation::{Observation, format_time, split_name};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
@@ -52,12 +52,8 @@ impl<'a> Fields<'a> {
             pod: o.pod.as_deref().map(Cow::Borrowed),
             ip: o.ip.map(|i| Cow::Owned(i.to_string())),
             peer_ip: o.peer_ip.map(|i| Cow::Owned(i.to_string())),
-            service: o.service.as_deref().map(Cow::Borrowed),
-            workload: o
-                .extra
-                .get("workload")
-                .and_then(|v| v.as_str())
-                .map(Cow::Borrowed),
+            service: o.service.as_ref().map(|s| Cow::Owned(s.to_string())),
+            workload: o.details.api().workload.as_deref().map(Cow::Borrowed),
         }
     }
 }
@@ -124,10 +120,7 @@ impl HistoryQuery {
     pub fn matches(&self, f: &Fields<'_>) -> bool {
         let pod = f.pod.as_deref();
         if let Some(ns) = &self.namespace {
-            let in_ns = |s: Option<&str>| {
-                s.and_then(|s| s.split_once('/'))
-                    .is_some_and(|(n, _)| n == ns)
-            };
+            let in_ns = |s: Option<&str>| s.and_then(split_name).is_some_and(|(n, _)| n == ns);
             if !in_ns(pod) && !in_ns(f.service.as_deref()) {
                 return false;
             }
@@ -154,13 +147,10 @@ impl HistoryQuery {
         }
         if let Some(w) = &self.workload {
             let declared = f.workload.as_deref() == Some(w.as_str());
-            let named = pod
-                .and_then(|p| p.split_once('/'))
-                .is_some_and(|(ns, name)| {
-                    self.namespace.as_deref().is_none_or(|want| want == ns)
-                        && w.split_once('/')
-                            .is_some_and(|(kind, base)| pod_of_workload(kind, base, name))
-                });
+            let named = pod.and_then(split_name).is_some_and(|(ns, name)| {
+                self.namespace.as_deref().is_none_or(|want| want == ns)
+                    && split_name(w).is_some_and(|(kind, base)| pod_of_workload(kind, base, name))
+            });
             if !declared && !named {
                 return false;
             }
@@ -175,7 +165,7 @@ impl HistoryQuery {
             self.namespace.clone(),
             self.workload
                 .as_deref()
-                .and_then(|w| w.split_once('/'))
+                .and_then(split_name)
                 .map(|(_, n)| n.to_owned()),
         ]
         .into_iter()
@@ -243,7 +233,7 @@ impl HistoryQuery {
                 ),
                 "workload" => {
                     let kinds = ["deployment", "statefulset", "daemonset"];
-                    match v.split_once('/') {
+                    match split_name(&v) {
                         Some((kind, name)) if kinds.contains(&kind) && !name.is_empty() => {
                             q.workload = Some(v.into_owned());
                         }

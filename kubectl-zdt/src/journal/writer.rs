@@ -11,7 +11,7 @@ use clap::Args;
 use jiff::Timestamp;
 
 use super::{Config, Journal, StreamKind};
-use crate::observation::{Kind, NodeName, Observation};
+use crate::observation::{Kind, NodeName, Observation, PodRef};
 
 #[derive(Debug, Args)]
 pub struct WriterArgs {
@@ -49,10 +49,11 @@ pub fn main(args: WriterArgs) -> anyhow::Result<ExitCode> {
     out.flush()?;
     let node = NodeName("crash-test".to_owned());
     for _ in 0..args.max {
-        let mut o = Observation::new(Kind::Exec, Timestamp::now(), node.clone())
-            .with_extra("n", n)
-            .with_extra("comm", "sh");
-        o.pod = Some("default/web-7d4b9c8f6d-abcde".to_owned());
+        let mut o = Observation::new(Kind::Exec, Timestamp::now(), node.clone());
+        // `n` is no field of the contract: the crash test's own sequence number.
+        o.unknown.insert("n".to_owned(), n.into());
+        o.details.process_mut().comm = Some("sh".to_owned());
+        o.pod = Some(PodRef::new("default", "web-7d4b9c8f6d-abcde"));
         journal.append(&o)?;
         n += 1;
         if n % args.flush_every == 0 {

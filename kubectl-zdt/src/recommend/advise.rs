@@ -526,7 +526,7 @@ mod tests {
 
     fn pod(i: usize, propagation_ms: i64, rollout: usize) -> PodEvidence {
         PodEvidence {
-            pod: Some(format!("shop/web-5d8f7c9b6d-p{i:04}")),
+            pod: Some(format!("shop/web-5d8f7c9b6d-p{i:04}").into()),
             namespace: Some("shop".into()),
             workload: "deployment/web".into(),
             rollout,

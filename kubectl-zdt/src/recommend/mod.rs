@@ -26,7 +26,7 @@ pub use render::Format;
 pub use source::from_cluster;
 
 use crate::{
-    cluster::{connect::KubeArgs, workload::WorkloadRef},
+    cluster::{connect::KubeArgs, workload::WorkloadTarget},
     kube_version::KubeVersion,
 };
 
@@ -35,7 +35,7 @@ pub struct RecommendArgs {
     /// Only this workload: deployment/NAME, statefulset/NAME or daemonset/NAME [default: every
     /// workload of the namespace, or of the cluster with -A].
     #[arg(value_name = "KIND/NAME")]
-    pub workload: Option<WorkloadRef>,
+    pub workload: Option<WorkloadTarget>,
 
     #[command(flatten)]
     pub namespaces: crate::cluster::connect::Namespaces,

@@ -169,7 +169,7 @@ fn prestop_handler(current: &PreStop, seconds: u64, action: PreStopAction) -> Op
 }
 
 fn kind_of(workload: &str) -> Option<(&'static str, &str)> {
-    let (kind, name) = workload.split_once('/')?;
+    let (kind, name) = crate::observation::split_name(workload)?;
     let kind = match kind {
         "deployment" => "Deployment",
         "statefulset" => "StatefulSet",

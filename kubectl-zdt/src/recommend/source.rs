@@ -12,7 +12,7 @@ use super::{
     advise::observed_settings, answer, gather, settings,
 };
 use crate::{
-    cluster::{self, connect::KubeArgs, history, workload::WorkloadRef},
+    cluster::{self, connect::KubeArgs, history, workload::WorkloadTarget},
     journal::query::HistoryQuery,
     observation::Observation,
 };
@@ -101,7 +101,7 @@ pub async fn from_cluster(
         let (Some(ns), true) = (&w.key.namespace, w.key.is_controller()) else {
             continue;
         };
-        let Ok(r) = w.key.workload.parse::<WorkloadRef>() else {
+        let Ok(r) = w.key.workload.parse::<WorkloadTarget>() else {
             continue;
         };
         match r.get(client, ns).await {

@@ -1,8 +1,11 @@
 //! The cells the terminal tables and the HTML tables both show.
 
-use crate::correlate::{
-    Basis, ClientReport, Mark, PodReport, ReadinessProbe, Report, Rollout, RoutingState,
-    StartupReport, clients::Path,
+use crate::{
+    correlate::{
+        Basis, ClientReport, Mark, PodReport, ReadinessProbe, Report, Rollout, RoutingState,
+        StartupReport, clients::Path,
+    },
+    observation::PodRef,
 };
 
 /// A duration: `unknown`, `≥993.3 ms` (lower bound), `+588.0 ms ±0.1`.
@@ -26,9 +29,9 @@ pub(crate) fn ms_cell(v: Option<f64>, basis: Basis, unc_ms: f64) -> String {
 }
 
 /// A pod's name within its rollout (namespace dropped), or its address, or its UID.
-fn label(pod: Option<&str>, ip: Option<std::net::IpAddr>, uid: Option<&str>) -> String {
+fn label(pod: Option<&PodRef>, ip: Option<std::net::IpAddr>, uid: Option<&str>) -> String {
     match (pod, ip) {
-        (Some(name), _) => name.split_once('/').map_or(name, |(_, n)| n).to_owned(),
+        (Some(pod), _) => pod.name().to_owned(),
         (None, Some(ip)) => format!("({ip})"),
         (None, None) => uid.unwrap_or("(unnamed)").to_owned(),
     }
@@ -36,7 +39,7 @@ fn label(pod: Option<&str>, ip: Option<std::net::IpAddr>, uid: Option<&str>) -> 
 
 /// The pod's name within its rollout (namespace dropped), or its address.
 pub(crate) fn pod_label(p: &PodReport) -> String {
-    label(p.pod.as_deref(), p.ip, p.pod_uid.as_deref())
+    label(p.pod.as_ref(), p.ip, p.pod_uid.as_deref())
 }
 
 fn offset(from: Option<&Mark>, to: Option<&Mark>) -> String {
@@ -124,7 +127,7 @@ pub(crate) fn pod_row(p: &PodReport, wide: bool) -> Vec<String> {
 
 /// A new pod's name within its rollout.
 pub(crate) fn startup_label(s: &StartupReport) -> String {
-    label(s.pod.as_deref(), s.ip, s.pod_uid.as_deref())
+    label(s.pod.as_ref(), s.ip, s.pod_uid.as_deref())
 }
 
 /// `none`, `tcp_socket 8080`, `http_get 8080 /healthz`, `exec`, or `unknown` (not recorded).

@@ -73,8 +73,8 @@ impl Api {
     /// A line of the API about pod `name` at `at`.
     pub fn line(&self, kind: Kind, name: &str, ip: IpAddr, at: Timestamp) -> Observation {
         let mut o = Observation::new(kind, at, self.node.clone());
-        o.pod = Some(format!("default/{name}"));
-        o.pod_uid = Some(Self::uid(name));
+        o.pod = Some(format!("default/{name}").into());
+        o.pod_uid = Some(Self::uid(name).into());
         o.ip = Some(ip);
         o.with_extra("workload", self.workload.as_str())
     }
@@ -88,7 +88,7 @@ impl Api {
             Kind::EndpointReady | Kind::EndpointTerminating | Kind::EndpointRemoved
         ) {
             o.port = Some(self.target_port);
-            o.service = Some(self.svc.name.clone());
+            o.service = Some(self.svc.name.as_str().into());
         }
         if kind == Kind::PodDeleting {
             o = o.with_extra("grace_period_s", 30);

@@ -135,7 +135,7 @@ pub fn of_kind(obs: &[Observation], kind: Kind) -> Vec<&Observation> {
 
 /// The `netns` field of an observation.
 pub fn netns_of(o: &Observation) -> Option<u64> {
-    o.extra.get("netns").and_then(serde_json::Value::as_u64)
+    o.details.kernel().netns
 }
 
 /// Inode of a network namespace path.
