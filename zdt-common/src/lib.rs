@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod maps;
+pub mod programs;
 pub mod tracepoint;
 
 pub use event::{
