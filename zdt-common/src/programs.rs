@@ -5,7 +5,7 @@
 //!
 //! Not wire data: nothing here crosses the kernel boundary, so enums are fine.
 
-use crate::tracepoint;
+use crate::tracepoint as tp;
 
 /// Where a program hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub enum Group {
 /// One program of the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Program {
-    /// The program's (entry point's) name in the object.
+    /// The program's (entry point's) name in the object: its hook's.
     pub name: &'static str,
     pub hook: Hook,
     pub group: Group,
@@ -64,7 +64,12 @@ pub struct Program {
     pub counted: bool,
 }
 
-const fn program(name: &'static str, hook: Hook, group: Group, counted: bool) -> Program {
+/// A program named after its hook (every one of the object is).
+const fn on(hook: Hook, group: Group, counted: bool) -> Program {
+    let name = match hook {
+        Hook::TracePoint { name, .. } => name,
+        Hook::BtfTracePoint { function } => function,
+    };
     Program {
         name,
         hook,
@@ -73,114 +78,40 @@ const fn program(name: &'static str, hook: Hook, group: Group, counted: bool) ->
     }
 }
 
-const fn btf(function: &'static str, counted: bool) -> Program {
-    Program {
-        name: function,
-        hook: Hook::BtfTracePoint { function },
-        group: Group::Btf,
-        counted,
-    }
-}
-
 /// Every program in the object, in the order of its entry point in `zdt-ebpf`; the counted
 /// ones get their [`HANDLER_ERRORS`](crate::maps::HANDLER_ERRORS) slots in this order.
 pub const PROGRAMS: &[Program] = &[
-    program(
-        "inet_sock_set_state",
-        tracepoint::inet_sock_set_state::HOOK,
-        Group::Core,
-        true,
-    ),
-    program(
-        "inet_sk_error_report",
-        tracepoint::inet_sk_error_report::HOOK,
-        Group::Core,
-        true,
-    ),
-    program(
-        "tcp_retransmit_skb",
-        tracepoint::tcp_retransmit_skb::HOOK,
-        Group::Core,
-        true,
-    ),
-    program(
-        "sched_process_exec",
-        Hook::TracePoint {
-            category: "sched",
-            name: "sched_process_exec",
-        },
-        Group::Core,
-        true,
-    ),
-    program(
-        "sched_process_exit",
-        tracepoint::sched_process_exit::HOOK,
-        Group::Core,
-        true,
-    ),
-    program(
-        "sys_enter_setsockopt",
-        tracepoint::sys_enter_setsockopt::HOOK,
-        Group::TableReplace,
-        true,
-    ),
-    program(
-        "sys_exit_setsockopt",
-        tracepoint::sys_exit_setsockopt::HOOK,
-        Group::TableReplace,
-        true,
-    ),
-    program(
-        "percpu_alloc_percpu",
-        tracepoint::percpu::ALLOC_HOOK,
-        Group::SwapBound,
-        false,
-    ),
-    program(
-        "percpu_free_percpu",
-        tracepoint::percpu::FREE_HOOK,
-        Group::SwapBound,
-        false,
-    ),
-    program(
-        "module_get",
-        tracepoint::module_refcnt::GET_HOOK,
-        Group::ModuleRef,
-        false,
-    ),
-    program(
-        "module_put",
-        tracepoint::module_refcnt::PUT_HOOK,
-        Group::ModuleRef,
-        false,
-    ),
-    program(
-        "sys_enter_sendto",
-        tracepoint::sys_enter_sendto::HOOK,
-        Group::Ipvs,
-        true,
-    ),
-    program(
-        "sys_exit_sendto",
-        tracepoint::sys_exit_sendto::HOOK,
-        Group::Ipvs,
-        true,
-    ),
-    program(
-        "sys_enter_sendmsg",
-        tracepoint::sys_enter_sendmsg::HOOK,
-        Group::Ipvs,
-        true,
-    ),
-    program(
-        "sys_exit_sendmsg",
-        tracepoint::sys_exit_sendmsg::HOOK,
-        Group::Ipvs,
-        true,
-    ),
-    btf("tcp_send_reset", true),
-    btf("signal_generate", true),
+    on(tp::inet_sock_set_state::HOOK, Group::Core, true),
+    on(tp::inet_sk_error_report::HOOK, Group::Core, true),
+    on(tp::tcp_retransmit_skb::HOOK, Group::Core, true),
+    on(SCHED_PROCESS_EXEC, Group::Core, true),
+    on(tp::sched_process_exit::HOOK, Group::Core, true),
+    on(tp::sys_enter_setsockopt::HOOK, Group::TableReplace, true),
+    on(tp::sys_exit_setsockopt::HOOK, Group::TableReplace, true),
+    on(tp::percpu::ALLOC_HOOK, Group::SwapBound, false),
+    on(tp::percpu::FREE_HOOK, Group::SwapBound, false),
+    on(tp::module_refcnt::GET_HOOK, Group::ModuleRef, false),
+    on(tp::module_refcnt::PUT_HOOK, Group::ModuleRef, false),
+    on(tp::sys_enter_sendto::HOOK, Group::Ipvs, true),
+    on(tp::sys_exit_sendto::HOOK, Group::Ipvs, true),
+    on(tp::sys_enter_sendmsg::HOOK, Group::Ipvs, true),
+    on(tp::sys_exit_sendmsg::HOOK, Group::Ipvs, true),
+    on(TCP_SEND_RESET, Group::Btf, true),
+    on(SIGNAL_GENERATE, Group::Btf, true),
 ];
+
+/// The hooks of the programs that read no record of [`tp`]: `sched_process_exec` reads none,
+/// the BTF tracepoint programs read their arguments.
+const SCHED_PROCESS_EXEC: Hook = Hook::TracePoint {
+    category: "sched",
+    name: "sched_process_exec",
+};
+const TCP_SEND_RESET: Hook = Hook::BtfTracePoint {
+    function: "tcp_send_reset",
+};
+const SIGNAL_GENERATE: Hook = Hook::BtfTracePoint {
+    function: "signal_generate",
+};
 
 /// How many programs are [`Program::counted`].
 pub const COUNTED_LEN: usize = {
