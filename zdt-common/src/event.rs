@@ -29,7 +29,7 @@ pub mod kind {
     /// `IP6T_SO_SET_REPLACE`: an x_tables (iptables-legacy) table was replaced in a namespace of
     /// [`crate::maps::DATAPLANE_NETNS`]. `ts_ns` is the syscall's exit (the new table is in
     /// effect), `sk` its entry, `reason` the level (`SOL_IP` 0 / `SOL_IPV6` 41), `family`
-    /// `AF_INET`/`AF_INET6`, `comm` the table's name (`nat`, `filter`, …), `tgid` the writer and
+    /// [`crate::family`], `comm` the table's name (`nat`, `filter`, …), `tgid` the writer and
     /// `netns` its namespace. `addr` holds the tighter bounds of the swap inside the syscall
     /// ([`crate::swap_bounds`]; 0 where not seen).
     pub const TABLE_REPLACE: u16 = 9;
@@ -65,6 +65,13 @@ pub mod kind {
     pub const CONNECT_ABANDONED: u16 = 13;
 }
 
+/// Address families (include/linux/socket.h), as [`Event::family`], the tracepoint records, a
+/// `struct sockaddr` and IPVS's attributes carry them.
+pub mod family {
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+}
+
 /// TCP header flags (RFC 9293), byte 13 of the header.
 pub mod tcp_flags {
     pub const SYN: u8 = 0x02;
@@ -88,14 +95,21 @@ pub mod genl {
     pub const TYPE: usize = 4;
     pub const CMD: usize = NLMSG_HDRLEN;
 
+    /// `enum ipvs_cmds` (include/uapi/linux/ip_vs.h): the trigger reports the changing ones,
+    /// the agent dumps with the GET ones (whose replies are NEW_SERVICE / NEW_DEST).
     pub const IPVS_CMD_NEW_SERVICE: u8 = 1;
     pub const IPVS_CMD_SET_SERVICE: u8 = 2;
     pub const IPVS_CMD_DEL_SERVICE: u8 = 3;
+    pub const IPVS_CMD_GET_SERVICE: u8 = 4;
     pub const IPVS_CMD_NEW_DEST: u8 = 5;
     pub const IPVS_CMD_SET_DEST: u8 = 6;
     pub const IPVS_CMD_DEL_DEST: u8 = 7;
+    pub const IPVS_CMD_GET_DEST: u8 = 8;
     /// Deletes every virtual server (kube-proxy's cleanup, `ipvsadm -C`).
     pub const IPVS_CMD_FLUSH: u8 = 17;
+    /// `enum ipvs_cmd_attr`: the nested virtual server and real server of a command.
+    pub const IPVS_CMD_ATTR_SERVICE: u16 = 1;
+    pub const IPVS_CMD_ATTR_DEST: u16 = 2;
 
     /// Whether an IPVS command changes virtual or real servers (the GET commands, daemon,
     /// timeout and zeroing commands do not change routes).
@@ -193,7 +207,7 @@ pub struct Event {
     pub cgroup_id: u64,
     /// One of [`kind`].
     pub kind: u16,
-    /// `AF_INET` (2) or `AF_INET6` (10).
+    /// [`family::AF_INET`] or [`family::AF_INET6`].
     pub family: u16,
     /// Kind-specific reason (`sk_rst_reason`, errno, signal number, …).
     pub reason: u32,

@@ -7,9 +7,10 @@
 
 pub mod event;
 pub mod maps;
+pub mod programs;
 pub mod tracepoint;
 
 pub use event::{
-    CounterKey, Event, IpvsRecord, KernelOffsets, PendingIpvs, PendingReplace, TableKey, genl,
-    ipvs_sockopt, kind, replace_reported, rst_reason, swap_bounds, tcp_flags, tcp_state, xt,
+    CounterKey, Event, IpvsRecord, KernelOffsets, PendingIpvs, PendingReplace, TableKey, family,
+    genl, ipvs_sockopt, kind, replace_reported, rst_reason, swap_bounds, tcp_flags, tcp_state, xt,
 };

@@ -26,50 +26,7 @@ pub const STAT_EVENTS_SENT: u32 = 2;
 /// seen and is neither delivered nor in any count: the agent reports it as `loss`
 /// (`HANDLER_ERROR`), as the ring buffer's drops.
 pub const HANDLER_ERRORS: &str = "ZDT_HANDLER_ERRORS";
-/// The programs whose handler can fail, in the order of their [`HANDLER_ERRORS`] slots.
-pub const FALLIBLE_PROGRAMS: [&str; 13] = [
-    "inet_sock_set_state",
-    "inet_sk_error_report",
-    "tcp_retransmit_skb",
-    "sched_process_exec",
-    "sched_process_exit",
-    "sys_enter_setsockopt",
-    "sys_exit_setsockopt",
-    "sys_enter_sendto",
-    "sys_exit_sendto",
-    "sys_enter_sendmsg",
-    "sys_exit_sendmsg",
-    "tcp_send_reset",
-    "signal_generate",
-];
-
-/// The [`HANDLER_ERRORS`] slot of `program`; at compile time, a name not in
-/// [`FALLIBLE_PROGRAMS`] fails the build.
-pub const fn handler_slot(program: &str) -> u32 {
-    let mut i = 0;
-    while i < FALLIBLE_PROGRAMS.len() {
-        if str_eq(FALLIBLE_PROGRAMS[i], program) {
-            return i as u32;
-        }
-        i += 1;
-    }
-    panic!("not in FALLIBLE_PROGRAMS")
-}
-
-const fn str_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
+pub use crate::programs::{FALLIBLE_PROGRAMS, handler_slot};
 
 /// Longest-prefix-match tries of watched addresses (`--watch-cidr`, or pod IPs in a cluster).
 pub const WATCH_V4: &str = "ZDT_WATCH_V4";
@@ -114,3 +71,28 @@ pub const IPVS_FAMILY: &str = "ZDT_IPVS_FAMILY";
 /// [`TABLE_WRITERS`].
 pub const IPVS_WRITERS: &str = "ZDT_IPVS_WRITERS";
 pub const IPVS_WRITERS_MAX: u32 = 1024;
+
+/// Per-CPU scratch for the IPVS trigger's copy of a request ([`crate::PendingIpvs`]), too big
+/// for the eBPF stack.
+pub const IPVS_SCRATCH: &str = "ZDT_IPVS_SCRATCH";
+
+/// Every map of the eBPF object. Its `#[map(name = ...)]` attributes need literals, so a test
+/// of the agent parses the built object and checks that it has exactly these.
+pub const ALL: &[&str] = &[
+    EVENTS,
+    LOST,
+    STATS,
+    HANDLER_ERRORS,
+    WATCH_V4,
+    WATCH_V6,
+    WATCH_NETNS,
+    DATAPLANE_NETNS,
+    TABLE_WRITERS,
+    TABLE_BLOCKS,
+    IPVS_FAMILY,
+    IPVS_SCRATCH,
+    IPVS_WRITERS,
+];
+
+/// Every global the loader sets (checked against the object with [`ALL`]).
+pub const GLOBALS: &[&str] = &[GLOBAL_OFFSETS, GLOBAL_FILTER_ENABLED, GLOBAL_WAKEUP_EVERY];

@@ -14,219 +14,183 @@ pub struct Layout {
     pub fields: &'static [Field],
 }
 
-/// `tcp:tcp_send_reset` (kernel ≥6.10 layout with `reason`). The program is a BTF tracepoint
-/// and reads its arguments, not this record; preflight still checks the record: its `reason`
-/// says the kernel passes one (≥ 6.10), and its print format names the reasons.
-pub mod tcp_send_reset {
-    pub const SKBADDR: usize = 8;
-    pub const SKADDR: usize = 16;
-    pub const STATE: usize = 24;
-    pub const REASON: usize = 28;
-    /// `struct sockaddr_in`/`sockaddr_in6` in 28 bytes: family at 0 (host order), port at 2
-    /// (network order), IPv4 address at 4, IPv6 address at 8.
-    pub const SADDR: usize = 32;
-    pub const DADDR: usize = 60;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "tcp",
-        name: "tcp_send_reset",
-        fields: &[
-            ("skbaddr", SKBADDR, 8),
-            ("skaddr", SKADDR, 8),
-            ("state", STATE, 4),
-            ("reason", REASON, 4),
-            ("saddr", SADDR, 28),
-            ("daddr", DADDR, 28),
-        ],
-    };
+/// Declares a tracepoint's record once: a module with one `usize` const per field (its offset,
+/// what the programs read at compile time), `HOOK` (the tracepoint a program attaches to) and
+/// `LAYOUT` (what preflight compares with the format file), and optionally a second layout of
+/// fields only some kernels have, checked on its own.
+///
+/// ```text
+/// /// docs
+/// module = "category" / "name" {
+///     /// docs
+///     CONST: "field in the format file" at OFFSET, size SIZE;
+/// }
+/// +
+/// /// docs
+/// OPTIONAL_LAYOUT { CONST: "field" at OFFSET, size SIZE; }
+/// ```
+macro_rules! tracepoints {
+    ($(
+        $(#[$meta:meta])*
+        $module:ident = $category:literal / $name:literal {
+            $( $(#[$fmeta:meta])* $konst:ident: $field:literal at $offset:literal, size $size:literal; )*
+        }
+        $(
+            +
+            $(#[$ometa:meta])*
+            $optional:ident {
+                $( $(#[$ofmeta:meta])* $okonst:ident: $ofield:literal at $ooffset:literal, size $osize:literal; )*
+            }
+        )?
+    )*) => {$(
+        $(#[$meta])*
+        pub mod $module {
+            /// The tracepoint a program of this record attaches to.
+            pub const HOOK: crate::programs::Hook = crate::programs::Hook::TracePoint {
+                category: $category,
+                name: $name,
+            };
+            $( $(#[$fmeta])* pub const $konst: usize = $offset; )*
+            pub const LAYOUT: super::Layout = super::Layout {
+                category: $category,
+                name: $name,
+                fields: &[$(($field, $konst, $size)),*],
+            };
+            $(
+                $( $(#[$ofmeta])* pub const $okonst: usize = $ooffset; )*
+                $(#[$ometa])*
+                pub const $optional: super::Layout = super::Layout {
+                    category: $category,
+                    name: $name,
+                    fields: &[$(($ofield, $okonst, $osize)),*],
+                };
+            )?
+        }
+    )*};
 }
 
-/// `sock:inet_sock_set_state` (ports in host order).
-pub mod inet_sock_set_state {
-    pub const SKADDR: usize = 8;
-    pub const OLDSTATE: usize = 16;
-    pub const NEWSTATE: usize = 20;
-    pub const SPORT: usize = 24;
-    pub const DPORT: usize = 26;
-    pub const FAMILY: usize = 28;
-    pub const PROTOCOL: usize = 30;
-    pub const SADDR: usize = 32;
-    pub const DADDR: usize = 36;
-    pub const SADDR_V6: usize = 40;
-    pub const DADDR_V6: usize = 56;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "sock",
-        name: "inet_sock_set_state",
-        fields: &[
-            ("skaddr", SKADDR, 8),
-            ("oldstate", OLDSTATE, 4),
-            ("newstate", NEWSTATE, 4),
-            ("sport", SPORT, 2),
-            ("dport", DPORT, 2),
-            ("family", FAMILY, 2),
-            ("protocol", PROTOCOL, 2),
-            ("saddr", SADDR, 4),
-            ("daddr", DADDR, 4),
-            ("saddr_v6", SADDR_V6, 16),
-            ("daddr_v6", DADDR_V6, 16),
-        ],
-    };
-}
+tracepoints! {
+    /// `tcp:tcp_send_reset` (kernel ≥6.10 layout with `reason`). The program is a BTF tracepoint
+    /// and reads its arguments, not this record; preflight still checks the record: its `reason`
+    /// says the kernel passes one (≥ 6.10), and its print format names the reasons.
+    tcp_send_reset = "tcp" / "tcp_send_reset" {
+        SKBADDR: "skbaddr" at 8, size 8;
+        SKADDR: "skaddr" at 16, size 8;
+        STATE: "state" at 24, size 4;
+        REASON: "reason" at 28, size 4;
+        /// `struct sockaddr_in`/`sockaddr_in6` in 28 bytes: family at 0 (host order), port at 2
+        /// (network order), IPv4 address at 4, IPv6 address at 8.
+        SADDR: "saddr" at 32, size 28;
+        DADDR: "daddr" at 60, size 28;
+    }
 
-/// `sock:inet_sk_error_report` (ports in host order; fires with error 0 too).
-pub mod inet_sk_error_report {
-    pub const ERROR: usize = 8;
-    pub const SPORT: usize = 12;
-    pub const DPORT: usize = 14;
-    pub const FAMILY: usize = 16;
-    pub const PROTOCOL: usize = 18;
-    pub const SADDR: usize = 20;
-    pub const DADDR: usize = 24;
-    pub const SADDR_V6: usize = 28;
-    pub const DADDR_V6: usize = 44;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "sock",
-        name: "inet_sk_error_report",
-        fields: &[
-            ("error", ERROR, 4),
-            ("sport", SPORT, 2),
-            ("dport", DPORT, 2),
-            ("family", FAMILY, 2),
-            ("protocol", PROTOCOL, 2),
-            ("saddr", SADDR, 4),
-            ("daddr", DADDR, 4),
-            ("saddr_v6", SADDR_V6, 16),
-            ("daddr_v6", DADDR_V6, 16),
-        ],
-    };
-}
+    /// `sock:inet_sock_set_state` (ports in host order).
+    inet_sock_set_state = "sock" / "inet_sock_set_state" {
+        SKADDR: "skaddr" at 8, size 8;
+        OLDSTATE: "oldstate" at 16, size 4;
+        NEWSTATE: "newstate" at 20, size 4;
+        SPORT: "sport" at 24, size 2;
+        DPORT: "dport" at 26, size 2;
+        FAMILY: "family" at 28, size 2;
+        PROTOCOL: "protocol" at 30, size 2;
+        SADDR: "saddr" at 32, size 4;
+        DADDR: "daddr" at 36, size 4;
+        SADDR_V6: "saddr_v6" at 40, size 16;
+        DADDR_V6: "daddr_v6" at 56, size 16;
+    }
 
-/// `tcp:tcp_retransmit_skb` (ports in host order).
-pub mod tcp_retransmit_skb {
-    pub const SKADDR: usize = 16;
-    pub const STATE: usize = 24;
-    pub const SPORT: usize = 28;
-    pub const DPORT: usize = 30;
-    pub const FAMILY: usize = 32;
-    pub const SADDR: usize = 34;
-    pub const DADDR: usize = 38;
-    pub const SADDR_V6: usize = 42;
-    pub const DADDR_V6: usize = 58;
-    /// Result of the retransmission: non-zero means nothing was sent. Newer kernels only
-    /// (6.18 has it, 6.12 does not): see [`ERR_FIELD`].
-    pub const ERR: usize = 76;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "tcp",
-        name: "tcp_retransmit_skb",
-        fields: &[
-            ("skaddr", SKADDR, 8),
-            ("state", STATE, 4),
-            ("sport", SPORT, 2),
-            ("dport", DPORT, 2),
-            ("family", FAMILY, 2),
-            ("saddr", SADDR, 4),
-            ("daddr", DADDR, 4),
-            ("saddr_v6", SADDR_V6, 16),
-            ("daddr_v6", DADDR_V6, 16),
-        ],
-    };
+    /// `sock:inet_sk_error_report` (ports in host order; fires with error 0 too).
+    inet_sk_error_report = "sock" / "inet_sk_error_report" {
+        ERROR: "error" at 8, size 4;
+        SPORT: "sport" at 12, size 2;
+        DPORT: "dport" at 14, size 2;
+        FAMILY: "family" at 16, size 2;
+        PROTOCOL: "protocol" at 18, size 2;
+        SADDR: "saddr" at 20, size 4;
+        DADDR: "daddr" at 24, size 4;
+        SADDR_V6: "saddr_v6" at 28, size 16;
+        DADDR_V6: "daddr_v6" at 44, size 16;
+    }
+
+    /// `tcp:tcp_retransmit_skb` (ports in host order).
+    tcp_retransmit_skb = "tcp" / "tcp_retransmit_skb" {
+        SKADDR: "skaddr" at 16, size 8;
+        STATE: "state" at 24, size 4;
+        SPORT: "sport" at 28, size 2;
+        DPORT: "dport" at 30, size 2;
+        FAMILY: "family" at 32, size 2;
+        SADDR: "saddr" at 34, size 4;
+        DADDR: "daddr" at 38, size 4;
+        SADDR_V6: "saddr_v6" at 42, size 16;
+        DADDR_V6: "daddr_v6" at 58, size 16;
+    } +
     /// `err`, read only where the kernel has it (`KernelOffsets::retransmit_err`).
-    pub const ERR_FIELD: super::Layout = super::Layout {
-        category: "tcp",
-        name: "tcp_retransmit_skb",
-        fields: &[("err", ERR, 4)],
-    };
-}
+    ERR_FIELD {
+        /// Result of the retransmission: non-zero means nothing was sent. Newer kernels only
+        /// (6.18 has it, 6.12 does not): see [`ERR_FIELD`].
+        ERR: "err" at 76, size 4;
+    }
 
-/// `sched:sched_process_exit`: the program needs the tracepoint, and reads `group_dead` where
-/// the kernel has it (6.18 does, 6.12 does not: see [`GROUP_DEAD_FIELD`]).
-pub mod sched_process_exit {
-    pub const GROUP_DEAD: usize = 32;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "sched",
-        name: "sched_process_exit",
-        fields: &[],
-    };
+    /// `sched:sched_process_exit`: the program needs the tracepoint, and reads `group_dead` where
+    /// the kernel has it (6.18 does, 6.12 does not: see [`GROUP_DEAD_FIELD`]).
+    sched_process_exit = "sched" / "sched_process_exit" {} +
     /// `group_dead`, read only where the kernel has it (`KernelOffsets::exit_group_dead`).
-    pub const GROUP_DEAD_FIELD: super::Layout = super::Layout {
-        category: "sched",
-        name: "sched_process_exit",
-        fields: &[("group_dead", GROUP_DEAD, 1)],
-    };
-}
+    GROUP_DEAD_FIELD {
+        GROUP_DEAD: "group_dead" at 32, size 1;
+    }
 
-/// `syscalls:sys_enter_setsockopt`: every argument is stored as a `long` (8 bytes).
-pub mod sys_enter_setsockopt {
-    pub const LEVEL: usize = 24;
-    pub const OPTNAME: usize = 32;
-    pub const OPTVAL: usize = 40;
-    pub const OPTLEN: usize = 48;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "syscalls",
-        name: "sys_enter_setsockopt",
-        fields: &[
-            ("level", LEVEL, 8),
-            ("optname", OPTNAME, 8),
-            ("optval", OPTVAL, 8),
-            ("optlen", OPTLEN, 8),
-        ],
-    };
-}
+    /// `syscalls:sys_enter_setsockopt`: every argument is stored as a `long` (8 bytes).
+    sys_enter_setsockopt = "syscalls" / "sys_enter_setsockopt" {
+        LEVEL: "level" at 24, size 8;
+        OPTNAME: "optname" at 32, size 8;
+        OPTVAL: "optval" at 40, size 8;
+        OPTLEN: "optlen" at 48, size 8;
+    }
 
-/// `syscalls:sys_exit_setsockopt`.
-pub mod sys_exit_setsockopt {
-    pub const RET: usize = 16;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "syscalls",
-        name: "sys_exit_setsockopt",
-        fields: &[("ret", RET, 8)],
-    };
-}
+    /// `syscalls:sys_exit_setsockopt`.
+    sys_exit_setsockopt = "syscalls" / "sys_exit_setsockopt" {
+        RET: "ret" at 16, size 8;
+    }
 
-/// `syscalls:sys_enter_sendto`: the IPVS trigger reads the datagram's first bytes.
-pub mod sys_enter_sendto {
-    pub const BUFF: usize = 24;
-    pub const LEN: usize = 32;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "syscalls",
-        name: "sys_enter_sendto",
-        fields: &[("buff", BUFF, 8), ("len", LEN, 8)],
-    };
-}
+    /// `syscalls:sys_enter_sendto`: the IPVS trigger reads the datagram's first bytes.
+    sys_enter_sendto = "syscalls" / "sys_enter_sendto" {
+        BUFF: "buff" at 24, size 8;
+        LEN: "len" at 32, size 8;
+    }
 
-/// `syscalls:sys_exit_sendto`.
-pub mod sys_exit_sendto {
-    pub const RET: usize = 16;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "syscalls",
-        name: "sys_exit_sendto",
-        fields: &[("ret", RET, 8)],
-    };
-}
+    /// `syscalls:sys_exit_sendto`.
+    sys_exit_sendto = "syscalls" / "sys_exit_sendto" {
+        RET: "ret" at 16, size 8;
+    }
 
-/// `syscalls:sys_enter_sendmsg`: `msg` is a `struct user_msghdr *` in the caller's memory.
-pub mod sys_enter_sendmsg {
-    pub const MSG: usize = 24;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "syscalls",
-        name: "sys_enter_sendmsg",
-        fields: &[("msg", MSG, 8)],
-    };
-}
+    /// `syscalls:sys_enter_sendmsg`: `msg` is a `struct user_msghdr *` in the caller's memory.
+    sys_enter_sendmsg = "syscalls" / "sys_enter_sendmsg" {
+        MSG: "msg" at 24, size 8;
+    }
 
-/// `syscalls:sys_exit_sendmsg`.
-pub mod sys_exit_sendmsg {
-    pub const RET: usize = 16;
-    pub const LAYOUT: super::Layout = super::Layout {
-        category: "syscalls",
-        name: "sys_exit_sendmsg",
-        fields: &[("ret", RET, 8)],
-    };
+    /// `syscalls:sys_exit_sendmsg`.
+    sys_exit_sendmsg = "syscalls" / "sys_exit_sendmsg" {
+        RET: "ret" at 16, size 8;
+    }
 }
 
 /// Where `percpu:percpu_alloc_percpu` / `percpu_free_percpu` records keep `ptr` (the per-CPU
 /// pointer allocated or freed). The agent reads the offsets from the running kernel's format
 /// files and passes one of these (`KernelOffsets::percpu_alloc_ptr`/`percpu_free_ptr`), or 0.
 pub mod percpu {
+    use crate::programs::Hook;
+
+    pub const CATEGORY: &str = "percpu";
+    pub const ALLOC: &str = "percpu_alloc_percpu";
+    pub const FREE: &str = "percpu_free_percpu";
+    pub const ALLOC_HOOK: Hook = Hook::TracePoint {
+        category: CATEGORY,
+        name: ALLOC,
+    };
+    pub const FREE_HOOK: Hook = Hook::TracePoint {
+        category: CATEGORY,
+        name: FREE,
+    };
     /// Since `call_site` was added in front of the allocation record (6.18 has it).
     pub const ALLOC_PTR_WITH_CALL_SITE: u32 = 56;
     /// Before.
@@ -239,6 +203,19 @@ pub mod percpu {
 /// The agent checks the format files and passes `NAME_LOC` (`KernelOffsets::module_name_loc`)
 /// or 0.
 pub mod module_refcnt {
+    use crate::programs::Hook;
+
+    pub const CATEGORY: &str = "module";
+    pub const GET: &str = "module_get";
+    pub const PUT: &str = "module_put";
+    pub const GET_HOOK: Hook = Hook::TracePoint {
+        category: CATEGORY,
+        name: GET,
+    };
+    pub const PUT_HOOK: Hook = Hook::TracePoint {
+        category: CATEGORY,
+        name: PUT,
+    };
     pub const NAME_LOC: u32 = 20;
     /// What the programs compare: the longest table module name (`ip6table_security`) and its
     /// NUL fit.

@@ -45,8 +45,7 @@ use crate::{
     field, kernel,
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+use zdt_common::family::{AF_INET, AF_INET6};
 
 #[map(name = "ZDT_DATAPLANE_NETNS")]
 static DATAPLANE_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(maps::DATAPLANE_NETNS_MAX, 0);

@@ -3,6 +3,9 @@
 //! the address and namespace filters, `dataplane`: the state of rule writes in flight). An entry
 //! point never fails the hook (a probe must never disturb the traffic it watches): a handler
 //! error is counted per program in `ZDT_HANDLER_ERRORS` and the agent reports it as loss.
+//!
+//! Each entry point, its hook and its slot are those of `zdt_common::programs::PROGRAMS`: the
+//! attributes need literals, and a test of the agent checks the built object against the table.
 #![no_std]
 #![no_main]
 

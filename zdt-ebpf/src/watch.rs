@@ -23,8 +23,7 @@ static WATCH_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(maps::WATCH_M
 #[map(name = "ZDT_WATCH_NETNS")]
 static WATCH_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(maps::WATCH_MAX, 0);
 
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
+pub use zdt_common::family::{AF_INET, AF_INET6};
 
 /// Whether events about `addr` (IPv4 in the first 4 bytes) are reported.
 #[inline(always)]

@@ -19,8 +19,7 @@ use crate::{
     observation::{Kind, NodeName, Observation},
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+use zdt_common::family::{AF_INET, AF_INET6};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {

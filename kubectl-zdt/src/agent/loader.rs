@@ -14,68 +14,16 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 use ipnet::IpNet;
-use zdt_common::{CounterKey, KernelOffsets, maps};
+use zdt_common::{
+    CounterKey, KernelOffsets, maps,
+    programs::{self, Group, Hook, Program},
+};
 
 use super::filter::WatchFilter;
 use crate::dataplane::watcher::{Arm, Armed};
 
 /// The eBPF object built by build.rs from the `zdt-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zdt"));
-
-/// Every program in the object: (function name, tracepoint category, tracepoint name).
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
-    ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-];
-
-/// The iptables-legacy trigger's programs (attached when the kernel has syscall tracepoints).
-pub const TABLE_REPLACE_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_setsockopt", "syscalls", "sys_enter_setsockopt"),
-    ("sys_exit_setsockopt", "syscalls", "sys_exit_setsockopt"),
-];
-
-/// Where inside a replace the tables were swapped (`zdt-ebpf` `dataplane::on_percpu_alloc`):
-/// attached with the iptables-legacy trigger where the kernel has them; without them a replace
-/// is known to [entry, exit].
-pub const SWAP_BOUND_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("percpu_alloc_percpu", "percpu", "percpu_alloc_percpu"),
-    ("percpu_free_percpu", "percpu", "percpu_free_percpu"),
-];
-
-/// The tightest bounds of the swap (`zdt-ebpf` `dataplane::on_module_ref`): the writer's
-/// reference on the table's module, taken right before the swap and dropped right after it.
-/// Attached with the swap-bound programs where the kernel has `module` events that keep `name`
-/// where the programs read it (`KernelOffsets::module_name_loc`); a kernel without modules
-/// (tables built in) keeps the counters' bounds.
-pub const MODULE_REF_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("module_get", "module", "module_get"),
-    ("module_put", "module", "module_put"),
-];
-
-/// The IPVS trigger's programs: loaded with the iptables-legacy ones, attached only when the
-/// agent arms them with the IPVS family id (`Attached::attach_ipvs`), so a node whose kernel
-/// has no IPVS has no program on its sends. (A tracing program that runs makes the kernel skip
-/// every other one a softirq would run on that CPU meanwhile: on a node busy sending, programs
-/// on every `sendto` would cost the agent events.)
-pub const IPVS_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
-    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-];
-
-/// BTF tracepoints: (function name, kernel tracepoint). `signal_generate` needs the task
-/// pointer of the target, which only the BTF flavour passes. `tcp_send_reset` runs in softirq
-/// on top of whatever the CPU runs: the kernel skips a classic tracepoint program there while
-/// another tracing program runs on that CPU (`bpf_prog_active`), a BTF one only when it
-/// interrupts itself.
-pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
-    ("tcp_send_reset", "tcp_send_reset"),
-    ("signal_generate", "signal_generate"),
-];
 
 /// What to load: the watch filter and the kernel facts preflight found.
 pub struct LoadSpec<'a> {
@@ -198,20 +146,23 @@ impl Probes {
             }
         }
 
-        let optional: &[_] = if spec.table_replace {
-            TABLE_REPLACE_TRACEPOINTS
-        } else {
-            &[]
-        };
-        attach(&mut ebpf, TRACEPOINTS.iter().chain(optional))?;
+        let optional = programs::group(Group::TableReplace).filter(|_| spec.table_replace);
+        attach(&mut ebpf, programs::group(Group::Core).chain(optional))?;
         if spec.table_replace {
             attach_swap_bounds(&mut ebpf, &spec.offsets)?;
-            load(&mut ebpf, IPVS_TRACEPOINTS.iter())?;
+            load(&mut ebpf, programs::group(Group::Ipvs))?;
         }
 
-        if !BTF_TRACEPOINTS.is_empty() {
+        let mut btf_programs = programs::group(Group::Btf).peekable();
+        if btf_programs.peek().is_some() {
             let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
-            for (prog, function) in BTF_TRACEPOINTS {
+            for Program {
+                name: prog, hook, ..
+            } in btf_programs
+            {
+                let Hook::BtfTracePoint { function } = hook else {
+                    bail!("program {prog} is listed with the BTF tracepoints but is not one");
+                };
                 let program: &mut BtfTracePoint = ebpf
                     .program_mut(prog)
                     .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
@@ -270,21 +221,18 @@ fn object(
         .context("failed to load the eBPF programs into the kernel")
 }
 
-/// Loads and attaches these tracepoint programs: (function name, category, tracepoint).
-fn attach<'a>(
+/// Loads and attaches these tracepoint programs.
+fn attach(
     ebpf: &mut Ebpf,
-    programs: impl Iterator<Item = &'a (&'a str, &'a str, &'a str)> + Clone,
+    programs: impl Iterator<Item = &'static Program> + Clone,
 ) -> anyhow::Result<()> {
     load(ebpf, programs.clone())?;
     attach_loaded(ebpf, programs)
 }
 
 /// Loads these tracepoint programs (the verifier checks them now) without attaching them.
-fn load<'a>(
-    ebpf: &mut Ebpf,
-    programs: impl Iterator<Item = &'a (&'a str, &'a str, &'a str)>,
-) -> anyhow::Result<()> {
-    for (prog, _, _) in programs {
+fn load(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'static Program>) -> anyhow::Result<()> {
+    for Program { name: prog, .. } in programs {
         tracepoint(ebpf, prog)?
             .load()
             .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
@@ -293,11 +241,17 @@ fn load<'a>(
 }
 
 /// Attaches these loaded tracepoint programs.
-fn attach_loaded<'a>(
+fn attach_loaded(
     ebpf: &mut Ebpf,
-    programs: impl Iterator<Item = &'a (&'a str, &'a str, &'a str)>,
+    programs: impl Iterator<Item = &'static Program>,
 ) -> anyhow::Result<()> {
-    for (prog, category, name) in programs {
+    for Program {
+        name: prog, hook, ..
+    } in programs
+    {
+        let Hook::TracePoint { category, name } = hook else {
+            bail!("program {prog} is listed with the tracepoints but is a BTF tracepoint");
+        };
         tracepoint(ebpf, prog)?
             .attach(category, name)
             .with_context(|| format!("failed to attach to tracepoint {category}:{name}"))?;
@@ -317,18 +271,18 @@ fn tracepoint<'e>(ebpf: &'e mut Ebpf, prog: &str) -> anyhow::Result<&'e mut Trac
 /// (verified) on every kernel and attached only where preflight found their records' `name`
 /// (`offsets.module_name_loc`).
 fn attach_swap_bounds(ebpf: &mut Ebpf, offsets: &KernelOffsets) -> anyhow::Result<()> {
-    if let Err(e) = attach(ebpf, SWAP_BOUND_TRACEPOINTS.iter()) {
+    if let Err(e) = attach(ebpf, programs::group(Group::SwapBound)) {
         tracing::warn!(
             "iptables-legacy changes will be timed to the whole replace syscall, not to the \
              table swap inside it: {e:#}"
         );
     }
-    load(ebpf, MODULE_REF_TRACEPOINTS.iter())?;
+    load(ebpf, programs::group(Group::ModuleRef))?;
     if offsets.module_name_loc == 0 {
         tracing::debug!(
             "no module events (tables built into the kernel): iptables-legacy swaps are bounded by the rule counters"
         );
-    } else if let Err(e) = attach_loaded(ebpf, MODULE_REF_TRACEPOINTS.iter()) {
+    } else if let Err(e) = attach_loaded(ebpf, programs::group(Group::ModuleRef)) {
         tracing::warn!(
             "iptables-legacy swaps will be bounded by the rule counters, not by the table \
              module's reference: {e:#}"
@@ -364,7 +318,7 @@ impl DataplaneTriggers {
         let mut ebpf = object(1, 1, offsets, maps::EVENTS_BYTES)?;
         attach(
             &mut ebpf,
-            TABLE_REPLACE_TRACEPOINTS.iter().chain(IPVS_TRACEPOINTS),
+            programs::group(Group::TableReplace).chain(programs::group(Group::Ipvs)),
         )?;
         attach_swap_bounds(&mut ebpf, offsets)?;
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
@@ -384,7 +338,7 @@ impl Attached {
     pub fn programs(&self) -> Vec<(String, u32)> {
         self.ebpf
             .programs()
-            .filter(|(name, _)| self.ipvs || !IPVS_TRACEPOINTS.iter().any(|(p, _, _)| p == name))
+            .filter(|(name, _)| self.ipvs || !programs::group(Group::Ipvs).any(|p| p.name == *name))
             .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_owned(), i.id())))
             .collect()
     }
@@ -416,7 +370,7 @@ impl Attached {
     /// Attaches the IPVS trigger's programs (once; they were loaded with the others).
     pub fn attach_ipvs(&mut self) -> anyhow::Result<()> {
         if !self.ipvs {
-            attach_loaded(&mut self.ebpf, IPVS_TRACEPOINTS.iter())?;
+            attach_loaded(&mut self.ebpf, programs::group(Group::Ipvs))?;
             self.ipvs = true;
         }
         Ok(())
@@ -557,4 +511,93 @@ pub fn handler_error_totals(map: &PerCpuArray<MapData, u64>) -> Vec<(String, u64
             ((*program).to_owned(), total)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use aya_obj::ProgramSection;
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+    use super::*;
+
+    /// Fails naming what only one side has.
+    fn assert_same(what: &str, in_object: &BTreeSet<String>, in_table: &BTreeSet<String>) {
+        let only_object: Vec<_> = in_object.difference(in_table).collect();
+        let only_table: Vec<_> = in_table.difference(in_object).collect();
+        assert!(
+            only_object.is_empty() && only_table.is_empty(),
+            "the built eBPF object and zdt-common disagree on its {what}: only in the object \
+             {only_object:?}, only in zdt-common {only_table:?}"
+        );
+    }
+
+    /// The eBPF attribute macros need literals, so the names and hooks are written again in
+    /// `zdt-ebpf`: the object built from it must have exactly the programs of
+    /// `zdt_common::programs::PROGRAMS` (name, kind, section), the maps of `maps::ALL` and
+    /// the globals of `maps::GLOBALS`. Parsed as aya parses it, without loading anything.
+    #[test]
+    fn the_built_object_has_exactly_the_programs_and_maps_of_zdt_common() {
+        assert!(
+            !OBJECT.is_empty(),
+            "built with ZDT_SKIP_EBPF=1: this test reads the eBPF object; build without it"
+        );
+        let obj = aya_obj::Object::parse(OBJECT).expect("aya cannot parse the eBPF object");
+        let elf = object::File::parse(OBJECT).expect("the eBPF object is not ELF");
+
+        let programs: BTreeSet<String> = obj
+            .programs
+            .iter()
+            .map(|(name, p)| {
+                let section = elf
+                    .section_by_index(object::SectionIndex(p.section_index))
+                    .ok()
+                    .and_then(|s| s.name().ok())
+                    .unwrap_or("?");
+                let kind = match p.section {
+                    ProgramSection::TracePoint => "tracepoint".to_owned(),
+                    ProgramSection::BtfTracePoint => "BTF tracepoint".to_owned(),
+                    ref other => format!("{other:?}"),
+                };
+                format!("{name}: {kind} in section {section}")
+            })
+            .collect();
+        let table: BTreeSet<String> = programs::PROGRAMS
+            .iter()
+            .map(|p| match p.hook {
+                Hook::TracePoint { category, name } => format!(
+                    "{}: tracepoint in section tracepoint/{category}/{name}",
+                    p.name
+                ),
+                Hook::BtfTracePoint { function } => {
+                    format!("{}: BTF tracepoint in section tp_btf/{function}", p.name)
+                }
+            })
+            .collect();
+        assert_same("programs", &programs, &table);
+
+        // Besides the maps, aya makes one for each data section (`.rodata`, `.bss`, ...).
+        let object_maps: BTreeSet<String> = obj
+            .maps
+            .keys()
+            .filter(|name| !name.starts_with('.'))
+            .cloned()
+            .collect();
+        let table_maps = maps::ALL.iter().map(|m| (*m).to_owned()).collect();
+        assert_same("maps", &object_maps, &table_maps);
+
+        let symbols: BTreeSet<String> = elf
+            .symbols()
+            .filter_map(|s| s.name().ok().map(str::to_owned))
+            .collect();
+        let missing: Vec<_> = maps::GLOBALS
+            .iter()
+            .filter(|g| !symbols.contains(**g))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "globals in zdt_common::maps::GLOBALS missing from the built eBPF object: {missing:?}"
+        );
+    }
 }

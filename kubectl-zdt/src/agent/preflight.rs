@@ -8,7 +8,7 @@ use zdt_common::{
     KernelOffsets,
     tracepoint::{
         LAYOUTS, Layout, OPTIONAL_LAYOUTS, module_refcnt, percpu, sched_process_exit,
-        tcp_retransmit_skb,
+        tcp_retransmit_skb, tcp_send_reset,
     },
 };
 
@@ -243,12 +243,15 @@ pub struct Tracepoints {
 /// counters only).
 fn module_name_loc(tracefs: &str) -> u32 {
     let loc = |name: &str| {
-        fs::read_to_string(format!("{tracefs}/events/module/{name}/format"))
-            .ok()
-            .and_then(|f| parse_format_fields(&f).get("name").copied())
+        fs::read_to_string(format!(
+            "{tracefs}/events/{}/{name}/format",
+            module_refcnt::CATEGORY
+        ))
+        .ok()
+        .and_then(|f| parse_format_fields(&f).get("name").copied())
     };
     let want = Some((module_refcnt::NAME_LOC as usize, 4));
-    match (loc("module_get"), loc("module_put")) {
+    match (loc(module_refcnt::GET), loc(module_refcnt::PUT)) {
         (get, put) if get == want && put == want => module_refcnt::NAME_LOC,
         (None, None) => 0,
         other => {
@@ -263,7 +266,7 @@ fn module_name_loc(tracefs: &str) -> u32 {
 /// The offset of the 8-byte field `ptr` in the format file of `percpu:<name>` if it is one of
 /// `known`, else 0 (and iptables-legacy replaces are then reported at their exit).
 fn percpu_ptr(tracefs: &str, name: &str, known: &[u32]) -> u32 {
-    let path = format!("{tracefs}/events/percpu/{name}/format");
+    let path = format!("{tracefs}/events/{}/{name}/format", percpu::CATEGORY);
     let found = fs::read_to_string(&path)
         .ok()
         .and_then(|f| parse_format_fields(&f).get("ptr").copied());
@@ -284,7 +287,7 @@ pub fn check_tracepoints(tracefs: &str) -> Result<Tracepoints, PreflightError> {
     let mut out = Tracepoints::default();
     for layout in LAYOUTS {
         let format = check_layout(tracefs, layout)?;
-        if layout.name == "tcp_send_reset" {
+        if layout.name == tcp_send_reset::LAYOUT.name {
             out.rst_reasons = symbolic_values(&format, "REC->reason");
         }
     }
@@ -301,10 +304,10 @@ pub fn check_tracepoints(tracefs: &str) -> Result<Tracepoints, PreflightError> {
     out.exit_group_dead = check_layout(tracefs, &sched_process_exit::GROUP_DEAD_FIELD).is_ok();
     out.percpu_alloc_ptr = percpu_ptr(
         tracefs,
-        "percpu_alloc_percpu",
+        percpu::ALLOC,
         &[percpu::ALLOC_PTR_WITH_CALL_SITE, percpu::ALLOC_PTR],
     );
-    out.percpu_free_ptr = percpu_ptr(tracefs, "percpu_free_percpu", &[percpu::FREE_PTR]);
+    out.percpu_free_ptr = percpu_ptr(tracefs, percpu::FREE, &[percpu::FREE_PTR]);
     out.module_name_loc = module_name_loc(tracefs);
     Ok(out)
 }

@@ -81,12 +81,10 @@ pub fn requested_server(request: &[u8]) -> Option<VirtualServer> {
 /// The generic-netlink family and its version (IPVS_GENL_NAME, IPVS_GENL_VERSION).
 const FAMILY: &str = "IPVS";
 const VERSION: u8 = 1;
-const IPVS_CMD_NEW_SERVICE: u8 = 1;
-const IPVS_CMD_GET_SERVICE: u8 = 4;
-const IPVS_CMD_NEW_DEST: u8 = 5;
-const IPVS_CMD_GET_DEST: u8 = 8;
-const IPVS_CMD_ATTR_SERVICE: u16 = 1;
-const IPVS_CMD_ATTR_DEST: u16 = 2;
+use zdt_common::genl::{
+    IPVS_CMD_ATTR_DEST, IPVS_CMD_ATTR_SERVICE, IPVS_CMD_GET_DEST, IPVS_CMD_GET_SERVICE,
+    IPVS_CMD_NEW_DEST, IPVS_CMD_NEW_SERVICE,
+};
 const IPVS_SVC_ATTR_AF: u16 = 1;
 const IPVS_SVC_ATTR_PROTOCOL: u16 = 2;
 const IPVS_SVC_ATTR_ADDR: u16 = 3;
@@ -95,8 +93,7 @@ const IPVS_DEST_ATTR_ADDR: u16 = 1;
 const IPVS_DEST_ATTR_PORT: u16 = 2;
 const IPVS_DEST_ATTR_WEIGHT: u16 = 4;
 const IPVS_DEST_ATTR_ADDR_FAMILY: u16 = 11;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+use zdt_common::family::{AF_INET, AF_INET6};
 /// NLA_F_NESTED, and the mask of an attribute's type.
 const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -641,8 +638,7 @@ impl Transport for Live {
 // check on a real kernel (`cargo xtask ipvs-vm`, examples/ipvs_guest.rs) that programs
 // kube-proxy's virtual and real servers and records what the kernel then dumps.
 
-const IPVS_CMD_SET_DEST: u8 = 6;
-const IPVS_CMD_DEL_DEST: u8 = 7;
+use zdt_common::genl::{IPVS_CMD_DEL_DEST, IPVS_CMD_SET_DEST};
 const IPVS_SVC_ATTR_SCHED_NAME: u16 = 6;
 const IPVS_SVC_ATTR_FLAGS: u16 = 7;
 const IPVS_SVC_ATTR_TIMEOUT: u16 = 8;
