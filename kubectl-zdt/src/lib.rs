@@ -15,6 +15,7 @@ pub mod history;
 pub mod journal;
 pub mod kube_version;
 pub mod logging;
+pub mod netns;
 pub mod observation;
 pub mod recommend;
 pub mod report;
