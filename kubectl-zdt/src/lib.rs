@@ -20,5 +20,6 @@ pub mod observation;
 pub mod recommend;
 pub mod report;
 pub mod sample;
+pub mod shutdown;
 pub mod testbed;
 pub mod traffic;

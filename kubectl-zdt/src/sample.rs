@@ -54,7 +54,7 @@ async fn run(args: SampleArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", args.port))
         .await
         .with_context(|| format!("failed to listen on port {}", args.port))?;
-    let stop = crate::agent::cluster::termination();
+    let stop = crate::shutdown::termination();
     tokio::pin!(stop);
     let mut in_flight = tokio::task::JoinSet::new();
     let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;

@@ -174,7 +174,7 @@ async fn run(args: TrafficArgs) -> anyhow::Result<()> {
         let n = ok.swap(0, Ordering::Relaxed);
         let _ = lines.send(format!("{{\"ok\":{n}}}"));
     };
-    let stop = crate::agent::cluster::termination();
+    let stop = crate::shutdown::termination();
     tokio::pin!(stop);
     loop {
         tokio::select! {

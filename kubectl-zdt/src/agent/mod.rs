@@ -3,7 +3,7 @@
 //!
 //! - `args`, `config`: the command line and what the agent needs to start;
 //! - `run`: the composition root both modes share (`main`, the start order, task guards);
-//!   `standalone` and `cluster` consume the stream;
+//!   `standalone` and `daemonset` (cluster mode) consume the stream;
 //! - `preflight`: the checks that turn a missing privilege or kernel feature into one clear line;
 //! - `loader`: owns the `aya::Ebpf` object, attaches the programs, hands out typed map handles;
 //! - `clock`: monotonic → wall-clock conversion with a stated uncertainty;
@@ -11,7 +11,7 @@
 //! - `stream`: drains the ring buffer, reconciles exact counters, reports loss;
 //! - `filter`: run-time updates of the kernel watch filter;
 //!
-//! Cluster mode (`cluster`) adds: `api_watch` (kube-runtime watches of this node's pods,
+//! Cluster mode (`daemonset`) adds: `api_watch` (kube-runtime watches of this node's pods,
 //! EndpointSlices, Services, converted by `correlate::k8s_watch`) over `pods` (address → pod,
 //! with tombstones); `journal` (numbered, resumable) and `serve` (the 127.0.0.1 HTTP endpoint
 //! reached through port-forward). Both modes can feed `metrics` (Prometheus, docs/metrics.md).
@@ -20,9 +20,9 @@ pub mod api_watch;
 pub mod args;
 pub mod btf;
 pub mod clock;
-pub mod cluster;
 pub mod config;
 pub mod conntrack;
+pub mod daemonset;
 pub mod decode;
 pub mod filter;
 pub mod journal;

@@ -3,7 +3,7 @@
 //!
 //! Order: the journal on disk (and its ticker) → the metrics server (mode-specific) → the
 //! probes (`Agent::start`) → the first line (`hello`) → the dataplane watcher → the kernel
-//! reader task; the mode then consumes the stream (`standalone`: stdout; `cluster`: attribute,
+//! reader task; the mode then consumes the stream (`standalone`: stdout; `daemonset`: attribute,
 //! journal, serve).
 
 use std::{future::Future, pin::Pin, process::ExitCode, sync::Arc, time::Duration};
@@ -12,13 +12,10 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{
-    Agent, AgentArgs, AgentConfig,
-    args::RunMode,
-    cluster::{self, termination},
-    serve, standalone,
+use super::{Agent, AgentArgs, AgentConfig, args::RunMode, daemonset, serve, standalone};
+use crate::{
+    dataplane::watcher::Watcher, journal::Shared, observation::Observation, shutdown::termination,
 };
-use crate::{dataplane::watcher::Watcher, journal::Shared, observation::Observation};
 
 /// A background task that is aborted when its guard is dropped (on every way out of a mode,
 /// errors included).
@@ -42,7 +39,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .context("failed to start the async runtime")?;
     match mode {
         RunMode::Standalone => runtime.block_on(standalone::run(config, metrics))?,
-        RunMode::Cluster(listen) => runtime.block_on(cluster::run(config, listen, metrics))?,
+        RunMode::Cluster(listen) => runtime.block_on(daemonset::run(config, listen, metrics))?,
     }
     Ok(ExitCode::SUCCESS)
 }
