@@ -566,7 +566,7 @@ fn an_agent_on_a_damaged_journal_counts_it_in_metrics_and_status() {
         ..Gauges::default()
     });
     gauges.journal_opened(&disk);
-    let journal = kubectl_zdt::agent::journal::Journal::new(10);
+    let journal = kubectl_zdt::agent::backlog::Backlog::new(10);
     journal.attach_disk(disk);
     let endpoint = Endpoint {
         node: NodeName("node-a".into()),

@@ -14,7 +14,7 @@ use std::{
 
 use kubectl_zdt::{
     agent::{
-        journal::Journal,
+        backlog::Backlog,
         metrics::{Metrics, SETTLE, Scope},
         serve::{Endpoint, Gauges},
     },
@@ -97,7 +97,7 @@ async fn scraped_metrics_equal_what_the_observations_and_the_engine_say() {
     let addr = listener.local_addr().unwrap();
     let endpoint = Endpoint {
         node: NodeName("vm".into()),
-        journal: Journal::new(10),
+        journal: Backlog::new(10),
         gauges: gauges.clone(),
     };
     tokio::spawn(endpoint.serve(listener));

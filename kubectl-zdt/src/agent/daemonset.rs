@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use super::{
     AgentConfig,
     api_watch::{ApiWatch, PodNamespaces, TOMBSTONE_TTL},
-    journal::{self, Journal},
+    backlog::{self, Backlog},
     own_clients::{NodeAddresses, of_another_node},
     pod_netns::PodNetns,
     pods::PodIndex,
@@ -47,7 +47,7 @@ pub async fn run(
         .context("failed to reach the Kubernetes API from the agent (in-cluster config)")?;
     let client = kube::Client::try_from(super::api_watch::client_config(api))
         .context("failed to build the agent's Kubernetes API client")?;
-    let journal = Journal::new(journal::CAPACITY);
+    let journal = Backlog::new(backlog::CAPACITY);
     let disk = DiskJournal::open(&config)?;
     if let Some(d) = &disk {
         journal.attach_disk(d.shared.clone());

@@ -13,11 +13,12 @@
 //!
 //! Cluster mode (`daemonset`) adds: `api_watch` (kube-runtime watches of this node's pods,
 //! EndpointSlices, Services, converted by `correlate::k8s_watch`) over `pods` (address → pod,
-//! with tombstones); `journal` (numbered, resumable) and `serve` (the 127.0.0.1 HTTP endpoint
-//! reached through port-forward). Both modes can feed `metrics` (Prometheus, docs/metrics.md).
+//! with tombstones); `backlog` (numbered, resumable, in memory) and `serve` (the 127.0.0.1
+//! HTTP endpoint reached through port-forward). Both modes can feed `metrics` (Prometheus, docs/metrics.md).
 
 pub mod api_watch;
 pub mod args;
+pub mod backlog;
 pub mod btf;
 pub mod clock;
 pub mod config;
@@ -25,7 +26,6 @@ pub mod conntrack;
 pub mod daemonset;
 pub mod decode;
 pub mod filter;
-pub mod journal;
 pub mod listeners;
 pub mod loader;
 pub mod metrics;

@@ -31,7 +31,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use super::{clock::Clock, journal::Journal};
+use super::{backlog::Backlog, clock::Clock};
 use crate::{
     journal::HistoryQuery,
     observation::{Kind, NodeName, Observation},
@@ -192,7 +192,7 @@ pub async fn serve_metrics(listener: TcpListener, gauges: Arc<Gauges>) {
 #[derive(Clone)]
 pub struct Endpoint {
     pub node: NodeName,
-    pub journal: Arc<Journal>,
+    pub journal: Arc<Backlog>,
     pub gauges: Arc<Gauges>,
 }
 
