@@ -10,7 +10,7 @@ use kube_double::{apiserver::ApiServer, rbac};
 use kubectl_zdt::{
     agent::{
         backlog::Backlog,
-        serve::{Endpoint, Gauges},
+        serve::{AgentServer, Gauges},
     },
     cluster::{
         self, NAMESPACE,
@@ -397,7 +397,7 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Backlog>) {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName(node.into()),
         journal: journal.clone(),
         gauges,

@@ -30,7 +30,7 @@ use kubectl_zdt::{
         api_watch::ApiWatch,
         backlog::Backlog,
         pods::PodIndex,
-        serve::{Endpoint, Gauges},
+        serve::{AgentServer, Gauges},
     },
     cluster::{
         self,
@@ -66,7 +66,7 @@ async fn start_agent(server: &ApiServer, node: &str, dir: Option<&Path>) -> Arc<
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     server.forward(&format!("zdt-agent-{node}"), listener.local_addr().unwrap());
     server.put(kube_double::agent_pod(node));
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName(node.into()),
         journal: journal.clone(),
         gauges,

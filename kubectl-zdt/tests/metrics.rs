@@ -16,7 +16,7 @@ use kubectl_zdt::{
     agent::{
         backlog::Backlog,
         metrics::{Metrics, SETTLE, Scope},
-        serve::{Endpoint, Gauges},
+        serve::{AgentServer, Gauges},
     },
     correlate::{self, Options},
     observation::{Kind, NodeName, Observation},
@@ -95,7 +95,7 @@ async fn scraped_metrics_equal_what_the_observations_and_the_engine_say() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName("vm".into()),
         journal: Backlog::new(10),
         gauges: gauges.clone(),

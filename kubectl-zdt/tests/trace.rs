@@ -22,7 +22,7 @@ use kubectl_zdt::{
         api_watch::ApiWatch,
         backlog::Backlog,
         pods::PodIndex,
-        serve::{Endpoint, Gauges},
+        serve::{AgentServer, Gauges},
     },
     cluster::{
         self, NAMESPACE,
@@ -88,7 +88,7 @@ async fn start_agent(server: &ApiServer) -> Arc<Backlog> {
     let gauges = Arc::new(Gauges::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     server.forward("zdt-agent-vm", listener.local_addr().unwrap());
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName("vm".into()),
         journal: journal.clone(),
         gauges: gauges.clone(),

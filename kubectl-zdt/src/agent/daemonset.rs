@@ -20,7 +20,7 @@ use super::{
     pods::PodIndex,
     probes::KubeletProbes,
     run::{DiskJournal, Kernel, guard, serve_metrics, start_kernel},
-    serve::{Endpoint, Gauges},
+    serve::{AgentServer, Gauges},
 };
 
 /// Binds the endpoint, refusing anything but a loopback address: the stream is only for
@@ -59,7 +59,7 @@ pub async fn run(
     if let Some(d) = &disk {
         gauges.journal_opened(&d.shared);
     }
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: config.node.clone(),
         journal: journal.clone(),
         gauges: gauges.clone(),

@@ -188,9 +188,9 @@ pub async fn serve_metrics(listener: TcpListener, gauges: Arc<Gauges>) {
     .await;
 }
 
-/// Everything the endpoint serves from.
+/// The agent's HTTP endpoint (status, stream, history, metrics): everything it serves from.
 #[derive(Clone)]
-pub struct Endpoint {
+pub struct AgentServer {
     pub node: NodeName,
     pub journal: Arc<Backlog>,
     pub gauges: Arc<Gauges>,
@@ -198,7 +198,7 @@ pub struct Endpoint {
 
 type Body = BoxBody<Bytes, Infallible>;
 
-impl Endpoint {
+impl AgentServer {
     pub fn status(&self) -> AgentStatus {
         let hello = self.journal.hello();
         let extra = |key: &str| hello.as_ref().and_then(|h| h.extra.get(key)).cloned();
