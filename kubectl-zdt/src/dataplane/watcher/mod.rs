@@ -102,8 +102,66 @@ pub fn start(
     tx: &mpsc::Sender<Observation>,
     arm: Option<ArmTriggers<'_>>,
 ) -> anyhow::Result<Watcher> {
-    let sink = Sink::new(tx);
-    let watcher = spawn(node.clone(), sink.clone(), arm)?;
+    let opened = open()?;
+    let armed = opened.arm_with(arm)?;
+    opened.start(node, tx, armed)
+}
+
+/// Subscribes to the dataplane's changes in the calling thread's network namespace, before
+/// anything is read: the first of two steps, so that the caller arms its triggers (for
+/// [`Opened::arm`]) between them without the dataplane calling back into it.
+pub fn open() -> anyhow::Result<Opened> {
+    // Subscribe (and have the legacy trigger armed) before the first read, so no change falls
+    // between the two.
+    let monitor = Monitor::open()
+        .context("failed to subscribe to nf_tables notifications (NFNLGRP_NFTABLES); the agent needs CAP_NET_ADMIN")?;
+    let netns = crate::netns::own_netns()?;
+    // IPVS's family id first: the trigger recognises its requests by it.
+    let ipvs_kernel = ipvs::Live::open().unwrap_or_else(|e| {
+        tracing::warn!("IPVS changes will not be reported: failed to look for IPVS: {e}");
+        None
+    });
+    Ok(Opened {
+        arm: Arm {
+            netns,
+            ipvs_family: ipvs_kernel.as_ref().map(ipvs::Live::family_id),
+        },
+        monitor,
+        ipvs_kernel,
+    })
+}
+
+/// A watcher subscribed to changes, not yet reading ([`open`]).
+pub struct Opened {
+    /// What the caller's eBPF triggers must watch before the first read.
+    pub arm: Arm,
+    monitor: Monitor,
+    ipvs_kernel: Option<ipvs::Live>,
+}
+
+impl Opened {
+    /// What `arm` armed for [`Self::arm`] (nothing without it).
+    fn arm_with(&self, arm: Option<ArmTriggers<'_>>) -> anyhow::Result<Armed> {
+        arm.map_or(Ok(Armed::default()), |arm| arm(&self.arm))
+    }
+
+    /// Starts everything the agent reports about the dataplane (see [`start`]), with the
+    /// triggers the caller `armed`.
+    pub fn start(
+        self,
+        node: &NodeName,
+        tx: &mpsc::Sender<Observation>,
+        armed: Armed,
+    ) -> anyhow::Result<Watcher> {
+        let sink = Sink::new(tx);
+        let watcher = self.spawn(node.clone(), sink.clone(), armed)?;
+        spawn_flows(node, &watcher, sink)?;
+        Ok(watcher)
+    }
+}
+
+/// Starts the conntrack flow listener of `watcher`'s namespace.
+fn spawn_flows(node: &NodeName, watcher: &Watcher, sink: Sink) -> anyhow::Result<()> {
     flows::spawn(
         node.clone(),
         watcher.watched.clone(),
@@ -113,8 +171,7 @@ pub fn start(
     )
     .context(
         "failed to subscribe to conntrack events (NFNLGRP_CONNTRACK_NEW); the agent needs CAP_NET_ADMIN",
-    )?;
-    Ok(watcher)
+    )
 }
 
 /// Handle to the running watcher threads (they run until the observation stream closes).
@@ -135,118 +192,116 @@ pub struct Watcher {
 /// then emits `dataplane_added` / `dataplane_removed` into `tx`. The first observation is
 /// `dataplane_mode` with the detected modes and route counts.
 pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmTriggers<'_>>) -> anyhow::Result<Watcher> {
-    // Subscribe (and arm the legacy trigger) before the first read, so no change falls between
-    // the two.
-    let mut monitor = Monitor::open()
-        .context("failed to subscribe to nf_tables notifications (NFNLGRP_NFTABLES); the agent needs CAP_NET_ADMIN")?;
-    let netns = crate::netns::own_netns()?;
-    // IPVS's family id first: the trigger recognises its requests by it.
-    let ipvs_kernel = ipvs::Live::open().unwrap_or_else(|e| {
-        tracing::warn!("IPVS changes will not be reported: failed to look for IPVS: {e}");
-        None
-    });
-    let armed = match arm {
-        Some(arm) => arm(&Arm {
-            netns,
-            ipvs_family: ipvs_kernel.as_ref().map(ipvs::Live::family_id),
-        })?,
-        None => Armed::default(),
-    };
-    // In the order `dataplane_mode` lists the modes: nf_tables, x_tables, IPVS.
-    let mut planes: Vec<Box<dyn Plane>> = Vec::new();
-    for source in NF_TABLES_SOURCES {
-        if let Some(plane) = NfTablesPlane::read(source)? {
+    let opened = open()?;
+    let armed = opened.arm_with(arm)?;
+    opened.spawn(node, tx, armed)
+}
+
+impl Opened {
+    /// Reads every dataplane once and starts the threads that keep them up to date (see
+    /// [`spawn`]).
+    fn spawn(self, node: NodeName, tx: Sink, armed: Armed) -> anyhow::Result<Watcher> {
+        let Self {
+            arm: Arm { netns, .. },
+            mut monitor,
+            ipvs_kernel,
+        } = self;
+        // In the order `dataplane_mode` lists the modes: nf_tables, x_tables, IPVS.
+        let mut planes: Vec<Box<dyn Plane>> = Vec::new();
+        for source in NF_TABLES_SOURCES {
+            if let Some(plane) = NfTablesPlane::read(source)? {
+                planes.push(Box::new(plane));
+            }
+        }
+        for family in [Family::V4, Family::V6] {
+            planes.push(Box::new(LegacyPlane::read(family)?));
+        }
+        let ipvs = ipvs_kernel.and_then(|k| {
+            IpvsPlane::read(k)
+                .inspect_err(|e| tracing::warn!("IPVS changes will not be reported: {e:#}"))
+                .ok()
+        });
+        let has_ipvs = ipvs.is_some();
+        let ipvs_armed = armed.ipvs && has_ipvs;
+        if let Some(plane) = ipvs {
             planes.push(Box::new(plane));
         }
-    }
-    for family in [Family::V4, Family::V6] {
-        planes.push(Box::new(LegacyPlane::read(family)?));
-    }
-    let ipvs = ipvs_kernel.and_then(|k| {
-        IpvsPlane::read(k)
-            .inspect_err(|e| tracing::warn!("IPVS changes will not be reported: {e:#}"))
-            .ok()
-    });
-    let has_ipvs = ipvs.is_some();
-    let ipvs_armed = armed.ipvs && has_ipvs;
-    if let Some(plane) = ipvs {
-        planes.push(Box::new(plane));
-    }
-    let modes = detect(&planes);
-    let watched = Watched::default();
-    let frontends = Frontends::default();
-    frontends::publish(&watched, &frontends, || all_routes(&planes));
-    let trigger_names = trigger_names(armed, has_ipvs);
-    let start = mode_line(&node, &modes, &planes, &trigger_names);
-    if modes.contains(&Mode::IptablesLegacy) && !armed.legacy {
-        tracing::warn!(
-            "kube-proxy's rules are (also) in iptables-legacy, but this agent has no x_tables trigger (no syscall tracepoints): changes there are not reported"
-        );
-    }
+        let modes = detect(&planes);
+        let watched = Watched::default();
+        let frontends = Frontends::default();
+        frontends::publish(&watched, &frontends, || all_routes(&planes));
+        let trigger_names = trigger_names(armed, has_ipvs);
+        let start = mode_line(&node, &modes, &planes, &trigger_names);
+        if modes.contains(&Mode::IptablesLegacy) && !armed.legacy {
+            tracing::warn!(
+                "kube-proxy's rules are (also) in iptables-legacy, but this agent has no x_tables trigger (no syscall tracepoints): changes there are not reported"
+            );
+        }
 
-    let (triggers, triggers_rx) = std_mpsc::channel::<Trigger>();
-    if has_ipvs && !ipvs_armed {
-        // IPVS announces nothing and the eBPF trigger is not armed (no syscall tracepoints, or
-        // the watcher runs without the agent): read it again on a timer, only on kernels that
-        // have IPVS.
-        let ticks = triggers.clone();
-        thread::Builder::new()
-            .name("zdt-ipvs-tick".into())
-            .spawn(move || {
-                loop {
-                    thread::sleep(ipvs::POLL);
-                    if ticks.send(Trigger::Tick).is_err() {
-                        return;
-                    }
-                }
-            })
-            .context("failed to start the IPVS timer thread")?;
-    }
-    let commits = triggers.clone();
-    thread::Builder::new()
-        .name("zdt-nf-monitor".into())
-        .spawn(move || {
-            loop {
-                match monitor.next_commit() {
-                    Ok(commit) => {
-                        if commits.send(Trigger::Commit(commit)).is_err() {
+        let (triggers, triggers_rx) = std_mpsc::channel::<Trigger>();
+        if has_ipvs && !ipvs_armed {
+            // IPVS announces nothing and the eBPF trigger is not armed (no syscall tracepoints, or
+            // the watcher runs without the agent): read it again on a timer, only on kernels that
+            // have IPVS.
+            let ticks = triggers.clone();
+            thread::Builder::new()
+                .name("zdt-ipvs-tick".into())
+                .spawn(move || {
+                    loop {
+                        thread::sleep(ipvs::POLL);
+                        if ticks.send(Trigger::Tick).is_err() {
                             return;
                         }
                     }
-                    Err(e) => {
-                        tracing::error!("nf_tables monitor stopped: {e}");
-                        return;
+                })
+                .context("failed to start the IPVS timer thread")?;
+        }
+        let commits = triggers.clone();
+        thread::Builder::new()
+            .name("zdt-nf-monitor".into())
+            .spawn(move || {
+                loop {
+                    match monitor.next_commit() {
+                        Ok(commit) => {
+                            if commits.send(Trigger::Commit(commit)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!("nf_tables monitor stopped: {e}");
+                            return;
+                        }
                     }
                 }
-            }
+            })
+            .context("failed to start the nf_tables monitor thread")?;
+        let reader = Reader {
+            out: Out { node, netns, tx },
+            modes: modes.clone(),
+            planes,
+            trigger_names,
+            watched: watched.clone(),
+            frontends: frontends.clone(),
+        };
+        thread::Builder::new()
+            .name("zdt-dataplane".into())
+            // The first line is sent from the reader thread: `spawn` may be called from async code,
+            // where a blocking send is not allowed.
+            .spawn(move || {
+                if reader.out.tx.send(start) {
+                    reader.run(&triggers_rx);
+                }
+            })
+            .context("failed to start the dataplane reader thread")?;
+        Ok(Watcher {
+            modes,
+            watched,
+            frontends,
+            dnat: flows::Dnat::default(),
+            triggers,
+            netns,
         })
-        .context("failed to start the nf_tables monitor thread")?;
-    let reader = Reader {
-        out: Out { node, netns, tx },
-        modes: modes.clone(),
-        planes,
-        trigger_names,
-        watched: watched.clone(),
-        frontends: frontends.clone(),
-    };
-    thread::Builder::new()
-        .name("zdt-dataplane".into())
-        // The first line is sent from the reader thread: `spawn` may be called from async code,
-        // where a blocking send is not allowed.
-        .spawn(move || {
-            if reader.out.tx.send(start) {
-                reader.run(&triggers_rx);
-            }
-        })
-        .context("failed to start the dataplane reader thread")?;
-    Ok(Watcher {
-        modes,
-        watched,
-        frontends,
-        dnat: flows::Dnat::default(),
-        triggers,
-        netns,
-    })
+    }
 }
 
 /// What makes the watcher read the dataplanes again, as `dataplane_mode` lists it.
