@@ -30,6 +30,7 @@ pub mod history;
 pub mod journal;
 pub mod kube_version;
 pub mod logging;
+pub mod netns;
 pub mod observation;
 pub mod process;
 pub mod recommend;

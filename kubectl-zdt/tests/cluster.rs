@@ -9,8 +9,8 @@ use std::{sync::Arc, time::Duration};
 use kube_double::{apiserver::ApiServer, rbac};
 use kubectl_zdt::{
     agent::{
-        journal::Journal,
-        serve::{Endpoint, Gauges},
+        backlog::Backlog,
+        serve::{AgentServer, Gauges},
     },
     cluster::{
         self, NAMESPACE,
@@ -356,8 +356,8 @@ async fn uninstall_removes_everything_install_created_and_then_finds_nothing() {
 }
 
 /// An agent endpoint as the DaemonSet runs it, with a few observations journaled.
-async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
-    let journal = Journal::new(100);
+async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Backlog>) {
+    let journal = Backlog::new(100);
     let gauges = Arc::new(Gauges::default());
     gauges
         .ready
@@ -397,7 +397,7 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Journal>) {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName(node.into()),
         journal: journal.clone(),
         gauges,

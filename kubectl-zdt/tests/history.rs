@@ -28,9 +28,9 @@ use kube_double::{
 use kubectl_zdt::{
     agent::{
         api_watch::ApiWatch,
-        journal::Journal,
+        backlog::Backlog,
         pods::PodIndex,
-        serve::{Endpoint, Gauges},
+        serve::{AgentServer, Gauges},
     },
     cluster::{
         self,
@@ -52,8 +52,8 @@ fn tempdir(name: &str) -> PathBuf {
 }
 
 /// An agent's endpoint for `node` with a disk journal in `dir` (None: without --journal-dir).
-async fn start_agent(server: &ApiServer, node: &str, dir: Option<&Path>) -> Arc<Journal> {
-    let journal = Journal::new(100_000);
+async fn start_agent(server: &ApiServer, node: &str, dir: Option<&Path>) -> Arc<Backlog> {
+    let journal = Backlog::new(100_000);
     if let Some(dir) = dir {
         let disk =
             kubectl_zdt::journal::Journal::open(kubectl_zdt::journal::Config::new(dir.join(node)))
@@ -66,7 +66,7 @@ async fn start_agent(server: &ApiServer, node: &str, dir: Option<&Path>) -> Arc<
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     server.forward(&format!("zdt-agent-{node}"), listener.local_addr().unwrap());
     server.put(kube_double::agent_pod(node));
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName(node.into()),
         journal: journal.clone(),
         gauges,
@@ -128,7 +128,7 @@ fn ago(minutes: i64) -> Timestamp {
 }
 
 /// The node agent of `vm` recording the real fast-exit rollout through its API watches.
-async fn record_live_rollout(server: &Arc<ApiServer>, journal: Arc<Journal>) {
+async fn record_live_rollout(server: &Arc<ApiServer>, journal: Arc<Backlog>) {
     let (initial, events) = split_recording();
     for object in &initial {
         play(server, "ADDED", object);

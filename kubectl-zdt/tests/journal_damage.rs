@@ -544,7 +544,7 @@ fn an_agent_on_a_damaged_journal_counts_it_in_metrics_and_status() {
 
     use kubectl_zdt::agent::{
         metrics::{Metrics, SETTLE, Scope},
-        serve::{Endpoint, Gauges},
+        serve::{AgentServer, Gauges},
     };
 
     let (segs, counters) = pristine("agent");
@@ -566,9 +566,9 @@ fn an_agent_on_a_damaged_journal_counts_it_in_metrics_and_status() {
         ..Gauges::default()
     });
     gauges.journal_opened(&disk);
-    let journal = kubectl_zdt::agent::journal::Journal::new(10);
+    let journal = kubectl_zdt::agent::backlog::Backlog::new(10);
     journal.attach_disk(disk);
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName("node-a".into()),
         journal,
         gauges: gauges.clone(),

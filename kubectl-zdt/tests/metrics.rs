@@ -14,9 +14,9 @@ use std::{
 
 use kubectl_zdt::{
     agent::{
-        journal::Journal,
+        backlog::Backlog,
         metrics::{Metrics, SETTLE, Scope},
-        serve::{Endpoint, Gauges},
+        serve::{AgentServer, Gauges},
     },
     correlate::{self, Options},
     observation::{Kind, NodeName, Observation},
@@ -95,9 +95,9 @@ async fn scraped_metrics_equal_what_the_observations_and_the_engine_say() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName("vm".into()),
-        journal: Journal::new(10),
+        journal: Backlog::new(10),
         gauges: gauges.clone(),
     };
     tokio::spawn(endpoint.serve(listener));

@@ -13,7 +13,7 @@ use kubectl_zdt::{
         time::WallNs,
     },
     observation::{Kind, Observation},
-    recommend::{self, Options, Verdict, WorkloadKey},
+    recommend::{self, Options, PreStopVerdict, WorkloadKey},
 };
 use proptest::prelude::*;
 use recorded::{ROLLOUTS, convert};
@@ -357,7 +357,7 @@ fn verdicts_are_sorted_by_workload_and_none_is_invented_for_an_empty_input() {
     );
     assert!(
         recs.iter()
-            .all(|r| r.advised.is_none() && r.verdict == Verdict::NoData),
+            .all(|r| r.advised.is_none() && r.verdict == PreStopVerdict::NoData),
         "{recs:#?}"
     );
 }

@@ -20,9 +20,9 @@ use kube_double::{
 use kubectl_zdt::{
     agent::{
         api_watch::ApiWatch,
-        journal::Journal,
+        backlog::Backlog,
         pods::PodIndex,
-        serve::{Endpoint, Gauges},
+        serve::{AgentServer, Gauges},
     },
     cluster::{
         self, NAMESPACE,
@@ -66,7 +66,7 @@ fn cluster_objects(server: &ApiServer) {
 }
 
 /// When the agent marked `pod`'s deletion (`pod_deleting`), waiting for its journal to have it.
-async fn deletion_seen(journal: &Journal, pod: &str) -> jiff::Timestamp {
+async fn deletion_seen(journal: &Backlog, pod: &str) -> jiff::Timestamp {
     for _ in 0..1000 {
         let mark = journal.read(0, usize::MAX).lines.iter().find_map(|l| {
             let v: Value = serde_json::from_str(l).ok()?;
@@ -83,12 +83,12 @@ async fn deletion_seen(journal: &Journal, pod: &str) -> jiff::Timestamp {
 }
 
 /// The node agent of node `vm` minus its kernel probes; its in-memory journal.
-async fn start_agent(server: &ApiServer) -> Arc<Journal> {
-    let journal = Journal::new(10_000);
+async fn start_agent(server: &ApiServer) -> Arc<Backlog> {
+    let journal = Backlog::new(10_000);
     let gauges = Arc::new(Gauges::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     server.forward("zdt-agent-vm", listener.local_addr().unwrap());
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: NodeName("vm".into()),
         journal: journal.clone(),
         gauges: gauges.clone(),
@@ -120,7 +120,7 @@ const FAILED_TRAFFIC_LOG: &str =
 /// Plays the Deployment controller, the kubelets and the EndpointSlice controller: on the
 /// restart, the recorded rollout; the traffic pod runs and logs what the real client logged
 /// (or, with `traffic_fails`, [`FAILED_TRAFFIC_LOG`] and exits with 1).
-fn script_cluster(server: &Arc<ApiServer>, journal: &Arc<Journal>, traffic_fails: bool) {
+fn script_cluster(server: &Arc<ApiServer>, journal: &Arc<Backlog>, traffic_fails: bool) {
     let server = server.clone();
     let journal = journal.clone();
     let mut changes = server.changes();

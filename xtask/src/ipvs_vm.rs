@@ -3,7 +3,8 @@
 //! The kernel this project is built on has no IPVS (CONFIG_IP_VS unset, no modules), so this
 //! boots Debian's kernel (IPVS as modules) in a throwaway QEMU guest: it fetches the
 //! `linux-image-*-amd64` package into /var/cache/kubectl-zdt-ipvs (unpacked there, never
-//! installed), builds `examples/ipvs_guest.rs` as a static musl binary, packs it with
+//! installed), builds the guest harness (`kubectl-zdt/tests/guest/ipvs_vm/main.rs`, the
+//! test target `ipvs_vm_guest`) as a static musl binary, packs it with
 //! busybox-static, the IPVS and iptables nat modules (and their dependencies, from each
 //! module's `depends=`) and the host's `iptables-legacy-restore` (with its libraries and
 //! extensions) into an initramfs, boots it, and relays the guest's checks. The guest's recorded dump
@@ -238,23 +239,40 @@ fn fetch_kernel(meta: &str) -> anyhow::Result<Kernel> {
     })
 }
 
+/// The guest harness's test target.
+const GUEST: &str = "ipvs_vm_guest";
+
 /// The static guest program (a debug build: it shares the lib's build with `cargo build`-style
 /// runs and is much quicker to build than the image's LTO release).
 fn build_guest() -> anyhow::Result<PathBuf> {
     image::musl_prerequisites()?;
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--locked",
-        "-p",
-        "kubectl-zdt",
-        "--example",
-        "ipvs_guest",
-        "--target",
-        image::TARGET,
-    ]))?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| cmd::root().join("target"), PathBuf::from);
-    Ok(target_dir.join(format!("{}/debug/examples/ipvs_guest", image::TARGET)))
+    // A test target (not run by `cargo test`: `test = false`) lands under deps/ with a hash in
+    // its name: cargo's own report of the artifact names the file.
+    let built = cmd::cargo()
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "kubectl-zdt",
+            "--test",
+            GUEST,
+            "--target",
+            image::TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("failed to run cargo")?;
+    anyhow::ensure!(
+        built.status.success(),
+        "building the IPVS guest harness ({GUEST}) failed"
+    );
+    String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == GUEST)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo reported no executable for {GUEST}"))
 }
 
 /// A module's `depends=` from its .modinfo section.

@@ -30,6 +30,18 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The IPVS guest harness is a test target `cargo test` leaves alone (test = false), which
+    // `--all-targets` leaves out too.
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "-p",
+        "kubectl-zdt",
+        "--test",
+        "ipvs_vm_guest",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     clippy_ebpf()?;
     cmd::run(cmd::cargo().args([
         "test",

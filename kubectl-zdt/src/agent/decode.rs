@@ -7,7 +7,7 @@ use std::{
 };
 
 use thiserror::Error;
-use zdt_common::{Event, kind, rst_reason, swap_bounds};
+use zdt_common::{Event, kind, rst_reason};
 
 use super::clock::Clock;
 use crate::{
@@ -96,6 +96,146 @@ fn replace_family(ev: &Event, expected: u16) -> Result<Family, DecodeError> {
     }
 }
 
+/// Per-kind views of the wire [`Event`]. The kernel side reuses fields with another meaning
+/// per kind (`sk` holds a time or an address in the writer, `state` a length, a pid or where a
+/// replace was reported, `comm` a table name, `addr`/`peer_addr` swap times); each view names
+/// what its kind carries, so the decoder never reads a reused field by its wire name. The layout
+/// shared with the kernel (`zdt_common::Event`) is unchanged.
+pub mod view {
+    use zdt_common::{Event, swap_bounds};
+
+    /// `kind::TABLE_REPLACE`: an x_tables replace returned.
+    #[derive(Clone, Copy)]
+    pub struct TableReplace<'a>(pub &'a Event);
+
+    impl TableReplace<'_> {
+        /// The syscall's exit, `CLOCK_MONOTONIC` (`ts_ns`).
+        pub fn exit_ns(&self) -> u64 {
+            self.0.ts_ns
+        }
+        /// The syscall's entry, `CLOCK_MONOTONIC` (`sk`).
+        pub fn entered_ns(&self) -> u64 {
+            self.0.sk
+        }
+        /// Where it was reported: `zdt_common::replace_reported` (`state`).
+        pub fn reported_at(&self) -> u32 {
+            self.0.state
+        }
+        /// The table replaced, NUL-padded (`comm`).
+        pub fn table(&self) -> &[u8; 16] {
+            &self.0.comm
+        }
+        /// The writer's process id (`tgid`).
+        pub fn pid(&self) -> u32 {
+            self.0.tgid
+        }
+        /// One bound of the swap (`zdt_common::swap_bounds`, in `addr` / `peer_addr`), 0 = not
+        /// seen.
+        pub fn swap_bound_ns(&self, bound: SwapBound) -> u64 {
+            let (field, at) = match bound {
+                SwapBound::LastAlloc => (&self.0.addr, swap_bounds::LAST_ALLOC),
+                SwapBound::FirstFree => (&self.0.addr, swap_bounds::FIRST_FREE),
+                SwapBound::TableGet => (&self.0.peer_addr, swap_bounds::TABLE_GET),
+                SwapBound::TablePut => (&self.0.peer_addr, swap_bounds::TABLE_PUT),
+            };
+            field[at].try_into().map_or(0, u64::from_ne_bytes)
+        }
+    }
+
+    /// The bounds of a replace's swap a [`TableReplace`] carries.
+    #[derive(Clone, Copy, Debug)]
+    pub enum SwapBound {
+        LastAlloc,
+        FirstFree,
+        TableGet,
+        TablePut,
+    }
+
+    /// `kind::TABLE_REPLACE_BEGIN`: an x_tables replace entered the kernel.
+    #[derive(Clone, Copy)]
+    pub struct ReplaceBegin<'a>(pub &'a Event);
+
+    impl ReplaceBegin<'_> {
+        /// The syscall's entry, `CLOCK_MONOTONIC` (`ts_ns`).
+        pub fn entered_ns(&self) -> u64 {
+            self.0.ts_ns
+        }
+        /// The address of the new table in the writer's memory (`sk`).
+        pub fn buffer(&self) -> u64 {
+            self.0.sk
+        }
+        /// The length of that buffer, the setsockopt's optlen (`state`).
+        pub fn optlen(&self) -> u32 {
+            self.0.state
+        }
+        /// The table being replaced, NUL-padded (`comm`).
+        pub fn table(&self) -> &[u8; 16] {
+            &self.0.comm
+        }
+        /// The writer's process id (`tgid`).
+        pub fn pid(&self) -> u32 {
+            self.0.tgid
+        }
+    }
+
+    /// `kind::IPVS_CHANGE`: an IPVS change request returned.
+    #[derive(Clone, Copy)]
+    pub struct IpvsChange<'a>(pub &'a Event);
+
+    impl IpvsChange<'_> {
+        /// The send's exit, `CLOCK_MONOTONIC` (`ts_ns`).
+        pub fn exit_ns(&self) -> u64 {
+            self.0.ts_ns
+        }
+        /// The send's entry, `CLOCK_MONOTONIC` (`sk`).
+        pub fn entered_ns(&self) -> u64 {
+            self.0.sk
+        }
+        /// `IPVS_CMD_*` (`reason`).
+        pub fn cmd(&self) -> u32 {
+            self.0.reason
+        }
+        /// The writer's process id (`tgid`).
+        pub fn pid(&self) -> u32 {
+            self.0.tgid
+        }
+    }
+
+    /// `kind::SIGNAL`: a signal was generated.
+    #[derive(Clone, Copy)]
+    pub struct Signal<'a>(pub &'a Event);
+
+    impl Signal<'_> {
+        /// The target's process id (`tgid`).
+        pub fn target_pid(&self) -> u32 {
+            self.0.tgid
+        }
+        /// The sender's name, NUL-padded (`comm`).
+        pub fn sender(&self) -> &[u8; 16] {
+            &self.0.comm
+        }
+        /// The sender's process id (`state`).
+        pub fn sender_pid(&self) -> u32 {
+            self.0.state
+        }
+    }
+
+    /// `kind::EXEC`, `kind::EXIT`: a process started a program, or exited.
+    #[derive(Clone, Copy)]
+    pub struct Process<'a>(pub &'a Event);
+
+    impl Process<'_> {
+        /// Its process id (`tgid`).
+        pub fn pid(&self) -> u32 {
+            self.0.tgid
+        }
+        /// Its name, NUL-padded (`comm`).
+        pub fn comm(&self) -> &[u8; 16] {
+            &self.0.comm
+        }
+    }
+}
+
 impl Decoder {
     pub fn rst_reason_name(&self, reason: u32) -> String {
         self.rst_reasons
@@ -131,42 +271,45 @@ impl Decoder {
     /// An x_tables replace (`kind::TABLE_REPLACE`): a trigger for the dataplane watcher, not an
     /// observation. Times are converted like every kernel time.
     pub fn table_replace(&self, ev: &Event) -> Result<TableReplace, DecodeError> {
+        use view::SwapBound;
         let family = replace_family(ev, kind::TABLE_REPLACE)?;
+        let r = view::TableReplace(ev);
+        // 0 = not seen.
+        let bound = |b| {
+            Some(r.swap_bound_ns(b))
+                .filter(|&ns| ns != 0)
+                .map(|ns| self.clock.to_wall(ns))
+        };
         Ok(TableReplace {
-            time: self.clock.to_wall(ev.ts_ns),
-            at_old_table_free: ev.state == zdt_common::replace_reported::AT_OLD_TABLE_FREE,
-            entered: self.clock.to_wall(ev.sk),
+            time: self.clock.to_wall(r.exit_ns()),
+            at_old_table_free: r.reported_at() == zdt_common::replace_reported::AT_OLD_TABLE_FREE,
+            entered: self.clock.to_wall(r.entered_ns()),
             family,
-            table: comm(&ev.comm),
+            table: comm(r.table()),
             netns: ev.netns,
-            pid: ev.tgid,
-            time_ns: ev.ts_ns,
-            entered_ns: ev.sk,
-            last_alloc: self.swap_bound(&ev.addr, swap_bounds::LAST_ALLOC),
-            first_free: self.swap_bound(&ev.addr, swap_bounds::FIRST_FREE),
-            table_get: self.swap_bound(&ev.peer_addr, swap_bounds::TABLE_GET),
-            table_put: self.swap_bound(&ev.peer_addr, swap_bounds::TABLE_PUT),
+            pid: r.pid(),
+            time_ns: r.exit_ns(),
+            entered_ns: r.entered_ns(),
+            last_alloc: bound(SwapBound::LastAlloc),
+            first_free: bound(SwapBound::FirstFree),
+            table_get: bound(SwapBound::TableGet),
+            table_put: bound(SwapBound::TablePut),
         })
-    }
-
-    /// One bound of a replace's swap (`zdt_common::swap_bounds`), 0 = not seen.
-    fn swap_bound(&self, field: &[u8; 16], at: std::ops::Range<usize>) -> Option<jiff::Timestamp> {
-        let ns = u64::from_ne_bytes(field[at].try_into().ok()?);
-        (ns != 0).then(|| self.clock.to_wall(ns))
     }
 
     /// The start of an x_tables replace (`kind::TABLE_REPLACE_BEGIN`): where the writer's new
     /// table is, for the dataplane watcher.
     pub fn replace_begin(&self, ev: &Event) -> Result<ReplaceBegin, DecodeError> {
         let family = replace_family(ev, kind::TABLE_REPLACE_BEGIN)?;
+        let b = view::ReplaceBegin(ev);
         Ok(ReplaceBegin {
-            entered_ns: ev.ts_ns,
+            entered_ns: b.entered_ns(),
             family,
-            table: comm(&ev.comm),
+            table: comm(b.table()),
             netns: ev.netns,
-            pid: ev.tgid,
-            buffer: ev.sk,
-            len: ev.state,
+            pid: b.pid(),
+            buffer: b.buffer(),
+            len: b.optlen(),
         })
     }
 
@@ -177,16 +320,17 @@ impl Decoder {
         if ev.kind != kind::IPVS_CHANGE {
             return Err(DecodeError::Kind(ev.kind));
         }
-        let cmd = u8::try_from(ev.reason)
+        let c = view::IpvsChange(ev);
+        let cmd = u8::try_from(c.cmd())
             .ok()
             .filter(|c| zdt_common::genl::is_ipvs_change(*c))
-            .ok_or(DecodeError::IpvsCommand(ev.reason))?;
+            .ok_or(DecodeError::IpvsCommand(c.cmd()))?;
         Ok(IpvsChange {
-            time: self.clock.to_wall(ev.ts_ns),
-            entered: self.clock.to_wall(ev.sk),
+            time: self.clock.to_wall(c.exit_ns()),
+            entered: self.clock.to_wall(c.entered_ns()),
             cmd,
             netns: ev.netns,
-            pid: ev.tgid,
+            pid: c.pid(),
             server: ipvs::requested_server(ipvs_request(record)),
         })
     }
@@ -197,16 +341,18 @@ impl Decoder {
         o.reason = reason;
         o.uncertainty_ns = Some(self.clock.uncertainty_ns);
         match kind {
-            Kind::Signal | Kind::Exec | Kind::Exit => {
+            Kind::Exec | Kind::Exit => {
+                let v = view::Process(ev);
                 let p = o.details.process_mut();
-                p.pid = Some(ev.tgid.into());
-                if kind == Kind::Signal {
-                    // For a signal, comm is the sender's and `state` its pid.
-                    p.sender = Some(comm(&ev.comm));
-                    p.sender_pid = Some(ev.state.into());
-                } else {
-                    p.comm = Some(comm(&ev.comm));
-                }
+                p.pid = Some(v.pid().into());
+                p.comm = Some(comm(v.comm()));
+            }
+            Kind::Signal => {
+                let v = view::Signal(ev);
+                let p = o.details.process_mut();
+                p.pid = Some(v.target_pid().into());
+                p.sender = Some(comm(v.sender()));
+                p.sender_pid = Some(v.sender_pid().into());
             }
             Kind::ListenerOpen | Kind::ListenerClosed => {
                 // A listener on 0.0.0.0 / :: is not an address of the pod: it is in `bind`,

@@ -31,7 +31,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use super::{clock::Clock, journal::Journal};
+use super::{backlog::Backlog, clock::Clock};
 use crate::{
     journal::HistoryQuery,
     observation::{Kind, NodeName, Observation},
@@ -188,17 +188,17 @@ pub async fn serve_metrics(listener: TcpListener, gauges: Arc<Gauges>) {
     .await;
 }
 
-/// Everything the endpoint serves from.
+/// The agent's HTTP endpoint (status, stream, history, metrics): everything it serves from.
 #[derive(Clone)]
-pub struct Endpoint {
+pub struct AgentServer {
     pub node: NodeName,
-    pub journal: Arc<Journal>,
+    pub journal: Arc<Backlog>,
     pub gauges: Arc<Gauges>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
 
-impl Endpoint {
+impl AgentServer {
     pub fn status(&self) -> AgentStatus {
         let hello = self.journal.hello();
         let agent = hello.as_ref().map(|h| h.details.agent());

@@ -177,9 +177,11 @@ pub struct Advised {
     pub reason: String,
 }
 
+/// What `recommend` says of a workload's current preStop (the per-pod race verdict is
+/// `correlate::Verdict`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum PreStopVerdict {
     /// The current preStop is shorter than what the slowest pods needed (errors happened or
     /// would have), or the grace period ends before preStop + drain.
     Unsafe,
@@ -194,15 +196,15 @@ pub enum Verdict {
     NoData,
 }
 
-impl Verdict {
+impl PreStopVerdict {
     pub fn as_str(self) -> &'static str {
         match self {
-            Verdict::Unsafe => "unsafe",
-            Verdict::Wasteful => "wasteful",
-            Verdict::Ok => "ok",
-            Verdict::TooFewSamples => "too few samples",
-            Verdict::CurrentUnknown => "current unknown",
-            Verdict::NoData => "no data",
+            PreStopVerdict::Unsafe => "unsafe",
+            PreStopVerdict::Wasteful => "wasteful",
+            PreStopVerdict::Ok => "ok",
+            PreStopVerdict::TooFewSamples => "too few samples",
+            PreStopVerdict::CurrentUnknown => "current unknown",
+            PreStopVerdict::NoData => "no data",
         }
     }
 }
@@ -229,7 +231,7 @@ pub struct Recommendation {
     pub current: Option<Settings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advised: Option<Advised>,
-    pub verdict: Verdict,
+    pub verdict: PreStopVerdict,
     pub reason: String,
     /// For a wasteful preStop: pod-seconds each rollout spends in preStop beyond the advice.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,7 +320,7 @@ pub fn advise_workload(
         errors,
         current: current.cloned(),
         advised: None,
-        verdict: Verdict::NoData,
+        verdict: PreStopVerdict::NoData,
         reason: String::new(),
         wasted_seconds_per_rollout: None,
         readiness_probe: w.readiness.clone(),
@@ -417,7 +419,7 @@ pub fn advise_workload(
     let (verdict, reason) = if !unsafe_why.is_empty()
         && (samples >= options.min_samples || window_errors > 0)
     {
-        (Verdict::Unsafe, unsafe_why.join("; "))
+        (PreStopVerdict::Unsafe, unsafe_why.join("; "))
     } else if samples < options.min_samples {
         let so_far = if unsafe_why.is_empty() {
             String::new()
@@ -425,7 +427,7 @@ pub fn advise_workload(
             format!(" (so far: {})", unsafe_why.join("; "))
         };
         (
-            Verdict::TooFewSamples,
+            PreStopVerdict::TooFewSamples,
             format!(
                 "too few samples (n={samples} < {}): {trace_hint}{so_far}",
                 options.min_samples
@@ -445,7 +447,7 @@ pub fn advise_workload(
                 ""
             };
             (
-                Verdict::Wasteful,
+                PreStopVerdict::Wasteful,
                 format!(
                     "preStop {}{} is {} longer than the advised {} s: each pod terminates that much later than needed, {per_rollout:.1} pod-seconds per rollout{sts}",
                     secs(c),
@@ -456,7 +458,7 @@ pub fn advise_workload(
             )
         } else {
             (
-                Verdict::Ok,
+                PreStopVerdict::Ok,
                 format!(
                     "preStop {} covers the {} the slowest pods needed",
                     secs(c),
@@ -477,7 +479,7 @@ pub fn advise_workload(
             ),
         };
         (
-            Verdict::CurrentUnknown,
+            PreStopVerdict::CurrentUnknown,
             format!(
                 "{hook}: make sure it lasts at least {} s (needed: {})",
                 advice.prestop_seconds,
@@ -585,7 +587,7 @@ mod tests {
             Some(&api(PreStop::None, 30)),
             &Options::default(),
         );
-        assert_eq!(r.verdict, Verdict::Unsafe, "{}", r.reason);
+        assert_eq!(r.verdict, PreStopVerdict::Unsafe, "{}", r.reason);
         assert!(
             r.reason.contains("preStop 0 s is shorter than the 900 ms"),
             "{}",
@@ -638,7 +640,7 @@ mod tests {
         w.pods[2].errors.unsafe_window = 12;
         w.pods[4].errors.after_netns_gone = 1;
         let r = advise_workload(&w, Some(&api(PreStop::None, 30)), &Options::default());
-        assert_eq!(r.verdict, Verdict::Unsafe);
+        assert_eq!(r.verdict, PreStopVerdict::Unsafe);
         assert!(
             r.reason
                 .contains("13 connections failed in the unsafe window over 3 rollouts"),
@@ -654,7 +656,7 @@ mod tests {
             Some(&api(PreStop::None, 30)),
             &Options::default(),
         );
-        assert_eq!(r.verdict, Verdict::TooFewSamples);
+        assert_eq!(r.verdict, PreStopVerdict::TooFewSamples);
         assert!(r.reason.starts_with("too few samples (n=3 < 5): trace a rollout with `kubectl zdt trace deployment/web -n shop --restart`"), "{}", r.reason);
         // What is known so far is still said.
         assert!(
@@ -669,7 +671,7 @@ mod tests {
         let mut w = web(2, 1);
         w.pods[0].errors.unsafe_window = 3;
         let r = advise_workload(&w, Some(&api(PreStop::None, 30)), &Options::default());
-        assert_eq!(r.verdict, Verdict::Unsafe, "{}", r.reason);
+        assert_eq!(r.verdict, PreStopVerdict::Unsafe, "{}", r.reason);
     }
 
     #[test]
@@ -679,7 +681,7 @@ mod tests {
             Some(&api(PreStop::SleepAction { seconds: 30 }, 60)),
             &Options::default(),
         );
-        assert_eq!(r.verdict, Verdict::Wasteful, "{}", r.reason);
+        assert_eq!(r.verdict, PreStopVerdict::Wasteful, "{}", r.reason);
         // 30 s − 2 s advised = 28 s per pod, 2 pods per rollout.
         assert_eq!(r.wasted_seconds_per_rollout, Some(56.0));
         assert!(
@@ -697,7 +699,7 @@ mod tests {
                 Some(&api(PreStop::SleepAction { seconds }, 30)),
                 &Options::default(),
             );
-            assert_eq!(r.verdict, Verdict::Ok, "{seconds} s: {}", r.reason);
+            assert_eq!(r.verdict, PreStopVerdict::Ok, "{seconds} s: {}", r.reason);
         }
     }
 
@@ -713,7 +715,7 @@ mod tests {
             Some(&api(PreStop::SleepAction { seconds: 2 }, 4)),
             &Options::default(),
         );
-        assert_eq!(r.verdict, Verdict::Unsafe, "{}", r.reason);
+        assert_eq!(r.verdict, PreStopVerdict::Unsafe, "{}", r.reason);
         assert!(r.reason.contains("terminationGracePeriodSeconds 4 is shorter than preStop 2 s + the observed drain 3 s"), "{}", r.reason);
         assert_eq!(r.advised.unwrap().termination_grace_period_seconds, 6);
     }
@@ -727,7 +729,7 @@ mod tests {
             30,
         );
         let r = advise_workload(&web(6, 3), Some(&hook), &Options::default());
-        assert_eq!(r.verdict, Verdict::CurrentUnknown, "{}", r.reason);
+        assert_eq!(r.verdict, PreStopVerdict::CurrentUnknown, "{}", r.reason);
         assert!(
             r.reason.contains("httpGet :8080/drain") && r.reason.contains("at least 2 s"),
             "{}",
@@ -736,7 +738,7 @@ mod tests {
         let mut w = web(6, 3);
         w.pods[0].prestop_ran_ns = Some(1_500 * MS);
         let r = advise_workload(&w, Some(&hook), &Options::default());
-        assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+        assert_eq!(r.verdict, PreStopVerdict::Ok, "{}", r.reason);
     }
 
     #[test]
@@ -747,7 +749,7 @@ mod tests {
             p.needed_ns = None;
         }
         let r = advise_workload(&w, None, &Options::default());
-        assert_eq!(r.verdict, Verdict::NoData);
+        assert_eq!(r.verdict, PreStopVerdict::NoData);
         assert!(r.advised.is_none());
     }
 }

@@ -19,8 +19,8 @@ use anyhow::Context as _;
 use clap::Args;
 
 pub use advise::{
-    Options, Recommendation, Recommendations, Verdict, WorkloadEvidence, WorkloadKey, gather,
-    recommend,
+    Options, PreStopVerdict, Recommendation, Recommendations, WorkloadEvidence, WorkloadKey,
+    gather, recommend,
 };
 pub use render::Format;
 pub use source::from_cluster;

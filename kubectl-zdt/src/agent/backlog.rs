@@ -1,9 +1,9 @@
-//! The agent's in-memory journal: every observation it emitted, numbered, so a reader that
+//! The agent's backlog, in memory: every observation it emitted, numbered, so a reader that
 //! reconnects (a port-forward that broke, a CLI restarted) resumes exactly where it stopped.
 //! Bounded: when full the oldest lines go, and a reader asking for them is told how many it
 //! missed instead of silently skipping them.
 //!
-//! With a disk journal attached ([`Journal::attach_disk`], `--journal-dir`), every line pushed
+//! With a disk journal attached ([`Backlog::attach_disk`], `--journal-dir`), every line pushed
 //! here is also appended there (crate::journal), which outlives the process and serves
 //! `GET /history`.
 
@@ -21,7 +21,7 @@ pub const CAPACITY: usize = 500_000;
 
 /// Numbered observation lines shared by the producers and the HTTP readers.
 #[derive(Default)]
-pub struct Journal {
+pub struct Backlog {
     inner: Mutex<Inner>,
     grew: Notify,
     disk: OnceLock<Arc<crate::journal::Shared>>,
@@ -55,7 +55,7 @@ pub struct Read {
     pub lines: Vec<Arc<str>>,
 }
 
-impl Journal {
+impl Backlog {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner {
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_reader_resuming_after_eviction_is_told_how_many_lines_it_missed() {
-        let j = Journal::new(3);
+        let j = Backlog::new(3);
         for _ in 0..5 {
             j.push(&obs(Kind::Refused));
         }
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn loss_counts_add_up_and_the_first_agent_start_is_kept() {
-        let j = Journal::new(10);
+        let j = Backlog::new(10);
         let mut first = obs(Kind::AgentStart);
         first.reason = Some("first".into());
         j.push(&first);

@@ -13,7 +13,7 @@
 //! kernel's verifier), counting refused connections exactly and, with its dataplane watcher
 //! started as `agent --standalone` does, reporting a drain and a re-add of kube-proxy's IPVS in
 //! its namespace; then, on those kernels, the whole agent again with kube-proxy's nat rules
-//! written by the real `iptables-legacy-restore` (ipvs_guest/legacy.rs: the tables are modules
+//! written by the real `iptables-legacy-restore` (tests/guest/ipvs_vm/legacy.rs: the tables are modules
 //! there, so each change must be timed by the table module's reference, within 5 ms of the
 //! kernel's swap as kprobes see it). It prints one `CHECK ok|FAIL`
 //! line per check, one
@@ -48,7 +48,6 @@ use kubectl_zdt::{
 };
 use serde::Serialize;
 
-#[path = "ipvs_guest/legacy.rs"]
 mod legacy;
 
 const NODE_IP: &str = "192.168.50.10";
@@ -992,7 +991,7 @@ fn kernel_version() -> (u32, u32) {
 fn main() -> ExitCode {
     if nix::unistd::geteuid().as_raw() != 0 {
         eprintln!(
-            "ipvs_guest: must run as root inside the VM of `cargo xtask ipvs-vm` (it programs IPVS); run that command instead"
+            "ipvs_vm_guest: must run as root inside the VM of `cargo xtask ipvs-vm` (it programs IPVS); run that command instead"
         );
         return ExitCode::from(2);
     }

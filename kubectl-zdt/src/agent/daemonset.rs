@@ -9,19 +9,19 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::net::TcpListener;
 
 use super::{
-    Agent, AgentConfig,
+    AgentConfig,
     api_watch::{ApiWatch, PodNamespaces, TOMBSTONE_TTL},
-    journal::{self, Journal},
+    backlog::{self, Backlog},
     own_clients::{NodeAddresses, of_another_node},
     pod_netns::PodNetns,
     pods::PodIndex,
     probes::KubeletProbes,
-    serve::{Endpoint, Gauges},
+    run::{DiskJournal, Kernel, guard, serve_metrics, start_kernel},
+    serve::{AgentServer, Gauges},
 };
-use crate::{observation::Observation, process::termination};
 
 /// Binds the endpoint, refusing anything but a loopback address: the stream is only for
 /// clients that came through the API server's port-forward (docs/security.md).
@@ -47,52 +47,49 @@ pub async fn run(
         .context("failed to reach the Kubernetes API from the agent (in-cluster config)")?;
     let client = kube::Client::try_from(super::api_watch::client_config(api))
         .context("failed to build the agent's Kubernetes API client")?;
-    let journal = Journal::new(journal::CAPACITY);
-    let disk = super::open_journal(&config)?;
-    let ticker = disk.clone().map(|d| {
-        journal.attach_disk(d.clone());
-        tokio::spawn(super::tick_journal(d))
-    });
+    let journal = Backlog::new(backlog::CAPACITY);
+    let disk = DiskJournal::open(&config)?;
+    if let Some(d) = &disk {
+        journal.attach_disk(d.shared.clone());
+    }
     let gauges = Arc::new(Gauges {
         metrics: super::metrics::Metrics::new(super::metrics::Scope::OwnPods, metrics.settle),
         ..Gauges::default()
     });
     if let Some(d) = &disk {
-        gauges.journal_opened(d);
+        gauges.journal_opened(&d.shared);
     }
-    let endpoint = Endpoint {
+    let endpoint = AgentServer {
         node: config.node.clone(),
         journal: journal.clone(),
         gauges: gauges.clone(),
     };
-    let server = tokio::spawn(endpoint.serve(listener));
+    let server = guard(endpoint.serve(listener));
     // The loopback endpoint serves /metrics too; this one records settled pods without a
     // scrape, and serves /metrics beyond the loopback only when asked to.
     let metrics_server = match metrics.listen {
-        Some(addr) => super::serve_metrics(addr, gauges.clone()).await?,
-        None => tokio::spawn(super::keep_settling(gauges.clone())),
+        Some(addr) => serve_metrics(addr, gauges.clone()).await?,
+        None => guard(super::run::keep_settling(gauges.clone())),
     };
 
     // Filtering on from the start: only this node's pod addresses, added as they appear.
     config.filter = true;
-    let mut agent = Agent::start(&config)?;
-    let filter = agent
-        .take_filter()
-        .context("the kernel watch filter is missing from the loaded probes")?;
-    gauges.ready.store(true, Ordering::Relaxed);
-
+    let Kernel {
+        mut agent,
+        tx,
+        mut rx,
+        stops: [kernel_stop, api_stop],
+        loaded: filter,
+        dataplane: _dataplane,
+    } = start_kernel(&config, |agent| {
+        let filter = agent
+            .take_filter()
+            .context("the kernel watch filter is missing from the loaded probes")?;
+        gauges.ready.store(true, Ordering::Relaxed);
+        Ok(filter)
+    })
+    .await?;
     let pods = Arc::new(Mutex::new(PodIndex::new(TOMBSTONE_TTL)));
-    let (tx, mut rx) = mpsc::channel::<Observation>(4096);
-    let (kernel_stop, api_stop) = (termination(), termination());
-    agent.announce(&tx).await;
-    // The node's kube-proxy dataplane (hostNetwork: this is the node's namespace): when each
-    // backend stops being routed, and which pod a client's error toward a Service reached.
-    let _dataplane = if config.dataplane {
-        Some(agent.start_dataplane(&config.node, &tx)?)
-    } else {
-        None
-    };
-    super::release_freed_memory();
     // Each pod's network namespace (hostPID): its listeners on wildcard addresses, its
     // processes' signals, execs and exits, and the namespace's removal.
     let gone = agent
@@ -127,11 +124,7 @@ pub async fn run(
         journal.push(&o);
         gauges.metrics.observe(&o);
     }
-    server.abort();
-    metrics_server.abort();
-    if let Some(t) = ticker {
-        t.abort();
-    }
+    drop((server, metrics_server));
     if let Some(d) = disk {
         d.close();
     }
