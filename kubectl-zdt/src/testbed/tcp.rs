@@ -164,7 +164,7 @@ pub fn errno_name(e: &std::io::Error) -> String {
 ///
 /// The wait spins (`poll` with no timeout) on the calling thread: the retransmission timers were
 /// armed on its CPU, so their softirqs run on top of this thread rather than on whatever other
-/// task happens to be there (see `syns_to_a_gone_pod` in tests/termination.rs for why that
+/// task happens to be there (see `syns_to_a_gone_pod` in tests/kernel/termination.rs for why that
 /// matters).
 pub fn syns_until_given_up(
     target: SocketAddr,
