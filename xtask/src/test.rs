@@ -32,6 +32,19 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The product as shipped, without the `test-support` feature (`--lib --bins` use no
+    // dev-dependencies, so nothing turns it on): the run above builds the library with it, so
+    // only this one sees product code that needs test-only code, or imports only it uses.
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "--package",
+        "kubectl-zdt",
+        "--lib",
+        "--bins",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     clippy_ebpf()?;
     // Every crate's unit tests and the integration tests that need nothing, in parallel; then
     // the kernel tests, one at a time. The same packages in both commands: cargo resolves the
