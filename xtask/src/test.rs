@@ -1,8 +1,10 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest.
 //!
-//! The privileged tests (real probes in this kernel, real traffic between network namespaces)
-//! run as root, one at a time (the probes see every namespace, so two tests' traffic would
-//! mix). Without root this fails: those tests are never skipped silently.
+//! The integration tests are two binaries: `offline` (kubectl-zdt/tests/offline/main.rs) needs
+//! nothing and runs in parallel; `kernel` (kubectl-zdt/tests/kernel/main.rs: real probes in this
+//! kernel, real traffic between network namespaces) runs as root, one test at a time (the probes
+//! see every namespace, so two tests' traffic would mix). Without root this fails: those tests
+//! are never skipped silently.
 //!
 //! Last, IPVS on a real kernel: this machine's kernel has no IPVS, so `ipvs_vm` boots
 //! Debian's kernels (6.1, then 6.12) in a QEMU guest under TCG emulation (no KVM needed;
@@ -42,23 +44,26 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    clippy_ebpf()?;
+    // The product as shipped, without the `test-support` feature (`--lib --bins` use no
+    // dev-dependencies, so nothing turns it on): the run above builds the library with it, so
+    // only this one sees product code that needs test-only code, or imports only it uses.
     cmd::run(cmd::cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "zdt-ebpf",
-        "--lib",
-        "--bins",
-    ]))?;
-    cmd::run(cmd::cargo().args([
-        "test",
+        "clippy",
         "--package",
         "kubectl-zdt",
-        "--tests",
+        "--lib",
+        "--bins",
         "--",
-        "--test-threads=1",
+        "-D",
+        "warnings",
     ]))?;
+    clippy_ebpf()?;
+    // Every crate's unit tests and the integration tests that need nothing, in parallel; then
+    // the kernel tests, one at a time. The same packages in both commands: cargo resolves the
+    // same features, so the library and its unit tests are built once and run once (`--tests`
+    // would run the unit tests again).
+    cmd::run(cargo_test().args(["--lib", "--bins", "--test", "offline"]))?;
+    cmd::run(cargo_test().args(["--test", "kernel", "--", "--test-threads=1"]))?;
     ipvs_vm::run(&ipvs_vm::IpvsVmArgs {
         accel: ipvs_vm::Accel::Tcg,
         update_fixtures: false,
@@ -79,6 +84,13 @@ pub fn run() -> anyhow::Result<()> {
     })?;
     eprintln!("xtask test: all checks passed");
     Ok(())
+}
+
+/// `cargo test` of the workspace's host crates.
+fn cargo_test() -> std::process::Command {
+    let mut cargo = cmd::cargo();
+    cargo.args(["test", "--workspace", "--exclude", "zdt-ebpf"]);
+    cargo
 }
 
 /// What a run from a clean clone writes under target/: 3.8 GB measured on 2026-11-22 (was

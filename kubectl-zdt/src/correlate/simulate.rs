@@ -8,6 +8,10 @@
 //! the pod, just before the removal), `dataplane_removed`, and — when it removed the pod after
 //! the listener closed — the refused SYNs its clients caused, one aggregated `refused` line with
 //! `count` on the pod's node.
+//!
+//! Test-only: built with the `test-support` feature (tests and benchmarks), never in the
+//! product binary. The gate is here rather than on `mod simulate` so that it stays with the file.
+#![cfg(feature = "test-support")]
 
 use std::net::{IpAddr, Ipv4Addr};
 

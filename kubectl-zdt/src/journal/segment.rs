@@ -232,7 +232,7 @@ fn resync(bytes: &[u8], from: usize) -> (Option<BlockMeta>, Option<usize>) {
 
 /// Scans a whole segment held in memory, checking every block's CRC and resynchronising after
 /// damage: the recovery scan of the tail segment, and of a sealed segment whose header chain
-/// does not hold. Never panics, whatever the bytes (tests/journal_fuzz.rs).
+/// does not hold. Never panics, whatever the bytes (tests/offline/journal_fuzz.rs).
 pub fn scan_bytes(bytes: &[u8]) -> std::result::Result<Scan, UnknownVersion> {
     let len = bytes.len();
     let mut scan = Scan {

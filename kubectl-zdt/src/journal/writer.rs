@@ -1,7 +1,7 @@
 //! `kubectl-zdt journal-writer` (hidden): appends numbered observations to a journal as fast as
 //! it can and, after each flush, prints `flushed N` (every line numbered below N is written).
 //! It first prints `start N CUT`: the number it resumes at and the bytes recovery cut off.
-//! The crash test (tests/journal.rs) kills it with SIGKILL at random instants and checks
+//! The crash test (tests/offline/journal.rs) kills it with SIGKILL at random instants and checks
 //! that every flushed line survived intact and that the next writer resumes after them.
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};

@@ -115,6 +115,7 @@ impl Netns {
     }
 
     /// Runs `f` inside the namespace and waits for its result.
+    #[cfg(feature = "test-support")]
     pub fn run_in<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -138,6 +139,7 @@ impl<T> NsThread<T> {
         }
     }
 
+    #[cfg(feature = "test-support")]
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
@@ -145,6 +147,7 @@ impl<T> NsThread<T> {
 
 /// Joins `a` and `b` with a veth pair named `eth0` on both sides, with the given addresses
 /// (`ip/prefix`, IPv4 or IPv6), and brings both ends up.
+#[cfg(feature = "test-support")]
 pub fn veth_pair(a: &Netns, b: &Netns, addrs_a: &[&str], addrs_b: &[&str]) -> anyhow::Result<()> {
     a.exec(
         "ip",

@@ -144,16 +144,19 @@ impl Node {
 
     /// The same through the legacy x_tables backend (kube-proxy on a node whose iptables is
     /// `iptables-legacy`).
+    #[cfg(feature = "test-support")]
     pub fn iptables_legacy_restore(&self, input: &str) -> anyhow::Result<()> {
         self.pipe_into("iptables-legacy-restore", &["-w", "--noflush"], input)
     }
 
     /// ip6tables through the legacy backend (kube-proxy's IPv6 rules on an iptables-legacy node).
+    #[cfg(feature = "test-support")]
     pub fn ip6tables_legacy_restore(&self, input: &str) -> anyhow::Result<()> {
         self.pipe_into("ip6tables-legacy-restore", &["-w", "--noflush"], input)
     }
 
     /// Applies an nft script as one transaction, as kube-proxy's nftables mode does.
+    #[cfg(feature = "test-support")]
     pub fn nft_apply(&self, input: &str) -> anyhow::Result<()> {
         self.pipe_into("nft", &["-f", "-"], input)
     }

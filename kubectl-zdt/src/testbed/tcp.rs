@@ -1,8 +1,10 @@
 //! TCP clients that run inside testbed namespaces and record ground truth (the servers are
 //! real pod processes, see `app`).
 
+#[cfg(feature = "test-support")]
+use std::io::{Read as _, Write as _};
 use std::{
-    io::{ErrorKind, Read as _, Write as _},
+    io::ErrorKind,
     net::{SocketAddr, TcpStream},
     sync::{
         Arc, Mutex,
@@ -40,6 +42,7 @@ pub fn connect_loop(
 /// Like [`connect_loop`], but each attempt is a whole HTTP exchange, as a real client's: a new
 /// connection, a request, the response read to the server's close. An attempt fails with the
 /// first error of any step (timeouts 1 s).
+#[cfg(feature = "test-support")]
 pub fn request_loop(
     ns: &Netns,
     target: SocketAddr,
@@ -83,8 +86,10 @@ fn attempt_loop(
     })
 }
 
+#[cfg(feature = "test-support")]
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nhost: web\r\n\r\n";
 
+#[cfg(feature = "test-support")]
 pub(crate) fn request_once(target: SocketAddr) -> std::io::Result<()> {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -95,6 +100,7 @@ pub(crate) fn request_once(target: SocketAddr) -> std::io::Result<()> {
 }
 
 /// How a keep-alive client's connection ended.
+#[cfg(feature = "test-support")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeepAlive {
     /// Requests answered on the one connection.
@@ -105,6 +111,7 @@ pub struct KeepAlive {
 
 /// One persistent connection to `target` sending a request every `interval` and reading each
 /// answer (`app::KEEP_ALIVE_RESPONSE`), until an error or `stop`. The connect must succeed.
+#[cfg(feature = "test-support")]
 pub fn keep_alive_requests(
     target: SocketAddr,
     interval: Duration,
@@ -134,6 +141,7 @@ pub fn keep_alive_requests(
 }
 
 /// Connects once; Ok(()) or the errno name.
+#[cfg(feature = "test-support")]
 pub fn connect_once(target: SocketAddr) -> Result<(), String> {
     TcpStream::connect_timeout(&target, Duration::from_secs(1))
         .map(|_| ())
@@ -164,8 +172,9 @@ pub fn errno_name(e: &std::io::Error) -> String {
 ///
 /// The wait spins (`poll` with no timeout) on the calling thread: the retransmission timers were
 /// armed on its CPU, so their softirqs run on top of this thread rather than on whatever other
-/// task happens to be there (see `syns_to_a_gone_pod` in tests/termination.rs for why that
+/// task happens to be there (see `syns_to_a_gone_pod` in tests/kernel/termination.rs for why that
 /// matters).
+#[cfg(feature = "test-support")]
 pub fn syns_until_given_up(
     target: SocketAddr,
     count: usize,
@@ -203,6 +212,7 @@ pub fn syns_until_given_up(
 
 /// A non-blocking socket with `TCP_SYNCNT` set, connecting to `target`; the outcome already when
 /// connect() gave one at once.
+#[cfg(feature = "test-support")]
 fn syn_socket(
     target: SocketAddr,
     syn_retries: u8,
@@ -253,6 +263,7 @@ fn syn_socket(
 }
 
 /// The outcome of a pending connect, if it has one yet (a poll that does not wait).
+#[cfg(feature = "test-support")]
 fn outcome(stream: &TcpStream) -> Option<Result<(), String>> {
     use std::os::fd::AsRawFd as _;
     let mut pfd = libc::pollfd {
@@ -272,6 +283,7 @@ fn outcome(stream: &TcpStream) -> Option<Result<(), String>> {
 }
 
 /// `tcpi_total_retrans` of a socket.
+#[cfg(feature = "test-support")]
 fn total_retrans(stream: &TcpStream) -> u32 {
     use std::os::fd::AsRawFd as _;
     // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes.
@@ -290,6 +302,7 @@ fn total_retrans(stream: &TcpStream) -> u32 {
     info.tcpi_total_retrans
 }
 
+#[cfg(feature = "test-support")]
 fn sockaddr_of(target: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data, large enough for either family.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

@@ -1,5 +1,10 @@
-//! Shared by the privileged integration tests: root check, the agent as a child process.
+//! Shared by both integration-test binaries (`offline` and `kernel`): the API server double,
+//! the recorded rollouts, an agent's HTTP endpoint, and for the kernel tests the root check and
+//! the agent as a child process.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
+
+pub mod kube_double;
+pub mod recorded;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -8,15 +13,43 @@ use std::{
     time::Duration,
 };
 
-use kubectl_zdt::observation::{Kind, Observation};
+use kubectl_zdt::{
+    agent::{
+        backlog::Backlog,
+        serve::{AgentServer, Gauges},
+    },
+    observation::{Kind, NodeName, Observation},
+};
 
-/// These tests load eBPF programs and create network namespaces. Without root they fail, loudly:
-/// a silently skipped kernel test is a test that cannot fail.
+/// The kernel tests load eBPF programs, create network namespaces and write nf_tables and
+/// x_tables rules. Without root they fail, loudly: a silently skipped kernel test is a test that
+/// cannot fail.
+#[track_caller]
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "this test needs root (eBPF + network namespaces): run `sudo ./x test`"
+        "this test needs root (eBPF programs, network namespaces, nf_tables and x_tables rules): \
+         run it as root (`sudo ./x test`)"
     );
+}
+
+/// A node's agent as `kubectl zdt` reaches it: the agent's HTTP endpoint for `node`, serving
+/// `journal` and `gauges` on a loopback port (returned) until the runtime ends. Port-forward a
+/// double's agent pod to it.
+pub async fn agent_endpoint(
+    node: &str,
+    journal: std::sync::Arc<Backlog>,
+    gauges: std::sync::Arc<Gauges>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = AgentServer {
+        node: NodeName(node.into()),
+        journal,
+        gauges,
+    };
+    tokio::spawn(endpoint.serve(listener));
+    addr
 }
 
 /// `kubectl-zdt agent --standalone` as a child; killed on drop if still running.

@@ -15,7 +15,7 @@
 //! Verified on a real kernel: `cargo xtask ipvs-vm` boots Debian's 6.1 kernel (IPVS as modules)
 //! in a QEMU guest, programs kube-proxy-shaped virtual and real servers there ([`Command`]) and
 //! checks [`Live`]/[`read`] and the whole dataplane watcher against it (docs/dataplane.md, IPVS).
-//! The dumps it recorded ([`Dump`]) are replayed in CI ([`Replay`], tests/ipvs_recorded.rs)
+//! The dumps it recorded ([`Dump`]) are replayed in CI ([`Replay`], tests/offline/ipvs_recorded.rs)
 //! through the same `decode_datagram` the live reader uses. The kernel this project is built on
 //! has no IPVS (CONFIG_IP_VS unset, no modules). kube-proxy drains a
 //! terminating endpoint by setting its real server's weight to 0 before deleting it: a weight-0
@@ -29,6 +29,7 @@
 mod live;
 mod reader;
 mod recorded;
+#[cfg(feature = "test-support")]
 mod test_commands;
 mod wire;
 
@@ -46,6 +47,7 @@ pub use self::{
     wire::{IpvsMessage, RawDest, decode_datagram, encode_request},
 };
 // Test-only: writing to IPVS (see `test_commands`).
+#[cfg(feature = "test-support")]
 pub use self::test_commands::{Command, encode_command};
 use self::wire::parse_service;
 use super::model::{Backend, Protocol, ServiceAddr};

@@ -2,10 +2,9 @@
 //! pod with a positive gap (simulated rollouts of several workloads, any timeline; and the
 //! recorded v1.36 rollouts); and the command on recorded files.
 
-mod recorded;
-
 use std::{collections::BTreeMap, path::PathBuf};
 
+use crate::support::recorded::{ROLLOUTS, convert};
 use kubectl_zdt::{
     correlate::{
         self, Options as CorrelateOptions, Report,
@@ -16,7 +15,6 @@ use kubectl_zdt::{
     recommend::{self, Options, PreStopVerdict, WorkloadKey},
 };
 use proptest::prelude::*;
-use recorded::{ROLLOUTS, convert};
 
 const T0: WallNs = WallNs(1_795_310_205_000_000_000);
 /// Rollouts of one workload are this far apart (more than the engine's 10 min split).

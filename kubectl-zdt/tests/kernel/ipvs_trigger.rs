@@ -27,18 +27,13 @@ use kubectl_zdt::{
 };
 use zdt_common::genl;
 
+use crate::support::require_root;
+
 /// A family id no generic-netlink family has on this kernel (ids are allocated upwards from
 /// 0x10; the ack of every request below says ENOENT, which the test checks).
 const FAMILY: u16 = 1000;
 /// The kernel converts the exit's `CLOCK_MONOTONIC` to wall time with a measured offset.
 const CLOCK_SLACK: SignedDuration = SignedDuration::from_millis(1);
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test loads eBPF programs and creates network namespaces: run it as root (`sudo ./x test`)"
-    );
-}
 
 /// A generic-netlink request as moby/ipvs writes it: nlmsghdr (request + ack), genlmsghdr
 /// (command, version 1), then a nested service attribute standing in for the real ones.
@@ -201,6 +196,7 @@ fn the_send_programs_are_attached_only_once_an_ipvs_family_is_armed() {
         "sys_enter_sendmsg",
         "sys_exit_sendmsg",
     ];
+    require_root();
     let node = Node::create().unwrap();
     let mut config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
     config.filter = true;

@@ -2,13 +2,11 @@
 //! the raw watch streams, `nft monitor` output and a client's failures, converted by the library
 //! adapters and correlated.
 
-mod recorded;
-
 use std::path::Path;
 
+use crate::support::recorded::{convert, read};
 use kubectl_zdt::correlate::{self, Basis, Options, Report, Verdict};
 use kubectl_zdt::observation::Observation;
-use recorded::{convert, read};
 
 /// The converted stream is committed (tests/fixtures/correlate/real-*.jsonl) so `kubectl zdt
 /// analyze` can be run on it; this keeps it in step with the adapters. `ZDT_BLESS=1` rewrites it.

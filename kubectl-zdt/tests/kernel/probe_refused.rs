@@ -2,15 +2,13 @@
 //! the agent reports exactly the refused connections of the watched address — and nothing of the
 //! unwatched one next to it. Needs root.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
+use crate::support::{AgentProcess, assert_all_refused, require_root, ring_buffer_lost, total};
 use kubectl_zdt::{
     observation::Kind,
     testbed::{Netns, tcp::connect_once, veth_pair},
 };
-use support::{AgentProcess, assert_all_refused, require_root, ring_buffer_lost, total};
 
 const N: usize = 25;
 const M: usize = 7;

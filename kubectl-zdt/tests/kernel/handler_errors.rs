@@ -4,7 +4,7 @@
 //! map, where the loss lines (`HANDLER_ERROR`) are made from it. With the offsets resolved, the
 //! same RSTs fail nothing. Needs root.
 
-mod support;
+use crate::support;
 
 use std::net::{TcpListener, TcpStream};
 

@@ -7,7 +7,7 @@
 //! flow scenarios, the kernel's own routing decisions: conntrack NEW events of a client that
 //! connects every millisecond bracket the moment the node switched backends.
 
-mod support;
+use crate::support::{self, require_root};
 
 use std::{
     net::SocketAddr,
@@ -42,13 +42,6 @@ const ACCURACY: SignedDuration = SignedDuration::from_millis(5);
 const MAX_STATED: SignedDuration = SignedDuration::from_millis(50);
 /// How long the watcher gets to report a change before the test looks.
 const SETTLE: Duration = Duration::from_millis(500);
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests create network namespaces, nf_tables and x_tables rules and load eBPF programs: run them as root (`sudo ./x test`)"
-    );
-}
 
 /// The node's address NodePort traffic is accepted on (its bridge).
 const NODE_IP: &str = "198.18.0.1";
@@ -625,30 +618,38 @@ fn mode_is_reported_when_kube_proxy_starts_after_the_agent(dp: &Dataplane) {
     assert_eq!(added, usize::from(SERVICES) * usize::from(PER_SERVICE));
 }
 
-#[test]
-fn iptables_nft_mode_is_reported_when_kube_proxy_starts_after_the_agent() {
-    mode_is_reported_when_kube_proxy_starts_after_the_agent(&IPTABLES_NFT);
+/// Each scenario above, once per kube-proxy mode: a test named `<scenario>::<mode>` (e.g.
+/// `dataplane::last_endpoints_leaving_are_each_reported::nftables`), so a failure names both and
+/// `cargo test nftables` runs one mode's cases.
+macro_rules! in_each_mode {
+    ($($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn iptables_nft() {
+                super::$scenario(&super::IPTABLES_NFT);
+            }
+
+            #[test]
+            fn iptables_legacy() {
+                super::$scenario(&super::IPTABLES_LEGACY);
+            }
+
+            #[test]
+            fn nftables() {
+                super::$scenario(&super::NFTABLES);
+            }
+        }
+    )+};
 }
 
-#[test]
-fn nftables_mode_is_reported_when_kube_proxy_starts_after_the_agent() {
-    mode_is_reported_when_kube_proxy_starts_after_the_agent(&NFTABLES);
-}
-
-#[test]
-fn iptables_nft_netlink_dump_reads_what_iptables_save_prints() {
-    kernel_read_matches_what_the_tools_print(&IPTABLES_NFT);
-}
-
-#[test]
-fn nftables_netlink_dump_reads_what_nft_json_prints() {
-    kernel_read_matches_what_the_tools_print(&NFTABLES);
-}
-
-#[test]
-fn iptables_legacy_table_blob_reads_what_iptables_legacy_save_prints() {
-    kernel_read_matches_what_the_tools_print(&IPTABLES_LEGACY);
-}
+in_each_mode!(
+    one_backend_removed_then_resync_then_readded,
+    unrelated_service_changes_cause_no_false_removal,
+    last_endpoints_leaving_are_each_reported,
+    removal_time_matches_the_last_flow_routed_to_the_old_pod,
+    mode_is_reported_when_kube_proxy_starts_after_the_agent,
+    kernel_read_matches_what_the_tools_print,
+);
 
 /// The watcher alone in the node's namespace, with the test as its trigger: the watcher and a
 /// function returning its next observation (failing after 10 s without one).
@@ -1136,71 +1137,6 @@ fn iptables_legacy_a_replace_the_kernel_rejects_is_not_reported() {
     );
 }
 
-#[test]
-fn iptables_legacy_mode_is_reported_when_kube_proxy_starts_after_the_agent() {
-    mode_is_reported_when_kube_proxy_starts_after_the_agent(&IPTABLES_LEGACY);
-}
-
-#[test]
-fn iptables_legacy_one_backend_removed_among_many_services_then_resync_then_readded() {
-    one_backend_removed_then_resync_then_readded(&IPTABLES_LEGACY);
-}
-
-#[test]
-fn iptables_legacy_unrelated_service_changes_cause_no_false_removal() {
-    unrelated_service_changes_cause_no_false_removal(&IPTABLES_LEGACY);
-}
-
-#[test]
-fn iptables_legacy_last_endpoints_leaving_are_each_reported() {
-    last_endpoints_leaving_are_each_reported(&IPTABLES_LEGACY);
-}
-
-#[test]
-fn iptables_legacy_removal_time_matches_the_last_flow_routed_to_the_old_pod() {
-    removal_time_matches_the_last_flow_routed_to_the_old_pod(&IPTABLES_LEGACY);
-}
-
-#[test]
-fn iptables_nft_one_backend_removed_among_many_services_then_resync_then_readded() {
-    one_backend_removed_then_resync_then_readded(&IPTABLES_NFT);
-}
-
-#[test]
-fn iptables_nft_unrelated_service_changes_cause_no_false_removal() {
-    unrelated_service_changes_cause_no_false_removal(&IPTABLES_NFT);
-}
-
-#[test]
-fn iptables_nft_last_endpoints_leaving_are_each_reported() {
-    last_endpoints_leaving_are_each_reported(&IPTABLES_NFT);
-}
-
-#[test]
-fn iptables_nft_removal_time_matches_the_last_flow_routed_to_the_old_pod() {
-    removal_time_matches_the_last_flow_routed_to_the_old_pod(&IPTABLES_NFT);
-}
-
-#[test]
-fn nftables_one_backend_removed_among_many_services_then_resync_then_readded() {
-    one_backend_removed_then_resync_then_readded(&NFTABLES);
-}
-
-#[test]
-fn nftables_unrelated_service_changes_cause_no_false_removal() {
-    unrelated_service_changes_cause_no_false_removal(&NFTABLES);
-}
-
-#[test]
-fn nftables_last_endpoints_leaving_are_each_reported() {
-    last_endpoints_leaving_are_each_reported(&NFTABLES);
-}
-
-#[test]
-fn nftables_removal_time_matches_the_last_flow_routed_to_the_old_pod() {
-    removal_time_matches_the_last_flow_routed_to_the_old_pod(&NFTABLES);
-}
-
 /// IPVS over generic netlink where the kernel has it; where it does not (this project's kernel:
 /// CONFIG_IP_VS unset), the controller has no family "IPVS", there is no /proc/net/ip_vs, and
 /// the watcher neither polls nor claims an IPVS trigger.
@@ -1505,7 +1441,7 @@ fn ip6tables_legacy_is_read_and_watched() {
 #[test]
 fn iptables_legacy_reads_the_real_v1_36_table_as_iptables_legacy_save_prints_it() {
     require_root();
-    let fixture = include_str!("fixtures/kube-proxy-v1.36/iptables-nft-nat.save");
+    let fixture = include_str!("../fixtures/kube-proxy-v1.36/iptables-nft-nat.save");
     let node = Node::create().unwrap();
     node.iptables_legacy_restore(fixture).unwrap();
     let (saved, from_kernel) = node

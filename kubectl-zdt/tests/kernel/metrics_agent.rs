@@ -3,8 +3,6 @@
 //! over HTTP inside the node's namespace, parsed with a Prometheus text-format parser, and each
 //! value is checked against the observation lines the same agent printed. Needs root.
 
-mod support;
-
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
@@ -12,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use crate::support::{AgentProcess, assert_all_refused, require_root, total};
 use kubectl_zdt::{
     correlate::{self, Options},
     observation::{Kind, Observation},
@@ -24,7 +23,6 @@ use kubectl_zdt::{
     },
 };
 use prometheus_parse::{Scrape, Value};
-use support::{AgentProcess, assert_all_refused, require_root, total};
 
 const METRICS: &str = "127.0.0.1:9464";
 

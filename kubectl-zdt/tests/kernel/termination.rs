@@ -2,7 +2,7 @@
 //! while clients keep connecting through its Service, and every mark and count the agent reports
 //! is checked against the testbed's ground truth. Needs root.
 
-mod support;
+use crate::support;
 
 use std::{
     io::{Read as _, Write as _},
@@ -11,6 +11,10 @@ use std::{
     time::Duration,
 };
 
+use crate::support::{
+    AgentProcess, assert_all_refused, netns_of, of_kind, off_ms, require_root, ring_buffer_lost,
+    total,
+};
 use kubectl_zdt::{
     observation::{Kind, Observation},
     testbed::{
@@ -20,10 +24,6 @@ use kubectl_zdt::{
         pod::{PodProcess, PodSpec, Truth},
         tcp::connect_once,
     },
-};
-use support::{
-    AgentProcess, assert_all_refused, netns_of, of_kind, off_ms, require_root, ring_buffer_lost,
-    total,
 };
 
 /// Timing bound of the issue: each mark within 2 ms of ground truth.

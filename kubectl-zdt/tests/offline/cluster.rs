@@ -1,17 +1,15 @@
 //! `kubectl zdt install | status | uninstall` against the scripted API server (a test double,
-//! tests/kube_double/apiserver.rs), with the agents' endpoints served on 127.0.0.1 and reached
+//! tests/support/kube_double/apiserver.rs), with the agents' endpoints served on 127.0.0.1 and reached
 //! through the double's port-forward, as the CLI reaches real agents through the API server.
-
-mod kube_double;
 
 use std::{sync::Arc, time::Duration};
 
-use kube_double::{apiserver::ApiServer, rbac};
+use crate::support::{
+    self,
+    kube_double::{apiserver::ApiServer, rbac},
+};
 use kubectl_zdt::{
-    agent::{
-        backlog::Backlog,
-        serve::{AgentServer, Gauges},
-    },
+    agent::{backlog::Backlog, serve::Gauges},
     cluster::{
         self, NAMESPACE,
         connect::KubeArgs,
@@ -395,14 +393,7 @@ async fn serve_agent(node: &str) -> (std::net::SocketAddr, Arc<Backlog>) {
             .with_extra("mode", "iptables-nft")
             .with_extra("modes", vec!["iptables-nft"]),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let endpoint = AgentServer {
-        node: NodeName(node.into()),
-        journal: journal.clone(),
-        gauges,
-    };
-    tokio::spawn(endpoint.serve(listener));
+    let addr = support::agent_endpoint(node, journal.clone(), gauges).await;
     (addr, journal)
 }
 

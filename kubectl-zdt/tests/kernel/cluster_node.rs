@@ -5,8 +5,7 @@
 //! pod object is deleted (tombstone) — and serves it all through the double's port-forward.
 //! Needs root.
 
-mod kube_double;
-mod support;
+use crate::support;
 
 use std::{
     io::{Read as _, Write as _},
@@ -15,7 +14,8 @@ use std::{
     time::Duration,
 };
 
-use kube_double::apiserver::ApiServer;
+use crate::support::kube_double::apiserver::ApiServer;
+use crate::support::{require_root, total};
 use kubectl_zdt::{
     agent::{clock::Clock, serve::AgentStatus},
     cluster::agents,
@@ -30,7 +30,6 @@ use kubectl_zdt::{
     },
 };
 use serde_json::json;
-use support::{require_root, total};
 
 const NODE: &str = "zdt-test-node";
 

@@ -6,7 +6,7 @@
 //! and address, as in cluster mode), the API-level lines are the testbed's, and the engine's
 //! report is checked against the testbed's ground truth. Needs root.
 
-mod support;
+use crate::support;
 
 use std::{
     io::{Read as _, Write as _},
@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use crate::support::{AgentProcess, of_kind, off_ms, require_root, total};
 use jiff::Timestamp;
 use kubectl_zdt::{
     agent::{clock::Clock, pods::PodIndex},
@@ -33,9 +34,8 @@ use kubectl_zdt::{
         tcp::{Attempt, KeepAlive, keep_alive_requests, request_loop},
     },
 };
-use support::{AgentProcess, of_kind, off_ms, require_root, total};
 
-/// Each kernel mark within 2 ms of its ground-truth bracket (as in tests/termination.rs).
+/// Each kernel mark within 2 ms of its ground-truth bracket (as in tests/kernel/termination.rs).
 const BOUND_MS: f64 = 2.0;
 const WORKLOAD: &str = "deployment/web";
 

@@ -3,14 +3,12 @@
 //! `kubectl rollout restart` of `webfast` (tests/fixtures/kube-proxy-v1.36/), with a dropped
 //! watch and a compacted history (410 Gone) in the middle of the rollout.
 
-mod kube_double;
-
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use kube_double::{
+use crate::support::kube_double::{
     apiserver::ApiServer,
     fixture::{play, recorded_events, split_recording},
     rbac,

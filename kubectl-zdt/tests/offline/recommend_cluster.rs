@@ -1,21 +1,18 @@
-//! `kubectl zdt recommend` against the scripted API server (tests/kube_double): the workloads'
+//! `kubectl zdt recommend` against the scripted API server (tests/support/kube_double): the workloads'
 //! current settings come from the API, the history of three recorded v1.36 rollouts from the
 //! node agent's `GET /history` through the double's port-forward; a workload that does not
 //! exist is one line and a failure.
-
-mod kube_double;
-mod recorded;
 
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
 };
 
+use crate::support::kube_double::{self, apiserver::ApiServer, rbac};
+use crate::support::recorded::{ROLLOUTS, convert};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use kube_double::{apiserver::ApiServer, rbac};
 use kubectl_zdt::{agent::serve::serve_http, cluster::NAMESPACE};
-use recorded::{ROLLOUTS, convert};
 use serde_json::{Value, json};
 
 /// The agent of node `vm`: answers `/history` with the recorded rollouts and keeps the queries.

@@ -4,25 +4,26 @@
 //! Prometheus text-format parser, and every value is checked against what the observations and
 //! the correlation engine say.
 
-mod recorded;
-
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, Read as _, Write as _},
     sync::Arc,
 };
 
+use crate::support::{
+    self,
+    recorded::{ROLLOUTS, convert},
+};
 use kubectl_zdt::{
     agent::{
         backlog::Backlog,
         metrics::{Metrics, SETTLE, Scope},
-        serve::{AgentServer, Gauges},
+        serve::Gauges,
     },
     correlate::{self, Options},
     observation::{Kind, NodeName, Observation},
 };
 use prometheus_parse::{Sample, Scrape, Value};
-use recorded::{ROLLOUTS, convert};
 
 /// `GET path` over a plain TCP connection (HTTP/1.0: the server closes after the answer).
 fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
@@ -93,14 +94,7 @@ async fn scraped_metrics_equal_what_the_observations_and_the_engine_say() {
     gauges.metrics.observe(&failed);
     all.extend([mode, loss, skipped, failed]);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let endpoint = AgentServer {
-        node: NodeName("vm".into()),
-        journal: Backlog::new(10),
-        gauges: gauges.clone(),
-    };
-    tokio::spawn(endpoint.serve(listener));
+    let addr = support::agent_endpoint("vm", Backlog::new(10), gauges.clone()).await;
     let (head, body) = tokio::task::spawn_blocking(move || get(addr, "/metrics"))
         .await
         .unwrap();

@@ -9,7 +9,7 @@
 //! - node `vm` records a rollout live: the agent's API watches follow the real v1.36 fast-exit
 //!   rollout of `default/deployment/webfast` replayed through the double.
 
-mod kube_double;
+use crate::support::{self, kube_double};
 
 use std::{
     collections::BTreeSet,
@@ -19,19 +19,14 @@ use std::{
     time::Duration,
 };
 
-use jiff::{SignedDuration, Timestamp};
-use kube_double::{
+use crate::support::kube_double::{
     apiserver::ApiServer,
     fixture::{play, split_recording},
     rbac,
 };
+use jiff::{SignedDuration, Timestamp};
 use kubectl_zdt::{
-    agent::{
-        api_watch::ApiWatch,
-        backlog::Backlog,
-        pods::PodIndex,
-        serve::{AgentServer, Gauges},
-    },
+    agent::{api_watch::ApiWatch, backlog::Backlog, pods::PodIndex, serve::Gauges},
     cluster::{
         self,
         connect::KubeArgs,
@@ -62,16 +57,9 @@ async fn start_agent(server: &ApiServer, node: &str, dir: Option<&Path>) -> Arc<
         journal.attach_disk(disk.clone());
         tokio::spawn(kubectl_zdt::agent::tick_journal(disk));
     }
-    let gauges = Arc::new(Gauges::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    server.forward(&format!("zdt-agent-{node}"), listener.local_addr().unwrap());
+    let addr = support::agent_endpoint(node, journal.clone(), Arc::new(Gauges::default())).await;
+    server.forward(&format!("zdt-agent-{node}"), addr);
     server.put(kube_double::agent_pod(node));
-    let endpoint = AgentServer {
-        node: NodeName(node.into()),
-        journal: journal.clone(),
-        gauges,
-    };
-    tokio::spawn(endpoint.serve(listener));
     journal
 }
 

@@ -190,8 +190,8 @@ fn every_file_a_comment_or_document_names_exists_and_none_is_outside_the_reposit
 #[test]
 fn a_reference_is_found_in_prose_and_code_alike() {
     assert_eq!(
-        references("see docs/journal.md, and (tests/journal.rs)."),
-        ["docs/journal.md", "tests/journal.rs"]
+        references("see docs/journal.md, and (tests/offline/journal.rs)."),
+        ["docs/journal.md", "tests/offline/journal.rs"]
     );
     assert_eq!(references("`./src/agent/mod.rs`:12"), ["src/agent/mod.rs"]);
     assert!(references("https://example.com/docs/x.md.html src/agent").is_empty());

@@ -1,7 +1,7 @@
 //! The build script keeps the eBPF build's progress lines back (they reached every `cargo
 //! build` as ~46 warnings) and passes its real warnings and directives on.
 
-#[path = "../build_support/quiet.rs"]
+#[path = "../../build_support/quiet.rs"]
 mod quiet;
 
 #[test]

@@ -4,7 +4,7 @@
 //! reached through the double's port-forward, and the traffic pod's log being the real
 //! client's log of that rollout.
 
-mod kube_double;
+use crate::support::kube_double;
 
 use std::{
     collections::BTreeSet,
@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use kube_double::{
+use crate::support::kube_double::{
     apiserver::ApiServer,
     fixture::{client_log, play, split_recording},
     rbac,

@@ -7,8 +7,7 @@
 //! (but the last test: the agent's capacity-dip metric from its EndpointSlice watch, against
 //! the scripted API server).
 
-mod kube_double;
-mod support;
+use crate::support;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -713,7 +712,7 @@ fn keep_alive_clients_reset_at_the_pods_exit_are_counted_per_client_workload() {
 /// first (a third endpoint ready before one leaves) records none.
 #[tokio::test]
 async fn the_agents_slice_watch_records_a_capacity_dip_of_a_service_on_its_node() {
-    use kube_double::apiserver::ApiServer;
+    use crate::support::kube_double::apiserver::ApiServer;
     use kubectl_zdt::agent::{
         api_watch::ApiWatch, filter::Recorded, pods::PodIndex, serve::Gauges,
     };
