@@ -7,11 +7,7 @@
 //! (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited). A `NO_SOCKET`
 //! RST that answers anything but a bare SYN is [`kind::RESET_STRAY`], never a refusal.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    programs::BtfTracePointContext,
-};
+use aya_ebpf::{EbpfContext as _, helpers::bpf_ktime_get_ns, programs::BtfTracePointContext};
 use zdt_common::{Event, KernelOffsets, kind, rst_reason, tcp_flags};
 
 use crate::{emit::emit, kernel, watch};
@@ -139,7 +135,6 @@ pub fn on_send_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let mut event = Event::new(kind, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
-    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = ends.family;
     event.reason = reason as u32;
     event.addr = ends.saddr;
