@@ -7,9 +7,9 @@
 //! every 64th event (a per-CPU counter) charged it, 190 ns amortized, to whichever program the
 //! 64th event of a CPU fell on, and with two events per refused connection on one CPU that was
 //! always the same program (`inet_sk_error_report`: 892 ns). So the reader is woken only when
-//! the unread data in the ring buffer crosses `ZDT_WAKEUP_EVERY` records (at most half the ring
-//! buffer), which `bpf_ringbuf_query` tells without a counter; otherwise it polls on a short
-//! timer. Every event is either delivered or counted per key in `ZDT_LOST` (userspace reports
+//! the unread data in the ring buffer crosses `ZDT_WAKEUP_BYTES` (`--wakeup-every` records, at
+//! most half the ring buffer), which `bpf_ringbuf_query` tells without a counter; otherwise it
+//! polls on a short timer. Every event is either delivered or counted per key in `ZDT_LOST` (userspace reports
 //! those as `loss` and aggregated lines), so totals stay exact when the ring buffer is full, at
 //! no counter cost for a delivered event.
 
@@ -17,7 +17,6 @@ use aya_ebpf::{
     Global,
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE,
     },
     helpers::bpf_probe_read_kernel_buf,
     macros::map,
@@ -25,9 +24,11 @@ use aya_ebpf::{
 };
 use zdt_common::{CounterKey, Event, IpvsRecord, PendingIpvs, maps};
 
-/// Wake the reader when this many events' records wait unread (1: on every event).
+/// Wake the reader when this many bytes wait unread (0: on every event; the loader sets
+/// `maps::wakeup_bytes`).
 #[unsafe(no_mangle)]
-static ZDT_WAKEUP_EVERY: Global<u64> = Global::new(maps::WAKEUP_EVERY);
+static ZDT_WAKEUP_BYTES: Global<u64> =
+    Global::new(maps::wakeup_bytes(maps::WAKEUP_EVERY, maps::EVENTS_BYTES));
 
 #[map(name = "ZDT_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
@@ -107,8 +108,12 @@ fn deliver(event: &Event, wake: bool) {
     };
     // SAFETY: the reserved, exclusively owned slot of an Event.
     unsafe { store(entry.as_mut_ptr(), event) };
-    bump_stat(maps::STAT_EVENTS_SENT);
-    let flags = if wake || crosses_wakeup_mark(RECORD_BYTES) {
+    let flags = if wake {
+        // Counted for the tests of the dataplane triggers; a map update on every other event
+        // would cost it ~10 ns.
+        bump_stat(maps::STAT_EVENTS_SENT);
+        BPF_RB_FORCE_WAKEUP
+    } else if crosses_wakeup_mark(maps::EVENT_RECORD_BYTES) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -135,21 +140,17 @@ unsafe fn store(slot: *mut Event, event: &Event) {
     }
 }
 
-/// What one [`Event`] takes in the ring buffer: its 8-byte header and the event.
-const RECORD_BYTES: u64 = 8 + core::mem::size_of::<Event>() as u64;
-
 /// Whether the record of `record` bytes just reserved is the one that brought the unread data
-/// to `ZDT_WAKEUP_EVERY` records of events (at most half the ring buffer): the reader is then
-/// woken once per that much data, whatever the rate, and not at all while it keeps up through
-/// its timer. Two CPUs reserving at once may both pass the mark unseen; the reader's timer
-/// drains the ring buffer then, as it does below the mark.
+/// to `ZDT_WAKEUP_BYTES`: the reader is then woken once per that much data, whatever the rate,
+/// and not at all while it keeps up through its timer. Two CPUs reserving at once may both pass
+/// the mark unseen; the reader's timer drains the ring buffer then, as it does below the mark.
+/// One helper call (the mark is computed at load).
 #[inline(always)]
 fn crosses_wakeup_mark(record: u64) -> bool {
-    let every = ZDT_WAKEUP_EVERY.load();
-    if every <= 1 {
+    let mark = ZDT_WAKEUP_BYTES.load();
+    if mark == 0 {
         return true;
     }
-    let mark = (every * RECORD_BYTES).min(EVENTS.query(BPF_RB_RING_SIZE as u64) / 2);
     let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     unread >= mark && unread - record < mark
 }
