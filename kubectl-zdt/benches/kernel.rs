@@ -1,7 +1,12 @@
 //! Kernel-side benchmarks (root; `cargo xtask bench` runs them): cost per event of each probe
-//! from the kernel's own bpf_stats, the connect/close rate kept with the agent running, a
-//! refused-connection storm, and the agent's memory and idle CPU. Prints a Markdown table for
-//! BENCHMARKS.md. Numbers are measured, never asserted: a benchmark reports, tests decide.
+//! from the kernel's own bpf_stats, side by side with the bpftrace one-liners a user would run
+//! instead (same tracepoints, same refused connections between two namespaces; bpftrace must be
+//! installed: `cargo xtask bench` installs it), the connect/close rate kept with the agent
+//! running, a refused-connection storm from a raw-socket SYN flood (per-pod totals against the
+//! generator's and the kernel's own counts, loss reported), and the agent's memory and idle
+//! CPU. Programs are told apart by the descriptors their process holds, so other agents on the
+//! machine do not count. Prints a Markdown table for BENCHMARKS.md. Numbers are measured, never
+//! asserted: a benchmark reports, tests decide.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -9,7 +14,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -96,12 +101,35 @@ fn connect_close_rate(ns: &Netns, secs: f64) -> anyhow::Result<f64> {
 struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    counted: tokio::task::JoinHandle<(u64, u64)>,
+    counted: tokio::task::JoinHandle<Counted>,
+}
+
+/// What the agent reported: refused connections (delivered + aggregated lost), per address
+/// too, and loss.
+#[derive(Default)]
+struct Counted {
+    refused: u64,
+    lost: u64,
+    refused_of: std::collections::HashMap<std::net::IpAddr, u64>,
 }
 
 /// Starts the agent in-process; counts refused (including aggregated lost) and loss.
 fn start_agent(rt: &tokio::runtime::Runtime, watch: &str) -> anyhow::Result<Running> {
-    let config = AgentConfig::new(NodeName("bench".into()), vec![watch.parse()?]);
+    start_agent_with(rt, watch, zdt_common::maps::EVENTS_BYTES)
+}
+
+/// The same with a ring buffer of `ringbuf_bytes`; `watch` lists CIDRs, comma-separated.
+fn start_agent_with(
+    rt: &tokio::runtime::Runtime,
+    watch: &str,
+    ringbuf_bytes: u32,
+) -> anyhow::Result<Running> {
+    let watch = watch
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut config = AgentConfig::new(NodeName("bench".into()), watch);
+    config.ringbuf_bytes = ringbuf_bytes;
     let agent = Agent::start(&config)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(65536);
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -109,15 +137,20 @@ fn start_agent(rt: &tokio::runtime::Runtime, watch: &str) -> anyhow::Result<Runn
         let _ = stop_rx.await;
     }));
     let counted = rt.spawn(async move {
-        let (mut refused, mut lost) = (0, 0);
+        let mut c = Counted::default();
         while let Some(o) = rx.recv().await {
             match o.kind {
-                Kind::Refused => refused += o.weight(),
-                Kind::Loss => lost += o.weight(),
+                Kind::Refused => {
+                    c.refused += o.weight();
+                    if let Some(ip) = o.ip {
+                        *c.refused_of.entry(ip).or_default() += o.weight();
+                    }
+                }
+                Kind::Loss => c.lost += o.weight(),
                 _ => {}
             }
         }
-        (refused, lost)
+        c
     });
     Ok(Running {
         stop,
@@ -126,36 +159,10 @@ fn start_agent(rt: &tokio::runtime::Runtime, watch: &str) -> anyhow::Result<Runn
     })
 }
 
-fn stop_agent(rt: &tokio::runtime::Runtime, r: Running) -> anyhow::Result<(u64, u64)> {
+fn stop_agent(rt: &tokio::runtime::Runtime, r: Running) -> anyhow::Result<Counted> {
     let _ = r.stop.send(());
     rt.block_on(r.task)??;
     Ok(rt.block_on(r.counted)?)
-}
-
-/// Refused connections to 127.0.0.1:9 from `threads` threads for `secs`.
-fn refused_storm(ns: &Netns, threads: usize, secs: f64) -> anyhow::Result<u64> {
-    let total = Arc::new(AtomicU64::new(0));
-    let mut handles = Vec::new();
-    for _ in 0..threads {
-        let total = total.clone();
-        handles.push(ns.spawn(move || {
-            let target: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!());
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed().as_secs_f64() < secs {
-                for _ in 0..256 {
-                    if TcpStream::connect(target).is_err() {
-                        n += 1;
-                    }
-                }
-            }
-            total.fetch_add(n, Ordering::Relaxed);
-        })?);
-    }
-    for h in handles {
-        h.join()?;
-    }
-    Ok(total.load(Ordering::Relaxed))
 }
 
 /// RSS (kB) and CPU seconds of a standalone agent process left idle for `secs`.
@@ -244,36 +251,12 @@ fn main() -> anyhow::Result<()> {
         filtered.0, filtered.1
     );
 
-    // 2. Refused storm: every event recorded (watched), ring buffer under pressure.
-    let running = start_agent(&rt, "127.0.0.1/32")?;
-    let before = prog_stats();
-    let secs = 10.0;
-    let sent = refused_storm(&ns, 2, secs)?;
-    let after = prog_stats();
-    let recorded = per_event(&before, &after, "tcp_send_reset");
-    let err_report = per_event(&before, &after, "inet_sk_error_report");
-    let (reported, lost) = stop_agent(&rt, running)?;
-    println!(
-        "| refused storm | {:.0}/s for {secs} s ({sent} connections, 2 threads) |",
-        sent as f64 / secs
-    );
-    println!(
-        "| refused reported by the agent (delivered + aggregated lost) | {reported} ({}) |",
-        if reported == sent {
-            "exact"
-        } else {
-            "MISMATCH"
-        }
-    );
-    println!("| ring-buffer loss reported | {lost} events |");
-    println!(
-        "| tcp_send_reset, recorded event | {:.0} ns ({} events) |",
-        recorded.0, recorded.1
-    );
-    println!(
-        "| inet_sk_error_report, recorded event | {:.0} ns ({} events) |",
-        err_report.0, err_report.1
-    );
+    // 2. Per refused connection between two namespaces: kubectl-zdt's programs against
+    //    bpftrace one-liners on the same tracepoints and traffic; then a storm.
+    side_by_side(&rt)?;
+    // The default ring buffer, then one that cannot keep up: its loss is counted, not silent.
+    storm(&rt, zdt_common::maps::EVENTS_BYTES)?;
+    storm(&rt, 64 * 1024)?;
 
     // 3. The agent process idle.
     let (rss_kb, cpu_s) = idle_agent(10)?;
@@ -382,5 +365,437 @@ fn percpu_maps(n: u32) -> anyhow::Result<()> {
         // SAFETY: a descriptor this loop just got and closes once.
         unsafe { libc::close(fd as i32) };
     }
+    Ok(())
+}
+
+/// Ids of every eBPF program loaded now.
+fn program_ids() -> std::collections::HashSet<u32> {
+    loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// The programs loaded since `before` and held by process `pid` (its descriptors'
+/// `prog_id`: the machine may run other agents meanwhile) whose (kernel, 15-character) name
+/// starts one of `names`, by that name, in the order of `names`: the tracer this bench just
+/// started.
+fn own_programs(
+    before: &std::collections::HashSet<u32>,
+    pid: u32,
+    names: &[&str],
+) -> anyhow::Result<Vec<(String, u32)>> {
+    let held = programs_held_by(pid)?;
+    let mut found = Vec::new();
+    for p in loaded_programs().filter_map(Result::ok) {
+        let name = p.name_as_str().unwrap_or("").to_owned();
+        if before.contains(&p.id()) || !held.contains(&p.id()) {
+            continue;
+        }
+        if let Some(n) = names.iter().find(|n| {
+            let short: String = n.chars().take(15).collect();
+            name == short
+        }) {
+            if found.iter().any(|(m, _)| m == n) {
+                bail!("process {pid} loaded two programs named {name}");
+            }
+            found.push(((*n).to_owned(), p.id()));
+        }
+    }
+    found.sort_by_key(|(n, _)| names.iter().position(|m| m == n));
+    for n in names {
+        if !found.iter().any(|(m, _)| m == n) {
+            let new: Vec<String> = loaded_programs()
+                .filter_map(Result::ok)
+                .filter(|p| !before.contains(&p.id()))
+                .map(|p| p.name_as_str().unwrap_or("").to_owned())
+                .collect();
+            bail!("the tracer loaded no program named {n} (new programs: {new:?})");
+        }
+    }
+    Ok(found)
+}
+
+/// Ids of the eBPF programs whose descriptors process `pid` holds.
+fn programs_held_by(pid: u32) -> anyhow::Result<std::collections::HashSet<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue; // closed meanwhile
+        };
+        if let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// (run_time_ns, run_cnt) of each of `progs`, in their order.
+fn run_stats(progs: &[(String, u32)]) -> Vec<(u64, u64)> {
+    let all: Vec<_> = loaded_programs().filter_map(Result::ok).collect();
+    progs
+        .iter()
+        .map(|(_, id)| {
+            all.iter()
+                .find(|p| p.id() == *id)
+                .map_or((0, 0), |p| (p.run_time().as_nanos() as u64, p.run_count()))
+        })
+        .collect()
+}
+
+/// `n` refused connections from `client` to `to` (nothing listens there), one at a time.
+fn refuse(client: &Netns, to: SocketAddr, n: u64) -> anyhow::Result<u64> {
+    client.run_in(move || {
+        let mut refused = 0;
+        for _ in 0..n {
+            if TcpStream::connect(to).is_err() {
+                refused += 1;
+            }
+        }
+        refused
+    })
+}
+
+/// A tracer of refused connections: kubectl-zdt's agent, or a bpftrace script.
+enum Tracer {
+    Agent,
+    Bpftrace(&'static str),
+}
+
+/// The one-liners a user would run instead, on the same tracepoints (the classic
+/// `tcp_send_reset`: bpftrace attaches tracepoints, not BTF ones): counts per (address, reason)
+/// in a map, or a line per event. bpftrace 0.17 (Debian) has no array-to-address cast for the
+/// 28-byte sockaddr of `tcp_send_reset`, hence the bytes of its IPv4 address.
+const BPFTRACE_COUNT: &str = "tracepoint:tcp:tcp_send_reset { @rst[ntop(2, args->saddr[4] | args->saddr[5] << 8 | args->saddr[6] << 16 | args->saddr[7] << 24), args->reason] = count(); }
+tracepoint:sock:inet_sk_error_report /args->error != 0/ { @err[ntop(args->daddr), args->error] = count(); }";
+const BPFTRACE_PRINT: &str = "tracepoint:tcp:tcp_send_reset { printf(\"%s %d\\n\", ntop(2, args->saddr[4] | args->saddr[5] << 8 | args->saddr[6] << 16 | args->saddr[7] << 24), args->reason); }
+tracepoint:sock:inet_sk_error_report /args->error != 0/ { printf(\"%s %d\\n\", ntop(args->daddr), args->error); }";
+
+/// Starts bpftrace on `script` and waits until its probes are attached; its output is read
+/// (and dropped) by a thread so that printing never blocks it.
+fn start_bpftrace(script: &str) -> anyhow::Result<std::process::Child> {
+    let mut child = Command::new("bpftrace")
+        .args(["-e", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context(
+            "bpftrace is not installed: `cargo xtask bench` installs it (apt-get install bpftrace)",
+        )?;
+    let mut out = BufReader::new(child.stdout.take().context("no stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if !line.starts_with("Attaching") {
+        let _ = child.kill();
+        bail!("bpftrace did not attach its probes: {line:?}");
+    }
+    std::thread::spawn(move || {
+        let mut sink = std::io::sink();
+        let _ = std::io::copy(&mut out, &mut sink);
+    });
+    Ok(child)
+}
+
+/// Median, min and max of `v`.
+fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// Per refused connection between two network namespaces, in `ROUNDS` rounds of `N`
+/// connections, each tracer in turn in every round: the kernel's CPU time in each program
+/// (bpf_stats), per program run and per refused connection (its RST and the client's error),
+/// with kubectl-zdt's agent and with the bpftrace one-liners.
+fn side_by_side(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    const ROUNDS: usize = 5;
+    const N: u64 = 30_000;
+    let client = Netns::create("bench-client")?;
+    let pod = Netns::create("bench-pod")?;
+    kubectl_zdt::testbed::veth_pair(&client, &pod, &["198.18.240.1/24"], &["198.18.240.2/24"])?;
+    let to: SocketAddr = "198.18.240.2:9".parse()?;
+    let tracers = [
+        ("kubectl-zdt", Tracer::Agent),
+        (
+            "bpftrace, count per (address, reason)",
+            Tracer::Bpftrace(BPFTRACE_COUNT),
+        ),
+        (
+            "bpftrace, print each event",
+            Tracer::Bpftrace(BPFTRACE_PRINT),
+        ),
+    ];
+    // Per tracer: ns per refused connection, and per run of its reset / error programs.
+    let mut per_conn = vec![Vec::new(); tracers.len()];
+    let mut per_run = vec![(Vec::new(), Vec::new()); tracers.len()];
+    // Runs of each program per refused connection (the last round's).
+    let mut runs = vec![(0.0, 0.0); tracers.len()];
+    // The programs of each tracer, in this order (bpftrace too names them after their
+    // tracepoint).
+    const NAMES: &[&str] = &["tcp_send_reset", "inet_sk_error_report"];
+    for _ in 0..ROUNDS {
+        for (i, (_, tracer)) in tracers.iter().enumerate() {
+            let before = program_ids();
+            let (progs, stop): (_, Box<dyn FnOnce() -> anyhow::Result<()>>) = match tracer {
+                Tracer::Agent => {
+                    let running = start_agent(rt, "198.18.240.2/32")?;
+                    let progs = own_programs(&before, std::process::id(), NAMES)?;
+                    (progs, Box::new(move || stop_agent(rt, running).map(drop)))
+                }
+                Tracer::Bpftrace(script) => {
+                    let mut child = start_bpftrace(script)?;
+                    // It prints "Attaching" before it loads: wait until its programs run.
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let found = own_programs(&before, child.id(), NAMES);
+                        let runs = found.as_ref().map_or(0, |p| run_stats(p)[0].1);
+                        if runs > 0 {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            found?;
+                            bail!("bpftrace's programs did not run within 60 s");
+                        }
+                        refuse(&client, to, 1)?;
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    let progs = own_programs(&before, child.id(), NAMES)?;
+                    (
+                        progs,
+                        Box::new(move || {
+                            let _ = child.kill();
+                            child.wait()?;
+                            Ok(())
+                        }),
+                    )
+                }
+            };
+            let s0 = run_stats(&progs);
+            let refused = refuse(&client, to, N)?;
+            let s1 = run_stats(&progs);
+            stop()?;
+            let d: Vec<(u64, u64)> = s0
+                .iter()
+                .zip(&s1)
+                .map(|((t0, c0), (t1, c1))| (t1 - t0, c1 - c0))
+                .collect();
+            let total: u64 = d.iter().map(|(t, _)| t).sum();
+            per_conn[i].push(total as f64 / refused.max(1) as f64);
+            per_run[i].0.push(d[0].0 as f64 / d[0].1.max(1) as f64);
+            per_run[i].1.push(d[1].0 as f64 / d[1].1.max(1) as f64);
+            runs[i] = (
+                d[0].1 as f64 / refused as f64,
+                d[1].1 as f64 / refused as f64,
+            );
+        }
+    }
+    println!(
+        "| per refused connection between two namespaces ({ROUNDS} rounds × {N}; median, min–max) | tcp_send_reset per run | inet_sk_error_report per run | runs per refusal | both, per refused connection | × kubectl-zdt |"
+    );
+    let (ours, _, _) = spread(&mut per_conn[0].clone());
+    for (i, (name, _)) in tracers.iter().enumerate() {
+        let (r, r0, r1) = spread(&mut per_run[i].0);
+        let (e, e0, e1) = spread(&mut per_run[i].1);
+        let (c, c0, c1) = spread(&mut per_conn[i]);
+        println!(
+            "| {name} | {r:.0} ns ({r0:.0}–{r1:.0}) | {e:.0} ns ({e0:.0}–{e1:.0}) | {:.2} + {:.2} | {c:.0} ns ({c0:.0}–{c1:.0}) | {:.2} |",
+            runs[i].0,
+            runs[i].1,
+            c / ours
+        );
+    }
+    Ok(())
+}
+
+/// An IPv4 SYN from `from`:`sport` to `to`:`dport`, checksums filled in.
+fn syn_packet(
+    from: std::net::Ipv4Addr,
+    to: std::net::Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&from.octets());
+    p[16..20].copy_from_slice(&to.octets());
+    let sum = |b: &[u8], mut acc: u32| {
+        for w in b.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        acc
+    };
+    let fold = |mut acc: u32| {
+        while acc >> 16 != 0 {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        !(acc as u16)
+    };
+    let ip_sum = fold(sum(&p[..20], 0));
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&1u32.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02; // SYN
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&from.octets());
+    pseudo[4..8].copy_from_slice(&to.octets());
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+    let c = fold(sum(&p[20..], sum(&pseudo, 0)));
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// Sends the same SYN from a raw socket in the calling thread's namespace, in batches of 64
+/// (`sendmmsg`), for `secs`; the packets sent. Each is answered by a RST (no listener), as
+/// many connects would be, at a rate no connect loop reaches.
+fn syn_flood(packet: [u8; 40], to: std::net::Ipv4Addr, secs: f64) -> anyhow::Result<u64> {
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        if fd < 0 {
+            bail!("raw socket: {}", std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as u16;
+        addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+        let mut iov = libc::iovec {
+            iov_base: packet.as_ptr() as *mut _,
+            iov_len: packet.len(),
+        };
+        let mut msgs: Vec<libc::mmsghdr> = (0..64)
+            .map(|_| {
+                let mut m: libc::mmsghdr = std::mem::zeroed();
+                m.msg_hdr.msg_name = std::ptr::addr_of_mut!(addr).cast();
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                m.msg_hdr.msg_iov = &mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let n = libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0);
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOBUFS) {
+                    continue;
+                }
+                libc::close(fd);
+                bail!("sendmmsg: {e}");
+            }
+            sent += n as u64;
+        }
+        libc::close(fd);
+        Ok(sent)
+    }
+}
+
+/// `Tcp: OutRsts` of the namespace: the RSTs its kernel sent.
+fn out_rsts(ns: &Netns) -> anyhow::Result<u64> {
+    let snmp = ns.exec("cat", &["/proc/net/snmp"])?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().context("no Tcp: line")?,
+        tcp.next().context("no Tcp: values")?,
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutRsts")
+        .context("no OutRsts")?
+        .1
+        .parse()
+        .context("OutRsts")
+}
+
+/// A refused-connection storm: a raw-socket SYN flood from two client namespaces, each to a
+/// pod namespace of its own (nothing listens), every SYN refused with a RST. Per pod, the
+/// generator's count, the pod kernel's own count of RSTs sent (`OutRsts`) and the agent's
+/// total (delivered + counted lost), and the loss the agent reported.
+fn storm(rt: &tokio::runtime::Runtime, ringbuf_bytes: u32) -> anyhow::Result<()> {
+    const SECS: f64 = 5.0;
+    let mut pairs = Vec::new();
+    for i in 0..2u8 {
+        let client = Netns::create(&format!("storm-client{i}"))?;
+        let pod = Netns::create(&format!("storm-pod{i}"))?;
+        let (c, p) = (
+            format!("198.18.24{}.1", 1 + i),
+            format!("198.18.24{}.2", 1 + i),
+        );
+        kubectl_zdt::testbed::veth_pair(
+            &client,
+            &pod,
+            &[&format!("{c}/24")],
+            &[&format!("{p}/24")],
+        )?;
+        pairs.push((
+            client,
+            pod,
+            c.parse::<std::net::Ipv4Addr>()?,
+            p.parse::<std::net::Ipv4Addr>()?,
+        ));
+    }
+    let watch: Vec<String> = pairs.iter().map(|(_, _, _, p)| format!("{p}/32")).collect();
+    let running = start_agent_with(rt, &watch.join(","), ringbuf_bytes)?;
+    let rsts0: Vec<u64> = pairs
+        .iter()
+        .map(|(_, pod, _, _)| out_rsts(pod))
+        .collect::<Result<_, _>>()?;
+    let floods: Vec<_> = pairs
+        .iter()
+        .map(|(client, _, c, p)| {
+            let (c, p) = (*c, *p);
+            client.spawn(move || syn_flood(syn_packet(c, p, 40000, 9), p, SECS))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut sent = Vec::new();
+    for f in floods {
+        sent.push(f.join()??);
+    }
+    let rsts1: Vec<u64> = pairs
+        .iter()
+        .map(|(_, pod, _, _)| out_rsts(pod))
+        .collect::<Result<_, _>>()?;
+    let counted = stop_agent(rt, running)?;
+    let total: u64 = sent.iter().sum();
+    println!(
+        "| refused storm (raw SYN flood, 2 client → 2 pod namespaces, {SECS} s, ring buffer {} KiB) | {:.0} SYN/s sent, {:.0} RST/s sent by the pods |",
+        ringbuf_bytes / 1024,
+        total as f64 / SECS,
+        rsts1.iter().zip(&rsts0).map(|(a, b)| a - b).sum::<u64>() as f64 / SECS
+    );
+    for (i, (_, _, _, p)) in pairs.iter().enumerate() {
+        let rsts = rsts1[i] - rsts0[i];
+        let reported = counted
+            .refused_of
+            .get(&std::net::IpAddr::V4(*p))
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "| pod {p}: SYNs sent / RSTs its kernel sent / refused the agent reported | {} / {rsts} / {reported} ({}) |",
+            sent[i],
+            if reported == rsts {
+                "exact"
+            } else {
+                "MISMATCH"
+            }
+        );
+    }
+    println!(
+        "| storm: loss the agent reported (ring buffer full; each counted per pod and in its total) | {} events |",
+        counted.lost
+    );
     Ok(())
 }

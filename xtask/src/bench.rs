@@ -4,12 +4,13 @@
 
 use anyhow::bail;
 
-use crate::{cmd, setup};
+use crate::{bench_kernel, cmd, setup};
 
 pub fn run() -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!("the kernel benchmarks load eBPF programs: run `sudo ./x bench`");
     }
     setup::run_all(setup::Purpose::Run)?;
+    bench_kernel::prepare()?;
     cmd::run(cmd::cargo().args(["bench", "--package", "kubectl-zdt"]))
 }

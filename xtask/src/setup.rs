@@ -166,7 +166,13 @@ fn bpf_linker(toolchain: &str) -> anyhow::Result<()> {
 }
 
 fn packages(purpose: Purpose) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages_for(purpose)
+    install(&packages_for(purpose))
+}
+
+/// Installs those of `packages` (Debian package, a binary it provides) whose binary is
+/// missing; fails naming them when that cannot be done.
+pub fn install(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, bin)| {
             output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()

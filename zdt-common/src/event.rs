@@ -203,7 +203,9 @@ pub struct Event {
     pub ts_ns: u64,
     /// Kernel address of the socket, if any (0 when the kernel had none, e.g. `NO_SOCKET`).
     pub sk: u64,
-    /// cgroup v2 id of the current task (meaningless in softirq context).
+    /// Always 0: the probes no longer ask for the current task's cgroup id (no reader used it,
+    /// and in softirq context it named whatever task was interrupted); the field keeps the
+    /// layout.
     pub cgroup_id: u64,
     /// One of [`kind`].
     pub kind: u16,

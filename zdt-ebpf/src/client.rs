@@ -1,11 +1,7 @@
 //! Client-side failures, on any node: errors delivered to sockets and SYN retransmits. Both are
 //! matched by the destination as the client dialled it (a ClusterIP or a pod IP).
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    programs::TracePointContext,
-};
+use aya_ebpf::{EbpfContext as _, helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use zdt_common::{
     Event, kind, tcp_state,
     tracepoint::{inet_sk_error_report as er, tcp_retransmit_skb as rt},
@@ -42,7 +38,6 @@ pub fn on_error_report(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let mut event = Event::new(kind::SOCK_ERROR, unsafe { bpf_ktime_get_ns() });
-    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = family;
     event.reason = error.unsigned_abs();
     event.addr = daddr;
@@ -82,7 +77,6 @@ pub fn on_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
     let sk: u64 = field::load(ctx, rt::SKADDR);
     let mut event = Event::new(kind::SYN_RETRANSMIT, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
-    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = family;
     event.addr = daddr;
     event.peer_addr = saddr;

@@ -48,6 +48,16 @@ pub fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
+/// The `T` at `base + offset`, loaded directly: `base` must be a pointer the verifier types
+/// from BTF (a `tp_btf` argument, or a pointer loaded this way), and `offset` one of
+/// `ZDT_OFFSETS` (read-only: the verifier knows its value and checks the field against this
+/// kernel's BTF). A fault reads 0. No helper call: ~25 ns less than [`read`] per field.
+#[inline(always)]
+pub fn load_btf<T: Copy>(base: u64, offset: u32) -> T {
+    // SAFETY: the verifier turns the load into a fault-handled kernel read (BPF_PROBE_MEM).
+    unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) }
+}
+
 /// Where `percpu:percpu_alloc_percpu` records keep `ptr` (0: unknown on this kernel).
 #[inline(always)]
 pub fn percpu_alloc_ptr() -> u32 {
@@ -98,18 +108,6 @@ pub fn netns_of_sock(sk: u64) -> u32 {
         return 0;
     }
     read_ptr(sk, o.sock_net).map_or(0, |net| net_inum(net, &o))
-}
-
-/// Network namespace inode of a `struct sk_buff *` through its device (0 when unknown).
-#[inline(always)]
-pub fn netns_of_skb(skb: u64) -> u32 {
-    let o = ZDT_OFFSETS.load();
-    if o.valid == 0 {
-        return 0;
-    }
-    read_ptr(skb, o.skb_dev)
-        .and_then(|dev| read_ptr(dev, o.netdev_net))
-        .map_or(0, |net| net_inum(net, &o))
 }
 
 /// Network namespace inode of a `struct task_struct *` (0 when exiting or unknown).

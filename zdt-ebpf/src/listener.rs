@@ -5,11 +5,7 @@
 //! `CLOSE` (two loads, no map lookup). A listener usually binds 0.0.0.0, so it is matched by
 //! its network namespace, not its address; a connect by its destination as dialled.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    programs::TracePointContext,
-};
+use aya_ebpf::{EbpfContext as _, helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use zdt_common::{Event, kind, tcp_state, tracepoint::inet_sock_set_state as tp};
 
 use crate::{
@@ -59,7 +55,6 @@ pub fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let mut event = Event::new(k, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
-    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = family;
     event.addr = saddr;
     event.port = field::load(ctx, tp::SPORT);
@@ -94,7 +89,6 @@ fn on_connect_closed(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let mut event = Event::new(kind::CONNECT_ABANDONED, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
-    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.family = family;
     event.addr = daddr;
     event.port = field::load(ctx, tp::DPORT);

@@ -4,8 +4,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
     },
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -53,7 +52,6 @@ fn process_event(ctx: &TracePointContext, k: u16, reason: u32) -> Result<(), i32
         return Ok(());
     }
     let mut event = Event::new(k, unsafe { bpf_ktime_get_ns() });
-    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event.reason = reason;
     event.tgid = ctx.tgid();
     event.netns = netns;

@@ -13,9 +13,6 @@ use crate::{
 pub struct AddrLayout {
     pub family: usize,
     pub saddr: usize,
-    pub daddr: usize,
-    pub saddr_v6: usize,
-    pub daddr_v6: usize,
 }
 
 /// saddr (4), daddr (4), saddr_v6 (16), daddr_v6 (16), as every one of these tracepoints has
@@ -26,13 +23,7 @@ impl AddrLayout {
     /// A layout with its addresses where [`addrs`] copies them (checked at compile time).
     pub const fn new(family: usize, saddr: usize, daddr: usize, v6: (usize, usize)) -> Self {
         assert!(daddr == saddr + 4 && v6.0 == saddr + 8 && v6.1 == saddr + 24);
-        Self {
-            family,
-            saddr,
-            daddr,
-            saddr_v6: v6.0,
-            daddr_v6: v6.1,
-        }
+        Self { family, saddr }
     }
 }
 
@@ -40,16 +31,24 @@ impl AddrLayout {
 #[inline(always)]
 pub fn addrs(ctx: &TracePointContext, l: &AddrLayout) -> Result<(u16, [u8; 16], [u8; 16]), i32> {
     let family: u16 = field::load(ctx, l.family);
-    let (s_at, d_at) = match family {
-        AF_INET => (0, l.daddr - l.saddr),
-        AF_INET6 => (l.saddr_v6 - l.saddr, l.daddr_v6 - l.saddr),
-        _ => return Err(0),
-    };
-    let len = if family == AF_INET { 4 } else { 16 };
+    if family != AF_INET && family != AF_INET6 {
+        return Err(0);
+    }
     let block: [u8; BLOCK] = field::copy(ctx, l.saddr)?;
     let mut s = [0u8; 16];
     let mut d = [0u8; 16];
-    s[..len].copy_from_slice(block.get(s_at..s_at + len).ok_or(0)?);
-    d[..len].copy_from_slice(block.get(d_at..d_at + len).ok_or(0)?);
+    // Constant lengths and offsets: a length known only at run time compiles to calls to the
+    // object's byte-wise `memcpy` and `memset`.
+    // Offsets in the block, as `new` checked them.
+    const V4: usize = 4;
+    const V6_S: usize = 8;
+    const V6_D: usize = 24;
+    if family == AF_INET {
+        s[..4].copy_from_slice(&block[..4]);
+        d[..4].copy_from_slice(&block[V4..V4 + 4]);
+    } else {
+        s.copy_from_slice(&block[V6_S..V6_S + 16]);
+        d.copy_from_slice(&block[V6_D..V6_D + 16]);
+    }
     Ok((family, s, d))
 }

@@ -43,9 +43,9 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = zdt_common::maps::EVENTS_BYTES, value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: u32,
 
-    /// Wake the reader once every N kernel events (batched wake-ups; the reader also polls
-    /// every 50 ms).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    /// Wake the reader when N kernel events wait unread in the ring buffer (at most half of
+    /// it; 1: on every event). The reader also drains it every 50 ms.
+    #[arg(long, default_value_t = zdt_common::maps::WAKEUP_EVERY, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub wakeup_every: u64,
 
     /// Read tracepoint records as on a kernel without their newer optional fields (Linux 6.12:

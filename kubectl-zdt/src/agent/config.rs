@@ -36,7 +36,7 @@ impl AgentConfig {
             filter: false,
             watch,
             watch_netns: Vec::new(),
-            wakeup_every: 64,
+            wakeup_every: zdt_common::maps::WAKEUP_EVERY,
             ringbuf_bytes: zdt_common::maps::EVENTS_BYTES,
             poll_interval: Duration::from_millis(50),
             dataplane: true,

@@ -214,7 +214,11 @@ fn object(
 ) -> anyhow::Result<Ebpf> {
     EbpfLoader::new()
         .override_global(maps::GLOBAL_FILTER_ENABLED, &filter_enabled, true)
-        .override_global(maps::GLOBAL_WAKEUP_EVERY, &wakeup_every, true)
+        .override_global(
+            maps::GLOBAL_WAKEUP_BYTES,
+            &maps::wakeup_bytes(wakeup_every, ringbuf_bytes),
+            true,
+        )
         .override_global(maps::GLOBAL_OFFSETS, offsets, true)
         .map_max_entries(maps::EVENTS, ringbuf_bytes)
         .load(OBJECT)
