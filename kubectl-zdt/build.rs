@@ -1,5 +1,5 @@
 //! Builds the `zdt-ebpf` crate for `bpfel-unknown-none` and leaves its object in `OUT_DIR`, where
-//! `src/agent/loader.rs` embeds it with `include_bytes_aligned!`.
+//! `src/kernel/loader.rs` embeds it with `include_bytes_aligned!`.
 //!
 //! Workarounds, and why:
 //! - `RUSTC_BOOTSTRAP=1` is set for this build script's own process only: aya-build then adds

@@ -21,6 +21,8 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // Sources with I/O: the on-disk journal, kube-proxy's dataplane.
     ("journal", &["observation"]),
     ("dataplane", &["observation", "netns"]),
+    // The kernel side: the eBPF programs loaded, their events read and decoded.
+    ("kernel", &["observation", "dataplane"]),
     // The node agent: kernel probes → observations, enriched, journaled, served.
     (
         "agent",
@@ -33,6 +35,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "correlate",
             "journal",
             "dataplane",
+            "kernel",
         ],
     ),
     // Commands: each reads its input, calls the analysis, prints.
@@ -81,12 +84,13 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "cluster",
         ],
     ),
-    ("testbed", &["observation", "dataplane", "agent"]),
+    ("testbed", &["observation", "dataplane", "kernel", "agent"]),
     (
         "demo",
         &[
             "observation",
             "dataplane",
+            "kernel",
             "agent",
             "correlate",
             "report",

@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 use jiff::Timestamp;
 
 use crate::{
-    agent::{Agent, AgentConfig, WatchedNetns, clock::Clock, hostname},
+    agent::{Agent, AgentConfig, WatchedNetns, hostname},
+    kernel::clock::Clock,
     observation::{Kind, NodeName, Observation, PodRef, WorkloadRef},
     testbed::{
         Node,

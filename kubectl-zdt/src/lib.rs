@@ -3,11 +3,12 @@
 //! Layers, lowest first (docs/architecture.md draws them with the data flow):
 //!
 //! - the contract: `observation` (one JSON line per thing seen), with `kube_version`,
-//!   `process`, `logging`;
+//!   `process`, `netns`, `logging`;
 //! - the pure analysis core: `convert` (raw captures → observations), `correlate`
 //!   (observations → per-pod verdicts), `report` (tables, charts, JSON);
-//! - sources with I/O: `journal` (observations on disk), `dataplane` (kube-proxy's rules);
-//! - the node: `agent` (kernel probes → observations, enriched, journaled, served);
+//! - sources with I/O: `journal` (observations on disk), `dataplane` (kube-proxy's rules),
+//!   `kernel` (the eBPF programs loaded, their events read and decoded);
+//! - the node: `agent` (kernel events → observations, enriched, journaled, served);
 //! - the commands: `history`, `analyze`, `cluster` (install, trace, status, history),
 //!   `recommend`, `traffic`, `sample`, `testbed`, `demo`, all reached from `cli`.
 //!
@@ -28,6 +29,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod history;
 pub mod journal;
+pub mod kernel;
 pub mod kube_version;
 pub mod logging;
 pub mod netns;

@@ -1,7 +1,7 @@
 //! Every program of the eBPF object, written once: its name, where it hooks, when the agent
 //! attaches it, and whether its handler's errors are counted. The loader attaches from this
 //! table; the eBPF crate's attribute macros need literals, so a test of the agent parses the
-//! built object and checks that its programs and maps are exactly these (`agent::loader`).
+//! built object and checks that its programs and maps are exactly these (`kernel::loader`).
 //!
 //! Not wire data: nothing here crosses the kernel boundary, so enums are fine.
 

@@ -38,12 +38,12 @@ use tokio::sync::mpsc::Sender;
 
 use super::{
     capacity::CapacityWatch,
-    filter::AddressFilter,
     netns_gone::NetnsGone,
     pod_netns::PodNetns,
     pods::{Changes, PodIndex},
     serve::Gauges,
 };
+use crate::kernel::filter::AddressFilter;
 use crate::{
     convert::kube_events::{self, EndpointSliceWatch, PodWatch, WatchEvent},
     observation::{NodeName, Observation, ServiceName, ServiceRef},

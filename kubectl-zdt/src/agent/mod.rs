@@ -4,12 +4,8 @@
 //! - `args`, `config`: the command line and what the agent needs to start;
 //! - `run`: the composition root both modes share (`main`, the start order, task guards);
 //!   `standalone` and `daemonset` (cluster mode) consume the stream;
-//! - `preflight`: the checks that turn a missing privilege or kernel feature into one clear line;
-//! - `loader`: owns the `aya::Ebpf` object, attaches the programs, hands out typed map handles;
-//! - `clock`: monotonic → wall-clock conversion with a stated uncertainty;
-//! - `decode`: wire `Event` → `Observation` (pure);
-//! - `stream`: drains the ring buffer, reconciles exact counters, reports loss;
-//! - `filter`: run-time updates of the kernel watch filter;
+//! - `stream`: drains the ring buffer (programs loaded, read and decoded by `crate::kernel`),
+//!   reconciles exact counters, reports loss;
 //!
 //! Cluster mode (`daemonset`) adds: `api_watch` (kube-runtime watches of this node's pods,
 //! EndpointSlices, Services, converted by `convert::kube_events`) over `pods` (address → pod,
@@ -19,24 +15,17 @@
 pub mod api_watch;
 pub mod args;
 pub mod backlog;
-pub mod btf;
 pub mod capacity;
-pub mod clock;
 pub mod config;
 pub mod conntrack;
 pub mod daemonset;
-pub mod decode;
-pub mod filter;
 pub mod listeners;
-pub mod loader;
 pub mod metrics;
 pub mod netns_gone;
 pub mod own_clients;
 pub mod pod_netns;
 pub mod pods;
-pub mod preflight;
 pub mod probes;
-pub mod program_loss;
 pub mod run;
 pub mod serve;
 mod standalone;

@@ -31,7 +31,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use super::{backlog::Backlog, clock::Clock};
+use super::backlog::Backlog;
+use crate::kernel::clock::Clock;
 use crate::{
     journal::HistoryQuery,
     observation::{Kind, NodeName, Observation},

@@ -32,15 +32,17 @@ use self::{
 };
 use super::{
     AgentConfig,
-    clock::Clock,
-    decode::{self, Decoder},
-    filter::WatchFilter,
-    loader::{Attached, KernelMaps, LoadSpec, Probes},
     netns_gone::{NetnsGone, NetnsGoneWatcher},
-    preflight::{self, KernelInfo},
 };
 use crate::{
     dataplane::watcher::{Arm, Armed},
+    kernel::{
+        clock::Clock,
+        decode::{self, Decoder},
+        filter::WatchFilter,
+        loader::{Attached, KernelMaps, LoadSpec, Probes},
+        preflight::{self, KernelInfo},
+    },
     observation::{Kind, Observation, SCHEMA_VERSION},
 };
 

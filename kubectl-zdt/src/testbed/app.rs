@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use clap::Args;
 use nix::sys::signal::{SigHandler, SigSet, Signal};
 
-use crate::agent::clock::Clock;
+use crate::kernel::clock::Clock;
 
 #[derive(Debug, Args)]
 pub struct AppArgs {

@@ -16,7 +16,7 @@ use super::{
     netns::{Netns, NsThread},
     tcp::{Attempt, errno_name, request_once},
 };
-use crate::agent::clock::Clock;
+use crate::kernel::clock::Clock;
 
 /// One request of the balancer: the pod it dialled and what happened.
 #[derive(Clone, Debug)]

@@ -12,7 +12,7 @@ use super::{
     netns::{Netns, NsThread},
     tcp::{Attempt, errno_name},
 };
-use crate::agent::clock::Clock;
+use crate::kernel::clock::Clock;
 
 /// What a probe run saw.
 #[derive(Clone, Debug, Default)]

@@ -119,7 +119,7 @@ impl Node {
     /// CLOCK_MONOTONIC time the removal returned.
     pub fn remove_pod(&self, pod: PodHandle) -> u64 {
         drop(pod);
-        crate::agent::clock::Clock::monotonic_now_ns()
+        crate::kernel::clock::Clock::monotonic_now_ns()
     }
 
     /// Programs `svc` → `endpoints` the way kube-proxy's iptables mode does, in one transaction;

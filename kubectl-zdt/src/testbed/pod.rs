@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use super::node::PodHandle;
-use crate::agent::clock::Clock;
+use crate::kernel::clock::Clock;
 
 /// How the pod is configured, as in its spec.
 #[derive(Clone, Debug, Default)]

@@ -14,7 +14,7 @@ use std::{
 };
 
 use super::netns::{Netns, NsThread};
-use crate::agent::clock::Clock;
+use crate::kernel::clock::Clock;
 
 /// The outcome of one connection attempt, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,8 +17,9 @@ use std::{
 use crate::support::kube_double::apiserver::ApiServer;
 use crate::support::{require_root, total};
 use kubectl_zdt::{
-    agent::{clock::Clock, serve::AgentStatus},
+    agent::serve::AgentStatus,
     cluster::agents,
+    kernel::clock::Clock,
     observation::{Kind, Observation},
     testbed::{
         Netns,
@@ -338,7 +339,7 @@ async fn the_agent_finds_each_pods_network_namespace_and_reports_its_termination
         .terminate(
             &pod,
             app,
-            kubectl_zdt::agent::clock::Clock::monotonic_now_ns(),
+            kubectl_zdt::kernel::clock::Clock::monotonic_now_ns(),
         )
         .unwrap();
     drop(pod);

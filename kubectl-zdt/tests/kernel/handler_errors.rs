@@ -8,7 +8,7 @@ use crate::support;
 
 use std::net::{TcpListener, TcpStream};
 
-use kubectl_zdt::agent::{
+use kubectl_zdt::kernel::{
     loader::{LoadSpec, Probes},
     preflight,
 };

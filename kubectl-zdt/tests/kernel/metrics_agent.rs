@@ -91,7 +91,7 @@ fn the_agents_metrics_count_what_it_printed_and_hold_what_the_engine_finds() {
         client.ns.run_in(move || connect_once(target)).unwrap(),
         Ok(())
     );
-    let delete = kubectl_zdt::agent::clock::Clock::monotonic_now_ns();
+    let delete = kubectl_zdt::kernel::clock::Clock::monotonic_now_ns();
     app_proc.terminate(&pod, &app, delete).unwrap();
     let outcomes = client
         .ns

@@ -22,8 +22,9 @@ use std::{
 use crate::support::{AgentProcess, of_kind, off_ms, require_root, total};
 use jiff::Timestamp;
 use kubectl_zdt::{
-    agent::{clock::Clock, pods::PodIndex},
+    agent::pods::PodIndex,
     correlate::{self, Options, PodReport, Report},
+    kernel::clock::Clock,
     observation::{Kind, NodeName, Observation},
     testbed::{
         ClientHandle, Node, PodHandle,

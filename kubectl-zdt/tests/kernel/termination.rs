@@ -116,7 +116,7 @@ fn scripted_termination(agent_args: &[&str]) {
         Ok(())
     );
 
-    let delete = kubectl_zdt::agent::clock::Clock::monotonic_now_ns();
+    let delete = kubectl_zdt::kernel::clock::Clock::monotonic_now_ns();
     let mut truth: Truth = app_proc.terminate(&pod, &app(), delete).unwrap();
     let outcomes = client
         .ns

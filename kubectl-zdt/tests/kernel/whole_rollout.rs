@@ -21,8 +21,8 @@ use std::{
 
 use jiff::Timestamp;
 use kubectl_zdt::{
-    agent::clock::Clock,
     correlate::{self, Options, Report, Rollout},
+    kernel::clock::Clock,
     observation::{Kind, Observation},
     testbed::{
         ClientHandle, Node, PodHandle,
@@ -713,8 +713,9 @@ fn keep_alive_clients_reset_at_the_pods_exit_are_counted_per_client_workload() {
 #[tokio::test]
 async fn the_agents_slice_watch_records_a_capacity_dip_of_a_service_on_its_node() {
     use crate::support::kube_double::apiserver::ApiServer;
-    use kubectl_zdt::agent::{
-        api_watch::ApiWatch, filter::Recorded, pods::PodIndex, serve::Gauges,
+    use kubectl_zdt::{
+        agent::{api_watch::ApiWatch, pods::PodIndex, serve::Gauges},
+        kernel::filter::Recorded,
     };
     let server = ApiServer::start().await;
     let slice = |eps: &[(&str, bool, bool, &str)]| {

@@ -16,10 +16,10 @@ use crate::support::kube_double::{
 use kubectl_zdt::{
     agent::{
         api_watch::{self, ApiWatch},
-        filter::Recorded,
         pods::PodIndex,
         serve::Gauges,
     },
+    kernel::filter::Recorded,
     observation::{Kind, NodeName, Observation},
 };
 use serde_json::Value;

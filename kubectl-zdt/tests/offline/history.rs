@@ -130,7 +130,7 @@ async fn record_live_rollout(server: &Arc<ApiServer>, journal: Arc<Backlog>) {
         netns: None,
     };
     tokio::spawn(watch.run(
-        kubectl_zdt::agent::filter::Recorded::default(),
+        kubectl_zdt::kernel::filter::Recorded::default(),
         tx,
         std::future::pending(),
     ));

@@ -102,7 +102,7 @@ async fn start_agent(server: &ApiServer) -> Arc<Backlog> {
         gauges,
         netns: None,
     };
-    let filter = kubectl_zdt::agent::filter::Recorded::default();
+    let filter = kubectl_zdt::kernel::filter::Recorded::default();
     tokio::spawn(watch.run(filter, tx, std::future::pending()));
     let pushed = journal.clone();
     tokio::spawn(async move {

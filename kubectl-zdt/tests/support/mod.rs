@@ -153,7 +153,7 @@ pub fn ring_buffer_lost(obs: &[Observation]) -> u64 {
 
 /// How far (ms, signed) an observation's wall time is from a CLOCK_MONOTONIC ground truth.
 pub fn off_ms(o: &Observation, truth_mono_ns: u64) -> f64 {
-    let clock = kubectl_zdt::agent::clock::Clock::measure();
+    let clock = kubectl_zdt::kernel::clock::Clock::measure();
     let truth = clock.to_wall(truth_mono_ns);
     (o.time - truth)
         .total(jiff::Unit::Nanosecond)

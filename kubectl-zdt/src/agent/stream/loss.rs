@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 use zdt_common::{CounterKey, maps};
 
-use super::super::{
+use crate::kernel::{
     decode::{self, Decoder},
     loader::{Attached, KernelMaps},
     program_loss::ProgramLoss,

@@ -1,11 +1,11 @@
 //! The dataplane watcher's eBPF triggers: x_tables replaces and IPVS change requests the probes
 //! see go to the watcher (they are when the dataplane changed, not observations).
 
-use super::super::{
+use crate::dataplane::watcher::{Arm, Armed, Trigger};
+use crate::kernel::{
     decode::{self, Decoder},
     loader::{Attached, DataplaneNetns},
 };
-use crate::dataplane::watcher::{Arm, Armed, Trigger};
 
 /// Where triggers are armed (the watcher's network namespace) and where they go.
 pub(super) struct DataplaneTriggers {

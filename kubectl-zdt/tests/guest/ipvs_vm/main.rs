@@ -32,16 +32,16 @@ use std::{
 use anyhow::Context as _;
 use jiff::Timestamp;
 use kubectl_zdt::{
-    agent::{
-        clock::Clock,
-        decode::{self, Decoder},
-        loader::DataplaneTriggers,
-        preflight,
-    },
     dataplane::{
         ipvs::{self, Command, Dump, Live, RealServer, VirtualServer},
         model::{Backend, Protocol, ServiceAddr},
         watcher::{self, Sink, Trigger},
+    },
+    kernel::{
+        clock::Clock,
+        decode::{self, Decoder},
+        loader::DataplaneTriggers,
+        preflight,
     },
     observation::{Kind, NodeName, Observation},
     testbed::netns::run,
