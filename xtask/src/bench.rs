@@ -11,5 +11,9 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the kernel benchmarks load eBPF programs: run `sudo ./x bench`");
     }
     setup::run_all(setup::Purpose::Run)?;
+    crate::bench_user::run()?;
+    if crate::bench_user::only() {
+        return Ok(());
+    }
     cmd::run(cmd::cargo().args(["bench", "--package", "kubectl-zdt"]))
 }

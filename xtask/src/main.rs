@@ -2,6 +2,7 @@
 //! pinned toolchain): setup, demo and test for kubectl-zdt.
 
 mod bench;
+mod bench_user;
 mod cmd;
 mod demo;
 mod e2e;
