@@ -12,5 +12,9 @@ pub fn run() -> anyhow::Result<()> {
     }
     setup::run_all(setup::Purpose::Run)?;
     bench_kernel::prepare()?;
+    crate::bench_user::run()?;
+    if crate::bench_user::only() {
+        return Ok(());
+    }
     cmd::run(cmd::cargo().args(["bench", "--package", "kubectl-zdt"]))
 }

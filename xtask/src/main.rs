@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_kernel;
+mod bench_user;
 mod cmd;
 mod demo;
 mod e2e;
