@@ -267,7 +267,7 @@ fn live(c: &mut Criterion) {
     let t = Instant::now();
     let rss0 = rss_kib();
     node.ns
-        .run_in(move || watcher::spawn(NodeName("bench".into()), sink, None).map(|_| ()))
+        .run_in(move || watcher::spawn(NodeName("bench".into()), sink).map(|_| ()))
         .unwrap()
         .unwrap();
     let first = rx.blocking_recv().unwrap();
@@ -381,12 +381,9 @@ fn live_legacy(c: &mut Criterion) {
         .ns
         .run_in(move || {
             let mut agent = agent;
-            let w = watcher::spawn(
-                NodeName("bench".into()),
-                sink,
-                Some(&mut |arm| agent.arm_dataplane(arm)),
-            )
-            .unwrap();
+            let opened = watcher::open().unwrap();
+            let armed = agent.arm_dataplane(&opened.arm).unwrap();
+            let w = opened.spawn(NodeName("bench".into()), sink, armed).unwrap();
             agent.use_dataplane(&w);
             agent
         })

@@ -216,12 +216,12 @@ async fn race(
     )?;
 
     let (tx, rx) = mpsc::channel::<Observation>(65536);
-    let dataplane_watcher = crate::dataplane::watcher::start(
-        &node_name,
-        &tx,
-        Some(&mut |arm| agent.arm_dataplane(arm)),
-    )
-    .context("failed to start the dataplane watcher")?;
+    let opened =
+        crate::dataplane::watcher::open().context("failed to start the dataplane watcher")?;
+    let armed = agent.arm_dataplane(&opened.arm)?;
+    let dataplane_watcher = opened
+        .start(&node_name, &tx, armed)
+        .context("failed to start the dataplane watcher")?;
     agent.use_dataplane(&dataplane_watcher);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent.run(tx, async {

@@ -164,11 +164,11 @@ impl Agent {
         node: &crate::observation::NodeName,
         tx: &Sender<Observation>,
     ) -> anyhow::Result<crate::dataplane::watcher::Watcher> {
-        let watcher =
-            crate::dataplane::watcher::start(node, tx, Some(&mut |arm| self.arm_dataplane(arm)))
-                .context(
-                    "failed to start the dataplane watcher (disable it with --no-dataplane)",
-                )?;
+        const CONTEXT: &str =
+            "failed to start the dataplane watcher (disable it with --no-dataplane)";
+        let opened = crate::dataplane::watcher::open().context(CONTEXT)?;
+        let armed = self.arm_dataplane(&opened.arm)?;
+        let watcher = opened.start(node, tx, armed).context(CONTEXT)?;
         self.use_dataplane(&watcher);
         Ok(watcher)
     }

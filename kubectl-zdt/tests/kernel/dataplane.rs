@@ -214,15 +214,13 @@ impl Watch {
                 let mut agent = agent;
                 let w = match &mut agent {
                     Some(a) => {
-                        let w = watcher::spawn(
-                            node.clone(),
-                            sink.clone(),
-                            Some(&mut |arm| a.arm_dataplane(arm)),
-                        )?;
+                        let opened = watcher::open()?;
+                        let armed = a.arm_dataplane(&opened.arm)?;
+                        let w = opened.spawn(node.clone(), sink.clone(), armed)?;
                         a.use_dataplane(&w);
                         w
                     }
-                    None => watcher::spawn(node.clone(), sink.clone(), None)?,
+                    None => watcher::spawn(node.clone(), sink.clone())?,
                 };
                 flows::spawn(node, w.watched, w.dnat, Duration::from_millis(200), sink)?;
                 Ok(agent)
@@ -658,7 +656,7 @@ fn scripted_watcher(node: &Node) -> (watcher::Watcher, impl FnMut() -> Observati
     let sink = watcher::Sink::new(&tx);
     let w = node
         .ns
-        .run_in(move || watcher::spawn(NodeName("node-a".into()), sink, None))
+        .run_in(move || watcher::spawn(NodeName("node-a".into()), sink))
         .unwrap()
         .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -87,24 +87,15 @@ pub struct Armed {
     pub ipvs: bool,
 }
 
-/// Arms the agent's eBPF triggers for a namespace (x_tables replaces and IPVS change requests
-/// there are then reported); nothing is armed when the kernel has no syscall tracepoints.
-pub type ArmTriggers<'a> = &'a mut dyn FnMut(&Arm) -> anyhow::Result<Armed>;
-
 /// How often `flow_new` lines are flushed per (frontend, backend).
 pub const FLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts everything the agent reports about the dataplane in the calling thread's network
-/// namespace: the dataplane watcher and the conntrack flow listener. `arm` arms the agent's
-/// iptables-legacy and IPVS triggers (None: legacy changes are not watched, IPVS is polled).
-pub fn start(
-    node: &NodeName,
-    tx: &mpsc::Sender<Observation>,
-    arm: Option<ArmTriggers<'_>>,
-) -> anyhow::Result<Watcher> {
-    let opened = open()?;
-    let armed = opened.arm_with(arm)?;
-    opened.start(node, tx, armed)
+/// namespace, with no eBPF trigger armed (legacy changes are not watched, IPVS is polled): the
+/// dataplane watcher and the conntrack flow listener. With triggers: [`open`], arm them for
+/// [`Opened::arm`], then [`Opened::start`].
+pub fn start(node: &NodeName, tx: &mpsc::Sender<Observation>) -> anyhow::Result<Watcher> {
+    open()?.start(node, tx, Armed::default())
 }
 
 /// Subscribes to the dataplane's changes in the calling thread's network namespace, before
@@ -140,11 +131,6 @@ pub struct Opened {
 }
 
 impl Opened {
-    /// What `arm` armed for [`Self::arm`] (nothing without it).
-    fn arm_with(&self, arm: Option<ArmTriggers<'_>>) -> anyhow::Result<Armed> {
-        arm.map_or(Ok(Armed::default()), |arm| arm(&self.arm))
-    }
-
     /// Starts everything the agent reports about the dataplane (see [`start`]), with the
     /// triggers the caller `armed`.
     pub fn start(
@@ -191,16 +177,15 @@ pub struct Watcher {
 /// nf_tables table kube-proxy may use over netlink and the legacy nat tables, detects the mode,
 /// then emits `dataplane_added` / `dataplane_removed` into `tx`. The first observation is
 /// `dataplane_mode` with the detected modes and route counts.
-pub fn spawn(node: NodeName, tx: Sink, arm: Option<ArmTriggers<'_>>) -> anyhow::Result<Watcher> {
-    let opened = open()?;
-    let armed = opened.arm_with(arm)?;
-    opened.spawn(node, tx, armed)
+/// No eBPF trigger is armed; with triggers: [`open`], arm them, then [`Opened::spawn`].
+pub fn spawn(node: NodeName, tx: Sink) -> anyhow::Result<Watcher> {
+    open()?.spawn(node, tx, Armed::default())
 }
 
 impl Opened {
     /// Reads every dataplane once and starts the threads that keep them up to date (see
     /// [`spawn`]).
-    fn spawn(self, node: NodeName, tx: Sink, armed: Armed) -> anyhow::Result<Watcher> {
+    pub fn spawn(self, node: NodeName, tx: Sink, armed: Armed) -> anyhow::Result<Watcher> {
         let Self {
             arm: Arm { netns, .. },
             mut monitor,

@@ -444,12 +444,12 @@ fn guest() -> anyhow::Result<bool> {
     );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Observation>(1024);
     let w = match &mut trigger {
-        Ok(t) => watcher::spawn(
-            NodeName("ipvs-vm".into()),
-            Sink::new(&tx),
-            Some(&mut |arm| t.dataplane_netns.arm(arm)),
-        )?,
-        Err(_) => watcher::spawn(NodeName("ipvs-vm".into()), Sink::new(&tx), None)?,
+        Ok(t) => {
+            let opened = watcher::open()?;
+            let armed = t.dataplane_netns.arm(&opened.arm)?;
+            opened.spawn(NodeName("ipvs-vm".into()), Sink::new(&tx), armed)?
+        }
+        Err(_) => watcher::spawn(NodeName("ipvs-vm".into()), Sink::new(&tx))?,
     };
     let triggered = trigger.is_ok();
     // Events the kernel programs submitted (all IPVS change requests: nothing else writes
