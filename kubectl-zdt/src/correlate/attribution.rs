@@ -94,7 +94,8 @@ pub(crate) fn without_redundant_instrument_log(
 /// A connect that times out shows up several times: each SYN retransmission, then the error
 /// (the kernel's ETIMEDOUT, or the client closing the socket itself, `gave_up`). It is one
 /// failed connection: of the timeout lines of one client socket (node, client address and
-/// port, destination as dialled) only the last is kept, whatever the input order.
+/// port, destination as dialled) only the last before its error line is kept, whatever the
+/// input order; lines after an error line are a later connection that reused the port.
 pub(crate) fn one_timeout_per_connection(
     obs: &[Observation],
 ) -> std::borrow::Cow<'_, [Observation]> {
@@ -107,7 +108,7 @@ pub(crate) fn one_timeout_per_connection(
         Option<std::net::IpAddr>,
         Option<u16>,
     );
-    let mut last: HashMap<Key<'_>, usize> = HashMap::new();
+    let mut lines: HashMap<Key<'_>, Vec<usize>> = HashMap::new();
     let mut superseded = Vec::new();
     for (i, o) in obs.iter().enumerate() {
         if class(o) != ErrorClass::Timeout || o.details.kernel().lost_since.is_some() {
@@ -124,16 +125,16 @@ pub(crate) fn one_timeout_per_connection(
             o.ip,
             o.port,
         );
-        match last.get(&key) {
-            None => {
-                last.insert(key, i);
-            }
-            Some(&j) => {
-                let later = (o.time, i) > (obs[j].time, j);
-                superseded.push(if later { j } else { i });
-                if later {
-                    last.insert(key, i);
-                }
+        lines.entry(key).or_default().push(i);
+    }
+    // The kernel hands the port of a connect the client gave up on to a later connect, which
+    // conntrack may send to the same gone backend: an error line ends a connection, and the
+    // lines after it are the next one's (on a real node 15 of 102 timeouts had reused a port).
+    for mut socket in lines.into_values() {
+        socket.sort_unstable_by_key(|&i| (obs[i].time, i));
+        for pair in socket.windows(2) {
+            if obs[pair[0]].kind != Kind::ConnError {
+                superseded.push(pair[0]);
             }
         }
     }
@@ -618,6 +619,17 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].kind, Kind::ConnError);
         assert_eq!(kept[1].peer_port, Some(40_001));
+        // The port given up on is handed to a later connect, which times out too (conntrack
+        // still sends it to the gone backend): two failed connections, in any input order.
+        let reused = vec![
+            line(Kind::ConnError, 5_000, 40_000),
+            line(Kind::ConnError, 2_000, 40_000),
+            line(Kind::SynRetransmit, 1_000, 40_000),
+            line(Kind::SynRetransmit, 4_500, 40_000),
+        ];
+        let kept = one_timeout_per_connection(&reused);
+        assert_eq!(kept.len(), 2, "{kept:#?}");
+        assert!(kept.iter().all(|o| o.kind == Kind::ConnError));
     }
 
     #[test]
