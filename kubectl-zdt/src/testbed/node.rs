@@ -2,7 +2,7 @@
 //! kube-proxy's iptables rules for Services.
 //!
 //! Pods sit on the bridge (198.18.0.0/24, fd00:7a64::/64) like a CNI bridge plugin would put
-//! them. Clients are routed through the node (198.18.<n>.0/24), so their traffic to a ClusterIP
+//! them. Clients are routed through the node (198.19.<n>.0/24), so their traffic to a ClusterIP
 //! is DNAT'ed in the node's PREROUTING and the replies come back through the node's conntrack,
 //! exactly as for a client on another node (no br_netfilter needed).
 
@@ -22,6 +22,12 @@ use super::{
 pub const POD_CIDR_V4: &str = "198.18.0.0/24";
 const BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const BRIDGE_V6: &str = "fd00:7a64::1";
+/// The bridge's own MAC address, set when it is created, as the CNI bridge plugin sets cni0's
+/// (`0a:58` and the gateway's IPv4 address). A bridge without one takes the lowest MAC of its
+/// ports and changes it when that port goes: every other pod's cached neighbour entry for the
+/// gateway is then wrong until it is probed again, and their replies to clients routed through
+/// the node are lost for a second or more — timeouts no real node makes.
+pub const BRIDGE_MAC: &str = "0a:58:c6:12:00:01";
 
 /// A pod: its own network namespace on the node's bridge.
 #[derive(Debug)]
@@ -50,7 +56,7 @@ impl Node {
     pub fn create() -> anyhow::Result<Self> {
         let ns = Netns::create("node")?;
         // Links up before addresses (see netns::veth_pair).
-        ns.ip("link add br0 type bridge")?;
+        ns.ip(&format!("link add br0 address {BRIDGE_MAC} type bridge"))?;
         ns.ip("link set br0 up")?;
         ns.ip(&format!("addr add {BRIDGE_V4}/24 dev br0"))?;
         ns.ip(&format!("-6 addr add {BRIDGE_V6}/64 dev br0 nodad"))?;

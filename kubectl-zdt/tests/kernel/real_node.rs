@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use crate::support::{AgentProcess, of_kind, off_ms, require_root, total};
+use crate::support::{AgentProcess, of_kind, off_ms, require_root, total, wait_until};
 use jiff::Timestamp;
 use kubectl_zdt::{
     agent::pods::PodIndex,
@@ -30,7 +30,7 @@ use kubectl_zdt::{
         ClientHandle, Node, PodHandle,
         kube_proxy::ServicePort,
         netns::NsThread,
-        node::cluster_ip,
+        node::{BRIDGE_MAC, cluster_ip},
         pod::{PodProcess, PodSpec, Truth},
         tcp::{Attempt, KeepAlive, keep_alive_requests, request_loop},
     },
@@ -629,4 +629,30 @@ fn a_pod_listening_a_second_late_without_a_readiness_probe_refuses_until_it_list
             .command
             .contains(r#""name":"app","readinessProbe":{"tcpSocket":{"port":8080}"#)
     );
+}
+
+/// A real node's pod bridge keeps the MAC address the CNI plugin gave it: a bridge that took
+/// the lowest MAC of its ports changes it when that pod goes, and the other pods' replies to
+/// the old gateway MAC are lost (a client's connect to a pod that was never deleted timed out).
+#[test]
+fn the_pod_bridge_keeps_its_mac_address_when_a_pod_goes() {
+    require_root();
+    let mut node = Node::create().unwrap();
+    let mac = |node: &Node| {
+        node.ns
+            .exec("cat", &["/sys/class/net/br0/address"])
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let pods: Vec<_> = (0..3)
+        .map(|i| node.add_pod(&format!("bridge-{i}")).unwrap())
+        .collect();
+    assert_eq!(mac(&node), BRIDGE_MAC);
+    for (i, pod) in pods.into_iter().enumerate() {
+        node.remove_pod(pod);
+        let port = format!("hv{}", i + 1);
+        wait_until(|| node.ns.ip(&format!("link show {port}")).is_err());
+        assert_eq!(mac(&node), BRIDGE_MAC, "after {port} went");
+    }
 }

@@ -36,7 +36,7 @@ use kubectl_zdt::{
         tcp::{Attempt, KeepAlive, keep_alive_requests, request_loop},
     },
 };
-use support::{AgentProcess, require_root};
+use support::{AgentProcess, require_root, wait_until};
 
 const PORT: u16 = 8080;
 /// The testbed kubelet's probe period, as the pod spec says (`periodSeconds: 1`).
@@ -250,15 +250,6 @@ impl Traffic {
 impl Drop for Traffic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Waits until `done` (at most 10 s): the first request a forking app answers can take seconds
-/// on a loaded machine.
-fn wait_until(done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline && !done() {
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

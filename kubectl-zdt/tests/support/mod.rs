@@ -186,3 +186,12 @@ pub fn assert_all_refused(outcomes: &[Result<(), String>]) {
         "{outcomes:?}"
     );
 }
+
+/// Waits until `done` (at most 10 s): the first request a forking app answers can take seconds
+/// on a loaded machine, and a namespace's links go after it is deleted.
+pub fn wait_until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && !done() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
