@@ -163,7 +163,9 @@ fn capacity_rows(out: &mut String, c: &Capacity, axis: &Axis, width: usize, labe
             c.ready_below_desired_ms,
         ),
         (
-            "listening".to_owned(),
+            // Not "listening": a terminating pod still listening is not counted (it is not
+            // ready), nor a ready pod that does not listen yet.
+            "ready+listening".to_owned(),
             |s: &CapacityStep| s.serving,
             c.min_serving,
             c.serving_below_desired_ms,

@@ -169,7 +169,7 @@ fn error_dots(out: &mut String, marks: &[ErrorMark], axis: &Axis, y: f64) {
     }
 }
 
-/// The Service's ready (blue) and listening (green) endpoints as step lines, the replicas
+/// The Service's ready (blue), and ready and listening (green), endpoints as step lines, the replicas
 /// asked for dashed.
 fn capacity_svg(out: &mut String, c: &Capacity, axis: &Axis, y: f64) {
     let top = c
@@ -183,7 +183,7 @@ fn capacity_svg(out: &mut String, c: &Capacity, axis: &Axis, y: f64) {
     let yv = |v: u64| y + 8.0 + (1.0 - v as f64 / top) * (ROW_H - 16.0);
     let x = |t| LABEL_W + axis.fraction(t) * CHART_W;
     let sub = format!(
-        "ready min {} · listening min {} of {}",
+        "ready min {} · ready+listening min {} of {}",
         c.min_ready, c.min_serving, c.desired
     );
     let verdict = if c.min_ready.min(c.min_serving) < c.desired {
@@ -207,7 +207,7 @@ fn capacity_svg(out: &mut String, c: &Capacity, axis: &Axis, y: f64) {
             "#1f77b4",
             "ready",
         ),
-        (|s: &CapacityStep| s.serving, "#2ca02c", "listening"),
+        (|s: &CapacityStep| s.serving, "#2ca02c", "ready and listening"),
     ] {
         let mut points = String::new();
         for (i, s) in c.series.iter().enumerate() {
@@ -395,7 +395,7 @@ pub fn render(report: &Report) -> String {
             out.push_str(
                 "<p class=\"legend\">New pods (+): Y pod ready · E endpoint ready · A first node routing · O listening · \
                  pink bar: routed before listening · pink dots: refused before listening, brown: refused after ready. \
-                 Capacity: the Service's ready endpoints (blue) and those listening (green) against the replicas asked for (dashed).</p>",
+                 Capacity: the Service's ready endpoints (blue) and those of them listening (green) against the replicas asked for (dashed).</p>",
             );
             table(
                 &mut out,

@@ -527,8 +527,8 @@ fn new_pods_refusing_before_they_listen_are_a_table_of_their_own_a_chart_row_and
     // The capacity band: ready and listening endpoints as step lines.
     assert!(
         html.contains("<title>ready endpoints</title>")
-            && html.contains("<title>listening endpoints</title>")
-            && html.contains("ready min 2 · listening min 0 of 2"),
+            && html.contains("<title>ready and listening endpoints</title>")
+            && html.contains("ready min 2 · ready+listening min 0 of 2"),
         "{html}"
     );
 }
