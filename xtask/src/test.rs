@@ -6,10 +6,10 @@
 //! see every namespace, so two tests' traffic would mix). Without root this fails: those tests
 //! are never skipped silently.
 //!
-//! Last, IPVS on a real kernel: this machine's kernel has no IPVS, so `ipvs_vm` boots
+//! Then IPVS on a real kernel: this machine's kernel has no IPVS, so `ipvs_vm` boots
 //! Debian's kernels (6.1, then 6.12) in a QEMU guest under TCG emulation (no KVM needed;
 //! nested KVM hangs on these machines) and runs the IPVS reader, watcher and eBPF trigger
-//! there, and on 6.12 the whole agent.
+//! there, and on 6.12 the whole agent. Last, the longer run of the property tests and fuzzers.
 
 use anyhow::bail;
 
@@ -82,8 +82,35 @@ pub fn run() -> anyhow::Result<()> {
         cpus: 1,
         kernel: "linux-image-6.12-amd64".to_owned(),
     })?;
+    longer_properties()?;
     eprintln!("xtask test: all checks passed");
     Ok(())
+}
+
+/// The property tests and the fuzzers of the line parser, journal reader and table decoders
+/// again, with `PROPTEST_CASES` cases each (16 times the quick run's 256; the test-named counts
+/// of the offline binary give way to it too): about two minutes here. `ZDT_LONG_CASES`
+/// changes the count.
+const LONG_CASES: &str = "4096";
+const PROPERTY_TESTS: [&str; 7] = [
+    "journal_fuzz::",
+    "decoder_fuzz::",
+    "correlate_properties::",
+    "recommend::",
+    "dataplane::",
+    "correlate::input",
+    "testbed::kube_proxy",
+];
+
+fn longer_properties() -> anyhow::Result<()> {
+    let cases = std::env::var("ZDT_LONG_CASES").unwrap_or_else(|_| LONG_CASES.to_owned());
+    eprintln!("xtask test: property tests and fuzzers again, {cases} cases each");
+    cmd::run(
+        cargo_test()
+            .args(["--lib", "--bins", "--test", "offline", "--"])
+            .args(PROPERTY_TESTS)
+            .env("PROPTEST_CASES", cases),
+    )
 }
 
 /// `cargo test` of the workspace's host crates.

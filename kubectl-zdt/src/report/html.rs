@@ -207,7 +207,11 @@ fn capacity_svg(out: &mut String, c: &Capacity, axis: &Axis, y: f64) {
             "#1f77b4",
             "ready",
         ),
-        (|s: &CapacityStep| s.serving, "#2ca02c", "ready and listening"),
+        (
+            |s: &CapacityStep| s.serving,
+            "#2ca02c",
+            "ready and listening",
+        ),
     ] {
         let mut points = String::new();
         for (i, s) in c.series.iter().enumerate() {

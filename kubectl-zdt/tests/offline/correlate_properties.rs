@@ -75,7 +75,7 @@ fn gaps(r: &Report) -> Vec<(Option<String>, Option<f64>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(crate::support::cases(128))]
 
     #[test]
     fn the_report_never_depends_on_input_order(
@@ -183,7 +183,7 @@ fn any_observation() -> impl Strategy<Value = Observation> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(crate::support::cases(256))]
 
     #[test]
     fn any_mix_of_observations_is_correlated_and_rendered_without_a_panic(obs in prop::collection::vec(any_observation(), 0..60)) {
@@ -203,7 +203,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(crate::support::cases(256))]
 
     /// Whatever the numbers (any uncertainty on any line, any margin, any grace period the
     /// pods had), the advice is never shorter than the largest measured gap + the margin, never
@@ -287,7 +287,7 @@ fn new_pod_lines(routed_ms: i64, listen_ms: i64, refusals: &[i64]) -> Vec<Observ
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(crate::support::cases(64))]
 
     #[test]
     fn a_new_pods_refusals_split_at_its_listeners_open_in_any_order(

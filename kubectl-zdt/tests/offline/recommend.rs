@@ -91,7 +91,7 @@ fn gaps(r: &Report) -> Vec<(String, Option<String>, Option<f64>, u64)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(crate::support::cases(96))]
 
     #[test]
     fn each_workloads_advised_prestop_closes_every_gap_of_its_rollouts((nodes, pods) in plans()) {
@@ -372,7 +372,7 @@ fn a_margin_over_an_hour_is_refused_in_one_line() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(crate::support::cases(64))]
 
     /// A patch that shortens the grace period can cause the outage it is meant to prevent:
     /// whatever the workload runs with now, the advised grace period is at least that, and at

@@ -195,3 +195,17 @@ pub fn wait_until(done: impl Fn() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A property's case count: `ci` cases in CI's quick run, `PROPTEST_CASES` when set (the
+/// longer run, `cargo xtask test`'s last step). A count written into the config alone would
+/// ignore the variable (proptest reads it only for its default).
+pub fn cases(ci: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ci);
+    proptest::test_runner::Config {
+        cases,
+        ..proptest::test_runner::Config::default()
+    }
+}
