@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{cmd, image};
+use crate::{cmd, image, kube_proxy_view};
 
 const NS: &str = "zdt-e2e";
 
@@ -65,6 +65,12 @@ pub struct E2eArgs {
     /// Leave the samples and the agents installed.
     #[arg(long)]
     pub keep: bool,
+
+    /// kube-proxy's metrics (its `--metrics-bind-address`, e.g. http://127.0.0.1:10249/metrics
+    /// on the node): print its network-programming histogram for the fast-exit rollout beside
+    /// the agents' stamps of the same changes.
+    #[arg(long, value_name = "URL")]
+    pub kube_proxy_metrics: Option<String>,
 }
 
 fn require(tool: &str, why: &str) -> anyhow::Result<()> {
@@ -298,6 +304,37 @@ fn seen(report: &Value, saved: &str, workload: &str) -> anyhow::Result<Seen> {
 }
 
 fn trace(cluster: &Cluster, workload: &str, rps: u32, out: &Path) -> anyhow::Result<Seen> {
+    Ok(trace_report(cluster, workload, rps, out)?.0)
+}
+
+/// The fast-exit rollout with kube-proxy's histogram read before and after it: what each says
+/// of the same changes (kube_proxy_view.rs).
+fn trace_beside_kube_proxy(
+    cluster: &Cluster,
+    rps: u32,
+    out: &Path,
+    url: &str,
+) -> anyhow::Result<Seen> {
+    let before = kube_proxy_view::scrape(url)?;
+    let (seen, report) = trace_report(cluster, "fast-exit", rps, out)?;
+    let added = before.added_since(&kube_proxy_view::scrape(url)?);
+    eprintln!("fast-exit rollout, how long the node's dataplane took to follow the API:");
+    eprintln!(
+        "  kube-proxy (network_programming_duration_seconds): {}",
+        kube_proxy_view::kube_proxy_view(&added)
+    );
+    for line in kube_proxy_view::agents_view(&report, "fast-exit") {
+        eprintln!("  kubectl-zdt: {line}");
+    }
+    Ok(seen)
+}
+
+fn trace_report(
+    cluster: &Cluster,
+    workload: &str,
+    rps: u32,
+    out: &Path,
+) -> anyhow::Result<(Seen, Value)> {
     let saved = out.join(format!("{workload}.jsonl"));
     let report_path = out.join(format!("{workload}.json"));
     let mut c = cluster.zdt();
@@ -342,7 +379,7 @@ fn trace(cluster: &Cluster, workload: &str, rps: u32, out: &Path) -> anyhow::Res
         .with_context(|| format!("failed to read {}", saved.display()))?;
     let s = seen(&report, &text, workload)?;
     eprintln!("{workload}: {s:?}");
-    Ok(s)
+    Ok((s, report))
 }
 
 fn missing(s: &Seen) -> String {
@@ -499,7 +536,10 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
         ]))?;
     }
     let out = cmd::root().join("target/e2e");
-    let fast = trace(&cluster, "fast-exit", args.rps, &out)?;
+    let fast = match &args.kube_proxy_metrics {
+        Some(url) => trace_beside_kube_proxy(&cluster, args.rps, &out, url)?,
+        None => trace(&cluster, "fast-exit", args.rps, &out)?,
+    };
     let graceful = trace(&cluster, "graceful", args.rps, &out)?;
     let checks = [
         check_fast_exit(&fast, &out),

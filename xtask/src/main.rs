@@ -9,6 +9,7 @@ mod demo;
 mod e2e;
 mod image;
 mod ipvs_vm;
+mod kube_proxy_view;
 mod setup;
 mod test;
 
@@ -36,7 +37,7 @@ enum Command {
     /// On a real cluster: image, load, install, trace two sample rollouts, check, clean up.
     E2e(e2e::E2eArgs),
     /// Run every benchmark (kernel cost per event, agent overhead, correlation, dataplane).
-    Bench,
+    Bench(bench::BenchArgs),
     /// Check the IPVS reader, watcher and eBPF trigger against a real kernel's IPVS in a QEMU
     /// guest (root; fetches Debian's kernel and qemu; `test` runs it too).
     IpvsVm(ipvs_vm::IpvsVmArgs),
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Image(args) => image::run(&args),
         Command::E2e(args) => e2e::run(&args),
-        Command::Bench => bench::run(),
+        Command::Bench(args) => bench::run(&args),
         Command::IpvsVm(args) => ipvs_vm::run(&args),
     };
     match result {
