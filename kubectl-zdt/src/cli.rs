@@ -79,6 +79,56 @@ pub enum Command {
     Recommend(recommend::RecommendArgs),
 }
 
+/// `kubectl zdt -n prod trace deployment/web`: kubectl takes its flags before the verb too, so
+/// `-n`/`--namespace`/`-A`/`--all-namespaces` written before the command are moved after it,
+/// where the commands that use them take them (a command without them still refuses them).
+pub fn kubectl_order(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let takes_value = |flag: &str| {
+        command.get_arguments().any(|a| {
+            a.get_action().takes_values()
+                && (flag.strip_prefix("--") == a.get_long()
+                    || (flag.len() == 2
+                        && flag.strip_prefix('-').and_then(|c| c.chars().next()) == a.get_short()))
+        })
+    };
+    let mut hoisted = Vec::new();
+    let mut rest = Vec::with_capacity(args.len());
+    let mut words = args.into_iter();
+    rest.extend(words.next()); // the program's name
+    while let Some(word) = words.next() {
+        let Some(w) = word.to_str().map(str::to_owned) else {
+            rest.push(word);
+            break;
+        };
+        match w.as_str() {
+            "-n" | "--namespace" => {
+                hoisted.push(word);
+                hoisted.extend(words.next());
+            }
+            _ if w.starts_with("--namespace=") || (w.starts_with("-n") && w.len() > 2) => {
+                hoisted.push(word);
+            }
+            "-A" | "--all-namespaces" => hoisted.push(word),
+            _ if w.starts_with('-') => {
+                let value_follows = !w.contains('=') && takes_value(&w);
+                rest.push(word);
+                if value_follows {
+                    rest.extend(words.next());
+                }
+            }
+            // The command: what was hoisted goes right after it.
+            _ => {
+                rest.push(word);
+                break;
+            }
+        }
+    }
+    rest.extend(hoisted);
+    rest.extend(words);
+    rest
+}
+
 pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     // A command's --timeout also bounds reaching the server.
     cli.kube.reach_within = match &cli.command {
@@ -121,5 +171,57 @@ pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Analyze(args) => analyze::main(args),
         Command::JournalWriter(args) => crate::journal::writer::main(args),
         Command::Recommend(args) => recommend::main(&cli.kube, &args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(line: &str) -> String {
+        let args = line.split(' ').map(std::ffi::OsString::from).collect();
+        kubectl_order(args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn namespace_flags_before_the_command_go_after_it_as_kubectl_takes_them() {
+        assert_eq!(
+            order("zdt -n prod trace deployment/web"),
+            "zdt trace -n prod deployment/web"
+        );
+        assert_eq!(
+            order("zdt --kubeconfig /k -v --namespace=prod --context c history --since 2h"),
+            "zdt --kubeconfig /k -v --context c history --namespace=prod --since 2h"
+        );
+        assert_eq!(order("zdt -A recommend"), "zdt recommend -A");
+        assert_eq!(order("zdt -nprod trace x"), "zdt trace -nprod x");
+        // A value-taking flag's value is not the command; after the command nothing moves.
+        assert_eq!(
+            order("zdt --context trace -n a trace deployment/x -n b"),
+            "zdt --context trace trace -n a deployment/x -n b"
+        );
+        assert_eq!(order("zdt status"), "zdt status");
+        let parsed = Cli::try_parse_from(kubectl_order(
+            "zdt -n prod trace deployment/web"
+                .split(' ')
+                .map(Into::into)
+                .collect(),
+        ))
+        .unwrap();
+        let Command::Trace(t) = parsed.command else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(t.namespace.namespace.as_deref(), Some("prod"));
+        // Still refused where it means nothing.
+        assert!(
+            Cli::try_parse_from(kubectl_order(
+                "zdt -n prod status".split(' ').map(Into::into).collect()
+            ))
+            .is_err()
+        );
     }
 }

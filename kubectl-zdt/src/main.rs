@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use kubectl_zdt::cli::{Cli, run};
+use kubectl_zdt::cli::{Cli, kubectl_order, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(kubectl_order(std::env::args_os().collect()));
     kubectl_zdt::logging::init(cli.verbose);
     match run(cli) {
         Ok(code) => code,

@@ -6,11 +6,16 @@ use kubectl_zdt::cli::Cli;
 
 /// The first line of clap's error for `args`, or None when they parse.
 fn refused(args: &[&str]) -> Option<(ErrorKind, String)> {
-    let argv = std::iter::once("kubectl-zdt").chain(args.iter().copied());
-    Cli::try_parse_from(argv).err().map(|e| {
-        let text = e.to_string();
-        (e.kind(), text.lines().next().unwrap_or_default().to_owned())
-    })
+    let argv = std::iter::once("kubectl-zdt")
+        .chain(args.iter().copied())
+        .map(Into::into)
+        .collect();
+    Cli::try_parse_from(kubectl_zdt::cli::kubectl_order(argv))
+        .err()
+        .map(|e| {
+            let text = e.to_string();
+            (e.kind(), text.lines().next().unwrap_or_default().to_owned())
+        })
 }
 
 #[test]
@@ -142,11 +147,16 @@ fn namespace_flags_and_wide_output_only_where_they_mean_something() {
         &["recommend", "deploy/web", "-n", "shop"],
         &["status", "-o", "wide"],
         &["recommend", "-o", "wide"],
+        // Before the command, as kubectl takes them.
+        &["-n", "shop", "trace", "deploy/web"],
+        &["--namespace=shop", "history"],
+        &["-A", "recommend"],
     ] {
         assert_eq!(refused(ok), None, "{ok:?}");
     }
     for (bad, kind) in [
         (&["status", "-n", "shop"][..], ErrorKind::UnknownArgument),
+        (&["-n", "shop", "status"], ErrorKind::UnknownArgument),
         (&["install", "-A"], ErrorKind::UnknownArgument),
         (
             &["uninstall", "-n", "zdt-system"],
