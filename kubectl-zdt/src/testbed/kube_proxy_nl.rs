@@ -22,7 +22,7 @@ use super::{kube_proxy::ServicePort, kube_proxy_nft::service_chain};
 
 const TABLE: &str = "kube-proxy";
 
-fn expr(name: &str, data: Expressions) -> ListAttribute<ExpressionAttribute> {
+pub fn expr(name: &str, data: Expressions) -> ListAttribute<ExpressionAttribute> {
     ListAttribute::Element(vec![
         ExpressionAttribute::Name(name.into()),
         ExpressionAttribute::Data(data),
@@ -92,9 +92,9 @@ fn dispatch(svc: &ServicePort, add: bool) -> NfTablesMessage {
     }
 }
 
-/// The service chain's DNAT rule through map `map`.
-fn service_rule(svc: &ServicePort, handle: u64, map: &str, n: usize) -> NfTablesMessage {
-    let exprs = vec![
+/// `meta l4proto tcp`: what every Service rule of either kube-proxy mode starts with.
+pub fn tcp_only() -> [ListAttribute<ExpressionAttribute>; 2] {
+    [
         expr(
             "meta",
             Expressions::Meta(vec![
@@ -110,6 +110,13 @@ fn service_rule(svc: &ServicePort, handle: u64, map: &str, n: usize) -> NfTables
                 Cmp::Data(DataAttribute::Value(vec![6])),
             ]),
         ),
+    ]
+}
+
+/// The service chain's DNAT rule through map `map`.
+fn service_rule(svc: &ServicePort, handle: u64, map: &str, n: usize) -> NfTablesMessage {
+    let mut exprs = tcp_only().to_vec();
+    exprs.extend([
         expr(
             "numgen",
             Expressions::Other {
@@ -143,7 +150,7 @@ fn service_rule(svc: &ServicePort, handle: u64, map: &str, n: usize) -> NfTables
                 ],
             },
         ),
-    ];
+    ]);
     NfTablesMessage::NewRule(RuleMessage {
         attributes: vec![
             RuleAttribute::Table(TABLE.into()),
