@@ -1,6 +1,8 @@
 //! The nodes in the input, numbered in name order so that numbering never depends on input order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use crate::observation::{Kind, NodeName, Observation};
 
