@@ -100,12 +100,20 @@ fn read_source(
 /// the same stream given twice, or overlapping exports, must not count twice. Keeps the order;
 /// returns how many were dropped.
 pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
-    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    drop_duplicates_hashed(obs, &foldhash::fast::RandomState::default())
+}
+
+/// [`drop_duplicates`] with the hasher given: the hashes only group the candidates, so every
+/// hasher gives the same answer (the tests use one under which all lines collide).
+fn drop_duplicates_hashed(
+    obs: &mut Vec<Observation>,
+    state: &impl std::hash::BuildHasher,
+) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
     // Equal observations hash equal; observations whose hashes meet are compared whole. The
     // common fields are hashed first (fast, and enough to tell two genuine events apart: they
     // differ in their nanosecond time or their ports); only the rare lines equal in all of
     // them have their other fields hashed, which costs a map each.
-    let state = foldhash::fast::RandomState::default();
     let common = |o: &Observation| {
         let mut h = state.build_hasher();
         (
@@ -309,7 +317,7 @@ mod tests {
         other_port.peer_port = Some(40_000);
         let b = Observation::new(Kind::Refused, t, NodeName("b".into()));
         let extra = a.clone().with_extra("pid", 42);
-        let mut obs = vec![
+        let input = vec![
             a.clone(),
             other_port.clone(),
             b.clone(),
@@ -318,7 +326,26 @@ mod tests {
             b.clone(),
             a.clone(),
         ];
+        let mut obs = input.clone();
         assert_eq!(drop_duplicates(&mut obs), 3);
+        assert_eq!(
+            obs,
+            vec![a.clone(), other_port.clone(), b.clone(), extra.clone()]
+        );
+
+        // The same under a hasher for which every line collides: only the whole comparison
+        // tells them apart.
+        #[derive(Default)]
+        struct Collide;
+        impl std::hash::Hasher for Collide {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, _: &[u8]) {}
+        }
+        let mut obs = input;
+        let state = std::hash::BuildHasherDefault::<Collide>::default();
+        assert_eq!(drop_duplicates_hashed(&mut obs, &state), 3);
         assert_eq!(obs, vec![a, other_port, b, extra]);
     }
 }
