@@ -100,11 +100,21 @@ fn read_source(
 /// the same stream given twice, or overlapping exports, must not count twice. Keeps the order;
 /// returns how many were dropped.
 pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
-    use std::hash::{BuildHasher as _, Hash as _, Hasher as _, RandomState};
-    let state = RandomState::new();
-    // A hash of every field (equal observations hash equal), and the full observations
-    // compared when hashes meet.
-    let hash = |o: &Observation| {
+    drop_duplicates_hashed(obs, &foldhash::fast::RandomState::default())
+}
+
+/// [`drop_duplicates`] with the hasher given: the hashes only group the candidates, so every
+/// hasher gives the same answer (the tests use one under which all lines collide).
+fn drop_duplicates_hashed(
+    obs: &mut Vec<Observation>,
+    state: &impl std::hash::BuildHasher,
+) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    // Equal observations hash equal; observations whose hashes meet are compared whole. The
+    // common fields are hashed first (fast, and enough to tell two genuine events apart: they
+    // differ in their nanosecond time or their ports); only the rare lines equal in all of
+    // them have their other fields hashed, which costs a map each.
+    let common = |o: &Observation| {
         let mut h = state.build_hasher();
         (
             o.kind,
@@ -125,22 +135,33 @@ pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
             o.uncertainty_ns,
         )
             .hash(&mut h);
+        h.finish()
+    };
+    let others = |o: &Observation| {
+        let mut h = state.build_hasher();
         for (k, v) in &o.other_fields() {
             k.hash(&mut h);
             v.to_string().hash(&mut h);
         }
         h.finish()
     };
-    let mut keys: Vec<(u64, usize)> = obs.iter().enumerate().map(|(i, o)| (hash(o), i)).collect();
+    let mut keys: Vec<(u64, usize)> = obs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (common(o), i))
+        .collect();
     keys.sort_unstable();
     let mut drop = vec![false; obs.len()];
     for group in keys.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
-        for (k, &(_, i)) in group.iter().enumerate() {
-            if group[..k]
-                .iter()
-                .any(|&(_, j)| !drop[j] && obs[j] == obs[i])
-            {
-                drop[i] = true;
+        let mut group: Vec<(u64, usize)> =
+            group.iter().map(|&(_, i)| (others(&obs[i]), i)).collect();
+        group.sort_unstable();
+        // Within equal hashes in input order: a line equal to an earlier one kept is dropped.
+        for same in group.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+            for (k, &(_, i)) in same.iter().enumerate() {
+                if same[..k].iter().any(|&(_, j)| !drop[j] && obs[j] == obs[i]) {
+                    drop[i] = true;
+                }
             }
         }
     }
@@ -180,10 +201,17 @@ impl Streams {
 pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<Streams> {
     let mut observations = Vec::new();
     let mut rejected = Vec::new();
+    let started = std::time::Instant::now();
     for path in files {
         read_source(path, &mut observations, &mut rejected)?;
     }
+    let read = started.elapsed();
     let duplicates = drop_duplicates(&mut observations);
+    tracing::debug!(
+        "read {} observations in {read:.2?}, duplicates dropped in {:.2?}",
+        observations.len(),
+        started.elapsed() - read
+    );
     observations.shrink_to_fit();
     for line in rejected.iter().take(SHOWN_PROBLEMS) {
         eprintln!("kubectl-zdt: {line}");
@@ -217,6 +245,7 @@ pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<Streams> {
 
 pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let mut streams = read_streams(&args.files)?;
+    let started = std::time::Instant::now();
     let mut report = correlate::correlate(
         &streams.observations,
         &Options {
@@ -230,10 +259,16 @@ pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     // The input is not needed any more: freed before the report is rendered (a JSON or HTML
     // report of a large input is large itself).
     streams.observations = Vec::new();
+    tracing::debug!(
+        "correlated and freed the input in {:.2?}",
+        started.elapsed()
+    );
     report.warnings.extend(streams.duplicates_warning());
     report.input.rejected_lines = streams.rejected;
 
+    let started = std::time::Instant::now();
     let text = report::render(&report, args.output)?;
+    tracing::debug!("rendered in {:.2?}", started.elapsed());
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())
@@ -282,7 +317,7 @@ mod tests {
         other_port.peer_port = Some(40_000);
         let b = Observation::new(Kind::Refused, t, NodeName("b".into()));
         let extra = a.clone().with_extra("pid", 42);
-        let mut obs = vec![
+        let input = vec![
             a.clone(),
             other_port.clone(),
             b.clone(),
@@ -291,7 +326,26 @@ mod tests {
             b.clone(),
             a.clone(),
         ];
+        let mut obs = input.clone();
         assert_eq!(drop_duplicates(&mut obs), 3);
+        assert_eq!(
+            obs,
+            vec![a.clone(), other_port.clone(), b.clone(), extra.clone()]
+        );
+
+        // The same under a hasher for which every line collides: only the whole comparison
+        // tells them apart.
+        #[derive(Default)]
+        struct Collide;
+        impl std::hash::Hasher for Collide {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, _: &[u8]) {}
+        }
+        let mut obs = input;
+        let state = std::hash::BuildHasherDefault::<Collide>::default();
+        assert_eq!(drop_duplicates_hashed(&mut obs, &state), 3);
         assert_eq!(obs, vec![a, other_port, b, extra]);
     }
 }

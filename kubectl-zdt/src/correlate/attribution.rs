@@ -99,7 +99,7 @@ pub(crate) fn without_redundant_instrument_log(
 pub(crate) fn one_timeout_per_connection(
     obs: &[Observation],
 ) -> std::borrow::Cow<'_, [Observation]> {
-    use std::collections::HashMap;
+    use foldhash::{HashMap, HashMapExt as _};
     type Key<'a> = (
         &'a str,
         std::net::IpAddr,

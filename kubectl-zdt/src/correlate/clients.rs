@@ -4,11 +4,9 @@
 //! ingress controller, a mesh, a headless Service or a client-side balancer with its own
 //! endpoint list) — per rollout (docs/report-schema.md, Clients).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
+use foldhash::HashMap;
 use serde::Serialize;
 
 use super::{

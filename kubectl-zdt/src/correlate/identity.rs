@@ -6,7 +6,9 @@
 //! claim is any observation naming the pod together with the IP); one that carries only a pod
 //! name belongs to the pod of that name (StatefulSets reuse names: the most recent one again).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use super::time::WallNs;
 use crate::observation::{Kind, Observation, PodRef, PodUid};
