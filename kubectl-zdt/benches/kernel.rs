@@ -1,26 +1,27 @@
 //! Kernel-side benchmarks (root; `cargo xtask bench` runs them): cost per event of each probe
 //! from the kernel's own bpf_stats, side by side with the bpftrace one-liners a user would run
 //! instead (same tracepoints, same refused connections between two namespaces; bpftrace must be
-//! installed: `cargo xtask bench` installs it), the connect/close rate kept with the agent
-//! running, a refused-connection storm from a raw-socket SYN flood (per-pod totals against the
-//! generator's and the kernel's own counts, loss reported), and the agent's memory and idle
-//! CPU. Programs are told apart by the descriptors their process holds, so other agents on the
-//! machine do not count. Prints a Markdown table for BENCHMARKS.md. Numbers are measured, never
-//! asserted: a benchmark reports, tests decide.
+//! installed: `cargo xtask bench` installs it), the connection rate kept with the agent
+//! watching all traffic (paired windows, `support/connrate.rs`), refused-connection storms from
+//! a raw-socket and an `AF_PACKET` SYN flood (per-pod totals against the generator's and the
+//! kernel's own counts, loss reported; the fast one also without the agent: the machine's
+//! ceiling), and the agent's memory and idle CPU. `ZDT_BENCH_ONLY` runs some sections only
+//! ([`section`]). Programs are told apart by the descriptors their process holds, so other
+//! agents on the machine do not count. Prints a Markdown table for BENCHMARKS.md. Numbers are
+//! measured, never asserted: a benchmark reports, tests decide.
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use aya::{programs::loaded_programs, sys::Stats};
+#[path = "support/connrate.rs"]
+mod connrate;
+
 use kubectl_zdt::{
     agent::{Agent, AgentConfig},
     observation::{Kind, NodeName},
@@ -41,6 +42,27 @@ fn prog_stats() -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// The kernel's run-time accounting of eBPF programs, on while the result is held.
+fn enable_stats() -> anyhow::Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS failed")
+}
+
+/// [`prog_stats`] of the programs this process holds (the agent's, while it runs).
+fn own_stats() -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let held = programs_held_by(std::process::id())?;
+    Ok(loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| held.contains(&p.id()))
+        .map(|p| {
+            (
+                p.name_as_str().unwrap_or("").to_owned(),
+                p.run_time().as_nanos() as u64,
+                p.run_count(),
+            )
+        })
+        .collect())
+}
+
 fn stat_of(stats: &[(String, u64, u64)], prog: &str) -> (u64, u64) {
     let short: String = prog.chars().take(15).collect();
     stats
@@ -58,44 +80,6 @@ fn per_event(
     let (t1, c1) = stat_of(after, prog);
     let n = c1.saturating_sub(c0);
     ((t1.saturating_sub(t0)) as f64 / n.max(1) as f64, n)
-}
-
-/// Connect + close to a local listener for `secs`; connections per second.
-///
-/// The server closes first and the client waits for its FIN, so the TIME_WAIT sockets stay on
-/// the listener's side: a client that closed first left one per connection holding an
-/// ephemeral port, and every later run connected slower than the one before (tens of
-/// thousands of them within one benchmark), which made the agent-on runs, always second, look
-/// several times slower than the agent-off runs.
-fn connect_close_rate(ns: &Netns, secs: f64) -> anyhow::Result<f64> {
-    ns.run_in(move || -> anyhow::Result<f64> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let acceptor = std::thread::spawn(move || {
-            for c in listener.incoming() {
-                drop(c);
-                if s2.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-        });
-        let start = Instant::now();
-        let mut n = 0u64;
-        let mut byte = [0u8; 1];
-        while start.elapsed().as_secs_f64() < secs {
-            let mut c = TcpStream::connect(addr)?;
-            // EOF: the server has closed its end.
-            let _ = std::io::Read::read(&mut c, &mut byte);
-            n += 1;
-        }
-        let rate = n as f64 / start.elapsed().as_secs_f64();
-        stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(addr);
-        let _ = acceptor.join();
-        Ok(rate)
-    })?
 }
 
 struct Running {
@@ -212,63 +196,157 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let _stats = aya::sys::enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS failed")?;
-    let ns = Netns::create("bench")?;
     println!("| measurement | value |\n|---|---|");
-
-    // 1. Connect/close rate with and without the agent (watching an unrelated address, so every
-    //    state change is filtered out in the kernel), in ABBA order so that a drift of the
-    //    machine over the runs weighs on both sides alike.
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    let mut filtered = (0.0, 0);
-    for agent_on in [false, true, true, false, false, true, true, false] {
-        if !agent_on {
-            without.push(connect_close_rate(&ns, 1.5)?);
-            continue;
-        }
-        let running = start_agent(&rt, "198.18.250.1/32")?;
-        let before = prog_stats();
-        with.push(connect_close_rate(&ns, 1.5)?);
-        let after = prog_stats();
-        filtered = per_event(&before, &after, "inet_sock_set_state");
-        stop_agent(&rt, running)?;
+    // Before the kernel's run-time accounting is on: it adds two clock reads to every program
+    // run, which the connection rate would count against the agent.
+    if section("connrate") {
+        connect_close(&rt, false)?;
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    println!(
-        "| loopback connect/close, agent off | {:.0}/s (mean of 4 × 1.5 s, ABBA) |",
-        mean(&without)
-    );
-    println!(
-        "| loopback connect/close, agent on (filtered out) | {:.0}/s |",
-        mean(&with)
-    );
-    println!(
-        "| ratio on/off | {:.1} % |",
-        100.0 * mean(&with) / mean(&without)
-    );
-    println!(
-        "| inet_sock_set_state, filtered-out event | {:.0} ns ({} events) |",
-        filtered.0, filtered.1
-    );
-
+    if section("connrate-control") {
+        connect_close(&rt, true)?;
+    }
+    let _stats = enable_stats()?;
     // 2. Per refused connection between two namespaces: kubectl-zdt's programs against
     //    bpftrace one-liners on the same tracepoints and traffic; then a storm.
-    side_by_side(&rt)?;
-    // The default ring buffer, then one that cannot keep up: its loss is counted, not silent.
-    storm(&rt, zdt_common::maps::EVENTS_BYTES)?;
-    storm(&rt, 64 * 1024)?;
+    if section("refusals") || section("refusals-zdt") {
+        side_by_side(&rt, !section("refusals"))?;
+    }
+    if section("storm") {
+        // The default ring buffer, then one that cannot keep up: its loss is counted, not
+        // silent.
+        storm(&rt, zdt_common::maps::EVENTS_BYTES, Flood::Raw, true)?;
+        storm(&rt, 64 * 1024, Flood::Raw, true)?;
+    }
+    if section("storm") || section("storm-fast") {
+        // The fastest generator this machine has, without and with the agent.
+        storm(&rt, zdt_common::maps::EVENTS_BYTES, Flood::Packet, false)?;
+        storm(&rt, zdt_common::maps::EVENTS_BYTES, Flood::Packet, true)?;
+    }
+    if section("idle") {
+        // 3. The agent process idle.
+        let (rss_kb, cpu_s) = idle_agent(10)?;
+        println!("| agent RSS, idle | {:.1} MB |", rss_kb as f64 / 1024.0);
+        println!(
+            "| agent CPU, idle 10 s | {:.2} % of a core |",
+            100.0 * cpu_s / 10.0
+        );
+    }
+    if section("triggers") {
+        // 4. What the dataplane triggers cost the node's other work: every sendto of the node
+        //    and every per-CPU allocation passes through them.
+        trigger_costs()?;
+    }
+    Ok(())
+}
 
-    // 3. The agent process idle.
-    let (rss_kb, cpu_s) = idle_agent(10)?;
-    println!("| agent RSS, idle | {:.1} MB |", rss_kb as f64 / 1024.0);
+/// Whether the section `name` runs: all do unless `ZDT_BENCH_ONLY` lists some (comma
+/// separated: connrate, connrate-control (the same with no agent in either window: the
+/// method's own spread), refusals, refusals-zdt (kubectl-zdt only, no bpftrace), storm,
+/// storm-fast, idle, triggers).
+fn section(name: &str) -> bool {
+    match std::env::var("ZDT_BENCH_ONLY") {
+        Ok(only) => only.split(',').any(|s| s.trim() == name),
+        Err(_) => !matches!(name, "refusals-zdt" | "storm-fast" | "connrate-control"),
+    }
+}
+
+/// The connection rate kept while the agent watches all traffic (`support/connrate.rs`):
+/// `PAIRS` pairs of `SECS`-second windows, agent off and on in alternating order, on one
+/// generator that runs throughout, with the kernel's run-time accounting off; the median
+/// on/off ratio with its 95 % interval; then the kernel time of the agent's programs per
+/// connection (bpf_stats) in one more window.
+fn connect_close(rt: &tokio::runtime::Runtime, control: bool) -> anyhow::Result<()> {
+    const PAIRS: usize = 30;
+    const SECS: f64 = 2.0;
+    const SETTLE: Duration = Duration::from_secs(1);
+    let (client, server, _, server_ip) = connrate::namespaces("connrate", "198.18.239")?;
+    let to = SocketAddr::new(server_ip.into(), 8080);
+    let generator = connrate::Generator::start(client, &server, to)?;
+    // Warm up: the first second's rate is the listener's and the caches' start.
+    generator.rate(1.0);
+    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut running = None;
+    for pair in 0..PAIRS {
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut rate = [0.0; 2];
+        for agent_on in order {
+            match (agent_on && !control, running.is_some()) {
+                (true, false) => {
+                    // Everything between the two namespaces is watched.
+                    running = Some(start_agent(rt, "198.18.239.0/24")?);
+                    // Past its start-up work (the dataplane watcher's first reads).
+                    std::thread::sleep(SETTLE);
+                }
+                (false, true) => {
+                    if let Some(r) = running.take() {
+                        stop_agent(rt, r)?;
+                    }
+                    std::thread::sleep(SETTLE);
+                }
+                _ => {}
+            }
+            let r = generator.rate(SECS);
+            if agent_on {
+                on.push(r);
+            } else {
+                off.push(r);
+            }
+            rate[usize::from(agent_on)] = r;
+        }
+        ratios.push(rate[1] / rate[0]);
+    }
+    if control {
+        let (m, lo, hi) = connrate::median_ci(&mut ratios)?;
+        println!(
+            "| control: no agent in either window, median of {PAIRS} paired ratios [95 % CI] | {:.1} % [{:.1}, {:.1}] |",
+            100.0 * m,
+            100.0 * lo,
+            100.0 * hi
+        );
+        return generator.stop();
+    }
+    // Then one window with the kernel's accounting on: what the agent's programs cost per
+    // connection, and per event of the hook that fires most (about 10 times a connection).
+    let running = match running {
+        Some(r) => r,
+        None => start_agent(rt, "198.18.239.0/24")?,
+    };
+    let stats = enable_stats()?;
+    // This process's programs only: other tracers may run on the machine.
+    let before = own_stats()?;
+    let r = generator.rate(SECS);
+    let after = own_stats()?;
+    drop(stats);
+    stop_agent(rt, running)?;
+    let total = |s: &[(String, u64, u64)]| s.iter().map(|(_, t, _)| t).sum::<u64>();
+    let prog_ns = total(&after).saturating_sub(total(&before)) as f64 / (r * SECS).max(1.0);
+    let set_state = per_event(&before, &after, "inet_sock_set_state");
+    let errors = generator.errors();
+    generator.stop()?;
+    let (m, lo, hi) = connrate::median_ci(&mut ratios)?;
+    let (m_off, _, _) = connrate::median_ci(&mut off)?;
+    let (m_on, _, _) = connrate::median_ci(&mut on)?;
     println!(
-        "| agent CPU, idle 10 s | {:.2} % of a core |",
-        100.0 * cpu_s / 10.0
+        "| connections/s between two namespaces ({} client + {} server threads, pinned), agent off / on watching all of it (median of {PAIRS} windows of {SECS} s each) | {m_off:.0} / {m_on:.0} ({errors} failed connects) |",
+        connrate::CLIENTS,
+        connrate::SERVERS
     );
-
-    // 4. What the dataplane triggers cost the node's other work: every sendto of the node and
-    //    every per-CPU allocation passes through them.
-    trigger_costs()?;
+    println!(
+        "| rate kept with the agent, median of {PAIRS} paired on/off ratios [95 % CI] | **{:.1} %** [{:.1}, {:.1}] |",
+        100.0 * m,
+        100.0 * lo,
+        100.0 * hi
+    );
+    println!(
+        "| kernel time in the agent's eBPF programs per connection (bpf_stats, one more window) / inet_sock_set_state per event | {prog_ns:.0} ns / {:.0} ns ({} events, {:.1} per connection) |",
+        set_state.0,
+        set_state.1,
+        set_state.1 as f64 / (r * SECS).max(1.0)
+    );
     Ok(())
 }
 
@@ -511,14 +589,14 @@ fn spread(v: &mut [f64]) -> (f64, f64, f64) {
 /// connections, each tracer in turn in every round: the kernel's CPU time in each program
 /// (bpf_stats), per program run and per refused connection (its RST and the client's error),
 /// with kubectl-zdt's agent and with the bpftrace one-liners.
-fn side_by_side(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+fn side_by_side(rt: &tokio::runtime::Runtime, agent_only: bool) -> anyhow::Result<()> {
     const ROUNDS: usize = 5;
     const N: u64 = 30_000;
     let client = Netns::create("bench-client")?;
     let pod = Netns::create("bench-pod")?;
     kubectl_zdt::testbed::veth_pair(&client, &pod, &["198.18.240.1/24"], &["198.18.240.2/24"])?;
     let to: SocketAddr = "198.18.240.2:9".parse()?;
-    let tracers = [
+    let mut tracers = vec![
         ("kubectl-zdt", Tracer::Agent),
         (
             "bpftrace, count per (address, reason)",
@@ -529,6 +607,9 @@ fn side_by_side(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Tracer::Bpftrace(BPFTRACE_PRINT),
         ),
     ];
+    if agent_only {
+        tracers.truncate(1);
+    }
     // Per tracer: ns per refused connection, and per run of its reset / error programs.
     let mut per_conn = vec![Vec::new(); tracers.len()];
     let mut per_run = vec![(Vec::new(), Vec::new()); tracers.len()];
@@ -669,15 +750,27 @@ fn syn_flood(packet: [u8; 40], to: std::net::Ipv4Addr, secs: f64) -> anyhow::Res
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
         addr.sin_family = libc::AF_INET as u16;
         addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+        send_batches(fd, &mut addr, &packet, secs)
+    }
+}
+
+/// Sends `payload` to `addr` from `fd` in batches of 64 (`sendmmsg`) for `secs`, then closes
+/// `fd`; the datagrams sent.
+///
+/// # Safety
+/// `fd` is an open socket the caller hands over, and `A` a socket address type of its family.
+unsafe fn send_batches<A>(fd: i32, addr: &mut A, payload: &[u8], secs: f64) -> anyhow::Result<u64> {
+    // SAFETY: the headers point at `addr`, `iov` and `payload`, which outlive the calls.
+    unsafe {
         let mut iov = libc::iovec {
-            iov_base: packet.as_ptr() as *mut _,
-            iov_len: packet.len(),
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: payload.len(),
         };
         let mut msgs: Vec<libc::mmsghdr> = (0..64)
             .map(|_| {
                 let mut m: libc::mmsghdr = std::mem::zeroed();
-                m.msg_hdr.msg_name = std::ptr::addr_of_mut!(addr).cast();
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                m.msg_hdr.msg_name = std::ptr::from_mut(addr).cast();
+                m.msg_hdr.msg_namelen = std::mem::size_of::<A>() as u32;
                 m.msg_hdr.msg_iov = &mut iov;
                 m.msg_hdr.msg_iovlen = 1;
                 m
@@ -699,6 +792,88 @@ fn syn_flood(packet: [u8; 40], to: std::net::Ipv4Addr, secs: f64) -> anyhow::Res
         }
         libc::close(fd);
         Ok(sent)
+    }
+}
+
+/// How a storm's SYNs are sent.
+#[derive(Clone, Copy)]
+enum Flood {
+    /// From a raw IP socket: routed and queued like any packet; the pods' RSTs come back.
+    Raw,
+    /// As Ethernet frames from an `AF_PACKET` socket straight to the veth's transmit
+    /// (`PACKET_QDISC_BYPASS`), one generator per CPU, and the pods' RSTs dropped at their
+    /// route to the client (a blackhole route): the pod's kernel still refuses every SYN
+    /// (`tcp_send_reset` fires, `OutRsts` counts it: both happen before the RST is routed), but
+    /// the CPUs no longer carry the RST back to a client that has no socket for it. The
+    /// probes see each refusal as with the raw flood.
+    Packet,
+}
+
+/// The MAC address of `eth0` in `ns`.
+fn mac(ns: &Netns) -> anyhow::Result<[u8; 6]> {
+    let out = ns.ip("-o link show eth0")?;
+    let hex = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .with_context(|| format!("no link/ether in {out:?}"))?;
+    let mut mac = [0u8; 6];
+    for (b, h) in mac.iter_mut().zip(hex.split(':')) {
+        *b = u8::from_str_radix(h, 16)?;
+    }
+    Ok(mac)
+}
+
+/// The interface index of `eth0` in `ns`.
+fn ifindex(ns: &Netns) -> anyhow::Result<i32> {
+    let out = ns.ip("-o link show eth0")?;
+    out.split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no index in {out:?}"))
+}
+
+/// `packet` in an Ethernet frame from `client`'s `eth0` to `pod`'s.
+fn ethernet_frame(client: &Netns, pod: &Netns, packet: &[u8; 40]) -> anyhow::Result<[u8; 54]> {
+    let mut f = [0u8; 54];
+    f[..6].copy_from_slice(&mac(pod)?);
+    f[6..12].copy_from_slice(&mac(client)?);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14..].copy_from_slice(packet);
+    Ok(f)
+}
+
+/// Sends `frame` on interface `ifindex` of the calling thread's namespace from an `AF_PACKET`
+/// socket that bypasses the queueing discipline, in batches of 64 (`sendmmsg`), for `secs`;
+/// the frames sent.
+fn syn_flood_packet(frame: [u8; 54], ifindex: i32, secs: f64) -> anyhow::Result<u64> {
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        // Protocol 0: the socket receives nothing.
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            bail!("packet socket: {}", std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        ) < 0
+        {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            bail!("PACKET_QDISC_BYPASS: {e}");
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        send_batches(fd, &mut addr, &frame, secs)
     }
 }
 
@@ -724,40 +899,48 @@ fn out_rsts(ns: &Netns) -> anyhow::Result<u64> {
 /// pod namespace of its own (nothing listens), every SYN refused with a RST. Per pod, the
 /// generator's count, the pod kernel's own count of RSTs sent (`OutRsts`) and the agent's
 /// total (delivered + counted lost), and the loss the agent reported.
-fn storm(rt: &tokio::runtime::Runtime, ringbuf_bytes: u32) -> anyhow::Result<()> {
+fn storm(
+    rt: &tokio::runtime::Runtime,
+    ringbuf_bytes: u32,
+    flood: Flood,
+    agent: bool,
+) -> anyhow::Result<()> {
     const SECS: f64 = 5.0;
     let mut pairs = Vec::new();
     for i in 0..2u8 {
-        let client = Netns::create(&format!("storm-client{i}"))?;
-        let pod = Netns::create(&format!("storm-pod{i}"))?;
-        let (c, p) = (
-            format!("198.18.24{}.1", 1 + i),
-            format!("198.18.24{}.2", 1 + i),
-        );
-        kubectl_zdt::testbed::veth_pair(
-            &client,
-            &pod,
-            &[&format!("{c}/24")],
-            &[&format!("{p}/24")],
-        )?;
-        pairs.push((
-            client,
-            pod,
-            c.parse::<std::net::Ipv4Addr>()?,
-            p.parse::<std::net::Ipv4Addr>()?,
-        ));
+        let (client, pod, c, p) =
+            connrate::namespaces(&format!("storm{i}"), &format!("198.18.24{}", 1 + i))?;
+        pairs.push((client, pod, c, p));
     }
     let watch: Vec<String> = pairs.iter().map(|(_, _, _, p)| format!("{p}/32")).collect();
-    let running = start_agent_with(rt, &watch.join(","), ringbuf_bytes)?;
+    let running = if agent {
+        Some(start_agent_with(rt, &watch.join(","), ringbuf_bytes)?)
+    } else {
+        None
+    };
     let rsts0: Vec<u64> = pairs
         .iter()
         .map(|(_, pod, _, _)| out_rsts(pod))
         .collect::<Result<_, _>>()?;
     let floods: Vec<_> = pairs
         .iter()
-        .map(|(client, _, c, p)| {
+        .enumerate()
+        .map(|(i, (client, pod, c, p))| {
             let (c, p) = (*c, *p);
-            client.spawn(move || syn_flood(syn_packet(c, p, 40000, 9), p, SECS))
+            let packet = syn_packet(c, p, 40000, 9);
+            match flood {
+                Flood::Raw => client.spawn(move || syn_flood(packet, p, SECS)),
+                Flood::Packet => {
+                    // The pod's answers go nowhere (see `Flood::Packet`).
+                    pod.ip(&format!("route add blackhole {c}/32"))?;
+                    let frame = ethernet_frame(client, pod, &packet)?;
+                    let ifindex = ifindex(client)?;
+                    client.spawn(move || {
+                        connrate::pin(i);
+                        syn_flood_packet(frame, ifindex, SECS)
+                    })
+                }
+            }
         })
         .collect::<Result<_, _>>()?;
     let mut sent = Vec::new();
@@ -768,14 +951,26 @@ fn storm(rt: &tokio::runtime::Runtime, ringbuf_bytes: u32) -> anyhow::Result<()>
         .iter()
         .map(|(_, pod, _, _)| out_rsts(pod))
         .collect::<Result<_, _>>()?;
-    let counted = stop_agent(rt, running)?;
+    let counted = running.map(|r| stop_agent(rt, r)).transpose()?;
     let total: u64 = sent.iter().sum();
     println!(
-        "| refused storm (raw SYN flood, 2 client → 2 pod namespaces, {SECS} s, ring buffer {} KiB) | {:.0} SYN/s sent, {:.0} RST/s sent by the pods |",
-        ringbuf_bytes / 1024,
+        "| refused storm ({}, 2 client → 2 pod namespaces, {SECS} s, {}) | {:.0} SYN/s sent, {:.0} RST/s sent by the pods |",
+        match flood {
+            Flood::Raw => "raw-socket SYN flood",
+            Flood::Packet =>
+                "AF_PACKET SYN flood, qdisc bypassed, pinned, RSTs dropped by the pods' routes",
+        },
+        if agent {
+            format!("agent, ring buffer {} KiB", ringbuf_bytes / 1024)
+        } else {
+            "**no agent**: what the machine sustains".to_owned()
+        },
         total as f64 / SECS,
         rsts1.iter().zip(&rsts0).map(|(a, b)| a - b).sum::<u64>() as f64 / SECS
     );
+    let Some(counted) = counted else {
+        return Ok(());
+    };
     for (i, (_, _, _, p)) in pairs.iter().enumerate() {
         let rsts = rsts1[i] - rsts0[i];
         let reported = counted

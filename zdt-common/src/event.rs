@@ -459,9 +459,12 @@ pub struct KernelOffsets {
     /// tracepoint records it. `skc_num` is not: `tcp_close` releases the port (zeroes it)
     /// before it sends the abort-on-close RST.
     pub inet_sport: u32,
+    /// `struct sock`: `sk_protocol` (u16): `inet_sock_set_state`'s BTF program keeps TCP
+    /// sockets only, as the classic record's `protocol` told.
+    pub sk_protocol: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 100);
+const _: () = assert!(size_of::<KernelOffsets>() == 104);
 
 /// An IPVS change in flight: what `sys_enter_sendto`/`sendmsg` saw, kept per thread until the
 /// syscall's exit says whether the send succeeded.

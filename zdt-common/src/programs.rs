@@ -45,7 +45,10 @@ pub enum Group {
     /// `sendto` would cost the agent events.)
     Ipvs,
     /// BTF tracepoints, always attached. `signal_generate` needs the task pointer of the
-    /// target, which only the BTF flavour passes. `tcp_send_reset` runs in softirq on top of
+    /// target, which only the BTF flavour passes. `inet_sock_set_state` fires on every TCP
+    /// state change of the node (about 10 a connection): the classic tracepoint fills its
+    /// record (addresses, ports) before the program runs, every time, where the BTF one passes
+    /// the socket and the two states, which the program tests first. `tcp_send_reset` runs in softirq on top of
     /// whatever the CPU runs: the kernel skips a classic tracepoint program there while another
     /// tracing program runs on that CPU (`bpf_prog_active`), a BTF one only when it interrupts
     /// itself.
@@ -81,7 +84,7 @@ const fn on(hook: Hook, group: Group, counted: bool) -> Program {
 /// Every program in the object, in the order of its entry point in `zdt-ebpf`; the counted
 /// ones get their [`HANDLER_ERRORS`](crate::maps::HANDLER_ERRORS) slots in this order.
 pub const PROGRAMS: &[Program] = &[
-    on(tp::inet_sock_set_state::HOOK, Group::Core, true),
+    on(INET_SOCK_SET_STATE, Group::Btf, true),
     on(tp::inet_sk_error_report::HOOK, Group::Core, true),
     on(tp::tcp_retransmit_skb::HOOK, Group::Core, true),
     on(SCHED_PROCESS_EXEC, Group::Core, true),
@@ -105,6 +108,9 @@ pub const PROGRAMS: &[Program] = &[
 const SCHED_PROCESS_EXEC: Hook = Hook::TracePoint {
     category: "sched",
     name: "sched_process_exec",
+};
+const INET_SOCK_SET_STATE: Hook = Hook::BtfTracePoint {
+    function: "inet_sock_set_state",
 };
 const TCP_SEND_RESET: Hook = Hook::BtfTracePoint {
     function: "tcp_send_reset",

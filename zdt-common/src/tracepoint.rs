@@ -84,21 +84,6 @@ tracepoints! {
         DADDR: "daddr" at 60, size 28;
     }
 
-    /// `sock:inet_sock_set_state` (ports in host order).
-    inet_sock_set_state = "sock" / "inet_sock_set_state" {
-        SKADDR: "skaddr" at 8, size 8;
-        OLDSTATE: "oldstate" at 16, size 4;
-        NEWSTATE: "newstate" at 20, size 4;
-        SPORT: "sport" at 24, size 2;
-        DPORT: "dport" at 26, size 2;
-        FAMILY: "family" at 28, size 2;
-        PROTOCOL: "protocol" at 30, size 2;
-        SADDR: "saddr" at 32, size 4;
-        DADDR: "daddr" at 36, size 4;
-        SADDR_V6: "saddr_v6" at 40, size 16;
-        DADDR_V6: "daddr_v6" at 56, size 16;
-    }
-
     /// `sock:inet_sk_error_report` (ports in host order; fires with error 0 too).
     inet_sk_error_report = "sock" / "inet_sk_error_report" {
         ERROR: "error" at 8, size 4;
@@ -246,7 +231,6 @@ pub const OPTIONAL_LAYOUTS: &[Layout] = &[
 /// Every tracepoint layout the programs depend on, checked at load time.
 pub const LAYOUTS: &[Layout] = &[
     tcp_send_reset::LAYOUT,
-    inet_sock_set_state::LAYOUT,
     inet_sk_error_report::LAYOUT,
     tcp_retransmit_skb::LAYOUT,
     sched_process_exit::LAYOUT,

@@ -10,7 +10,7 @@ use zdt_common::{
 use crate::{
     emit::emit,
     field, kernel,
-    record::{AddrLayout, addrs},
+    record::{AddrLayout, addrs, set_addrs},
     watch,
 };
 
@@ -40,11 +40,10 @@ pub fn on_error_report(ctx: &TracePointContext) -> Result<(), i32> {
     let mut event = Event::new(kind::SOCK_ERROR, unsafe { bpf_ktime_get_ns() });
     event.family = family;
     event.reason = error.unsigned_abs();
-    event.addr = daddr;
-    event.peer_addr = saddr;
+    set_addrs(&mut event, daddr, saddr);
     event.port = field::load(ctx, er::DPORT);
     event.peer_port = field::load(ctx, er::SPORT);
-    event.tgid = ctx.tgid();
+    // No `tgid`: no reader uses it for socket errors (a helper call less).
     emit(&event);
     Ok(())
 }
@@ -78,8 +77,7 @@ pub fn on_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
     let mut event = Event::new(kind::SYN_RETRANSMIT, unsafe { bpf_ktime_get_ns() });
     event.sk = sk;
     event.family = family;
-    event.addr = daddr;
-    event.peer_addr = saddr;
+    set_addrs(&mut event, daddr, saddr);
     event.port = field::load(ctx, rt::DPORT);
     event.peer_port = field::load(ctx, rt::SPORT);
     event.state = state as u32;

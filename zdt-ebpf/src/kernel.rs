@@ -31,13 +31,27 @@ static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     skb_network_header: 0,
     sk_err: 0,
     inet_sport: 0,
+    sk_protocol: 0,
 });
 
-/// The offsets the loader set (`valid` is 0 before it did).
+/// Where the loader's offsets are (`Global` is a transparent wrapper of its value).
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    ZDT_OFFSETS.load()
+pub fn offsets_ptr() -> *const KernelOffsets {
+    core::ptr::from_ref(&ZDT_OFFSETS).cast()
 }
+
+/// One of the offsets the loader set (`valid` is 0 before it did), read alone: `load()` of the
+/// global copies all of them (a volatile load of the whole struct, ~35 instructions) where a
+/// handler needs a few.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a field of the initialized, read-only offsets.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!((*$crate::kernel::offsets_ptr()).$field))
+        }
+    };
+}
+pub(crate) use offset;
 
 /// The `T` at `base + offset` in kernel memory.
 #[inline(always)]

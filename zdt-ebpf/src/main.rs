@@ -39,8 +39,8 @@ macro_rules! counted {
     };
 }
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     counted!("inet_sock_set_state", listener::on_set_state(&ctx))
 }
 

@@ -10,6 +10,8 @@ use aya_ebpf::{
 };
 use zdt_common::maps;
 
+use crate::record::Addr;
+
 /// 1 when `--watch-cidr` (or the cluster's pod list) restricts what is reported.
 #[unsafe(no_mangle)]
 static ZDT_FILTER_ENABLED: Global<u32> = Global::new(0);
@@ -25,18 +27,23 @@ static WATCH_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(maps::WATCH_MAX
 
 pub use zdt_common::family::{AF_INET, AF_INET6};
 
-/// Whether events about `addr` (IPv4 in the first 4 bytes) are reported.
+/// Whether events about `addr` are reported.
 #[inline(always)]
-pub fn is_watched(family: u16, addr: &[u8; 16]) -> bool {
+pub fn is_watched(family: u16, addr: &Addr) -> bool {
     if ZDT_FILTER_ENABLED.load() == 0 {
         return true;
     }
     match family {
         AF_INET => {
-            let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+            let key = Key::new(32, (addr[0] as u32).to_ne_bytes());
             WATCH_V4.get(&key).is_some()
         }
-        AF_INET6 => WATCH_V6.get(&Key::new(128, *addr)).is_some(),
+        AF_INET6 => {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&addr[0].to_ne_bytes());
+            bytes[8..].copy_from_slice(&addr[1].to_ne_bytes());
+            WATCH_V6.get(&Key::new(128, bytes)).is_some()
+        }
         _ => false,
     }
 }

@@ -148,6 +148,7 @@ pub fn kernel_offsets() -> Result<KernelOffsets, PreflightError> {
         skc_v6_rcv_saddr: off("sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
         sk_err: off("sock", &["sk_err"])?,
         inet_sport: off("inet_sock", &["inet_sport"])?,
+        sk_protocol: off("sock", &["sk_protocol"])?,
         skb_head: off("sk_buff", &["head"])?,
         skb_data: off("sk_buff", &["data"])?,
         skb_network_header: off("sk_buff", &["network_header"])?,

@@ -117,9 +117,15 @@ fn an_agent_stopped_right_after_its_first_line_exits_cleanly() {
     }
 }
 
-/// A TCP segment with `flags` from `src` to `dst` (no options, no payload), checksummed, sent
-/// through a raw socket of the current network namespace (the kernel adds the IPv4 header).
-fn send_segment(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, flags: u8) {
+/// A TCP segment with `flags` from `src` to `dst` (no TCP options, no payload), checksummed,
+/// sent through a raw socket of the current network namespace (the kernel adds the IPv4
+/// header, with `ip_options` when there are some).
+fn send_segment(
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    flags: u8,
+    ip_options: &[u8],
+) {
     let mut seg = [0u8; 20];
     seg[0..2].copy_from_slice(&src.port().to_be_bytes());
     seg[2..4].copy_from_slice(&dst.port().to_be_bytes());
@@ -146,6 +152,16 @@ fn send_segment(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, flags:
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
         assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        if !ip_options.is_empty() {
+            let r = libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_OPTIONS,
+                ip_options.as_ptr().cast(),
+                ip_options.len() as u32,
+            );
+            assert_eq!(r, 0, "IP_OPTIONS: {}", std::io::Error::last_os_error());
+        }
         let to = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: 0,
@@ -165,6 +181,41 @@ fn send_segment(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, flags:
         assert_eq!(n, 20, "sendto: {}", std::io::Error::last_os_error());
         libc::close(fd);
     }
+}
+
+/// A SYN whose IPv4 header carries options: its TCP header is not right behind a 20-byte IP
+/// header, where the probe's one copy of the headers finds it otherwise, and the probe reads it
+/// from the segment's data instead. Still a refusal, with its ports.
+#[test]
+fn a_syn_with_ip_options_is_a_refusal_with_its_ports() {
+    require_root();
+    let client = Netns::create("client").unwrap();
+    let pod = Netns::create("pod").unwrap();
+    veth_pair(&client, &pod, &["198.18.14.1/24"], &["198.18.14.2/24"]).unwrap();
+    let client_addr: std::net::SocketAddrV4 = "198.18.14.1:41001".parse().unwrap();
+    let pod_addr: std::net::SocketAddrV4 = "198.18.14.2:8081".parse().unwrap();
+    let agent = AgentProcess::start(&["--watch-cidr", "198.18.14.2/32"]);
+    // No-operation ×3, end of options: a 24-byte IPv4 header.
+    client
+        .run_in(move || send_segment(client_addr, pod_addr, 0x02, &[1, 1, 1, 0]))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let obs = agent.stop();
+    let pod_ip = IpAddr::V4(*pod_addr.ip());
+    assert_eq!(
+        total(&obs, |o| o.kind == Kind::Refused && o.ip == Some(pod_ip)),
+        1,
+        "{obs:#?}"
+    );
+    let refusal = obs.iter().find(|o| o.kind == Kind::Refused).unwrap();
+    assert_eq!(
+        (refusal.port, refusal.peer_ip, refusal.peer_port),
+        (
+            Some(pod_addr.port()),
+            Some(IpAddr::V4(*client_addr.ip())),
+            Some(client_addr.port())
+        )
+    );
 }
 
 /// A client that gave up on a connect closes its port; the server's late SYN-ACK (or data)
@@ -188,7 +239,7 @@ fn a_no_socket_reset_to_anything_but_a_bare_syn_is_no_refusal() {
     server
         .run_in(move || {
             for flags in [SYN | ACK, ACK, PSH | ACK, SYN] {
-                send_segment(server_addr, client_addr, flags);
+                send_segment(server_addr, client_addr, flags, &[]);
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         })
