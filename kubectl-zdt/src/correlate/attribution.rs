@@ -130,12 +130,23 @@ pub(crate) fn one_timeout_per_connection(
     // The kernel hands the port of a connect the client gave up on to a later connect, which
     // conntrack may send to the same gone backend: an error line ends a connection, and the
     // lines after it are the next one's (on a real node 15 of 102 timeouts had reused a port).
+    // Where each node's lines end: a connection still retransmitting then has no outcome yet.
+    let mut node_end: HashMap<&str, jiff::Timestamp> = HashMap::new();
+    for o in obs {
+        let end = node_end.entry(o.node.0.as_str()).or_insert(o.time);
+        *end = (*end).max(o.time);
+    }
     for mut socket in lines.into_values() {
         socket.sort_unstable_by_key(|&i| (obs[i].time, i));
         for pair in socket.windows(2) {
             if obs[pair[0]].kind != Kind::ConnError {
                 superseded.push(pair[0]);
             }
+        }
+        if let Some(&last) = socket.last()
+            && answered_after_retransmitting(obs, &socket, node_end[obs[last].node.0.as_str()])
+        {
+            superseded.push(last);
         }
     }
     // A retransmitted SYN that was answered in the end is no timeout: the connection's last
@@ -184,6 +195,34 @@ pub(crate) fn one_timeout_per_connection(
             .map(|(_, o)| o.clone())
             .collect(),
     )
+}
+
+/// Whether the connection that `socket`'s last lines retransmitted SYNs for was answered: no
+/// error line ended it, and the node's lines go on past the moment its next retransmission
+/// was due (the kernel doubles the wait from 1 s: the k-th retransmission is followed by the
+/// next 2^k s later; 1 s more for timers). Every way a watched client's connect fails leaves an
+/// error line (the kernel's ETIMEDOUT or ECONNREFUSED, or the client closing it: `gave_up`),
+/// so such a connection was slow, not failed: on a real node two connects whose first SYN went
+/// unanswered were answered on the retransmission, and their clients saw no failure.
+fn answered_after_retransmitting(
+    obs: &[Observation],
+    socket: &[usize],
+    end: jiff::Timestamp,
+) -> bool {
+    let retransmits = socket
+        .iter()
+        .rev()
+        .take_while(|&&i| obs[i].kind == Kind::SynRetransmit)
+        .count();
+    let Some(&last) = socket.last() else {
+        return false;
+    };
+    if retransmits == 0 {
+        return false;
+    }
+    let due_s = 1i64 << retransmits.min(8);
+    WallNs::from_timestamp(end) - WallNs::from_timestamp(obs[last].time)
+        > (due_s + 1) * 1_000_000_000
 }
 
 /// An instant with its uncertainty in nanoseconds.
@@ -562,9 +601,33 @@ mod tests {
         let kept = one_timeout_per_connection(&obs);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].kind, Kind::Refused);
-        // Retransmitted, then nothing: its outcome is unknown, it stays.
+        // Retransmitted, then nothing until the stream ends: its outcome is unknown, it stays.
         let alone = vec![line(Kind::SynRetransmit, 1_000)];
         assert_eq!(one_timeout_per_connection(&alone).len(), 1);
+        // The node's lines go on past its next retransmission (due 2 s after the first, +1 s):
+        // it was answered (a slow connect, no failure); before that, its outcome is open.
+        let later = |ms| line(Kind::Exit, ms);
+        for (end_ms, kept) in [(4_001, 1), (3_999, 2)] {
+            let obs = vec![line(Kind::SynRetransmit, 1_000), later(end_ms)];
+            assert_eq!(
+                one_timeout_per_connection(&obs).len(),
+                kept,
+                "stream to {end_ms} ms"
+            );
+        }
+        // A second retransmission moves the next one 4 s on (one timeout line at most).
+        for (end_ms, kept) in [(8_100, 1), (7_900, 2)] {
+            let twice = vec![
+                line(Kind::SynRetransmit, 1_000),
+                line(Kind::SynRetransmit, 3_000),
+                later(end_ms),
+            ];
+            assert_eq!(
+                one_timeout_per_connection(&twice).len(),
+                kept,
+                "stream to {end_ms} ms"
+            );
+        }
     }
 
     #[test]

@@ -256,6 +256,13 @@ fn the_final_agents_counts_equal_the_node_clients_refused_reset_and_timed_out() 
             Verdict::Unsafe,
             (18, 0, 102),
         ),
+        // One connect's first SYN to a new pod went unanswered and its retransmission was
+        // answered: the client saw no failure, so neither does the report.
+        (
+            "v1.28-one-node-fast-retransmit-answered",
+            Verdict::Unsafe,
+            (15, 1, 135),
+        ),
         // Two nodes: the sums of the two nodes' clients (47 + 59, 7 + 7, 78 + 71).
         (
             "v1.28-two-nodes-fast2-final",
