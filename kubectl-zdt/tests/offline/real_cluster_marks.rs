@@ -269,6 +269,12 @@ fn the_final_agents_counts_equal_the_node_clients_refused_reset_and_timed_out() 
             Verdict::Unsafe,
             (106, 14, 149),
         ),
+        // Two nodes again, agents of a later tree (47 + 52, 3 + 10, 86 + 91).
+        (
+            "v1.28-two-nodes-fast2-s10",
+            Verdict::Unsafe,
+            (99, 13, 177),
+        ),
     ] {
         let r = correlate::correlate(&stream(run), &Options::default());
         assert_eq!(r.rollouts.len(), 1, "{run}");
