@@ -3,8 +3,11 @@
 //! Pods are keyed by UID, never by IP: the CNI hands a freed pod IP to the next pod, often
 //! within seconds during a rollout, and the kernel side only ever sees addresses. An observation
 //! that carries only an IP belongs to the pod that claimed that IP most recently before it (a
-//! claim is any observation naming the pod together with the IP); one that carries only a pod
-//! name belongs to the pod of that name (StatefulSets reuse names: the most recent one again).
+//! claim is any observation naming the pod together with the IP), or that claims it within a
+//! minute after it (another node's clock, a watch behind the kernel); earlier than that it is
+//! an unnamed pod's (an older holder of the address whose own lines are not in the input). One
+//! that carries only a pod name belongs to the pod of that name (StatefulSets reuse names: the
+//! most recent one again).
 
 use std::net::IpAddr;
 
@@ -32,6 +35,11 @@ pub(crate) struct Assignment {
     /// Errors that name only a Service (a client saw them on a ClusterIP).
     pub service_level: Vec<usize>,
 }
+
+/// How long before a pod's first claim of an address a line naming only that address is still
+/// the pod's: clocks of different nodes and watch delays, never the hours between a pod that
+/// left no claim (its lines from a journal older than the rest) and the next holder of its IP.
+const CLAIM_AHEAD_NS: i64 = 60_000_000_000;
 
 /// Error kinds a client or the pod's kernel reports.
 pub(crate) fn is_error(kind: Kind) -> bool {
@@ -175,7 +183,14 @@ pub(crate) fn assign(obs: &[Observation], times: &[WallNs]) -> Assignment {
             continue;
         }
         if let Some(ip) = o.ip {
-            owner[i] = Some(match claims.get(&ip) {
+            // Claimed before this line, or a moment after it (another node's clock, a watch
+            // event behind the kernel); a claim long after it is a later pod that reused the
+            // address, and the line belongs to whoever held it then, unnamed.
+            let claimed = claims.get(&ip).filter(|c| {
+                c.iter()
+                    .any(|&(t, _)| t.0 <= times[i].0.saturating_add(CLAIM_AHEAD_NS))
+            });
+            owner[i] = Some(match claimed {
                 Some(c) => {
                     latest_before(c.iter().map(|&(t, id)| (t, b.sort_key(id), id)), times[i])
                 }
@@ -265,6 +280,29 @@ mod tests {
         let a = run(&obs);
         assert_eq!(a.pods.len(), 2);
         assert_eq!(owner_name(&a, 1), Some("default/web-old"));
+        assert_eq!(owner_name(&a, 3), Some("default/web-new"));
+    }
+
+    #[test]
+    fn a_line_long_before_the_first_claim_of_its_address_is_not_the_later_pods() {
+        // Another node's journal still holds a removal of 10.0.0.5 from hours before, when an
+        // unknown pod held it; today's pod claims it at 6 h.
+        const H: i64 = 3_600_000;
+        let obs = vec![
+            with_ip(at(0, Kind::DataplaneRemoved), "10.0.0.5"),
+            named(
+                at(6 * H, Kind::PodReady),
+                "u-new",
+                "default/web-new",
+                "10.0.0.5",
+            ),
+            with_ip(at(6 * H - 2_000, Kind::DataplaneAdded), "10.0.0.5"),
+            with_ip(at(6 * H + 1_000, Kind::DataplaneRemoved), "10.0.0.5"),
+        ];
+        let a = run(&obs);
+        assert_eq!(owner_name(&a, 0), None, "{:?}", a.pods);
+        // Seconds ahead of the claim (another node's clock) and after it: the pod's.
+        assert_eq!(owner_name(&a, 2), Some("default/web-new"));
         assert_eq!(owner_name(&a, 3), Some("default/web-new"));
     }
 

@@ -289,9 +289,11 @@ fn absurd_times_and_uncertainties_are_named_by_line_and_the_rest_analysed() {
 #[test]
 fn the_chart_of_a_span_of_years_has_few_labels_in_days() {
     let real = real_text();
+    // A line of one of the rollout's pods, 25 years early (by its UID: a line naming only an
+    // address long before any pod claimed it is nobody's).
     let text = format!(
         "{real}{}\n",
-        r#"{"kind":"refused","time":"2001-01-01T00:00:00Z","node":"vm","ip":"10.244.0.47","port":80}"#
+        r#"{"kind":"refused","time":"2001-01-01T00:00:00Z","node":"vm","ip":"10.244.0.47","port":80,"pod":"default/webfast-7759c99476-mbbl4","pod_uid":"5e76e23e-7cb5-4d8a-be35-2f9156be7171"}"#
     );
     let table = stdout(&analyze(&["-"], Some(&text)));
     let labels = table

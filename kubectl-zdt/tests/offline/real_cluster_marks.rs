@@ -270,11 +270,7 @@ fn the_final_agents_counts_equal_the_node_clients_refused_reset_and_timed_out() 
             (106, 14, 149),
         ),
         // Two nodes again, agents of a later tree (47 + 52, 3 + 10, 86 + 91).
-        (
-            "v1.28-two-nodes-fast2-s10",
-            Verdict::Unsafe,
-            (99, 13, 177),
-        ),
+        ("v1.28-two-nodes-fast2-s10", Verdict::Unsafe, (99, 13, 177)),
     ] {
         let r = correlate::correlate(&stream(run), &Options::default());
         assert_eq!(r.rollouts.len(), 1, "{run}");
@@ -288,4 +284,51 @@ fn the_final_agents_counts_equal_the_node_clients_refused_reset_and_timed_out() 
         assert_eq!(r.rollouts[0].unattributed_errors, 0, "{run}");
         assert_eq!(r.rollouts[0].verdict, verdict, "{run}");
     }
+}
+
+/// `recommend` over a whole journal history: node-b's journal outlived the cluster it was
+/// written in (hours older than the rest), and named pod IPs that today's pods hold again.
+/// Those old lines, naming only an address nobody claimed before them, are not today's pods'
+/// (they were: every propagation of node-b's pods came out ~13 h, with node-b's clock taken
+/// for 6.6 h behind).
+#[test]
+fn a_nodes_journal_from_hours_before_does_not_lend_its_lines_to_todays_pods() {
+    let today = stream("v1.28-one-node-fast-retransmit-answered");
+    let mut both: Vec<Observation> = stream("v1.28-two-nodes-fast2-final")
+        .into_iter()
+        .filter(|o| o.node.0 == "node-b")
+        .collect();
+    assert!(
+        both.iter().any(|o| o.pod.is_none()
+            && o.kind == Kind::DataplaneRemoved
+            && o.ip == Some("198.18.0.28".parse().unwrap())),
+        "the old journal names today's new pod's address"
+    );
+    both.extend(today.iter().cloned());
+    let alone = correlate::correlate(&today, &Options::default());
+    let mixed = correlate::correlate(&both, &Options::default());
+    assert!(
+        mixed.warnings.iter().all(|w| !w.contains("clock")),
+        "{:?}",
+        mixed.warnings
+    );
+    let fast = |r: &Report| {
+        let ro = r
+            .rollouts
+            .iter()
+            .find(|ro| ro.workload == "deployment/fast")
+            .expect("the fast rollout");
+        (
+            ro.errors,
+            ro.pods
+                .iter()
+                .map(|p| (p.pod.clone(), p.propagation_ms, p.gap_ms))
+                .collect::<Vec<_>>(),
+            ro.startup
+                .iter()
+                .map(|s| (s.pod.clone(), s.startup_gap_ms))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(fast(&mixed), fast(&alone));
 }
