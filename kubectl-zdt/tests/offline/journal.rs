@@ -16,8 +16,12 @@ use kubectl_zdt::{
     observation::{Kind, NodeName, Observation},
 };
 
+/// A fresh directory of its own: the tests run in parallel in one process, so the name alone
+/// (two tests once shared one and removed each other's segments) is made unique by a counter.
 fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zdt-journal-{name}-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("zdt-journal-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -502,7 +506,7 @@ fn a_second_writer_on_one_directory_is_refused_and_told_who_holds_it() {
 /// `--journal-max-bytes 0` it is refused, before the agent loads anything.
 #[test]
 fn limits_that_keep_nothing_are_refused_with_one_line() {
-    let dir = tempdir("limits");
+    let dir = tempdir("keep-nothing");
     let mut config = Config::new(&dir);
     config.max_age = Duration::ZERO;
     assert!(Journal::open(config).is_err());
