@@ -114,6 +114,14 @@ fn net_inum(net: u64, o: &KernelOffsets) -> u32 {
     read(net, o.net_inum).unwrap_or(0)
 }
 
+/// Network namespace inode of a BTF-typed `struct sock *` argument (direct loads; the caller
+/// checked `sk` non-null and the offsets valid).
+#[inline(always)]
+pub fn netns_of_btf_sock(sk: u64) -> u32 {
+    let net: u64 = load_btf(sk, offset!(sock_net));
+    load_btf(net, offset!(net_inum))
+}
+
 /// Network namespace inode of a `struct sock *` (0 when unknown).
 #[inline(always)]
 pub fn netns_of_sock(sk: u64) -> u32 {

@@ -44,7 +44,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let ends = of_sock(sk).ok_or(0)?;
-    let netns = netns(sk);
+    let netns = kernel::netns_of_btf_sock(sk);
     // A 0.0.0.0 listener only matches by namespace; a bound one by address as well.
     let unspecified = ends.saddr == [0, 0];
     let by_addr = !unspecified && watch::is_watched(ends.family, &ends.saddr);
@@ -76,13 +76,6 @@ fn tcp_sock(ctx: &BtfTracePointContext) -> Result<Option<u64>, i32> {
     Ok((protocol == IPPROTO_TCP).then_some(sk))
 }
 
-/// The socket's network namespace (direct loads).
-#[inline(always)]
-fn netns(sk: u64) -> u32 {
-    let net: u64 = kernel::load_btf(sk, offset!(sock_net));
-    kernel::load_btf(net, offset!(net_inum))
-}
-
 /// `SYN_SENT` → `CLOSE`: a connect ended before any answer. With `sk_err` set the kernel ended
 /// it (a RST: ECONNREFUSED; its own SYN retries exhausted: ETIMEDOUT), and
 /// `inet_sk_error_report` reports it; with `sk_err` 0 the client closed it, its own timeout
@@ -107,7 +100,7 @@ fn on_connect_closed(ctx: &BtfTracePointContext) -> Result<(), i32> {
     event.peer_port = ends.sport;
     event.state = tcp_state::CLOSE;
     event.tgid = ctx.tgid();
-    event.netns = netns(sk);
+    event.netns = kernel::netns_of_btf_sock(sk);
     emit(&event);
     Ok(())
 }

@@ -164,8 +164,7 @@ pub fn on_send_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // The segment's fields and its device's namespace are direct loads through the BTF-typed
     // argument (kernel::load_btf): 8 helper calls here were ~170 of the ~530 ns a refusal cost.
     let netns = if sk != 0 {
-        let net: u64 = kernel::load_btf(sk, offset!(sock_net));
-        kernel::load_btf::<u32>(net, offset!(net_inum))
+        kernel::netns_of_btf_sock(sk)
     } else if skb != 0 {
         let dev: u64 = kernel::load_btf(skb, offset!(skb_dev));
         let net: u64 = kernel::load_btf(dev, offset!(netdev_net));
