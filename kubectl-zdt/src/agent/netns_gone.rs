@@ -32,6 +32,7 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::sync::mpsc::Sender;
 
+use crate::dataplane::guarded;
 use crate::observation::{Kind, NodeName, Observation};
 
 const RTNLGRP_LINK: u32 = 1;
@@ -79,8 +80,10 @@ fn receive(sock: &Socket, seq: u32, mut f: impl FnMut(RouteNetlinkMessage)) -> a
         let (buf, _) = sock.recv_from_full().context("rtnetlink receive failed")?;
         let mut offset = 0;
         while offset < buf.len() {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
-                .context("undecodable rtnetlink message")?;
+            let msg = guarded::decode(|| {
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
+            })
+            .context("undecodable rtnetlink message")?;
             let len = msg.header.length as usize;
             let this_seq = msg.header.sequence_number;
             match msg.payload {
@@ -296,8 +299,9 @@ impl NetnsGoneWatcher {
             let received = Timestamp::now();
             let mut offset = 0;
             while offset < buf.len() {
-                let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
-                else {
+                let Ok(msg) = guarded::decode(|| {
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
+                }) else {
                     break;
                 };
                 let len = msg.header.length as usize;

@@ -8,6 +8,7 @@
 pub mod chains;
 pub mod emit;
 pub mod flows;
+pub mod guarded;
 pub mod iptables;
 pub mod ipvs;
 pub mod legacy;

@@ -48,8 +48,10 @@ impl Live {
         socket.send(&req, 0)?;
         let mut buf = vec![0u8; 1 << 16];
         let n = socket.recv(&mut &mut buf[..], 0)?;
-        let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&buf[..n])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let reply = crate::dataplane::guarded::decode(|| {
+            NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&buf[..n])
+        })
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let family_id = match reply.payload {
             NetlinkPayload::InnerMessage(m) => m.payload.nlas.iter().find_map(|a| match a {
                 GenlCtrlAttrs::FamilyId(id) => Some(*id),

@@ -307,8 +307,10 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<(Vec<IpvsMessage>, bool), ReadErr
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
-        let msg = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(rest)
-            .map_err(|_| ParseError::Framing)?;
+        let msg = crate::dataplane::guarded::decode(|| {
+            NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(rest)
+        })
+        .map_err(|_| ParseError::Framing)?;
         let len = (msg.header.length as usize).next_multiple_of(4);
         match msg.payload {
             NetlinkPayload::Done(_) => return Ok((out, true)),
