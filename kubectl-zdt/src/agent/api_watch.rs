@@ -353,12 +353,12 @@ impl ApiWatch {
         }
         for (uid, found) in ns.resolver.find(&unresolved) {
             let now = Timestamp::now();
-            let created = {
+            let (created, pod) = {
                 let mut index = self.pods.lock().unwrap_or_else(|p| p.into_inner());
                 if !index.set_netns(&uid, found.inum, now) {
                     continue;
                 }
-                index.created(&uid).unwrap_or(now)
+                (index.created(&uid).unwrap_or(now), index.pod_ref(&uid))
             };
             if let Err(e) = filter.add_netns(found.inum) {
                 tracing::warn!("{e}");
@@ -369,6 +369,7 @@ impl ApiWatch {
                 already.extend(super::listeners::already_open(
                     proc_pid,
                     found.inum,
+                    pod.as_ref(),
                     created,
                     Timestamp::now(),
                     &self.node,

@@ -6,6 +6,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -17,7 +18,7 @@ use super::{
     backlog::{self, Backlog},
     own_clients::{NodeAddresses, of_another_node},
     pod_netns::PodNetns,
-    pods::PodIndex,
+    pods::{PodIndex, Waiting},
     probes::KubeletProbes,
     run::{DiskJournal, Kernel, guard, serve_metrics, start_kernel},
     serve::{AgentServer, Gauges},
@@ -111,16 +112,39 @@ pub async fn run(
     let api = tokio::spawn(watch.run(filter, tx, api_stop));
     let mut probes = KubeletProbes::new();
     let mut node_addresses = NodeAddresses::of_this_namespace();
-    while let Some(mut o) = rx.recv().await {
+    // Lines of a reused namespace number wait for its new pod (`pods::Waiting`): looked at on
+    // every line and at least every second.
+    let mut waiting = Waiting::default();
+    loop {
+        let received = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(o)) => Some(o),
+            Ok(None) => break,
+            Err(_) => None,
+        };
+        let mut out = Vec::new();
         {
             let mut index = pods.lock().unwrap_or_else(|p| p.into_inner());
-            if of_another_node(&o, &index, &mut node_addresses) {
-                gauges.metrics.other_node_client_failure();
-                continue;
+            if !waiting.is_empty() {
+                out = waiting.release(&mut index, Instant::now());
             }
-            index.attribute(&mut o);
-            probes.tag(&mut o, &index);
+            if let Some(mut o) = received {
+                if of_another_node(&o, &index, &mut node_addresses) {
+                    gauges.metrics.other_node_client_failure();
+                } else {
+                    index.attribute(&mut o);
+                    out.extend(waiting.admit(&index, o, Instant::now()));
+                }
+            }
+            for o in &mut out {
+                probes.tag(o, &index);
+            }
         }
+        for o in out {
+            journal.push(&o);
+            gauges.metrics.observe(&o);
+        }
+    }
+    for o in waiting.drain() {
         journal.push(&o);
         gauges.metrics.observe(&o);
     }

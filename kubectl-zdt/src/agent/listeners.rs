@@ -13,6 +13,7 @@ use std::{
 
 use jiff::Timestamp;
 
+use super::pods::PodRef;
 use crate::observation::{Kind, NodeName, Observation};
 
 /// TCP_LISTEN in `/proc/net/tcp`'s `st` column.
@@ -56,11 +57,13 @@ fn address(hex: &str) -> Option<IpAddr> {
 }
 
 /// The listeners of the namespace of process directory `proc_pid` (`/proc/<pid>`), as
-/// `listener_open` observations of namespace `inum` known to have opened between `since` and
-/// `now`.
+/// `listener_open` observations of pod `pod`'s namespace `inum` known to have opened between
+/// `since` and `now`. They name the pod themselves: their time lies before now, perhaps before
+/// the number's previous holder went, where the namespace number alone would name that one.
 pub fn already_open(
     proc_pid: &Path,
     inum: u32,
+    pod: Option<&PodRef>,
     since: Timestamp,
     now: Timestamp,
     node: &NodeName,
@@ -91,6 +94,10 @@ pub fn already_open(
             o.details.process_mut().bind = Some(bind.to_string());
             o.details.kernel_mut().netns = Some(inum.into());
             o.details.api_mut().seen = Some("already_listening".to_owned());
+            if let Some(p) = pod {
+                o.pod = Some(p.pod.clone().into());
+                o.pod_uid = Some(p.uid.clone().into());
+            }
             o
         })
         .collect()
@@ -137,7 +144,18 @@ mod tests {
         std::fs::write(dir.join("net/tcp6"), TCP6).unwrap();
         let since = Timestamp::from_second(1_800_000_000).unwrap();
         let now = since + jiff::SignedDuration::from_millis(1_200);
-        let obs = already_open(&dir, 4026532000, since, now, &NodeName("vm".into()));
+        let pod = PodRef {
+            pod: "default/web-new".into(),
+            uid: "uid-new".into(),
+        };
+        let obs = already_open(
+            &dir,
+            4026532000,
+            Some(&pod),
+            since,
+            now,
+            &NodeName("vm".into()),
+        );
         assert_eq!(obs.len(), 4);
         let first = &obs[0];
         assert_eq!(first.kind, Kind::ListenerOpen);
@@ -151,6 +169,11 @@ mod tests {
             Some("already_listening")
         );
         assert_eq!(obs[1].ip, Some("127.0.0.1".parse().unwrap()));
+        assert!(
+            obs.iter()
+                .all(|o| o.pod.as_deref() == Some("default/web-new")
+                    && o.pod_uid.as_deref() == Some("uid-new"))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

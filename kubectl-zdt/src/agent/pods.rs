@@ -307,6 +307,33 @@ impl PodIndex {
         }
     }
 
+    /// Whether a kernel line that no pod holds now comes from a namespace whose number's last
+    /// holder was seen to go before it: the kernel gave the number to a new pod the agent has
+    /// not found yet ([`Waiting`]). Client-side lines name no pod by namespace anyway.
+    pub fn awaits_holder(&self, o: &Observation) -> bool {
+        use crate::observation::Kind;
+        if o.pod.is_some()
+            || matches!(
+                o.kind,
+                Kind::NetnsGone | Kind::ConnError | Kind::SynRetransmit
+            )
+        {
+            return false;
+        }
+        let Some(inum) = o.details.kernel().netns.and_then(|n| u32::try_from(n).ok()) else {
+            return false;
+        };
+        self.by_netns
+            .get(&inum)
+            .and_then(|spans| spans.last())
+            .is_some_and(|last| last.gone_seen && last.ended.is_some_and(|e| o.time > e))
+    }
+
+    /// Pod `uid` as observations name it.
+    pub fn pod_ref(&self, uid: &str) -> Option<PodRef> {
+        self.by_uid.get(uid).map(|e| e.pod.clone())
+    }
+
     /// Names the client of a failed connection (`peer_pod`, `peer_pod_uid`) when its address
     /// is one of this node's pods: a client pod's own node always knows it, so its client-side
     /// lines say who kept connecting.
@@ -402,6 +429,62 @@ impl PodIndex {
     }
 }
 
+/// Kernel lines of a namespace whose number's last holder was seen to go
+/// ([`PodIndex::awaits_holder`]): the sandbox of a new pod got the number, and its first
+/// processes (the app listening, often) run before the agent has found whose namespace it is
+/// (it looks on every pod update and every second, `ApiWatch::resolve_netns`). Such a line
+/// waits for the new holder and is named after it; after [`Waiting::HOLD`] it goes out unnamed.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    lines: Vec<(Observation, std::time::Instant)>,
+}
+
+impl Waiting {
+    /// How long a line waits for its namespace's new holder.
+    pub const HOLD: Duration = Duration::from_secs(5);
+
+    /// An attributed line: out now, or held until its namespace's holder is found.
+    pub fn admit(
+        &mut self,
+        index: &PodIndex,
+        o: Observation,
+        now: std::time::Instant,
+    ) -> Option<Observation> {
+        if index.awaits_holder(&o) {
+            self.lines.push((o, now));
+            None
+        } else {
+            Some(o)
+        }
+    }
+
+    /// The held lines whose namespace's holder is known now (named after it), and those that
+    /// waited [`Waiting::HOLD`] (unnamed).
+    pub fn release(&mut self, index: &mut PodIndex, now: std::time::Instant) -> Vec<Observation> {
+        let mut out = Vec::new();
+        let mut kept = Vec::with_capacity(self.lines.len());
+        for (mut o, since) in self.lines.drain(..) {
+            index.attribute(&mut o);
+            if o.pod.is_some() || now.duration_since(since) >= Self::HOLD {
+                out.push(o);
+            } else {
+                kept.push((o, since));
+            }
+        }
+        self.lines = kept;
+        out
+    }
+
+    /// Every held line, as it is (the agent is stopping).
+    pub fn drain(&mut self) -> Vec<Observation> {
+        self.lines.drain(..).map(|(o, _)| o).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,10 +567,23 @@ mod tests {
             Some("default/old")
         );
         // The next sandbox gets the same number before the agent has found whose it is: its
-        // processes are nobody's rather than the dead pod's.
-        assert_eq!(owner(&mut index, Kind::Exec, at(5), 4026532330), None);
+        // processes are not the dead pod's; they wait for the new holder.
+        let mut waiting = Waiting::default();
+        let start = std::time::Instant::now();
+        let mut exec = line(Kind::Exec, at(5), 4026532330);
+        index.attribute(&mut exec);
+        assert_eq!(exec.pod, None);
+        assert!(waiting.admit(&index, exec, start).is_none());
         index.apply(&pod("new", "uid-new", "198.18.0.11"), at(5));
+        assert!(
+            waiting.release(&mut index, start).is_empty(),
+            "not found yet"
+        );
         assert!(index.set_netns("uid-new", 4026532330, at(6)));
+        let released = waiting.release(&mut index, start);
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].pod.as_deref(), Some("default/new"));
+        assert!(waiting.is_empty());
         assert_eq!(
             owner(&mut index, Kind::ListenerOpen, at(7), 4026532330).as_deref(),
             Some("default/new")
@@ -582,5 +678,48 @@ mod tests {
             owner(&mut index, Kind::Exec, at(101), 7).as_deref(),
             Some("default/new")
         );
+    }
+
+    #[test]
+    fn only_lines_after_the_last_holder_went_wait_and_none_waits_longer_than_the_hold() {
+        let mut index = PodIndex::new(Duration::from_secs(600));
+        index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
+        index.set_netns("uid-old", 7, at(1));
+        let start = std::time::Instant::now();
+        let mut waiting = Waiting::default();
+        let mut admit = |index: &mut PodIndex, kind: Kind, t: Timestamp| {
+            let mut o = line(kind, t, 7);
+            index.attribute(&mut o);
+            waiting
+                .admit(index, o, start)
+                .map(|o| o.pod.map(String::from))
+        };
+        // The holder is alive: its lines go out at once, named.
+        assert_eq!(
+            admit(&mut index, Kind::Exit, at(2)),
+            Some(Some("default/old".into()))
+        );
+        assert!(admit(&mut index, Kind::NetnsGone, at(3)).is_some());
+        // Before it went: still the old pod's. After: held. A client's error: never held.
+        assert_eq!(
+            admit(&mut index, Kind::Signal, at(2)),
+            Some(Some("default/old".into()))
+        );
+        assert_eq!(admit(&mut index, Kind::ListenerOpen, at(4)), None);
+        assert_eq!(admit(&mut index, Kind::ConnError, at(4)), Some(None));
+        // A number nobody watches: out at once.
+        let mut o = line(Kind::Exec, at(4), 8);
+        index.attribute(&mut o);
+        assert!(waiting.admit(&index, o, start).is_some());
+        // Nobody takes the number: the held line goes out unnamed after the hold.
+        assert!(
+            waiting
+                .release(&mut index, start + Waiting::HOLD / 2)
+                .is_empty()
+        );
+        let late = waiting.release(&mut index, start + Waiting::HOLD);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].pod, None);
+        assert!(waiting.is_empty());
     }
 }
