@@ -271,6 +271,12 @@ fn the_final_agents_counts_equal_the_node_clients_refused_reset_and_timed_out() 
         ),
         // Two nodes again, agents of a later tree (47 + 52, 3 + 10, 86 + 91).
         ("v1.28-two-nodes-fast2-s10", Verdict::Unsafe, (99, 13, 177)),
+        // Every old pod's namespace number went at once to a new pod's sandbox.
+        (
+            "v1.28-one-node-fast-netns-reuse",
+            Verdict::Unsafe,
+            (27, 2, 142),
+        ),
     ] {
         let r = correlate::correlate(&stream(run), &Options::default());
         assert_eq!(r.rollouts.len(), 1, "{run}");
@@ -331,4 +337,52 @@ fn a_nodes_journal_from_hours_before_does_not_lend_its_lines_to_todays_pods() {
         )
     };
     assert_eq!(fast(&mixed), fast(&alone));
+}
+
+/// Each old pod's namespace inode number went to a new pod's sandbox within a second, and the
+/// new app listened before the agent had found whose namespace it was: the agent held those
+/// lines until it found the new pod and named them after it, so each new pod's listener is
+/// seen opening (exactly, not only from /proc) and no line of a new pod is filed under the old
+/// pod that had the number.
+#[test]
+fn a_reused_namespace_numbers_first_lines_are_the_new_pods() {
+    let obs = stream("v1.28-one-node-fast-netns-reuse");
+    let r = correlate::correlate(&obs, &Options::default());
+    let startup = &r.rollouts[0].startup;
+    assert_eq!(startup.len(), 2);
+    for s in startup {
+        let pod = s.pod.as_ref().map(|p| p.to_string()).unwrap_or_default();
+        assert!(s.marks.listener_open.is_some(), "{pod}: no listener seen");
+        assert!(s.startup_gap_ms.is_some_and(|g| g < 0.0), "{pod}: {s:?}");
+        // The kernel's own line, named by the agent after a wait.
+        assert!(
+            obs.iter().any(|o| o.kind == Kind::ListenerOpen
+                && o.pod.as_ref().map(|p| p.to_string()) == Some(pod.clone())
+                && o.details.api().seen.is_none()),
+            "{pod}"
+        );
+    }
+    // A number was reused: a new pod's namespace number was an old pod's minutes before.
+    let number = |pod: &str| -> Option<u64> {
+        obs.iter()
+            .filter(|o| o.pod.as_ref().is_some_and(|p| p.to_string() == pod))
+            .filter(|o| {
+                matches!(
+                    o.kind,
+                    Kind::ListenerOpen | Kind::ListenerClosed | Kind::NetnsGone
+                )
+            })
+            .find_map(|o| o.details.kernel().netns)
+    };
+    let old: BTreeSet<u64> = r.rollouts[0]
+        .pods
+        .iter()
+        .filter_map(|p| number(&p.pod.as_ref()?.to_string()))
+        .collect();
+    assert!(
+        startup
+            .iter()
+            .any(|s| number(&s.pod.as_ref().unwrap().to_string()).is_some_and(|n| old.contains(&n))),
+        "{old:?}"
+    );
 }
