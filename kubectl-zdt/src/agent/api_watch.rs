@@ -355,7 +355,7 @@ impl ApiWatch {
             let now = Timestamp::now();
             let (created, pod) = {
                 let mut index = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-                if !index.set_netns(&uid, found.inum, now) {
+                if !index.set_netns(&uid, found.inum, now, found.started) {
                     continue;
                 }
                 (index.created(&uid).unwrap_or(now), index.pod_ref(&uid))

@@ -14,8 +14,10 @@
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
+
+use jiff::{SignedDuration, Timestamp};
 
 /// A pod's namespace as found in `/proc`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +25,43 @@ pub struct Found {
     /// `/proc/<pid>/ns/net` of one of its processes (valid while that process lives).
     pub path: PathBuf,
     pub inum: u32,
+    /// When the earliest of the pod's processes in it started (none of the pod's lines can be
+    /// older): a namespace number held before by another pod names this one only from then.
+    pub started: Option<Timestamp>,
+}
+
+/// `starttime` of a `/proc/<pid>/stat` line: clock ticks after boot (field 22; the command
+/// name in field 2 may hold spaces and parentheses, so fields are counted after its last `)`).
+fn starttime(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The wall time of a process start `ticks` after boot (`hz` ticks a second), `boottime_ns`
+/// being CLOCK_BOOTTIME at `now`.
+fn wall_of_start(ticks: u64, hz: u64, boottime_ns: u64, now: Timestamp) -> Option<Timestamp> {
+    let since_boot = u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1));
+    let ago = u128::from(boottime_ns).checked_sub(since_boot)?;
+    now.checked_sub(SignedDuration::from_nanos(i64::try_from(ago).ok()?))
+        .ok()
+}
+
+/// When process `pid` of `proc` started, as wall time.
+fn process_started(proc: &Path, pid: &str) -> Option<Timestamp> {
+    let ticks = starttime(&std::fs::read_to_string(proc.join(pid).join("stat")).ok()?)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    let boottime_ns =
+        u64::try_from(ts.tv_sec).ok()? * 1_000_000_000 + u64::try_from(ts.tv_nsec).ok()?;
+    wall_of_start(ticks, hz, boottime_ns, Timestamp::now())
 }
 
 /// Scans a `/proc` (the host's, with hostPID) for the namespaces of pods.
@@ -102,13 +141,29 @@ impl PodNetns {
             let Some(uid) = pod_of(&cgroup, &wanted) else {
                 continue;
             };
-            if found.contains_key(uid) {
-                continue;
-            }
             let path = self.proc.join(pid).join("ns/net");
             match std::fs::metadata(&path).map(|m| u32::try_from(m.ino())) {
                 Ok(Ok(inum)) if Some(inum) != self.own => {
-                    found.insert(uid.to_owned(), Found { path, inum });
+                    let started = process_started(&self.proc, pid);
+                    match found.get_mut(uid) {
+                        Some(f) if f.inum == inum => {
+                            f.started = match (f.started, started) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
+                        }
+                        Some(_) => {}
+                        None => {
+                            found.insert(
+                                uid.to_owned(),
+                                Found {
+                                    path,
+                                    inum,
+                                    started,
+                                },
+                            );
+                        }
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -170,6 +225,13 @@ mod tests {
             let d = root.join(pid);
             std::fs::create_dir_all(d.join("ns")).unwrap();
             std::fs::write(d.join("cgroup"), cgroup).unwrap();
+            // Started 1 and 2 ticks after boot: pid 10 first.
+            let ticks = if pid == "10" { 1 } else { 2 };
+            std::fs::write(
+                d.join("stat"),
+                format!("{pid} (sh) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0 0\n"),
+            )
+            .unwrap();
             std::os::unix::fs::symlink(ns, d.join("ns/net")).unwrap();
         };
         // Two distinct files stand in for two namespaces (their inodes differ).
@@ -188,6 +250,27 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found["uid-a"].inum, ino(&ns_a));
         assert!(found["uid-a"].path.starts_with(&root));
+        let (a, b) = (
+            process_started(&root, "10").unwrap(),
+            process_started(&root, "11").unwrap(),
+        );
+        assert!(a < b);
+        // The earliest process (one tick apart; each reading takes its own `now`).
+        assert!(found["uid-a"].started.is_some_and(|t| t < b), "{found:?}");
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_process_start_is_read_after_its_command_and_placed_on_the_wall_clock() {
+        let stat = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 3 1 0 0 20 0 1 0 123456 1000 100 18446744073709551615";
+        assert_eq!(starttime(stat), Some(123_456));
+        assert_eq!(starttime("4242 (short"), None);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        // 1234.56 s after boot, now 1300 s after boot: 65.44 s ago.
+        assert_eq!(
+            wall_of_start(123_456, 100, 1_300_000_000_000, now),
+            Some(now - SignedDuration::from_millis(65_440))
+        );
+        assert_eq!(wall_of_start(123_456, 100, 1_000_000_000_000, now), None);
     }
 }

@@ -86,6 +86,9 @@ pub struct Changes {
 #[derive(Clone, Debug)]
 struct NetnsSpan {
     uid: String,
+    /// When the pod's earliest process in the namespace started, if known: the number names
+    /// this pod from then, not before (another pod's namespace may have had it until then).
+    since: Option<Timestamp>,
     ended: Option<Timestamp>,
     /// A `netns_gone` was attributed to this span (each namespace dies once).
     gone_seen: bool,
@@ -263,7 +266,10 @@ impl PodIndex {
         let mut pick = None;
         let mut prev_end: Option<Timestamp> = None;
         for (k, s) in spans.iter().enumerate() {
-            if prev_end.is_none_or(|e| at > e) && s.ended.is_none_or(|e| at <= e) {
+            if prev_end.is_none_or(|e| at > e)
+                && s.since.is_none_or(|t| at >= t)
+                && s.ended.is_none_or(|e| at <= e)
+            {
                 pick = Some(k);
             }
             prev_end = s.ended;
@@ -381,7 +387,13 @@ impl PodIndex {
     /// Records pod `uid`'s network namespace, found at `now`; false when the pod is unknown or
     /// already had it. Another pod holding the same number lost it by `now`: its namespace is
     /// dead, the kernel gave the number to this one.
-    pub fn set_netns(&mut self, uid: &str, inum: u32, now: Timestamp) -> bool {
+    pub fn set_netns(
+        &mut self,
+        uid: &str,
+        inum: u32,
+        now: Timestamp,
+        since: Option<Timestamp>,
+    ) -> bool {
         let Some(e) = self.by_uid.get_mut(uid) else {
             return false;
         };
@@ -395,6 +407,7 @@ impl PodIndex {
         }
         spans.push(NetnsSpan {
             uid: uid.to_owned(),
+            since,
             ended: None,
             gone_seen: false,
         });
@@ -458,14 +471,17 @@ impl Waiting {
         }
     }
 
-    /// The held lines whose namespace's holder is known now (named after it), and those that
-    /// waited [`Waiting::HOLD`] (unnamed).
+    /// The held lines whose namespace's holder is known now (named after it, or unnamed when
+    /// they are older than its namespace), and those that waited [`Waiting::HOLD`] (unnamed).
     pub fn release(&mut self, index: &mut PodIndex, now: std::time::Instant) -> Vec<Observation> {
         let mut out = Vec::new();
         let mut kept = Vec::with_capacity(self.lines.len());
         for (mut o, since) in self.lines.drain(..) {
             index.attribute(&mut o);
-            if o.pod.is_some() || now.duration_since(since) >= Self::HOLD {
+            if o.pod.is_some()
+                || !index.awaits_holder(&o)
+                || now.duration_since(since) >= Self::HOLD
+            {
                 out.push(o);
             } else {
                 kept.push((o, since));
@@ -555,7 +571,7 @@ mod tests {
     fn a_namespace_number_the_kernel_gives_to_the_next_pod_names_the_next_pod_at_once() {
         let mut index = PodIndex::new(Duration::from_secs(600));
         index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
-        assert!(index.set_netns("uid-old", 4026532330, at(1)));
+        assert!(index.set_netns("uid-old", 4026532330, at(1), None));
         assert_eq!(
             owner(&mut index, Kind::Exit, at(2), 4026532330).as_deref(),
             Some("default/old")
@@ -579,7 +595,7 @@ mod tests {
             waiting.release(&mut index, start).is_empty(),
             "not found yet"
         );
-        assert!(index.set_netns("uid-new", 4026532330, at(6)));
+        assert!(index.set_netns("uid-new", 4026532330, at(6), None));
         let released = waiting.release(&mut index, start);
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].pod.as_deref(), Some("default/new"));
@@ -597,10 +613,10 @@ mod tests {
     fn a_number_found_in_a_new_pod_before_the_old_namespace_was_seen_to_go_ends_the_old_hold() {
         let mut index = PodIndex::new(Duration::from_secs(600));
         index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
-        index.set_netns("uid-old", 7, at(1));
+        index.set_netns("uid-old", 7, at(1), None);
         index.apply(&pod("new", "uid-new", "198.18.0.11"), at(2));
         // The new pod's processes are found first (the rtnetlink notification is still queued).
-        index.set_netns("uid-new", 7, at(3));
+        index.set_netns("uid-new", 7, at(3), None);
         assert_eq!(
             owner(&mut index, Kind::Exec, at(4), 7).as_deref(),
             Some("default/new")
@@ -652,7 +668,7 @@ mod tests {
         // The --traffic pod dials a ClusterIP; conntrack did not name the backend.
         let mut index = PodIndex::new(Duration::from_secs(60));
         index.apply(&pod("zdt-traffic-web", "uid-t", "198.18.0.44"), at(0));
-        index.set_netns("uid-t", 9, at(1));
+        index.set_netns("uid-t", 9, at(1), None);
         let mut o = line(Kind::ConnError, at(2), 9);
         o.service = Some("198.19.0.236:80".into());
         index.attribute(&mut o);
@@ -668,10 +684,10 @@ mod tests {
     fn an_expired_tombstone_releases_only_its_own_hold_on_a_reused_number() {
         let mut index = PodIndex::new(Duration::from_secs(60));
         index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
-        index.set_netns("uid-old", 7, at(1));
+        index.set_netns("uid-old", 7, at(1), None);
         index.delete(&pod("old", "uid-old", "198.18.0.10"), at(2));
         index.apply(&pod("new", "uid-new", "198.18.0.11"), at(3));
-        index.set_netns("uid-new", 7, at(4));
+        index.set_netns("uid-new", 7, at(4), None);
         let changes = index.expire(at(100));
         assert!(changes.unwatch_netns.is_empty(), "{changes:?}");
         assert_eq!(
@@ -684,7 +700,7 @@ mod tests {
     fn only_lines_after_the_last_holder_went_wait_and_none_waits_longer_than_the_hold() {
         let mut index = PodIndex::new(Duration::from_secs(600));
         index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
-        index.set_netns("uid-old", 7, at(1));
+        index.set_netns("uid-old", 7, at(1), None);
         let start = std::time::Instant::now();
         let mut waiting = Waiting::default();
         let mut admit = |index: &mut PodIndex, kind: Kind, t: Timestamp| {
@@ -721,5 +737,29 @@ mod tests {
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].pod, None);
         assert!(waiting.is_empty());
+    }
+
+    #[test]
+    fn a_held_line_older_than_the_new_holders_processes_is_not_named_after_it() {
+        // The number's last holder went at 3; lines at 4 and 6 wait; the next pod's earliest
+        // process started at 5 (another namespace, e.g. of a pod the agent does not watch,
+        // had the number in between): only the line at 6 is the new pod's.
+        let mut index = PodIndex::new(Duration::from_secs(600));
+        index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
+        index.set_netns("uid-old", 7, at(1), Some(at(0)));
+        let _ = owner(&mut index, Kind::NetnsGone, at(3), 7);
+        let start = std::time::Instant::now();
+        let mut waiting = Waiting::default();
+        for t in [4, 6] {
+            let o = line(Kind::Signal, at(t), 7);
+            assert!(waiting.admit(&index, o, start).is_none());
+        }
+        index.apply(&pod("new", "uid-new", "198.18.0.11"), at(5));
+        index.set_netns("uid-new", 7, at(7), Some(at(5)));
+        let mut out = waiting.release(&mut index, start);
+        out.sort_by_key(|o| o.time);
+        let named: Vec<Option<&str>> = out.iter().map(|o| o.pod.as_deref()).collect();
+        assert_eq!(named, [None, Some("default/new")]);
+        assert!(waiting.is_empty(), "released at once, not after the hold");
     }
 }

@@ -67,7 +67,7 @@ impl Api {
             .expect("the namespace's bind mount");
         let index = self.index();
         index.apply(&object, now);
-        assert!(index.set_netns(&uid, u32::try_from(inum).unwrap_or(u32::MAX), now));
+        assert!(index.set_netns(&uid, u32::try_from(inum).unwrap_or(u32::MAX), now, None));
     }
 
     /// A line of the API about pod `name` at `at`.

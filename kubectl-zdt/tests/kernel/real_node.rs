@@ -96,7 +96,7 @@ impl Bed {
         .unwrap();
         self.index.apply(&object, now);
         let inum = u32::try_from(support::inode(&pod.ns.path())).unwrap();
-        assert!(self.index.set_netns(&uid, inum, now));
+        assert!(self.index.set_netns(&uid, inum, now, None));
         self.api
             .push(self.api_line(Kind::PodReady, name, IpAddr::from(pod.ip), now));
         pod
