@@ -365,7 +365,7 @@ fn a_reused_namespace_numbers_first_lines_are_the_new_pods() {
     // A number was reused: a new pod's namespace number was an old pod's minutes before.
     let number = |pod: &str| -> Option<u64> {
         obs.iter()
-            .filter(|o| o.pod.as_ref().is_some_and(|p| p.to_string() == pod))
+            .filter(|o| o.pod.as_ref().is_some_and(|p| p == pod))
             .filter(|o| {
                 matches!(
                     o.kind,
