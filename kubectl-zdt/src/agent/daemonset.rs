@@ -125,7 +125,9 @@ pub async fn run(
         {
             let mut index = pods.lock().unwrap_or_else(|p| p.into_inner());
             if !waiting.is_empty() {
-                out = waiting.release(&mut index, Instant::now());
+                let left_out;
+                (out, left_out) = waiting.release(&mut index, Instant::now());
+                gauges.metrics.other_node_namespace_lines(left_out);
             }
             if let Some(mut o) = received {
                 if of_another_node(&o, &index, &mut node_addresses) {
@@ -143,10 +145,6 @@ pub async fn run(
             journal.push(&o);
             gauges.metrics.observe(&o);
         }
-    }
-    for o in waiting.drain() {
-        journal.push(&o);
-        gauges.metrics.observe(&o);
     }
     drop((server, metrics_server));
     if let Some(d) = disk {

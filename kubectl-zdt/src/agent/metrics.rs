@@ -167,6 +167,7 @@ pub struct Metrics {
     api_watch_up: Gauge,
     api_watch_failures: Counter,
     other_node_sockets: Counter,
+    other_node_namespace_lines: Counter,
     watched_addresses: Gauge,
     journal_damage: Family<JournalDamageLabels, Gauge>,
     journal_unreadable: Counter,
@@ -296,6 +297,12 @@ impl Metrics {
             "Client failures left out because the client is another node's (nodes sharing one kernel)",
             other_node_sockets.clone(),
         );
+        let other_node_namespace_lines = Counter::default();
+        registry.register(
+            "unowned_namespace_lines",
+            "Kernel lines left out because their namespace number went to no pod of this node within 5 s (nodes sharing one kernel)",
+            other_node_namespace_lines.clone(),
+        );
         let watched_addresses = Gauge::default();
         registry.register(
             "watched_addresses",
@@ -333,6 +340,7 @@ impl Metrics {
             api_watch_up,
             api_watch_failures,
             other_node_sockets,
+            other_node_namespace_lines,
             watched_addresses,
             journal_damage,
             journal_unreadable,
@@ -356,6 +364,11 @@ impl Metrics {
     /// A client's failure from another node's address was left out.
     pub fn other_node_client_failure(&self) {
         self.other_node_sockets.inc();
+    }
+
+    /// `n` kernel lines of a namespace number no pod of this node took were left out.
+    pub fn other_node_namespace_lines(&self, n: u64) {
+        self.other_node_namespace_lines.inc_by(n);
     }
 
     /// The kernel filter now reports `n` addresses.

@@ -446,7 +446,8 @@ impl PodIndex {
 /// ([`PodIndex::awaits_holder`]): the sandbox of a new pod got the number, and its first
 /// processes (the app listening, often) run before the agent has found whose namespace it is
 /// (it looks on every pod update and every second, `ApiWatch::resolve_netns`). Such a line
-/// waits for the new holder and is named after it; after [`Waiting::HOLD`] it goes out unnamed.
+/// waits for the new holder and is named after it; after [`Waiting::HOLD`] it is left out
+/// ([`Waiting::release`]).
 #[derive(Debug, Default)]
 pub struct Waiting {
     lines: Vec<(Observation, std::time::Instant)>,
@@ -472,28 +473,32 @@ impl Waiting {
     }
 
     /// The held lines whose namespace's holder is known now (named after it, or unnamed when
-    /// they are older than its namespace), and those that waited [`Waiting::HOLD`] (unnamed).
-    pub fn release(&mut self, index: &mut PodIndex, now: std::time::Instant) -> Vec<Observation> {
+    /// they are older than its namespace); and the number of lines left out because no pod of
+    /// this node took the number within [`Waiting::HOLD`]. Those are not this node's to report:
+    /// on nodes that share one kernel (kind, several kubelets on one machine) namespace numbers
+    /// are shared too, and a number one of this node's pods had went to another node's pod,
+    /// whose own agent reports its lines; on a node of its own, a pod whose namespace the
+    /// agent cannot find (nor its address) would not be watched at all without the reuse.
+    pub fn release(
+        &mut self,
+        index: &mut PodIndex,
+        now: std::time::Instant,
+    ) -> (Vec<Observation>, u64) {
         let mut out = Vec::new();
+        let mut left_out = 0;
         let mut kept = Vec::with_capacity(self.lines.len());
         for (mut o, since) in self.lines.drain(..) {
             index.attribute(&mut o);
-            if o.pod.is_some()
-                || !index.awaits_holder(&o)
-                || now.duration_since(since) >= Self::HOLD
-            {
+            if o.pod.is_some() || !index.awaits_holder(&o) {
                 out.push(o);
+            } else if now.duration_since(since) >= Self::HOLD {
+                left_out += 1;
             } else {
                 kept.push((o, since));
             }
         }
         self.lines = kept;
-        out
-    }
-
-    /// Every held line, as it is (the agent is stopping).
-    pub fn drain(&mut self) -> Vec<Observation> {
-        self.lines.drain(..).map(|(o, _)| o).collect()
+        (out, left_out)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -591,12 +596,13 @@ mod tests {
         assert_eq!(exec.pod, None);
         assert!(waiting.admit(&index, exec, start).is_none());
         index.apply(&pod("new", "uid-new", "198.18.0.11"), at(5));
-        assert!(
-            waiting.release(&mut index, start).is_empty(),
+        assert_eq!(
+            waiting.release(&mut index, start),
+            (vec![], 0),
             "not found yet"
         );
         assert!(index.set_netns("uid-new", 4026532330, at(6), None));
-        let released = waiting.release(&mut index, start);
+        let (released, _) = waiting.release(&mut index, start);
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].pod.as_deref(), Some("default/new"));
         assert!(waiting.is_empty());
@@ -697,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn only_lines_after_the_last_holder_went_wait_and_none_waits_longer_than_the_hold() {
+    fn only_lines_after_the_last_holder_went_wait_and_none_is_sent_unowned_after_the_hold() {
         let mut index = PodIndex::new(Duration::from_secs(600));
         index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
         index.set_netns("uid-old", 7, at(1), None);
@@ -727,15 +733,15 @@ mod tests {
         let mut o = line(Kind::Exec, at(4), 8);
         index.attribute(&mut o);
         assert!(waiting.admit(&index, o, start).is_some());
-        // Nobody takes the number: the held line goes out unnamed after the hold.
-        assert!(
-            waiting
-                .release(&mut index, start + Waiting::HOLD / 2)
-                .is_empty()
+        // No pod of this node takes the number: the held line is left out after the hold.
+        assert_eq!(
+            waiting.release(&mut index, start + Waiting::HOLD / 2),
+            (vec![], 0)
         );
-        let late = waiting.release(&mut index, start + Waiting::HOLD);
-        assert_eq!(late.len(), 1);
-        assert_eq!(late[0].pod, None);
+        assert_eq!(
+            waiting.release(&mut index, start + Waiting::HOLD),
+            (vec![], 1)
+        );
         assert!(waiting.is_empty());
     }
 
@@ -756,7 +762,8 @@ mod tests {
         }
         index.apply(&pod("new", "uid-new", "198.18.0.11"), at(5));
         index.set_netns("uid-new", 7, at(7), Some(at(5)));
-        let mut out = waiting.release(&mut index, start);
+        let (mut out, left_out) = waiting.release(&mut index, start);
+        assert_eq!(left_out, 0);
         out.sort_by_key(|o| o.time);
         let named: Vec<Option<&str>> = out.iter().map(|o| o.pod.as_deref()).collect();
         assert_eq!(named, [None, Some("default/new")]);
