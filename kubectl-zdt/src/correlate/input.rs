@@ -252,6 +252,27 @@ pub fn read_stream(
     Ok(errors)
 }
 
+/// Drops the observations that equal an earlier one (same node, kind, time and every field):
+/// the same stream given twice, or overlapping exports, must not count twice. Keeps the order;
+/// returns how many were dropped.
+pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
+    drop_duplicates_hashed(obs, &foldhash::fast::RandomState::default())
+}
+
+/// [`drop_duplicates`] with the hasher given (see [`duplicates`]).
+pub fn drop_duplicates_hashed(
+    obs: &mut Vec<Observation>,
+    state: &impl std::hash::BuildHasher,
+) -> usize {
+    let drop = duplicates(obs, state);
+    let dropped = drop.iter().filter(|d| **d).count();
+    if dropped > 0 {
+        let mut flags = drop.into_iter();
+        obs.retain(|_| !flags.next().unwrap_or(false));
+    }
+    dropped
+}
+
 /// Which observations equal an earlier one (same node, kind, time and every field). The hashes
 /// only group the candidates, so every hasher gives the same answer (the tests use one under
 /// which all lines collide).

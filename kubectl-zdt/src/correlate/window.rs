@@ -591,10 +591,7 @@ pub fn analyse<E>(
     let mut obs = Vec::new();
     reads += 1;
     replay(&mut |o| obs.push(o))?;
-    let drop = input::duplicates(&obs, &foldhash::fast::RandomState::default());
-    let mut flags = drop.iter();
-    obs.retain(|_| !flags.next().copied().unwrap_or(false));
-    let duplicates = drop.iter().filter(|d| **d).count();
+    let duplicates = input::drop_duplicates(&mut obs);
     let (report, evidence) = super::correlate_with_evidence(&obs, options);
     Ok(Analysis {
         report,
