@@ -288,18 +288,18 @@ pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
     };
     let (analysis, streams) = analyse_streams(&args.files, &options, &|_| true)?;
+    drop(analysis.evidence);
     let mut report = analysis.report;
     report.warnings.extend(streams.duplicates_warning());
     report.input.rejected_lines = streams.rejected;
 
     let started = std::time::Instant::now();
-    let text = report::render(&report, args.output)?;
-    tracing::debug!("rendered in {:.2?}", started.elapsed());
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .context("failed to write the report")?;
-    stdout.flush().context("failed to write the report")?;
+    report::render_to(
+        &report,
+        args.output,
+        &mut std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+    )?;
+    tracing::debug!("rendered and written in {:.2?}", started.elapsed());
     if let Some(path) = &args.html {
         std::fs::write(path, report::html::render(&report))
             .with_context(|| format!("failed to write the HTML report to {}", path.display()))?;
