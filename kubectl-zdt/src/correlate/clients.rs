@@ -105,7 +105,7 @@ impl Clients {
 }
 
 /// A client's own line names what it dialled: the Service (`service`) or the pod (`ip`).
-fn explicit_path(o: &Observation) -> Option<Path> {
+pub(crate) fn explicit_path(o: &Observation) -> Option<Path> {
     if !matches!(o.kind, Kind::ConnError | Kind::SynRetransmit) {
         return None;
     }

@@ -19,9 +19,10 @@
 //! Where a construct's answer could depend on lines of two windows in a way this does not
 //! carry, the stream is analysed whole instead ([`WholeOnly`]), never differently: a client's
 //! error naming only a Service (tied to whichever pod's window explains it, anywhere in the
-//! stream), a retransmitted SYN (a connection's lines are weighed against each other), the
-//! traffic loop's own log beside client-side kernel lines, a line naming only a pod name or
-//! address that a pod of an earlier window held. A node's clock lag is known only at the end:
+//! stream), the traffic loop's own log beside client-side kernel lines, a line naming only a
+//! pod name that a pod of an earlier window had, or one address that one, a client socket's
+//! timeouts or a retransmitted connection in two windows (their lines are weighed together),
+//! a superseded retransmitted SYN with the last word on its client. A node's clock lag is known only at the end:
 //! when the pods' marks show one, the second pass runs again with it.
 
 use std::net::IpAddr;
@@ -31,8 +32,8 @@ use std::hash::BuildHasher as _;
 use foldhash::{HashMap, HashMapExt as _, HashSet};
 
 use super::{
-    Facts, LineCounts, Options, PodEvidence, PodOut, Report, analyse_pods, capacity,
-    clients::Clients,
+    Facts, LineCounts, Options, PodEvidence, PodOut, Report, analyse_pods, attribution, capacity,
+    clients::{self, Clients},
     clock::{self, NodeClocks},
     conclude, count_lines, identify,
     identity::{self, CLAIM_AHEAD_NS},
@@ -79,6 +80,20 @@ pub struct Survey {
     cuts: Vec<(u64, WallNs)>,
     clients_watched: bool,
     traffic_log: bool,
+    /// Where each node's lines end (retransmitted SYNs with no outcome by then were answered).
+    node_end: HashMap<String, jiff::Timestamp>,
+    /// Per client socket, the lines that said its path ([`Clients`] keeps the last), in order:
+    /// a window may drop retransmitted SYNs among them as superseded, and the whole stream's
+    /// word is then the last line kept. Only the sockets a retransmitted SYN spoke for are
+    /// kept past the survey.
+    path_said: HashMap<(IpAddr, u16), Vec<(u64, clients::Path)>>,
+    /// Per client socket of `path_said`, its error lines (each asks for the socket's path).
+    path_asked: HashMap<(IpAddr, u16), u64>,
+    /// Client addresses whose last word (the pod [`Clients`] names them by) is a retransmitted
+    /// SYN's: its line number.
+    retransmit_name: HashMap<IpAddr, u64>,
+    /// The line numbers of retransmitted SYNs that said a socket's path.
+    retransmit_lines: HashSet<u64>,
     whole_only: Option<String>,
 }
 
@@ -104,6 +119,11 @@ impl Survey {
             cuts: Vec::new(),
             clients_watched: false,
             traffic_log: false,
+            node_end: HashMap::new(),
+            path_said: HashMap::new(),
+            path_asked: HashMap::new(),
+            retransmit_name: HashMap::new(),
+            retransmit_lines: HashSet::default(),
             whole_only: None,
         }
     }
@@ -134,6 +154,13 @@ impl Survey {
         self.prefix_max = Some(self.prefix_max.map_or(t, |m| m.max(t)));
 
         self.nodes.add(o);
+        match self.node_end.get_mut(o.node.0.as_str()) {
+            Some(end) => *end = (*end).max(o.time),
+            None => {
+                self.node_end.insert(o.node.0.clone(), o.time);
+            }
+        }
+        self.note_retransmit_words(o, n);
         if o.kind == Kind::ClockSync
             && let Some(change) = o.details.agent().offset_change_ns
         {
@@ -159,20 +186,49 @@ impl Survey {
         self.clients_watched |= matches!(o.kind, Kind::ConnError | Kind::SynRetransmit)
             && o.service.is_some()
             && !from_loop;
-        if self.whole_only.is_none() {
-            if o.kind == Kind::SynRetransmit {
-                self.whole_only = Some(
-                    "a retransmitted SYN: a connection's lines are weighed against each other across the stream".into(),
-                );
-            } else if identity::is_error(o.kind)
-                && o.service.is_some()
-                && o.ip.is_none()
-                && o.pod.is_none()
-                && o.pod_uid.is_none()
-            {
-                self.whole_only = Some(
-                    "a client error naming only a Service: it is tied to whichever pod's window explains it".into(),
-                );
+        if self.whole_only.is_none()
+            && identity::is_error(o.kind)
+            && o.service.is_some()
+            && o.ip.is_none()
+            && o.pod.is_none()
+            && o.pod_uid.is_none()
+        {
+            self.whole_only = Some(
+                "a client error naming only a Service: it is tied to whichever pod's window explains it".into(),
+            );
+        }
+    }
+
+    /// Mirrors [`Clients::add`]: which of its entries a retransmitted SYN set last.
+    fn note_retransmit_words(&mut self, o: &Observation, n: u64) {
+        let retransmit = o.kind == Kind::SynRetransmit;
+        if identity::is_error(o.kind)
+            && let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port)
+        {
+            *self
+                .path_asked
+                .entry((ip.to_canonical(), port))
+                .or_default() += 1;
+        }
+        if let Some(path) = clients::explicit_path(o)
+            && let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port)
+        {
+            let said = self.path_said.entry((ip.to_canonical(), port)).or_default();
+            said.push((n, path));
+            if retransmit {
+                self.retransmit_lines.insert(n);
+            }
+        }
+        if matches!(o.kind, Kind::PodReady | Kind::PodDeleting)
+            && let (Some(ip), Some(_)) = (o.ip, &o.pod)
+        {
+            self.retransmit_name.remove(&ip.to_canonical());
+        }
+        if let (Some(ip), Some(_)) = (o.peer_ip, &o.details.kernel().peer_pod) {
+            if retransmit {
+                self.retransmit_name.insert(ip.to_canonical(), n);
+            } else {
+                self.retransmit_name.remove(&ip.to_canonical());
             }
         }
     }
@@ -241,6 +297,11 @@ impl Survey {
                 )
             })
         });
+        let mut path_said = self.path_said;
+        let retransmits = &self.retransmit_lines;
+        path_said.retain(|_, lines| lines.iter().any(|(n, _)| retransmits.contains(n)));
+        let mut path_asked = self.path_asked;
+        path_asked.retain(|k, _| path_said.contains_key(k));
         Plan {
             cuts: self.cuts.into_iter().map(|(c, _)| c).collect(),
             lines: self.lines,
@@ -256,6 +317,10 @@ impl Survey {
             node_ids,
             hasher: self.hasher,
             uid_last: self.uid_last,
+            node_end: self.node_end,
+            path_said,
+            path_asked,
+            retransmit_name: self.retransmit_name,
             whole_only: whole_only.map(WholeOnly),
         }
     }
@@ -271,6 +336,10 @@ pub struct Plan {
     node_ids: HashMap<String, NodeId>,
     hasher: foldhash::fast::RandomState,
     uid_last: HashMap<u64, u64>,
+    node_end: HashMap<String, jiff::Timestamp>,
+    path_said: HashMap<(IpAddr, u16), Vec<(u64, clients::Path)>>,
+    path_asked: HashMap<(IpAddr, u16), u64>,
+    retransmit_name: HashMap<IpAddr, u64>,
     /// Set when the stream cannot be analysed a window at a time.
     pub whole_only: Option<WholeOnly>,
 }
@@ -296,6 +365,11 @@ struct Closed {
     claims: HashMap<IpAddr, WallNs>,
     /// Addresses of pods known only by address, drafted already.
     anon: HashSet<IpAddr>,
+    /// Hashes of the client sockets with timeout lines, and of the connections with
+    /// retransmitted SYNs, in earlier windows ([`attribution::one_timeout_per_connection`]
+    /// weighs their lines together).
+    timeout_sockets: HashSet<u64>,
+    retransmit_connections: HashSet<u64>,
 }
 
 /// The result of pass 2.
@@ -318,6 +392,9 @@ pub(crate) struct Windowed<'p> {
     per_node: LineCounts,
     observations: u64,
     duplicates: usize,
+    /// Lines of [`Plan::path_said`] dropped as superseded, and per socket how many.
+    superseded_said: HashSet<u64>,
+    superseded_asked: HashMap<(IpAddr, u16), u64>,
     /// The most lines held at once (a window's and those carried into it).
     pub max_held: usize,
 }
@@ -340,6 +417,8 @@ impl<'p> Windowed<'p> {
             per_node: LineCounts::new(),
             observations: 0,
             duplicates: 0,
+            superseded_said: HashSet::default(),
+            superseded_asked: HashMap::new(),
             max_held: 0,
         }
     }
@@ -356,13 +435,49 @@ impl<'p> Windowed<'p> {
         let drop = input::duplicates(&obs, &foldhash::fast::RandomState::default());
         let dropped = drop.iter().filter(|d| **d).count();
         if dropped > 0 {
-            let mut flags = drop.iter();
-            obs.retain(|_| !flags.next().copied().unwrap_or(false));
-            let mut flags = drop.iter();
-            numbers.retain(|_| !flags.next().copied().unwrap_or(false));
+            retain_unmarked(&mut obs, &drop);
+            retain_unmarked(&mut numbers, &drop);
         }
         self.duplicates += dropped;
         self.observations += obs.len() as u64;
+        self.check_connections(&obs)?;
+        let superseded = attribution::superseded_timeouts(&obs, &|node| plan.node_end[node]);
+        for &i in &superseded {
+            let (o, n) = (&obs[i], numbers[i]);
+            let client = o.peer_ip.map(|ip| ip.to_canonical());
+            let key = client.zip(o.peer_port);
+            if let Some((key, said)) = key.and_then(|k| Some(k).zip(plan.path_said.get(&k))) {
+                self.superseded_said.insert(n);
+                let asked = self.superseded_asked.entry(key).or_default();
+                *asked += 1;
+                // Only while a line kept asks for the path does its word matter.
+                // The word the windows use (the last line's) against the last one kept: the
+                // lines of later windows count as kept until a window drops them.
+                let kept = said
+                    .iter()
+                    .rev()
+                    .find(|(line, _)| !self.superseded_said.contains(line));
+                let still_asked = plan.path_asked.get(&key).is_some_and(|&all| all > *asked);
+                if still_asked && kept.map(|k| k.1) != said.last().map(|l| l.1) {
+                    return Err(WholeOnly(
+                        "a retransmitted SYN that a later line supersedes had the last word on its client's path".into(),
+                    ));
+                }
+            }
+            if client.and_then(|ip| plan.retransmit_name.get(&ip)) == Some(&n) {
+                return Err(WholeOnly(
+                    "a retransmitted SYN that a later line supersedes had the last word on its client's name".into(),
+                ));
+            }
+        }
+        if !superseded.is_empty() {
+            let mut gone = vec![false; obs.len()];
+            for &i in &superseded {
+                gone[i] = true;
+            }
+            retain_unmarked(&mut obs, &gone);
+            retain_unmarked(&mut numbers, &gone);
+        }
         let fresh_ids = nodes::ids_of(&obs, &plan.node_ids);
         count_lines(&obs, &fresh_ids, &mut self.per_node);
 
@@ -443,6 +558,41 @@ impl<'p> Windowed<'p> {
         Ok(())
     }
 
+    /// Whether a window's own lines share a client socket's timeouts or a retransmitted
+    /// connection with an earlier window's, which the whole stream weighs together; then
+    /// remembers this window's.
+    fn check_connections(&mut self, fresh: &[Observation]) -> Result<(), WholeOnly> {
+        let h = &self.plan.hasher;
+        let sockets: Vec<u64> = fresh
+            .iter()
+            .filter_map(attribution::timeout_socket)
+            .map(|k| h.hash_one(k))
+            .collect();
+        let connections: Vec<(u64, bool)> = fresh
+            .iter()
+            .filter_map(|o| {
+                attribution::error_connection(o)
+                    .map(|k| (h.hash_one(k), o.kind == Kind::SynRetransmit))
+            })
+            .collect();
+        if sockets
+            .iter()
+            .any(|k| self.closed.timeout_sockets.contains(k))
+            || connections
+                .iter()
+                .any(|(k, _)| self.closed.retransmit_connections.contains(k))
+        {
+            return Err(WholeOnly(
+                "a client socket's timeouts or a retransmitted connection in two windows".into(),
+            ));
+        }
+        self.closed.timeout_sockets.extend(sockets);
+        self.closed
+            .retransmit_connections
+            .extend(connections.into_iter().filter(|c| c.1).map(|c| c.0));
+        Ok(())
+    }
+
     /// Whether any of a window's own lines would, in the whole stream, belong to a pod of an
     /// earlier window: by a pod name alone, or by an address it claimed later than this
     /// window's pods did (or it alone held unclaimed).
@@ -488,11 +638,18 @@ impl<'p> Windowed<'p> {
     }
 
     /// The report, once every window was given.
-    pub fn finish(self, options: &Options) -> Finish {
+    pub fn finish(self, options: &Options) -> Result<Finish, WholeOnly> {
         let facts = &self.plan.facts;
+        if self.per_node.len() != facts.nodes.names.len() {
+            // The whole stream's node table is that of the lines kept.
+            return Err(WholeOnly(
+                "a node all of whose lines are retransmitted SYNs that later lines supersede"
+                    .into(),
+            ));
+        }
         let clocks = clock::of(&facts.offset_moves, &self.behind, &facts.nodes);
         if clocks.extra_ns != self.clocks.extra_ns {
-            return Finish::Again(clocks);
+            return Ok(Finish::Again(clocks));
         }
         debug_assert!(self.carried.is_empty());
         let pods: Vec<PodOut> = self.pods;
@@ -505,8 +662,14 @@ impl<'p> Windowed<'p> {
             self.observations,
             options,
         );
-        Finish::Done(Box::new((report, evidence)), self.duplicates)
+        Ok(Finish::Done(Box::new((report, evidence)), self.duplicates))
     }
+}
+
+/// Keeps the items of `v` whose mark is not set.
+fn retain_unmarked<T>(v: &mut Vec<T>, marks: &[bool]) {
+    let mut marks = marks.iter();
+    v.retain(|_| !marks.next().copied().unwrap_or(false));
 }
 
 /// A stream analysed by [`analyse`].
@@ -573,7 +736,8 @@ pub fn analyse<E>(
         }
         let max_held = w.max_held;
         match w.finish(options) {
-            Finish::Done(r, duplicates) => {
+            Err(e) => break e,
+            Ok(Finish::Done(r, duplicates)) => {
                 let (report, evidence) = *r;
                 return Ok(Analysis {
                     report,
@@ -585,7 +749,7 @@ pub fn analyse<E>(
                     reads,
                 });
             }
-            Finish::Again(c) => clocks = Some(c),
+            Ok(Finish::Again(c)) => clocks = Some(c),
         }
     };
     let mut obs = Vec::new();

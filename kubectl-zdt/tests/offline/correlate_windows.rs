@@ -31,6 +31,8 @@ struct Shape {
     skew_ms: Vec<(i64, bool)>,
     /// Client errors naming only the Service (a stream the window analysis sends whole).
     service_errors: bool,
+    /// A client's retransmitted SYNs toward a gone pod, each rollout.
+    timeouts: bool,
     seed: u64,
 }
 
@@ -122,6 +124,33 @@ fn stream(shape: &Shape) -> (Vec<Observation>, Vec<(usize, usize)>) {
             }
         }
         let started_lines = block.len() - started_from;
+        if shape.timeouts {
+            // A client dialling the first pod's address after its network went: SYNs
+            // retransmitted, then (or not: the node's lines go on, so it was answered) its
+            // ETIMEDOUT. Its own port each rollout.
+            let p = &plans[0];
+            let gone = p.sigterm_ms() + p.exit_after_sigterm_ms + p.netns_after_exit_ms;
+            let port = 30_000 + u16::try_from(k).unwrap();
+            let line = |ms: i64, kind| {
+                let mut o = Observation::new(
+                    kind,
+                    t0.plus_ns(ms * MS).to_timestamp(),
+                    nodes[shape.nodes - 1].clone(),
+                );
+                o.ip = Some(p.ip);
+                o.port = Some(8080);
+                o.peer_ip = Some("10.244.9.7".parse().unwrap());
+                o.peer_port = Some(port);
+                o
+            };
+            block.push(line(gone + 100, Kind::SynRetransmit));
+            block.push(line(gone + 1_100, Kind::SynRetransmit));
+            if rng.below(2) == 0 {
+                let mut e = line(gone + 3_100, Kind::ConnError);
+                e.reason = Some("ETIMEDOUT".into());
+                block.push(e);
+            }
+        }
         if shape.service_errors {
             for e in 0..1 + rng.below(3) {
                 let mut o = Observation::new(
@@ -168,27 +197,37 @@ fn stream(shape: &Shape) -> (Vec<Observation>, Vec<(usize, usize)>) {
     (out, sizes)
 }
 
+/// `rollouts` rollouts of `pods` pods on `nodes` nodes with true clocks, client timeouts and
+/// no error naming only a Service.
+fn quiet(rollouts: usize, nodes: usize, pods: usize, seed: u64) -> Shape {
+    Shape {
+        rollouts,
+        nodes,
+        pods,
+        skew_ms: vec![(0, false); nodes],
+        service_errors: false,
+        timeouts: true,
+        seed,
+    }
+}
+
 fn shapes() -> impl Strategy<Value = Shape> {
-    (
-        2usize..5,
-        1usize..4,
-        1usize..4,
-        any::<u64>(),
-        prop::bool::weighted(0.2),
-    )
-        .prop_flat_map(|(rollouts, nodes, pods, seed, service_errors)| {
+    let flags = (prop::bool::weighted(0.2), any::<bool>());
+    (2usize..5, 1usize..4, 1usize..4, any::<u64>(), flags)
+        .prop_flat_map(|(rollouts, nodes, pods, seed, flags)| {
             (
                 prop::collection::vec((-2_000i64..2_000, prop::bool::weighted(0.3)), nodes),
-                Just((rollouts, nodes, pods, seed, service_errors)),
+                Just((rollouts, nodes, pods, seed, flags)),
             )
         })
         .prop_map(
-            |(skew_ms, (rollouts, nodes, pods, seed, service_errors))| Shape {
+            |(skew_ms, (rollouts, nodes, pods, seed, (service_errors, timeouts)))| Shape {
                 rollouts,
                 nodes,
                 pods,
                 skew_ms,
                 service_errors,
+                timeouts,
                 seed,
             },
         )
@@ -236,12 +275,8 @@ proptest! {
 #[test]
 fn a_lagging_clock_found_in_the_pods_marks_costs_a_second_pass_not_a_different_answer() {
     let shape = Shape {
-        rollouts: 3,
-        nodes: 3,
-        pods: 3,
         skew_ms: vec![(0, false), (-1_500, false), (700, true)],
-        service_errors: false,
-        seed: 7,
+        ..quiet(3, 3, 3, 7)
     };
     let (obs, _) = stream(&shape);
     let a = assert_same(&obs, CUT_GAP_NS);
@@ -258,25 +293,22 @@ fn a_lagging_clock_found_in_the_pods_marks_costs_a_second_pass_not_a_different_a
     assert_eq!(a.reads, 3);
 }
 
+/// The stream's first line of `kind`.
+fn earliest(obs: &[Observation], kind: Kind) -> Observation {
+    obs.iter()
+        .filter(|o| o.kind == kind)
+        .min_by_key(|o| o.time)
+        .unwrap()
+        .clone()
+}
+
 /// Three rollouts on two nodes, and ten seconds into the second a line about the first
 /// rollout's first deleted pod: an `exit` naming only its name, or a `dataplane_removed`
 /// naming only its address. Analysed both ways.
 fn with_a_late_line(by_name: bool) -> window::Analysis {
-    let shape = Shape {
-        rollouts: 3,
-        nodes: 2,
-        pods: 2,
-        skew_ms: vec![(0, false), (0, false)],
-        service_errors: false,
-        seed: 3,
-    };
+    let shape = quiet(3, 2, 2, 3);
     let (mut obs, _) = stream(&shape);
-    let first = obs
-        .iter()
-        .filter(|o| o.kind == Kind::PodDeleting)
-        .min_by_key(|o| o.time)
-        .unwrap()
-        .clone();
+    let first = earliest(&obs, Kind::PodDeleting);
     let mut late = Observation::new(
         if by_name {
             Kind::Exit
@@ -313,14 +345,7 @@ fn a_line_naming_only_an_earlier_windows_pod_by_name_sends_the_stream_whole() {
 
 #[test]
 fn twenty_rollouts_are_held_one_window_and_the_pods_alive_across_it_at_a_time() {
-    let shape = Shape {
-        rollouts: 20,
-        nodes: 3,
-        pods: 3,
-        skew_ms: vec![(0, false); 3],
-        service_errors: false,
-        seed: 11,
-    };
+    let shape = quiet(20, 3, 3, 11);
     let (obs, sizes) = stream(&shape);
     let a = assert_same(&obs, CUT_GAP_NS);
     assert_eq!(a.whole, None);
@@ -381,4 +406,70 @@ fn every_recorded_stream_gives_the_same_report_in_windows() {
     let a = assert_same(&together, CUT_GAP_NS);
     assert_eq!(a.whole, None);
     assert_eq!(a.windows, slots as usize);
+}
+
+#[test]
+fn one_client_socket_timing_out_in_two_windows_sends_the_stream_whole() {
+    let shape = quiet(4, 2, 2, 5);
+    let (mut obs, _) = stream(&shape);
+    // The client reuses its port in every rollout, and the first and the fourth rollout's
+    // first pods have one address: the whole stream weighs those lines as one socket's.
+    for o in &mut obs {
+        if o.peer_ip == Some("10.244.9.7".parse().unwrap()) {
+            o.peer_port = Some(30_000);
+        }
+    }
+    let why = assert_same(&obs, CUT_GAP_NS)
+        .whole
+        .expect("analysed whole")
+        .0;
+    assert!(why.contains("in two windows"), "{why}");
+}
+
+#[test]
+fn a_superseded_retransmit_that_had_the_last_word_on_a_clients_path_sends_the_stream_whole() {
+    let shape = Shape {
+        timeouts: false,
+        ..quiet(2, 2, 2, 9)
+    };
+    let (mut obs, _) = stream(&shape);
+    let pod = earliest(&obs, Kind::NetnsGone);
+    let at = |ms: i64, kind| {
+        let mut o = Observation::new(
+            kind,
+            WallNs::from_timestamp(pod.time)
+                .plus_ns(ms * MS)
+                .to_timestamp(),
+            NodeName("node-0000".into()),
+        );
+        o.ip = pod.ip;
+        o.port = Some(8080);
+        o.peer_ip = Some("10.244.9.6".parse().unwrap());
+        o.peer_port = Some(31_000);
+        o
+    };
+    // The client dialled the Service and was refused; then, from the same port, the pod's
+    // address, whose SYNs were answered in the end (dropped): the whole stream keeps the
+    // Service as the client's path for the pod's own refusal of it, the survey's last word is
+    // the pod's address.
+    let mut refused = at(50, Kind::ConnError);
+    refused.reason = Some("ECONNREFUSED".into());
+    refused.service = Some(ServiceRef::parse("default/web"));
+    let mut pod_side = at(40, Kind::Refused);
+    pod_side.reason = Some("NO_SOCKET".into());
+    let lines = [
+        pod_side,
+        refused,
+        at(100, Kind::SynRetransmit),
+        at(1_100, Kind::SynRetransmit),
+    ];
+    let first = obs.iter().position(|o| o.time >= pod.time).unwrap();
+    for (i, l) in lines.into_iter().enumerate() {
+        obs.insert(first + i, l);
+    }
+    let why = assert_same(&obs, CUT_GAP_NS)
+        .whole
+        .expect("analysed whole")
+        .0;
+    assert!(why.contains("last word on its client's path"), "{why}");
 }
