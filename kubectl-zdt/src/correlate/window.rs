@@ -48,6 +48,14 @@ use crate::observation::{Kind, Observation};
 /// its pod's first claim of it ([`identity`]), with room for clocks.
 pub const CUT_GAP_NS: i64 = 120_000_000_000;
 
+/// Slots of [`Survey::path_asked`].
+const ASKED_SLOTS: usize = 1 << 20;
+
+/// The slot of a client socket in [`Survey::path_asked`].
+fn asked_slot(hasher: &foldhash::fast::RandomState, socket: (IpAddr, u16)) -> usize {
+    usize::try_from(hasher.hash_one(socket)).unwrap_or(0) & (ASKED_SLOTS - 1)
+}
+
 /// The shortest gap the analysis stays exact with (tests cut finer streams with it).
 pub const MIN_CUT_GAP_NS: i64 = CLAIM_AHEAD_NS + 1;
 
@@ -87,8 +95,10 @@ pub struct Survey {
     /// word is then the last line kept. Only the sockets a retransmitted SYN spoke for are
     /// kept past the survey.
     path_said: HashMap<(IpAddr, u16), Vec<(u64, clients::Path)>>,
-    /// Per client socket of `path_said`, its error lines (each asks for the socket's path).
-    path_asked: HashMap<(IpAddr, u16), u64>,
+    /// Error lines per client socket (each asks for its socket's path), counted in
+    /// [`ASKED_SLOTS`] slots by the socket's hash: a fixed 4 MiB, and a slot shared by two
+    /// sockets only counts more asks than one of them has.
+    path_asked: Vec<u32>,
     /// Client addresses whose last word (the pod [`Clients`] names them by) is a retransmitted
     /// SYN's: its line number.
     retransmit_name: HashMap<IpAddr, u64>,
@@ -121,7 +131,7 @@ impl Survey {
             traffic_log: false,
             node_end: HashMap::new(),
             path_said: HashMap::new(),
-            path_asked: HashMap::new(),
+            path_asked: vec![0; ASKED_SLOTS],
             retransmit_name: HashMap::new(),
             retransmit_lines: HashSet::default(),
             whole_only: None,
@@ -205,10 +215,8 @@ impl Survey {
         if identity::is_error(o.kind)
             && let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port)
         {
-            *self
-                .path_asked
-                .entry((ip.to_canonical(), port))
-                .or_default() += 1;
+            let slot = asked_slot(&self.hasher, (ip.to_canonical(), port));
+            self.path_asked[slot] = self.path_asked[slot].saturating_add(1);
         }
         if let Some(path) = clients::explicit_path(o)
             && let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port)
@@ -300,8 +308,6 @@ impl Survey {
         let mut path_said = self.path_said;
         let retransmits = &self.retransmit_lines;
         path_said.retain(|_, lines| lines.iter().any(|(n, _)| retransmits.contains(n)));
-        let mut path_asked = self.path_asked;
-        path_asked.retain(|k, _| path_said.contains_key(k));
         Plan {
             cuts: self.cuts.into_iter().map(|(c, _)| c).collect(),
             lines: self.lines,
@@ -319,7 +325,7 @@ impl Survey {
             uid_last: self.uid_last,
             node_end: self.node_end,
             path_said,
-            path_asked,
+            path_asked: self.path_asked,
             retransmit_name: self.retransmit_name,
             whole_only: whole_only.map(WholeOnly),
         }
@@ -338,7 +344,7 @@ pub struct Plan {
     uid_last: HashMap<u64, u64>,
     node_end: HashMap<String, jiff::Timestamp>,
     path_said: HashMap<(IpAddr, u16), Vec<(u64, clients::Path)>>,
-    path_asked: HashMap<(IpAddr, u16), u64>,
+    path_asked: Vec<u32>,
     retransmit_name: HashMap<IpAddr, u64>,
     /// Set when the stream cannot be analysed a window at a time.
     pub whole_only: Option<WholeOnly>,
@@ -457,7 +463,8 @@ impl<'p> Windowed<'p> {
                     .iter()
                     .rev()
                     .find(|(line, _)| !self.superseded_said.contains(line));
-                let still_asked = plan.path_asked.get(&key).is_some_and(|&all| all > *asked);
+                let still_asked =
+                    u64::from(plan.path_asked[asked_slot(&plan.hasher, key)]) > *asked;
                 if still_asked && kept.map(|k| k.1) != said.last().map(|l| l.1) {
                     return Err(WholeOnly(
                         "a retransmitted SYN that a later line supersedes had the last word on its client's path".into(),
