@@ -229,8 +229,11 @@ pub(crate) fn analyse_streams(
         .collect::<anyhow::Result<_>>()?;
     let mut rejected: Option<Vec<String>> = None;
     let started = std::time::Instant::now();
+    let mut reading = 0;
     let analysis = correlate::window::analyse(
         &mut |each| {
+            reading += 1;
+            let began = std::time::Instant::now();
             // The unreadable lines of the first reading only: every reading meets the same.
             let mut problems = Vec::new();
             for s in &mut sources {
@@ -244,6 +247,11 @@ pub(crate) fn analyse_streams(
                 )?;
             }
             rejected.get_or_insert(problems);
+            // The first reading is the survey; each later one also analyses.
+            tracing::debug!(
+                "reading {reading} of the input took {:.2?}",
+                began.elapsed()
+            );
             Ok::<(), anyhow::Error>(())
         },
         options,
