@@ -62,120 +62,113 @@ pub fn parse_margin_ms(s: &str) -> Result<u64, String> {
     Ok(ms)
 }
 
-/// Reads one source (`-` is standard input) line by line into `out`; its unreadable lines as
-/// `NAME:LINE: problem`. A compressed file is one error naming the tool that reads it.
-fn read_source(
-    path: &Path,
-    out: &mut Vec<Observation>,
-    rejected: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let (name, file): (String, Box<dyn std::io::Read>) = if path.as_os_str() == "-" {
-        ("<stdin>".to_owned(), Box::new(std::io::stdin().lock()))
-    } else {
-        let f = std::fs::File::open(path)
-            .with_context(|| format!("failed to read {}", path.display()))?;
-        (path.display().to_string(), Box::new(f))
-    };
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    let head = reader
-        .fill_buf()
-        .with_context(|| format!("failed to read {name}"))?;
-    if let Some((kind, cat)) = input::compression(head) {
-        let shown = if name == "<stdin>" { "FILE" } else { &name };
-        bail!(
-            "{name} is {kind}-compressed; observations are JSON lines: uncompress it first, e.g. `{cat} {shown} | kubectl zdt analyze -`"
+/// One input stream, readable as often as the analysis needs: a file, or standard input,
+/// which can be read only once: the first reading copies what it reads to an unlinked
+/// temporary file (in `TMPDIR`), which the later readings read. Only what the reader reads is
+/// copied: a stream it stops reading (a line over the limit, `/dev/zero`) is not copied whole.
+struct Source {
+    name: String,
+    file: std::fs::File,
+    /// Standard input not read yet.
+    stdin: bool,
+}
+
+/// Reads `inner`, writing what it reads to `copy`.
+struct Tee<'a, R> {
+    inner: R,
+    copy: &'a std::fs::File,
+}
+
+impl<R: std::io::Read> std::io::Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+impl Source {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        if path.as_os_str() != "-" {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            return Ok(Self {
+                name: path.display().to_string(),
+                file,
+                stdin: false,
+            });
+        }
+        let copy = std::env::temp_dir().join(format!(
+            "kubectl-zdt-stdin-{}-{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_nanosecond()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&copy)
+            .with_context(|| {
+                format!(
+                    "failed to create {} to keep standard input in (set TMPDIR to a writable directory)",
+                    copy.display()
+                )
+            })?;
+        // Unlinked at once: it goes with the process, however it ends.
+        let _ = std::fs::remove_file(&copy);
+        Ok(Self {
+            name: "<stdin>".to_owned(),
+            file,
+            stdin: true,
+        })
+    }
+
+    /// Reads the source from its start, handing each observation to `each`; its unreadable
+    /// lines as `NAME:LINE: problem`. A compressed stream is one error naming the tool that
+    /// reads it.
+    fn read(
+        &mut self,
+        each: &mut dyn FnMut(Observation),
+        rejected: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        use std::io::Seek as _;
+        let name = &self.name;
+        let mut file = &self.file;
+        let source: Box<dyn std::io::Read + '_> = if std::mem::take(&mut self.stdin) {
+            Box::new(Tee {
+                inner: std::io::stdin().lock(),
+                copy: file,
+            })
+        } else {
+            file.seek(std::io::SeekFrom::Start(0))
+                .with_context(|| format!("failed to read {name}"))?;
+            Box::new(file)
+        };
+        let mut reader = BufReader::with_capacity(1 << 16, source);
+        let head = reader
+            .fill_buf()
+            .with_context(|| format!("failed to read {name}"))?;
+        if let Some((kind, cat)) = input::compression(head) {
+            let shown = if name == "<stdin>" { "FILE" } else { name };
+            bail!(
+                "{name} is {kind}-compressed; observations are JSON lines: uncompress it first, e.g. `{cat} {shown} | kubectl zdt analyze -`"
+            );
+        }
+        let problems =
+            input::read_stream(reader, each).with_context(|| format!("failed to read {name}"))?;
+        rejected.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{name}:{}: {}", p.line, p.problem)),
         );
+        Ok(())
     }
-    let problems = input::read_stream(reader, |o| out.push(o))
-        .with_context(|| format!("failed to read {name}"))?;
-    rejected.extend(
-        problems
-            .into_iter()
-            .map(|p| format!("{name}:{}: {}", p.line, p.problem)),
-    );
-    Ok(())
 }
 
-/// Drops the observations that equal an earlier one (same node, kind, time and every field):
-/// the same stream given twice, or overlapping exports, must not count twice. Keeps the order;
-/// returns how many were dropped.
-pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
-    drop_duplicates_hashed(obs, &foldhash::fast::RandomState::default())
-}
-
-/// [`drop_duplicates`] with the hasher given: the hashes only group the candidates, so every
-/// hasher gives the same answer (the tests use one under which all lines collide).
-fn drop_duplicates_hashed(
-    obs: &mut Vec<Observation>,
-    state: &impl std::hash::BuildHasher,
-) -> usize {
-    use std::hash::{Hash as _, Hasher as _};
-    // Equal observations hash equal; observations whose hashes meet are compared whole. The
-    // common fields are hashed first (fast, and enough to tell two genuine events apart: they
-    // differ in their nanosecond time or their ports); only the rare lines equal in all of
-    // them have their other fields hashed, which costs a map each.
-    let common = |o: &Observation| {
-        let mut h = state.build_hasher();
-        (
-            o.kind,
-            o.time,
-            &o.node,
-            o.ip,
-            o.port,
-            o.peer_ip,
-            o.peer_port,
-        )
-            .hash(&mut h);
-        (
-            &o.reason,
-            o.count,
-            &o.service,
-            &o.pod,
-            &o.pod_uid,
-            o.uncertainty_ns,
-        )
-            .hash(&mut h);
-        h.finish()
-    };
-    let others = |o: &Observation| {
-        let mut h = state.build_hasher();
-        for (k, v) in &o.other_fields() {
-            k.hash(&mut h);
-            v.to_string().hash(&mut h);
-        }
-        h.finish()
-    };
-    let mut keys: Vec<(u64, usize)> = obs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| (common(o), i))
-        .collect();
-    keys.sort_unstable();
-    let mut drop = vec![false; obs.len()];
-    for group in keys.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
-        let mut group: Vec<(u64, usize)> =
-            group.iter().map(|&(_, i)| (others(&obs[i]), i)).collect();
-        group.sort_unstable();
-        // Within equal hashes in input order: a line equal to an earlier one kept is dropped.
-        for same in group.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
-            for (k, &(_, i)) in same.iter().enumerate() {
-                if same[..k].iter().any(|&(_, j)| !drop[j] && obs[j] == obs[i]) {
-                    drop[i] = true;
-                }
-            }
-        }
-    }
-    let dropped = drop.iter().filter(|d| **d).count();
-    if dropped > 0 {
-        let mut flags = drop.into_iter();
-        obs.retain(|_| !flags.next().unwrap_or(false));
-    }
-    dropped
-}
+pub use crate::correlate::input::drop_duplicates;
 
 /// What the input streams held.
 pub(crate) struct Streams {
-    pub observations: Vec<Observation>,
     /// `FILE:LINE: problem` per unreadable line.
     pub rejected: Vec<String>,
     /// Observations dropped as duplicates of another.
@@ -195,24 +188,8 @@ impl Streams {
     }
 }
 
-/// Every observation in `files` (`-` is standard input), read line by line, duplicates dropped,
-/// with the unreadable lines reported on stderr (the first few one by one) and returned as
-/// `FILE:LINE: problem`; an error when no line at all could be read.
-pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<Streams> {
-    let mut observations = Vec::new();
-    let mut rejected = Vec::new();
-    let started = std::time::Instant::now();
-    for path in files {
-        read_source(path, &mut observations, &mut rejected)?;
-    }
-    let read = started.elapsed();
-    let duplicates = drop_duplicates(&mut observations);
-    tracing::debug!(
-        "read {} observations in {read:.2?}, duplicates dropped in {:.2?}",
-        observations.len(),
-        started.elapsed() - read
-    );
-    observations.shrink_to_fit();
+/// Prints the unreadable lines on stderr (the first few one by one).
+fn show_rejected(rejected: &[String]) {
     for line in rejected.iter().take(SHOWN_PROBLEMS) {
         eprintln!("kubectl-zdt: {line}");
     }
@@ -222,58 +199,115 @@ pub(crate) fn read_streams(files: &[PathBuf]) -> anyhow::Result<Streams> {
             rejected.len() - SHOWN_PROBLEMS
         );
     }
-    if observations.is_empty() {
-        bail!(
-            "no observation could be read from {}; expected JSON lines as written by `kubectl zdt agent` (see docs/observations.md)",
-            files
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+}
+
+/// The error for inputs without a single observation.
+fn nothing_read(files: &[PathBuf]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no observation could be read from {}; expected JSON lines as written by `kubectl zdt agent` (see docs/observations.md)",
+        files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// `files` (`-` is standard input) analysed a window at a time where the stream allows
+/// (`correlate::window`: the memory held grows with what is alive at one time, not with the
+/// stream), else whole; only the observations `keep` accepts. The unreadable lines are
+/// reported on stderr (the first few one by one) and returned as `FILE:LINE: problem`; the
+/// duplicates warning is printed. An error when no line at all could be read.
+pub(crate) fn analyse_streams(
+    files: &[PathBuf],
+    options: &Options,
+    keep: &dyn Fn(&Observation) -> bool,
+) -> anyhow::Result<(correlate::window::Analysis, Streams)> {
+    let mut sources: Vec<Source> = files
+        .iter()
+        .map(|p| Source::open(p))
+        .collect::<anyhow::Result<_>>()?;
+    let mut rejected: Option<Vec<String>> = None;
+    let started = std::time::Instant::now();
+    let mut reading = 0;
+    let analysis = correlate::window::analyse(
+        &mut |each| {
+            reading += 1;
+            let began = std::time::Instant::now();
+            // The unreadable lines of the first reading only: every reading meets the same.
+            let mut problems = Vec::new();
+            for s in &mut sources {
+                s.read(
+                    &mut |o| {
+                        if keep(&o) {
+                            each(o);
+                        }
+                    },
+                    &mut problems,
+                )?;
+            }
+            rejected.get_or_insert(problems);
+            // The first reading is the survey; each later one also analyses.
+            tracing::debug!(
+                "reading {reading} of the input took {:.2?}",
+                began.elapsed()
+            );
+            Ok::<(), anyhow::Error>(())
+        },
+        options,
+        correlate::window::CUT_GAP_NS,
+    )?;
+    match &analysis.whole {
+        None => tracing::debug!(
+            "analysed in {:.2?}, {} windows, at most {} observations held at once, the input read {} times",
+            started.elapsed(),
+            analysis.windows,
+            analysis.max_held,
+            analysis.reads
+        ),
+        Some(why) => tracing::debug!(
+            "analysed in {:.2?}, {why} ({} observations held), the input read {} times",
+            started.elapsed(),
+            analysis.max_held,
+            analysis.reads
+        ),
+    }
+    let rejected = rejected.unwrap_or_default();
+    show_rejected(&rejected);
+    if analysis.report.input.observations == 0 {
+        return Err(nothing_read(files));
     }
     let streams = Streams {
-        observations,
         rejected,
-        duplicates,
+        duplicates: analysis.duplicates,
     };
     if let Some(w) = streams.duplicates_warning() {
         eprintln!("kubectl-zdt: warning: {w}");
     }
-    Ok(streams)
+    Ok((analysis, streams))
 }
 
 pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    let mut streams = read_streams(&args.files)?;
-    let started = std::time::Instant::now();
-    let mut report = correlate::correlate(
-        &streams.observations,
-        &Options {
-            margin_ms: args.margin_ms,
-            prestop: args
-                .server_version
-                .map(KubeVersion::prestop_action)
-                .unwrap_or_default(),
-        },
-    );
-    // The input is not needed any more: freed before the report is rendered (a JSON or HTML
-    // report of a large input is large itself).
-    streams.observations = Vec::new();
-    tracing::debug!(
-        "correlated and freed the input in {:.2?}",
-        started.elapsed()
-    );
+    let options = Options {
+        margin_ms: args.margin_ms,
+        prestop: args
+            .server_version
+            .map(KubeVersion::prestop_action)
+            .unwrap_or_default(),
+    };
+    let (analysis, streams) = analyse_streams(&args.files, &options, &|_| true)?;
+    drop(analysis.evidence);
+    let mut report = analysis.report;
     report.warnings.extend(streams.duplicates_warning());
     report.input.rejected_lines = streams.rejected;
 
     let started = std::time::Instant::now();
-    let text = report::render(&report, args.output)?;
-    tracing::debug!("rendered in {:.2?}", started.elapsed());
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .context("failed to write the report")?;
-    stdout.flush().context("failed to write the report")?;
+    report::render_to(
+        &report,
+        args.output,
+        &mut std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+    )?;
+    tracing::debug!("rendered and written in {:.2?}", started.elapsed());
     if let Some(path) = &args.html {
         std::fs::write(path, report::html::render(&report))
             .with_context(|| format!("failed to write the HTML report to {}", path.display()))?;
@@ -345,7 +379,7 @@ mod tests {
         }
         let mut obs = input;
         let state = std::hash::BuildHasherDefault::<Collide>::default();
-        assert_eq!(drop_duplicates_hashed(&mut obs, &state), 3);
+        assert_eq!(input::drop_duplicates_hashed(&mut obs, &state), 3);
         assert_eq!(obs, vec![a, other_port, b, extra]);
     }
 }

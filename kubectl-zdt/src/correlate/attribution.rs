@@ -40,7 +40,7 @@ pub(crate) fn is_kubelet_probe(o: &Observation) -> bool {
 }
 
 /// One connection's ends as both its lines name them: the client, then the pod.
-type ConnKey = (std::net::IpAddr, u16, std::net::IpAddr, u16);
+pub(crate) type ConnKey = (std::net::IpAddr, u16, std::net::IpAddr, u16);
 
 fn conn_key(o: &Observation) -> Option<ConnKey> {
     Some((o.peer_ip?, o.peer_port?, o.ip?, o.port?))
@@ -99,43 +99,42 @@ pub(crate) fn without_redundant_instrument_log(
 pub(crate) fn one_timeout_per_connection(
     obs: &[Observation],
 ) -> std::borrow::Cow<'_, [Observation]> {
-    use foldhash::{HashMap, HashMapExt as _};
-    type Key<'a> = (
-        &'a str,
-        std::net::IpAddr,
-        u16,
-        Option<&'a crate::observation::ServiceRef>,
-        Option<std::net::IpAddr>,
-        Option<u16>,
-    );
-    let mut lines: HashMap<Key<'_>, Vec<usize>> = HashMap::new();
-    let mut superseded = Vec::new();
-    for (i, o) in obs.iter().enumerate() {
-        if class(o) != ErrorClass::Timeout || o.details.kernel().lost_since.is_some() {
-            continue;
-        }
-        let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port) else {
-            continue;
-        };
-        let key = (
-            o.node.0.as_str(),
-            ip,
-            port,
-            o.service.as_ref(),
-            o.ip,
-            o.port,
-        );
-        lines.entry(key).or_default().push(i);
-    }
-    // The kernel hands the port of a connect the client gave up on to a later connect, which
-    // conntrack may send to the same gone backend: an error line ends a connection, and the
-    // lines after it are the next one's (on a real node 15 of 102 timeouts had reused a port).
     // Where each node's lines end: a connection still retransmitting then has no outcome yet.
-    let mut node_end: HashMap<&str, jiff::Timestamp> = HashMap::new();
+    let mut node_end: foldhash::HashMap<&str, jiff::Timestamp> = foldhash::HashMap::default();
     for o in obs {
         let end = node_end.entry(o.node.0.as_str()).or_insert(o.time);
         *end = (*end).max(o.time);
     }
+    let superseded = superseded_timeouts(obs, &|node| node_end[node]);
+    if superseded.is_empty() {
+        return std::borrow::Cow::Borrowed(obs);
+    }
+    std::borrow::Cow::Owned(
+        obs.iter()
+            .enumerate()
+            .filter(|(i, _)| superseded.binary_search(i).is_err())
+            .map(|(_, o)| o.clone())
+            .collect(),
+    )
+}
+
+/// The lines [`one_timeout_per_connection`] drops, in order, given where each node's lines end
+/// (in the whole stream).
+pub(crate) fn superseded_timeouts(
+    obs: &[Observation],
+    node_end: &dyn Fn(&str) -> jiff::Timestamp,
+) -> Vec<usize> {
+    use foldhash::{HashMap, HashMapExt as _};
+    let mut lines: HashMap<TimeoutSocket<'_>, Vec<usize>> = HashMap::new();
+    let mut superseded = Vec::new();
+    for (i, o) in obs.iter().enumerate() {
+        if let Some(key) = timeout_socket(o) {
+            lines.entry(key).or_default().push(i);
+        }
+    }
+    // The kernel hands the port of a connect the client gave up on to a later connect, which
+    // conntrack may send to the same gone backend: an error line ends a connection, and the
+    // lines after it are the next one's (on a real node 15 of 102 timeouts had reused a port).
     for mut socket in lines.into_values() {
         socket.sort_unstable_by_key(|&i| (obs[i].time, i));
         for pair in socket.windows(2) {
@@ -144,7 +143,7 @@ pub(crate) fn one_timeout_per_connection(
             }
         }
         if let Some(&last) = socket.last()
-            && answered_after_retransmitting(obs, &socket, node_end[obs[last].node.0.as_str()])
+            && answered_after_retransmitting(obs, &socket, node_end(obs[last].node.0.as_str()))
         {
             superseded.push(last);
         }
@@ -157,14 +156,8 @@ pub(crate) fn one_timeout_per_connection(
         (jiff::Timestamp, usize),
     > = HashMap::new();
     for (i, o) in obs.iter().enumerate() {
-        if !matches!(
-            o.kind,
-            Kind::Refused | Kind::Reset | Kind::ConnError | Kind::SynRetransmit
-        ) {
-            continue;
-        }
-        if let (Some(c), Some(cp), Some(ip), Some(port)) = (o.peer_ip, o.peer_port, o.ip, o.port) {
-            let e = ended.entry((c, cp, ip, port)).or_insert((o.time, i));
+        if let Some(key) = error_connection(o) {
+            let e = ended.entry(key).or_insert((o.time, i));
             if (o.time, i) > *e {
                 *e = (o.time, i);
             }
@@ -183,18 +176,44 @@ pub(crate) fn one_timeout_per_connection(
             superseded.push(i);
         }
     }
-    if superseded.is_empty() {
-        return std::borrow::Cow::Borrowed(obs);
-    }
     superseded.sort_unstable();
     superseded.dedup();
-    std::borrow::Cow::Owned(
-        obs.iter()
-            .enumerate()
-            .filter(|(i, _)| superseded.binary_search(i).is_err())
-            .map(|(_, o)| o.clone())
-            .collect(),
+    superseded
+}
+
+/// One client socket's timeout lines: node, client address and port, destination as dialled.
+pub(crate) type TimeoutSocket<'a> = (
+    &'a str,
+    std::net::IpAddr,
+    u16,
+    Option<&'a crate::observation::ServiceRef>,
+    Option<std::net::IpAddr>,
+    Option<u16>,
+);
+
+/// The socket of a timeout line [`one_timeout_per_connection`] weighs against the others.
+pub(crate) fn timeout_socket(o: &Observation) -> Option<TimeoutSocket<'_>> {
+    if class(o) != ErrorClass::Timeout || o.details.kernel().lost_since.is_some() {
+        return None;
+    }
+    Some((
+        o.node.0.as_str(),
+        o.peer_ip?,
+        o.peer_port?,
+        o.service.as_ref(),
+        o.ip,
+        o.port,
+    ))
+}
+
+/// The connection an error line ends (both ends named), for [`one_timeout_per_connection`].
+pub(crate) fn error_connection(o: &Observation) -> Option<ConnKey> {
+    matches!(
+        o.kind,
+        Kind::Refused | Kind::Reset | Kind::ConnError | Kind::SynRetransmit
     )
+    .then(|| conn_key(o))
+    .flatten()
 }
 
 /// Whether the connection that `socket`'s last lines retransmitted SYNs for was answered: no

@@ -31,20 +31,23 @@ pub(crate) struct Declared {
 
 /// Every `rollout_start` line of the input.
 pub(crate) fn declared(obs: &[Observation]) -> Vec<Declared> {
-    obs.iter()
-        .filter(|o| o.kind == Kind::RolloutStart)
-        .filter_map(|o| {
-            let api = o.details.api();
-            Some(Declared {
-                namespace: api.namespace.clone(),
-                workload: api.workload.clone()?.into(),
-                t: WallNs::from_timestamp(o.time),
-                replicas: api.replicas,
-                max_unavailable: api.max_unavailable.clone(),
-                max_surge: api.max_surge.clone(),
-            })
-        })
-        .collect()
+    obs.iter().filter_map(declared_by).collect()
+}
+
+/// What one `rollout_start` line declares; `None` for any other line.
+pub(crate) fn declared_by(o: &Observation) -> Option<Declared> {
+    if o.kind != Kind::RolloutStart {
+        return None;
+    }
+    let api = o.details.api();
+    Some(Declared {
+        namespace: api.namespace.clone(),
+        workload: api.workload.clone()?.into(),
+        t: WallNs::from_timestamp(o.time),
+        replicas: api.replicas,
+        max_unavailable: api.max_unavailable.clone(),
+        max_surge: api.max_surge.clone(),
+    })
 }
 
 /// One change of the counts: +1/−1 ready, +1/−1 serving.

@@ -50,22 +50,27 @@ impl Clients {
     pub fn index(obs: &[Observation]) -> Self {
         let mut c = Self::default();
         for o in obs {
-            if let Some(path) = explicit_path(o)
-                && let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port)
-            {
-                c.paths.insert((ip.to_canonical(), port), path);
-            }
-            if matches!(o.kind, Kind::PodReady | Kind::PodDeleting)
-                && let (Some(ip), Some(pod)) = (o.ip, &o.pod)
-            {
-                c.names.insert(ip.to_canonical(), pod.clone());
-            }
-            // The client's node named it: the pod's side of its connections is the same client.
-            if let (Some(ip), Some(pod)) = (o.peer_ip, &o.details.kernel().peer_pod) {
-                c.names.insert(ip.to_canonical(), pod.clone());
-            }
+            c.add(o);
         }
         c
+    }
+
+    /// Folds in one line (a later line's word on a socket or an address replaces an earlier's).
+    pub fn add(&mut self, o: &Observation) {
+        if let Some(path) = explicit_path(o)
+            && let (Some(ip), Some(port)) = (o.peer_ip, o.peer_port)
+        {
+            self.paths.insert((ip.to_canonical(), port), path);
+        }
+        if matches!(o.kind, Kind::PodReady | Kind::PodDeleting)
+            && let (Some(ip), Some(pod)) = (o.ip, &o.pod)
+        {
+            self.names.insert(ip.to_canonical(), pod.clone());
+        }
+        // The client's node named it: the pod's side of its connections is the same client.
+        if let (Some(ip), Some(pod)) = (o.peer_ip, &o.details.kernel().peer_pod) {
+            self.names.insert(ip.to_canonical(), pod.clone());
+        }
     }
 
     /// The client of a failed connection: `deployment/frontend -n shop` (its pod's workload),
@@ -100,7 +105,7 @@ impl Clients {
 }
 
 /// A client's own line names what it dialled: the Service (`service`) or the pod (`ip`).
-fn explicit_path(o: &Observation) -> Option<Path> {
+pub(crate) fn explicit_path(o: &Observation) -> Option<Path> {
     if !matches!(o.kind, Kind::ConnError | Kind::SynRetransmit) {
         return None;
     }

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::observation::{Kind, Observation};
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct NodeClocks {
     /// Extra uncertainty (ns) every mark of the node carries.
     pub extra_ns: Vec<u64>,
@@ -43,29 +43,27 @@ fn check(cause: Option<RawMark>, effect: Option<RawMark>, behind: &mut [u64]) {
     }
 }
 
-pub(crate) fn assess(
-    obs: &[Observation],
-    node_of: &[NodeId],
-    nodes: &Nodes,
-    timelines: &[Timeline],
-) -> NodeClocks {
-    let mut offset_moves = vec![0u64; nodes.names.len()];
-    for (o, &n) in obs.iter().zip(node_of) {
-        if o.kind == Kind::ClockSync
-            && let Some(change) = o.details.agent().offset_change_ns
-        {
-            offset_moves[n] = offset_moves[n].max(change.unsigned_abs());
-        }
+/// Folds one line's word on its node's offset (`clock_sync`) into `offset_moves`.
+pub(crate) fn offset_move(o: &Observation, node: NodeId, offset_moves: &mut [u64]) {
+    if o.kind == Kind::ClockSync
+        && let Some(change) = o.details.agent().offset_change_ns
+    {
+        offset_moves[node] = offset_moves[node].max(change.unsigned_abs());
     }
-    let mut behind = vec![0u64; nodes.names.len()];
-    for tl in timelines {
-        let api_cause = tl.ep_terminating.or(tl.delete);
-        for dp in tl.dp.values() {
-            check(api_cause, dp.removed, &mut behind);
-        }
-        check(tl.delete, tl.prestop, &mut behind);
-        check(tl.delete, tl.sigterm, &mut behind);
+}
+
+/// Folds what one pod's marks say of the nodes' clocks (effects before causes) into `behind`.
+pub(crate) fn add_behind(tl: &Timeline, behind: &mut [u64]) {
+    let api_cause = tl.ep_terminating.or(tl.delete);
+    for dp in tl.dp.values() {
+        check(api_cause, dp.removed, behind);
     }
+    check(tl.delete, tl.prestop, behind);
+    check(tl.delete, tl.sigterm, behind);
+}
+
+/// The clocks from the largest offset move and the largest lag each node's lines show.
+pub(crate) fn of(offset_moves: &[u64], behind: &[u64], nodes: &Nodes) -> NodeClocks {
     let mut warnings = Vec::new();
     for (n, &b) in behind.iter().enumerate() {
         if b > 0 {
@@ -80,7 +78,7 @@ pub(crate) fn assess(
     }
     let extra_ns = offset_moves
         .iter()
-        .zip(&behind)
+        .zip(behind)
         .map(|(a, b)| a.saturating_add(*b))
         .collect();
     NodeClocks { extra_ns, warnings }

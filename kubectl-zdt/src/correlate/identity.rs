@@ -34,12 +34,18 @@ pub(crate) struct Assignment {
     pub members: Vec<Vec<usize>>,
     /// Errors that name only a Service (a client saw them on a ClusterIP).
     pub service_level: Vec<usize>,
+    /// Per pod, how it was found and the line that found it: `(0, i)` by a UID first on line
+    /// `i`, `(1, i)` by a name without one, `(2, i)` by an address nobody claimed. Pods are
+    /// numbered in that order, so it orders pods of several pieces of one stream as the whole.
+    pub origin: Vec<(u8, usize)>,
+    /// Per address, each pod's first claim of it.
+    pub claims: HashMap<IpAddr, Vec<(WallNs, PodId)>>,
 }
 
 /// How long before a pod's first claim of an address a line naming only that address is still
 /// the pod's: clocks of different nodes and watch delays, never the hours between a pod that
 /// left no claim (its lines from a journal older than the rest) and the next holder of its IP.
-const CLAIM_AHEAD_NS: i64 = 60_000_000_000;
+pub(crate) const CLAIM_AHEAD_NS: i64 = 60_000_000_000;
 
 /// Error kinds a client or the pod's kernel reports.
 pub(crate) fn is_error(kind: Kind) -> bool {
@@ -52,6 +58,7 @@ pub(crate) fn is_error(kind: Kind) -> bool {
 #[derive(Default)]
 struct Builder {
     pods: Vec<PodIdent>,
+    origin: Vec<(u8, usize)>,
     first_seen: Vec<WallNs>,
     by_uid: HashMap<String, PodId>,
     by_name: HashMap<String, Vec<PodId>>,
@@ -59,13 +66,14 @@ struct Builder {
 }
 
 impl Builder {
-    fn new_pod(&mut self, ident: PodIdent, t: WallNs) -> PodId {
+    fn new_pod(&mut self, ident: PodIdent, t: WallNs, origin: (u8, usize)) -> PodId {
         self.pods.push(ident);
+        self.origin.push(origin);
         self.first_seen.push(t);
         self.pods.len() - 1
     }
 
-    fn uid(&mut self, uid: &str, t: WallNs) -> PodId {
+    fn uid(&mut self, uid: &str, t: WallNs, line: usize) -> PodId {
         if let Some(&id) = self.by_uid.get(uid) {
             self.first_seen[id] = self.first_seen[id].min(t);
             return id;
@@ -76,6 +84,7 @@ impl Builder {
                 ..PodIdent::default()
             },
             t,
+            (0, line),
         );
         self.by_uid.insert(uid.to_owned(), id);
         id
@@ -89,7 +98,7 @@ impl Builder {
     }
 
     /// A pod named without a UID: the most recent pod of that name seen before `t`.
-    fn name(&mut self, name: &str, t: WallNs) -> PodId {
+    fn name(&mut self, name: &str, t: WallNs, line: usize) -> PodId {
         match self.by_name.get(name) {
             Some(ids) => latest_before(
                 ids.iter()
@@ -103,6 +112,7 @@ impl Builder {
                         ..PodIdent::default()
                     },
                     t,
+                    (1, line),
                 );
                 self.by_name.insert(name.to_owned(), vec![id]);
                 id
@@ -142,7 +152,7 @@ pub(crate) fn assign(obs: &[Observation], times: &[WallNs]) -> Assignment {
 
     for (i, o) in obs.iter().enumerate() {
         if let Some(uid) = &o.pod_uid {
-            let id = b.uid(uid, times[i]);
+            let id = b.uid(uid, times[i], i);
             if let Some(name) = &o.pod {
                 b.name_of(id, name);
             }
@@ -151,7 +161,7 @@ pub(crate) fn assign(obs: &[Observation], times: &[WallNs]) -> Assignment {
     }
     for (i, o) in obs.iter().enumerate() {
         if let (None, Some(name)) = (&o.pod_uid, &o.pod) {
-            owner[i] = Some(b.name(name, times[i]));
+            owner[i] = Some(b.name(name, times[i], i));
         }
     }
 
@@ -203,6 +213,7 @@ pub(crate) fn assign(obs: &[Observation], times: &[WallNs]) -> Assignment {
                                 ..PodIdent::default()
                             },
                             times[i],
+                            (2, i),
                         );
                         b.by_anon_ip.insert(ip, id);
                         id
@@ -224,6 +235,8 @@ pub(crate) fn assign(obs: &[Observation], times: &[WallNs]) -> Assignment {
         pods: b.pods,
         members,
         service_level,
+        origin: b.origin,
+        claims,
     }
 }
 

@@ -252,6 +252,90 @@ pub fn read_stream(
     Ok(errors)
 }
 
+/// Drops the observations that equal an earlier one (same node, kind, time and every field):
+/// the same stream given twice, or overlapping exports, must not count twice. Keeps the order;
+/// returns how many were dropped.
+pub fn drop_duplicates(obs: &mut Vec<Observation>) -> usize {
+    drop_duplicates_hashed(obs, &foldhash::fast::RandomState::default())
+}
+
+/// [`drop_duplicates`] with the hasher given (see [`duplicates`]).
+pub fn drop_duplicates_hashed(
+    obs: &mut Vec<Observation>,
+    state: &impl std::hash::BuildHasher,
+) -> usize {
+    let drop = duplicates(obs, state);
+    let dropped = drop.iter().filter(|d| **d).count();
+    if dropped > 0 {
+        let mut flags = drop.into_iter();
+        obs.retain(|_| !flags.next().unwrap_or(false));
+    }
+    dropped
+}
+
+/// Which observations equal an earlier one (same node, kind, time and every field). The hashes
+/// only group the candidates, so every hasher gives the same answer (the tests use one under
+/// which all lines collide).
+pub fn duplicates(obs: &[Observation], state: &impl std::hash::BuildHasher) -> Vec<bool> {
+    use std::hash::{Hash as _, Hasher as _};
+    // Equal observations hash equal; observations whose hashes meet are compared whole. The
+    // common fields are hashed first (fast, and enough to tell two genuine events apart: they
+    // differ in their nanosecond time or their ports); only the rare lines equal in all of
+    // them have their other fields hashed, which costs a map each.
+    let common = |o: &Observation| {
+        let mut h = state.build_hasher();
+        (
+            o.kind,
+            o.time,
+            &o.node,
+            o.ip,
+            o.port,
+            o.peer_ip,
+            o.peer_port,
+        )
+            .hash(&mut h);
+        (
+            &o.reason,
+            o.count,
+            &o.service,
+            &o.pod,
+            &o.pod_uid,
+            o.uncertainty_ns,
+        )
+            .hash(&mut h);
+        h.finish()
+    };
+    let others = |o: &Observation| {
+        let mut h = state.build_hasher();
+        for (k, v) in &o.other_fields() {
+            k.hash(&mut h);
+            v.to_string().hash(&mut h);
+        }
+        h.finish()
+    };
+    let mut keys: Vec<(u64, usize)> = obs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (common(o), i))
+        .collect();
+    keys.sort_unstable();
+    let mut drop = vec![false; obs.len()];
+    for group in keys.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        let mut group: Vec<(u64, usize)> =
+            group.iter().map(|&(_, i)| (others(&obs[i]), i)).collect();
+        group.sort_unstable();
+        // Within equal hashes in input order: a line equal to an earlier one kept is dropped.
+        for same in group.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+            for (k, &(_, i)) in same.iter().enumerate() {
+                if same[..k].iter().any(|&(_, j)| !drop[j] && obs[j] == obs[i]) {
+                    drop[i] = true;
+                }
+            }
+        }
+    }
+    drop
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

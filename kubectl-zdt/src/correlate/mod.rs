@@ -25,6 +25,7 @@ mod rollout;
 mod services;
 pub mod simulate;
 pub mod time;
+pub mod window;
 
 use std::collections::BTreeMap;
 
@@ -111,38 +112,111 @@ fn pod_labels(obs: &[Observation], members: &[usize]) -> (Option<String>, bool) 
     (template.map(str::to_owned), instrument)
 }
 
-fn run(
-    obs: &[Observation],
-    options: &Options,
-    scope: Option<&Scope>,
-) -> (Report, Vec<PodEvidence>) {
-    let observations = obs.len() as u64;
-    let obs = attribution::without_redundant_instrument_log(obs);
-    let obs = &*attribution::one_timeout_per_connection(&obs);
+/// The stream-wide facts every piece of a stream is analysed with: the node table, what the
+/// agents and the API watch were watching, the Services' names, the clients' addresses and
+/// sockets, the workloads' declared settings.
+pub(crate) struct Facts {
+    pub nodes: nodes::Nodes,
+    /// Per node, the largest move of its agent's monotonic → wall offset.
+    pub offset_moves: Vec<u64>,
+    pub listeners_watched: bool,
+    pub api_deletions: bool,
+    pub clients: clients::Clients,
+    pub names: services::ServiceNames,
+    pub declared: Vec<capacity::Declared>,
+}
+
+/// A piece of a stream with every line's pod found and every pod's marks folded.
+pub(crate) struct Identified {
+    pub times: Vec<WallNs>,
+    pub assignment: identity::Assignment,
+    pub labels: Vec<(Option<String>, bool)>,
+    pub timelines: Vec<marks::Timeline>,
+}
+
+pub(crate) fn identify(obs: &[Observation], node_of: &[nodes::NodeId]) -> Identified {
     let times: Vec<WallNs> = obs.iter().map(|o| WallNs::from_timestamp(o.time)).collect();
-    let (nodes, node_of) = nodes::Nodes::index(obs);
     let assignment = identity::assign(obs, &times);
-    let labels: Vec<(Option<String>, bool)> = assignment
+    let labels = assignment
         .members
         .iter()
         .map(|m| pod_labels(obs, m))
         .collect();
-    let timelines: Vec<marks::Timeline> = assignment
+    let timelines = assignment
         .members
         .iter()
-        .map(|m| marks::build(obs, &times, &node_of, m))
+        .map(|m| marks::build(obs, &times, node_of, m))
         .collect();
-    let clocks = clock::assess(obs, &node_of, &nodes, &timelines);
-    let listeners_watched = obs.iter().any(|o| o.kind == Kind::ListenerOpen);
-    let clients = clients::Clients::index(obs);
-    let mut drafts: Vec<pod::PodDraft> = assignment
+    Identified {
+        times,
+        assignment,
+        labels,
+        timelines,
+    }
+}
+
+/// What the report takes from one pod.
+pub(crate) enum Outcome {
+    Started(Box<rollout::Started>),
+    Finished(Box<rollout::Finished>),
+    /// Neither deleted nor new, with errors: its label and their number.
+    NotDeleted(String, u64),
+}
+
+/// A pod's [`Outcome`] and its place among the stream's pods ([`identity::Assignment::origin`]
+/// with the line's number in the whole stream).
+pub(crate) struct PodOut {
+    pub key: (u8, u64),
+    pub outcome: Outcome,
+}
+
+/// Drafts the pods `analysed` tells (their lines all in `obs`), ties the Service-level errors
+/// to them, and says what each is for the report. `line_no` numbers `obs`' lines in the
+/// whole stream.
+pub(crate) fn analyse_pods(
+    obs: &[Observation],
+    ident: Identified,
+    analysed: &dyn Fn(identity::PodId) -> bool,
+    line_no: &dyn Fn(usize) -> u64,
+    facts: &Facts,
+    clocks: &clock::NodeClocks,
+    scope: Option<&Scope>,
+) -> (Vec<PodOut>, Vec<rollout::Unattributed>) {
+    let Identified {
+        times,
+        assignment,
+        labels,
+        timelines,
+        ..
+    } = ident;
+    let mut drafts: Vec<pod::PodDraft> = Vec::new();
+    // Per pod drafted: its place in the stream, its template and whether it is an instrument.
+    type Info = ((u8, u64), (Option<String>, bool));
+    let mut info: Vec<Info> = Vec::new();
+    for (id, ((ident, tl), label)) in assignment
         .pods
         .into_iter()
         .zip(timelines)
-        .map(|(ident, tl)| pod::draft(ident, tl, obs, &times, &clocks, listeners_watched, &clients))
-        .collect();
+        .zip(labels)
+        .enumerate()
+    {
+        if !analysed(id) {
+            continue;
+        }
+        let (phase, line) = assignment.origin[id];
+        info.push(((phase, line_no(line)), label));
+        drafts.push(pod::draft(
+            ident,
+            tl,
+            obs,
+            &times,
+            clocks,
+            facts.listeners_watched,
+            &facts.clients,
+        ));
+    }
     // One name per Service, so a client's errors meet the pods they hit.
-    let names = services::ServiceNames::index(obs);
+    let names = &facts.names;
     for d in &mut drafts {
         d.tl.service = d.tl.service.as_deref().map(|s| names.canonical(s));
     }
@@ -150,8 +224,8 @@ fn run(
         obs,
         &times,
         &assignment.service_level,
-        &names,
-        &clients,
+        names,
+        &facts.clients,
         &mut drafts,
     );
 
@@ -159,18 +233,14 @@ fn run(
     // do, per connection) or that sees errors while it keeps running is not being rolled out.
     // A stream without any deletion (`agent --standalone`, a kernel-only capture) cannot tell:
     // there every pod with a termination mark or an error is shown, for what it is worth.
-    let api_deletions = obs.iter().any(|o| o.kind == Kind::PodDeleting);
-    let mut warnings = clocks.warnings.clone();
-    let mut not_deleted: Vec<(String, u64)> = Vec::new();
-    let mut finished: Vec<rollout::Finished> = Vec::new();
-    let mut started: Vec<rollout::Started> = Vec::new();
-    for (d, (template, instrument)) in drafts.iter().zip(&labels) {
-        let deleted = if api_deletions {
+    let mut out = Vec::new();
+    for (d, (key, (template, instrument))) in drafts.iter().zip(info) {
+        let deleted = if facts.api_deletions {
             d.tl.delete.is_some()
         } else {
             d.tl.is_terminating() || d.errors.total() > 0
         };
-        let instrument = rollout::is_instrument(d.ident.name.as_ref(), *instrument);
+        let instrument = rollout::is_instrument(d.ident.name.as_ref(), instrument);
         let (ns, workload) = rollout::workload_of(&d.ident, d.tl.workload.as_deref());
         let in_scope = scope
             .is_none_or(|s| ns.as_deref() == Some(s.namespace.as_str()) && workload == s.workload);
@@ -179,26 +249,118 @@ fn run(
         }
         // A pod that turned ready in the capture and is not on its way out is a new pod (even
         // in a stream without deletions, where errors would make it a member).
-        if !instrument && d.tl.is_new() && !d.tl.is_terminating() {
-            started.push(rollout::Started::new(
+        let outcome = if !instrument && d.tl.is_new() && !d.tl.is_terminating() {
+            Outcome::Started(Box::new(rollout::Started::new(
                 d,
-                pod::finish_startup(d, &nodes, &clocks),
-            ));
-            continue;
-        }
-        if !deleted || instrument {
-            if d.errors.total() > 0 {
-                not_deleted.push((pod::label(&d.ident), d.errors.total()));
+                pod::finish_startup(d, &facts.nodes, clocks),
+            )))
+        } else if !deleted || instrument {
+            if d.errors.total() == 0 {
+                continue;
             }
-            continue;
+            Outcome::NotDeleted(pod::label(&d.ident), d.errors.total())
+        } else {
+            let (report, pod_facts) = pod::finish(d, &facts.nodes, clocks);
+            Outcome::Finished(Box::new(rollout::Finished::new(
+                d,
+                report,
+                pod_facts,
+                template.as_deref(),
+            )))
+        };
+        out.push(PodOut { key, outcome });
+    }
+    (out, unattributed)
+}
+
+/// Per node: observations, events lost to a full ring buffer, events the kernel skipped,
+/// events a probe's handler failed on.
+pub(crate) type LineCounts = BTreeMap<nodes::NodeId, (u64, u64, u64, u64)>;
+
+pub(crate) fn count_lines(
+    obs: &[Observation],
+    node_of: &[nodes::NodeId],
+    per_node: &mut LineCounts,
+) {
+    for (o, &n) in obs.iter().zip(node_of) {
+        let e = per_node.entry(n).or_default();
+        e.0 += 1;
+        if o.kind == Kind::Loss {
+            match o.reason.as_deref() {
+                Some(KERNEL_SKIPPED) => e.2 += o.weight(),
+                Some(HANDLER_ERROR) => e.3 += o.weight(),
+                _ => e.1 += o.weight(),
+            }
         }
-        let (report, facts) = pod::finish(d, &nodes, &clocks);
-        finished.push(rollout::Finished::new(
-            d,
-            report,
-            facts,
-            template.as_deref(),
-        ));
+    }
+}
+
+fn run(
+    obs: &[Observation],
+    options: &Options,
+    scope: Option<&Scope>,
+) -> (Report, Vec<PodEvidence>) {
+    let observations = obs.len() as u64;
+    let obs = attribution::without_redundant_instrument_log(obs);
+    let obs = &*attribution::one_timeout_per_connection(&obs);
+    let (nodes, node_of) = nodes::Nodes::index(obs);
+    let mut offset_moves = vec![0u64; nodes.names.len()];
+    for (o, &n) in obs.iter().zip(&node_of) {
+        clock::offset_move(o, n, &mut offset_moves);
+    }
+    let facts = Facts {
+        offset_moves,
+        listeners_watched: obs.iter().any(|o| o.kind == Kind::ListenerOpen),
+        api_deletions: obs.iter().any(|o| o.kind == Kind::PodDeleting),
+        clients: clients::Clients::index(obs),
+        names: services::ServiceNames::index(obs),
+        declared: capacity::declared(obs),
+        nodes,
+    };
+    let mut per_node = LineCounts::new();
+    count_lines(obs, &node_of, &mut per_node);
+    let ident = identify(obs, &node_of);
+    let mut behind = vec![0u64; facts.nodes.names.len()];
+    for tl in &ident.timelines {
+        clock::add_behind(tl, &mut behind);
+    }
+    let clocks = clock::of(&facts.offset_moves, &behind, &facts.nodes);
+    let (pods, unattributed) =
+        analyse_pods(obs, ident, &|_| true, &|i| i as u64, &facts, &clocks, scope);
+    conclude(
+        &facts,
+        &clocks,
+        pods,
+        &unattributed,
+        per_node,
+        observations,
+        options,
+    )
+}
+
+/// The report of a stream from its pods' outcomes (any order: they are put in the stream's)
+/// and the stream-wide facts.
+pub(crate) fn conclude(
+    facts: &Facts,
+    clocks: &clock::NodeClocks,
+    mut pods: Vec<PodOut>,
+    unattributed: &[rollout::Unattributed],
+    per_node: LineCounts,
+    observations: u64,
+    options: &Options,
+) -> (Report, Vec<PodEvidence>) {
+    pods.sort_by_key(|p| p.key);
+    let nodes = &facts.nodes;
+    let mut warnings = clocks.warnings.clone();
+    let mut not_deleted: Vec<(String, u64)> = Vec::new();
+    let mut finished: Vec<rollout::Finished> = Vec::new();
+    let mut started: Vec<rollout::Started> = Vec::new();
+    for p in pods {
+        match p.outcome {
+            Outcome::Started(s) => started.push(*s),
+            Outcome::Finished(f) => finished.push(*f),
+            Outcome::NotDeleted(label, n) => not_deleted.push((label, n)),
+        }
     }
     if !not_deleted.is_empty() {
         let total: u64 = not_deleted.iter().map(|(_, n)| n).sum();
@@ -216,7 +378,7 @@ fn run(
         ));
     }
 
-    let grouped = rollout::group(finished, started, &unattributed, &mut warnings);
+    let grouped = rollout::group(finished, started, unattributed, &mut warnings);
     let readiness_advice = readiness::advise(&grouped);
     let evidence: Vec<PodEvidence> = grouped
         .iter()
@@ -230,20 +392,6 @@ fn run(
             Err(why) => (None, Some(why)),
         };
 
-    // Per node: observations, events lost to a full ring buffer, events the kernel skipped,
-    // events a probe's handler failed on.
-    let mut per_node: BTreeMap<usize, (u64, u64, u64, u64)> = BTreeMap::new();
-    for (o, &n) in obs.iter().zip(&node_of) {
-        let e = per_node.entry(n).or_default();
-        e.0 += 1;
-        if o.kind == Kind::Loss {
-            match o.reason.as_deref() {
-                Some(KERNEL_SKIPPED) => e.2 += o.weight(),
-                Some(HANDLER_ERROR) => e.3 += o.weight(),
-                _ => e.1 += o.weight(),
-            }
-        }
-    }
     let mut node_summaries = Vec::new();
     for (n, (count, full, skipped, failed)) in per_node {
         let node = &nodes.names[n];
@@ -270,12 +418,12 @@ fn run(
         });
     }
 
-    let declared = capacity::declared(obs);
+    let declared = &facts.declared;
     let rollouts: Vec<Rollout> = grouped
         .into_iter()
         .map(|(mut r, g)| {
             r.pods = g.into_iter().map(|f| f.report).collect();
-            r.capacity = capacity::of(&r, &declared);
+            r.capacity = capacity::of(&r, declared);
             r.clients = clients::report(&r);
             if let Some(c) = r.capacity.as_ref().filter(|c| c.min_ready < c.desired) {
                 r.reason.push_str("; ");

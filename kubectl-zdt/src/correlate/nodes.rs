@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use foldhash::{HashMap, HashMapExt as _};
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 
 use crate::observation::{Kind, NodeName, Observation};
 
@@ -54,10 +54,7 @@ impl Nodes {
             .collect();
         let mut reporting = BTreeSet::new();
         for (o, &n) in obs.iter().zip(&node_of) {
-            if matches!(
-                o.kind,
-                Kind::AgentStart | Kind::DataplaneAdded | Kind::DataplaneRemoved | Kind::FlowNew
-            ) {
+            if is_reporting(o.kind) {
                 reporting.insert(n);
             }
         }
@@ -67,6 +64,69 @@ impl Nodes {
         };
         (nodes, node_of)
     }
+}
+
+/// The node table folded line by line, for a stream read in pieces: the same table
+/// [`Nodes::index`] makes of the whole.
+#[derive(Debug, Default)]
+pub(crate) struct NodesFold {
+    names: HashSet<String>,
+    reporting: HashSet<String>,
+}
+
+impl NodesFold {
+    pub fn add(&mut self, o: &Observation) {
+        if !self.names.contains(o.node.0.as_str()) {
+            self.names.insert(o.node.0.clone());
+        }
+        if is_reporting(o.kind) && !self.reporting.contains(o.node.0.as_str()) {
+            self.reporting.insert(o.node.0.clone());
+        }
+    }
+
+    /// The table, and each node's id by name.
+    pub fn finish(self) -> (Nodes, HashMap<String, NodeId>) {
+        let mut sorted: Vec<String> = self.names.into_iter().collect();
+        sorted.sort_unstable();
+        let ids: HashMap<String, NodeId> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        let reporting: BTreeSet<NodeId> = self.reporting.iter().map(|n| ids[n.as_str()]).collect();
+        let nodes = Nodes {
+            names: sorted.into_iter().map(NodeName).collect(),
+            reporting: reporting.into_iter().collect(),
+        };
+        (nodes, ids)
+    }
+}
+
+/// Each line's node id, one hash lookup a line (none when a line is from the node of the line
+/// before).
+pub(crate) fn ids_of(obs: &[Observation], ids: &HashMap<String, NodeId>) -> Vec<NodeId> {
+    let mut last: Option<(&str, NodeId)> = None;
+    obs.iter()
+        .map(|o| {
+            let name = o.node.0.as_str();
+            match last {
+                Some((l, id)) if l == name => id,
+                _ => {
+                    let id = ids[name];
+                    last = Some((name, id));
+                    id
+                }
+            }
+        })
+        .collect()
+}
+
+/// Lines that show a node's agent reported on the dataplane (or started at all).
+fn is_reporting(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::AgentStart | Kind::DataplaneAdded | Kind::DataplaneRemoved | Kind::FlowNew
+    )
 }
 
 #[cfg(test)]

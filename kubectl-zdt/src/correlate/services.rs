@@ -22,34 +22,40 @@ impl ServiceNames {
     pub fn index(obs: &[Observation]) -> Self {
         let mut names = Self::default();
         for o in obs {
-            let (ip, name) = match o.kind {
-                Kind::EndpointReady | Kind::EndpointTerminating | Kind::EndpointRemoved => (
-                    o.details
-                        .api()
-                        .cluster_ip
-                        .as_deref()
-                        .and_then(|ip| ip.parse().ok()),
-                    o.service
-                        .as_ref()
-                        .and_then(ServiceRef::name)
-                        .map(ServiceName::as_str),
-                ),
-                Kind::DataplaneAdded | Kind::DataplaneRemoved => (
-                    o.service
-                        .as_ref()
-                        .and_then(ServiceRef::frontend)
-                        .map(|a| a.ip()),
-                    o.details.dataplane().service_name.as_deref(),
-                ),
-                _ => continue,
-            };
-            if let (Some(ip), Some(name)) = (ip, name)
-                && name.contains('/')
-            {
-                names.by_ip.entry(ip).or_default().insert(name.to_owned());
-            }
+            names.add(o);
         }
         names
+    }
+
+    /// Folds in one line.
+    pub fn add(&mut self, o: &Observation) {
+        let (ip, name) = match o.kind {
+            Kind::EndpointReady | Kind::EndpointTerminating | Kind::EndpointRemoved => (
+                o.details
+                    .api()
+                    .cluster_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse().ok()),
+                o.service
+                    .as_ref()
+                    .and_then(ServiceRef::name)
+                    .map(ServiceName::as_str),
+            ),
+            Kind::DataplaneAdded | Kind::DataplaneRemoved => (
+                o.service
+                    .as_ref()
+                    .and_then(ServiceRef::frontend)
+                    .map(|a| a.ip()),
+                o.details.dataplane().service_name.as_deref(),
+            ),
+            _ => return,
+        };
+        if let (Some(ip), Some(name)) = (ip, name)
+            && name.contains('/')
+            && !self.by_ip.get(&ip).is_some_and(|n| n.contains(name))
+        {
+            self.by_ip.entry(ip).or_default().insert(name.to_owned());
+        }
     }
 
     /// `namespace/name` for a `ClusterIP:port` whose Service is known (and unambiguous: a

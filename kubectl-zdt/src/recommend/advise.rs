@@ -89,15 +89,23 @@ impl WorkloadEvidence {
     }
 }
 
+/// What `gather` correlates with: the margin asked, the rest as default.
+pub fn gather_options(margin_ms: u64) -> correlate::Options {
+    correlate::Options {
+        margin_ms,
+        ..correlate::Options::default()
+    }
+}
+
 /// Correlates `obs` and groups the terminated pods by workload.
 pub fn gather(obs: &[Observation], margin_ms: u64) -> Vec<WorkloadEvidence> {
-    let (report, evidence) = correlate::correlate_with_evidence(
-        obs,
-        &correlate::Options {
-            margin_ms,
-            ..correlate::Options::default()
-        },
-    );
+    let (report, evidence) = correlate::correlate_with_evidence(obs, &gather_options(margin_ms));
+    gather_from(report, evidence)
+}
+
+/// The terminated pods of a correlated stream ([`correlate::correlate_with_evidence`]) by
+/// workload.
+pub fn gather_from(report: correlate::Report, evidence: Vec<PodEvidence>) -> Vec<WorkloadEvidence> {
     let mut groups: BTreeMap<WorkloadKey, (BTreeSet<usize>, Vec<PodEvidence>)> = BTreeMap::new();
     for e in evidence {
         let key = WorkloadKey {

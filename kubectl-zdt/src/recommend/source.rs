@@ -9,7 +9,8 @@ use kube::Client;
 
 use super::{
     DEFAULT_SINCE_H, Options, RecommendArgs, Recommendations, Scope, WorkloadEvidence, WorkloadKey,
-    advise::observed_settings, answer, gather, settings,
+    advise::{gather_from, gather_options, observed_settings},
+    answer, gather, settings,
 };
 use crate::{
     cluster::{self, connect::KubeArgs, history, workload::WorkloadTarget},
@@ -125,15 +126,21 @@ pub async fn from_cluster(
 }
 
 pub(super) fn from_files(kube: &KubeArgs, args: &RecommendArgs) -> anyhow::Result<Recommendations> {
-    let streams = crate::analyze::read_streams(&args.from_file)?;
+    let since = match args.since {
+        Some(window) => Some(
+            Timestamp::now()
+                .checked_sub(window)
+                .context("the --since window reaches before the year -9999")?,
+        ),
+        None => None,
+    };
+    // Read a window of the stream at a time: the memory held does not grow with the files.
+    let (analysis, streams) =
+        crate::analyze::analyse_streams(&args.from_file, &gather_options(args.margin_ms), &|o| {
+            since.is_none_or(|s| o.time >= s)
+        })?;
     let duplicates = streams.duplicates_warning();
-    let (mut obs, rejected) = (streams.observations, streams.rejected);
-    if let Some(window) = args.since {
-        let since = Timestamp::now()
-            .checked_sub(window)
-            .context("the --since window reaches before the year -9999")?;
-        obs.retain(|o| o.time >= since);
-    }
+    let rejected = streams.rejected;
     let scope = match (&args.workload, &kube.namespace) {
         (Some(w), ns) => Scope::Workload {
             namespace: ns.clone(),
@@ -142,7 +149,7 @@ pub(super) fn from_files(kube: &KubeArgs, args: &RecommendArgs) -> anyhow::Resul
         (None, Some(ns)) if !kube.all_namespaces => Scope::Namespace(ns.clone()),
         (None, _) => Scope::All,
     };
-    let workloads: Vec<WorkloadEvidence> = gather(&obs, args.margin_ms)
+    let workloads: Vec<WorkloadEvidence> = gather_from(analysis.report, analysis.evidence)
         .into_iter()
         .filter(|w| scope.covers(&w.key))
         .collect();

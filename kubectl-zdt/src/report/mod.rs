@@ -28,6 +28,8 @@ pub enum RenderError {
     Json(#[from] serde_json::Error),
     #[error("failed to encode the report as YAML")]
     Yaml(#[from] serde_yaml::Error),
+    #[error("failed to write the report")]
+    Write(#[from] std::io::Error),
 }
 
 /// Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, and Unicode's
@@ -87,6 +89,31 @@ pub fn render(report: &Report, format: Format) -> Result<String, RenderError> {
         Format::Json => serde_json::to_string_pretty(report)? + "\n",
         Format::Yaml => serde_yaml::to_string(report)?,
     })
+}
+
+/// [`render`] written to `w` as it is encoded: a JSON or YAML report of a long stream is never
+/// held whole as text beside the report itself.
+pub fn render_to(
+    report: &Report,
+    format: Format,
+    w: &mut impl std::io::Write,
+) -> Result<(), RenderError> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *w, report).map_err(|e| {
+                if e.is_io() {
+                    RenderError::Write(e.into())
+                } else {
+                    RenderError::Json(e)
+                }
+            })?;
+            w.write_all(b"\n")?;
+        }
+        Format::Yaml => serde_yaml::to_writer(&mut *w, report)?,
+        Format::Table | Format::Wide => w.write_all(render(report, format)?.as_bytes())?,
+    }
+    w.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

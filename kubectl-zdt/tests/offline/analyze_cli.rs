@@ -420,30 +420,35 @@ fn a_line_over_the_limit_is_named_and_not_read_whole() {
 
 #[test]
 fn dev_zero_is_refused_instead_of_filling_memory() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
-        .args(["analyze", "/dev/zero"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A guard, not a measurement: reading /dev/zero whole never ends.
-    let mut waited = 0;
-    while child.try_wait().unwrap().is_none() {
-        if waited == 600 {
-            child.kill().unwrap();
-            panic!("analyze /dev/zero was still reading after a minute");
+    // As a file, and on standard input (which is kept in a temporary file only as far as it
+    // is read: never whole).
+    for (arg, name) in [("/dev/zero", "/dev/zero"), ("-", "<stdin>")] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+            .args(["analyze", arg])
+            .stdin(std::fs::File::open("/dev/zero").unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A guard, not a measurement: reading /dev/zero whole never ends.
+        let mut waited = 0;
+        while child.try_wait().unwrap().is_none() {
+            if waited == 600 {
+                child.kill().unwrap();
+                panic!("analyze {arg} was still reading after a minute");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            waited += 1;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        waited += 1;
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let expected = [
+            format!("{name}:1: longer than 1048576 bytes"),
+            format!("no observation could be read from {arg}"),
+        ];
+        assert!(expected.iter().all(|e| err.contains(e.as_str())), "{err}");
     }
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    let expected = [
-        "/dev/zero:1: longer than 1048576 bytes",
-        "no observation could be read from /dev/zero",
-    ];
-    assert!(expected.iter().all(|e| err.contains(e)), "{err}");
 }
 
 #[test]
@@ -533,4 +538,61 @@ fn new_pods_refusing_before_they_listen_are_a_table_of_their_own_a_chart_row_and
             && html.contains("ready min 2 · ready+listening min 0 of 2"),
         "{html}"
     );
+}
+
+/// Three `rollout restart`s 20 minutes apart on 5 nodes, as agent lines, one line twice.
+fn three_rollouts() -> Vec<kubectl_zdt::observation::Observation> {
+    use kubectl_zdt::{
+        correlate::{simulate, time::WallNs},
+        observation::Kind,
+    };
+    let nodes = simulate::node_names(5);
+    let mut obs = Vec::new();
+    for k in 0..3i64 {
+        let mut plans = simulate::rollout(5, 4, 42 + k as u64);
+        for (i, p) in plans.iter_mut().enumerate() {
+            p.name = format!("default/web-{:08x}-{i:05}", 0x5d8f_0000 + k);
+            p.uid = format!("uid-{k}-{i}");
+        }
+        let t0 = WallNs(1_795_310_205_000_000_000 + k * 1_200_000_000_000);
+        obs.extend(simulate::observations(
+            t0,
+            &nodes,
+            &plans,
+            "default/web",
+            8080,
+        ));
+    }
+    // The agent's refusals name their client's port: no two are equal lines.
+    for (port, o) in (1_024u16..).zip(obs.iter_mut().filter(|o| o.kind == Kind::Refused)) {
+        o.peer_port = Some(port);
+    }
+    let again = obs[obs.len() / 2].clone();
+    obs.insert(obs.len() / 2, again);
+    obs
+}
+
+#[test]
+fn a_long_stream_on_stdin_is_analysed_a_window_at_a_time_to_the_whole_streams_report() {
+    use kubectl_zdt::{
+        correlate::{self, Options},
+        report::{self, Format},
+    };
+    let mut obs = three_rollouts();
+    let text: String = obs.iter().map(|o| o.to_json_line() + "\n").collect();
+    let out = analyze_bytes(&["-v", "-o", "json", "-"], text.as_bytes());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 windows"), "{err}");
+    let mut whole = correlate::correlate(
+        &{
+            let dropped = kubectl_zdt::analyze::drop_duplicates(&mut obs);
+            assert_eq!(dropped, 1);
+            obs
+        },
+        &Options::default(),
+    );
+    whole
+        .warnings
+        .push("1 duplicate observation dropped (the same node, kind, time and fields as another line: the same stream given twice?)".into());
+    assert_eq!(stdout(&out), report::render(&whole, Format::Json).unwrap());
 }

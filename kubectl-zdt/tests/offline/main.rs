@@ -14,6 +14,7 @@ mod cluster;
 mod correlate_both_ends;
 mod correlate_properties;
 mod correlate_scenarios;
+mod correlate_windows;
 mod decoder_fuzz;
 mod history;
 mod html_render;
