@@ -89,13 +89,14 @@ pub fn run() -> anyhow::Result<()> {
 
 /// The property tests and the fuzzers of the line parser, journal reader and table decoders
 /// again, with `PROPTEST_CASES` cases each (16 times the quick run's 256; the test-named counts
-/// of the offline binary give way to it too): about two minutes here. `ZDT_LONG_CASES`
+/// of the offline binary give way to it too): about two and a half minutes here. `ZDT_LONG_CASES`
 /// changes the count.
 const LONG_CASES: &str = "4096";
-const PROPERTY_TESTS: [&str; 7] = [
+const PROPERTY_TESTS: [&str; 8] = [
     "journal_fuzz::",
     "decoder_fuzz::",
     "correlate_properties::",
+    "correlate_windows::",
     "recommend::",
     "dataplane::",
     "correlate::input",
