@@ -472,9 +472,9 @@ impl Waiting {
         }
     }
 
-    /// The held lines whose namespace's holder is known now (named after it, or unnamed when
-    /// they are older than its namespace); and the number of lines left out because no pod of
-    /// this node took the number within [`Waiting::HOLD`]. Those are not this node's to report:
+    /// The held lines whose namespace's holder is known now, named after it; and the number of
+    /// lines left out because no pod of this node took the number within [`Waiting::HOLD`], or
+    /// the pod that took it started after them. Those are not this node's to report:
     /// on nodes that share one kernel (kind, several kubelets on one machine) namespace numbers
     /// are shared too, and a number one of this node's pods had went to another node's pod,
     /// whose own agent reports its lines; on a node of its own, a pod whose namespace the
@@ -489,9 +489,10 @@ impl Waiting {
         let mut kept = Vec::with_capacity(self.lines.len());
         for (mut o, since) in self.lines.drain(..) {
             index.attribute(&mut o);
-            if o.pod.is_some() || !index.awaits_holder(&o) {
+            if o.pod.is_some() {
                 out.push(o);
-            } else if now.duration_since(since) >= Self::HOLD {
+            } else if !index.awaits_holder(&o) || now.duration_since(since) >= Self::HOLD {
+                // Older than the namespace of the pod that took the number, or no pod took it.
                 left_out += 1;
             } else {
                 kept.push((o, since));
@@ -746,10 +747,10 @@ mod tests {
     }
 
     #[test]
-    fn a_held_line_older_than_the_new_holders_processes_is_not_named_after_it() {
+    fn a_held_line_older_than_the_new_holders_processes_is_left_out() {
         // The number's last holder went at 3; lines at 4 and 6 wait; the next pod's earliest
-        // process started at 5 (another namespace, e.g. of a pod the agent does not watch,
-        // had the number in between): only the line at 6 is the new pod's.
+        // process started at 5 (another namespace had the number in between: another node's
+        // pod on a shared kernel): only the line at 6 is the new pod's, the other is left out.
         let mut index = PodIndex::new(Duration::from_secs(600));
         index.apply(&pod("old", "uid-old", "198.18.0.10"), at(0));
         index.set_netns("uid-old", 7, at(1), Some(at(0)));
@@ -762,11 +763,10 @@ mod tests {
         }
         index.apply(&pod("new", "uid-new", "198.18.0.11"), at(5));
         index.set_netns("uid-new", 7, at(7), Some(at(5)));
-        let (mut out, left_out) = waiting.release(&mut index, start);
-        assert_eq!(left_out, 0);
-        out.sort_by_key(|o| o.time);
+        let (out, left_out) = waiting.release(&mut index, start);
+        assert_eq!(left_out, 1, "the older line: another namespace's");
         let named: Vec<Option<&str>> = out.iter().map(|o| o.pod.as_deref()).collect();
-        assert_eq!(named, [None, Some("default/new")]);
+        assert_eq!(named, [Some("default/new")]);
         assert!(waiting.is_empty(), "released at once, not after the hold");
     }
 }
