@@ -75,41 +75,55 @@ where
     }
 }
 
-/// The nf_tables message type (one of `types`), nfgenmsg and attributes of a message.
-fn nftables<'a>(
-    nl: &'a NetlinkBuffer<&'a [u8]>,
+/// An nf_tables message of one of `types` (NEW, GET, DEL): every attribute through `other`
+/// (the crate's parser for it) but the one of kind `walked`, whose value goes to `walk`; the
+/// attributes then make the message of its type (`make`).
+fn message<A>(
+    bytes: &[u8],
     types: [u16; 3],
-) -> Result<(u16, &'a [u8], &'a [u8]), ToCrate> {
+    walked: u16,
+    walk: impl Fn(&[u8]) -> Result<A, ToCrate>,
+    other: impl Fn(&NlaBuffer<&[u8]>) -> Result<A, DecodeError>,
+    make: impl FnOnce(usize, Vec<A>) -> NfTablesMessage,
+) -> Result<NetlinkMessage<NetfilterMessage>, ToCrate> {
+    let nl = NetlinkBuffer::new_checked(bytes)?;
     let ty = nl.message_type();
-    if ty >> 8 != NFNL_SUBSYS_NFTABLES || !types.contains(&(ty & 0xff)) {
-        return Err(ToCrate);
-    }
+    let which = types
+        .iter()
+        .position(|&t| ty >> 8 == NFNL_SUBSYS_NFTABLES && ty & 0xff == t)
+        .ok_or(ToCrate)?;
     let payload = nl.payload();
     let gen_msg = payload.get(..NFGENMSG_LEN).ok_or(ToCrate)?;
-    Ok((ty & 0xff, gen_msg, &payload[NFGENMSG_LEN..]))
+    let mut attributes = Vec::new();
+    for nla in NlasIterator::new(&payload[NFGENMSG_LEN..]) {
+        let nla = nla?;
+        attributes.push(if nla.kind() == walked {
+            walk(nla.value())?
+        } else {
+            other(&nla)?
+        });
+    }
+    Ok(message_of(&nl, gen_msg, make(which, attributes)))
 }
 
 /// A set-element message: every attribute but the element list through the crate's parser for
 /// it; the list walked here, each element through the crate's parser for one.
 fn set_elements(bytes: &[u8]) -> Result<NetlinkMessage<NetfilterMessage>, ToCrate> {
-    let nl = NetlinkBuffer::new_checked(bytes)?;
-    let (ty, gen_msg, nlas) = nftables(&nl, [NEWSETELEM, GETSETELEM, DELSETELEM])?;
-    let mut attributes = Vec::new();
-    for nla in NlasIterator::new(nlas) {
-        let nla = nla?;
-        attributes.push(if nla.kind() == LIST_ELEMENTS {
-            SetElementList::Elements(list(nla.value())?)
-        } else {
-            SetElementList::parse(&nla)?
-        });
-    }
-    let message = SetElementMessage { attributes };
-    let inner = match ty {
-        NEWSETELEM => NfTablesMessage::NewSetElement(message),
-        GETSETELEM => NfTablesMessage::GetSetElement(message),
-        _ => NfTablesMessage::DeleteSetElement(message),
-    };
-    Ok(message_of(&nl, gen_msg, inner))
+    message(
+        bytes,
+        [NEWSETELEM, GETSETELEM, DELSETELEM],
+        LIST_ELEMENTS,
+        |v| Ok(SetElementList::Elements(list(v)?)),
+        |n| SetElementList::parse(n),
+        |which, attributes| {
+            let m = SetElementMessage { attributes };
+            match which {
+                0 => NfTablesMessage::NewSetElement(m),
+                1 => NfTablesMessage::GetSetElement(m),
+                _ => NfTablesMessage::DeleteSetElement(m),
+            }
+        },
+    )
 }
 
 /// A list attribute's items, each through the crate's parser for one
@@ -150,24 +164,21 @@ fn message_of(
 /// expressions walked here, each expression's attributes through the crate's parser for its
 /// kind.
 fn rule(bytes: &[u8]) -> Result<NetlinkMessage<NetfilterMessage>, ToCrate> {
-    let nl = NetlinkBuffer::new_checked(bytes)?;
-    let (ty, gen_msg, nlas) = nftables(&nl, [NEWRULE, GETRULE, DELRULE])?;
-    let mut attributes = Vec::new();
-    for nla in NlasIterator::new(nlas) {
-        let nla = nla?;
-        attributes.push(if nla.kind() == RULE_EXPRESSIONS {
-            RuleAttribute::Expressions(expressions(nla.value())?)
-        } else {
-            RuleAttribute::parse(&nla)?
-        });
-    }
-    let message = RuleMessage { attributes };
-    let inner = match ty {
-        NEWRULE => NfTablesMessage::NewRule(message),
-        GETRULE => NfTablesMessage::GetRule(message),
-        _ => NfTablesMessage::DeleteRule(message),
-    };
-    Ok(message_of(&nl, gen_msg, inner))
+    message(
+        bytes,
+        [NEWRULE, GETRULE, DELRULE],
+        RULE_EXPRESSIONS,
+        |v| Ok(RuleAttribute::Expressions(expressions(v)?)),
+        |n| RuleAttribute::parse(n),
+        |which, attributes| {
+            let m = RuleMessage { attributes };
+            match which {
+                0 => NfTablesMessage::NewRule(m),
+                1 => NfTablesMessage::GetRule(m),
+                _ => NfTablesMessage::DeleteRule(m),
+            }
+        },
+    )
 }
 
 /// NFTA_RULE_EXPRESSIONS: a list of expressions (`ListAttribute::<ExpressionAttribute>::parse`).
