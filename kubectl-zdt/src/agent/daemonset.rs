@@ -113,13 +113,19 @@ pub async fn run(
     let mut probes = KubeletProbes::new();
     let mut node_addresses = NodeAddresses::of_this_namespace();
     // Lines of a reused namespace number wait for its new pod (`pods::Waiting`): looked at on
-    // every line and at least every second.
+    // every line and, while any waits, at least every second (an idle agent is not woken).
     let mut waiting = Waiting::default();
     loop {
-        let received = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-            Ok(Some(o)) => Some(o),
-            Ok(None) => break,
-            Err(_) => None,
+        let received = if waiting.is_empty() {
+            rx.recv().await.map(Some)
+        } else {
+            tokio::time::timeout(Duration::from_secs(1), rx.recv())
+                .await
+                // Elapsed: nothing received, look at the waiting lines.
+                .map_or(Some(None), |r| r.map(Some))
+        };
+        let Some(received) = received else {
+            break;
         };
         let mut out = Vec::new();
         {
