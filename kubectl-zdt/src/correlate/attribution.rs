@@ -70,6 +70,11 @@ impl ProbeConnections {
     }
 }
 
+/// Whether `o` is the `--traffic` loop's own log of a failure.
+pub(crate) fn from_traffic_loop(o: &Observation) -> bool {
+    o.details.kernel().source.as_deref() == Some("traffic")
+}
+
 /// The `--traffic` loop logs its own failures (`conn_error` with `source: traffic`). When the
 /// agents watched the clients' kernels (a client-side `conn_error` or `syn_retransmit` naming a
 /// Service, which an agent writes when the filter holds the Services' addresses), every one of
@@ -79,7 +84,7 @@ impl ProbeConnections {
 pub(crate) fn without_redundant_instrument_log(
     obs: &[Observation],
 ) -> std::borrow::Cow<'_, [Observation]> {
-    let from_loop = |o: &Observation| o.details.kernel().source.as_deref() == Some("traffic");
+    let from_loop = from_traffic_loop;
     let clients_watched = obs.iter().any(|o| {
         matches!(o.kind, Kind::ConnError | Kind::SynRetransmit)
             && o.service.is_some()

@@ -170,9 +170,53 @@ pub(crate) struct PodOut {
     pub outcome: Outcome,
 }
 
+/// A drafted pod with its place in the stream (for [`PodOut::key`]), its template and whether
+/// it is an instrument.
+pub(crate) struct Drafted {
+    pub draft: pod::PodDraft,
+    pub key: (u8, u64),
+    label: (Option<String>, bool),
+}
+
+/// What the windowed analysis holds back until the stream's end: the client errors naming
+/// only one of `services`, and the drafts of those Services' pods ([`Pending::settle`] ties
+/// them together as the whole stream does).
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// The Services (their one name) with client errors naming only them, in the whole stream.
+    pub services: std::collections::HashSet<String>,
+    pub drafts: Vec<Drafted>,
+    pub errors: Vec<rollout::ServiceError>,
+}
+
+impl Pending {
+    /// The held-back pods' outcomes, their Services' errors tied to them, and the errors no
+    /// single pod explains.
+    pub fn settle(
+        self,
+        facts: &Facts,
+        clocks: &clock::NodeClocks,
+    ) -> (Vec<PodOut>, Vec<rollout::Unattributed>) {
+        let mut drafted = self.drafts;
+        // The whole stream's numbering of its pods: candidates of an error are weighed in it.
+        drafted.sort_by_key(|d| d.key);
+        let unattributed = rollout::attribute_service_errors(self.errors, &mut drafted);
+        (outcomes(drafted, facts, clocks, None), unattributed)
+    }
+}
+
+/// When [`analyse_pods`] ties the client errors naming only a Service to the pods.
+pub(crate) enum Tie<'a> {
+    /// At once: every pod of the stream is among those drafted; only the pods in the scope
+    /// (when there is one) are reported.
+    Now(Option<&'a Scope>),
+    /// At the stream's end: the pods of the Services listed and those errors are held back.
+    AtEnd(&'a mut Pending),
+}
+
 /// Drafts the pods `analysed` tells (their lines all in `obs`), ties the Service-level errors
-/// to them, and says what each is for the report. `line_no` numbers `obs`' lines in the
-/// whole stream.
+/// to them (or holds them back, [`Tie`]), and says what each is for the report. `line_no`
+/// numbers `obs`' lines in the whole stream.
 pub(crate) fn analyse_pods(
     obs: &[Observation],
     ident: Identified,
@@ -180,7 +224,7 @@ pub(crate) fn analyse_pods(
     line_no: &dyn Fn(usize) -> u64,
     facts: &Facts,
     clocks: &clock::NodeClocks,
-    scope: Option<&Scope>,
+    tie: Tie<'_>,
 ) -> (Vec<PodOut>, Vec<rollout::Unattributed>) {
     let Identified {
         times,
@@ -189,10 +233,8 @@ pub(crate) fn analyse_pods(
         timelines,
         ..
     } = ident;
-    let mut drafts: Vec<pod::PodDraft> = Vec::new();
-    // Per pod drafted: its place in the stream, its template and whether it is an instrument.
-    type Info = ((u8, u64), (Option<String>, bool));
-    let mut info: Vec<Info> = Vec::new();
+    let names = &facts.names;
+    let mut drafted: Vec<Drafted> = Vec::new();
     for (id, ((ident, tl), label)) in assignment
         .pods
         .into_iter()
@@ -204,8 +246,7 @@ pub(crate) fn analyse_pods(
             continue;
         }
         let (phase, line) = assignment.origin[id];
-        info.push(((phase, line_no(line)), label));
-        drafts.push(pod::draft(
+        let mut draft = pod::draft(
             ident,
             tl,
             obs,
@@ -213,28 +254,62 @@ pub(crate) fn analyse_pods(
             clocks,
             facts.listeners_watched,
             &facts.clients,
-        ));
+        );
+        // One name per Service, so a client's errors meet the pods they hit.
+        draft.tl.service = draft.tl.service.as_deref().map(|s| names.canonical(s));
+        drafted.push(Drafted {
+            draft,
+            key: (phase, line_no(line)),
+            label,
+        });
     }
-    // One name per Service, so a client's errors meet the pods they hit.
-    let names = &facts.names;
-    for d in &mut drafts {
-        d.tl.service = d.tl.service.as_deref().map(|s| names.canonical(s));
-    }
-    let unattributed = rollout::attribute_service_errors(
+    let errors = rollout::service_errors(
         obs,
         &times,
         &assignment.service_level,
         names,
         &facts.clients,
-        &mut drafts,
     );
+    let (unattributed, scope) = match tie {
+        Tie::AtEnd(p) => {
+            p.errors.extend(errors);
+            let (held, now): (Vec<Drafted>, Vec<Drafted>) = drafted.into_iter().partition(|d| {
+                d.draft
+                    .tl
+                    .service
+                    .as_ref()
+                    .is_some_and(|s| p.services.contains(s))
+            });
+            p.drafts.extend(held);
+            drafted = now;
+            (Vec::new(), None)
+        }
+        Tie::Now(scope) => (
+            rollout::attribute_service_errors(errors, &mut drafted),
+            scope,
+        ),
+    };
+    (outcomes(drafted, facts, clocks, scope), unattributed)
+}
 
+/// What each drafted pod is for the report.
+fn outcomes(
+    drafted: Vec<Drafted>,
+    facts: &Facts,
+    clocks: &clock::NodeClocks,
+    scope: Option<&Scope>,
+) -> Vec<PodOut> {
     // Only deleted pods are members of a rollout: a pod whose process exits (httpd's children
     // do, per connection) or that sees errors while it keeps running is not being rolled out.
     // A stream without any deletion (`agent --standalone`, a kernel-only capture) cannot tell:
     // there every pod with a termination mark or an error is shown, for what it is worth.
     let mut out = Vec::new();
-    for (d, (key, (template, instrument))) in drafts.iter().zip(info) {
+    for Drafted {
+        draft: d,
+        key,
+        label: (template, instrument),
+    } in drafted
+    {
         let deleted = if facts.api_deletions {
             d.tl.delete.is_some()
         } else {
@@ -251,8 +326,8 @@ pub(crate) fn analyse_pods(
         // in a stream without deletions, where errors would make it a member).
         let outcome = if !instrument && d.tl.is_new() && !d.tl.is_terminating() {
             Outcome::Started(Box::new(rollout::Started::new(
-                d,
-                pod::finish_startup(d, &facts.nodes, clocks),
+                &d,
+                pod::finish_startup(&d, &facts.nodes, clocks),
             )))
         } else if !deleted || instrument {
             if d.errors.total() == 0 {
@@ -260,9 +335,9 @@ pub(crate) fn analyse_pods(
             }
             Outcome::NotDeleted(pod::label(&d.ident), d.errors.total())
         } else {
-            let (report, pod_facts) = pod::finish(d, &facts.nodes, clocks);
+            let (report, pod_facts) = pod::finish(&d, &facts.nodes, clocks);
             Outcome::Finished(Box::new(rollout::Finished::new(
-                d,
+                &d,
                 report,
                 pod_facts,
                 template.as_deref(),
@@ -270,7 +345,7 @@ pub(crate) fn analyse_pods(
         };
         out.push(PodOut { key, outcome });
     }
-    (out, unattributed)
+    out
 }
 
 /// Per node: observations, events lost to a full ring buffer, events the kernel skipped,
@@ -325,8 +400,15 @@ fn run(
         clock::add_behind(tl, &mut behind);
     }
     let clocks = clock::of(&facts.offset_moves, &behind, &facts.nodes);
-    let (pods, unattributed) =
-        analyse_pods(obs, ident, &|_| true, &|i| i as u64, &facts, &clocks, scope);
+    let (pods, unattributed) = analyse_pods(
+        obs,
+        ident,
+        &|_| true,
+        &|i| i as u64,
+        &facts,
+        &clocks,
+        Tie::Now(scope),
+    );
     conclude(
         &facts,
         &clocks,

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{
+    Drafted,
     attribution::{self, Fuzzy},
     clients::{Clients, Path},
     identity::PodIdent,
@@ -65,21 +66,56 @@ pub(crate) struct Unattributed {
     pub count: u64,
 }
 
-/// Ties each error seen on a Service (a client connecting to a ClusterIP does not know which
-/// backend kube-proxy chose) to the one pod of that Service whose termination explains it.
-/// With zero or several candidates the error stays unattributed: guessing would move errors
-/// between pods' verdicts.
-pub(crate) fn attribute_service_errors(
+/// A client error naming only a Service, with what [`attribute_service_errors`] weighs of it:
+/// the windowed analysis keeps these (not the line) until every pod of the Service is drafted.
+#[derive(Clone, Debug)]
+pub(crate) struct ServiceError {
+    /// The Service's one name ([`ServiceNames::canonical`]).
+    pub service: String,
+    class: attribution::ErrorClass,
+    port: Option<u16>,
+    at: Fuzzy,
+    count: u64,
+    client: (String, Path),
+}
+
+/// The client errors naming only a Service among `obs` (`indices`, in stream order).
+pub(crate) fn service_errors(
     obs: &[Observation],
     times: &[WallNs],
     indices: &[usize],
     names: &ServiceNames,
     clients: &Clients,
-    drafts: &mut [PodDraft],
+) -> Vec<ServiceError> {
+    indices
+        .iter()
+        .map(|&i| {
+            let o = &obs[i];
+            let dialled = o.service.as_ref().map(ToString::to_string);
+            ServiceError {
+                service: names.canonical(dialled.as_deref().unwrap_or_default()),
+                class: attribution::class(o),
+                port: o.port,
+                at: attribution::instant(o, times[i]),
+                count: o.weight(),
+                client: (clients.client_of(o), clients.path_of(o)),
+            }
+        })
+        .collect()
+}
+
+/// Ties each error seen on a Service (a client connecting to a ClusterIP does not know which
+/// backend kube-proxy chose) to the one pod of that Service whose termination explains it.
+/// With zero or several candidates the error stays unattributed: guessing would move errors
+/// between pods' verdicts. `errors` in stream order; `drafts` every pod of their Services, in
+/// the order the whole stream numbers them.
+pub(crate) fn attribute_service_errors(
+    errors: Vec<ServiceError>,
+    drafted: &mut [Drafted],
 ) -> Vec<Unattributed> {
     let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (p, d) in drafts.iter().enumerate() {
-        if let Some(s) = &d.tl.service {
+    for (p, d) in drafted.iter().enumerate() {
+        if let Some(s) = &d.draft.tl.service {
             by_service.entry(s.as_str()).or_default().push(p);
         }
     }
@@ -94,13 +130,8 @@ pub(crate) fn attribute_service_errors(
     let mut placed: Vec<Placed> = Vec::new();
     let mut left = Vec::new();
     let mut ambiguous: Vec<(Vec<(usize, Cause)>, Unattributed)> = Vec::new();
-    for &i in indices {
-        let o = &obs[i];
-        let dialled = o.service.as_ref().map(ToString::to_string);
-        let service = names.canonical(dialled.as_deref().unwrap_or_default());
-        let service = service.as_str();
-        let class = attribution::class(o);
-        let at = attribution::instant(o, times[i]);
+    for e in errors {
+        let service = e.service.as_str();
         let candidates: Vec<(usize, Cause)> = by_service
             .get(service)
             .into_iter()
@@ -108,25 +139,18 @@ pub(crate) fn attribute_service_errors(
             .map(|&p| {
                 (
                     p,
-                    attribution::cause(class, o.port, at.t, &drafts[p].window),
+                    attribution::cause(e.class, e.port, e.at.t, &drafted[p].draft.window),
                 )
             })
             .filter(|(_, c)| !matches!(c, Cause::Unrelated | Cause::Undetermined))
             .collect();
         let u = Unattributed {
-            service: service.to_owned(),
-            t: at.t,
-            count: o.weight(),
+            service: e.service.clone(),
+            t: e.at.t,
+            count: e.count,
         };
         match candidates[..] {
-            [(p, cause)] => placed.push((
-                p,
-                class,
-                cause,
-                at,
-                o.weight(),
-                (clients.client_of(o), clients.path_of(o)),
-            )),
+            [(p, cause)] => placed.push((p, e.class, cause, e.at, e.count, e.client)),
             [] => left.push(u),
             _ => ambiguous.push((candidates, u)),
         }
@@ -138,11 +162,13 @@ pub(crate) fn attribute_service_errors(
     for (p, class, cause, at, n, client) in placed {
         let credit = seen_by_pod
             .entry((p, cause))
-            .or_insert_with(|| drafts[p].errors.get(cause));
+            .or_insert_with(|| drafted[p].draft.errors.get(cause));
         let covered = n.min(*credit);
         *credit -= covered;
         if n > covered {
-            drafts[p].add_error(class, cause, at, n - covered, client);
+            drafted[p]
+                .draft
+                .add_error(class, cause, at, n - covered, client);
         }
     }
     // An error several pods' windows explain was still seen by whichever of them refused or
@@ -151,7 +177,7 @@ pub(crate) fn attribute_service_errors(
         for (p, cause) in candidates {
             let credit = seen_by_pod
                 .entry((p, cause))
-                .or_insert_with(|| drafts[p].errors.get(cause));
+                .or_insert_with(|| drafted[p].draft.errors.get(cause));
             let covered = u.count.min(*credit);
             *credit -= covered;
             u.count -= covered;

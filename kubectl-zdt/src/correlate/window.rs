@@ -16,14 +16,17 @@
 //!    needs of them, and their lines are freed. Grouping, capacity, readiness and advice run
 //!    once at the end over all pods.
 //!
+//! A client's error naming only a Service is tied to whichever of the Service's pods explains
+//! it, anywhere in the stream: the survey lists those Services, their pods are drafted in their
+//! windows but settled only at the end ([`super::Pending`]), with each such error reduced to
+//! what the tie weighs (its time, class, port, count and client; the line is freed).
+//!
 //! Where a construct's answer could depend on lines of two windows in a way this does not
-//! carry, the stream is analysed whole instead ([`WholeOnly`]), never differently: a client's
-//! error naming only a Service (tied to whichever pod's window explains it, anywhere in the
-//! stream), the traffic loop's own log beside client-side kernel lines, a line naming only a
-//! pod name that a pod of an earlier window had, or one address that one, a client socket's
-//! timeouts or a retransmitted connection in two windows (their lines are weighed together),
-//! a superseded retransmitted SYN with the last word on its client. A node's clock lag is known only at the end:
-//! when the pods' marks show one, the second pass runs again with it.
+//! carry, the stream is analysed whole instead ([`WholeOnly`]), never differently: a line
+//! naming only a pod name that a pod of an earlier window had, or one address that one, a client socket's timeouts or a
+//! retransmitted connection in two windows (their lines are weighed together), a superseded
+//! retransmitted SYN with the last word on its client. A node's clock lag is known only at the
+//! end: when the pods' marks show one, the second pass runs again with it.
 
 use std::net::IpAddr;
 
@@ -32,7 +35,8 @@ use std::hash::BuildHasher as _;
 use foldhash::{HashMap, HashMapExt as _, HashSet};
 
 use super::{
-    Facts, LineCounts, Options, PodEvidence, PodOut, Report, analyse_pods, attribution, capacity,
+    Facts, LineCounts, Options, Pending, PodEvidence, PodOut, Report, Tie, analyse_pods,
+    attribution, capacity,
     clients::{self, Clients},
     clock::{self, NodeClocks},
     conclude, count_lines, identify,
@@ -104,7 +108,12 @@ pub struct Survey {
     retransmit_name: HashMap<IpAddr, u64>,
     /// The line numbers of retransmitted SYNs that said a socket's path.
     retransmit_lines: HashSet<u64>,
-    whole_only: Option<String>,
+    /// The Services (as dialled) that client errors naming only a Service name.
+    service_level: HashSet<String>,
+    /// The traffic loop's own log is left out from the first line ([`Self::again`]).
+    skip_loop_log: bool,
+    /// Lines of the loop's log were folded in before the clients' kernels were seen watched.
+    loop_log_folded: bool,
 }
 
 impl Survey {
@@ -134,7 +143,9 @@ impl Survey {
             path_asked: vec![0; ASKED_SLOTS],
             retransmit_name: HashMap::new(),
             retransmit_lines: HashSet::default(),
-            whole_only: None,
+            service_level: HashSet::default(),
+            skip_loop_log: false,
+            loop_log_folded: false,
         }
     }
 
@@ -142,6 +153,14 @@ impl Survey {
     pub fn add(&mut self, o: &Observation) {
         let n = self.lines;
         self.lines += 1;
+        if attribution::from_traffic_loop(o) {
+            self.traffic_log = true;
+            // Left out of the analysis once the clients' kernels were seen watched.
+            if self.skip_loop_log || self.clients_watched {
+                return;
+            }
+            self.loop_log_folded = true;
+        }
         let t = WallNs::from_timestamp(o.time);
         // A cut before line `c` holds while every line from `c` on is `gap` past every line
         // before it: a line drops the candidates it comes too early for (the latest first:
@@ -191,21 +210,19 @@ impl Survey {
         } else if let (None, Some(ip)) = (&o.pod, o.ip) {
             self.address_only.push((ip, t, n));
         }
-        let from_loop = o.details.kernel().source.as_deref() == Some("traffic");
-        self.traffic_log |= from_loop;
         self.clients_watched |= matches!(o.kind, Kind::ConnError | Kind::SynRetransmit)
             && o.service.is_some()
-            && !from_loop;
-        if self.whole_only.is_none()
+            && !attribution::from_traffic_loop(o);
+        if let Some(service) = &o.service
             && identity::is_error(o.kind)
-            && o.service.is_some()
             && o.ip.is_none()
             && o.pod.is_none()
             && o.pod_uid.is_none()
         {
-            self.whole_only = Some(
-                "a client error naming only a Service: it is tied to whichever pod's window explains it".into(),
-            );
+            let dialled = service.to_string();
+            if !self.service_level.contains(&dialled) {
+                self.service_level.insert(dialled);
+            }
         }
     }
 
@@ -239,6 +256,16 @@ impl Survey {
                 self.retransmit_name.remove(&ip.to_canonical());
             }
         }
+    }
+
+    /// A survey to fold the stream again with, when this one folded in lines of the traffic
+    /// loop's log that the analysis leaves out (the clients' kernels were watched, which a later
+    /// line showed): the next survey leaves them out from the first line.
+    pub fn again(&self) -> Option<Self> {
+        (self.loop_log_folded && self.clients_watched).then(|| Self {
+            skip_loop_log: true,
+            ..Self::new(self.gap_ns)
+        })
     }
 
     /// Pod `uid` (hashed) named with address `ip` at `t`.
@@ -293,21 +320,20 @@ impl Survey {
         for (name, m) in self.offset_moves {
             offset_moves[node_ids[name.as_str()]] = m;
         }
-        let whole_only = self.whole_only.or_else(|| {
-            (self.clients_watched && self.traffic_log)
-                .then(|| "the traffic loop's own log beside the clients' kernel lines".to_owned())
-        });
-        let whole_only = whole_only.or_else(|| {
-            self.cuts.is_empty().then(|| {
-                format!(
-                    "no quiet gap of {} s with the lines in order across it to cut the stream at",
-                    self.gap_ns / 1_000_000_000
-                )
-            })
+        let whole_only = self.cuts.is_empty().then(|| {
+            format!(
+                "no quiet gap of {} s with the lines in order across it to cut the stream at",
+                self.gap_ns / 1_000_000_000
+            )
         });
         let mut path_said = self.path_said;
         let retransmits = &self.retransmit_lines;
         path_said.retain(|_, lines| lines.iter().any(|(n, _)| retransmits.contains(n)));
+        let held_services = self
+            .service_level
+            .iter()
+            .map(|s| self.names.canonical(s))
+            .collect();
         Plan {
             cuts: self.cuts.into_iter().map(|(c, _)| c).collect(),
             lines: self.lines,
@@ -327,6 +353,8 @@ impl Survey {
             path_said,
             path_asked: self.path_asked,
             retransmit_name: self.retransmit_name,
+            held_services,
+            drop_loop_log: self.clients_watched && self.traffic_log,
             whole_only: whole_only.map(WholeOnly),
         }
     }
@@ -346,6 +374,12 @@ pub struct Plan {
     path_said: HashMap<(IpAddr, u16), Vec<(u64, clients::Path)>>,
     path_asked: Vec<u32>,
     retransmit_name: HashMap<IpAddr, u64>,
+    /// The Services (their one name) with client errors naming only them: their pods are
+    /// drafted in their windows but settled at the end ([`Pending`]).
+    held_services: std::collections::HashSet<String>,
+    /// The clients' kernels were watched: the traffic loop's own log is left out
+    /// ([`attribution::without_redundant_instrument_log`]).
+    drop_loop_log: bool,
     /// Set when the stream cannot be analysed a window at a time.
     pub whole_only: Option<WholeOnly>,
 }
@@ -401,6 +435,8 @@ pub(crate) struct Windowed<'p> {
     /// Lines of [`Plan::path_said`] dropped as superseded, and per socket how many.
     superseded_said: HashSet<u64>,
     superseded_asked: HashMap<(IpAddr, u16), u64>,
+    /// The pods of Services with client errors naming only them, and those errors.
+    pending: Pending,
     /// The most lines held at once (a window's and those carried into it).
     pub max_held: usize,
 }
@@ -425,6 +461,10 @@ impl<'p> Windowed<'p> {
             duplicates: 0,
             superseded_said: HashSet::default(),
             superseded_asked: HashMap::new(),
+            pending: Pending {
+                services: plan.held_services.clone(),
+                ..Pending::default()
+            },
             max_held: 0,
         }
     }
@@ -446,6 +486,11 @@ impl<'p> Windowed<'p> {
         }
         self.duplicates += dropped;
         self.observations += obs.len() as u64;
+        if plan.drop_loop_log {
+            let from_loop: Vec<bool> = obs.iter().map(attribution::from_traffic_loop).collect();
+            retain_unmarked(&mut obs, &from_loop);
+            retain_unmarked(&mut numbers, &from_loop);
+        }
         self.check_connections(&obs)?;
         let superseded = attribution::superseded_timeouts(&obs, &|node| plan.node_end[node]);
         for &i in &superseded {
@@ -552,9 +597,9 @@ impl<'p> Windowed<'p> {
             &|i| all_numbers[i],
             facts,
             &self.clocks,
-            None,
+            Tie::AtEnd(&mut self.pending),
         );
-        debug_assert!(unattributed.is_empty(), "the survey sends those whole");
+        debug_assert!(unattributed.is_empty(), "settled at the end");
         self.pods.extend(pods);
         self.carried = all_numbers
             .into_iter()
@@ -659,12 +704,14 @@ impl<'p> Windowed<'p> {
             return Ok(Finish::Again(clocks));
         }
         debug_assert!(self.carried.is_empty());
-        let pods: Vec<PodOut> = self.pods;
+        let mut pods: Vec<PodOut> = self.pods;
+        let (held, unattributed) = self.pending.settle(facts, &self.clocks);
+        pods.extend(held);
         let (report, evidence) = conclude(
             facts,
             &clocks,
             pods,
-            &[],
+            &unattributed,
             self.per_node,
             self.observations,
             options,
@@ -706,8 +753,13 @@ pub fn analyse<E>(
 ) -> Result<Analysis, E> {
     let mut survey = Survey::new(gap_ns);
     replay(&mut |o| survey.add(&o))?;
-    let plan = survey.finish();
     let mut reads = 1;
+    if let Some(mut again) = survey.again() {
+        replay(&mut |o| again.add(&o))?;
+        reads += 1;
+        survey = again;
+    }
+    let plan = survey.finish();
     let mut clocks = None;
     let whole = loop {
         if let Some(why) = &plan.whole_only {
