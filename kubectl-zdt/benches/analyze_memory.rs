@@ -8,6 +8,9 @@
 //! floor, reading and parsing every line into an observation and dropping it (in this process,
 //! the same optimised code as the binary). Measures, never asserts (docs/observations.md,
 //! BENCHMARKS.md). `ZDT_BENCH_KEEP=DIR` keeps the streams in DIR as `stream-<MB>MB.jsonl`.
+//! `ZDT_BENCH_LOOP_LOG=1` adds, for every refusal, the `trace --traffic` loop's own log of it
+//! (a client error naming only the Service, as agents that do not watch the clients leave them),
+//! which the analysis ties to the pods at the stream's end.
 
 use std::{
     io::{BufWriter, Write as _},
@@ -18,7 +21,7 @@ use std::{
 
 use kubectl_zdt::{
     correlate::{input, simulate, time::WallNs},
-    observation::Kind,
+    observation::{Kind, NodeName, Observation, ServiceRef},
 };
 
 const NODES: usize = 1_000;
@@ -27,7 +30,7 @@ const PODS: usize = 100;
 const EVERY_NS: i64 = 20 * 60 * 1_000_000_000;
 
 /// Writes rollouts to `path` until it holds `bytes`; (bytes, lines) written.
-fn generate(path: &Path, bytes: u64) -> std::io::Result<(u64, u64)> {
+fn generate(path: &Path, bytes: u64, loop_log: bool) -> std::io::Result<(u64, u64)> {
     let nodes = simulate::node_names(NODES);
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let (mut written, mut lines) = (0u64, 0u64);
@@ -44,14 +47,30 @@ fn generate(path: &Path, bytes: u64) -> std::io::Result<(u64, u64)> {
         for mut o in simulate::observations(t0, &nodes, &plans, "default/web", 8080) {
             // The simulation's refusals name no client; the agent's do (its port), so two of
             // them are never equal lines (equal ones would be dropped as duplicates).
+            let mut logged = None;
             if o.kind == Kind::Refused {
                 o.peer_port = Some(u16::try_from(lines % 60_000).unwrap_or(0) + 1_024);
+                if loop_log {
+                    // Each its own nanosecond: the loop logs no port to tell two apart.
+                    let at = WallNs::from_timestamp(o.time)
+                        .plus_ns(i64::try_from(lines % 1_000_000).unwrap_or(0));
+                    let mut l = Observation::new(
+                        Kind::ConnError,
+                        at.to_timestamp(),
+                        NodeName("client".into()),
+                    );
+                    l.reason = Some("ECONNREFUSED".into());
+                    l.service = Some(ServiceRef::parse("default/web"));
+                    logged = Some(l.with_extra("source", "traffic"));
+                }
             }
-            let line = o.to_json_line();
-            out.write_all(line.as_bytes())?;
-            out.write_all(b"\n")?;
-            written += line.len() as u64 + 1;
-            lines += 1;
+            for o in std::iter::once(o).chain(logged) {
+                let line = o.to_json_line();
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")?;
+                written += line.len() as u64 + 1;
+                lines += 1;
+            }
         }
         k += 1;
     }
@@ -118,6 +137,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("temporary directory");
     // ZDT_BENCH_KEEP: write the streams there and keep them (to run other builds on them).
     let kept = std::env::var_os("ZDT_BENCH_KEEP").map(std::path::PathBuf::from);
+    let loop_log = std::env::var_os("ZDT_BENCH_LOOP_LOG").is_some_and(|v| v == "1");
     let binary = env!("CARGO_BIN_EXE_kubectl-zdt");
     let mut rows = Vec::new();
     for mb in sizes {
@@ -126,7 +146,7 @@ fn main() {
             .unwrap_or(&dir)
             .join(format!("stream-{mb}MB.jsonl"));
         let started = Instant::now();
-        let (bytes, lines) = generate(&file, mb * 1_000_000).expect("writing the stream");
+        let (bytes, lines) = generate(&file, mb * 1_000_000, loop_log).expect("writing the stream");
         println!(
             "{:.0} MB, {lines} observations ({:.0} bytes a line), generated in {:.1} s; load average {}",
             bytes as f64 / 1e6,
