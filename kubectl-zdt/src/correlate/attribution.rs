@@ -11,7 +11,7 @@
 use super::{model::Cause, time::WallNs};
 use crate::observation::{Kind, Observation};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum ErrorClass {
     Refused,
     Reset,
@@ -363,6 +363,34 @@ pub(crate) fn cause(class: ErrorClass, port: Option<u16>, t: WallNs, w: &PodWind
             }
         }
         ErrorClass::Other => Cause::Unrelated,
+    }
+}
+
+/// The times outside which [`cause`] of an error of `class` is never a cause on pod `w`
+/// ([`Cause::Unrelated`] or [`Cause::Undetermined`]), both ends included; `None` when it never
+/// is. Lets a Service's errors be weighed against the few pods around each, not every pod.
+pub(crate) fn candidacy(class: ErrorClass, w: &PodWindow) -> Option<(WallNs, WallNs)> {
+    const NEVER: WallNs = WallNs(i64::MAX);
+    if class == ErrorClass::Other {
+        return None;
+    }
+    // A new pod's startup: from its first routing until its termination begins.
+    let startup = w.routed_from.map(|from| {
+        let until = w.term_start.map_or(NEVER, |s| s.earliest());
+        (from.earliest(), until)
+    });
+    // Its termination: from the earliest mark until what ends each class's window.
+    let termination = w.term_start.map(|start| {
+        let until = match class {
+            ErrorClass::Refused => w.window_end.map_or(NEVER, Fuzzy::latest),
+            ErrorClass::Reset => w.netns_gone.map_or(NEVER, Fuzzy::latest),
+            ErrorClass::Timeout | ErrorClass::Other => NEVER,
+        };
+        (start.earliest(), until)
+    });
+    match (startup, termination) {
+        (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+        (a, b) => a.or(b),
     }
 }
 
@@ -739,5 +767,49 @@ mod tests {
                 unc_ns: 500_000_040
             }
         );
+    }
+
+    /// A mark of `ms` (from a few around the window's) with an uncertainty, or none.
+    fn mark() -> impl proptest::strategy::Strategy<Value = Option<Fuzzy>> {
+        use proptest::prelude::*;
+        proptest::option::of((
+            -50i64..150,
+            prop_oneof![Just(0u64), 0u64..30_000_000, Just(u64::MAX)],
+        ))
+        .prop_map(|m| m.map(|(ms, unc_ns)| Fuzzy { t: at(ms), unc_ns }))
+    }
+
+    proptest::proptest! {
+        /// Outside its candidacy span a pod never explains an error: the span may only be wider.
+        #[test]
+        fn a_cause_only_ever_falls_within_the_candidacy_span(
+            marks in proptest::collection::vec(mark(), 8),
+            class in 0usize..4,
+            ms in -100i64..200,
+            ports in (proptest::option::of(0u16..3), proptest::option::of(0u16..3)),
+            watched in proptest::prelude::any::<bool>(),
+        ) {
+            let w = PodWindow {
+                term_start: marks[0],
+                listen_closed: marks[1],
+                exit: marks[2],
+                netns_gone: marks[3],
+                window_end: marks[4],
+                port: ports.1,
+                routed_from: marks[5],
+                listen_open: marks[6],
+                listeners_watched: watched,
+            };
+            let class = [ErrorClass::Refused, ErrorClass::Reset, ErrorClass::Timeout, ErrorClass::Other][class];
+            let t = at(ms);
+            let c = cause(class, ports.0, t, &w);
+            if !matches!(c, Cause::Unrelated | Cause::Undetermined) {
+                let span = candidacy(class, &w);
+                proptest::prop_assert!(
+                    span.is_some_and(|(a, b)| a <= t && t <= b),
+                    "{c:?} at {t:?} outside {span:?}"
+                );
+            }
+        }
     }
 }

@@ -104,6 +104,72 @@ pub(crate) fn service_errors(
         .collect()
 }
 
+/// Per error, the pods of its Service whose windows explain it, with the cause each gives, in
+/// `drafted` order. Each Service's errors of one class are swept in time order against its
+/// pods' [`attribution::candidacy`] spans: an error is weighed against the pods whose span holds
+/// its time, not against every pod of the Service (a stream of many rollouts has thousands).
+fn candidates(errors: &[ServiceError], drafted: &[Drafted]) -> Vec<Vec<(usize, Cause)>> {
+    use std::{
+        cmp::Reverse,
+        collections::{BTreeSet, BinaryHeap},
+    };
+    let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (p, d) in drafted.iter().enumerate() {
+        if let Some(s) = &d.draft.tl.service {
+            by_service.entry(s.as_str()).or_default().push(p);
+        }
+    }
+    let mut groups: HashMap<(&str, attribution::ErrorClass), Vec<usize>> = HashMap::new();
+    for (i, e) in errors.iter().enumerate() {
+        groups
+            .entry((e.service.as_str(), e.class))
+            .or_default()
+            .push(i);
+    }
+    let mut out = vec![Vec::new(); errors.len()];
+    for ((service, class), mut group) in groups {
+        let mut spans: Vec<(WallNs, WallNs, usize)> = by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|&p| {
+                attribution::candidacy(class, &drafted[p].draft.window).map(|(a, b)| (a, b, p))
+            })
+            .collect();
+        spans.sort_unstable();
+        group.sort_unstable_by_key(|&i| (errors[i].at.t, i));
+        let (mut next, mut active, mut ends) = (0, BTreeSet::new(), BinaryHeap::new());
+        for i in group {
+            let e = &errors[i];
+            let t = e.at.t;
+            while let Some(&(from, until, p)) = spans.get(next)
+                && from <= t
+            {
+                active.insert(p);
+                ends.push(Reverse((until, p)));
+                next += 1;
+            }
+            while let Some(&Reverse((until, p))) = ends.peek()
+                && until < t
+            {
+                active.remove(&p);
+                ends.pop();
+            }
+            out[i] = active
+                .iter()
+                .map(|&p| {
+                    (
+                        p,
+                        attribution::cause(e.class, e.port, t, &drafted[p].draft.window),
+                    )
+                })
+                .filter(|(_, c)| !matches!(c, Cause::Unrelated | Cause::Undetermined))
+                .collect();
+        }
+    }
+    out
+}
+
 /// Ties each error seen on a Service (a client connecting to a ClusterIP does not know which
 /// backend kube-proxy chose) to the one pod of that Service whose termination explains it.
 /// With zero or several candidates the error stays unattributed: guessing would move errors
@@ -113,12 +179,7 @@ pub(crate) fn attribute_service_errors(
     errors: Vec<ServiceError>,
     drafted: &mut [Drafted],
 ) -> Vec<Unattributed> {
-    let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (p, d) in drafted.iter().enumerate() {
-        if let Some(s) = &d.draft.tl.service {
-            by_service.entry(s.as_str()).or_default().push(p);
-        }
-    }
+    let weighed = candidates(&errors, drafted);
     type Placed = (
         usize,
         attribution::ErrorClass,
@@ -130,20 +191,7 @@ pub(crate) fn attribute_service_errors(
     let mut placed: Vec<Placed> = Vec::new();
     let mut left = Vec::new();
     let mut ambiguous: Vec<(Vec<(usize, Cause)>, Unattributed)> = Vec::new();
-    for e in errors {
-        let service = e.service.as_str();
-        let candidates: Vec<(usize, Cause)> = by_service
-            .get(service)
-            .into_iter()
-            .flatten()
-            .map(|&p| {
-                (
-                    p,
-                    attribution::cause(e.class, e.port, e.at.t, &drafted[p].draft.window),
-                )
-            })
-            .filter(|(_, c)| !matches!(c, Cause::Unrelated | Cause::Undetermined))
-            .collect();
+    for (e, candidates) in errors.into_iter().zip(weighed) {
         let u = Unattributed {
             service: e.service.clone(),
             t: e.at.t,
