@@ -92,7 +92,7 @@ pub fn run() -> anyhow::Result<()> {
 /// of the offline binary give way to it too): about two and a half minutes here. `ZDT_LONG_CASES`
 /// changes the count.
 const LONG_CASES: &str = "4096";
-const PROPERTY_TESTS: [&str; 8] = [
+const PROPERTY_TESTS: [&str; 9] = [
     "journal_fuzz::",
     "decoder_fuzz::",
     "correlate_properties::",
@@ -100,6 +100,7 @@ const PROPERTY_TESTS: [&str; 8] = [
     "recommend::",
     "dataplane::",
     "correlate::input",
+    "correlate::attribution",
     "testbed::kube_proxy",
 ];
 
