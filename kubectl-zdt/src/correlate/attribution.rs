@@ -110,7 +110,7 @@ pub(crate) fn one_timeout_per_connection(
         let end = node_end.entry(o.node.0.as_str()).or_insert(o.time);
         *end = (*end).max(o.time);
     }
-    let superseded = superseded_timeouts(obs, &|node| node_end[node]);
+    let superseded = superseded_timeouts(obs, &|node| node_end[node], &Beyond::NOTHING);
     if superseded.is_empty() {
         return std::borrow::Cow::Borrowed(obs);
     }
@@ -123,11 +123,30 @@ pub(crate) fn one_timeout_per_connection(
     )
 }
 
+/// What a stream holds after the lines given to [`superseded_timeouts`] (one window's of it),
+/// all later than them.
+pub(crate) struct Beyond<'a> {
+    /// Whether a client socket has timeout lines later.
+    pub socket_goes_on: &'a dyn Fn(&TimeoutSocket<'_>) -> bool,
+    /// Whether a connection's last error line is later, and if so whether it is a
+    /// retransmitted SYN.
+    pub connection_ends_later: &'a dyn Fn(&ConnKey) -> Option<bool>,
+}
+
+impl Beyond<'_> {
+    /// The lines given are the whole stream.
+    pub const NOTHING: Beyond<'static> = Beyond {
+        socket_goes_on: &|_| false,
+        connection_ends_later: &|_| None,
+    };
+}
+
 /// The lines [`one_timeout_per_connection`] drops, in order, given where each node's lines end
-/// (in the whole stream).
+/// (in the whole stream) and what the stream holds after them.
 pub(crate) fn superseded_timeouts(
     obs: &[Observation],
     node_end: &dyn Fn(&str) -> jiff::Timestamp,
+    beyond: &Beyond<'_>,
 ) -> Vec<usize> {
     use foldhash::{HashMap, HashMapExt as _};
     let mut lines: HashMap<TimeoutSocket<'_>, Vec<usize>> = HashMap::new();
@@ -140,16 +159,23 @@ pub(crate) fn superseded_timeouts(
     // The kernel hands the port of a connect the client gave up on to a later connect, which
     // conntrack may send to the same gone backend: an error line ends a connection, and the
     // lines after it are the next one's (on a real node 15 of 102 timeouts had reused a port).
-    for mut socket in lines.into_values() {
+    for (key, mut socket) in lines {
         socket.sort_unstable_by_key(|&i| (obs[i].time, i));
         for pair in socket.windows(2) {
             if obs[pair[0]].kind != Kind::ConnError {
                 superseded.push(pair[0]);
             }
         }
-        if let Some(&last) = socket.last()
-            && answered_after_retransmitting(obs, &socket, node_end(obs[last].node.0.as_str()))
-        {
+        let Some(&last) = socket.last() else {
+            continue;
+        };
+        let gone = if (beyond.socket_goes_on)(&key) {
+            // A later line follows it: the rule of the pairs above.
+            obs[last].kind != Kind::ConnError
+        } else {
+            answered_after_retransmitting(obs, &socket, node_end(obs[last].node.0.as_str()))
+        };
+        if gone {
             superseded.push(last);
         }
     }
@@ -172,12 +198,14 @@ pub(crate) fn superseded_timeouts(
         if o.kind != Kind::SynRetransmit {
             continue;
         }
-        if let (Some(c), Some(cp), Some(ip), Some(port)) = (o.peer_ip, o.peer_port, o.ip, o.port)
-            && ended
-                .get(&(c, cp, ip, port))
-                .is_some_and(|&(_, last)| last != i && obs[last].kind != Kind::SynRetransmit)
-            && !superseded.contains(&i)
-        {
+        let Some(key) = conn_key(o) else { continue };
+        let answered = match (beyond.connection_ends_later)(&key) {
+            Some(later_is_retransmit) => !later_is_retransmit,
+            None => ended
+                .get(&key)
+                .is_some_and(|&(_, last)| last != i && obs[last].kind != Kind::SynRetransmit),
+        };
+        if answered {
             superseded.push(i);
         }
     }
@@ -635,20 +663,22 @@ mod tests {
         assert!(!probes.contains(&lines[2]), "another client's refusal");
     }
 
+    /// A line of one client connection (198.18.0.1:47498 → 198.18.0.9:8080) on node vm.
+    fn line(kind: Kind, ms: i64) -> Observation {
+        let mut o = Observation::new(
+            kind,
+            at(ms).to_timestamp(),
+            crate::observation::NodeName("vm".into()),
+        );
+        o.ip = Some("198.18.0.9".parse().unwrap());
+        o.port = Some(8080);
+        o.peer_ip = Some("198.18.0.1".parse().unwrap());
+        o.peer_port = Some(47_498);
+        o
+    }
+
     #[test]
     fn a_retransmitted_syn_that_was_then_refused_is_one_refusal() {
-        let line = |kind: Kind, ms: i64| {
-            let mut o = Observation::new(
-                kind,
-                at(ms).to_timestamp(),
-                crate::observation::NodeName("vm".into()),
-            );
-            o.ip = Some("198.18.0.9".parse().unwrap());
-            o.port = Some(8080);
-            o.peer_ip = Some("198.18.0.1".parse().unwrap());
-            o.peer_port = Some(47_498);
-            o
-        };
         let obs = vec![line(Kind::Refused, 1_005), line(Kind::SynRetransmit, 1_000)];
         let kept = one_timeout_per_connection(&obs);
         assert_eq!(kept.len(), 1);
@@ -680,6 +710,34 @@ mod tests {
                 "stream to {end_ms} ms"
             );
         }
+    }
+
+    /// A window's lines weighed with what the stream holds after them: the verdicts the whole
+    /// stream gives its lines.
+    #[test]
+    fn lines_of_later_windows_decide_as_if_they_were_there() {
+        // The stream ends right after a retransmitted SYN: open, kept.
+        let window = vec![line(Kind::SynRetransmit, 1_000)];
+        let end = |_: &str| at(1_000).to_timestamp();
+        assert!(superseded_timeouts(&window, &end, &Beyond::NOTHING).is_empty());
+        // The socket's next line is in a later window: superseded, as by a line after it here.
+        let goes_on = Beyond {
+            socket_goes_on: &|_| true,
+            connection_ends_later: &|_| None,
+        };
+        assert_eq!(superseded_timeouts(&window, &end, &goes_on), vec![0]);
+        // Its connection's last error line is later: answered unless that is a retransmit.
+        for (later_is_retransmit, dropped) in [(false, vec![0]), (true, vec![])] {
+            let ends = Beyond {
+                socket_goes_on: &|_| false,
+                connection_ends_later: &move |_| Some(later_is_retransmit),
+            };
+            assert_eq!(superseded_timeouts(&window, &end, &ends), dropped);
+        }
+        // An error line ends its socket's connection whatever follows.
+        let mut error = line(Kind::ConnError, 1_000);
+        error.reason = Some("ETIMEDOUT".into());
+        assert!(superseded_timeouts(&[error], &end, &goes_on).is_empty());
     }
 
     #[test]

@@ -19,13 +19,15 @@
 //! A client's error naming only a Service is tied to whichever of the Service's pods explains
 //! it, anywhere in the stream: the survey lists those Services, their pods are drafted in their
 //! windows but settled only at the end ([`super::Pending`]), with each such error reduced to
-//! what the tie weighs (its time, class, port, count and client; the line is freed).
+//! what the tie weighs (its time, class, port, count and client; the line is freed). A client
+//! socket's timeout lines, or a connection's error lines, in two windows are weighed together
+//! as the whole stream weighs them: the survey keeps per socket its last line and per
+//! connection its last error line ([`attribution::Beyond`]).
 //!
 //! Where a construct's answer could depend on lines of two windows in a way this does not
 //! carry, the stream is analysed whole instead ([`WholeOnly`]), never differently: a line
-//! naming only a pod name that a pod of an earlier window had, or one address that one, a client socket's timeouts or a
-//! retransmitted connection in two windows (their lines are weighed together), a superseded
-//! retransmitted SYN with the last word on its client. A node's clock lag is known only at the
+//! naming only a pod name that a pod of an earlier window had, or one address that one, a
+//! superseded retransmitted SYN with the last word on its client. A node's clock lag is known only at the
 //! end: when the pods' marks show one, the second pass runs again with it.
 
 use std::net::IpAddr;
@@ -110,6 +112,12 @@ pub struct Survey {
     retransmit_lines: HashSet<u64>,
     /// The Services (as dialled) that client errors naming only a Service name.
     service_level: HashSet<String>,
+    /// Per client socket with timeout lines (8-byte hash), its last line; per connection with
+    /// error lines, its last error line by time (time, line, whether a retransmitted SYN):
+    /// a window weighs its timeout lines against the later windows' with them
+    /// ([`attribution::Beyond`]).
+    socket_last: HashMap<u64, u64>,
+    connection_last: HashMap<u64, (WallNs, u64, bool)>,
     /// The traffic loop's own log is left out from the first line ([`Self::again`]).
     skip_loop_log: bool,
     /// Lines of the loop's log were folded in before the clients' kernels were seen watched.
@@ -144,6 +152,8 @@ impl Survey {
             retransmit_name: HashMap::new(),
             retransmit_lines: HashSet::default(),
             service_level: HashSet::default(),
+            socket_last: HashMap::new(),
+            connection_last: HashMap::new(),
             skip_loop_log: false,
             loop_log_folded: false,
         }
@@ -213,6 +223,19 @@ impl Survey {
         self.clients_watched |= matches!(o.kind, Kind::ConnError | Kind::SynRetransmit)
             && o.service.is_some()
             && !attribution::from_traffic_loop(o);
+        if let Some(socket) = attribution::timeout_socket(o) {
+            self.socket_last.insert(self.hasher.hash_one(socket), n);
+        }
+        if let Some(c) = attribution::error_connection(o) {
+            let last = (t, n, o.kind == Kind::SynRetransmit);
+            let e = self
+                .connection_last
+                .entry(self.hasher.hash_one(c))
+                .or_insert(last);
+            if (last.0, last.1) > (e.0, e.1) {
+                *e = last;
+            }
+        }
         if let Some(service) = &o.service
             && identity::is_error(o.kind)
             && o.ip.is_none()
@@ -354,6 +377,8 @@ impl Survey {
             path_asked: self.path_asked,
             retransmit_name: self.retransmit_name,
             held_services,
+            socket_last: self.socket_last,
+            connection_last: self.connection_last,
             drop_loop_log: self.clients_watched && self.traffic_log,
             whole_only: whole_only.map(WholeOnly),
         }
@@ -377,6 +402,8 @@ pub struct Plan {
     /// The Services (their one name) with client errors naming only them: their pods are
     /// drafted in their windows but settled at the end ([`Pending`]).
     held_services: std::collections::HashSet<String>,
+    socket_last: HashMap<u64, u64>,
+    connection_last: HashMap<u64, (WallNs, u64, bool)>,
     /// The clients' kernels were watched: the traffic loop's own log is left out
     /// ([`attribution::without_redundant_instrument_log`]).
     drop_loop_log: bool,
@@ -405,11 +432,6 @@ struct Closed {
     claims: HashMap<IpAddr, WallNs>,
     /// Addresses of pods known only by address, drafted already.
     anon: HashSet<IpAddr>,
-    /// Hashes of the client sockets with timeout lines, and of the connections with
-    /// retransmitted SYNs, in earlier windows ([`attribution::one_timeout_per_connection`]
-    /// weighs their lines together).
-    timeout_sockets: HashSet<u64>,
-    retransmit_connections: HashSet<u64>,
 }
 
 /// The result of pass 2.
@@ -491,8 +513,23 @@ impl<'p> Windowed<'p> {
             retain_unmarked(&mut obs, &from_loop);
             retain_unmarked(&mut numbers, &from_loop);
         }
-        self.check_connections(&obs)?;
-        let superseded = attribution::superseded_timeouts(&obs, &|node| plan.node_end[node]);
+        let superseded = attribution::superseded_timeouts(
+            &obs,
+            &|node| plan.node_end[node],
+            &attribution::Beyond {
+                socket_goes_on: &|socket| {
+                    plan.socket_last
+                        .get(&plan.hasher.hash_one(socket))
+                        .is_some_and(|&last| last >= end)
+                },
+                connection_ends_later: &|c| {
+                    plan.connection_last
+                        .get(&plan.hasher.hash_one(c))
+                        .filter(|&&(_, last, _)| last >= end)
+                        .map(|&(_, _, retransmit)| retransmit)
+                },
+            },
+        );
         for &i in &superseded {
             let (o, n) = (&obs[i], numbers[i]);
             let client = o.peer_ip.map(|ip| ip.to_canonical());
@@ -607,41 +644,6 @@ impl<'p> Windowed<'p> {
             .zip(keep)
             .filter_map(|(line, keep)| keep.then_some(line))
             .collect();
-        Ok(())
-    }
-
-    /// Whether a window's own lines share a client socket's timeouts or a retransmitted
-    /// connection with an earlier window's, which the whole stream weighs together; then
-    /// remembers this window's.
-    fn check_connections(&mut self, fresh: &[Observation]) -> Result<(), WholeOnly> {
-        let h = &self.plan.hasher;
-        let sockets: Vec<u64> = fresh
-            .iter()
-            .filter_map(attribution::timeout_socket)
-            .map(|k| h.hash_one(k))
-            .collect();
-        let connections: Vec<(u64, bool)> = fresh
-            .iter()
-            .filter_map(|o| {
-                attribution::error_connection(o)
-                    .map(|k| (h.hash_one(k), o.kind == Kind::SynRetransmit))
-            })
-            .collect();
-        if sockets
-            .iter()
-            .any(|k| self.closed.timeout_sockets.contains(k))
-            || connections
-                .iter()
-                .any(|(k, _)| self.closed.retransmit_connections.contains(k))
-        {
-            return Err(WholeOnly(
-                "a client socket's timeouts or a retransmitted connection in two windows".into(),
-            ));
-        }
-        self.closed.timeout_sockets.extend(sockets);
-        self.closed
-            .retransmit_connections
-            .extend(connections.into_iter().filter(|c| c.1).map(|c| c.0));
         Ok(())
     }
 

@@ -33,6 +33,9 @@ struct Shape {
     service_errors: bool,
     /// A client's retransmitted SYNs toward a gone pod, each rollout.
     timeouts: bool,
+    /// That client uses one port in every rollout: its socket (and, with the pods' reused
+    /// addresses, its connection) has lines in several windows.
+    port_reuse: bool,
     seed: u64,
 }
 
@@ -127,10 +130,15 @@ fn stream(shape: &Shape) -> (Vec<Observation>, Vec<(usize, usize)>) {
         if shape.timeouts {
             // A client dialling the first pod's address after its network went: SYNs
             // retransmitted, then (or not: the node's lines go on, so it was answered) its
-            // ETIMEDOUT. Its own port each rollout.
+            // ETIMEDOUT. Its own port each rollout, or one for all.
             let p = &plans[0];
             let gone = p.sigterm_ms() + p.exit_after_sigterm_ms + p.netns_after_exit_ms;
-            let port = 30_000 + u16::try_from(k).unwrap();
+            let port = 30_000
+                + if shape.port_reuse {
+                    0
+                } else {
+                    u16::try_from(k).unwrap()
+                };
             let line = |ms: i64, kind| {
                 let mut o = Observation::new(
                     kind,
@@ -207,12 +215,17 @@ fn quiet(rollouts: usize, nodes: usize, pods: usize, seed: u64) -> Shape {
         skew_ms: vec![(0, false); nodes],
         service_errors: false,
         timeouts: true,
+        port_reuse: false,
         seed,
     }
 }
 
 fn shapes() -> impl Strategy<Value = Shape> {
-    let flags = (prop::bool::weighted(0.2), any::<bool>());
+    let flags = (
+        prop::bool::weighted(0.2),
+        any::<bool>(),
+        prop::bool::weighted(0.3),
+    );
     (2usize..5, 1usize..4, 1usize..4, any::<u64>(), flags)
         .prop_flat_map(|(rollouts, nodes, pods, seed, flags)| {
             (
@@ -221,14 +234,17 @@ fn shapes() -> impl Strategy<Value = Shape> {
             )
         })
         .prop_map(
-            |(skew_ms, (rollouts, nodes, pods, seed, (service_errors, timeouts)))| Shape {
-                rollouts,
-                nodes,
-                pods,
-                skew_ms,
-                service_errors,
-                timeouts,
-                seed,
+            |(skew_ms, (rollouts, nodes, pods, seed, (service_errors, timeouts, port_reuse)))| {
+                Shape {
+                    rollouts,
+                    nodes,
+                    pods,
+                    skew_ms,
+                    service_errors,
+                    timeouts,
+                    port_reuse,
+                    seed,
+                }
             },
         )
 }
@@ -417,22 +433,23 @@ fn after(o: &Observation, ms: i64, kind: Kind, node: &str) -> Observation {
     )
 }
 
+/// The client reuses its port in every rollout, and the first and the fourth rollout's first
+/// pods have one address: the whole stream weighs those lines as one socket's (a retransmitted
+/// SYN followed by a later line is superseded) and one connection's (a retransmitted SYN whose
+/// connection's last line is a later error was answered); so do the windows, each with what
+/// the survey kept of the later ones.
 #[test]
-fn one_client_socket_timing_out_in_two_windows_sends_the_stream_whole() {
-    let shape = quiet(4, 2, 2, 5);
-    let (mut obs, _) = stream(&shape);
-    // The client reuses its port in every rollout, and the first and the fourth rollout's
-    // first pods have one address: the whole stream weighs those lines as one socket's.
-    for o in &mut obs {
-        if o.peer_ip == Some("10.244.9.7".parse().unwrap()) {
-            o.peer_port = Some(30_000);
-        }
+fn one_client_socket_timing_out_in_several_windows_is_weighed_as_in_the_whole_stream() {
+    for seed in 0..16 {
+        let shape = Shape {
+            port_reuse: true,
+            ..quiet(4, 2, 2, seed)
+        };
+        let (obs, _) = stream(&shape);
+        let a = assert_same(&obs, CUT_GAP_NS);
+        assert_eq!(a.whole, None);
+        assert_eq!(a.windows, 4);
     }
-    let why = assert_same(&obs, CUT_GAP_NS)
-        .whole
-        .expect("analysed whole")
-        .0;
-    assert!(why.contains("in two windows"), "{why}");
 }
 
 #[test]
@@ -505,4 +522,37 @@ fn a_traffic_loop_log_before_the_first_watched_client_is_left_out_of_the_survey(
     assert_eq!(a.whole, None);
     // The survey, the survey without the log, the windows.
     assert_eq!(a.reads, 3);
+}
+
+/// A client node's last line is a retransmitted SYN (its outcome open), and the pod's node
+/// refuses the same connection a rollout later (the client's port and the pod's address
+/// reused): the whole stream counts the SYN as answered by that refusal; so does the window
+/// of the SYN, from what the survey kept of the later one.
+#[test]
+fn a_retransmit_answered_in_a_later_window_is_answered_in_its_own() {
+    let (mut obs, _) = stream(&Shape {
+        timeouts: false,
+        ..quiet(2, 1, 1, 11)
+    });
+    let first = earliest(&obs, Kind::NetnsGone);
+    let ip = first.ip.expect("the pod's address");
+    let conn = |mut o: Observation| {
+        o.ip = Some(ip);
+        o.port = Some(8080);
+        o.peer_ip = Some("10.244.9.5".parse().unwrap());
+        o.peer_port = Some(31_000);
+        o
+    };
+    // Its earlier connect from that port was refused: that line, kept, said the client's path
+    // before the SYN did.
+    let mut before = conn(after(&first, 50, Kind::ConnError, "client-node"));
+    before.reason = Some("ECONNREFUSED".into());
+    let retransmit = conn(after(&first, 100, Kind::SynRetransmit, "client-node"));
+    let mut refused = conn(after(&first, EVERY_MS + 200, Kind::Refused, "node-0000"));
+    refused.reason = Some("NO_SOCKET".into());
+    obs.extend([before, retransmit, refused]);
+    obs.sort_by_key(|o| o.time);
+    let a = assert_same(&obs, CUT_GAP_NS);
+    assert_eq!(a.whole, None);
+    assert_eq!(a.windows, 2);
 }
