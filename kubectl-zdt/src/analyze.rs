@@ -1,7 +1,7 @@
 //! `kubectl zdt analyze FILE…`: read observation streams, correlate, print the report.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -22,7 +22,8 @@ const SHOWN_PROBLEMS: usize = 20;
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
     /// Observation streams, JSON lines (agent output, `journalctl -o cat` or `-o json`, a
-    /// capture); `-` reads standard input. Several files are merged (any order).
+    /// capture); `-` reads standard input. Several files (one per node, say) are read merged
+    /// by the observations' time.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 
@@ -123,18 +124,13 @@ impl Source {
         })
     }
 
-    /// Reads the source from its start, handing each observation to `each`; its unreadable
-    /// lines as `NAME:LINE: problem`. A compressed stream is one error naming the tool that
-    /// reads it.
-    fn read(
-        &mut self,
-        each: &mut dyn FnMut(Observation),
-        rejected: &mut Vec<String>,
-    ) -> anyhow::Result<()> {
+    /// The observations of the source from its start. A compressed stream is one error naming
+    /// the tool that reads it.
+    fn lines(&mut self) -> anyhow::Result<input::Reader<BufReader<Box<dyn Read + '_>>>> {
         use std::io::Seek as _;
         let name = &self.name;
         let mut file = &self.file;
-        let source: Box<dyn std::io::Read + '_> = if std::mem::take(&mut self.stdin) {
+        let source: Box<dyn Read + '_> = if std::mem::take(&mut self.stdin) {
             Box::new(Tee {
                 inner: std::io::stdin().lock(),
                 copy: file,
@@ -154,15 +150,42 @@ impl Source {
                 "{name} is {kind}-compressed; observations are JSON lines: uncompress it first, e.g. `{cat} {shown} | kubectl zdt analyze -`"
             );
         }
-        let problems =
-            input::read_stream(reader, each).with_context(|| format!("failed to read {name}"))?;
+        Ok(input::Reader::new(reader))
+    }
+}
+
+/// Reads `sources` from their start merged by the observations' time ([`input::Merged`]: one
+/// file per node of the same hours reads as one stream in time order, which the analysis can
+/// cut into windows), handing each observation to `each`; their unreadable lines as
+/// `NAME:LINE: problem`, file by file.
+fn read_merged(
+    sources: &mut [Source],
+    each: &mut dyn FnMut(Observation),
+    rejected: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let readers = sources
+        .iter_mut()
+        .map(Source::lines)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut merged = input::Merged::new(readers);
+    for o in &mut merged {
+        match o {
+            Ok(o) => each(o),
+            Err((i, e)) => {
+                return Err(anyhow::Error::new(e).context(format!("failed to read {}", names[i])));
+            }
+        }
+    }
+    for (name, reader) in names.iter().zip(merged.into_streams()) {
         rejected.extend(
-            problems
+            reader
+                .problems
                 .into_iter()
                 .map(|p| format!("{name}:{}: {}", p.line, p.problem)),
         );
-        Ok(())
     }
+    Ok(())
 }
 
 pub use crate::correlate::input::drop_duplicates;
@@ -213,9 +236,9 @@ fn nothing_read(files: &[PathBuf]) -> anyhow::Error {
     )
 }
 
-/// `files` (`-` is standard input) analysed a window at a time where the stream allows
-/// (`correlate::window`: the memory held grows with what is alive at one time, not with the
-/// stream), else whole; only the observations `keep` accepts. The unreadable lines are
+/// `files` (`-` is standard input) merged by time ([`read_merged`]), analysed a window at a
+/// time where the stream allows (`correlate::window`: the memory held grows with what is alive
+/// at one time, not with the stream), else whole; only the observations `keep` accepts. The unreadable lines are
 /// reported on stderr (the first few one by one) and returned as `FILE:LINE: problem`; the
 /// duplicates warning is printed. An error when no line at all could be read.
 pub(crate) fn analyse_streams(
@@ -236,16 +259,15 @@ pub(crate) fn analyse_streams(
             let began = std::time::Instant::now();
             // The unreadable lines of the first reading only: every reading meets the same.
             let mut problems = Vec::new();
-            for s in &mut sources {
-                s.read(
-                    &mut |o| {
-                        if keep(&o) {
-                            each(o);
-                        }
-                    },
-                    &mut problems,
-                )?;
-            }
+            read_merged(
+                &mut sources,
+                &mut |o| {
+                    if keep(&o) {
+                        each(o);
+                    }
+                },
+                &mut problems,
+            )?;
             rejected.get_or_insert(problems);
             // The first reading is the survey; each later one also analyses.
             tracing::debug!(

@@ -211,45 +211,184 @@ pub fn compression(head: &[u8]) -> Option<(&'static str, &'static str)> {
 }
 
 /// Reads `r` line by line as bytes, handing each observation to `each` as soon as it is read
-/// (the text is never held whole), and returns a problem per unreadable line. A line that is not
-/// UTF-8 is one such problem; a line over [`MAX_LINE_BYTES`] is the last one: reading stops
-/// there without holding more of it. An error only when `r` itself fails.
+/// (the text is never held whole), and returns a problem per unreadable line ([`Reader`]). An
+/// error only when `r` itself fails.
 pub fn read_stream(
-    mut r: impl std::io::BufRead,
+    r: impl std::io::BufRead,
     mut each: impl FnMut(Observation),
 ) -> std::io::Result<Vec<LineError>> {
-    use std::io::{BufRead as _, Read as _};
-    let mut errors = Vec::new();
-    let mut buf = Vec::with_capacity(1024);
-    let mut line = 0u64;
-    loop {
-        buf.clear();
-        let limit = u64::try_from(MAX_LINE_BYTES).unwrap_or(u64::MAX) + 1;
-        if (&mut r).take(limit).read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
-        line += 1;
-        if buf.len() > MAX_LINE_BYTES {
-            errors.push(LineError {
-                line,
-                problem: LineProblem::TooLong,
-            });
-            break;
-        }
-        let parsed = match std::str::from_utf8(&buf) {
-            Ok(text) => parse_line(text),
-            Err(e) => Err(LineProblem::NotUtf8 {
-                at: e.valid_up_to() + 1,
-                byte: buf[e.valid_up_to()],
-            }),
-        };
-        match parsed {
-            Ok(Some(o)) => each(o),
-            Ok(None) => {}
-            Err(problem) => errors.push(LineError { line, problem }),
+    let mut reader = Reader::new(r);
+    for o in &mut reader {
+        each(o?);
+    }
+    Ok(reader.problems)
+}
+
+/// The observations of a stream, read line by line as they are asked for (the text is never
+/// held whole); a problem per unreadable line is kept in [`Self::problems`]. A line that is not
+/// UTF-8 is one such problem; a line over [`MAX_LINE_BYTES`] is the last one: reading stops
+/// there without holding more of it. An error of the stream itself is the last item.
+pub struct Reader<R> {
+    r: R,
+    buf: Vec<u8>,
+    line: u64,
+    done: bool,
+    /// The unreadable lines so far, in order.
+    pub problems: Vec<LineError>,
+}
+
+impl<R: std::io::BufRead> Reader<R> {
+    pub fn new(r: R) -> Self {
+        Self {
+            r,
+            buf: Vec::with_capacity(1024),
+            line: 0,
+            done: false,
+            problems: Vec::new(),
         }
     }
-    Ok(errors)
+}
+
+impl<R: std::io::BufRead> Iterator for Reader<R> {
+    type Item = std::io::Result<Observation>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::{BufRead as _, Read as _};
+        let limit = u64::try_from(MAX_LINE_BYTES).unwrap_or(u64::MAX) + 1;
+        while !self.done {
+            self.buf.clear();
+            match (&mut self.r).take(limit).read_until(b'\n', &mut self.buf) {
+                Ok(0) => self.done = true,
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+            if self.done {
+                break;
+            }
+            self.line += 1;
+            let line = self.line;
+            if self.buf.len() > MAX_LINE_BYTES {
+                self.problems.push(LineError {
+                    line,
+                    problem: LineProblem::TooLong,
+                });
+                self.done = true;
+                break;
+            }
+            let parsed = match std::str::from_utf8(&self.buf) {
+                Ok(text) => parse_line(text),
+                Err(e) => Err(LineProblem::NotUtf8 {
+                    at: e.valid_up_to() + 1,
+                    byte: self.buf[e.valid_up_to()],
+                }),
+            };
+            match parsed {
+                Ok(Some(o)) => return Some(Ok(o)),
+                Ok(None) => {}
+                Err(problem) => self.problems.push(LineError { line, problem }),
+            }
+        }
+        None
+    }
+}
+
+/// Several streams' observations merged by time: each next one is the earliest of the streams'
+/// next ones, on a tie the one of the stream given first. Each stream's own order is kept, so a
+/// stream out of order merges too, and the same streams always merge in the same order. A
+/// stream's error is handed with the stream's index (`streams[i]`), and that stream ends there.
+pub struct Merged<I, E> {
+    streams: Vec<I>,
+    /// Each stream's next observation, read ahead (none once it ended): the earliest on top.
+    heads: std::collections::BinaryHeap<std::cmp::Reverse<Head>>,
+    /// The streams not read ahead yet: all of them before the first item.
+    unread: std::ops::Range<usize>,
+    /// A stream's error met reading ahead, handed next.
+    failed: Option<(usize, E)>,
+}
+
+/// A stream's next observation, ordered by its time, then the stream's index.
+struct Head(Observation, usize);
+
+impl Head {
+    fn key(&self) -> (Timestamp, usize) {
+        (self.0.time, self.1)
+    }
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Head {}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl<I, E> Merged<I, E>
+where
+    I: Iterator<Item = Result<Observation, E>>,
+{
+    pub fn new(streams: Vec<I>) -> Self {
+        let n = streams.len();
+        Self {
+            streams,
+            heads: std::collections::BinaryHeap::with_capacity(n),
+            unread: 0..n,
+            failed: None,
+        }
+    }
+
+    /// The streams, to read what they kept (a [`Reader`]'s problems).
+    pub fn into_streams(self) -> Vec<I> {
+        self.streams
+    }
+
+    /// Reads stream `i`'s next observation ahead; its error, if it fails.
+    fn read_ahead(&mut self, i: usize) -> Result<(), (usize, E)> {
+        match self.streams[i].next() {
+            Some(Ok(o)) => self.heads.push(std::cmp::Reverse(Head(o, i))),
+            Some(Err(e)) => return Err((i, e)),
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+impl<I, E> Iterator for Merged<I, E>
+where
+    I: Iterator<Item = Result<Observation, E>>,
+{
+    type Item = Result<Observation, (usize, E)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
+        while let Some(i) = self.unread.next() {
+            if let Err(e) = self.read_ahead(i) {
+                return Some(Err(e));
+            }
+        }
+        let std::cmp::Reverse(Head(o, i)) = self.heads.pop()?;
+        if let Err(e) = self.read_ahead(i) {
+            self.failed = Some(e);
+        }
+        Some(Ok(o))
+    }
 }
 
 /// Drops the observations that equal an earlier one (same node, kind, time and every field):
@@ -433,7 +572,110 @@ mod tests {
         assert_eq!(compression(b""), None);
     }
 
+    /// Observations at these seconds (0 = 2026-11-22T01:16:45Z), told apart by `count`.
+    fn at(seconds: &[(u8, u64)]) -> Vec<Result<Observation, &'static str>> {
+        let t0: Timestamp = "2026-11-22T01:16:45Z".parse().unwrap();
+        seconds
+            .iter()
+            .map(|&(s, id)| {
+                let mut o = Observation::new(
+                    Kind::Refused,
+                    t0 + jiff::SignedDuration::from_secs(s.into()),
+                    crate::observation::NodeName("a".into()),
+                );
+                o.count = Some(id);
+                Ok(o)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_streams_error_is_handed_with_its_index_and_the_others_go_on() {
+        let mut failing = at(&[(1, 10), (5, 11)]);
+        failing.insert(1, Err("disk gone"));
+        failing.push(Ok(Observation::new(
+            Kind::Refused,
+            "2026-11-22T01:16:46Z".parse().unwrap(),
+            crate::observation::NodeName("a".into()),
+        )));
+        let streams = vec![
+            at(&[(0, 0), (2, 1), (3, 2)]).into_iter(),
+            failing.into_iter(),
+        ];
+        let got: Vec<Result<u64, (usize, &str)>> = Merged::new(streams)
+            .map(|r| r.map(|o| o.count.unwrap_or(99)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![Ok(0), Ok(10), Err((1, "disk gone")), Ok(1), Ok(2)]
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn streams_merge_by_time_ties_to_the_first_given_each_in_its_own_order(
+            streams in proptest::collection::vec(
+                proptest::collection::vec(0u8..6, 0..12), 0..5),
+            sorted in proptest::prelude::any::<bool>(),
+        ) {
+            // Seconds from a few values: many ties within and across streams; each line's
+            // `count` says its stream and place in it.
+            let streams: Vec<Vec<(u8, u64)>> = streams
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut secs)| {
+                    if sorted {
+                        secs.sort_unstable();
+                    }
+                    secs.into_iter()
+                        .enumerate()
+                        .map(|(k, s)| (s, (i * 100 + k) as u64))
+                        .collect()
+                })
+                .collect();
+            let merged = || -> Vec<(u8, u64)> {
+                let t0: Timestamp = "2026-11-22T01:16:45Z".parse().unwrap();
+                Merged::new(streams.iter().map(|s| at(s).into_iter()).collect())
+                    .map(|o| {
+                        let o = o.unwrap();
+                        let s = o.time.duration_since(t0).as_secs();
+                        (u8::try_from(s).unwrap(), o.count.unwrap())
+                    })
+                    .collect()
+            };
+            let got = merged();
+            // The same order at every reading, every line once, each stream's own order kept.
+            proptest::prop_assert_eq!(&got, &merged());
+            let mut all: Vec<(u8, u64)> = streams.concat();
+            let mut seen = got.clone();
+            all.sort_unstable_by_key(|l| l.1);
+            seen.sort_unstable_by_key(|l| l.1);
+            proptest::prop_assert_eq!(&seen, &all);
+            for (i, s) in streams.iter().enumerate() {
+                let own: Vec<(u8, u64)> =
+                    got.iter().copied().filter(|l| l.1 / 100 == i as u64).collect();
+                proptest::prop_assert_eq!(&own, s);
+            }
+            // Each stream in order: the merge is in time order, ties to the stream given first.
+            if sorted {
+                let mut expected = got.clone();
+                expected.sort_by_key(|&(s, id)| (s, id / 100));
+                proptest::prop_assert_eq!(got, expected);
+            }
+            // In any order: each next line is the earliest of the streams' next ones.
+            let mut next = vec![0usize; streams.len()];
+            for &(s, id) in &merged() {
+                let i = (id / 100) as usize;
+                let heads = streams
+                    .iter()
+                    .zip(&next)
+                    .enumerate()
+                    .filter_map(|(j, (st, &k))| st.get(k).map(|h| (h.0, j)));
+                proptest::prop_assert_eq!(heads.min(), Some((s, i)));
+                next[i] += 1;
+            }
+        }
+
         #[test]
         fn any_bytes_are_read_or_named_by_line_never_a_panic(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2_000),

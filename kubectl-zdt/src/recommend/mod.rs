@@ -42,8 +42,8 @@ pub struct RecommendArgs {
 
     /// Read the observations (JSON lines: `kubectl zdt trace --save`, `demo --record`, an
     /// agent's output, a journal export) from these files instead of the agents, and take the
-    /// current settings from what the pods were seen to run with. Repeatable; `-` reads
-    /// standard input.
+    /// current settings from what the pods were seen to run with. Repeatable (several files
+    /// are read merged by the observations' time); `-` reads standard input.
     #[arg(long = "from-file", value_name = "FILE")]
     pub from_file: Vec<PathBuf>,
 

@@ -596,3 +596,146 @@ fn a_long_stream_on_stdin_is_analysed_a_window_at_a_time_to_the_whole_streams_re
         .push("1 duplicate observation dropped (the same node, kind, time and fields as another line: the same stream given twice?)".into());
     assert_eq!(stdout(&out), report::render(&whole, Format::Json).unwrap());
 }
+
+/// `lines` split by node: (node, its lines as text, in the stream's order), nodes in order of
+/// their first line.
+fn split_by_node<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let node = v["node"].as_str().unwrap().to_owned();
+        let at = match files.iter().position(|(n, _)| *n == node) {
+            Some(at) => at,
+            None => {
+                files.push((node, String::new()));
+                files.len() - 1
+            }
+        };
+        files[at].1.push_str(line);
+        files[at].1.push('\n');
+    }
+    files
+}
+
+/// A temporary directory of this process, `name`, empty.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zdt-analyze-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn one_file_per_node_is_merged_by_time_and_analysed_a_window_at_a_time() {
+    // Each node's agent writes its own stream: three rollouts split into one file per node
+    // (each out of order within a rollout, as the generator writes them), the API's lines on
+    // standard input. Read one after the other they never go back less than 120 s in time,
+    // so they could not be cut; merged by time they are cut between the rollouts.
+    let text: String = three_rollouts()
+        .iter()
+        .map(|o| o.to_json_line() + "\n")
+        .collect();
+    let dir = scratch("per-node");
+    let whole_file = dir.join("all.jsonl");
+    std::fs::write(&whole_file, &text).unwrap();
+    let mut args = vec!["-v".to_owned(), "-o".to_owned(), "json".to_owned()];
+    let mut api = String::new();
+    let files = split_by_node(text.lines());
+    assert_eq!(files.len(), 6, "5 nodes and the API");
+    for (node, lines) in files {
+        if node == "api" {
+            api = lines;
+            args.push("-".to_owned());
+            continue;
+        }
+        let file = dir.join(format!("{node}.jsonl"));
+        std::fs::write(&file, lines).unwrap();
+        args.push(file.to_str().unwrap().to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let split = analyze_bytes(&args, api.as_bytes());
+    let whole = analyze(&["-v", "-o", "json", whole_file.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&split.stderr);
+    assert!(err.contains("3 windows"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&whole.stderr).contains("3 windows"),
+        "{}",
+        String::from_utf8_lossy(&whole.stderr)
+    );
+    assert_eq!(stdout(&split), stdout(&whole));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_two_node_recordings_split_by_node_give_the_recordings_report() {
+    // The recordings interleave their nodes' lines as `trace --save` received them, not in
+    // time order; split by node (the recording client's own lines as a third file) and merged
+    // by time they are read in another order, to the same report.
+    let dir = scratch("recorded-split");
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real-cluster");
+    let mut recordings = 0;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let files = split_by_node(text.lines().filter(|l| !l.trim().is_empty()));
+        if files.iter().filter(|(n, _)| n != "kubectl-zdt").count() < 2 {
+            continue;
+        }
+        recordings += 1;
+        let mut args = vec!["-o".to_owned(), "wide".to_owned()];
+        for (node, lines) in files {
+            let file = dir.join(format!("{node}.jsonl"));
+            std::fs::write(&file, lines).unwrap();
+            args.push(file.to_str().unwrap().to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let split = stdout(&analyze(&args, None));
+        let whole = stdout(&analyze(&["-o", "wide", path.to_str().unwrap()], None));
+        assert_eq!(split, whole, "{}", path.display());
+    }
+    assert_eq!(
+        recordings,
+        5,
+        "the two-node recordings of {}",
+        folder.display()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn each_files_bad_lines_are_named_by_its_own_line_numbers_when_merged() {
+    // Two halves of the real rollout, each with a bad line: merged by time, each problem still
+    // names its own file and line, file by file, and every good line is read.
+    let real = real_text();
+    let lines: Vec<&str> = real.lines().collect();
+    let dir = scratch("merged-bad");
+    let a = dir.join("a.jsonl");
+    let even: Vec<&str> = lines.iter().step_by(2).copied().collect();
+    let odd: Vec<&str> = lines.iter().skip(1).step_by(2).copied().collect();
+    std::fs::write(
+        &a,
+        format!("{}\nnot json\n{}\n", even[0], even[1..].join("\n")),
+    )
+    .unwrap();
+    let stdin = format!("{}\n[1]\n", odd.join("\n"));
+    let o = analyze_bytes(&["-o", "json", a.to_str().unwrap(), "-"], stdin.as_bytes());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let named: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(".jsonl:") || l.contains("<stdin>:"))
+        .collect();
+    assert_eq!(named.len(), 2, "{err}");
+    assert!(
+        named[0].contains(&format!("{}:2: not JSON", a.display())),
+        "{err}"
+    );
+    assert!(
+        named[1].contains(&format!("<stdin>:{}: a JSON array", odd.len() + 1)),
+        "{err}"
+    );
+    assert_eq!(json_of(&o)["input"]["observations"], lines.len());
+    let _ = std::fs::remove_dir_all(dir);
+}
