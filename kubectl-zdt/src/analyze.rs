@@ -281,10 +281,12 @@ pub(crate) fn analyse_streams(
     )?;
     match &analysis.whole {
         None => tracing::debug!(
-            "analysed in {:.2?}, {} windows, at most {} observations held at once, the input read {} times",
+            "analysed in {:.2?}, {} windows, at most {} observations held at once, {} pods and {} client errors naming only their Service held to the end, the input read {} times",
             started.elapsed(),
             analysis.windows,
             analysis.max_held,
+            analysis.held_to_end.0,
+            analysis.held_to_end.1,
             analysis.reads
         ),
         Some(why) => tracing::debug!(

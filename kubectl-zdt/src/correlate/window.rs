@@ -737,6 +737,9 @@ pub struct Analysis {
     pub windows: usize,
     /// The most lines held at once; the whole stream's when it was analysed whole.
     pub max_held: usize,
+    /// Pods, and client errors naming only their Service, held until the stream's end to be
+    /// tied together ([`super::Pending`]).
+    pub held_to_end: (usize, usize),
     /// Why the stream was analysed whole, when it was.
     pub whole: Option<WholeOnly>,
     /// How many times the stream was read.
@@ -796,6 +799,7 @@ pub fn analyse<E>(
             break e;
         }
         let max_held = w.max_held;
+        let held_to_end = (w.pending.drafts.len(), w.pending.errors.len());
         match w.finish(options) {
             Err(e) => break e,
             Ok(Finish::Done(r, duplicates)) => {
@@ -806,6 +810,7 @@ pub fn analyse<E>(
                     duplicates,
                     windows: plan.windows(),
                     max_held,
+                    held_to_end,
                     whole: None,
                     reads,
                 });
@@ -824,6 +829,7 @@ pub fn analyse<E>(
         duplicates,
         windows: 1,
         max_held: obs.len(),
+        held_to_end: (0, 0),
         whole: Some(whole),
         reads,
     })

@@ -281,6 +281,9 @@ proptest! {
         // Windowed for real: one window per rollout.
         prop_assert_eq!(&a.whole, &None);
         prop_assert_eq!(a.windows, shape.rollouts);
+        // The Service's errors and its pods wait for the end, and only then.
+        prop_assert_eq!(a.held_to_end.1 > 0, shape.service_errors);
+        prop_assert_eq!(a.held_to_end.0 > 0, shape.service_errors);
     }
 }
 
