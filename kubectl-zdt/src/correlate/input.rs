@@ -303,7 +303,8 @@ pub struct Merged<I, E> {
     streams: Vec<I>,
     /// Each stream's next observation, read ahead (none once it ended): the earliest on top.
     heads: std::collections::BinaryHeap<std::cmp::Reverse<Head>>,
-    /// The streams not read ahead yet: all of them before the first item.
+    /// The streams not read ahead yet: all of them before the first item. A single stream is
+    /// read through, without the heap: it is "unread" until it ends.
     unread: std::ops::Range<usize>,
     /// A stream's error met reading ahead, handed next.
     failed: Option<(usize, E)>,
@@ -377,6 +378,16 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.failed.take() {
             return Some(Err(e));
+        }
+        if let [only] = &mut self.streams[..] {
+            if self.unread.is_empty() {
+                return None;
+            }
+            let item = only.next();
+            if !matches!(item, Some(Ok(_))) {
+                self.unread = 0..0;
+            }
+            return item.map(|r| r.map_err(|e| (0, e)));
         }
         while let Some(i) = self.unread.next() {
             if let Err(e) = self.read_ahead(i) {
@@ -600,7 +611,7 @@ mod tests {
         )));
         let streams = vec![
             at(&[(0, 0), (2, 1), (3, 2)]).into_iter(),
-            failing.into_iter(),
+            failing.clone().into_iter(),
         ];
         let got: Vec<Result<u64, (usize, &str)>> = Merged::new(streams)
             .map(|r| r.map(|o| o.count.unwrap_or(99)))
@@ -609,6 +620,11 @@ mod tests {
             got,
             vec![Ok(0), Ok(10), Err((1, "disk gone")), Ok(1), Ok(2)]
         );
+        // Alone, read through: the same end at its error.
+        let got: Vec<Result<u64, (usize, &str)>> = Merged::new(vec![failing.into_iter()])
+            .map(|r| r.map(|o| o.count.unwrap_or(99)))
+            .collect();
+        assert_eq!(got, vec![Ok(10), Err((0, "disk gone"))]);
     }
 
     proptest::proptest! {
