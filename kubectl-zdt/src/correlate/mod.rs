@@ -187,6 +187,8 @@ pub(crate) struct Pending {
     pub services: std::collections::HashSet<String>,
     pub drafts: Vec<Drafted>,
     pub errors: Vec<rollout::ServiceError>,
+    /// The names those errors repeat, once.
+    shared: rollout::Shared,
 }
 
 impl Pending {
@@ -263,15 +265,18 @@ pub(crate) fn analyse_pods(
             label,
         });
     }
-    let errors = rollout::service_errors(
-        obs,
-        &times,
-        &assignment.service_level,
-        names,
-        &facts.clients,
-    );
+    let service_errors = |shared: &mut rollout::Shared| {
+        rollout::service_errors(
+            obs,
+            &times,
+            &assignment.service_level,
+            (names, &facts.clients),
+            shared,
+        )
+    };
     let (unattributed, scope) = match tie {
         Tie::AtEnd(p) => {
+            let errors = service_errors(&mut p.shared);
             p.errors.extend(errors);
             let (held, now): (Vec<Drafted>, Vec<Drafted>) = drafted.into_iter().partition(|d| {
                 d.draft
@@ -285,7 +290,10 @@ pub(crate) fn analyse_pods(
             (Vec::new(), None)
         }
         Tie::Now(scope) => (
-            rollout::attribute_service_errors(errors, &mut drafted),
+            rollout::attribute_service_errors(
+                service_errors(&mut rollout::Shared::default()),
+                &mut drafted,
+            ),
             scope,
         ),
     };

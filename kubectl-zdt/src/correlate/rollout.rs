@@ -9,7 +9,10 @@
 //! [`ROLLOUT_SPLIT_NS`] apart belong to different rollouts; that gap also splits two
 //! scale-downs of one template.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    rc::Rc,
+};
 
 use super::{
     Drafted,
@@ -67,16 +70,32 @@ pub(crate) struct Unattributed {
 }
 
 /// A client error naming only a Service, with what [`attribute_service_errors`] weighs of it:
-/// the windowed analysis keeps these (not the line) until every pod of the Service is drafted.
+/// the windowed analysis keeps these (not the line) until every pod of the Service is drafted,
+/// so the names they repeat are shared ([`Shared`]): about 70 bytes an error.
 #[derive(Clone, Debug)]
 pub(crate) struct ServiceError {
     /// The Service's one name ([`ServiceNames::canonical`]).
-    pub service: String,
+    pub service: Rc<str>,
     class: attribution::ErrorClass,
     port: Option<u16>,
     at: Fuzzy,
     count: u64,
-    client: (String, Path),
+    client: (Rc<str>, Path),
+}
+
+/// One copy of each name the errors of [`service_errors`] repeat (a Service's, a client's).
+#[derive(Default)]
+pub(crate) struct Shared(foldhash::HashSet<Rc<str>>);
+
+impl Shared {
+    fn of(&mut self, name: String) -> Rc<str> {
+        if let Some(kept) = self.0.get(name.as_str()) {
+            return kept.clone();
+        }
+        let kept: Rc<str> = Rc::from(name);
+        self.0.insert(kept.clone());
+        kept
+    }
 }
 
 /// The client errors naming only a Service among `obs` (`indices`, in stream order).
@@ -84,8 +103,8 @@ pub(crate) fn service_errors(
     obs: &[Observation],
     times: &[WallNs],
     indices: &[usize],
-    names: &ServiceNames,
-    clients: &Clients,
+    (names, clients): (&ServiceNames, &Clients),
+    shared: &mut Shared,
 ) -> Vec<ServiceError> {
     indices
         .iter()
@@ -93,12 +112,12 @@ pub(crate) fn service_errors(
             let o = &obs[i];
             let dialled = o.service.as_ref().map(ToString::to_string);
             ServiceError {
-                service: names.canonical(dialled.as_deref().unwrap_or_default()),
+                service: shared.of(names.canonical(dialled.as_deref().unwrap_or_default())),
                 class: attribution::class(o),
                 port: o.port,
                 at: attribution::instant(o, times[i]),
                 count: o.weight(),
-                client: (clients.client_of(o), clients.path_of(o)),
+                client: (shared.of(clients.client_of(o)), clients.path_of(o)),
             }
         })
         .collect()
@@ -121,10 +140,7 @@ fn candidates(errors: &[ServiceError], drafted: &[Drafted]) -> Vec<Vec<(usize, C
     }
     let mut groups: HashMap<(&str, attribution::ErrorClass), Vec<usize>> = HashMap::new();
     for (i, e) in errors.iter().enumerate() {
-        groups
-            .entry((e.service.as_str(), e.class))
-            .or_default()
-            .push(i);
+        groups.entry((&*e.service, e.class)).or_default().push(i);
     }
     let mut out = vec![Vec::new(); errors.len()];
     for ((service, class), mut group) in groups {
@@ -193,12 +209,19 @@ pub(crate) fn attribute_service_errors(
     let mut ambiguous: Vec<(Vec<(usize, Cause)>, Unattributed)> = Vec::new();
     for (e, candidates) in errors.into_iter().zip(weighed) {
         let u = Unattributed {
-            service: e.service.clone(),
+            service: e.service.to_string(),
             t: e.at.t,
             count: e.count,
         };
         match candidates[..] {
-            [(p, cause)] => placed.push((p, e.class, cause, e.at, e.count, e.client)),
+            [(p, cause)] => placed.push((
+                p,
+                e.class,
+                cause,
+                e.at,
+                e.count,
+                (e.client.0.to_string(), e.client.1),
+            )),
             [] => left.push(u),
             _ => ambiguous.push((candidates, u)),
         }
