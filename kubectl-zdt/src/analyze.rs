@@ -188,6 +188,32 @@ fn read_merged(
     Ok(())
 }
 
+/// Files a process opens besides its inputs (standard streams, the binary's own, a few for
+/// the runtime).
+const OTHER_FILES: u64 = 64;
+
+/// Raises the limit on open files (its soft value) to what `files` inputs need: all are held
+/// open while they are read merged by time (one file per node of a large cluster is more
+/// than the usual 1 024). An error naming both numbers when even the hard limit is lower.
+fn open_files_for(files: usize) -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let need = u64::try_from(files)
+        .unwrap_or(u64::MAX)
+        .saturating_add(OTHER_FILES);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .context("failed to read the limit on open files (RLIMIT_NOFILE)")?;
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        bail!(
+            "{files} input files are more than this process may hold open at once (its hard limit is {hard} files, {OTHER_FILES} of them for itself): raise it (`ulimit -Hn`, as root) or concatenate some of them first (`cat a.jsonl b.jsonl > ab.jsonl`: the same report, read whole)"
+        );
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, need, hard)
+        .context("failed to raise the limit on open files (RLIMIT_NOFILE)")
+}
+
 pub use crate::correlate::input::drop_duplicates;
 
 /// What the input streams held.
@@ -246,6 +272,7 @@ pub(crate) fn analyse_streams(
     options: &Options,
     keep: &dyn Fn(&Observation) -> bool,
 ) -> anyhow::Result<(correlate::window::Analysis, Streams)> {
+    open_files_for(files.len())?;
     let mut sources: Vec<Source> = files
         .iter()
         .map(|p| Source::open(p))

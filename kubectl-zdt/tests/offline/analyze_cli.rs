@@ -739,3 +739,64 @@ fn each_files_bad_lines_are_named_by_its_own_line_numbers_when_merged() {
     assert_eq!(json_of(&o)["input"]["observations"], lines.len());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// More input files than the soft limit on open files (here 40, lowered by the shell): every
+/// file is held open while they are read merged by time, so `analyze` raises the limit (to
+/// the hard one at most) instead of failing with "Too many open files".
+#[test]
+fn more_files_than_the_open_file_limit_are_read() {
+    let dir = std::env::temp_dir().join(format!("zdt-many-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recording_path = fixture("../real-cluster/v1.28-one-node-fast-final.jsonl");
+    let recording = std::fs::read_to_string(&recording_path).unwrap();
+    let lines: Vec<&str> = recording.lines().collect();
+    let files = 100;
+    let mut names = String::new();
+    let chunks = lines.chunks(lines.len().div_ceil(files));
+    let made = chunks.len();
+    assert!(made > 90, "{made} files");
+    for (i, chunk) in chunks.enumerate() {
+        let f = dir.join(format!("part-{i:03}.jsonl"));
+        std::fs::write(&f, chunk.join("\n") + "\n").unwrap();
+        names.push_str(&format!(" {}", f.display()));
+    }
+    // `ulimit -Sn` lowers the soft limit only, `ulimit -n` both.
+    let run = |limit: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit {limit} && exec {} analyze -o json{names}",
+                env!("CARGO_BIN_EXE_kubectl-zdt")
+            ))
+            .output()
+            .unwrap()
+    };
+    let whole = Command::new(env!("CARGO_BIN_EXE_kubectl-zdt"))
+        .args(["analyze", "-o", "json"])
+        .arg(&recording_path)
+        .output()
+        .unwrap();
+    let out = run("-Sn 40");
+    // Even the hard limit too low: one line naming both numbers and the ways out.
+    let low = run("-n 80");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = String::from_utf8_lossy(&low.stderr);
+    assert!(!low.status.success());
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains(&format!(
+            "{made} input files are more than this process may hold open at once (its hard limit is 80 files"
+        )),
+        "{said}"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&whole.stdout),
+        "the parts merged give the recording's report"
+    );
+}
