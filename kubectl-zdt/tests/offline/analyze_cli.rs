@@ -745,9 +745,9 @@ fn each_files_bad_lines_are_named_by_its_own_line_numbers_when_merged() {
 /// the hard one at most) instead of failing with "Too many open files".
 #[test]
 fn more_files_than_the_open_file_limit_are_read() {
-    let dir = std::env::temp_dir().join(format!("zdt-many-files-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let recording_path = fixture("../real-cluster/v1.28-one-node-fast-final.jsonl");
+    let dir = scratch("many-files");
+    let recording_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-cluster/v1.28-one-node-fast-final.jsonl");
     let recording = std::fs::read_to_string(&recording_path).unwrap();
     let lines: Vec<&str> = recording.lines().collect();
     let files = 100;
