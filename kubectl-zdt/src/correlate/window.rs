@@ -242,10 +242,7 @@ impl Survey {
             && o.pod.is_none()
             && o.pod_uid.is_none()
         {
-            let dialled = service.to_string();
-            if !self.service_level.contains(&dialled) {
-                self.service_level.insert(dialled);
-            }
+            self.service_level.insert(service.to_string());
         }
     }
 
