@@ -418,6 +418,9 @@ pub struct KernelOffsets {
     pub nsproxy_net: u32,
     /// `struct task_struct`: `tgid`.
     pub task_tgid: u32,
+    /// `struct task_struct`: `real_parent` (`struct task_struct *`): an exiting process whose
+    /// parent is in its own network namespace is a pod's per-connection child, not reported.
+    pub task_real_parent: u32,
     /// 1 once the loader filled the offsets in; programs read no pointer chains before that.
     pub valid: u32,
     /// 1 when `tcp:tcp_retransmit_skb` has `err` (newer kernels): failed retransmits, which
@@ -464,7 +467,7 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 104);
+const _: () = assert!(size_of::<KernelOffsets>() == 108);
 
 /// An IPVS change in flight: what `sys_enter_sendto`/`sendmsg` saw, kept per thread until the
 /// syscall's exit says whether the send succeeded.

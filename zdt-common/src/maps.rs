@@ -44,6 +44,13 @@ pub const WATCH_MAX: u32 = 16_384;
 /// processes' signals, execs and exits are reported.
 pub const WATCH_NETNS: &str = "ZDT_WATCH_NETNS";
 
+/// Processes of watched namespaces a signal from outside their namespace went to (the
+/// runtime's SIGTERM/SIGKILL, an operator's `kill`), by `tgid`: their exits are reported
+/// although their parent is in the pod (a server a shell started). LRU: an entry whose exit
+/// never came (the agent started after the signal) is pushed out by newer ones.
+pub const SIGNALLED: &str = "ZDT_SIGNALLED";
+pub const SIGNALLED_MAX: u32 = 4096;
+
 /// Global set by the loader: [`crate::KernelOffsets`] resolved from the kernel's BTF.
 pub const GLOBAL_OFFSETS: &str = "ZDT_OFFSETS";
 

@@ -13,6 +13,7 @@ static ZDT_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_nsproxy: 0,
     nsproxy_net: 0,
     task_tgid: 0,
+    task_real_parent: 0,
     valid: 0,
     retransmit_err: 0,
     exit_group_dead: 0,
@@ -152,4 +153,15 @@ pub fn tgid_of_task(task: u64) -> u32 {
         return 0;
     }
     read(task, o.task_tgid).unwrap_or(0)
+}
+
+/// Network namespace inode of the parent (`real_parent`) of a `struct task_struct *` (0 when the
+/// parent is exiting past its namespaces, or unknown).
+#[inline(always)]
+pub fn parent_netns_of_task(task: u64) -> u32 {
+    let o = ZDT_OFFSETS.load();
+    if o.valid == 0 {
+        return 0;
+    }
+    read_ptr(task, o.task_real_parent).map_or(0, netns_of_task)
 }

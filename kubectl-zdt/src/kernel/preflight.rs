@@ -132,6 +132,7 @@ pub fn kernel_offsets() -> Result<KernelOffsets, PreflightError> {
         task_nsproxy: off("task_struct", &["nsproxy"])?,
         nsproxy_net: off("nsproxy", &["net_ns"])?,
         task_tgid: off("task_struct", &["tgid"])?,
+        task_real_parent: off("task_struct", &["real_parent"])?,
         valid: 1,
         // Tracepoint facts, filled in by `check` from the format files.
         retransmit_err: 0,
