@@ -206,33 +206,79 @@ impl Aggregate {
 /// The backends recent DNAT'ed connections went to, by (client, frontend): a client's error
 /// toward a ClusterIP names the pod it really reached. Conntrack itself cannot be asked later:
 /// it drops a connection reset before it was assured (a refused one) at once.
+///
+/// Client ports come back: an entry may be an earlier connection's from the same port, to a
+/// pod long gone, while the NEW event of the connection that failed is still on its way to
+/// the listener. So each entry keeps when its NEW event was read, and a lookup takes only an
+/// entry read since a given time ([`DNAT_FRESH`] before the error).
 #[derive(Debug, Default)]
 pub struct DnatCache {
-    map: std::collections::HashMap<(SocketAddr, SocketAddr), SocketAddr>,
-    order: std::collections::VecDeque<(SocketAddr, SocketAddr)>,
+    map: std::collections::HashMap<(SocketAddr, SocketAddr), Remembered>,
+    /// Keys in the order they were recorded, with the record's number: re-recording a key
+    /// queues it again, and only its newest record's turn forgets it.
+    order: std::collections::VecDeque<((SocketAddr, SocketAddr), u64)>,
+    records: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Remembered {
+    backend: SocketAddr,
+    /// When the connection's NEW event was read.
+    seen: Timestamp,
+    record: u64,
 }
 
 /// Connections remembered; the oldest are forgotten first (a few seconds of a busy node).
 const DNAT_CACHE: usize = 65_536;
 
+/// How long before a client's error (or SYN retransmit) the NEW event of its own connection
+/// can have been read: a connect given up after the client's connect timeout (1 s for many
+/// clients, 3 s for others) or a retransmit a few seconds in. A lookup takes no older entry:
+/// an older connection from the same client port may have gone to another pod. Conntrack is
+/// asked instead (it still has a connection that was not refused), or the error waits for its
+/// own NEW event.
+pub const DNAT_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl DnatCache {
-    pub fn record(&mut self, flow: &Flow) {
+    /// Remembers a DNAT'ed connection whose NEW event was read at `seen`.
+    pub fn record(&mut self, flow: &Flow, seen: Timestamp) {
         if !flow.dnatted() {
             return;
         }
         let key = (flow.client, flow.frontend);
-        if self.map.insert(key, flow.backend).is_none() {
-            self.order.push_back(key);
-            if self.order.len() > DNAT_CACHE
-                && let Some(old) = self.order.pop_front()
-            {
+        self.records += 1;
+        let record = self.records;
+        self.map.insert(
+            key,
+            Remembered {
+                backend: flow.backend,
+                seen,
+                record,
+            },
+        );
+        self.order.push_back((key, record));
+        while self.order.len() > DNAT_CACHE {
+            let Some((old, record)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&old).is_some_and(|r| r.record == record) {
                 self.map.remove(&old);
             }
         }
     }
 
-    pub fn backend_of(&self, client: SocketAddr, frontend: SocketAddr) -> Option<SocketAddr> {
-        self.map.get(&(client, frontend)).copied()
+    /// The backend of the last connection `client` → `frontend` whose NEW event was read at
+    /// or after `since`.
+    pub fn backend_seen_since(
+        &self,
+        client: SocketAddr,
+        frontend: SocketAddr,
+        since: Timestamp,
+    ) -> Option<SocketAddr> {
+        self.map
+            .get(&(client, frontend))
+            .filter(|r| r.seen >= since)
+            .map(|r| r.backend)
     }
 }
 
@@ -277,7 +323,7 @@ fn run(
                 let flows = decode(&buf[..n]);
                 if let Ok(mut d) = dnat.lock() {
                     for f in &flows {
-                        d.record(f);
+                        d.record(f, time);
                     }
                 }
                 if let Ok(w) = watched.read() {
@@ -338,46 +384,74 @@ mod tests {
     fn the_dnat_cache_names_the_pod_a_client_reached_and_forgets_the_oldest_first() {
         let mut cache = DnatCache::default();
         let svc: SocketAddr = "10.96.0.10:80".parse().unwrap();
-        cache.record(&flow(
-            "10.244.1.5:40000",
-            "10.96.0.10:80",
-            "10.244.0.7:8080",
-        ));
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
+        let of = |cache: &DnatCache, client: &str, frontend: SocketAddr| {
+            cache.backend_seen_since(client.parse().unwrap(), frontend, Timestamp::MIN)
+        };
+        cache.record(
+            &flow("10.244.1.5:40000", "10.96.0.10:80", "10.244.0.7:8080"),
+            t0,
+        );
         // A connection straight to a pod was not DNAT'ed: nothing to remember.
-        cache.record(&flow(
-            "10.244.1.5:40001",
-            "10.244.0.7:8080",
-            "10.244.0.7:8080",
-        ));
+        cache.record(
+            &flow("10.244.1.5:40001", "10.244.0.7:8080", "10.244.0.7:8080"),
+            t0,
+        );
         assert_eq!(
-            cache.backend_of("10.244.1.5:40000".parse().unwrap(), svc),
+            of(&cache, "10.244.1.5:40000", svc),
             Some("10.244.0.7:8080".parse().unwrap())
         );
         assert_eq!(
-            cache.backend_of(
-                "10.244.1.5:40001".parse().unwrap(),
+            of(
+                &cache,
+                "10.244.1.5:40001",
                 "10.244.0.7:8080".parse().unwrap()
             ),
             None
         );
-        assert_eq!(
-            cache.backend_of("10.244.1.5:40002".parse().unwrap(), svc),
-            None
+        assert_eq!(of(&cache, "10.244.1.5:40002", svc), None);
+        // The connection of 90 s ago is no answer for an error of now: its client port may
+        // have come back for a connection that went elsewhere.
+        let client: SocketAddr = "10.244.1.5:40000".parse().unwrap();
+        assert_eq!(cache.backend_seen_since(client, svc, at(85)), None);
+        // The port's next connection, to another pod, replaces it.
+        cache.record(
+            &flow("10.244.1.5:40000", "10.96.0.10:80", "10.244.0.9:8080"),
+            at(90),
         );
-        for port in 0..DNAT_CACHE as u32 {
-            let client = SocketAddr::new("10.244.2.1".parse().unwrap(), 1);
+        assert_eq!(
+            cache.backend_seen_since(client, svc, at(85)),
+            Some("10.244.0.9:8080".parse().unwrap())
+        );
+        for port in 0..DNAT_CACHE as u32 - 1 {
             let frontend = SocketAddr::new("10.96.0.11".parse().unwrap(), (port % 60_000) as u16);
-            let c = SocketAddr::new(client.ip(), (port / 60_000 + 1) as u16);
-            cache.record(&Flow {
-                protocol: Protocol::Tcp,
-                client: c,
-                frontend,
-                backend: "10.244.0.8:80".parse().unwrap(),
-            });
+            let c = SocketAddr::new("10.244.2.1".parse().unwrap(), (port / 60_000 + 1) as u16);
+            cache.record(
+                &Flow {
+                    protocol: Protocol::Tcp,
+                    client: c,
+                    frontend,
+                    backend: "10.244.0.8:80".parse().unwrap(),
+                },
+                at(91),
+            );
         }
+        // 40000's first record is the oldest in the queue, but its newest record is not: it
+        // stays until that one's turn.
         assert_eq!(cache.map.len(), DNAT_CACHE, "bounded");
         assert_eq!(
-            cache.backend_of("10.244.1.5:40000".parse().unwrap(), svc),
+            of(&cache, "10.244.1.5:40000", svc),
+            Some("10.244.0.9:8080".parse().unwrap()),
+            "re-recorded: kept"
+        );
+        cache.record(
+            &flow("10.244.3.1:1", "10.96.0.12:80", "10.244.0.8:80"),
+            at(92),
+        );
+        assert_eq!(cache.map.len(), DNAT_CACHE, "bounded");
+        assert_eq!(
+            of(&cache, "10.244.1.5:40000", svc),
             None,
             "the oldest went first"
         );
