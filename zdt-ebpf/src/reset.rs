@@ -4,8 +4,10 @@
 //! listener: the client sees `connection refused`. Then `sk` is NULL and the segment's
 //! destination is the refusing side (the pod); its network namespace is the one of the device
 //! the segment arrived on. Any other reason is a reset of an existing connection by its local socket
-//! (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited). A `NO_SOCKET`
-//! RST that answers anything but a bare SYN is [`kind::RESET_STRAY`], never a refusal.
+//! (`TCP_ABORT_ON_CLOSE`: the process closed with unread data, e.g. it exited), or by a
+//! listener answering a segment of no connection it knows (named by the segment's ends, not
+//! the listener's wildcard). A `NO_SOCKET` RST that answers anything but a bare SYN is
+//! [`kind::RESET_STRAY`], never a refusal.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::BtfTracePointContext};
 use zdt_common::{Event, kind, rst_reason, tcp_flags};
@@ -21,6 +23,9 @@ use crate::{
 /// tracepoint takes the addresses from the segment then.
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
+/// A listener resets a segment of no connection it knows (an ACK whose request socket is gone);
+/// its own addresses are the wildcard's and no peer's.
+const TCP_LISTEN: u8 = 10;
 
 /// The IP protocol number of TCP (the IPv6 header's next header).
 const IPPROTO_TCP: u8 = 6;
@@ -157,7 +162,14 @@ pub fn on_send_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
         0
     };
     let full = sk != 0 && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
-    let ends = if full { of_sock(sk) } else { of_segment(skb) }.ok_or(0)?;
+    // A listener's ends would be `0.0.0.0:8080 ← 0.0.0.0:0` (the kernel's own record has
+    // that): the segment's name the connection it answers.
+    let ends = if full && state != TCP_LISTEN {
+        of_sock(sk)
+    } else {
+        of_segment(skb)
+    }
+    .ok_or(0)?;
     let addr_watched = watch::is_watched(ends.family, &ends.saddr);
     // The namespace is needed either way: as a filter when the address is not watched, and to
     // tell a pod from a new one that reuses its IP when it is.

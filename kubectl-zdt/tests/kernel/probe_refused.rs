@@ -183,15 +183,28 @@ fn send_segment(
     }
 }
 
+/// A client namespace (198.18.`subnet`.1) and a pod namespace (198.18.`subnet`.2) linked by
+/// a veth pair.
+fn linked(subnet: u8) -> (Netns, Netns) {
+    require_root();
+    let client = Netns::create("client").unwrap();
+    let pod = Netns::create("pod").unwrap();
+    veth_pair(
+        &client,
+        &pod,
+        &[&format!("198.18.{subnet}.1/24")],
+        &[&format!("198.18.{subnet}.2/24")],
+    )
+    .unwrap();
+    (client, pod)
+}
+
 /// A SYN whose IPv4 header carries options: its TCP header is not right behind a 20-byte IP
 /// header, where the probe's one copy of the headers finds it otherwise, and the probe reads it
 /// from the segment's data instead. Still a refusal, with its ports.
 #[test]
 fn a_syn_with_ip_options_is_a_refusal_with_its_ports() {
-    require_root();
-    let client = Netns::create("client").unwrap();
-    let pod = Netns::create("pod").unwrap();
-    veth_pair(&client, &pod, &["198.18.14.1/24"], &["198.18.14.2/24"]).unwrap();
+    let (client, _pod) = linked(14);
     let client_addr: std::net::SocketAddrV4 = "198.18.14.1:41001".parse().unwrap();
     let pod_addr: std::net::SocketAddrV4 = "198.18.14.2:8081".parse().unwrap();
     let agent = AgentProcess::start(&["--watch-cidr", "198.18.14.2/32"]);
@@ -224,10 +237,7 @@ fn a_syn_with_ip_options_is_a_refusal_with_its_ports() {
 /// never a refused connection. Only the RST to a bare SYN is.
 #[test]
 fn a_no_socket_reset_to_anything_but_a_bare_syn_is_no_refusal() {
-    require_root();
-    let client = Netns::create("client").unwrap();
-    let server = Netns::create("pod").unwrap();
-    veth_pair(&client, &server, &["198.18.12.1/24"], &["198.18.12.2/24"]).unwrap();
+    let (_client, server) = linked(12);
     let client_addr: std::net::SocketAddrV4 = "198.18.12.1:41000".parse().unwrap();
     let server_addr: std::net::SocketAddrV4 = "198.18.12.2:8080".parse().unwrap();
     let agent = AgentProcess::start(&["--watch-cidr", "198.18.12.1/32"]);
@@ -254,6 +264,47 @@ fn a_no_socket_reset_to_anything_but_a_bare_syn_is_no_refusal() {
     assert_eq!(refused, 1, "only the bare SYN was refused: {obs:#?}");
     assert_eq!(resets, 3, "the SYN-ACK, ACK and data segments were reset");
     assert_eq!(ring_buffer_lost(&obs), 0);
+}
+
+/// A listener on the wildcard address answers an ACK of no connection it knows (its request
+/// socket gone: seen on a real node beside busybox httpd) with a RST. The kernel's own record
+/// names the listener's ends, `0.0.0.0:8080 ← 0.0.0.0:0`, which no client and no pod address
+/// match (the report then had an `address ::` client with no error); the agent names the
+/// segment's: the pod's address and the client's address and port. A reset, not a refusal.
+#[test]
+fn a_listeners_reset_names_the_segment_it_answers() {
+    let (client, pod) = linked(15);
+    let client_addr: std::net::SocketAddrV4 = "198.18.15.1:41002".parse().unwrap();
+    let pod_addr: std::net::SocketAddrV4 = "198.18.15.2:8080".parse().unwrap();
+    let _listener = pod
+        .run_in(|| std::net::TcpListener::bind("0.0.0.0:8080"))
+        .unwrap()
+        .unwrap();
+    let agent = AgentProcess::start(&["--watch-cidr", "198.18.15.2/32"]);
+    const ACK: u8 = 0x10;
+    client
+        .run_in(move || send_segment(client_addr, pod_addr, ACK, &[]))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let obs = agent.stop();
+    let resets: Vec<_> = obs
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::Reset | Kind::Refused))
+        .collect();
+    assert_eq!(resets.len(), 1, "{obs:#?}");
+    let r = resets[0];
+    assert_eq!(
+        (r.kind, r.ip, r.port, r.peer_ip, r.peer_port),
+        (
+            Kind::Reset,
+            Some(IpAddr::V4(*pod_addr.ip())),
+            Some(8080),
+            Some(IpAddr::V4(*client_addr.ip())),
+            Some(client_addr.port())
+        ),
+        "{r:#?}"
+    );
+    assert_ne!(r.reason.as_deref(), Some("NO_SOCKET"));
 }
 
 /// A client with a short connect timeout (here 300 ms, on the real node 1 s) gives up before
