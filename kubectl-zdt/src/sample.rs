@@ -41,9 +41,12 @@ pub struct SampleArgs {
     pub sleep: Option<u64>,
 }
 
+/// Answers a request. A connection closed without one (the kubelet's tcpSocket probe: connect,
+/// close) gets nothing: a response written after the peer's FIN reaches a socket its owner
+/// is closing, whose kernel resets it, a reset of the app's own making on every probe.
 async fn answer(mut stream: tokio::net::TcpStream) {
     let mut buf = [0u8; 1024];
-    if stream.read(&mut buf).await.is_ok() {
+    if stream.read(&mut buf).await.is_ok_and(|n| n > 0) {
         let _ = stream
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
             .await;
@@ -83,4 +86,33 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
     }
     crate::process::runtime()?.block_on(run(args))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// What the app writes back to a connection that sends `request`, then shuts its side.
+    async fn exchange(request: &[u8]) -> Vec<u8> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            super::answer(stream).await;
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        server.await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_request_is_answered_and_a_bare_connect_gets_nothing() {
+        let answer = exchange(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK"), "{answer:?}");
+        assert_eq!(exchange(b"").await, b"", "a tcpSocket probe's connect");
+    }
 }
