@@ -239,6 +239,14 @@ pub(crate) fn draft(
             } else {
                 attribution::cause(class, o.port, at.t, &d.window)
             };
+            // A probe's reset counts as the pod's own reset line of it, never as the kubelet's
+            // error alone: the kubelet closes its socket right after a tcpSocket probe's
+            // connect (lingering up to 1 s), and a server that greets on connect (or answers
+            // the bare connect) is reset by the kubelet's own kernel, whose socket reports
+            // ECONNRESET, although the probe passed.
+            if client_side && cause == Cause::Probe && class == ErrorClass::Reset {
+                continue;
+            }
             let mut n = o.weight();
             let c = credit.entry(cause).or_default();
             if client_side {

@@ -227,6 +227,44 @@ fn a_refusal_the_agent_tagged_as_the_kubelets_probe_is_counted_apart_from_client
     assert_eq!(now.total(), was.total() - 1, "a probe is no client error");
 }
 
+/// The kubelet closes a tcpSocket probe's connection right after its connect, lingering up to
+/// 1 s; a server that greets on connect (or answers the bare connect, as the e2e sample app
+/// did on the real cluster: a line per probe and pod) is then reset by the kubelet's own kernel,
+/// whose socket reports ECONNRESET although the probe passed. Only the pod's reset of a probe's
+/// connection is a probe failure, counted once.
+#[test]
+fn a_probe_reset_only_the_kubelets_socket_reports_is_no_probe_failure() {
+    let mut obs = stream("v1.28-two-nodes-fast2-s13");
+    let before = correlate::correlate(&obs, &Options::default());
+    let name = before.rollouts[0].pods[0].pod.clone().expect("a pod name");
+    let was = pod(&before, &name).errors;
+    let refused = obs
+        .iter()
+        .find(|o| o.kind == Kind::Refused && o.pod.as_deref() == Some(name.as_str()))
+        .expect("a refusal")
+        .clone();
+    // The kubelet's line, as the agent wrote one per probe (`conn_error`, `probe: kubelet`).
+    let mut kubelet = refused.clone();
+    kubelet.kind = Kind::ConnError;
+    kubelet.reason = Some("ECONNRESET".into());
+    kubelet.peer_port = Some(40_404);
+    kubelet.details.kernel_mut().probe = Some("kubelet".into());
+    obs.push(kubelet.clone());
+    let alone = correlate::correlate(&obs, &Options::default());
+    assert_eq!(pod(&alone, &name).errors, was, "the kubelet's own reset");
+
+    // The pod reset the same connection: a probe failure, once.
+    let mut by_pod = kubelet;
+    by_pod.kind = Kind::Reset;
+    by_pod.reason = Some("TCP_ABORT_ON_CLOSE".into());
+    by_pod.details.kernel_mut().probe = None;
+    obs.push(by_pod);
+    let both = correlate::correlate(&obs, &Options::default());
+    let now = pod(&both, &name).errors;
+    assert_eq!(now.probes, was.probes + 1, "{now:?}");
+    assert_eq!(now.total(), was.total(), "a probe is no client error");
+}
+
 #[test]
 fn a_connection_seen_failing_from_both_ends_is_counted_once_as_the_client_saw_it() {
     // The pod's kernel refused or reset each connection and the client's kernel reported the
