@@ -116,6 +116,7 @@ pub const ALL: &[&str] = &[
     WATCH_V4,
     WATCH_V6,
     WATCH_NETNS,
+    SIGNALLED,
     DATAPLANE_NETNS,
     TABLE_WRITERS,
     TABLE_BLOCKS,
