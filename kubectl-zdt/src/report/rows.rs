@@ -198,6 +198,7 @@ pub(crate) fn client_headers() -> Vec<&'static str> {
         "REFUSED",
         "RESET AT EXIT",
         "TIMEOUT",
+        "OTHER",
         "BEFORE LISTENING",
         "AFTER REMOVAL",
     ]
@@ -216,6 +217,9 @@ pub(crate) fn client_row(c: &ClientReport) -> Vec<String> {
         e.unsafe_window.to_string(),
         e.at_exit.to_string(),
         e.after_netns_gone.to_string(),
+        // As the pods' table: a client whose only errors are of no known cause is not a row
+        // of zeros.
+        (e.unrelated + e.undetermined).to_string(),
         (e.before_listening + e.after_ready).to_string(),
         c.after_endpoint_removed_ms
             .map_or_else(|| "—".to_owned(), |v| format!("{v:+.1} ms")),

@@ -210,4 +210,44 @@ mod tests {
         let out = wrapped("  ", &command);
         assert!(out.contains(&"x".repeat(200)));
     }
+
+    /// A client whose only errors have no known cause (a reset a pod's listener sent, timeouts
+    /// to a live pod) shows them, as the pods' table does, not a row of zeros.
+    #[test]
+    fn a_clients_errors_of_no_known_cause_are_in_its_other_column() {
+        let c = crate::correlate::ClientReport {
+            client: "address 198.18.0.1".into(),
+            path: crate::correlate::clients::Path::Service,
+            errors: crate::correlate::ErrorCounts {
+                unrelated: 2,
+                undetermined: 1,
+                ..Default::default()
+            },
+            after_endpoint_removed_ms: None,
+            pod: None,
+            reason: String::new(),
+        };
+        let mut out = String::new();
+        columns(
+            &mut out,
+            &rows::client_headers(),
+            std::iter::once(rows::client_row(&c)),
+        );
+        let (head, row) = out.split_once('\n').unwrap();
+        let cells: Vec<&str> = row
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let at = |name: &str| {
+            let names: Vec<&str> = head
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            names.iter().position(|n| *n == name).unwrap()
+        };
+        assert_eq!(cells[at("OTHER")], "3", "{out}");
+        assert_eq!(cells[at("TIMEOUT")], "0", "{out}");
+    }
 }
