@@ -263,6 +263,10 @@ macro_rules! access {
             /// Takes the typed fields out of the line's kind-specific `map`: what is left
             /// is unknown, kept verbatim.
             pub(super) fn take(map: &mut Map<String, Value>) -> Self {
+                // Most lines carry no kind-specific field: nothing to look up.
+                if map.is_empty() {
+                    return Self(None);
+                }
                 let f = Families { $( $field: $ty::read(map), )* };
                 $( if let Some(g) = &f.$field { g.remove_read(map); } )*
                 let any = false $( || f.$field.is_some() )*;
