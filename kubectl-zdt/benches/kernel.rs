@@ -251,28 +251,30 @@ fn section(name: &str) -> bool {
 }
 
 /// The connection rate kept while the agent watches all traffic (`support/connrate.rs`):
-/// `PAIRS` pairs of `SECS`-second windows, agent off and on in alternating order, on one
-/// generator that runs throughout, with the kernel's run-time accounting off; the median
-/// on/off ratio with its 95 % interval; then the kernel time of the agent's programs per
-/// connection (bpf_stats) in one more window.
+/// pairs of windows (`ZDT_CONNRATE_PAIRS`, 60; `ZDT_CONNRATE_MS` each, 1 000), agent off and on
+/// in alternating order, on one generator that runs throughout, with the kernel's run-time
+/// accounting off; the median on/off ratio with its 95 % interval, of connections per second
+/// and per second of busy CPU; then the kernel time of the agent's programs per connection
+/// (bpf_stats) in one more window. `ZDT_CONNRATE_TRACE` prints every window.
 fn connect_close(rt: &tokio::runtime::Runtime, control: bool) -> anyhow::Result<()> {
-    const PAIRS: usize = 30;
-    const SECS: f64 = 2.0;
+    let pairs = connrate::env_count("ZDT_CONNRATE_PAIRS", 60);
+    let secs = connrate::env_count("ZDT_CONNRATE_MS", 1000) as f64 / 1000.0;
     const SETTLE: Duration = Duration::from_secs(1);
     let (client, server, _, server_ip) = connrate::namespaces("connrate", "198.18.239")?;
     let to = SocketAddr::new(server_ip.into(), 8080);
     let generator = connrate::Generator::start(client, &server, to)?;
     // Warm up: the first second's rate is the listener's and the caches' start.
     generator.rate(1.0);
-    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut ratios, mut busy_ratios) = (Vec::new(), Vec::new());
     let mut running = None;
-    for pair in 0..PAIRS {
+    for pair in 0..pairs {
         let order = if pair % 2 == 0 {
             [false, true]
         } else {
             [true, false]
         };
-        let mut rate = [0.0; 2];
+        let mut w = [None; 2];
         for agent_on in order {
             match (agent_on && !control, running.is_some()) {
                 (true, false) => {
@@ -289,23 +291,39 @@ fn connect_close(rt: &tokio::runtime::Runtime, control: bool) -> anyhow::Result<
                 }
                 _ => {}
             }
-            let r = generator.rate(SECS);
-            if agent_on {
-                on.push(r);
-            } else {
-                off.push(r);
+            let window = generator.window(secs);
+            if std::env::var_os("ZDT_CONNRATE_TRACE").is_some() {
+                eprintln!("window {pair} agent {agent_on}: {window:?}");
             }
-            rate[usize::from(agent_on)] = r;
+            if agent_on {
+                on.push(window.per_s);
+            } else {
+                off.push(window.per_s);
+            }
+            w[usize::from(agent_on)] = Some(window);
         }
-        ratios.push(rate[1] / rate[0]);
+        if let [Some(w_off), Some(w_on)] = w {
+            ratios.push(w_on.per_s / w_off.per_s);
+            busy_ratios.push(w_on.per_busy_s / w_off.per_busy_s);
+        }
     }
+    let errors = generator.errors();
+    let threads = format!(
+        "{} client + {} server threads, pinned",
+        connrate::clients(),
+        connrate::servers()
+    );
+    let (m, lo, hi) = connrate::median_ci(&mut ratios)?;
+    let (b, b_lo, b_hi) = connrate::median_ci(&mut busy_ratios)?;
     if control {
-        let (m, lo, hi) = connrate::median_ci(&mut ratios)?;
         println!(
-            "| control: no agent in either window, median of {PAIRS} paired ratios [95 % CI] | {:.1} % [{:.1}, {:.1}] |",
+            "| control: no agent in either window, median of {pairs} paired ratios of {secs} s windows [95 % CI] ({threads}) | per second {:.1} % [{:.1}, {:.1}]; per busy CPU second {:.1} % [{:.1}, {:.1}] |",
             100.0 * m,
             100.0 * lo,
-            100.0 * hi
+            100.0 * hi,
+            100.0 * b,
+            100.0 * b_lo,
+            100.0 * b_hi
         );
         return generator.stop();
     }
@@ -318,34 +336,33 @@ fn connect_close(rt: &tokio::runtime::Runtime, control: bool) -> anyhow::Result<
     let stats = enable_stats()?;
     // This process's programs only: other tracers may run on the machine.
     let before = own_stats()?;
-    let r = generator.rate(SECS);
+    let r = generator.rate(secs);
     let after = own_stats()?;
     drop(stats);
     stop_agent(rt, running)?;
     let total = |s: &[(String, u64, u64)]| s.iter().map(|(_, t, _)| t).sum::<u64>();
-    let prog_ns = total(&after).saturating_sub(total(&before)) as f64 / (r * SECS).max(1.0);
+    let prog_ns = total(&after).saturating_sub(total(&before)) as f64 / (r * secs).max(1.0);
     let set_state = per_event(&before, &after, "inet_sock_set_state");
-    let errors = generator.errors();
     generator.stop()?;
-    let (m, lo, hi) = connrate::median_ci(&mut ratios)?;
     let (m_off, _, _) = connrate::median_ci(&mut off)?;
     let (m_on, _, _) = connrate::median_ci(&mut on)?;
     println!(
-        "| connections/s between two namespaces ({} client + {} server threads, pinned), agent off / on watching all of it (median of {PAIRS} windows of {SECS} s each) | {m_off:.0} / {m_on:.0} ({errors} failed connects) |",
-        connrate::CLIENTS,
-        connrate::SERVERS
+        "| connections/s between two namespaces ({threads}), agent off / on watching all of it (median of {pairs} windows of {secs} s each) | {m_off:.0} / {m_on:.0} ({errors} failed connects) |"
     );
     println!(
-        "| rate kept with the agent, median of {PAIRS} paired on/off ratios [95 % CI] | **{:.1} %** [{:.1}, {:.1}] |",
+        "| rate kept with the agent, median of {pairs} paired on/off ratios [95 % CI]: per second / per busy CPU second | **{:.1} %** [{:.1}, {:.1}] / **{:.1} %** [{:.1}, {:.1}] |",
         100.0 * m,
         100.0 * lo,
-        100.0 * hi
+        100.0 * hi,
+        100.0 * b,
+        100.0 * b_lo,
+        100.0 * b_hi
     );
     println!(
         "| kernel time in the agent's eBPF programs per connection (bpf_stats, one more window) / inet_sock_set_state per event | {prog_ns:.0} ns / {:.0} ns ({} events, {:.1} per connection) |",
         set_state.0,
         set_state.1,
-        set_state.1 as f64 / (r * SECS).max(1.0)
+        set_state.1 as f64 / (r * secs).max(1.0)
     );
     Ok(())
 }
@@ -399,6 +416,51 @@ fn trigger_costs() -> anyhow::Result<()> {
         "| x_tables swap bound, percpu_free_percpu outside a replace | {ns:.0} ns ({n} events) |"
     );
     drop(agent);
+    syscall_tax(10, 200_000)
+}
+
+/// What every syscall of the node pays while the agent runs, whichever syscall it is: a
+/// program on a `syscalls:` tracepoint (the x_tables trigger's, on `setsockopt`) sends every
+/// syscall of every process through the kernel's traced entry and exit. `rounds` pairs of
+/// `n` `getppid` calls on CPU 0, agent off then on (started for each round); the median of
+/// the per-call times and of the paired ratios with its 95 % interval.
+fn syscall_tax(rounds: usize, n: u32) -> anyhow::Result<()> {
+    let per_call = move || -> anyhow::Result<f64> {
+        std::thread::spawn(move || {
+            connrate::pin(0);
+            let started = Instant::now();
+            for _ in 0..n {
+                // SAFETY: getppid takes no argument and cannot fail.
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+            started.elapsed().as_nanos() as f64 / f64::from(n)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the syscall loop panicked"))
+    };
+    let config = AgentConfig::new(NodeName("bench".into()), vec!["198.18.250.1/32".parse()?]);
+    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let without = per_call()?;
+        let agent = Agent::start(&config)?;
+        // Past its start-up work.
+        std::thread::sleep(Duration::from_millis(500));
+        let with = per_call()?;
+        drop(agent);
+        std::thread::sleep(Duration::from_millis(200));
+        off.push(without);
+        on.push(with);
+        ratios.push(with / without);
+    }
+    let (m_off, _, _) = connrate::median_ci(&mut off)?;
+    let (m_on, _, _) = connrate::median_ci(&mut on)?;
+    let (m, lo, hi) = connrate::median_ci(&mut ratios)?;
+    println!(
+        "| any syscall of the node (`getppid`, CPU 0), agent off / on, median of {rounds} rounds of {n}; on ÷ off [95 % CI] | {m_off:.0} ns / {m_on:.0} ns; {:.1} % [{:.1}, {:.1}] |",
+        100.0 * m,
+        100.0 * lo,
+        100.0 * hi
+    );
     Ok(())
 }
 

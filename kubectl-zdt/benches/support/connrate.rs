@@ -22,9 +22,45 @@ use kubectl_zdt::testbed::{Netns, netns::NsThread};
 
 /// Client and server threads, each pinned: clients on CPU 0, servers on the last CPU (a
 /// segment sent on a veth is received in the sender's softirq, so each side's softirqs follow
-/// its threads).
-pub const CLIENTS: usize = 2;
-pub const SERVERS: usize = 2;
+/// its threads). `ZDT_CONNRATE_CLIENTS` / `ZDT_CONNRATE_SERVERS` change them.
+pub fn clients() -> usize {
+    env_count("ZDT_CONNRATE_CLIENTS", 2)
+}
+pub fn servers() -> usize {
+    env_count("ZDT_CONNRATE_SERVERS", 2)
+}
+
+/// A positive count from the environment variable `name`, else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+/// What one window measured: connections per second, and per second of CPU the machine was
+/// busy (user, system, interrupts: not idle, not stolen by the hypervisor).
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub per_s: f64,
+    pub per_busy_s: f64,
+}
+
+/// The machine's busy CPU time so far, in clock ticks (`/proc/stat`).
+fn busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum()
+}
 
 /// The generator: counts completed connections until dropped.
 pub struct Generator {
@@ -60,11 +96,11 @@ impl Generator {
         server.run_in(|| std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "4096"))??;
         let listener = server.run_in(move || TcpListener::bind(to))??;
         let mut threads = Vec::new();
-        for _ in 0..SERVERS {
+        for _ in 0..servers() {
             let l = listener.try_clone()?;
             let stop = stop.clone();
             threads.push(server.spawn(move || {
-                pin(last_cpu());
+                pin(0);
                 for c in l.incoming() {
                     drop(c);
                     if stop.load(Ordering::Relaxed) {
@@ -73,7 +109,7 @@ impl Generator {
                 }
             })?);
         }
-        for _ in 0..CLIENTS {
+        for _ in 0..clients() {
             let (done, errors, stop) = (done.clone(), errors.clone(), stop.clone());
             threads.push(client.spawn(move || {
                 pin(0);
@@ -104,10 +140,31 @@ impl Generator {
 
     /// Connections completed during `secs` from now, per second.
     pub fn rate(&self, secs: f64) -> f64 {
-        let (c0, t0) = (self.done.load(Ordering::Relaxed), Instant::now());
+        self.window(secs).per_s
+    }
+
+    /// Connections completed during `secs` from now, per second and per busy CPU second.
+    pub fn window(&self, secs: f64) -> Window {
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let (c0, b0, t0) = (
+            self.done.load(Ordering::Relaxed),
+            busy_ticks(),
+            Instant::now(),
+        );
         std::thread::sleep(Duration::from_secs_f64(secs));
-        let (c1, t1) = (self.done.load(Ordering::Relaxed), Instant::now());
-        (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+        let (c1, b1, t1) = (
+            self.done.load(Ordering::Relaxed),
+            busy_ticks(),
+            Instant::now(),
+        );
+        let n = (c1 - c0) as f64;
+        Window {
+            per_s: n / (t1 - t0).as_secs_f64(),
+            per_busy_s: n / ((b1.saturating_sub(b0)) as f64 / ticks).max(1e-9),
+        }
     }
 
     /// Connects that failed so far (none expected).
@@ -120,7 +177,7 @@ impl Generator {
         self.stop.store(true, Ordering::Relaxed);
         let to = self.to;
         self.client.run_in(move || {
-            for _ in 0..SERVERS {
+            for _ in 0..servers() {
                 let _ = TcpStream::connect(to);
             }
         })?;
