@@ -339,6 +339,7 @@ pub(crate) fn analyse_streams(
 }
 
 pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
+    crate::process::reuse_freed_memory();
     let options = Options {
         margin_ms: args.margin_ms,
         prestop: args
