@@ -32,19 +32,3 @@ pub fn termination() -> impl std::future::Future<Output = ()> {
         }
     }
 }
-
-/// For a command that reads a long stream a window at a time (`analyze`): keeps the memory it
-/// frees for its next window instead of handing it back to the kernel. A window's vectors are
-/// larger than glibc's largest mmap threshold (32 MiB), so glibc mapped each afresh and unmapped
-/// it when freed, and every window paid its page faults again (15 % of a run, perf). With large
-/// blocks taken from the heap and the heap never trimmed, a 1 GB stream was analysed 11–37 %
-/// faster for a peak 4.5 % higher (BENCHMARKS.md). musl's allocator, the image's, has no such
-/// parameters.
-pub fn reuse_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets the allocator's parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
-    }
-}
