@@ -369,10 +369,10 @@ pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
 
 /// Keeps the memory `analyze` frees for its next window instead of handing it back to the
 /// kernel. A window's vectors are larger than glibc's largest mmap threshold (32 MiB), so glibc
-/// mapped each afresh and unmapped it when freed, and every window paid its page faults again (15 % of a run, perf). With large
-/// blocks taken from the heap and the heap never trimmed, a 1 GB stream was analysed 11–37 %
-/// faster for a peak 4.5 % higher (BENCHMARKS.md). musl's allocator, the image's, has no such
-/// parameters.
+/// mapped each afresh and unmapped it when freed, and every window paid its page faults again
+/// (15 % of a run, perf). With large blocks taken from the heap and the heap never trimmed, a
+/// 1 GB stream was analysed 11–37 % faster for a peak 4.5 % higher (BENCHMARKS.md). musl's
+/// allocator, the image's, has no such parameters.
 fn reuse_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets the allocator's parameters.

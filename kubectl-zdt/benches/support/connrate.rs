@@ -20,9 +20,12 @@ use std::{
 use anyhow::Context as _;
 use kubectl_zdt::testbed::{Netns, netns::NsThread};
 
-/// Client and server threads, each pinned: clients on CPU 0, servers on the last CPU (a
-/// segment sent on a veth is received in the sender's softirq, so each side's softirqs follow
-/// its threads). `ZDT_CONNRATE_CLIENTS` / `ZDT_CONNRATE_SERVERS` change them.
+/// Client and server threads, all pinned to CPU 0 (a segment sent on a veth is received in the
+/// sender's softirq, so the softirqs stay there too). With the servers on another CPU every
+/// connection woke a thread across CPUs, an inter-processor interrupt, which on a VM exits to
+/// the hypervisor: on the 2-vCPU build VM a connection then cost more on two CPUs (~16 000/s)
+/// than on one (~21 000/s), and the rate swung ±15 % from one window to the next.
+/// `ZDT_CONNRATE_CLIENTS` / `ZDT_CONNRATE_SERVERS` change the counts.
 pub fn clients() -> usize {
     env_count("ZDT_CONNRATE_CLIENTS", 2)
 }
