@@ -420,8 +420,9 @@ fn trigger_costs() -> anyhow::Result<()> {
 }
 
 /// What every syscall of the node pays while the agent runs, whichever syscall it is: a
-/// program on a `syscalls:` tracepoint (the x_tables trigger's, on `setsockopt`) sends every
-/// syscall of every process through the kernel's traced entry and exit. `rounds` pairs of
+/// program on a `syscalls:` tracepoint (the dataplane triggers' fallback, where the kernel
+/// refuses fentry) sends every syscall of every process through the kernel's traced entry and
+/// exit; the row says which hooks the agent got. `rounds` pairs of
 /// `n` `getppid` calls on CPU 0, agent off then on (started for each round); the median of
 /// the per-call times and of the paired ratios with its 95 % interval.
 fn syscall_tax(rounds: usize, n: u32) -> anyhow::Result<()> {
@@ -440,9 +441,19 @@ fn syscall_tax(rounds: usize, n: u32) -> anyhow::Result<()> {
     };
     let config = AgentConfig::new(NodeName("bench".into()), vec!["198.18.250.1/32".parse()?]);
     let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut hook = "";
     for _ in 0..rounds {
         let without = per_call()?;
         let agent = Agent::start(&config)?;
+        hook = if agent
+            .linked_programs()
+            .iter()
+            .any(|p| p == "setsockopt_entry")
+        {
+            "triggers on kernel functions (fentry)"
+        } else {
+            "triggers on syscall tracepoints"
+        };
         // Past its start-up work.
         std::thread::sleep(Duration::from_millis(500));
         let with = per_call()?;
@@ -456,7 +467,7 @@ fn syscall_tax(rounds: usize, n: u32) -> anyhow::Result<()> {
     let (m_on, _, _) = connrate::median_ci(&mut on)?;
     let (m, lo, hi) = connrate::median_ci(&mut ratios)?;
     println!(
-        "| any syscall of the node (`getppid`, CPU 0), agent off / on, median of {rounds} rounds of {n}; on ÷ off [95 % CI] | {m_off:.0} ns / {m_on:.0} ns; {:.1} % [{:.1}, {:.1}] |",
+        "| any syscall of the node (`getppid`, CPU 0), agent off / on ({hook}), median of {rounds} rounds of {n}; on ÷ off [95 % CI] | {m_off:.0} ns / {m_on:.0} ns; {:.1} % [{:.1}, {:.1}] |",
         100.0 * m,
         100.0 * lo,
         100.0 * hi

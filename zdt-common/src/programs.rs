@@ -18,6 +18,12 @@ pub enum Hook {
     /// The BTF-enabled tracepoint of kernel tracepoint `function` (ELF section
     /// `tp_btf/<function>`).
     BtfTracePoint { function: &'static str },
+    /// A trampoline at the entry of kernel function `function` (ELF section
+    /// `fentry/<function>`), with its arguments.
+    FEntry { function: &'static str },
+    /// A trampoline at the return of kernel function `function` (ELF section
+    /// `fexit/<function>`), with its arguments and then its return value.
+    FExit { function: &'static str },
 }
 
 /// When the agent loads and attaches a program.
@@ -25,9 +31,16 @@ pub enum Hook {
 pub enum Group {
     /// Always attached.
     Core,
-    /// The iptables-legacy trigger's programs (attached when the kernel has syscall
-    /// tracepoints).
+    /// The iptables-legacy trigger's programs on the `setsockopt` syscall's tracepoints: the
+    /// fallback where the kernel refuses [`Group::TableReplaceFunction`]. A program on any
+    /// `syscalls:` tracepoint makes every syscall of every task on the node take the kernel's
+    /// traced slow path (`SYSCALL_WORK_SYSCALL_TRACEPOINT`), not only `setsockopt`.
     TableReplace,
+    /// The same trigger on `__sys_setsockopt`'s entry and return (fentry/fexit): it runs only
+    /// when `setsockopt` is called, and holds no `bpf_prog_active`, so the node's other syscalls
+    /// and the agent's classic tracepoint programs are untouched. Preferred where the kernel
+    /// allows function tracing.
+    TableReplaceFunction,
     /// Where inside a replace the tables were swapped (`zdt-ebpf` `dataplane::on_percpu_alloc`):
     /// attached with the iptables-legacy trigger where the kernel has them; without them a
     /// replace is known to [entry, exit].
@@ -44,6 +57,11 @@ pub enum Group {
     /// a softirq would run on that CPU meanwhile: on a node busy sending, programs on every
     /// `sendto` would cost the agent events.)
     Ipvs,
+    /// The IPVS trigger on `__sys_sendto`'s and `__sys_sendmsg`'s entry and return
+    /// (fentry/fexit), where the kernel allows function tracing: loaded and attached as
+    /// [`Group::Ipvs`] is, which is their fallback (as [`Group::TableReplace`] is
+    /// [`Group::TableReplaceFunction`]'s).
+    IpvsFunction,
     /// BTF tracepoints, always attached. `signal_generate` needs the task pointer of the
     /// target, which only the BTF flavour passes. `inet_sock_set_state` fires on every TCP
     /// state change of the node (about 10 a connection): the classic tracepoint fills its
@@ -71,7 +89,9 @@ pub struct Program {
 const fn on(hook: Hook, group: Group, counted: bool) -> Program {
     let name = match hook {
         Hook::TracePoint { name, .. } => name,
-        Hook::BtfTracePoint { function } => function,
+        Hook::BtfTracePoint { function } | Hook::FEntry { function } | Hook::FExit { function } => {
+            function
+        }
     };
     Program {
         name,
@@ -91,6 +111,18 @@ pub const PROGRAMS: &[Program] = &[
     on(tp::sched_process_exit::HOOK, Group::Core, true),
     on(tp::sys_enter_setsockopt::HOOK, Group::TableReplace, true),
     on(tp::sys_exit_setsockopt::HOOK, Group::TableReplace, true),
+    function(
+        "setsockopt_entry",
+        FEntry,
+        SETSOCKOPT_FUNCTION,
+        Group::TableReplaceFunction,
+    ),
+    function(
+        "setsockopt_exit",
+        FExit,
+        SETSOCKOPT_FUNCTION,
+        Group::TableReplaceFunction,
+    ),
     on(tp::percpu::ALLOC_HOOK, Group::SwapBound, false),
     on(tp::percpu::FREE_HOOK, Group::SwapBound, false),
     on(tp::module_refcnt::GET_HOOK, Group::ModuleRef, false),
@@ -99,6 +131,15 @@ pub const PROGRAMS: &[Program] = &[
     on(tp::sys_exit_sendto::HOOK, Group::Ipvs, true),
     on(tp::sys_enter_sendmsg::HOOK, Group::Ipvs, true),
     on(tp::sys_exit_sendmsg::HOOK, Group::Ipvs, true),
+    function("sendto_entry", FEntry, SENDTO_FUNCTION, Group::IpvsFunction),
+    function("sendto_exit", FExit, SENDTO_FUNCTION, Group::IpvsFunction),
+    function(
+        "sendmsg_entry",
+        FEntry,
+        SENDMSG_FUNCTION,
+        Group::IpvsFunction,
+    ),
+    function("sendmsg_exit", FExit, SENDMSG_FUNCTION, Group::IpvsFunction),
     on(TCP_SEND_RESET, Group::Btf, true),
     on(SIGNAL_GENERATE, Group::Btf, true),
 ];
@@ -118,6 +159,37 @@ const TCP_SEND_RESET: Hook = Hook::BtfTracePoint {
 const SIGNAL_GENERATE: Hook = Hook::BtfTracePoint {
     function: "signal_generate",
 };
+/// `int __sys_setsockopt(int fd, int level, int optname, char __user *optval, int optlen)`
+/// (net/socket.c), what the `setsockopt` syscall calls (this signature since it was added, 4.17).
+pub const SETSOCKOPT_FUNCTION: &str = "__sys_setsockopt";
+/// `int __sys_sendto(int fd, void __user *buff, size_t len, unsigned int flags, struct sockaddr
+/// __user *addr, int addr_len)`, what `sendto` and `send` call.
+pub const SENDTO_FUNCTION: &str = "__sys_sendto";
+/// `long __sys_sendmsg(int fd, struct user_msghdr __user *msg, unsigned int flags, bool
+/// forbid_cmsg_compat)`, what `sendmsg` calls.
+pub const SENDMSG_FUNCTION: &str = "__sys_sendmsg";
+
+/// Which end of a kernel function a program hooks.
+#[derive(Clone, Copy)]
+enum End {
+    FEntry,
+    FExit,
+}
+use End::{FEntry, FExit};
+
+/// A counted fentry or fexit program on `function`, named `name` (both ends hook the same
+/// function, so the hook cannot name them).
+const fn function(name: &'static str, end: End, function: &'static str, group: Group) -> Program {
+    Program {
+        name,
+        hook: match end {
+            FEntry => Hook::FEntry { function },
+            FExit => Hook::FExit { function },
+        },
+        group,
+        counted: true,
+    }
+}
 
 /// How many programs are [`Program::counted`].
 pub const COUNTED_LEN: usize = {
@@ -196,15 +268,21 @@ mod tests {
                 "sched_process_exit",
                 "sys_enter_setsockopt",
                 "sys_exit_setsockopt",
+                "setsockopt_entry",
+                "setsockopt_exit",
                 "sys_enter_sendto",
                 "sys_exit_sendto",
                 "sys_enter_sendmsg",
                 "sys_exit_sendmsg",
+                "sendto_entry",
+                "sendto_exit",
+                "sendmsg_entry",
+                "sendmsg_exit",
                 "tcp_send_reset",
                 "signal_generate",
             ]
         );
-        assert_eq!(handler_slot("tcp_send_reset"), 11);
+        assert_eq!(handler_slot("tcp_send_reset"), 17);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use zdt_common::{
     Event, PendingIpvs, PendingReplace, TableKey, genl, ipvs_sockopt, kind, maps, replace_reported,
@@ -68,13 +68,33 @@ static IPVS_SCRATCH: PerCpuArray<PendingIpvs> = PerCpuArray::with_max_entries(1,
 static IPVS_WRITERS: LruHashMap<u64, PendingIpvs> =
     LruHashMap::with_max_entries(maps::IPVS_WRITERS_MAX, 0);
 
-/// `syscalls:sys_enter_setsockopt`: every setsockopt of the node passes here, so the level and
-/// option are compared first; only a table replace costs a namespace lookup.
+/// `syscalls:sys_enter_setsockopt` (the fallback trigger): every argument is stored as a
+/// `long`.
 pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
-    // The record stores each int argument in a long.
-    let optname: u64 = field::load(ctx, enter_tp::OPTNAME);
     let level: u64 = field::load(ctx, enter_tp::LEVEL);
-    let (optname, level) = (optname as u32, level as u32);
+    let optname: u64 = field::load(ctx, enter_tp::OPTNAME);
+    on_setsockopt(
+        level as u32,
+        optname as u32,
+        field::load(ctx, enter_tp::OPTVAL),
+        field::load::<u64>(ctx, enter_tp::OPTLEN) as u32,
+    )
+}
+
+/// fentry on `__sys_setsockopt(int fd, int level, int optname, char __user *optval, int
+/// optlen)`.
+pub fn on_setsockopt_entry(ctx: &FEntryContext) -> Result<(), i32> {
+    let level: i32 = ctx.arg(1);
+    let optname: i32 = ctx.arg(2);
+    let optval: u64 = ctx.arg(3);
+    let optlen: i32 = ctx.arg(4);
+    on_setsockopt(level as u32, optname as u32, optval, optlen as u32)
+}
+
+/// Every setsockopt of the node passes here, so the level and option are compared first; only
+/// a table replace costs a namespace lookup.
+#[inline(always)]
+fn on_setsockopt(level: u32, optname: u32, optval: u64, optlen: u32) -> Result<(), i32> {
     if level == xt::SOL_IP
         && let Some(cmd) = ipvs_sockopt::as_genl_cmd(optname)
     {
@@ -91,7 +111,6 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     if unsafe { DATAPLANE_NETNS.get(&netns) }.is_none() {
         return Ok(());
     }
-    let optval: u64 = field::load(ctx, enter_tp::OPTVAL);
     // `struct ipt_replace` starts with the table's name.
     let table: [u8; 16] =
         unsafe { bpf_probe_read_user(optval as *const [u8; 16]) }.unwrap_or([0; 16]);
@@ -111,15 +130,21 @@ pub fn on_enter(ctx: &TracePointContext) -> Result<(), i32> {
     pending.old_first_block = unsafe { TABLE_BLOCKS.get(&table_key(&pending)) }
         .copied()
         .unwrap_or(0);
-    WRITERS.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
+    let id = bpf_get_current_pid_tgid();
+    WRITERS.insert(&id, &pending, 0)?;
     // The agent may read the new table from the writer while the kernel installs it.
-    let optlen: u64 = field::load(ctx, enter_tp::OPTLEN);
     let mut event = Event::new(kind::TABLE_REPLACE_BEGIN, pending.enter_ns);
     event.sk = optval;
-    event.state = optlen as u32;
-    fill(&mut event, &pending, ctx.tgid());
+    event.state = optlen;
+    fill(&mut event, &pending, tgid_of(id));
     emit_now(&event);
     Ok(())
+}
+
+/// The process id of a `bpf_get_current_pid_tgid` value.
+#[inline(always)]
+fn tgid_of(pid_tgid: u64) -> u32 {
+    (pid_tgid >> 32) as u32
 }
 
 /// The `ZDT_TABLE_BLOCKS` key of the table a replace writes.
@@ -145,16 +170,27 @@ fn fill(event: &mut Event, pending: &PendingReplace, tgid: u32) {
     event.netns = pending.netns;
 }
 
-/// `syscalls:sys_exit_setsockopt`: reports the replace or IPVS change its entry recorded, if it
-/// succeeded.
+/// `syscalls:sys_exit_setsockopt` (the fallback trigger).
 pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let _ = on_exit_ipvs(ctx, exit_tp::RET);
+    on_setsockopt_return(field::load(ctx, exit_tp::RET))
+}
+
+/// fexit on `__sys_setsockopt`: its five arguments, then its `int` return value.
+pub fn on_setsockopt_exit(ctx: &FExitContext) -> Result<(), i32> {
+    let ret: i32 = ctx.arg(5);
+    on_setsockopt_return(i64::from(ret))
+}
+
+/// A setsockopt returned `ret`: reports the replace or IPVS change its entry recorded, if it
+/// succeeded.
+#[inline(always)]
+fn on_setsockopt_return(ret: i64) -> Result<(), i32> {
+    let _ = ipvs_returned(ret);
     let id = bpf_get_current_pid_tgid();
     let Some(pending) = (unsafe { WRITERS.get(&id) }).copied() else {
         return Ok(());
     };
     let _ = WRITERS.remove(&id);
-    let ret: i64 = field::load(ctx, exit_tp::RET);
     // The table in effect now is the new one if the call succeeded, or if the old one's
     // counters were freed (the kernel swapped, then failed to copy the counters out).
     let installed = ret == 0 || pending.old_freed_ns != 0;
@@ -170,7 +206,7 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<(), i32> {
         unsafe { bpf_ktime_get_ns() },
         pending.first_free_ns,
         replace_reported::AT_EXIT,
-        ctx.tgid(),
+        tgid_of(id),
     );
     Ok(())
 }
@@ -341,29 +377,50 @@ fn ipvs_family() -> u16 {
     IPVS_FAMILY.get(0).map_or(0, |f| *f as u16)
 }
 
-/// `syscalls:sys_enter_sendto`: every send of the node passes here; while the trigger is
-/// disarmed it costs one array lookup, armed one 20-byte read of the caller's buffer.
+/// `syscalls:sys_enter_sendto` (the fallback trigger).
 pub fn on_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
+    on_sendto(
+        field::load(ctx, sys_enter_sendto::BUFF),
+        field::load(ctx, sys_enter_sendto::LEN),
+    )
+}
+
+/// fentry on `__sys_sendto(int fd, void __user *buff, size_t len, unsigned int flags, struct
+/// sockaddr __user *addr, int addr_len)`.
+pub fn on_sendto_entry(ctx: &FEntryContext) -> Result<(), i32> {
+    on_sendto(ctx.arg(1), ctx.arg(2))
+}
+
+/// Every send of the node passes here; while the trigger is disarmed it costs one array
+/// lookup, armed one 20-byte read of the caller's buffer.
+#[inline(always)]
+fn on_sendto(buff: u64, len: u64) -> Result<(), i32> {
     let family = ipvs_family();
-    if family == 0 {
+    if family == 0 || len < genl::HEADERS_LEN as u64 {
         return Ok(());
     }
-    let len: u64 = field::load(ctx, sys_enter_sendto::LEN);
-    if len < genl::HEADERS_LEN as u64 {
-        return Ok(());
-    }
-    let buff: u64 = field::load(ctx, sys_enter_sendto::BUFF);
     remember_ipvs_request(buff, len, family)
 }
 
-/// `syscalls:sys_enter_sendmsg`: the datagram starts in the first `iovec` of the caller's
-/// `struct user_msghdr` (libnl puts the whole message there).
+/// `syscalls:sys_enter_sendmsg` (the fallback trigger).
 pub fn on_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
+    on_sendmsg(field::load(ctx, sys_enter_sendmsg::MSG))
+}
+
+/// fentry on `__sys_sendmsg(int fd, struct user_msghdr __user *msg, unsigned int flags, bool
+/// forbid_cmsg_compat)`.
+pub fn on_sendmsg_entry(ctx: &FEntryContext) -> Result<(), i32> {
+    on_sendmsg(ctx.arg(1))
+}
+
+/// The datagram starts in the first `iovec` of the caller's `struct user_msghdr` (libnl puts
+/// the whole message there).
+#[inline(always)]
+fn on_sendmsg(msg: u64) -> Result<(), i32> {
     let family = ipvs_family();
     if family == 0 {
         return Ok(());
     }
-    let msg: u64 = field::load(ctx, sys_enter_sendmsg::MSG);
     let iovlen: u64 =
         unsafe { bpf_probe_read_user((msg + user_msghdr::IOVLEN as u64) as *const u64)? };
     if iovlen == 0 {
@@ -427,11 +484,28 @@ fn remember_ipvs(cmd: u8, buf: u64, len: u64) -> Result<(), i32> {
     Ok(())
 }
 
-/// `syscalls:sys_exit_sendto` / `sys_exit_sendmsg` / `sys_exit_setsockopt` (`ret` at
-/// `ret_offset`): reports the IPVS change its entry recorded if the syscall returned ≥ 0 (the
-/// kernel has applied the request, or queued its error in the ack).
+/// `syscalls:sys_exit_sendto` / `sys_exit_sendmsg` (`ret` at `ret_offset`).
 #[inline(always)]
 pub fn on_exit_ipvs(ctx: &TracePointContext, ret_offset: usize) -> Result<(), i32> {
+    ipvs_returned(field::load(ctx, ret_offset))
+}
+
+/// fexit on `__sys_sendto`: six arguments, then the `int` it returns. (Every send of the node
+/// passes the returns too: [`ipvs_returned`] looks at the armed family first.)
+pub fn on_sendto_exit(ctx: &FExitContext) -> Result<(), i32> {
+    let ret: i32 = ctx.arg(6);
+    ipvs_returned(i64::from(ret))
+}
+
+/// fexit on `__sys_sendmsg`: four arguments, then the `long` it returns.
+pub fn on_sendmsg_exit(ctx: &FExitContext) -> Result<(), i32> {
+    ipvs_returned(ctx.arg(4))
+}
+
+/// A send or setsockopt returned `ret`: reports the IPVS change its entry recorded if `ret` ≥ 0
+/// (the kernel has applied the request, or queued its error in the ack).
+#[inline(always)]
+fn ipvs_returned(ret: i64) -> Result<(), i32> {
     if ipvs_family() == 0 {
         return Ok(());
     }
@@ -441,12 +515,11 @@ pub fn on_exit_ipvs(ctx: &TracePointContext, ret_offset: usize) -> Result<(), i3
     };
     // SAFETY: the map value stays valid until the remove below.
     let pending = unsafe { &*pending };
-    let ret: i64 = field::load(ctx, ret_offset);
     if ret >= 0 {
         let mut event = Event::new(kind::IPVS_CHANGE, unsafe { bpf_ktime_get_ns() });
         event.sk = pending.enter_ns;
         event.reason = u32::from(pending.cmd);
-        event.tgid = ctx.tgid();
+        event.tgid = tgid_of(id);
         event.netns = pending.netns;
         // Rare and awaited: the reader is woken at once.
         emit_ipvs(&event, pending);

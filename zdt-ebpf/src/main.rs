@@ -21,8 +21,8 @@ mod reset;
 mod watch;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, fexit, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
 };
 
 /// The entry point's answer (always 0) once `$handler` ran; its error is counted for
@@ -74,6 +74,16 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     counted!("sys_exit_setsockopt", dataplane::on_exit(&ctx))
 }
 
+#[fentry(function = "__sys_setsockopt")]
+pub fn setsockopt_entry(ctx: FEntryContext) -> i32 {
+    counted!("setsockopt_entry", dataplane::on_setsockopt_entry(&ctx))
+}
+
+#[fexit(function = "__sys_setsockopt")]
+pub fn setsockopt_exit(ctx: FExitContext) -> i32 {
+    counted!("setsockopt_exit", dataplane::on_setsockopt_exit(&ctx))
+}
+
 #[tracepoint(category = "percpu", name = "percpu_alloc_percpu")]
 pub fn percpu_alloc_percpu(ctx: TracePointContext) -> u32 {
     dataplane::on_percpu_alloc(&ctx);
@@ -122,6 +132,26 @@ pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
         "sys_exit_sendmsg",
         dataplane::on_exit_ipvs(&ctx, zdt_common::tracepoint::sys_exit_sendmsg::RET)
     )
+}
+
+#[fentry(function = "__sys_sendto")]
+pub fn sendto_entry(ctx: FEntryContext) -> i32 {
+    counted!("sendto_entry", dataplane::on_sendto_entry(&ctx))
+}
+
+#[fexit(function = "__sys_sendto")]
+pub fn sendto_exit(ctx: FExitContext) -> i32 {
+    counted!("sendto_exit", dataplane::on_sendto_exit(&ctx))
+}
+
+#[fentry(function = "__sys_sendmsg")]
+pub fn sendmsg_entry(ctx: FEntryContext) -> i32 {
+    counted!("sendmsg_entry", dataplane::on_sendmsg_entry(&ctx))
+}
+
+#[fexit(function = "__sys_sendmsg")]
+pub fn sendmsg_exit(ctx: FExitContext) -> i32 {
+    counted!("sendmsg_exit", dataplane::on_sendmsg_exit(&ctx))
 }
 
 #[btf_tracepoint(function = "tcp_send_reset")]

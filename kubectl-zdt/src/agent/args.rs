@@ -54,6 +54,13 @@ pub struct AgentArgs {
     #[arg(long, hide = true)]
     pub without_newer_tracepoint_fields: bool,
 
+    /// Where the iptables-legacy trigger hooks `setsockopt`: auto (the kernel function
+    /// `__sys_setsockopt` through fentry/fexit, or the syscall's tracepoints where the kernel
+    /// refuses function tracing, with a warning), fentry (fail where refused) or tracepoint
+    /// (every syscall on the node then takes the kernel's slower traced path).
+    #[arg(long, value_enum, value_name = "HOOK", default_value = "auto")]
+    pub trigger_hooks: crate::kernel::loader::TriggerHooks,
+
     /// Also serve the Prometheus metrics (`GET /metrics`, nothing else) on this address, e.g.
     /// 0.0.0.0:9464 for a PodMonitor. Off by default: in cluster mode /metrics is on the
     /// loopback endpoint, reached through port-forward. With hostNetwork an address other than
@@ -121,6 +128,7 @@ impl AgentArgs {
         config.wakeup_every = self.wakeup_every;
         config.ringbuf_bytes = self.ringbuf_bytes;
         config.without_newer_tracepoint_fields = self.without_newer_tracepoint_fields;
+        config.trigger_hooks = self.trigger_hooks;
         config.watch_netns = self.watch_netns;
         config.dataplane = !self.no_dataplane;
         config.journal = self.journal_dir.map(|dir| {

@@ -27,6 +27,8 @@ pub struct AgentConfig {
     pub journal: Option<crate::journal::Config>,
     /// Ignore the optional tracepoint fields newer kernels have (tests of the 6.12 paths).
     pub without_newer_tracepoint_fields: bool,
+    /// Where the iptables-legacy trigger hooks `setsockopt`.
+    pub trigger_hooks: crate::kernel::loader::TriggerHooks,
 }
 
 impl AgentConfig {
@@ -42,6 +44,7 @@ impl AgentConfig {
             dataplane: true,
             journal: None,
             without_newer_tracepoint_fields: false,
+            trigger_hooks: crate::kernel::loader::TriggerHooks::Auto,
         }
     }
 }

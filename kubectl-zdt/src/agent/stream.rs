@@ -91,6 +91,7 @@ impl Agent {
             offsets: kernel.offsets,
             filter: config.filter,
             table_replace: kernel.table_replace,
+            trigger_hooks: config.trigger_hooks,
         })?;
         let decoder = Decoder {
             node: config.node.clone(),

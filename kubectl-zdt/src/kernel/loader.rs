@@ -20,7 +20,7 @@ use zdt_common::{
 };
 
 use super::filter::WatchFilter;
-use crate::dataplane::watcher::{Arm, Armed};
+use crate::dataplane::watcher::{Arm, Armed, TriggerHook};
 
 /// The eBPF object built by build.rs from the `zdt-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zdt"));
@@ -38,6 +38,25 @@ pub struct LoadSpec<'a> {
     /// Attach the iptables-legacy and IPVS triggers (preflight found their syscall
     /// tracepoints).
     pub table_replace: bool,
+    /// Where the dataplane triggers hook their syscalls.
+    pub trigger_hooks: TriggerHooks,
+}
+
+/// Where the dataplane triggers hook the syscalls that change x_tables (`setsockopt`) and IPVS
+/// (`sendto`, `sendmsg`, `setsockopt`): `kubectl-zdt agent --trigger-hooks`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TriggerHooks {
+    /// The kernel functions the syscalls call (`__sys_setsockopt`, `__sys_sendto`,
+    /// `__sys_sendmsg`), at entry and return (fentry/fexit); the syscalls' tracepoints where
+    /// the kernel refuses function tracing, said once as a warning.
+    #[default]
+    Auto,
+    /// The kernel functions only: the agent fails to start where the kernel refuses them.
+    Fentry,
+    /// The syscalls' tracepoints (`syscalls:sys_enter/exit_setsockopt`, …). A program on any
+    /// syscall tracepoint makes every syscall of every process on the node take the kernel's
+    /// traced slow path (tens of ns each).
+    Tracepoint,
 }
 
 /// The loaded, attached probes and the maps userspace reads.
@@ -58,13 +77,16 @@ pub struct Probes {
 pub struct DataplaneNetns {
     netns: BpfHashMap<MapData, u32, u8>,
     ipvs_family: Array<MapData, u32>,
+    /// Where the dataplane triggers are hooked.
+    pub trigger_hook: TriggerHook,
 }
 
 impl DataplaneNetns {
-    fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+    fn take(ebpf: &mut Ebpf, trigger_hook: TriggerHook) -> anyhow::Result<Self> {
         Ok(Self {
             netns: BpfHashMap::try_from(take(ebpf, maps::DATAPLANE_NETNS)?)?,
             ipvs_family: Array::try_from(take(ebpf, maps::IPVS_FAMILY)?)?,
+            trigger_hook,
         })
     }
 
@@ -75,7 +97,7 @@ impl DataplaneNetns {
             self.arm_ipvs(id)?;
         }
         Ok(Armed {
-            legacy: true,
+            legacy: Some(self.trigger_hook),
             ipvs: arm.ipvs_family.is_some(),
         })
     }
@@ -99,6 +121,8 @@ impl DataplaneNetns {
 /// The programs, attached for as long as this lives.
 pub struct Attached {
     ebpf: Ebpf,
+    /// Where the dataplane triggers are hooked; `None` when they are not loaded.
+    trigger_hook: Option<TriggerHook>,
     /// The IPVS trigger's programs are attached (they are loaded from the start).
     ipvs: bool,
 }
@@ -146,35 +170,34 @@ impl Probes {
             }
         }
 
-        let optional = programs::group(Group::TableReplace).filter(|_| spec.table_replace);
-        attach(&mut ebpf, programs::group(Group::Core).chain(optional))?;
-        if spec.table_replace {
+        let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
+        attach(&mut ebpf, programs::group(Group::Core))?;
+        let trigger_hook = if spec.table_replace {
+            let hook = load_triggers(&mut ebpf, &btf, spec.trigger_hooks)?;
             attach_swap_bounds(&mut ebpf, &spec.offsets)?;
-            load(&mut ebpf, programs::group(Group::Ipvs))?;
-        }
+            Some(hook)
+        } else {
+            None
+        };
 
-        let mut btf_programs = programs::group(Group::Btf).peekable();
-        if btf_programs.peek().is_some() {
-            let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
-            for Program {
-                name: prog, hook, ..
-            } in btf_programs
-            {
-                let Hook::BtfTracePoint { function } = hook else {
-                    bail!("program {prog} is listed with the BTF tracepoints but is not one");
-                };
-                let program: &mut BtfTracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-                    .try_into()
-                    .with_context(|| format!("program {prog} is not a BTF tracepoint program"))?;
-                program
-                    .load(function, &btf)
-                    .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
-                program
-                    .attach()
-                    .with_context(|| format!("failed to attach to BTF tracepoint {function}"))?;
-            }
+        for Program {
+            name: prog, hook, ..
+        } in programs::group(Group::Btf)
+        {
+            let Hook::BtfTracePoint { function } = hook else {
+                bail!("program {prog} is listed with the BTF tracepoints but is not one");
+            };
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+                .try_into()
+                .with_context(|| format!("program {prog} is not a BTF tracepoint program"))?;
+            program
+                .load(function, &btf)
+                .with_context(|| format!("the kernel verifier rejected program {prog}"))?;
+            program
+                .attach()
+                .with_context(|| format!("failed to attach to BTF tracepoint {function}"))?;
         }
 
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
@@ -190,13 +213,16 @@ impl Probes {
             watch,
             spec.watch_netns,
         );
-        let dataplane_netns = if spec.table_replace {
-            Some(DataplaneNetns::take(&mut ebpf)?)
-        } else {
-            None
+        let dataplane_netns = match trigger_hook {
+            Some(hook) => Some(DataplaneNetns::take(&mut ebpf, hook)?),
+            None => None,
         };
         Ok(Self {
-            attached: Attached { ebpf, ipvs: false },
+            attached: Attached {
+                ebpf,
+                trigger_hook,
+                ipvs: false,
+            },
             events,
             maps,
             filter,
@@ -225,6 +251,96 @@ fn object(
         .context("failed to load the eBPF programs into the kernel")
 }
 
+/// Loads the dataplane triggers' programs where `hooks` asks, attaches the iptables-legacy
+/// one (the IPVS one waits for [`Attached::attach_ipvs`]), and says where they went.
+fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Result<TriggerHook> {
+    let functions =
+        || programs::group(Group::TableReplaceFunction).chain(programs::group(Group::IpvsFunction));
+    if hooks != TriggerHooks::Tracepoint {
+        let loaded = load_functions(ebpf, btf, functions())
+            .and_then(|()| attach_loaded(ebpf, programs::group(Group::TableReplaceFunction)));
+        match loaded {
+            Ok(()) => return Ok(TriggerHook::Function),
+            Err(e) if hooks == TriggerHooks::Fentry => {
+                return Err(e.context(
+                    "the kernel refused the dataplane triggers on __sys_setsockopt, \
+                     __sys_sendto and __sys_sendmsg (--trigger-hooks fentry); \
+                     --trigger-hooks tracepoint puts them on the syscalls' tracepoints",
+                ));
+            }
+            Err(e) => {
+                // None may stay: a lone entry would keep calls no return reports, and the
+                // tracepoints below would report each call a second time.
+                for Program { name, .. } in functions() {
+                    if let Some(program) = ebpf.program_mut(name) {
+                        let _ = unload(program);
+                    }
+                }
+                tracing::warn!(
+                    "iptables-legacy and IPVS changes are watched on the syscalls' \
+                     tracepoints, which make every syscall on this node take the kernel's \
+                     traced slow path: the kernel refused function tracing: {e:#}"
+                );
+            }
+        }
+    }
+    load(
+        ebpf,
+        programs::group(Group::TableReplace).chain(programs::group(Group::Ipvs)),
+    )?;
+    attach_loaded(ebpf, programs::group(Group::TableReplace))?;
+    Ok(TriggerHook::SyscallTracepoints)
+}
+
+/// The IPVS trigger's programs for the triggers' `hook`.
+fn ipvs_group(hook: TriggerHook) -> Group {
+    match hook {
+        TriggerHook::Function => Group::IpvsFunction,
+        TriggerHook::SyscallTracepoints => Group::Ipvs,
+    }
+}
+
+/// Unloads an fentry or fexit program (detaching it).
+fn unload(program: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramError> {
+    match program {
+        aya::programs::Program::FEntry(p) => p.unload(),
+        aya::programs::Program::FExit(p) => p.unload(),
+        _ => Ok(()),
+    }
+}
+
+/// Loads these fentry/fexit programs against the kernel's BTF (the verifier checks them now)
+/// without attaching them.
+fn load_functions(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    programs: impl Iterator<Item = &'static Program>,
+) -> anyhow::Result<()> {
+    for_each(ebpf, programs, |prog, hook, program| {
+        let loaded = match (hook, program) {
+            (Hook::FEntry { function }, aya::programs::Program::FEntry(p)) => p.load(function, btf),
+            (Hook::FExit { function }, aya::programs::Program::FExit(p)) => p.load(function, btf),
+            _ => bail!("program {prog} is listed as fentry/fexit but is not one"),
+        };
+        loaded.with_context(|| format!("the kernel refused program {prog}"))
+    })
+}
+
+/// `f` on each of these programs of the object (its name, hook and program).
+fn for_each(
+    ebpf: &mut Ebpf,
+    programs: impl Iterator<Item = &'static Program>,
+    mut f: impl FnMut(&str, Hook, &mut aya::programs::Program) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for Program { name, hook, .. } in programs {
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+        f(name, *hook, program)?;
+    }
+    Ok(())
+}
+
 /// Loads and attaches these tracepoint programs.
 fn attach(
     ebpf: &mut Ebpf,
@@ -244,23 +360,28 @@ fn load(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'static Program>) -> an
     Ok(())
 }
 
-/// Attaches these loaded tracepoint programs.
+/// Attaches these loaded tracepoint, fentry and fexit programs.
 fn attach_loaded(
     ebpf: &mut Ebpf,
     programs: impl Iterator<Item = &'static Program>,
 ) -> anyhow::Result<()> {
-    for Program {
-        name: prog, hook, ..
-    } in programs
-    {
-        let Hook::TracePoint { category, name } = hook else {
-            bail!("program {prog} is listed with the tracepoints but is a BTF tracepoint");
-        };
-        tracepoint(ebpf, prog)?
-            .attach(category, name)
-            .with_context(|| format!("failed to attach to tracepoint {category}:{name}"))?;
-    }
-    Ok(())
+    for_each(ebpf, programs, |prog, hook, program| {
+        match (hook, program) {
+            (Hook::TracePoint { category, name }, aya::programs::Program::TracePoint(p)) => p
+                .attach(category, name)
+                .map(drop)
+                .with_context(|| format!("failed to attach to tracepoint {category}:{name}")),
+            (Hook::FEntry { function }, aya::programs::Program::FEntry(p)) => p
+                .attach()
+                .map(drop)
+                .with_context(|| format!("failed to attach to the entry of {function}")),
+            (Hook::FExit { function }, aya::programs::Program::FExit(p)) => p
+                .attach()
+                .map(drop)
+                .with_context(|| format!("failed to attach to the return of {function}")),
+            _ => bail!("program {prog} is not of its hook's kind"),
+        }
+    })
 }
 
 fn tracepoint<'e>(ebpf: &'e mut Ebpf, prog: &str) -> anyhow::Result<&'e mut TracePoint> {
@@ -317,19 +438,22 @@ impl DataplaneTriggers {
             .unwrap_or(0)
     }
 
-    pub fn load(offsets: &KernelOffsets) -> anyhow::Result<Self> {
+    pub fn load(offsets: &KernelOffsets, trigger: TriggerHooks) -> anyhow::Result<Self> {
         // Every event woken at once: only rare triggers are produced.
         let mut ebpf = object(1, 1, offsets, maps::EVENTS_BYTES)?;
-        attach(
-            &mut ebpf,
-            programs::group(Group::TableReplace).chain(programs::group(Group::Ipvs)),
-        )?;
+        let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
+        let hook = load_triggers(&mut ebpf, &btf, trigger)?;
+        attach_loaded(&mut ebpf, programs::group(ipvs_group(hook)))?;
         attach_swap_bounds(&mut ebpf, offsets)?;
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
-        let dataplane_netns = DataplaneNetns::take(&mut ebpf)?;
+        let dataplane_netns = DataplaneNetns::take(&mut ebpf, hook)?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)?;
         Ok(Self {
-            attached: Attached { ebpf, ipvs: true },
+            attached: Attached {
+                ebpf,
+                trigger_hook: Some(hook),
+                ipvs: true,
+            },
             events,
             dataplane_netns,
             stats,
@@ -342,7 +466,12 @@ impl Attached {
     pub fn programs(&self) -> Vec<(String, u32)> {
         self.ebpf
             .programs()
-            .filter(|(name, _)| self.ipvs || !programs::group(Group::Ipvs).any(|p| p.name == *name))
+            .filter(|(name, _)| {
+                self.ipvs
+                    || !programs::group(Group::Ipvs)
+                        .chain(programs::group(Group::IpvsFunction))
+                        .any(|p| p.name == *name)
+            })
             .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_owned(), i.id())))
             .collect()
     }
@@ -373,8 +502,10 @@ impl Attached {
 
     /// Attaches the IPVS trigger's programs (once; they were loaded with the others).
     pub fn attach_ipvs(&mut self) -> anyhow::Result<()> {
-        if !self.ipvs {
-            attach_loaded(&mut self.ebpf, programs::group(Group::Ipvs))?;
+        if !self.ipvs
+            && let Some(hook) = self.trigger_hook
+        {
+            attach_loaded(&mut self.ebpf, programs::group(ipvs_group(hook)))?;
             self.ipvs = true;
         }
         Ok(())
@@ -562,6 +693,8 @@ mod tests {
                 let kind = match p.section {
                     ProgramSection::TracePoint => "tracepoint".to_owned(),
                     ProgramSection::BtfTracePoint => "BTF tracepoint".to_owned(),
+                    ProgramSection::FEntry { .. } => "fentry".to_owned(),
+                    ProgramSection::FExit { .. } => "fexit".to_owned(),
                     ref other => format!("{other:?}"),
                 };
                 format!("{name}: {kind} in section {section}")
@@ -576,6 +709,12 @@ mod tests {
                 ),
                 Hook::BtfTracePoint { function } => {
                     format!("{}: BTF tracepoint in section tp_btf/{function}", p.name)
+                }
+                Hook::FEntry { function } => {
+                    format!("{}: fentry in section fentry/{function}", p.name)
+                }
+                Hook::FExit { function } => {
+                    format!("{}: fexit in section fexit/{function}", p.name)
                 }
             })
             .collect();

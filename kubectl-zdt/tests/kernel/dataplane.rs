@@ -1237,10 +1237,10 @@ fn iptables_legacy_node_port_errors_name_the_frontend_and_pod_and_removals_are_r
         "{}",
         mode.to_json_line()
     );
+    let triggers = mode.other_fields()["triggers"].to_string();
     assert!(
-        mode.other_fields()["triggers"]
-            .to_string()
-            .contains("sys_exit_setsockopt"),
+        triggers.contains("x_tables replace (fexit __sys_setsockopt")
+            || triggers.contains("x_tables replace (syscalls:sys_exit_setsockopt"),
         "{}",
         mode.to_json_line()
     );

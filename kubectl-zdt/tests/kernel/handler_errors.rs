@@ -40,6 +40,7 @@ fn reset_handler_errors(valid: bool, n: usize) -> u64 {
         offsets,
         filter: false,
         table_replace: false,
+        trigger_hooks: kubectl_zdt::kernel::loader::TriggerHooks::Auto,
     })
     .unwrap();
     refused(n);

@@ -20,7 +20,7 @@ use kubectl_zdt::{
     dataplane::{
         ipvs::{self, Command, IpvsChange, RealServer, VirtualServer},
         model::{Backend, Protocol, ServiceAddr},
-        watcher::{self, Arm, Armed, Trigger},
+        watcher::{self, Arm, Trigger, TriggerHook},
     },
     observation::NodeName,
     testbed::{Node, agent::RunningAgent},
@@ -109,17 +109,8 @@ impl Genl {
 
     /// `sendmsg` of one iovec, as libnl sends (ipvsadm, keepalived).
     fn sendmsg(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut iov = libc::iovec {
-            iov_base: bytes.as_ptr().cast_mut().cast(),
-            iov_len: bytes.len(),
-        };
-        // SAFETY: msghdr is plain data; no address (connected to nothing = the kernel).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        // SAFETY: `msg` points at `iov`, which points at `bytes`, all alive for the call.
-        let n = unsafe { libc::sendmsg(self.0.as_raw_fd(), &raw const msg, 0) };
-        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+        use std::os::fd::AsFd as _;
+        ipvs::sendmsg_one_iovec(self.0.as_fd(), bytes)
     }
 
     /// The error code of the kernel's ack (`NLMSG_ERROR`; 0 = the request was applied).
@@ -164,13 +155,9 @@ fn armed_agent(node: &Node) -> (RunningAgent, mpsc::Receiver<Trigger>, u32) {
             ipvs_family: Some(FAMILY),
         })
         .unwrap();
-    assert_eq!(
-        armed,
-        Armed {
-            legacy: true,
-            ipvs: true
-        },
-        "this kernel has syscall tracepoints: both triggers must be armed"
+    assert!(
+        armed.legacy.is_some() && armed.ipvs,
+        "this kernel has syscall tracepoints: both triggers must be armed: {armed:?}"
     );
     let (tx, rx) = mpsc::channel();
     agent.use_dataplane(&watcher::Watcher {
@@ -184,52 +171,156 @@ fn armed_agent(node: &Node) -> (RunningAgent, mpsc::Receiver<Trigger>, u32) {
     (RunningAgent::run(agent).unwrap(), rx, netns)
 }
 
-/// The send programs run on every `sendto`/`sendmsg` of the node, and while one runs the kernel
-/// runs no other tracing program on that CPU: they are attached only once the watcher arms the
-/// agent with an IPVS family, so a node without IPVS has none. Asked of the kernel (its links),
-/// not of the agent's bookkeeping.
+/// The send programs run on every `sendto`/`sendmsg` of the node (and on the syscall
+/// tracepoints, the kernel then runs no other classic tracing program on that CPU): they are
+/// attached only once the watcher arms the agent with an IPVS family, so a node without IPVS
+/// has none, and then only those of the hook the triggers use. Asked of the kernel (its
+/// links), not of the agent's bookkeeping; with the triggers on the tracepoints and as `auto`
+/// puts them here.
 #[test]
 fn the_send_programs_are_attached_only_once_an_ipvs_family_is_armed() {
-    const SEND_PROGRAMS: [&str; 4] = [
+    use kubectl_zdt::kernel::loader::TriggerHooks;
+    const SEND_TRACEPOINTS: [&str; 4] = [
         "sys_enter_sendto",
         "sys_exit_sendto",
         "sys_enter_sendmsg",
         "sys_exit_sendmsg",
     ];
+    const SEND_FUNCTIONS: [&str; 4] = [
+        "sendto_entry",
+        "sendto_exit",
+        "sendmsg_entry",
+        "sendmsg_exit",
+    ];
     require_root();
     let node = Node::create().unwrap();
-    let mut config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
-    config.filter = true;
-    let mut agent = Agent::start(&config).unwrap();
-    let sends = |agent: &Agent| {
-        let linked = agent.linked_programs();
-        assert!(
-            linked.iter().any(|p| p == "sys_enter_setsockopt"),
-            "the iptables-legacy trigger is attached from the start: {linked:?}"
-        );
-        SEND_PROGRAMS
-            .iter()
-            .filter(|p| linked.iter().any(|l| l == *p))
-            .count()
-    };
-    assert_eq!(sends(&agent), 0, "attached before the agent was armed");
+    for hooks in [TriggerHooks::Tracepoint, TriggerHooks::Auto] {
+        let mut config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
+        config.filter = true;
+        config.trigger_hooks = hooks;
+        let mut agent = Agent::start(&config).unwrap();
+        let sends = |agent: &Agent| {
+            let linked = agent.linked_programs();
+            assert!(
+                linked
+                    .iter()
+                    .any(|p| p == "sys_enter_setsockopt" || p == "setsockopt_entry"),
+                "the iptables-legacy trigger is attached from the start: {linked:?}"
+            );
+            let of = |programs: [&str; 4]| {
+                programs
+                    .iter()
+                    .filter(|p| linked.iter().any(|l| l == *p))
+                    .count()
+            };
+            (of(SEND_TRACEPOINTS), of(SEND_FUNCTIONS))
+        };
+        assert_eq!(sends(&agent), (0, 0), "attached before the agent was armed");
+        let netns = netns_of(&node);
+        let no_ipvs = agent
+            .arm_dataplane(&Arm {
+                netns,
+                ipvs_family: None,
+            })
+            .unwrap();
+        assert!(!no_ipvs.ipvs);
+        assert_eq!(sends(&agent), (0, 0), "attached on a kernel without IPVS");
+        let armed = agent
+            .arm_dataplane(&Arm {
+                netns,
+                ipvs_family: Some(FAMILY),
+            })
+            .unwrap();
+        assert!(armed.ipvs);
+        let expected = match armed.legacy {
+            Some(TriggerHook::Function) => (0, 4),
+            Some(TriggerHook::SyscallTracepoints) => (4, 0),
+            None => panic!("armed without the x_tables trigger: {armed:?}"),
+        };
+        assert_eq!(sends(&agent), expected, "{hooks:?}: {armed:?}");
+    }
+}
+
+/// The iptables-legacy trigger's two pairs, as the kernel lists the agent's links.
+const FUNCTION_PAIR: [&str; 2] = ["setsockopt_entry", "setsockopt_exit"];
+const TRACEPOINT_PAIR: [&str; 2] = ["sys_enter_setsockopt", "sys_exit_setsockopt"];
+
+/// Which of the trigger's pairs the kernel has links for (panics on a half or on both: a
+/// lone entry would keep replaces nobody reports, both would report each replace twice).
+fn linked_pair(agent: &Agent) -> [&'static str; 2] {
+    let linked = agent.linked_programs();
+    let has = |pair: [&str; 2]| pair.map(|p| linked.iter().any(|l| l == p));
+    match (has(FUNCTION_PAIR), has(TRACEPOINT_PAIR)) {
+        ([true, true], [false, false]) => FUNCTION_PAIR,
+        ([false, false], [true, true]) => TRACEPOINT_PAIR,
+        other => panic!("not exactly one whole pair linked: {other:?} of {linked:?}"),
+    }
+}
+
+/// `--trigger-hooks`: `tracepoint` puts the dataplane triggers on the syscalls' tracepoints;
+/// `fentry` on `__sys_setsockopt` (and the sends), or fails in one line naming the way out
+/// where the kernel refuses it; `auto` takes the functions exactly where `fentry` works, else
+/// the tracepoints. In every case exactly one `setsockopt` pair is linked and the armed watcher
+/// is told which (the send programs: the test above).
+#[test]
+fn the_dataplane_triggers_are_on_kernel_functions_where_the_kernel_allows_them() {
+    use kubectl_zdt::kernel::loader::TriggerHooks;
+    require_root();
+    let node = Node::create().unwrap();
     let netns = netns_of(&node);
-    let no_ipvs = agent
-        .arm_dataplane(&Arm {
-            netns,
-            ipvs_family: None,
-        })
-        .unwrap();
-    assert!(!no_ipvs.ipvs);
-    assert_eq!(sends(&agent), 0, "attached on a kernel without IPVS");
-    let armed = agent
-        .arm_dataplane(&Arm {
-            netns,
-            ipvs_family: Some(FAMILY),
-        })
-        .unwrap();
-    assert!(armed.ipvs);
-    assert_eq!(sends(&agent), SEND_PROGRAMS.len(), "armed but not attached");
+    let start = |trigger| {
+        let mut config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
+        config.filter = true;
+        config.trigger_hooks = trigger;
+        Agent::start(&config)
+    };
+    let armed_hook = |agent: &mut Agent| {
+        agent
+            .arm_dataplane(&Arm {
+                netns,
+                ipvs_family: None,
+            })
+            .unwrap()
+            .legacy
+    };
+
+    let mut agent = start(TriggerHooks::Tracepoint).unwrap();
+    assert_eq!(linked_pair(&agent), TRACEPOINT_PAIR);
+    assert_eq!(
+        armed_hook(&mut agent),
+        Some(TriggerHook::SyscallTracepoints)
+    );
+    drop(agent);
+
+    let fentry = start(TriggerHooks::Fentry);
+    let fentry_works = match fentry {
+        Ok(mut agent) => {
+            assert_eq!(linked_pair(&agent), FUNCTION_PAIR);
+            assert_eq!(armed_hook(&mut agent), Some(TriggerHook::Function));
+            true
+        }
+        Err(e) => {
+            let text = format!("{e:#}");
+            assert!(
+                text.contains("__sys_setsockopt") && text.contains("--trigger-hooks tracepoint"),
+                "{text}"
+            );
+            false
+        }
+    };
+
+    let mut agent = start(TriggerHooks::Auto).unwrap();
+    let (pair, hook) = if fentry_works {
+        (FUNCTION_PAIR, TriggerHook::Function)
+    } else {
+        (TRACEPOINT_PAIR, TriggerHook::SyscallTracepoints)
+    };
+    assert_eq!(
+        linked_pair(&agent),
+        pair,
+        "fentry works here: {fentry_works}"
+    );
+    assert_eq!(armed_hook(&mut agent), Some(hook));
 }
 
 fn next_change(rx: &mpsc::Receiver<Trigger>) -> IpvsChange {

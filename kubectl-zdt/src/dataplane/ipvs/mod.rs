@@ -48,7 +48,7 @@ pub use self::{
 };
 // Test-only: writing to IPVS (see `test_commands`).
 #[cfg(feature = "test-support")]
-pub use self::test_commands::{Command, encode_command};
+pub use self::test_commands::{Command, encode_command, sendmsg_one_iovec};
 use self::wire::parse_service;
 use super::model::{Backend, Protocol, ServiceAddr};
 

@@ -114,6 +114,23 @@ pub fn encode_command(command: &Command, family_id: u16, seq: u32) -> Vec<u8> {
     m
 }
 
+/// `sendmsg` of `bytes` in one `iovec` on a netlink socket, to the kernel (no address), as
+/// libnl sends (ipvsadm, keepalived); the bytes sent.
+pub fn sendmsg_one_iovec(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; no address: the socket's peer is the kernel.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: `msg` points at `iov`, which points at `bytes`, all alive for the call.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &raw const msg, 0) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
 impl Live {
     /// Makes one change to IPVS, as kube-proxy does (`ipvsadm -A/-a/-e/-d`), and waits for the
     /// kernel's acknowledgement.
@@ -123,6 +140,17 @@ impl Live {
             .send(&encode_command(command, self.family_id, self.seq), 0)?;
         let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
         // The acknowledgement is an NLMSG_ERROR with code 0; an error code is returned as such.
+        decode_datagram(&self.buf[..n]).map(|_| ())
+    }
+
+    /// The same change sent as libnl sends it (ipvsadm, keepalived): `sendmsg` with the whole
+    /// request in one `iovec`.
+    pub fn execute_by_sendmsg(&mut self, command: &Command) -> Result<(), ReadError> {
+        use std::os::fd::AsFd as _;
+        self.seq = self.seq.wrapping_add(1);
+        let request = encode_command(command, self.family_id, self.seq);
+        sendmsg_one_iovec(self.socket.as_fd(), &request)?;
+        let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
         decode_datagram(&self.buf[..n]).map(|_| ())
     }
 }

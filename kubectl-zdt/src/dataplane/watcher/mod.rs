@@ -81,10 +81,19 @@ pub struct Arm {
 /// The eBPF triggers the agent armed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Armed {
-    /// x_tables replaces are reported (iptables-legacy).
-    pub legacy: bool,
-    /// IPVS change requests are reported.
+    /// x_tables replaces are reported (iptables-legacy), from this hook.
+    pub legacy: Option<TriggerHook>,
+    /// IPVS change requests are reported (from the same hook as x_tables replaces).
     pub ipvs: bool,
+}
+
+/// Where the dataplane triggers were attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TriggerHook {
+    /// fentry/fexit on `__sys_setsockopt`, `__sys_sendto` and `__sys_sendmsg`.
+    Function,
+    /// `syscalls:sys_enter/exit_setsockopt`, `…_sendto` and `…_sendmsg`.
+    SyscallTracepoints,
 }
 
 /// How often `flow_new` lines are flushed per (frontend, backend).
@@ -217,7 +226,7 @@ impl Opened {
         frontends::publish(&watched, &frontends, || all_routes(&planes));
         let trigger_names = trigger_names(armed, has_ipvs);
         let start = mode_line(&node, &modes, &planes, &trigger_names);
-        if modes.contains(&Mode::IptablesLegacy) && !armed.legacy {
+        if modes.contains(&Mode::IptablesLegacy) && armed.legacy.is_none() {
             tracing::warn!(
                 "kube-proxy's rules are (also) in iptables-legacy, but this agent has no x_tables trigger (no syscall tracepoints): changes there are not reported"
             );
@@ -292,14 +301,25 @@ impl Opened {
 /// What makes the watcher read the dataplanes again, as `dataplane_mode` lists it.
 fn trigger_names(armed: Armed, has_ipvs: bool) -> Vec<&'static str> {
     let mut triggers = vec!["nf_tables netlink (NFNLGRP_NFTABLES)"];
-    if armed.legacy {
-        triggers.push("x_tables replace (syscalls:sys_exit_setsockopt, IPT_SO_SET_REPLACE)");
+    if let Some(hook) = armed.legacy {
+        triggers.push(match hook {
+            TriggerHook::Function => {
+                "x_tables replace (fexit __sys_setsockopt, IPT_SO_SET_REPLACE)"
+            }
+            TriggerHook::SyscallTracepoints => {
+                "x_tables replace (syscalls:sys_exit_setsockopt, IPT_SO_SET_REPLACE)"
+            }
+        });
     }
     if has_ipvs {
-        triggers.push(if armed.ipvs {
-            "IPVS change request (syscalls:sys_exit_sendto/sys_exit_sendmsg, IPVS_CMD_NEW/SET/DEL_SERVICE|DEST, IPVS_CMD_FLUSH; and syscalls:sys_exit_setsockopt, IP_VS_SO_SET_*); the named virtual server re-read"
-        } else {
-            "IPVS re-read every 100 ms (IPVS sends no notifications)"
+        triggers.push(match armed.legacy.filter(|_| armed.ipvs) {
+            Some(TriggerHook::Function) => {
+                "IPVS change request (fexit __sys_sendto/__sys_sendmsg, IPVS_CMD_NEW/SET/DEL_SERVICE|DEST, IPVS_CMD_FLUSH; and fexit __sys_setsockopt, IP_VS_SO_SET_*); the named virtual server re-read"
+            }
+            Some(TriggerHook::SyscallTracepoints) => {
+                "IPVS change request (syscalls:sys_exit_sendto/sys_exit_sendmsg, IPVS_CMD_NEW/SET/DEL_SERVICE|DEST, IPVS_CMD_FLUSH; and syscalls:sys_exit_setsockopt, IP_VS_SO_SET_*); the named virtual server re-read"
+            }
+            None => "IPVS re-read every 100 ms (IPVS sends no notifications)",
         });
     }
     triggers

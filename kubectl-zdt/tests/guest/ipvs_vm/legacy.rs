@@ -239,8 +239,12 @@ fn changes(
     let field = |key: &str| mode.field(key);
     check.that(
         mode.is("iptables-legacy", total)
-            && field("triggers").is_some_and(|t| t.to_string().contains("setsockopt")),
-        "iptables-legacy: the whole agent detects the mode with every route and its trigger",
+            && field("triggers").is_some_and(|t| {
+                t.to_string()
+                    .contains("x_tables replace (fexit __sys_setsockopt")
+            }),
+        "iptables-legacy: the whole agent detects the mode with every route and its trigger \
+         on __sys_setsockopt (fentry/fexit: no syscall tracepoint)",
         format!(
             "mode {:?}, routes {:?} (programmed {total}), triggers {:?}",
             field("mode"),

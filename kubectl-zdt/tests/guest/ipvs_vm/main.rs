@@ -6,7 +6,8 @@
 //! masquerading real servers of weight 1; a terminating endpoint: weight 0, then deleted), reads
 //! it with the agent's own reader (`ipvs::Live` + `ipvs::read`) and runs the agent's dataplane
 //! watcher (`watcher::spawn`) against it, armed with the agent's IPVS trigger: the eBPF
-//! programs on `sys_enter/exit_sendto` and `sendmsg`, loaded alone (`DataplaneTriggers`; the
+//! programs on the entry and return of `__sys_sendto` and `__sys_sendmsg` (fentry/fexit, which
+//! these kernels allow: the check fails if they are refused), loaded alone (`DataplaneTriggers`; the
 //! whole agent refuses Debian 12's 6.1 kernel at preflight), their events handed to the watcher as
 //! the agent does. First, the whole agent in a namespace of its own: refused at preflight on a
 //! kernel older than 6.10 (naming the version), else started (every program through this
@@ -40,7 +41,7 @@ use kubectl_zdt::{
     kernel::{
         clock::Clock,
         decode::{self, Decoder},
-        loader::DataplaneTriggers,
+        loader::{DataplaneTriggers, TriggerHooks},
         preflight,
     },
     observation::{Kind, NodeName, Observation},
@@ -295,12 +296,31 @@ fn check_change(check: &mut Check, obs: &[Observation], c: &Change<'_>) {
 /// Sends one change request: its virtual server, when it was sent and when it was answered.
 /// Then waits 20 ms, so that each request's stamp is told from the next one's.
 fn timed(live: &mut Live, command: &Command) -> anyhow::Result<(SocketAddr, Timestamp, Timestamp)> {
+    timed_by(live, command, Send::Sendto)
+}
+
+/// How a request is sent: `sendto` (moby/ipvs, kube-proxy) or `sendmsg` (libnl).
+#[derive(Clone, Copy)]
+enum Send {
+    Sendto,
+    Sendmsg,
+}
+
+/// [`timed`], sent by `send`.
+fn timed_by(
+    live: &mut Live,
+    command: &Command,
+    send: Send,
+) -> anyhow::Result<(SocketAddr, Timestamp, Timestamp)> {
     let (Command::NewService(vs, _)
     | Command::NewDest(vs, _)
     | Command::SetDest(vs, _)
     | Command::DelDest(vs, _)) = command;
     let sent = Timestamp::now();
-    live.execute(command)?;
+    match send {
+        Send::Sendto => live.execute(command)?,
+        Send::Sendmsg => live.execute_by_sendmsg(command)?,
+    }
     let answered = Timestamp::now();
     thread::sleep(Duration::from_millis(20));
     Ok((vs.service.0, sent, answered))
@@ -433,12 +453,16 @@ fn guest() -> anyhow::Result<bool> {
 
     let mut trigger = preflight::kernel_offsets()
         .map_err(anyhow::Error::from)
-        .and_then(|offsets| DataplaneTriggers::load(&offsets));
+        .and_then(|offsets| DataplaneTriggers::load(&offsets, TriggerHooks::Fentry));
     check.that(
         trigger.is_ok(),
-        "the IPVS trigger's eBPF programs load and attach on this kernel",
+        "the dataplane triggers' eBPF programs load and attach on this kernel, on the kernel \
+         functions (fentry/fexit)",
         trigger.as_ref().err().map_or_else(
-            || "sys_enter/exit_sendto, sys_enter/exit_sendmsg (and setsockopt)".to_owned(),
+            || {
+                "sys_enter/exit_sendto, sys_enter/exit_sendmsg, fentry/fexit __sys_setsockopt"
+                    .to_owned()
+            },
             |e| format!("{e:#}"),
         ),
     );
@@ -487,8 +511,8 @@ fn guest() -> anyhow::Result<bool> {
     check.that(
         triggers
             .as_deref()
-            .is_some_and(|t| t.contains("sys_exit_sendto") == triggered),
-        "the mode line names the IPVS trigger exactly when it is armed",
+            .is_some_and(|t| t.contains("IPVS change request (fexit __sys_sendto") == triggered),
+        "the mode line names the IPVS trigger (on __sys_sendto) exactly when it is armed",
         format!("{triggers:?}"),
     );
     let quiet = collect(&obs, QUIET_TICKS);
@@ -533,11 +557,17 @@ fn guest() -> anyhow::Result<bool> {
     );
     read = read.max(record(&mut live, "deleted", &state, &mut check)?);
 
+    // Re-added as libnl (ipvsadm, keepalived) writes: by `sendmsg`, the other send the
+    // trigger hooks.
     let mut requests = Vec::new();
     for (v, reals) in &mut state {
         if web.contains(&v.service.0) {
             let r = rs(&gone.to_string(), 1);
-            requests.push(timed(&mut live, &Command::NewDest(*v, r))?);
+            requests.push(timed_by(
+                &mut live,
+                &Command::NewDest(*v, r),
+                Send::Sendmsg,
+            )?);
             reals.push(r);
         }
     }
@@ -941,8 +971,11 @@ fn agent_watches_ipvs(
         ),
     );
     check.that(
-        field("triggers").is_some_and(|t| t.to_string().contains("sys_exit_sendto")),
-        "the whole agent arms its own IPVS trigger",
+        field("triggers").is_some_and(|t| {
+            t.to_string()
+                .contains("IPVS change request (fexit __sys_sendto")
+        }),
+        "the whole agent arms its own IPVS trigger, on __sys_sendto/__sys_sendmsg (fentry/fexit)",
         format!("{:?}", field("triggers")),
     );
     let quiet = dataplane_lines(obs, QUIET_TICKS);
