@@ -97,6 +97,13 @@ pub struct IpvsVmArgs {
     #[arg(long, default_value_t = 1)]
     pub cpus: u8,
 
+    /// After the checks, on a kernel the whole agent runs on, measure what one syscall
+    /// (`getppid`) costs with no agent, with the agent's dataplane triggers on kernel functions
+    /// (fentry) and on the syscall tracepoints, in this many rounds (0: not measured; under TCG
+    /// only the ratios mean much). Printed as `MEASURE` lines, never checked.
+    #[arg(long, default_value_t = 0)]
+    pub syscall_tax: u16,
+
     /// Debian's kernel metapackage to boot: linux-image-amd64 (Debian 12's 6.1, which the
     /// whole agent refuses) or linux-image-6.12-amd64 (bookworm-backports' 6.12, on which the
     /// guest also runs the whole agent).
@@ -462,8 +469,8 @@ fn boot(vmlinuz: &Path, initrd: &Path, accel: &str, args: &IpvsVmArgs) -> anyhow
         // The kernel hands `NAME=value` words it does not know to init as its environment.
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet ZDT_IPVS_SCALE={} ZDT_LEGACY_SERVICES={}",
-            args.scale, args.legacy_services
+            "console=ttyS0 panic=-1 quiet ZDT_IPVS_SCALE={} ZDT_LEGACY_SERVICES={} ZDT_SYSCALL_TAX={}",
+            args.scale, args.legacy_services, args.syscall_tax
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

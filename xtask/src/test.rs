@@ -69,6 +69,7 @@ pub fn run() -> anyhow::Result<()> {
         update_fixtures: false,
         scale: 2000,
         legacy_services: 200,
+        syscall_tax: 0,
         cpus: 1,
         kernel: ipvs_vm::DEFAULT_KERNEL.to_owned(),
     })?;
@@ -79,6 +80,7 @@ pub fn run() -> anyhow::Result<()> {
         update_fixtures: false,
         scale: 500,
         legacy_services: 200,
+        syscall_tax: 0,
         cpus: 1,
         kernel: "linux-image-6.12-amd64".to_owned(),
     })?;

@@ -1021,6 +1021,74 @@ fn kernel_version() -> (u32, u32) {
     )
 }
 
+/// What one syscall of the node costs with the agent off, with its dataplane triggers on
+/// kernel functions (fentry/fexit) and on the syscall tracepoints: `rounds` rounds of the
+/// three (in rotating order), each 200 000 `getppid` calls; the medians, and the median of each
+/// round's ratio to the round's own "off". A measurement (`cargo xtask ipvs-vm --syscall-tax
+/// N`), not a check; under TCG (this machine's nested KVM fails) only the ratios mean much.
+fn syscall_tax(rounds: usize) -> anyhow::Result<()> {
+    use kubectl_zdt::{
+        agent::{Agent, AgentConfig},
+        kernel::loader::TriggerHooks,
+    };
+    const CALLS: u32 = 200_000;
+    let per_call = || {
+        let started = std::time::Instant::now();
+        for _ in 0..CALLS {
+            // SAFETY: getppid takes no argument and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(CALLS)
+    };
+    // The agent's start and exit leave the kernel work (verifying, freeing programs after an
+    // RCU grace period) that would land in whichever loop follows on this one CPU: each loop
+    // starts 1 s after the last start or exit.
+    let with = |hooks: Option<TriggerHooks>| -> anyhow::Result<f64> {
+        let Some(hooks) = hooks else {
+            thread::sleep(Duration::from_secs(1));
+            return Ok(per_call());
+        };
+        let watch = vec!["198.18.250.1/32".parse()?];
+        let mut config = AgentConfig::new(NodeName("tax".into()), watch);
+        config.trigger_hooks = hooks;
+        let agent = Agent::start(&config)?;
+        thread::sleep(Duration::from_secs(1));
+        let ns = per_call();
+        drop(agent);
+        Ok(ns)
+    };
+    let modes = [
+        None,
+        Some(TriggerHooks::Fentry),
+        Some(TriggerHooks::Tracepoint),
+    ];
+    let mut rows: [Vec<f64>; 5] = Default::default();
+    for round in 0..rounds {
+        // Each mode first, second and third in turn.
+        let mut ns = [0.0; 3];
+        for i in 0..3 {
+            let m = (round + i) % 3;
+            ns[m] = with(modes[m])?;
+        }
+        let [off, fentry, tracepoint] = ns;
+        let values = [off, fentry, tracepoint, fentry / off, tracepoint / off];
+        for (row, v) in rows.iter_mut().zip(values) {
+            row.push(v);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [off, fentry, tracepoint, fentry_ratio, tracepoint_ratio] = rows.each_mut().map(median);
+    println!(
+        "MEASURE getppid, median of {rounds} rounds of {CALLS}: agent off {off:.0} ns; triggers on kernel functions {fentry:.0} ns ({:.1} % of off); on syscall tracepoints {tracepoint:.0} ns ({:.1} %)",
+        100.0 * fentry_ratio,
+        100.0 * tracepoint_ratio
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if nix::unistd::geteuid().as_raw() != 0 {
         eprintln!(
@@ -1044,6 +1112,16 @@ fn main() -> ExitCode {
                 false
             }
         };
+    }
+    let rounds = std::env::var("ZDT_SYSCALL_TAX")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    if rounds > 0
+        && kernel_version() >= (6, 10)
+        && let Err(e) = syscall_tax(rounds)
+    {
+        println!("MEASURE failed: {e:#}");
     }
     match guest().map(|ok| ok && agent_ok) {
         Ok(true) => {
