@@ -258,13 +258,14 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
         || programs::group(Group::TableReplaceFunction).chain(programs::group(Group::IpvsFunction));
     if hooks != TriggerHooks::Tracepoint {
         let loaded = load_functions(ebpf, btf, functions())
-            .and_then(|()| attach_loaded(ebpf, programs::group(Group::TableReplaceFunction)));
+            .and_then(|()| attach_loaded(ebpf, programs::group(Group::TableReplaceFunction)))
+            .and_then(|()| functions_run(ebpf));
         match loaded {
             Ok(()) => return Ok(TriggerHook::Function),
             Err(e) if hooks == TriggerHooks::Fentry => {
                 return Err(e.context(
-                    "the kernel refused the dataplane triggers on __sys_setsockopt, \
-                     __sys_sendto and __sys_sendmsg (--trigger-hooks fentry); \
+                    "the dataplane triggers cannot hook __sys_setsockopt, __sys_sendto and \
+                     __sys_sendmsg on this kernel (--trigger-hooks fentry); \
                      --trigger-hooks tracepoint puts them on the syscalls' tracepoints",
                 ));
             }
@@ -279,7 +280,7 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
                 tracing::warn!(
                     "iptables-legacy and IPVS changes are watched on the syscalls' \
                      tracepoints, which make every syscall on this node take the kernel's \
-                     traced slow path: the kernel refused function tracing: {e:#}"
+                     traced slow path: {e:#}"
                 );
             }
         }
@@ -290,6 +291,122 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
     )?;
     attach_loaded(ebpf, programs::group(Group::TableReplace))?;
     Ok(TriggerHook::SyscallTracepoints)
+}
+
+/// Whether the function programs run when their syscalls are made: a kernel may have inlined
+/// a function into its syscall, and a trampoline on the out-of-line copy loads and attaches but
+/// never runs, so every replace and IPVS change would go unreported. One `setsockopt`,
+/// `send` and `sendmsg` of this thread (on its own sockets, changing nothing), with the
+/// programs' run counts read before and after (statistics on for the test only); the IPVS
+/// programs are attached for it and detached after (they wait for an IPVS family).
+fn functions_run(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mut links = Vec::new();
+    for_each(
+        ebpf,
+        programs::group(Group::IpvsFunction),
+        |prog, _, program| {
+            links.push(match program {
+                aya::programs::Program::FEntry(p) => IpvsLink::Entry(p.attach()?),
+                aya::programs::Program::FExit(p) => IpvsLink::Exit(p.attach()?),
+                _ => bail!("program {prog} is listed as fentry/fexit but is not one"),
+            });
+            Ok(())
+        },
+    )?;
+    let functions =
+        || programs::group(Group::TableReplaceFunction).chain(programs::group(Group::IpvsFunction));
+    let silent = silent_during(ebpf, functions(), syscalls_of_the_triggers);
+    let mut detached = Ok(());
+    for (link, Program { name, .. }) in links.into_iter().zip(programs::group(Group::IpvsFunction))
+    {
+        let result = match (link, ebpf.program_mut(name)) {
+            (IpvsLink::Entry(id), Some(aya::programs::Program::FEntry(p))) => p.detach(id),
+            (IpvsLink::Exit(id), Some(aya::programs::Program::FExit(p))) => p.detach(id),
+            _ => Ok(()),
+        };
+        detached = detached.and(result);
+    }
+    detached.context("failed to detach the IPVS trigger after its test")?;
+    let silent = silent?;
+    if !silent.is_empty() {
+        bail!(
+            "{} attached but did not run on their syscalls (this kernel's build calls no \
+             out-of-line copy of those functions)",
+            silent.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A link of the IPVS trigger's function programs.
+enum IpvsLink {
+    Entry(aya::programs::fentry::FEntryLinkId),
+    Exit(aya::programs::fexit::FExitLinkId),
+}
+
+/// One call of each syscall the dataplane triggers hook, on sockets of this thread.
+fn syscalls_of_the_triggers() {
+    use std::os::fd::AsRawFd as _;
+    let Ok((a, _b)) = std::os::unix::net::UnixDatagram::pair() else {
+        return;
+    };
+    let fd = a.as_raw_fd();
+    let one: libc::c_int = 1;
+    let byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr().cast_mut().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: plain calls on a socket this function owns, with buffers valid for their lengths
+    // (`msg` points at `iov`, which points at `byte`, all alive for the calls).
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        libc::send(fd, byte.as_ptr().cast(), 1, libc::MSG_DONTWAIT);
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        libc::sendmsg(fd, &raw const msg, libc::MSG_DONTWAIT);
+    }
+}
+
+/// The names of these loaded programs that did not run during `calls`, by the kernel's run
+/// counts (statistics are turned on for the call: `BPF_ENABLE_STATS`, Linux 5.8).
+fn silent_during(
+    ebpf: &Ebpf,
+    programs: impl Iterator<Item = &'static Program> + Clone,
+    calls: impl FnOnce(),
+) -> anyhow::Result<Vec<&'static str>> {
+    let counts = || -> anyhow::Result<Vec<u64>> {
+        programs
+            .clone()
+            .map(|p| {
+                let program = ebpf
+                    .program(p.name)
+                    .ok_or_else(|| anyhow!("program {} missing from the eBPF object", p.name))?;
+                Ok(program
+                    .info()
+                    .with_context(|| format!("no kernel information on program {}", p.name))?
+                    .run_count())
+            })
+            .collect()
+    };
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("failed to turn on the kernel's program statistics (BPF_ENABLE_STATS)")?;
+    let before = counts()?;
+    calls();
+    let after = counts()?;
+    drop(stats);
+    Ok(programs
+        .zip(before.into_iter().zip(after))
+        .filter(|(_, (b, a))| a == b)
+        .map(|(p, _)| p.name)
+        .collect())
 }
 
 /// The IPVS trigger's programs for the triggers' `hook`.
@@ -498,6 +615,20 @@ impl Attached {
                 linked.contains(&id).then(|| name.to_owned())
             })
             .collect()
+    }
+
+    /// The x_tables trigger's two programs (on whichever hook) that did not run during `calls`,
+    /// by the kernel's run counts: how the agent tests at start that the function hooks run.
+    pub fn setsockopt_programs_silent_during(
+        &self,
+        calls: impl FnOnce(),
+    ) -> anyhow::Result<Vec<&'static str>> {
+        let group = match self.trigger_hook {
+            Some(TriggerHook::Function) => Group::TableReplaceFunction,
+            Some(TriggerHook::SyscallTracepoints) => Group::TableReplace,
+            None => bail!("the dataplane triggers are not loaded"),
+        };
+        silent_during(&self.ebpf, programs::group(group), calls)
     }
 
     /// Attaches the IPVS trigger's programs (once; they were loaded with the others).

@@ -323,6 +323,31 @@ fn the_dataplane_triggers_are_on_kernel_functions_where_the_kernel_allows_them()
     assert_eq!(armed_hook(&mut agent), Some(hook));
 }
 
+/// The agent tests at start that its function hooks run on their syscalls (a kernel may have
+/// inlined a function into its syscall): by the kernel's run counts around its own calls. The
+/// same count, on the tracepoint pair this kernel gets, tells a pair that ran on a
+/// `setsockopt` from one that did not. (Another process's `setsockopt` during the empty call
+/// would make it fail; nothing on the test machine makes one.)
+#[test]
+fn the_run_counts_tell_a_trigger_program_that_ran_on_its_syscall() {
+    use kubectl_zdt::kernel::{
+        loader::{DataplaneTriggers, TriggerHooks},
+        preflight,
+    };
+    require_root();
+    let offsets = preflight::kernel_offsets().unwrap();
+    let triggers = DataplaneTriggers::load(&offsets, TriggerHooks::Tracepoint).unwrap();
+    let silent = |calls: &dyn Fn()| {
+        triggers
+            .attached
+            .setsockopt_programs_silent_during(calls)
+            .unwrap()
+    };
+    assert_eq!(silent(&|| {}), TRACEPOINT_PAIR);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(silent(&|| udp.set_ttl(64).unwrap()), Vec::<&str>::new());
+}
+
 fn next_change(rx: &mpsc::Receiver<Trigger>) -> IpvsChange {
     match rx
         .recv_timeout(Duration::from_secs(10))

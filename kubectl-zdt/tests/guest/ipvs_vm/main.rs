@@ -459,13 +459,24 @@ fn guest() -> anyhow::Result<bool> {
         "the dataplane triggers' eBPF programs load and attach on this kernel, on the kernel \
          functions (fentry/fexit)",
         trigger.as_ref().err().map_or_else(
-            || {
-                "sys_enter/exit_sendto, sys_enter/exit_sendmsg, fentry/fexit __sys_setsockopt"
-                    .to_owned()
-            },
+            || "fentry/fexit on __sys_setsockopt, __sys_sendto and __sys_sendmsg, each run by its syscall".to_owned(),
             |e| format!("{e:#}"),
         ),
     );
+    if let Ok(t) = &trigger {
+        // What the agent's start-up test of its function hooks rests on: the kernel's run
+        // counts tell a program that ran on a call from one that did not.
+        let idle = t.attached.setsockopt_programs_silent_during(|| {});
+        let called = t.attached.setsockopt_programs_silent_during(|| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0");
+            let _ = udp.map(|u| u.set_ttl(64));
+        });
+        check.that(
+            matches!((&idle, &called), (Ok(i), Ok(c)) if i.len() == 2 && c.is_empty()),
+            "the run counts tell the setsockopt programs silent without a call and run with one",
+            format!("without a call {idle:?}, with one {called:?}"),
+        );
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Observation>(1024);
     let w = match &mut trigger {
         Ok(t) => {
