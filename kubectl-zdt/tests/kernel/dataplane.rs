@@ -1280,40 +1280,6 @@ fn iptables_legacy_node_port_errors_name_the_frontend_and_pod_and_removals_are_r
     assert_eq!(node_port.other_fields()["mode"], "iptables-legacy");
 }
 
-/// Drops a capability from the calling thread's effective set (capabilities are per thread).
-fn drop_effective_capability(cap: u32) {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words of each set.
-    let mut header = Header {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: header and data are what capget/capset expect for version 3.
-    unsafe {
-        assert_eq!(
-            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
-            0
-        );
-        data[(cap / 32) as usize].effective &= !(1 << (cap % 32));
-        assert_eq!(
-            libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
-            0
-        );
-    }
-}
-
 /// The DaemonSet grants BPF, PERFMON and NET_ADMIN, not NET_RAW (iptables' raw socket): the
 /// legacy table is read all the same.
 #[test]
@@ -1325,7 +1291,7 @@ fn iptables_legacy_table_is_read_without_cap_net_raw() {
         .ns
         .run_in(|| {
             const CAP_NET_RAW: u32 = 13;
-            drop_effective_capability(CAP_NET_RAW);
+            kubectl_zdt::testbed::agent::drop_effective_capability(CAP_NET_RAW).unwrap();
             // SAFETY: plain socket(2), closed right away.
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
             let raw_socket = if fd < 0 {

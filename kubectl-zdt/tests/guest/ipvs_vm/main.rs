@@ -463,6 +463,20 @@ fn guest() -> anyhow::Result<bool> {
             |e| format!("{e:#}"),
         ),
     );
+    // As the DaemonSet runs it, without CAP_SYS_ADMIN (no program statistics, so the function
+    // hooks are not tested to run): they are kept all the same.
+    let without_sys_admin = thread::spawn(|| -> anyhow::Result<()> {
+        const CAP_SYS_ADMIN: u32 = 21;
+        kubectl_zdt::testbed::agent::drop_effective_capability(CAP_SYS_ADMIN)?;
+        DataplaneTriggers::load(&preflight::kernel_offsets()?, TriggerHooks::Fentry).map(drop)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the check panicked"))?;
+    check.that(
+        without_sys_admin.is_ok(),
+        "without CAP_SYS_ADMIN (as the DaemonSet runs) the triggers stay on the kernel functions",
+        format!("{without_sys_admin:?}"),
+    );
     if let Ok(t) = &trigger {
         // What the agent's start-up test of its function hooks rests on: the kernel's run
         // counts tell a program that ran on a call from one that did not.
