@@ -54,10 +54,11 @@ pub struct AgentArgs {
     #[arg(long, hide = true)]
     pub without_newer_tracepoint_fields: bool,
 
-    /// Where the iptables-legacy trigger hooks `setsockopt`: auto (the kernel function
-    /// `__sys_setsockopt` through fentry/fexit, or the syscall's tracepoints where the kernel
-    /// refuses function tracing, with a warning), fentry (fail where refused) or tracepoint
-    /// (every syscall on the node then takes the kernel's slower traced path).
+    /// Where the iptables-legacy and IPVS triggers hook `setsockopt`, `sendto` and `sendmsg`:
+    /// auto (the kernel functions `__sys_setsockopt`, `__sys_sendto`, `__sys_sendmsg` through
+    /// fentry/fexit, or the syscalls' tracepoints where the kernel refuses function tracing,
+    /// with a warning), fentry (fail where refused) or tracepoint (every syscall on the node
+    /// then takes the kernel's slower traced path).
     #[arg(long, value_enum, value_name = "HOOK", default_value = "auto")]
     pub trigger_hooks: crate::kernel::loader::TriggerHooks,
 

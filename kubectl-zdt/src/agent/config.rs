@@ -27,7 +27,7 @@ pub struct AgentConfig {
     pub journal: Option<crate::journal::Config>,
     /// Ignore the optional tracepoint fields newer kernels have (tests of the 6.12 paths).
     pub without_newer_tracepoint_fields: bool,
-    /// Where the iptables-legacy trigger hooks `setsockopt`.
+    /// Where the dataplane triggers hook their syscalls.
     pub trigger_hooks: crate::kernel::loader::TriggerHooks,
 }
 

@@ -254,10 +254,8 @@ fn object(
 /// Loads the dataplane triggers' programs where `hooks` asks, attaches the iptables-legacy
 /// one (the IPVS one waits for [`Attached::attach_ipvs`]), and says where they went.
 fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Result<TriggerHook> {
-    let functions =
-        || programs::group(Group::TableReplaceFunction).chain(programs::group(Group::IpvsFunction));
     if hooks != TriggerHooks::Tracepoint {
-        let loaded = load_functions(ebpf, btf, functions())
+        let loaded = load_functions(ebpf, btf, function_programs())
             .and_then(|()| attach_loaded(ebpf, programs::group(Group::TableReplaceFunction)))
             .and_then(|()| functions_run(ebpf));
         match loaded {
@@ -272,7 +270,7 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
             Err(e) => {
                 // None may stay: a lone entry would keep calls no return reports, and the
                 // tracepoints below would report each call a second time.
-                for Program { name, .. } in functions() {
+                for Program { name, .. } in function_programs() {
                     if let Some(program) = ebpf.program_mut(name) {
                         let _ = unload(program);
                     }
@@ -291,6 +289,11 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
     )?;
     attach_loaded(ebpf, programs::group(Group::TableReplace))?;
     Ok(TriggerHook::SyscallTracepoints)
+}
+
+/// The dataplane triggers' fentry/fexit programs, x_tables' then IPVS's.
+fn function_programs() -> impl Iterator<Item = &'static Program> + Clone {
+    programs::group(Group::TableReplaceFunction).chain(programs::group(Group::IpvsFunction))
 }
 
 /// Whether the function programs run when their syscalls are made: a kernel may have inlined
@@ -326,9 +329,7 @@ fn functions_run(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             Ok(())
         },
     )?;
-    let functions =
-        || programs::group(Group::TableReplaceFunction).chain(programs::group(Group::IpvsFunction));
-    let silent = silent_during(ebpf, functions(), syscalls_of_the_triggers);
+    let silent = silent_during(ebpf, function_programs(), syscalls_of_the_triggers);
     drop(stats);
     let mut detached = Ok(());
     for (link, Program { name, .. }) in links.into_iter().zip(programs::group(Group::IpvsFunction))
