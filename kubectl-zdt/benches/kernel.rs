@@ -114,7 +114,9 @@ fn start_agent_with(
         .collect::<Result<Vec<_>, _>>()?;
     let mut config = AgentConfig::new(NodeName("bench".into()), watch);
     config.ringbuf_bytes = ringbuf_bytes;
-    let agent = Agent::start(&config)?;
+    let mut agent = Agent::start(&config)?;
+    // Its dataplane triggers armed for this namespace, as the agent arms them for the node's.
+    arm_here(&mut agent)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(65536);
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = rt.spawn(agent.run(tx, async {
@@ -140,6 +142,17 @@ fn start_agent_with(
         stop,
         task,
         counted,
+    })
+}
+
+/// Arms the agent's dataplane triggers for the calling thread's network namespace (no IPVS):
+/// what the agent does for its node's. On the syscalls' tracepoints the x_tables pair is then
+/// attached only if an iptables-legacy `nat` table exists there.
+fn arm_here(agent: &mut Agent) -> anyhow::Result<kubectl_zdt::dataplane::watcher::Armed> {
+    let netns = kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))?;
+    agent.arm_dataplane(&kubectl_zdt::dataplane::watcher::Arm {
+        netns,
+        ipvs_family: None,
     })
 }
 
@@ -416,16 +429,20 @@ fn trigger_costs() -> anyhow::Result<()> {
         "| x_tables swap bound, percpu_free_percpu outside a replace | {ns:.0} ns ({n} events) |"
     );
     drop(agent);
-    syscall_tax(10, 200_000)
+    syscall_tax(10, 200_000, false)?;
+    syscall_tax(10, 200_000, true)
 }
 
 /// What every syscall of the node pays while the agent runs, whichever syscall it is: a
 /// program on a `syscalls:` tracepoint (the dataplane triggers' fallback, where the kernel
 /// refuses fentry) sends every syscall of every process through the kernel's traced entry and
-/// exit; the row says which hooks the agent got. `rounds` pairs of
-/// `n` `getppid` calls on CPU 0, agent off then on (started for each round); the median of
-/// the per-call times and of the paired ratios with its 95 % interval.
-fn syscall_tax(rounds: usize, n: u32) -> anyhow::Result<()> {
+/// exit; the row says which hooks the agent got. The agent is armed for a namespace with an
+/// iptables-legacy `nat` table (`legacy_table`: made with `iptables-legacy`) or for this one
+/// (none here, as on an iptables-nft or nftables node): on the tracepoints the x_tables pair
+/// is attached only with one. `rounds` pairs of `n` `getppid` calls on CPU 0, agent off then
+/// on (started for each round); the median of the per-call times and of the paired ratios with
+/// its 95 % interval.
+fn syscall_tax(rounds: usize, n: u32, legacy_table: bool) -> anyhow::Result<()> {
     let per_call = move || -> anyhow::Result<f64> {
         std::thread::spawn(move || {
             connrate::pin(0);
@@ -440,19 +457,37 @@ fn syscall_tax(rounds: usize, n: u32) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the syscall loop panicked"))
     };
     let config = AgentConfig::new(NodeName("bench".into()), vec!["198.18.250.1/32".parse()?]);
+    let table = if legacy_table {
+        let ns = Netns::create("tax")?;
+        // Listing the table makes it (x_tables instantiates built-in tables on first use).
+        ns.exec("iptables-legacy", &["-t", "nat", "-S"])?;
+        Some(ns)
+    } else {
+        None
+    };
     let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut hook = "";
     for _ in 0..rounds {
         let without = per_call()?;
         let agent = Agent::start(&config)?;
-        hook = if agent
-            .linked_programs()
-            .iter()
-            .any(|p| p == "setsockopt_entry")
-        {
+        let agent = match &table {
+            Some(ns) => ns.run_in(move || {
+                let mut agent = agent;
+                arm_here(&mut agent).map(|_| agent)
+            })??,
+            None => {
+                let mut agent = agent;
+                arm_here(&mut agent)?;
+                agent
+            }
+        };
+        let linked = agent.linked_programs();
+        hook = if linked.iter().any(|p| p == "setsockopt_entry") {
             "triggers on kernel functions (fentry)"
+        } else if linked.iter().any(|p| p == "sys_enter_setsockopt") {
+            "triggers on syscall tracepoints, armed for a namespace with an iptables-legacy nat table"
         } else {
-            "triggers on syscall tracepoints"
+            "triggers on syscall tracepoints, waiting: no iptables-legacy nat table"
         };
         // Past its start-up work.
         std::thread::sleep(Duration::from_millis(500));

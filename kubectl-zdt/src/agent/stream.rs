@@ -126,12 +126,22 @@ impl Agent {
         Ok(registry)
     }
 
-    /// Arms the dataplane watcher's eBPF triggers for its network namespace: x_tables replaces
-    /// there, and IPVS change requests of `arm.ipvs_family` (where the kernel has IPVS), are
-    /// reported to the watcher from now on. Nothing is armed when the kernel has no syscall
-    /// tracepoints (preflight said so).
+    /// Arms the dataplane watcher's eBPF triggers for its network namespace (the calling
+    /// thread's): x_tables replaces there, and IPVS change requests of `arm.ipvs_family` (where
+    /// the kernel has IPVS), are reported to the watcher from now on. Nothing is armed when the
+    /// kernel has no syscall tracepoints (preflight said so). On the syscalls' tracepoints the
+    /// x_tables pair waits for an iptables-legacy `nat` table unless IPVS is armed
+    /// ([`Self::attach_when_tables_appear`]).
     pub fn arm_dataplane(&mut self, arm: &Arm) -> anyhow::Result<Armed> {
         self.triggers.arm(arm, self.attached.as_mut())
+    }
+
+    /// Where the x_tables trigger waits for an iptables-legacy `nat` table (on the syscalls'
+    /// tracepoints, see [`Self::arm_dataplane`]): attaches it once one exists and has the
+    /// watcher read the tables again. The run loop calls it each second.
+    pub fn attach_when_tables_appear(&mut self) {
+        self.triggers
+            .attach_when_tables_appear(self.attached.as_mut());
     }
 
     /// Names of this agent's programs loaded into the kernel (verified).
@@ -379,6 +389,7 @@ impl Agent {
             }
         }
         self.decoder.clock = clock;
+        self.attach_when_tables_appear();
         self.report_loss(tx).await
     }
 

@@ -63,6 +63,42 @@ pub fn nat_exists(family: Family) -> bool {
     std::fs::read_to_string(names_path(family)).is_ok_and(|s| s.lines().any(|l| l == NAT))
 }
 
+/// The lists of x_tables tables of one network namespace (IPv4 and IPv6), opened there and
+/// read again on demand from any thread: a `/proc/<tid>/net` file keeps the namespace it was
+/// opened in. iptables-nft never creates an x_tables table; iptables-legacy's first write does.
+pub struct NatTables {
+    lists: Vec<std::fs::File>,
+}
+
+impl NatTables {
+    /// Opens the calling thread's namespace's lists. Fails when the kernel has no x_tables
+    /// (`ip_tables` not built in and its module not loaded): no list to wait on.
+    pub fn open() -> io::Result<Self> {
+        let lists = [Family::V4, Family::V6]
+            .into_iter()
+            .filter_map(|f| std::fs::File::open(names_path(f)).ok())
+            .collect::<Vec<_>>();
+        if lists.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the kernel lists no x_tables tables (no ip_tables, ip6_tables)",
+            ));
+        }
+        Ok(Self { lists })
+    }
+
+    /// Whether a `nat` table exists now in either family.
+    pub fn exist(&self) -> bool {
+        use std::io::{Read as _, Seek as _};
+        self.lists.iter().any(|mut list| {
+            let mut text = String::new();
+            list.rewind().is_ok()
+                && list.read_to_string(&mut text).is_ok()
+                && text.lines().any(|l| l == NAT)
+        })
+    }
+}
+
 /// One read of a table: what GET_INFO said and the GET_ENTRIES reply.
 #[derive(Debug)]
 pub struct Table {

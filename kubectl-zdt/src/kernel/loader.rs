@@ -123,6 +123,9 @@ pub struct Attached {
     ebpf: Ebpf,
     /// Where the dataplane triggers are hooked; `None` when they are not loaded.
     trigger_hook: Option<TriggerHook>,
+    /// The x_tables trigger's pair is attached (on kernel functions from the start; on the
+    /// syscalls' tracepoints once asked, see [`Attached::attach_table_replace`]).
+    table_replace: bool,
     /// The IPVS trigger's programs are attached (they are loaded from the start).
     ipvs: bool,
 }
@@ -221,6 +224,7 @@ impl Probes {
             attached: Attached {
                 ebpf,
                 trigger_hook,
+                table_replace: trigger_hook == Some(TriggerHook::Function),
                 ipvs: false,
             },
             events,
@@ -251,8 +255,11 @@ fn object(
         .context("failed to load the eBPF programs into the kernel")
 }
 
-/// Loads the dataplane triggers' programs where `hooks` asks, attaches the iptables-legacy
-/// one (the IPVS one waits for [`Attached::attach_ipvs`]), and says where they went.
+/// Loads the dataplane triggers' programs where `hooks` asks and says where they went. On
+/// kernel functions the x_tables pair is attached now; on the syscalls' tracepoints it waits
+/// for [`Attached::attach_table_replace`] (a program there taxes every syscall of the node, so
+/// only a namespace with an x_tables table pays it). The IPVS programs wait for
+/// [`Attached::attach_ipvs`].
 fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Result<TriggerHook> {
     if hooks != TriggerHooks::Tracepoint {
         let loaded = load_functions(ebpf, btf, function_programs())
@@ -278,7 +285,8 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
                 tracing::warn!(
                     "iptables-legacy and IPVS changes are watched on the syscalls' \
                      tracepoints, which make every syscall on this node take the kernel's \
-                     traced slow path: {e:#}"
+                     traced slow path once attached (where an iptables-legacy nat table or \
+                     IPVS is in use): {e:#}"
                 );
             }
         }
@@ -287,7 +295,6 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
         ebpf,
         programs::group(Group::TableReplace).chain(programs::group(Group::Ipvs)),
     )?;
-    attach_loaded(ebpf, programs::group(Group::TableReplace))?;
     Ok(TriggerHook::SyscallTracepoints)
 }
 
@@ -573,6 +580,9 @@ impl DataplaneTriggers {
         let mut ebpf = object(1, 1, offsets, maps::EVENTS_BYTES)?;
         let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
         let hook = load_triggers(&mut ebpf, &btf, trigger)?;
+        if hook == TriggerHook::SyscallTracepoints {
+            attach_loaded(&mut ebpf, programs::group(Group::TableReplace))?;
+        }
         attach_loaded(&mut ebpf, programs::group(ipvs_group(hook)))?;
         attach_swap_bounds(&mut ebpf, offsets)?;
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
@@ -582,6 +592,7 @@ impl DataplaneTriggers {
             attached: Attached {
                 ebpf,
                 trigger_hook: Some(hook),
+                table_replace: true,
                 ipvs: true,
             },
             events,
@@ -597,10 +608,14 @@ impl Attached {
         self.ebpf
             .programs()
             .filter(|(name, _)| {
-                self.ipvs
-                    || !programs::group(Group::Ipvs)
-                        .chain(programs::group(Group::IpvsFunction))
+                let of = |groups: &[Group]| {
+                    groups
+                        .iter()
+                        .flat_map(|g| programs::group(*g))
                         .any(|p| p.name == *name)
+                };
+                (self.ipvs || !of(&[Group::Ipvs, Group::IpvsFunction]))
+                    && (self.table_replace || !of(&[Group::TableReplace]))
             })
             .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_owned(), i.id())))
             .collect()
@@ -644,6 +659,22 @@ impl Attached {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("failed to turn on the kernel's program statistics (BPF_ENABLE_STATS)")?;
         silent_during(&self.ebpf, programs::group(group), calls)
+    }
+
+    /// Where the dataplane triggers are hooked; `None` when they are not loaded.
+    pub fn trigger_hook(&self) -> Option<TriggerHook> {
+        self.trigger_hook
+    }
+
+    /// Attaches the x_tables trigger's pair where it waits (on the syscalls' tracepoints);
+    /// true when it was attached by this call.
+    pub fn attach_table_replace(&mut self) -> anyhow::Result<bool> {
+        if self.table_replace || self.trigger_hook.is_none() {
+            return Ok(false);
+        }
+        attach_loaded(&mut self.ebpf, programs::group(Group::TableReplace))?;
+        self.table_replace = true;
+        Ok(true)
     }
 
     /// Attaches the IPVS trigger's programs (once; they were loaded with the others).

@@ -585,7 +585,9 @@ fn kernel_read_matches_what_the_tools_print(dp: &Dataplane) {
 }
 
 /// The agent starts before kube-proxy: `dataplane_mode` says none, then the mode once
-/// kube-proxy's first sync lands, followed by every route as added.
+/// kube-proxy's first sync lands, followed by every route as added; the next change is timed
+/// as in a node where kube-proxy ran first. (iptables-legacy on the syscalls' tracepoints: the
+/// trigger is attached within a second of the first nat table, and the tables read again.)
 fn mode_is_reported_when_kube_proxy_starts_after_the_agent(dp: &Dataplane) {
     require_root();
     let node = Node::create().unwrap();
@@ -596,9 +598,9 @@ fn mode_is_reported_when_kube_proxy_starts_after_the_agent(dp: &Dataplane) {
         "{}",
         start.to_json_line()
     );
-    let all = cluster();
+    let mut all = cluster();
     (dp.start)(&node, &all);
-    let obs = watch.within(SETTLE);
+    let obs = watch.within(Duration::from_secs(2));
     let mode = obs
         .iter()
         .find(|o| o.kind == Kind::DataplaneMode)
@@ -614,6 +616,16 @@ fn mode_is_reported_when_kube_proxy_starts_after_the_agent(dp: &Dataplane) {
         .filter(|o| o.kind == Kind::DataplaneAdded)
         .count();
     assert_eq!(added, usize::from(SERVICES) * usize::from(PER_SERVICE));
+    let svc = all[7].port.clone();
+    let gone = all[7].endpoints.remove(1);
+    let when = timed(|| (dp.sync)(&node, &all, 7, &[gone]));
+    assert_one(
+        &watch.changes(SETTLE),
+        Kind::DataplaneRemoved,
+        &svc,
+        gone,
+        when,
+    );
 }
 
 /// Each scenario above, once per kube-proxy mode: a test named `<scenario>::<mode>` (e.g.

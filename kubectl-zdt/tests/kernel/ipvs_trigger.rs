@@ -201,12 +201,6 @@ fn the_send_programs_are_attached_only_once_an_ipvs_family_is_armed() {
         let mut agent = Agent::start(&config).unwrap();
         let sends = |agent: &Agent| {
             let linked = agent.linked_programs();
-            assert!(
-                linked
-                    .iter()
-                    .any(|p| p == "sys_enter_setsockopt" || p == "setsockopt_entry"),
-                "the iptables-legacy trigger is attached from the start: {linked:?}"
-            );
             let of = |programs: [&str; 4]| {
                 programs
                     .iter()
@@ -238,6 +232,13 @@ fn the_send_programs_are_attached_only_once_an_ipvs_family_is_armed() {
             None => panic!("armed without the x_tables trigger: {armed:?}"),
         };
         assert_eq!(sends(&agent), expected, "{hooks:?}: {armed:?}");
+        // IPVS has a setsockopt interface too: with IPVS the x_tables pair is attached whatever
+        // the namespace's tables.
+        let pair = match armed.legacy {
+            Some(TriggerHook::Function) => FUNCTION_PAIR,
+            _ => TRACEPOINT_PAIR,
+        };
+        assert_eq!(linked_pair(&agent), Some(pair), "{hooks:?}");
     }
 }
 
@@ -245,14 +246,15 @@ fn the_send_programs_are_attached_only_once_an_ipvs_family_is_armed() {
 const FUNCTION_PAIR: [&str; 2] = ["setsockopt_entry", "setsockopt_exit"];
 const TRACEPOINT_PAIR: [&str; 2] = ["sys_enter_setsockopt", "sys_exit_setsockopt"];
 
-/// Which of the trigger's pairs the kernel has links for (panics on a half or on both: a
-/// lone entry would keep replaces nobody reports, both would report each replace twice).
-fn linked_pair(agent: &Agent) -> [&'static str; 2] {
+/// Which of the trigger's pairs the kernel has links for, if any (panics on a half or on both:
+/// a lone entry would keep replaces nobody reports, both would report each replace twice).
+fn linked_pair(agent: &Agent) -> Option<[&'static str; 2]> {
     let linked = agent.linked_programs();
     let has = |pair: [&str; 2]| pair.map(|p| linked.iter().any(|l| l == p));
     match (has(FUNCTION_PAIR), has(TRACEPOINT_PAIR)) {
-        ([true, true], [false, false]) => FUNCTION_PAIR,
-        ([false, false], [true, true]) => TRACEPOINT_PAIR,
+        ([true, true], [false, false]) => Some(FUNCTION_PAIR),
+        ([false, false], [true, true]) => Some(TRACEPOINT_PAIR),
+        ([false, false], [false, false]) => None,
         other => panic!("not exactly one whole pair linked: {other:?} of {linked:?}"),
     }
 }
@@ -274,28 +276,30 @@ fn the_dataplane_triggers_are_on_kernel_functions_where_the_kernel_allows_them()
         config.trigger_hooks = trigger;
         Agent::start(&config)
     };
+    // Armed with IPVS, whose setsockopt interface the pair watches too: attached on either
+    // hook whatever the namespace's tables (the wait for a nat table: the test below).
     let armed_hook = |agent: &mut Agent| {
         agent
             .arm_dataplane(&Arm {
                 netns,
-                ipvs_family: None,
+                ipvs_family: Some(FAMILY),
             })
             .unwrap()
             .legacy
     };
 
     let mut agent = start(TriggerHooks::Tracepoint).unwrap();
-    assert_eq!(linked_pair(&agent), TRACEPOINT_PAIR);
     assert_eq!(
         armed_hook(&mut agent),
         Some(TriggerHook::SyscallTracepoints)
     );
+    assert_eq!(linked_pair(&agent), Some(TRACEPOINT_PAIR));
     drop(agent);
 
     let fentry = start(TriggerHooks::Fentry);
     let fentry_works = match fentry {
         Ok(mut agent) => {
-            assert_eq!(linked_pair(&agent), FUNCTION_PAIR);
+            assert_eq!(linked_pair(&agent), Some(FUNCTION_PAIR));
             assert_eq!(armed_hook(&mut agent), Some(TriggerHook::Function));
             true
         }
@@ -315,12 +319,63 @@ fn the_dataplane_triggers_are_on_kernel_functions_where_the_kernel_allows_them()
     } else {
         (TRACEPOINT_PAIR, TriggerHook::SyscallTracepoints)
     };
+    assert_eq!(armed_hook(&mut agent), Some(hook));
     assert_eq!(
         linked_pair(&agent),
-        pair,
+        Some(pair),
         "fentry works here: {fentry_works}"
     );
-    assert_eq!(armed_hook(&mut agent), Some(hook));
+}
+
+/// On the syscalls' tracepoints, which make every syscall of the node take the traced slow
+/// path, the x_tables pair is attached only where it can report something: armed for a
+/// namespace without an iptables-legacy `nat` table (iptables-nft and nftables nodes never
+/// make one) it waits, and is attached once such a table appears; armed where one exists it is
+/// attached at once. On kernel functions it is attached from the start (no such cost).
+#[test]
+fn the_tracepoint_pair_waits_for_an_iptables_legacy_nat_table() {
+    use kubectl_zdt::kernel::loader::TriggerHooks;
+    require_root();
+    let start = |node: &Node| {
+        let mut config = AgentConfig::new(NodeName("node-a".into()), Vec::new());
+        config.filter = true;
+        config.trigger_hooks = TriggerHooks::Tracepoint;
+        let agent = Agent::start(&config).unwrap();
+        assert_eq!(linked_pair(&agent), None, "attached before it was armed");
+        let netns = netns_of(node);
+        node.ns
+            .run_in(move || {
+                let mut agent = agent;
+                let armed = agent
+                    .arm_dataplane(&Arm {
+                        netns,
+                        ipvs_family: None,
+                    })
+                    .unwrap();
+                assert_eq!(armed.legacy, Some(TriggerHook::SyscallTracepoints));
+                agent
+            })
+            .unwrap()
+    };
+
+    let node = Node::create().unwrap();
+    let mut agent = start(&node);
+    assert_eq!(linked_pair(&agent), None, "attached without a nat table");
+    agent.attach_when_tables_appear();
+    assert_eq!(linked_pair(&agent), None, "attached without a nat table");
+    node.iptables_legacy_restore("*filter\nCOMMIT\n").unwrap();
+    agent.attach_when_tables_appear();
+    assert_eq!(linked_pair(&agent), None, "attached for a filter table");
+    node.iptables_legacy_restore("*nat\nCOMMIT\n").unwrap();
+    agent.attach_when_tables_appear();
+    assert_eq!(linked_pair(&agent), Some(TRACEPOINT_PAIR));
+
+    let with_table = Node::create().unwrap();
+    with_table
+        .iptables_legacy_restore("*nat\nCOMMIT\n")
+        .unwrap();
+    let agent = start(&with_table);
+    assert_eq!(linked_pair(&agent), Some(TRACEPOINT_PAIR));
 }
 
 /// The agent tests at start that its function hooks run on their syscalls (a kernel may have

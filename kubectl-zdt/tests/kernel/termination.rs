@@ -405,7 +405,7 @@ fn syns_to_a_gone_pod(agent_args: &[&str], beside: Beside) -> u64 {
     w.node.set_endpoints(&w.svc, &[ep], &[]).unwrap();
     w.node.remove_pod(pod);
     let busy_program: &[&str] = match beside {
-        Beside::BusySetsockopt => &BUSY_PROGRAM_ON_SETSOCKOPT,
+        Beside::BusySetsockopt => &busy_program_on_setsockopt(&w.node),
         Beside::Nothing => &[],
     };
     let agent = AgentProcess::start_in(
@@ -510,11 +510,10 @@ fn keepalive_resets_beside_a_busy_program() {
     let agent = AgentProcess::start_in(
         Some(w.node.ns.name()),
         &[
-            "--watch-cidr",
-            &format!("{}/32", client.ip),
-            BUSY_PROGRAM_ON_SETSOCKOPT[0],
-            BUSY_PROGRAM_ON_SETSOCKOPT[1],
-        ],
+            &["--watch-cidr", &format!("{}/32", client.ip)][..],
+            &busy_program_on_setsockopt(&w.node),
+        ]
+        .concat(),
     );
     let target = SocketAddr::new(pod.ip.into(), 8080);
     let pod_ns = pod.ns.name().to_owned();
@@ -612,12 +611,17 @@ fn keepalive_resets_beside_a_busy_program() {
 
 /// The agent's arguments that put a classic tracepoint program on `setsockopt` (the
 /// iptables-legacy trigger's fallback; where the kernel allows it, the trigger is on
-/// `__sys_setsockopt` through fentry/fexit, which does not hold `bpf_prog_active`).
-const BUSY_PROGRAM_ON_SETSOCKOPT: [&str; 2] = ["--trigger-hooks", "tracepoint"];
+/// `__sys_setsockopt` through fentry/fexit, which does not hold `bpf_prog_active`), for an
+/// agent in `node`'s namespace: there the fallback is attached only where an iptables-legacy
+/// `nat` table exists, so an empty one is made.
+fn busy_program_on_setsockopt(node: &Node) -> [&'static str; 2] {
+    node.iptables_legacy_restore("*nat\nCOMMIT\n").unwrap();
+    ["--trigger-hooks", "tracepoint"]
+}
 
 /// A thread on CPU 0 setting a socket option as fast as it can until `stop`: setsockopt passes
 /// the iptables-legacy trigger's programs (on the syscall's tracepoints:
-/// [`BUSY_PROGRAM_ON_SETSOCKOPT`]); this one is cheap and makes no softirq work (which
+/// [`busy_program_on_setsockopt`]); this one is cheap and makes no softirq work (which
 /// would move the timers' softirqs to ksoftirqd), so the thread is mostly inside those programs.
 fn busy_setsockopt(
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,

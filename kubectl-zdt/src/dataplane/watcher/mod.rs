@@ -62,8 +62,9 @@ pub enum Trigger {
     TableReplace(TableReplace),
     /// An IPVS change request was sent (IPVS mode).
     IpvsChange(ipvs::IpvsChange),
-    /// x_tables replaces or IPVS change requests may have been lost between `since` and `now`
-    /// (the agent's ring buffer was full): the legacy tables and IPVS are read again.
+    /// x_tables replaces or IPVS change requests may have gone unreported between `since` and
+    /// `now` (the agent's ring buffer was full, or its x_tables trigger was attached only now):
+    /// the legacy tables and IPVS are read again.
     Lost { since: Timestamp, now: Timestamp },
     /// Time to read IPVS again (see `ipvs::POLL`; only without the eBPF trigger).
     Tick,
@@ -307,7 +308,7 @@ fn trigger_names(armed: Armed, has_ipvs: bool) -> Vec<&'static str> {
                 "x_tables replace (fexit __sys_setsockopt, IPT_SO_SET_REPLACE)"
             }
             TriggerHook::SyscallTracepoints => {
-                "x_tables replace (syscalls:sys_exit_setsockopt, IPT_SO_SET_REPLACE)"
+                "x_tables replace (syscalls:sys_exit_setsockopt, IPT_SO_SET_REPLACE; attached once a nat table exists)"
             }
         });
     }

@@ -67,7 +67,7 @@ fn services() -> Vec<ServiceRules> {
 }
 
 /// `input` through `iptables-legacy-restore -w --noflush` in the calling thread's namespace.
-fn restore(input: &str) -> anyhow::Result<()> {
+pub fn restore(input: &str) -> anyhow::Result<()> {
     let mut child = Command::new("iptables-legacy-restore")
         .args(["-w", "--noflush"])
         .stdin(Stdio::piped())

@@ -1076,12 +1076,22 @@ fn syscall_tax(rounds: usize) -> anyhow::Result<()> {
         let watch = vec!["198.18.250.1/32".parse()?];
         let mut config = AgentConfig::new(NodeName("tax".into()), watch);
         config.trigger_hooks = hooks;
-        let agent = Agent::start(&config)?;
+        let mut agent = Agent::start(&config)?;
+        // Armed for this namespace, as the agent arms its node's.
+        let netns =
+            kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))?;
+        agent.arm_dataplane(&kubectl_zdt::dataplane::watcher::Arm {
+            netns,
+            ipvs_family: None,
+        })?;
         thread::sleep(Duration::from_secs(1));
         let ns = per_call();
         drop(agent);
         Ok(ns)
     };
+    // An iptables-legacy nat table, as on a node whose kube-proxy writes one: on the syscall
+    // tracepoints the x_tables pair is attached only where one exists.
+    legacy::restore("*nat\nCOMMIT\n")?;
     let modes = [
         None,
         Some(TriggerHooks::Fentry),
