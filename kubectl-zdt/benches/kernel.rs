@@ -114,9 +114,9 @@ fn start_agent_with(
         .collect::<Result<Vec<_>, _>>()?;
     let mut config = AgentConfig::new(NodeName("bench".into()), watch);
     config.ringbuf_bytes = ringbuf_bytes;
-    let mut agent = Agent::start(&config)?;
-    // Its dataplane triggers armed for this namespace, as the agent arms them for the node's.
-    arm_here(&mut agent)?;
+    // Its dataplane triggers armed as the agent arms them for its node's namespace: one of
+    // an iptables-nft or nftables node here.
+    let agent = armed_for_a_node(Agent::start(&config)?, false)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(65536);
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = rt.spawn(agent.run(tx, async {
@@ -145,15 +145,27 @@ fn start_agent_with(
     })
 }
 
-/// Arms the agent's dataplane triggers for the calling thread's network namespace (no IPVS):
-/// what the agent does for its node's. On the syscalls' tracepoints the x_tables pair is then
-/// attached only if an iptables-legacy `nat` table exists there.
-fn arm_here(agent: &mut Agent) -> anyhow::Result<kubectl_zdt::dataplane::watcher::Armed> {
-    let netns = kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))?;
-    agent.arm_dataplane(&kubectl_zdt::dataplane::watcher::Arm {
-        netns,
-        ipvs_family: None,
-    })
+/// The agent with its dataplane triggers armed (no IPVS) for a new network namespace standing
+/// for its node's, with an iptables-legacy `nat` table (`legacy_table`: a node whose kube-proxy
+/// uses iptables-legacy) or none (iptables-nft, nftables). On the syscalls' tracepoints the
+/// x_tables pair is attached only with one. A new namespace, not this one: a table once made
+/// stays listed in a namespace until it goes.
+fn armed_for_a_node(agent: Agent, legacy_table: bool) -> anyhow::Result<Agent> {
+    let node = Netns::create("node")?;
+    if legacy_table {
+        // Listing the table makes it (x_tables instantiates built-in tables on first use).
+        node.exec("iptables-legacy", &["-t", "nat", "-S"])?;
+    }
+    node.run_in(move || {
+        let mut agent = agent;
+        let netns =
+            kubectl_zdt::agent::netns_inode(std::path::Path::new("/proc/thread-self/ns/net"))?;
+        agent.arm_dataplane(&kubectl_zdt::dataplane::watcher::Arm {
+            netns,
+            ipvs_family: None,
+        })?;
+        Ok(agent)
+    })?
 }
 
 fn stop_agent(rt: &tokio::runtime::Runtime, r: Running) -> anyhow::Result<Counted> {
@@ -437,9 +449,8 @@ fn trigger_costs() -> anyhow::Result<()> {
 /// program on a `syscalls:` tracepoint (the dataplane triggers' fallback, where the kernel
 /// refuses fentry) sends every syscall of every process through the kernel's traced entry and
 /// exit; the row says which hooks the agent got. The agent is armed for a namespace with an
-/// iptables-legacy `nat` table (`legacy_table`: made with `iptables-legacy`) or for this one
-/// (none here, as on an iptables-nft or nftables node): on the tracepoints the x_tables pair
-/// is attached only with one. `rounds` pairs of `n` `getppid` calls on CPU 0, agent off then
+/// iptables-legacy `nat` table (`legacy_table`) or without (as on an iptables-nft or nftables
+/// node): on the tracepoints the x_tables pair is attached only with one. `rounds` pairs of `n` `getppid` calls on CPU 0, agent off then
 /// on (started for each round); the median of the per-call times and of the paired ratios with
 /// its 95 % interval.
 fn syscall_tax(rounds: usize, n: u32, legacy_table: bool) -> anyhow::Result<()> {
@@ -457,30 +468,11 @@ fn syscall_tax(rounds: usize, n: u32, legacy_table: bool) -> anyhow::Result<()> 
         .map_err(|_| anyhow::anyhow!("the syscall loop panicked"))
     };
     let config = AgentConfig::new(NodeName("bench".into()), vec!["198.18.250.1/32".parse()?]);
-    let table = if legacy_table {
-        let ns = Netns::create("tax")?;
-        // Listing the table makes it (x_tables instantiates built-in tables on first use).
-        ns.exec("iptables-legacy", &["-t", "nat", "-S"])?;
-        Some(ns)
-    } else {
-        None
-    };
     let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut hook = "";
     for _ in 0..rounds {
         let without = per_call()?;
-        let agent = Agent::start(&config)?;
-        let agent = match &table {
-            Some(ns) => ns.run_in(move || {
-                let mut agent = agent;
-                arm_here(&mut agent).map(|_| agent)
-            })??,
-            None => {
-                let mut agent = agent;
-                arm_here(&mut agent)?;
-                agent
-            }
-        };
+        let agent = armed_for_a_node(Agent::start(&config)?, legacy_table)?;
         let linked = agent.linked_programs();
         hook = if linked.iter().any(|p| p == "setsockopt_entry") {
             "triggers on kernel functions (fentry)"
