@@ -474,3 +474,51 @@ fn a_reused_namespace_numbers_first_lines_are_the_new_pods() {
         "{old:?}"
     );
 }
+
+/// Two nodes on one kernel, `vm`'s kube-proxy on iptables-legacy (its agent attached the
+/// x_tables trigger when the first nat table appeared, after it had started) and `node-b`'s on
+/// iptables-nft. The report equals the two independent clients (62 + 58 refused, 2 + 0 reset,
+/// 43 + 21 timed out; one more node-b timeout is the report's one undetermined error), and
+/// every removal on `vm` is timed by its table replace: the swap bounded by the rule counters,
+/// to well under a millisecond, where `node-b`'s come from nf_tables notifications.
+#[test]
+fn a_legacy_node_beside_an_nft_node_is_timed_by_its_replaces() {
+    let obs = stream("v1.28-two-nodes-fast2-legacy");
+    let r = correlate::correlate(&obs, &Options::default());
+    assert_eq!(r.rollouts.len(), 1);
+    let ro = &r.rollouts[0];
+    let e = ro.errors;
+    assert_eq!(
+        (e.unsafe_window, e.at_exit, e.after_netns_gone),
+        (120, 2, 64),
+        "{e:?}"
+    );
+    assert_eq!((e.unrelated, e.undetermined), (0, 1), "{e:?}");
+    assert_eq!(ro.unattributed_errors, 0);
+    assert_eq!(ro.verdict, Verdict::Unsafe);
+    let removed = |node: &str| -> Vec<&Observation> {
+        obs.iter()
+            .filter(|o| o.kind == Kind::DataplaneRemoved && o.node.0 == node)
+            .collect()
+    };
+    let (vm, node_b) = (removed("vm"), removed("node-b"));
+    assert_eq!((vm.len(), node_b.len()), (4, 4));
+    for o in vm {
+        let f = o.other_fields();
+        assert_eq!(f["mode"], "iptables-legacy", "{}", o.to_json_line());
+        assert_eq!(f["swap_bounds"], "counters", "{}", o.to_json_line());
+        assert!(
+            o.uncertainty_ns.is_some_and(|u| u < 1_000_000),
+            "{}",
+            o.to_json_line()
+        );
+    }
+    for o in node_b {
+        assert_eq!(
+            o.other_fields()["mode"],
+            "iptables-nft",
+            "{}",
+            o.to_json_line()
+        );
+    }
+}
