@@ -698,7 +698,7 @@ fn the_two_node_recordings_split_by_node_give_the_recordings_report() {
     }
     assert_eq!(
         recordings,
-        6,
+        7,
         "the two-node recordings of {}",
         folder.display()
     );
