@@ -237,7 +237,23 @@ pub(crate) fn draft(
             } else if pod_side(o) {
                 attribution::own_cause(class, o.port, at.t, &d.window)
             } else {
-                attribution::cause(class, o.port, at.t, &d.window)
+                let c = attribution::cause(class, o.port, at.t, &d.window);
+                // The client's kernel reports the pod's RST when it arrives, up to a trip
+                // later (and its node's clock may be off by the uncertainty): the pod's own
+                // line of it may fall on the other side of a cause's boundary (refused an
+                // instant before the listener opened, reported an instant after). A cause
+                // with no pod line left to cover this one then takes a nearby cause's.
+                let has = |c: &Cause| credit.get(c).is_some_and(|&n| n > 0);
+                if has(&c) {
+                    c
+                } else {
+                    let unc = i64::try_from(at.unc_ns).unwrap_or(i64::MAX / 4);
+                    [at.t.plus_ns(-(REPLY_TRIP_NS + unc)), at.t.plus_ns(unc)]
+                        .into_iter()
+                        .map(|t| attribution::cause(class, o.port, t, &d.window))
+                        .find(has)
+                        .unwrap_or(c)
+                }
             };
             // A probe's reset counts as the pod's own reset line of it, never as the kubelet's
             // error alone: the kubelet closes its socket right after a tcpSocket probe's
@@ -268,6 +284,11 @@ pub(crate) fn draft(
     d.tl.errors = errors;
     d
 }
+
+/// The longest a pod's RST takes to reach the client whose kernel reports it (across nodes,
+/// through the Service's NAT): a client's error within it of a pod's own line of another cause
+/// may be that line's connection.
+const REPLY_TRIP_NS: i64 = 10_000_000;
 
 /// The pod's own refusals (on its port, not a probe's) after its listener closed and after
 /// every node stopped routing the Service to it, before its network went: no Service sent
