@@ -444,7 +444,12 @@ pub(crate) struct Windowed<'p> {
     plan: &'p Plan,
     clocks: NodeClocks,
     next: usize,
-    carried: Vec<(u64, Observation)>,
+    /// The lines of the window being read ([`Self::push`]), after those carried into it from
+    /// earlier windows (the first [`Self::carried`]), with their numbers in the stream: one
+    /// buffer, reused from window to window, so a line is moved into it once.
+    numbers: Vec<u64>,
+    lines: Vec<Observation>,
+    carried: usize,
     closed: Closed,
     pods: Vec<PodOut>,
     behind: Vec<u64>,
@@ -471,7 +476,9 @@ impl<'p> Windowed<'p> {
             plan,
             clocks,
             next: 0,
-            carried: Vec::new(),
+            numbers: Vec::new(),
+            lines: Vec::new(),
+            carried: 0,
             closed: Closed::default(),
             pods: Vec::new(),
             behind: vec![0; n],
@@ -488,30 +495,47 @@ impl<'p> Windowed<'p> {
         }
     }
 
-    /// Analyses the next window: its lines with their numbers in the stream, in order.
-    pub fn window(&mut self, lines: Vec<(u64, Observation)>) -> Result<(), WholeOnly> {
+    /// Room for the next `n` lines of the window being read.
+    pub fn reserve(&mut self, n: usize) {
+        self.numbers.reserve_exact(n);
+        self.lines.reserve_exact(n);
+    }
+
+    /// The next line of the window being read, line `n` of the stream.
+    pub fn push(&mut self, n: u64, o: Observation) {
+        self.numbers.push(n);
+        self.lines.push(o);
+    }
+
+    /// Analyses the window read ([`Self::push`]): its lines, in order.
+    pub fn window(&mut self) -> Result<(), WholeOnly> {
         let plan = self.plan;
         let facts = &plan.facts;
         // The first line of the next window: pods with lines from there on stay open.
         let end = plan.cuts.get(self.next).copied().unwrap_or(u64::MAX);
         self.next += 1;
 
-        let (mut numbers, mut obs): (Vec<u64>, Vec<Observation>) = lines.into_iter().unzip();
-        let drop = input::duplicates(&obs, &foldhash::fast::RandomState::default());
+        let carried = self.carried;
+        let drop = input::duplicates(
+            &self.lines[carried..],
+            &foldhash::fast::RandomState::default(),
+        );
         let dropped = drop.iter().filter(|d| **d).count();
         if dropped > 0 {
-            retain_unmarked(&mut obs, &drop);
-            retain_unmarked(&mut numbers, &drop);
+            self.retain_fresh_unmarked(&drop);
         }
         self.duplicates += dropped;
-        self.observations += obs.len() as u64;
+        self.observations += (self.lines.len() - carried) as u64;
         if plan.drop_loop_log {
-            let from_loop: Vec<bool> = obs.iter().map(attribution::from_traffic_loop).collect();
-            retain_unmarked(&mut obs, &from_loop);
-            retain_unmarked(&mut numbers, &from_loop);
+            let from_loop: Vec<bool> = self.lines[carried..]
+                .iter()
+                .map(attribution::from_traffic_loop)
+                .collect();
+            self.retain_fresh_unmarked(&from_loop);
         }
+        let (obs, numbers) = (&self.lines[carried..], &self.numbers[carried..]);
         let superseded = attribution::superseded_timeouts(
-            &obs,
+            obs,
             &|node| plan.node_end[node],
             &attribution::Beyond {
                 socket_goes_on: &|socket| {
@@ -561,20 +585,16 @@ impl<'p> Windowed<'p> {
             for &i in &superseded {
                 gone[i] = true;
             }
-            retain_unmarked(&mut obs, &gone);
-            retain_unmarked(&mut numbers, &gone);
+            self.retain_fresh_unmarked(&gone);
         }
-        let fresh_ids = nodes::ids_of(&obs, &plan.node_ids);
-        count_lines(&obs, &fresh_ids, &mut self.per_node);
+        let fresh = &self.lines[carried..];
+        let fresh_ids = nodes::ids_of(fresh, &plan.node_ids);
+        count_lines(fresh, &fresh_ids, &mut self.per_node);
 
-        let carried = self.carried.len();
-        let (mut all_numbers, mut all): (Vec<u64>, Vec<Observation>) =
-            std::mem::take(&mut self.carried).into_iter().unzip();
-        all_numbers.append(&mut numbers);
-        all.append(&mut obs);
+        let (all_numbers, all) = (&self.numbers, &self.lines);
         self.max_held = self.max_held.max(all.len());
-        let node_of = nodes::ids_of(&all, &plan.node_ids);
-        let ident = identify(&all, &node_of);
+        let node_of = nodes::ids_of(all, &plan.node_ids);
+        let ident = identify(all, &node_of);
         self.check_against_closed(&all[carried..], &ident.times[carried..], &ident.assignment)?;
 
         let a = &ident.assignment;
@@ -625,7 +645,7 @@ impl<'p> Windowed<'p> {
         }
 
         let (pods, unattributed) = analyse_pods(
-            &all,
+            all,
             ident,
             &|id| !open[id],
             &|i| all_numbers[i],
@@ -635,13 +655,30 @@ impl<'p> Windowed<'p> {
         );
         debug_assert!(unattributed.is_empty(), "settled at the end");
         self.pods.extend(pods);
-        self.carried = all_numbers
-            .into_iter()
-            .zip(all)
-            .zip(keep)
-            .filter_map(|(line, keep)| keep.then_some(line))
-            .collect();
+        // The open pods' lines stay, moved to the front; the others are freed.
+        let mut kept = keep.iter();
+        self.lines.retain(|_| kept.next().copied().unwrap_or(false));
+        let mut kept = keep.iter();
+        self.numbers
+            .retain(|_| kept.next().copied().unwrap_or(false));
+        self.carried = self.lines.len();
         Ok(())
+    }
+
+    /// Drops the lines of the window read (not those carried into it) whose mark is set.
+    fn retain_fresh_unmarked(&mut self, marks: &[bool]) {
+        let carried = self.carried;
+        let keep = |i: usize| i < carried || !marks[i - carried];
+        let mut i = 0;
+        self.lines.retain(|_| {
+            i += 1;
+            keep(i - 1)
+        });
+        let mut i = 0;
+        self.numbers.retain(|_| {
+            i += 1;
+            keep(i - 1)
+        });
     }
 
     /// Whether any of a window's own lines would, in the whole stream, belong to a pod of an
@@ -702,7 +739,7 @@ impl<'p> Windowed<'p> {
         if clocks.extra_ns != self.clocks.extra_ns {
             return Ok(Finish::Again(clocks));
         }
-        debug_assert!(self.carried.is_empty());
+        debug_assert!(self.lines.is_empty());
         let mut pods: Vec<PodOut> = self.pods;
         let (held, unattributed) = self.pending.settle(facts, &self.clocks);
         pods.extend(held);
@@ -717,12 +754,6 @@ impl<'p> Windowed<'p> {
         );
         Ok(Finish::Done(Box::new((report, evidence)), self.duplicates))
     }
-}
-
-/// Keeps the items of `v` whose mark is not set.
-fn retain_unmarked<T>(v: &mut Vec<T>, marks: &[bool]) {
-    let mut marks = marks.iter();
-    v.retain(|_| !marks.next().copied().unwrap_or(false));
 }
 
 /// A stream analysed by [`analyse`].
@@ -769,26 +800,31 @@ pub fn analyse<E>(
         }
         let mut w = Windowed::new(&plan, clocks.take());
         let mut failed: Option<WholeOnly> = None;
-        let mut lines: Vec<(u64, Observation)> = Vec::new();
         let mut n = 0u64;
         let mut next_cut = plan.cuts.first().copied();
+        // Each window's size is known: its lines are moved into room made for all of them.
+        let room = |from: u64, to: Option<u64>| {
+            usize::try_from(to.unwrap_or(plan.lines).saturating_sub(from)).unwrap_or(0)
+        };
+        w.reserve(room(0, next_cut));
         reads += 1;
         replay(&mut |o| {
             if failed.is_some() {
                 return;
             }
             if next_cut == Some(n) {
-                if let Err(e) = w.window(std::mem::take(&mut lines)) {
+                if let Err(e) = w.window() {
                     failed = Some(e);
                     return;
                 }
                 next_cut = plan.cuts.get(w.next).copied();
+                w.reserve(room(n, next_cut));
             }
-            lines.push((n, o));
+            w.push(n, o);
             n += 1;
         })?;
         if failed.is_none()
-            && let Err(e) = w.window(std::mem::take(&mut lines))
+            && let Err(e) = w.window()
         {
             failed = Some(e);
         }
