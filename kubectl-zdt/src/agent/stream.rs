@@ -90,7 +90,7 @@ impl Agent {
             ringbuf_bytes: config.ringbuf_bytes,
             offsets: kernel.offsets,
             filter: config.filter,
-            table_replace: kernel.table_replace,
+            syscall_tracepoints: kernel.syscall_tracepoints,
             trigger_hooks: config.trigger_hooks,
         })?;
         let decoder = Decoder {

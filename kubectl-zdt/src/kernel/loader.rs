@@ -35,11 +35,33 @@ pub struct LoadSpec<'a> {
     pub offsets: KernelOffsets,
     /// Filter even with empty watch lists (nothing is reported until addresses are added).
     pub filter: bool,
-    /// Attach the iptables-legacy and IPVS triggers (preflight found their syscall
-    /// tracepoints).
-    pub table_replace: bool,
+    /// The syscalls' tracepoints the iptables-legacy and IPVS triggers fall back to are as
+    /// their programs read them (preflight). Without them the triggers hook only kernel
+    /// functions, where the kernel allows that (not with [`TriggerHooks::Tracepoint`]).
+    pub syscall_tracepoints: bool,
     /// Where the dataplane triggers hook their syscalls.
     pub trigger_hooks: TriggerHooks,
+}
+
+impl LoadSpec<'static> {
+    /// Nothing watched (kernel-side filtering on), every event woken at once, the default ring
+    /// buffer, the triggers as `trigger_hooks` asks: for checks of what loads.
+    pub fn nothing_watched(
+        offsets: KernelOffsets,
+        syscall_tracepoints: bool,
+        trigger_hooks: TriggerHooks,
+    ) -> Self {
+        Self {
+            watch: &[],
+            watch_netns: &[],
+            wakeup_every: 1,
+            ringbuf_bytes: maps::EVENTS_BYTES,
+            offsets,
+            filter: true,
+            syscall_tracepoints,
+            trigger_hooks,
+        }
+    }
 }
 
 /// Where the dataplane triggers hook the syscalls that change x_tables (`setsockopt`) and IPVS
@@ -175,13 +197,15 @@ impl Probes {
 
         let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
         attach(&mut ebpf, programs::group(Group::Core))?;
-        let trigger_hook = if spec.table_replace {
-            let hook = load_triggers(&mut ebpf, &btf, spec.trigger_hooks)?;
+        let trigger_hook = load_triggers(
+            &mut ebpf,
+            &btf,
+            spec.trigger_hooks,
+            spec.syscall_tracepoints,
+        )?;
+        if trigger_hook.is_some() {
             attach_swap_bounds(&mut ebpf, &spec.offsets)?;
-            Some(hook)
-        } else {
-            None
-        };
+        }
 
         for Program {
             name: prog, hook, ..
@@ -255,18 +279,25 @@ fn object(
         .context("failed to load the eBPF programs into the kernel")
 }
 
-/// Loads the dataplane triggers' programs where `hooks` asks and says where they went. On
-/// kernel functions the x_tables pair is attached now; on the syscalls' tracepoints it waits
-/// for [`Attached::attach_table_replace`] (a program there taxes every syscall of the node, so
+/// Loads the dataplane triggers' programs where `hooks` asks and says where they went; `None`
+/// when neither hook is usable (kernel functions refused, and the syscalls' tracepoints not as
+/// the programs read them: `tracepoints` false), said as a warning. On kernel functions the
+/// x_tables pair is attached now; on the syscalls' tracepoints it waits for
+/// [`Attached::attach_table_replace`] (a program there taxes every syscall of the node, so
 /// only a namespace with an x_tables table pays it). The IPVS programs wait for
 /// [`Attached::attach_ipvs`].
-fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Result<TriggerHook> {
+fn load_triggers(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    hooks: TriggerHooks,
+    tracepoints: bool,
+) -> anyhow::Result<Option<TriggerHook>> {
     if hooks != TriggerHooks::Tracepoint {
         let loaded = load_functions(ebpf, btf, function_programs())
             .and_then(|()| attach_loaded(ebpf, programs::group(Group::TableReplaceFunction)))
             .and_then(|()| functions_run(ebpf));
         match loaded {
-            Ok(()) => return Ok(TriggerHook::Function),
+            Ok(()) => return Ok(Some(TriggerHook::Function)),
             Err(e) if hooks == TriggerHooks::Fentry => {
                 return Err(e.context(
                     "the dataplane triggers cannot hook __sys_setsockopt, __sys_sendto and \
@@ -282,6 +313,14 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
                         let _ = unload(program);
                     }
                 }
+                if !tracepoints {
+                    tracing::warn!(
+                        "iptables-legacy and IPVS changes will not be watched: this kernel \
+                         refuses the kernel function hooks ({e:#}) and its syscalls' \
+                         tracepoints are not as the programs read them"
+                    );
+                    return Ok(None);
+                }
                 tracing::warn!(
                     "iptables-legacy and IPVS changes are watched on the syscalls' \
                      tracepoints, which make every syscall on this node take the kernel's \
@@ -291,11 +330,18 @@ fn load_triggers(ebpf: &mut Ebpf, btf: &Btf, hooks: TriggerHooks) -> anyhow::Res
             }
         }
     }
+    if !tracepoints {
+        tracing::warn!(
+            "iptables-legacy and IPVS changes will not be watched: the syscalls' tracepoints \
+             are not as the programs read them (--trigger-hooks tracepoint)"
+        );
+        return Ok(None);
+    }
     load(
         ebpf,
         programs::group(Group::TableReplace).chain(programs::group(Group::Ipvs)),
     )?;
-    Ok(TriggerHook::SyscallTracepoints)
+    Ok(Some(TriggerHook::SyscallTracepoints))
 }
 
 /// The dataplane triggers' fentry/fexit programs, x_tables' then IPVS's.
@@ -579,7 +625,8 @@ impl DataplaneTriggers {
         // Every event woken at once: only rare triggers are produced.
         let mut ebpf = object(1, 1, offsets, maps::EVENTS_BYTES)?;
         let btf = Btf::from_sys_fs().context("failed to read the kernel's BTF")?;
-        let hook = load_triggers(&mut ebpf, &btf, trigger)?;
+        let hook = load_triggers(&mut ebpf, &btf, trigger, true)?
+            .context("the dataplane triggers have no hook on this kernel")?;
         if hook == TriggerHook::SyscallTracepoints {
             attach_loaded(&mut ebpf, programs::group(Group::TableReplace))?;
         }

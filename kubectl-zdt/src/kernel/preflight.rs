@@ -74,9 +74,9 @@ pub struct KernelInfo {
     pub rst_reasons: BTreeMap<u32, String>,
     /// Struct offsets the programs follow, from this kernel's BTF.
     pub offsets: KernelOffsets,
-    /// Whether the syscall tracepoints of the iptables-legacy trigger exist with the layout the
-    /// programs read (`OPTIONAL_LAYOUTS`).
-    pub table_replace: bool,
+    /// Whether the syscall tracepoints the iptables-legacy and IPVS triggers fall back to exist
+    /// with the layout the programs read (`OPTIONAL_LAYOUTS`).
+    pub syscall_tracepoints: bool,
 }
 
 /// Runs every check, mounting tracefs when it is missing and mounting is allowed. bpffs is not
@@ -106,7 +106,7 @@ pub fn check() -> Result<KernelInfo, PreflightError> {
     }
     raise_memlock();
     Ok(KernelInfo {
-        table_replace: tracepoints.table_replace,
+        syscall_tracepoints: tracepoints.syscall_tracepoints,
         rst_reasons: tracepoints.rst_reasons,
         tracefs,
         kernel_release: nix::sys::utsname::uname()
@@ -225,7 +225,7 @@ pub struct Tracepoints {
     /// `enum sk_rst_reason` names, from `tcp_send_reset`'s print format.
     pub rst_reasons: BTreeMap<u32, String>,
     /// The syscall tracepoints of the iptables-legacy and IPVS triggers are there.
-    pub table_replace: bool,
+    pub syscall_tracepoints: bool,
     /// `tcp_retransmit_skb` has `err` (6.18 does, 6.12 does not).
     pub retransmit_err: bool,
     /// `sched_process_exit` has `group_dead` (6.18 does, 6.12 does not).
@@ -293,15 +293,18 @@ pub fn check_tracepoints(tracefs: &str) -> Result<Tracepoints, PreflightError> {
             out.rst_reasons = symbolic_values(&format, "REC->reason");
         }
     }
-    out.table_replace = OPTIONAL_LAYOUTS
-        .iter()
-        .all(|layout| match check_layout(tracefs, layout) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!("iptables-legacy rule changes will not be watched: {e}");
-                false
-            }
-        });
+    out.syscall_tracepoints =
+        OPTIONAL_LAYOUTS
+            .iter()
+            .all(|layout| match check_layout(tracefs, layout) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::info!(
+                        "the dataplane triggers cannot fall back to the syscalls' tracepoints: {e}"
+                    );
+                    false
+                }
+            });
     out.retransmit_err = check_layout(tracefs, &tcp_retransmit_skb::ERR_FIELD).is_ok();
     out.exit_group_dead = check_layout(tracefs, &sched_process_exit::GROUP_DEAD_FIELD).is_ok();
     out.percpu_alloc_ptr = percpu_ptr(
@@ -436,7 +439,7 @@ mod tests {
             !t.exit_group_dead,
             "6.12's sched_process_exit has no group_dead"
         );
-        assert!(t.table_replace);
+        assert!(t.syscall_tracepoints);
         assert_eq!(t.rst_reasons.get(&1).map(String::as_str), Some("NO_SOCKET"));
         // The recording has no percpu formats: replaces are then reported at their exit.
         assert_eq!((t.percpu_alloc_ptr, t.percpu_free_ptr), (0, 0));
@@ -445,7 +448,7 @@ mod tests {
     #[test]
     fn linux_6_18_has_every_optional_field() {
         let t = check_tracepoints(&recorded("6.18.44-fc-v657")).unwrap();
-        assert!(t.retransmit_err && t.exit_group_dead && t.table_replace);
+        assert!(t.retransmit_err && t.exit_group_dead && t.syscall_tracepoints);
         // `call_site` first in the allocation record: `ptr` at 56.
         assert_eq!((t.percpu_alloc_ptr, t.percpu_free_ptr), (56, 24));
         assert_eq!(

@@ -39,8 +39,9 @@ fn reset_handler_errors(valid: bool, n: usize) -> u64 {
         ringbuf_bytes: zdt_common::maps::EVENTS_BYTES,
         offsets,
         filter: false,
-        table_replace: false,
-        trigger_hooks: kubectl_zdt::kernel::loader::TriggerHooks::Auto,
+        // No dataplane triggers: neither hook.
+        syscall_tracepoints: false,
+        trigger_hooks: kubectl_zdt::kernel::loader::TriggerHooks::Tracepoint,
     })
     .unwrap();
     refused(n);

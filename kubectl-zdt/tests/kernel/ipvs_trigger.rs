@@ -378,6 +378,38 @@ fn the_tracepoint_pair_waits_for_an_iptables_legacy_nat_table() {
     assert_eq!(linked_pair(&agent), Some(TRACEPOINT_PAIR));
 }
 
+/// The triggers need one usable hook, not the syscalls' tracepoints in particular: where
+/// preflight found those not as the programs read them, the triggers are on the kernel
+/// functions where the kernel allows it, else not loaded, and the rest of the probes run.
+#[test]
+fn the_triggers_do_not_need_the_syscall_tracepoints_where_functions_are_allowed() {
+    use kubectl_zdt::kernel::{
+        loader::{DataplaneTriggers, LoadSpec, Probes, TriggerHooks},
+        preflight,
+    };
+    require_root();
+    let kernel = preflight::check().unwrap();
+    assert!(kernel.syscall_tracepoints, "this kernel has them as read");
+    let functions_allowed = DataplaneTriggers::load(&kernel.offsets, TriggerHooks::Fentry).is_ok();
+    let hook = |syscall_tracepoints: bool, trigger_hooks: TriggerHooks| {
+        Probes::load(&LoadSpec::nothing_watched(
+            kernel.offsets,
+            syscall_tracepoints,
+            trigger_hooks,
+        ))
+        .unwrap()
+        .attached
+        .trigger_hook()
+    };
+    let functions = functions_allowed.then_some(TriggerHook::Function);
+    assert_eq!(hook(false, TriggerHooks::Auto), functions);
+    assert_eq!(hook(false, TriggerHooks::Tracepoint), None);
+    assert_eq!(
+        hook(true, TriggerHooks::Auto),
+        functions.or(Some(TriggerHook::SyscallTracepoints))
+    );
+}
+
 /// The agent tests at start that its function hooks run on their syscalls (a kernel may have
 /// inlined a function into its syscall): by the kernel's run counts around its own calls. The
 /// same count, on the tracepoint pair this kernel gets, tells a pair that ran on a

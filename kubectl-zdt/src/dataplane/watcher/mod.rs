@@ -229,13 +229,13 @@ impl Opened {
         let start = mode_line(&node, &modes, &planes, &trigger_names);
         if modes.contains(&Mode::IptablesLegacy) && armed.legacy.is_none() {
             tracing::warn!(
-                "kube-proxy's rules are (also) in iptables-legacy, but this agent has no x_tables trigger (no syscall tracepoints): changes there are not reported"
+                "kube-proxy's rules are (also) in iptables-legacy, but this agent has no x_tables trigger (this kernel refuses its function hooks and has no syscall tracepoints as it reads them): changes there are not reported"
             );
         }
 
         let (triggers, triggers_rx) = std_mpsc::channel::<Trigger>();
         if has_ipvs && !ipvs_armed {
-            // IPVS announces nothing and the eBPF trigger is not armed (no syscall tracepoints, or
+            // IPVS announces nothing and the eBPF trigger is not armed (no trigger hook, or
             // the watcher runs without the agent): read it again on a timer, only on kernels that
             // have IPVS.
             let ticks = triggers.clone();

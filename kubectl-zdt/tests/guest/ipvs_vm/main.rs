@@ -36,12 +36,12 @@ use kubectl_zdt::{
     dataplane::{
         ipvs::{self, Command, Dump, Live, RealServer, VirtualServer},
         model::{Backend, Protocol, ServiceAddr},
-        watcher::{self, Sink, Trigger},
+        watcher::{self, Sink, Trigger, TriggerHook},
     },
     kernel::{
         clock::Clock,
         decode::{self, Decoder},
-        loader::{DataplaneTriggers, TriggerHooks},
+        loader::{DataplaneTriggers, LoadSpec, Probes, TriggerHooks},
         preflight,
     },
     observation::{Kind, NodeName, Observation},
@@ -935,6 +935,29 @@ fn whole_agent() -> anyhow::Result<bool> {
         .map_err(|_| anyhow::anyhow!("the whole-agent check panicked"))?
 }
 
+/// Where the syscalls' tracepoints are not as the trigger programs read them (a kernel without
+/// `CONFIG_FTRACE_SYSCALLS`, or another layout), the probes still hook the dataplane triggers on
+/// the kernel functions, which read no tracepoint record.
+fn triggers_without_syscall_tracepoints() -> anyhow::Result<bool> {
+    let mut check = Check { failed: false };
+    let kernel = preflight::check()?;
+    let probes = Probes::load(&LoadSpec::nothing_watched(
+        kernel.offsets,
+        false,
+        TriggerHooks::Auto,
+    ));
+    let hook = probes.as_ref().map(|p| p.attached.trigger_hook());
+    check.that(
+        matches!(hook, Ok(Some(TriggerHook::Function))),
+        "without usable syscall tracepoints the dataplane triggers hook the kernel functions",
+        match &hook {
+            Ok(h) => format!("{h:?}"),
+            Err(e) => format!("{e:#}"),
+        },
+    );
+    Ok(!check.failed)
+}
+
 /// The agent's `dataplane_mode` line, if it came.
 struct ModeLine(Option<Observation>);
 
@@ -1144,6 +1167,15 @@ fn main() -> ExitCode {
             Ok(ok) => ok,
             Err(e) => {
                 println!("CHECK FAIL the whole agent on iptables-legacy: {e:#}");
+                false
+            }
+        };
+    }
+    if kernel_version() >= (6, 10) {
+        agent_ok &= match triggers_without_syscall_tracepoints() {
+            Ok(ok) => ok,
+            Err(e) => {
+                println!("CHECK FAIL the triggers without syscall tracepoints: {e:#}");
                 false
             }
         };
