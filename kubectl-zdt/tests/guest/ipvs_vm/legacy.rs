@@ -154,15 +154,12 @@ fn seconds_ns(s: &str) -> Option<u64> {
     Some(secs.parse::<u64>().ok()? * 1_000_000_000 + frac.parse::<u64>().ok()? * scale)
 }
 
-/// `CLOCK_REALTIME − CLOCK_MONOTONIC` now, to put the kprobes' times on the lines' clock.
+/// `CLOCK_REALTIME − CLOCK_MONOTONIC` now, to put the kprobes' times on the lines' clock: as
+/// the agent measures it (the closest of several paired reads). One pair of reads was off by
+/// whatever ran between them; under emulation a timer interrupt there once moved the kprobes'
+/// times ~100 µs later than the agent's.
 fn wall_minus_mono() -> anyhow::Result<i128> {
-    use nix::time::{ClockId, clock_gettime};
-    let mono = clock_gettime(ClockId::CLOCK_MONOTONIC)?;
-    let wall = clock_gettime(ClockId::CLOCK_REALTIME)?;
-    let ns = |t: nix::sys::time::TimeSpec| {
-        i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
-    };
-    Ok(ns(wall) - ns(mono))
+    Ok(kubectl_zdt::kernel::clock::Clock::measure().offset_ns)
 }
 
 fn wall(mono_ns: u64, offset: i128) -> anyhow::Result<Timestamp> {
